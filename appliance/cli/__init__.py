@@ -1,0 +1,1 @@
+"""The `lbm` command line: one click group per concern, composed in `main`."""

@@ -1,0 +1,50 @@
+"""`lbm config check | show`: validate a configuration file, print the effective configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from appliance.cli.app import App, emit, pass_app
+from appliance.config import SCHEMA, load_config
+
+
+@click.group("config")
+def config() -> None:
+    """Validate and show the configuration."""
+
+
+@config.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def check(app: App, file: Path | None) -> None:
+    """Validate FILE (default: the configuration in use). Exit 2 with the problem if invalid."""
+    path = file.absolute() if file else app.config_path
+    load_config(path, required=True)
+    click.echo(f"{path}: ok")
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def show(app: App, as_json: bool) -> None:
+    """Print the effective configuration and where each value came from."""
+    cfg = app.config
+    rows = [
+        {
+            "key": opt.name,
+            "value": cfg.values[opt.name],
+            "source": cfg.sources[opt.name],
+            "help": opt.help,
+        }
+        for opt in SCHEMA
+    ]
+    lines = [
+        f"# configuration file: {cfg.path}"
+        + (" (not present: defaults)" if cfg.missing_file else "")
+    ]
+    width = max(len(r["key"]) for r in rows)
+    for row in rows:
+        lines.append(f"{row['key']:<{width}} = {row['value']!r}  # {row['source']}")
+    emit(rows, as_json, "\n".join(lines))

@@ -1,0 +1,52 @@
+"""`lbm`: the composition root of the command line.
+
+Global options come before the subcommand: `lbm --data-dir DIR --config FILE SUBCOMMAND ...`.
+Each concern registers its own click group in its own module; this file only composes them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App
+from appliance.config import ConfigError
+from store import StoreError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data-dir", metavar="DIR", help="data directory (else $LBM_DATA_DIR, ./lbm-data)")
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="configuration file (else $LBM_CONFIG, DATA_DIR/lbm.toml)",
+)
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str | None, config_file: str | None) -> None:
+    """lbm-gateway: lawful-business-monitoring appliance."""
+    ctx.obj = App(data_dir, config_file)
+
+
+def _register() -> None:
+    from appliance.cli import commands
+
+    for group in commands.all_commands():
+        cli.add_command(group)
+
+
+def main() -> None:
+    _register()
+    try:
+        cli.main(prog_name="lbm", standalone_mode=True)
+    except ConfigError as exc:
+        click.echo(f"lbm: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except StoreError as exc:
+        click.echo(f"lbm: error: {exc}", err=True)
+        sys.exit(EXIT_FAIL)
+
+
+if __name__ == "__main__":
+    main()

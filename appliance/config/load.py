@@ -1,0 +1,141 @@
+"""Load and validate the TOML configuration against the schema."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.config.schema import SCHEMA, SECTIONS, Option
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one line: file, key, what is wrong."""
+
+
+@dataclass
+class Config:
+    values: dict[str, Any]
+    sources: dict[str, str]
+    path: Path | None = None
+    missing_file: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str) -> Any:
+        return self.values[name]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    @property
+    def gateway_id(self) -> str:
+        return str(self.values["gateway.id"])
+
+    @property
+    def fake_clock(self) -> bool:
+        return bool(self.values["testing.fake_clock"])
+
+
+def _type_name(opt: Option) -> str:
+    if opt.kind is list:
+        return f"a list of {(opt.item_type or str).__name__}"
+    return {bool: "true or false", int: "an integer", str: "a string"}.get(
+        opt.kind, opt.kind.__name__
+    )
+
+
+def _check_type(opt: Option, value: Any) -> bool:
+    if opt.kind is bool:
+        return isinstance(value, bool)
+    if opt.kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if opt.kind is list:
+        item = opt.item_type or str
+        return isinstance(value, list) and all(isinstance(v, item) for v in value)
+    return isinstance(value, opt.kind)
+
+
+def defaults() -> Config:
+    return Config(
+        values={opt.name: opt.default for opt in SCHEMA},
+        sources={opt.name: "default" for opt in SCHEMA},
+    )
+
+
+def load_config(path: Path, *, required: bool = False) -> Config:
+    """Read `path` (or defaults if it does not exist and is not required)."""
+    config = defaults()
+    config.path = path
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        config.missing_file = True
+        return config
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    by_section: dict[str, dict[str, Option]] = {}
+    for opt in SCHEMA:
+        by_section.setdefault(opt.section, {})[opt.key] = opt
+    for section, body in data.items():
+        if section not in SECTIONS:
+            known = ", ".join(sorted(SECTIONS))
+            raise ConfigError(f"{path}: [{section}]: unknown section (known: {known})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: {section}: must be a [{section}] table")
+        for key, value in body.items():
+            found = by_section.get(section, {}).get(key)
+            if found is None:
+                known = ", ".join(sorted(by_section.get(section, {})))
+                raise ConfigError(f"{path}: [{section}] {key}: unknown key (known: {known})")
+            opt = found
+            if not _check_type(opt, value):
+                raise ConfigError(
+                    f"{path}: [{section}] {key}: must be {_type_name(opt)}, got {value!r}"
+                )
+            if opt.validate is not None:
+                problem = opt.validate(value)
+                if problem:
+                    raise ConfigError(f"{path}: [{section}] {key}: {problem}")
+            config.values[opt.name] = value
+            config.sources[opt.name] = str(path)
+    return config
+
+
+def render_default() -> str:
+    """The commented default configuration `lbm init` writes."""
+    lines = [
+        "# lbm-gateway configuration. Every key is optional; shown values are the defaults.",
+        "# `lbm config check` validates this file; `lbm config show` prints what is in force.",
+        "",
+    ]
+    current = None
+    for opt in SCHEMA:
+        if opt.section != current:
+            if current is not None:
+                lines.append("")
+            current = opt.section
+            lines.append(f"# {SECTIONS[opt.section]}")
+            lines.append(f"[{opt.section}]")
+        lines.append(f"# {opt.help}")
+        lines.append(f"{opt.key} = {_toml_value(opt.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

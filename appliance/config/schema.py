@@ -1,0 +1,184 @@
+"""The configuration schema: every section and key, its type, default and one-line help.
+
+Later capabilities add their options here, to the section DECISIONS.md gives them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+Validator = Callable[[Any], str | None]
+
+
+def _id(value: Any) -> str | None:
+    return None if ID_RE.match(value) else "must match [a-z0-9][a-z0-9._-]* (lower case)"
+
+
+def _port(value: Any) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number 0-65535"
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _networks(value: Any) -> str | None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP network (e.g. 10.0.0.0/8)"
+    return None
+
+
+def _domains(value: Any) -> str | None:
+    for item in value:
+        if not re.match(r"^[A-Za-z0-9.-]+$", item) or "." not in item:
+            return f"{item!r} is not a domain name"
+    return None
+
+
+def _age_recipients(value: Any) -> str | None:
+    for item in value:
+        if not re.match(r"^age1[02-9ac-hj-np-z]{58}$", item):
+            return f"{item!r} is not an age X25519 recipient (age1...)"
+    return None
+
+
+@dataclass(frozen=True)
+class Option:
+    section: str
+    key: str
+    kind: type
+    default: Any
+    help: str
+    validate: Validator | None = None
+    item_type: type | None = None  # for lists
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+SECTIONS: dict[str, str] = {
+    "gateway": "this gateway's identity",
+    "web": "the intercepting web proxy",
+    "smtp": "the SMTP relay",
+    "capture": "the packet capture path",
+    "identity": "the identity feed that maps IPs, usernames and addresses to principals",
+    "notice": "the acceptable-use notice shown to users",
+    "keys": "archive key custody",
+    "retention": "how long archived content is kept",
+    "do_not_decrypt": "servers passed through unopened even for subjects",
+    "audit": "the audit log",
+    "housekeeping": "the housekeeping daemon (expiry warnings, segment closing, compaction)",
+    "testing": "test-only switches; never enable on a live gateway",
+}
+
+SCHEMA: list[Option] = [
+    Option("gateway", "id", str, "gw1", "gateway id, part of every file name", _id),
+    Option("web", "enabled", bool, False, "run the web proxy under `lbm run`"),
+    Option("web", "listen_host", str, "127.0.0.1", "address the proxy listens on"),
+    Option(
+        "web", "listen_port", int, 0, "proxy port (0: pick one, written to run/proxy.port)", _port
+    ),
+    Option("smtp", "enabled", bool, False, "run the SMTP relay under `lbm run`"),
+    Option("smtp", "listen_host", str, "127.0.0.1", "address the relay listens on"),
+    Option(
+        "smtp", "listen_port", int, 0, "relay port (0: pick one, written to run/smtp.port)", _port
+    ),
+    Option(
+        "smtp",
+        "internal_domains",
+        list,
+        ["force.example"],
+        "sender domains of the force: their mail is outbound",
+        _domains,
+        str,
+    ),
+    Option("capture", "interfaces", list, [], "interfaces captured by `lbm run`", None, str),
+    Option(
+        "capture",
+        "internal_networks",
+        list,
+        ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+        "address ranges of the force network (the internal side of a flow)",
+        _networks,
+        str,
+    ),
+    Option("identity", "feed", str, "", "lease/logon feed file (CSV or JSON) imported on change"),
+    Option("notice", "version", str, "2026-01", "version of the acceptable-use notice in force"),
+    Option(
+        "notice",
+        "text",
+        str,
+        "This system is monitored for lawful business purposes. "
+        "See the force's acceptable-use policy.",
+        "acceptable-use notice shown in the SMTP banner and on the notice page",
+    ),
+    Option(
+        "keys",
+        "custodians",
+        list,
+        [],
+        "age recipients (age1...) that can always unwrap authorisation keys",
+        _age_recipients,
+        str,
+    ),
+    Option(
+        "retention",
+        "default_days",
+        int,
+        365,
+        "days archived content is kept unless the authorisation says otherwise",
+        _positive,
+    ),
+    Option("retention", "review_days", int, 90, "days between retention reviews", _positive),
+    Option(
+        "do_not_decrypt",
+        "hosts",
+        list,
+        [
+            "*.nhs.uk",
+            "*.barclays.co.uk",
+            "*.lloydsbank.co.uk",
+            "*.lawsociety.org.uk",
+            "*.unison.org.uk",
+            "*.police-federation.org.uk",
+        ],
+        "server names (glob) never opened unless an authorisation opens them",
+        None,
+        str,
+    ),
+    Option(
+        "audit",
+        "syslog",
+        bool,
+        True,
+        "also write each new audit head to the system journal (an off-box witness)",
+    ),
+    Option("housekeeping", "enabled", bool, True, "run the housekeeping daemon under `lbm run`"),
+    Option(
+        "housekeeping",
+        "interval_seconds",
+        int,
+        30,
+        "seconds between housekeeping passes",
+        _positive,
+    ),
+    Option(
+        "testing",
+        "fake_clock",
+        bool,
+        False,
+        "honour LBM_FAKE_NOW (tests move time); never on a live gateway",
+    ),
+]
+
+BY_NAME: dict[str, Option] = {opt.name: opt for opt in SCHEMA}

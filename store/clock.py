@@ -1,0 +1,77 @@
+"""The one clock of the appliance: UTC, injectable, and movable in tests.
+
+`LBM_FAKE_NOW=ISO8601` is honoured only when the caller says the configuration allows it
+(`[testing] fake_clock = true`), so a stray environment variable cannot move a production
+gateway's clock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+FAKE_NOW_ENV = "LBM_FAKE_NOW"
+
+
+def parse_utc(text: str) -> datetime:
+    """Parse an ISO 8601 instant; a naive value is taken as UTC. Raises ValueError with the text."""
+    raw = text.strip()
+    if raw.endswith("Z") or raw.endswith("z"):
+        raw = raw[:-1] + "+00:00"
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise ValueError(f"not an ISO 8601 date-time: {text!r}") from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def format_utc(value: datetime) -> str:
+    """ISO 8601 with a trailing Z, microseconds only when present."""
+    value = value.astimezone(UTC)
+    text = value.isoformat()
+    return text.replace("+00:00", "Z")
+
+
+class Clock:
+    """A UTC clock. `fixed` pins it; `allow_fake` lets LBM_FAKE_NOW pin it."""
+
+    def __init__(
+        self,
+        *,
+        allow_fake: bool = False,
+        fixed: datetime | None = None,
+        source: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._fixed = fixed
+        self._source = source
+        self.allow_fake = allow_fake
+
+    @property
+    def is_fake(self) -> bool:
+        return (
+            self._fixed is not None
+            or self._source is not None
+            or (self.allow_fake and bool(os.environ.get(FAKE_NOW_ENV)))
+        )
+
+    def now(self) -> datetime:
+        if self._fixed is not None:
+            return self._fixed
+        if self._source is not None:
+            return self._source().astimezone(UTC)
+        if self.allow_fake:
+            fake = os.environ.get(FAKE_NOW_ENV)
+            if fake:
+                return parse_utc(fake)
+        return datetime.now(UTC)
+
+    def set(self, value: datetime) -> None:
+        """Pin the clock (tests)."""
+        self._fixed = value.astimezone(UTC)
+
+
+def system_clock() -> Clock:
+    return Clock()

@@ -1,0 +1,103 @@
+"""Investigators: named holders of an age key, registered in registry.sqlite.
+
+An investigator is a registry entry (`lbm keys investigator add NAME AGE_PUBLIC_KEY --principal P`).
+Authorisation keys are wrapped to the age recipients of the investigators assigned to the
+authorisation (and the configured custodians).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+
+from store import StoreError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+AGE_RECIPIENT_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS investigators (
+    name TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    removed_at TEXT
+);
+"""
+
+
+class InvestigatorError(StoreError):
+    """An investigator entry is invalid, unknown or duplicated."""
+
+
+@dataclass(frozen=True)
+class Investigator:
+    name: str
+    principal: str
+    recipient: str
+    added_at: str
+    removed_at: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.removed_at is None
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+def _row(row: sqlite3.Row) -> Investigator:
+    return Investigator(
+        row["name"], row["principal"], row["recipient"], row["added_at"], row["removed_at"]
+    )
+
+
+def add(
+    conn: sqlite3.Connection, name: str, recipient: str, principal: str, at: str
+) -> Investigator:
+    if not NAME_RE.match(name):
+        raise InvestigatorError(f"investigator name {name!r}: must match [a-z0-9][a-z0-9._-]*")
+    if not NAME_RE.match(principal):
+        raise InvestigatorError(f"principal {principal!r}: must match [a-z0-9][a-z0-9._-]*")
+    if not AGE_RECIPIENT_RE.match(recipient):
+        raise InvestigatorError(
+            f"investigator {name}: {recipient!r} is not an age X25519 public key (age1...)"
+        )
+    ensure_schema(conn)
+    existing = get(conn, name)
+    if existing is not None and existing.active:
+        raise InvestigatorError(f"investigator {name} exists already")
+    conn.execute(
+        "INSERT OR REPLACE INTO investigators(name, principal, recipient, added_at, removed_at)"
+        " VALUES (?, ?, ?, ?, NULL)",
+        (name, principal, recipient, at),
+    )
+    result = get(conn, name)
+    assert result is not None
+    return result
+
+
+def remove(conn: sqlite3.Connection, name: str, at: str) -> Investigator:
+    ensure_schema(conn)
+    existing = get(conn, name)
+    if existing is None or not existing.active:
+        raise InvestigatorError(f"no active investigator named {name}")
+    conn.execute("UPDATE investigators SET removed_at = ? WHERE name = ?", (at, name))
+    result = get(conn, name)
+    assert result is not None
+    return result
+
+
+def get(conn: sqlite3.Connection, name: str) -> Investigator | None:
+    ensure_schema(conn)
+    row = conn.execute("SELECT * FROM investigators WHERE name = ?", (name,)).fetchone()
+    return _row(row) if row else None
+
+
+def list_all(conn: sqlite3.Connection, *, include_removed: bool = False) -> list[Investigator]:
+    ensure_schema(conn)
+    rows = conn.execute("SELECT * FROM investigators ORDER BY name").fetchall()
+    items = [_row(r) for r in rows]
+    return items if include_removed else [i for i in items if i.active]

@@ -1,0 +1,150 @@
+"""The gateway's Ed25519 signing key (OpenSSH format) and signature checks.
+
+The private key signs audit entries, audit heads and archive manifests. Rotation keeps every
+old public key under keys/retired/ so that what was signed before still verifies.
+Fingerprints are the SHA-256 hex of the OpenSSH public key blob.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from store import KeyError_
+from store.fsutil import atomic_write, ensure_dir
+from store.paths import DataPaths
+
+
+def public_openssh(key: Ed25519PublicKey, comment: str = "") -> str:
+    line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    text = line.decode()
+    return f"{text} {comment}".strip()
+
+
+def fingerprint(key: Ed25519PublicKey) -> str:
+    blob = base64.b64decode(public_openssh(key).split()[1])
+    return hashlib.sha256(blob).hexdigest()
+
+
+def load_public(text: str, where: str = "public key") -> Ed25519PublicKey:
+    try:
+        key = serialization.load_ssh_public_key(text.strip().encode())
+    except ValueError as exc:
+        raise KeyError_(f"{where}: not an OpenSSH public key ({exc})") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyError_(f"{where}: not an Ed25519 key")
+    return key
+
+
+@dataclass
+class GatewayKey:
+    """The gateway's current signing key plus every public key it has used."""
+
+    private: Ed25519PrivateKey
+    retired: dict[str, Ed25519PublicKey]
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public)
+
+    def sign(self, data: bytes) -> str:
+        return base64.b64encode(self.private.sign(data)).decode()
+
+    def known_keys(self) -> dict[str, Ed25519PublicKey]:
+        keys = dict(self.retired)
+        keys[self.fingerprint] = self.public
+        return keys
+
+
+def verify(keys: dict[str, Ed25519PublicKey], key_fp: str, data: bytes, sig_b64: str) -> bool:
+    key = keys.get(key_fp)
+    if key is None:
+        return False
+    try:
+        key.verify(base64.b64decode(sig_b64, validate=True), data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _write_pair(paths: DataPaths, private: Ed25519PrivateKey, comment: str) -> None:
+    ensure_dir(paths.keys)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    atomic_write(paths.signing_key, pem, mode=0o600)
+    pub = public_openssh(private.public_key(), comment) + "\n"
+    atomic_write(paths.signing_pub, pub.encode(), mode=0o644)
+
+
+def create(paths: DataPaths, comment: str) -> GatewayKey:
+    """Make the gateway signing key; refuses to overwrite one that exists."""
+    if paths.signing_key.exists():
+        raise KeyError_(f"{paths.signing_key}: a gateway signing key exists already")
+    private = Ed25519PrivateKey.generate()
+    _write_pair(paths, private, comment)
+    return GatewayKey(private, {})
+
+
+def load_retired(paths: DataPaths) -> dict[str, Ed25519PublicKey]:
+    retired: dict[str, Ed25519PublicKey] = {}
+    if paths.old_signing_keys.is_dir():
+        for file in sorted(paths.old_signing_keys.glob("*.pub")):
+            key = load_public(file.read_text(), str(file))
+            retired[fingerprint(key)] = key
+    return retired
+
+
+def load(paths: DataPaths) -> GatewayKey:
+    path = paths.signing_key
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise KeyError_(f"{path}: no gateway signing key (run `lbm init`)") from None
+    try:
+        private = serialization.load_ssh_private_key(data, password=None)
+    except ValueError as exc:
+        raise KeyError_(f"{path}: not an OpenSSH private key ({exc})") from exc
+    if not isinstance(private, Ed25519PrivateKey):
+        raise KeyError_(f"{path}: not an Ed25519 key")
+    return GatewayKey(private, load_retired(paths))
+
+
+def load_public_keys(paths: DataPaths) -> dict[str, Ed25519PublicKey]:
+    """Every public key the gateway has signed with, for verifiers that hold no private key."""
+    keys = load_retired(paths)
+    if paths.signing_pub.exists():
+        key = load_public(paths.signing_pub.read_text(), str(paths.signing_pub))
+        keys[fingerprint(key)] = key
+    return keys
+
+
+def rotate(paths: DataPaths, comment: str) -> tuple[str, str]:
+    """Retire the current key (its public half stays for verification) and make a new one.
+
+    Returns (old fingerprint, new fingerprint).
+    """
+    old = load(paths)
+    ensure_dir(paths.old_signing_keys)
+    old_fp = old.fingerprint
+    atomic_write(
+        paths.old_signing_keys / f"{old_fp}.pub",
+        (public_openssh(old.public, comment) + "\n").encode(),
+        mode=0o644,
+    )
+    private = Ed25519PrivateKey.generate()
+    _write_pair(paths, private, comment)
+    os.sync()
+    return old_fp, fingerprint(private.public_key())

@@ -1,0 +1,158 @@
+"""`lbm init`, `lbm config check|show`, `lbm audit show|verify` through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from lbm_testing import Lbm
+
+
+def test_init_creates_private_data_dir_key_registry_and_audit_entry(tmp_path: Path) -> None:
+    lbm = Lbm(tmp_path / "d")
+    result = lbm("init", "--gateway-id", "egress-1", "--json", check=True)
+    info = json.loads(result.stdout)
+    root = tmp_path / "d"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / "keys" / "gateway_ed25519").stat().st_mode) == 0o600
+    assert (
+        (root / "keys" / "gateway_ed25519")
+        .read_text()
+        .startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    )
+    assert (root / "registry.sqlite").exists()
+    assert info["gateway"] == "egress-1"
+    entries = [json.loads(x) for x in (root / "audit" / "audit.jsonl").read_text().splitlines()]
+    assert [e["action"] for e in entries] == ["init"]
+    assert entries[0]["fields"]["key_fingerprint"] == info["key_fingerprint"]
+    again = lbm("init", check=True)
+    assert "nothing changed" in again.stdout
+    assert len((root / "audit" / "audit.jsonl").read_text().splitlines()) == 1
+
+
+def test_data_dir_from_environment(tmp_path: Path) -> None:
+    lbm = Lbm(tmp_path / "ignored")
+    target = tmp_path / "from-env"
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LBM_DATA_DIR": str(target)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance.cli.main", "init"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "lbm.toml").exists()
+    assert not lbm.data_dir.exists()
+
+
+BAD_CONFIGS = [
+    pytest.param("[gateway]\nid = 'Gateway One'\n", "[gateway] id: must match", id="bad-id"),
+    pytest.param(
+        "[web]\nlisten_port = 'eighty'\n", "[web] listen_port: must be an integer", id="wrong-type"
+    ),
+    pytest.param(
+        "[web]\nlisten_port = 70000\n",
+        "[web] listen_port: must be a port number",
+        id="out-of-range",
+    ),
+    pytest.param("[web]\nlisten_prot = 8080\n", "[web] listen_prot: unknown key", id="typo-key"),
+    pytest.param("[wbe]\nenabled = true\n", "[wbe]: unknown section", id="unknown-section"),
+    pytest.param(
+        "[capture]\ninternal_networks = ['10.0.0.0/33']\n",
+        "[capture] internal_networks: '10.0.0.0/33' is not an IP network",
+        id="bad-network",
+    ),
+    pytest.param(
+        "[keys]\ncustodians = ['ssh-ed25519 AAAA']\n",
+        "[keys] custodians: 'ssh-ed25519 AAAA' is not an age X25519 recipient",
+        id="bad-recipient",
+    ),
+    pytest.param("[gateway\nid = 'x'\n", "TOML syntax error", id="syntax"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_CONFIGS)
+def test_config_errors_name_file_key_and_problem_in_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    lbm = Lbm(tmp_path / "d")
+    result = lbm("config", "check", str(cfg))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"lbm: error: {cfg}: ")
+    assert message in lines[0]
+    # any command using that config refuses the same way
+    result = lbm("config", "show", env={"LBM_CONFIG": str(cfg)})
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
+    result = Lbm(tmp_path / "d")("config", "check", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2 and "configuration file not found" in result.stderr
+
+
+def test_config_show_names_the_source_of_each_value(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[gateway]\nid = 'gw-7'\n")
+    lbm = Lbm(tmp_path / "d")
+    shown = lbm("config", "show", "--json", env={"LBM_CONFIG": str(cfg)}, check=True)
+    rows = json.loads(shown.stdout)
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["gateway.id"]["value"] == "gw-7"
+    assert by_key["gateway.id"]["source"] == str(cfg)
+    assert by_key["web.listen_host"]["source"] == "default"
+    assert by_key["web.listen_host"]["value"] == "127.0.0.1"
+
+
+def test_global_options_come_before_the_subcommand(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[gateway]\nid = 'gw-8'\n")
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli.main",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--config",
+            str(cfg),
+            "config",
+            "show",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert {r["key"]: r["value"] for r in json.loads(proc.stdout)}["gateway.id"] == "gw-8"
+
+
+def test_audit_verify_and_show_through_cli(lbm: Lbm) -> None:
+    ok = lbm("audit", "verify")
+    assert ok.returncode == 0 and "1 entries" in ok.stdout
+    shown = [json.loads(x) for x in lbm("audit", "show", "--json", check=True).stdout.splitlines()]
+    assert shown[0]["action"] == "init"
+    log = lbm.data_dir / "audit" / "audit.jsonl"
+    log.write_bytes(log.read_bytes().replace(b'"action":"init"', b'"action":"inix"'))
+    bad = lbm("audit", "verify")
+    assert bad.returncode == 1
+    assert "FAILED" in bad.stdout and "audit.jsonl:1:" in bad.stdout
+
+
+def test_commands_on_an_uninitialised_dir_say_so(tmp_path: Path) -> None:
+    result = Lbm(tmp_path / "none")("run")
+    assert result.returncode == 2
+    assert "not an initialised data directory" in result.stderr

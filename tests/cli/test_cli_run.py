@@ -1,0 +1,104 @@
+"""`lbm run` supervises the enabled daemons as separate processes and stops them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from lbm_testing import REPO, Lbm
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
+
+
+def start_run(lbm: Lbm) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli.main", "--data-dir", str(lbm.data_dir), "run"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_starts_daemons_and_a_signal_stops_them_all(lbm: Lbm, sig: int) -> None:
+    proc = start_run(lbm)
+    ready = lbm.data_dir / "run" / "housekeeping.ready"
+    try:
+        wait_for(ready.exists)
+        kids = children_of(proc.pid)
+        assert kids, "lbm run started no daemon process"
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "housekeeping stopped (exit 0)" in err
+    for kid in kids:
+        assert not alive(kid), f"daemon {kid} outlived lbm run"
+    actions = [
+        json.loads(x)["action"]
+        for x in (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    assert actions.count("daemon_start") == 1 and actions.count("daemon_stop") == 1
+    assert not ready.exists()
+
+
+def test_run_restarts_a_daemon_that_dies(lbm: Lbm) -> None:
+    proc = start_run(lbm)
+    ready = lbm.data_dir / "run" / "housekeeping.ready"
+    try:
+        wait_for(ready.exists)
+        (first,) = children_of(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: bool(children_of(proc.pid)) and children_of(proc.pid) != [first])
+        (second,) = children_of(proc.pid)
+        assert second != first
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "exited with status -9" in err
+    assert proc.returncode == 0
+
+
+def test_run_with_nothing_enabled_refuses(lbm: Lbm) -> None:
+    cfg = lbm.data_dir / "lbm.toml"
+    cfg.write_text(
+        cfg.read_text().replace(
+            "[housekeeping]\n# run the housekeeping daemon under `lbm run`\nenabled = true",
+            "[housekeeping]\nenabled = false",
+        )
+    )
+    result = lbm("run")
+    assert result.returncode == 2
+    assert "no daemon is enabled" in result.stderr
