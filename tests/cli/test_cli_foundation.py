@@ -156,3 +156,11 @@ def test_commands_on_an_uninitialised_dir_say_so(tmp_path: Path) -> None:
     result = Lbm(tmp_path / "none")("run")
     assert result.returncode == 2
     assert "not an initialised data directory" in result.stderr
+
+
+def test_status_prints_the_allowed_signers_line_for_the_gateway_key(lbm: Lbm) -> None:
+    info = json.loads(lbm("status", "--json", check=True).stdout)
+    pub = (lbm.data_dir / "keys" / "gateway_ed25519.pub").read_text().split()
+    assert info["gateway"] == "gw1"
+    assert info["allowed_signers"] == f'gw1 namespaces="lbm-evidence" {pub[0]} {pub[1]}'
+    assert info["audit_entries"] == 1
