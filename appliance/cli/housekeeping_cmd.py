@@ -17,6 +17,8 @@ from typing import Any
 import click
 
 from appliance.cli.app import App, pass_app
+from appliance.policy.expiry import record_expiries
+from appliance.policy.identity import import_if_changed
 from store import sqlite
 from store.audit import Action
 
@@ -30,16 +32,9 @@ class Housekeeper:
         click.echo(f"housekeeping: {message}", err=True)
 
     def expiries(self) -> list[str]:
-        try:
-            from appliance.policy import registry
-        except ImportError:
-            return []
-        record = getattr(registry, "record_expiries", None)
-        if record is None:
-            return []
         conn = sqlite.connect(self.app.paths.registry)
         try:
-            refs: list[str] = record(conn, self.app.audit, self.app.actor, self.app.clock.now())
+            refs = record_expiries(conn, self.app.audit, self.app.actor, self.app.clock.now())
         finally:
             conn.close()
         for ref in refs:
@@ -49,13 +44,6 @@ class Housekeeper:
     def identity_feed(self) -> dict[str, Any] | None:
         feed = self.app.config["identity.feed"]
         if not feed:
-            return None
-        try:
-            from appliance.policy import identity
-        except ImportError:
-            return None
-        import_if_changed = getattr(identity, "import_if_changed", None)
-        if import_if_changed is None:
             return None
         path = Path(feed)
         if not path.is_absolute():
