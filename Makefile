@@ -12,6 +12,7 @@ $(BIN)/lbm: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m capture.fastpath  # build the capture C helper now, not in a hardened unit
 	@touch $(BIN)/lbm
 
 venv: $(BIN)/lbm

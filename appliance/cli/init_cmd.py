@@ -7,10 +7,13 @@ keys and configuration are never overwritten.
 from __future__ import annotations
 
 import os
+import pwd
+from pathlib import Path
 
 import click
 
-from appliance.cli.app import App, emit, fail, pass_app
+from appliance.cli import systemd_units
+from appliance.cli.app import App, emit, fail
 from appliance.config.load import render_default
 from appliance.config.schema import ID_RE
 from store import investigators as investigators_table
@@ -36,14 +39,53 @@ def _init_registry(app: App) -> None:
         conn.close()
 
 
+def _chown_to(root: Path, user: str) -> None:
+    """Give the service user its data directory, when that user exists and we may."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        click.echo(f"lbm init: note: user {user!r} does not exist yet; chown {root} to it",
+                   err=True)
+        return
+    if os.geteuid() != 0:
+        return
+    for dirpath, _dirs, files in os.walk(root):
+        os.chown(dirpath, entry.pw_uid, entry.pw_gid)
+        for name in files:
+            os.chown(os.path.join(dirpath, name), entry.pw_uid, entry.pw_gid)
+
+
 @click.command("init")
 @click.option("--gateway-id", metavar="ID", help="gateway id written to a new config (default gw1)")
+@click.option("--system", is_flag=True,
+              help="install for systemd: data in /var/lib/lbm, config /etc/lbm/lbm.toml, units")
+@click.option("--root", "prefix", type=click.Path(file_okay=False, path_type=Path),
+              help="with --system: write under this directory instead of / (packaging, tests)")
+@click.option("--user", default="lbm", show_default=True, help="with --system: service user")
 @click.option("--json", "as_json", is_flag=True, help="print what was created as JSON")
-@pass_app
-def init(app: App, gateway_id: str | None, as_json: bool) -> None:
+@click.pass_context
+def init(ctx: click.Context, gateway_id: str | None, system: bool, prefix: Path | None,
+         user: str, as_json: bool) -> None:
     """Create the data directory (0700), default config, signing key and empty registry."""
+    app: App = ctx.obj
+    units: list[Path] = []
+    if prefix is not None and not system:
+        fail("--root goes with --system", 2)
+    if system:
+        base = (prefix or Path("/")).absolute()
+        rel_data = systemd_units.SYSTEM_DATA_DIR.relative_to("/")
+        rel_config = systemd_units.SYSTEM_CONFIG.relative_to("/")
+        app = App(str(base / rel_data), str(base / rel_config))
+        app.config_explicit = False
+        ctx.obj = app
+        try:
+            rendered = systemd_units.render(data_dir=systemd_units.SYSTEM_DATA_DIR,
+                                            config=systemd_units.SYSTEM_CONFIG, user=user)
+        except systemd_units.UnitError as exc:
+            fail(str(exc), 1)
+        units = systemd_units.write_units(base, rendered)
     root = app.paths.root
-    created: list[str] = []
+    created: list[str] = [str(u) for u in units]
     if gateway_id is not None and not ID_RE.match(gateway_id):
         fail(f"--gateway-id {gateway_id!r}: must match [a-z0-9][a-z0-9._-]*", 2)
     if not root.exists():
@@ -75,6 +117,8 @@ def init(app: App, gateway_id: str | None, as_json: bool) -> None:
     if new_registry:
         created.append(str(app.paths.registry))
     key = app.gateway_key
+    if system:
+        _chown_to(root, user)
     if created:
         app.audit.append(
             Action.INIT,

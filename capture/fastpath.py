@@ -1,0 +1,301 @@
+"""Record-header walking for pcap/pcapng: a small C extension (cffi), else pure Python.
+
+Walking record headers is sequential, so numpy cannot do it; `_fastwalk.c` does it in C.
+The extension is built with cffi's out-of-line API mode on first use into a cache directory
+(`$LBM_CAPTURE_CACHE`, else `<venv>/var/lbm-capture`, else `~/.cache/lbm-gateway`), keyed by
+a hash of the C source, written under a temporary name and renamed into place. Install or CI
+can prebuild it with ``python -m capture.fastpath``. Without a compiler (or with
+``LBM_CAPTURE_NO_C=1``) the pure-Python walkers below are used: same results, slower.
+
+Both implementations share one signature per format and return numpy arrays; see
+`walk_pcap` / `walk_pcapng`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import shutil
+import struct
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_SRC_PATH = Path(__file__).with_name("_fastwalk.c")
+_CDEF = """
+int64_t walk_pcap(const uint8_t *buf, int64_t len, int swapped, int64_t max_pkts,
+                  uint32_t caplimit, int64_t *off, int32_t *caplen, int32_t *wirelen,
+                  uint32_t *sec, uint32_t *frac, int64_t *consumed, int *status);
+int64_t walk_pcapng(const uint8_t *buf, int64_t len, int swapped, int64_t max_pkts,
+                    uint32_t blocklimit, int64_t *off, int32_t *caplen, int32_t *wirelen,
+                    uint32_t *iface, uint64_t *ts, int64_t *consumed, int *status,
+                    uint32_t *stop_type);
+"""
+
+STOP_OK = 0  # max packets reached or next record incomplete
+STOP_BAD = 1  # bad record/block length at `consumed`
+STOP_BLOCK = 2  # pcapng SHB/IDB at `consumed`: caller parses it
+
+
+@dataclass
+class PcapWalk:
+    """Records found by `walk_pcap` (offsets relative to the walked buffer)."""
+
+    off: npt.NDArray[np.int64]
+    caplen: npt.NDArray[np.int32]
+    wirelen: npt.NDArray[np.int32]
+    sec: npt.NDArray[np.uint32]
+    frac: npt.NDArray[np.uint32]
+    consumed: int
+    status: int
+
+
+@dataclass
+class PcapngWalk:
+    """Packets found by `walk_pcapng`; ts is raw interface units, UINT64_MAX for SPB."""
+
+    off: npt.NDArray[np.int64]
+    caplen: npt.NDArray[np.int32]
+    wirelen: npt.NDArray[np.int32]
+    iface: npt.NDArray[np.uint32]
+    ts: npt.NDArray[np.uint64]
+    consumed: int
+    status: int
+    stop_type: int
+
+
+def _cache_dirs() -> list[Path]:
+    env = os.environ.get("LBM_CAPTURE_CACHE")
+    dirs = [Path(env)] if env else []
+    dirs.append(Path(sys.prefix) / "var" / "lbm-capture")
+    dirs.append(Path.home() / ".cache" / "lbm-gateway")
+    return dirs
+
+
+def _module_name() -> str:
+    digest = hashlib.sha256(_SRC_PATH.read_bytes() + _CDEF.encode()).hexdigest()[:16]
+    return f"_lbm_fastwalk_{digest}"
+
+
+def _load_from(path: Path, name: str) -> ModuleType | None:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        return None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build(dest: Path) -> Path:
+    """Compile the extension into `dest` (atomic rename); returns the .so path."""
+    import cffi  # build-time only
+
+    name = _module_name()
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        ffi = cffi.FFI()
+        ffi.cdef(_CDEF)
+        ffi.set_source(name, _SRC_PATH.read_text(), extra_compile_args=["-O2"])
+        built = Path(ffi.compile(tmpdir=tmp, verbose=False))
+        final = dest / built.name
+        tmp_final = dest / f"{built.name}.{os.getpid()}.tmp"
+        shutil.copyfile(built, tmp_final)
+        os.replace(tmp_final, final)
+    return final
+
+
+def _load() -> Any:
+    if os.environ.get("LBM_CAPTURE_NO_C") or not _SRC_PATH.is_file():
+        return None
+    name = _module_name()
+    for d in _cache_dirs():
+        for so in sorted(d.glob(f"{name}*.so")) if d.is_dir() else []:
+            with contextlib.suppress(Exception):
+                mod = _load_from(so, name)
+                if mod is not None:
+                    return mod
+    for d in _cache_dirs():
+        try:
+            so = build(d)
+            mod = _load_from(so, name)
+            if mod is not None:
+                return mod
+        except Exception:  # no compiler, read-only dir, ...: try next, then fall back
+            continue
+    return None
+
+
+_MOD: Any = _load()
+IMPLEMENTATION = "c" if _MOD is not None else "python"
+
+
+def walk_pcap(
+    buf: bytearray | bytes | memoryview, length: int, swapped: bool, max_pkts: int, caplimit: int
+) -> PcapWalk:
+    """Walk complete pcap records (16-byte header + data) in buf[0:length]."""
+    off = np.empty(max_pkts, dtype=np.int64)
+    caplen = np.empty(max_pkts, dtype=np.int32)
+    wirelen = np.empty(max_pkts, dtype=np.int32)
+    sec = np.empty(max_pkts, dtype=np.uint32)
+    frac = np.empty(max_pkts, dtype=np.uint32)
+    if _MOD is not None:
+        ffi, lib = _MOD.ffi, _MOD.lib
+        consumed = ffi.new("int64_t *")
+        status = ffi.new("int *")
+
+        def p(a: np.ndarray, t: str) -> Any:
+            return ffi.cast(t, a.ctypes.data)
+
+        n = lib.walk_pcap(
+            ffi.from_buffer("uint8_t[]", buf),
+            length,
+            int(swapped),
+            max_pkts,
+            caplimit,
+            p(off, "int64_t *"),
+            p(caplen, "int32_t *"),
+            p(wirelen, "int32_t *"),
+            p(sec, "uint32_t *"),
+            p(frac, "uint32_t *"),
+            consumed,
+            status,
+        )
+        c, st = int(consumed[0]), int(status[0])
+    else:
+        n, c, st = _py_walk_pcap(
+            buf, length, swapped, max_pkts, caplimit, off, caplen, wirelen, sec, frac
+        )
+    return PcapWalk(off[:n], caplen[:n], wirelen[:n], sec[:n], frac[:n], c, st)
+
+
+def walk_pcapng(
+    buf: bytearray | bytes | memoryview, length: int, swapped: bool, max_pkts: int, blocklimit: int
+) -> PcapngWalk:
+    """Walk pcapng blocks in buf[0:length] until max_pkts, an SHB/IDB, or incomplete data."""
+    off = np.empty(max_pkts, dtype=np.int64)
+    caplen = np.empty(max_pkts, dtype=np.int32)
+    wirelen = np.empty(max_pkts, dtype=np.int32)
+    iface = np.empty(max_pkts, dtype=np.uint32)
+    ts = np.empty(max_pkts, dtype=np.uint64)
+    if _MOD is not None:
+        ffi, lib = _MOD.ffi, _MOD.lib
+        consumed = ffi.new("int64_t *")
+        status = ffi.new("int *")
+        stop = ffi.new("uint32_t *")
+
+        def p(a: np.ndarray, t: str) -> Any:
+            return ffi.cast(t, a.ctypes.data)
+
+        n = lib.walk_pcapng(
+            ffi.from_buffer("uint8_t[]", buf),
+            length,
+            int(swapped),
+            max_pkts,
+            blocklimit,
+            p(off, "int64_t *"),
+            p(caplen, "int32_t *"),
+            p(wirelen, "int32_t *"),
+            p(iface, "uint32_t *"),
+            p(ts, "uint64_t *"),
+            consumed,
+            status,
+            stop,
+        )
+        c, st, stop_type = int(consumed[0]), int(status[0]), int(stop[0])
+    else:
+        n, c, st, stop_type = _py_walk_pcapng(
+            buf, length, swapped, max_pkts, blocklimit, off, caplen, wirelen, iface, ts
+        )
+    return PcapngWalk(off[:n], caplen[:n], wirelen[:n], iface[:n], ts[:n], c, st, stop_type)
+
+
+def _py_walk_pcap(
+    buf: bytearray | bytes | memoryview,
+    length: int,
+    swapped: bool,
+    max_pkts: int,
+    caplimit: int,
+    off: np.ndarray,
+    caplen: np.ndarray,
+    wirelen: np.ndarray,
+    sec: np.ndarray,
+    frac: np.ndarray,
+) -> tuple[int, int, int]:
+    little = (sys.byteorder == "little") != swapped
+    hdr = struct.Struct("<IIII" if little else ">IIII")
+    pos = n = 0
+    while n < max_pkts and pos + 16 <= length:
+        s, f, cl, wl = hdr.unpack_from(buf, pos)
+        if cl > caplimit:
+            return n, pos, STOP_BAD
+        if pos + 16 + cl > length:
+            break
+        sec[n], frac[n], caplen[n] = s, f, cl
+        wirelen[n] = min(wl, 0x7FFFFFFF)
+        off[n] = pos + 16
+        pos += 16 + cl
+        n += 1
+    return n, pos, STOP_OK
+
+
+def _py_walk_pcapng(
+    buf: bytearray | bytes | memoryview,
+    length: int,
+    swapped: bool,
+    max_pkts: int,
+    blocklimit: int,
+    off: np.ndarray,
+    caplen: np.ndarray,
+    wirelen: np.ndarray,
+    iface: np.ndarray,
+    ts: np.ndarray,
+) -> tuple[int, int, int, int]:
+    native_little = sys.byteorder == "little"
+    little = native_little != swapped
+    e = "<" if little else ">"
+    u32, u16 = struct.Struct(e + "I"), struct.Struct(e + "H")
+    pos = n = 0
+    while n < max_pkts and pos + 12 <= length:
+        btype = u32.unpack_from(buf, pos)[0]
+        blen = u32.unpack_from(buf, pos + 4)[0]
+        if btype in (0x0A0D0D0A, 1):
+            return n, pos, STOP_BLOCK, btype
+        if blen < 12 or blen > blocklimit or blen & 3:
+            return n, pos, STOP_BAD, btype
+        if pos + blen > length:
+            break
+        if btype in (6, 2):
+            if blen < 32:
+                return n, pos, STOP_BAD, btype
+            cl = u32.unpack_from(buf, pos + 20)[0]
+            wl = u32.unpack_from(buf, pos + 24)[0]
+            if cl > blen - 32:
+                return n, pos, STOP_BAD, btype
+            iface[n] = (
+                u32.unpack_from(buf, pos + 8)[0] if btype == 6 else u16.unpack_from(buf, pos + 8)[0]
+            )
+            hi, lo = u32.unpack_from(buf, pos + 12)[0], u32.unpack_from(buf, pos + 16)[0]
+            ts[n] = (hi << 32) | lo
+            caplen[n], wirelen[n], off[n] = cl, min(wl, 0x7FFFFFFF), pos + 28
+            n += 1
+        elif btype == 3:
+            if blen < 16:
+                return n, pos, STOP_BAD, btype
+            wl = u32.unpack_from(buf, pos + 8)[0]
+            iface[n], ts[n] = 0, 0xFFFFFFFFFFFFFFFF
+            caplen[n], wirelen[n], off[n] = min(wl, blen - 16), min(wl, 0x7FFFFFFF), pos + 12
+            n += 1
+        pos += blen
+    return n, pos, STOP_OK, 0
+
+
+if __name__ == "__main__":
+    print(f"capture.fastpath: implementation={IMPLEMENTATION}")

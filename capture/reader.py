@@ -1,0 +1,403 @@
+"""Streaming reader for pcap and pcapng capture files, in bounded chunks.
+
+`open_capture(path)` checks the file header (raising `CaptureError` naming the path and the
+problem) and returns a `CaptureReader`; `CaptureReader.batches(max_packets)` yields
+`RawBatch`es. The file is read in chunks of `chunk_bytes` (default 8 MiB, grown only to hold
+one record larger than that, up to a hard cap), so peak memory does not depend on file size.
+Record headers are walked by `capture.fastpath` (C via cffi, or pure Python).
+
+Formats: pcap with microsecond or nanosecond magic in either byte order (the link-type
+field is masked to its low 16 bits: FCS and reserved bits are ignored); pcapng with SHBs in
+either byte order, several sections and interfaces with their own link types, `if_tsresol`
+and `if_tsoffset`, Enhanced/Simple/obsolete Packet Blocks; other blocks are skipped.
+
+Problems after a valid file header never raise: they are counted in `summary`
+(``truncated_record`` for a partial last record, ``bad_record`` for a corrupt length that
+ends the readable part of the file, ``bad_timestamp``, ``bad_interface``, ...).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from capture import CaptureError
+from capture.batch import RawBatch
+from capture.fastpath import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcap, walk_pcapng
+
+PCAP_MAGIC_US = 0xA1B2C3D4
+PCAP_MAGIC_NS = 0xA1B23C4D
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BOM = 0x1A2B3C4D
+
+DEFAULT_CHUNK = 8 << 20
+MAX_RECORD = 64 << 20  # larger records/blocks are treated as corruption
+MIN_CAPLIMIT = 262144  # libpcap's MAXIMUM_SNAPLEN: accept records up to this even if snaplen < it
+
+
+@dataclass
+class Interface:
+    """One pcapng interface (or the single pcap 'interface')."""
+
+    linktype: int
+    snaplen: int
+    ts_div: int = 1000  # raw ts units -> ns: ns = raw * ts_mul // ts_div (decimal resolutions)
+    ts_mul: int = 1
+    ts_pow2: int = -1  # if >= 0: binary resolution 2^-ts_pow2 s
+    ts_offset_s: int = 0
+
+
+def _resol(iface: Interface, code: int) -> None:
+    if code & 0x80:
+        iface.ts_pow2 = code & 0x7F
+        return
+    exp = code & 0x7F
+    iface.ts_pow2 = -1
+    if exp <= 9:
+        iface.ts_mul, iface.ts_div = 10 ** (9 - exp), 1
+    else:
+        iface.ts_mul, iface.ts_div = 1, 10 ** (exp - 9)
+
+
+def _raw_to_ns(raw: np.ndarray, iface: Interface) -> np.ndarray:
+    """Convert raw pcapng timestamps (uint64) of one interface to int64 ns."""
+    r = raw.astype(np.uint64)
+    if iface.ts_pow2 >= 0:
+        k = np.uint64(iface.ts_pow2)
+        secs = r >> k
+        frac = r & ((np.uint64(1) << k) - np.uint64(1)) if iface.ts_pow2 < 64 else r
+        ns = secs.astype(np.int64) * 1_000_000_000 + (
+            (frac.astype(np.float64) * 1e9) / float(2**iface.ts_pow2)
+        ).astype(np.int64)
+    elif iface.ts_div > 1:
+        ns = (r // np.uint64(iface.ts_div)).astype(np.int64)
+    else:
+        ns = (r * np.uint64(iface.ts_mul)).astype(np.int64)
+    return ns + np.int64(iface.ts_offset_s * 1_000_000_000)
+
+
+class CaptureReader:
+    """An open capture file; iterate `batches()` once. Use as a context manager."""
+
+    def __init__(self, path: Path, fh: io.BufferedReader, chunk_bytes: int = DEFAULT_CHUNK) -> None:
+        self.path = path
+        self._fh = fh
+        self._chunk = max(int(chunk_bytes), 4096)
+        self.summary: dict[str, int] = {}
+        self.packets = 0
+        self.format = ""
+        self.interfaces: list[Interface] = []
+        self._swapped = False
+        self._nsec = False
+        self._caplimit = MIN_CAPLIMIT
+        self._sniff()
+
+    # --- header --------------------------------------------------------------------------
+    def _fail(self, what: str) -> CaptureError:
+        self._fh.close()
+        return CaptureError(f"{self.path}: {what}")
+
+    def _sniff(self) -> None:
+        head = self._fh.read(24)
+        if len(head) == 0:
+            raise self._fail("empty file, not a pcap or pcapng capture")
+        if len(head) < 4:
+            raise self._fail(f"file too short ({len(head)} bytes) for a capture file header")
+        le = struct.unpack("<I", head[:4])[0]
+        if le == PCAPNG_SHB:
+            self.format = "pcapng"
+            self._fh.seek(0)
+            return
+        for magic, nsec in ((PCAP_MAGIC_US, False), (PCAP_MAGIC_NS, True)):
+            for order in ("<", ">"):
+                if struct.unpack(order + "I", head[:4])[0] == magic:
+                    if len(head) < 24:
+                        raise self._fail(f"truncated pcap file header ({len(head)} of 24 bytes)")
+                    _, vmaj, vmin, _, _, snap, net = struct.unpack(order + "IHHiIII", head)
+                    if vmaj != 2:
+                        raise self._fail(f"unsupported pcap version {vmaj}.{vmin}")
+                    self.format = "pcap-ns" if nsec else "pcap"
+                    self._nsec = nsec
+                    self._swapped = (order == "<") != (sys.byteorder == "little")
+                    linktype = net & 0xFFFF  # high bits: FCS length / reserved
+                    self.interfaces = [Interface(linktype=linktype, snaplen=snap)]
+                    self._caplimit = min(max(snap, MIN_CAPLIMIT), MAX_RECORD)
+                    return
+        raise self._fail(f"not a pcap or pcapng file (magic 0x{le:08x})")
+
+    # --- helpers -------------------------------------------------------------------------
+    def _count(self, key: str, n: int = 1) -> None:
+        if n:
+            self.summary[key] = self.summary.get(key, 0) + n
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fill(self, pending: bytes | bytearray, need: int = 0) -> tuple[bytearray, int, bool]:
+        """New chunk buffer: pending bytes followed by fresh file data. Returns (buf, len, eof)."""
+        size = max(self._chunk, need, len(pending) + 4096)
+        buf = bytearray(size)
+        buf[: len(pending)] = pending
+        view = memoryview(buf)
+        got = len(pending)
+        eof = False
+        while got < size:
+            r = self._fh.readinto(view[got:])
+            if not r:
+                eof = True
+                break
+            got += r
+        return buf, got, eof
+
+    # --- batches -------------------------------------------------------------------------
+    def batches(self, max_packets: int = 65536) -> Iterator[RawBatch]:
+        """Yield RawBatches of at most max_packets packets until the end of the file."""
+        max_packets = max(1, int(max_packets))
+        try:
+            if self.format == "pcapng":
+                yield from self._pcapng_batches(max_packets)
+            else:
+                self._fh.seek(24)
+                yield from self._pcap_batches(max_packets)
+        finally:
+            self.close()
+
+    def _pcap_batches(self, max_packets: int) -> Iterator[RawBatch]:
+        lt = self.interfaces[0].linktype
+        pending: bytes | bytearray = b""
+        need = 0
+        while True:
+            buf, length, eof = self._fill(pending, need)
+            need = 0
+            pos = 0
+            arr = np.frombuffer(buf, dtype=np.uint8)
+            while True:
+                w = walk_pcap(
+                    memoryview(buf)[pos:], length - pos, self._swapped, max_packets, self._caplimit
+                )
+                n = len(w.off)
+                if n:
+                    self.packets += n
+                    if self._nsec:
+                        ts = w.sec.astype(np.int64) * 1_000_000_000 + w.frac.astype(np.int64)
+                        self._count("bad_timestamp", int(np.count_nonzero(w.frac >= 10**9)))
+                    else:
+                        ts = w.sec.astype(np.int64) * 1_000_000_000 + (
+                            w.frac.astype(np.int64) * 1000
+                        )
+                        self._count("bad_timestamp", int(np.count_nonzero(w.frac >= 10**6)))
+                    yield RawBatch(
+                        buf=arr,
+                        ts_ns=ts,
+                        cap_len=w.caplen,
+                        wire_len=w.wirelen,
+                        frame_off=w.off + pos,
+                        linktype=np.full(n, lt, dtype=np.uint16),
+                        iface=np.zeros(n, dtype=np.uint16),
+                    )
+                pos += w.consumed
+                if w.status == STOP_BAD:
+                    self._count("bad_record")
+                    return
+                if n < max_packets:
+                    break
+            rest = length - pos
+            if eof:
+                if rest:
+                    self._count("truncated_record")
+                return
+            pending = bytes(buf[pos:length])
+            if rest >= 16:  # make room for a record larger than the chunk
+                cl = struct.unpack_from(">I" if self._big() else "<I", buf, pos + 8)[0]
+                need = 16 + cl + 4096
+
+    def _big(self) -> bool:
+        return (sys.byteorder == "big") != self._swapped
+
+    # --- pcapng --------------------------------------------------------------------------
+    def _parse_shb(self, buf: bytearray, pos: int, length: int) -> int:
+        """Parse an SHB at pos; returns its length, or 0 if incomplete. Raises if invalid."""
+        if pos + 12 > length:
+            return 0
+        bom = struct.unpack_from("<I", buf, pos + 8)[0]
+        if bom == PCAPNG_BOM:
+            order = "<"
+        elif bom == 0x4D3C2B1A:
+            order = ">"
+        else:
+            raise CaptureError(f"{self.path}: pcapng section header with bad byte-order magic")
+        blen = struct.unpack_from(order + "I", buf, pos + 4)[0]
+        if blen < 28 or blen > MAX_RECORD or blen & 3:
+            raise CaptureError(f"{self.path}: pcapng section header with bad length {blen}")
+        if pos + blen > length:
+            return 0
+        major = struct.unpack_from(order + "H", buf, pos + 12)[0]
+        if major != 1:
+            raise CaptureError(f"{self.path}: unsupported pcapng version {major}")
+        self._swapped = (order == "<") != (sys.byteorder == "little")
+        self.interfaces = []
+        return int(blen)
+
+    def _parse_idb(self, buf: bytearray, pos: int, length: int) -> int:
+        """Parse an IDB at pos; returns its length, 0 if incomplete, -1 if corrupt."""
+        e = ">" if self._big() else "<"
+        if pos + 8 > length:
+            return 0
+        blen = struct.unpack_from(e + "I", buf, pos + 4)[0]
+        if blen < 20 or blen > MAX_RECORD or blen & 3:
+            return -1
+        if pos + blen > length:
+            return 0
+        lt, _, snap = struct.unpack_from(e + "HHI", buf, pos + 8)
+        iface = Interface(linktype=lt, snaplen=snap)
+        _resol(iface, 6)
+        o, end = pos + 16, pos + blen - 4
+        while o + 4 <= end:
+            code, olen = struct.unpack_from(e + "HH", buf, o)
+            if code == 0:
+                break
+            if o + 4 + olen > end:
+                self._count("bad_option")
+                break
+            if code == 9 and olen >= 1:
+                _resol(iface, buf[o + 4])
+            elif code == 14 and olen >= 8:
+                iface.ts_offset_s = struct.unpack_from(e + "q", buf, o + 4)[0]
+            o += 4 + ((olen + 3) & ~3)
+        self.interfaces.append(iface)
+        return int(blen)
+
+    def _pcapng_batches(self, max_packets: int) -> Iterator[RawBatch]:
+        pending: bytes | bytearray = b""
+        need = 0
+        first = True
+        last_ts = 0
+        while True:
+            buf, length, eof = self._fill(pending, need)
+            need = 0
+            pos = 0
+            arr = np.frombuffer(buf, dtype=np.uint8)
+            while True:
+                if first:
+                    blen = self._parse_shb(buf, pos, length)
+                    if blen == 0:
+                        if eof:
+                            raise CaptureError(f"{self.path}: truncated pcapng section header")
+                        break
+                    first = False
+                    pos += blen
+                    continue
+                w = walk_pcapng(
+                    memoryview(buf)[pos:], length - pos, self._swapped, max_packets, MAX_RECORD
+                )
+                n = len(w.off)
+                if n:
+                    batch = self._pcapng_batch(arr, w, pos, last_ts)
+                    if batch is not None:
+                        last_ts = int(batch.ts_ns[-1]) if len(batch) else last_ts
+                        yield batch
+                pos += w.consumed
+                if w.status == STOP_BAD:
+                    self._count("bad_record")
+                    return
+                if w.status == STOP_BLOCK:
+                    if w.stop_type == PCAPNG_SHB:
+                        blen = self._parse_shb_safe(buf, pos, length)
+                    else:
+                        blen = self._parse_idb(buf, pos, length)
+                    if blen < 0:
+                        self._count("bad_record")
+                        return
+                    if blen == 0:
+                        break
+                    pos += blen
+                    continue
+                if n < max_packets:
+                    break
+            rest = length - pos
+            if eof:
+                if rest:
+                    self._count("truncated_record")
+                return
+            pending = bytes(buf[pos:length])
+            if rest >= 12:  # make room for a block larger than the chunk
+                e = ">" if self._big() else "<"
+                if struct.unpack_from("<I", buf, pos)[0] == PCAPNG_SHB:
+                    e = "<" if struct.unpack_from("<I", buf, pos + 8)[0] == PCAPNG_BOM else ">"
+                blen = struct.unpack_from(e + "I", buf, pos + 4)[0]
+                need = min(blen, MAX_RECORD) + 4096
+
+    def _parse_shb_safe(self, buf: bytearray, pos: int, length: int) -> int:
+        try:
+            return self._parse_shb(buf, pos, length)
+        except CaptureError:
+            return -1
+
+    def _pcapng_batch(
+        self, arr: np.ndarray, w: PcapngWalk, pos: int, last_ts: int
+    ) -> RawBatch | None:
+        n = len(w.off)
+        nif = len(self.interfaces)
+        iface = w.iface
+        bad = iface >= nif
+        if bad.any():
+            self._count("bad_interface", int(np.count_nonzero(bad)))
+            keep = ~bad
+            w = PcapngWalk(
+                w.off[keep],
+                w.caplen[keep],
+                w.wirelen[keep],
+                iface[keep],
+                w.ts[keep],
+                w.consumed,
+                w.status,
+                w.stop_type,
+            )
+            iface = w.iface
+            n = len(w.off)
+            if n == 0:
+                return None
+        ts = np.zeros(n, dtype=np.int64)
+        lt = np.zeros(n, dtype=np.uint16)
+        for i in np.unique(iface):
+            m = iface == i
+            itf = self.interfaces[int(i)]
+            ts[m] = _raw_to_ns(w.ts[m], itf)
+            lt[m] = itf.linktype
+        spb = w.ts == np.uint64(0xFFFFFFFFFFFFFFFF)
+        if spb.any():  # SPBs carry no timestamp: use the previous packet's
+            idx = np.where(~spb, np.arange(n), -1)
+            np.maximum.accumulate(idx, out=idx)
+            ts = np.where(idx >= 0, ts[np.maximum(idx, 0)], last_ts)
+        self.packets += n
+        return RawBatch(
+            buf=arr,
+            ts_ns=ts,
+            cap_len=w.caplen,
+            wire_len=w.wirelen,
+            frame_off=w.off + pos,
+            linktype=lt,
+            iface=iface.astype(np.uint16),
+        )
+
+
+def open_capture(path: str | Path, chunk_bytes: int = DEFAULT_CHUNK) -> CaptureReader:
+    """Open a pcap/pcapng file; raises CaptureError(f"{path}: ...") if it is not readable."""
+    p = Path(path)
+    try:
+        fh = open(p, "rb")  # noqa: SIM115 - owned by the reader, closed by it
+    except OSError as exc:
+        raise CaptureError(f"{p}: cannot open ({exc.strerror or exc})") from None
+    return CaptureReader(p, fh, chunk_bytes)

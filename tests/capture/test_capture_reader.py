@@ -1,0 +1,272 @@
+"""Capture file reader: pcap (us/ns, both byte orders), pcapng (sections, interfaces,
+resolutions, block kinds), clear errors for broken file headers, counted record problems,
+bounded-chunk streaming, and the C and pure-Python record walkers agreeing."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capture import CaptureError, fastpath
+from capture.reader import open_capture
+
+REPO = Path(__file__).resolve().parents[2]
+MIXED = REPO / "pcaps" / "mixed-linktypes.pcapng"
+T0 = 1_700_000_000
+S = 1_000_000_000
+
+
+def _frame(i: int, size: int) -> bytes:
+    return struct.pack(">I", i) + bytes([i % 256]) * (size - 4)
+
+
+def write_pcap(
+    path: Path,
+    frames: list[bytes],
+    *,
+    nsec: bool = False,
+    order: str = "<",
+    network: int = 1,
+    snaplen: int = 65535,
+    wire_extra: int = 0,
+) -> None:
+    magic = 0xA1B23C4D if nsec else 0xA1B2C3D4
+    out = [struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, snaplen, network)]
+    for i, f in enumerate(frames):
+        frac = (i * 1000 + 7) if nsec else (i * 10 + 7)
+        out.append(struct.pack(order + "IIII", T0 + i, frac, len(f), len(f) + wire_extra) + f)
+    path.write_bytes(b"".join(out))
+
+
+@pytest.mark.parametrize("nsec", [False, True])
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_pcap_variants(tmp_path: Path, nsec: bool, order: str) -> None:
+    frames = [_frame(i, 60 + i) for i in range(5)]
+    p = tmp_path / "x.pcap"
+    write_pcap(p, frames, nsec=nsec, order=order, wire_extra=3)
+    r = open_capture(p)
+    batches = list(r.batches(max_packets=2))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    got = [b.frame(i) for b in batches for i in range(len(b))]
+    assert got == frames
+    ts = np.concatenate([b.ts_ns for b in batches]).tolist()
+    unit = 1 if nsec else 1000
+    assert ts == [
+        (T0 + i) * S + ((i * 1000 + 7) if nsec else (i * 10 + 7)) * unit for i in range(5)
+    ]
+    wire = np.concatenate([b.wire_len for b in batches]).tolist()
+    assert wire == [len(f) + 3 for f in frames]
+    assert r.format == ("pcap-ns" if nsec else "pcap") and r.summary == {}
+
+
+def test_pcap_linktype_high_bits_are_masked(tmp_path: Path) -> None:
+    p = tmp_path / "fcs.pcap"
+    write_pcap(p, [_frame(0, 60)], network=0x30000065)  # RAW (101) with FCS bits set
+    b = next(open_capture(p).batches())
+    assert b.linktype.tolist() == [101]
+
+
+def test_pcapng_mixed_sections_interfaces_and_blocks() -> None:
+    r = open_capture(MIXED)
+    batches = list(r.batches(max_packets=3))
+    lt = np.concatenate([b.linktype for b in batches]).tolist()
+    ts = np.concatenate([b.ts_ns for b in batches]).tolist()
+    iface = np.concatenate([b.iface for b in batches]).tolist()
+    assert lt == [1, 101, 276, 0, 1, 1, 229, 1]
+    assert iface == [0, 1, 2, 3, 0, 0, 0, 1]
+    assert ts == [
+        T0 * S + 1_000,  # microseconds
+        T0 * S + 2,  # nanoseconds
+        T0 * S + 3_000_000 + 100 * S,  # milliseconds + if_tsoffset
+        T0 * S + 4_000,
+        T0 * S + 4_000,  # simple packet block: no timestamp, previous packet's
+        T0 * S + 7_000,  # obsolete packet block
+        T0 * S + 5_000,  # big-endian section, default resolution
+        T0 * S + S // 2,  # 2^-20 s resolution: half a second
+    ]
+    assert r.summary == {}
+
+
+def _broken(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"", "empty file"),
+        (b"\xd4\xc3", "too short"),
+        (b"GIF89a" + b"\x00" * 40, "not a pcap or pcapng file"),
+        (struct.pack("<IHH", 0xA1B2C3D4, 2, 4), "truncated pcap file header"),
+        (struct.pack("<IHHiIII", 0xA1B2C3D4, 3, 0, 0, 0, 65535, 1), "unsupported pcap version"),
+        (struct.pack("<III", 0x0A0D0D0A, 28, 0x11223344) + b"\x00" * 16, "byte-order magic"),
+        (struct.pack("<III", 0x0A0D0D0A, 28, 0x1A2B3C4D), "truncated pcapng section header"),
+    ],
+)
+def test_broken_file_header_is_a_clear_error(tmp_path: Path, data: bytes, fragment: str) -> None:
+    p = _broken(tmp_path, "bad.cap", data)
+    with pytest.raises(CaptureError) as err:
+        for _ in open_capture(p).batches():
+            pass
+    assert str(p) in str(err.value) and fragment in str(err.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CaptureError, match=r"nope\.pcap: cannot open"):
+        open_capture(tmp_path / "nope.pcap")
+
+
+def test_truncated_last_record_is_counted(tmp_path: Path) -> None:
+    p = tmp_path / "t.pcap"
+    write_pcap(p, [_frame(i, 100) for i in range(3)])
+    p.write_bytes(p.read_bytes()[:-30])
+    r = open_capture(p)
+    assert sum(len(b) for b in r.batches()) == 2
+    assert r.summary == {"truncated_record": 1}
+    ng = tmp_path / "t.pcapng"
+    ng.write_bytes(MIXED.read_bytes()[:-10])
+    r = open_capture(ng)
+    assert sum(len(b) for b in r.batches()) == 7
+    assert r.summary == {"truncated_record": 1}
+
+
+def test_corrupt_record_length_stops_with_a_count(tmp_path: Path) -> None:
+    p = tmp_path / "c.pcap"
+    write_pcap(p, [_frame(i, 100) for i in range(4)])
+    data = bytearray(p.read_bytes())
+    rec2 = 24 + 2 * 116
+    data[rec2 + 8 : rec2 + 12] = struct.pack("<I", 0xFFFFFFF0)
+    p.write_bytes(bytes(data))
+    r = open_capture(p)
+    assert sum(len(b) for b in r.batches()) == 2
+    assert r.summary == {"bad_record": 1}
+
+
+def test_streams_in_bounded_chunks(tmp_path: Path) -> None:
+    """A 20 MB file read with 1 MiB chunks: every record intact across chunk boundaries,
+    no batch buffer larger than the chunk, and memory use independent of file size."""
+    p = tmp_path / "big.pcap"
+    n = 20_000
+    write_pcap(p, [_frame(i, 1000 + (i % 7)) for i in range(n)])
+    chunk = 1 << 20
+    seen = 0
+    tracemalloc.start()
+    try:
+        for b in open_capture(p, chunk_bytes=chunk).batches(max_packets=4096):
+            assert b.buf.nbytes <= chunk + 4096
+            for i in (0, len(b) - 1):
+                f = b.frame(i)
+                k = struct.unpack(">I", f[:4])[0]
+                assert k == seen + i and len(f) == 1000 + (k % 7) and f[-1] == k % 256
+            seen += len(b)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen == n
+    assert peak < 8 * chunk, peak
+
+
+def test_record_larger_than_chunk(tmp_path: Path) -> None:
+    p = tmp_path / "jumbo.pcap"
+    frames = [_frame(0, 60), _frame(1, 300_000), _frame(2, 60)]
+    write_pcap(p, frames, snaplen=400_000)
+    got = [b.frame(i) for b in open_capture(p, chunk_bytes=65536).batches() for i in range(len(b))]
+    assert got == frames
+
+
+def test_c_and_python_walkers_agree() -> None:
+    if fastpath.IMPLEMENTATION != "c":
+        pytest.skip("C record walker not built (no compiler?)")
+    data = bytearray(MIXED.read_bytes())
+    shb_len = struct.unpack_from("<I", data, 4)[0]
+    buf = data[shb_len:]
+    c = fastpath.walk_pcapng(buf, len(buf), False, 100, 1 << 20)
+    fastpath_mod = fastpath._MOD
+    try:
+        fastpath._MOD = None
+        py = fastpath.walk_pcapng(buf, len(buf), False, 100, 1 << 20)
+    finally:
+        fastpath._MOD = fastpath_mod
+    assert (c.consumed, c.status, c.stop_type) == (py.consumed, py.status, py.stop_type)
+    for f in ("off", "caplen", "wirelen", "iface", "ts"):
+        assert getattr(c, f).tolist() == getattr(py, f).tolist()
+
+
+def test_pure_python_fallback_reads_the_same(tmp_path: Path) -> None:
+    """With the C extension disabled, the reader gives the same packets and timestamps."""
+    code = (
+        "import sys, numpy as np\n"
+        "from capture.fastpath import IMPLEMENTATION\n"
+        "from capture.reader import open_capture\n"
+        "assert IMPLEMENTATION == 'python', IMPLEMENTATION\n"
+        "bs = list(open_capture(sys.argv[1]).batches(max_packets=2))\n"
+        "print(repr((np.concatenate([b.ts_ns for b in bs]).tolist(),"
+        " [b.frame(i).hex() for b in bs for i in range(len(b))])))\n"
+    )
+    env = dict(os.environ, LBM_CAPTURE_NO_C="1")
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(MIXED)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
+    bs = list(open_capture(MIXED).batches(max_packets=2))
+    want = (
+        np.concatenate([b.ts_ns for b in bs]).tolist(),
+        [b.frame(i).hex() for b in bs for i in range(len(b))],
+    )
+    assert run.stdout.strip() == str(want)
+
+
+PCAP_HDR = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+PCAPNG_HDR = MIXED.read_bytes()[:28] + MIXED.read_bytes()[28:48]  # SHB + first IDB
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    head=st.sampled_from([PCAP_HDR, PCAPNG_HDR, b""]),
+    body=st.binary(max_size=600),
+    chunk=st.sampled_from([4096, 1 << 20]),
+)
+def test_arbitrary_file_bytes_end_cleanly(head: bytes, body: bytes, chunk: int) -> None:
+    """Random bytes after a file header: the reader finishes (or refuses the header with a
+    CaptureError); frames it yields lie inside their buffers."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".cap") as tmp:
+        tmp.write(head + body)
+        tmp.flush()
+        try:
+            r = open_capture(tmp.name, chunk_bytes=chunk)
+            for b in r.batches(max_packets=7):
+                assert np.all(b.frame_off + b.cap_len <= b.buf.shape[0])
+                assert np.all(b.cap_len >= 0)
+        except CaptureError as exc:
+            assert tmp.name in str(exc)
+
+
+def test_c_walker_builds_into_a_fresh_cache(tmp_path: Path) -> None:
+    """What install/CI runs (`python -m capture.fastpath` builds on first use): the cffi
+    extension compiles into a cache directory and walks records like the loaded one."""
+    import shutil as _sh
+
+    if _sh.which("cc") is None and _sh.which("gcc") is None:
+        pytest.skip("no C compiler")
+    so = fastpath.build(tmp_path / "cache")
+    assert so.is_file() and not list((tmp_path / "cache").glob("*.tmp"))
+    mod = fastpath._load_from(so, fastpath._module_name())
+    assert mod is not None and hasattr(mod.lib, "walk_pcap")
