@@ -1,0 +1,219 @@
+"""The key store: per-authorisation and per-segment X25519 keys, only ever kept wrapped.
+
+Two levels (DECISIONS.md "Keys"):
+
+- keystore/REF/auth.pub   the authorisation's public key (age1...), which the gateway uses;
+- keystore/REF/auth.age   its private key (an age identity file) encrypted to the assigned
+                          investigators and the custodians; the gateway cannot open it;
+- keystore/REF/NNNNNN.age each segment's private key, encrypted to auth.pub.
+
+An investigator goes `age -d -i inv.key auth.age > auth.key`, `age -d -i auth.key NNNNNN.age >
+seg.key`, `age -d -i seg.key archive/REF/NNNNNN.age`; `unwrap_authorisation` and
+`unwrap_segment` do the same in memory. Shredding overwrites and unlinks a wrapped key, then
+fsyncs the directory: every copy of what it protected becomes unreadable, provided the key store
+is backed up apart from the archives.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from store import KeyError_
+from store import agefile as age
+from store.audit import Action, AuditLog, current_actor
+from store.fsutil import atomic_write, ensure_dir, fsync_dir
+from store.paths import DataPaths
+
+REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_ref(ref: str) -> str:
+    if not REF_RE.match(ref) or ".." in ref:
+        raise KeyError_(f"authorisation reference {ref!r}: must match [A-Za-z0-9][A-Za-z0-9._-]*")
+    return ref
+
+
+def segment_name(segment: int) -> str:
+    if not 0 < segment < 1_000_000_000:
+        raise KeyError_(f"segment number {segment} out of range 1..999999999")
+    return f"{segment:06d}"
+
+
+def shred(path: Path) -> bool:
+    """Overwrite a file with random bytes, fsync, unlink, fsync the directory. False if absent."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, os.urandom(max(size, 1)))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path.unlink()
+    fsync_dir(path.parent)
+    return True
+
+
+class KeyStore:
+    """Creates, unwraps, rewraps and destroys the wrapped keys of keystore/.
+
+    With `audit`, authorisation-key creation, rewraps and every destruction are audited
+    (KEY_CREATE, KEY_REWRAP, KEY_DESTROY) with fingerprints only. Segment keys made by the
+    archive are covered by its SEGMENT_CLOSE entries.
+    """
+
+    def __init__(self, paths: DataPaths, *, audit: AuditLog | None = None,
+                 actor: str | None = None) -> None:
+        self.paths = paths
+        self.audit = audit
+        self.actor = actor
+
+    def _audit(self, action: Action, ref: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.append(action, self.actor or current_actor(), refs=(ref,), **fields)
+
+    # -- paths -------------------------------------------------------------------------------
+    def ref_dir(self, ref: str) -> Path:
+        return self.paths.keystore / check_ref(ref)
+
+    def auth_key_path(self, ref: str) -> Path:
+        return self.ref_dir(ref) / "auth.age"
+
+    def auth_pub_path(self, ref: str) -> Path:
+        return self.ref_dir(ref) / "auth.pub"
+
+    def destroyed_marker(self, ref: str) -> Path:
+        return self.ref_dir(ref) / "destroyed"
+
+    def segment_key_path(self, ref: str, segment: int) -> Path:
+        return self.ref_dir(ref) / f"{segment_name(segment)}.age"
+
+    # -- authorisation keys -----------------------------------------------------------------
+    @staticmethod
+    def _check_recipients(recipients: Sequence[str], ref: str) -> list[str]:
+        checked = []
+        for r in recipients:
+            try:
+                age.parse_recipient(r)
+            except age.AgeError as exc:
+                raise KeyError_(f"authorisation {ref}: recipient {r!r}: {exc}") from None
+            checked.append(r.strip())
+        if not checked:
+            raise KeyError_(f"authorisation {ref}: no recipients (assign an investigator or "
+                            "configure [keys] custodians)")
+        return sorted(set(checked))
+
+    def create_authorisation_key(self, ref: str, recipients: Sequence[str]) -> str:
+        """Make the authorisation's key pair, wrap the private half, return the public half."""
+        wanted = self._check_recipients(recipients, ref)
+        directory = self.ref_dir(ref)
+        if self.auth_pub_path(ref).exists() or self.auth_key_path(ref).exists():
+            raise KeyError_(f"authorisation {ref}: a key exists already")
+        if self.destroyed_marker(ref).exists():
+            raise KeyError_(f"authorisation {ref}: its key was destroyed; a reference is never "
+                            "reused")
+        ensure_dir(self.paths.keystore)
+        ensure_dir(directory)
+        secret, public = age.generate()
+        text = age.identity_file_text(secret, [f"lbm authorisation key for {ref}"])
+        atomic_write(self.auth_key_path(ref), age.encrypt_bytes(text.encode(), wanted), 0o600)
+        del secret, text
+        atomic_write(self.auth_pub_path(ref), (public + "\n").encode(), 0o644)
+        self._audit(Action.KEY_CREATE, ref, key="authorisation", recipients=wanted,
+                    fingerprint=age.recipient_fingerprint(public))
+        return public
+
+    def authorisation_public(self, ref: str) -> str:
+        path = self.auth_pub_path(ref)
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            if self.destroyed_marker(ref).exists():
+                raise KeyError_(f"authorisation {ref}: its key was destroyed") from None
+            raise KeyError_(f"authorisation {ref}: no key ({path} missing)") from None
+        try:
+            age.parse_recipient(text)
+        except age.AgeError as exc:
+            raise KeyError_(f"{path}: {exc}") from None
+        return text
+
+    def unwrap_authorisation(self, ref: str, identity_text: str) -> str:
+        """The authorisation's AGE-SECRET-KEY text, in memory, using an investigator identity."""
+        path = self.auth_key_path(ref)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise KeyError_(f"authorisation {ref}: wrapped key {path} missing (destroyed?)") \
+                from None
+        try:
+            identities = age.parse_identity_file(identity_text)
+            plain = age.decrypt_bytes(data, identities).decode()
+            keys = age.parse_identity_file(plain, str(path))
+        except (age.AgeError, UnicodeDecodeError) as exc:
+            raise KeyError_(f"authorisation {ref}: cannot unwrap {path}: {exc}") from None
+        secret = age.encode_identity(keys[0])
+        if age.public_of(secret) != self.authorisation_public(ref):
+            raise KeyError_(f"authorisation {ref}: {path} does not match auth.pub")
+        return secret
+
+    def rewrap(self, ref: str, identity_text: str, recipients: Sequence[str]) -> None:
+        """Wrap the authorisation key to exactly `recipients` (needs a current holder)."""
+        wanted = self._check_recipients(recipients, ref)
+        secret = self.unwrap_authorisation(ref, identity_text)
+        text = age.identity_file_text(secret, [f"lbm authorisation key for {ref}"])
+        atomic_write(self.auth_key_path(ref), age.encrypt_bytes(text.encode(), wanted), 0o600)
+        self._audit(Action.KEY_REWRAP, ref, key="authorisation", recipients=wanted)
+
+    def destroy_authorisation(self, ref: str) -> bool:
+        """Crypto-shred every segment of `ref`: destroy the wrapped authorisation key (and the
+        public key, so nothing new is archived to it). Returns False if it was already gone."""
+        existed = shred(self.auth_key_path(ref))
+        pub = self.auth_pub_path(ref)
+        if pub.exists():
+            pub.unlink()
+        if self.ref_dir(ref).is_dir():
+            atomic_write(self.destroyed_marker(ref), b"", 0o600)
+        self._audit(Action.KEY_DESTROY, ref, key="authorisation", existed=existed)
+        return existed
+
+    # -- segment keys -----------------------------------------------------------------------
+    def new_segment_key(self, ref: str, segment: int) -> tuple[str, str]:
+        """Make a segment key pair, store its private half wrapped to the authorisation key,
+        and return (segment recipient age1..., fingerprint). The private half is forgotten."""
+        auth_public = self.authorisation_public(ref)
+        path = self.segment_key_path(ref, segment)
+        if path.exists():
+            raise KeyError_(f"{path}: a segment key exists already")
+        secret, public = age.generate()
+        label = f"lbm segment key for {ref}/{segment_name(segment)}"
+        text = age.identity_file_text(secret, [label])
+        atomic_write(path, age.encrypt_bytes(text.encode(), [auth_public]), 0o600)
+        del secret, text
+        return public, age.recipient_fingerprint(public)
+
+    def unwrap_segment(self, ref: str, segment: int, auth_identity: str) -> str:
+        path = self.segment_key_path(ref, segment)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise KeyError_(f"segment {ref}/{segment_name(segment)}: wrapped key {path} missing "
+                            "(destroyed?)") from None
+        try:
+            plain = age.decrypt_bytes(data, [auth_identity]).decode()
+            return age.encode_identity(age.parse_identity_file(plain, str(path))[0])
+        except (age.AgeError, UnicodeDecodeError) as exc:
+            raise KeyError_(f"segment {ref}/{segment_name(segment)}: cannot unwrap {path}: "
+                            f"{exc}") from None
+
+    def destroy_segment(self, ref: str, segment: int) -> bool:
+        """Crypto-shred one segment. Returns False if its wrapped key was already gone."""
+        existed = shred(self.segment_key_path(ref, segment))
+        self._audit(Action.KEY_DESTROY, ref, key="segment",
+                    segment=f"{ref}/{segment_name(segment)}", existed=existed)
+        return existed
