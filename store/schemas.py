@@ -1,0 +1,374 @@
+"""The metadata streams' Parquet schemas, declared once: `web`, `email`, `flow`, `dns`.
+
+Every stream starts with the same join keys (`ts`, `uid`, `gateway`, `principal`, `client_ip`,
+`client_port`, `server_ip`, `server_port`) and carries `refs`, `record_ids` and `community_id`.
+Each field has a one-line description in its field metadata (`b"description"`); each schema has
+its stream name and `SCHEMA_VERSION` in its schema metadata, which every Parquet file keeps.
+
+No content columns, by construction: `content_like()` is the denylist the schema test runs over
+every column and that the writer enforces on every row, so a column such as `url`, `path`,
+`subject` or `user_agent` cannot be added here or smuggled in by a caller.
+The DNS query name is `qname` (Zeek calls it `query`, a word the denylist keeps for URLs).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from store import SchemaError
+
+SCHEMA_VERSION = "1"
+STREAMS = ("web", "email", "flow", "dns")
+
+# Name fragments that mean content (UK law: everything of a URL beyond scheme, host and port,
+# subjects, bodies, attachments, header values other than host, credentials). Matched as a
+# substring of the lower-cased column name.
+CONTENT_SUBSTRINGS = (
+    "path", "query", "url", "subject", "body", "attachment", "filename", "file_name",
+    "header", "cookie", "payload", "content", "referer", "referrer", "user_agent", "useragent",
+    "password", "passwd", "secret", "credential", "mime", "snippet", "message_text", "text",
+    "raw", "data", "bytes_sample", "fragment", "param", "form", "html", "json",
+)
+# Short fragments matched only as whole `_`-separated tokens ("uri" would match "security").
+CONTENT_TOKENS = frozenset({"uri", "qs", "args", "arg", "msg", "note", "title", "blob", "dump"})
+
+_TS = pa.timestamp("us", tz="UTC")
+_STRS = pa.list_(pa.string())
+
+
+def _f(name: str, typ: pa.DataType, description: str, *, nullable: bool = True) -> pa.Field:
+    return pa.field(name, typ, nullable=nullable, metadata={b"description": description.encode()})
+
+
+def _join_keys() -> list[pa.Field]:
+    return [
+        _f("ts", _TS, "UTC time of the event (web: request start; email: outcome event; "
+           "flow and dns: first packet)", nullable=False),
+        _f("uid", pa.string(), "this stream's own id of the connection, message or flow",
+           nullable=False),
+        _f("gateway", pa.string(), "id of the gateway that wrote the row", nullable=False),
+        _f("principal", pa.string(), "staff identifier the traffic resolved to; null if nobody"),
+        _f("client_ip", pa.string(), "IP address of the side that opened the connection"),
+        _f("client_port", pa.uint16(), "port of the side that opened the connection"),
+        _f("server_ip", pa.string(), "IP address of the side that accepted the connection"),
+        _f("server_port", pa.uint16(), "port of the side that accepted the connection"),
+    ]
+
+
+def _tail() -> list[pa.Field]:
+    return [
+        _f("refs", _STRS, "authorisation references whose content recording covers this row "
+           "(empty for non-subjects)"),
+        _f("record_ids", _STRS, "archive record ids (REF/SEGMENT/N) holding this row's content"),
+        _f("community_id", pa.string(), "Community ID v1 of the 5-tuple (shared with Zeek, "
+           "Suricata, Arkime)"),
+    ]
+
+
+_WEB = [
+    _f("request_id", pa.string(), "this row's own id (one request, or one passed connection)"),
+    _f("proxy_user", pa.string(), "proxy user name as authenticated (kept when unresolved)"),
+    _f("notice_version", pa.string(), "version of the acceptable-use notice in force"),
+    _f("scheme", pa.string(), "URL scheme (http, https, ws, wss); the URL keeps nothing else "
+       "but host and port"),
+    _f("host", pa.string(), "host name requested (Host/authority or CONNECT target)"),
+    _f("port", pa.uint16(), "port requested"),
+    _f("method", pa.string(), "HTTP method (CONNECT for passed-through tunnels)"),
+    _f("status", pa.uint16(), "HTTP status code of the response; null if none"),
+    _f("http_version", pa.string(), "HTTP version (HTTP/1.1, HTTP/2.0, HTTP/3)"),
+    _f("bytes_up", pa.int64(), "bytes sent by the client (request, or tunnel upstream)"),
+    _f("bytes_down", pa.int64(), "bytes received by the client (response, or tunnel downstream)"),
+    _f("duration", pa.float64(), "seconds from request start to response end"),
+    _f("server_name", pa.string(), "TLS SNI sent by the client"),
+    _f("tls_version", pa.string(), "TLS version negotiated with the client"),
+    _f("tls_cipher", pa.string(), "TLS cipher suite negotiated with the client"),
+    _f("alpn", pa.string(), "ALPN protocol negotiated"),
+    _f("decision", pa.string(), "intercepted (decrypted for a subject) or passed (not opened)"),
+    _f("do_not_decrypt", pa.bool_(), "the server is on the do-not-decrypt list"),
+    _f("websocket", pa.bool_(), "the request was upgraded to a WebSocket"),
+    _f("error_kind", pa.string(), "short error code (e.g. upstream_timeout, tls_failed), "
+       "never an error text"),
+]
+
+_EMAIL = [
+    _f("outcome", pa.string(), "event: queued, delivered, deferred or bounced"),
+    _f("direction", pa.string(), "outbound (internal sender) or inbound"),
+    _f("mail_from", pa.string(), "envelope sender (MAIL FROM), as given"),
+    _f("rcpt_to", pa.string(), "envelope recipient (RCPT TO) this row is about"),
+    _f("size", pa.int64(), "message size in bytes as received (DATA payload)"),
+    _f("message_id_sha256", pa.string(), "SHA-256 hex of the Message-ID header value, for "
+       "joining; never the value itself"),
+    _f("helo", pa.string(), "name the client gave in HELO/EHLO"),
+    _f("auth_user", pa.string(), "SMTP AUTH user name, if the client authenticated"),
+    _f("tls_version", pa.string(), "TLS version of the session (null if plain)"),
+    _f("upstream", pa.string(), "next hop the message was relayed to"),
+    _f("smtp_code", pa.uint16(), "SMTP reply code of the event (e.g. 250, 451, 550)"),
+    _f("smtp_status", pa.string(), "enhanced status code of the event (e.g. 2.0.0, 4.4.1)"),
+    _f("attempt", pa.uint16(), "delivery attempt number (0 for queued)"),
+    _f("is_dsn", pa.bool_(), "the message is a delivery status notification made by the gateway"),
+    _f("notice_version", pa.string(), "version of the acceptable-use notice in the banner"),
+]
+
+_FLOW = [
+    _f("proto", pa.string(), "transport protocol (tcp, udp, icmp, ...)"),
+    _f("service", pa.string(), "application protocol detected (e.g. http, ssl, dns)"),
+    _f("duration", pa.float64(), "seconds from first to last packet"),
+    _f("orig_bytes", pa.int64(), "payload bytes sent by the originator (Zeek orig_bytes)"),
+    _f("resp_bytes", pa.int64(), "payload bytes sent by the responder (Zeek resp_bytes)"),
+    _f("conn_state", pa.string(), "Zeek connection state (S0, SF, REJ, ...)"),
+    _f("local_orig", pa.bool_(), "the originator is in the internal networks"),
+    _f("local_resp", pa.bool_(), "the responder is in the internal networks"),
+    _f("missed_bytes", pa.int64(), "bytes missed in content gaps"),
+    _f("history", pa.string(), "Zeek connection history letters"),
+    _f("orig_pkts", pa.int64(), "packets sent by the originator"),
+    _f("orig_ip_bytes", pa.int64(), "IP-level bytes sent by the originator"),
+    _f("resp_pkts", pa.int64(), "packets sent by the responder"),
+    _f("resp_ip_bytes", pa.int64(), "IP-level bytes sent by the responder"),
+    _f("tunnel_parents", _STRS, "uids of the encapsulating tunnels (VXLAN, Geneve, GRE)"),
+    _f("ip_proto", pa.uint8(), "IP protocol number"),
+    _f("vlan", pa.uint16(), "outer 802.1Q VLAN id"),
+    _f("inner_vlan", pa.uint16(), "inner 802.1Q VLAN id (QinQ)"),
+    _f("interface", pa.string(), "capture interface (or capture file) the flow was seen on"),
+    _f("server_name", pa.string(), "TLS SNI of the flow"),
+    _f("http_host", pa.string(), "HTTP Host of the flow's first request (plain HTTP)"),
+    _f("http_method", pa.string(), "HTTP method of the flow's first request (plain HTTP)"),
+    _f("tls_version", pa.string(), "TLS version of the flow"),
+]
+
+_DNS = [
+    _f("proto", pa.string(), "transport protocol (udp, tcp)"),
+    _f("trans_id", pa.uint16(), "DNS transaction id"),
+    _f("rtt", pa.float64(), "seconds from query to answer"),
+    _f("qname", pa.string(), "domain name queried (Zeek: query)"),
+    _f("qclass", pa.uint16(), "query class number"),
+    _f("qclass_name", pa.string(), "query class name"),
+    _f("qtype", pa.uint16(), "query type number"),
+    _f("qtype_name", pa.string(), "query type name (A, AAAA, MX, ...)"),
+    _f("rcode", pa.uint16(), "response code number"),
+    _f("rcode_name", pa.string(), "response code name (NOERROR, NXDOMAIN, ...)"),
+    _f("aa", pa.bool_(), "authoritative answer flag"),
+    _f("tc", pa.bool_(), "truncation flag"),
+    _f("rd", pa.bool_(), "recursion desired flag"),
+    _f("ra", pa.bool_(), "recursion available flag"),
+    _f("z", pa.uint8(), "reserved Z bits"),
+    _f("opcode", pa.uint8(), "DNS opcode number"),
+    _f("opcode_name", pa.string(), "DNS opcode name"),
+    _f("answers", _STRS, "resource data of the answers (names and addresses)"),
+    _f("ttls", pa.list_(pa.float64()), "TTLs of the answers, seconds"),
+    _f("rejected", pa.bool_(), "the server rejected the query"),
+    _f("interface", pa.string(), "capture interface (or capture file) the query was seen on"),
+]
+
+
+def _schema(stream: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(
+        [*_join_keys(), *fields, *_tail()],
+        metadata={b"lbm.stream": stream.encode(), b"lbm.schema_version": SCHEMA_VERSION.encode()},
+    )
+
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "web": _schema("web", _WEB),
+    "email": _schema("email", _EMAIL),
+    "flow": _schema("flow", _FLOW),
+    "dns": _schema("dns", _DNS),
+}
+
+JOIN_KEYS = tuple(f.name for f in _join_keys())
+_TOKEN_SPLIT = re.compile(r"[^a-z0-9]+")
+
+
+def schema(stream: str) -> pa.Schema:
+    """The schema of `stream`; SchemaError names the stream if there is no such stream."""
+    try:
+        return SCHEMAS[stream]
+    except KeyError:
+        raise SchemaError(
+            f"unknown metadata stream {stream!r} (streams: {', '.join(STREAMS)})"
+        ) from None
+
+
+def columns(stream: str) -> list[str]:
+    """The column names of `stream`, in schema order."""
+    return list(schema(stream).names)
+
+
+def all_columns() -> dict[str, list[str]]:
+    """Every stream's column names."""
+    return {name: columns(name) for name in STREAMS}
+
+
+def describe(stream: str) -> dict[str, str]:
+    """Column name -> one-line description, for docs and `lbm` help."""
+    meta = (f.metadata or {} for f in schema(stream))
+    return {f.name: m.get(b"description", b"").decode() for f, m in zip(schema(stream), meta,
+                                                                           strict=True)}
+
+
+def content_like(name: str) -> bool:
+    """True if a column name looks like content (URL path/query, subject, body, header...)."""
+    low = name.lower()
+    if any(fragment in low for fragment in CONTENT_SUBSTRINGS):
+        return True
+    return any(token in CONTENT_TOKENS for token in _TOKEN_SPLIT.split(low))
+
+
+def check_columns(stream: str, names: object) -> None:
+    """Raise SchemaError naming the first content-like or unknown column of `names`.
+
+    Never includes a value in the message, only column and stream names.
+    """
+    allowed = _ALLOWED[stream] if stream in _ALLOWED else frozenset(schema(stream).names)
+    bad = sorted(str(n) for n in names if n not in allowed)  # type: ignore[attr-defined]
+    if not bad:
+        return
+    content = [n for n in bad if content_like(n)]
+    if content:
+        raise SchemaError(
+            f"column {content[0]!r} is content-like and is never stored in metadata "
+            f"stream {stream!r}"
+        )
+    raise SchemaError(f"unknown column {bad[0]!r} for metadata stream {stream!r}"
+                      + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+
+
+_ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v.names) for k, v in SCHEMAS.items()}
+
+
+def allowed_columns(stream: str) -> frozenset[str]:
+    """The set of column names of `stream` (the writer's fast membership check)."""
+    schema(stream)
+    return _ALLOWED[stream]
+
+
+REQUIRED_COLUMNS = ("ts", "uid")
+_EMPTY_LIST_COLUMNS = ("refs", "record_ids")
+_CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
+
+
+class Converter:
+    """Python rows or columns -> a RecordBatch in the stream's schema, `gateway` filled in,
+    missing `refs`/`record_ids` empty. Error messages name columns, never values."""
+
+    def __init__(self, stream: str, gateway: str) -> None:
+        self.stream = stream
+        self.schema = schema(stream)
+        self.struct = pa.struct(list(self.schema))
+        self.gateway = gateway
+        self._gateway = pa.scalar(gateway, pa.string())
+
+    def rows(self, rows: list[Mapping[str, Any]]) -> tuple[pa.RecordBatch | None, list[str]]:
+        """Convert rows whose names were checked; returns (batch, messages of refused rows).
+
+        One call into pyarrow's dict-to-struct converter (measured faster than column-wise
+        extraction in Python); only when it fails are columns and then rows checked one by one.
+        """
+        refused: list[str] = []
+        if not rows:
+            return None, refused
+        try:
+            arr = pa.array(rows, type=self.struct)
+        except _CONVERT_ERRORS:
+            rows, refused = self._drop_bad(rows)
+            if not rows:
+                return None, refused
+            arr = pa.array(rows, type=self.struct)
+        return self.finish(pa.RecordBatch.from_struct_array(arr).columns, len(rows)), refused
+
+    def _drop_bad(self, rows: list[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]],
+                                                                  list[str]]:
+        bad: set[int] = set()
+        messages = []
+        for field in self.schema:
+            values = [r.get(field.name) for r in rows]
+            try:
+                pa.array(values, type=field.type)
+                continue
+            except _CONVERT_ERRORS:
+                pass
+            count = 0
+            for i, value in enumerate(values):
+                try:
+                    pa.array([value], type=field.type)
+                except _CONVERT_ERRORS:
+                    bad.add(i)
+                    count += 1
+            messages.append(f"{count} row(s) refused: column {field.name!r} of metadata stream "
+                            f"{self.stream!r} has a value that is not {field.type}")
+        return [r for i, r in enumerate(rows) if i not in bad], messages
+
+    def columns(self, data: pa.RecordBatch | pa.Table | Mapping[str, Any]
+                ) -> pa.RecordBatch | None:
+        """Check and cast a batch of columns once; SchemaError names the offending column."""
+        if isinstance(data, pa.Table | pa.RecordBatch):
+            names, cols = list(data.schema.names), list(data.columns)
+        else:
+            names, cols = list(data.keys()), list(data.values())
+        check_columns(self.stream, names)
+        lengths = {len(c) for c in cols}
+        if len(lengths) > 1:
+            raise SchemaError(f"columns of a batch for metadata stream {self.stream!r} "
+                              f"differ in length: {sorted(lengths)}")
+        n = lengths.pop() if lengths else 0
+        if n == 0:
+            return None
+        given = dict(zip(names, cols, strict=True))
+        arrays: list[pa.Array] = []
+        for field in self.schema:
+            col = given.get(field.name)
+            if col is None:
+                if field.name in REQUIRED_COLUMNS:
+                    raise SchemaError(f"column {field.name!r} is required in metadata stream "
+                                      f"{self.stream!r}")
+                arrays.append(pa.nulls(n, field.type))
+                continue
+            try:
+                arr = col if isinstance(col, pa.Array | pa.ChunkedArray) else pa.array(col)
+                if isinstance(arr, pa.ChunkedArray):
+                    arr = arr.combine_chunks()
+                arrays.append(arr if arr.type == field.type else pc.cast(arr, field.type))
+            except _CONVERT_ERRORS:
+                raise SchemaError(f"column {field.name!r} of metadata stream {self.stream!r} "
+                                  f"does not convert to {field.type}") from None
+            if field.name in REQUIRED_COLUMNS and arrays[-1].null_count:
+                raise SchemaError(f"column {field.name!r} is required in metadata stream "
+                                  f"{self.stream!r} (batch has nulls)")
+        gateways = arrays[self.schema.names.index("gateway")]
+        if gateways.null_count < n and set(pc.unique(gateways.drop_null()).to_pylist()) != {
+                self.gateway}:
+            raise SchemaError(f"column 'gateway' is set by the writer ({self.gateway!r})")
+        return self.finish(arrays, n)
+
+    def finish(self, arrays: list[pa.Array], n: int) -> pa.RecordBatch:
+        names = self.schema.names
+        cols = list(arrays)
+        cols[names.index("gateway")] = pa.repeat(self._gateway, n)
+        for name in _EMPTY_LIST_COLUMNS:
+            i = names.index(name)
+            if cols[i].null_count:
+                cols[i] = pc.fill_null(cols[i], pa.scalar([], self.schema.field(name).type))
+        return pa.RecordBatch.from_arrays(cols, schema=self.schema)
+
+
+def conform(stream: str, data: pa.Table | pa.RecordBatch) -> pa.Table:
+    """Bring rows written under an earlier schema version to the current one: columns no longer
+    in the schema are dropped, new ones are null, types are cast. For replay and compaction."""
+    sch = schema(stream)
+    table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+    if table.schema.equals(sch, check_metadata=False):
+        return table.replace_schema_metadata(sch.metadata)
+    cols = []
+    for field in sch:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            cols.append(col if col.type == field.type else pc.cast(col, field.type))
+        else:
+            cols.append(pa.nulls(table.num_rows, field.type))
+        if field.name in _EMPTY_LIST_COLUMNS and cols[-1].null_count:
+            cols[-1] = pc.fill_null(cols[-1], pa.scalar([], field.type))
+    return pa.Table.from_arrays(cols, schema=sch)
