@@ -164,3 +164,44 @@ def test_status_prints_the_allowed_signers_line_for_the_gateway_key(lbm: Lbm) ->
     assert info["gateway"] == "gw1"
     assert info["allowed_signers"] == f'gw1 namespaces="lbm-evidence" {pub[0]} {pub[1]}'
     assert info["audit_entries"] == 1
+
+
+def test_fake_clock_is_ignored_unless_the_config_allows_it(tmp_path: Path) -> None:
+    lbm = Lbm(tmp_path / "d")
+    lbm("init", check=True)
+    fake = {"LBM_FAKE_NOW": "2031-01-01T00:00:00Z"}
+    key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    lbm("keys", "investigator", "add", "inv1", key, "--principal", "p1", env=fake, check=True)
+    cfg = lbm.data_dir / "lbm.toml"
+    cfg.write_text(cfg.read_text().replace("fake_clock = false", "fake_clock = true"))
+    lbm("keys", "investigator", "remove", "inv1", env=fake, check=True)
+    entries = [json.loads(x) for x in (lbm.data_dir / "audit" / "audit.jsonl").read_text()
+               .splitlines()]
+    added, removed = entries[-2], entries[-1]
+    assert not added["ts"].startswith("2031") and "fake_clock" not in added
+    assert removed["ts"] == "2031-01-01T00:00:00Z" and removed["fake_clock"] is True
+
+
+def test_audit_show_filters_by_ref_and_since(lbm: Lbm) -> None:
+    key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    lbm("keys", "investigator", "add", "inv1", key, "--principal", "p1",
+        env={"LBM_FAKE_NOW": "2030-01-01T00:00:00Z"}, check=True)
+    lbm("auth", "grant", "--ref", "CA1-1", "--subject", "p2", "--case-type", "criminal",
+        "--purpose", "compliance", "--channel", "web", "--officer", "p3", "--officer-name",
+        "A", "--officer-role", "acu_inspector", "--officer-rank", "inspector",
+        "--necessity", "n", "--proportionality", "p", "--collateral", "c",
+        "--ripa-considered", "yes", "--investigator", "inv1",
+        env={"LBM_FAKE_NOW": "2030-02-01T00:00:00Z"}, check=True)
+
+    def shown(*args: str) -> list[dict]:
+        out = lbm("audit", "show", "--json", *args, check=True).stdout
+        return [json.loads(x) for x in out.splitlines()]
+
+    by_ref = shown("--ref", "CA1-1")
+    assert by_ref and all("CA1-1" in e["refs"] for e in by_ref)
+    assert "auth_grant" in [e["action"] for e in by_ref]
+    since = shown("--since", "2030-01-15T00:00:00Z")
+    assert since and all(e["ts"] >= "2030-01-15" for e in since)
+    assert "investigator_add" not in [e["action"] for e in since]
+    bad = lbm("audit", "show", "--since", "yesterday")
+    assert bad.returncode == 2 and "--since" in bad.stderr
