@@ -112,6 +112,15 @@ SCHEMA: list[Option] = [
         _networks,
         str,
     ),
+    Option(
+        "capture",
+        "max_flows",
+        int,
+        500_000,
+        "live flows kept per capture; beyond it the least recently active flow is ended early "
+        "and counted (about 1 KiB of memory a flow)",
+        _positive,
+    ),
     Option("identity", "feed", str, "", "lease/logon feed file (CSV or JSON) imported on change"),
     Option("notice", "version", str, "2026-01", "version of the acceptable-use notice in force"),
     Option(

@@ -1,0 +1,117 @@
+"""Per-packet columns the flow table works on: the decoded packets of a batch plus one row per
+tunnelled packet for its outer connection (Zeek logs tunnels as connections too), with ICMP
+"ports" mapped to Zeek's type/counterpart convention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from capture.batch import PacketBatch
+from capture.flowkeys import icmp_counterpart
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass
+class Cols:
+    ts: I64
+    proto: npt.NDArray[np.uint8]
+    src: npt.NDArray[np.uint8]
+    dst: npt.NDArray[np.uint8]
+    sport: npt.NDArray[np.uint16]
+    dport: npt.NDArray[np.uint16]
+    ip_len: I64
+    plen: I64
+    flags: npt.NDArray[np.uint8]
+    seq: npt.NDArray[np.uint32]
+    ack: npt.NDArray[np.uint32]
+    count: npt.NDArray[np.bool_]  # counts as a packet (not a later fragment)
+    pkt: I64  # batch index, -1 for tunnel (outer) rows
+    bpkt: I64  # batch index of the packet the row comes from (outer rows too)
+
+    def take(self, sl: slice | I64) -> Cols:
+        return Cols(**{k: getattr(self, k)[sl] for k in self.__dataclass_fields__})
+
+
+def columns(b: PacketBatch) -> Cols:
+    """Inner decoded packets plus one row per tunnelled packet for the outer connection."""
+    ok = np.flatnonzero((b.status == 0) & (b.proto != 59))  # 59: IPv6 "no next header"
+    tun = np.flatnonzero((b.tunnel != 0) & (b.outer_proto != 0))
+    proto = b.proto[ok]
+    sport = b.sport[ok].copy()
+    dport = b.dport[ok].copy()
+    icmp = (proto == 1) | (proto == 58)
+    if icmp.any():
+        dport[icmp] = icmp_counterpart(proto[icmp], sport[icmp], dport[icmp])
+    frag = b.frag[ok]
+    inner = Cols(
+        ts=b.ts_ns[ok],
+        proto=proto,
+        src=b.src[ok],
+        dst=b.dst[ok],
+        sport=sport,
+        dport=dport,
+        ip_len=b.ip_len[ok].astype(np.int64),
+        plen=b.payload_len[ok].astype(np.int64),
+        flags=b.tcp_flags[ok],
+        seq=b.tcp_seq[ok],
+        ack=b.tcp_ack[ok],
+        count=(frag <= 1),
+        pkt=ok.astype(np.int64),
+        bpkt=ok.astype(np.int64),
+    )
+    if tun.size == 0:
+        return inner
+    oip = b.outer_ip_len[tun].astype(np.int64)
+    v4 = (b.outer_src[tun, 10] == 0xFF) & (b.outer_src[tun, :10].sum(axis=1) == 0)
+    hdr = np.where(v4, 20, 40) + np.where(b.outer_proto[tun] == 17, 8, 0)
+    outer = Cols(
+        ts=b.ts_ns[tun],
+        proto=b.outer_proto[tun],
+        src=b.outer_src[tun],
+        dst=b.outer_dst[tun],
+        sport=b.outer_sport[tun],
+        dport=b.outer_dport[tun],
+        ip_len=oip,
+        plen=np.maximum(oip - hdr, 0),
+        flags=np.zeros(tun.size, np.uint8),
+        seq=np.zeros(tun.size, np.uint32),
+        ack=np.zeros(tun.size, np.uint32),
+        count=np.ones(tun.size, bool),
+        pkt=np.full(tun.size, -1, np.int64),
+        bpkt=tun.astype(np.int64),
+    )
+    # outer row before the inner row of the same packet
+    order = np.argsort(np.concatenate([tun * 2, ok * 2 + 1]), kind="stable")
+    both = {
+        k: np.concatenate([getattr(outer, k), getattr(inner, k)])[order]
+        for k in Cols.__dataclass_fields__
+    }
+    return Cols(**both)
+
+
+def r_is_reuse(c: Cols, i: int) -> bool:
+    """Whether row i is a pure SYN (a stop there is TCP port reuse rather than idleness)."""
+    return bool(c.proto[i] == 6 and (c.flags[i] & 0x12) == 0x02)
+
+
+def swap(c: Cols, a: int, b: int) -> npt.NDArray[np.bool_]:
+    return swapped(c.src[a:b], c.dst[a:b], c.sport[a:b], c.dport[a:b])
+
+
+def swapped(
+    src: npt.NDArray[np.uint8],
+    dst: npt.NDArray[np.uint8],
+    sp: npt.NDArray[np.uint16],
+    dp: npt.NDArray[np.uint16],
+) -> npt.NDArray[np.bool_]:
+    """Whether the sender is the higher endpoint (address, then port) of each packet."""
+    s = np.ascontiguousarray(src).view(">u8")
+    d = np.ascontiguousarray(dst).view(">u8")
+    return np.asarray(
+        (s[:, 0] > d[:, 0])
+        | ((s[:, 0] == d[:, 0]) & ((s[:, 1] > d[:, 1]) | ((s[:, 1] == d[:, 1]) & (sp > dp))))
+    )

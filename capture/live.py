@@ -1,0 +1,188 @@
+"""Live capture from a network interface into the packet pipeline.
+
+An AF_PACKET raw socket (all protocols, promiscuous membership) is read into batches: frames
+are collected until `batch_packets` arrive or `batch_seconds` pass, with the kernel's receive
+timestamps (SO_TIMESTAMPNS), then decoded and fed to the same `Pipeline` replay uses. About
+once a second idle flows are ended and `on_tick` runs (the archive closes due segments there).
+
+SIGTERM and SIGINT stop the loop: the pending batch is fed, every live flow becomes a row, and
+`run_live` returns the summary (the caller flushes and closes the writers). Readiness: once the
+socket is bound, `run/capture-IF.ready` holds the pid (removed on exit) and systemd is told
+READY=1 when NOTIFY_SOCKET is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from capture import CaptureError
+from capture.batch import LINKTYPE_ETHERNET, LINKTYPE_RAW, RawBatch
+from capture.decode import Decoder
+from capture.pipeline import Pipeline
+from capture.summary import Summary
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+SO_TIMESTAMPNS = 35
+SNAPLEN = 65535
+ARPHRD_TO_LINKTYPE = {1: LINKTYPE_ETHERNET, 772: LINKTYPE_ETHERNET, 65534: LINKTYPE_RAW}
+
+
+def open_socket(interface: str) -> socket.socket:
+    """A bound AF_PACKET socket on `interface` (CaptureError naming it on failure)."""
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    except (PermissionError, OSError) as exc:
+        raise CaptureError(
+            f"{interface}: cannot open a packet socket ({exc.strerror}); capture needs CAP_NET_RAW"
+        ) from None
+    try:
+        sock.bind((interface, 0))
+        ifindex = socket.if_nametoindex(interface)
+        mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    except OSError as exc:
+        sock.close()
+        raise CaptureError(f"{interface}: cannot capture ({exc.strerror or exc})") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _notify_ready() -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+        s.sendto(b"READY=1", addr)
+
+
+class LiveCapture:
+    """Reads batches from one interface; `stop()` (or a signal) ends `run()`."""
+
+    def __init__(
+        self,
+        interface: str,
+        pipeline: Pipeline,
+        *,
+        batch_packets: int = 4096,
+        batch_seconds: float = 0.2,
+        on_tick: Callable[[], object] | None = None,
+    ) -> None:
+        self.interface = interface
+        self.pipeline = pipeline
+        self.batch_packets = batch_packets
+        self.batch_seconds = batch_seconds
+        self.on_tick = on_tick
+        self.decoder = Decoder()
+        self._stop = False
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def _drain(
+        self,
+        sock: socket.socket,
+        frames: list[bytes],
+        ts: list[int],
+        wire: list[int],
+        lt: list[int],
+    ) -> None:
+        while len(frames) < self.batch_packets:
+            try:
+                data, anc, flags, addr = sock.recvmsg(SNAPLEN, 64, socket.MSG_TRUNC)
+            except BlockingIOError:
+                return
+            stamp = time.time_ns()
+            for level, kind, value in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    sec, nsec = struct.unpack("qq", value[:16])
+                    stamp = sec * 1_000_000_000 + nsec
+            wire_len = len(data)
+            if flags & socket.MSG_TRUNC:
+                wire_len = max(wire_len, SNAPLEN + 1)
+            frames.append(data)
+            ts.append(stamp)
+            wire.append(wire_len)
+            lt.append(ARPHRD_TO_LINKTYPE.get(addr[3], LINKTYPE_ETHERNET))
+
+    def run(self, sock: socket.socket) -> Summary:
+        frames: list[bytes] = []
+        ts: list[int] = []
+        wire: list[int] = []
+        lt: list[int] = []
+        started = time.monotonic()
+        last_tick = started
+        while True:
+            if not self._stop:
+                with contextlib.suppress(InterruptedError):
+                    select.select([sock], [], [], self.batch_seconds)
+                self._drain(sock, frames, ts, wire, lt)
+            now = time.monotonic()
+            if frames and (
+                self._stop
+                or len(frames) >= self.batch_packets
+                or now - started >= self.batch_seconds
+            ):
+                raw = RawBatch.from_frames(frames, ts, lt, wire)
+                self.pipeline.feed(self.decoder.decode(raw))
+                frames, ts, wire, lt = [], [], [], []
+                started = now
+            if now - last_tick >= 1.0:
+                self.pipeline.tick()
+                if self.on_tick is not None:
+                    self.on_tick()
+                last_tick = now
+            if self._stop:
+                break
+        self.pipeline.summary.add_bad(self.decoder.summary)
+        self.pipeline.end_source()
+        if self.on_tick is not None:
+            self.on_tick()
+        return self.pipeline.summary
+
+
+def run_live(
+    interface: str,
+    pipeline: Pipeline,
+    *,
+    run_dir: Path,
+    on_tick: Callable[[], object] | None = None,
+) -> Summary:
+    """Capture until SIGTERM/SIGINT; returns the summary once every flow is a row."""
+    sock = open_socket(interface)
+    live = LiveCapture(interface, pipeline, on_tick=on_tick)
+    old: dict[int, object] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        live.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, handler)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ready = run_dir / f"capture-{interface}.ready"
+    tmp = ready.with_suffix(".ready.tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, ready)
+    _notify_ready()
+    try:
+        return live.run(sock)
+    finally:
+        sock.close()
+        ready.unlink(missing_ok=True)
+        for signum, h in old.items():
+            signal.signal(signum, h)  # type: ignore[arg-type]
