@@ -12,7 +12,9 @@ $(BIN)/lbm: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
-	$(BIN)/python -m capture.fastpath  # build the capture C helper now, not in a hardened unit
+	# build the capture path's C helpers now, not later inside a hardened unit
+	$(BIN)/python -m capture.fastpath
+	$(BIN)/python -c "import capture.tcpstate as t; t.load()"
 	@touch $(BIN)/lbm
 
 venv: $(BIN)/lbm
