@@ -158,15 +158,27 @@ def build_header(file_key: bytes, recipients: Sequence[X25519PublicKey]) -> byte
 
 
 class Output(Protocol):
+    """Where an AgeWriter puts the file. An output that also has `write_many(list[bytes])`
+    (for example one that calls os.writev) gets the sealed chunks in batches instead."""
+
     def write(self, data: bytes, /) -> object: ...
 
 
+BATCH = 16  # sealed chunks handed over at once to an output with write_many (~1 MiB)
+
+
 class AgeWriter:
-    """Encrypts a stream to X25519 recipients, holding at most one chunk of plaintext."""
+    """Encrypts a stream to X25519 recipients, holding at most one chunk of plaintext between
+    calls (and, within one `write`, at most BATCH sealed chunks on their way to the output).
+
+    Every chunk that can be sealed is handed to the output before `write` returns; only the
+    last, possibly partial, chunk waits in memory, because the last chunk is sealed differently.
+    """
 
     def __init__(self, out: Output, recipients: Sequence[str | X25519PublicKey]) -> None:
         keys = [parse_recipient(r) if isinstance(r, str) else r for r in recipients]
         self._out = out
+        self._many = getattr(out, "write_many", None)
         file_key = os.urandom(16)
         nonce = os.urandom(16)
         header = build_header(file_key, keys)
@@ -178,36 +190,64 @@ class AgeWriter:
         out.write(header + nonce)
         self.header_bytes = len(header) + len(nonce)
 
-    def _seal(self, chunk: bytes | memoryview, last: bool) -> None:
+    def _seal(self, chunk: bytes | bytearray | memoryview, last: bool) -> bytes:
         if self._counter >= 1 << 88:
             raise AgeError("payload too long")
         # cryptography accepts any buffer here; its stub says bytes
         sealed = self._aead.encrypt(_nonce(self._counter, last), chunk, None)  # type: ignore[arg-type]
-        self._out.write(sealed)
         self._counter += 1
+        return sealed
+
+    def _emit(self, sealed: list[bytes]) -> None:
+        if self._many is not None:
+            self._many(sealed)
+        else:
+            for piece in sealed:
+                self._out.write(piece)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise AgeError("write after close")
         view = memoryview(data).cast("B")
-        self.plaintext_bytes += len(view)
-        if self._buf:
-            need = CHUNK - len(self._buf)
-            self._buf += view[:need]
-            view = view[need:]
-            if not view:
+        size = len(view)
+        self.plaintext_bytes += size
+        buf = self._buf
+        sealed: list[bytes] = []
+        if buf:
+            need = CHUNK - len(buf)
+            if size <= need:
+                buf += view
                 return  # a full buffer may be the last chunk: seal only when more arrives
-            self._seal(bytes(self._buf), False)
-            self._buf.clear()
-        while len(view) > CHUNK:
-            self._seal(view[:CHUNK], False)
-            view = view[CHUNK:]
-        self._buf += view
+            buf += view[:need]
+            view = view[need:]
+            size -= need
+            sealed.append(self._seal(buf, False))  # encrypt reads the buffer in place
+            buf.clear()
+        if size > CHUNK:
+            # the hot loop for large writes: whole chunks straight from the caller's buffer
+            if self._counter + size // CHUNK >= 1 << 88:
+                raise AgeError("payload too long")
+            encrypt, counter, pos = self._aead.encrypt, self._counter, 0
+            try:
+                while size - pos > CHUNK:
+                    sealed.append(encrypt(counter.to_bytes(11, "big") + b"\x00",
+                                          view[pos:pos + CHUNK], None))  # type: ignore[arg-type]
+                    counter += 1
+                    pos += CHUNK
+                    if len(sealed) >= BATCH:
+                        self._emit(sealed)
+                        sealed = []
+            finally:
+                self._counter = counter
+            view = view[pos:]
+        if sealed:
+            self._emit(sealed)
+        buf += view
 
     def close(self) -> None:
         if self._closed:
             return
-        self._seal(bytes(self._buf), True)
+        self._emit([self._seal(self._buf, True)])
         self._buf.clear()
         self._closed = True
 

@@ -13,21 +13,17 @@ plaintext offsets, length; never content) and is fsynced each time. The writer h
 exclusive flock on the segment file until its manifest is written, so recovery in another
 process can tell a live segment from one cut off by a crash.
 
-Ciphertext is hashed (SHA-256, for the manifest) as it is written, on a shared helper thread,
-so sealing never re-reads the segment and hashing runs beside the encryption.
+Ciphertext goes out through store/segment_io.py, which writes it in batches and hashes it
+(SHA-256, for the manifest) on a background thread while it is written.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import hashlib
 import json
 import os
-import queue
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,111 +38,13 @@ from store.framing import (  # noqa: F401  (re-exported: readers import them fro
     read_records,
 )
 from store.fsutil import fsync_dir
+from store.segment_io import SegmentOutput, io_message
 
 SEGMENT_RE = re.compile(r"^(\d{6,9})\.age$")
-HASH_BATCH = 1 << 20
-
-
-def io_message(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "disk full"
-    if exc.errno == errno.EDQUOT:
-        return "disk quota exceeded"
-    if exc.errno == errno.EFBIG:
-        return "file size limit exceeded"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "permission denied"
-    return exc.strerror or f"errno {exc.errno}"
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-class _HashWorker:
-    """One process-wide thread that runs SHA-256 updates for every open segment, in order.
-
-    hashlib releases the GIL on large updates, so hashing runs beside encryption and the disk
-    writes (about 1.6x the archive throughput of hashing inline on two CPUs; see
-    bench/bench_archive.py). The bounded queue keeps memory flat: at most a few MiB of
-    ciphertext waits to be hashed, whatever the record size.
-    """
-
-    _lock = threading.Lock()
-    _queue: queue.Queue[tuple[Any, list[bytes], threading.Event | None]] | None = None
-    _pid = 0
-
-    @classmethod
-    def submit(cls, sha: Any, batch: list[bytes], done: threading.Event | None) -> None:
-        with cls._lock:
-            if cls._queue is None or cls._pid != os.getpid():  # first use, or after a fork
-                cls._queue = queue.Queue(maxsize=8)
-                cls._pid = os.getpid()
-                threading.Thread(target=cls._run, args=(cls._queue,), name="lbm-segment-hash",
-                                 daemon=True).start()
-            q = cls._queue
-        q.put((sha, batch, done))
-
-    @staticmethod
-    def _run(q: queue.Queue[tuple[Any, list[bytes], threading.Event | None]]) -> None:
-        while True:
-            sha, batch, done = q.get()
-            for piece in batch:
-                sha.update(piece)
-            if done is not None:
-                done.set()
-
-
-class _Digest:
-    """SHA-256 of a segment's ciphertext, computed by the shared hash worker in ~1 MiB batches."""
-
-    def __init__(self) -> None:
-        self._sha = hashlib.sha256()
-        self._batch: list[bytes] = []
-        self._size = 0
-        self._final: str | None = None
-
-    def add(self, data: bytes) -> None:
-        self._batch.append(data)
-        self._size += len(data)
-        if self._size >= HASH_BATCH:
-            _HashWorker.submit(self._sha, self._batch, None)
-            self._batch, self._size = [], 0
-
-    def hexdigest(self) -> str:
-        if self._final is None:
-            done = threading.Event()
-            _HashWorker.submit(self._sha, self._batch, done)
-            self._batch, self._size = [], 0
-            done.wait()
-            self._final = self._sha.hexdigest()
-        return self._final
-
-
-class _Out:
-    """Writes ciphertext as the age writer emits it and feeds the segment's SHA-256.
-
-    Writes are synchronous, so a failure raises at once in the caller's `write`; only the hash
-    runs on the shared worker thread.
-    """
-
-    def __init__(self, fd: int, where: str) -> None:
-        self.fd = fd
-        self.where = where
-        self.sha = _Digest()
-        self.bytes = 0
-
-    def write(self, data: bytes, /) -> int:
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self.fd, view):]
-        except OSError as exc:
-            raise ArchiveError(f"{self.where}: cannot write segment: {io_message(exc)}") \
-                from None
-        self.sha.add(bytes(data) if not isinstance(data, bytes) else data)
-        self.bytes += len(data)
-        return len(data)
 
 
 @dataclass
@@ -183,10 +81,11 @@ class SegmentWriter:
         self.records: list[RecordInfo] = []
         self._fd = fd
         self._index_fd = -1
-        self._out = _Out(fd, self.where)
+        self._out = SegmentOutput(fd, self.where)
         self.offset = 0
         self._current: RecordInfo | None = None
         try:
+            self._out.digest.open(self.path)
             self._index_fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
                                      | os.O_CLOEXEC, 0o600)
             self._age = age.AgeWriter(self._out, [recipient])
@@ -256,10 +155,11 @@ class SegmentWriter:
 
     @property
     def ciphertext_sha256(self) -> str:
-        return self._out.sha.hexdigest()
+        return self._out.hexdigest()
 
     def release(self) -> None:
         """Close the files (dropping the flock)."""
+        self._out.digest.close()  # waits until the hash worker is done with the segment
         for fd in (self._index_fd, self._fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):

@@ -203,3 +203,36 @@ def test_writer_holds_at_most_one_chunk() -> None:
     writer.close()
     assert written[1:] == [CHUNK + 16] * 3 + [200_000 - 3 * CHUNK + 16]
     assert header > 0
+
+
+@needs_age
+def test_batched_output_gets_every_sealed_chunk_before_write_returns(tmp_path: Path) -> None:
+    """An output with write_many (the archive's writev path) gets chunks in bounded batches, all
+    of them before `write` returns, and the result is still a file the real `age` decrypts."""
+    batches: list[list[int]] = []
+    parts: list[bytes] = []
+
+    class Batched:
+        def write(self, data: bytes) -> int:
+            parts.append(bytes(data))
+            return len(data)
+
+        def write_many(self, chunks: list[bytes]) -> None:
+            batches.append([len(c) for c in chunks])
+            parts.extend(chunks)
+
+    text, public = _keygen(tmp_path / "k.txt")
+    writer = age.AgeWriter(Batched(), [public])
+    data = _data(40 * CHUNK + 123)
+    writer.write(data[:100])
+    assert batches == []  # nothing to seal yet: the partial chunk waits
+    writer.write(data[100:])  # 40 chunks become sealable, the 41st (partial, last) waits
+    assert sum(map(len, batches)) == 40
+    assert all(1 <= len(b) <= age.BATCH for b in batches)
+    assert all(size == CHUNK + 16 for b in batches for size in b)
+    writer.close()
+    assert batches[-1] == [123 + 16]
+    (tmp_path / "f.age").write_bytes(b"".join(parts))
+    out = subprocess.run(["age", "-d", "-i", str(tmp_path / "k.txt"), str(tmp_path / "f.age")],
+                         check=True, capture_output=True).stdout
+    assert out == data and text
