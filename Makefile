@@ -13,8 +13,7 @@ $(BIN)/lbm: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# build the capture path's C helpers now, not later inside a hardened unit
-	$(BIN)/python -m capture.fastpath
-	$(BIN)/python -c "import capture.tcpstate as t; t.load()"
+	$(BIN)/python -m capture.build
 	@touch $(BIN)/lbm
 
 venv: $(BIN)/lbm

@@ -1,5 +1,5 @@
 /* Zeek's per-connection TCP state machine and the application-head fast path for
-   capture/flows.py and capture/appscan.py; built by capture/_tcpstate_build.py (cffi). */
+   capture/flows.py and capture/appscan.py; built by capture/build.py (cffi). */
 
 #include <stdint.h>
 #include <string.h>

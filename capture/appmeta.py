@@ -20,15 +20,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from capture.dnsparse import (
-    QTYPES,
-    Answer,
-    DnsError,
-    DnsMessage,
-    Question,
-    netbios_name,
-    parse_dns,
-)
+from capture.dnsparse import QTYPES, DnsError, netbios_name, parse_dns
+from capture.dnsscan import DnsView
+from capture.dnsscan import view as dns_view
 from capture.heads import (
     HTTP_METHODS,
     http_host,
@@ -241,68 +235,103 @@ class AppMeta:
             del d.buf[: 2 + n]
             self._dns_message(fm, ts_ns, msg)
 
-    def _dns_message(self, fm: FlowMeta, ts_ns: int, msg: bytes) -> None:
+    def dns_datagram(
+        self, uid: str, dns: int, slot: int, ts_ns: int, payload: bytes, v: DnsView | None
+    ) -> bool:
+        """One UDP datagram of a DNS-port flow, already read by `capture.dnsscan` (`v`), or
+        None to parse `payload` here; returns whether more packets are wanted."""
+        fm = self.flows.get(uid)
+        if fm is None:
+            fm = self.flows[uid] = FlowMeta(uid, dns > 0, slot, dns == 2)
+        if not fm.dns:  # cannot happen for a DNS-port flow; keep the general path exact
+            return self.packet(uid, dns, slot, True, ts_ns, payload, None)
+        self._dns_message(fm, ts_ns, payload, v)
+        return fm.dns_messages < DNS_MAX_MESSAGES
+
+    def _dns_message(self, fm: FlowMeta, ts_ns: int, msg: bytes, v: DnsView | None = None) -> None:
         if fm.dns_messages >= DNS_MAX_MESSAGES:
             return
         fm.dns_messages += 1
-        try:
-            m = parse_dns(msg)
-        except (DnsError, IndexError, ValueError, struct.error):
-            self._err("dns_parse_error")
-            return
+        if v is None:
+            try:
+                v = dns_view(parse_dns(msg))
+            except (DnsError, IndexError, ValueError, struct.error):
+                self._err("dns_parse_error")
+                return
         fm.service.add("dns")
-        is_resp = bool(m.qr)
-        if not is_resp:
-            if m.id in fm.dns_pending:
-                self.dns_rows.append(fm.dns_pending.pop(m.id))
-            fm.dns_pending[m.id] = self._dns_row(fm, ts_ns, m)
+        op = v.op
+        if not (op >> 15) & 1:  # a query
+            if v.id in fm.dns_pending:
+                self.dns_rows.append(fm.dns_pending.pop(v.id))
+            fm.dns_pending[v.id] = self._dns_row(fm.uid, fm.slot, fm.netbios, ts_ns, v)
             return
-        pending = fm.dns_pending.get(m.id)
+        pending = fm.dns_pending.get(v.id)
         if pending is not None:
-            q = m.qd[0].name if m.qd else (m.an[0].name if m.an else None)
+            q = v.qname
             if q and fm.netbios:
                 q = netbios_name(q)
             if str(pending["qname"]).lower() != str(q).lower():
                 pending = None  # mDNS: id 0 everywhere, an unrelated reply
-        row = fm.dns_pending.pop(m.id) if pending is not None else self._dns_row(fm, ts_ns, m)
-        row["rtt"] = (ts_ns - row["ts"]) / 1e9 if row["ts"] != ts_ns else None
-        row.update(
-            rcode=m.rcode,
-            rcode_name=RCODES.get(m.rcode, str(m.rcode)),
-            aa=bool(m.aa),
-            tc=bool(m.tc),
-            ra=bool(m.ra),
+        row = (
+            fm.dns_pending.pop(v.id)
+            if pending is not None
+            else self._dns_row(fm.uid, fm.slot, fm.netbios, ts_ns, v)
         )
-        answers, ttls = [], []
-        for rr in m.an:
-            answers.append(rr.text)
-            ttls.append(float(rr.ttl))
-        row["answers"], row["ttls"] = answers, ttls
-        row["rejected"] = m.rcode != 0 and not answers
+        self._dns_answer(row, ts_ns, v)
         self.dns_rows.append(row)
 
+    def dns_pair(self, uid: str, slot: int, ts_q: int, q: DnsView, ts_r: int, r: DnsView) -> None:
+        """The row of a DNS-port flow (not NetBIOS) whose first two datagrams are a query and
+        its answer (same id and name), both read by the batch DNS scan: what `dns_datagram`
+        twice would give, without creating the flow's parser state (`adopt_dns` does, if more
+        of the flow follows)."""
+        row = self._dns_row(uid, slot, False, ts_q, q)
+        self._dns_answer(row, ts_r, r)
+        self.dns_rows.append(row)
+
+    def adopt_dns(self, uid: str, slot: int) -> None:
+        """Parser state of a flow whose first query and answer went through `dns_pair`."""
+        fm = self.flows[uid] = FlowMeta(uid, True, slot, False)
+        fm.dns_messages = 2
+        fm.service.add("dns")
+
     @staticmethod
-    def _dns_row(fm: FlowMeta, ts_ns: int, m: DnsMessage) -> dict[str, Any]:
+    def _dns_answer(row: dict[str, Any], ts_ns: int, v: DnsView) -> None:
+        """Complete a query's row with its answer `v` (seen at ts_ns)."""
+        op = v.op
+        row["rtt"] = (ts_ns - row["ts"]) / 1e9 if row["ts"] != ts_ns else None
+        rcode = op & 15
+        row["rcode"] = rcode
+        row["rcode_name"] = RCODES.get(rcode, str(rcode))
+        row["aa"] = bool((op >> 10) & 1)
+        row["tc"] = bool((op >> 9) & 1)
+        row["ra"] = bool((op >> 7) & 1)
+        row["answers"], row["ttls"] = v.answers, v.ttls
+        row["rejected"] = rcode != 0 and not v.answers
+
+    @staticmethod
+    def _dns_row(uid: str, slot: int, netbios: bool, ts_ns: int, v: DnsView) -> dict[str, Any]:
         # mDNS answers often carry no question: the first answer names the query, as in Zeek
-        q: Question | Answer | None = m.qd[0] if m.qd else (m.an[0] if m.an else None)
-        qname = q.name if q is not None else None
-        if qname and fm.netbios:
+        qname = v.qname
+        if qname and netbios:
             qname = netbios_name(qname)
+        op = v.op
+        opcode = (op >> 11) & 15
         return {
             "ts": ts_ns,
-            "uid": fm.uid,
-            "slot": fm.slot,
-            "trans_id": m.id,
+            "uid": uid,
+            "slot": slot,
+            "trans_id": v.id,
             "rtt": None,
             "qname": qname,
-            "qclass": q.cls if isinstance(q, Question) else None,
-            "qclass_name": QCLASSES.get(q.cls) if isinstance(q, Question) else None,
-            "qtype": q.type if q is not None else None,
-            "qtype_name": QTYPES.get(q.type) if q is not None else None,
-            "rd": bool(m.rd),
-            "z": m.z,
-            "opcode": m.opcode,
-            "opcode_name": OPCODES.get(m.opcode),
+            "qclass": v.qclass,
+            "qclass_name": QCLASSES.get(v.qclass) if v.qclass is not None else None,
+            "qtype": v.qtype,
+            "qtype_name": QTYPES.get(v.qtype) if v.qtype is not None else None,
+            "rd": bool((op >> 8) & 1),
+            "z": (op >> 4) & 7,
+            "opcode": opcode,
+            "opcode_name": OPCODES.get(opcode),
             "answers": [],
             "ttls": [],
             "rcode": None,

@@ -172,6 +172,7 @@ class PacketBatch:
     outer_ip_len: I32
     iface: U16  # pcapng interface index (0 for pcap/live)
     frag: U8  # FRAG code: 0 not a fragment, 1 first, 2 middle, 3 last fragment
+    inner_vlan: I32  # second 802.1Q tag (QinQ) or -1
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
@@ -212,6 +213,7 @@ class PacketBatch:
             outer_ip_len=np.zeros(n, dtype=np.int32),
             iface=raw.iface,
             frag=np.zeros(n, dtype=np.uint8),
+            inner_vlan=np.full(n, -1, dtype=np.int32),
         )
 
     def select(self, idx: npt.NDArray[np.bool_] | npt.NDArray[np.intp]) -> PacketBatch:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
 
 from capture.batch import FRAG, STATUS, STATUS_NAME, TUNNEL_NAME, PacketBatch, RawBatch
 from capture.frag import FragTable
@@ -43,7 +44,6 @@ ST_BAD_REC = STATUS["bad_record"]
 IPV6_EXT = np.array([0, 43, 44, 51, 60, 135, 139, 140], dtype=np.int64)
 MIN_BUF = 256  # tiny buffers are padded so that guarded gathers at offset 0 stay in range
 MAX_DEPTH = 3
-_A4 = np.arange(4, dtype=np.int64)
 _A16 = np.arange(16, dtype=np.int64)
 
 
@@ -86,8 +86,9 @@ class Decoder:
         bad = (raw.cap_len < 0) | (start < 0) | (end > raw.buf.shape[0])
         if bad.any():
             start, end = np.where(bad, 0, start), np.where(bad, 0, end)
-        l3, hint, vlan, st = link_layer(buf, raw.linktype, start, end)
+        l3, hint, vlan, inner_vlan, st = link_layer(buf, raw.linktype, start, end)
         out.vlan = vlan
+        out.inner_vlan = inner_vlan
         out.status = st
         out.status[bad] = ST_BAD_REC
         l3[bad] = -1
@@ -193,7 +194,7 @@ class Decoder:
         il3 = inner.copy()
         if eth.any():
             e = np.nonzero(eth)[0]
-            a, h, _, est = ethernet(buf, inner[e], iend[e])
+            a, h, _, _, est = ethernet(buf, inner[e], iend[e])
             il3[e] = a
             ihint[e] = h
             bad = est != 0
@@ -218,12 +219,18 @@ def _save_outer(out: PacketBatch, tr: Rows) -> None:
 
 
 def _addr(buf: U8A, o: I64, v4: bool) -> U8A:
+    """(k, 16) addresses at offsets `o` (IPv4 as IPv4-mapped IPv6). Column-wise gathers and
+    a 16-byte window view: about twice as fast as one (k, 16) fancy index."""
     if v4:
         a = np.zeros((o.shape[0], 16), dtype=np.uint8)
-        a[:, 10:12] = 0xFF
-        a[:, 12:] = buf[o[:, None] + _A4]
+        a[:, 10] = 0xFF
+        a[:, 11] = 0xFF
+        for k in range(4):
+            a[:, 12 + k] = buf[o + k]
         return a
-    return buf[o[:, None] + _A16]
+    if buf.shape[0] < 16:
+        return buf[o[:, None] + _A16]
+    return np.asarray(sliding_window_view(buf, 16)[o])
 
 
 def _ipv4(buf: U8A, l3: I64, end: I64) -> tuple[npt.NDArray[np.generic], ...]:

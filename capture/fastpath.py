@@ -1,11 +1,11 @@
 """Record-header walking for pcap/pcapng: a small C extension (cffi), else pure Python.
 
 Walking record headers is sequential, so numpy cannot do it; `_fastwalk.c` does it in C.
-The extension is built with cffi's out-of-line API mode on first use into a cache directory
-(`$LBM_CAPTURE_CACHE`, else `<venv>/var/lbm-capture`, else `~/.cache/lbm-gateway`), keyed by
-a hash of the C source, written under a temporary name and renamed into place. Install or CI
-can prebuild it with ``python -m capture.fastpath``. Without a compiler (or with
-``LBM_CAPTURE_NO_C=1``) the pure-Python walkers below are used: same results, slower.
+The extension is built and loaded by `capture.build` (one scheme for all of the capture
+path's C code: source-hash keyed cache in `$LBM_CAPTURE_CACHE`, else `<venv>/var/lbm-capture`,
+else `~/.cache/lbm-gateway`; install prebuilds with ``python -m capture.build``, which
+``python -m capture.fastpath`` also runs). Without a compiler (or with ``LBM_CAPTURE_NO_C=1``)
+the pure-Python walkers below are used: same results, slower.
 
 Both implementations share one signature per format and return numpy arrays; see
 `walk_pcap` / `walk_pcapng`.
@@ -13,32 +13,16 @@ Both implementations share one signature per format and return numpy arrays; see
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import importlib.util
 import os
-import shutil
 import struct
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-_SRC_PATH = Path(__file__).with_name("_fastwalk.c")
-_CDEF = """
-int64_t walk_pcap(const uint8_t *buf, int64_t len, int swapped, int64_t max_pkts,
-                  uint32_t caplimit, int64_t *off, int32_t *caplen, int32_t *wirelen,
-                  uint32_t *sec, uint32_t *frac, int64_t *consumed, int *status);
-int64_t walk_pcapng(const uint8_t *buf, int64_t len, int swapped, int64_t max_pkts,
-                    uint32_t blocklimit, int64_t *off, int32_t *caplen, int32_t *wirelen,
-                    uint32_t *iface, uint64_t *ts, int64_t *consumed, int *status,
-                    uint32_t *stop_type);
-"""
+from capture import CaptureError, build
 
 STOP_OK = 0  # max packets reached or next record incomplete
 STOP_BAD = 1  # bad record/block length at `consumed`
@@ -72,65 +56,13 @@ class PcapngWalk:
     stop_type: int
 
 
-def _cache_dirs() -> list[Path]:
-    env = os.environ.get("LBM_CAPTURE_CACHE")
-    dirs = [Path(env)] if env else []
-    dirs.append(Path(sys.prefix) / "var" / "lbm-capture")
-    dirs.append(Path.home() / ".cache" / "lbm-gateway")
-    return dirs
-
-
-def _module_name() -> str:
-    digest = hashlib.sha256(_SRC_PATH.read_bytes() + _CDEF.encode()).hexdigest()[:16]
-    return f"_lbm_fastwalk_{digest}"
-
-
-def _load_from(path: Path, name: str) -> ModuleType | None:
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        return None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def build(dest: Path) -> Path:
-    """Compile the extension into `dest` (atomic rename); returns the .so path."""
-    import cffi  # build-time only
-
-    name = _module_name()
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        ffi = cffi.FFI()
-        ffi.cdef(_CDEF)
-        ffi.set_source(name, _SRC_PATH.read_text(), extra_compile_args=["-O2"])
-        built = Path(ffi.compile(tmpdir=tmp, verbose=False))
-        final = dest / built.name
-        tmp_final = dest / f"{built.name}.{os.getpid()}.tmp"
-        shutil.copyfile(built, tmp_final)
-        os.replace(tmp_final, final)
-    return final
-
-
 def _load() -> Any:
-    if os.environ.get("LBM_CAPTURE_NO_C") or not _SRC_PATH.is_file():
+    if os.environ.get("LBM_CAPTURE_NO_C"):
         return None
-    name = _module_name()
-    for d in _cache_dirs():
-        for so in sorted(d.glob(f"{name}*.so")) if d.is_dir() else []:
-            with contextlib.suppress(Exception):
-                mod = _load_from(so, name)
-                if mod is not None:
-                    return mod
-    for d in _cache_dirs():
-        try:
-            so = build(d)
-            mod = _load_from(so, name)
-            if mod is not None:
-                return mod
-        except Exception:  # no compiler, read-only dir, ...: try next, then fall back
-            continue
-    return None
+    try:
+        return build.load(build.FASTWALK)
+    except CaptureError:  # no compiler and no build: the pure-Python walkers
+        return None
 
 
 _MOD: Any = _load()
@@ -298,4 +230,5 @@ def _py_walk_pcapng(
 
 
 if __name__ == "__main__":
-    print(f"capture.fastpath: implementation={IMPLEMENTATION}")
+    # install-time prebuild of every capture extension (the Makefile's entry point)
+    sys.exit(build.main())

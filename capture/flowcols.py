@@ -29,6 +29,8 @@ class Cols:
     seq: npt.NDArray[np.uint32]
     ack: npt.NDArray[np.uint32]
     count: npt.NDArray[np.bool_]  # counts as a packet (not a later fragment)
+    vlan: npt.NDArray[np.int32]  # outer 802.1Q VLAN of the frame, -1 if none
+    inner_vlan: npt.NDArray[np.int32]  # QinQ inner VLAN, -1 if none
     pkt: I64  # batch index, -1 for tunnel (outer) rows
     bpkt: I64  # batch index of the packet the row comes from (outer rows too)
 
@@ -38,31 +40,11 @@ class Cols:
 
 def columns(b: PacketBatch) -> Cols:
     """Inner decoded packets plus one row per tunnelled packet for the outer connection."""
-    ok = np.flatnonzero((b.status == 0) & (b.proto != 59))  # 59: IPv6 "no next header"
+    okm = (b.status == 0) & (b.proto != 59)  # 59: IPv6 "no next header"
+    ok = np.flatnonzero(okm)
     tun = np.flatnonzero((b.tunnel != 0) & (b.outer_proto != 0))
-    proto = b.proto[ok]
-    sport = b.sport[ok].copy()
-    dport = b.dport[ok].copy()
-    icmp = (proto == 1) | (proto == 58)
-    if icmp.any():
-        dport[icmp] = icmp_counterpart(proto[icmp], sport[icmp], dport[icmp])
-    frag = b.frag[ok]
-    inner = Cols(
-        ts=b.ts_ns[ok],
-        proto=proto,
-        src=b.src[ok],
-        dst=b.dst[ok],
-        sport=sport,
-        dport=dport,
-        ip_len=b.ip_len[ok].astype(np.int64),
-        plen=b.payload_len[ok].astype(np.int64),
-        flags=b.tcp_flags[ok],
-        seq=b.tcp_seq[ok],
-        ack=b.tcp_ack[ok],
-        count=(frag <= 1),
-        pkt=ok.astype(np.int64),
-        bpkt=ok.astype(np.int64),
-    )
+    # every packet decoded (the usual case): the columns are views, not copies
+    inner = _inner(b, slice(None) if ok.size == okm.size else ok, ok)
     if tun.size == 0:
         return inner
     oip = b.outer_ip_len[tun].astype(np.int64)
@@ -81,6 +63,8 @@ def columns(b: PacketBatch) -> Cols:
         seq=np.zeros(tun.size, np.uint32),
         ack=np.zeros(tun.size, np.uint32),
         count=np.ones(tun.size, bool),
+        vlan=b.vlan[tun],
+        inner_vlan=b.inner_vlan[tun],
         pkt=np.full(tun.size, -1, np.int64),
         bpkt=tun.astype(np.int64),
     )
@@ -91,6 +75,36 @@ def columns(b: PacketBatch) -> Cols:
         for k in Cols.__dataclass_fields__
     }
     return Cols(**both)
+
+
+def _inner(b: PacketBatch, sel: slice | I64, ok: I64) -> Cols:
+    """Rows of the decoded packets `ok` (selected by `sel`: `ok` itself or all rows). Only
+    sport/dport are copied (ICMP rewrites dport); the other columns may share the batch's."""
+    proto = b.proto[sel]
+    sport = b.sport[sel].copy()
+    dport = b.dport[sel].copy()
+    icmp = (proto == 1) | (proto == 58)
+    if icmp.any():
+        dport[icmp] = icmp_counterpart(proto[icmp], sport[icmp], dport[icmp])
+    pkt = ok.astype(np.int64)
+    return Cols(
+        ts=b.ts_ns[sel],
+        proto=proto,
+        src=b.src[sel],
+        dst=b.dst[sel],
+        sport=sport,
+        dport=dport,
+        ip_len=b.ip_len[sel].astype(np.int64),
+        plen=b.payload_len[sel].astype(np.int64),
+        flags=b.tcp_flags[sel],
+        seq=b.tcp_seq[sel],
+        ack=b.tcp_ack[sel],
+        count=(b.frag[sel] <= 1),
+        vlan=b.vlan[sel],
+        inner_vlan=b.inner_vlan[sel],
+        pkt=pkt,
+        bpkt=pkt.copy(),
+    )
 
 
 def r_is_reuse(c: Cols, i: int) -> bool:

@@ -19,6 +19,8 @@ import struct
 import numpy as np
 import numpy.typing as npt
 
+from capture import tcpstate
+
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp", 132: "sctp"}
 
 # ICMPv4 / ICMPv6 request <-> reply pairs (Zeek ICMP4_counterpart / ICMP6_counterpart).
@@ -237,8 +239,8 @@ def community_ids(
     rp: npt.NDArray[np.uint16],
     seed: int = 0,
 ) -> list[str]:
-    """`community_id` of k flows given as columns: the hash inputs are built with numpy, only
-    SHA-1 and base64 run per flow."""
+    """`community_id` of k flows given as columns: the hash inputs are built with numpy,
+    SHA-1 and base64 run in C for all of them (`_cid.c`)."""
     k = proto.shape[0]
     out: list[str] = [""] * k
     if k == 0:
@@ -265,16 +267,20 @@ def community_ids(
     tail[:, 4:6] = dp.view(np.uint8).reshape(k, 2)
     head = np.zeros((k, 2), np.uint8)
     head[:] = np.frombuffer(struct.pack("!H", seed), np.uint8)
-    sha1, b64 = hashlib.sha1, base64.b64encode
     for mask, a_s, a_d in ((v4 & ports, s[:, 12:], d[:, 12:]), (~v4 & ports, s, d)):
         idx = np.flatnonzero(mask)
         if idx.size == 0:
             continue
-        rows = np.concatenate([head[idx], a_s[idx], a_d[idx], tail[idx]], axis=1)
-        w = rows.shape[1]
-        raw = rows.tobytes()
-        for n, i in enumerate(idx.tolist()):
-            out[i] = "1:" + b64(sha1(raw[n * w : (n + 1) * w]).digest()).decode("ascii")
+        rows = np.ascontiguousarray(
+            np.concatenate([head[idx], a_s[idx], a_d[idx], tail[idx]], axis=1), np.uint8
+        )
+        text = np.zeros(idx.size * 30, np.uint8)  # SHA-1 and base64 in C, all rows at once
+        fb = tcpstate.ffi.from_buffer
+        tcpstate.lib.community_ids(
+            fb("uint8_t[]", rows), idx.size, rows.shape[1], fb("char[]", text)
+        )
+        for i, t in zip(idx.tolist(), text.view("S30").astype("U30").tolist(), strict=True):
+            out[i] = t
     for i in np.flatnonzero(~ports).tolist():
         out[i] = community_id(
             o[i].tobytes(), r[i].tobytes(), int(proto[i]), int(op[i]), int(rp[i]), seed

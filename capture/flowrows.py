@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from capture import tcpstate
 from capture.flowkeys import PROTO_NAMES, community_ids
@@ -51,8 +53,52 @@ def addr_texts(a: npt.NDArray[np.uint8]) -> list[str]:
     return out
 
 
+_OCTETS = pa.array([str(i) for i in range(256)])
+_UDP_HIST = np.array(
+    # index: flipped * 8 + responder first * 4 + orig sent * 2 + resp sent
+    [
+        ("^" if f else "") + ("d" if rr else "") + ("D" if oo else "")
+        if rf
+        else ("^" if f else "") + ("D" if oo else "") + ("d" if rr else "")
+        for f in (0, 1)
+        for rf in (0, 1)
+        for oo in (0, 1)
+        for rr in (0, 1)
+    ],
+    dtype=object,
+)
+_STATES = np.asarray(tcpstate.CONN_STATES, dtype=object)
+_PROTO_TEXT = np.array([PROTO_NAMES.get(p, "unknown_transport") for p in range(256)], dtype=object)
+
+
+def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
+    """Text of (k, 16) addresses as an Arrow string array (same text as `addr_texts`): IPv4
+    in Arrow compute, only IPv6 in Python."""
+    k = a.shape[0]
+    a = np.ascontiguousarray(a, np.uint8)
+    v4 = (a[:, :12] == np.frombuffer(_V4_PREFIX, np.uint8)).all(axis=1)
+    if k == 0:
+        return pa.array([], pa.string())
+    quad = pc.binary_join_element_wise(
+        *[_OCTETS.take(pa.array(a[:, 12 + i])) for i in range(4)], "."
+    )
+    if v4.all():
+        return quad
+    six = np.flatnonzero(~v4)
+    texts: list[str | None] = [None] * k
+    for i, t in zip(six.tolist(), addr_texts(a[six]), strict=True):
+        texts[i] = t
+    return pc.if_else(pa.array(v4), quad, pa.array(texts, pa.string()))
+
+
+def _vlan_array(v: npt.NDArray[np.int32]) -> pa.Array:
+    """VLAN ids as uint16, null where the flow's first frame had no tag (-1)."""
+    return pa.array(np.maximum(v, 0).astype(np.uint16), pa.uint16(), mask=v < 0)
+
+
 def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
-    """Columns for the flows in `slots` (their current state)."""
+    """Columns for the flows in `slots` (their current state): numpy arrays for numbers,
+    Arrow arrays for addresses and histories, lists for the rest (`to_rows` gives dicts)."""
     k = slots.size
     proto = t.proto[slots]
     pk = t.pkts[slots]
@@ -84,68 +130,77 @@ def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
         # bytes the sequence space says were sent but no packet carried (capture loss)
         missed[tcp] = np.maximum(osz - pb[tcp, 0], 0) + np.maximum(rsz - pb[tcp, 1], 0)
         ob[tcp], rb[tcp] = osz, rsz
-        names = np.asarray(tcpstate.CONN_STATES, dtype=object)
-        state[tcp] = names[st]
-        hb = hist.tobytes()
-        history[tcp] = [
-            hb[i * HIST_MAX : i * HIST_MAX + n].decode("ascii") for i, n in enumerate(hl.tolist())
-        ]
+        state[tcp] = _STATES[st]
+        # history letters: hl bytes each, the rest of the 32 zero (numpy strips them)
+        h = hist.reshape(tcp.size, HIST_MAX)
+        h[np.arange(HIST_MAX)[None, :] >= hl[:, None]] = 0
+        history[tcp] = h.view(f"S{HIST_MAX}").ravel().astype(f"U{HIST_MAX}").astype(object)
     udp = np.flatnonzero(proto == 17)
     if udp.size:
         o, r = pk[udp, 0] > 0, pk[udp, 1] > 0
         state[udp] = np.where(o, np.where(r, "SF", "S0"), np.where(r, "SHR", "OTH"))
         flip = t.flipped[slots[udp]]
         resp_first = t.first_dir[slots[udp]] == 1
-        letters = []
-        for f, rf, oo, rr in zip(
-            flip.tolist(), resp_first.tolist(), o.tolist(), r.tolist(), strict=True
-        ):
-            h = "^" if f else ""
-            parts = (
-                ("d" if rr else "", "D" if oo else "")
-                if rf
-                else ("D" if oo else "", "d" if rr else "")
-            )
-            letters.append(h + parts[0] + parts[1])
-        history[udp] = letters
+        code = flip.astype(np.int64) * 8 + resp_first * 4 + o * 2 + r
+        history[udp] = _UDP_HIST[code]
     other = np.flatnonzero((proto != 6) & (proto != 17) & t.flipped[slots])
     history[other] = "^"
     orig_h, resp_h = t.orig_h[slots], t.resp_h[slots]
     op, rp = t.orig_p[slots], t.resp_p[slots]
     first, last = t.first_ts[slots], t.last_ts[slots]
-    pnames = [PROTO_NAMES.get(p, "unknown_transport") for p in proto.tolist()]
+    sl = slots.tolist()
+    parents = t.parents
+    empty: list[str] = []  # shared by rows without tunnels, never mutated
     return {
-        "ts": first.tolist(),
-        "uid": [t.uids[s] for s in slots.tolist()],
-        "orig_h": addr_texts(orig_h),
-        "orig_p": op.tolist(),
-        "resp_h": addr_texts(resp_h),
-        "resp_p": rp.tolist(),
-        "proto": pnames,
-        "ip_proto": proto.tolist(),
-        "duration_ns": (last - first).tolist(),
-        "orig_bytes": ob.tolist(),
-        "resp_bytes": rb.tolist(),
-        "conn_state": state.tolist(),
-        "missed_bytes": missed.tolist(),
-        "history": history.tolist(),
-        "orig_pkts": pk[:, 0].tolist(),
-        "orig_ip_bytes": t.ipb[slots, 0].tolist(),
-        "resp_pkts": pk[:, 1].tolist(),
-        "resp_ip_bytes": t.ipb[slots, 1].tolist(),
+        "ts": first,
+        "uid": [t.uids[s] for s in sl],
+        "orig_h": addr_array(orig_h),
+        "orig_p": op,
+        "resp_h": addr_array(resp_h),
+        "resp_p": rp,
+        "proto": _PROTO_TEXT[proto],
+        "ip_proto": proto,
+        "duration_ns": last - first,
+        "orig_bytes": ob,
+        "resp_bytes": rb,
+        "conn_state": state,
+        "missed_bytes": missed,
+        "history": history,
+        "orig_pkts": pk[:, 0].copy(),
+        "orig_ip_bytes": t.ipb[slots, 0],
+        "resp_pkts": pk[:, 1].copy(),
+        "resp_ip_bytes": t.ipb[slots, 1],
         "community_id": community_ids(orig_h, resp_h, proto, op, rp),
-        "tunnel_parents": [sorted(t.parents[s] or ()) for s in slots.tolist()],
-        "slot": slots.tolist(),
+        "tunnel_parents": [sorted(p) if (p := parents[s]) else empty for s in sl],
+        "vlan": _vlan_array(t.vlan[slots]),
+        "inner_vlan": _vlan_array(t.inner_vlan[slots]),
+        "slot": slots.copy(),
     }
+
+
+def pylist(col: Any) -> list[Any]:
+    """A column (list, numpy array or Arrow array) as a list of Python values."""
+    if isinstance(col, np.ndarray | pa.Array | pa.ChunkedArray):
+        return list(col.tolist() if isinstance(col, np.ndarray) else col.to_pylist())
+    return list(col)
+
+
+def concat_column(parts: list[Any]) -> Any:
+    """One column from several chunks of the same kind (numpy, Arrow or list)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    if isinstance(parts[0], pa.Array):
+        return pa.concat_arrays(parts)
+    return [v for p in parts for v in p]
 
 
 def concat(chunks: list[Columns]) -> Columns:
     """One set of columns from several."""
     if not chunks:
         return {}
-    if len(chunks) == 1:
-        return chunks[0]
-    return {k: [v for c in chunks for v in c[k]] for k in chunks[0]}
+    return {k: concat_column([c[k] for c in chunks]) for k in chunks[0]}
 
 
 def count(cols: Columns) -> int:
@@ -158,4 +213,5 @@ def to_rows(chunks: list[Columns] | Columns) -> list[dict[str, Any]]:
     if not cols:
         return []
     keys = list(cols)
-    return [dict(zip(keys, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
+    values = [pylist(v) for v in cols.values()]
+    return [dict(zip(keys, vals, strict=True)) for vals in zip(*values, strict=True)]

@@ -135,6 +135,8 @@ class FlowTable:
         self.ipb = g(s.get("ipb"), (cap, 2), np.int64)
         self.pbytes = g(s.get("pbytes"), (cap, 2), np.int64)
         self.first_dir = g(s.get("first_dir"), (cap,), np.int8)
+        self.vlan = g(s.get("vlan"), (cap,), np.int32)  # the first packet's, as Zeek logs
+        self.inner_vlan = g(s.get("inner_vlan"), (cap,), np.int32)
         self.uids: list[str] = list(s.get("uids", [])) + [""] * (cap - old)
         self.parents: list[list[str] | None] = list(s.get("parents", [])) + [None] * (cap - old)
         tcp = tcpstate.ffi.new("tcpflow[]", cap)
@@ -329,6 +331,8 @@ class FlowTable:
         self.orig_lo[slots] = from_lo != flip
         self.first_ts[slots] = c.ts[rows]
         self.last_ts[slots] = c.ts[rows]
+        self.vlan[slots] = c.vlan[rows]
+        self.inner_vlan[slots] = c.inner_vlan[rows]
         self.pkts[slots] = 0
         self.ipb[slots] = 0
         self.pbytes[slots] = 0

@@ -35,6 +35,7 @@ from capture.batch import (
 
 I64 = npt.NDArray[np.int64]
 U8A = npt.NDArray[np.uint8]
+I32 = npt.NDArray[np.int32]
 
 ST_NON_IP = STATUS["non_ip"]
 ST_TRUNC = STATUS["truncated"]
@@ -87,11 +88,13 @@ def _ethertype_to_hint(et: I64) -> npt.NDArray[np.uint8]:
 
 def ethernet(
     buf: U8A, start: I64, end: I64
-) -> tuple[I64, npt.NDArray[np.uint8], npt.NDArray[np.int32], npt.NDArray[np.uint8]]:
-    """Ethernet frames -> (l3 offset or -1, ip version hint, outer vlan or -1, status)."""
+) -> tuple[I64, npt.NDArray[np.uint8], I32, I32, npt.NDArray[np.uint8]]:
+    """Ethernet frames -> (l3 offset or -1, ip version hint, outer vlan or -1, inner vlan
+    (QinQ) or -1, status)."""
     n = start.shape[0]
     status = np.zeros(n, dtype=np.uint8)
     vlan = np.full(n, -1, dtype=np.int32)
+    inner = np.full(n, -1, dtype=np.int32)
     ok = start + 14 <= end
     status[~ok] = ST_TRUNC
     o = np.where(ok, start + 12, 0)
@@ -108,7 +111,9 @@ def ethernet(
         safe = np.where(m, off, 0)
         tci = be16(buf, safe) & 0xFFF
         first = m & (vlan < 0)
+        second = m & ~first & (inner < 0)
         vlan[first] = tci[first].astype(np.int32)
+        inner[second] = tci[second].astype(np.int32)
         et = np.where(m, be16(buf, safe + 2), et)
         off = np.where(m, off + 4, off)
     pppoe = et == ETH_PPPOE
@@ -150,7 +155,7 @@ def ethernet(
     ip = hint > 0
     status[~ip & (status == 0)] = ST_NON_IP
     l3 = np.where(ip, off, -1)
-    return l3, hint, vlan, status
+    return l3, hint, vlan, inner, status
 
 
 def sll(
@@ -208,15 +213,17 @@ def nflog_one(frame: bytes) -> tuple[int, int, int]:
 
 def link_layer(
     buf: U8A, linktype: npt.NDArray[np.uint16], start: I64, end: I64
-) -> tuple[I64, npt.NDArray[np.uint8], npt.NDArray[np.int32], npt.NDArray[np.uint8]]:
-    """Whole batch -> (l3 offset or -1, version hint, outer vlan, status) per frame."""
+) -> tuple[I64, npt.NDArray[np.uint8], I32, I32, npt.NDArray[np.uint8]]:
+    """Whole batch -> (l3 offset or -1, version hint, outer vlan, inner vlan, status) per
+    frame (vlans -1 where there is no 802.1Q tag)."""
     n = start.shape[0]
     l3 = np.full(n, -1, dtype=np.int64)
     hint = np.zeros(n, dtype=np.uint8)
     vlan = np.full(n, -1, dtype=np.int32)
+    inner = np.full(n, -1, dtype=np.int32)
     status = np.zeros(n, dtype=np.uint8)
     if n == 0:
-        return l3, hint, vlan, status
+        return l3, hint, vlan, inner, status
     first = int(linktype[0])
     uniq = [first] if bool((linktype == first).all()) else [int(x) for x in np.unique(linktype)]
     for lt in uniq:
@@ -225,8 +232,9 @@ def link_layer(
         )
         s, e = start[sel], end[sel]
         if lt == LINKTYPE_ETHERNET:
-            a, h, v, st = ethernet(buf, s, e)
+            a, h, v, iv, st = ethernet(buf, s, e)
             vlan[sel] = v
+            inner[sel] = iv
         elif lt in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
             a, h, st = sll(buf, s, e, lt == LINKTYPE_LINUX_SLL2)
         elif lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
@@ -253,4 +261,4 @@ def link_layer(
             h = np.zeros(s.shape[0], dtype=np.uint8)
             st = np.full(s.shape[0], ST_UNSUP, dtype=np.uint8)
         l3[sel], hint[sel], status[sel] = a, h, st
-    return l3, hint, vlan, status
+    return l3, hint, vlan, inner, status

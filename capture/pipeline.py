@@ -4,18 +4,19 @@ metadata rows, and subjects' packets -> their authorisations' archives.
 `Pipeline.feed(batch)` is shared by replay (`replay()`, capture files) and live capture
 (`capture.live`). Per batch: the flow table assigns packets to flows (array code); new flows
 get their principal (internal address -> identity map at the flow's first packet);
-the first packets of each flow go to `AppMeta`; packets of flows whose principal has any
-`packets` authorisation are checked with `decide` at each packet's own timestamp and, when
-covered, written to the archive as pcapng (one record per flow per segment); ended flows
-become `flow` rows. Nothing of a non-subject's payload is kept beyond `AppMeta`'s bounded
-parse buffers.
+the first packets of each flow go to `capture.appfeed` (one-packet heads and DNS in C, the
+rest to `AppMeta`); packets of flows whose principal has any `packets` authorisation are
+checked with `decide` at each packet's own timestamp (with the flow's TLS server name, for the
+do-not-decrypt list) and, when covered, written to the archive as pcapng (one record per flow
+per segment); ended flows become `flow` rows (numbers as arrays, Arrow for text). `replay()`
+reads and decodes on a background thread (`capture.prefetch`). Nothing of a non-subject's
+payload is kept beyond `AppMeta`'s bounded parse buffers.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,14 @@ import pyarrow as pa
 from appliance.policy.decide import decide
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture import CaptureError
-from capture.appmeta import DNS_PORTS, AppMeta
-from capture.appscan import KIND_CH, KIND_HTTP, KIND_SH, app_scan
+from capture.appfeed import AppFeed
 from capture.batch import PacketBatch
 from capture.decode import Decoder
 from capture.flowkeys import PROTO_NAMES, community_ids
-from capture.flowrows import Columns, addr_texts, count
+from capture.flowrows import Columns, addr_texts, concat_column, count
 from capture.flows import FlowConfig, FlowTable
-from capture.heads import norm_host, tls_version_name
 from capture.netset import NetSet
+from capture.prefetch import Prefetch
 from capture.reader import open_capture
 from capture.subjects import SubjectRecorder
 from capture.summary import Summary
@@ -43,29 +43,8 @@ from store.archive import Archive
 from store.metadata import MetadataWriter
 from store.paths import DataPaths
 
-APP_BUDGET = 16  # payload packets per flow offered to AppMeta (DNS flows: more)
-APP_BUDGET_DNS = 64
 ROW_BLOCK = 8192  # rows handed to a writer at once
 _TS = pa.timestamp("us", tz="UTC")
-_DNS_PORT = np.zeros(65536, bool)
-_DNS_PORT[list(DNS_PORTS)] = True
-# First payload bytes that can begin what AppMeta reads: a TLS handshake record, an HTTP
-# method or other text command (A-Z), a server banner (220, +OK, * OK).
-_FIRST_BYTE = np.zeros(256, bool)
-_FIRST_BYTE[[0x16, ord("+"), ord("*"), *range(ord("0"), ord("9") + 1)]] = True
-_FIRST_BYTE[ord("A") : ord("Z") + 1] = True
-APP_COLUMNS = ("service", "server_name", "tls_version", "http_host", "http_method")
-
-
-@dataclass
-class FastMeta:
-    """What the C fast path read for a flow (single-packet TLS hellos, HTTP heads)."""
-
-    service: str
-    server_name: str | None = None
-    tls_version: str | None = None
-    http_host: str | None = None
-    http_method: str | None = None
 
 
 class Pipeline:
@@ -98,11 +77,7 @@ class Pipeline:
 
     def _reset_source(self) -> None:
         self.table = FlowTable(self._flow_config)
-        self.app = AppMeta()
-        self._budget = np.zeros(0, np.int32)  # per slot: payload packets AppMeta may still see
-        self._dns = np.zeros(0, np.int8)  # per slot: 1 a DNS port, 2 NetBIOS name service
-        self._started = np.zeros(0, bool)  # per slot: AppMeta has seen a packet
-        self._fast: list[FastMeta | None] = []  # per slot: heads read by the C fast path
+        self.appf = AppFeed()  # application metadata per flow slot
         self._principal: list[str | None] = []  # per slot
 
     # ---- per batch -----------------------------------------------------------------------
@@ -110,7 +85,8 @@ class Pipeline:
         self.summary.packets += len(batch)
         assign, ended = self.table.add(batch)
         self._new_flows(assign.new_slots)
-        self._appmeta(batch, assign.pkt, assign.slot, assign.is_orig)
+        self.appf.feed(batch, assign.pkt, assign.slot, assign.is_orig, self.table.uids)
+        self._emit_dns()
         self._archive(batch, assign.pkt, assign.slot)
         self._emit(ended)
 
@@ -123,27 +99,18 @@ class Pipeline:
 
     def _grow(self) -> None:
         cap = self.table.capacity
-        old = self._budget.size
-        if old < cap:
-            self._budget = np.concatenate([self._budget, np.zeros(cap - old, np.int32)])
-            self._dns = np.concatenate([self._dns, np.zeros(cap - old, np.int8)])
-            self._started = np.concatenate([self._started, np.zeros(cap - old, bool)])
-            self._principal.extend([None] * (cap - old))
-            self._fast.extend([None] * (cap - old))
+        self.appf.grow(cap)
+        if len(self._principal) < cap:
+            self._principal.extend([None] * (cap - len(self._principal)))
 
     def _new_flows(self, new: npt.NDArray[np.int64]) -> None:
         self._grow()
         if new.size == 0:
             return
         t = self.table
-        dns = _DNS_PORT[t.orig_p[new]] | _DNS_PORT[t.resp_p[new]]
-        nbns = (t.orig_p[new] == 137) | (t.resp_p[new] == 137)
-        self._dns[new] = np.where(nbns, 2, dns.astype(np.int8))
-        self._started[new] = False
-        self._budget[new] = np.where(dns, APP_BUDGET_DNS, APP_BUDGET)
+        self.appf.new_flows(new, t.orig_p[new], t.resp_p[new])
         for sl in new.tolist():
             self._principal[sl] = None
-            self._fast[sl] = None
         lo, lr = self.internal.contains(t.orig_h[new]), self.internal.contains(t.resp_h[new])
         inside = np.flatnonzero(lo | lr)
         snap = self.snapshot()
@@ -164,88 +131,6 @@ class Pipeline:
         for sl, p in zip(slots.tolist(), found, strict=True):
             self._principal[sl] = p
 
-    def _appmeta(
-        self,
-        b: PacketBatch,
-        pkt: npt.NDArray[np.int64],
-        slot: npt.NDArray[np.int64],
-        is_orig: npt.NDArray[np.bool_],
-    ) -> None:
-        has = (b.payload_cap[pkt] > 0) & (self._budget[slot] > 0) & (b.frag[pkt] <= 1)
-        idx = np.flatnonzero(has)
-        if idx.size == 0:
-            return
-        # rank of each candidate among its flow's candidates in this batch
-        sl = slot[idx]
-        order = np.argsort(sl, kind="stable")
-        ss = sl[order]
-        start = np.r_[0, np.flatnonzero(ss[1:] != ss[:-1]) + 1]
-        rank = np.empty(idx.size, np.int64)
-        rank[order] = np.arange(idx.size) - np.repeat(start, np.diff(np.r_[start, idx.size]))
-        # A flow whose first payload cannot start anything AppMeta reads (TLS handshake, a
-        # text command or banner, DNS) is dropped at once, without a Python call.
-        first = rank == 0
-        byte0 = b.buf[b.payload_off[pkt[idx[first]]]]
-        fs = sl[first]
-        dull = ~(_FIRST_BYTE[byte0] | (self._dns[fs] > 0) | self._started[fs])
-        if dull.any():
-            self._budget[fs[dull]] = 0
-        keep = (rank < self._budget[sl]) & (self._budget[sl] > 0)
-        idx = idx[keep]
-        self._started[slot[idx]] = True
-        # heads that fit one packet (TLS hellos, HTTP request heads) are read in C
-        p_idx = pkt[idx]
-        kind, a_off, a_len, ver = app_scan(b.buf, b.payload_off[p_idx], b.payload_cap[p_idx])
-        proto = b.proto
-        uids, dnsf, budget, fast = self.table.uids, self._dns, self._budget, self._fast
-        in_app = self.app.flows
-        buf = b.buf
-        for j, s, o, k, ao, al, v in zip(
-            idx.tolist(),
-            slot[idx].tolist(),
-            is_orig[idx].tolist(),
-            kind.tolist(),
-            a_off.tolist(),
-            a_len.tolist(),
-            ver.tolist(),
-            strict=True,
-        ):
-            if budget[s] <= 0:
-                continue
-            uid = uids[s]
-            if uid not in in_app and not dnsf[s]:
-                f = fast[s]
-                if f is None and o and k in (KIND_CH, KIND_HTTP):
-                    if k == KIND_CH:
-                        sni = buf[ao : ao + al].tobytes().decode("ascii", "replace").lower()
-                        fast[s] = FastMeta("ssl", sni or None)
-                        continue
-                    host = buf[ao : ao + al].tobytes() if al >= 0 else None
-                    method = buf[int(b.payload_off[pkt[j]]) : int(b.payload_off[pkt[j]]) + v]
-                    fast[s] = FastMeta(
-                        "http", None, None, norm_host(host), method.tobytes().decode("ascii")
-                    )
-                    budget[s] = 0
-                    continue
-                if f is not None:
-                    if not o:  # the server's first payload: a ServerHello, or nothing for us
-                        if k == KIND_SH:
-                            f.tls_version = tls_version_name(v)
-                        budget[s] = 0
-                    continue
-            p = int(pkt[j])
-            more = self.app.packet(
-                uid,
-                int(dnsf[s]),
-                s,
-                bool(o),
-                int(b.ts_ns[p]),
-                b.payload(p),
-                int(b.tcp_seq[p]) if proto[p] == 6 else None,
-            )
-            budget[s] = budget[s] - 1 if more else 0
-        self._emit_dns()
-
     # ---- subjects' packets -> archive ------------------------------------------------------
     def _archive(
         self, b: PacketBatch, pkt: npt.NDArray[np.int64], slot: npt.NDArray[np.int64]
@@ -265,7 +150,10 @@ class Pipeline:
             principal = prin[s]
             ts_ns = int(b.ts_ns[p])
             at = datetime.fromtimestamp(ts_ns / 1e9, UTC)
-            d = decide(snap, principal, "packets", at)  # at each packet's own instant
+            # at each packet's own instant; a TLS server on the do-not-decrypt list keeps out
+            # authorisations that do not open it (from the packet where the name is known)
+            uid = self.table.uids[s]
+            d = decide(snap, principal, "packets", at, server_name=self.appf.server_name(s, uid))
             if not d.full or principal is None:
                 self.recorder.not_covered(self.table.uids[s])
             else:
@@ -291,45 +179,36 @@ class Pipeline:
     def _emit_flows(self, cols: Columns, n: int) -> None:
         t = self.table
         slots = np.asarray(cols["slot"], np.int64)
-        meta: dict[str, list[Any]] = {k: [None] * n for k in APP_COLUMNS}
+        uids = cols["uid"]
+        meta = self.appf.end_flows(uids, slots)
         empty: list[str] = []  # shared: rows of non-subjects, never mutated
         refs: list[list[str]] = [empty] * n
         rids: list[list[str]] = [empty] * n
-        app, rec = self.app.flows, self.recorder
-        fast = self._fast
-        for i, (uid, sl) in enumerate(zip(cols["uid"], cols["slot"], strict=True)):
-            if uid in app:
-                for k, v in self.app.end(uid).items():
-                    meta[k][i] = v
-            else:
-                f = fast[sl]
-                if f is not None:
-                    meta["service"][i] = f.service
-                    meta["server_name"][i] = f.server_name
-                    meta["tls_version"][i] = f.tls_version
-                    meta["http_host"][i] = f.http_host
-                    meta["http_method"][i] = f.http_method
-            done = rec.end(uid) if rec is not None and rec.flows else None
-            if done is not None:
-                refs[i], rids[i] = done
+        rec = self.recorder
+        if rec is not None and rec.flows:
+            for i, uid in enumerate(uids):
+                done = rec.end(uid)
+                if done is not None:
+                    refs[i], rids[i] = done
         self.summary.flows += n
+        prin = self._principal
         self._buffer(
             self._flow_buf,
             {
-                "ts": (np.asarray(cols["ts"], np.int64) // 1000).tolist(),
-                "uid": cols["uid"],
-                "principal": [self._principal[s] for s in slots.tolist()],
+                "ts": np.asarray(cols["ts"], np.int64) // 1000,
+                "uid": uids,
+                "principal": [prin[s] for s in slots.tolist()],
                 "client_ip": cols["orig_h"],
                 "client_port": cols["orig_p"],
                 "server_ip": cols["resp_h"],
                 "server_port": cols["resp_p"],
                 "proto": cols["proto"],
-                "duration": (np.asarray(cols["duration_ns"], np.int64) / 1e9).tolist(),
+                "duration": np.asarray(cols["duration_ns"], np.int64) / 1e9,
                 "orig_bytes": cols["orig_bytes"],
                 "resp_bytes": cols["resp_bytes"],
                 "conn_state": cols["conn_state"],
-                "local_orig": self.internal.contains(t.orig_h[slots]).tolist(),
-                "local_resp": self.internal.contains(t.resp_h[slots]).tolist(),
+                "local_orig": self.internal.contains(t.orig_h[slots]),
+                "local_resp": self.internal.contains(t.resp_h[slots]),
                 "missed_bytes": cols["missed_bytes"],
                 "history": cols["history"],
                 "orig_pkts": cols["orig_pkts"],
@@ -343,18 +222,20 @@ class Pipeline:
                 "record_ids": rids,
                 "community_id": cols["community_id"],
                 "tunnel_parents": cols["tunnel_parents"],
+                "vlan": cols["vlan"],
+                "inner_vlan": cols["inner_vlan"],
             },
         )
 
     def _emit_dns(self) -> None:
-        rows = self.app.take_dns_rows()
+        rows = self.appf.app.take_dns_rows()
         if not rows:
             return
         n = len(rows)
         t = self.table
         slots = np.asarray([r.pop("slot") for r in rows], np.int64)
         cols: dict[str, Any] = {k: [r[k] for r in rows] for k in rows[0]}
-        cols["ts"] = (np.asarray(cols["ts"], np.int64) // 1000).tolist()
+        cols["ts"] = np.asarray(cols["ts"], np.int64) // 1000
         oh, rh, op, rp = t.orig_h[slots], t.resp_h[slots], t.orig_p[slots], t.resp_p[slots]
         cols["client_ip"], cols["server_ip"] = addr_texts(oh), addr_texts(rh)
         cols["client_port"], cols["server_port"] = op.tolist(), rp.tolist()
@@ -378,8 +259,8 @@ class Pipeline:
         for buf, writer in ((self._flow_buf, self.flow_w), (self._dns_buf, self.dns_w)):
             if not buf:
                 continue
-            merged = {k: [v for c in buf for v in c[k]] for k in buf[0]}
-            merged["ts"] = pa.array(merged["ts"], _TS)
+            merged = {k: concat_column([c[k] for c in buf]) for k in buf[0]}
+            merged["ts"] = pa.array(np.asarray(merged["ts"], np.int64), _TS)
             buf.clear()
             writer.append_batch(merged)
 
@@ -387,7 +268,7 @@ class Pipeline:
         """End of a capture file (or interface stop): every live flow becomes a row."""
         self._emit(self.table.flush())
         self.flush_rows()
-        self.app.flows.clear()
+        self.appf.app.flows.clear()
         if self.recorder is not None:
             self.summary.archived_packets = self.recorder.archived
             self.summary.archive_errors = self.recorder.errors
@@ -407,9 +288,18 @@ class Pipeline:
             self.dns_w.close()
 
 
-def replay(files: Iterable[str | Path], pipeline: Pipeline, *, max_packets: int = 65536) -> Summary:
+def replay(
+    files: Iterable[str | Path],
+    pipeline: Pipeline,
+    *,
+    max_packets: int = 65536,
+    prefetch: int = 2,
+) -> Summary:
     """Replay capture files through `pipeline` (each file its own flow table). A file whose
-    header is broken is recorded in `summary.files_failed` and the others still run."""
+    header is broken is recorded in `summary.files_failed` and the others still run.
+
+    Reading and decoding run on a background thread up to `prefetch` batches ahead of the
+    flow table (`capture.prefetch`); 0 keeps everything on the calling thread."""
     s = pipeline.summary
     for f in files:
         name = str(f)
@@ -422,8 +312,17 @@ def replay(files: Iterable[str | Path], pipeline: Pipeline, *, max_packets: int 
         dec = Decoder()
         try:
             with reader:
-                for raw in reader.batches(max_packets):
-                    pipeline.feed(dec.decode(raw))
+                decoded = (dec.decode(raw) for raw in reader.batches(max_packets))
+                if prefetch <= 0:
+                    for batch in decoded:
+                        pipeline.feed(batch)
+                else:
+                    ahead = Prefetch(decoded, prefetch)
+                    try:
+                        for batch in ahead:
+                            pipeline.feed(batch)
+                    finally:
+                        ahead.close()
         except CaptureError as exc:
             s.files_failed[name] = str(exc)
         finally:

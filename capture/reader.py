@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from capture import CaptureError
 from capture.batch import RawBatch
@@ -38,6 +39,7 @@ PCAPNG_BOM = 0x1A2B3C4D
 
 DEFAULT_CHUNK = 8 << 20
 MAX_RECORD = 64 << 20  # larger records/blocks are treated as corruption
+Buf = npt.NDArray[np.uint8]
 MIN_CAPLIMIT = 262144  # libpcap's MAXIMUM_SNAPLEN: accept records up to this even if snaplen < it
 
 
@@ -145,12 +147,13 @@ class CaptureReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _fill(self, pending: bytes | bytearray, need: int = 0) -> tuple[bytearray, int, bool]:
-        """New chunk buffer: pending bytes followed by fresh file data. Returns (buf, len, eof)."""
+    def _fill(self, pending: bytes, need: int = 0) -> tuple[Buf, int, bool]:
+        """New chunk buffer: pending bytes followed by fresh file data. Returns (buf, len, eof).
+        The buffer is not zeroed first (8 MiB a chunk), only its unused tail is."""
         size = max(self._chunk, need, len(pending) + 4096)
-        buf = bytearray(size)
-        buf[: len(pending)] = pending
-        view = memoryview(buf)
+        buf = np.empty(size, np.uint8)
+        buf[: len(pending)] = np.frombuffer(pending, np.uint8)
+        view = buf.data
         got = len(pending)
         eof = False
         while got < size:
@@ -159,6 +162,7 @@ class CaptureReader:
                 eof = True
                 break
             got += r
+        buf[got:] = 0
         return buf, got, eof
 
     # --- batches -------------------------------------------------------------------------
@@ -176,7 +180,7 @@ class CaptureReader:
 
     def _pcap_batches(self, max_packets: int) -> Iterator[RawBatch]:
         lt = self.interfaces[0].linktype
-        pending: bytes | bytearray = b""
+        pending = b""
         need = 0
         while True:
             buf, length, eof = self._fill(pending, need)
@@ -185,7 +189,7 @@ class CaptureReader:
             arr = np.frombuffer(buf, dtype=np.uint8)
             while True:
                 w = walk_pcap(
-                    memoryview(buf)[pos:], length - pos, self._swapped, max_packets, self._caplimit
+                    buf.data[pos:], length - pos, self._swapped, max_packets, self._caplimit
                 )
                 n = len(w.off)
                 if n:
@@ -220,67 +224,67 @@ class CaptureReader:
                 return
             pending = bytes(buf[pos:length])
             if rest >= 16:  # make room for a record larger than the chunk
-                cl = struct.unpack_from(">I" if self._big() else "<I", buf, pos + 8)[0]
+                cl = struct.unpack_from(">I" if self._big() else "<I", buf.data, pos + 8)[0]
                 need = 16 + cl + 4096
 
     def _big(self) -> bool:
         return (sys.byteorder == "big") != self._swapped
 
     # --- pcapng --------------------------------------------------------------------------
-    def _parse_shb(self, buf: bytearray, pos: int, length: int) -> int:
+    def _parse_shb(self, buf: Buf, pos: int, length: int) -> int:
         """Parse an SHB at pos; returns its length, or 0 if incomplete. Raises if invalid."""
         if pos + 12 > length:
             return 0
-        bom = struct.unpack_from("<I", buf, pos + 8)[0]
+        bom = struct.unpack_from("<I", buf.data, pos + 8)[0]
         if bom == PCAPNG_BOM:
             order = "<"
         elif bom == 0x4D3C2B1A:
             order = ">"
         else:
             raise CaptureError(f"{self.path}: pcapng section header with bad byte-order magic")
-        blen = struct.unpack_from(order + "I", buf, pos + 4)[0]
+        blen = struct.unpack_from(order + "I", buf.data, pos + 4)[0]
         if blen < 28 or blen > MAX_RECORD or blen & 3:
             raise CaptureError(f"{self.path}: pcapng section header with bad length {blen}")
         if pos + blen > length:
             return 0
-        major = struct.unpack_from(order + "H", buf, pos + 12)[0]
+        major = struct.unpack_from(order + "H", buf.data, pos + 12)[0]
         if major != 1:
             raise CaptureError(f"{self.path}: unsupported pcapng version {major}")
         self._swapped = (order == "<") != (sys.byteorder == "little")
         self.interfaces = []
         return int(blen)
 
-    def _parse_idb(self, buf: bytearray, pos: int, length: int) -> int:
+    def _parse_idb(self, buf: Buf, pos: int, length: int) -> int:
         """Parse an IDB at pos; returns its length, 0 if incomplete, -1 if corrupt."""
         e = ">" if self._big() else "<"
         if pos + 8 > length:
             return 0
-        blen = struct.unpack_from(e + "I", buf, pos + 4)[0]
+        blen = struct.unpack_from(e + "I", buf.data, pos + 4)[0]
         if blen < 20 or blen > MAX_RECORD or blen & 3:
             return -1
         if pos + blen > length:
             return 0
-        lt, _, snap = struct.unpack_from(e + "HHI", buf, pos + 8)
+        lt, _, snap = struct.unpack_from(e + "HHI", buf.data, pos + 8)
         iface = Interface(linktype=lt, snaplen=snap)
         _resol(iface, 6)
         o, end = pos + 16, pos + blen - 4
         while o + 4 <= end:
-            code, olen = struct.unpack_from(e + "HH", buf, o)
+            code, olen = struct.unpack_from(e + "HH", buf.data, o)
             if code == 0:
                 break
             if o + 4 + olen > end:
                 self._count("bad_option")
                 break
             if code == 9 and olen >= 1:
-                _resol(iface, buf[o + 4])
+                _resol(iface, int(buf[o + 4]))
             elif code == 14 and olen >= 8:
-                iface.ts_offset_s = struct.unpack_from(e + "q", buf, o + 4)[0]
+                iface.ts_offset_s = struct.unpack_from(e + "q", buf.data, o + 4)[0]
             o += 4 + ((olen + 3) & ~3)
         self.interfaces.append(iface)
         return int(blen)
 
     def _pcapng_batches(self, max_packets: int) -> Iterator[RawBatch]:
-        pending: bytes | bytearray = b""
+        pending = b""
         need = 0
         first = True
         last_ts = 0
@@ -300,7 +304,7 @@ class CaptureReader:
                     pos += blen
                     continue
                 w = walk_pcapng(
-                    memoryview(buf)[pos:], length - pos, self._swapped, max_packets, MAX_RECORD
+                    buf.data[pos:], length - pos, self._swapped, max_packets, MAX_RECORD
                 )
                 n = len(w.off)
                 if n:
@@ -334,12 +338,12 @@ class CaptureReader:
             pending = bytes(buf[pos:length])
             if rest >= 12:  # make room for a block larger than the chunk
                 e = ">" if self._big() else "<"
-                if struct.unpack_from("<I", buf, pos)[0] == PCAPNG_SHB:
-                    e = "<" if struct.unpack_from("<I", buf, pos + 8)[0] == PCAPNG_BOM else ">"
-                blen = struct.unpack_from(e + "I", buf, pos + 4)[0]
+                if struct.unpack_from("<I", buf.data, pos)[0] == PCAPNG_SHB:
+                    e = "<" if struct.unpack_from("<I", buf.data, pos + 8)[0] == PCAPNG_BOM else ">"
+                blen = struct.unpack_from(e + "I", buf.data, pos + 4)[0]
                 need = min(blen, MAX_RECORD) + 4096
 
-    def _parse_shb_safe(self, buf: bytearray, pos: int, length: int) -> int:
+    def _parse_shb_safe(self, buf: Buf, pos: int, length: int) -> int:
         try:
             return self._parse_shb(buf, pos, length)
         except CaptureError:

@@ -1,25 +1,23 @@
-"""Loader for the `capture._tcpstate` C extension (Zeek's TCP state machine and the
-application-head fast path, see `capture/_tcpstate_build.py`).
+"""The `_tcpstate` C extension: Zeek's per-connection TCP state machine, the application-head
+scan (`capture.appscan`) and the DNS scan, loaded (and built if needed) by `capture.build`.
 
-The extension is normally built at install (`python capture/_tcpstate_build.py`, or cffi's
-`cffi_modules` in the build). A build whose embedded source hash differs from the current
-source is not used: the extension is then built once into
-`$XDG_CACHE_HOME/lbm-gateway/tcpstate-HASH/` (needs a C compiler, as CI has); if that is
-impossible the import fails with a `CaptureError` saying so.
+Per-flow TCP state (endpoint states, sequence space, history letters) has to follow the packets
+in order, which numpy cannot express; the extension walks the TCP packets of a batch once
+(about 10 ns a packet) while every counter that does not depend on order stays an array
+operation in `capture.flows`. The logic follows Zeek's TCPSessionAdapter / TCP_Endpoint
+(`UpdateStateMachine`, `update_history`, `update_last_seq`, `TCP_Endpoint::Size`); events,
+timers, reassembly, checksums and window tracking are left out.
+
+There is no pure-Python fallback: without a build and without a C compiler, importing this
+module raises `CaptureError` saying so (install runs ``python -m capture.build``).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from capture import CaptureError
-from capture import _tcpstate_build as build
+from capture import build
 
 # Zeek conn_state names in the order tcp_conn_state() returns them.
 CONN_STATES = (
@@ -39,51 +37,9 @@ CONN_STATES = (
 )
 
 
-def _current(mod: ModuleType) -> bool:
-    lib: Any = getattr(mod, "lib", None)
-    ffi: Any = getattr(mod, "ffi", None)
-    if lib is None or ffi is None or not hasattr(lib, "tcpstate_hash"):
-        return False
-    return bool(ffi.string(lib.tcpstate_hash()).decode() == build.SOURCE_HASH)
-
-
-def _load_file(so: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("capture._tcpstate", so)
-    if spec is None or spec.loader is None:
-        raise CaptureError(f"capture._tcpstate: cannot load {so}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def load() -> ModuleType:
-    """The compiled module (with `.ffi` and `.lib`), built if needed."""
-    try:
-        mod = importlib.import_module("capture._tcpstate")
-        if _current(mod):
-            return mod
-    except ImportError:
-        pass
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    cache = base / "lbm-gateway" / f"tcpstate-{build.SOURCE_HASH}"
-    for so in sorted(cache.glob("**/_tcpstate*.so")):
-        mod = _load_file(so)
-        if _current(mod):
-            return mod
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        build.ffibuilder.compile(tmpdir=str(cache), verbose=False)
-    except Exception as exc:  # compiler missing, read-only cache, ...
-        raise CaptureError(
-            f"capture._tcpstate C extension is not built and could not be built ({exc}); "
-            "reinstall the package with a C compiler available"
-        ) from exc
-    for so in sorted(cache.glob("**/_tcpstate*.so")):
-        mod = _load_file(so)
-        if _current(mod):
-            sys.modules["capture._tcpstate"] = mod
-            return mod
-    raise CaptureError("capture._tcpstate: built, but the module was not found")
+    """The compiled module (with `.ffi` and `.lib`), built if needed (CaptureError if not)."""
+    return build.load(build.TCPSTATE)
 
 
 _mod: Any = load()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import struct
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,3 +199,54 @@ def test_subject_packets_archived_and_non_subject_canary_absent(lbm: Lbm, tmp_pa
         if f.suffix == ".parquet":
             text = repr(pq.read_table(f).to_pylist()).encode()
             assert OTHER_CANARY not in text and SUBJECT_CANARY not in text, f
+
+
+def _hello(htype: int, body: bytes) -> bytes:
+    hs = bytes([htype]) + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
+
+
+def _tls_session(client: str, port: int, sni: str) -> list[bytes]:
+    """Handshake, a ClientHello naming `sni`, a ServerHello, an encrypted-looking record."""
+    name = sni.encode()
+    ext = struct.pack("!HHHBH", 0, len(name) + 5, len(name) + 3, 0, len(name)) + name
+    ch = _hello(
+        1,
+        b"\x03\x03"
+        + bytes(32)
+        + b"\x00\x00\x02\x13\x01\x01\x00"
+        + struct.pack("!H", len(ext))
+        + ext,
+    )
+    sh = _hello(2, b"\x03\x03" + bytes(32) + b"\x00\x13\x01\x00\x00\x00")
+    app = b"\x17\x03\x03\x00\x10" + SUBJECT_CANARY[:16]
+    s, a = 7000, 9000
+    return [
+        _tcp(client, port, SERVER, 443, 0x02, s, 0),
+        _tcp(SERVER, 443, client, port, 0x12, a, s + 1),
+        _tcp(client, port, SERVER, 443, 0x10, s + 1, a + 1),
+        _tcp(client, port, SERVER, 443, 0x18, s + 1, a + 1, ch),
+        _tcp(SERVER, 443, client, port, 0x18, a + 1, s + 1 + len(ch), sh),
+        _tcp(client, port, SERVER, 443, 0x18, s + 1 + len(ch), a + 1 + len(sh), app),
+    ]
+
+
+@needs_tools
+def test_do_not_decrypt_server_keeps_a_subjects_tls_flow_out(lbm: Lbm, tmp_path: Path) -> None:
+    """A subject's TLS flow to a server on the do-not-decrypt list (`*.nhs.uk` by default) is
+    not archived under a grant that does not open such servers; their other flow is."""
+    fake = {"LBM_FAKE_NOW": "2026-03-02T09:00:00Z"}
+    _setup(lbm, tmp_path, fake)
+    pcap = tmp_path / "dnd.pcap"
+    frames = _tls_session(SUBJECT_IP, 43000, "www.nhs.uk")
+    frames += _http_session(SUBJECT_IP, 41000, b"SUBJECT-HTTP-CANARY")
+    with pcap.open("wb") as fh:
+        w = dpkt.pcap.Writer(fh)
+        for i, f in enumerate(frames):
+            w.writepkt(f, ts=T0 + i * 0.01)
+    res = lbm("capture", "replay", str(pcap), "--json", check=True, env=fake)
+    assert '"archived_packets": 8' in res.stdout  # the HTTP session only
+    rows = {r["server_port"]: r for r in read_stream(DataPaths(lbm.data_dir), "flow").to_pylist()}
+    assert rows[443]["server_name"] == "www.nhs.uk"
+    assert rows[443]["refs"] == [] and rows[443]["record_ids"] == []
+    assert rows[80]["refs"] == [REF]

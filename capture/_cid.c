@@ -1,0 +1,73 @@
+/* Community ID v1 strings for many flows at once (capture/flowkeys.py builds the hash inputs
+   with numpy; this does SHA-1 and base64 per row). Part of the _tcpstate extension, built by
+   capture/build.py. SHA-1 as in FIPS 180-4; checked against hashlib and the communityid
+   package by the tests. */
+
+#include <stdint.h>
+#include <string.h>
+
+static uint32_t cid_rol(uint32_t x, int k) { return (x << k) | (x >> (32 - k)); }
+
+static void cid_block(uint32_t h[5], const uint8_t *p) {
+    uint32_t w[80];
+    for (int i = 0; i < 16; i++)
+        w[i] = ((uint32_t)p[4 * i] << 24) | ((uint32_t)p[4 * i + 1] << 16) |
+               ((uint32_t)p[4 * i + 2] << 8) | p[4 * i + 3];
+    for (int i = 16; i < 80; i++) w[i] = cid_rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+    for (int i = 0; i < 80; i++) {
+        uint32_t f, k;
+        if (i < 20) { f = (b & c) | (~b & d); k = 0x5A827999; }
+        else if (i < 40) { f = b ^ c ^ d; k = 0x6ED9EBA1; }
+        else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDC; }
+        else { f = b ^ c ^ d; k = 0xCA62C1D6; }
+        uint32_t t = cid_rol(a, 5) + f + e + k + w[i];
+        e = d; d = c; c = cid_rol(b, 30); b = a; a = t;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
+}
+
+/* SHA-1 of a message of at most 119 bytes (two blocks). */
+static void cid_sha1(const uint8_t *msg, int32_t len, uint8_t out[20]) {
+    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    uint8_t buf[128];
+    memset(buf, 0, sizeof buf);
+    memcpy(buf, msg, len);
+    buf[len] = 0x80;
+    int blocks = len + 9 <= 64 ? 1 : 2;
+    uint64_t bits = (uint64_t)len * 8;
+    for (int i = 0; i < 8; i++) buf[blocks * 64 - 1 - i] = (uint8_t)(bits >> (8 * i));
+    for (int b = 0; b < blocks; b++) cid_block(h, buf + 64 * b);
+    for (int i = 0; i < 5; i++) {
+        out[4 * i] = (uint8_t)(h[i] >> 24);
+        out[4 * i + 1] = (uint8_t)(h[i] >> 16);
+        out[4 * i + 2] = (uint8_t)(h[i] >> 8);
+        out[4 * i + 3] = (uint8_t)h[i];
+    }
+}
+
+static const char CID_B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* rows: n inputs of `width` bytes (width <= 119); out: n strings of 30 bytes, "1:" followed
+   by the base64 of the SHA-1 (28 characters with one '=' of padding). */
+void community_ids(const uint8_t *rows, int64_t n, int32_t width, char *out) {
+    if (width < 0 || width > 119) return;
+    for (int64_t r = 0; r < n; r++) {
+        uint8_t d[21];
+        cid_sha1(rows + r * width, width, d);
+        d[20] = 0;
+        char *o = out + r * 30;
+        o[0] = '1';
+        o[1] = ':';
+        o += 2;
+        for (int i = 0; i < 21; i += 3) {
+            uint32_t v = ((uint32_t)d[i] << 16) | ((uint32_t)d[i + 1] << 8) | d[i + 2];
+            o[0] = CID_B64[(v >> 18) & 63];
+            o[1] = CID_B64[(v >> 12) & 63];
+            o[2] = CID_B64[(v >> 6) & 63];
+            o[3] = CID_B64[v & 63];
+            o += 4;
+        }
+        out[r * 30 + 29] = '=';  /* 20 bytes: the last group has one byte of padding */
+    }
+}

@@ -1,0 +1,76 @@
+"""Reading and decoding on a background thread (`capture.prefetch`): same flows as on one
+thread, errors reach the caller, and a consumer that stops early stops the producer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from capture_zeeklogs import corpus
+
+from appliance.policy.snapshot import Snapshot
+from capture.flows import FlowConfig
+from capture.pipeline import Pipeline, replay
+from capture.prefetch import Prefetch
+from store.metadata import read_stream
+from store.paths import DataPaths
+
+
+def _flows(tmp: Path, files: list[Path], prefetch: int) -> list[tuple[object, ...]]:
+    snap = Snapshot.build()
+    pipe = Pipeline(
+        paths=DataPaths(tmp),
+        gateway="gw1",
+        writer_name="replay",
+        snapshot=lambda: snap,
+        internal_networks=["10.0.0.0/8"],
+        flow_config=FlowConfig(seed=3),
+    )
+    replay(files, pipe, max_packets=97, prefetch=prefetch)  # many small batches
+    pipe.close()
+    rows = read_stream(DataPaths(tmp), "flow").drop(["gateway"]).to_pylist()
+    return sorted(tuple(sorted(r.items(), key=lambda kv: kv[0])) for r in rows)
+
+
+def test_background_reading_gives_the_same_rows(tmp_path: Path) -> None:
+    dev = corpus() / "pcaps" / "dev"
+    files = [dev / "zeek__wikipedia.pcap", dev / "zeek__ipv4__fragmented-1.pcap"]
+    one = _flows(tmp_path / "a", files, prefetch=0)
+    two = _flows(tmp_path / "b", files, prefetch=2)
+    assert one and one == two
+
+
+def test_producer_error_reaches_the_consumer_after_earlier_items() -> None:
+    def source() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("broken at item 3")
+
+    got = []
+    with pytest.raises(ValueError, match="broken at item 3"):
+        for x in Prefetch(source(), depth=1):
+            got.append(x)
+    assert got == [1, 2]
+
+
+def test_consumer_stopping_early_stops_and_closes_the_producer() -> None:
+    closed = threading.Event()
+
+    def source() -> Iterator[int]:
+        try:
+            n = 0
+            while True:  # endless producer
+                yield n
+                n += 1
+        finally:
+            closed.set()
+
+    ahead = Prefetch(source(), depth=2)
+    for x in ahead:
+        if x == 5:
+            break
+    ahead.close()
+    assert closed.is_set()
+    assert not ahead._thread.is_alive()
