@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA ?= ./lbm-data
 PYTEST_ARGS ?=
 
-.PHONY: venv run test lint check bench clean-venv
+.PHONY: venv run test lint bench clean-venv
 
 $(BIN)/lbm: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,7 @@ test: venv lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: venv
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean-venv:
