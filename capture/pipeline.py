@@ -95,6 +95,8 @@ class Pipeline:
         ended: list[Columns] = []
         self.table.expire(now_ns if now_ns is not None else time.time_ns(), ended)
         self._emit(ended)
+        if self.recorder is not None:
+            self.recorder.sweep()
         self.flush_rows()
 
     def _grow(self) -> None:

@@ -1,11 +1,15 @@
-"""Subjects' packets into their authorisations' archives: one pcapng record per flow per
-segment (DECISIONS "Packets"), readable by tshark once an investigator decrypts it.
+"""Subjects' packets into their authorisations' archives as pcapng records (DECISIONS
+"Packets"), readable by tshark once an investigator decrypts them.
 
 The pipeline decides per packet (at the packet's own timestamp) and hands covered packets here.
-A flow's record for a reference stays open while packets come, is closed when the flow ends or
-after `RECORD_MAX_AGE_S` (so its segment can close on time; later packets open a new record),
-and its record ids go on the flow's row. An archive failure is counted and reported to
-`on_error` (the caller audits a capture gap); it never stops the capture.
+Each flow's packets for a reference are gathered in a small buffer and written as one record when
+the flow ends, when the buffer reaches `RECORD_MAX_BYTES`, when it is `RECORD_MAX_AGE_S` old
+(`sweep()`, called about once a second by live capture), or when the authorisation stops
+covering the flow. Writing whole records keeps every concurrent flow of a subject in the same
+segment (a record being streamed holds its segment). Buffers are bounded per flow and in total
+(`TOTAL_MAX_BYTES`: past it every buffer is written out). The record ids go on the flow's row.
+An archive failure is counted and reported to `on_error` (the caller audits a capture gap); it
+never stops the capture.
 """
 
 from __future__ import annotations
@@ -14,25 +18,38 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from capture.pcapng import PcapngRecord
 from store import ArchiveError
 from store.archive import Archive
 
-RECORD_MAX_AGE_S = 30.0
+RECORD_MAX_AGE_S = 5.0
+RECORD_MAX_BYTES = 1 << 20
+TOTAL_MAX_BYTES = 64 << 20
+
+
+@dataclass
+class _Pending:
+    """One record being gathered: its pcapng bytes, first packet's instant, start time."""
+
+    at: datetime
+    started: float
+    buf: bytearray = field(default_factory=bytearray)
+
+    def __post_init__(self) -> None:
+        self.pcapng = PcapngRecord(self.buf.extend)
 
 
 @dataclass
 class _Flow:
     principal: str
-    sinks: dict[str, tuple[Any, PcapngRecord, float]] = field(default_factory=dict)
+    pending: dict[str, _Pending] = field(default_factory=dict)
     refs: set[str] = field(default_factory=set)
     record_ids: list[str] = field(default_factory=list)
 
 
 class SubjectRecorder:
-    """Open archive records of subjects' flows, by flow uid."""
+    """Records being gathered for subjects' flows, by flow uid."""
 
     def __init__(
         self, archive: Archive, on_error: Callable[[str, str], None] | None = None
@@ -42,6 +59,7 @@ class SubjectRecorder:
         self.flows: dict[str, _Flow] = {}
         self.archived = 0  # packets written (once per packet, whatever the number of refs)
         self.errors = 0
+        self.buffered = 0  # bytes held in pending records
 
     def packet(
         self,
@@ -55,21 +73,31 @@ class SubjectRecorder:
         wire_len: int,
     ) -> None:
         flow = self.flows.setdefault(uid, _Flow(principal))
-        for ref in [r for r in flow.sinks if r not in refs]:
+        for ref in [r for r in flow.pending if r not in refs]:
             self._close(flow, ref)  # that authorisation no longer covers this instant
         for ref in refs:
-            self._write(flow, ref, at, linktype, ts_ns, frame, wire_len)
+            self._add(flow, ref, at, linktype, ts_ns, frame, wire_len)
         self.archived += 1
+        if self.buffered > TOTAL_MAX_BYTES:
+            self.sweep(max_age=0.0)
 
     def not_covered(self, uid: str) -> None:
-        """A packet of the flow is covered by no authorisation (cancelled, expired): close its
+        """A packet of the flow is covered by no authorisation (cancelled, expired): write its
         records now; what was recorded before stays."""
         flow = self.flows.get(uid)
         if flow is not None:
-            for ref in list(flow.sinks):
+            for ref in list(flow.pending):
                 self._close(flow, ref)
 
-    def _write(
+    def sweep(self, max_age: float = RECORD_MAX_AGE_S) -> None:
+        """Write out every record gathered for longer than `max_age` seconds."""
+        now = time.monotonic()
+        for flow in self.flows.values():
+            for ref, pending in list(flow.pending.items()):
+                if now - pending.started >= max_age:
+                    self._close(flow, ref)
+
+    def _add(
         self,
         flow: _Flow,
         ref: str,
@@ -79,28 +107,26 @@ class SubjectRecorder:
         frame: bytes,
         wire_len: int,
     ) -> None:
-        now = time.monotonic()
-        entry = flow.sinks.get(ref)
-        try:
-            if entry is not None and now - entry[2] > RECORD_MAX_AGE_S:
-                self._close(flow, ref)
-                entry = None
-            if entry is None:
-                sink = self.archive.open_record(ref, "packets", flow.principal, at, "pcapng")
-                entry = (sink, PcapngRecord(sink.write), now)
-                flow.sinks[ref] = entry
-                flow.refs.add(ref)
-            entry[1].packet(linktype, ts_ns, frame, wire_len)
-        except ArchiveError as exc:
-            self._failed(ref, exc)
-            flow.sinks.pop(ref, None)
+        pending = flow.pending.get(ref)
+        if pending is None:
+            pending = flow.pending[ref] = _Pending(at, time.monotonic())
+            flow.refs.add(ref)
+            self.buffered += len(pending.buf)
+        before = len(pending.buf)
+        pending.pcapng.packet(linktype, ts_ns, frame, wire_len)
+        self.buffered += len(pending.buf) - before
+        if len(pending.buf) >= RECORD_MAX_BYTES:
+            self._close(flow, ref)
 
     def _close(self, flow: _Flow, ref: str) -> None:
-        entry = flow.sinks.pop(ref, None)
-        if entry is None:
+        pending = flow.pending.pop(ref, None)
+        if pending is None:
             return
+        self.buffered -= len(pending.buf)
         try:
-            flow.record_ids.append(entry[0].close())
+            sink = self.archive.open_record(ref, "packets", flow.principal, pending.at, "pcapng")
+            sink.write(bytes(pending.buf))
+            flow.record_ids.append(sink.close())
         except ArchiveError as exc:
             self._failed(ref, exc)
 
@@ -114,6 +140,6 @@ class SubjectRecorder:
         flow = self.flows.pop(uid, None)
         if flow is None:
             return None
-        for ref in list(flow.sinks):
+        for ref in list(flow.pending):
             self._close(flow, ref)
         return sorted(flow.refs), flow.record_ids

@@ -31,6 +31,7 @@ def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeli
     app.require_initialised()
     source = snapshot_source(app)
     archive = Archive(app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor)
+    archive.recover()  # segments cut off by an earlier crash: sealed as truncated, audited
 
     def gap(ref: str, reason: str) -> None:
         app.audit.append(

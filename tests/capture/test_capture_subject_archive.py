@@ -250,3 +250,26 @@ def test_do_not_decrypt_server_keeps_a_subjects_tls_flow_out(lbm: Lbm, tmp_path:
     assert rows[443]["server_name"] == "www.nhs.uk"
     assert rows[443]["refs"] == [] and rows[443]["record_ids"] == []
     assert rows[80]["refs"] == [REF]
+
+
+def test_concurrent_flows_of_a_subject_share_one_segment(lbm: Lbm, tmp_path: Path) -> None:
+    """Flows of one subject that overlap in time are written as whole records into the same
+    segment, not one segment per open flow."""
+    fake = {"LBM_FAKE_NOW": "2026-03-02T09:00:00Z"}
+    identity = _setup(lbm, tmp_path, fake)
+    sessions = [_http_session(SUBJECT_IP, 43000 + i, SUBJECT_CANARY) for i in range(5)]
+    interleaved = [frame for step in zip(*sessions, strict=True) for frame in step]
+    pcap = tmp_path / "concurrent.pcap"
+    with pcap.open("wb") as fh:
+        w = dpkt.pcap.Writer(fh)
+        for i, f in enumerate(interleaved):
+            w.writepkt(f, ts=T0 + i * 0.01)
+    res = lbm("capture", "replay", str(pcap), "--json", check=True, env=fake)
+    assert '"archived_packets": 40' in res.stdout
+    paths = DataPaths(lbm.data_dir)
+    segments = sorted((paths.archive / REF).glob("[0-9]*.age"))
+    assert len(segments) == 1, [s.name for s in segments]
+    records = _records(paths, identity)
+    assert len(records) == 5
+    assert all(r.data.count(SUBJECT_CANARY) == 2 for r in records)  # request path and body
+    assert lbm("archive", "verify", REF).returncode == 0
