@@ -15,7 +15,8 @@ import calendar
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from appliance.policy import InvalidInput, RuleViolation
 from appliance.policy.model import (
@@ -29,6 +30,8 @@ from appliance.policy.model import (
     Role,
 )
 from store.clock import format_utc, parse_utc
+
+E = TypeVar("E", bound=StrEnum)
 
 STANDARD_MONTHS = 3
 RENEWAL_MONTHS = 3
@@ -103,34 +106,27 @@ def parse_case_type(value: str) -> CaseType:
             f"case type {value!r}: must be one of {_choices(CaseType)}") from None
 
 
-def parse_purposes(values: Iterable[str]) -> tuple[Purpose, ...]:
-    out: list[Purpose] = []
+def _parse_members(enum: type[E], values: Iterable[str], what: str) -> tuple[E, ...]:
+    """Members of `enum` named by `values`, in order, without repeats; at least one."""
+    out: list[E] = []
     for value in values:
         try:
-            purpose = Purpose(value)
+            member = enum(value)
         except ValueError:
-            raise InvalidInput(
-                f"purpose {value!r}: must be one of {_choices(Purpose)}") from None
-        if purpose not in out:
-            out.append(purpose)
+            raise InvalidInput(f"{what} {value!r}: must be one of {_choices(enum)}") from None
+        if member not in out:
+            out.append(member)
     if not out:
-        raise InvalidInput(f"at least one purpose is required ({_choices(Purpose)})")
+        raise InvalidInput(f"at least one {what} is required ({_choices(enum)})")
     return tuple(out)
+
+
+def parse_purposes(values: Iterable[str]) -> tuple[Purpose, ...]:
+    return _parse_members(Purpose, values, "purpose")
 
 
 def parse_channels(values: Iterable[str]) -> tuple[Channel, ...]:
-    out: list[Channel] = []
-    for value in values:
-        try:
-            channel = Channel(value)
-        except ValueError:
-            raise InvalidInput(
-                f"channel {value!r}: must be one of {_choices(Channel)}") from None
-        if channel not in out:
-            out.append(channel)
-    if not out:
-        raise InvalidInput(f"at least one channel is required ({_choices(Channel)})")
-    return tuple(out)
+    return _parse_members(Channel, values, "channel")
 
 
 def parse_rank(value: str) -> Rank:
