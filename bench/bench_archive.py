@@ -85,7 +85,7 @@ def run_bare(total: int, piece: bytes) -> float:
     counter = 0
     for _ in range(total // PIECE):
         for off in range(0, PIECE, 65536):
-            aead.encrypt(counter.to_bytes(12, "big"), view[off:off + 65536], None)  # type: ignore[arg-type]
+            aead.encrypt(counter.to_bytes(12, "big"), view[off : off + 65536], None)  # type: ignore[arg-type]
             counter += 1
     return time.perf_counter() - start
 
@@ -103,8 +103,11 @@ def run_floor(root: Path, total: int, piece: bytes) -> float:
     try:
         for _ in range(total // PIECE):
             for off in range(0, PIECE, 65536):
-                sealed = aead.encrypt(counter.to_bytes(12, "big"), view[off:off + 65536],  # type: ignore[arg-type]
-                                      None)
+                sealed = aead.encrypt(
+                    counter.to_bytes(12, "big"),
+                    view[off : off + 65536],  # type: ignore[arg-type]
+                    None,
+                )
                 sha.update(sealed)
                 os.write(fd, sealed)
                 counter += 1
@@ -142,27 +145,37 @@ def measure(directory: str, total: int, record: int, rounds: int, piece: bytes) 
             shutil.rmtree(Path(tmp) / f"a{i}")
         bare, floor, arch = (min(times[k]) for k in ("bare", "floor", "archive"))
         main_cpu, other_cpu = min(cpu)
-    print(f"{mib:.0f} MiB in {record >> 20} MiB records, {os.cpu_count()} CPUs, best of "
-          f"{rounds}, archive dir {directory}")
+    print(
+        f"{mib:.0f} MiB in {record >> 20} MiB records, {os.cpu_count()} CPUs, best of "
+        f"{rounds}, archive dir {directory}"
+    )
     print(f"  bare ChaCha20-Poly1305 (memory only):        {mib / bare:8.1f} MiB/s")
     print(f"  cipher + SHA-256 + write + fsync (1 thread):  {mib / floor:8.1f} MiB/s")
     print(f"  archive (age, framing, SHA-256, disk, sign):  {mib / arch:8.1f} MiB/s")
     print(f"  ratio archive / bare cipher: {bare / arch:.2f}  (goal >= 0.5)")
     print(f"  ratio archive / cipher+hash+write floor: {floor / arch:.2f}")
     gib = total / (1 << 30)
-    print(f"  archive CPU: calling thread {main_cpu / gib:.2f} s/GiB, other threads (hash) "
-          f"{other_cpu / gib:.2f} s/GiB; bare cipher {bare / gib:.2f} s/GiB")
-    print(f"  on two otherwise idle CPUs the slower thread bounds the ratio at about "
-          f"{bare / max(main_cpu, other_cpu):.2f}")
+    print(
+        f"  archive CPU: calling thread {main_cpu / gib:.2f} s/GiB, other threads (hash) "
+        f"{other_cpu / gib:.2f} s/GiB; bare cipher {bare / gib:.2f} s/GiB"
+    )
+    print(
+        f"  on two otherwise idle CPUs the slower thread bounds the ratio at about "
+        f"{bare / max(main_cpu, other_cpu):.2f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--total-mib", type=int, default=512)
     parser.add_argument("--record-mib", type=int, default=64)
-    parser.add_argument("--dir", action="append", default=None,
-                        help="directory (filesystem) to archive into; repeatable; default: "
-                             "the system temp dir and /dev/shm")
+    parser.add_argument(
+        "--dir",
+        action="append",
+        default=None,
+        help="directory (filesystem) to archive into; repeatable; default: "
+        "the system temp dir and /dev/shm",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="best of N interleaved rounds")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -178,11 +191,22 @@ def main() -> None:
     for size_mib in () if args.no_memory else (16, args.total_mib):
         with tempfile.TemporaryDirectory(prefix="lbm-bench-", dir=dirs[0]) as tmp:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", tmp, str(size_mib << 20),
-                 str(size_mib << 20)], capture_output=True, text=True, check=True)
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    tmp,
+                    str(size_mib << 20),
+                    str(size_mib << 20),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
         result = json.loads(out.stdout)
-        print(f"one {size_mib:5d} MiB record: peak RSS {result['peak_rss_mib']:6.1f} MiB "
-              f"({dirs[0]})")
+        print(
+            f"one {size_mib:5d} MiB record: peak RSS {result['peak_rss_mib']:6.1f} MiB ({dirs[0]})"
+        )
 
 
 if __name__ == "__main__":

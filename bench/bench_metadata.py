@@ -33,16 +33,32 @@ from store.schemas import schema
 
 def make_rows(n: int) -> list[dict[str, object]]:
     t0 = dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.UTC)
-    return [{
-        "ts": t0 + dt.timedelta(microseconds=i * 3000), "uid": f"C{i:012d}",
-        "principal": f"p{i % 1000:05d}", "client_ip": f"10.0.{i % 256}.{i % 200}",
-        "client_port": 40000 + i % 20000, "server_ip": "93.184.216.34", "server_port": 443,
-        "proto": "tcp", "service": "ssl", "duration": 0.5 + i % 7, "orig_bytes": i * 3,
-        "resp_bytes": i * 7, "conn_state": "SF", "history": "ShADadFf", "orig_pkts": 10,
-        "orig_ip_bytes": 900, "resp_pkts": 12, "resp_ip_bytes": 15000,
-        "server_name": f"host{i % 500}.example.com", "tls_version": "TLSv1.3",
-        "community_id": "1:LQU9qZlK+B5F3KDmev6m5PMibrg=",
-    } for i in range(n)]
+    return [
+        {
+            "ts": t0 + dt.timedelta(microseconds=i * 3000),
+            "uid": f"C{i:012d}",
+            "principal": f"p{i % 1000:05d}",
+            "client_ip": f"10.0.{i % 256}.{i % 200}",
+            "client_port": 40000 + i % 20000,
+            "server_ip": "93.184.216.34",
+            "server_port": 443,
+            "proto": "tcp",
+            "service": "ssl",
+            "duration": 0.5 + i % 7,
+            "orig_bytes": i * 3,
+            "resp_bytes": i * 7,
+            "conn_state": "SF",
+            "history": "ShADadFf",
+            "orig_pkts": 10,
+            "orig_ip_bytes": 900,
+            "resp_pkts": 12,
+            "resp_ip_bytes": 15000,
+            "server_name": f"host{i % 500}.example.com",
+            "tls_version": "TLSv1.3",
+            "community_id": "1:LQU9qZlK+B5F3KDmev6m5PMibrg=",
+        }
+        for i in range(n)
+    ]
 
 
 def timed(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -67,8 +83,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lbm-bench-"))
     try:
         base = timed(lambda: pq.write_table(table, work / "bare.parquet", compression="zstd"))
-        base_rows = timed(lambda: pq.write_table(pa.Table.from_pylist(full_rows, schema=sch),
-                                                 work / "bare2.parquet", compression="zstd"))
+        base_rows = timed(
+            lambda: pq.write_table(
+                pa.Table.from_pylist(full_rows, schema=sch),
+                work / "bare2.parquet",
+                compression="zstd",
+            )
+        )
 
         runs = iter(range(1000))
 
@@ -101,14 +122,19 @@ def main() -> None:
 
     print(f"rows: {n:,} (flow stream, {len(sch)} columns)")
     print(f"baseline  pq.write_table(zstd)            {rate(base)}")
-    print(f"writer    append_batch + close            {rate(t_batch)}   "
-          f"ratio {base / t_batch:.2f}x")
-    print(f"writer    append_batch + flush() each + close {rate(t_journal)}   "
-          f"ratio {base / t_journal:.2f}x  (every row through the fsynced journal)")
+    print(
+        f"writer    append_batch + close            {rate(t_batch)}   ratio {base / t_batch:.2f}x"
+    )
+    print(
+        f"writer    append_batch + flush() each + close {rate(t_journal)}   "
+        f"ratio {base / t_journal:.2f}x  (every row through the fsynced journal)"
+    )
     print(f"baseline  from_pylist + write_table       {rate(base_rows)}")
-    print(f"writer    append(row) + close             {rate(t_rows)}   "
-          f"ratio {base / t_rows:.2f}x vs bare write, {base_rows / t_rows:.2f}x vs "
-          f"from_pylist+write")
+    print(
+        f"writer    append(row) + close             {rate(t_rows)}   "
+        f"ratio {base / t_rows:.2f}x vs bare write, {base_rows / t_rows:.2f}x vs "
+        f"from_pylist+write"
+    )
 
 
 if __name__ == "__main__":

@@ -230,8 +230,9 @@ class AgeWriter:
             encrypt, counter, pos = self._aead.encrypt, self._counter, 0
             try:
                 while size - pos > CHUNK:
-                    sealed.append(encrypt(counter.to_bytes(11, "big") + b"\x00",
-                                          view[pos:pos + CHUNK], None))  # type: ignore[arg-type]
+                    nonce = counter.to_bytes(11, "big") + b"\x00"
+                    chunk = view[pos : pos + CHUNK]
+                    sealed.append(encrypt(nonce, chunk, None))  # type: ignore[arg-type]
                     counter += 1
                     pos += CHUNK
                     if len(sealed) >= BATCH:
@@ -339,8 +340,13 @@ class AgeReader:
     authenticated prefix and sets `truncated`; otherwise a cut-off file raises AgeError.
     """
 
-    def __init__(self, fh: BinaryIO, identities: Sequence[X25519PrivateKey | str], *,
-                 allow_truncated: bool = False) -> None:
+    def __init__(
+        self,
+        fh: BinaryIO,
+        identities: Sequence[X25519PrivateKey | str],
+        *,
+        allow_truncated: bool = False,
+    ) -> None:
         keys = [parse_identity(i) if isinstance(i, str) else i for i in identities]
         stanzas, text, mac = parse_header(fh)
         file_key = _unwrap(stanzas, keys)

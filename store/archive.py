@@ -92,33 +92,45 @@ class RecordSink:
     def __enter__(self) -> RecordSink:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if not self._done:
             self.close(aborted=exc is not None)
 
 
 class Archive:
-    def __init__(self, paths: DataPaths, gateway_key: GatewayKey, clock: Clock, *,
-                 audit: AuditLog | None = None, segment_max_bytes: int = DEFAULT_MAX_BYTES,
-                 segment_max_age: timedelta | float = timedelta(seconds=60),
-                 actor: str | None = None) -> None:
+    def __init__(
+        self,
+        paths: DataPaths,
+        gateway_key: GatewayKey,
+        clock: Clock,
+        *,
+        audit: AuditLog | None = None,
+        segment_max_bytes: int = DEFAULT_MAX_BYTES,
+        segment_max_age: timedelta | float = timedelta(seconds=60),
+        actor: str | None = None,
+    ) -> None:
         self.paths = paths
         self.key = gateway_key
         self.clock = clock
         self.audit = audit
         self.keystore = KeyStore(paths)
         self.max_bytes = segment_max_bytes
-        self.max_age = (segment_max_age if isinstance(segment_max_age, timedelta)
-                        else timedelta(seconds=segment_max_age))
+        self.max_age = (
+            segment_max_age
+            if isinstance(segment_max_age, timedelta)
+            else timedelta(seconds=segment_max_age)
+        )
         self.actor = actor or current_actor()
         self._lock = threading.Lock()
         self._open: dict[str, list[_Open]] = {}
         self._closing = False
 
     # -- writing ---------------------------------------------------------------------------
-    def open_record(self, ref: str, channel: str, principal: str | None, ts: datetime | str,
-                    kind: str) -> RecordSink:
+    def open_record(
+        self, ref: str, channel: str, principal: str | None, ts: datetime | str, kind: str
+    ) -> RecordSink:
         try:
             check_ref(ref)
         except KeyError_ as exc:
@@ -169,8 +181,9 @@ class Archive:
             with chain.archive_lock(directory):
                 number, fd = claim(directory)
         except OSError as exc:
-            raise ArchiveError(f"archive {ref}: cannot create a segment: {io_message(exc)}") \
-                from None
+            raise ArchiveError(
+                f"archive {ref}: cannot create a segment: {io_message(exc)}"
+            ) from None
         try:
             recipient, seg_fp = self.keystore.new_segment_key(ref, number)
         except (OSError, KeyError_) as exc:
@@ -181,8 +194,9 @@ class Archive:
             raise ArchiveError(f"archive {ref}: cannot store segment key: {why}") from None
         writer = SegmentWriter(directory, ref, number, fd, recipient)
         del recipient
-        return _Open(writer, seg_fp, age.recipient_fingerprint(auth_public), self.clock.now(),
-                     busy=True)
+        return _Open(
+            writer, seg_fp, age.recipient_fingerprint(auth_public), self.clock.now(), busy=True
+        )
 
     def _end_record(self, seg: _Open, aborted: bool) -> None:
         try:
@@ -215,16 +229,24 @@ class Archive:
         try:
             w.finish()
             fields: dict[str, Any] = {
-                "ref": w.ref, "segment": w.number, "file": w.path.name,
+                "ref": w.ref,
+                "segment": w.number,
+                "file": w.path.name,
                 "principals": sorted(p for p in seg.principals if p),
-                "channels": sorted(seg.channels), "kinds": sorted(seg.kinds),
-                "first_ts": seg.first_ts, "last_ts": seg.last_ts,
-                "opened_at": format_utc(seg.opened_at), "closed_at": format_utc(self.clock.now()),
-                "records": len(w.records), "ciphertext_sha256": w.ciphertext_sha256,
-                "ciphertext_bytes": w.ciphertext_bytes, "plaintext_bytes": w.offset,
+                "channels": sorted(seg.channels),
+                "kinds": sorted(seg.kinds),
+                "first_ts": seg.first_ts,
+                "last_ts": seg.last_ts,
+                "opened_at": format_utc(seg.opened_at),
+                "closed_at": format_utc(self.clock.now()),
+                "records": len(w.records),
+                "ciphertext_sha256": w.ciphertext_sha256,
+                "ciphertext_bytes": w.ciphertext_bytes,
+                "plaintext_bytes": w.offset,
                 "index_sha256": chain.sha256_file(w.index_path),
                 "segment_key_fingerprint": seg.recipient_fp,
-                "authorisation_key_fingerprint": seg.auth_fp, "truncated": False,
+                "authorisation_key_fingerprint": seg.auth_fp,
+                "truncated": False,
             }
             with chain.archive_lock(w.directory):
                 digest, seq = chain.append(w.directory, self.key, fields)
@@ -237,13 +259,20 @@ class Archive:
         w.release()
         if self.audit is not None:
             try:
-                self.audit.append(Action.SEGMENT_CLOSE, self.actor, refs=(w.ref,),
-                                  segment=f"{w.ref}/{w.name}", records=len(w.records),
-                                  ciphertext_bytes=w.ciphertext_bytes, manifest_sha256=digest,
-                                  chain_seq=seq)
+                self.audit.append(
+                    Action.SEGMENT_CLOSE,
+                    self.actor,
+                    refs=(w.ref,),
+                    segment=f"{w.ref}/{w.name}",
+                    records=len(w.records),
+                    ciphertext_bytes=w.ciphertext_bytes,
+                    manifest_sha256=digest,
+                    chain_seq=seq,
+                )
             except StoreError as exc:
-                raise ArchiveError(f"{w.where}: sealed, but its audit entry failed: {exc}") \
-                    from None
+                raise ArchiveError(
+                    f"{w.where}: sealed, but its audit entry failed: {exc}"
+                ) from None
         return f"{w.ref}/{w.name}"
 
     def _abandon(self, seg: _Open) -> None:
@@ -253,8 +282,10 @@ class Archive:
         self._try_seal_truncated(seg.writer.directory, seg.writer.number)
 
     def _try_seal_truncated(self, directory: Path, number: int) -> None:
-        with contextlib.suppress(ArchiveError, OSError, age.AgeError), \
-                chain.archive_lock(directory):
+        with (
+            contextlib.suppress(ArchiveError, OSError, age.AgeError),
+            chain.archive_lock(directory),
+        ):
             self._seal_truncated(directory, number, "write failed")
 
     def tick(self) -> list[str]:
@@ -346,34 +377,50 @@ class Archive:
                 self.keystore.destroy_segment(ref, number)
             return False
         try:
-            auth_fp: str | None = age.recipient_fingerprint(
-                self.keystore.authorisation_public(ref))
+            auth_fp: str | None = age.recipient_fingerprint(self.keystore.authorisation_public(ref))
         except (KeyError_, age.AgeError):
             auth_fp = None
         ts = sorted(str(r.get("ts")) for r in records)
         index = directory / f"{name}.index.jsonl"
         fields: dict[str, Any] = {
-            "ref": ref, "segment": number, "file": seg.name,
+            "ref": ref,
+            "segment": number,
+            "file": seg.name,
             "principals": sorted({str(r["principal"]) for r in records if r.get("principal")}),
             "channels": sorted({str(r.get("channel")) for r in records}),
             "kinds": sorted({str(r.get("kind")) for r in records}),
-            "first_ts": ts[0] if ts else None, "last_ts": ts[-1] if ts else None,
-            "opened_at": None, "closed_at": format_utc(self.clock.now()),
-            "records": len(records), "ciphertext_sha256": chain.sha256_file(seg),
-            "ciphertext_bytes": size, "plaintext_bytes": None,
+            "first_ts": ts[0] if ts else None,
+            "last_ts": ts[-1] if ts else None,
+            "opened_at": None,
+            "closed_at": format_utc(self.clock.now()),
+            "records": len(records),
+            "ciphertext_sha256": chain.sha256_file(seg),
+            "ciphertext_bytes": size,
+            "plaintext_bytes": None,
             "whole_chunks": max(0, (size - header_len) // (age.CHUNK + age.TAG))
-            if header_len >= 0 else 0,
-            "index_sha256": chain.sha256_file(index) if index.exists()
+            if header_len >= 0
+            else 0,
+            "index_sha256": chain.sha256_file(index)
+            if index.exists()
             else hashlib.sha256().hexdigest(),
-            "segment_key_fingerprint": None, "authorisation_key_fingerprint": auth_fp,
-            "truncated": True, "truncated_reason": reason,
+            "segment_key_fingerprint": None,
+            "authorisation_key_fingerprint": auth_fp,
+            "truncated": True,
+            "truncated_reason": reason,
         }
         digest, seq = chain.append(directory, self.key, fields)
         if self.audit is not None:
-            self.audit.append(Action.SEGMENT_TRUNCATED, self.actor, refs=(ref,),
-                              segment=f"{ref}/{name}", records_indexed=len(records),
-                              ciphertext_bytes=size, reason=reason, manifest_sha256=digest,
-                              chain_seq=seq)
+            self.audit.append(
+                Action.SEGMENT_TRUNCATED,
+                self.actor,
+                refs=(ref,),
+                segment=f"{ref}/{name}",
+                records_indexed=len(records),
+                ciphertext_bytes=size,
+                reason=reason,
+                manifest_sha256=digest,
+                chain_seq=seq,
+            )
         return True
 
 
@@ -389,4 +436,3 @@ def _read_index(path: Path) -> list[dict[str, Any]]:
             if isinstance(item, dict):
                 records.append(item)
     return records
-

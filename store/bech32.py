@@ -62,7 +62,7 @@ def bech32_decode(text: str) -> tuple[str, bytes]:
     pos = text.rfind("1")
     if pos < 1 or pos + 7 > len(text):
         raise Bech32Error("bech32: no separator or too short")
-    hrp, rest = text[:pos], text[pos + 1:]
+    hrp, rest = text[:pos], text[pos + 1 :]
     try:
         values = [_CHARSET.index(c) for c in rest]
     except ValueError:

@@ -79,7 +79,7 @@ def hour_start(hour_index: int) -> datetime:
 
 def hour_dir(metadata_root: Path, stream: str, hour_index: int) -> Path:
     start = hour_start(hour_index)
-    return (metadata_root / f"stream={stream}" / f"date={start:%Y-%m-%d}" / f"hour={start:%H}")
+    return metadata_root / f"stream={stream}" / f"date={start:%Y-%m-%d}" / f"hour={start:%H}"
 
 
 def hour_of_dir(path: Path) -> int | None:
@@ -143,8 +143,13 @@ def _rel(root: Path, path: Path) -> str:
     return str(path.relative_to(root))
 
 
-def write_round(metadata_root: Path, commit: Path, files: list[tuple[Path, pa.Table]],
-                generation: bytes, upto: int) -> None:
+def write_round(
+    metadata_root: Path,
+    commit: Path,
+    files: list[tuple[Path, pa.Table]],
+    generation: bytes,
+    upto: int,
+) -> None:
     """Publish `files` (final path, table) as one round committed against journal frames
     `generation`/1..`upto`. The caller empties the journal and then calls `finish_round`."""
     temps: list[Path] = []
@@ -153,21 +158,28 @@ def write_round(metadata_root: Path, commit: Path, files: list[tuple[Path, pa.Ta
             temps.append(write_temp(final, table))
         for tmp in temps:
             fsync_dir(tmp.parent)
-        record = {"generation": generation.hex(), "upto": upto,
-                  "files": [_rel(metadata_root, final) for final, _ in files]}
+        record = {
+            "generation": generation.hex(),
+            "upto": upto,
+            "files": [_rel(metadata_root, final) for final, _ in files],
+        }
         atomic_write(commit, json.dumps(record).encode())
     except BaseException:
         if commit.exists():  # committed after all (only the directory fsync failed)
-            raise RoundIncomplete(f"a metadata round is committed but not published; "
-                                  f"{commit.name} will be rolled forward on restart") from None
+            raise RoundIncomplete(
+                f"a metadata round is committed but not published; "
+                f"{commit.name} will be rolled forward on restart"
+            ) from None
         for tmp in temps:
             tmp.unlink(missing_ok=True)
         raise
     try:
         _publish_round(metadata_root, record)
     except OSError as exc:
-        raise RoundIncomplete(f"publishing a metadata round failed ({exc.strerror}); "
-                              f"{commit.name} will be rolled forward on restart") from None
+        raise RoundIncomplete(
+            f"publishing a metadata round failed ({exc.strerror}); "
+            f"{commit.name} will be rolled forward on restart"
+        ) from None
 
 
 def _publish_round(metadata_root: Path, record: dict[str, object]) -> None:
@@ -210,12 +222,14 @@ def visible_files(metadata_root: Path, stream: str) -> list[Path]:
     base = metadata_root / f"stream={stream}"
     if not base.is_dir():
         return []
-    return sorted(p for p in base.glob("date=*/hour=*/*.parquet")
-                  if not p.name.startswith((".", "_")))
+    return sorted(
+        p for p in base.glob("date=*/hour=*/*.parquet") if not p.name.startswith((".", "_"))
+    )
 
 
-def iter_own(metadata_root: Path, gateway: str, writer: str
-             ) -> Iterator[tuple[str, Path, FileName | None]]:
+def iter_own(
+    metadata_root: Path, gateway: str, writer: str
+) -> Iterator[tuple[str, Path, FileName | None]]:
     """(stream, path, parsed name or None for own hidden leftovers) of this writer's files."""
     if not metadata_root.is_dir():
         return
@@ -234,8 +248,9 @@ def iter_own(metadata_root: Path, gateway: str, writer: str
                 yield stream, path, parsed
 
 
-def scan_own(metadata_root: Path, gateway: str, writer: str
-             ) -> tuple[int, dict[tuple[str, int], int]]:
+def scan_own(
+    metadata_root: Path, gateway: str, writer: str
+) -> tuple[int, dict[tuple[str, int], int]]:
     """On start: (highest own SEQ, own file count per (stream, hour)); deletes own hidden
     leftovers of crashed writes (call after the commit records were rolled forward)."""
     seq = 0
@@ -251,12 +266,22 @@ def scan_own(metadata_root: Path, gateway: str, writer: str
     return seq, counts
 
 
-def compact_hour(metadata_root: Path, commit: Path, stream: str, hour: int, gateway: str,
-                 writer: str, next_seq: Callable[[], int]) -> bool:
+def compact_hour(
+    metadata_root: Path,
+    commit: Path,
+    stream: str,
+    hour: int,
+    gateway: str,
+    writer: str,
+    next_seq: Callable[[], int],
+) -> bool:
     """Compact the own files of one stream and hour if there are two or more."""
     hdir = hour_dir(metadata_root, stream, hour)
-    own = sorted(p for p in hdir.glob("*.parquet") if (n := parse_name(p.name))
-                 and n.gateway == gateway and n.writer == writer)
+    own = sorted(
+        p
+        for p in hdir.glob("*.parquet")
+        if (n := parse_name(p.name)) and n.gateway == gateway and n.writer == writer
+    )
     if len(own) < 2:
         return False
     final = hdir / FileName(gateway, writer, next_seq()).name
@@ -304,8 +329,15 @@ def _finish_compaction(final: Path, inputs: list[Path]) -> None:
     fsync_dir(final.parent)
 
 
-def compact(metadata_root: Path, commit: Path, inputs: list[Path], final: Path,
-            stream: str, gateway: str, writer: str) -> int:
+def compact(
+    metadata_root: Path,
+    commit: Path,
+    inputs: list[Path],
+    final: Path,
+    stream: str,
+    gateway: str,
+    writer: str,
+) -> int:
     """Merge `inputs` (own files of one stream and hour) into `final`; returns rows written.
 
     Streams row groups, so memory stays flat in the size of the hour.
@@ -330,8 +362,10 @@ def compact(metadata_root: Path, commit: Path, inputs: list[Path], final: Path,
                     out.write_table(group.replace_schema_metadata(meta))
                     rows += group.num_rows
         _fsync_file(tmp)
-        record = {"merged": _rel(metadata_root, final),
-                  "inputs": [_rel(metadata_root, p) for p in inputs]}
+        record = {
+            "merged": _rel(metadata_root, final),
+            "inputs": [_rel(metadata_root, p) for p in inputs],
+        }
         atomic_write(commit, json.dumps(record).encode())
     except BaseException:
         tmp.unlink(missing_ok=True)

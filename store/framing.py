@@ -85,8 +85,10 @@ def iter_events(stream: PlainStream | BinaryIO) -> Iterator[Event]:
             except ValueError:
                 size = -1
             if size < 0:
-                raise ArchiveError(f"plaintext offset {offset - len(size_line)}: bad chunk "
-                                   f"length in record {header['id']}")
+                raise ArchiveError(
+                    f"plaintext offset {offset - len(size_line)}: bad chunk "
+                    f"length in record {header['id']}"
+                )
             if size == 0:
                 break
             remaining = size
@@ -138,14 +140,16 @@ def read_records(stream: PlainStream | BinaryIO) -> list[Record]:
     return records
 
 
-def open_segment(paths: DataPaths, ref: str, number: int, identity_text: str, *,
-                 allow_truncated: bool = True) -> tuple[age.AgeReader, BinaryIO]:
+def open_segment(
+    paths: DataPaths, ref: str, number: int, identity_text: str, *, allow_truncated: bool = True
+) -> tuple[age.AgeReader, BinaryIO]:
     """For investigators: unwrap the segment key in memory with an investigator (or custodian)
     identity and return (reader, open file); iterate `iter_events(PlainStream(
     reader.chunks()))`, then close the file. `reader.truncated` tells a cut-off segment."""
     keystore = KeyStore(paths)
-    segment_key = keystore.unwrap_segment(ref, number,
-                                          keystore.unwrap_authorisation(ref, identity_text))
+    segment_key = keystore.unwrap_segment(
+        ref, number, keystore.unwrap_authorisation(ref, identity_text)
+    )
     path = paths.archive / check_ref(ref) / f"{number:06d}.age"
     try:
         fh = path.open("rb")

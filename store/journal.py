@@ -113,8 +113,8 @@ def decode_batches(payload: bytes) -> tuple[str, list[pa.RecordBatch]]:
     """Inverse of `encode_batches`."""
     try:
         size = payload[0]
-        stream = payload[1:1 + size].decode()
-        reader = pa.ipc.open_stream(pa.py_buffer(payload[1 + size:]))
+        stream = payload[1 : 1 + size].decode()
+        reader = pa.ipc.open_stream(pa.py_buffer(payload[1 + size :]))
         return stream, list(reader)
     except (IndexError, UnicodeDecodeError, pa.ArrowException) as exc:
         raise JournalError(f"journal batch frame does not decode: {type(exc).__name__}") from None

@@ -68,8 +68,9 @@ class KeyStore:
     archive are covered by its SEGMENT_CLOSE entries.
     """
 
-    def __init__(self, paths: DataPaths, *, audit: AuditLog | None = None,
-                 actor: str | None = None) -> None:
+    def __init__(
+        self, paths: DataPaths, *, audit: AuditLog | None = None, actor: str | None = None
+    ) -> None:
         self.paths = paths
         self.audit = audit
         self.actor = actor
@@ -105,8 +106,10 @@ class KeyStore:
                 raise KeyError_(f"authorisation {ref}: recipient {r!r}: {exc}") from None
             checked.append(r.strip())
         if not checked:
-            raise KeyError_(f"authorisation {ref}: no recipients (assign an investigator or "
-                            "configure [keys] custodians)")
+            raise KeyError_(
+                f"authorisation {ref}: no recipients (assign an investigator or "
+                "configure [keys] custodians)"
+            )
         return sorted(set(checked))
 
     def create_authorisation_key(self, ref: str, recipients: Sequence[str]) -> str:
@@ -116,8 +119,9 @@ class KeyStore:
         if self.auth_pub_path(ref).exists() or self.auth_key_path(ref).exists():
             raise KeyError_(f"authorisation {ref}: a key exists already")
         if self.destroyed_marker(ref).exists():
-            raise KeyError_(f"authorisation {ref}: its key was destroyed; a reference is never "
-                            "reused")
+            raise KeyError_(
+                f"authorisation {ref}: its key was destroyed; a reference is never reused"
+            )
         ensure_dir(self.paths.keystore)
         ensure_dir(directory)
         secret, public = age.generate()
@@ -125,8 +129,13 @@ class KeyStore:
         atomic_write(self.auth_key_path(ref), age.encrypt_bytes(text.encode(), wanted), 0o600)
         del secret, text
         atomic_write(self.auth_pub_path(ref), (public + "\n").encode(), 0o644)
-        self._audit(Action.KEY_CREATE, ref, key="authorisation", recipients=wanted,
-                    fingerprint=age.recipient_fingerprint(public))
+        self._audit(
+            Action.KEY_CREATE,
+            ref,
+            key="authorisation",
+            recipients=wanted,
+            fingerprint=age.recipient_fingerprint(public),
+        )
         return public
 
     def authorisation_public(self, ref: str) -> str:
@@ -149,8 +158,9 @@ class KeyStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise KeyError_(f"authorisation {ref}: wrapped key {path} missing (destroyed?)") \
-                from None
+            raise KeyError_(
+                f"authorisation {ref}: wrapped key {path} missing (destroyed?)"
+            ) from None
         try:
             identities = age.parse_identity_file(identity_text)
             plain = age.decrypt_bytes(data, identities).decode()
@@ -202,18 +212,25 @@ class KeyStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise KeyError_(f"segment {ref}/{segment_name(segment)}: wrapped key {path} missing "
-                            "(destroyed?)") from None
+            raise KeyError_(
+                f"segment {ref}/{segment_name(segment)}: wrapped key {path} missing (destroyed?)"
+            ) from None
         try:
             plain = age.decrypt_bytes(data, [auth_identity]).decode()
             return age.encode_identity(age.parse_identity_file(plain, str(path))[0])
         except (age.AgeError, UnicodeDecodeError) as exc:
-            raise KeyError_(f"segment {ref}/{segment_name(segment)}: cannot unwrap {path}: "
-                            f"{exc}") from None
+            raise KeyError_(
+                f"segment {ref}/{segment_name(segment)}: cannot unwrap {path}: {exc}"
+            ) from None
 
     def destroy_segment(self, ref: str, segment: int) -> bool:
         """Crypto-shred one segment. Returns False if its wrapped key was already gone."""
         existed = shred(self.segment_key_path(ref, segment))
-        self._audit(Action.KEY_DESTROY, ref, key="segment",
-                    segment=f"{ref}/{segment_name(segment)}", existed=existed)
+        self._audit(
+            Action.KEY_DESTROY,
+            ref,
+            key="segment",
+            segment=f"{ref}/{segment_name(segment)}",
+            existed=existed,
+        )
         return existed

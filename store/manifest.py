@@ -73,14 +73,25 @@ def append(directory: Path, key: GatewayKey, fields: dict[str, Any]) -> tuple[st
     head = _read_head(directory)
     seq = int(head["seq"]) + 1 if head else 1
     prev = str(head["manifest_sha256"]) if head else GENESIS
-    manifest = {**fields, "format": FORMAT, "chain_seq": seq, "prev_manifest_sha256": prev,
-                "key": key.fingerprint}
+    manifest = {
+        **fields,
+        "format": FORMAT,
+        "chain_seq": seq,
+        "prev_manifest_sha256": prev,
+        "key": key.fingerprint,
+    }
     manifest["sig"] = key.sign(canonical(manifest))
     data = canonical(manifest) + b"\n"
     name = f"{int(fields['segment']):06d}.manifest.json"
     digest = hashlib.sha256(data).hexdigest()
-    new_head = {"format": HEAD_FORMAT, "ref": fields["ref"], "seq": seq,
-                "segment": fields["segment"], "manifest_sha256": digest, "key": key.fingerprint}
+    new_head = {
+        "format": HEAD_FORMAT,
+        "ref": fields["ref"],
+        "seq": seq,
+        "segment": fields["segment"],
+        "manifest_sha256": digest,
+        "key": key.fingerprint,
+    }
     new_head["sig"] = key.sign(canonical(new_head))
     written = False
     try:
@@ -92,8 +103,9 @@ def append(directory: Path, key: GatewayKey, fields: dict[str, Any]) -> tuple[st
             with contextlib.suppress(OSError):
                 (directory / name).unlink()
                 fsync_dir(directory)
-        raise ArchiveError(f"archive {fields['ref']}: cannot write manifest {name}: "
-                           f"{io_message(exc)}") from None
+        raise ArchiveError(
+            f"archive {fields['ref']}: cannot write manifest {name}: {io_message(exc)}"
+        ) from None
     return digest, seq
 
 
@@ -118,8 +130,9 @@ def _check_signed(obj: Any, keys: dict[str, Ed25519PublicKey]) -> bool:
     return verify(keys, str(body.get("key")), canonical(body), str(obj["sig"]))
 
 
-def verify_archive(directory: Path, keys: dict[str, Ed25519PublicKey],
-                   report: VerifyReport) -> None:
+def verify_archive(
+    directory: Path, keys: dict[str, Ed25519PublicKey], report: VerifyReport
+) -> None:
     """Check one archive's manifests, chain, head, ciphertext and index hashes."""
     ref = directory.name
     report.archives += 1
@@ -139,12 +152,16 @@ def verify_archive(directory: Path, keys: dict[str, Ed25519PublicKey],
             report.bad(f"{where}: manifest is not valid JSON (altered)")
             continue
         if not _check_signed(manifest, keys):
-            report.bad(f"{where}: manifest signature does not verify (altered, or signed by an "
-                       "unknown key)")
+            report.bad(
+                f"{where}: manifest signature does not verify (altered, or signed by an "
+                "unknown key)"
+            )
             continue
         if manifest.get("ref") != ref or manifest.get("segment") != number:
-            report.bad(f"{where}: manifest names {manifest.get('ref')}/"
-                       f"{manifest.get('segment')} (segments renamed or reordered)")
+            report.bad(
+                f"{where}: manifest names {manifest.get('ref')}/"
+                f"{manifest.get('segment')} (segments renamed or reordered)"
+            )
             continue
         manifests.append((number, manifest, hashlib.sha256(raw).hexdigest()))
         _check_files(directory, where, number, manifest, report)
@@ -155,13 +172,16 @@ def verify_archive(directory: Path, keys: dict[str, Ed25519PublicKey],
         if is_live(directory / f"{number:06d}.age"):
             report.open_segments.append(where)
         else:
-            report.bad(f"{where}: segment has no manifest and no writer (cut off by a crash: "
-                       "run recovery, or a manifest was deleted)")
+            report.bad(
+                f"{where}: segment has no manifest and no writer (cut off by a crash: "
+                "run recovery, or a manifest was deleted)"
+            )
     _check_chain(directory, ref, manifests, keys, report)
 
 
-def _check_files(directory: Path, where: str, number: int, manifest: dict[str, Any],
-                 report: VerifyReport) -> None:
+def _check_files(
+    directory: Path, where: str, number: int, manifest: dict[str, Any], report: VerifyReport
+) -> None:
     seg = directory / f"{number:06d}.age"
     if not seg.exists():
         report.bad(f"{where}: segment file {seg.name} is missing")
@@ -176,20 +196,29 @@ def _check_files(directory: Path, where: str, number: int, manifest: dict[str, A
         report.truncated.append(where)
 
 
-def _check_chain(directory: Path, ref: str, manifests: list[tuple[int, dict[str, Any], str]],
-                 keys: dict[str, Ed25519PublicKey], report: VerifyReport) -> None:
+def _check_chain(
+    directory: Path,
+    ref: str,
+    manifests: list[tuple[int, dict[str, Any], str]],
+    keys: dict[str, Ed25519PublicKey],
+    report: VerifyReport,
+) -> None:
     ordered = sorted(manifests, key=lambda item: int(item[1].get("chain_seq", 0)))
     prev = GENESIS
     prev_where = "the start of the chain"
     for expected, (number, manifest, digest) in enumerate(ordered, 1):
         where = f"{ref}/{number:06d}"
         if manifest.get("chain_seq") != expected:
-            report.bad(f"{where}: chain position {manifest.get('chain_seq')}, expected "
-                       f"{expected} (a segment before it was deleted)")
+            report.bad(
+                f"{where}: chain position {manifest.get('chain_seq')}, expected "
+                f"{expected} (a segment before it was deleted)"
+            )
             return
         if manifest.get("prev_manifest_sha256") != prev:
-            report.bad(f"{where}: chain broken: previous-manifest hash does not match "
-                       f"{prev_where} (a segment was deleted, replaced or reordered)")
+            report.bad(
+                f"{where}: chain broken: previous-manifest hash does not match "
+                f"{prev_where} (a segment was deleted, replaced or reordered)"
+            )
             return
         prev, prev_where = digest, where
     head_path = directory / "chain.json"
@@ -205,13 +234,16 @@ def _check_chain(directory: Path, ref: str, manifests: list[tuple[int, dict[str,
     if not _check_signed(head, keys):
         report.bad(f"{ref}: chain head signature does not verify (altered)")
     elif head.get("seq") != len(ordered) or head.get("manifest_sha256") != prev:
-        report.bad(f"{ref}: chain head names position {head.get('seq')} (segment "
-                   f"{head.get('segment')}), the archive ends at {len(ordered)} (newest "
-                   "segments deleted or replaced)")
+        report.bad(
+            f"{ref}: chain head names position {head.get('seq')} (segment "
+            f"{head.get('segment')}), the archive ends at {len(ordered)} (newest "
+            "segments deleted or replaced)"
+        )
 
 
-def verify_all(archive_root: Path, keys: dict[str, Ed25519PublicKey],
-               ref: str | None = None) -> VerifyReport:
+def verify_all(
+    archive_root: Path, keys: dict[str, Ed25519PublicKey], ref: str | None = None
+) -> VerifyReport:
     report = VerifyReport()
     if ref is not None:
         directory = archive_root / ref

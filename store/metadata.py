@@ -58,7 +58,6 @@ from store.schemas import (
 log = logging.getLogger("lbm.store.metadata")
 
 
-
 class QueueFull(StoreError):
     """The writer's queue stayed full for `block_timeout` seconds (storage is not keeping up)."""
 
@@ -109,8 +108,9 @@ class _Engine:
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
-    def acquire(cls, paths: DataPaths, writer: str, gateway: str, front: _Front,
-                **opts: Any) -> _Engine:
+    def acquire(
+        cls, paths: DataPaths, writer: str, gateway: str, front: _Front, **opts: Any
+    ) -> _Engine:
         """The process's engine for `writer` (made on first use), with `front` registered."""
         key = (str(Path(paths.root).resolve()), writer)
         with cls._registry_lock:
@@ -119,18 +119,32 @@ class _Engine:
                 engine = cls(paths, writer, gateway, **opts)
                 cls._registry[key] = engine
             elif engine.gateway != gateway:
-                raise StoreError(f"metadata writer {writer!r} is already open for gateway "
-                                 f"{engine.gateway!r}, not {gateway!r}")
+                raise StoreError(
+                    f"metadata writer {writer!r} is already open for gateway "
+                    f"{engine.gateway!r}, not {gateway!r}"
+                )
             with engine.io_lock:
                 if front.stream in engine.fronts:
-                    raise StoreError(f"metadata stream {front.stream!r} is already open for "
-                                     f"writer {writer!r} in this process")
+                    raise StoreError(
+                        f"metadata stream {front.stream!r} is already open for "
+                        f"writer {writer!r} in this process"
+                    )
                 engine.fronts[front.stream] = front
             return engine
 
-    def __init__(self, paths: DataPaths, writer: str, gateway: str, *, flush_interval: float,
-                 parquet_interval: float, parquet_rows: int, compact_delay: float,
-                 compact_interval: float, clock: Clock) -> None:
+    def __init__(
+        self,
+        paths: DataPaths,
+        writer: str,
+        gateway: str,
+        *,
+        flush_interval: float,
+        parquet_interval: float,
+        parquet_rows: int,
+        compact_delay: float,
+        compact_interval: float,
+        clock: Clock,
+    ) -> None:
         self.key = (str(Path(paths.root).resolve()), writer)
         self.root = Path(paths.metadata)
         self.jdir = ensure_dir(paths.journal)
@@ -157,9 +171,10 @@ class _Engine:
         except BaseException:
             self.journal.close()
             raise
-        self.threads = [threading.Thread(target=self._run, name=f"lbm-meta-{writer}", daemon=True),
-                        threading.Thread(target=self._run_compactor,
-                                         name=f"lbm-compact-{writer}", daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._run, name=f"lbm-meta-{writer}", daemon=True),
+            threading.Thread(target=self._run_compactor, name=f"lbm-compact-{writer}", daemon=True),
+        ]
         for t in self.threads:
             t.start()
 
@@ -170,8 +185,11 @@ class _Engine:
         self.seq, self.hour_files = cp.scan_own(self.root, self.gateway, self.writer)
         frames = self.journal.read()
         if self.journal.discarded:
-            log.warning("journal %s: ignored %d bytes of torn tail", self.journal.path,
-                        self.journal.discarded)
+            log.warning(
+                "journal %s: ignored %d bytes of torn tail",
+                self.journal.path,
+                self.journal.discarded,
+            )
         replay = 0
         for frame in frames:
             if done and done[0] == self.journal.generation and frame.seq <= done[1]:
@@ -250,8 +268,7 @@ class _Engine:
 
     def _round(self, fresh: list[tuple[str, list[pa.RecordBatch]]]) -> None:
         """One publication round of the journaled rows plus `fresh` ones."""
-        streams: dict[str, list[pa.RecordBatch]] = {k: list(v) for k, v in
-                                                    self.pending.items()}
+        streams: dict[str, list[pa.RecordBatch]] = {k: list(v) for k, v in self.pending.items()}
         for stream, batches in fresh:
             streams.setdefault(stream, []).extend(batches)
         files: list[tuple[Path, pa.Table]] = []
@@ -261,8 +278,9 @@ class _Engine:
                 continue
             sch = schema(stream)
             meta = dict(sch.metadata or {})
-            meta.update({b"lbm.gateway": self.gateway.encode(),
-                         b"lbm.writer": self.writer.encode()})
+            meta.update(
+                {b"lbm.gateway": self.gateway.encode(), b"lbm.writer": self.writer.encode()}
+            )
             table = pa.Table.from_batches(batches, schema=sch).replace_schema_metadata(meta)
             for hour, part in cp.split_by_hour(table):
                 self.seq += 1
@@ -271,8 +289,13 @@ class _Engine:
                 touched.append((stream, hour))
         try:
             if files:  # a failure before the commit record leaves nothing behind: retry
-                cp.write_round(self.root, self.commit, files, self.journal.generation,
-                               self.journal.next_seq - 1)
+                cp.write_round(
+                    self.root,
+                    self.commit,
+                    files,
+                    self.journal.generation,
+                    self.journal.next_seq - 1,
+                )
             self.journal.reset()
             cp.finish_round(self.commit)
         except (cp.RoundIncomplete, OSError, StoreError) as exc:
@@ -280,8 +303,7 @@ class _Engine:
                 raise  # nothing was published: the journal still has every row, retry later
             # Published but not yet forgotten by the journal: only start-up recovery can
             # tell the two apart, so stop accepting rows rather than risk duplicates.
-            self.failure = (f"metadata writer {self.writer!r} stopped: {exc}; restart it to "
-                            f"recover")
+            self.failure = f"metadata writer {self.writer!r} stopped: {exc}; restart it to recover"
             raise StoreError(self.failure) from None
         self.pending.clear()
         self.pending_rows = 0
@@ -330,8 +352,15 @@ class _Engine:
         done = 0
         for stream, hour in due:
             try:
-                if not cp.compact_hour(self.root, self.compact_commit, stream, hour,
-                                       self.gateway, self.writer, self._next_seq):
+                if not cp.compact_hour(
+                    self.root,
+                    self.compact_commit,
+                    stream,
+                    hour,
+                    self.gateway,
+                    self.writer,
+                    self._next_seq,
+                ):
                     continue
             except BaseException:
                 with self.io_lock:
@@ -375,12 +404,23 @@ class _Engine:
 class MetadataWriter:
     """Appends rows of one metadata stream; see the module docstring for the guarantees."""
 
-    def __init__(self, stream: str, writer: str, *, paths: DataPaths, gateway: str,
-                 flush_interval: float = 1.0, max_batch: int = 65_536,
-                 queue_limit: int = 1_000_000, block_timeout: float = 5.0,
-                 parquet_interval: float = 10.0, parquet_rows: int = 1_000_000,
-                 compact_delay: float = 300.0, compact_interval: float = 60.0,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        stream: str,
+        writer: str,
+        *,
+        paths: DataPaths,
+        gateway: str,
+        flush_interval: float = 1.0,
+        max_batch: int = 65_536,
+        queue_limit: int = 1_000_000,
+        block_timeout: float = 5.0,
+        parquet_interval: float = 10.0,
+        parquet_rows: int = 1_000_000,
+        compact_delay: float = 300.0,
+        compact_interval: float = 60.0,
+        clock: Clock | None = None,
+    ) -> None:
         schema(stream)
         self.stream = stream
         self.writer = cp.check_id("writer", writer)
@@ -389,10 +429,17 @@ class MetadataWriter:
         self._front = _Front(stream, gateway, max_batch, queue_limit)
         self._closed = False
         self._engine = _Engine.acquire(
-            paths, writer, gateway, self._front, flush_interval=flush_interval,
-            parquet_interval=parquet_interval, parquet_rows=parquet_rows,
-            compact_delay=compact_delay, compact_interval=compact_interval,
-            clock=clock or Clock())
+            paths,
+            writer,
+            gateway,
+            self._front,
+            flush_interval=flush_interval,
+            parquet_interval=parquet_interval,
+            parquet_rows=parquet_rows,
+            compact_delay=compact_delay,
+            compact_interval=compact_interval,
+            clock=clock or Clock(),
+        )
 
     # -- appending --------------------------------------------------------------------------
     def append(self, row: Mapping[str, Any]) -> None:
@@ -405,8 +452,7 @@ class MetadataWriter:
             check_columns(self.stream, row)
         if row.get("ts") is None or row.get("uid") is None:
             missing = "ts" if row.get("ts") is None else "uid"
-            raise SchemaError(f"column {missing!r} is required in metadata stream "
-                              f"{self.stream!r}")
+            raise SchemaError(f"column {missing!r} is required in metadata stream {self.stream!r}")
         if "gateway" in row and row["gateway"] != self.gateway:
             raise SchemaError(f"column 'gateway' is set by the writer ({self.gateway!r})")
         with front.cond:
@@ -450,7 +496,8 @@ class MetadataWriter:
                 raise QueueFull(
                     f"metadata stream {self.stream!r} (writer {self.writer!r}): queue full "
                     f"({front.queued} rows) for {self.block_timeout:g} s; storage is not "
-                    f"keeping up")
+                    f"keeping up"
+                )
             front.cond.wait(left)
         if self._closed:  # closed while this caller waited: its row would never be written
             raise StoreError(f"metadata writer {self.writer!r} ({self.stream}) is closed")
@@ -492,8 +539,9 @@ class MetadataWriter:
     def __enter__(self) -> MetadataWriter:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

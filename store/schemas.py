@@ -29,10 +29,38 @@ STREAMS = ("web", "email", "flow", "dns")
 # subjects, bodies, attachments, header values other than host, credentials). Matched as a
 # substring of the lower-cased column name.
 CONTENT_SUBSTRINGS = (
-    "path", "query", "url", "subject", "body", "attachment", "filename", "file_name",
-    "header", "cookie", "payload", "content", "referer", "referrer", "user_agent", "useragent",
-    "password", "passwd", "secret", "credential", "mime", "snippet", "message_text", "text",
-    "raw", "data", "bytes_sample", "fragment", "param", "form", "html", "json",
+    "path",
+    "query",
+    "url",
+    "subject",
+    "body",
+    "attachment",
+    "filename",
+    "file_name",
+    "header",
+    "cookie",
+    "payload",
+    "content",
+    "referer",
+    "referrer",
+    "user_agent",
+    "useragent",
+    "password",
+    "passwd",
+    "secret",
+    "credential",
+    "mime",
+    "snippet",
+    "message_text",
+    "text",
+    "raw",
+    "data",
+    "bytes_sample",
+    "fragment",
+    "param",
+    "form",
+    "html",
+    "json",
 )
 # Short fragments matched only as whole `_`-separated tokens ("uri" would match "security").
 CONTENT_TOKENS = frozenset({"uri", "qs", "args", "arg", "msg", "note", "title", "blob", "dump"})
@@ -47,10 +75,19 @@ def _f(name: str, typ: pa.DataType, description: str, *, nullable: bool = True) 
 
 def _join_keys() -> list[pa.Field]:
     return [
-        _f("ts", _TS, "UTC time of the event (web: request start; email: outcome event; "
-           "flow and dns: first packet)", nullable=False),
-        _f("uid", pa.string(), "this stream's own id of the connection, message or flow",
-           nullable=False),
+        _f(
+            "ts",
+            _TS,
+            "UTC time of the event (web: request start; email: outcome event; "
+            "flow and dns: first packet)",
+            nullable=False,
+        ),
+        _f(
+            "uid",
+            pa.string(),
+            "this stream's own id of the connection, message or flow",
+            nullable=False,
+        ),
         _f("gateway", pa.string(), "id of the gateway that wrote the row", nullable=False),
         _f("principal", pa.string(), "staff identifier the traffic resolved to; null if nobody"),
         _f("client_ip", pa.string(), "IP address of the side that opened the connection"),
@@ -62,11 +99,18 @@ def _join_keys() -> list[pa.Field]:
 
 def _tail() -> list[pa.Field]:
     return [
-        _f("refs", _STRS, "authorisation references whose content recording covers this row "
-           "(empty for non-subjects)"),
+        _f(
+            "refs",
+            _STRS,
+            "authorisation references whose content recording covers this row "
+            "(empty for non-subjects)",
+        ),
         _f("record_ids", _STRS, "archive record ids (REF/SEGMENT/N) holding this row's content"),
-        _f("community_id", pa.string(), "Community ID v1 of the 5-tuple (shared with Zeek, "
-           "Suricata, Arkime)"),
+        _f(
+            "community_id",
+            pa.string(),
+            "Community ID v1 of the 5-tuple (shared with Zeek, Suricata, Arkime)",
+        ),
     ]
 
 
@@ -74,8 +118,11 @@ _WEB = [
     _f("request_id", pa.string(), "this row's own id (one request, or one passed connection)"),
     _f("proxy_user", pa.string(), "proxy user name as authenticated (kept when unresolved)"),
     _f("notice_version", pa.string(), "version of the acceptable-use notice in force"),
-    _f("scheme", pa.string(), "URL scheme (http, https, ws, wss); the URL keeps nothing else "
-       "but host and port"),
+    _f(
+        "scheme",
+        pa.string(),
+        "URL scheme (http, https, ws, wss); the URL keeps nothing else but host and port",
+    ),
     _f("host", pa.string(), "host name requested (Host/authority or CONNECT target)"),
     _f("port", pa.uint16(), "port requested"),
     _f("method", pa.string(), "HTTP method (CONNECT for passed-through tunnels)"),
@@ -91,8 +138,11 @@ _WEB = [
     _f("decision", pa.string(), "intercepted (decrypted for a subject) or passed (not opened)"),
     _f("do_not_decrypt", pa.bool_(), "the server is on the do-not-decrypt list"),
     _f("websocket", pa.bool_(), "the request was upgraded to a WebSocket"),
-    _f("error_kind", pa.string(), "short error code (e.g. upstream_timeout, tls_failed), "
-       "never an error text"),
+    _f(
+        "error_kind",
+        pa.string(),
+        "short error code (e.g. upstream_timeout, tls_failed), never an error text",
+    ),
 ]
 
 _EMAIL = [
@@ -101,8 +151,11 @@ _EMAIL = [
     _f("mail_from", pa.string(), "envelope sender (MAIL FROM), as given"),
     _f("rcpt_to", pa.string(), "envelope recipient (RCPT TO) this row is about"),
     _f("size", pa.int64(), "message size in bytes as received (DATA payload)"),
-    _f("message_id_sha256", pa.string(), "SHA-256 hex of the Message-ID header value, for "
-       "joining; never the value itself"),
+    _f(
+        "message_id_sha256",
+        pa.string(),
+        "SHA-256 hex of the Message-ID header value, for joining; never the value itself",
+    ),
     _f("helo", pa.string(), "name the client gave in HELO/EHLO"),
     _f("auth_user", pa.string(), "SMTP AUTH user name, if the client authenticated"),
     _f("tls_version", pa.string(), "TLS version of the session (null if plain)"),
@@ -206,8 +259,10 @@ def all_columns() -> dict[str, list[str]]:
 def describe(stream: str) -> dict[str, str]:
     """Column name -> one-line description, for docs and `lbm` help."""
     meta = (f.metadata or {} for f in schema(stream))
-    return {f.name: m.get(b"description", b"").decode() for f, m in zip(schema(stream), meta,
-                                                                           strict=True)}
+    return {
+        f.name: m.get(b"description", b"").decode()
+        for f, m in zip(schema(stream), meta, strict=True)
+    }
 
 
 def content_like(name: str) -> bool:
@@ -233,8 +288,10 @@ def check_columns(stream: str, names: object) -> None:
             f"column {content[0]!r} is content-like and is never stored in metadata "
             f"stream {stream!r}"
         )
-    raise SchemaError(f"unknown column {bad[0]!r} for metadata stream {stream!r}"
-                      + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+    raise SchemaError(
+        f"unknown column {bad[0]!r} for metadata stream {stream!r}"
+        + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+    )
 
 
 _ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v.names) for k, v in SCHEMAS.items()}
@@ -280,8 +337,7 @@ class Converter:
             arr = pa.array(rows, type=self.struct)
         return self.finish(pa.RecordBatch.from_struct_array(arr).columns, len(rows)), refused
 
-    def _drop_bad(self, rows: list[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]],
-                                                                  list[str]]:
+    def _drop_bad(self, rows: list[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[str]]:
         bad: set[int] = set()
         messages = []
         for field in self.schema:
@@ -298,12 +354,13 @@ class Converter:
                 except _CONVERT_ERRORS:
                     bad.add(i)
                     count += 1
-            messages.append(f"{count} row(s) refused: column {field.name!r} of metadata stream "
-                            f"{self.stream!r} has a value that is not {field.type}")
+            messages.append(
+                f"{count} row(s) refused: column {field.name!r} of metadata stream "
+                f"{self.stream!r} has a value that is not {field.type}"
+            )
         return [r for i, r in enumerate(rows) if i not in bad], messages
 
-    def columns(self, data: pa.RecordBatch | pa.Table | Mapping[str, Any]
-                ) -> pa.RecordBatch | None:
+    def columns(self, data: pa.RecordBatch | pa.Table | Mapping[str, Any]) -> pa.RecordBatch | None:
         """Check and cast a batch of columns once; SchemaError names the offending column."""
         if isinstance(data, pa.Table | pa.RecordBatch):
             names, cols = list(data.schema.names), list(data.columns)
@@ -312,8 +369,10 @@ class Converter:
         check_columns(self.stream, names)
         lengths = {len(c) for c in cols}
         if len(lengths) > 1:
-            raise SchemaError(f"columns of a batch for metadata stream {self.stream!r} "
-                              f"differ in length: {sorted(lengths)}")
+            raise SchemaError(
+                f"columns of a batch for metadata stream {self.stream!r} "
+                f"differ in length: {sorted(lengths)}"
+            )
         n = lengths.pop() if lengths else 0
         if n == 0:
             return None
@@ -323,8 +382,9 @@ class Converter:
             col = given.get(field.name)
             if col is None:
                 if field.name in REQUIRED_COLUMNS:
-                    raise SchemaError(f"column {field.name!r} is required in metadata stream "
-                                      f"{self.stream!r}")
+                    raise SchemaError(
+                        f"column {field.name!r} is required in metadata stream {self.stream!r}"
+                    )
                 arrays.append(pa.nulls(n, field.type))
                 continue
             try:
@@ -333,14 +393,19 @@ class Converter:
                     arr = arr.combine_chunks()
                 arrays.append(arr if arr.type == field.type else pc.cast(arr, field.type))
             except _CONVERT_ERRORS:
-                raise SchemaError(f"column {field.name!r} of metadata stream {self.stream!r} "
-                                  f"does not convert to {field.type}") from None
+                raise SchemaError(
+                    f"column {field.name!r} of metadata stream {self.stream!r} "
+                    f"does not convert to {field.type}"
+                ) from None
             if field.name in REQUIRED_COLUMNS and arrays[-1].null_count:
-                raise SchemaError(f"column {field.name!r} is required in metadata stream "
-                                  f"{self.stream!r} (batch has nulls)")
+                raise SchemaError(
+                    f"column {field.name!r} is required in metadata stream "
+                    f"{self.stream!r} (batch has nulls)"
+                )
         gateways = arrays[self.schema.names.index("gateway")]
         if gateways.null_count < n and set(pc.unique(gateways.drop_null()).to_pylist()) != {
-                self.gateway}:
+            self.gateway
+        }:
             raise SchemaError(f"column 'gateway' is set by the writer ({self.gateway!r})")
         return self.finish(arrays, n)
 

@@ -86,15 +86,15 @@ class SegmentWriter:
         self._current: RecordInfo | None = None
         try:
             self._out.digest.open(self.path)
-            self._index_fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                                     | os.O_CLOEXEC, 0o600)
+            self._index_fd = os.open(
+                self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
             self._age = age.AgeWriter(self._out, [recipient])
             os.fsync(fd)
             fsync_dir(directory)
         except OSError as exc:
             self.release()
-            raise ArchiveError(f"{self.where}: cannot create segment: {io_message(exc)}") \
-                from None
+            raise ArchiveError(f"{self.where}: cannot create segment: {io_message(exc)}") from None
         except ArchiveError:
             self.release()
             raise
@@ -110,8 +110,15 @@ class SegmentWriter:
     def begin_record(self, channel: str, kind: str, ts: str, principal: str | None) -> str:
         n = len(self.records) + 1
         record_id = f"{self.ref}/{self.name}/{n}"
-        header = {"id": record_id, "channel": channel, "kind": kind, "ts": ts,
-                  "principal": principal, "length": None, "framing": "chunked"}
+        header = {
+            "id": record_id,
+            "channel": channel,
+            "kind": kind,
+            "ts": ts,
+            "principal": principal,
+            "length": None,
+            "framing": "chunked",
+        }
         self._current = RecordInfo(record_id, n, channel, kind, ts, principal, self.offset, 0, 0)
         self._plain(canonical(header) + b"\n")
         return record_id
@@ -137,7 +144,7 @@ class SegmentWriter:
             line = info.index_line()
             view = memoryview(line)
             while view:
-                view = view[os.write(self._index_fd, view):]
+                view = view[os.write(self._index_fd, view) :]
             os.fsync(self._index_fd)
         except OSError as exc:
             raise ArchiveError(f"{self.where}: cannot write index: {io_message(exc)}") from None
@@ -192,8 +199,9 @@ def claim(directory: Path) -> tuple[int, int]:
             number += 1
             continue
         except OSError as exc:
-            raise ArchiveError(f"archive {directory.name}: cannot create segment "
-                               f"{number:06d}: {io_message(exc)}") from None
+            raise ArchiveError(
+                f"archive {directory.name}: cannot create segment {number:06d}: {io_message(exc)}"
+            ) from None
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return number, fd
 

@@ -67,8 +67,9 @@ class _HashWorker:
             if cls._queue is None or cls._pid != os.getpid():  # first use, or after a fork
                 cls._queue = queue.Queue(maxsize=4)
                 cls._pid = os.getpid()
-                threading.Thread(target=cls._run, args=(cls._queue,), name="lbm-segment-hash",
-                                 daemon=True).start()
+                threading.Thread(
+                    target=cls._run, args=(cls._queue,), name="lbm-segment-hash", daemon=True
+                ).start()
             q = cls._queue
         q.put((digest, end, done))
 
@@ -128,7 +129,7 @@ class _FileDigest:
             return
         try:
             while pos < end:
-                got = os.preadv(self._rfd, [view[:min(len(view), end - pos)]], pos)
+                got = os.preadv(self._rfd, [view[: min(len(view), end - pos)]], pos)
                 if got <= 0:
                     raise OSError(errno.EIO, "segment file is shorter than what was written")
                 self._sha.update(view[:got])
@@ -138,8 +139,7 @@ class _FileDigest:
             return
         self._pos = pos
         with contextlib.suppress(OSError):  # advice only: an I/O error shows at the fsync
-            os.posix_fadvise(self._rfd, self._kicked, end - self._kicked,
-                             os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(self._rfd, self._kicked, end - self._kicked, os.POSIX_FADV_DONTNEED)
         self._kicked = start  # the next call also drops this window's pages, written by then
 
     def hexdigest(self, end: int, where: str) -> str:
@@ -149,8 +149,9 @@ class _FileDigest:
             done.wait()
             self._pending = False
             if self._error is not None:
-                raise ArchiveError(f"{where}: cannot read the segment back to hash it: "
-                                   f"{io_message(self._error)}")
+                raise ArchiveError(
+                    f"{where}: cannot read the segment back to hash it: {io_message(self._error)}"
+                )
             self._final = self._sha.hexdigest()
         return self._final
 
@@ -186,7 +187,7 @@ class SegmentOutput:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
         except OSError as exc:
             raise self._fail(exc) from None
         self.bytes += len(data)
@@ -205,7 +206,7 @@ class SegmentOutput:
                     view = memoryview(chunk)[done:]
                     done = 0
                     while view:
-                        view = view[os.write(self.fd, view):]
+                        view = view[os.write(self.fd, view) :]
         except OSError as exc:
             raise self._fail(exc) from None
         self.bytes += total

@@ -51,9 +51,11 @@ def verify(app: App, ref: str | None, as_json: bool) -> None:
             fail(str(exc), 2)
     report = verify_all(app.paths.archive, signing.load_public_keys(app.paths), ref)
     data = report.__dict__
-    lines = [f"archive {'ok' if report.ok else 'FAILED'}: {report.archives} archive(s), "
-             f"{report.segments} sealed segment(s), {len(report.open_segments)} open, "
-             f"{len(report.truncated)} truncated"]
+    lines = [
+        f"archive {'ok' if report.ok else 'FAILED'}: {report.archives} archive(s), "
+        f"{report.segments} sealed segment(s), {len(report.open_segments)} open, "
+        f"{len(report.truncated)} truncated"
+    ]
     lines += [f"truncated: {s}" for s in report.truncated]
     lines += [f"problem: {p}" for p in report.problems]
     emit(data, as_json, "\n".join(lines))
@@ -90,8 +92,10 @@ def records(app: App, ref: str, as_json: bool) -> None:
         emit(items, True)
         return
     for i in items:
-        click.echo(f"{i['id']:<28} {i['ts']:<28} {i['channel']:<8} {i['kind']:<12} "
-                   f"{i.get('principal') or '-':<12} {i['length']} bytes")
+        click.echo(
+            f"{i['id']:<28} {i['ts']:<28} {i['channel']:<8} {i['kind']:<12} "
+            f"{i.get('principal') or '-':<12} {i['length']} bytes"
+        )
 
 
 def _read_identity(source: str) -> str:
@@ -127,22 +131,32 @@ def _export_segment(app: App, ref: str, number: int, identity: str, out: Path) -
         fh.close()
         if current is not None:
             current.close()
-    (seg_dir / "records.jsonl").write_text("".join(json.dumps(m, sort_keys=True) + "\n"
-                                                   for m in meta))
+    (seg_dir / "records.jsonl").write_text(
+        "".join(json.dumps(m, sort_keys=True) + "\n" for m in meta)
+    )
     return {"segment": f"{ref}/{number:06d}", "records": count, "truncated": reader.truncated}
 
 
 @archive.command("export-raw")
 @click.argument("ref")
-@click.option("--identity", required=True, metavar="FILE|-",
-              help="investigator age identity file ('-' reads stdin); never stored")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="output directory (outside the data directory)")
+@click.option(
+    "--identity",
+    required=True,
+    metavar="FILE|-",
+    help="investigator age identity file ('-' reads stdin); never stored",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="output directory (outside the data directory)",
+)
 @click.option("--segment", type=int, help="only this segment number")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def export_raw(app: App, ref: str, identity: str, out: Path, segment: int | None,
-               as_json: bool) -> None:
+def export_raw(
+    app: App, ref: str, identity: str, out: Path, segment: int | None, as_json: bool
+) -> None:
     """Decrypt REF's records to OUT/REF/NNNNNN/N.bin with a records.jsonl per segment."""
     app.require_initialised()
     directory = app.paths.archive / check_ref(ref)
@@ -162,20 +176,48 @@ def export_raw(app: App, ref: str, identity: str, out: Path, segment: int | None
     try:
         for number in numbers:
             if not KeyStore(app.paths).segment_key_path(ref, number).exists():
-                results.append({"segment": f"{ref}/{number:06d}", "records": 0,
-                                "truncated": False, "destroyed": True})
+                results.append(
+                    {
+                        "segment": f"{ref}/{number:06d}",
+                        "records": 0,
+                        "truncated": False,
+                        "destroyed": True,
+                    }
+                )
                 continue
             results.append(_export_segment(app, ref, number, text, out))
     except (ArchiveError, KeyError_) as exc:
-        app.audit.append(Action.EXPORT, app.actor, refs=(ref,), format="raw", ok=False,
-                         error=str(exc), segments=[r["segment"] for r in results])
+        app.audit.append(
+            Action.EXPORT,
+            app.actor,
+            refs=(ref,),
+            format="raw",
+            ok=False,
+            error=str(exc),
+            segments=[r["segment"] for r in results],
+        )
         fail(str(exc))
     del text
-    app.audit.append(Action.EXPORT, app.actor, refs=(ref,), format="raw", ok=True, out=str(out),
-                     segments=[r["segment"] for r in results],
-                     records=sum(r["records"] for r in results))
-    emit(results, as_json, "\n".join(
-        f"{r['segment']}: " + ("key destroyed (shredded)" if r.get("destroyed") else
-                               f"{r['records']} record(s)"
-                               + (" (TRUNCATED)" if r["truncated"] else ""))
-        for r in results))
+    app.audit.append(
+        Action.EXPORT,
+        app.actor,
+        refs=(ref,),
+        format="raw",
+        ok=True,
+        out=str(out),
+        segments=[r["segment"] for r in results],
+        records=sum(r["records"] for r in results),
+    )
+    emit(
+        results,
+        as_json,
+        "\n".join(
+            f"{r['segment']}: "
+            + (
+                "key destroyed (shredded)"
+                if r.get("destroyed")
+                else f"{r['records']} record(s)" + (" (TRUNCATED)" if r["truncated"] else "")
+            )
+            for r in results
+        ),
+    )

@@ -34,8 +34,9 @@ def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
     def load_dnd() -> list[str]:
         return list(load_config(config_path, required=False).values["do_not_decrypt.hosts"])
 
-    return SnapshotSource(app.paths, config_path=config_path, load_do_not_decrypt=load_dnd,
-                          interval=interval)
+    return SnapshotSource(
+        app.paths, config_path=config_path, load_do_not_decrypt=load_dnd, interval=interval
+    )
 
 
 # -- shared plumbing ---------------------------------------------------------------------------
@@ -43,8 +44,13 @@ def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
 def _registry(app: App) -> Iterator[Registry]:
     """Open the registry; turn policy and store errors into one-line messages and exit codes."""
     app.require_initialised()
-    reg = Registry.open(app.paths, clock=app.clock, actor=app.actor, audit=app.audit,
-                        custodians=app.config["keys.custodians"])
+    reg = Registry.open(
+        app.paths,
+        clock=app.clock,
+        actor=app.actor,
+        audit=app.audit,
+        custodians=app.config["keys.custodians"],
+    )
     try:
         yield reg
     except InvalidInput as exc:
@@ -63,44 +69,81 @@ def _t(value: datetime | None) -> str | None:
     return format_utc(value) if value is not None else None
 
 
-def auth_dict(auth: Authorisation, reg: Registry, now: datetime, *,
-              detail: bool = False) -> dict[str, Any]:
+def auth_dict(
+    auth: Authorisation, reg: Registry, now: datetime, *, detail: bool = False
+) -> dict[str, Any]:
     app = auth.application
     data: dict[str, Any] = {
-        "ref": auth.ref, "subject": auth.subject, "case_type": auth.case_type.value,
-        "purposes": [p.value for p in app.purposes], "channels": [c.value for c in auth.channels],
-        "urgent": auth.urgent, "start": _t(auth.start), "expiry": _t(auth.expiry),
-        "ratified_at": _t(auth.ratified_at), "cancelled_at": _t(auth.cancelled_at),
-        "state": auth.state(now), "flags": list(rules.warnings(auth, now)),
-        "next_review": _t(rules.next_review(auth)), "renewals": auth.renewals,
-        "officer": app.officer.as_dict(), "open_do_not_decrypt": auth.open_do_not_decrypt,
-        "retention_days": app.retention_days, "assignees": list(reg.current_assignees(auth)),
-        "wrapped_to": list(auth.wrapped_to), "rewrap_due": reg.rewrap_due(auth),
+        "ref": auth.ref,
+        "subject": auth.subject,
+        "case_type": auth.case_type.value,
+        "purposes": [p.value for p in app.purposes],
+        "channels": [c.value for c in auth.channels],
+        "urgent": auth.urgent,
+        "start": _t(auth.start),
+        "expiry": _t(auth.expiry),
+        "ratified_at": _t(auth.ratified_at),
+        "cancelled_at": _t(auth.cancelled_at),
+        "state": auth.state(now),
+        "flags": list(rules.warnings(auth, now)),
+        "next_review": _t(rules.next_review(auth)),
+        "renewals": auth.renewals,
+        "officer": app.officer.as_dict(),
+        "open_do_not_decrypt": auth.open_do_not_decrypt,
+        "retention_days": app.retention_days,
+        "assignees": list(reg.current_assignees(auth)),
+        "wrapped_to": list(auth.wrapped_to),
+        "rewrap_due": reg.rewrap_due(auth),
     }
     if detail:
-        data.update({
-            "necessity": app.necessity, "proportionality": app.proportionality,
-            "collateral": app.collateral, "ripa_considered": app.ripa_considered,
-            "ripa_note": app.ripa_note, "cancel_reason": auth.cancel_reason,
-            "public_key": auth.public_key, "created_at": _t(auth.created_at),
-            "history": [e.as_dict() for e in auth.history],
-        })
+        data.update(
+            {
+                "necessity": app.necessity,
+                "proportionality": app.proportionality,
+                "collateral": app.collateral,
+                "ripa_considered": app.ripa_considered,
+                "ripa_note": app.ripa_note,
+                "cancel_reason": auth.cancel_reason,
+                "public_key": auth.public_key,
+                "created_at": _t(auth.created_at),
+                "history": [e.as_dict() for e in auth.history],
+            }
+        )
     return data
 
 
 def _summary(data: dict[str, Any]) -> str:
     flags = list(data["flags"]) + (["rewrap_due"] if data["rewrap_due"] else [])
-    return (f"{data['ref']}  subject={data['subject']}  {data['state']}  "
-            f"{data['start']} -> {data['expiry']}  channels={','.join(data['channels'])}"
-            + (f"  [{', '.join(flags)}]" if flags else ""))
+    return (
+        f"{data['ref']}  subject={data['subject']}  {data['state']}  "
+        f"{data['start']} -> {data['expiry']}  channels={','.join(data['channels'])}"
+        + (f"  [{', '.join(flags)}]" if flags else "")
+    )
 
 
 def _show_text(data: dict[str, Any]) -> str:
     lines = [_summary(data)]
-    keys = ("case_type", "purposes", "urgent", "ratified_at", "cancelled_at", "cancel_reason",
-            "officer", "next_review", "renewals", "assignees", "wrapped_to", "retention_days",
-            "open_do_not_decrypt", "ripa_considered", "ripa_note", "necessity",
-            "proportionality", "collateral", "public_key")
+    keys = (
+        "case_type",
+        "purposes",
+        "urgent",
+        "ratified_at",
+        "cancelled_at",
+        "cancel_reason",
+        "officer",
+        "next_review",
+        "renewals",
+        "assignees",
+        "wrapped_to",
+        "retention_days",
+        "open_do_not_decrypt",
+        "ripa_considered",
+        "ripa_note",
+        "necessity",
+        "proportionality",
+        "collateral",
+        "public_key",
+    )
     for key in keys:
         if key in data and data[key] not in (None, "", []):
             value = data[key]
@@ -114,29 +157,43 @@ def _show_text(data: dict[str, Any]) -> str:
 
 def officer_options(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for opt in reversed([
-            click.option("--officer", "officer", metavar="PRINCIPAL", required=required,
-                         help="the officer's principal id"),
-            click.option("--officer-name", metavar="NAME", required=required),
-            click.option("--officer-role", metavar="ROLE", required=required),
-            click.option("--officer-rank", metavar="RANK", required=required),
-        ]):
+        for opt in reversed(
+            [
+                click.option(
+                    "--officer",
+                    "officer",
+                    metavar="PRINCIPAL",
+                    required=required,
+                    help="the officer's principal id",
+                ),
+                click.option("--officer-name", metavar="NAME", required=required),
+                click.option("--officer-role", metavar="ROLE", required=required),
+                click.option("--officer-rank", metavar="RANK", required=required),
+            ]
+        ):
             fn = opt(fn)
         return fn
+
     return wrap
 
 
-def _officer(officer: str | None, name: str | None, role: str | None,
-             rank: str | None) -> Officer:
-    given = {"--officer": officer, "--officer-name": name, "--officer-role": role,
-             "--officer-rank": rank}
+def _officer(officer: str | None, name: str | None, role: str | None, rank: str | None) -> Officer:
+    given = {
+        "--officer": officer,
+        "--officer-name": name,
+        "--officer-role": role,
+        "--officer-rank": rank,
+    }
     missing = [k for k, v in given.items() if not v]
     if missing:
         raise InvalidInput(f"missing {', '.join(missing)} (give all four officer options)")
     assert officer and name and role and rank
-    return Officer(rules.check_principal(officer, "officer"),
-                   rules.require_text(name, "the officer's name"), rules.parse_role(role),
-                   rules.parse_rank(rank))
+    return Officer(
+        rules.check_principal(officer, "officer"),
+        rules.require_text(name, "the officer's name"),
+        rules.parse_role(role),
+        rules.parse_rank(rank),
+    )
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
@@ -150,8 +207,11 @@ def auth() -> None:
 # -- grant and urgent --------------------------------------------------------------------------
 def _application_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="read the application's fields from a TOML file (options override)"),
+        click.option(
+            "--from-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="read the application's fields from a TOML file (options override)",
+        ),
         click.option("--ref", help="unique reference, e.g. CA1-2026-0042"),
         click.option("--subject", metavar="PRINCIPAL", help="principal to be monitored"),
         click.option("--case-type", help="criminal, officer_misconduct or staff_discipline"),
@@ -167,10 +227,18 @@ def _application_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ripa-considered", metavar="yes|no"),
         click.option("--ripa-note", metavar="TEXT"),
         click.option("--start", metavar="ISO8601", help="start (default now; never in the past)"),
-        click.option("--investigator", multiple=True, metavar="NAME",
-                     help="registered investigator (repeat or comma list)"),
-        click.option("--open-do-not-decrypt", is_flag=True, default=None,
-                     help="also open servers on the do-not-decrypt list"),
+        click.option(
+            "--investigator",
+            multiple=True,
+            metavar="NAME",
+            help="registered investigator (repeat or comma list)",
+        ),
+        click.option(
+            "--open-do-not-decrypt",
+            is_flag=True,
+            default=None,
+            help="also open servers on the do-not-decrypt list",
+        ),
         click.option("--retention-days", type=int, metavar="N"),
         json_option,
     ]
@@ -209,8 +277,11 @@ def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
         auth = reg.grant(application)
         data = auth_dict(auth, reg, app.clock.now(), detail=True)
     kind = "urgent authorisation" if urgent else "authorisation"
-    emit(data, as_json, f"granted {kind} {auth.ref} for {auth.subject}: "
-                        f"{data['start']} until {data['expiry']}")
+    emit(
+        data,
+        as_json,
+        f"granted {kind} {auth.ref} for {auth.subject}: {data['start']} until {data['expiry']}",
+    )
 
 
 @auth.command("grant")
@@ -236,8 +307,16 @@ def urgent(app: App, **options: Any) -> None:
 @click.option("--note", default="", metavar="TEXT")
 @json_option
 @pass_app
-def ratify(app: App, ref: str, officer: str, officer_name: str, officer_role: str,
-           officer_rank: str, note: str, as_json: bool) -> None:
+def ratify(
+    app: App,
+    ref: str,
+    officer: str,
+    officer_name: str,
+    officer_role: str,
+    officer_rank: str,
+    note: str,
+    as_json: bool,
+) -> None:
     """Ratify an urgent authorisation within 72 h (officer whose role fits the case type)."""
     with _registry(app) as reg:
         auth = reg.ratify(ref, _officer(officer, officer_name, officer_role, officer_rank), note)
@@ -251,12 +330,19 @@ def ratify(app: App, ref: str, officer: str, officer_name: str, officer_role: st
 @click.option("--results", required=True, metavar="TEXT", help="update on the results so far")
 @json_option
 @pass_app
-def renew(app: App, ref: str, officer: str, officer_name: str, officer_role: str,
-          officer_rank: str, results: str, as_json: bool) -> None:
+def renew(
+    app: App,
+    ref: str,
+    officer: str,
+    officer_name: str,
+    officer_role: str,
+    officer_rank: str,
+    results: str,
+    as_json: bool,
+) -> None:
     """Renew before expiry: 3 calendar months from the current expiry."""
     with _registry(app) as reg:
-        auth = reg.renew(ref, _officer(officer, officer_name, officer_role, officer_rank),
-                         results)
+        auth = reg.renew(ref, _officer(officer, officer_name, officer_role, officer_rank), results)
         data = auth_dict(auth, reg, app.clock.now())
     emit(data, as_json, f"renewed {auth.ref}: now expires {data['expiry']}")
 
@@ -267,8 +353,16 @@ def renew(app: App, ref: str, officer: str, officer_name: str, officer_role: str
 @click.option("--note", required=True, metavar="TEXT", help="the review's findings")
 @json_option
 @pass_app
-def review(app: App, ref: str, officer: str, officer_name: str, officer_role: str,
-           officer_rank: str, note: str, as_json: bool) -> None:
+def review(
+    app: App,
+    ref: str,
+    officer: str,
+    officer_name: str,
+    officer_role: str,
+    officer_rank: str,
+    note: str,
+    as_json: bool,
+) -> None:
     """Record the monthly review."""
     with _registry(app) as reg:
         auth = reg.review(ref, _officer(officer, officer_name, officer_role, officer_rank), note)
@@ -282,8 +376,16 @@ def review(app: App, ref: str, officer: str, officer_name: str, officer_role: st
 @officer_options(required=False)
 @json_option
 @pass_app
-def cancel(app: App, ref: str, reason: str, officer: str | None, officer_name: str | None,
-           officer_role: str | None, officer_rank: str | None, as_json: bool) -> None:
+def cancel(
+    app: App,
+    ref: str,
+    reason: str,
+    officer: str | None,
+    officer_name: str | None,
+    officer_role: str | None,
+    officer_rank: str | None,
+    as_json: bool,
+) -> None:
     """Cancel now (takes effect on live traffic within seconds)."""
     with _registry(app) as reg:
         who = None
@@ -304,8 +406,12 @@ def assign(app: App, ref: str, investigator: str, as_json: bool) -> None:
     with _registry(app) as reg:
         auth = reg.assign(ref, investigator)
         data = auth_dict(auth, reg, app.clock.now())
-    emit(data, as_json, f"assigned {investigator} to {auth.ref}; rewrap due "
-                        f"(lbm keys rewrap {auth.ref} --identity FILE)")
+    emit(
+        data,
+        as_json,
+        f"assigned {investigator} to {auth.ref}; rewrap due "
+        f"(lbm keys rewrap {auth.ref} --identity FILE)",
+    )
 
 
 # -- queries -----------------------------------------------------------------------------------
@@ -318,8 +424,10 @@ def list_(app: App, include_ended: bool, as_json: bool) -> None:
     ratification and rewrap due."""
     with _registry(app) as reg:
         now = app.clock.now()
-        items = [auth_dict(item.authorisation, reg, now)
-                 for item in reg.list(include_ended=include_ended)]
+        items = [
+            auth_dict(item.authorisation, reg, now)
+            for item in reg.list(include_ended=include_ended)
+        ]
     text = "\n".join(_summary(d) for d in items) if items else "no authorisations"
     emit(items, as_json, text)
 
@@ -349,6 +457,8 @@ def history(app: App, ref: str, as_json: bool) -> None:
         extra = f" expiry={e['expiry']}" if e["expiry"] else ""
         if e["investigators"]:
             extra += f" investigators={','.join(e['investigators'])}"
-        lines.append(f"{e['seq']:>5} {e['at']} {e['kind']:<7} by {who}{extra}"
-                     + (f": {e['text']}" if e["text"] else ""))
+        lines.append(
+            f"{e['seq']:>5} {e['at']} {e['kind']:<7} by {who}{extra}"
+            + (f": {e['text']}" if e["text"] else "")
+        )
     emit(events, as_json, "\n".join(lines))

@@ -59,16 +59,22 @@ def import_cmd(app: App, file: Path, as_json: bool) -> None:
             fail(str(exc))
     for message in report.bad + report.conflicts:
         click.echo(message, err=True)
-    text = (f"identity map loaded from {report.file}: {report.loaded} rows, "
-            f"{report.principals} principals, {len(report.bad)} bad rows, "
-            f"{len(report.conflicts)} conflicts (sha256 {report.sha256[:16]}...)")
+    text = (
+        f"identity map loaded from {report.file}: {report.loaded} rows, "
+        f"{report.principals} principals, {len(report.bad)} bad rows, "
+        f"{len(report.conflicts)} conflicts (sha256 {report.sha256[:16]}...)"
+    )
     emit(report.to_json(), as_json, text)
 
 
 def _lease_json(lease: Lease, now: datetime) -> dict[str, Any]:
-    return {"ip": lease.ip, "valid_from": format_utc(lease.valid_from),
-            "valid_to": format_utc(lease.valid_to) if lease.valid_to else None,
-            "state": lease.state(now), "line": lease.line}
+    return {
+        "ip": lease.ip,
+        "valid_from": format_utc(lease.valid_from),
+        "valid_to": format_utc(lease.valid_to) if lease.valid_to else None,
+        "state": lease.state(now),
+        "line": lease.line,
+    }
 
 
 @identity.command("show")
@@ -85,8 +91,12 @@ def show(app: App, principal: str, as_json: bool) -> None:
     now = app.clock.now()
     leases = [_lease_json(lease, now) for lease in info["leases"]]
     source = imap.source or "?"
-    data = {**info, "leases": leases, "source": imap.source,
-            "conflicts": [c.describe(source) for c in info["conflicts"]]}
+    data = {
+        **info,
+        "leases": leases,
+        "source": imap.source,
+        "conflicts": [c.describe(source) for c in info["conflicts"]],
+    }
     lines = [f"principal {principal} (from {source})"]
     for key, label in (("usernames", "username"), ("emails", "email"), ("aliases", "alias")):
         for item in info[key]:
@@ -94,8 +104,10 @@ def show(app: App, principal: str, as_json: bool) -> None:
             lines.append(f"  {label:<9} {item['value']}  (line {item['line']}){flag}")
     for lease in leases:
         until = lease["valid_to"] or "open"
-        lines.append(f"  ip        {lease['ip']}  {lease['valid_from']} .. {until}  "
-                     f"[{lease['state']}] (line {lease['line']})")
+        lines.append(
+            f"  ip        {lease['ip']}  {lease['valid_from']} .. {until}  "
+            f"[{lease['state']}] (line {lease['line']})"
+        )
     lines.extend(f"  {message}" for message in data["conflicts"])
     emit(data, as_json, "\n".join(lines))
 
@@ -107,11 +119,15 @@ def show(app: App, principal: str, as_json: bool) -> None:
 @click.option("--username", metavar="NAME", help="a proxy username (exact)")
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 @pass_app
-def resolve(app: App, ip: str | None, at: str | None, email: str | None,
-            username: str | None, as_json: bool) -> None:
+def resolve(
+    app: App, ip: str | None, at: str | None, email: str | None, username: str | None, as_json: bool
+) -> None:
     """Which principal an identifier belongs to. Exit 1 if nobody (unknown or conflicting)."""
-    given = [name for name, value in (("--ip", ip), ("--email", email),
-                                      ("--username", username)) if value is not None]
+    given = [
+        name
+        for name, value in (("--ip", ip), ("--email", email), ("--username", username))
+        if value is not None
+    ]
     if len(given) != 1:
         fail("give exactly one of --ip, --email, --username", EXIT_USAGE)
     instant: datetime | None = None
@@ -130,10 +146,17 @@ def resolve(app: App, ip: str | None, at: str | None, email: str | None,
     with _registry(app) as conn:
         imap = load_identity(conn)
     principal = imap.resolve(username=username, email=email, ip=ip, at=instant)
-    query = {"ip": ip, "email": email, "username": username,
-             "at": format_utc(instant) if instant else None}
-    emit({**{k: v for k, v in query.items() if v is not None}, "principal": principal},
-         as_json, principal if principal is not None else "nobody")
+    query = {
+        "ip": ip,
+        "email": email,
+        "username": username,
+        "at": format_utc(instant) if instant else None,
+    }
+    emit(
+        {**{k: v for k, v in query.items() if v is not None}, "principal": principal},
+        as_json,
+        principal if principal is not None else "nobody",
+    )
     if principal is None:
         raise SystemExit(1)
 
@@ -149,9 +172,25 @@ def status(app: App, as_json: bool) -> None:
     if load is None:
         emit({"loaded": False}, as_json, "no identity feed has been imported")
         return
-    data = {**{k: load[k] for k in ("generation", "loaded_at", "source", "sha256", "format",
-                                    "loaded", "bad", "conflicts")}, "problems": problems}
-    text = (f"generation {load['generation']} loaded {load['loaded_at']} from {load['source']} "
-            f"({load['format']}, sha256 {load['sha256'][:16]}...): {load['loaded']} rows, "
-            f"{load['bad']} bad, {load['conflicts']} conflicts")
+    data = {
+        **{
+            k: load[k]
+            for k in (
+                "generation",
+                "loaded_at",
+                "source",
+                "sha256",
+                "format",
+                "loaded",
+                "bad",
+                "conflicts",
+            )
+        },
+        "problems": problems,
+    }
+    text = (
+        f"generation {load['generation']} loaded {load['loaded_at']} from {load['source']} "
+        f"({load['format']}, sha256 {load['sha256'][:16]}...): {load['loaded']} rows, "
+        f"{load['bad']} bad, {load['conflicts']} conflicts"
+    )
     emit(data, as_json, "\n".join([text, *problems]))

@@ -44,8 +44,9 @@ def _chown_to(root: Path, user: str) -> None:
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
-        click.echo(f"lbm init: note: user {user!r} does not exist yet; chown {root} to it",
-                   err=True)
+        click.echo(
+            f"lbm init: note: user {user!r} does not exist yet; chown {root} to it", err=True
+        )
         return
     if os.geteuid() != 0:
         return
@@ -57,15 +58,28 @@ def _chown_to(root: Path, user: str) -> None:
 
 @click.command("init")
 @click.option("--gateway-id", metavar="ID", help="gateway id written to a new config (default gw1)")
-@click.option("--system", is_flag=True,
-              help="install for systemd: data in /var/lib/lbm, config /etc/lbm/lbm.toml, units")
-@click.option("--root", "prefix", type=click.Path(file_okay=False, path_type=Path),
-              help="with --system: write under this directory instead of / (packaging, tests)")
+@click.option(
+    "--system",
+    is_flag=True,
+    help="install for systemd: data in /var/lib/lbm, config /etc/lbm/lbm.toml, units",
+)
+@click.option(
+    "--root",
+    "prefix",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="with --system: write under this directory instead of / (packaging, tests)",
+)
 @click.option("--user", default="lbm", show_default=True, help="with --system: service user")
 @click.option("--json", "as_json", is_flag=True, help="print what was created as JSON")
 @click.pass_context
-def init(ctx: click.Context, gateway_id: str | None, system: bool, prefix: Path | None,
-         user: str, as_json: bool) -> None:
+def init(
+    ctx: click.Context,
+    gateway_id: str | None,
+    system: bool,
+    prefix: Path | None,
+    user: str,
+    as_json: bool,
+) -> None:
     """Create the data directory (0700), default config, signing key and empty registry."""
     app: App = ctx.obj
     units: list[Path] = []
@@ -79,8 +93,11 @@ def init(ctx: click.Context, gateway_id: str | None, system: bool, prefix: Path 
         app.config_explicit = False
         ctx.obj = app
         try:
-            rendered = systemd_units.render(data_dir=systemd_units.SYSTEM_DATA_DIR,
-                                            config=systemd_units.SYSTEM_CONFIG, user=user)
+            rendered = systemd_units.render(
+                data_dir=systemd_units.SYSTEM_DATA_DIR,
+                config=systemd_units.SYSTEM_CONFIG,
+                user=user,
+            )
         except systemd_units.UnitError as exc:
             fail(str(exc), 1)
         units = systemd_units.write_units(base, rendered)

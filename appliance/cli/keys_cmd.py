@@ -48,8 +48,9 @@ def investigator() -> None:
 @click.option("--principal", required=True, metavar="P", help="the investigator's principal id")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def investigator_add(app: App, name: str, age_public_key: str, principal: str,
-                     as_json: bool) -> None:
+def investigator_add(
+    app: App, name: str, age_public_key: str, principal: str, as_json: bool
+) -> None:
     """Register investigator NAME with their age public key (age1...)."""
     app.require_initialised()
     try:
@@ -63,9 +64,14 @@ def investigator_add(app: App, name: str, age_public_key: str, principal: str,
         fail(str(exc))
     finally:
         conn.close()
-    app.audit.append(Action.INVESTIGATOR_ADD, app.actor, investigator=name, principal=principal,
-                     recipient=age_public_key,
-                     recipient_fingerprint=age.recipient_fingerprint(age_public_key))
+    app.audit.append(
+        Action.INVESTIGATOR_ADD,
+        app.actor,
+        investigator=name,
+        principal=principal,
+        recipient=age_public_key,
+        recipient_fingerprint=age.recipient_fingerprint(age_public_key),
+    )
     emit(item.__dict__, as_json, f"added investigator {name} ({principal}) {age_public_key}")
 
 
@@ -104,8 +110,13 @@ def investigator_remove(app: App, name: str) -> None:
         fail(str(exc))
     finally:
         conn.close()
-    app.audit.append(Action.INVESTIGATOR_REMOVE, app.actor, investigator=name,
-                     principal=item.principal, recipient=item.recipient)
+    app.audit.append(
+        Action.INVESTIGATOR_REMOVE,
+        app.actor,
+        investigator=name,
+        principal=item.principal,
+        recipient=item.recipient,
+    )
     click.echo(f"removed investigator {name}; rewrap the authorisation keys they held")
 
 
@@ -115,17 +126,25 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 @keys.command("dev-identity")
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("lbm-dev-identity.key"), show_default=True,
-              help="where to write it (must be outside the data directory)")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("lbm-dev-identity.key"),
+    show_default=True,
+    help="where to write it (must be outside the data directory)",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def dev_identity(app: App, out: Path, as_json: bool) -> None:
     """Write a development investigator identity (age key) and print its public key."""
     out = out.absolute()
     if _inside(out, app.paths.root):
-        fail(f"--out {out}: inside the data directory {app.paths.root}; an investigator "
-             "identity must never be stored with the archives", 2)
+        fail(
+            f"--out {out}: inside the data directory {app.paths.root}; an investigator "
+            "identity must never be stored with the archives",
+            2,
+        )
     if out.exists():
         fail(f"--out {out}: exists already; not overwritten", 2)
     secret, public = age.generate()
@@ -153,10 +172,12 @@ def rotate_signing(app: App, as_json: bool) -> None:
     old_fp, new_fp = signing.rotate(app.paths, app.config.gateway_id)
     app.__dict__.pop("gateway_key", None)
     app.__dict__.pop("audit", None)
-    app.audit.append(Action.KEY_ROTATE, app.actor, old_fingerprint=old_fp,
-                     new_fingerprint=new_fp)
-    emit({"old_fingerprint": old_fp, "new_fingerprint": new_fp}, as_json,
-         f"rotated gateway signing key: {old_fp} -> {new_fp} (old public key retained)")
+    app.audit.append(Action.KEY_ROTATE, app.actor, old_fingerprint=old_fp, new_fingerprint=new_fp)
+    emit(
+        {"old_fingerprint": old_fp, "new_fingerprint": new_fp},
+        as_json,
+        f"rotated gateway signing key: {old_fp} -> {new_fp} (old public key retained)",
+    )
 
 
 @keys.command("show")
@@ -168,19 +189,30 @@ def show(app: App, as_json: bool) -> None:
     public = app.paths.signing_pub.read_text().strip()
     key = signing.load_public(public, str(app.paths.signing_pub))
     retired = sorted(signing.load_retired(app.paths))
-    data = {"gateway": app.config.gateway_id, "public_key": public,
-            "fingerprint": signing.fingerprint(key), "retired_fingerprints": retired,
-            "allowed_signers": f"{app.config.gateway_id} {' '.join(public.split()[:2])}"}
-    lines = [f"gateway:      {data['gateway']}", f"public key:   {public}",
-             f"fingerprint:  SHA256 hex {data['fingerprint']}"]
+    data = {
+        "gateway": app.config.gateway_id,
+        "public_key": public,
+        "fingerprint": signing.fingerprint(key),
+        "retired_fingerprints": retired,
+        "allowed_signers": f"{app.config.gateway_id} {' '.join(public.split()[:2])}",
+    }
+    lines = [
+        f"gateway:      {data['gateway']}",
+        f"public key:   {public}",
+        f"fingerprint:  SHA256 hex {data['fingerprint']}",
+    ]
     lines += [f"retired:      {fp}" for fp in retired]
     emit(data, as_json, "\n".join(lines))
 
 
 @keys.command("rewrap")
 @click.argument("ref")
-@click.option("--identity", required=True, metavar="FILE|-",
-              help="a current holder's age identity ('-' reads stdin); never stored")
+@click.option(
+    "--identity",
+    required=True,
+    metavar="FILE|-",
+    help="a current holder's age identity ('-' reads stdin); never stored",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def rewrap(app: App, ref: str, identity: str, as_json: bool) -> None:
@@ -197,8 +229,9 @@ def rewrap(app: App, ref: str, identity: str, as_json: bool) -> None:
         except OSError as exc:
             fail(f"--identity {identity}: {exc.strerror}", 2)
     custodians = list(app.config["keys.custodians"])
-    registry = Registry.open(app.paths, clock=app.clock, actor=app.actor, audit=app.audit,
-                             custodians=custodians)
+    registry = Registry.open(
+        app.paths, clock=app.clock, actor=app.actor, audit=app.audit, custodians=custodians
+    )
     try:
         auth = registry.get(ref)
         names = list(registry.current_assignees(auth))
@@ -208,13 +241,17 @@ def rewrap(app: App, ref: str, identity: str, as_json: bool) -> None:
             if item is not None:
                 recipients.append(item.recipient)
         KeyStore(app.paths, audit=app.audit, actor=app.actor).rewrap(
-            ref, identity_text, recipients + custodians)
+            ref, identity_text, recipients + custodians
+        )
         registry.record_rewrap(ref, names)
     except PolicyError as exc:
         fail(str(exc))
     finally:
         registry.close()
     del identity_text
-    emit({"ref": ref, "investigators": names, "custodians": len(custodians)}, as_json,
-         f"{ref}: key wrapped to {', '.join(names) or 'no investigator'}"
-         f" and {len(custodians)} custodian(s)")
+    emit(
+        {"ref": ref, "investigators": names, "custodians": len(custodians)},
+        as_json,
+        f"{ref}: key wrapped to {', '.join(names) or 'no investigator'}"
+        f" and {len(custodians)} custodian(s)",
+    )

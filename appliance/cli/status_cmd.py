@@ -34,9 +34,11 @@ def status(app: App, as_json: bool) -> None:
     pub = public_openssh(key.public)
     run_dir = app.paths.run
     ready = sorted(p.stem for p in run_dir.glob("*.ready")) if run_dir.is_dir() else []
-    ports = {
-        p.stem: p.read_text().strip() for p in sorted(run_dir.glob("*.port"))
-    } if run_dir.is_dir() else {}
+    ports = (
+        {p.stem: p.read_text().strip() for p in sorted(run_dir.glob("*.port"))}
+        if run_dir.is_dir()
+        else {}
+    )
     supervisor = None
     pid_file = run_dir / "lbm-run.pid"
     if pid_file.exists():

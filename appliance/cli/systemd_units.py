@@ -27,8 +27,12 @@ def render(*, data_dir: Path, config: Path, user: str, python: str | None = None
     """Unit file name -> text."""
     if not TEMPLATES.is_dir():
         raise UnitError(f"{TEMPLATES}: unit templates not found (install from a source checkout)")
-    values = {"data_dir": str(data_dir), "config": str(config), "user": user,
-              "python": python or sys.executable}
+    values = {
+        "data_dir": str(data_dir),
+        "config": str(config),
+        "user": user,
+        "python": python or sys.executable,
+    }
     units = {}
     for template in sorted(TEMPLATES.glob("*.service.in")):
         units[template.name.removesuffix(".in")] = template.read_text().format(**values)

@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 
 
 def decide(
-    snapshot: Snapshot, principal: str | None, channel: Channel | str, at: datetime, *,
+    snapshot: Snapshot,
+    principal: str | None,
+    channel: Channel | str,
+    at: datetime,
+    *,
     server_name: str | None = None,
 ) -> Decision:
     """Decide for one principal, channel and instant. `principal` None (unresolved) is never
@@ -31,8 +35,6 @@ def decide(
     refs = tuple(
         auth.ref
         for auth in snapshot.for_subject(principal)
-        if chan in auth.channels
-        and auth.active_at(when)
-        and (not dnd or auth.open_do_not_decrypt)
+        if chan in auth.channels and auth.active_at(when) and (not dnd or auth.open_do_not_decrypt)
     )
     return Decision(bool(refs), refs, principal, chan, when, dnd)

@@ -24,8 +24,9 @@ CREATE TABLE IF NOT EXISTS auth_expiry_recorded (
 """
 
 
-def record_expiries(conn: sqlite3.Connection, audit: AuditLog, actor: str,
-                    now: datetime) -> list[str]:
+def record_expiries(
+    conn: sqlite3.Connection, audit: AuditLog, actor: str, now: datetime
+) -> list[str]:
     """Audit every authorisation whose expiry has passed and was not recorded yet."""
     conn.executescript(SCHEMA)
     recorded: list[str] = []
@@ -38,15 +39,25 @@ def record_expiries(conn: sqlite3.Connection, audit: AuditLog, actor: str,
         expiry = format_utc(auth.expiry)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute("SELECT 1 FROM auth_expiry_recorded WHERE ref = ? AND expiry = ?",
-                               (auth.ref, expiry)).fetchone()
+            row = conn.execute(
+                "SELECT 1 FROM auth_expiry_recorded WHERE ref = ? AND expiry = ?",
+                (auth.ref, expiry),
+            ).fetchone()
             if row is not None:
                 conn.execute("ROLLBACK")
                 continue
-            conn.execute("INSERT INTO auth_expiry_recorded(ref, expiry, recorded_at) "
-                         "VALUES (?, ?, ?)", (auth.ref, expiry, format_utc(now)))
-            audit.append(Action.AUTH_EXPIRED, actor, refs=[auth.ref], subject=auth.subject,
-                         expiry=expiry, urgent_unratified=auth.awaiting_ratification)
+            conn.execute(
+                "INSERT INTO auth_expiry_recorded(ref, expiry, recorded_at) VALUES (?, ?, ?)",
+                (auth.ref, expiry, format_utc(now)),
+            )
+            audit.append(
+                Action.AUTH_EXPIRED,
+                actor,
+                refs=[auth.ref],
+                subject=auth.subject,
+                expiry=expiry,
+                urgent_unratified=auth.awaiting_ratification,
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

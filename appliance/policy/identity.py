@@ -39,8 +39,18 @@ from store import sqlite as store_sqlite
 from store.audit import Action, AuditLog
 from store.clock import format_utc
 
-__all__ = ["Conflict", "FeedError", "IdentityMap", "ImportReport", "Lease", "import_feed",
-           "import_if_changed", "load_identity", "normalise_email", "normalise_ip"]
+__all__ = [
+    "Conflict",
+    "FeedError",
+    "IdentityMap",
+    "ImportReport",
+    "Lease",
+    "import_feed",
+    "import_if_changed",
+    "load_identity",
+    "normalise_email",
+    "normalise_ip",
+]
 
 MAX_STORED_PROBLEMS = 1000
 
@@ -99,10 +109,13 @@ class Conflict:
     window: tuple[datetime, datetime | None] | None = None
 
     def describe(self, source: str) -> str:
-        others = ", ".join(f"{p} (line {n})" for p, n in
-                           zip(self.principals[:-1], self.lines[:-1], strict=True))
-        head = (f"{source}:{self.lines[-1]}: conflict: {self.kind} {self.value} of "
-                f"{self.principals[-1]} is also mapped to {others}")
+        others = ", ".join(
+            f"{p} (line {n})" for p, n in zip(self.principals[:-1], self.lines[:-1], strict=True)
+        )
+        head = (
+            f"{source}:{self.lines[-1]}: conflict: {self.kind} {self.value} of "
+            f"{self.principals[-1]} is also mapped to {others}"
+        )
         if self.window is None:
             return head + "; it resolves to nobody"
         start, end = self.window
@@ -159,12 +172,19 @@ def _windows_and_conflicts(ip: str, rows: list[FeedRow]) -> tuple[_Windows, list
             if other.principal != row.principal:
                 first, second = sorted((other, row), key=lambda r: r.line)
                 end = min(other.valid_to or OPEN_END, row.valid_to or OPEN_END)
-                conflicts.append(Conflict(
-                    "ip", ip, (first.principal, second.principal), (first.line, second.line),
-                    (from_us(start), None if end == OPEN_END else from_us(end))))
+                conflicts.append(
+                    Conflict(
+                        "ip",
+                        ip,
+                        (first.principal, second.principal),
+                        (first.line, second.line),
+                        (from_us(start), None if end == OPEN_END else from_us(end)),
+                    )
+                )
         open_rows.append(row)
-    windows = _Windows(tuple(s[0] for s in segments), tuple(s[1] for s in segments),
-                       tuple(s[2] for s in segments))
+    windows = _Windows(
+        tuple(s[0] for s in segments), tuple(s[1] for s in segments), tuple(s[2] for s in segments)
+    )
     return windows, conflicts
 
 
@@ -188,8 +208,9 @@ class IdentityMap:
     _ips: Mapping[str, _Windows] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, rows: Iterable[FeedRow], *, generation: int = 0,
-              source: str | None = None) -> IdentityMap:
+    def build(
+        cls, rows: Iterable[FeedRow], *, generation: int = 0, source: str | None = None
+    ) -> IdentityMap:
         rows = tuple(rows)
         principals = frozenset(r.principal for r in rows)
         names: dict[str, dict[str, list[FeedRow]]] = {"username": {}, "email": {}}
@@ -211,20 +232,34 @@ class IdentityMap:
                     continue
                 resolved[kind][value] = None
                 firsts = [next(r for r in found if r.principal == p) for p in owners]
-                conflicts.append(Conflict(kind, value, tuple(owners),
-                                          tuple(r.line for r in firsts)))
+                conflicts.append(
+                    Conflict(kind, value, tuple(owners), tuple(r.line for r in firsts))
+                )
         ips: dict[str, _Windows] = {}
         for ip, ip_rows in leases.items():
             ips[ip], ip_conflicts = _windows_and_conflicts(ip, ip_rows)
             conflicts.extend(ip_conflicts)
         conflicts.sort(key=lambda c: (c.lines[-1], c.lines))
-        return cls(principals, rows, tuple(conflicts), generation, source,
-                   MappingProxyType(resolved["username"]), MappingProxyType(resolved["email"]),
-                   MappingProxyType(ips))
+        return cls(
+            principals,
+            rows,
+            tuple(conflicts),
+            generation,
+            source,
+            MappingProxyType(resolved["username"]),
+            MappingProxyType(resolved["email"]),
+            MappingProxyType(ips),
+        )
 
     # -- resolution ------------------------------------------------------------------------
-    def resolve(self, *, username: str | None = None, email: str | None = None,
-                ip: str | None = None, at: datetime | None = None) -> str | None:
+    def resolve(
+        self,
+        *,
+        username: str | None = None,
+        email: str | None = None,
+        ip: str | None = None,
+        at: datetime | None = None,
+    ) -> str | None:
         """The principal an identifier belongs to, or None (unknown, conflicting, or an IP
         outside every lease). Exactly one identifier per call; `ip` needs `at`."""
         given = (username is not None) + (email is not None) + (ip is not None)
@@ -253,8 +288,9 @@ class IdentityMap:
         windows = self._windows(ip)
         return windows.at(_instant(at)) if windows is not None else None
 
-    def resolve_ip_many(self, ips: Sequence[str],
-                        ats: Sequence[datetime | float | int]) -> list[str | None]:
+    def resolve_ip_many(
+        self, ips: Sequence[str], ats: Sequence[datetime | float | int]
+    ) -> list[str | None]:
         """`resolve_ip` over parallel sequences (the capture path's batches)."""
         if len(ips) != len(ats):
             raise ValueError("resolve_ip_many: ips and ats differ in length")
@@ -274,21 +310,40 @@ class IdentityMap:
         if principal not in self.principals:
             return None
         mine = [r for r in self.rows if r.principal == principal]
-        conflicted = {(c.kind, c.value) for c in self.conflicts if principal in c.principals
-                      and c.kind != "ip"}
-        out: dict[str, Any] = {"principal": principal, "usernames": [], "emails": [],
-                               "aliases": [], "leases": []}
+        conflicted = {
+            (c.kind, c.value)
+            for c in self.conflicts
+            if principal in c.principals and c.kind != "ip"
+        }
+        out: dict[str, Any] = {
+            "principal": principal,
+            "usernames": [],
+            "emails": [],
+            "aliases": [],
+            "leases": [],
+        }
         plural = {"username": "usernames", "email": "emails", "alias": "aliases"}
         for row in mine:
             if row.kind in plural:
                 kind = "username" if row.kind == "username" else "email"
-                out[plural[row.kind]].append({"value": row.value, "line": row.line,
-                                              "conflict": (kind, row.value) in conflicted})
+                out[plural[row.kind]].append(
+                    {
+                        "value": row.value,
+                        "line": row.line,
+                        "conflict": (kind, row.value) in conflicted,
+                    }
+                )
             elif row.kind == "ip":
                 assert row.valid_from is not None and row.valid_to is not None
-                out["leases"].append(Lease(
-                    row.value, principal, from_us(row.valid_from),
-                    None if row.valid_to == OPEN_END else from_us(row.valid_to), row.line))
+                out["leases"].append(
+                    Lease(
+                        row.value,
+                        principal,
+                        from_us(row.valid_from),
+                        None if row.valid_to == OPEN_END else from_us(row.valid_to),
+                        row.line,
+                    )
+                )
         out["conflicts"] = [c for c in self.conflicts if principal in c.principals]
         return out
 
@@ -302,8 +357,10 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 
 
 def _has_tables(conn: sqlite3.Connection) -> bool:
-    row = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
-                       "('identity_rows', 'identity_load')").fetchone()
+    row = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
+        "('identity_rows', 'identity_load')"
+    ).fetchone()
     return int(row[0]) == 2
 
 
@@ -337,9 +394,13 @@ def load_identity(conn: sqlite3.Connection) -> IdentityMap:
         if not _has_tables(conn):
             return EMPTY
         load = conn.execute("SELECT generation, source FROM identity_load WHERE id = 1").fetchone()
-        rows = [FeedRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in conn.execute(
-            "SELECT line, principal, kind, value, valid_from, valid_to FROM identity_rows "
-            "ORDER BY rowid")]
+        rows = [
+            FeedRow(r[0], r[1], r[2], r[3], r[4], r[5])
+            for r in conn.execute(
+                "SELECT line, principal, kind, value, valid_from, valid_to FROM identity_rows "
+                "ORDER BY rowid"
+            )
+        ]
     finally:
         if own:
             conn.execute("COMMIT")
@@ -360,17 +421,28 @@ class ImportReport:
     generation: int
 
     def counts(self) -> dict[str, Any]:
-        return {"file": self.file, "sha256": self.sha256, "loaded": self.loaded,
-                "bad": len(self.bad), "conflicts": len(self.conflicts)}
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "loaded": self.loaded,
+            "bad": len(self.bad),
+            "conflicts": len(self.conflicts),
+        }
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.counts(), "format": self.format, "principals": self.principals,
-                "generation": self.generation, "bad_rows": list(self.bad),
-                "conflict_reports": list(self.conflicts)}
+        return {
+            **self.counts(),
+            "format": self.format,
+            "principals": self.principals,
+            "generation": self.generation,
+            "bad_rows": list(self.bad),
+            "conflict_reports": list(self.conflicts),
+        }
 
 
-def import_feed(conn: sqlite3.Connection, path: Path, *, audit: AuditLog,
-                actor: str) -> ImportReport:
+def import_feed(
+    conn: sqlite3.Connection, path: Path, *, audit: AuditLog, actor: str
+) -> ImportReport:
     """Replace the identity map with the feed at `path`, atomically, with one audit entry.
 
     Raises FeedError (and changes nothing) if the file is unreadable, its header is wrong, a
@@ -388,24 +460,47 @@ def import_feed(conn: sqlite3.Connection, path: Path, *, audit: AuditLog,
     ensure_schema(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        gen = int(conn.execute("SELECT coalesce(max(generation), 0) FROM identity_load")
-                  .fetchone()[0]) + 1
+        gen = (
+            int(
+                conn.execute("SELECT coalesce(max(generation), 0) FROM identity_load").fetchone()[0]
+            )
+            + 1
+        )
         conn.execute("DELETE FROM identity_rows")
         conn.execute("DELETE FROM identity_problems")
         conn.executemany(
             "INSERT INTO identity_rows (line, principal, kind, value, valid_from, valid_to) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [(r.line, r.principal, r.kind, r.value, r.valid_from, r.valid_to)
-             for r in parsed.rows])
-        conn.executemany("INSERT INTO identity_problems (message) VALUES (?)",
-                         [(m,) for m in (bad + conflicts)[:MAX_STORED_PROBLEMS]])
+            [(r.line, r.principal, r.kind, r.value, r.valid_from, r.valid_to) for r in parsed.rows],
+        )
+        conn.executemany(
+            "INSERT INTO identity_problems (message) VALUES (?)",
+            [(m,) for m in (bad + conflicts)[:MAX_STORED_PROBLEMS]],
+        )
         conn.execute(
             "INSERT OR REPLACE INTO identity_load (id, generation, loaded_at, source, sha256, "
             "format, loaded, bad, conflicts) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (gen, now, source, parsed.sha256, parsed.format, len(parsed.rows), len(bad),
-             len(conflicts)))
-        report = ImportReport(source, parsed.sha256, parsed.format, len(parsed.rows),
-                              len(built.principals), bad, conflicts, gen)
+            (
+                gen,
+                now,
+                source,
+                parsed.sha256,
+                parsed.format,
+                len(parsed.rows),
+                len(bad),
+                len(conflicts),
+            ),
+        )
+        report = ImportReport(
+            source,
+            parsed.sha256,
+            parsed.format,
+            len(parsed.rows),
+            len(built.principals),
+            bad,
+            conflicts,
+            gen,
+        )
         # Audited before the commit: a load is never visible without its audit entry.
         audit.append(Action.IDENTITY_IMPORT, actor, **report.counts())
         conn.execute("COMMIT")
@@ -423,9 +518,15 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def import_if_changed(paths: Any, feed_path: Path, state: dict[str, Any], *,
-                      audit: AuditLog, actor: str,
-                      settle_seconds: float = 2.0) -> dict[str, Any] | None:
+def import_if_changed(
+    paths: Any,
+    feed_path: Path,
+    state: dict[str, Any],
+    *,
+    audit: AuditLog,
+    actor: str,
+    settle_seconds: float = 2.0,
+) -> dict[str, Any] | None:
     """Re-import `feed_path` when its content changed since the current load; for the
     housekeeping daemon's every pass. `paths` is the data directory's DataPaths; `state` is the
     caller's dict, kept between passes.

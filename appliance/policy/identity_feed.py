@@ -197,8 +197,7 @@ def check_row(line: int, fields: dict[str, Any]) -> FeedRow | str:
             return parsed_end
         end = parsed_end
         if end <= start:
-            return (f"valid_to {clean['valid_to']!r} is not after valid_from "
-                    f"{clean['valid_from']!r}")
+            return f"valid_to {clean['valid_to']!r} is not after valid_from {clean['valid_from']!r}"
     return FeedRow(line, principal, "ip", address, start, end)
 
 
@@ -230,8 +229,13 @@ def _parse_csv(text: str, rows: list[FeedRow], bad: list[BadRow]) -> None:
             continue
         if len(record) != len(header):
             span = f" (row spans lines {start}-{end}: unclosed quote?)" if end > start else ""
-            bad.append(BadRow(start, f"expected {len(header)} fields as in the header on line "
-                                     f"{header_line}, found {len(record)}{span}"))
+            bad.append(
+                BadRow(
+                    start,
+                    f"expected {len(header)} fields as in the header on line "
+                    f"{header_line}, found {len(record)}{span}",
+                )
+            )
             continue
         result = check_row(start, dict(zip(header, record, strict=True)))
         if isinstance(result, str):
@@ -245,14 +249,18 @@ def _parse_csv(text: str, rows: list[FeedRow], bad: list[BadRow]) -> None:
 def _check_header(header: list[str], line: int) -> None:
     for name in header:
         if name not in COLUMNS:
-            raise FeedError(f"line {line}: unknown column {name!r} in the CSV header "
-                            f"(columns: {', '.join(COLUMNS)})")
+            raise FeedError(
+                f"line {line}: unknown column {name!r} in the CSV header "
+                f"(columns: {', '.join(COLUMNS)})"
+            )
         if header.count(name) > 1:
             raise FeedError(f"line {line}: column {name!r} appears twice in the CSV header")
     for name in REQUIRED_COLUMNS:
         if name not in header:
-            raise FeedError(f"line {line}: the CSV header lacks column {name!r} "
-                            f"(required: {', '.join(REQUIRED_COLUMNS)})")
+            raise FeedError(
+                f"line {line}: the CSV header lacks column {name!r} "
+                f"(required: {', '.join(REQUIRED_COLUMNS)})"
+            )
 
 
 def _check_object(line: int, obj: Any, item: int | None) -> FeedRow | BadRow:
@@ -298,9 +306,10 @@ def _parse_json_array(text: str, rows: list[FeedRow], bad: list[BadRow]) -> None
             try:
                 obj, end = decoder.raw_decode(text, pos)
             except ValueError as exc:
-                raise FeedError(f"line {line_at(pos)}: item {item}: not valid JSON "
-                                f"({getattr(exc, 'msg', exc)}); the whole file is refused"
-                                ) from exc
+                raise FeedError(
+                    f"line {line_at(pos)}: item {item}: not valid JSON "
+                    f"({getattr(exc, 'msg', exc)}); the whole file is refused"
+                ) from exc
             result = _check_object(line_at(pos), obj, item)
             (bad if isinstance(result, BadRow) else rows).append(result)  # type: ignore[arg-type]
             item += 1
@@ -311,8 +320,10 @@ def _parse_json_array(text: str, rows: list[FeedRow], bad: list[BadRow]) -> None
             if text.startswith("]", pos):
                 pos += 1
                 break
-            raise FeedError(f"line {line_at(pos)}: expected ',' or ']' after item {item - 1}; "
-                            "the JSON array is incomplete or malformed, the whole file is refused")
+            raise FeedError(
+                f"line {line_at(pos)}: expected ',' or ']' after item {item - 1}; "
+                "the JSON array is incomplete or malformed, the whole file is refused"
+            )
     if text[pos:].strip():
         raise FeedError(f"line {line_at(pos)}: data after the end of the JSON array")
 

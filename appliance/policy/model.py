@@ -94,8 +94,12 @@ class Officer:
     rank: Rank
 
     def as_dict(self) -> dict[str, str]:
-        return {"principal": self.principal, "name": self.name, "role": self.role,
-                "rank": self.rank.value}
+        return {
+            "principal": self.principal,
+            "name": self.name,
+            "role": self.role,
+            "rank": self.rank.value,
+        }
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,14 @@ class HistoryEvent:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "seq": self.seq, "ref": self.ref, "kind": self.kind.value, "at": format_utc(self.at),
-            "actor": self.actor, "officer": self.officer.as_dict() if self.officer else None,
-            "text": self.text, "expiry": format_utc(self.expiry) if self.expiry else None,
+            "seq": self.seq,
+            "ref": self.ref,
+            "kind": self.kind.value,
+            "at": format_utc(self.at),
+            "actor": self.actor,
+            "officer": self.officer.as_dict() if self.officer else None,
+            "text": self.text,
+            "expiry": format_utc(self.expiry) if self.expiry else None,
             "investigators": list(self.investigators),
         }
 

@@ -122,8 +122,13 @@ def _officer(raw: str | None) -> Officer | None:
 
 def _event(row: sqlite3.Row) -> HistoryEvent:
     return HistoryEvent(
-        seq=row["seq"], ref=row["ref"], kind=EventKind(row["kind"]), at=parse_utc(row["at"]),
-        actor=row["actor"], officer=_officer(row["officer"]), text=row["text"],
+        seq=row["seq"],
+        ref=row["ref"],
+        kind=EventKind(row["kind"]),
+        at=parse_utc(row["at"]),
+        actor=row["actor"],
+        officer=_officer(row["officer"]),
+        text=row["text"],
         expiry=parse_utc(row["expiry"]) if row["expiry"] else None,
         investigators=tuple(json.loads(row["investigators"])),
     )
@@ -131,15 +136,22 @@ def _event(row: sqlite3.Row) -> HistoryEvent:
 
 def _authorisation(row: sqlite3.Row, events: Sequence[HistoryEvent]) -> Authorisation:
     app = Application(
-        ref=row["ref"], subject=row["subject"], case_type=CaseType(row["case_type"]),
+        ref=row["ref"],
+        subject=row["subject"],
+        case_type=CaseType(row["case_type"]),
         purposes=tuple(Purpose(p) for p in json.loads(row["purposes"])),
         channels=tuple(Channel(c) for c in json.loads(row["channels"])),
-        officer=Officer(row["officer"], row["officer_name"], row["officer_role"],
-                        Rank(row["officer_rank"])),
-        necessity=row["necessity"], proportionality=row["proportionality"],
-        collateral=row["collateral"], ripa_considered=bool(row["ripa_considered"]),
-        ripa_note=row["ripa_note"], start=parse_utc(row["start"]),
-        investigators=tuple(json.loads(row["investigators"])), urgent=bool(row["urgent"]),
+        officer=Officer(
+            row["officer"], row["officer_name"], row["officer_role"], Rank(row["officer_rank"])
+        ),
+        necessity=row["necessity"],
+        proportionality=row["proportionality"],
+        collateral=row["collateral"],
+        ripa_considered=bool(row["ripa_considered"]),
+        ripa_note=row["ripa_note"],
+        start=parse_utc(row["start"]),
+        investigators=tuple(json.loads(row["investigators"])),
+        urgent=bool(row["urgent"]),
         open_do_not_decrypt=bool(row["open_do_not_decrypt"]),
         retention_days=row["retention_days"],
     )
@@ -148,7 +160,8 @@ def _authorisation(row: sqlite3.Row, events: Sequence[HistoryEvent]) -> Authoris
 
 def _has_schema(conn: sqlite3.Connection) -> bool:
     row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='auth_history'").fetchone()
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='auth_history'"
+    ).fetchone()
     return row is not None
 
 
@@ -176,15 +189,22 @@ def load_one(conn: sqlite3.Connection, ref: str) -> Authorisation | None:
     row = conn.execute("SELECT * FROM authorisations WHERE ref = ?", (ref,)).fetchone()
     if row is None:
         return None
-    events = [_event(r) for r in conn.execute(
-        "SELECT * FROM auth_history WHERE ref = ? ORDER BY seq", (row["ref"],))]
+    events = [
+        _event(r)
+        for r in conn.execute(
+            "SELECT * FROM auth_history WHERE ref = ? ORDER BY seq", (row["ref"],)
+        )
+    ]
     return _authorisation(row, events)
 
 
 def assignees(conn: sqlite3.Connection, ref: str) -> tuple[str, ...]:
     """Investigators assigned to `ref` (registry fact; removed investigators included)."""
-    rows = conn.execute("SELECT investigator FROM auth_assignments WHERE ref = ? "
-                        "ORDER BY assigned_at, investigator", (ref,)).fetchall()
+    rows = conn.execute(
+        "SELECT investigator FROM auth_assignments WHERE ref = ? "
+        "ORDER BY assigned_at, investigator",
+        (ref,),
+    ).fetchall()
     return tuple(r["investigator"] for r in rows)
 
 
@@ -201,9 +221,15 @@ class Registry:
     """The register, bound to a connection, a clock, an actor and (for changes) the audit log."""
 
     def __init__(
-        self, conn: sqlite3.Connection, *, clock: Clock, actor: str,
-        audit: AuditLog | None = None, paths: DataPaths | None = None,
-        custodians: Sequence[str] = (), key_maker: KeyMaker | None = None,
+        self,
+        conn: sqlite3.Connection,
+        *,
+        clock: Clock,
+        actor: str,
+        audit: AuditLog | None = None,
+        paths: DataPaths | None = None,
+        custodians: Sequence[str] = (),
+        key_maker: KeyMaker | None = None,
     ) -> None:
         self.conn = conn
         self.clock = clock
@@ -215,10 +241,23 @@ class Registry:
         ensure_schema(conn)
 
     @classmethod
-    def open(cls, paths: DataPaths, *, clock: Clock, actor: str, audit: AuditLog | None,
-             custodians: Sequence[str] = ()) -> Registry:
-        return cls(store_sqlite.connect(paths.registry), clock=clock, actor=actor, audit=audit,
-                   paths=paths, custodians=custodians)
+    def open(
+        cls,
+        paths: DataPaths,
+        *,
+        clock: Clock,
+        actor: str,
+        audit: AuditLog | None,
+        custodians: Sequence[str] = (),
+    ) -> Registry:
+        return cls(
+            store_sqlite.connect(paths.registry),
+            clock=clock,
+            actor=actor,
+            audit=audit,
+            paths=paths,
+            custodians=custodians,
+        )
 
     def close(self) -> None:
         self.conn.close()
@@ -273,9 +312,13 @@ class Registry:
         if self.audit is None:
             return
         with suppress(StoreError):
-            self.audit.append(Action.AUTH_REFUSED, self.actor,
-                              refs=(ref,) if ref and rules.REF_RE.match(ref) else (),
-                              request=action, reason=reason)
+            self.audit.append(
+                Action.AUTH_REFUSED,
+                self.actor,
+                refs=(ref,) if ref and rules.REF_RE.match(ref) else (),
+                request=action,
+                reason=reason,
+            )
 
     def _require(self, ref: str) -> Authorisation:
         auth = load_one(self.conn, ref)
@@ -283,15 +326,31 @@ class Registry:
             raise RegistryError(f"no authorisation with reference {ref!r}")
         return auth
 
-    def _append(self, ref: str, kind: EventKind, at: datetime, *, officer: Officer | None = None,
-                text: str = "", expiry: datetime | None = None,
-                investigators: Sequence[str] = ()) -> None:
+    def _append(
+        self,
+        ref: str,
+        kind: EventKind,
+        at: datetime,
+        *,
+        officer: Officer | None = None,
+        text: str = "",
+        expiry: datetime | None = None,
+        investigators: Sequence[str] = (),
+    ) -> None:
         self.conn.execute(
             "INSERT INTO auth_history(ref, kind, at, actor, officer, text, expiry, investigators)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (ref, kind.value, format_utc(at), self.actor,
-             json.dumps(officer.as_dict()) if officer else None, text,
-             format_utc(expiry) if expiry else None, json.dumps(list(investigators))))
+            (
+                ref,
+                kind.value,
+                format_utc(at),
+                self.actor,
+                json.dumps(officer.as_dict()) if officer else None,
+                text,
+                format_utc(expiry) if expiry else None,
+                json.dumps(list(investigators)),
+            ),
+        )
 
     def _investigator(self, name: str) -> investigators_table.Investigator | None:
         # A plain SELECT: investigators.get() runs executescript, which would commit the
@@ -299,14 +358,16 @@ class Registry:
         row = self.conn.execute("SELECT * FROM investigators WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
-        return investigators_table.Investigator(row["name"], row["principal"], row["recipient"],
-                                                row["added_at"], row["removed_at"])
+        return investigators_table.Investigator(
+            row["name"], row["principal"], row["recipient"], row["added_at"], row["removed_at"]
+        )
 
     def _active_investigator(self, name: str) -> investigators_table.Investigator:
         inv = self._investigator(name)
         if inv is None or not inv.active:
             raise RuleViolation(
-                f"investigator {name!r} is not registered (lbm keys investigator add)")
+                f"investigator {name!r} is not registered (lbm keys investigator add)"
+            )
         return inv
 
     # -- operations ----------------------------------------------------------------------------
@@ -318,7 +379,8 @@ class Registry:
             rules.check_application(app)
             rules.resolve_start(app.start, now)
             existing = self.conn.execute(
-                "SELECT ref FROM authorisations WHERE ref = ?", (app.ref,)).fetchone()
+                "SELECT ref FROM authorisations WHERE ref = ?", (app.ref,)
+            ).fetchone()
             if existing is not None:
                 raise RuleViolation(f"reference {app.ref} exists already ({existing['ref']})")
             recipients = [self._active_investigator(n).recipient for n in app.investigators]
@@ -329,33 +391,63 @@ class Registry:
             self.conn.execute(
                 "INSERT INTO authorisations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
                 " ?, ?, ?, ?, ?, ?)",
-                (app.ref, app.subject, app.case_type.value,
-                 json.dumps([p.value for p in app.purposes]),
-                 json.dumps([c.value for c in app.channels]), officer.principal, officer.name,
-                 officer.role, officer.rank.value, int(app.urgent), app.necessity,
-                 app.proportionality, app.collateral, int(app.ripa_considered), app.ripa_note,
-                 format_utc(app.start), json.dumps(list(app.investigators)),
-                 int(app.open_do_not_decrypt), app.retention_days, public_key, format_utc(now),
-                 self.actor))
+                (
+                    app.ref,
+                    app.subject,
+                    app.case_type.value,
+                    json.dumps([p.value for p in app.purposes]),
+                    json.dumps([c.value for c in app.channels]),
+                    officer.principal,
+                    officer.name,
+                    officer.role,
+                    officer.rank.value,
+                    int(app.urgent),
+                    app.necessity,
+                    app.proportionality,
+                    app.collateral,
+                    int(app.ripa_considered),
+                    app.ripa_note,
+                    format_utc(app.start),
+                    json.dumps(list(app.investigators)),
+                    int(app.open_do_not_decrypt),
+                    app.retention_days,
+                    public_key,
+                    format_utc(now),
+                    self.actor,
+                ),
+            )
             for name in app.investigators:
-                self.conn.execute("INSERT INTO auth_assignments VALUES (?, ?, ?, ?)",
-                                  (app.ref, name, format_utc(now), self.actor))
+                self.conn.execute(
+                    "INSERT INTO auth_assignments VALUES (?, ?, ?, ?)",
+                    (app.ref, name, format_utc(now), self.actor),
+                )
             kind = EventKind.URGENT if app.urgent else EventKind.GRANT
-            self._append(app.ref, kind, now, officer=officer, expiry=expiry,
-                         investigators=app.investigators)
+            self._append(
+                app.ref, kind, now, officer=officer, expiry=expiry, investigators=app.investigators
+            )
             self._audit(
-                Action.AUTH_URGENT if app.urgent else Action.AUTH_GRANT, [app.ref],
-                subject=app.subject, case_type=app.case_type.value,
+                Action.AUTH_URGENT if app.urgent else Action.AUTH_GRANT,
+                [app.ref],
+                subject=app.subject,
+                case_type=app.case_type.value,
                 purposes=[p.value for p in app.purposes],
-                channels=[c.value for c in app.channels], officer=officer.as_dict(),
-                start=format_utc(app.start), expiry=format_utc(expiry),
-                investigators=list(app.investigators), custodians=len(self.custodians),
-                open_do_not_decrypt=app.open_do_not_decrypt, retention_days=app.retention_days,
-                ripa_considered=app.ripa_considered, public_key=public_key,
-                statements_sha256={"necessity": sha256(app.necessity),
-                                   "proportionality": sha256(app.proportionality),
-                                   "collateral": sha256(app.collateral),
-                                   "ripa_note": sha256(app.ripa_note)})
+                channels=[c.value for c in app.channels],
+                officer=officer.as_dict(),
+                start=format_utc(app.start),
+                expiry=format_utc(expiry),
+                investigators=list(app.investigators),
+                custodians=len(self.custodians),
+                open_do_not_decrypt=app.open_do_not_decrypt,
+                retention_days=app.retention_days,
+                ripa_considered=app.ripa_considered,
+                public_key=public_key,
+                statements_sha256={
+                    "necessity": sha256(app.necessity),
+                    "proportionality": sha256(app.proportionality),
+                    "collateral": sha256(app.collateral),
+                    "ripa_note": sha256(app.ripa_note),
+                },
+            )
             stack.pop_all()  # recorded: keep the key
         return self._require(app.ref)
 
@@ -363,21 +455,31 @@ class Registry:
         with self._write("ratify", ref) as now:
             auth = self._require(ref)
             expiry = rules.check_ratify(auth, officer, now)
-            self._append(auth.ref, EventKind.RATIFY, now, officer=officer, text=note,
-                         expiry=expiry)
-            self._audit(Action.AUTH_RATIFY, [auth.ref], officer=officer.as_dict(),
-                        expiry=format_utc(expiry), note_sha256=sha256(note))
+            self._append(auth.ref, EventKind.RATIFY, now, officer=officer, text=note, expiry=expiry)
+            self._audit(
+                Action.AUTH_RATIFY,
+                [auth.ref],
+                officer=officer.as_dict(),
+                expiry=format_utc(expiry),
+                note_sha256=sha256(note),
+            )
         return self._require(ref)
 
     def renew(self, ref: str, officer: Officer, results: str) -> Authorisation:
         with self._write("renew", ref) as now:
             auth = self._require(ref)
             expiry = rules.check_renew(auth, officer, results, now)
-            self._append(auth.ref, EventKind.RENEW, now, officer=officer, text=results.strip(),
-                         expiry=expiry)
-            self._audit(Action.AUTH_RENEW, [auth.ref], officer=officer.as_dict(),
-                        previous_expiry=format_utc(auth.expiry), expiry=format_utc(expiry),
-                        results_sha256=sha256(results.strip()))
+            self._append(
+                auth.ref, EventKind.RENEW, now, officer=officer, text=results.strip(), expiry=expiry
+            )
+            self._audit(
+                Action.AUTH_RENEW,
+                [auth.ref],
+                officer=officer.as_dict(),
+                previous_expiry=format_utc(auth.expiry),
+                expiry=format_utc(expiry),
+                results_sha256=sha256(results.strip()),
+            )
         return self._require(ref)
 
     def review(self, ref: str, officer: Officer, note: str) -> Authorisation:
@@ -385,8 +487,12 @@ class Registry:
             auth = self._require(ref)
             rules.check_review(auth, officer.principal, note, now)
             self._append(auth.ref, EventKind.REVIEW, now, officer=officer, text=note.strip())
-            self._audit(Action.AUTH_REVIEW, [auth.ref], officer=officer.as_dict(),
-                        note_sha256=sha256(note.strip()))
+            self._audit(
+                Action.AUTH_REVIEW,
+                [auth.ref],
+                officer=officer.as_dict(),
+                note_sha256=sha256(note.strip()),
+            )
         return self._require(ref)
 
     def cancel(self, ref: str, reason: str, officer: Officer | None = None) -> Authorisation:
@@ -394,9 +500,14 @@ class Registry:
             auth = self._require(ref)
             rules.check_cancel(auth, reason, now)
             self._append(auth.ref, EventKind.CANCEL, now, officer=officer, text=reason.strip())
-            self._audit(Action.AUTH_CANCEL, [auth.ref], subject=auth.subject,
-                        officer=officer.as_dict() if officer else None,
-                        reason_sha256=sha256(reason.strip()), cancelled_at=format_utc(now))
+            self._audit(
+                Action.AUTH_CANCEL,
+                [auth.ref],
+                subject=auth.subject,
+                officer=officer.as_dict() if officer else None,
+                reason_sha256=sha256(reason.strip()),
+                cancelled_at=format_utc(now),
+            )
         return self._require(ref)
 
     def assign(self, ref: str, investigator: str) -> Authorisation:
@@ -406,11 +517,12 @@ class Registry:
             self._active_investigator(investigator)
             if investigator in assignees(self.conn, auth.ref):
                 raise RuleViolation(f"investigator {investigator} is already assigned to {ref}")
-            self.conn.execute("INSERT INTO auth_assignments VALUES (?, ?, ?, ?)",
-                              (auth.ref, investigator, format_utc(now), self.actor))
+            self.conn.execute(
+                "INSERT INTO auth_assignments VALUES (?, ?, ?, ?)",
+                (auth.ref, investigator, format_utc(now), self.actor),
+            )
             self._append(auth.ref, EventKind.ASSIGN, now, investigators=(investigator,))
-            self._audit(Action.AUTH_ASSIGN, [auth.ref], investigator=investigator,
-                        rewrap_due=True)
+            self._audit(Action.AUTH_ASSIGN, [auth.ref], investigator=investigator, rewrap_due=True)
         return self._require(ref)
 
     def record_rewrap(self, ref: str, investigators: Sequence[str]) -> Authorisation:

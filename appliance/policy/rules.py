@@ -88,7 +88,8 @@ def check_ref(ref: str) -> str:
     if not isinstance(ref, str) or not REF_RE.match(ref) or ".." in ref:
         raise InvalidInput(
             f"reference {ref!r}: must be 1-64 characters of letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit, without '..' (e.g. CA1-2026-0042)")
+            "starting with a letter or digit, without '..' (e.g. CA1-2026-0042)"
+        )
     return ref
 
 
@@ -102,8 +103,7 @@ def parse_case_type(value: str) -> CaseType:
     try:
         return CaseType(value)
     except ValueError:
-        raise InvalidInput(
-            f"case type {value!r}: must be one of {_choices(CaseType)}") from None
+        raise InvalidInput(f"case type {value!r}: must be one of {_choices(CaseType)}") from None
 
 
 def _parse_members(enum: type[E], values: Iterable[str], what: str) -> tuple[E, ...]:
@@ -139,7 +139,8 @@ def parse_rank(value: str) -> Rank:
 def parse_role(value: str) -> str:
     if not isinstance(value, str) or not re.match(r"^[a-z][a-z0-9_]*$", value):
         raise InvalidInput(
-            f"role {value!r}: must be a lower-case name like {Role.ACU_INSPECTOR.value}")
+            f"role {value!r}: must be a lower-case name like {Role.ACU_INSPECTOR.value}"
+        )
     return value
 
 
@@ -180,8 +181,7 @@ def check_retention(value: Any) -> int | None:
     try:
         days = int(value)
     except (TypeError, ValueError):
-        raise InvalidInput(
-            f"retention days {value!r}: must be a whole number of days") from None
+        raise InvalidInput(f"retention days {value!r}: must be a whole number of days") from None
     if days <= 0:
         raise InvalidInput(f"retention days {days}: must be greater than 0")
     return days
@@ -194,7 +194,8 @@ def resolve_start(requested: datetime | None, now: datetime) -> datetime:
     if requested < now - START_SKEW:
         raise RuleViolation(
             f"start {format_utc(requested)} is in the past (now {format_utc(now)}); an "
-            "authorisation cannot cover what already happened")
+            "authorisation cannot cover what already happened"
+        )
     return max(requested, now)
 
 
@@ -208,21 +209,24 @@ def check_officer_role(case_type: CaseType, role: str, action: str = "authorise"
         allowed = " or ".join(r.value for r in ALLOWED_ROLES[case_type])
         raise RuleViolation(
             f"officer role {role!r} cannot {action} a {case_type.value} case; allowed roles: "
-            f"{allowed}")
+            f"{allowed}"
+        )
 
 
 def check_urgent_rank(rank: Rank) -> None:
     if rank.level < URGENT_MIN_RANK.level:
         raise RuleViolation(
             f"urgent authorisation needs an officer of rank {URGENT_MIN_RANK.value} or above; "
-            f"{rank.value} is below")
+            f"{rank.value} is below"
+        )
 
 
 def check_not_self(subject: str, officer: Officer) -> None:
     if officer.principal == subject:
         raise RuleViolation(
             f"officer {officer.principal} is the subject: an officer cannot authorise "
-            "monitoring of themselves")
+            "monitoring of themselves"
+        )
 
 
 def check_application(app: Application) -> None:
@@ -245,7 +249,8 @@ def _not_cancelled(auth: Authorisation, at: datetime, action: str) -> None:
     cancelled = auth.cancelled_at
     if cancelled is not None:
         raise RuleViolation(
-            f"{auth.ref} was cancelled at {format_utc(cancelled)}; it cannot be {action}")
+            f"{auth.ref} was cancelled at {format_utc(cancelled)}; it cannot be {action}"
+        )
 
 
 def check_ratify(auth: Authorisation, officer: Officer, at: datetime) -> datetime:
@@ -259,7 +264,8 @@ def check_ratify(auth: Authorisation, officer: Officer, at: datetime) -> datetim
     if at >= deadline:
         raise RuleViolation(
             f"{auth.ref}: ratification at {format_utc(at)} is too late; the urgent authorisation "
-            f"lapsed at {format_utc(deadline)} (72 hours after its start)")
+            f"lapsed at {format_utc(deadline)} (72 hours after its start)"
+        )
     check_not_self(auth.subject, officer)
     check_officer_role(auth.case_type, officer.role, "ratify")
     return standard_expiry(auth.start)
@@ -271,11 +277,13 @@ def check_renew(auth: Authorisation, officer: Officer, results: str, at: datetim
     if auth.awaiting_ratification:
         raise RuleViolation(
             f"{auth.ref} is an urgent authorisation awaiting ratification; ratify it before "
-            "renewing")
+            "renewing"
+        )
     if at >= auth.expiry:
         raise RuleViolation(
             f"{auth.ref} expired at {format_utc(auth.expiry)}; renewal is possible only before "
-            "expiry (make a new application)")
+            "expiry (make a new application)"
+        )
     require_text(results, "the results update")
     check_not_self(auth.subject, officer)
     check_officer_role(auth.case_type, officer.role, "renew")
@@ -325,15 +333,40 @@ def warnings(auth: Authorisation, at: datetime) -> tuple[str, ...]:
 
 # -- applications from the command line or a file -----------------------------------------------
 FIELDS = (
-    "ref", "subject", "case_type", "purpose", "channel", "officer", "officer_name",
-    "officer_role", "officer_rank", "necessity", "proportionality", "collateral",
-    "ripa_considered", "ripa_note", "start", "investigator", "open_do_not_decrypt",
+    "ref",
+    "subject",
+    "case_type",
+    "purpose",
+    "channel",
+    "officer",
+    "officer_name",
+    "officer_role",
+    "officer_rank",
+    "necessity",
+    "proportionality",
+    "collateral",
+    "ripa_considered",
+    "ripa_note",
+    "start",
+    "investigator",
+    "open_do_not_decrypt",
     "retention_days",
 )
 REQUIRED = (
-    "ref", "subject", "case_type", "purpose", "channel", "officer", "officer_name",
-    "officer_role", "officer_rank", "necessity", "proportionality", "collateral",
-    "ripa_considered", "investigator",
+    "ref",
+    "subject",
+    "case_type",
+    "purpose",
+    "channel",
+    "officer",
+    "officer_name",
+    "officer_role",
+    "officer_rank",
+    "necessity",
+    "proportionality",
+    "collateral",
+    "ripa_considered",
+    "investigator",
 )
 _PLURALS = {"purposes": "purpose", "channels": "channel", "investigators": "investigator"}
 
@@ -359,8 +392,9 @@ def split_multi(value: Any) -> list[str]:
     return out
 
 
-def build_application(fields: Mapping[str, Any], *, urgent: bool, now: datetime,
-                      where: str = "") -> Application:
+def build_application(
+    fields: Mapping[str, Any], *, urgent: bool, now: datetime, where: str = ""
+) -> Application:
     """Validate raw fields (strings, lists, TOML values) into an `Application`, rules included."""
     missing = [f for f in REQUIRED if fields.get(f) in (None, "", [], ())]
     if missing:
@@ -375,8 +409,11 @@ def build_application(fields: Mapping[str, Any], *, urgent: bool, now: datetime,
         )
         start_raw = fields.get("start")
         start = None if start_raw in (None, "") else parse_time(start_raw, "start")
-        investigators = tuple(dict.fromkeys(
-            check_principal(n, "investigator") for n in split_multi(fields["investigator"])))
+        investigators = tuple(
+            dict.fromkeys(
+                check_principal(n, "investigator") for n in split_multi(fields["investigator"])
+            )
+        )
         app = Application(
             ref=check_ref(str(fields["ref"])),
             subject=check_principal(str(fields["subject"]), "subject"),
@@ -385,16 +422,18 @@ def build_application(fields: Mapping[str, Any], *, urgent: bool, now: datetime,
             channels=parse_channels(split_multi(fields["channel"])),
             officer=officer,
             necessity=require_text(fields["necessity"], "the necessity statement"),
-            proportionality=require_text(fields["proportionality"],
-                                         "the proportionality statement"),
+            proportionality=require_text(
+                fields["proportionality"], "the proportionality statement"
+            ),
             collateral=require_text(fields["collateral"], "the collateral intrusion statement"),
             ripa_considered=parse_yes_no(fields["ripa_considered"], "RIPA considered"),
             ripa_note=str(fields.get("ripa_note") or "").strip(),
             start=resolve_start(start, now),
             investigators=investigators,
             urgent=urgent,
-            open_do_not_decrypt=parse_yes_no(fields.get("open_do_not_decrypt") or False,
-                                             "open do-not-decrypt"),
+            open_do_not_decrypt=parse_yes_no(
+                fields.get("open_do_not_decrypt") or False, "open do-not-decrypt"
+            ),
             retention_days=check_retention(fields.get("retention_days")),
         )
         check_application(app)

@@ -91,7 +91,8 @@ class Snapshot:
     do_not_decrypt: tuple[str, ...] = ()
     version: int = 0
     _by_subject: dict[str, tuple[Authorisation, ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         by_subject: dict[str, list[Authorisation]] = {}
@@ -101,11 +102,19 @@ class Snapshot:
         object.__setattr__(self, "do_not_decrypt", normalise_globs(self.do_not_decrypt))
 
     @classmethod
-    def build(cls, authorisations: Iterable[Authorisation] = (),
-              identity: IdentityResolver | None = None, do_not_decrypt: Iterable[str] = (),
-              version: int = 0) -> Snapshot:
-        return cls(tuple(authorisations), identity if identity is not None else NoIdentity(),
-                   tuple(do_not_decrypt), version)
+    def build(
+        cls,
+        authorisations: Iterable[Authorisation] = (),
+        identity: IdentityResolver | None = None,
+        do_not_decrypt: Iterable[str] = (),
+        version: int = 0,
+    ) -> Snapshot:
+        return cls(
+            tuple(authorisations),
+            identity if identity is not None else NoIdentity(),
+            tuple(do_not_decrypt),
+            version,
+        )
 
     def for_subject(self, principal: str) -> tuple[Authorisation, ...]:
         return self._by_subject.get(principal, ())
@@ -114,8 +123,11 @@ class Snapshot:
         """Principals with an active authorisation at `at` (on `channel`, if given): lets a
         channel skip per-packet work when nobody is a subject."""
         chan = Channel(channel) if channel is not None else None
-        return frozenset(a.subject for a in self.authorisations
-                         if (chan is None or chan in a.channels) and a.active_at(at))
+        return frozenset(
+            a.subject
+            for a in self.authorisations
+            if (chan is None or chan in a.channels) and a.active_at(at)
+        )
 
     def get(self, ref: str) -> Authorisation | None:
         return next((a for a in self.authorisations if a.ref == ref), None)
@@ -128,9 +140,13 @@ class Snapshot:
         return self.identity.resolve(**identifiers)
 
 
-def load_snapshot(conn: sqlite3.Connection, *, do_not_decrypt: Iterable[str] = (),
-                  identity_loader: Callable[[sqlite3.Connection], IdentityResolver] | None = None,
-                  version: int = 0) -> Snapshot:
+def load_snapshot(
+    conn: sqlite3.Connection,
+    *,
+    do_not_decrypt: Iterable[str] = (),
+    identity_loader: Callable[[sqlite3.Connection], IdentityResolver] | None = None,
+    version: int = 0,
+) -> Snapshot:
     """Authorisations and identity map read in one transaction: one consistent view."""
     loader = identity_loader or load_identity_map
     own = not conn.in_transaction
@@ -159,7 +175,10 @@ class SnapshotSource:
     """Keeps a current `Snapshot` of one data directory, reloaded on change."""
 
     def __init__(
-        self, paths: DataPaths, *, config_path: Path | None = None,
+        self,
+        paths: DataPaths,
+        *,
+        config_path: Path | None = None,
         load_do_not_decrypt: Callable[[], Sequence[str]] | None = None,
         do_not_decrypt: Sequence[str] = (),
         identity_loader: Callable[[sqlite3.Connection], IdentityResolver] | None = None,
@@ -197,8 +216,11 @@ class SnapshotSource:
 
     def current(self) -> Snapshot:
         """The current snapshot. Cheap; without a watcher it polls at most once per interval."""
-        if (self._thread is None and not self._watching
-                and time.monotonic() - self._last_poll >= self.interval):
+        if (
+            self._thread is None
+            and not self._watching
+            and time.monotonic() - self._last_poll >= self.interval
+        ):
             self.refresh()
         return self._snapshot
 
@@ -253,12 +275,16 @@ class SnapshotSource:
                 if not changed:
                     return False
                 if conn is None:
-                    snapshot = Snapshot.build(do_not_decrypt=self._dnd,
-                                              version=self._snapshot.version + 1)
+                    snapshot = Snapshot.build(
+                        do_not_decrypt=self._dnd, version=self._snapshot.version + 1
+                    )
                 else:
-                    snapshot = load_snapshot(conn, do_not_decrypt=self._dnd,
-                                             identity_loader=self._identity_loader,
-                                             version=self._snapshot.version + 1)
+                    snapshot = load_snapshot(
+                        conn,
+                        do_not_decrypt=self._dnd,
+                        identity_loader=self._identity_loader,
+                        version=self._snapshot.version + 1,
+                    )
             except Exception as exc:  # keep serving the previous snapshot; retry next poll
                 self.registry_error = f"{type(exc).__name__}: {exc}"
                 self._close()
@@ -278,8 +304,9 @@ class SnapshotSource:
         """Poll in a daemon thread until `stop()`."""
         if self._thread is None:
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="lbm-policy-snapshot",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="lbm-policy-snapshot", daemon=True
+            )
             self._thread.start()
         return self
 

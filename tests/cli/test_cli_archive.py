@@ -24,8 +24,9 @@ def _archive(data: Path, tmp: Path, segments: int = 3) -> Path:
     ident.write_text(age.identity_file_text(secret))
     KeyStore(paths).create_authorisation_key(REF, [public])
     key = signing.load(paths)
-    archive = Archive(paths, key, Clock(), audit=AuditLog(paths, key, Clock(), witness=False),
-                      segment_max_bytes=1)
+    archive = Archive(
+        paths, key, Clock(), audit=AuditLog(paths, key, Clock(), witness=False), segment_max_bytes=1
+    )
     for n in range(segments):
         sink = archive.open_record(REF, "email", "p12345", "2026-03-01T09:00:00Z", "message")
         sink.write(f"message {n}\r\n".encode() * 10)
@@ -67,25 +68,46 @@ def test_records_lists_the_index_without_content(lbm, tmp_path: Path) -> None:
 def test_export_raw_writes_exact_bytes_outside_the_data_dir(lbm, tmp_path: Path) -> None:
     ident = _archive(lbm.data_dir, tmp_path, segments=2)
     out = tmp_path / "export"
-    inside = lbm("archive", "export-raw", REF, "--identity", str(ident), "--out",
-                 str(lbm.data_dir / "x"))
+    inside = lbm(
+        "archive", "export-raw", REF, "--identity", str(ident), "--out", str(lbm.data_dir / "x")
+    )
     assert inside.returncode == 2 and "inside the data directory" in inside.stderr
-    result = lbm("archive", "export-raw", REF, "--identity", "-", "--out", str(out),
-                 input=ident.read_text(), check=True)
+    result = lbm(
+        "archive",
+        "export-raw",
+        REF,
+        "--identity",
+        "-",
+        "--out",
+        str(out),
+        input=ident.read_text(),
+        check=True,
+    )
     assert "000002: 1 record(s)" in result.stdout
     assert (out / REF / "000001" / "1.bin").read_bytes() == b"message 0\r\n" * 10
     meta = json.loads((out / REF / "000002" / "records.jsonl").read_text())
     assert meta["id"] == f"{REF}/000002/1" and meta["complete"] is True
-    entry = [json.loads(line) for line in
-             (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()][-1]
+    entry = [
+        json.loads(line)
+        for line in (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    ][-1]
     assert entry["action"] == "export" and entry["fields"]["records"] == 2
     wrong = tmp_path / "wrong.key"
     wrong.write_text(age.identity_file_text(age.generate()[0]))
-    refused = lbm("archive", "export-raw", REF, "--identity", str(wrong), "--out",
-                  str(tmp_path / "e2"))
+    refused = lbm(
+        "archive", "export-raw", REF, "--identity", str(wrong), "--out", str(tmp_path / "e2")
+    )
     assert refused.returncode == 1 and "cannot unwrap" in refused.stderr
     KeyStore(DataPaths(lbm.data_dir)).destroy_segment(REF, 1)
-    shredded = lbm("archive", "export-raw", REF, "--identity", str(ident), "--out",
-                   str(tmp_path / "e3"), check=True)
+    shredded = lbm(
+        "archive",
+        "export-raw",
+        REF,
+        "--identity",
+        str(ident),
+        "--out",
+        str(tmp_path / "e3"),
+        check=True,
+    )
     assert "000001: key destroyed" in shredded.stdout
     assert not (tmp_path / "e3" / REF / "000001").exists()

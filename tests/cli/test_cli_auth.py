@@ -18,8 +18,16 @@ from store.paths import DataPaths
 T0 = "2026-03-10T09:30:00Z"
 INV1 = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
 INV2 = "age1v7evfx2ue6prgjwety0cz77w6mcnh5pdgc3xpvhskr5mqd477yuqdgsdp5"
-HOPS = ["--officer", "p100", "--officer-name", "Pat Hops",
-        "--officer-role", "head_of_professional_standards", "--officer-rank", "superintendent"]
+HOPS = [
+    "--officer",
+    "p100",
+    "--officer-name",
+    "Pat Hops",
+    "--officer-role",
+    "head_of_professional_standards",
+    "--officer-rank",
+    "superintendent",
+]
 
 
 @pytest.fixture
@@ -35,14 +43,42 @@ def at(when: str) -> dict[str, str]:
     return {"LBM_FAKE_NOW": when}
 
 
-def grant(lbm: Lbm, *extra: str, ref: str = "CA1-2026-0042", when: str = T0,
-          command: str = "grant", officer: list[str] | None = None) -> Result:
-    args = ["auth", command, "--ref", ref, "--subject", "p12345", "--case-type", "criminal",
-            "--purpose", "preventing_or_detecting_crime", "--purpose", "establishing_facts",
-            "--channel", "web,email", *(HOPS if officer is None else officer),
-            "--necessity", "needed to establish facts", "--proportionality", "least intrusive",
-            "--collateral", "family mail excluded", "--ripa-considered", "yes",
-            "--investigator", "inv1", *extra]
+def grant(
+    lbm: Lbm,
+    *extra: str,
+    ref: str = "CA1-2026-0042",
+    when: str = T0,
+    command: str = "grant",
+    officer: list[str] | None = None,
+) -> Result:
+    args = [
+        "auth",
+        command,
+        "--ref",
+        ref,
+        "--subject",
+        "p12345",
+        "--case-type",
+        "criminal",
+        "--purpose",
+        "preventing_or_detecting_crime",
+        "--purpose",
+        "establishing_facts",
+        "--channel",
+        "web,email",
+        *(HOPS if officer is None else officer),
+        "--necessity",
+        "needed to establish facts",
+        "--proportionality",
+        "least intrusive",
+        "--collateral",
+        "family mail excluded",
+        "--ripa-considered",
+        "yes",
+        "--investigator",
+        "inv1",
+        *extra,
+    ]
     return lbm(*args, env=at(when))
 
 
@@ -90,9 +126,11 @@ def test_grant_from_file_with_option_override(auth: Lbm, tmp_path: Path) -> None
         'officer = "p200"\nofficer_name = "Dee Hr"\nofficer_role = "director_of_hr"\n'
         'officer_rank = "staff"\nnecessity = "n"\nproportionality = "p"\ncollateral = "c"\n'
         'ripa_considered = false\nripa_note = "overt HR matter"\ninvestigators = ["inv1"]\n'
-        'start = 2026-03-11T00:00:00Z\n')
-    data = as_json(auth("auth", "grant", "--from-file", str(app), "--channel", "web",
-                        "--json", env=at(T0)))
+        "start = 2026-03-11T00:00:00Z\n"
+    )
+    data = as_json(
+        auth("auth", "grant", "--from-file", str(app), "--channel", "web", "--json", env=at(T0))
+    )
     assert data["ref"] == "PSD-2026-7" and data["case_type"] == "staff_discipline"
     assert data["channels"] == ["web"]  # the option overrides the file
     assert data["start"] == "2026-03-11T00:00:00Z" and data["state"] == "pending"
@@ -103,20 +141,26 @@ def test_grant_from_file_with_option_override(auth: Lbm, tmp_path: Path) -> None
     refused(auth("auth", "grant", "--from-file", str(app)), 2, "TOML syntax error")
 
 
-@pytest.mark.parametrize(("change", "code", "message"), [
-    (["--officer-role", "director_of_hr"], 1,
-     "officer role 'director_of_hr' cannot authorise a criminal case; allowed roles: "
-     "head_of_professional_standards or acu_inspector"),
-    (["--officer", "p12345"], 1, "an officer cannot authorise monitoring of themselves"),
-    (["--start", "2026-03-10T09:00:00Z"], 1, "start 2026-03-10T09:00:00Z is in the past"),
-    (["--purpose", "fishing"], 2, "purpose 'fishing': must be one of"),
-    (["--channel", "fax"], 2, "channel 'fax': must be one of web, email, packets"),
-    (["--ref", "../../etc"], 2, "reference '../../etc'"),
-    (["--ripa-considered", "perhaps"], 2, "RIPA considered 'perhaps': must be yes or no"),
-    (["--necessity", " "], 1, "the necessity statement must not be empty"),
-    (["--retention-days", "0"], 2, "retention days 0: must be greater than 0"),
-    (["--investigator", "ghost"], 1, "investigator 'ghost' is not registered"),
-])
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        (
+            ["--officer-role", "director_of_hr"],
+            1,
+            "officer role 'director_of_hr' cannot authorise a criminal case; allowed roles: "
+            "head_of_professional_standards or acu_inspector",
+        ),
+        (["--officer", "p12345"], 1, "an officer cannot authorise monitoring of themselves"),
+        (["--start", "2026-03-10T09:00:00Z"], 1, "start 2026-03-10T09:00:00Z is in the past"),
+        (["--purpose", "fishing"], 2, "purpose 'fishing': must be one of"),
+        (["--channel", "fax"], 2, "channel 'fax': must be one of web, email, packets"),
+        (["--ref", "../../etc"], 2, "reference '../../etc'"),
+        (["--ripa-considered", "perhaps"], 2, "RIPA considered 'perhaps': must be yes or no"),
+        (["--necessity", " "], 1, "the necessity statement must not be empty"),
+        (["--retention-days", "0"], 2, "retention days 0: must be greater than 0"),
+        (["--investigator", "ghost"], 1, "investigator 'ghost' is not registered"),
+    ],
+)
 def test_grant_refusals(auth: Lbm, change: list[str], code: int, message: str) -> None:
     officer = list(HOPS)
     extra: list[str] = []
@@ -133,8 +177,9 @@ def test_grant_refusals(auth: Lbm, change: list[str], code: int, message: str) -
         assert entry["action"] == "auth_refused" and message in entry["fields"]["reason"]
 
 
-def test_missing_option_and_uninitialised_data_dir_are_usage_errors(auth: Lbm,
-                                                                      tmp_path: Path) -> None:
+def test_missing_option_and_uninitialised_data_dir_are_usage_errors(
+    auth: Lbm, tmp_path: Path
+) -> None:
     result = auth("auth", "grant", "--ref", "R1", env=at(T0))
     refused(result, 2, "missing required field(s): --subject, --case-type")
     result = Lbm(tmp_path / "nowhere")("auth", "list")
@@ -147,27 +192,44 @@ def test_duplicate_reference_refused(auth: Lbm) -> None:
 
 
 def test_urgent_ratify_in_time_and_late(auth: Lbm) -> None:
-    inspector = ["--officer", "p300", "--officer-name", "Ian Duty", "--officer-role",
-                 "duty_inspector", "--officer-rank", "inspector"]
+    inspector = [
+        "--officer",
+        "p300",
+        "--officer-name",
+        "Ian Duty",
+        "--officer-role",
+        "duty_inspector",
+        "--officer-rank",
+        "inspector",
+    ]
     sergeant = [*inspector[:-1], "sergeant"]
-    refused(grant(auth, command="urgent", officer=sergeant), 1,
-            "urgent authorisation needs an officer of rank inspector or above")
+    refused(
+        grant(auth, command="urgent", officer=sergeant),
+        1,
+        "urgent authorisation needs an officer of rank inspector or above",
+    )
     data = as_json(grant(auth, "--json", command="urgent", officer=inspector))
     assert data["urgent"] and data["expiry"] == "2026-03-13T09:30:00Z"
     listed = as_json(auth("auth", "list", "--json", env=at("2026-03-11T00:00:00Z")))
     assert listed[0]["flags"] == ["expiring_soon", "awaiting_ratification"]
     assert as_json(grant(auth, "--json", ref="U2", command="urgent", officer=inspector))
     # 71 h 59 m: in time, by an officer whose role fits; 72 h 01 m: too late
-    refused(auth("auth", "ratify", "CA1-2026-0042", *inspector,
-                 env=at("2026-03-13T09:29:00Z")), 1, "allowed roles")
-    ratified = as_json(auth("auth", "ratify", "CA1-2026-0042", *HOPS, "--json",
-                            env=at("2026-03-13T09:29:00Z")))
+    refused(
+        auth("auth", "ratify", "CA1-2026-0042", *inspector, env=at("2026-03-13T09:29:00Z")),
+        1,
+        "allowed roles",
+    )
+    ratified = as_json(
+        auth("auth", "ratify", "CA1-2026-0042", *HOPS, "--json", env=at("2026-03-13T09:29:00Z"))
+    )
     assert ratified["expiry"] == "2026-06-10T09:30:00Z" and ratified["state"] == "active"
-    refused(auth("auth", "ratify", "U2", *HOPS, env=at("2026-03-13T09:31:00Z")), 1,
-            "U2: ratification at 2026-03-13T09:31:00Z is too late")
+    refused(
+        auth("auth", "ratify", "U2", *HOPS, env=at("2026-03-13T09:31:00Z")),
+        1,
+        "U2: ratification at 2026-03-13T09:31:00Z is too late",
+    )
     listed = as_json(auth("auth", "list", "--all", "--json", env=at("2026-03-13T09:31:00Z")))
-    assert {d["ref"]: d["state"] for d in listed} == {"CA1-2026-0042": "active",
-                                                      "U2": "expired"}
+    assert {d["ref"]: d["state"] for d in listed} == {"CA1-2026-0042": "active", "U2": "expired"}
 
 
 def test_review_renew_cancel(auth: Lbm) -> None:
@@ -175,22 +237,59 @@ def test_review_renew_cancel(auth: Lbm) -> None:
     month = "2026-04-10T09:30:00Z"
     assert as_json(auth("auth", "list", "--json", env=at(month)))[0]["flags"] == ["review_due"]
     assert "[review_due]" in auth("auth", "list", env=at(month)).stdout
-    reviewed = as_json(auth("auth", "review", "CA1-2026-0042", *HOPS, "--note", "still needed",
-                            "--json", env=at(month)))
+    reviewed = as_json(
+        auth(
+            "auth",
+            "review",
+            "CA1-2026-0042",
+            *HOPS,
+            "--note",
+            "still needed",
+            "--json",
+            env=at(month),
+        )
+    )
     assert reviewed["flags"] == [] and reviewed["next_review"] == "2026-05-10T09:30:00Z"
     result = auth("auth", "renew", "CA1-2026-0042", *HOPS, env=at(month))
     assert result.returncode == 2 and "--results" in result.stderr
-    refused(auth("auth", "renew", "CA1-2026-0042", *HOPS, "--results", "", env=at(month)), 1,
-            "the results update must not be empty")
-    renewed = as_json(auth("auth", "renew", "CA1-2026-0042", *HOPS, "--results",
-                           "two suspects identified", "--json", env=at("2026-06-01T00:00:00Z")))
+    refused(
+        auth("auth", "renew", "CA1-2026-0042", *HOPS, "--results", "", env=at(month)),
+        1,
+        "the results update must not be empty",
+    )
+    renewed = as_json(
+        auth(
+            "auth",
+            "renew",
+            "CA1-2026-0042",
+            *HOPS,
+            "--results",
+            "two suspects identified",
+            "--json",
+            env=at("2026-06-01T00:00:00Z"),
+        )
+    )
     assert renewed["expiry"] == "2026-09-10T09:30:00Z" and renewed["renewals"] == 1
-    cancelled = as_json(auth("auth", "cancel", "CA1-2026-0042", "--reason", "suspect cleared",
-                             "--json", env=at("2026-06-02T00:00:00Z")))
+    cancelled = as_json(
+        auth(
+            "auth",
+            "cancel",
+            "CA1-2026-0042",
+            "--reason",
+            "suspect cleared",
+            "--json",
+            env=at("2026-06-02T00:00:00Z"),
+        )
+    )
     assert cancelled["state"] == "cancelled"
     assert cancelled["cancelled_at"] == "2026-06-02T00:00:00Z"
-    refused(auth("auth", "cancel", "CA1-2026-0042", "--reason", "again",
-                 env=at("2026-06-03T00:00:00Z")), 1, "cancelled again")
+    refused(
+        auth(
+            "auth", "cancel", "CA1-2026-0042", "--reason", "again", env=at("2026-06-03T00:00:00Z")
+        ),
+        1,
+        "cancelled again",
+    )
     assert as_json(auth("auth", "list", "--json", env=at("2026-06-03T00:00:00Z"))) == []
     kinds = [e["kind"] for e in as_json(auth("auth", "history", "CA1-2026-0042", "--json"))]
     assert kinds == ["grant", "review", "renew", "cancel"]

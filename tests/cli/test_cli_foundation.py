@@ -175,8 +175,9 @@ def test_fake_clock_is_ignored_unless_the_config_allows_it(tmp_path: Path) -> No
     cfg = lbm.data_dir / "lbm.toml"
     cfg.write_text(cfg.read_text().replace("fake_clock = false", "fake_clock = true"))
     lbm("keys", "investigator", "remove", "inv1", env=fake, check=True)
-    entries = [json.loads(x) for x in (lbm.data_dir / "audit" / "audit.jsonl").read_text()
-               .splitlines()]
+    entries = [
+        json.loads(x) for x in (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
     added, removed = entries[-2], entries[-1]
     assert not added["ts"].startswith("2031") and "fake_clock" not in added
     assert removed["ts"] == "2031-01-01T00:00:00Z" and removed["fake_clock"] is True
@@ -184,14 +185,51 @@ def test_fake_clock_is_ignored_unless_the_config_allows_it(tmp_path: Path) -> No
 
 def test_audit_show_filters_by_ref_and_since(lbm: Lbm) -> None:
     key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
-    lbm("keys", "investigator", "add", "inv1", key, "--principal", "p1",
-        env={"LBM_FAKE_NOW": "2030-01-01T00:00:00Z"}, check=True)
-    lbm("auth", "grant", "--ref", "CA1-1", "--subject", "p2", "--case-type", "criminal",
-        "--purpose", "compliance", "--channel", "web", "--officer", "p3", "--officer-name",
-        "A", "--officer-role", "acu_inspector", "--officer-rank", "inspector",
-        "--necessity", "n", "--proportionality", "p", "--collateral", "c",
-        "--ripa-considered", "yes", "--investigator", "inv1",
-        env={"LBM_FAKE_NOW": "2030-02-01T00:00:00Z"}, check=True)
+    lbm(
+        "keys",
+        "investigator",
+        "add",
+        "inv1",
+        key,
+        "--principal",
+        "p1",
+        env={"LBM_FAKE_NOW": "2030-01-01T00:00:00Z"},
+        check=True,
+    )
+    lbm(
+        "auth",
+        "grant",
+        "--ref",
+        "CA1-1",
+        "--subject",
+        "p2",
+        "--case-type",
+        "criminal",
+        "--purpose",
+        "compliance",
+        "--channel",
+        "web",
+        "--officer",
+        "p3",
+        "--officer-name",
+        "A",
+        "--officer-role",
+        "acu_inspector",
+        "--officer-rank",
+        "inspector",
+        "--necessity",
+        "n",
+        "--proportionality",
+        "p",
+        "--collateral",
+        "c",
+        "--ripa-considered",
+        "yes",
+        "--investigator",
+        "inv1",
+        env={"LBM_FAKE_NOW": "2030-02-01T00:00:00Z"},
+        check=True,
+    )
 
     def shown(*args: str) -> list[dict]:
         out = lbm("audit", "show", "--json", *args, check=True).stdout

@@ -11,16 +11,46 @@ from store import sqlite as store_sqlite
 from store.paths import DataPaths
 
 INV1 = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
-OFFICER = ["--officer", "p100", "--officer-name", "Pat Hops", "--officer-role",
-           "head_of_professional_standards", "--officer-rank", "superintendent"]
+OFFICER = [
+    "--officer",
+    "p100",
+    "--officer-name",
+    "Pat Hops",
+    "--officer-role",
+    "head_of_professional_standards",
+    "--officer-rank",
+    "superintendent",
+]
 
 
 def grant(lbm: Lbm, ref: str, command: str, when: str) -> None:
-    lbm("auth", command, "--ref", ref, "--subject", "p12345", "--case-type", "criminal",
-        "--purpose", "preventing_or_detecting_crime", "--channel", "web", *OFFICER,
-        "--necessity", "n", "--proportionality", "p", "--collateral", "c",
-        "--ripa-considered", "yes", "--investigator", "inv1",
-        env={"LBM_FAKE_NOW": when}, check=True)
+    lbm(
+        "auth",
+        command,
+        "--ref",
+        ref,
+        "--subject",
+        "p12345",
+        "--case-type",
+        "criminal",
+        "--purpose",
+        "preventing_or_detecting_crime",
+        "--channel",
+        "web",
+        *OFFICER,
+        "--necessity",
+        "n",
+        "--proportionality",
+        "p",
+        "--collateral",
+        "c",
+        "--ripa-considered",
+        "yes",
+        "--investigator",
+        "inv1",
+        env={"LBM_FAKE_NOW": when},
+        check=True,
+    )
 
 
 def expired_entries(lbm: Lbm) -> list[dict]:
@@ -36,8 +66,15 @@ def test_expiries_are_audited_once_each(lbm: Lbm) -> None:
     grant(lbm, "STD-1", "grant", "2026-01-31T10:00:00Z")
     grant(lbm, "URG-1", "urgent", "2026-01-31T10:00:00Z")
     grant(lbm, "CAN-1", "grant", "2026-01-31T10:00:00Z")
-    lbm("auth", "cancel", "CAN-1", "--reason", "no longer justified",
-        env={"LBM_FAKE_NOW": "2026-02-01T00:00:00Z"}, check=True)
+    lbm(
+        "auth",
+        "cancel",
+        "CAN-1",
+        "--reason",
+        "no longer justified",
+        env={"LBM_FAKE_NOW": "2026-02-01T00:00:00Z"},
+        check=True,
+    )
 
     def housekeeping(when: str) -> None:
         lbm("housekeeping", "run", "--once", env={"LBM_FAKE_NOW": when}, check=True)

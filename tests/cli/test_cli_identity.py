@@ -37,27 +37,35 @@ def feed(tmp_path: Path) -> Path:
 def test_import_prints_counts_and_each_bad_row_with_its_line(lbm: Lbm, feed: Path) -> None:
     result = lbm("identity", "import", str(feed))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"identity map loaded from {feed}: 8 rows, 2 principals, "
-                                    "2 bad rows, 1 conflicts")
+    assert result.stdout.startswith(
+        f"identity map loaded from {feed}: 8 rows, 2 principals, 2 bad rows, 1 conflicts"
+    )
     assert result.stderr.splitlines() == [
         f"{feed}:10: valid_from 'tomorrow' is not an ISO 8601 date-time",
         f"{feed}:11: principal 'P4': must match [a-z0-9][a-z0-9._-]* (at most 128)",
         f"{feed}:8: conflict: ip 10.0.0.5 of p2 is also mapped to p1 (line 5) from "
         "2026-03-02T16:00:00Z to 2026-03-02T17:00:00Z; it resolves to nobody then",
     ]
-    entries = [json.loads(x) for x in
-               (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()]
+    entries = [
+        json.loads(x) for x in (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
     assert entries[-1]["action"] == "identity_import"
     assert entries[-1]["fields"] == {
-        "file": str(feed), "sha256": hashlib.sha256(feed.read_bytes()).hexdigest(),
-        "loaded": 8, "bad": 2, "conflicts": 1}
+        "file": str(feed),
+        "sha256": hashlib.sha256(feed.read_bytes()).hexdigest(),
+        "loaded": 8,
+        "bad": 2,
+        "conflicts": 1,
+    }
     assert lbm("audit", "verify").returncode == 0
 
 
 def test_import_json_output(lbm: Lbm, tmp_path: Path) -> None:
     path = tmp_path / "feed.jsonl"
-    path.write_text('{"principal": "p1", "kind": "username", "value": "jsmith"}\n'
-                    '{"principal": "p2", "kind": "username"}\n')
+    path.write_text(
+        '{"principal": "p1", "kind": "username", "value": "jsmith"}\n'
+        '{"principal": "p2", "kind": "username"}\n'
+    )
     result = lbm("identity", "import", str(path), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -68,18 +76,28 @@ def test_import_json_output(lbm: Lbm, tmp_path: Path) -> None:
 
 IMPORT_ERRORS = [
     pytest.param(None, "cannot read (No such file or directory)", id="missing"),
-    pytest.param("principal,kind,value,valid_form\n",
-                 "line 1: unknown column 'valid_form' in the CSV header", id="bad-header"),
-    pytest.param("principal,kind,value\nBAD,username,x\n",
-                 "no valid rows; the previous identity map is kept", id="no-valid-rows"),
-    pytest.param('[{"principal": "p1", "kind": "username", "value": "x"},',
-                 "item 1: not valid JSON", id="truncated-json"),
+    pytest.param(
+        "principal,kind,value,valid_form\n",
+        "line 1: unknown column 'valid_form' in the CSV header",
+        id="bad-header",
+    ),
+    pytest.param(
+        "principal,kind,value\nBAD,username,x\n",
+        "no valid rows; the previous identity map is kept",
+        id="no-valid-rows",
+    ),
+    pytest.param(
+        '[{"principal": "p1", "kind": "username", "value": "x"},',
+        "item 1: not valid JSON",
+        id="truncated-json",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "message"), IMPORT_ERRORS)
-def test_import_refusals_exit_1_and_keep_the_previous_map(lbm: Lbm, feed: Path, tmp_path: Path,
-                                                          text: str | None, message: str) -> None:
+def test_import_refusals_exit_1_and_keep_the_previous_map(
+    lbm: Lbm, feed: Path, tmp_path: Path, text: str | None, message: str
+) -> None:
     lbm("identity", "import", str(feed), check=True)
     bad = tmp_path / "bad-feed"
     if text is not None:
@@ -139,10 +157,21 @@ def test_resolve(lbm: Lbm, feed: Path, args: tuple[str, ...], code: int, out: st
 
 def test_resolve_json(lbm: Lbm, feed: Path) -> None:
     lbm("identity", "import", str(feed), check=True)
-    result = lbm("identity", "resolve", "--ip", "10.0.0.5", "--at", "2026-03-02T09:00:00Z",
-                 "--json", check=True)
-    assert json.loads(result.stdout) == {"ip": "10.0.0.5", "at": "2026-03-02T09:00:00Z",
-                                         "principal": "p1"}
+    result = lbm(
+        "identity",
+        "resolve",
+        "--ip",
+        "10.0.0.5",
+        "--at",
+        "2026-03-02T09:00:00Z",
+        "--json",
+        check=True,
+    )
+    assert json.loads(result.stdout) == {
+        "ip": "10.0.0.5",
+        "at": "2026-03-02T09:00:00Z",
+        "principal": "p1",
+    }
 
 
 RESOLVE_USAGE = [
@@ -165,8 +194,7 @@ def test_status_shows_the_current_load_and_its_problems(lbm: Lbm, feed: Path) ->
     assert "no identity feed has been imported" in lbm("identity", "status", check=True).stdout
     lbm("identity", "import", str(feed), check=True)
     data = json.loads(lbm("identity", "status", "--json", check=True).stdout)
-    assert (data["source"], data["loaded"], data["bad"], data["conflicts"]) == (
-        str(feed), 8, 2, 1)
+    assert (data["source"], data["loaded"], data["bad"], data["conflicts"]) == (str(feed), 8, 2, 1)
     assert data["problems"][0] == f"{feed}:10: valid_from 'tomorrow' is not an ISO 8601 date-time"
 
 
@@ -183,6 +211,8 @@ def test_housekeeping_reimports_the_configured_feed_when_it_changes(lbm: Lbm, fe
     lbm("housekeeping", "run", "--once", check=True)
     assert lbm("identity", "resolve", "--username", "amy").returncode == 1
     assert lbm("identity", "resolve", "--username", "amelia").stdout.strip() == "p2"
-    actions = [json.loads(x)["action"] for x in
-               (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()]
+    actions = [
+        json.loads(x)["action"]
+        for x in (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
     assert actions.count("identity_import") == 2

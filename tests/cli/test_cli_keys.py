@@ -23,18 +23,17 @@ def _actions(data_dir: Path) -> list[dict]:
 
 def test_investigator_add_list_remove(lbm, tmp_path: Path) -> None:
     _, public = age.generate()
-    result = lbm("keys", "investigator", "add", "alice", public, "--principal", "p100",
-                 check=True)
+    result = lbm("keys", "investigator", "add", "alice", public, "--principal", "p100", check=True)
     assert "added investigator alice" in result.stdout
     listed = json.loads(lbm("keys", "investigator", "list", "--json", check=True).stdout)
-    assert [(i["name"], i["principal"], i["recipient"]) for i in listed] == \
-        [("alice", "p100", public)]
+    assert [(i["name"], i["principal"], i["recipient"]) for i in listed] == [
+        ("alice", "p100", public)
+    ]
     again = lbm("keys", "investigator", "add", "alice", public, "--principal", "p100")
     assert again.returncode == 1 and "exists already" in again.stderr
     lbm("keys", "investigator", "remove", "alice", check=True)
     assert json.loads(lbm("keys", "investigator", "list", "--json", check=True).stdout) == []
-    everyone = json.loads(lbm("keys", "investigator", "list", "--all", "--json",
-                              check=True).stdout)
+    everyone = json.loads(lbm("keys", "investigator", "list", "--all", "--json", check=True).stdout)
     assert everyone[0]["removed_at"] is not None
     gone = lbm("keys", "investigator", "remove", "alice")
     assert gone.returncode == 1 and "no active investigator named alice" in gone.stderr
@@ -56,8 +55,9 @@ def test_investigator_add_refuses_bad_names(lbm) -> None:
     assert result.returncode == 1 and "must match" in result.stderr
 
 
-def test_dev_identity_is_labelled_outside_the_data_dir_and_works_with_age(lbm,
-                                                                          tmp_path: Path) -> None:
+def test_dev_identity_is_labelled_outside_the_data_dir_and_works_with_age(
+    lbm, tmp_path: Path
+) -> None:
     out = tmp_path / "dev.key"
     result = lbm("keys", "dev-identity", "--out", str(out), check=True)
     public = result.stdout.strip()
@@ -66,8 +66,9 @@ def test_dev_identity_is_labelled_outside_the_data_dir_and_works_with_age(lbm,
     assert out.stat().st_mode & 0o777 == 0o600
     assert age.public_of(age.encode_identity(age.parse_identity_file(text)[0])) == public
     if shutil.which("age-keygen"):
-        derived = subprocess.run(["age-keygen", "-y", str(out)], capture_output=True, text=True,
-                                 check=True).stdout.strip()
+        derived = subprocess.run(
+            ["age-keygen", "-y", str(out)], capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert derived == public
     entry = _actions(lbm.data_dir)[-1]
     assert entry["action"] == "dev_identity" and entry["fields"]["recipient"] == public
@@ -111,11 +112,39 @@ def test_rewrap_follows_assignment_and_needs_a_holder(lbm, tmp_path: Path) -> No
         keys[name] = out
         public = lbm("keys", "dev-identity", "--out", str(out), check=True).stdout.strip()
         lbm("keys", "investigator", "add", name, public, "--principal", principal, check=True)
-    lbm("auth", "grant", "--ref", "CASE-1", "--subject", "p12345", "--case-type", "criminal",
-        "--purpose", "preventing_or_detecting_crime", "--channel", "email", "--officer", "p900",
-        "--officer-name", "Jo Bloggs", "--officer-role", "head_of_professional_standards",
-        "--officer-rank", "superintendent", "--necessity", "n", "--proportionality", "p",
-        "--collateral", "c", "--ripa-considered", "yes", "--investigator", "alice", check=True)
+    lbm(
+        "auth",
+        "grant",
+        "--ref",
+        "CASE-1",
+        "--subject",
+        "p12345",
+        "--case-type",
+        "criminal",
+        "--purpose",
+        "preventing_or_detecting_crime",
+        "--channel",
+        "email",
+        "--officer",
+        "p900",
+        "--officer-name",
+        "Jo Bloggs",
+        "--officer-role",
+        "head_of_professional_standards",
+        "--officer-rank",
+        "superintendent",
+        "--necessity",
+        "n",
+        "--proportionality",
+        "p",
+        "--collateral",
+        "c",
+        "--ripa-considered",
+        "yes",
+        "--investigator",
+        "alice",
+        check=True,
+    )
     lbm("auth", "assign", "CASE-1", "bob", check=True)
     from store.keys import KeyStore
 
@@ -124,8 +153,9 @@ def test_rewrap_follows_assignment_and_needs_a_holder(lbm, tmp_path: Path) -> No
         store.unwrap_authorisation("CASE-1", keys["bob"].read_text())
     refused = lbm("keys", "rewrap", "CASE-1", "--identity", str(keys["bob"]))
     assert refused.returncode == 1 and "cannot unwrap" in refused.stderr
-    done = lbm("keys", "rewrap", "CASE-1", "--identity", "-", input=keys["alice"].read_text(),
-               check=True)
+    done = lbm(
+        "keys", "rewrap", "CASE-1", "--identity", "-", input=keys["alice"].read_text(), check=True
+    )
     assert "alice, bob" in done.stdout
     public = store.authorisation_public("CASE-1")
     assert age.public_of(store.unwrap_authorisation("CASE-1", keys["bob"].read_text())) == public

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from lbm_testing import REPO, Lbm
 
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                reason="systemd-analyze not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
+)
 
 GOALS = {"lbm-housekeeping.service": 2.0, "lbm-capture@.service": 3.0}
 
@@ -23,8 +24,9 @@ GOALS = {"lbm-housekeeping.service": 2.0, "lbm-capture@.service": 3.0}
 @pytest.fixture
 def prefix(tmp_path: Path) -> Path:
     root = tmp_path / "root"
-    Lbm(tmp_path / "unused")("init", "--system", "--root", str(root), "--user", "nobody",
-                             check=True)
+    Lbm(tmp_path / "unused")(
+        "init", "--system", "--root", str(root), "--user", "nobody", check=True
+    )
     return root
 
 
@@ -35,12 +37,19 @@ def units(prefix: Path) -> dict[str, Path]:
 def test_units_verify_and_meet_exposure_goals(prefix: Path) -> None:
     found = units(prefix)
     assert set(found) == set(GOALS)
-    verify = subprocess.run(["systemd-analyze", "verify", *map(str, found.values())],
-                            capture_output=True, text=True, cwd=prefix)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", *map(str, found.values())],
+        capture_output=True,
+        text=True,
+        cwd=prefix,
+    )
     assert verify.returncode == 0, verify.stderr
     for name, goal in GOALS.items():
-        out = subprocess.run(["systemd-analyze", "security", "--offline=true",
-                              str(found[name])], capture_output=True, text=True)
+        out = subprocess.run(
+            ["systemd-analyze", "security", "--offline=true", str(found[name])],
+            capture_output=True,
+            text=True,
+        )
         match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout)
         assert match, out.stdout + out.stderr
         assert float(match.group(1)) <= goal, f"{name}: exposure {match.group(1)} > {goal}"
@@ -52,9 +61,12 @@ def test_units_verify_and_meet_exposure_goals(prefix: Path) -> None:
 def test_housekeeping_unit_command_line_starts_and_stops(prefix: Path) -> None:
     text = units(prefix)["lbm-housekeeping.service"].read_text()
     (line,) = [x for x in text.splitlines() if x.startswith("ExecStart=")]
-    argv = [a.replace("/var/lib/lbm", str(prefix / "var/lib/lbm"))
-             .replace("/etc/lbm/lbm.toml", str(prefix / "etc/lbm/lbm.toml"))
-            for a in shlex.split(line.removeprefix("ExecStart="))]
+    argv = [
+        a.replace("/var/lib/lbm", str(prefix / "var/lib/lbm")).replace(
+            "/etc/lbm/lbm.toml", str(prefix / "etc/lbm/lbm.toml")
+        )
+        for a in shlex.split(line.removeprefix("ExecStart="))
+    ]
     proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
     ready = prefix / "var/lib/lbm/run/housekeeping.ready"
     try:

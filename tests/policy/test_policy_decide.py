@@ -46,12 +46,34 @@ DUTY = Officer("p300", "Ian Duty", "duty_inspector", Rank.INSPECTOR)
 US = timedelta(microseconds=1)
 
 
-def app(ref: str, subject: str = "p1", *, start: datetime = BASE, urgent: bool = False,
-        channels: tuple[Channel, ...] = (Channel.WEB,), case: CaseType = CaseType.CRIMINAL,
-        open_dnd: bool = False) -> Application:
+def app(
+    ref: str,
+    subject: str = "p1",
+    *,
+    start: datetime = BASE,
+    urgent: bool = False,
+    channels: tuple[Channel, ...] = (Channel.WEB,),
+    case: CaseType = CaseType.CRIMINAL,
+    open_dnd: bool = False,
+) -> Application:
     officer = DUTY if urgent else (HR if case is CaseType.STAFF_DISCIPLINE else HOPS)
-    return Application(ref, subject, case, (Purpose.ESTABLISHING_FACTS,), channels, officer,
-                       "n", "p", "c", True, "", start, ("inv1",), urgent, open_dnd)
+    return Application(
+        ref,
+        subject,
+        case,
+        (Purpose.ESTABLISHING_FACTS,),
+        channels,
+        officer,
+        "n",
+        "p",
+        "c",
+        True,
+        "",
+        start,
+        ("inv1",),
+        urgent,
+        open_dnd,
+    )
 
 
 def granted(a: Application) -> Authorisation:
@@ -82,8 +104,13 @@ def test_unresolved_principal_is_never_full() -> None:
 
 
 def test_every_active_authorisation_is_listed() -> None:
-    snap = Snapshot.build([granted(app("R1")), granted(app("R2", start=BASE + timedelta(days=5))),
-                           granted(app("R3", subject="p2"))])
+    snap = Snapshot.build(
+        [
+            granted(app("R1")),
+            granted(app("R2", start=BASE + timedelta(days=5))),
+            granted(app("R3", subject="p2")),
+        ]
+    )
     assert decide(snap, "p1", "web", BASE + timedelta(days=1)).refs == ("R1",)
     assert decide(snap, "p1", "web", BASE + timedelta(days=6)).refs == ("R1", "R2")
 
@@ -91,7 +118,8 @@ def test_every_active_authorisation_is_listed() -> None:
 def test_cancellation_answers_as_then() -> None:
     cancel_at = BASE + timedelta(days=3)
     auth = granted(app("R1")).appended(
-        HistoryEvent(2, "R1", EventKind.CANCEL, cancel_at, "t", text="done"))
+        HistoryEvent(2, "R1", EventKind.CANCEL, cancel_at, "t", text="done")
+    )
     snap = Snapshot.build([auth])
     assert decide(snap, "p1", "web", cancel_at - US).full  # before the cancellation: as then
     assert not decide(snap, "p1", "web", cancel_at).full
@@ -143,8 +171,9 @@ def add_months_oracle(when: datetime, months: int) -> datetime:
     year, month = when.year, when.month
     for _ in range(months):
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return when.replace(year=year, month=month,
-                        day=min(when.day, calendar.monthrange(year, month)[1]))
+    return when.replace(
+        year=year, month=month, day=min(when.day, calendar.monthrange(year, month)[1])
+    )
 
 
 @dataclass
@@ -175,21 +204,34 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     for i in range(draw(st.integers(1, 3))):
         start = BASE + timedelta(minutes=draw(st.integers(0, 60 * 24 * 200)))
         made = start - timedelta(minutes=draw(st.integers(0, 60 * 24 * 5)))
-        channels = tuple(draw(st.lists(st.sampled_from(list(Channel)), min_size=1, max_size=3,
-                                       unique=True)))
-        spec = Spec(f"REF-{i}", draw(st.sampled_from(["p1", "p2"])),
-                    draw(st.sampled_from(list(CaseType))), draw(st.booleans()), channels, start,
-                    made)
+        channels = tuple(
+            draw(st.lists(st.sampled_from(list(Channel)), min_size=1, max_size=3, unique=True))
+        )
+        spec = Spec(
+            f"REF-{i}",
+            draw(st.sampled_from(["p1", "p2"])),
+            draw(st.sampled_from(list(CaseType))),
+            draw(st.booleans()),
+            channels,
+            start,
+            made,
+        )
         specs.append(spec)
         for _ in range(draw(st.integers(0, 5))):
             kind = draw(st.sampled_from(["ratify", "renew", "cancel", "review"]))
-            offset = draw(st.one_of(
-                st.integers(-60 * 24 * 3, 60 * 24 * 400),  # minutes from start
-                st.sampled_from([60 * 72 - 1, 60 * 72, 60 * 72 + 1])))
-            ops.append((start + timedelta(minutes=offset), kind, i,
-                        draw(st.sampled_from(OFFICERS))))
-    probes = [BASE + timedelta(minutes=m)
-              for m in draw(st.lists(st.integers(-1000, 60 * 24 * 700), max_size=15))]
+            offset = draw(
+                st.one_of(
+                    st.integers(-60 * 24 * 3, 60 * 24 * 400),  # minutes from start
+                    st.sampled_from([60 * 72 - 1, 60 * 72, 60 * 72 + 1]),
+                )
+            )
+            ops.append(
+                (start + timedelta(minutes=offset), kind, i, draw(st.sampled_from(OFFICERS)))
+            )
+    probes = [
+        BASE + timedelta(minutes=m)
+        for m in draw(st.lists(st.integers(-1000, 60 * 24 * 700), max_size=15))
+    ]
     return Scenario(specs, ops, probes)
 
 
@@ -203,8 +245,14 @@ def officer_for(spec: Spec, choice: str) -> Officer:
 
 
 def spec_application(spec: Spec) -> Application:
-    return app(spec.ref, spec.subject, start=spec.start, urgent=spec.urgent,
-               channels=spec.channels, case=spec.case)
+    return app(
+        spec.ref,
+        spec.subject,
+        start=spec.start,
+        urgent=spec.urgent,
+        channels=spec.channels,
+        case=spec.case,
+    )
 
 
 def timeline(sc: Scenario) -> list[tuple[datetime, str, int, str]]:
@@ -239,12 +287,12 @@ def run_pure(sc: Scenario) -> tuple[list[Authorisation], Accepted]:
         try:
             if kind == "ratify":
                 expiry = rules.check_ratify(auth, officer, when)
-                ev = HistoryEvent(seq, auth.ref, EventKind.RATIFY, when, "t", officer,
-                                  expiry=expiry)
+                ev = HistoryEvent(
+                    seq, auth.ref, EventKind.RATIFY, when, "t", officer, expiry=expiry
+                )
             elif kind == "renew":
                 expiry = rules.check_renew(auth, officer, "results so far", when)
-                ev = HistoryEvent(seq, auth.ref, EventKind.RENEW, when, "t", officer,
-                                  expiry=expiry)
+                ev = HistoryEvent(seq, auth.ref, EventKind.RENEW, when, "t", officer, expiry=expiry)
             elif kind == "review":
                 rules.check_review(auth, officer.principal, "reviewed", when)
                 ev = HistoryEvent(seq, auth.ref, EventKind.REVIEW, when, "t", officer)
@@ -266,8 +314,11 @@ def oracle_intervals(sc: Scenario, accepted: Accepted) -> dict[str, tuple[dateti
         if not mine:
             continue
         ratified = any(k == "ratify" for _, k in mine)
-        expiry = (spec.start + timedelta(hours=72) if spec.urgent and not ratified
-                  else add_months_oracle(spec.start, 3))
+        expiry = (
+            spec.start + timedelta(hours=72)
+            if spec.urgent and not ratified
+            else add_months_oracle(spec.start, 3)
+        )
         cancel = None
         for when, kind in mine:
             assert cancel is None or kind == "grant", "a change was accepted after cancellation"
@@ -288,15 +339,25 @@ def check_decisions(sc: Scenario, snap: Snapshot, accepted: Accepted) -> None:
     intervals = oracle_intervals(sc, accepted)
     probes = list(sc.probes)
     for start, end in intervals.values():
-        probes += [start - US, start, end - US, end, start + timedelta(hours=72) - US,
-                   start + timedelta(hours=72)]
+        probes += [
+            start - US,
+            start,
+            end - US,
+            end,
+            start + timedelta(hours=72) - US,
+            start + timedelta(hours=72),
+        ]
     for at in probes:
         for principal in ("p1", "p2", "p3", None):
             for channel in Channel:
                 expected = tuple(
-                    s.ref for s in sc.specs
-                    if s.ref in intervals and s.subject == principal and channel in s.channels
-                    and intervals[s.ref][0] <= at < intervals[s.ref][1])
+                    s.ref
+                    for s in sc.specs
+                    if s.ref in intervals
+                    and s.subject == principal
+                    and channel in s.channels
+                    and intervals[s.ref][0] <= at < intervals[s.ref][1]
+                )
                 decision = decide(snap, principal, channel, at)
                 assert set(decision.refs) == set(expected), (at, principal, channel)
                 assert decision.full == bool(expected)
@@ -314,8 +375,7 @@ def test_decide_matches_oracle_over_random_histories(sc: Scenario) -> None:
 def investigator_recipient(tmp_path_factory: pytest.TempPathFactory) -> str:
     key = tmp_path_factory.mktemp("inv") / "inv1.key"
     subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    out = subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True)
     return out.stdout.strip()
 
 
@@ -325,9 +385,13 @@ def run_registry(sc: Scenario, root: Path, recipient: str) -> tuple[Registry, Ac
     now = [BASE]
     clock = Clock(source=lambda: now[0])
     conn = store_sqlite.connect(paths.registry)
-    reg = Registry(conn, clock=clock, actor="tester", audit=AuditLog(paths, key, clock,
-                                                                       witness=False),
-                   paths=paths)
+    reg = Registry(
+        conn,
+        clock=clock,
+        actor="tester",
+        audit=AuditLog(paths, key, clock, witness=False),
+        paths=paths,
+    )
     inv_table.add(conn, "inv1", recipient, "p900", "2025-12-01T00:00:00Z")
     accepted: Accepted = []
     for when, kind, i, choice in timeline(sc):
@@ -353,8 +417,9 @@ def run_registry(sc: Scenario, root: Path, recipient: str) -> tuple[Registry, Ac
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sc=scenarios())
-def test_registry_histories_decide_like_the_oracle(sc: Scenario,
-                                                    investigator_recipient: Any) -> None:
+def test_registry_histories_decide_like_the_oracle(
+    sc: Scenario, investigator_recipient: Any
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         reg, accepted = run_registry(sc, Path(tmp), investigator_recipient)
         try:

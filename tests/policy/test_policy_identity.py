@@ -67,7 +67,9 @@ def env(tmp_path: Path):
 
 
 HEADER = "principal,kind,value,valid_from,valid_to\n"
-GOOD = HEADER + """\
+GOOD = (
+    HEADER
+    + """\
 p1,principal,,,
 p1,username,jsmith,,
 p1,email,John.Smith@Force.Example,,
@@ -79,6 +81,7 @@ p3,ip,2001:db8::1,2026-03-01T00:00:00+01:00,2026-03-03T00:00:00Z
 p3,ip,fe80::1,2026-03-01T00:00:00Z,
 p4,principal,,,
 """
+)
 
 RESOLVE_CASES = [
     # (identifier kind, value, at, expected principal)
@@ -111,10 +114,14 @@ RESOLVE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "value", "at", "expected"), RESOLVE_CASES,
-                         ids=[f"{k}-{v}-{i}" for i, (k, v, _, _) in enumerate(RESOLVE_CASES)])
-def test_resolve_table(env: Env, kind: str, value: str, at: datetime | None,
-                       expected: str | None) -> None:
+@pytest.mark.parametrize(
+    ("kind", "value", "at", "expected"),
+    RESOLVE_CASES,
+    ids=[f"{k}-{v}-{i}" for i, (k, v, _, _) in enumerate(RESOLVE_CASES)],
+)
+def test_resolve_table(
+    env: Env, kind: str, value: str, at: datetime | None, expected: str | None
+) -> None:
     report = env.load("feed.csv", GOOD)
     assert (report.loaded, report.bad, report.conflicts) == (10, (), ())
     imap = load_identity(env.conn)
@@ -153,7 +160,9 @@ def test_empty_registry_resolves_to_nobody(env: Env) -> None:
 
 
 # -- bad rows ---------------------------------------------------------------------------------
-BAD_CSV = HEADER + """\
+BAD_CSV = (
+    HEADER
+    + """\
 p1,username,jsmith,,
 P9,username,upper,,
 p2,ip,10.0.0.300,2026-03-02T08:00:00Z,
@@ -172,6 +181,7 @@ p12,principal,other,,
 p13,email,ok@force.example,,
 p14,ip,10.0.0.10,yesterday,
 """
+)
 
 BAD_EXPECTED = [
     (3, "principal 'P9': must match [a-z0-9][a-z0-9._-]*"),
@@ -252,12 +262,14 @@ def test_json_array_bad_items_name_index_and_line(env: Env) -> None:
 
 
 def test_json_lines_bad_lines_are_reported_and_the_rest_loads(env: Env) -> None:
-    text = ('{"principal": "p1", "kind": "username", "value": "jsmith"}\n'
-            '\n'
-            '{"principal": "p2", "kind": "username", "value": \n'
-            '{"principal": "p3", "kind": "ip", "value": "10.2.0.1", '
-            '"valid_from": "2026-03-02T08:00:00Z"}\n'
-            '[1, 2]\n')
+    text = (
+        '{"principal": "p1", "kind": "username", "value": "jsmith"}\n'
+        "\n"
+        '{"principal": "p2", "kind": "username", "value": \n'
+        '{"principal": "p3", "kind": "ip", "value": "10.2.0.1", '
+        '"valid_from": "2026-03-02T08:00:00Z"}\n'
+        "[1, 2]\n"
+    )
     report = env.load("feed.jsonl", text)
     src = str(env.paths.root.parent / "feed.jsonl")
     assert report.format == "jsonl"
@@ -268,22 +280,32 @@ def test_json_lines_bad_lines_are_reported_and_the_rest_loads(env: Env) -> None:
 
 
 FILE_ERRORS = [
-    pytest.param("principal,kind,value,valid_form\np1,username,x,\n",
-                 "line 1: unknown column 'valid_form'", id="typo-column"),
+    pytest.param(
+        "principal,kind,value,valid_form\np1,username,x,\n",
+        "line 1: unknown column 'valid_form'",
+        id="typo-column",
+    ),
     pytest.param("principal,value\np1,x\n", "the CSV header lacks column 'kind'", id="no-kind"),
     pytest.param("principal,kind,kind,value\n", "column 'kind' appears twice", id="dup-column"),
     pytest.param("", "the file is empty", id="empty"),
     pytest.param("# only a comment\n", "no CSV header", id="no-header"),
     pytest.param(HEADER, "no valid rows; the previous identity map is kept", id="header-only"),
-    pytest.param(HEADER + "P1,username,x,,\n",
-                 "no valid rows; the previous identity map is kept (1 bad rows, first: ",
-                 id="all-bad"),
-    pytest.param('[{"principal": "p1", "kind": "username", "value": "x"},\n'
-                 ' {"principal": "p2", "kind": "user',
-                 "line 2: item 1: not valid JSON", id="truncated-array"),
-    pytest.param('[{"principal": "p1", "kind": "username", "value": "x"}\n'
-                 ' {"principal": "p2"}]', "line 2: expected ',' or ']' after item 0",
-                 id="missing-comma"),
+    pytest.param(
+        HEADER + "P1,username,x,,\n",
+        "no valid rows; the previous identity map is kept (1 bad rows, first: ",
+        id="all-bad",
+    ),
+    pytest.param(
+        '[{"principal": "p1", "kind": "username", "value": "x"},\n'
+        ' {"principal": "p2", "kind": "user',
+        "line 2: item 1: not valid JSON",
+        id="truncated-array",
+    ),
+    pytest.param(
+        '[{"principal": "p1", "kind": "username", "value": "x"}\n {"principal": "p2"}]',
+        "line 2: expected ',' or ']' after item 0",
+        id="missing-comma",
+    ),
 ]
 
 
@@ -308,7 +330,9 @@ def test_missing_file_is_a_clear_error(env: Env) -> None:
 
 
 # -- conflicts --------------------------------------------------------------------------------
-CONFLICTS = HEADER + """\
+CONFLICTS = (
+    HEADER
+    + """\
 p1,ip,10.0.0.5,2026-03-02T08:00:00Z,2026-03-02T12:00:00Z
 p2,ip,10.0.0.5,2026-03-02T11:00:00Z,2026-03-02T14:00:00Z
 p1,ip,10.0.0.6,2026-03-02T08:00:00Z,2026-03-02T12:00:00Z
@@ -322,6 +346,7 @@ p3,alias,desk@force.example,,
 p1,username,solo,,
 p1,username,solo,,
 """
+)
 
 
 def test_conflicts_resolve_to_nobody_and_are_reported(env: Env) -> None:
@@ -352,7 +377,10 @@ def test_conflicts_resolve_to_nobody_and_are_reported(env: Env) -> None:
     info = imap.describe("p1")
     assert info is not None
     assert [(u["value"], u["conflict"]) for u in info["usernames"]] == [
-        ("shared", True), ("solo", False), ("solo", False)]
+        ("shared", True),
+        ("solo", False),
+        ("solo", False),
+    ]
     assert json.loads(json.dumps(env.audit_entries()[-1]))["fields"]["conflicts"] == 3
 
 
@@ -376,8 +404,12 @@ def test_one_audit_entry_per_load_with_hash_and_counts_only(env: Env) -> None:
         path = env.paths.root.parent / name
         assert entry["actor"] == "tester"
         assert entry["fields"] == {
-            "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "loaded": report.loaded, "bad": len(report.bad), "conflicts": len(report.conflicts)}
+            "file": str(path),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "loaded": report.loaded,
+            "bad": len(report.bad),
+            "conflicts": len(report.conflicts),
+        }
     assert entries[1]["fields"]["bad"] == len(BAD_EXPECTED)
     result = verify_log(env.paths, signing.load_public_keys(env.paths))
     assert result.ok, result.problems
@@ -387,8 +419,12 @@ def test_failed_audit_rolls_the_load_back(env: Env) -> None:
     env.load("a.csv", GOOD)
     readonly_audit = AuditLog(env.paths, None, Clock(fixed=T0), witness=False)
     with pytest.raises(AuditError):
-        import_feed(env.conn, env.feed("b.csv", HEADER + "p9,username,x,,\n"),
-                    audit=readonly_audit, actor="t")
+        import_feed(
+            env.conn,
+            env.feed("b.csv", HEADER + "p9,username,x,,\n"),
+            audit=readonly_audit,
+            actor="t",
+        )
     imap = load_identity(env.conn)
     assert imap.generation == 1 and imap.resolve(username="jsmith") == "p1"
 
@@ -396,10 +432,16 @@ def test_failed_audit_rolls_the_load_back(env: Env) -> None:
 def test_readers_never_see_half_a_load(env: Env) -> None:
     """A reader polling while imports alternate sees all of feed A or all of feed B."""
     rows = 3000
-    feed_a = env.feed("a.csv", HEADER + "".join(
-        f"pa,ip,10.1.{i // 250}.{i % 250},2026-03-02T00:00:00Z,\n" for i in range(rows)))
-    feed_b = env.feed("b.csv", HEADER + "".join(
-        f"pb,ip,10.2.{i // 250}.{i % 250},2026-03-02T00:00:00Z,\n" for i in range(rows)))
+    feed_a = env.feed(
+        "a.csv",
+        HEADER
+        + "".join(f"pa,ip,10.1.{i // 250}.{i % 250},2026-03-02T00:00:00Z,\n" for i in range(rows)),
+    )
+    feed_b = env.feed(
+        "b.csv",
+        HEADER
+        + "".join(f"pb,ip,10.2.{i // 250}.{i % 250},2026-03-02T00:00:00Z,\n" for i in range(rows)),
+    )
     import_feed(env.conn, feed_a, audit=env.audit, actor="t")
     stop = threading.Event()
     seen: list[tuple[frozenset[str], int]] = []
@@ -496,22 +538,39 @@ def disjoint_leases(draw: st.DrawFn) -> list[FeedRow]:
     for ip in IPS:
         cuts = sorted(draw(st.sets(st.integers(0, 10**9), min_size=0, max_size=12)))
         for start, end in zip(cuts[::2], cuts[1::2], strict=False):
-            rows.append(FeedRow(len(rows) + 2, draw(st.sampled_from(PRINCIPALS)), "ip", ip,
-                                BASE + start, BASE + end))
+            rows.append(
+                FeedRow(
+                    len(rows) + 2,
+                    draw(st.sampled_from(PRINCIPALS)),
+                    "ip",
+                    ip,
+                    BASE + start,
+                    BASE + end,
+                )
+            )
     return rows
 
 
-@given(leases=disjoint_leases(), probes=st.lists(
-    st.tuples(st.sampled_from(IPS), st.integers(-10, 10**9 + 10)), min_size=1, max_size=40))
+@given(
+    leases=disjoint_leases(),
+    probes=st.lists(
+        st.tuples(st.sampled_from(IPS), st.integers(-10, 10**9 + 10)), min_size=1, max_size=40
+    ),
+)
 @settings(max_examples=300, deadline=None)
 def test_disjoint_leases_resolve_exactly_to_their_owner(leases, probes) -> None:
     imap = IdentityMap.build(leases)
     assert imap.conflicts == ()
     for ip, offset in probes:
         instant = BASE + offset
-        owners = [r.principal for r in leases if r.value == ip
-                  and r.valid_from is not None and r.valid_to is not None
-                  and r.valid_from <= instant < r.valid_to]
+        owners = [
+            r.principal
+            for r in leases
+            if r.value == ip
+            and r.valid_from is not None
+            and r.valid_to is not None
+            and r.valid_from <= instant < r.valid_to
+        ]
         expected = owners[0] if owners else None
         at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=instant)
         assert imap.resolve(ip=ip, at=at) == expected
@@ -532,9 +591,16 @@ def any_leases(draw: st.DrawFn) -> list[FeedRow]:
     for i in range(draw(st.integers(0, 15))):
         start = draw(st.integers(0, 1000))
         end = draw(st.one_of(st.integers(start + 1, 1100), st.just(2**63 - 1)))
-        rows.append(FeedRow(i + 2, draw(st.sampled_from(PRINCIPALS)), "ip",
-                            draw(st.sampled_from(IPS[:2])),
-                            BASE + start, end if end == 2**63 - 1 else BASE + end))
+        rows.append(
+            FeedRow(
+                i + 2,
+                draw(st.sampled_from(PRINCIPALS)),
+                "ip",
+                draw(st.sampled_from(IPS[:2])),
+                BASE + start,
+                end if end == 2**63 - 1 else BASE + end,
+            )
+        )
     return rows
 
 
@@ -546,16 +612,30 @@ def test_overlapping_leases_of_different_principals_resolve_to_nobody(leases, of
     for ip in IPS[:2]:
         for offset in offsets:
             instant = BASE + offset
-            holders = {r.principal for r in leases if r.value == ip
-                       and r.valid_from is not None and r.valid_to is not None
-                       and r.valid_from <= instant < r.valid_to}
+            holders = {
+                r.principal
+                for r in leases
+                if r.value == ip
+                and r.valid_from is not None
+                and r.valid_to is not None
+                and r.valid_from <= instant < r.valid_to
+            }
             expected = next(iter(holders)) if len(holders) == 1 else None
             assert imap.resolve_ip(ip, _dt(instant)) == expected
-    overlapping = {(a.line, b.line) for a in leases for b in leases
-                   if a.line < b.line and a.value == b.value and a.principal != b.principal
-                   and a.valid_from is not None and a.valid_to is not None
-                   and b.valid_from is not None and b.valid_to is not None
-                   and a.valid_from < b.valid_to and b.valid_from < a.valid_to}
+    overlapping = {
+        (a.line, b.line)
+        for a in leases
+        for b in leases
+        if a.line < b.line
+        and a.value == b.value
+        and a.principal != b.principal
+        and a.valid_from is not None
+        and a.valid_to is not None
+        and b.valid_from is not None
+        and b.valid_to is not None
+        and a.valid_from < b.valid_to
+        and b.valid_from < a.valid_to
+    }
     assert {c.lines for c in imap.conflicts} == overlapping
 
 

@@ -41,8 +41,9 @@ NECESSITY = "necessity-statement-7f3a"
 
 def age_key(path: Path) -> str:
     subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
-    return subprocess.run(["age-keygen", "-y", str(path)], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["age-keygen", "-y", str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @dataclass
@@ -69,9 +70,14 @@ def env(tmp_path: Path) -> Iterator[Env]:
     keys = {name: tmp_path / f"{name}.key" for name in ("inv1", "inv2", "custodian")}
     recipients = {name: age_key(path) for name, path in keys.items()}
     conn = store_sqlite.connect(paths.registry)
-    reg = Registry(conn, clock=clock, actor="tester",
-                   audit=AuditLog(paths, key, clock, witness=False), paths=paths,
-                   custodians=[recipients["custodian"]])
+    reg = Registry(
+        conn,
+        clock=clock,
+        actor="tester",
+        audit=AuditLog(paths, key, clock, witness=False),
+        paths=paths,
+        custodians=[recipients["custodian"]],
+    )
     inv_table.add(conn, "inv1", recipients["inv1"], "p901", "2026-01-01T00:00:00Z")
     inv_table.add(conn, "inv2", recipients["inv2"], "p902", "2026-01-01T00:00:00Z")
     yield Env(paths, reg, now, keys)
@@ -80,11 +86,20 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 def application(ref: str = "CA1-2026-0042", **over: object) -> Application:
     base: dict[str, object] = dict(
-        ref=ref, subject="p12345", case_type=CaseType.CRIMINAL,
-        purposes=(Purpose.PREVENTING_OR_DETECTING_CRIME,), channels=(Channel.WEB, Channel.EMAIL),
-        officer=HOPS, necessity=NECESSITY, proportionality="least intrusive means",
-        collateral="family excluded", ripa_considered=True, ripa_note="", start=T0,
-        investigators=("inv1",))
+        ref=ref,
+        subject="p12345",
+        case_type=CaseType.CRIMINAL,
+        purposes=(Purpose.PREVENTING_OR_DETECTING_CRIME,),
+        channels=(Channel.WEB, Channel.EMAIL),
+        officer=HOPS,
+        necessity=NECESSITY,
+        proportionality="least intrusive means",
+        collateral="family excluded",
+        ripa_considered=True,
+        ripa_note="",
+        start=T0,
+        investigators=("inv1",),
+    )
     base.update(over)
     return Application(**base)  # type: ignore[arg-type]
 
@@ -92,16 +107,19 @@ def application(ref: str = "CA1-2026-0042", **over: object) -> Application:
 def unwrap(env: Env, who: str, ref: str) -> str:
     """Decrypt keystore/REF/auth.age with the age CLI and return the public key it holds."""
     wrapped = env.paths.keystore / ref / "auth.age"
-    plain = subprocess.run(["age", "-d", "-i", str(env.keys[who]), str(wrapped)],
-                           check=True, capture_output=True)
+    plain = subprocess.run(
+        ["age", "-d", "-i", str(env.keys[who]), str(wrapped)], check=True, capture_output=True
+    )
     ident = env.paths.root.parent / f"unwrapped-{who}.key"
     ident.write_bytes(plain.stdout)
-    return subprocess.run(["age-keygen", "-y", str(ident)], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["age-keygen", "-y", str(ident)], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def test_grant_records_computes_expiry_and_wraps_key_to_investigators_and_custodians(
-        env: Env) -> None:
+    env: Env,
+) -> None:
     auth = env.reg.grant(application())
     assert auth.expiry == datetime(2026, 6, 10, 9, 30, tzinfo=UTC)
     assert [e.kind for e in auth.history] == [EventKind.GRANT]
@@ -136,8 +154,9 @@ def test_duplicate_reference_refused_case_insensitively_and_audited(env: Env) ->
         env.reg.grant(application("ca1-2026-0042"))
     refused = env.audit()[-1]
     assert refused["action"] == Action.AUTH_REFUSED.value
-    assert refused["fields"]["request"] == "grant" and "exists already" in refused["fields"][
-        "reason"]
+    assert (
+        refused["fields"]["request"] == "grant" and "exists already" in refused["fields"]["reason"]
+    )
     assert not (env.paths.keystore / "ca1-2026-0042").exists()
     assert len(load_all(env.reg.conn)) == 1
 
@@ -157,10 +176,12 @@ def test_history_and_authorisations_cannot_be_rewritten(env: Env) -> None:
     env.at(T0 + timedelta(days=1))
     env.reg.cancel("CA1-2026-0042", "no longer justified")
     conn = env.reg.conn
-    for sql in ("UPDATE auth_history SET at = '2030-01-01T00:00:00Z'",
-                "DELETE FROM auth_history WHERE kind = 'cancel'",
-                "UPDATE authorisations SET subject = 'p999'",
-                "DELETE FROM authorisations"):
+    for sql in (
+        "UPDATE auth_history SET at = '2030-01-01T00:00:00Z'",
+        "DELETE FROM auth_history WHERE kind = 'cancel'",
+        "UPDATE authorisations SET subject = 'p999'",
+        "DELETE FROM authorisations",
+    ):
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute(sql)
     assert env.reg.get("CA1-2026-0042").cancelled_at == T0 + timedelta(days=1)
@@ -168,8 +189,13 @@ def test_history_and_authorisations_cannot_be_rewritten(env: Env) -> None:
 
 def test_failed_audit_rolls_back_the_grant_and_its_key(env: Env) -> None:
     clock = env.reg.clock
-    broken = Registry(env.reg.conn, clock=clock, actor="tester",
-                      audit=AuditLog(env.paths, None, clock), paths=env.paths)
+    broken = Registry(
+        env.reg.conn,
+        clock=clock,
+        actor="tester",
+        audit=AuditLog(env.paths, None, clock),
+        paths=env.paths,
+    )
     with pytest.raises(AuditError):
         broken.grant(application())
     assert load_all(env.reg.conn) == ()
@@ -232,7 +258,8 @@ def test_cancellation_is_immediate_and_past_decisions_stand(env: Env) -> None:
         env.reg.cancel("CA1-2026-0042", "twice")
     entry = env.audit()[-2]
     assert entry["action"] == Action.AUTH_CANCEL.value and "suspect cleared" not in json.dumps(
-        entry)
+        entry
+    )
 
 
 def test_assignment_marks_rewrap_due_until_rewrapped(env: Env) -> None:

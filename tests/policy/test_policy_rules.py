@@ -29,18 +29,36 @@ DUTY_INSPECTOR = Officer("p300", "Ian Duty", "duty_inspector", Rank.INSPECTOR)
 
 def application(**over: Any) -> Application:
     base: dict[str, Any] = dict(
-        ref="CA1-2026-0042", subject="p12345", case_type=CaseType.CRIMINAL,
-        purposes=(Purpose.PREVENTING_OR_DETECTING_CRIME,), channels=(Channel.WEB,),
-        officer=HOPS, necessity="n", proportionality="p", collateral="c",
-        ripa_considered=True, ripa_note="", start=T0, investigators=("inv1",))
+        ref="CA1-2026-0042",
+        subject="p12345",
+        case_type=CaseType.CRIMINAL,
+        purposes=(Purpose.PREVENTING_OR_DETECTING_CRIME,),
+        channels=(Channel.WEB,),
+        officer=HOPS,
+        necessity="n",
+        proportionality="p",
+        collateral="c",
+        ripa_considered=True,
+        ripa_note="",
+        start=T0,
+        investigators=("inv1",),
+    )
     base.update(over)
     return Application(**base)
 
 
 def granted(app: Application) -> Authorisation:
     kind = EventKind.URGENT if app.urgent else EventKind.GRANT
-    event = HistoryEvent(1, app.ref, kind, app.start, "tester", app.officer,
-                         expiry=rules.initial_expiry(app), investigators=app.investigators)
+    event = HistoryEvent(
+        1,
+        app.ref,
+        kind,
+        app.start,
+        "tester",
+        app.officer,
+        expiry=rules.initial_expiry(app),
+        investigators=app.investigators,
+    )
     return Authorisation(app, "age1pub", app.start, (event,))
 
 
@@ -70,8 +88,9 @@ ROLE_TABLE = [
 
 @pytest.mark.parametrize(("case_type", "role", "allowed"), ROLE_TABLE)
 def test_standard_grant_role_by_case_type(case_type: CaseType, role: str, allowed: bool) -> None:
-    app = application(case_type=case_type,
-                      officer=Officer("p100", "Officer", role, Rank.SUPERINTENDENT))
+    app = application(
+        case_type=case_type, officer=Officer("p100", "Officer", role, Rank.SUPERINTENDENT)
+    )
     if allowed:
         rules.check_application(app)
         return
@@ -144,12 +163,15 @@ def test_urgent_expires_72_hours_after_start() -> None:
 
 
 # -- ratification ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("after", "ok"), [
-    (timedelta(hours=71, minutes=59), True),
-    (timedelta(hours=71, minutes=59, seconds=59, microseconds=999999), True),
-    (timedelta(hours=72), False),
-    (timedelta(hours=72, minutes=1), False),
-])
+@pytest.mark.parametrize(
+    ("after", "ok"),
+    [
+        (timedelta(hours=71, minutes=59), True),
+        (timedelta(hours=71, minutes=59, seconds=59, microseconds=999999), True),
+        (timedelta(hours=72), False),
+        (timedelta(hours=72, minutes=1), False),
+    ],
+)
 def test_ratification_window(after: timedelta, ok: bool) -> None:
     auth = granted(application(urgent=True, officer=DUTY_INSPECTOR))
     if ok:
@@ -177,8 +199,9 @@ def test_ratification_refusals() -> None:
     with pytest.raises(RuleViolation, match="not an urgent"):
         rules.check_ratify(granted(application()), HOPS, T0 + timedelta(hours=1))
     with pytest.raises(RuleViolation, match="themselves"):
-        rules.check_ratify(granted(application(urgent=True, officer=DUTY_INSPECTOR,
-                                               subject="p100")), HOPS, T0)
+        rules.check_ratify(
+            granted(application(urgent=True, officer=DUTY_INSPECTOR, subject="p100")), HOPS, T0
+        )
     cancelled = event(urgent, EventKind.CANCEL, T0 + timedelta(hours=2), text="no longer")
     with pytest.raises(RuleViolation, match="was cancelled"):
         rules.check_ratify(cancelled, HOPS, T0 + timedelta(hours=3))
@@ -205,10 +228,17 @@ def test_renewal_extends_three_months_from_current_expiry() -> None:
     assert expiry2 == datetime(2027, 8, 28, 10, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("at", "results", "message"), [
-    (T0 + timedelta(days=92), "update", "renewal is possible only before expiry"),  # 10 Jun = exp
-    (datetime(2026, 6, 10, 9, 29, 59, tzinfo=UTC), "  ", "results update must not be empty"),
-])
+@pytest.mark.parametrize(
+    ("at", "results", "message"),
+    [
+        (
+            T0 + timedelta(days=92),
+            "update",
+            "renewal is possible only before expiry",
+        ),  # 10 Jun = exp
+        (datetime(2026, 6, 10, 9, 29, 59, tzinfo=UTC), "  ", "results update must not be empty"),
+    ],
+)
 def test_renewal_refusals(at: datetime, results: str, message: str) -> None:
     auth = granted(application())
     with pytest.raises(RuleViolation, match=message):
@@ -262,14 +292,17 @@ def test_review_due_monthly_from_start_or_last_review() -> None:
         rules.check_review(auth, "p100", " ", month)
 
 
-@pytest.mark.parametrize(("urgent", "at", "flags"), [
-    (False, T0 + timedelta(days=1), ()),
-    (False, datetime(2026, 4, 11, tzinfo=UTC), ("review_due",)),
-    (False, datetime(2026, 6, 3, 9, 30, tzinfo=UTC), ("review_due", "expiring_soon")),
-    (False, datetime(2026, 6, 10, 9, 30, tzinfo=UTC), ()),  # expired: nothing to flag
-    (True, T0 + timedelta(hours=1), ("expiring_soon", "awaiting_ratification")),
-    (True, T0 + timedelta(hours=72), ()),
-])
+@pytest.mark.parametrize(
+    ("urgent", "at", "flags"),
+    [
+        (False, T0 + timedelta(days=1), ()),
+        (False, datetime(2026, 4, 11, tzinfo=UTC), ("review_due",)),
+        (False, datetime(2026, 6, 3, 9, 30, tzinfo=UTC), ("review_due", "expiring_soon")),
+        (False, datetime(2026, 6, 10, 9, 30, tzinfo=UTC), ()),  # expired: nothing to flag
+        (True, T0 + timedelta(hours=1), ("expiring_soon", "awaiting_ratification")),
+        (True, T0 + timedelta(hours=72), ()),
+    ],
+)
 def test_warnings(urgent: bool, at: datetime, flags: tuple[str, ...]) -> None:
     officer = DUTY_INSPECTOR if urgent else HOPS
     assert rules.warnings(granted(application(urgent=urgent, officer=officer)), at) == flags
@@ -278,11 +311,21 @@ def test_warnings(urgent: bool, at: datetime, flags: tuple[str, ...]) -> None:
 # -- applications from the command line or a file ----------------------------------------------
 def fields(**over: Any) -> dict[str, Any]:
     base: dict[str, Any] = dict(
-        ref="CA1-2026-0042", subject="p12345", case_type="criminal",
-        purpose=["preventing_or_detecting_crime,establishing_facts"], channel=["web", "email"],
-        officer="p100", officer_name="Pat Hops", officer_role="head_of_professional_standards",
-        officer_rank="superintendent", necessity="needed", proportionality="least intrusive",
-        collateral="family mail excluded", ripa_considered="yes", investigator=["inv1"])
+        ref="CA1-2026-0042",
+        subject="p12345",
+        case_type="criminal",
+        purpose=["preventing_or_detecting_crime,establishing_facts"],
+        channel=["web", "email"],
+        officer="p100",
+        officer_name="Pat Hops",
+        officer_role="head_of_professional_standards",
+        officer_rank="superintendent",
+        necessity="needed",
+        proportionality="least intrusive",
+        collateral="family mail excluded",
+        ripa_considered="yes",
+        investigator=["inv1"],
+    )
     base.update(over)
     return base
 
@@ -294,10 +337,13 @@ def test_build_application_parses_lists_and_defaults_start_to_now() -> None:
     assert app.start == T0 and app.ripa_considered and app.retention_days is None
 
 
-@pytest.mark.parametrize(("start", "result"), [
-    (T0 - timedelta(seconds=30), T0),  # within the skew: counts as now
-    (T0 + timedelta(days=2), T0 + timedelta(days=2)),  # a future start is kept
-])
+@pytest.mark.parametrize(
+    ("start", "result"),
+    [
+        (T0 - timedelta(seconds=30), T0),  # within the skew: counts as now
+        (T0 + timedelta(days=2), T0 + timedelta(days=2)),  # a future start is kept
+    ],
+)
 def test_start_skew_and_future(start: datetime, result: datetime) -> None:
     app = rules.build_application(fields(start=start.isoformat()), urgent=False, now=T0)
     assert app.start == result
@@ -308,36 +354,40 @@ def test_start_in_the_past_refused() -> None:
         rules.build_application(fields(start="2026-03-10T09:28:59Z"), urgent=False, now=T0)
 
 
-@pytest.mark.parametrize(("over", "error", "message"), [
-    ({"purpose": ["fishing"]}, InvalidInput, "purpose 'fishing': must be one of establishing"),
-    ({"channel": ["fax"]}, InvalidInput, "channel 'fax': must be one of web, email, packets"),
-    ({"channel": [" , "]}, InvalidInput, "at least one channel is required"),
-    ({"case_type": "burglary"}, InvalidInput, "case type 'burglary'"),
-    ({"officer_rank": "general"}, InvalidInput, "rank 'general'"),
-    ({"subject": "P12345"}, InvalidInput, "subject 'P12345'"),
-    ({"ref": "../etc"}, InvalidInput, "reference '../etc'"),
-    ({"ref": "a/b"}, InvalidInput, "reference 'a/b'"),
-    ({"ref": "a..b"}, InvalidInput, "reference 'a..b'"),
-    ({"ref": ".hidden"}, InvalidInput, "reference '.hidden'"),
-    ({"ref": "x" * 65}, InvalidInput, "1-64 characters"),
-    ({"necessity": "  "}, RuleViolation, "necessity statement must not be empty"),
-    ({"proportionality": ""}, InvalidInput, "missing required field.*--proportionality"),
-    ({"collateral": "\t"}, RuleViolation, "collateral intrusion statement must not be empty"),
-    ({"ripa_considered": "maybe"}, InvalidInput, "RIPA considered 'maybe': must be yes or no"),
-    ({"ripa_considered": "no"}, RuleViolation, "RIPA note saying why is required"),
-    ({"retention_days": 0}, InvalidInput, "retention days 0: must be greater than 0"),
-    ({"retention_days": "ten"}, InvalidInput, "whole number"),
-    ({"officer_role": "director_of_hr"}, RuleViolation, "allowed roles"),
-    ({"officer": "p12345"}, RuleViolation, "themselves"),
-])
+@pytest.mark.parametrize(
+    ("over", "error", "message"),
+    [
+        ({"purpose": ["fishing"]}, InvalidInput, "purpose 'fishing': must be one of establishing"),
+        ({"channel": ["fax"]}, InvalidInput, "channel 'fax': must be one of web, email, packets"),
+        ({"channel": [" , "]}, InvalidInput, "at least one channel is required"),
+        ({"case_type": "burglary"}, InvalidInput, "case type 'burglary'"),
+        ({"officer_rank": "general"}, InvalidInput, "rank 'general'"),
+        ({"subject": "P12345"}, InvalidInput, "subject 'P12345'"),
+        ({"ref": "../etc"}, InvalidInput, "reference '../etc'"),
+        ({"ref": "a/b"}, InvalidInput, "reference 'a/b'"),
+        ({"ref": "a..b"}, InvalidInput, "reference 'a..b'"),
+        ({"ref": ".hidden"}, InvalidInput, "reference '.hidden'"),
+        ({"ref": "x" * 65}, InvalidInput, "1-64 characters"),
+        ({"necessity": "  "}, RuleViolation, "necessity statement must not be empty"),
+        ({"proportionality": ""}, InvalidInput, "missing required field.*--proportionality"),
+        ({"collateral": "\t"}, RuleViolation, "collateral intrusion statement must not be empty"),
+        ({"ripa_considered": "maybe"}, InvalidInput, "RIPA considered 'maybe': must be yes or no"),
+        ({"ripa_considered": "no"}, RuleViolation, "RIPA note saying why is required"),
+        ({"retention_days": 0}, InvalidInput, "retention days 0: must be greater than 0"),
+        ({"retention_days": "ten"}, InvalidInput, "whole number"),
+        ({"officer_role": "director_of_hr"}, RuleViolation, "allowed roles"),
+        ({"officer": "p12345"}, RuleViolation, "themselves"),
+    ],
+)
 def test_application_refusals(over: dict[str, Any], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         rules.build_application(fields(**over), urgent=False, now=T0)
 
 
 def test_ripa_no_with_note_is_accepted() -> None:
-    app = rules.build_application(fields(ripa_considered="no", ripa_note="not covert"),
-                                  urgent=False, now=T0)
+    app = rules.build_application(
+        fields(ripa_considered="no", ripa_note="not covert"), urgent=False, now=T0
+    )
     assert not app.ripa_considered and app.ripa_note == "not covert"
 
 

@@ -30,29 +30,58 @@ def register_investigator(data_dir: Path) -> None:
 
 
 def grant_args(ref: str, subject: str = "p12345") -> list[str]:
-    return ["auth", "grant", "--ref", ref, "--subject", subject, "--case-type", "criminal",
-            "--purpose", "preventing_or_detecting_crime", "--channel", "web,email",
-            "--officer", "p100", "--officer-name", "Pat Hops",
-            "--officer-role", "head_of_professional_standards", "--officer-rank",
-            "superintendent", "--necessity", "n", "--proportionality", "p", "--collateral", "c",
-            "--ripa-considered", "yes", "--investigator", "inv1"]
+    return [
+        "auth",
+        "grant",
+        "--ref",
+        ref,
+        "--subject",
+        subject,
+        "--case-type",
+        "criminal",
+        "--purpose",
+        "preventing_or_detecting_crime",
+        "--channel",
+        "web,email",
+        "--officer",
+        "p100",
+        "--officer-name",
+        "Pat Hops",
+        "--officer-role",
+        "head_of_professional_standards",
+        "--officer-rank",
+        "superintendent",
+        "--necessity",
+        "n",
+        "--proportionality",
+        "p",
+        "--collateral",
+        "c",
+        "--ripa-considered",
+        "yes",
+        "--investigator",
+        "inv1",
+    ]
 
 
-def wait_for(source: SnapshotSource, predicate: Callable[[Snapshot], bool],
-             limit: float = 10.0) -> float:
+def wait_for(
+    source: SnapshotSource, predicate: Callable[[Snapshot], bool], limit: float = 10.0
+) -> float:
     began = time.monotonic()
     while time.monotonic() - began < limit:
         if predicate(source.current()):
             return time.monotonic() - began
         time.sleep(0.02)
-    raise AssertionError(f"snapshot did not change within {limit} s (last error: "
-                         f"{source.last_error})")
+    raise AssertionError(
+        f"snapshot did not change within {limit} s (last error: {source.last_error})"
+    )
 
 
 def dnd_from(config: Path) -> Callable[[], list[str]]:
     def load() -> list[str]:
         data = tomllib.loads(config.read_text())
         return list(data.get("do_not_decrypt", {}).get("hosts", []))
+
     return load
 
 
@@ -113,16 +142,16 @@ def test_asyncio_watch_and_listener(lbm: Lbm) -> None:
     assert seen and seen[-1] == 1
 
 
-def test_config_edit_reloads_do_not_decrypt_and_a_broken_config_keeps_the_last(
-        lbm: Lbm) -> None:
+def test_config_edit_reloads_do_not_decrypt_and_a_broken_config_keeps_the_last(lbm: Lbm) -> None:
     config = lbm.data_dir / "lbm.toml"
-    source = SnapshotSource(DataPaths(lbm.data_dir), config_path=config,
-                            load_do_not_decrypt=dnd_from(config)).start()
+    source = SnapshotSource(
+        DataPaths(lbm.data_dir), config_path=config, load_do_not_decrypt=dnd_from(config)
+    ).start()
     try:
         assert source.current().is_do_not_decrypt("www.nhs.uk")
         assert not source.current().is_do_not_decrypt("union.example")
         text = config.read_text()
-        config.write_text(text.replace('hosts = [', 'hosts = ["*.union.example", ', 1))
+        config.write_text(text.replace("hosts = [", 'hosts = ["*.union.example", ', 1))
         wait_for(source, lambda s: s.is_do_not_decrypt("branch.union.example"), limit=5)
         config.write_text(text + "\n[broken\n")
         time.sleep(0.6)
@@ -149,9 +178,11 @@ def test_registry_created_after_the_source_starts(tmp_path: Path) -> None:
 
 def test_identity_import_reaches_the_snapshot(lbm: Lbm, tmp_path: Path) -> None:
     feed = tmp_path / "feed.csv"
-    feed.write_text("principal,kind,value,valid_from,valid_to\n"
-                    "p12345,username,jsmith,,\n"
-                    "p12345,email,J.Smith@force.example,,\n")
+    feed.write_text(
+        "principal,kind,value,valid_from,valid_to\n"
+        "p12345,username,jsmith,,\n"
+        "p12345,email,J.Smith@force.example,,\n"
+    )
     with SnapshotSource(DataPaths(lbm.data_dir)) as source:
         assert source.current().resolve(username="jsmith") is None
         result = lbm("identity", "import", str(feed))

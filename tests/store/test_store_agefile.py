@@ -18,7 +18,8 @@ from store import agefile as age
 CHUNK = age.CHUNK
 needs_age = pytest.mark.skipif(
     shutil.which("age") is None or shutil.which("age-keygen") is None,
-    reason="the `age` Debian package is not installed (apt-get install age)")
+    reason="the `age` Debian package is not installed (apt-get install age)",
+)
 
 
 def _data(n: int, seed: int = 1) -> bytes:
@@ -28,8 +29,9 @@ def _data(n: int, seed: int = 1) -> bytes:
 def _keygen(path: Path) -> tuple[str, str]:
     """A real age-keygen identity file: (file text, public key)."""
     subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
-    public = subprocess.run(["age-keygen", "-y", str(path)], check=True, capture_output=True,
-                            text=True).stdout.strip()
+    public = subprocess.run(
+        ["age-keygen", "-y", str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
     return path.read_text(), public
 
 
@@ -55,8 +57,9 @@ def test_keys_agree_with_age_keygen(tmp_path: Path) -> None:
     # and the other way: our generated identity file is read by age-keygen -y
     secret, ours = age.generate()
     (tmp_path / "ours.txt").write_text(age.identity_file_text(secret, ["test"]))
-    out = subprocess.run(["age-keygen", "-y", str(tmp_path / "ours.txt")], check=True,
-                         capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(
+        ["age-keygen", "-y", str(tmp_path / "ours.txt")], check=True, capture_output=True, text=True
+    ).stdout.strip()
     assert out == ours
 
 
@@ -66,12 +69,17 @@ def test_age_cli_decrypts_ours_and_we_decrypt_age_cli(tmp_path: Path, size: int)
     text, public = _keygen(tmp_path / "k.txt")
     plain = _data(size, size)
     (tmp_path / "ours.age").write_bytes(_encrypt(plain, [public], [size // 3, 7]))
-    out = subprocess.run(["age", "-d", "-i", str(tmp_path / "k.txt"), str(tmp_path / "ours.age")],
-                         check=True, capture_output=True).stdout
+    out = subprocess.run(
+        ["age", "-d", "-i", str(tmp_path / "k.txt"), str(tmp_path / "ours.age")],
+        check=True,
+        capture_output=True,
+    ).stdout
     assert out == plain
     (tmp_path / "p.bin").write_bytes(plain)
-    subprocess.run(["age", "-r", public, "-o", str(tmp_path / "theirs.age"),
-                    str(tmp_path / "p.bin")], check=True)
+    subprocess.run(
+        ["age", "-r", public, "-o", str(tmp_path / "theirs.age"), str(tmp_path / "p.bin")],
+        check=True,
+    )
     with (tmp_path / "theirs.age").open("rb") as fh:
         assert age.AgeReader(fh, age.parse_identity_file(text)).read_all() == plain
 
@@ -83,11 +91,15 @@ def test_multiple_recipients_each_decrypt_with_age(tmp_path: Path) -> None:
     _, pub3 = _keygen(tmp_path / "c.txt")
     (tmp_path / "x.age").write_bytes(_encrypt(b"for two", [pub1, pub2]))
     for name in ("a.txt", "b.txt"):
-        out = subprocess.run(["age", "-d", "-i", str(tmp_path / name), str(tmp_path / "x.age")],
-                             check=True, capture_output=True).stdout
+        out = subprocess.run(
+            ["age", "-d", "-i", str(tmp_path / name), str(tmp_path / "x.age")],
+            check=True,
+            capture_output=True,
+        ).stdout
         assert out == b"for two"
-    refused = subprocess.run(["age", "-d", "-i", str(tmp_path / "c.txt"),
-                              str(tmp_path / "x.age")], capture_output=True)
+    refused = subprocess.run(
+        ["age", "-d", "-i", str(tmp_path / "c.txt"), str(tmp_path / "x.age")], capture_output=True
+    )
     assert refused.returncode != 0 and pub3
 
 
@@ -99,8 +111,11 @@ def test_wrong_identity_is_refused_clearly() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(size=st.integers(0, 3 * CHUNK + 5), cuts=st.lists(st.integers(0, CHUNK + 3), max_size=6),
-       seed=st.integers(0, 2**16))
+@given(
+    size=st.integers(0, 3 * CHUNK + 5),
+    cuts=st.lists(st.integers(0, CHUNK + 3), max_size=6),
+    seed=st.integers(0, 2**16),
+)
 def test_round_trip_any_size_any_write_split(size: int, cuts: list[int], seed: int) -> None:
     secret, public = age.generate()
     plain = _data(size, seed)
@@ -114,8 +129,9 @@ def test_round_trip_any_size_any_write_split(size: int, cuts: list[int], seed: i
 
 @settings(max_examples=60, deadline=None)
 @given(size=st.integers(1, 3 * CHUNK), where=st.floats(0, 1), seed=st.integers(0, 2**16))
-def test_truncated_file_yields_authenticated_prefix_flagged(size: int, where: float,
-                                                             seed: int) -> None:
+def test_truncated_file_yields_authenticated_prefix_flagged(
+    size: int, where: float, seed: int
+) -> None:
     secret, public = age.generate()
     plain = _data(size, seed)
     blob = _encrypt(plain, [public])
@@ -137,9 +153,10 @@ def test_cut_exactly_after_a_whole_chunk_is_still_truncated() -> None:
     plain = _data(3 * CHUNK + 10)
     blob = _encrypt(plain, [public])
     start = age.header_length(io.BytesIO(blob))
-    reader = age.AgeReader(io.BytesIO(blob[:start + 2 * (CHUNK + 16)]), [secret],
-                           allow_truncated=True)
-    assert reader.read_all() == plain[:2 * CHUNK]
+    reader = age.AgeReader(
+        io.BytesIO(blob[: start + 2 * (CHUNK + 16)]), [secret], allow_truncated=True
+    )
+    assert reader.read_all() == plain[: 2 * CHUNK]
     assert reader.truncated
 
 
@@ -233,6 +250,9 @@ def test_batched_output_gets_every_sealed_chunk_before_write_returns(tmp_path: P
     writer.close()
     assert batches[-1] == [123 + 16]
     (tmp_path / "f.age").write_bytes(b"".join(parts))
-    out = subprocess.run(["age", "-d", "-i", str(tmp_path / "k.txt"), str(tmp_path / "f.age")],
-                         check=True, capture_output=True).stdout
+    out = subprocess.run(
+        ["age", "-d", "-i", str(tmp_path / "k.txt"), str(tmp_path / "f.age")],
+        check=True,
+        capture_output=True,
+    ).stdout
     assert out == data and text

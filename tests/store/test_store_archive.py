@@ -33,8 +33,9 @@ from store.segment import SegmentWriter, claim
 
 REF = "AUTH-2026-001"
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-needs_age = pytest.mark.skipif(shutil.which("age") is None,
-                               reason="the `age` Debian package is not installed")
+needs_age = pytest.mark.skipif(
+    shutil.which("age") is None, reason="the `age` Debian package is not installed"
+)
 
 
 @dataclass
@@ -49,8 +50,9 @@ class Env:
     def archive(self, **kw: object) -> Archive:
         return Archive(self.paths, self.key, self.clock, audit=self.audit, **kw)  # type: ignore[arg-type]
 
-    def read(self, ref: str, n: int, *, allow_truncated: bool = False,
-             path: Path | None = None) -> tuple[list[Record], bool]:
+    def read(
+        self, ref: str, n: int, *, allow_truncated: bool = False, path: Path | None = None
+    ) -> tuple[list[Record], bool]:
         ks = KeyStore(self.paths)
         seg_key = ks.unwrap_segment(ref, n, ks.unwrap_authorisation(ref, self.inv_text))
         with (path or self.paths.archive / ref / f"{n:06d}.age").open("rb") as fh:
@@ -78,8 +80,15 @@ def env(tmp_path: Path) -> Env:
     return make_env(tmp_path)
 
 
-def _write(archive: Archive, pieces: list[bytes], *, ref: str = REF, channel: str = "email",
-           kind: str = "message", ts: datetime = T0) -> str:
+def _write(
+    archive: Archive,
+    pieces: list[bytes],
+    *,
+    ref: str = REF,
+    channel: str = "email",
+    kind: str = "message",
+    ts: datetime = T0,
+) -> str:
     sink = archive.open_record(ref, channel, "p12345", ts, kind)
     for piece in pieces:
         sink.write(piece)
@@ -88,8 +97,12 @@ def _write(archive: Archive, pieces: list[bytes], *, ref: str = REF, channel: st
 
 def test_records_round_trip(env: Env) -> None:
     archive = env.archive()
-    contents = [[b""], [b"From: a@x\r\n\r\nhello\r\n"], [os.urandom(70_000), b"tail"],
-                [os.urandom(1000) for _ in range(300)]]
+    contents = [
+        [b""],
+        [b"From: a@x\r\n\r\nhello\r\n"],
+        [os.urandom(70_000), b"tail"],
+        [os.urandom(1000) for _ in range(300)],
+    ]
     ids = [_write(archive, c, kind=f"k{i}") for i, c in enumerate(contents)]
     assert ids == [f"{REF}/000001/{n}" for n in range(1, 5)]
     assert not archive.segment_closed(ids[0])
@@ -99,12 +112,20 @@ def test_records_round_trip(env: Env) -> None:
     assert not truncated
     assert [r.data for r in records] == [b"".join(c) for c in contents]
     for i, record in enumerate(records):
-        assert record.header == {"id": ids[i], "channel": "email", "kind": f"k{i}",
-                                 "ts": "2026-03-01T09:00:00Z", "principal": "p12345",
-                                 "length": None, "framing": "chunked"}
+        assert record.header == {
+            "id": ids[i],
+            "channel": "email",
+            "kind": f"k{i}",
+            "ts": "2026-03-01T09:00:00Z",
+            "principal": "p12345",
+            "length": None,
+            "framing": "chunked",
+        }
         assert record.trailer == {"length": len(record.data)}
-    index = [json.loads(line) for line in
-             (env.paths.archive / REF / "000001.index.jsonl").read_text().splitlines()]
+    index = [
+        json.loads(line)
+        for line in (env.paths.archive / REF / "000001.index.jsonl").read_text().splitlines()
+    ]
     assert [i["id"] for i in index] == ids
     assert [i["length"] for i in index] == [len(r.data) for r in records]
     manifest = json.loads((env.paths.archive / REF / "000001.manifest.json").read_text())
@@ -210,12 +231,19 @@ def test_segments_rotate_by_size_and_chain(env: Env) -> None:
     ids = [_write(archive, [os.urandom(60_000)]) for _ in range(5)]
     archive.close()
     # a segment closes when a record ends past the limit; records never span segments
-    assert ids == [f"{REF}/000001/1", f"{REF}/000001/2", f"{REF}/000002/1", f"{REF}/000002/2",
-                   f"{REF}/000003/1"]
+    assert ids == [
+        f"{REF}/000001/1",
+        f"{REF}/000001/2",
+        f"{REF}/000002/1",
+        f"{REF}/000002/2",
+        f"{REF}/000003/1",
+    ]
     report = verify_all(env.paths.archive, env.key.known_keys())
     assert report.ok and report.segments == 3
-    heads = [json.loads((env.paths.archive / REF / f"00000{n}.manifest.json").read_text())
-             for n in (1, 2, 3)]
+    heads = [
+        json.loads((env.paths.archive / REF / f"00000{n}.manifest.json").read_text())
+        for n in (1, 2, 3)
+    ]
     assert [h["chain_seq"] for h in heads] == [1, 2, 3]
 
 
@@ -261,7 +289,7 @@ def test_concurrent_writers_on_several_refs(env: Env) -> None:
             ref = REF if (n + i) % 2 else "AUTH-2"
             sink = archive.open_record(ref, "web", "p12345", T0, "body")
             for start in range(0, len(body), 7000):
-                sink.write(body[start:start + 7000])
+                sink.write(body[start : start + 7000])
             record_id = sink.close()
             with lock:
                 written[record_id] = body
@@ -328,19 +356,25 @@ def _swap(directory: Path, a: str, b: str) -> None:
 
 TAMPERS = {
     "manifest byte": (lambda d: _flip(d / "000002.manifest.json", 60), "000002"),
-    "manifest count": (lambda d: (d / "000002.manifest.json").write_text(
-        (d / "000002.manifest.json").read_text().replace('"records":1', '"records":2')),
-        "000002"),
+    "manifest count": (
+        lambda d: (d / "000002.manifest.json").write_text(
+            (d / "000002.manifest.json").read_text().replace('"records":1', '"records":2')
+        ),
+        "000002",
+    ),
     "segment byte": (lambda d: _flip(d / "000003.age", 400), "000003"),
     "segment appended": (lambda d: (d / "000001.age").open("ab").write(b"x"), "000001"),
     "index byte": (lambda d: _flip(d / "000002.index.jsonl", 5), "000002"),
-    "middle segment deleted": (lambda d: [(d / f"000002{s}").unlink() for s in
-                                          (".age", ".index.jsonl", ".manifest.json")], "000003"),
+    "middle segment deleted": (
+        lambda d: [(d / f"000002{s}").unlink() for s in (".age", ".index.jsonl", ".manifest.json")],
+        "000003",
+    ),
     "only the ciphertext deleted": (lambda d: (d / "000002.age").unlink(), "000002"),
     "reordered": (lambda d: _swap(d, "000002", "000003"), "00000"),
-    "newest segment deleted": (lambda d: [(d / f"000004{s}").unlink() for s in
-                                          (".age", ".index.jsonl", ".manifest.json")],
-                               "chain head"),
+    "newest segment deleted": (
+        lambda d: [(d / f"000004{s}").unlink() for s in (".age", ".index.jsonl", ".manifest.json")],
+        "chain head",
+    ),
     "manifest deleted": (lambda d: (d / "000003.manifest.json").unlink(), "000003"),
 }
 
@@ -397,8 +431,12 @@ sys.stdin.read()
 
 
 def test_kill_9_mid_record_then_recover_marks_segment_truncated(env: Env) -> None:
-    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(env.paths.root), REF, "3",
-                           "kill"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, str(env.paths.root), REF, "3", "kill"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == -9 and "ready" in proc.stdout
     report = verify_all(env.paths.archive, env.key.known_keys())
     assert not report.ok and "000001: segment has no manifest" in report.problems[0]
@@ -427,8 +465,12 @@ def test_kill_9_mid_record_then_recover_marks_segment_truncated(env: Env) -> Non
 
 
 def test_recover_leaves_a_live_writers_segment_alone(env: Env) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(env.paths.root), REF, "1",
-                             "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_SCRIPT, str(env.paths.root), REF, "1", "wait"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         assert env.archive().recover() == []
@@ -463,8 +505,12 @@ except ArchiveError as exc:
 
 
 def test_file_size_limit_gives_clean_error_and_no_valid_looking_segment(env: Env) -> None:
-    proc = subprocess.run([sys.executable, "-c", FSIZE_SCRIPT, str(env.paths.root), REF],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", FSIZE_SCRIPT, str(env.paths.root), REF],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     error = json.loads(proc.stdout)["error"]
     assert error is not None and "file size limit exceeded" in error
@@ -550,8 +596,12 @@ print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def test_a_200_mb_record_streams_in_flat_memory(env: Env) -> None:
-    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(env.paths.root), REF, "200"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(env.paths.root), REF, "200"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     before_kib, peak_kib = map(int, proc.stdout.split())
     assert peak_kib - before_kib < 20 * 1024, (before_kib, peak_kib)  # vs a 200 MiB record
@@ -579,12 +629,13 @@ def _segment_plaintext(records: list[list[bytes]]) -> tuple[bytes, list[str]]:
             ids.append(writer.end_record().id)
         writer.finish()
         writer.release()
-        index = [json.loads(x) for x in (directory / "000001.index.jsonl").read_text().split("\n")
-                 if x]
+        index = [
+            json.loads(x) for x in (directory / "000001.index.jsonl").read_text().split("\n") if x
+        ]
         plain = age.decrypt_bytes((directory / "000001.age").read_bytes(), [secret])
     for entry, pieces in zip(index, records, strict=True):
         assert entry["length"] == sum(map(len, pieces))
-        assert plain[entry["offset"]:entry["end"]].startswith(b'{"channel":"web"')
+        assert plain[entry["offset"] : entry["end"]].startswith(b'{"channel":"web"')
     return plain, ids
 
 
@@ -601,7 +652,8 @@ def test_framing_round_trips_arbitrary_bytes(records: list[list[bytes]]) -> None
 @settings(max_examples=50, deadline=None)
 @given(records=record_lists, where=st.floats(0, 1))
 def test_framing_cut_anywhere_keeps_whole_records_and_flags_the_cut_one(
-        records: list[list[bytes]], where: float) -> None:
+    records: list[list[bytes]], where: float
+) -> None:
     plain, ids = _segment_plaintext(records)
     cut = int(len(plain) * where)
     parsed = read_records(io.BytesIO(plain[:cut]))
@@ -639,14 +691,17 @@ archive.close()
 
 
 def test_several_processes_share_one_archive_and_one_chain(env: Env) -> None:
-    procs = [subprocess.Popen([sys.executable, "-c", MULTI_SCRIPT, str(env.paths.root), REF,
-                               channel]) for channel in ("web", "email", "packets")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", MULTI_SCRIPT, str(env.paths.root), REF, channel])
+        for channel in ("web", "email", "packets")
+    ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     report = verify_all(env.paths.archive, env.key.known_keys())
     assert report.ok and report.segments == 45
     contents = sorted(env.read(REF, n)[0][0].data for n in range(1, 46))
-    assert contents == sorted(f"{c} {i}".encode() for c in ("web", "email", "packets")
-                              for i in range(15))
+    assert contents == sorted(
+        f"{c} {i}".encode() for c in ("web", "email", "packets") for i in range(15)
+    )
 
 
 def test_a_failing_writer_leaves_an_aborted_record_and_close_waits_for_busy(env: Env) -> None:
@@ -662,8 +717,7 @@ def test_a_failing_writer_leaves_an_aborted_record_and_close_waits_for_busy(env:
     busy.close()
     assert not archive.open_segments()
     first, _ = env.read(REF, 1)
-    assert first[0].data == b"partial body" and first[0].trailer == {"aborted": True,
-                                                                    "length": 12}
+    assert first[0].data == b"partial body" and first[0].trailer == {"aborted": True, "length": 12}
     assert not first[0].complete
     index = (env.paths.archive / REF / "000001.index.jsonl").read_text()
     assert '"aborted":true' in index

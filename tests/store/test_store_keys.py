@@ -14,8 +14,9 @@ from store import agefile as age
 from store.keys import KeyStore
 from store.paths import DataPaths
 
-needs_age = pytest.mark.skipif(shutil.which("age") is None,
-                               reason="the `age` Debian package is not installed")
+needs_age = pytest.mark.skipif(
+    shutil.which("age") is None, reason="the `age` Debian package is not installed"
+)
 
 
 def _identity(path: Path) -> tuple[str, str]:
@@ -42,12 +43,16 @@ def test_authorisation_key_is_only_stored_wrapped(store: KeyStore, tmp_path: Pat
     assert store.authorisation_public("AUTH-1") == public
     assert b"AGE-SECRET-KEY" not in _all_bytes(store.paths.root)
     # the real age CLI opens the wrapped key with the investigator identity
-    out = subprocess.run(["age", "-d", "-i", str(tmp_path / "inv.key"),
-                          str(store.auth_key_path("AUTH-1"))],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["age", "-d", "-i", str(tmp_path / "inv.key"), str(store.auth_key_path("AUTH-1"))],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     (tmp_path / "auth.key").write_text(out)
-    derived = subprocess.run(["age-keygen", "-y", str(tmp_path / "auth.key")], check=True,
-                             capture_output=True, text=True).stdout.strip()
+    derived = subprocess.run(
+        ["age-keygen", "-y", str(tmp_path / "auth.key")], check=True, capture_output=True, text=True
+    ).stdout.strip()
     assert derived == public
     assert age.public_of(store.unwrap_authorisation("AUTH-1", inv_text)) == public
 
@@ -150,8 +155,11 @@ def test_key_operations_are_audited_with_fingerprints_only(tmp_path: Path) -> No
     ks.destroy_authorisation("AUTH-1")
     entries = list(audit.entries())
     assert [(e["action"], e["fields"]["key"]) for e in entries] == [
-        ("key_create", "authorisation"), ("key_rewrap", "authorisation"),
-        ("key_destroy", "segment"), ("key_destroy", "authorisation")]
+        ("key_create", "authorisation"),
+        ("key_rewrap", "authorisation"),
+        ("key_destroy", "segment"),
+        ("key_destroy", "authorisation"),
+    ]
     assert entries[0]["fields"]["fingerprint"] == age.recipient_fingerprint(public)
     assert all(e["refs"] == ["AUTH-1"] and e["actor"] == "tester" for e in entries)
     assert "AGE-SECRET-KEY" not in paths.audit_log.read_text()

@@ -38,8 +38,11 @@ def sample_value(field: pa.Field, i: int) -> Any:
     if field.name == "ts":
         return T0 + timedelta(seconds=37 * i)
     if pa.types.is_list(t):
-        return [f"{field.name}-{i}-a", f"{field.name}-{i}-b"] if pa.types.is_string(
-            t.value_type) else [1.5 * i, 2.0]
+        return (
+            [f"{field.name}-{i}-a", f"{field.name}-{i}-b"]
+            if pa.types.is_string(t.value_type)
+            else [1.5 * i, 2.0]
+        )
     if pa.types.is_string(t):
         return f"{field.name}-{i}"
     if pa.types.is_boolean(t):
@@ -160,9 +163,11 @@ def test_hive_layout_file_names_and_sequence_across_restarts(paths: DataPaths) -
     for p in files:
         key = str(p.parent.relative_to(paths.metadata))
         by_dir[key] = sorted(by_dir.get(key, []) + pq.read_table(p).column("uid").to_pylist())
-    assert by_dir == {"stream=web/date=2026-03-01/hour=09": ["a", "d"],
-                      "stream=web/date=2026-03-01/hour=10": ["b"],
-                      "stream=web/date=2026-03-02/hour=00": ["c"]}
+    assert by_dir == {
+        "stream=web/date=2026-03-01/hour=09": ["a", "d"],
+        "stream=web/date=2026-03-01/hour=10": ["b"],
+        "stream=web/date=2026-03-02/hour=00": ["c"],
+    }
     names = [p.name for p in files]
     assert all(NAME_RE.match(n) for n in names)
     seqs = sorted(int(n.split("__")[2].split(".")[0]) for n in names)
@@ -184,8 +189,9 @@ def test_duckdb_sees_rows_within_seconds_and_ignores_hidden_files(paths: DataPat
         count = 0
         while time.monotonic() < deadline:
             if any(hour.glob("*.parquet")):
-                count = con.execute(f"select count(*) from read_parquet('{glob}', "
-                                    f"hive_partitioning=true)").fetchall()[0][0]
+                count = con.execute(
+                    f"select count(*) from read_parquet('{glob}', hive_partitioning=true)"
+                ).fetchall()[0][0]
                 if count == 100:
                     break
             time.sleep(0.1)
@@ -194,11 +200,12 @@ def test_duckdb_sees_rows_within_seconds_and_ignores_hidden_files(paths: DataPat
         # glob does match dot-files ending in .parquet: that is why ours never end so.)
         (hour / ".gw1__proxy__0000000099.parquet.tmp").write_bytes(b"PAR1 torn")
         (hour / ".gw1__proxy__0000000098.parquet.replaced").write_bytes(b"PAR1 torn")
-        rel = con.execute(f"select hour, date, count(*) from read_parquet('{glob}', "
-                         f"hive_partitioning=true) group by all").fetchall()
+        rel = con.execute(
+            f"select hour, date, count(*) from read_parquet('{glob}', "
+            f"hive_partitioning=true) group by all"
+        ).fetchall()
         assert rel == [("09", datetime(2026, 3, 1).date(), 100)]  # hour stays text: "09"
-        dataset = ds.dataset(paths.metadata / "stream=web", format="parquet",
-                             partitioning="hive")
+        dataset = ds.dataset(paths.metadata / "stream=web", format="parquet", partitioning="hive")
         assert dataset.to_table().num_rows == 100
     # The writer's next start removes its own hidden leftovers.
     with writer(paths):
@@ -268,12 +275,15 @@ def test_two_streams_one_writer_name_share_the_journal(paths: DataPaths) -> None
 def test_second_process_with_same_writer_name_fails_clearly(paths: DataPaths) -> None:
     with writer(paths) as w:
         w.append({"ts": T0, "uid": "x"})
-        code = ("import sys; from pathlib import Path; from store.paths import DataPaths;"
-                "from store.metadata import MetadataWriter;"
-                f"MetadataWriter('web', 'proxy', paths=DataPaths(Path({str(paths.root)!r})),"
-                "gateway='gw1')")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=60)
+        code = (
+            "import sys; from pathlib import Path; from store.paths import DataPaths;"
+            "from store.metadata import MetadataWriter;"
+            f"MetadataWriter('web', 'proxy', paths=DataPaths(Path({str(paths.root)!r})),"
+            "gateway='gw1')"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
     assert proc.returncode != 0
     assert "is locked: another process is running metadata writer 'proxy'" in proc.stderr
 
@@ -287,8 +297,9 @@ def test_bad_writer_and_gateway_ids(paths: DataPaths, bad: str) -> None:
 
 
 def _own(paths: DataPaths, hour_dir: Path, gateway: str, name: str) -> list[str]:
-    return sorted(p.name for p in hour_dir.glob("*.parquet")
-                  if p.name.startswith(f"{gateway}__{name}__"))
+    return sorted(
+        p.name for p in hour_dir.glob("*.parquet") if p.name.startswith(f"{gateway}__{name}__")
+    )
 
 
 def test_compaction_merges_only_own_files_of_closed_hours(paths: DataPaths) -> None:
@@ -300,8 +311,10 @@ def test_compaction_merges_only_own_files_of_closed_hours(paths: DataPaths) -> N
             other.append({"ts": T0, "uid": f"{gateway}-{name}-1"})
         with MetadataWriter("web", name, paths=paths, gateway=gateway) as other:
             other.append({"ts": T0, "uid": f"{gateway}-{name}-2"})
-    others_before = {n: (hour / n).read_bytes() for n in
-                     _own(paths, hour, "gw1", "proxy-b") + _own(paths, hour, "gw2", "proxy")}
+    others_before = {
+        n: (hour / n).read_bytes()
+        for n in _own(paths, hour, "gw1", "proxy-b") + _own(paths, hour, "gw2", "proxy")
+    }
     w = writer(paths, clock=clock, compact_delay=300)
     for i in range(3):
         w.append({"ts": T0 + timedelta(seconds=i), "uid": f"own-{i}"})
@@ -341,9 +354,15 @@ def test_interrupted_compaction_is_finished_on_start_without_duplicates(paths: D
     # Crash state: merged file written hidden and recorded, one input already hidden.
     merged = pa.concat_tables([pq.read_table(p) for p in inputs])
     cp.write_temp(final, merged)
-    atomic_write(paths.journal / "proxy.compact", json.dumps({
-        "merged": str(final.relative_to(paths.metadata)),
-        "inputs": [str(p.relative_to(paths.metadata)) for p in inputs]}).encode())
+    atomic_write(
+        paths.journal / "proxy.compact",
+        json.dumps(
+            {
+                "merged": str(final.relative_to(paths.metadata)),
+                "inputs": [str(p.relative_to(paths.metadata)) for p in inputs],
+            }
+        ).encode(),
+    )
     inputs[0].rename(hour / f".{inputs[0].name}.replaced")
     with writer(paths):
         pass
@@ -359,22 +378,36 @@ def test_interrupted_round_is_rolled_forward_not_replayed_twice(paths: DataPaths
     # journal not yet emptied.
     sch = schema("web")
     batch = pa.RecordBatch.from_pylist(
-        [{"ts": T0, "uid": f"r{i}", "gateway": "gw1", "refs": [], "record_ids": []}
-         for i in range(5)], schema=sch)
+        [
+            {"ts": T0, "uid": f"r{i}", "gateway": "gw1", "refs": [], "record_ids": []}
+            for i in range(5)
+        ],
+        schema=sch,
+    )
     journal = Journal(paths.journal / "proxy.journal")
     journal.read()
     journal.reset()
     upto = journal.append([encode_batches("web", [batch], sch)])
     late = pa.RecordBatch.from_pylist(
         [{"ts": T0, "uid": "after-round", "gateway": "gw1", "refs": [], "record_ids": []}],
-        schema=sch)
+        schema=sch,
+    )
     journal.append([encode_batches("web", [late], sch)])  # not part of the round
-    final = cp.hour_dir(paths.metadata, "web", int(T0.timestamp()) // 3600) / \
-        cp.FileName("gw1", "proxy", 7).name
+    final = (
+        cp.hour_dir(paths.metadata, "web", int(T0.timestamp()) // 3600)
+        / cp.FileName("gw1", "proxy", 7).name
+    )
     cp.write_temp(final, pa.Table.from_batches([batch]))
-    atomic_write(paths.journal / "proxy.commit", json.dumps({
-        "generation": journal.generation.hex(), "upto": upto,
-        "files": [str(final.relative_to(paths.metadata))]}).encode())
+    atomic_write(
+        paths.journal / "proxy.commit",
+        json.dumps(
+            {
+                "generation": journal.generation.hex(),
+                "upto": upto,
+                "files": [str(final.relative_to(paths.metadata))],
+            }
+        ).encode(),
+    )
     journal.close()
     with writer(paths) as w:
         w.append({"ts": T0, "uid": "new"})
@@ -387,12 +420,29 @@ def test_journal_from_an_older_schema_version_replays(paths: DataPaths) -> None:
     with writer(paths):
         pass
     # A frame written by an earlier version: a column since removed, one not yet added.
-    old = pa.schema([("ts", pa.timestamp("us", tz="UTC")), ("uid", pa.string()),
-                     ("gateway", pa.string()), ("host", pa.string()),
-                     ("retired_col", pa.string()), ("status", pa.int64())])
+    old = pa.schema(
+        [
+            ("ts", pa.timestamp("us", tz="UTC")),
+            ("uid", pa.string()),
+            ("gateway", pa.string()),
+            ("host", pa.string()),
+            ("retired_col", pa.string()),
+            ("status", pa.int64()),
+        ]
+    )
     batch = pa.RecordBatch.from_pylist(
-        [{"ts": T0, "uid": "old-1", "gateway": "gw1", "host": "example.org",
-          "retired_col": "x", "status": 301}], schema=old)
+        [
+            {
+                "ts": T0,
+                "uid": "old-1",
+                "gateway": "gw1",
+                "host": "example.org",
+                "retired_col": "x",
+                "status": 301,
+            }
+        ],
+        schema=old,
+    )
     journal = Journal(paths.journal / "proxy.journal")
     journal.read()
     journal.append([encode_batches("web", [batch], old)])

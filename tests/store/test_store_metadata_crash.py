@@ -51,8 +51,13 @@ while True:
 
 def start_writer(root: Path, prefix: str, mode: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(root), prefix, mode],
-                            stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(root), prefix, mode],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def accepted_before_kill(proc: subprocess.Popen[str], at_least: int, delay: float = 0.0) -> int:
@@ -89,8 +94,9 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     for round_no in range(6):
         prefix = f"k{round_no}-"
         proc = start_writer(root, prefix, "continuous")
-        accepted[prefix] = accepted_before_kill(proc, rng.randrange(3_000, 25_000),
-                                                rng.uniform(0, 0.3))
+        accepted[prefix] = accepted_before_kill(
+            proc, rng.randrange(3_000, 25_000), rng.uniform(0, 0.3)
+        )
         restart(root)
         check_files(root)
         uids = read_stream(DataPaths(root), "web").column("uid").to_pylist()
@@ -146,14 +152,15 @@ def test_journal_truncated_mid_record_keeps_the_frames_before(tmp_path: Path) ->
 
 
 frames_strategy = st.lists(
-    st.tuples(st.integers(0, 255), st.integers(0, 2**64 - 1), st.binary(max_size=300)),
-    max_size=8)
+    st.tuples(st.integers(0, 255), st.integers(0, 2**64 - 1), st.binary(max_size=300)), max_size=8
+)
 
 
 @settings(max_examples=200, deadline=None)
 @given(frames_strategy, st.data())
-def test_framing_round_trip_and_torn_prefixes(frames: list[tuple[int, int, bytes]],
-                                               data: st.DataObject) -> None:
+def test_framing_round_trip_and_torn_prefixes(
+    frames: list[tuple[int, int, bytes]], data: st.DataObject
+) -> None:
     blob = b"".join(encode_frame(k, s, p) for k, s, p in frames)
     decoded, end = scan_frames(blob)
     assert [(f.kind, f.seq, f.payload) for f in decoded] == frames

@@ -26,18 +26,55 @@ def test_every_column_of_every_schema_is_not_content_like() -> None:
     assert offenders == []
 
 
-@pytest.mark.parametrize("name", [
-    "url", "request_url", "path", "url_path", "query", "query_string", "subject",
-    "mail_subject", "body", "response_body", "attachment_name", "filename", "header_x",
-    "headers", "cookie", "set_cookie", "payload", "content_type", "referer", "user_agent",
-    "request_uri", "uri", "qs", "password", "raw_message", "Subject", "URL",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "url",
+        "request_url",
+        "path",
+        "url_path",
+        "query",
+        "query_string",
+        "subject",
+        "mail_subject",
+        "body",
+        "response_body",
+        "attachment_name",
+        "filename",
+        "header_x",
+        "headers",
+        "cookie",
+        "set_cookie",
+        "payload",
+        "content_type",
+        "referer",
+        "user_agent",
+        "request_uri",
+        "uri",
+        "qs",
+        "password",
+        "raw_message",
+        "Subject",
+        "URL",
+    ],
+)
 def test_content_like_names_are_caught(name: str) -> None:
     assert content_like(name)
 
 
-@pytest.mark.parametrize("name", ["host", "security_level", "status", "server_name", "qname",
-                                  "rcpt_to", "message_id_sha256", "http_host"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "host",
+        "security_level",
+        "status",
+        "server_name",
+        "qname",
+        "rcpt_to",
+        "message_id_sha256",
+        "http_host",
+    ],
+)
 def test_ordinary_metadata_names_pass(name: str) -> None:
     assert not content_like(name)
 
@@ -45,9 +82,20 @@ def test_ordinary_metadata_names_pass(name: str) -> None:
 @pytest.mark.parametrize("stream", STREAMS)
 def test_schema_shape(stream: str) -> None:
     sch = schema(stream)
-    assert tuple(sch.names[: len(JOIN_KEYS)]) == JOIN_KEYS == (
-        "ts", "uid", "gateway", "principal", "client_ip", "client_port", "server_ip",
-        "server_port")
+    assert (
+        tuple(sch.names[: len(JOIN_KEYS)])
+        == JOIN_KEYS
+        == (
+            "ts",
+            "uid",
+            "gateway",
+            "principal",
+            "client_ip",
+            "client_port",
+            "server_ip",
+            "server_port",
+        )
+    )
     assert sch.field("ts").type == pa.timestamp("us", tz="UTC")
     assert not sch.field("ts").nullable and not sch.field("uid").nullable
     assert sch.field("principal").nullable
@@ -65,18 +113,53 @@ def test_schema_shape(stream: str) -> None:
 
 def test_stream_specific_columns() -> None:
     web = set(columns("web"))
-    assert {"request_id", "proxy_user", "notice_version", "scheme", "host", "port", "method",
-            "status", "bytes_up", "bytes_down", "decision", "tls_version"} <= web
+    assert {
+        "request_id",
+        "proxy_user",
+        "notice_version",
+        "scheme",
+        "host",
+        "port",
+        "method",
+        "status",
+        "bytes_up",
+        "bytes_down",
+        "decision",
+        "tls_version",
+    } <= web
     email = set(columns("email"))
     assert {"outcome", "direction", "mail_from", "rcpt_to", "size"} <= email
     assert not any("subject" in c for c in email)
     flow = set(columns("flow"))
-    assert {"proto", "service", "duration", "orig_bytes", "resp_bytes", "conn_state",
-            "missed_bytes", "history", "orig_pkts", "orig_ip_bytes", "resp_pkts",
-            "resp_ip_bytes", "server_name", "http_host", "tls_version"} <= flow
+    assert {
+        "proto",
+        "service",
+        "duration",
+        "orig_bytes",
+        "resp_bytes",
+        "conn_state",
+        "missed_bytes",
+        "history",
+        "orig_pkts",
+        "orig_ip_bytes",
+        "resp_pkts",
+        "resp_ip_bytes",
+        "server_name",
+        "http_host",
+        "tls_version",
+    } <= flow
     dns = set(columns("dns"))
-    assert {"qname", "qtype", "qtype_name", "rcode", "rcode_name", "answers", "ttls",
-            "trans_id", "proto"} <= dns
+    assert {
+        "qname",
+        "qtype",
+        "qtype_name",
+        "rcode",
+        "rcode_name",
+        "answers",
+        "ttls",
+        "trans_id",
+        "proto",
+    } <= dns
 
 
 def test_check_columns_names_column_and_stream() -> None:

@@ -31,12 +31,12 @@ def test_digest_matches_the_file_whatever_the_write_sizes(tmp_path: Path, total:
     while pos < total:  # single writes and writev batches of odd sizes, as the age writer does
         if rng.random() < 0.3:
             size = rng.randint(1, 70_000)
-            out.write(data[pos:pos + size])
+            out.write(data[pos : pos + size])
         else:
             sizes = [rng.randint(1, 300_000) for _ in range(rng.randint(1, 16))]
             chunks = []
             for size in sizes:
-                chunks.append(data[pos:pos + size])
+                chunks.append(data[pos : pos + size])
                 pos += size
             out.write_many([c for c in chunks if c])
             continue
