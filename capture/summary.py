@@ -22,6 +22,7 @@ class Summary:
     archived_packets: int = 0
     archive_errors: int = 0
     flow_counters: dict[str, int] = field(default_factory=dict)
+    live_reader: str = ""  # live capture: "tpacket_v3" ring or "socket" reads
 
     def add_bad(self, counts: dict[str, int]) -> None:
         """Add reader/decoder counters: problems go to `bad_packets`, the rest (tunnels
@@ -42,4 +43,5 @@ class Summary:
             "archived_packets": self.archived_packets,
             "archive_errors": self.archive_errors,
             "flow_counters": self.flow_counters,
+            **({"live_reader": self.live_reader} if self.live_reader else {}),
         }

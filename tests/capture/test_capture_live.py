@@ -74,7 +74,8 @@ def _flows(data_dir: Path) -> list[tuple[object, ...]]:
     return sorted(tuple(r[c] for c in COMPARED) for r in rows)
 
 
-def test_live_capture_matches_replay(netns: str, tmp_path: Path, corpus: Path) -> None:
+@pytest.mark.parametrize("ring", [True, False], ids=["tpacket-v3-ring", "socket-reads"])
+def test_live_capture_matches_replay(netns: str, tmp_path: Path, corpus: Path, ring: bool) -> None:
     pcap = corpus / "pcaps" / "dev" / "zeek__wikipedia.pcap"
     live_dir, replay_dir = tmp_path / "live", tmp_path / "replay"
     Lbm(live_dir)("init", check=True)
@@ -95,8 +96,9 @@ def test_live_capture_matches_replay(netns: str, tmp_path: Path, corpus: Path) -
         "lbm-rx",
         "--json",
     ]
+    env = {**os.environ, "LBM_CAPTURE_NO_RING": "0" if ring else "1"}
     proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
         ready = live_dir / "run" / "capture-lbm-rx.ready"
@@ -128,6 +130,7 @@ def test_live_capture_matches_replay(netns: str, tmp_path: Path, corpus: Path) -
     assert proc.returncode == 0, err
     assert not ready.exists()
     assert '"packets": 136' in out
+    assert f'"live_reader": "{"tpacket_v3" if ring else "socket"}"' in out
     Lbm(replay_dir)("capture", "replay", str(pcap), check=True)
     live, replayed = _flows(live_dir), _flows(replay_dir)
     assert len(replayed) == 34
