@@ -39,6 +39,8 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 SO_TIMESTAMPNS = 35
 SNAPLEN = 65535
+ARPHRD_LOOPBACK = 772  # loopback shows every packet twice: outgoing copies are skipped
+PACKET_OUTGOING = 4
 ARPHRD_TO_LINKTYPE = {1: LINKTYPE_ETHERNET, 772: LINKTYPE_ETHERNET, 65534: LINKTYPE_RAW}
 
 
@@ -71,7 +73,12 @@ def open_ring(sock: socket.socket, interface: str) -> PacketRing | None:
         return None
     hatype = sock.getsockname()[3]
     try:
-        return PacketRing(sock, interface, ARPHRD_TO_LINKTYPE.get(hatype, LINKTYPE_ETHERNET))
+        return PacketRing(
+            sock,
+            interface,
+            ARPHRD_TO_LINKTYPE.get(hatype, LINKTYPE_ETHERNET),
+            skip_outgoing=hatype == ARPHRD_LOOPBACK,
+        )
     except CaptureError:
         return None
 
@@ -122,6 +129,8 @@ class LiveCapture:
                 data, anc, flags, addr = sock.recvmsg(SNAPLEN, 64, socket.MSG_TRUNC)
             except BlockingIOError:
                 return
+            if addr[3] == ARPHRD_LOOPBACK and addr[2] == PACKET_OUTGOING:
+                continue
             stamp = time.time_ns()
             for level, kind, value in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:

@@ -34,6 +34,8 @@ _BLOCK_FIRST = 16
 _BLOCK_LEN = 20
 # struct tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status, mac
 _PKT_HDR = struct.Struct("=IIIIIIH")
+_SLL_PKTTYPE = 48 + 10  # sockaddr_ll follows the 48-byte tpacket3_hdr; pkttype at +10
+PACKET_OUTGOING = 4
 
 
 def ring_disabled() -> bool:
@@ -52,8 +54,10 @@ class PacketRing:
         block_size: int = 1 << 20,
         block_nr: int = 64,
         retire_ms: int = 100,
+        skip_outgoing: bool = False,
     ) -> None:
         self.linktype = linktype
+        self.skip_outgoing = skip_outgoing
         self.block_size = block_size
         self.block_nr = block_nr
         frame_size = 1 << 11
@@ -98,12 +102,15 @@ class PacketRing:
         offs = np.empty(num, np.int64)
         off, n, size = first, 0, block.shape[0]
         unpack, view = _PKT_HDR.unpack_from, block.data
-        while n < num and off + _PKT_HDR.size <= size:
+        for _ in range(num):
+            if off + _SLL_PKTTYPE >= size:
+                break
             nxt, sec, nsec, snap, length, _status, mac = unpack(view, off)
-            start = off + mac
-            snap = max(0, min(snap, size - start))
-            ts[n], cap[n], wire[n], offs[n] = sec * 1_000_000_000 + nsec, snap, length, start
-            n += 1
+            if not (self.skip_outgoing and view[off + _SLL_PKTTYPE] == PACKET_OUTGOING):
+                start = off + mac
+                snap = max(0, min(snap, size - start))
+                ts[n], cap[n], wire[n], offs[n] = sec * 1_000_000_000 + nsec, snap, length, start
+                n += 1
             if nxt == 0:
                 break
             off += nxt

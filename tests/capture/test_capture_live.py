@@ -143,3 +143,42 @@ def test_live_on_a_missing_interface_fails_clearly(lbm: Lbm) -> None:
     res = lbm("capture", "live", "--interface", "nosuchif0")
     assert res.returncode == 1
     assert "nosuchif0" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("ring", [True, False], ids=["tpacket-v3-ring", "socket-reads"])
+def test_loopback_packets_are_counted_once(tmp_path: Path, ring: bool) -> None:
+    """The loopback device shows each packet as outgoing and incoming; like libpcap we keep
+    one copy, so packet counts match what was sent."""
+    import socket
+
+    data = tmp_path / "lo"
+    Lbm(data)("init", check=True)
+    env = {**os.environ, "LBM_CAPTURE_NO_RING": "0" if ring else "1"}
+    cmd = [sys.executable, "-m", "appliance.cli.main", "--data-dir", str(data), "capture",
+           "live", "--interface", "lo"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)  # fmt: skip
+    try:
+        ready = data / "run" / "capture-lo.ready"
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "capture never became ready"
+            time.sleep(0.05)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            for _ in range(3):
+                s.sendto(b"x", ("127.0.0.1", 9))  # discard port: nobody listens
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    rows = [r for r in read_stream(DataPaths(data), "flow").to_pylist()
+            if r["proto"] == "udp" and r["client_port"] == port]  # fmt: skip
+    assert len(rows) == 1, rows
+    assert rows[0]["orig_pkts"] == 3 and rows[0]["server_port"] == 9
