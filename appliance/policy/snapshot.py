@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import importlib
 import os
 import sqlite3
 import threading
@@ -28,8 +27,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from appliance.policy import identity
 from appliance.policy.model import Authorisation, Channel
 from appliance.policy.registry import load_all
 from store import sqlite as store_sqlite
@@ -50,18 +50,25 @@ class NoIdentity:
 
 
 def load_identity_map(conn: sqlite3.Connection) -> IdentityResolver:
-    """The registry's identity map, or `NoIdentity` when the identity module is absent."""
-    try:
-        identity = importlib.import_module("appliance.policy.identity")
-    except ModuleNotFoundError as exc:
-        if exc.name != "appliance.policy.identity":
-            raise
-        return NoIdentity()
-    loader = getattr(identity, "load_identity", None)
-    if loader is None:
-        return NoIdentity()
-    result: IdentityResolver = loader(conn)
-    return result
+    """The registry's identity map, read afresh."""
+    return cast(IdentityResolver, identity.load_identity(conn))
+
+
+class CachedIdentityLoader:
+    """Reuses the identity map while the identity load is unchanged: a registry change (a grant,
+    a cancellation) then reloads only the authorisations, not a map of many leases."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._map: IdentityResolver | None = None
+
+    def __call__(self, conn: sqlite3.Connection) -> IdentityResolver:
+        load = identity.current_load(conn)
+        key = None if load is None else (load["generation"], load["sha256"], load["source"])
+        if self._map is None or key != self._key:
+            self._map = load_identity_map(conn)
+            self._key = key
+        return self._map
 
 
 def normalise_globs(globs: Iterable[str]) -> tuple[str, ...]:
@@ -192,7 +199,7 @@ class SnapshotSource:
         self.reloads = 0
         self._load_dnd = load_do_not_decrypt
         self._dnd: tuple[str, ...] = tuple(do_not_decrypt)
-        self._identity_loader = identity_loader
+        self._identity_loader = identity_loader or CachedIdentityLoader()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._conn_inode: int | None = None

@@ -190,3 +190,27 @@ def test_identity_import_reaches_the_snapshot(lbm: Lbm, tmp_path: Path) -> None:
             pytest.fail(f"lbm identity import failed: {result.stderr}")
         wait_for(source, lambda s: s.resolve(username="jsmith") == "p12345", limit=5)
         assert source.current().resolve(email="j.smith@force.example") == "p12345"
+
+
+def test_cached_identity_map_is_reused_until_the_next_identity_load(lbm, tmp_path) -> None:
+    """A registry change that is not an identity load reuses the (possibly large) map."""
+    from appliance.policy.snapshot import CachedIdentityLoader
+    from store import sqlite as store_sqlite
+    from store.paths import DataPaths
+
+    feed = tmp_path / "feed.csv"
+    feed.write_text("principal,kind,value,valid_from,valid_to\np1,username,alice,,\n")
+    lbm("identity", "import", str(feed), check=True)
+    conn = store_sqlite.connect(DataPaths(lbm.data_dir).registry)
+    loader = CachedIdentityLoader()
+    first = loader(conn)
+    assert first.resolve(username="alice") == "p1"
+    lbm("keys", "investigator", "add", "inv9",
+        "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p", "--principal", "p9",
+        check=True)  # fmt: skip
+    assert loader(conn) is first
+    feed.write_text("principal,kind,value,valid_from,valid_to\np2,username,alice,,\n")
+    lbm("identity", "import", str(feed), check=True)
+    second = loader(conn)
+    assert second is not first and second.resolve(username="alice") == "p2"
+    conn.close()
