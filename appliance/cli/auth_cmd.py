@@ -301,6 +301,13 @@ def urgent(app: App, **options: Any) -> None:
 
 
 # -- changes -----------------------------------------------------------------------------------
+def _change(app: App, apply: Callable[[Registry], Authorisation]) -> dict[str, Any]:
+    """Apply one registry change (audited by the registry; refusals and bad officer options
+    become one-line errors inside `_registry`) and return the result as shown."""
+    with _registry(app) as reg:
+        return auth_dict(apply(reg), reg, app.clock.now())
+
+
 @auth.command("ratify")
 @click.argument("ref")
 @officer_options()
@@ -318,10 +325,13 @@ def ratify(
     as_json: bool,
 ) -> None:
     """Ratify an urgent authorisation within 72 h (officer whose role fits the case type)."""
-    with _registry(app) as reg:
-        auth = reg.ratify(ref, _officer(officer, officer_name, officer_role, officer_rank), note)
-        data = auth_dict(auth, reg, app.clock.now())
-    emit(data, as_json, f"ratified {auth.ref}: now expires {data['expiry']}")
+    data = _change(
+        app,
+        lambda reg: reg.ratify(
+            ref, _officer(officer, officer_name, officer_role, officer_rank), note
+        ),
+    )
+    emit(data, as_json, f"ratified {ref}: now expires {data['expiry']}")
 
 
 @auth.command("renew")
@@ -341,10 +351,13 @@ def renew(
     as_json: bool,
 ) -> None:
     """Renew before expiry: 3 calendar months from the current expiry."""
-    with _registry(app) as reg:
-        auth = reg.renew(ref, _officer(officer, officer_name, officer_role, officer_rank), results)
-        data = auth_dict(auth, reg, app.clock.now())
-    emit(data, as_json, f"renewed {auth.ref}: now expires {data['expiry']}")
+    data = _change(
+        app,
+        lambda reg: reg.renew(
+            ref, _officer(officer, officer_name, officer_role, officer_rank), results
+        ),
+    )
+    emit(data, as_json, f"renewed {ref}: now expires {data['expiry']}")
 
 
 @auth.command("review")
@@ -364,10 +377,13 @@ def review(
     as_json: bool,
 ) -> None:
     """Record the monthly review."""
-    with _registry(app) as reg:
-        auth = reg.review(ref, _officer(officer, officer_name, officer_role, officer_rank), note)
-        data = auth_dict(auth, reg, app.clock.now())
-    emit(data, as_json, f"reviewed {auth.ref}: next review due {data['next_review']}")
+    data = _change(
+        app,
+        lambda reg: reg.review(
+            ref, _officer(officer, officer_name, officer_role, officer_rank), note
+        ),
+    )
+    emit(data, as_json, f"reviewed {ref}: next review due {data['next_review']}")
 
 
 @auth.command("cancel")
@@ -387,13 +403,15 @@ def cancel(
     as_json: bool,
 ) -> None:
     """Cancel now (takes effect on live traffic within seconds)."""
-    with _registry(app) as reg:
+
+    def apply(reg: Registry) -> Authorisation:
         who = None
         if any((officer, officer_name, officer_role, officer_rank)):
             who = _officer(officer, officer_name, officer_role, officer_rank)
-        auth = reg.cancel(ref, reason, who)
-        data = auth_dict(auth, reg, app.clock.now())
-    emit(data, as_json, f"cancelled {auth.ref} at {data['cancelled_at']}")
+        return reg.cancel(ref, reason, who)
+
+    data = _change(app, apply)
+    emit(data, as_json, f"cancelled {ref} at {data['cancelled_at']}")
 
 
 @auth.command("assign")
@@ -403,14 +421,11 @@ def cancel(
 @pass_app
 def assign(app: App, ref: str, investigator: str, as_json: bool) -> None:
     """Assign an investigator (the key follows on `lbm keys rewrap REF`)."""
-    with _registry(app) as reg:
-        auth = reg.assign(ref, investigator)
-        data = auth_dict(auth, reg, app.clock.now())
+    data = _change(app, lambda reg: reg.assign(ref, investigator))
     emit(
         data,
         as_json,
-        f"assigned {investigator} to {auth.ref}; rewrap due "
-        f"(lbm keys rewrap {auth.ref} --identity FILE)",
+        f"assigned {investigator} to {ref}; rewrap due (lbm keys rewrap {ref} --identity FILE)",
     )
 
 

@@ -352,22 +352,8 @@ FIELDS = (
     "open_do_not_decrypt",
     "retention_days",
 )
-REQUIRED = (
-    "ref",
-    "subject",
-    "case_type",
-    "purpose",
-    "channel",
-    "officer",
-    "officer_name",
-    "officer_role",
-    "officer_rank",
-    "necessity",
-    "proportionality",
-    "collateral",
-    "ripa_considered",
-    "investigator",
-)
+OPTIONAL = ("ripa_note", "start", "open_do_not_decrypt", "retention_days")
+REQUIRED = tuple(f for f in FIELDS if f not in OPTIONAL)
 _PLURALS = {"purposes": "purpose", "channels": "channel", "investigators": "investigator"}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import dpkt
 import pyarrow.parquet as pq
 import pytest
-from lbm_testing import Lbm
+from lbm_testing import Lbm, grant_argv
 
 from store import agefile as age
 from store.keys import KeyStore
@@ -86,41 +86,9 @@ def _setup(lbm: Lbm, tmp_path: Path, fake: dict[str, str], *start: str) -> str:
     lbm("identity", "import", str(feed), check=True, env=fake)
     secret, public = age.generate()
     lbm("keys", "investigator", "add", "inv1", public, "--principal", "p900", check=True, env=fake)
-    lbm(
-        "auth",
-        "grant",
-        "--ref",
-        REF,
-        "--subject",
-        "p100",
-        "--case-type",
-        "criminal",
-        "--purpose",
-        "preventing_or_detecting_crime",
-        "--channel",
-        "packets",
-        "--officer",
-        "p500",
-        "--officer-name",
-        "A. Officer",
-        "--officer-role",
-        "head_of_professional_standards",
-        "--officer-rank",
-        "superintendent",
-        "--necessity",
-        "n",
-        "--proportionality",
-        "p",
-        "--collateral",
-        "c",
-        "--ripa-considered",
-        "yes",
-        "--investigator",
-        "inv1",
-        *start,
-        check=True,
-        env=fake,
-    )
+    officer = ("p500", "A. Officer", "head_of_professional_standards", "superintendent")
+    argv = grant_argv(REF, "p100", channel="packets", officer=officer, extra=start)
+    lbm(*argv, check=True, env=fake)
     return age.identity_file_text(secret)
 
 

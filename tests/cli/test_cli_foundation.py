@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from lbm_testing import Lbm
+from lbm_testing import Lbm, grant_argv
 
 
 def test_init_creates_private_data_dir_key_registry_and_audit_entry(tmp_path: Path) -> None:
@@ -196,40 +196,9 @@ def test_audit_show_filters_by_ref_and_since(lbm: Lbm) -> None:
         env={"LBM_FAKE_NOW": "2030-01-01T00:00:00Z"},
         check=True,
     )
-    lbm(
-        "auth",
-        "grant",
-        "--ref",
-        "CA1-1",
-        "--subject",
-        "p2",
-        "--case-type",
-        "criminal",
-        "--purpose",
-        "compliance",
-        "--channel",
-        "web",
-        "--officer",
-        "p3",
-        "--officer-name",
-        "A",
-        "--officer-role",
-        "acu_inspector",
-        "--officer-rank",
-        "inspector",
-        "--necessity",
-        "n",
-        "--proportionality",
-        "p",
-        "--collateral",
-        "c",
-        "--ripa-considered",
-        "yes",
-        "--investigator",
-        "inv1",
-        env={"LBM_FAKE_NOW": "2030-02-01T00:00:00Z"},
-        check=True,
-    )
+    officer = ("p3", "A", "acu_inspector", "inspector")
+    argv = grant_argv("CA1-1", "p2", purpose="compliance", officer=officer)
+    lbm(*argv, env={"LBM_FAKE_NOW": "2030-02-01T00:00:00Z"}, check=True)
 
     def shown(*args: str) -> list[dict]:
         out = lbm("audit", "show", "--json", *args, check=True).stdout

@@ -4,53 +4,16 @@ from __future__ import annotations
 
 import json
 
-from lbm_testing import Lbm
+from lbm_testing import INV_RECIPIENT, Lbm, grant_argv
 
 from store import investigators as inv_table
 from store import sqlite as store_sqlite
 from store.paths import DataPaths
 
-INV1 = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
-OFFICER = [
-    "--officer",
-    "p100",
-    "--officer-name",
-    "Pat Hops",
-    "--officer-role",
-    "head_of_professional_standards",
-    "--officer-rank",
-    "superintendent",
-]
-
 
 def grant(lbm: Lbm, ref: str, command: str, when: str) -> None:
-    lbm(
-        "auth",
-        command,
-        "--ref",
-        ref,
-        "--subject",
-        "p12345",
-        "--case-type",
-        "criminal",
-        "--purpose",
-        "preventing_or_detecting_crime",
-        "--channel",
-        "web",
-        *OFFICER,
-        "--necessity",
-        "n",
-        "--proportionality",
-        "p",
-        "--collateral",
-        "c",
-        "--ripa-considered",
-        "yes",
-        "--investigator",
-        "inv1",
-        env={"LBM_FAKE_NOW": when},
-        check=True,
-    )
+    argv = grant_argv(ref, command=command)
+    lbm(*argv, env={"LBM_FAKE_NOW": when}, check=True)
 
 
 def expired_entries(lbm: Lbm) -> list[dict]:
@@ -61,7 +24,7 @@ def expired_entries(lbm: Lbm) -> list[dict]:
 
 def test_expiries_are_audited_once_each(lbm: Lbm) -> None:
     conn = store_sqlite.connect(DataPaths(lbm.data_dir).registry)
-    inv_table.add(conn, "inv1", INV1, "p901", "2026-01-01T00:00:00Z")
+    inv_table.add(conn, "inv1", INV_RECIPIENT, "p901", "2026-01-01T00:00:00Z")
     conn.close()
     grant(lbm, "STD-1", "grant", "2026-01-31T10:00:00Z")
     grant(lbm, "URG-1", "urgent", "2026-01-31T10:00:00Z")

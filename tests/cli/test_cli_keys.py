@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from lbm_testing import grant_argv
 
 from store import KeyError_
 from store import agefile as age
@@ -112,39 +113,9 @@ def test_rewrap_follows_assignment_and_needs_a_holder(lbm, tmp_path: Path) -> No
         keys[name] = out
         public = lbm("keys", "dev-identity", "--out", str(out), check=True).stdout.strip()
         lbm("keys", "investigator", "add", name, public, "--principal", principal, check=True)
-    lbm(
-        "auth",
-        "grant",
-        "--ref",
-        "CASE-1",
-        "--subject",
-        "p12345",
-        "--case-type",
-        "criminal",
-        "--purpose",
-        "preventing_or_detecting_crime",
-        "--channel",
-        "email",
-        "--officer",
-        "p900",
-        "--officer-name",
-        "Jo Bloggs",
-        "--officer-role",
-        "head_of_professional_standards",
-        "--officer-rank",
-        "superintendent",
-        "--necessity",
-        "n",
-        "--proportionality",
-        "p",
-        "--collateral",
-        "c",
-        "--ripa-considered",
-        "yes",
-        "--investigator",
-        "alice",
-        check=True,
-    )
+    officer = ("p900", "Jo Bloggs", "head_of_professional_standards", "superintendent")
+    argv = grant_argv("CASE-1", channel="email", investigator="alice", officer=officer)
+    lbm(*argv, check=True)
     lbm("auth", "assign", "CASE-1", "bob", check=True)
     from store.keys import KeyStore
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from lbm_testing import Lbm
+from lbm_testing import INV_RECIPIENT, Lbm, grant_argv
 
 from appliance.policy.decide import decide
 from appliance.policy.model import Authorisation
@@ -19,8 +19,6 @@ from appliance.policy.snapshot import Snapshot, SnapshotSource
 from store import investigators as inv_table
 from store import sqlite as store_sqlite
 from store.paths import DataPaths
-
-INV_RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"  # age's spec key
 
 
 def register_investigator(data_dir: Path) -> None:
@@ -30,38 +28,7 @@ def register_investigator(data_dir: Path) -> None:
 
 
 def grant_args(ref: str, subject: str = "p12345") -> list[str]:
-    return [
-        "auth",
-        "grant",
-        "--ref",
-        ref,
-        "--subject",
-        subject,
-        "--case-type",
-        "criminal",
-        "--purpose",
-        "preventing_or_detecting_crime",
-        "--channel",
-        "web,email",
-        "--officer",
-        "p100",
-        "--officer-name",
-        "Pat Hops",
-        "--officer-role",
-        "head_of_professional_standards",
-        "--officer-rank",
-        "superintendent",
-        "--necessity",
-        "n",
-        "--proportionality",
-        "p",
-        "--collateral",
-        "c",
-        "--ripa-considered",
-        "yes",
-        "--investigator",
-        "inv1",
-    ]
+    return grant_argv(ref, subject, channel="web,email")
 
 
 def wait_for(

@@ -53,3 +53,30 @@ class Lbm:
                 f"lbm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
             )
         return result
+
+
+# A test investigator's age recipient (no one holds its identity).
+INV_RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+HOPS = ("p100", "Pat Hops", "head_of_professional_standards", "superintendent")
+
+
+def grant_argv(
+    ref: str,
+    subject: str = "p12345",
+    *,
+    channel: str = "web",
+    investigator: str = "inv1",
+    command: str = "grant",
+    purpose: str = "preventing_or_detecting_crime",
+    officer: tuple[str, str, str, str] = HOPS,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """`lbm auth grant|urgent` arguments for a valid criminal-case application."""
+    principal, name, role, rank = officer
+    return [
+        "auth", command, "--ref", ref, "--subject", subject, "--case-type", "criminal",
+        "--purpose", purpose, "--channel", channel, "--officer", principal,
+        "--officer-name", name, "--officer-role", role, "--officer-rank", rank,
+        "--necessity", "n", "--proportionality", "p", "--collateral", "c",
+        "--ripa-considered", "yes", "--investigator", investigator, *extra,
+    ]  # fmt: skip
