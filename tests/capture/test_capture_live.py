@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -74,61 +76,57 @@ def _flows(data_dir: Path) -> list[tuple[object, ...]]:
     return sorted(tuple(r[c] for c in COMPARED) for r in rows)
 
 
+@dataclass
+class LiveRun:
+    """A `lbm capture live` run: stdout/stderr/returncode once it has stopped."""
+
+    out: str = ""
+    err: str = ""
+    returncode: int | None = None
+
+
+@contextmanager
+def live_capture(
+    data_dir: Path, interface: str, ring: bool, prefix: tuple[str, ...] = ()
+) -> Iterator[LiveRun]:
+    """Start `lbm capture live` (under `prefix`, e.g. `ip netns exec NS`), wait until it is
+    ready, let the body send traffic, then SIGTERM it and collect its output."""
+    cmd = [*prefix, sys.executable, "-m", "appliance.cli.main", "--data-dir", str(data_dir),
+           "capture", "live", "--interface", interface, "--json"]  # fmt: skip
+    env = {**os.environ, "LBM_CAPTURE_NO_RING": "0" if ring else "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)  # fmt: skip
+    run = LiveRun()
+    ready = data_dir / "run" / f"capture-{interface}.ready"
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "capture never became ready"
+            time.sleep(0.05)
+        yield run
+        proc.send_signal(signal.SIGTERM)
+        run.out, run.err = proc.communicate(timeout=30)
+        run.returncode = proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not ready.exists()
+
+
 @pytest.mark.parametrize("ring", [True, False], ids=["tpacket-v3-ring", "socket-reads"])
 def test_live_capture_matches_replay(netns: str, tmp_path: Path, corpus: Path, ring: bool) -> None:
     pcap = corpus / "pcaps" / "dev" / "zeek__wikipedia.pcap"
     live_dir, replay_dir = tmp_path / "live", tmp_path / "replay"
     Lbm(live_dir)("init", check=True)
     Lbm(replay_dir)("init", check=True)
-    cmd = [
-        "ip",
-        "netns",
-        "exec",
-        netns,
-        sys.executable,
-        "-m",
-        "appliance.cli.main",
-        "--data-dir",
-        str(live_dir),
-        "capture",
-        "live",
-        "--interface",
-        "lbm-rx",
-        "--json",
-    ]
-    env = {**os.environ, "LBM_CAPTURE_NO_RING": "0" if ring else "1"}
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        ready = live_dir / "run" / "capture-lbm-rx.ready"
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "capture never became ready"
-            time.sleep(0.05)
-        sh(
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            "tcpreplay",
-            "-q",
-            "-i",
-            "lbm-tx",
-            "--mbps",
-            "50",
-            str(pcap),
-        )
+    with live_capture(live_dir, "lbm-rx", ring, ("ip", "netns", "exec", netns)) as run:
+        sh("ip", "netns", "exec", netns, "tcpreplay", "-q", "-i", "lbm-tx", "--mbps", "50",
+           str(pcap))  # fmt: skip
         time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    assert not ready.exists()
+    assert run.returncode == 0, run.err
+    out = run.out
     assert '"packets": 136' in out
     assert f'"live_reader": "{"tpacket_v3" if ring else "socket"}"' in out
     Lbm(replay_dir)("capture", "replay", str(pcap), check=True)
@@ -153,31 +151,16 @@ def test_loopback_packets_are_counted_once(tmp_path: Path, ring: bool) -> None:
 
     data = tmp_path / "lo"
     Lbm(data)("init", check=True)
-    env = {**os.environ, "LBM_CAPTURE_NO_RING": "0" if ring else "1"}
-    cmd = [sys.executable, "-m", "appliance.cli.main", "--data-dir", str(data), "capture",
-           "live", "--interface", "lo"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)  # fmt: skip
-    try:
-        ready = data / "run" / "capture-lo.ready"
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "capture never became ready"
-            time.sleep(0.05)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            for _ in range(3):
-                s.sendto(b"x", ("127.0.0.1", 9))  # discard port: nobody listens
+    with (
+        live_capture(data, "lo", ring) as run,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+    ):
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        for _ in range(3):
+            s.sendto(b"x", ("127.0.0.1", 9))  # discard port: nobody listens
         time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    assert run.returncode == 0, run.err
     rows = [r for r in read_stream(DataPaths(data), "flow").to_pylist()
             if r["proto"] == "udp" and r["client_port"] == port]  # fmt: skip
     assert len(rows) == 1, rows
