@@ -137,9 +137,9 @@ class Archive:
             raise ArchiveError(str(exc)) from None
         if channel not in CHANNELS:
             raise ArchiveError(f"record for {ref}: unknown channel {channel!r}")
-        if not TOKEN_RE.match(kind):
+        if not TOKEN_RE.fullmatch(kind):
             raise ArchiveError(f"record for {ref}: kind {kind!r} must match [a-z0-9][a-z0-9._-]*")
-        if principal is not None and not TOKEN_RE.match(principal):
+        if principal is not None and not TOKEN_RE.fullmatch(principal):
             raise ArchiveError(f"record for {ref}: principal is not a principal id")
         ts_text = format_utc(ts) if isinstance(ts, datetime) else ts
         seg = self._acquire(ref)

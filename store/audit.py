@@ -71,6 +71,16 @@ class Action(StrEnum):
     DAEMON_START = "daemon_start"
     DAEMON_STOP = "daemon_stop"
     DSN_DROPPED = "dsn_dropped"
+    # evidence integrity (issue 12)
+    METADATA_GAP = "metadata_gap"
+    WITNESS_FAILED = "witness_failed"
+    WITNESS_RESTORED = "witness_restored"
+    HEAD_REPAIRED = "head_repaired"
+    ARCHIVE_RECOVERED = "archive_recovered"
+    # authorisation hardening (issue 13)
+    OFFICER_ADD = "officer_add"
+    OFFICER_END = "officer_end"
+    OFFICER_KEY = "officer_key"
 
 
 def current_actor() -> str:

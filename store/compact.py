@@ -50,7 +50,7 @@ class RoundIncomplete(StoreError):
 
 def check_id(kind: str, value: str) -> str:
     """Gateway and writer ids: lower case `[a-z0-9][a-z0-9._-]*` without `__` (the separator)."""
-    if not isinstance(value, str) or not ID_RE.match(value) or "__" in value:
+    if not isinstance(value, str) or not ID_RE.fullmatch(value) or "__" in value:
         raise StoreError(f"{kind} id {value!r} must match [a-z0-9][a-z0-9._-]* without '__'")
     return value
 
@@ -67,7 +67,7 @@ class FileName:
 
 
 def parse_name(name: str) -> FileName | None:
-    m = NAME_RE.match(name)
+    m = NAME_RE.fullmatch(name)
     if not m or "__" in m.group(1) or "__" in m.group(2):
         return None
     return FileName(m.group(1), m.group(2), int(m.group(3)))

@@ -57,11 +57,11 @@ def _row(row: sqlite3.Row) -> Investigator:
 def add(
     conn: sqlite3.Connection, name: str, recipient: str, principal: str, at: str
 ) -> Investigator:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvestigatorError(f"investigator name {name!r}: must match [a-z0-9][a-z0-9._-]*")
-    if not NAME_RE.match(principal):
+    if not NAME_RE.fullmatch(principal):
         raise InvestigatorError(f"principal {principal!r}: must match [a-z0-9][a-z0-9._-]*")
-    if not AGE_RECIPIENT_RE.match(recipient):
+    if not AGE_RECIPIENT_RE.fullmatch(recipient):
         raise InvestigatorError(
             f"investigator {name}: {recipient!r} is not an age X25519 public key (age1...)"
         )

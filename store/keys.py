@@ -32,7 +32,7 @@ REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def check_ref(ref: str) -> str:
-    if not REF_RE.match(ref) or ".." in ref:
+    if not REF_RE.fullmatch(ref) or ".." in ref:
         raise KeyError_(f"authorisation reference {ref!r}: must match [A-Za-z0-9][A-Za-z0-9._-]*")
     return ref
 

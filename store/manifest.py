@@ -137,10 +137,10 @@ def verify_archive(
     ref = directory.name
     report.archives += 1
     names = sorted(os.listdir(directory))
-    segments = {int(m.group(1)) for n in names if (m := SEGMENT_RE.match(n))}
+    segments = {int(m.group(1)) for n in names if (m := SEGMENT_RE.fullmatch(n))}
     manifests: list[tuple[int, dict[str, Any], str]] = []
     for name in names:
-        m = MANIFEST_RE.match(name)
+        m = MANIFEST_RE.fullmatch(name)
         if not m:
             continue
         number = int(m.group(1))

@@ -178,7 +178,7 @@ def segment_numbers(directory: Path) -> list[int]:
     found = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(directory):
-            m = SEGMENT_RE.match(entry.name)
+            m = SEGMENT_RE.fullmatch(entry.name)
             if m:
                 found.append(int(m.group(1)))
     return sorted(found)

@@ -103,7 +103,7 @@ def init(
         units = systemd_units.write_units(base, rendered)
     root = app.paths.root
     created: list[str] = [str(u) for u in units]
-    if gateway_id is not None and not ID_RE.match(gateway_id):
+    if gateway_id is not None and not ID_RE.fullmatch(gateway_id):
         fail(f"--gateway-id {gateway_id!r}: must match [a-z0-9][a-z0-9._-]*", 2)
     if not root.exists():
         created.append(str(root))

@@ -17,7 +17,7 @@ Validator = Callable[[Any], str | None]
 
 
 def _id(value: Any) -> str | None:
-    return None if ID_RE.match(value) else "must match [a-z0-9][a-z0-9._-]* (lower case)"
+    return None if ID_RE.fullmatch(value) else "must match [a-z0-9][a-z0-9._-]* (lower case)"
 
 
 def _port(value: Any) -> str | None:
@@ -39,14 +39,14 @@ def _networks(value: Any) -> str | None:
 
 def _domains(value: Any) -> str | None:
     for item in value:
-        if not re.match(r"^[A-Za-z0-9.-]+$", item) or "." not in item:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", item) or "." not in item:
             return f"{item!r} is not a domain name"
     return None
 
 
 def _age_recipients(value: Any) -> str | None:
     for item in value:
-        if not re.match(r"^age1[02-9ac-hj-np-z]{58}$", item):
+        if not re.fullmatch(r"age1[02-9ac-hj-np-z]{58}", item):
             return f"{item!r} is not an age X25519 recipient (age1...)"
     return None
 
@@ -77,6 +77,7 @@ SECTIONS: dict[str, str] = {
     "retention": "how long archived content is kept",
     "do_not_decrypt": "servers passed through unopened even for subjects",
     "audit": "the audit log",
+    "policy": "how authorisations are checked (officer signatures, renewal window)",
     "housekeeping": "the housekeeping daemon (expiry warnings, segment closing, compaction)",
     "testing": "test-only switches; never enable on a live gateway",
 }
@@ -171,6 +172,29 @@ SCHEMA: list[Option] = [
         bool,
         True,
         "also write each new audit head to the system journal (an off-box witness)",
+    ),
+    Option(
+        "policy",
+        "require_officer_signature",
+        bool,
+        False,
+        "CA1 applications and ratify/renew/review statements must be signed (SSHSIG) by the "
+        "acting officer's registered key, and officer-register changes by a register signer",
+    ),
+    Option(
+        "policy",
+        "register_signers",
+        str,
+        "",
+        "OpenSSH allowed-signers file whose keys may sign officer-register changes",
+    ),
+    Option(
+        "policy",
+        "renewal_window_days",
+        int,
+        30,
+        "a renewal is accepted only this many days (or fewer) before the current expiry",
+        _positive,
     ),
     Option("housekeeping", "enabled", bool, True, "run the housekeeping daemon under `lbm run`"),
     Option(

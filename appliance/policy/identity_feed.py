@@ -161,7 +161,7 @@ def check_row(line: int, fields: dict[str, Any]) -> FeedRow | str:
     principal, kind, value = clean["principal"], clean["kind"].lower(), clean["value"]
     if not principal:
         return "principal is empty"
-    if len(principal) > MAX_ID or not ID_RE.match(principal):
+    if len(principal) > MAX_ID or not ID_RE.fullmatch(principal):
         return f"principal {principal!r}: must match [a-z0-9][a-z0-9._-]* (at most {MAX_ID})"
     if kind not in KINDS:
         return f"kind {clean['kind']!r}: must be one of {', '.join(KINDS)}"

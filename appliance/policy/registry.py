@@ -315,7 +315,7 @@ class Registry:
             self.audit.append(
                 Action.AUTH_REFUSED,
                 self.actor,
-                refs=(ref,) if ref and rules.REF_RE.match(ref) else (),
+                refs=(ref,) if ref and rules.REF_RE.fullmatch(ref) else (),
                 request=action,
                 reason=reason,
             )

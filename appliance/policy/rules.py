@@ -85,7 +85,7 @@ def _choices(enum: Iterable[Any]) -> str:
 
 
 def check_ref(ref: str) -> str:
-    if not isinstance(ref, str) or not REF_RE.match(ref) or ".." in ref:
+    if not isinstance(ref, str) or not REF_RE.fullmatch(ref) or ".." in ref:
         raise InvalidInput(
             f"reference {ref!r}: must be 1-64 characters of letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, without '..' (e.g. CA1-2026-0042)"
@@ -94,7 +94,7 @@ def check_ref(ref: str) -> str:
 
 
 def check_principal(value: str, what: str) -> str:
-    if not isinstance(value, str) or not PRINCIPAL_RE.match(value):
+    if not isinstance(value, str) or not PRINCIPAL_RE.fullmatch(value):
         raise InvalidInput(f"{what} {value!r}: a principal id must match [a-z0-9][a-z0-9._-]*")
     return value
 
@@ -137,7 +137,7 @@ def parse_rank(value: str) -> Rank:
 
 
 def parse_role(value: str) -> str:
-    if not isinstance(value, str) or not re.match(r"^[a-z][a-z0-9_]*$", value):
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", value):
         raise InvalidInput(
             f"role {value!r}: must be a lower-case name like {Role.ACU_INSPECTOR.value}"
         )
