@@ -20,6 +20,7 @@ import click
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
 from appliance.config import ConfigError, load_config
 from appliance.policy import InvalidInput, PolicyError, RuleViolation, rules
+from appliance.policy import application as application_form
 from appliance.policy.model import Authorisation, Officer
 from appliance.policy.registry import Registry
 from appliance.policy.snapshot import SnapshotSource
@@ -256,7 +257,7 @@ def _read_application_file(path: Path) -> dict[str, Any]:
         raise InvalidInput(f"{path}: cannot read ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: TOML syntax error: {exc}") from None
-    return rules.normalise_fields(data, f"{path}: ")
+    return application_form.normalise_fields(data, f"{path}: ")
 
 
 def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
@@ -268,8 +269,18 @@ def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
         for key, value in options.items():
             if value not in (None, ()):
                 fields[key] = list(value) if isinstance(value, tuple) else value
+        # Interim until the officer register lands: the officer as typed on the command line.
+        typed = {k: fields.pop(k, None) for k in ("officer_name", "officer_role", "officer_rank")}
+
+        def resolve(principal: str) -> Officer:
+            return _officer(
+                principal, typed["officer_name"], typed["officer_role"], typed["officer_rank"]
+            )
+
         try:
-            application = rules.build_application(fields, urgent=urgent, now=app.clock.now())
+            application = application_form.build_application(
+                fields, urgent=urgent, now=app.clock.now(), resolve_officer=resolve
+            )
         except RuleViolation as exc:
             ref = fields.get("ref")
             reg.audit_refusal(request, ref if isinstance(ref, str) else None, str(exc))

@@ -230,8 +230,10 @@ class Registry:
         paths: DataPaths | None = None,
         custodians: Sequence[str] = (),
         key_maker: KeyMaker | None = None,
+        renewal_window_days: int = rules.DEFAULT_RENEWAL_WINDOW_DAYS,
     ) -> None:
         self.conn = conn
+        self.renewal_window_days = renewal_window_days
         self.clock = clock
         self.actor = actor
         self.audit = audit
@@ -352,6 +354,9 @@ class Registry:
             ),
         )
 
+    def _of_subject(self, subject: str) -> list[Authorisation]:
+        return [a for a in load_all(self.conn) if a.subject == subject]
+
     def _investigator(self, name: str) -> investigators_table.Investigator | None:
         # A plain SELECT: investigators.get() runs executescript, which would commit the
         # transaction a change is in.
@@ -383,7 +388,12 @@ class Registry:
             ).fetchone()
             if existing is not None:
                 raise RuleViolation(f"reference {app.ref} exists already ({existing['ref']})")
-            recipients = [self._active_investigator(n).recipient for n in app.investigators]
+            named = [self._active_investigator(n) for n in app.investigators]
+            for inv in named:
+                rules.check_assign(app, inv.principal)
+            if app.urgent:
+                rules.check_urgent_chain(self._of_subject(app.subject), now)
+            recipients = [inv.recipient for inv in named]
             expiry = rules.initial_expiry(app)
             public_key = self._make_key(app.ref, recipients + list(self.custodians))
             stack.callback(self._undo_key, app.ref)
@@ -468,7 +478,9 @@ class Registry:
     def renew(self, ref: str, officer: Officer, results: str) -> Authorisation:
         with self._write("renew", ref) as now:
             auth = self._require(ref)
-            expiry = rules.check_renew(auth, officer, results, now)
+            expiry = rules.check_renew(
+                auth, officer, results, now, window_days=self.renewal_window_days
+            )
             self._append(
                 auth.ref, EventKind.RENEW, now, officer=officer, text=results.strip(), expiry=expiry
             )
@@ -485,7 +497,7 @@ class Registry:
     def review(self, ref: str, officer: Officer, note: str) -> Authorisation:
         with self._write("review", ref) as now:
             auth = self._require(ref)
-            rules.check_review(auth, officer.principal, note, now)
+            rules.check_review(auth, officer, note, now)
             self._append(auth.ref, EventKind.REVIEW, now, officer=officer, text=note.strip())
             self._audit(
                 Action.AUTH_REVIEW,
@@ -514,7 +526,7 @@ class Registry:
         """Assign an investigator; the key follows when a holder runs `lbm keys rewrap`."""
         with self._write("assign", ref) as now:
             auth = self._require(ref)
-            self._active_investigator(investigator)
+            rules.check_assign(auth, self._active_investigator(investigator).principal)
             if investigator in assignees(self.conn, auth.ref):
                 raise RuleViolation(f"investigator {investigator} is already assigned to {ref}")
             self.conn.execute(
