@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import struct
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +40,8 @@ import numpy.typing as npt
 from capture import CaptureError
 from capture.batch import RawBatch
 from capture.fastpath import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcap, walk_pcapng
+from capture.interfaces import Interface, parse_idb, raw_to_ns
+from capture.regular import open_regular
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -54,47 +54,6 @@ Buf = npt.NDArray[np.uint8]
 MIN_CAPLIMIT = 262144  # libpcap's MAXIMUM_SNAPLEN: accept records up to this even if snaplen < it
 _LEFT_BUFFER = -1  # `_skip`: the skipped record ends beyond the current buffer
 _OVERSIZE = -2  # `_parse_idb`: an IDB above MAX_RECORD, skipped like any oversize block
-
-
-@dataclass
-class Interface:
-    """One pcapng interface (or the single pcap 'interface')."""
-
-    linktype: int
-    snaplen: int
-    ts_div: int = 1000  # raw ts units -> ns: ns = raw * ts_mul // ts_div (decimal resolutions)
-    ts_mul: int = 1
-    ts_pow2: int = -1  # if >= 0: binary resolution 2^-ts_pow2 s
-    ts_offset_s: int = 0
-
-
-def _resol(iface: Interface, code: int) -> None:
-    if code & 0x80:
-        iface.ts_pow2 = code & 0x7F
-        return
-    exp = code & 0x7F
-    iface.ts_pow2 = -1
-    if exp <= 9:
-        iface.ts_mul, iface.ts_div = 10 ** (9 - exp), 1
-    else:
-        iface.ts_mul, iface.ts_div = 1, 10 ** (exp - 9)
-
-
-def _raw_to_ns(raw: np.ndarray, iface: Interface) -> np.ndarray:
-    """Convert raw pcapng timestamps (uint64) of one interface to int64 ns."""
-    r = raw.astype(np.uint64)
-    if iface.ts_pow2 >= 0:
-        k = np.uint64(iface.ts_pow2)
-        secs = r >> k
-        frac = r & ((np.uint64(1) << k) - np.uint64(1)) if iface.ts_pow2 < 64 else r
-        ns = secs.astype(np.int64) * 1_000_000_000 + (
-            (frac.astype(np.float64) * 1e9) / float(2**iface.ts_pow2)
-        ).astype(np.int64)
-    elif iface.ts_div > 1:
-        ns = (r // np.uint64(iface.ts_div)).astype(np.int64)
-    else:
-        ns = (r * np.uint64(iface.ts_mul)).astype(np.int64)
-    return ns + np.int64(iface.ts_offset_s * 1_000_000_000)
 
 
 class CaptureReader:
@@ -291,22 +250,9 @@ class CaptureReader:
             return -1
         if pos + blen > length:
             return 0
-        lt, _, snap = struct.unpack_from(e + "HHI", buf.data, pos + 8)
-        iface = Interface(linktype=lt, snaplen=snap)
-        _resol(iface, 6)
-        o, end = pos + 16, pos + blen - 4
-        while o + 4 <= end:
-            code, olen = struct.unpack_from(e + "HH", buf.data, o)
-            if code == 0:
-                break
-            if o + 4 + olen > end:
-                self._count("bad_option")
-                break
-            if code == 9 and olen >= 1:
-                _resol(iface, int(buf[o + 4]))
-            elif code == 14 and olen >= 8:
-                iface.ts_offset_s = struct.unpack_from(e + "q", buf.data, o + 4)[0]
-            o += 4 + ((olen + 3) & ~3)
+        iface, bad_option = parse_idb(buf.data, pos, int(blen), e)
+        if bad_option:
+            self._count("bad_option")
         self.interfaces.append(iface)
         return int(blen)
 
@@ -464,7 +410,7 @@ class CaptureReader:
         for i in np.unique(iface):
             m = iface == i
             itf = self.interfaces[int(i)]
-            ts[m] = _raw_to_ns(w.ts[m], itf)
+            ts[m] = raw_to_ns(w.ts[m], itf)
             lt[m] = itf.linktype
         spb = w.ts == np.uint64(0xFFFFFFFFFFFFFFFF)
         if spb.any():  # SPBs carry no timestamp: use the previous packet's
@@ -481,41 +427,6 @@ class CaptureReader:
             linktype=lt,
             iface=iface.astype(np.uint16),
         )
-
-
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
-
-def open_regular(path: Path) -> io.BufferedReader:
-    """Open `path` for reading only if it is a regular file; raises CaptureError naming the
-    path otherwise. Opened with O_NONBLOCK (a FIFO then cannot block the open) and checked
-    with fstat on the open descriptor, so what is read is what was checked."""
-    try:
-        st = os.stat(path)  # a socket cannot be opened at all: name it first
-        if not stat.S_ISREG(st.st_mode):
-            raise CaptureError(f"{path}: not a regular file ({_kind(st.st_mode)}); refused")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        raise CaptureError(f"{path}: cannot open ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CaptureError(f"{path}: not a regular file ({_kind(st.st_mode)}); refused")
-        os.set_blocking(fd, True)
-        return open(fd, "rb")  # owned by the caller
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def open_capture(path: str | Path, chunk_bytes: int = DEFAULT_CHUNK) -> CaptureReader:
