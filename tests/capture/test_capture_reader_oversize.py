@@ -14,8 +14,10 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from capture import CaptureError, pcapng
+from capture import CaptureError, pcapng, reader
 from capture.reader import MAX_RECORD, open_capture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,6 +176,37 @@ def test_pure_python_walker_skips_the_same(tmp_path: Path) -> None:
         check=True,
     )
     assert run.stdout.strip() == f"{1 + len(GOOD_AFTER)} {{'oversize_record': 1}}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(
+        st.one_of(st.integers(60, 1500), st.integers(262_145, 300_000)), min_size=1, max_size=12
+    ),
+    chunk=st.sampled_from([4096, 65536, 1 << 20]),
+    max_packets=st.sampled_from([1, 3, 65536]),
+    fmt=st.sampled_from(["pcap", "pcapng"]),
+)
+def test_any_mix_of_normal_and_oversize_records(
+    tmp_path_factory: pytest.TempPathFactory,
+    sizes: list[int],
+    chunk: int,
+    max_packets: int,
+    fmt: str,
+) -> None:
+    """Whatever the order, chunk size and batch size: exactly the records within the limit
+    are read, in order, and each one above it is counted once (pcapng with a 256 KiB block
+    limit here, so the test stays small)."""
+    frames = [_frame(i, n) for i, n in enumerate(sizes)]
+    p = tmp_path_factory.mktemp("mix") / f"x.{fmt}"
+    p.write_bytes(_pcap(frames) if fmt == "pcap" else _ng(_epbs(frames)))
+    want = [f for f in frames if len(f) <= 1500]
+    over = len(frames) - len(want)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader, "MAX_RECORD", 262_144)
+        got, summary = _read(p, chunk_bytes=chunk, max_packets=max_packets)
+    assert got == want
+    assert summary == ({"oversize_record": over} if over else {})
 
 
 # --- not a regular file ----------------------------------------------------------------------
