@@ -175,11 +175,11 @@ def test_event_loop_stays_responsive_and_each_overload_episode_is_audited_once(
             assert gap_entries(paths) == episodes  # the episode is not over while stalled
         # The disk answers again: the queue drains and rows are accepted again.
         late = f"{episode}after"
-        assert wait_for(lambda late=late: w.append_nowait(row(late)))  # type: ignore[misc]
+        assert wait_for(lambda late=late: w.append_nowait(row(late)))
         results[late] = True
         w.flush()
         want = len(episodes) + 1
-        assert wait_for(lambda want=want: len(gap_entries(paths)) == want)  # type: ignore[misc]
+        assert wait_for(lambda want=want: len(gap_entries(paths)) == want)
         time.sleep(0.5)  # ... and the reporter writes no second entry for the same episode
         entries = gap_entries(paths)
         assert len(entries) == len(episodes) + 1
