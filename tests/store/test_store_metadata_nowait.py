@@ -11,6 +11,7 @@ Everything else is real: the writer, its threads, the journal, Parquet and a sig
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import stat
@@ -265,6 +266,31 @@ def test_an_episode_open_at_close_is_reported_by_close(paths: DataPaths) -> None
     assert accepted.count(False) == w.gaps == 20 - 5
     w.close()
     assert len(seen) == 1 and seen[0].ended and seen[0].rows == w.gaps
+
+
+def test_a_writer_stopped_by_a_failure_refuses_and_reports(paths: DataPaths) -> None:
+    """A round's files are published but the journal cannot be emptied (EIO, injected through
+    the same seam): the writer stops until restarted; append_nowait refuses meanwhile."""
+    seen: list[Any] = []
+    w = MetadataWriter(
+        "web", "proxy", paths=paths, gateway="gw1", parquet_interval=3600, on_gap=seen.append
+    )
+
+    def failing(op: str) -> None:
+        if (paths.journal / "proxy.commit").exists():
+            raise OSError(errno.EIO, "Input/output error")
+
+    w._engine.journal.io_hook = failing
+    assert w.append_nowait(row("p1")) is True
+    with pytest.raises(StoreError, match="stopped"):
+        w.publish()
+    assert w.append_nowait(row("p2")) is False and w.gaps == 1
+    with pytest.raises(StoreError, match="stopped"):
+        w.close()
+    assert [(r.reason, r.rows, r.ended) for r in seen] == [("writer_stopped", 1, True)]
+    with MetadataWriter("web", "proxy", paths=paths, gateway="gw1"):
+        pass  # the restart rolls the round forward
+    assert read_stream(paths, "web").column("uid").to_pylist() == ["p1"]
 
 
 def test_append_nowait_still_refuses_bad_columns_and_a_closed_writer(paths: DataPaths) -> None:
