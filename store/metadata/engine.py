@@ -132,10 +132,7 @@ class _Engine:
         staged = []
         for stream, front in list(self.fronts.items()):
             rows, batches = front.take()
-            converted = front.convert(rows)
-            if converted is not None:
-                batches = [converted, *batches]
-            batches = [b for b in batches if b.num_rows]
+            batches = [b for b in [*front.convert(rows), *batches] if b.num_rows]
             if batches:
                 staged.append((stream, batches))
         return staged

@@ -31,6 +31,7 @@ log = logging.getLogger("lbm.store.metadata")
 #: engine stopped after a failure it cannot recover from without a restart.
 REASON_QUEUE_FULL = "queue_full"
 REASON_WRITER_STOPPED = "writer_stopped"
+CONVERT_CHUNK = 2048  # rows per call into pyarrow's converter (bounds how long it holds the GIL)
 
 
 @dataclass
@@ -115,15 +116,26 @@ class _Front:
             self.cond.notify_all()
         return rows, batches
 
-    def convert(self, rows: list[Mapping[str, Any]]) -> pa.RecordBatch | None:
-        """Rows -> one RecordBatch; rows that do not convert are refused and reported."""
-        batch, refused = self.converter.rows(rows)
+    def convert(self, rows: list[Mapping[str, Any]]) -> list[pa.RecordBatch]:
+        """Rows -> RecordBatches; rows that do not convert are refused and reported.
+
+        Converted `CONVERT_CHUNK` rows per call: pyarrow holds the GIL for a whole call, and
+        65,536 rows at once would stall every other thread (an appending event loop) for a
+        quarter of a second; between chunks the interpreter lets them run.
+        """
+        batches: list[pa.RecordBatch] = []
+        refused: list[str] = []
+        for start in range(0, len(rows), CONVERT_CHUNK):
+            batch, bad = self.converter.rows(rows[start : start + CONVERT_CHUNK])
+            if batch is not None:
+                batches.append(batch)
+            refused += bad
         if refused:
             for message in refused:
                 log.warning("%s", message)
             with self.cond:
                 self.refused = (self.refused + refused)[-20:]
-        return batch
+        return batches
 
     def take_refused(self) -> list[str]:
         with self.cond:
