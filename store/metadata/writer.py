@@ -244,6 +244,10 @@ class MetadataWriter:
         if refused:
             raise SchemaError("; ".join(refused))
 
+    async def aclose(self) -> None:
+        """`close()` for asyncio code, run in a worker thread."""
+        await asyncio.to_thread(self.close)
+
     def __enter__(self) -> MetadataWriter:
         return self
 

@@ -275,7 +275,7 @@ def test_a_long_episode_is_reported_while_it_lasts(paths: DataPaths) -> None:
         assert wait_for(lambda: len(gap_entries(paths)) >= 2, timeout=10)
         assert all(e["fields"]["ended"] is False for e in gap_entries(paths))
     assert wait_for(lambda: any(e["fields"]["ended"] for e in gap_entries(paths)))
-    w.close()
+    asyncio.run(w.aclose())
     fields = [e["fields"] for e in gap_entries(paths)]
     assert [f["ended"] for f in fields] == [False] * (len(fields) - 1) + [True]
     assert sum(f["rows"] for f in fields) == fields[-1]["episode_rows"] == w.gaps
