@@ -61,7 +61,7 @@ def show(app: App, since: str | None, ref: str | None, action: str | None, as_js
     except ValueError as exc:
         fail(f"--since: {exc}", 2)
     if action is not None and action not in {a.value for a in Action}:
-        fail(f"--action {safe(action)!r}: no such action; one of: {', '.join(Action)}", 2)
+        fail(f"--action '{safe(action)}': no such action; one of: {', '.join(Action)}", 2)
     log = AuditLog(app.paths, None, app.clock)
     for entry in log.entries():
         if since_at is not None and parse_utc(entry["ts"]) < since_at:

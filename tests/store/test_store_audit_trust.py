@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from audit_forging import drop_in_retired, forge, new_key
 
 from store import AuditError, signing
-from store.audit import GENESIS, Action, AuditLog, canonical, line_hash
+from store.audit import Action, AuditLog
 from store.audit_verify import verify_log
 from store.clock import Clock
 from store.paths import DataPaths
@@ -42,37 +42,6 @@ def check(paths: DataPaths, pinned: dict[str, Any] | None = None, **kw: Any):
     return verify_log(
         paths, signing.load_public_keys(paths), pinned=pinned, require_init=True, **kw
     )
-
-
-def forge(
-    paths: DataPaths,
-    key: signing.GatewayKey,
-    action: str = "auth_cancel",
-    fields: dict[str, Any] | None = None,
-    *,
-    new_log: bool = False,
-) -> None:
-    """What someone holding `key` and write access to the data dir can append, head included."""
-    lines = [] if new_log else paths.audit_log.read_bytes().splitlines()
-    seq, prev = len(lines), line_hash(lines[-1]) if lines else GENESIS
-    entry: dict[str, Any] = {
-        "seq": seq + 1, "ts": "2026-01-02T00:00:00Z", "action": action, "actor": "forger",
-        "refs": [], "fields": fields or {}, "prev": prev, "key": key.fingerprint,
-    }  # fmt: skip
-    entry["sig"] = key.sign(canonical(entry))
-    line = canonical(entry)
-    paths.audit_log.write_bytes(b"".join(x + b"\n" for x in [*lines, line]))
-    head: dict[str, Any] = {"seq": seq + 1, "hash": line_hash(line), "ts": entry["ts"]}
-    head["key"] = key.fingerprint
-    head["sig"] = key.sign(canonical(head))
-    paths.audit_head.write_bytes(canonical(head) + b"\n")
-
-
-def drop_in_retired(paths: DataPaths) -> signing.GatewayKey:
-    forger = signing.GatewayKey(Ed25519PrivateKey.generate(), {})
-    (paths.old_signing_keys).mkdir(exist_ok=True)
-    (paths.old_signing_keys / "x.pub").write_text(signing.public_openssh(forger.public) + "\n")
-    return forger
 
 
 # -- erasure ----------------------------------------------------------------------------------
@@ -119,7 +88,7 @@ def test_rotations_chain_from_any_pinned_key(tmp_path: Path) -> None:
         result = check(paths, pin(pinned))
         assert result.ok, result.problems
     assert check(paths).signers == [first.fingerprint, second.fingerprint, third.fingerprint]
-    stranger = signing.GatewayKey(Ed25519PrivateKey.generate(), {})
+    stranger = new_key()
     result = check(paths, pin(stranger))
     assert (
         not result.ok and "no entry and no head is signed by a key pinned" in result.first_problem
@@ -151,7 +120,7 @@ def test_forged_old_style_rotation_passes_unpinned_but_not_pinned(tmp_path: Path
 def test_replaced_public_key_and_resigned_log_fail_against_the_pin(tmp_path: Path) -> None:
     paths, _ = make_log(tmp_path)
     real = signing.load(paths)
-    forger = signing.GatewayKey(Ed25519PrivateKey.generate(), {})
+    forger = new_key()
     paths.signing_pub.write_text(signing.public_openssh(forger.public) + "\n")
     forge(paths, forger, "init", new_log=True)
     forge(paths, forger, "auth_grant")
@@ -212,7 +181,7 @@ def test_append_refuses_a_swapped_private_key(tmp_path: Path) -> None:
 
 
 def test_allowed_signers_parsing(tmp_path: Path) -> None:
-    key = signing.GatewayKey(Ed25519PrivateKey.generate(), {})
+    key = new_key()
     line = f'gw1,gw2 namespaces="lbm-evidence" {signing.public_openssh(key.public)} gw1'
     text = f"# comment\n\nother ssh-ed25519 {line.split()[3]}\n{line}\n"
     assert list(signing.parse_allowed_signers(text, "f", "gw2")) == [key.fingerprint]
