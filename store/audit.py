@@ -24,7 +24,6 @@ import os
 import pwd
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -266,20 +265,12 @@ class AuditLog:
         if not self.witness:
             return seq, prev
         state = witness_mod.load_state(self.paths.audit_dir)
-        todo: list[tuple[Action, dict[str, Any]]] = []
-        for outage in state.unlogged_restores:
-            if not outage.pop("failure_logged", True):
-                todo.append((Action.WITNESS_FAILED, _outage_fields(outage)))
-            todo.append((Action.WITNESS_RESTORED, outage))
-        if state.failing and not state.outage_logged:
-            todo.append((Action.WITNESS_FAILED, _outage_fields(asdict(state), "outage_")))
-        for action, fields in todo:
+        due = state.entries_due()
+        for action, fields in due:
             fields["socket"] = self.witness_socket
-            _, prev = self._write(seq + 1, prev, key, action, "lbm-audit", (), fields)
+            _, prev = self._write(seq + 1, prev, key, Action(action), "lbm-audit", (), fields)
             seq += 1
-        if todo:
-            state.unlogged_restores = []
-            state.outage_logged = state.failing
+        if due:
             witness_mod.save_state(self.paths.audit_dir, state)
         return seq, prev
 
@@ -390,15 +381,6 @@ def chain_links(log: Path, from_seq: int, from_hash: str) -> bool:
                 return False
             prev = line_hash(raw)
     return prev is not None
-
-
-def _outage_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    return {
-        "since": data.get(f"{prefix}since"),
-        "first_unwitnessed_seq": data.get(f"{prefix}first_seq", data.get("first_unwitnessed_seq")),
-        "failures": data.get(f"{prefix}failures"),
-        "error": data.get(f"{prefix}error"),
-    }
 
 
 def verify_log(

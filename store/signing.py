@@ -132,7 +132,8 @@ def load(paths: DataPaths) -> GatewayKey:
 
 
 def load_public_keys(paths: DataPaths) -> dict[str, Ed25519PublicKey]:
-    """Every public key the gateway has signed with, for verifiers that hold no private key."""
+    """Every public key found in keys/, to look signers up by; not a trust anchor (anyone who
+    can write keys/ can add one): `parse_allowed_signers` gives the pinned keys."""
     keys = load_retired(paths)
     if paths.signing_pub.exists():
         key = load_public(paths.signing_pub.read_text(), str(paths.signing_pub))
@@ -143,6 +144,8 @@ def load_public_keys(paths: DataPaths) -> dict[str, Ed25519PublicKey]:
 def rotate(paths: DataPaths, comment: str) -> tuple[str, str]:
     """Retire the current key (its public half stays for verification) and make a new one.
 
+    Unaudited: the audit log then refuses the new key, as it would any key it was not told
+    about. `AuditLog.rotate_key` (what `lbm keys rotate-signing` runs) is the audited rotation.
     Returns (old fingerprint, new fingerprint).
     """
     old = load(paths)

@@ -99,6 +99,30 @@ class WitnessState:
         self.outage_failures, self.outage_logged = 0, False
         return True
 
+    def entries_due(self) -> list[tuple[str, dict[str, Any]]]:
+        """The audit entries (action, fields) this state owes the log; marks them written."""
+        due: list[tuple[str, dict[str, Any]]] = []
+        for outage in self.unlogged_restores:
+            if not outage.pop("failure_logged", True):
+                due.append(("witness_failed", _failed_fields(outage)))
+            due.append(("witness_restored", outage))
+        if self.failing and not self.outage_logged:
+            current = {
+                "since": self.outage_since,
+                "first_unwitnessed_seq": self.outage_first_seq,
+                "failures": self.outage_failures,
+                "error": self.outage_error,
+            }
+            due.append(("witness_failed", current))
+        self.unlogged_restores = []
+        self.outage_logged = self.failing
+        return due
+
+
+def _failed_fields(outage: dict[str, Any]) -> dict[str, Any]:
+    keep = ("since", "first_unwitnessed_seq", "failures", "error")
+    return {k: outage.get(k) for k in keep}
+
 
 def state_path(audit_dir: Path) -> Path:
     return audit_dir / STATE_FILE
