@@ -97,9 +97,9 @@ def verify(
     if allowed_signers is not None:
         try:
             text = allowed_signers.read_text()
-            pinned = signing.parse_allowed_signers(
-                text, str(allowed_signers), app.config.gateway_id
-            )
+            # a copy of audit/ without its config: any principal's line counts
+            principal = app.config.gateway_id if app.config_path.exists() else None
+            pinned = signing.parse_allowed_signers(text, str(allowed_signers), principal)
         except (OSError, UnicodeDecodeError, StoreError) as exc:
             fail(f"--allowed-signers {allowed_signers}: {exc}", 2)
     elif not keys:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,6 +73,11 @@ def test_pin_follows_rotations_and_rejects_a_forged_key(lbm: Lbm, tmp_path: Path
     pinned = lbm("audit", "verify", "--allowed-signers", str(pin))
     assert pinned.returncode == 0, pinned.stdout
     assert "pinned key chain" in pinned.stdout and "internal consistency" not in pinned.stdout
+    copy = tmp_path / "copy"  # off the box: only audit/ and the pin, no keys, no config
+    shutil.copytree(lbm.data_dir / "audit", copy / "audit")
+    offbox = Lbm(copy)("audit", "verify", "--allowed-signers", str(pin))
+    assert offbox.returncode == 0, offbox.stdout + offbox.stderr
+    assert offbox.stdout.splitlines()[0] == pinned.stdout.splitlines()[0]
     # someone with write access drops a key of theirs in keys/retired and writes as "the gateway"
     paths = paths_of(lbm)
     real = signing.load(paths)
