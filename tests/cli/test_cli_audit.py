@@ -55,6 +55,9 @@ def test_erased_log_is_reported_not_ok(lbm: Lbm) -> None:
     assert result.returncode == 1, result.stdout
     assert "FAILED" in result.stdout and "the log was erased" in result.stdout
     assert "0 entries" not in result.stdout
+    again = lbm("init")  # a fresh init entry would make the erased log look new
+    assert again.returncode == 1 and "log erased?" in again.stderr
+    assert paths.audit_log.read_bytes() == b"" and lbm("audit", "verify").returncode == 1
 
 
 def test_unpinned_verify_says_what_it_did_not_check(lbm: Lbm) -> None:
