@@ -23,7 +23,7 @@ import contextlib
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -329,10 +329,12 @@ class Archive:
         return (self.paths.archive / check_ref(ref) / f"{name}.manifest.json").exists()
 
     # -- recovery ----------------------------------------------------------------------------
-    def recover(self, ref: str | None = None, *, trigger: str = "start") -> list[str]:
+    def recover(
+        self, ref: str | None = None, *, trigger: str = "start", exclude: Container[str] = ()
+    ) -> list[str]:
         """Seal every segment left without a manifest by a crash (no writer holds it) as
         truncated, and audit each (store/recovery.py). Returns the segment ids sealed."""
-        return self._sealer.recover(self.paths.archive, ref, trigger=trigger)
+        return self._sealer.recover(self.paths.archive, ref, trigger=trigger, exclude=exclude)
 
     def _seal_truncated(self, directory: Path, number: int, reason: str) -> bool:
         """Caller holds the archive lock. Returns True if a truncated manifest was written."""

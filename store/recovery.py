@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,18 @@ class Sealer:
             )
         return True
 
-    def recover(self, root: Path, ref: str | None = None, *, trigger: str = "start") -> list[str]:
+    def recover(
+        self,
+        root: Path,
+        ref: str | None = None,
+        *,
+        trigger: str = "start",
+        exclude: Container[str] = (),
+    ) -> list[str]:
         """Seal every cut-off segment (of `ref`, or of every archive under `root`) as truncated;
-        audit ARCHIVE_RECOVERED once per archive changed. Returns the segment ids sealed."""
+        audit ARCHIVE_RECOVERED once per archive changed. Returns the segment ids sealed.
+        Segment ids in `exclude` ("REF/NNNNNN": sealed on record, manifest since deleted) are
+        left alone, so recovery never launders a deleted manifest."""
         sealed: list[str] = []
         if ref is not None:
             directories = [root / ref] if (root / ref).is_dir() else []
@@ -138,8 +148,9 @@ class Sealer:
             done: list[str] = []
             with chain.archive_lock(directory):
                 for number in segment_numbers(directory):
-                    if self.seal_truncated(directory, number, CUT_OFF):
-                        done.append(f"{directory.name}/{number:06d}")
+                    sid = f"{directory.name}/{number:06d}"
+                    if sid not in exclude and self.seal_truncated(directory, number, CUT_OFF):
+                        done.append(sid)
             if done and self.audit is not None:
                 self.audit.append(
                     Action.ARCHIVE_RECOVERED,
