@@ -103,6 +103,8 @@ def _export_segment(
                 _finish(fd)
                 meta[-1]["complete"] = kind == "end" and not (value or {}).get("aborted")
                 count += 1
+    except age.AgeError as exc:
+        raise ArchiveError(f"segment {ref}/{number:06d}: {exc}") from None
     finally:
         fh.close()
         if current >= 0:
@@ -193,7 +195,7 @@ def export_raw(
             _publish(staging, out / ref, written)
         except OSError as exc:
             raise ExportError(f"cannot write the export to {out}: {io_message(exc)}") from None
-    except (ArchiveError, KeyError_, age.AgeError, ExportError) as exc:
+    except (ArchiveError, KeyError_, ExportError) as exc:
         app.audit.append(
             Action.EXPORT,
             app.actor,

@@ -133,6 +133,7 @@ def test_altered_ciphertext_inside_a_record_leaves_nothing(lbm: Lbm, tmp_path: P
     out = tmp_path / "out"
     result = _export(lbm, ident, out)
     assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"segment {REF}/000001: chunk 1 fails authentication (file altered)" in result.stderr
     assert "nothing was exported" in result.stderr
     assert _tree(out) == []
 
