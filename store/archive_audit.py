@@ -55,6 +55,7 @@ class OnRecord:
     auth_destroyed: set[str] = field(default_factory=set)
     segments_destroyed: set[SegmentId] = field(default_factory=set)
     purged: set[str] = field(default_factory=set)
+    resealed: dict[SegmentId, tuple[int, int]] = field(default_factory=dict)
 
     def segment_gone(self, sid: SegmentId) -> bool:
         """True if the segment's destruction (or its archive's) is on record."""
@@ -101,6 +102,8 @@ def on_record(entries: Iterable[dict[str, Any]]) -> OnRecord:
             if sid is None:
                 continue
             digest = fields.get("ciphertext_sha256")
+            if sid in found.seals:  # a seal is never repeated unless a manifest was deleted
+                found.resealed.setdefault(sid, (found.seals[sid].seq, int(entry.get("seq") or 0)))
             found.seals[sid] = Seal(
                 int(entry.get("seq") or 0),
                 digest if isinstance(digest, str) else None,
@@ -159,6 +162,12 @@ def cross_check(
             continue
         for number in sealed:
             _check_segment(paths, directory, name, number, record.seals[(name, number)], report)
+    for (name, number), (first, again) in sorted(record.resealed.items()):
+        if name in refs:
+            report.bad(
+                f"{name}/{number:06d}: sealed twice (audit seq {first} and {again}): its "
+                "manifest was deleted and recovery sealed the segment again"
+            )
 
 
 def _check_segment(

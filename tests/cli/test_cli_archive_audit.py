@@ -288,3 +288,17 @@ def test_recover_arguments(lbm: Lbm) -> None:
     missing = lbm("archive", "recover", "NOPE")
     assert missing.returncode == 1 and "NOPE: no archive" in missing.stderr
     assert lbm("archive", "recover", "../x").returncode == 2
+
+
+def test_a_reseal_after_a_deleted_manifest_is_reported(lbm: Lbm) -> None:
+    """A daemon's start-up recovery does not read the audit log: if someone deletes the newest
+    manifest and a daemon then re-seals that segment "as truncated", the log holds two seals."""
+    _archive(lbm.data_dir, segments=2)
+    paths = DataPaths(lbm.data_dir)
+    (paths.archive / REF / "000002.manifest.json").unlink()
+    key = signing.load(paths)
+    audit = AuditLog(paths, key, Clock(), witness=False)
+    assert Archive(paths, key, Clock(), audit=audit).recover() == [f"{REF}/000002"]
+    code, problems, _ = _verify(lbm, REF)
+    assert code == 1
+    assert any(f"{REF}/000002: sealed twice" in p for p in problems), problems
