@@ -38,13 +38,14 @@ class Hold:
     def __init__(
         self,
         *,
-        max_packets: int = HOLD_MAX_PACKETS,
-        max_bytes: int = HOLD_MAX_BYTES,
-        total_bytes: int = HOLD_TOTAL_BYTES,
+        max_packets: int | None = None,
+        max_bytes: int | None = None,
+        total_bytes: int | None = None,
     ) -> None:
-        self.max_packets = max_packets
-        self.max_bytes = max_bytes
-        self.total_bytes = total_bytes
+        """Bounds default to the module's constants as they are at construction."""
+        self.max_packets = HOLD_MAX_PACKETS if max_packets is None else max_packets
+        self.max_bytes = HOLD_MAX_BYTES if max_bytes is None else max_bytes
+        self.total_bytes = HOLD_TOTAL_BYTES if total_bytes is None else total_bytes
         self.flows: dict[str, Held] = {}
         self.nbytes = 0
         self.dropped = 0  # packets lost because the total bound was reached

@@ -79,10 +79,14 @@ def dns_query(src: str, dst: str, sport: int, name: str, v6: bool = False) -> Pa
     return L3(src=src, dst=dst) / UDP(sport=sport, dport=53) / DNS(id=7, rd=1, qd=DNSQR(qname=name))
 
 
-def write_pcap(path: Path, frames: list[bytes], linktype: int = 1) -> None:
+def write_pcap(
+    path: Path, frames: list[bytes], linktype: int = 1, step_us: int = 1_001_000
+) -> None:
+    """Packet i at T0 + i * step_us microseconds."""
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)]
     for i, f in enumerate(frames):
-        out.append(struct.pack("<IIII", T0 + i, 1000 * i, len(f), len(f)) + f)
+        sec, usec = divmod(i * step_us, 1_000_000)
+        out.append(struct.pack("<IIII", T0 + sec, usec, len(f), len(f)) + f)
     path.write_bytes(b"".join(out))
 
 
@@ -460,7 +464,7 @@ def build() -> dict[str, bytes]:
         ("tls-split-hello.pcap", tls_split_hello()),
     ):
         tmp = HERE / (name + ".tmp")
-        write_pcap(tmp, frames)
+        write_pcap(tmp, frames, step_us=10_000 if name == "tls-split-hello.pcap" else 1_001_000)
         files[name] = tmp.read_bytes()
         tmp.unlink()
     files["mixed-linktypes.pcapng"] = mixed_pcapng()
