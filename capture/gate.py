@@ -81,6 +81,12 @@ class ArchiveGate:
         self._sn: list[str | None] = []  # the server name the cached decision used
         self._matters: list[bool] = []  # a covering authorisation keeps out do-not-decrypt
         self._ip: list[str | None] = []  # internal address, "" none, None not yet known
+        self._identity: object = None  # the identity map the lease windows below come from
+        self._llo = np.zeros(0, np.int64)  # per slot: lease window [llo, lhi) of `_lp`
+        self._lhi = np.zeros(0, np.int64)
+        self._lp: list[str | None] = []
+        self._lsub = np.zeros(0, bool)  # per slot: `_lp` has a packets authorisation
+        self._subjects: frozenset[str] = frozenset()  # principals with one, in `_snap`
         self._gapped: set[str] = set()  # flows whose hold drops were reported
 
     def grow(self, cap: int) -> None:
@@ -97,6 +103,10 @@ class ArchiveGate:
         self._sn.extend([None] * more)
         self._matters.extend([False] * more)
         self._ip.extend([None] * more)
+        self._llo = np.concatenate([self._llo, np.full(more, NS_MAX, np.int64)])
+        self._lhi = np.concatenate([self._lhi, np.full(more, NS_MIN, np.int64)])
+        self._lp.extend([None] * more)
+        self._lsub = np.concatenate([self._lsub, np.zeros(more, bool)])
 
     def new_flows(
         self,
@@ -108,6 +118,9 @@ class ArchiveGate:
         names read are TLS over TCP); flows with no internal end have no principal."""
         self._lo[new] = NS_MAX
         self._hi[new] = NS_MIN
+        self._llo[new] = np.where(inside, NS_MAX, NS_MIN)  # no internal end: nobody, ever
+        self._lhi[new] = np.where(inside, NS_MIN, NS_MAX)
+        self._lsub[new] = False
         self._armed[new] = False
         self._settled[new] = ~tcp
         for s, ins in zip(new.tolist(), inside.tolist(), strict=True):
@@ -118,6 +131,60 @@ class ArchiveGate:
     def set_ips(self, slots: npt.NDArray[np.int64], ips: list[str]) -> None:
         for s, ip in zip(slots.tolist(), ips, strict=True):
             self._ip[s] = ip
+
+    def seed(
+        self,
+        snap: Snapshot,
+        slots: npt.NDArray[np.int64],
+        ips: list[str],
+        ats: list[float],
+        span: Callable[[str, float], tuple[str | None, int, int]],
+    ) -> list[str | None]:
+        """Who holds each new flow's internal address `ips` at its first packet (`ats`, POSIX
+        seconds), for the pipeline's rows; the lease windows are kept for the decisions that
+        follow, so the identity map is asked once per flow, not twice."""
+        self._note_snapshot(snap)
+        last: dict[str, tuple[str | None, int, int]] = {}  # per address in this batch
+        out: list[str | None] = []
+        los: list[int] = []
+        his: list[int] = []
+        for s, ip, at in zip(slots.tolist(), ips, ats, strict=True):
+            got = last.get(ip)
+            if got is None or not got[1] <= round(at * 1e6) < got[2]:
+                got = last[ip] = span(ip, at)
+            self._ip[s] = ip
+            self._lp[s] = got[0]
+            self._lsub[s] = got[0] in self._subjects
+            out.append(got[0])
+            los.append(_ns_of_us(got[1]))
+            his.append(_ns_of_us(got[2]))
+        self._llo[slots] = los
+        self._lhi[slots] = his
+        return out
+
+    def _note_snapshot(self, snap: Snapshot) -> None:
+        """A new policy snapshot: every flow decides again at its next packet."""
+        if snap is self._snap:
+            return
+        self._snap = snap
+        if snap.identity is not self._identity:  # another identity load: windows are stale
+            self._identity = snap.identity
+            self._llo[:] = NS_MAX
+            self._lhi[:] = NS_MIN
+        subjects = frozenset(
+            a.subject for a in snap.authorisations if Channel.PACKETS in a.channels
+        )
+        if subjects != self._subjects:
+            self._subjects = subjects
+            self._lsub = np.fromiter((p in subjects for p in self._lp), bool, len(self._lp))
+        self._snap_has = bool(subjects)
+        self._lo[:] = NS_MAX
+        self._hi[:] = NS_MIN
+        if not self._snap_has:  # nobody is covered now: held packets are dropped
+            self.hold.clear()
+            for uid in list(self.rec.flows):
+                self.rec.not_covered(uid)  # what was gathered is written
+            self._armed[:] = False
 
     # ---- per batch -----------------------------------------------------------------------
     def feed(
@@ -130,26 +197,58 @@ class ArchiveGate:
         appf: AppFeed,
     ) -> None:
         """Decide the batch's packets (`pkt`, in flow `slot`) after `appf` has seen them."""
-        if snap is not self._snap:
-            self._snap = snap
-            self._snap_has = any(Channel.PACKETS in a.channels for a in snap.authorisations)
-            self._lo[:] = NS_MAX  # a new policy: every flow decides again
-            self._hi[:] = NS_MIN
+        self._note_snapshot(snap)
         if not self._snap_has:
-            if self.hold.flows or self._armed.any():
-                for uid in list(self.hold.flows):
-                    self.hold.take(uid)  # nobody is covered: held packets are dropped
-                self._armed[:] = False
             return
         if pkt.size == 0:
             return
         ts = b.ts_ns[pkt]
-        hot = (ts < self._lo[slot]) | (ts >= self._hi[slot]) | self._armed[slot]
-        if not hot.any():
+        stale = (ts < self._lo[slot]) | (ts >= self._hi[slot])
+        armed = self._armed[slot]
+        if not (stale | armed).any():
             return
-        cand = np.flatnonzero(np.isin(slot, np.unique(slot[hot])))
+        # Stale packets of flows not being archived whose address is held by someone with no
+        # packets authorisation: not covered for the whole lease window, without Python.
+        quiet = stale & ~armed & ~self._lsub[slot]
+        quiet &= (ts >= self._llo[slot]) & (ts < self._lhi[slot])
+        if quiet.any():
+            qs = np.unique(slot[quiet])
+            self._lo[qs] = self._llo[qs]
+            self._hi[qs] = self._lhi[qs]
+        # Flows not being archived: decide again only at their packets outside the cached
+        # range (one round per boundary crossed in this batch). A flow found covered, or
+        # already being archived or held, goes packet by packet from there on.
+        n = pkt.size
+        us, inv = np.unique(slot, return_inverse=True)
+        start = np.where(self._armed[us], 0, n)  # per flow: first packet taken one by one
+        after = np.full(us.size, -1)  # per flow: decided up to this packet
+        idx = np.arange(n)
+        while True:
+            stale = (ts < self._lo[slot]) | (ts >= self._hi[slot])
+            todo = np.flatnonzero(stale & (start[inv] == n) & (idx > after[inv]))
+            if todo.size == 0:
+                break
+            u_of, first = np.unique(inv[todo], return_index=True)
+            for u, j in zip(u_of.tolist(), todo[first].tolist(), strict=True):
+                s = int(us[u])
+                if self._recheck(snap, s, uids[s], int(ts[j]), appf):
+                    start[u] = j
+                else:
+                    after[u] = j
+        cand = np.flatnonzero(idx >= start[inv])
         for p, s in zip(pkt[cand].tolist(), slot[cand].tolist(), strict=True):
             self._packet(snap, s, uids[s], b, p, appf)
+
+    def _recheck(self, snap: Snapshot, s: int, uid: str, t: int, appf: AppFeed) -> bool:
+        """Decide a flow not being archived at `t`; True if it is covered now."""
+        settled = bool(self._settled[s])
+        if not settled and appf.name_settled(s, uid):
+            settled = True
+            self._settled[s] = True
+        refs = self._refs_at(snap, s, t, appf.server_name(s, uid) if settled else None)
+        if not refs:
+            self.rec.not_covered(uid)
+        return bool(refs)
 
     def _packet(
         self, snap: Snapshot, s: int, uid: str, b: PacketBatch, p: int, appf: AppFeed
@@ -241,9 +340,13 @@ class ArchiveGate:
         at = _at(t)
         if ip and not isinstance(snap.identity, NoIdentity):
             span = getattr(snap.identity, "resolve_ip_span", None)
-            if span is not None:
+            if self._llo[s] <= t < self._lhi[s]:  # inside the lease window known
+                principal, lo, hi = self._lp[s], int(self._llo[s]), int(self._lhi[s])
+            elif span is not None:
                 principal, lo_us, hi_us = span(ip, at)
                 lo, hi = _ns_of_us(lo_us), _ns_of_us(hi_us)
+                self._lp[s], self._llo[s], self._lhi[s] = principal, lo, hi
+                self._lsub[s] = principal in self._subjects
             else:  # a resolver without windows: this microsecond only
                 principal = snap.resolve(ip=ip, at=at)
                 lo = t // 1000 * 1000

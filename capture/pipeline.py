@@ -136,7 +136,10 @@ class Pipeline:
             self.gate.set_ips(slots, ips)
         ats = (t.first_ts[slots] / 1e9).tolist()
         many = getattr(snap.identity, "resolve_ip_many", None)
-        if many is not None:
+        span = getattr(snap.identity, "resolve_ip_span", None)
+        if self.gate is not None and span is not None:
+            found = self.gate.seed(snap, slots, ips, ats, span)  # keeps the lease windows
+        elif many is not None:
             found = many(ips, ats)
         else:
             found = [
