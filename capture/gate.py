@@ -263,11 +263,10 @@ class ArchiveGate:
         if not settled and refs and self._matters[s]:
             packet = (t, int(b.linktype[p]), b.frame(p), int(b.wire_len[p]))
             added = self.hold.add(uid, packet)
-            if added is Added.HELD:
-                self._armed[s] = True
-                return
-            if added is Added.DROPPED:
-                self._report_drop(uid, refs)
+            if added is not Added.FLOW_FULL:
+                self._armed[s] = True  # the flow's next packets are held (or dropped) too
+                if added is Added.DROPPED:
+                    self._report_drop(uid, refs)
                 return
             # the flow showed no name within the hold's bound: decide it without one
             self._settled[s] = True

@@ -177,3 +177,29 @@ def test_corpus_post_quantum_hello_to_a_listed_server_is_never_archived(
     pipe = run_replay(lbm.data_dir, [pcap], 1, monkeypatch, now)
     got = packets(records(DataPaths(lbm.data_dir), identity))
     assert pipe.summary.archived_packets == 15 and sorted(got) == sorted(pcap_packets(pcap))
+
+
+def test_flow_rows_are_the_same_with_and_without_subjects(
+    lbm: Lbm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holding and deciding change what is archived, never the metadata: every flow row is
+    the same as with nobody under authorisation, but for the subject's refs and record ids."""
+    day = "2023-11-01T00:00:00Z"
+    leases = [("p100", SUBJECT_IP, day, ""), ("p200", OTHER_IP, day, "")]
+    import_leases(lbm, tmp_path, SPLIT_NOW, leases)
+    before = tmp_path / "no-grant"
+    shutil.copytree(lbm.data_dir, before)
+    grant(lbm, SPLIT_NOW)
+
+    def rows(data_dir: Path) -> list[dict[str, Any]]:
+        run_replay(data_dir, [SPLIT], 1, monkeypatch, SPLIT_NOW)
+        out = read_stream(DataPaths(data_dir), "flow").drop(["uid"]).to_pylist()
+        return sorted(out, key=lambda r: (r["client_port"], r["ts"]))
+
+    plain, granted = rows(before), rows(lbm.data_dir)
+    assert len(plain) == len(granted) == 6
+    for a, b in zip(plain, granted, strict=True):
+        if b["principal"] == "p100" and b["refs"]:
+            assert b["refs"] == [REF] and b["record_ids"]
+            b["refs"], b["record_ids"] = [], []
+        assert a == b
