@@ -22,6 +22,8 @@ import pytest
 from capture_policy import REF, grant, import_leases, packets, pcap_packets, records, run_replay
 from lbm_testing import Lbm
 
+from appliance.policy.identity import IdentityMap
+from appliance.policy.identity_feed import OPEN_END, FeedRow
 from store.metadata import read_stream
 from store.paths import DataPaths
 
@@ -165,3 +167,30 @@ def test_expiry_mid_capture_stops_archiving_at_that_instant(
     got = packets(records(DataPaths(lbm.data_dir), identity))
     assert sorted(got) == sorted(_of(pcap, "10.1.1.5", None, expiry))
     assert pipe.summary.archived_packets == 4
+
+
+def test_lease_window_around_an_instant() -> None:
+    """`IdentityMap.resolve_ip_span`, which the cache relies on: the holder and the window
+    [start, end) over which that answer holds, gaps and overlaps (nobody) included."""
+    m = IdentityMap.build(
+        [
+            FeedRow(1, "p100", "ip", "10.1.1.5", 1_000, 2_000),
+            FeedRow(2, "p200", "ip", "10.1.1.5", 2_000, 3_000),
+            FeedRow(3, "p300", "ip", "10.1.1.5", 2_500, 4_000),  # overlaps p200: nobody
+            FeedRow(4, "p400", "ip", "10.1.1.5", 5_000, OPEN_END),
+        ]
+    )
+
+    def at(us: int) -> tuple[str | None, int, int]:
+        return m.resolve_ip_span(
+            "10.1.1.5", datetime.fromtimestamp(0, UTC) + timedelta(microseconds=us)
+        )
+
+    assert at(999) == (None, -OPEN_END, 1_000)
+    assert at(1_000) == at(1_999) == ("p100", 1_000, 2_000)
+    assert at(2_000) == at(2_499) == ("p200", 2_000, 2_500)
+    assert at(2_500) == at(2_999) == (None, 2_500, 3_000)  # two holders: nobody
+    assert at(3_000) == ("p300", 3_000, 4_000)
+    assert at(4_000) == at(4_999) == (None, 4_000, 5_000)  # a gap
+    assert at(6_000) == ("p400", 5_000, OPEN_END)
+    assert m.resolve_ip_span("10.9.9.9", 1.0) == (None, -OPEN_END, OPEN_END)
