@@ -17,7 +17,12 @@ The answer does not depend on how packets are cut into batches (live capture fee
   (`IdentityMap.resolve_ip_span`) cut by the boundaries (start, expiry, cancellation) of the
   principal's packets authorisations. A packet outside that range, a new policy snapshot, or a
   changed server name decides again; otherwise a batch costs one numpy comparison, and only
-  packets of flows being archived or held go through Python.
+  packets of flows being archived or held go through Python. A flow whose address is held by
+  someone with no packets authorisation is settled for the whole lease window in numpy (the
+  window comes from the lookup the pipeline makes for the flow row anyway, `seed`).
+
+Limit: a name that appears only after the flow showed its first head (a ClientHello after
+STARTTLS) applies from the batch in which it is read.
 """
 
 from __future__ import annotations
