@@ -280,7 +280,7 @@ class ArchiveGate:
             self._release(snap, s, uid, sn)
             self._archive(s, uid, refs, packet)
             return
-        if uid in self.hold:
+        if settled and uid in self.hold:  # unsettled, held packets wait for the name
             self._release(snap, s, uid, sn)
         if refs:
             self._archive(s, uid, refs, (t, int(b.linktype[p]), b.frame(p), int(b.wire_len[p])))

@@ -203,3 +203,25 @@ def test_flow_rows_are_the_same_with_and_without_subjects(
             assert b["refs"] == [REF] and b["record_ids"]
             b["refs"], b["record_ids"] = [], []
         assert a == b
+
+
+def test_cancelled_while_held_keeps_waiting_for_the_name(
+    lbm: Lbm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grant is cancelled while the do-not-decrypt flow's hello is still arriving: its
+    packets held from before the cancellation are still decided with the server name once
+    it is known (never released on a guess), so none is archived."""
+    identity = _prepare(lbm, tmp_path)
+    cancel = "2023-11-14T22:13:20.200000Z"  # after the hellos' first segments, before the names
+    lbm("auth", "cancel", REF, "--reason", "done", check=True, env={"LBM_FAKE_NOW": cancel})
+    until = round(1_700_000_000.2 * 1e6)
+    expected = [
+        (ts, f)
+        for ts, f in pcap_packets(SPLIT)
+        if SUBJECT_IP in endpoints(f)[:2] and not set(endpoints(f)[2:]) & DND_PORTS and ts < until
+    ]
+    assert expected
+    for n, (_pipe, paths) in _runs(lbm, tmp_path, monkeypatch, [SPLIT], SPLIT_NOW).items():
+        recs = records(paths, identity)
+        _check_never_dnd(recs, n)
+        assert sorted(packets(recs)) == sorted(expected), n
