@@ -336,12 +336,12 @@ class ArchiveGate:
         """Decide for slot `s` at `t` (ns) and cache it with the range of instants it holds
         for: the lease window, cut by the authorisations' start, expiry and cancellation."""
         self.decisions += 1
-        ip = self._ip[s]
-        if ip is None:
-            ip = self._ip[s] = self.ip_of(s)
         principal: str | None = None
         lo, hi = NS_MIN, NS_MAX
         at = _at(t)
+        ip = self._ip[s]
+        if ip is None and not isinstance(snap.identity, NoIdentity):
+            ip = self._ip[s] = self.ip_of(s)
         if ip and not isinstance(snap.identity, NoIdentity):
             span = getattr(snap.identity, "resolve_ip_span", None)
             if self._llo[s] <= t < self._lhi[s]:  # inside the lease window known

@@ -11,6 +11,7 @@ import socket
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dpkt
 from hypothesis import HealthCheck, given, settings
@@ -179,3 +180,38 @@ def test_cached_decisions_equal_decide_at_each_packet(
     assert sorted(rec.got) == sorted(expected)
     # cheap: far fewer decisions than packets once flows are long
     assert pipe.gate.decisions <= 2 + 2 * (len(leases) + 3 * len(auths))
+
+
+def test_identity_loaded_mid_capture_applies_from_then_on(tmp_path: Path) -> None:
+    """A flow that began while no identity map was loaded: once one is (a new snapshot), the
+    flow's address is looked up and its later packets are the subject's."""
+    identity = IdentityMap.build([FeedRow(1, "p100", "ip", CLIENTS[0], _us(-1_000), OPEN_END)])
+    auths = [_auth("ref-0", "p100", -1_000, SPAN_MS, None)]
+    before, after = Snapshot.build(auths), Snapshot.build(auths, identity)
+    frames = [(i * 100, _frame(CLIENTS[0], 40000, i % 2 == 0, i)) for i in range(10)]
+    pcap = tmp_path / "c.pcap"
+    with pcap.open("wb") as fh:
+        w = dpkt.pcap.Writer(fh)
+        for m, f in frames:
+            w.writepkt(f, ts=_at(m).timestamp())
+    fed = [0]
+    pipe = Pipeline(
+        paths=DataPaths(tmp_path / "data"),
+        gateway="gw1",
+        writer_name="replay",
+        snapshot=lambda: after if fed[0] > 4 else before,  # from the 5th packet on
+        internal_networks=["10.0.0.0/8"],
+    )
+    rec = Collector()
+    pipe.recorder = rec
+    pipe.gate = ArchiveGate(rec, pipe._flow_ip)
+    feed = pipe.feed
+
+    def counting(batch: Any) -> None:
+        fed[0] += 1
+        feed(batch)
+
+    pipe.feed = counting  # type: ignore[method-assign]
+    replay([pcap], pipe, max_packets=1, prefetch=0)
+    pipe.close()
+    assert [ts for ts, *_ in rec.got] == [_us(m) for m, _f in frames[4:]]
