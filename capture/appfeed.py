@@ -285,6 +285,18 @@ class AppFeed:
                 f.tls_version = tls_version_name(v)
         budget[sl[srv]] = 0
 
+    def name_settled(self, s: int, uid: str) -> bool:
+        """Whether the flow in slot `s` has shown its TLS server name or that it has none: the
+        client's first head read (a ClientHello, even over several segments, an HTTP request,
+        anything else), a first payload nothing here reads, a DNS port, a gap in the client's
+        bytes, or the parse budget spent. Until then `capture.gate` holds a subject's packets."""
+        if self._dns[s] or self._budget[s] <= 0:
+            return True
+        if self._in_app[s]:
+            fm = self.app.flows.get(uid)
+            return fm is None or fm.head_done[0] or fm.dirs[0].dead or fm.starttls
+        return bool(self._fast_kind[s] > 0)
+
     def server_name(self, s: int, uid: str) -> str | None:
         """The TLS server name of the flow in slot `s`, once a ClientHello gave it."""
         if self._in_app[s]:

@@ -5,10 +5,12 @@ metadata rows, and subjects' packets -> their authorisations' archives.
 (`capture.live`). Per batch: the flow table assigns packets to flows (array code); new flows
 get their principal (internal address -> identity map at the flow's first packet);
 the first packets of each flow go to `capture.appfeed` (one-packet heads and DNS in C, the
-rest to `AppMeta`); packets of flows whose principal has any `packets` authorisation are
-checked with `decide` at each packet's own timestamp (with the flow's TLS server name, for the
-do-not-decrypt list) and, when covered, written to the archive as pcapng (one record per flow
-per segment); ended flows become `flow` rows (numbers as arrays, Arrow for text). `replay()`
+rest to `AppMeta`); `capture.gate` decides subjects' packets at each packet's own timestamp
+(identity lease and authorisations then, the flow's TLS server name for the do-not-decrypt
+list, holding a flow's packets until that name is known) and covered ones are written to the
+archive as pcapng (`capture.subjects`, one record per flow per segment); ended flows become
+`flow` rows (numbers as arrays, Arrow for text). The row's principal is the one at the flow's
+first packet. `replay()`
 reads and decodes on a background thread (`capture.prefetch`). Nothing of a non-subject's
 payload is kept beyond `AppMeta`'s bounded parse buffers.
 """
@@ -25,7 +27,6 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from appliance.policy.decide import decide
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture import CaptureError
 from capture.appfeed import AppFeed
@@ -34,6 +35,7 @@ from capture.decode import Decoder
 from capture.flowkeys import PROTO_NAMES, community_ids
 from capture.flowrows import Columns, addr_texts, concat_column, count
 from capture.flows import FlowConfig, FlowTable
+from capture.gate import ArchiveGate
 from capture.netset import NetSet
 from capture.prefetch import Prefetch
 from capture.reader import open_capture
@@ -68,6 +70,7 @@ class Pipeline:
         self.snapshot = snapshot
         self.internal = NetSet(internal_networks)
         self.recorder = SubjectRecorder(archive, on_archive_error) if archive is not None else None
+        self.gate = ArchiveGate(self.recorder, self._flow_ip) if self.recorder is not None else None
         self.interface = interface
         self.summary = Summary()
         self._flow_config = flow_config
@@ -78,7 +81,9 @@ class Pipeline:
     def _reset_source(self) -> None:
         self.table = FlowTable(self._flow_config)
         self.appf = AppFeed()  # application metadata per flow slot
-        self._principal: list[str | None] = []  # per slot
+        self._principal: list[str | None] = []  # per slot, at the flow's first packet
+        if self.gate is not None:
+            self.gate.reset()
 
     # ---- per batch -----------------------------------------------------------------------
     def feed(self, batch: PacketBatch) -> None:
@@ -87,7 +92,9 @@ class Pipeline:
         self._new_flows(assign.new_slots)
         self.appf.feed(batch, assign.pkt, assign.slot, assign.is_orig, self.table.uids)
         self._emit_dns()
-        self._archive(batch, assign.pkt, assign.slot)
+        if self.gate is not None:
+            g = self.gate
+            g.feed(self.snapshot(), batch, assign.pkt, assign.slot, self.table.uids, self.appf)
         self._emit(ended)
 
     def tick(self, now_ns: int | None = None) -> None:
@@ -104,6 +111,8 @@ class Pipeline:
         self.appf.grow(cap)
         if len(self._principal) < cap:
             self._principal.extend([None] * (cap - len(self._principal)))
+        if self.gate is not None:
+            self.gate.grow(cap)
 
     def _new_flows(self, new: npt.NDArray[np.int64]) -> None:
         self._grow()
@@ -115,15 +124,22 @@ class Pipeline:
             self._principal[sl] = None
         lo, lr = self.internal.contains(t.orig_h[new]), self.internal.contains(t.resp_h[new])
         inside = np.flatnonzero(lo | lr)
+        if self.gate is not None:
+            self.gate.new_flows(new, t.proto[new] == 6, lo | lr)
         snap = self.snapshot()
         if inside.size == 0 or isinstance(snap.identity, NoIdentity):
             return
         slots = new[inside]
         addrs = np.where(lo[inside][:, None], t.orig_h[slots], t.resp_h[slots])
         ips = addr_texts(addrs)
+        if self.gate is not None:
+            self.gate.set_ips(slots, ips)
         ats = (t.first_ts[slots] / 1e9).tolist()
         many = getattr(snap.identity, "resolve_ip_many", None)
-        if many is not None:
+        span = getattr(snap.identity, "resolve_ip_span", None)
+        if self.gate is not None and span is not None:
+            found = self.gate.seed(snap, slots, ips, ats, span)  # keeps the lease windows
+        elif many is not None:
             found = many(ips, ats)
         else:
             found = [
@@ -133,42 +149,13 @@ class Pipeline:
         for sl, p in zip(slots.tolist(), found, strict=True):
             self._principal[sl] = p
 
-    # ---- subjects' packets -> archive ------------------------------------------------------
-    def _archive(
-        self, b: PacketBatch, pkt: npt.NDArray[np.int64], slot: npt.NDArray[np.int64]
-    ) -> None:
-        snap = self.snapshot()
-        subjects = {a.subject for a in snap.authorisations if "packets" in a.channels}
-        if not subjects or self.recorder is None:
-            return
-        prin = self._principal
-        us = np.unique(slot)
-        hit = us[np.fromiter((prin[s] in subjects for s in us.tolist()), bool, us.size)]
-        if hit.size == 0:
-            return
-        for j in np.flatnonzero(np.isin(slot, hit)).tolist():
-            s = int(slot[j])
-            p = int(pkt[j])
-            principal = prin[s]
-            ts_ns = int(b.ts_ns[p])
-            at = datetime.fromtimestamp(ts_ns / 1e9, UTC)
-            # at each packet's own instant; a TLS server on the do-not-decrypt list keeps out
-            # authorisations that do not open it (from the packet where the name is known)
-            uid = self.table.uids[s]
-            d = decide(snap, principal, "packets", at, server_name=self.appf.server_name(s, uid))
-            if not d.full or principal is None:
-                self.recorder.not_covered(self.table.uids[s])
-            else:
-                self.recorder.packet(
-                    self.table.uids[s],
-                    principal,
-                    d.refs,
-                    at,
-                    int(b.linktype[p]),
-                    ts_ns,
-                    b.frame(p),
-                    int(b.wire_len[p]),
-                )
+    def _flow_ip(self, s: int) -> str:
+        """The flow's internal address (the originator's if both are), "" if neither."""
+        t = self.table
+        for h in (t.orig_h[s : s + 1], t.resp_h[s : s + 1]):
+            if self.internal.contains(h)[0]:
+                return addr_texts(h)[0]
+        return ""
 
     # ---- rows ----------------------------------------------------------------------------
     def _emit(self, ended: list[Columns]) -> None:
@@ -182,6 +169,8 @@ class Pipeline:
         t = self.table
         slots = np.asarray(cols["slot"], np.int64)
         uids = cols["uid"]
+        if self.gate is not None:
+            self.gate.end_flows(uids, slots, self.appf)  # held packets, while names are known
         meta = self.appf.end_flows(uids, slots)
         empty: list[str] = []  # shared: rows of non-subjects, never mutated
         refs: list[list[str]] = [empty] * n
@@ -274,6 +263,8 @@ class Pipeline:
         if self.recorder is not None:
             self.summary.archived_packets = self.recorder.archived
             self.summary.archive_errors = self.recorder.errors
+        if self.gate is not None:
+            self.summary.archive_hold_dropped += self.gate.hold.dropped
         c = self.table.counters
         for k, v in vars(c).items():
             self.summary.flow_counters[k] = self.summary.flow_counters.get(k, 0) + v

@@ -1,7 +1,7 @@
 """Subjects' packets into their authorisations' archives as pcapng records (DECISIONS
 "Packets"), readable by tshark once an investigator decrypts them.
 
-The pipeline decides per packet (at the packet's own timestamp) and hands covered packets here.
+`capture.gate` decides per packet (at the packet's own timestamp) and hands covered packets here.
 Each flow's packets for a reference are gathered in a small buffer and written as one record when
 the flow ends, when the buffer reaches `RECORD_MAX_BYTES`, when it is `RECORD_MAX_AGE_S` old
 (`sweep()`, called about once a second by live capture), or when the authorisation stops
@@ -73,6 +73,10 @@ class SubjectRecorder:
         wire_len: int,
     ) -> None:
         flow = self.flows.setdefault(uid, _Flow(principal))
+        if principal != flow.principal:  # the address passed to another subject mid-flow
+            for ref in list(flow.pending):
+                self._close(flow, ref)
+            flow.principal = principal
         for ref in [r for r in flow.pending if r not in refs]:
             self._close(flow, ref)  # that authorisation no longer covers this instant
         for ref in refs:
@@ -131,9 +135,13 @@ class SubjectRecorder:
             self._failed(ref, exc)
 
     def _failed(self, ref: str, exc: ArchiveError) -> None:
+        self.gap(ref, str(exc))
+
+    def gap(self, ref: str, reason: str) -> None:
+        """Packets covered by `ref` were lost: counted and reported to `on_error`."""
         self.errors += 1
         if self.on_error is not None:
-            self.on_error(ref, str(exc))
+            self.on_error(ref, reason)
 
     def end(self, uid: str) -> tuple[list[str], list[str]] | None:
         """The flow ended: close its records; (refs, record ids), or None if not a subject's."""

@@ -21,6 +21,7 @@ class Summary:
     files_failed: dict[str, str] = field(default_factory=dict)
     archived_packets: int = 0
     archive_errors: int = 0
+    archive_hold_dropped: int = 0  # subjects' packets lost while held (hold memory full)
     flow_counters: dict[str, int] = field(default_factory=dict)
     live_reader: str = ""  # live capture: "tpacket_v3" ring or "socket" reads
 
@@ -42,6 +43,7 @@ class Summary:
             "files_failed": self.files_failed,
             "archived_packets": self.archived_packets,
             "archive_errors": self.archive_errors,
+            "archive_hold_dropped": self.archive_hold_dropped,
             "flow_counters": self.flow_counters,
             **({"live_reader": self.live_reader} if self.live_reader else {}),
         }

@@ -14,6 +14,8 @@ Files (see README.md for the 5-tuples each one carries):
   ERSPAN type II, PPTP enhanced GRE (PPP), IP-in-IP and 6in4.
 - ipv6-ext-frag.pcap: IPv6 hop-by-hop + routing + destination options, AH, IPv6 and IPv4
   fragments (one datagram's fragments out of order).
+- tls-split-hello.pcap: a subject's TLS flows with ClientHellos split over several segments
+  (one to a do-not-decrypt server), plain HTTP, DNS, and a non-subject's TLS flow.
 - mixed-linktypes.pcapng: two sections (little- then big-endian), interfaces with link
   types Ethernet, raw IP, Linux SLL2, BSD NULL, IPv6, different if_tsresol (us, ns, ms,
   2^-20 s) and an if_tsoffset; EPB, SPB and obsolete PB; skipped NRB, ISB and custom blocks.
@@ -22,6 +24,7 @@ Files (see README.md for the 5-tuples each one carries):
 from __future__ import annotations
 
 import argparse
+import itertools
 import struct
 import sys
 from pathlib import Path
@@ -76,10 +79,14 @@ def dns_query(src: str, dst: str, sport: int, name: str, v6: bool = False) -> Pa
     return L3(src=src, dst=dst) / UDP(sport=sport, dport=53) / DNS(id=7, rd=1, qd=DNSQR(qname=name))
 
 
-def write_pcap(path: Path, frames: list[bytes], linktype: int = 1) -> None:
+def write_pcap(
+    path: Path, frames: list[bytes], linktype: int = 1, step_us: int = 1_001_000
+) -> None:
+    """Packet i at T0 + i * step_us microseconds."""
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)]
     for i, f in enumerate(frames):
-        out.append(struct.pack("<IIII", T0 + i, 1000 * i, len(f), len(f)) + f)
+        sec, usec = divmod(i * step_us, 1_000_000)
+        out.append(struct.pack("<IIII", T0 + sec, usec, len(f), len(f)) + f)
     path.write_bytes(b"".join(out))
 
 
@@ -341,6 +348,112 @@ def mixed_pcapng() -> bytes:
     return b"".join(out)
 
 
+# tls-split-hello.pcap: canaries the subject-archive tests look for
+DND_CANARY = b"DND-CANARY-4c1d9e"  # only in flows to do-not-decrypt servers
+SUBJECT_CANARY = b"SUBJECT-CANARY-52a7"  # in the subject's other flows
+OTHER_CANARY = b"NONSUBJECT-CANARY-e03b"  # in the non-subject's flow
+
+
+def client_hello(sni: str, key_len: int) -> bytes:
+    """A TLS 1.3 ClientHello whose key share is `key_len` bytes (1216 for X25519MLKEM768,
+    so the hello spreads over several segments) and whose server name comes last."""
+    name = sni.encode()
+    key = bytes((i * 7 + 3) & 0xFF for i in range(key_len))
+    share = struct.pack("!HHH", key_len + 4, 0x11EC, key_len) + key
+    exts = struct.pack("!HH", 51, len(share)) + share
+    exts += struct.pack("!HHB", 43, 3, 2) + b"\x03\x04"
+    exts += struct.pack("!HHHBH", 0, len(name) + 5, len(name) + 3, 0, len(name)) + name
+    body = b"\x03\x03" + bytes(32) + b"\x00\x00\x02\x13\x01\x01\x00"
+    body += struct.pack("!H", len(exts)) + exts
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+
+
+SERVER_HELLO = (
+    b"\x16\x03\x03\x00\x2e\x02\x00\x00\x2a\x03\x03" + bytes(32) + b"\x00\x13\x01\x00\x00\x00"
+)
+
+
+def app_data(canary: bytes) -> bytes:
+    return b"\x17\x03\x03" + struct.pack("!H", len(canary)) + canary
+
+
+def tcp_turns(
+    src: str, dst: str, sport: int, dport: int, turns: list[tuple[bool, bytes]]
+) -> list[Packet]:
+    """Handshake, then each (from the client?, payload) segment in order, then FIN exchange."""
+    a, b = IP(src=src, dst=dst), IP(src=dst, dst=src)
+    cs, ss = 1001, 5001
+    out = [
+        a / TCP(sport=sport, dport=dport, flags="S", seq=cs - 1),
+        b / TCP(sport=dport, dport=sport, flags="SA", seq=ss - 1, ack=cs),
+        a / TCP(sport=sport, dport=dport, flags="A", seq=cs, ack=ss),
+    ]
+    for client, data in turns:
+        if client:
+            out.append(a / TCP(sport=sport, dport=dport, flags="PA", seq=cs, ack=ss) / data)
+            cs += len(data)
+        else:
+            out.append(b / TCP(sport=dport, dport=sport, flags="PA", seq=ss, ack=cs) / data)
+            ss += len(data)
+    return [
+        *out,
+        a / TCP(sport=sport, dport=dport, flags="FA", seq=cs, ack=ss),
+        b / TCP(sport=dport, dport=sport, flags="FA", seq=ss, ack=cs + 1),
+        a / TCP(sport=sport, dport=dport, flags="A", seq=cs + 1, ack=ss + 1),
+    ]
+
+
+def tls_turns(hello: bytes, cuts: list[int], canary: bytes) -> list[tuple[bool, bytes]]:
+    """A ClientHello cut at `cuts`, the ServerHello, then application data each way."""
+    edges = [0, *cuts, len(hello)]
+    turns = [(True, hello[x:y]) for x, y in itertools.pairwise(edges)]
+    return [*turns, (False, SERVER_HELLO), (True, app_data(canary)), (False, app_data(canary))]
+
+
+def tls_split_hello() -> list[bytes]:
+    """A subject (10.40.0.5) and a non-subject (10.40.0.6), flows interleaved packet by packet:
+    TLS to a do-not-decrypt server with a post-quantum-sized ClientHello in 4 segments (the
+    first only the 5-byte record header), the same in one segment to another such server, TLS
+    to an ordinary server with the hello in 3 segments, plain HTTP, a DNS query; and the
+    non-subject's TLS to a do-not-decrypt server."""
+    subj, other = "10.40.0.5", "10.40.0.6"
+    pq = client_hello("portal.nhs.uk", 1216)
+    flows = [
+        tcp_turns(subj, "198.51.100.10", 50001, 443, tls_turns(pq, [5, 400, 800], DND_CANARY)),
+        tcp_turns(
+            subj,
+            "198.51.100.11",
+            50002,
+            443,
+            tls_turns(client_hello("online.barclays.co.uk", 32), [], DND_CANARY),
+        ),
+        tcp_turns(
+            subj,
+            "198.51.100.20",
+            50003,
+            443,
+            tls_turns(client_hello("www.example.com", 1216), [300, 900], SUBJECT_CANARY),
+        ),
+        tcp_turns(
+            subj,
+            "198.51.100.30",
+            50004,
+            80,
+            [
+                (True, b"GET /" + SUBJECT_CANARY + b" HTTP/1.1\r\nHost: plain.example\r\n\r\n"),
+                (False, b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n" + SUBJECT_CANARY),
+            ],
+        ),
+        [dns_query(subj, "198.51.100.53", 53001, "plain.example")],
+        tcp_turns(other, "198.51.100.10", 50005, 443, tls_turns(pq, [], OTHER_CANARY)),
+    ]
+    frames: list[bytes] = []
+    for step in range(max(len(f) for f in flows)):
+        frames.extend(raw(eth(f[step])) for f in flows if step < len(f))
+    return frames
+
+
 def build() -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     for name, frames in (
@@ -348,9 +461,10 @@ def build() -> dict[str, bytes]:
         ("geneve.pcap", geneve()),
         ("gre.pcap", gre()),
         ("ipv6-ext-frag.pcap", ipv6_ext_frag()),
+        ("tls-split-hello.pcap", tls_split_hello()),
     ):
         tmp = HERE / (name + ".tmp")
-        write_pcap(tmp, frames)
+        write_pcap(tmp, frames, step_us=10_000 if name == "tls-split-hello.pcap" else 1_001_000)
         files[name] = tmp.read_bytes()
         tmp.unlink()
     files["mixed-linktypes.pcapng"] = mixed_pcapng()

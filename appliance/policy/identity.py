@@ -137,6 +137,14 @@ class _Windows:
             return self.owners[i]
         return None
 
+    def span(self, instant: int) -> tuple[str | None, int, int]:
+        """`at(instant)` and the window [start, end) around it over which that answer holds."""
+        i = bisect_right(self.starts, instant) - 1
+        if i >= 0 and instant < self.ends[i]:
+            return self.owners[i], self.starts[i], self.ends[i]
+        nxt = self.starts[i + 1] if i + 1 < len(self.starts) else OPEN_END
+        return None, self.ends[i] if i >= 0 else -OPEN_END, nxt
+
 
 def _windows_and_conflicts(ip: str, rows: list[FeedRow]) -> tuple[_Windows, list[Conflict]]:
     """Sweep the leases of one IP: owned windows where exactly one principal holds it, and one
@@ -287,6 +295,15 @@ class IdentityMap:
         """The principal holding `ip` at `at` (a datetime, or POSIX seconds), or None."""
         windows = self._windows(ip)
         return windows.at(_instant(at)) if windows is not None else None
+
+    def resolve_ip_span(self, ip: str, at: datetime | float | int) -> tuple[str | None, int, int]:
+        """`resolve_ip` plus the window [start, end), in microseconds since the epoch, over
+        which the same answer holds (the lease boundaries around `at`), so a caller deciding
+        packet by packet need not ask again inside it."""
+        windows = self._windows(ip)
+        if windows is None:
+            return None, -OPEN_END, OPEN_END
+        return windows.span(_instant(at))
 
     def resolve_ip_many(
         self, ips: Sequence[str], ats: Sequence[datetime | float | int]
