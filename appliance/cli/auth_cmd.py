@@ -35,7 +35,13 @@ def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
         return list(load_config(config_path, required=False).values["do_not_decrypt.hosts"])
 
     return SnapshotSource(
-        app.paths, config_path=config_path, load_do_not_decrypt=load_dnd, interval=interval
+        app.paths,
+        config_path=config_path,
+        load_do_not_decrypt=load_dnd,
+        interval=interval,
+        audit=app.audit,  # fail closed: a policy_stale gap is audited and shown by `lbm status`
+        actor=app.actor,
+        state_file=app.paths.run / "policy.json",
     )
 
 
