@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from store.bech32 import Bech32Error, parse_age_recipient
+
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 Validator = Callable[[Any], str | None]
@@ -48,6 +50,10 @@ def _age_recipients(value: Any) -> str | None:
     for item in value:
         if not re.fullmatch(r"age1[02-9ac-hj-np-z]{58}", item):
             return f"{item!r} is not an age X25519 recipient (age1...)"
+        try:
+            parse_age_recipient(item)  # the Bech32 checksum and the point
+        except Bech32Error as exc:
+            return f"{item!r}: {exc}"
     return None
 
 

@@ -212,3 +212,31 @@ def test_audit_show_filters_by_ref_and_since(lbm: Lbm) -> None:
     assert "investigator_add" not in [e["action"] for e in since]
     bad = lbm("audit", "show", "--since", "yesterday")
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_config_check_refuses_low_order_and_bad_checksum_custodians(tmp_path: Path) -> None:
+    from store.bech32 import bech32_encode
+
+    zero = bech32_encode("age", bytes(32))
+    order8 = bech32_encode(
+        "age",
+        (325606250916557431795983626356110631294008115727848805560023387167927233504).to_bytes(
+            32, "little"
+        ),
+    )
+    good = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    bad_checksum = good[:-1] + "q"
+    lbm = Lbm(tmp_path / "d")
+    for recipient, message in [
+        (zero, "low-order"),
+        (order8, "low-order"),
+        (bad_checksum, "checksum"),
+    ]:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f"[keys]\ncustodians = ['{good}', '{recipient}']\n")
+        result = lbm("config", "check", str(cfg))
+        assert result.returncode == 2, result.stderr
+        assert "[keys] custodians" in result.stderr and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    cfg.write_text(f"[keys]\ncustodians = ['{good}']\n")
+    assert lbm("config", "check", str(cfg)).returncode == 0
