@@ -51,11 +51,10 @@ class Clock:
 
     @property
     def is_fake(self) -> bool:
-        return (
-            self._fixed is not None
-            or self._source is not None
-            or (self.allow_fake and bool(os.environ.get(FAKE_NOW_ENV)))
-        )
+        """True when the time may not be the real one: pinned, injected, or movable through
+        LBM_FAKE_NOW because the configuration allows it (set or not), so every audit entry
+        written while the fake clock is allowed is flagged."""
+        return self._fixed is not None or self._source is not None or self.allow_fake
 
     def now(self) -> datetime:
         if self._fixed is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from appliance.cli.app import App, emit, pass_app
+from appliance.cli.app import App, check_fake_clock, emit, pass_app
 from appliance.config import SCHEMA, load_config
 
 
@@ -21,7 +21,8 @@ def config() -> None:
 def check(app: App, file: Path | None) -> None:
     """Validate FILE (default: the configuration in use). Exit 2 with the problem if invalid."""
     path = file.absolute() if file else app.config_path
-    load_config(path, required=True)
+    cfg = load_config(path, required=True)
+    check_fake_clock(cfg, app.paths)
     click.echo(f"{path}: ok")
 
 

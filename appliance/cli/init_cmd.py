@@ -21,6 +21,9 @@ from store import signing, sqlite
 from store.audit import Action
 from store.fsutil import atomic_write, ensure_dir
 
+SYSTEM_MARKER_TEXT = (
+    b"# Made by `lbm init --system`: a live gateway. lbm refuses [testing] fake_clock here.\n"
+)
 SUBDIRS = ("audit", "keys", "metadata", "journal", "archive", "keystore", "spool", "run")
 
 
@@ -111,10 +114,16 @@ def init(
     os.chmod(root, 0o700)
     for name in SUBDIRS:
         ensure_dir(root / name)
+    if system and not app.paths.system_marker.exists():
+        atomic_write(app.paths.system_marker, SYSTEM_MARKER_TEXT, mode=0o600)
+        created.append(str(app.paths.system_marker))
     if not app.config_path.exists():
-        text = render_default()
+        overrides: dict[str, object] = {}
         if gateway_id:
-            text = text.replace('id = "gw1"', f'id = "{gateway_id}"', 1)
+            overrides["gateway.id"] = gateway_id
+        if system:  # a live gateway: CA1 applications must carry the officer's signature
+            overrides["policy.require_officer_signature"] = True
+        text = render_default(overrides)
         ensure_dir(app.config_path.parent)
         atomic_write(app.config_path, text.encode(), mode=0o600)
         created.append(str(app.config_path))
@@ -143,6 +152,7 @@ def init(
             gateway=config.gateway_id,
             key_fingerprint=key.fingerprint,
             created=created,
+            system=app.paths.system_marker.exists(),
         )
     result = {
         "data_dir": str(root),

@@ -110,8 +110,13 @@ def load_config(path: Path, *, required: bool = False) -> Config:
     return config
 
 
-def render_default() -> str:
-    """The commented default configuration `lbm init` writes."""
+def render_default(overrides: dict[str, Any] | None = None) -> str:
+    """The commented default configuration `lbm init` writes, with `overrides` (by option name,
+    e.g. `gateway.id`) in place of the defaults."""
+    chosen = overrides or {}
+    unknown = set(chosen) - {opt.name for opt in SCHEMA}
+    if unknown:
+        raise ValueError(f"unknown options: {sorted(unknown)}")
     lines = [
         "# lbm-gateway configuration. Every key is optional; shown values are the defaults.",
         "# `lbm config check` validates this file; `lbm config show` prints what is in force.",
@@ -126,7 +131,7 @@ def render_default() -> str:
             lines.append(f"# {SECTIONS[opt.section]}")
             lines.append(f"[{opt.section}]")
         lines.append(f"# {opt.help}")
-        lines.append(f"{opt.key} = {_toml_value(opt.default)}")
+        lines.append(f"{opt.key} = {_toml_value(chosen.get(opt.name, opt.default))}")
     return "\n".join(lines) + "\n"
 
 

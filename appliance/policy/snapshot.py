@@ -365,13 +365,13 @@ class SnapshotSource:
             if snapshot is not None:
                 self._snapshot = snapshot
                 self.reloads += 1
-            self._last_ok = time.monotonic()
-            self._stale_snapshot = None
             self.registry_error = None
             if self._stale_since is not None:
-                self._report_restored()
+                self._report_restored()  # on record before decisions open again
             elif force and self.state_file is not None and self.reloads == 1:
                 self._write_state("ok", None, None)
+            self._last_ok = time.monotonic()
+            self._stale_snapshot = None
         finally:
             self._lock.release()
         if snapshot is None:

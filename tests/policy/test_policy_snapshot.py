@@ -265,6 +265,9 @@ def test_corrupt_registry_withdraws_every_authorisation_after_5_s_and_recovery_r
         assert not decide(snap, "p12345", "web", datetime.now(UTC)).refs
         time.sleep(1)  # further failed polls: still one entry for the outage
         assert state(lbm.data_dir) == "stale"
+        shown = lbm("status", check=True).stdout
+        assert "policy         STALE since" in shown and "metadata only" in shown
+        assert "R-STALE" not in shown and "p12345" not in shown
         entries = policy_entries(lbm.data_dir)
         assert [(e["action"], e["fields"]["reason"]) for e in entries] == [  # type: ignore[index]
             ("capture_gap", "policy_stale")
@@ -275,6 +278,7 @@ def test_corrupt_registry_withdraws_every_authorisation_after_5_s_and_recovery_r
         wait_for(source, full_now, limit=5)
         assert not source.current().stale and time.monotonic() - began > 5
         assert state(lbm.data_dir) == "ok"
+        assert "STALE" not in lbm("status", check=True).stdout
         actions = [e["action"] for e in policy_entries(lbm.data_dir)]
         assert actions == ["capture_gap", "policy_restored"]
 
