@@ -11,6 +11,7 @@ import os
 import click
 
 from appliance.cli.app import App, emit, pass_app
+from appliance.cli.policy_state import policy_line, policy_state
 from store.audit import AuditLog
 from store.signing import public_openssh
 
@@ -62,6 +63,8 @@ def status(app: App, as_json: bool) -> None:
         "ports": ports,
         "supervisor_pid": supervisor,
         "audit_entries": last["seq"] if last else 0,
+        "fake_clock": app.config.fake_clock,
+        "policy": policy_state(run_dir),
     }
     lines = [
         f"gateway        {gateway}",
@@ -73,6 +76,10 @@ def status(app: App, as_json: bool) -> None:
         f"daemons ready  {', '.join(ready) or 'none'}",
         f"audit entries  {data['audit_entries']}",
     ]
+    if data["fake_clock"]:
+        lines.append("fake clock     ENABLED ([testing] fake_clock): never on a live gateway")
+    if data["policy"].get("state", "ok") != "ok":
+        lines.append(f"policy         {policy_line(data['policy'])}")
     for name, port in ports.items():
         lines.append(f"port           {name} {port}")
     emit(data, as_json, "\n".join(lines))
