@@ -73,5 +73,5 @@ class DataPaths:
 
     @property
     def system_marker(self) -> Path:
-        """Written by `lbm init --system`: a production data dir, where the fake clock is refused."""
+        """Written by `lbm init --system`: a live gateway, where the fake clock is refused."""
         return self.root / "lbm-system"
