@@ -64,7 +64,7 @@ def status(app: App, as_json: bool) -> None:
         "supervisor_pid": supervisor,
         "audit_entries": last["seq"] if last else 0,
         "fake_clock": app.config.fake_clock,
-        "policy": policy_state(run_dir),
+        "policy": (policy := policy_state(run_dir)),
     }
     lines = [
         f"gateway        {gateway}",
@@ -78,8 +78,8 @@ def status(app: App, as_json: bool) -> None:
     ]
     if data["fake_clock"]:
         lines.append("fake clock     ENABLED ([testing] fake_clock): never on a live gateway")
-    if data["policy"].get("state", "ok") != "ok":
-        lines.append(f"policy         {policy_line(data['policy'])}")
+    if policy.get("state", "ok") != "ok":
+        lines.append(f"policy         {policy_line(policy)}")
     for name, port in ports.items():
         lines.append(f"port           {name} {port}")
     emit(data, as_json, "\n".join(lines))
