@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance.config.schema import SCHEMA, SECTIONS, Option
+from store.safefile import UnsafeFileError, read_regular
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -31,6 +35,14 @@ class Config:
     @property
     def gateway_id(self) -> str:
         return str(self.values["gateway.id"])
+
+    def identity_feed(self, data_dir: Path) -> Path | None:
+        """`[identity] feed` as a path (relative to the data directory), or None if unset."""
+        feed = str(self.values["identity.feed"])
+        if not feed:
+            return None
+        path = Path(feed)
+        return path if path.is_absolute() else data_dir / path
 
     @property
     def fake_clock(self) -> bool:
@@ -67,15 +79,15 @@ def load_config(path: Path, *, required: bool = False) -> Config:
     """Read `path` (or defaults if it does not exist and is not required)."""
     config = defaults()
     config.path = path
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    try:  # never open() a FIFO or device: it would hang every command
+        raw = read_regular(path, "configuration file", MAX_CONFIG_BYTES)
+    except UnsafeFileError as exc:
+        if os.path.lexists(path):
+            raise ConfigError(str(exc)) from None
         if required:
             raise ConfigError(f"{path}: configuration file not found") from None
         config.missing_file = True
         return config
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from appliance.policy.identity_feed import (
+    MAX_FEED_BYTES,
     OPEN_END,
     FeedError,
     FeedRow,
@@ -38,6 +39,7 @@ from appliance.policy.identity_feed import (
 from store import sqlite as store_sqlite
 from store.audit import Action, AuditLog
 from store.clock import format_utc
+from store.safefile import UnsafeFileError, read_regular
 
 __all__ = [
     "Conflict",
@@ -553,9 +555,10 @@ def import_if_changed(
         load = current_load(conn)
         if load is not None and load["source"] == str(feed_path):
             try:
-                digest = hashlib.sha256(feed_path.read_bytes()).hexdigest()
-            except OSError:
-                digest = None
+                data = read_regular(feed_path, "identity feed", MAX_FEED_BYTES)
+                digest = hashlib.sha256(data).hexdigest()
+            except UnsafeFileError:
+                digest = None  # the import below reports it
             if digest == load["sha256"]:
                 return None
         return import_feed(conn, feed_path, audit=audit, actor=actor).counts()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.policy import PolicyError
+from store.safefile import UnsafeFileError, read_regular
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 KINDS = ("principal", "username", "email", "alias", "ip")
@@ -353,13 +354,10 @@ def parse_bytes(data: bytes, path: Path) -> ParsedFeed:
 
 def read_feed(path: Path) -> ParsedFeed:
     """Read and parse a feed file. Raises FeedError naming the file for file-level problems."""
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_FEED_BYTES + 1)
-    except OSError as exc:
-        raise FeedError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if len(data) > MAX_FEED_BYTES:
-        raise FeedError(f"{path}: larger than {MAX_FEED_BYTES // (1024 * 1024)} MiB")
+    try:  # a FIFO, socket or device is refused, never opened blocking
+        data = read_regular(path, "identity feed", MAX_FEED_BYTES)
+    except UnsafeFileError as exc:
+        raise FeedError(str(exc)) from None
     try:
         return parse_bytes(data, path)
     except FeedError as exc:

@@ -286,3 +286,16 @@ def test_init_system_requires_signatures_and_refuses_the_fake_clock(tmp_path: Pa
         assert "lbm init --system" in lines[0]
     entries = (data / "audit" / "audit.jsonl").read_text().splitlines()
     assert len(entries) == 1 and json.loads(entries[0])["fields"]["system"] is True
+
+
+def test_config_check_reports_a_configured_identity_feed_that_does_not_exist(lbm) -> None:
+    cfg = lbm.data_dir / "lbm.toml"
+    text = cfg.read_text()
+    cfg.write_text(text.replace('feed = ""', 'feed = "feeds/leases.csv"'))
+    missing = lbm.data_dir / "feeds" / "leases.csv"
+    result = lbm("config", "check")
+    assert result.returncode == 2
+    assert f"[identity] feed: {missing}: identity feed not found" in result.stderr
+    missing.parent.mkdir()
+    missing.write_text("principal,kind,value\np1,username,a\n")
+    assert lbm("config", "check").returncode == 0

@@ -84,7 +84,7 @@ def test_import_json_output(lbm: Lbm, tmp_path: Path) -> None:
 
 
 IMPORT_ERRORS = [
-    pytest.param(None, "cannot read (No such file or directory)", id="missing"),
+    pytest.param(None, "identity feed not found", id="missing"),
     pytest.param(
         "principal,kind,value,valid_form\n",
         "line 1: unknown column 'valid_form' in the CSV header",
