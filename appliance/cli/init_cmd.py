@@ -14,8 +14,9 @@ import click
 
 from appliance.cli import systemd_units
 from appliance.cli.app import App, emit, fail
+from appliance.cli.textsafe import safe
 from appliance.config.load import render_default
-from appliance.config.schema import ID_RE
+from appliance.config.schema import ID_RE, MAX_ID_LENGTH
 from store import investigators as investigators_table
 from store import signing, sqlite
 from store.audit import Action
@@ -88,6 +89,15 @@ def init(
     units: list[Path] = []
     if prefix is not None and not system:
         fail("--root goes with --system", 2)
+    if gateway_id is not None and (
+        len(gateway_id) > MAX_ID_LENGTH or not ID_RE.fullmatch(gateway_id)
+    ):
+        shown = repr(gateway_id if len(gateway_id) <= 70 else gateway_id[:67] + "...")
+        fail(
+            f"--gateway-id {safe(shown)}: must match [a-z0-9][a-z0-9._-]*, "
+            f"at most {MAX_ID_LENGTH} characters",
+            2,
+        )
     if system:
         base = (prefix or Path("/")).absolute()
         rel_data = systemd_units.SYSTEM_DATA_DIR.relative_to("/")
@@ -106,8 +116,6 @@ def init(
         units = systemd_units.write_units(base, rendered)
     root = app.paths.root
     created: list[str] = [str(u) for u in units]
-    if gateway_id is not None and not ID_RE.fullmatch(gateway_id):
-        fail(f"--gateway-id {gateway_id!r}: must match [a-z0-9][a-z0-9._-]*", 2)
     if not root.exists():
         created.append(str(root))
     ensure_dir(root)

@@ -68,6 +68,25 @@ def _check_type(opt: Option, value: Any) -> bool:
     return isinstance(value, opt.kind)
 
 
+MAX_STRING = 4096  # no setting needs more; a longer one is a mistake or an attack
+MAX_ITEMS = 10_000
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _too_long(value: Any) -> str | None:
+    items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_ITEMS:
+        return f"at most {MAX_ITEMS} items"
+    for item in items:
+        if isinstance(item, str) and len(item) > MAX_STRING:
+            return f"a value longer than {MAX_STRING} characters"
+    return None
+
+
 def defaults() -> Config:
     return Config(
         values={opt.name: opt.default for opt in SCHEMA},
@@ -111,8 +130,11 @@ def load_config(path: Path, *, required: bool = False) -> Config:
             opt = found
             if not _check_type(opt, value):
                 raise ConfigError(
-                    f"{path}: [{section}] {key}: must be {_type_name(opt)}, got {value!r}"
+                    f"{path}: [{section}] {key}: must be {_type_name(opt)}, got {_shown(value)}"
                 )
+            too_long = _too_long(value)
+            if too_long:
+                raise ConfigError(f"{path}: [{section}] {key}: {too_long}")
             if opt.validate is not None:
                 problem = opt.validate(value)
                 if problem:
