@@ -17,6 +17,7 @@ import io
 import ipaddress
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -114,8 +115,13 @@ def normalise_email(text: str) -> str:
     return raw.lower()
 
 
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+    """C0 and C1 controls, surrogates, line and paragraph separators and bidi overrides: none
+    belongs in an identifier, and each could forge or hide a line where it is shown."""
+    return any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in _BIDI for c in text)
 
 
 def _check_email(value: str) -> str | None:
