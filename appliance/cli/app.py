@@ -18,7 +18,7 @@ import click
 from appliance.config import Config, ConfigError, load_config
 from store import StoreError, signing
 from store.audit import AuditLog, current_actor
-from store.clock import Clock
+from store.clock import FAKE_NOW_ENV, Clock, parse_utc
 from store.paths import DataPaths
 
 EXIT_USAGE = 2  # configuration or command-line error
@@ -57,7 +57,14 @@ class App:
 
     @cached_property
     def clock(self) -> Clock:
-        return Clock(allow_fake=self.config.fake_clock)
+        clock = Clock(allow_fake=self.config.fake_clock)
+        fake = os.environ.get(FAKE_NOW_ENV)
+        if clock.allow_fake and fake:
+            try:
+                parse_utc(fake)
+            except ValueError as exc:  # one line, not a traceback at the first clock read
+                raise ConfigError(f"{FAKE_NOW_ENV}: {exc}") from None
+        return clock
 
     @cached_property
     def gateway_key(self) -> signing.GatewayKey:

@@ -276,3 +276,14 @@ def test_year_9999_resolves_to_nobody_without_a_traceback(data_dir: Path) -> Non
                            "9999-12-31T23:59:59Z")  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stdout.strip() == "nobody"
+
+
+def test_a_bad_fake_now_is_one_clear_line(tmp_path: Path) -> None:
+    lbm = Lbm(tmp_path / "d")
+    lbm("init", check=True)
+    cfg = lbm.data_dir / "lbm.toml"
+    cfg.write_text(cfg.read_text().replace("fake_clock = false", "fake_clock = true"))
+    for value, message in (("2027-01-31T10:00", NO_TZ), ("soon", "not an ISO 8601 date-time")):
+        result = lbm("status", env={"LBM_FAKE_NOW": value})
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "LBM_FAKE_NOW: " in result.stderr and message in result.stderr
