@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,22 @@ def policy_state(run_dir: Path) -> dict[str, Any]:
 def policy_line(state: dict[str, Any]) -> str:
     """One line for an operator: counts and times only, no principal or reference."""
     if state.get("state") == "stale":
-        return (
+        line = (
             f"STALE since {safe(str(state.get('stale_since')))}: every principal gets metadata "
             f"only until the registry can be read ({safe(str(state.get('error')))})"
         )
+        pid = state.get("pid")
+        if isinstance(pid, int) and not _alive(pid):
+            line += f"; reported by pid {pid}, which has ended"
+        return line
     return f"{safe(str(state.get('state')))}: {safe(str(state.get('error')))}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
