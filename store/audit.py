@@ -86,6 +86,7 @@ class Action(StrEnum):
     OFFICER_ADD = "officer_add"
     OFFICER_END = "officer_end"
     OFFICER_KEY = "officer_key"
+    POLICY_RESTORED = "policy_restored"  # a daemon's policy snapshot is fresh again (fail closed)
 
 
 def current_actor() -> str:

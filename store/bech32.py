@@ -70,3 +70,38 @@ def bech32_decode(text: str) -> tuple[str, bytes]:
     if _polymod([*_hrp_expand(hrp), *values]) != 1:
         raise Bech32Error("bech32: bad checksum")
     return hrp, bytes(_convert(values[:-6], 5, 8, False))
+
+
+# -- age X25519 recipients ------------------------------------------------------------------
+_P = 2**255 - 19
+# u-coordinates of the points of small order (1, 2, 4, 8) on Curve25519 and its twist: a
+# recipient equal to one of these (after RFC 7748's masking of the top bit and reduction mod p)
+# makes every shared secret predictable (all zero), so anything wrapped to it is readable by all.
+_SMALL_ORDER_U = frozenset(
+    {
+        0,
+        1,
+        _P - 1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    }
+)
+
+
+def is_small_order_x25519(point: bytes) -> bool:
+    """True for an X25519 public key of small order (all-zero shared secrets), in any encoding."""
+    u = int.from_bytes(point, "little") & ((1 << 255) - 1)
+    return u % _P in _SMALL_ORDER_U
+
+
+def parse_age_recipient(text: str) -> bytes:
+    """The 32-byte X25519 point of an `age1...` recipient; Bech32Error says what is wrong
+    (not `age1` lower case, a bad checksum, the wrong length, or a small-order point)."""
+    if not text.startswith("age1") or text != text.lower():
+        raise Bech32Error("not an age X25519 recipient (age1..., lower case)")
+    hrp, data = bech32_decode(text)
+    if hrp != "age" or len(data) != 32:
+        raise Bech32Error("not an age X25519 recipient (age1... of 32 bytes)")
+    if is_small_order_x25519(data):
+        raise Bech32Error("a low-order X25519 point (anyone could read what is wrapped to it)")
+    return data

@@ -14,18 +14,29 @@ from datetime import UTC, datetime
 FAKE_NOW_ENV = "LBM_FAKE_NOW"
 
 
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 64 else text[:61] + "...")
+
+
 def parse_utc(text: str) -> datetime:
-    """Parse an ISO 8601 instant; a naive value is taken as UTC. Raises ValueError with the text."""
+    """Parse an ISO 8601 instant with `Z` or an offset, as UTC. A value without a time zone is
+    refused (whose local time would it be?). Raises ValueError with a one-line reason."""
     raw = text.strip()
     if raw.endswith("Z") or raw.endswith("z"):
         raw = raw[:-1] + "+00:00"
     try:
         value = datetime.fromisoformat(raw)
-    except ValueError as exc:
-        raise ValueError(f"not an ISO 8601 date-time: {text!r}") from exc
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 date-time: {_shown(text)}") from None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+        raise ValueError(
+            f"{_shown(text)} has no time zone: `Z` or an offset are required "
+            "(e.g. 2027-01-31T10:00:00Z)"
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{_shown(text)} is out of range") from None
 
 
 def format_utc(value: datetime) -> str:
@@ -51,11 +62,10 @@ class Clock:
 
     @property
     def is_fake(self) -> bool:
-        return (
-            self._fixed is not None
-            or self._source is not None
-            or (self.allow_fake and bool(os.environ.get(FAKE_NOW_ENV)))
-        )
+        """True when the time may not be the real one: pinned, injected, or movable through
+        LBM_FAKE_NOW because the configuration allows it (set or not), so every audit entry
+        written while the fake clock is allowed is flagged."""
+        return self._fixed is not None or self._source is not None or self.allow_fake
 
     def now(self) -> datetime:
         if self._fixed is not None:

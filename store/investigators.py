@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from store import StoreError
+from store.bech32 import Bech32Error, parse_age_recipient
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 AGE_RECIPIENT_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
@@ -65,6 +66,10 @@ def add(
         raise InvestigatorError(
             f"investigator {name}: {recipient!r} is not an age X25519 public key (age1...)"
         )
+    try:
+        parse_age_recipient(recipient)  # the checksum, and never a low-order point
+    except Bech32Error as exc:
+        raise InvestigatorError(f"investigator {name}: {recipient!r}: {exc}") from None
     ensure_schema(conn)
     existing = get(conn, name)
     if existing is not None and existing.active:

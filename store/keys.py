@@ -25,6 +25,7 @@ from typing import Any
 from store import KeyError_
 from store import agefile as age
 from store.audit import Action, AuditLog, current_actor
+from store.bech32 import Bech32Error, parse_age_recipient
 from store.fsutil import atomic_write, ensure_dir, fsync_dir
 from store.paths import DataPaths
 
@@ -102,7 +103,8 @@ class KeyStore:
         for r in recipients:
             try:
                 age.parse_recipient(r)
-            except age.AgeError as exc:
+                parse_age_recipient(r.strip())  # never wrap to a low-order point
+            except (age.AgeError, Bech32Error) as exc:
                 raise KeyError_(f"authorisation {ref}: recipient {r!r}: {exc}") from None
             checked.append(r.strip())
         if not checked:

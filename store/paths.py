@@ -70,3 +70,8 @@ class DataPaths:
     @property
     def run(self) -> Path:
         return self.root / "run"
+
+    @property
+    def system_marker(self) -> Path:
+        """Written by `lbm init --system`: a live gateway, where the fake clock is refused."""
+        return self.root / "lbm-system"

@@ -18,11 +18,27 @@ import click
 from appliance.config import Config, ConfigError, load_config
 from store import StoreError, signing
 from store.audit import AuditLog, current_actor
-from store.clock import Clock
+from store.clock import FAKE_NOW_ENV, Clock, parse_utc
 from store.paths import DataPaths
 
 EXIT_USAGE = 2  # configuration or command-line error
 EXIT_FAIL = 1  # a check failed or an operation was refused
+FAKE_CLOCK_WARNING = (
+    "lbm: warning: fake clock enabled ([testing] fake_clock); never on a live gateway"
+)
+
+
+def check_fake_clock(config: Config, paths: DataPaths) -> None:
+    """Announce an allowed fake clock on stderr; refuse it outright in a data dir made by
+    `lbm init --system`, where it could backdate evidence."""
+    if not config.fake_clock:
+        return
+    if paths.system_marker.exists():
+        raise ConfigError(
+            f"{config.path}: [testing] fake_clock = true is refused: {paths.root} was made by "
+            f"`lbm init --system` ({paths.system_marker.name}), a live gateway"
+        )
+    click.echo(FAKE_CLOCK_WARNING, err=True)
 
 
 class App:
@@ -35,11 +51,20 @@ class App:
 
     @cached_property
     def config(self) -> Config:
-        return load_config(self.config_path, required=self.config_explicit)
+        config = load_config(self.config_path, required=self.config_explicit)
+        check_fake_clock(config, self.paths)
+        return config
 
     @cached_property
     def clock(self) -> Clock:
-        return Clock(allow_fake=self.config.fake_clock)
+        clock = Clock(allow_fake=self.config.fake_clock)
+        fake = os.environ.get(FAKE_NOW_ENV)
+        if clock.allow_fake and fake:
+            try:
+                parse_utc(fake)
+            except ValueError as exc:  # one line, not a traceback at the first clock read
+                raise ConfigError(f"{FAKE_NOW_ENV}: {exc}") from None
+        return clock
 
     @cached_property
     def gateway_key(self) -> signing.GatewayKey:

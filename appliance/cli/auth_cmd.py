@@ -35,9 +35,16 @@ def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
     def load_dnd() -> list[str]:
         return list(load_config(config_path, required=False).values["do_not_decrypt.hosts"])
 
+    # polled by its own thread, so an outage is noticed (and shown) even while no traffic asks
     return SnapshotSource(
-        app.paths, config_path=config_path, load_do_not_decrypt=load_dnd, interval=interval
-    )
+        app.paths,
+        config_path=config_path,
+        load_do_not_decrypt=load_dnd,
+        interval=interval,
+        audit=app.audit,  # fail closed: a policy_stale gap is audited and shown by `lbm status`
+        actor=app.actor,
+        state_file=app.paths.run / "policy.json",
+    ).start()
 
 
 # -- shared plumbing ---------------------------------------------------------------------------

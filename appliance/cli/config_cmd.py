@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from appliance.cli.app import App, emit, pass_app
-from appliance.config import SCHEMA, load_config
+from appliance.cli.app import App, check_fake_clock, emit, pass_app
+from appliance.config import SCHEMA, ConfigError, load_config
+from store.safefile import UnsafeFileError, check_regular
 
 
 @click.group("config")
@@ -16,12 +17,19 @@ def config() -> None:
 
 
 @config.command("check")
-@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", required=False, type=click.Path(path_type=Path))
 @pass_app
 def check(app: App, file: Path | None) -> None:
     """Validate FILE (default: the configuration in use). Exit 2 with the problem if invalid."""
     path = file.absolute() if file else app.config_path
-    load_config(path, required=True)
+    cfg = load_config(path, required=True)
+    check_fake_clock(cfg, app.paths)
+    feed = cfg.identity_feed(app.paths.root)
+    if feed is not None:
+        try:
+            check_regular(feed, "identity feed")
+        except UnsafeFileError as exc:
+            raise ConfigError(f"{path}: [identity] feed: {exc}") from None
     click.echo(f"{path}: ok")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import click
@@ -42,12 +41,9 @@ class Housekeeper:
         return refs
 
     def identity_feed(self) -> dict[str, Any] | None:
-        feed = self.app.config["identity.feed"]
-        if not feed:
+        path = self.app.config.identity_feed(self.app.paths.root)
+        if path is None:
             return None
-        path = Path(feed)
-        if not path.is_absolute():
-            path = self.app.paths.root / path
         try:
             result: dict[str, Any] | None = import_if_changed(
                 self.app.paths, path, self.feed_state, audit=self.app.audit, actor=self.app.actor

@@ -47,7 +47,7 @@ def identity() -> None:
 
 
 @identity.command("import")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @pass_app
 def import_cmd(app: App, file: Path, as_json: bool) -> None:

@@ -14,13 +14,17 @@ import click
 
 from appliance.cli import systemd_units
 from appliance.cli.app import App, emit, fail
+from appliance.cli.textsafe import safe
 from appliance.config.load import render_default
-from appliance.config.schema import ID_RE
+from appliance.config.schema import ID_RE, MAX_ID_LENGTH
 from store import investigators as investigators_table
 from store import signing, sqlite
 from store.audit import Action
 from store.fsutil import atomic_write, ensure_dir
 
+SYSTEM_MARKER_TEXT = (
+    b"# Made by `lbm init --system`: a live gateway. lbm refuses [testing] fake_clock here.\n"
+)
 SUBDIRS = ("audit", "keys", "metadata", "journal", "archive", "keystore", "spool", "run")
 
 
@@ -85,6 +89,15 @@ def init(
     units: list[Path] = []
     if prefix is not None and not system:
         fail("--root goes with --system", 2)
+    if gateway_id is not None and (
+        len(gateway_id) > MAX_ID_LENGTH or not ID_RE.fullmatch(gateway_id)
+    ):
+        shown = repr(gateway_id if len(gateway_id) <= 70 else gateway_id[:67] + "...")
+        fail(
+            f"--gateway-id {safe(shown)}: must match [a-z0-9][a-z0-9._-]*, "
+            f"at most {MAX_ID_LENGTH} characters",
+            2,
+        )
     if system:
         base = (prefix or Path("/")).absolute()
         rel_data = systemd_units.SYSTEM_DATA_DIR.relative_to("/")
@@ -103,18 +116,22 @@ def init(
         units = systemd_units.write_units(base, rendered)
     root = app.paths.root
     created: list[str] = [str(u) for u in units]
-    if gateway_id is not None and not ID_RE.fullmatch(gateway_id):
-        fail(f"--gateway-id {gateway_id!r}: must match [a-z0-9][a-z0-9._-]*", 2)
     if not root.exists():
         created.append(str(root))
     ensure_dir(root)
     os.chmod(root, 0o700)
     for name in SUBDIRS:
         ensure_dir(root / name)
+    if system and not app.paths.system_marker.exists():
+        atomic_write(app.paths.system_marker, SYSTEM_MARKER_TEXT, mode=0o600)
+        created.append(str(app.paths.system_marker))
     if not app.config_path.exists():
-        text = render_default()
+        overrides: dict[str, object] = {}
         if gateway_id:
-            text = text.replace('id = "gw1"', f'id = "{gateway_id}"', 1)
+            overrides["gateway.id"] = gateway_id
+        if system:  # a live gateway: CA1 applications must carry the officer's signature
+            overrides["policy.require_officer_signature"] = True
+        text = render_default(overrides)
         ensure_dir(app.config_path.parent)
         atomic_write(app.config_path, text.encode(), mode=0o600)
         created.append(str(app.config_path))
@@ -146,6 +163,7 @@ def init(
             gateway=config.gateway_id,
             key_fingerprint=key.fingerprint,
             created=created,
+            system=app.paths.system_marker.exists(),
         )
     result = {
         "data_dir": str(root),

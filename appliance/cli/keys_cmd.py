@@ -27,6 +27,7 @@ from store import agefile as age
 from store import investigators as table
 from store import signing, sqlite
 from store.audit import Action
+from store.bech32 import Bech32Error, parse_age_recipient
 from store.clock import format_utc
 from store.keys import KeyStore
 
@@ -56,7 +57,8 @@ def investigator_add(
     app.require_initialised()
     try:
         age.parse_recipient(age_public_key)
-    except age.AgeError as exc:
+        parse_age_recipient(age_public_key)  # lower case, and never a low-order point
+    except (age.AgeError, Bech32Error) as exc:
         fail(f"AGE_PUBLIC_KEY {age_public_key!r}: {exc}", 2)
     conn = sqlite.connect(app.paths.registry)
     try:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 import click
 
 from appliance.cli.app import App, fail, pass_app
-from appliance.cli.supervisor import Daemon, Supervisor, lbm_argv
+from appliance.cli.supervisor import (
+    AlreadyRunning,
+    Daemon,
+    Supervisor,
+    acquire_run_lock,
+    lbm_argv,
+)
 
 
 def _available(module: str) -> bool:
@@ -62,6 +69,14 @@ def run(app: App) -> None:
         click.echo(f"lbm run: {message}", err=True)
         sys.stderr.flush()
 
-    supervisor = Supervisor(daemons, log)
     app.paths.run.mkdir(parents=True, exist_ok=True)
-    sys.exit(supervisor.run(app.paths.run / "lbm-run.pid"))
+    try:
+        lock = acquire_run_lock(app.paths.run / "lbm-run.lock")
+    except AlreadyRunning as exc:
+        fail(f"{app.paths.root}: lbm run is {exc}", 1)
+    supervisor = Supervisor(daemons, log)
+    try:
+        code = supervisor.run(app.paths.run / "lbm-run.pid")
+    finally:
+        os.close(lock)
+    sys.exit(code)

@@ -11,6 +11,7 @@ import os
 import click
 
 from appliance.cli.app import App, emit, pass_app
+from appliance.cli.policy_state import policy_line, policy_state
 from store import witness
 from store.audit import AuditLog
 from store.signing import public_openssh
@@ -71,6 +72,8 @@ def status(app: App, as_json: bool) -> None:
         "supervisor_pid": supervisor,
         "audit_entries": last["seq"] if last else 0,
         "witness": {"state": w_text.split()[0].lower(), "detail": w_text, **w.__dict__},
+        "fake_clock": app.config.fake_clock,
+        "policy": (policy := policy_state(run_dir)),
     }
     lines = [
         f"gateway        {gateway}",
@@ -84,6 +87,10 @@ def status(app: App, as_json: bool) -> None:
         f"audit entries  {data['audit_entries']}",
         f"audit witness  {w_text}",
     ]
+    if data["fake_clock"]:
+        lines.append("fake clock     ENABLED ([testing] fake_clock): never on a live gateway")
+    if policy.get("state", "ok") != "ok":
+        lines.append(f"policy         {policy_line(policy)}")
     for name, port in ports.items():
         lines.append(f"port           {name} {port}")
     emit(data, as_json, "\n".join(lines))

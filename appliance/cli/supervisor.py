@@ -8,6 +8,7 @@ units on a gateway exercise the same code.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -106,6 +107,33 @@ class Supervisor:
             if ready_file is not None:
                 ready_file.unlink(missing_ok=True)
         return self.exit_code
+
+
+class AlreadyRunning(Exception):
+    """Another `lbm run` holds the data directory's run lock."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(f"already running, pid {pid if pid is not None else 'unknown'}")
+        self.pid = pid
+
+
+def acquire_run_lock(path: Path) -> int:
+    """Take `path` with an exclusive flock and write our pid into it; return the descriptor,
+    which must stay open while we run. The kernel drops the lock when the process ends, so a
+    file left by a killed run blocks nobody. Raises AlreadyRunning naming the holder's pid."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            pid = int(text) if text.isdigit() else None
+        finally:
+            os.close(fd)
+        raise AlreadyRunning(pid) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def lbm_argv(data_dir: Path, config: Path | None, *args: str) -> list[str]:

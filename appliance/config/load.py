@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance.config.schema import SCHEMA, SECTIONS, Option
+from store.safefile import UnsafeFileError, read_regular
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -31,6 +35,14 @@ class Config:
     @property
     def gateway_id(self) -> str:
         return str(self.values["gateway.id"])
+
+    def identity_feed(self, data_dir: Path) -> Path | None:
+        """`[identity] feed` as a path (relative to the data directory), or None if unset."""
+        feed = str(self.values["identity.feed"])
+        if not feed:
+            return None
+        path = Path(feed)
+        return path if path.is_absolute() else data_dir / path
 
     @property
     def fake_clock(self) -> bool:
@@ -56,6 +68,25 @@ def _check_type(opt: Option, value: Any) -> bool:
     return isinstance(value, opt.kind)
 
 
+MAX_STRING = 4096  # no setting needs more; a longer one is a mistake or an attack
+MAX_ITEMS = 10_000
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _too_long(value: Any) -> str | None:
+    items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_ITEMS:
+        return f"at most {MAX_ITEMS} items"
+    for item in items:
+        if isinstance(item, str) and len(item) > MAX_STRING:
+            return f"a value longer than {MAX_STRING} characters"
+    return None
+
+
 def defaults() -> Config:
     return Config(
         values={opt.name: opt.default for opt in SCHEMA},
@@ -67,15 +98,15 @@ def load_config(path: Path, *, required: bool = False) -> Config:
     """Read `path` (or defaults if it does not exist and is not required)."""
     config = defaults()
     config.path = path
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    try:  # never open() a FIFO or device: it would hang every command
+        raw = read_regular(path, "configuration file", MAX_CONFIG_BYTES)
+    except UnsafeFileError as exc:
+        if os.path.lexists(path):
+            raise ConfigError(str(exc)) from None
         if required:
             raise ConfigError(f"{path}: configuration file not found") from None
         config.missing_file = True
         return config
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -99,8 +130,11 @@ def load_config(path: Path, *, required: bool = False) -> Config:
             opt = found
             if not _check_type(opt, value):
                 raise ConfigError(
-                    f"{path}: [{section}] {key}: must be {_type_name(opt)}, got {value!r}"
+                    f"{path}: [{section}] {key}: must be {_type_name(opt)}, got {_shown(value)}"
                 )
+            too_long = _too_long(value)
+            if too_long:
+                raise ConfigError(f"{path}: [{section}] {key}: {too_long}")
             if opt.validate is not None:
                 problem = opt.validate(value)
                 if problem:
@@ -110,8 +144,13 @@ def load_config(path: Path, *, required: bool = False) -> Config:
     return config
 
 
-def render_default() -> str:
-    """The commented default configuration `lbm init` writes."""
+def render_default(overrides: dict[str, Any] | None = None) -> str:
+    """The commented default configuration `lbm init` writes, with `overrides` (by option name,
+    e.g. `gateway.id`) in place of the defaults."""
+    chosen = overrides or {}
+    unknown = set(chosen) - {opt.name for opt in SCHEMA}
+    if unknown:
+        raise ValueError(f"unknown options: {sorted(unknown)}")
     lines = [
         "# lbm-gateway configuration. Every key is optional; shown values are the defaults.",
         "# `lbm config check` validates this file; `lbm config show` prints what is in force.",
@@ -126,7 +165,7 @@ def render_default() -> str:
             lines.append(f"# {SECTIONS[opt.section]}")
             lines.append(f"[{opt.section}]")
         lines.append(f"# {opt.help}")
-        lines.append(f"{opt.key} = {_toml_value(opt.default)}")
+        lines.append(f"{opt.key} = {_toml_value(chosen.get(opt.name, opt.default))}")
     return "\n".join(lines) + "\n"
 
 

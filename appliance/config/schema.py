@@ -11,13 +11,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from store.bech32 import Bech32Error, parse_age_recipient
+
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 Validator = Callable[[Any], str | None]
 
 
+MAX_ID_LENGTH = 64  # the gateway id is part of every metadata file name
+
+
 def _id(value: Any) -> str | None:
+    if len(value) > MAX_ID_LENGTH:
+        return f"at most {MAX_ID_LENGTH} characters"
     return None if ID_RE.fullmatch(value) else "must match [a-z0-9][a-z0-9._-]* (lower case)"
+
+
+def _between(low: int, high: int, unit: str = "") -> Validator:
+    """An integer within [low, high]: a huge value is a typo, never a setting."""
+    suffix = f" {unit}" if unit else ""
+
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be {low}-{high}{suffix}"
+
+    return check
 
 
 def _port(value: Any) -> str | None:
@@ -48,6 +65,10 @@ def _age_recipients(value: Any) -> str | None:
     for item in value:
         if not re.fullmatch(r"age1[02-9ac-hj-np-z]{58}", item):
             return f"{item!r} is not an age X25519 recipient (age1...)"
+        try:
+            parse_age_recipient(item)  # the Bech32 checksum and the point
+        except Bech32Error as exc:
+            return f"{item!r}: {exc}"
     return None
 
 
@@ -120,7 +141,7 @@ SCHEMA: list[Option] = [
         500_000,
         "live flows kept per capture; beyond it the least recently active flow is ended early "
         "and counted (about 1 KiB of memory a flow)",
-        _positive,
+        _between(1, 100_000_000),
     ),
     Option("identity", "feed", str, "", "lease/logon feed file (CSV or JSON) imported on change"),
     Option("notice", "version", str, "2026-01", "version of the acceptable-use notice in force"),
@@ -147,9 +168,16 @@ SCHEMA: list[Option] = [
         int,
         365,
         "days archived content is kept unless the authorisation says otherwise",
-        _positive,
+        _between(1, 36_500, "days"),
     ),
-    Option("retention", "review_days", int, 90, "days between retention reviews", _positive),
+    Option(
+        "retention",
+        "review_days",
+        int,
+        90,
+        "days between retention reviews",
+        _between(1, 3_650, "days"),
+    ),
     Option(
         "do_not_decrypt",
         "hosts",
@@ -202,7 +230,7 @@ SCHEMA: list[Option] = [
         int,
         30,
         "a renewal is accepted only this many days (or fewer) before the current expiry",
-        _positive,
+        _between(1, 366, "days"),
     ),
     Option("housekeeping", "enabled", bool, True, "run the housekeeping daemon under `lbm run`"),
     Option(
@@ -211,7 +239,7 @@ SCHEMA: list[Option] = [
         int,
         30,
         "seconds between housekeeping passes",
-        _positive,
+        _between(1, 86_400, "seconds"),
     ),
     Option(
         "testing",

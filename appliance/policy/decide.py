@@ -4,6 +4,7 @@ Every channel asks `decide(snapshot, principal, channel, at, server_name=...)` w
 DECISIONS.md fixes (web: the request's start; email: the end of DATA; packets: the packet's
 timestamp). The answer lists every authorisation that is active at `at` for that principal and
 channel; a server on the do-not-decrypt list is opened only for authorisations that say so.
+A stale snapshot (the registry out of reach for too long) authorises nothing: metadata only.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def decide(
     chan = Channel(channel)
     when = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     dnd = server_name is not None and snapshot.is_do_not_decrypt(server_name)
-    if principal is None:
+    if principal is None or snapshot.stale:
         return Decision(False, (), None, chan, when, dnd)
     refs = tuple(
         auth.ref

@@ -17,12 +17,14 @@ import io
 import ipaddress
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from appliance.policy import PolicyError
+from store.safefile import UnsafeFileError, read_regular
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 KINDS = ("principal", "username", "email", "alias", "ip")
@@ -113,8 +115,13 @@ def normalise_email(text: str) -> str:
     return raw.lower()
 
 
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+    """C0 and C1 controls, surrogates, line and paragraph separators and bidi overrides: none
+    belongs in an identifier, and each could forge or hide a line where it is shown."""
+    return any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in _BIDI for c in text)
 
 
 def _check_email(value: str) -> str | None:
@@ -353,13 +360,10 @@ def parse_bytes(data: bytes, path: Path) -> ParsedFeed:
 
 def read_feed(path: Path) -> ParsedFeed:
     """Read and parse a feed file. Raises FeedError naming the file for file-level problems."""
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_FEED_BYTES + 1)
-    except OSError as exc:
-        raise FeedError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if len(data) > MAX_FEED_BYTES:
-        raise FeedError(f"{path}: larger than {MAX_FEED_BYTES // (1024 * 1024)} MiB")
+    try:  # a FIFO, socket or device is refused, never opened blocking
+        data = read_regular(path, "identity feed", MAX_FEED_BYTES)
+    except UnsafeFileError as exc:
+        raise FeedError(str(exc)) from None
     try:
         return parse_bytes(data, path)
     except FeedError as exc:

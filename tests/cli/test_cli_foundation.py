@@ -212,3 +212,90 @@ def test_audit_show_filters_by_ref_and_since(lbm: Lbm) -> None:
     assert "investigator_add" not in [e["action"] for e in since]
     bad = lbm("audit", "show", "--since", "yesterday")
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_config_check_refuses_low_order_and_bad_checksum_custodians(tmp_path: Path) -> None:
+    from store.bech32 import bech32_encode
+
+    zero = bech32_encode("age", bytes(32))
+    order8 = bech32_encode(
+        "age",
+        (325606250916557431795983626356110631294008115727848805560023387167927233504).to_bytes(
+            32, "little"
+        ),
+    )
+    good = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    bad_checksum = good[:-1] + "q"
+    lbm = Lbm(tmp_path / "d")
+    for recipient, message in [
+        (zero, "low-order"),
+        (order8, "low-order"),
+        (bad_checksum, "checksum"),
+    ]:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f"[keys]\ncustodians = ['{good}', '{recipient}']\n")
+        result = lbm("config", "check", str(cfg))
+        assert result.returncode == 2, result.stderr
+        assert "[keys] custodians" in result.stderr and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    cfg.write_text(f"[keys]\ncustodians = ['{good}']\n")
+    assert lbm("config", "check", str(cfg)).returncode == 0
+
+
+def test_fake_clock_is_announced_on_stderr_by_status_and_in_every_audit_entry(lbm) -> None:
+    from appliance.cli.app import FAKE_CLOCK_WARNING
+
+    for args in (("config", "show"), ("config", "check"), ("keys", "show")):
+        result = lbm(*args, check=True)
+        assert result.stderr.splitlines().count(FAKE_CLOCK_WARNING) == 1, result.stderr
+    status = lbm("status", check=True)
+    assert FAKE_CLOCK_WARNING in status.stderr
+    assert "fake clock     ENABLED" in status.stdout
+    assert json.loads(lbm("status", "--json", check=True).stdout)["fake_clock"] is True
+    key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    lbm(
+        "keys", "investigator", "add", "inv1", key, "--principal", "p1", check=True
+    )  # no LBM_FAKE_NOW
+    entry = [
+        json.loads(x) for x in (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    ][-1]
+    assert entry["action"] == "investigator_add" and entry["fake_clock"] is True
+    cfg = lbm.data_dir / "lbm.toml"
+    cfg.write_text(cfg.read_text().replace("fake_clock = true", "fake_clock = false"))
+    quiet = lbm("status", check=True)
+    assert "fake clock" not in quiet.stderr + quiet.stdout
+
+
+def test_init_system_requires_signatures_and_refuses_the_fake_clock(tmp_path: Path) -> None:
+    prefix = tmp_path / "root"
+    Lbm(tmp_path / "unused")(
+        "init", "--system", "--root", str(prefix), "--user", "nobody", check=True
+    )
+    data, config = prefix / "var/lib/lbm", prefix / "etc/lbm/lbm.toml"
+    assert (data / "lbm-system").is_file()
+    assert "require_officer_signature = true" in config.read_text()
+    system = Lbm(data, env={"LBM_CONFIG": str(config)})
+    shown = json.loads(system("config", "show", "--json", check=True).stdout)
+    assert {r["key"]: r["value"] for r in shown}["policy.require_officer_signature"] is True
+    config.write_text(config.read_text().replace("fake_clock = false", "fake_clock = true"))
+    for args in (("status",), ("config", "check"), ("keys", "show")):
+        result = system(*args, env={"LBM_FAKE_NOW": "2020-01-01T00:00:00Z"})
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "fake_clock = true is refused" in lines[0], result.stderr
+        assert "lbm init --system" in lines[0]
+    entries = (data / "audit" / "audit.jsonl").read_text().splitlines()
+    assert len(entries) == 1 and json.loads(entries[0])["fields"]["system"] is True
+
+
+def test_config_check_reports_a_configured_identity_feed_that_does_not_exist(lbm) -> None:
+    cfg = lbm.data_dir / "lbm.toml"
+    text = cfg.read_text()
+    cfg.write_text(text.replace('feed = ""', 'feed = "feeds/leases.csv"'))
+    missing = lbm.data_dir / "feeds" / "leases.csv"
+    result = lbm("config", "check")
+    assert result.returncode == 2
+    assert f"[identity] feed: {missing}: identity feed not found" in result.stderr
+    missing.parent.mkdir()
+    missing.write_text("principal,kind,value\np1,username,a\n")
+    assert lbm("config", "check").returncode == 0

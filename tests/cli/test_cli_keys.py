@@ -137,3 +137,64 @@ def test_rewrap_follows_assignment_and_needs_a_holder(lbm, tmp_path: Path) -> No
     with pytest.raises(KeyError_, match="cannot unwrap"):
         store.unwrap_authorisation("CASE-1", keys["alice"].read_text())
     assert [e["action"] for e in _actions(lbm.data_dir)].count("key_rewrap") == 2
+
+
+# -- low-order X25519 recipients: whatever is wrapped to one is readable by anyone ----------
+_P = 2**255 - 19
+_SMALL_ORDER = {
+    "zero": 0,
+    "one": 1,
+    "p-1": _P - 1,
+    "p": _P,
+    "p+1": _P + 1,
+    "order8-a": 325606250916557431795983626356110631294008115727848805560023387167927233504,
+    "order8-b": 39382357235489614581723060781553021112529911719440698176882885853963445705823,
+}
+
+
+def low_order_recipients() -> list[tuple[str, str]]:
+    """(label, age1...) for every small-order point, canonical and with the top bit set."""
+    from store.bech32 import bech32_encode
+
+    found = []
+    for label, u in _SMALL_ORDER.items():
+        raw = u.to_bytes(32, "little")
+        found.append((label, bech32_encode("age", raw)))
+        found.append(
+            (f"{label}-high-bit", bech32_encode("age", raw[:31] + bytes([raw[31] | 0x80])))
+        )
+    return found
+
+
+LOW_ORDER = low_order_recipients()
+
+
+@pytest.mark.parametrize(("label", "recipient"), LOW_ORDER, ids=[x[0] for x in LOW_ORDER])
+def test_investigator_add_refuses_a_low_order_recipient(lbm, label: str, recipient: str) -> None:
+    result = lbm("keys", "investigator", "add", "mallory", recipient, "--principal", "p66")
+    assert result.returncode == 2, result.stderr
+    assert "low-order" in result.stderr and "AGE_PUBLIC_KEY" in result.stderr
+    assert json.loads(lbm("keys", "investigator", "list", "--json", check=True).stdout) == []
+
+
+def test_low_order_and_bad_checksum_refused_below_the_cli(tmp_path: Path) -> None:
+    from store import investigators, sqlite
+    from store.bech32 import Bech32Error, parse_age_recipient
+    from store.keys import KeyStore
+
+    _, good = age.generate()
+    assert len(parse_age_recipient(good)) == 32
+    flipped = good[:-1] + ("q" if good[-1] != "q" else "p")  # a broken checksum
+    with pytest.raises(Bech32Error, match="checksum"):
+        parse_age_recipient(flipped)
+    conn = sqlite.connect(tmp_path / "r.sqlite")
+    for _label, recipient in LOW_ORDER:
+        with pytest.raises(investigators.InvestigatorError, match="low-order"):
+            investigators.add(conn, "mallory", recipient, "p66", "2026-01-01T00:00:00Z")
+    with pytest.raises(investigators.InvestigatorError, match="checksum"):
+        investigators.add(conn, "mallory", flipped, "p66", "2026-01-01T00:00:00Z")
+    assert investigators.list_all(conn) == []
+    store = KeyStore(DataPaths(tmp_path / "d"))
+    with pytest.raises(KeyError_, match="low-order"):
+        store.create_authorisation_key("R-1", [good, LOW_ORDER[0][1]])
+    assert not store.ref_dir("R-1").exists()

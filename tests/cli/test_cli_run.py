@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -102,3 +103,36 @@ def test_run_with_nothing_enabled_refuses(lbm: Lbm) -> None:
     result = lbm("run")
     assert result.returncode == 2
     assert "no daemon is enabled" in result.stderr
+
+
+def test_a_second_run_on_the_same_data_dir_is_refused_and_a_killed_run_blocks_nobody(
+    lbm: Lbm,
+) -> None:
+    proc = start_run(lbm)
+    ready = lbm.data_dir / "run" / "housekeeping.ready"
+    kids: list[int] = []
+    try:
+        wait_for(ready.exists)
+        kids = children_of(proc.pid)
+        second = lbm("run", timeout=30)
+        assert second.returncode == 1
+        assert f"already running, pid {proc.pid}" in second.stderr, second.stderr
+        assert children_of(proc.pid) == kids  # nothing else started
+        proc.kill()  # no clean-up: the lock file stays behind, its lock does not
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for kid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kid, signal.SIGKILL)
+    assert (lbm.data_dir / "run" / "lbm-run.lock").exists()
+    again = start_run(lbm)
+    try:
+        wait_for(lambda: children_of(again.pid) != [])
+        again.send_signal(signal.SIGTERM)
+        _, err = again.communicate(timeout=20)
+    finally:
+        if again.poll() is None:
+            again.kill()
+    assert again.returncode == 0 and "already running" not in err, err

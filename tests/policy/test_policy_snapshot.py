@@ -4,9 +4,14 @@ imports and config edits made by other processes (the real `lbm` CLI) within sec
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +22,10 @@ from appliance.policy.decide import decide
 from appliance.policy.model import Authorisation
 from appliance.policy.snapshot import Snapshot, SnapshotSource
 from store import investigators as inv_table
+from store import signing
 from store import sqlite as store_sqlite
+from store.audit import AuditLog
+from store.clock import Clock
 from store.paths import DataPaths
 
 
@@ -181,3 +189,135 @@ def test_cached_identity_map_is_reused_until_the_next_identity_load(lbm, tmp_pat
     second = loader(conn)
     assert second is not first and second.resolve(username="alice") == "p2"
     conn.close()
+
+
+# -- fail closed: a registry out of reach for more than 5 s withdraws every authorisation ------
+LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+
+
+@contextmanager
+def exclusive_lock(registry: Path) -> Iterator[None]:
+    """A real `BEGIN EXCLUSIVE` held by another process until the block ends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(registry)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def watched_source(lbm: Lbm) -> SnapshotSource:
+    """A daemon's source on an initialised data dir with a grant for p12345 (web)."""
+    register_investigator(lbm.data_dir)
+    lbm(*grant_args("R-STALE"), check=True)
+    paths = DataPaths(lbm.data_dir)
+    audit = AuditLog(paths, signing.load(paths), Clock())
+    return SnapshotSource(
+        paths, interval=0.05, audit=audit, actor="test", state_file=paths.run / "policy.json"
+    )
+
+
+def policy_entries(data_dir: Path) -> list[dict[str, object]]:
+    return [
+        e
+        for e in AuditLog(DataPaths(data_dir), None, Clock()).entries()
+        if e["action"] in ("capture_gap", "policy_restored")
+    ]
+
+
+def state(data_dir: Path) -> str:
+    return str(json.loads((data_dir / "run" / "policy.json").read_text())["state"])
+
+
+def test_corrupt_registry_withdraws_every_authorisation_after_5_s_and_recovery_restores(
+    lbm: Lbm,
+) -> None:
+    registry = DataPaths(lbm.data_dir).registry
+    conn = store_sqlite.connect(registry)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+    conn.close()
+    with watched_source(lbm).start() as source:
+        assert full_now(source.current()) and state(lbm.data_dir) == "ok"
+        good = registry.read_bytes()
+        with registry.open("r+b") as fh:  # overwrite the header in place
+            fh.write(b"\xff" * 100)
+        began = time.monotonic()
+        time.sleep(4)
+        assert full_now(source.current())  # a short outage keeps the last good policy
+        waited = wait_for(source, lambda s: not full_now(s), limit=10) + 4
+        assert 4.5 < waited < 6.5, waited
+        snap = source.current()
+        assert snap.stale and snap.authorisations == ()
+        assert not decide(snap, "p12345", "web", datetime.now(UTC)).refs
+        time.sleep(1)  # further failed polls: still one entry for the outage
+        assert state(lbm.data_dir) == "stale"
+        shown = lbm("status", check=True).stdout
+        assert "policy         STALE since" in shown and "metadata only" in shown
+        assert "R-STALE" not in shown and "p12345" not in shown
+        entries = policy_entries(lbm.data_dir)
+        assert [(e["action"], e["fields"]["reason"]) for e in entries] == [  # type: ignore[index]
+            ("capture_gap", "policy_stale")
+        ]
+        assert "DatabaseError" in str(entries[0]["fields"]["error"])  # type: ignore[index]
+        with registry.open("r+b") as fh:
+            fh.write(good[:100])
+        wait_for(source, full_now, limit=5)
+        assert not source.current().stale and time.monotonic() - began > 5
+        assert state(lbm.data_dir) == "ok"
+        assert "STALE" not in lbm("status", check=True).stdout
+        actions = [e["action"] for e in policy_entries(lbm.data_dir)]
+        assert actions == ["capture_gap", "policy_restored"]
+
+
+def test_locked_registry_fails_closed_until_the_lock_is_released(lbm: Lbm) -> None:
+    registry = DataPaths(lbm.data_dir).registry
+    source = watched_source(lbm)
+    source.stop()  # the journal mode can change only with no other connection open
+    conn = sqlite3.connect(registry, isolation_level=None)
+    assert conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    conn.close()
+    with source.start():
+        assert full_now(source.current())
+        with exclusive_lock(registry):
+            waited = wait_for(source, lambda s: not full_now(s), limit=10)
+            assert 4.5 < waited < 7, waited
+            deadline = time.monotonic() + 3  # the poll that notices waits out its busy timeout
+            while state(lbm.data_dir) != "stale":
+                assert time.monotonic() < deadline, source.last_error
+                time.sleep(0.05)
+            assert "locked" in str(source.last_error)
+        wait_for(source, full_now, limit=5)
+    assert [e["action"] for e in policy_entries(lbm.data_dir)] == [
+        "capture_gap",
+        "policy_restored",
+    ]
+
+
+def test_a_writer_holding_a_wal_lock_is_no_outage(lbm: Lbm) -> None:
+    """In WAL mode readers go on while a writer holds BEGIN EXCLUSIVE: nothing is stale."""
+    registry = DataPaths(lbm.data_dir).registry
+    with watched_source(lbm).start() as source, exclusive_lock(registry):
+        time.sleep(6)
+        assert full_now(source.current()) and not source.current().stale
+    assert policy_entries(lbm.data_dir) == []
+
+
+def test_decide_honours_a_stale_snapshot() -> None:
+    now = datetime.now(UTC)
+    fresh = Snapshot.build(version=1)
+    assert fresh.stale_copy(2).stale and fresh.stale_copy(2).version == 2
+    assert not decide(Snapshot(stale=True), "p1", "web", now).full
