@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from appliance.config import Config, ConfigError, load_config
-from store import StoreError, signing
+from store import StoreError, safefile, signing
 from store.audit import AuditLog, current_actor
 from store.clock import FAKE_NOW_ENV, Clock, parse_utc
 from store.paths import DataPaths
@@ -102,6 +102,19 @@ def emit(data: Any, as_json: bool, text: str | None = None) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     elif text is not None:
         click.echo(text)
+
+
+def read_identity(source: str, option: str = "--identity") -> str:
+    """An age identity from stdin (`-`) or a regular file; a FIFO, device, socket or directory is
+    refused at once rather than blocking. The text stays in memory only."""
+    if source == "-":
+        return sys.stdin.read()
+    try:
+        return safefile.read_regular(source, f"identity file ({option})", 1024 * 1024).decode()
+    except safefile.UnsafeFileError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except UnicodeDecodeError:
+        fail(f"{option} {source}: not a text file (an age identity is text)", EXIT_USAGE)
 
 
 pass_app = click.make_pass_decorator(App)

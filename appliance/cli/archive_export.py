@@ -21,14 +21,13 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
-from appliance.cli.app import App, emit, fail, pass_app
+from appliance.cli.app import App, emit, fail, pass_app, read_identity
 from store import ArchiveError, KeyError_
 from store import agefile as age
 from store.audit import Action
@@ -52,12 +51,7 @@ class ExportError(Exception):
 
 
 def _read_identity(source: str) -> str:
-    if source == "-":
-        return sys.stdin.read()
-    try:
-        return Path(source).read_text()
-    except OSError as exc:
-        fail(f"--identity {source}: {exc.strerror}", 2)
+    return read_identity(source)
 
 
 def _create(path: Path) -> int:
@@ -164,6 +158,7 @@ def export_raw(
     real_out, real_root = os.path.realpath(out), os.path.realpath(app.paths.root)
     if real_out == real_root or real_out.startswith(real_root + os.sep):
         fail(f"--out {out}: inside the data directory; plaintext never goes there", 2)
+    text = _read_identity(identity)  # arguments first: a FIFO or device is refused at once
     numbers = segment_numbers(directory)
     if segment is not None:
         if segment not in numbers:
@@ -177,7 +172,6 @@ def export_raw(
             f"--out {out}: {', '.join(earlier)} exported there already; an export never "
             "overwrites (choose another --out, or move the earlier export away)"
         )
-    text = _read_identity(identity)
     results: list[dict[str, Any]] = []
     staging: Path | None = None
     try:

@@ -17,12 +17,11 @@ development identity, to a file the operator names outside the data directory.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
 
-from appliance.cli.app import App, emit, fail, pass_app
+from appliance.cli.app import App, emit, fail, pass_app, read_identity
 from store import agefile as age
 from store import investigators as table
 from store import signing, sqlite
@@ -227,13 +226,7 @@ def rewrap(app: App, ref: str, identity: str, as_json: bool) -> None:
     from appliance.policy.registry import Registry
 
     app.require_initialised()
-    if identity == "-":
-        identity_text = sys.stdin.read()
-    else:
-        try:
-            identity_text = Path(identity).read_text()
-        except OSError as exc:
-            fail(f"--identity {identity}: {exc.strerror}", 2)
+    identity_text = read_identity(identity)
     custodians = list(app.config["keys.custodians"])
     registry = Registry.open(
         app.paths, clock=app.clock, actor=app.actor, audit=app.audit, custodians=custodians

@@ -130,3 +130,32 @@ def test_dev_identity_never_writes_into_a_fifo(lbm: Lbm, hostile: dict[str, Path
     except subprocess.TimeoutExpired:
         pytest.fail("keys dev-identity hung on a FIFO")
     assert result.returncode == 2 and "exists already" in result.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("command", ["rewrap", "export-raw"])
+def test_identity_file_that_is_not_a_regular_file_is_refused(
+    lbm: Lbm, hostile: dict[str, Path], kind: str, command: str, tmp_path: Path
+) -> None:
+    """An investigator's identity is read from a regular file or stdin only: a FIFO given as
+    `--identity` would otherwise hang the command until someone writes to it."""
+    path = hostile[kind]
+    argv = (
+        ["keys", "rewrap", "CA1-X", "--identity", str(path)]
+        if command == "rewrap"
+        else [
+            "archive",
+            "export-raw",
+            "CA1-X",
+            "--identity",
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    try:
+        result = lbm(*argv, timeout=HANG)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"lbm {command} hung on a {kind} identity")
+    assert result.returncode == 2, result.stderr
+    one_error_line(result.stderr, path, kind)
