@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
+import time
+from pathlib import Path
 
 import click
 
@@ -53,6 +56,37 @@ def enabled_daemons(app: App) -> tuple[list[Daemon], list[str]]:
     return daemons, notes
 
 
+READY_WAIT = 15.0  # seconds: print the summary then even if a daemon is not ready yet
+
+
+def summary(app: App, daemons: list[Daemon], waited: float) -> str:
+    """What is running, where it listens, and the commands to try next."""
+    run_dir = app.paths.run
+    gateway = app.config["gateway.id"]
+    cli = "lbm" if shutil.which("lbm") else str(Path(sys.executable).parent / "lbm")
+    data = f" --data-dir {app.paths.root}" if app.paths.root != Path("lbm-data").absolute() else ""
+    lines = [f"running on {app.paths.root} (gateway {gateway}):"]
+    for daemon in daemons:
+        pid = daemon.proc.pid if daemon.proc is not None else "-"
+        state = "ready" if (run_dir / f"{daemon.name}.ready").exists() else "starting"
+        port_file = run_dir / f"{daemon.name}.port"
+        where = f"  port {port_file.read_text().strip()}" if port_file.exists() else ""
+        lines.append(f"  {daemon.name:<16} pid {pid:<8} {state}{where}")
+    if waited >= READY_WAIT:
+        lines.append(f"  (not every daemon was ready after {READY_WAIT:.0f} s: see the log above)")
+    nexts = [
+        ("status", "daemons, ports, audit witness, fake clock"),
+        ("audit verify", "check the signed, hash-chained audit log"),
+        ("officer list", "the officer register"),
+        ("auth list", "authorisations in force"),
+    ]
+    width = max(len(f"{cli}{data} {cmd}") for cmd, _ in nexts)
+    lines.append("next:")
+    lines += [f"  {f'{cli}{data} {cmd}':<{width}}  {what}" for cmd, what in nexts]
+    lines.append("  Ctrl-C stops every daemon")
+    return "\n".join(lines)
+
+
 @click.command("run")
 @pass_app
 def run(app: App) -> None:
@@ -75,8 +109,19 @@ def run(app: App) -> None:
     except AlreadyRunning as exc:
         fail(f"{app.paths.root}: lbm run is {exc}", 1)
     supervisor = Supervisor(daemons, log)
+    started = time.monotonic()
+
+    def announce(running: list[Daemon]) -> bool:
+        waited = time.monotonic() - started
+        ready = all((app.paths.run / f"{d.name}.ready").exists() for d in running)
+        if not ready and waited < READY_WAIT:
+            return False
+        click.echo(summary(app, running, waited))
+        sys.stdout.flush()
+        return True
+
     try:
-        code = supervisor.run(app.paths.run / "lbm-run.pid")
+        code = supervisor.run(app.paths.run / "lbm-run.pid", on_ready=announce)
     finally:
         os.close(lock)
     sys.exit(code)

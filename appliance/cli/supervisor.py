@@ -76,7 +76,13 @@ class Supervisor:
                 daemon.proc.wait()
             self.log(f"{daemon.name} stopped (exit {daemon.proc.returncode})")
 
-    def run(self, ready_file: Path | None = None) -> int:
+    def run(
+        self,
+        ready_file: Path | None = None,
+        on_ready: Callable[[list[Daemon]], bool] | None = None,
+    ) -> int:
+        """Start every daemon and supervise until a signal. `on_ready` is called on each
+        supervision round until it returns True (e.g. once every daemon reported readiness)."""
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         for daemon in self.daemons:
@@ -86,6 +92,8 @@ class Supervisor:
         try:
             while not self.stopping:
                 time.sleep(0.2)
+                if on_ready is not None and on_ready(self.daemons):
+                    on_ready = None
                 for daemon in self.daemons:
                     assert daemon.proc is not None
                     code = daemon.proc.poll()

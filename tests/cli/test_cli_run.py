@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,13 +57,18 @@ def test_run_starts_daemons_and_a_signal_stops_them_all(lbm: Lbm, sig: int) -> N
         wait_for(ready.exists)
         kids = children_of(proc.pid)
         assert kids, "lbm run started no daemon process"
+        time.sleep(0.6)  # a supervision round or two: the summary follows readiness
         proc.send_signal(sig)
-        _out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
     assert "housekeeping stopped (exit 0)" in err
+    # what is running, and what to try next, once every daemon is ready
+    assert f"running on {lbm.data_dir}" in out, out
+    assert re.search(r"housekeeping +pid \d+ +ready", out), out
+    assert "status" in out and "audit verify" in out and "Ctrl-C stops every daemon" in out
     for kid in kids:
         assert not alive(kid), f"daemon {kid} outlived lbm run"
     actions = [
