@@ -20,7 +20,7 @@ merged file together; a crash in between is rolled forward by `recover_compactio
 The merged file's metadata lists the inputs it replaces (`lbm.replaces`).
 
 Modes: every file written here is 0600 and every directory made here 0700, set explicitly
-(`store.private_files`), so the process umask cannot widen them.
+(`store.fsutil`), so the process umask cannot widen them.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store import StoreError
-from store.fsutil import fsync_dir
-from store.private_files import create_private, make_private_dirs, private_atomic_write
+from store.fsutil import atomic_write, create_private, ensure_dir, fsync_dir
 from store.schemas import conform, schema
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -126,7 +125,7 @@ def temp_path(final: Path) -> Path:
 def write_temp(final: Path, table: pa.Table) -> Path:
     """Write `table` (its schema metadata included) to the hidden temp name of `final`, fsynced,
     mode 0600."""
-    make_private_dirs(final.parent)
+    ensure_dir(final.parent)
     tmp = temp_path(final)
     create_private(tmp)
     pq.write_table(table, tmp, compression=COMPRESSION)
@@ -158,7 +157,7 @@ def write_round(
             "upto": upto,
             "files": [_rel(metadata_root, final) for final, _ in files],
         }
-        private_atomic_write(commit, json.dumps(record).encode())
+        atomic_write(commit, json.dumps(record).encode())
     except BaseException:
         if commit.exists():  # committed after all (only the directory fsync failed)
             raise RoundIncomplete(
@@ -362,7 +361,7 @@ def compact(
             "merged": _rel(metadata_root, final),
             "inputs": [_rel(metadata_root, p) for p in inputs],
         }
-        private_atomic_write(commit, json.dumps(record).encode())
+        atomic_write(commit, json.dumps(record).encode())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

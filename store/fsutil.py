@@ -49,9 +49,20 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     fsync_dir(path.parent)
 
 
+def create_private(path: Path, mode: int = FILE_MODE) -> None:
+    """Create (or empty) `path` with exactly `mode`, so a writer that opens it by name afterwards
+    (pyarrow truncates an existing file, keeping its mode) writes a private file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode & 0o777)
+    try:
+        os.fchmod(fd, mode & 0o777)
+    finally:
+        os.close(fd)
+
+
 def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
-    """Create `path` and any missing parents, each with exactly `mode`; existing directories
-    are left as they are."""
+    """Create `path` and any missing parents, each with exactly `mode`, fsyncing the parent of
+    each new directory (so power loss cannot drop it); existing directories are left as they
+    are."""
     path = Path(path)
     missing: list[Path] = []
     probe = path
@@ -68,4 +79,5 @@ def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
                 raise
             continue  # made meanwhile by another process: theirs to set
         os.chmod(directory, mode)
+        fsync_dir(directory.parent)
     return path

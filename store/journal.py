@@ -41,8 +41,7 @@ from typing import BinaryIO
 import pyarrow as pa
 
 from store import StoreError
-from store.fsutil import fsync_dir
-from store.private_files import FILE_MODE, make_private_dirs
+from store.fsutil import FILE_MODE, ensure_dir, fsync_dir
 
 MAGIC = b"LBJ1"
 _HEAD = struct.Struct("<4sBQII")
@@ -135,7 +134,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        make_private_dirs(self.path.parent)
+        ensure_dir(self.path.parent)
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
         self._fd = os.open(self.path, flags, FILE_MODE)
         try:

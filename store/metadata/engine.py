@@ -25,6 +25,7 @@ import pyarrow as pa
 from store import StoreError
 from store import compact as cp
 from store.clock import Clock
+from store.fsutil import ensure_dir
 from store.journal import Journal, encode_batches
 from store.metadata.front import _Front
 from store.metadata.gaps import GapReporter
@@ -85,8 +86,8 @@ class _Engine:
     ) -> None:
         self.key = (str(Path(paths.root).resolve()), writer)
         self.root = Path(paths.metadata)
-        self.jdir = cp.make_private_dirs(paths.journal)
-        cp.make_private_dirs(self.root)
+        self.jdir = ensure_dir(paths.journal)
+        ensure_dir(self.root)
         self.writer, self.gateway, self.clock = writer, gateway, clock
         self.flush_interval, self.parquet_interval = flush_interval, parquet_interval
         self.parquet_rows, self.compact_delay = parquet_rows, compact_delay
