@@ -18,9 +18,10 @@ from typing import Any
 import click
 
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
+from appliance.cli.textsafe import safe
 from appliance.config import ConfigError, load_config
 from appliance.policy import InvalidInput, PolicyError, RuleViolation, rules
-from appliance.policy.model import Authorisation, Officer
+from appliance.policy.model import Authorisation
 from appliance.policy.registry import Registry
 from appliance.policy.snapshot import SnapshotSource
 from store import StoreError
@@ -50,6 +51,7 @@ def _registry(app: App) -> Iterator[Registry]:
         actor=app.actor,
         audit=app.audit,
         custodians=app.config["keys.custodians"],
+        renewal_window_days=app.config["policy.renewal_window_days"],
     )
     try:
         yield reg
@@ -112,12 +114,54 @@ def auth_dict(
     return data
 
 
+def _flags(data: dict[str, Any]) -> list[str]:
+    return list(data["flags"]) + (["rewrap_due"] if data["rewrap_due"] else [])
+
+
 def _summary(data: dict[str, Any]) -> str:
-    flags = list(data["flags"]) + (["rewrap_due"] if data["rewrap_due"] else [])
+    flags = _flags(data)
     return (
         f"{data['ref']}  subject={data['subject']}  {data['state']}  "
         f"{data['start']} -> {data['expiry']}  channels={','.join(data['channels'])}"
         + (f"  [{', '.join(flags)}]" if flags else "")
+    )
+
+
+LIST_COLUMNS = (
+    "REF",
+    "SUBJECT",
+    "STATE",
+    "CASE TYPE",
+    "CHANNELS",
+    "OFFICER",
+    "INVESTIGATORS",
+    "START",
+    "EXPIRY",
+    "FLAGS",
+)
+
+
+def list_table(items: list[dict[str, Any]]) -> str:
+    """`lbm auth list` as aligned columns (ids and enum values only; names escaped)."""
+    rows = [LIST_COLUMNS] + [
+        (
+            d["ref"],
+            d["subject"],
+            d["state"],
+            d["case_type"],
+            ",".join(d["channels"]),
+            d["officer"]["principal"],
+            ",".join(d["assignees"]) or "-",
+            d["start"],
+            d["expiry"],
+            ",".join(_flags(d)) or "-",
+        )
+        for d in items
+    ]
+    cells = [[safe(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(LIST_COLUMNS))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
     )
 
 
@@ -151,49 +195,17 @@ def _show_text(data: dict[str, Any]) -> str:
                 value = ", ".join(f"{k}={v}" for k, v in value.items())
             elif isinstance(value, list):
                 value = ", ".join(str(v) for v in value)
-            lines.append(f"  {key}: {value}")
+            lines.append(f"  {key}: {safe(value)}")
     return "\n".join(lines)
 
 
-def officer_options(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for opt in reversed(
-            [
-                click.option(
-                    "--officer",
-                    "officer",
-                    metavar="PRINCIPAL",
-                    required=required,
-                    help="the officer's principal id",
-                ),
-                click.option("--officer-name", metavar="NAME", required=required),
-                click.option("--officer-role", metavar="ROLE", required=required),
-                click.option("--officer-rank", metavar="RANK", required=required),
-            ]
-        ):
-            fn = opt(fn)
-        return fn
-
-    return wrap
-
-
-def _officer(officer: str | None, name: str | None, role: str | None, rank: str | None) -> Officer:
-    given = {
-        "--officer": officer,
-        "--officer-name": name,
-        "--officer-role": role,
-        "--officer-rank": rank,
-    }
-    missing = [k for k, v in given.items() if not v]
-    if missing:
-        raise InvalidInput(f"missing {', '.join(missing)} (give all four officer options)")
-    assert officer and name and role and rank
-    return Officer(
-        rules.check_principal(officer, "officer"),
-        rules.require_text(name, "the officer's name"),
-        rules.parse_role(role),
-        rules.parse_rank(rank),
-    )
+officer_option = click.option(
+    "--officer",
+    "officer",
+    metavar="PRINCIPAL",
+    required=True,
+    help="the acting officer's principal (name, role and rank come from the officer register)",
+)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
@@ -217,10 +229,11 @@ def _application_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--case-type", help="criminal, officer_misconduct or staff_discipline"),
         click.option("--purpose", multiple=True, help="lawful purpose (repeat or comma list)"),
         click.option("--channel", multiple=True, help="web, email, packets (repeat or commas)"),
-        click.option("--officer", metavar="PRINCIPAL", help="authorising officer's principal id"),
-        click.option("--officer-name", metavar="NAME"),
-        click.option("--officer-role", metavar="ROLE"),
-        click.option("--officer-rank", metavar="RANK"),
+        click.option(
+            "--officer",
+            metavar="PRINCIPAL",
+            help="authorising officer's principal (role and rank come from the officer register)",
+        ),
         click.option("--necessity", metavar="TEXT"),
         click.option("--proportionality", metavar="TEXT"),
         click.option("--collateral", metavar="TEXT", help="collateral intrusion statement"),
@@ -259,6 +272,32 @@ def _read_application_file(path: Path) -> dict[str, Any]:
     return rules.normalise_fields(data, f"{path}: ")
 
 
+REGISTER_FIELDS = ("officer_name", "officer_role", "officer_rank")
+"""Fields the officer register supplies; an application may not state them."""
+
+
+def _with_register_officer(reg: Registry, fields: dict[str, Any], now: datetime) -> None:
+    """Fill the officer's name, role and rank from the register at `now` (refused, naming what
+    the register says, when the officer holds no registered role then)."""
+    for key in REGISTER_FIELDS:
+        if key in fields:
+            raise InvalidInput(
+                f"{key}: comes from the officer register (lbm officer show), not the application"
+            )
+    missing = [
+        f
+        for f in rules.REQUIRED
+        if f not in REGISTER_FIELDS and fields.get(f) in (None, "", [], ())
+    ]
+    if missing:
+        names = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise InvalidInput(f"missing required field(s): {names}")
+    officer = reg.officer_at(str(fields["officer"]), now).officer
+    fields.update(
+        officer_name=officer.name, officer_role=officer.role, officer_rank=officer.rank.value
+    )
+
+
 def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
     as_json = options.pop("as_json")
     from_file = options.pop("from_file")
@@ -268,8 +307,18 @@ def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
         for key, value in options.items():
             if value not in (None, ()):
                 fields[key] = list(value) if isinstance(value, tuple) else value
+        now = app.clock.now()
         try:
-            application = rules.build_application(fields, urgent=urgent, now=app.clock.now())
+            _with_register_officer(reg, fields, now)
+            try:
+                application = rules.build_application(fields, urgent=urgent, now=now)
+            except RuleViolation as exc:
+                if "role" not in str(exc) and "rank" not in str(exc):
+                    raise
+                raise RuleViolation(
+                    f"the officer register has {fields['officer']} as {fields['officer_role']} "
+                    f"({fields['officer_rank']}): {exc}"
+                ) from None
         except RuleViolation as exc:
             ref = fields.get("ref")
             reg.audit_refusal(request, ref if isinstance(ref, str) else None, str(exc))
@@ -310,107 +359,56 @@ def _change(app: App, apply: Callable[[Registry], Authorisation]) -> dict[str, A
 
 @auth.command("ratify")
 @click.argument("ref")
-@officer_options()
+@officer_option
 @click.option("--note", default="", metavar="TEXT")
 @json_option
 @pass_app
-def ratify(
-    app: App,
-    ref: str,
-    officer: str,
-    officer_name: str,
-    officer_role: str,
-    officer_rank: str,
-    note: str,
-    as_json: bool,
-) -> None:
-    """Ratify an urgent authorisation within 72 h (officer whose role fits the case type)."""
-    data = _change(
-        app,
-        lambda reg: reg.ratify(
-            ref, _officer(officer, officer_name, officer_role, officer_rank), note
-        ),
-    )
+def ratify(app: App, ref: str, officer: str, note: str, as_json: bool) -> None:
+    """Ratify an urgent authorisation within 72 h (a registered officer whose role fits the
+    case type, other than the one who granted it)."""
+    data = _change(app, lambda reg: reg.ratify(ref, officer, note))
     emit(data, as_json, f"ratified {ref}: now expires {data['expiry']}")
 
 
 @auth.command("renew")
 @click.argument("ref")
-@officer_options()
+@officer_option
 @click.option("--results", required=True, metavar="TEXT", help="update on the results so far")
 @json_option
 @pass_app
-def renew(
-    app: App,
-    ref: str,
-    officer: str,
-    officer_name: str,
-    officer_role: str,
-    officer_rank: str,
-    results: str,
-    as_json: bool,
-) -> None:
-    """Renew before expiry: 3 calendar months from the current expiry."""
-    data = _change(
-        app,
-        lambda reg: reg.renew(
-            ref, _officer(officer, officer_name, officer_role, officer_rank), results
-        ),
-    )
+def renew(app: App, ref: str, officer: str, results: str, as_json: bool) -> None:
+    """Renew within the renewal window before expiry: 3 calendar months from the current
+    expiry."""
+    data = _change(app, lambda reg: reg.renew(ref, officer, results))
     emit(data, as_json, f"renewed {ref}: now expires {data['expiry']}")
 
 
 @auth.command("review")
 @click.argument("ref")
-@officer_options()
+@officer_option
 @click.option("--note", required=True, metavar="TEXT", help="the review's findings")
 @json_option
 @pass_app
-def review(
-    app: App,
-    ref: str,
-    officer: str,
-    officer_name: str,
-    officer_role: str,
-    officer_rank: str,
-    note: str,
-    as_json: bool,
-) -> None:
-    """Record the monthly review."""
-    data = _change(
-        app,
-        lambda reg: reg.review(
-            ref, _officer(officer, officer_name, officer_role, officer_rank), note
-        ),
-    )
+def review(app: App, ref: str, officer: str, note: str, as_json: bool) -> None:
+    """Record the monthly review (a registered officer whose role fits the case type)."""
+    data = _change(app, lambda reg: reg.review(ref, officer, note))
     emit(data, as_json, f"reviewed {ref}: next review due {data['next_review']}")
 
 
 @auth.command("cancel")
 @click.argument("ref")
 @click.option("--reason", required=True, metavar="TEXT")
-@officer_options(required=False)
+@click.option(
+    "--officer",
+    metavar="PRINCIPAL",
+    help="a registered officer cancelling (without it, the login user cancels)",
+)
 @json_option
 @pass_app
-def cancel(
-    app: App,
-    ref: str,
-    reason: str,
-    officer: str | None,
-    officer_name: str | None,
-    officer_role: str | None,
-    officer_rank: str | None,
-    as_json: bool,
-) -> None:
-    """Cancel now (takes effect on live traffic within seconds)."""
-
-    def apply(reg: Registry) -> Authorisation:
-        who = None
-        if any((officer, officer_name, officer_role, officer_rank)):
-            who = _officer(officer, officer_name, officer_role, officer_rank)
-        return reg.cancel(ref, reason, who)
-
-    data = _change(app, apply)
+def cancel(app: App, ref: str, reason: str, officer: str | None, as_json: bool) -> None:
+    """Cancel now, unsigned (takes effect on live traffic within seconds). Open to the audit
+    officer, any registered officer and an assigned investigator; never the subject."""
+    data = _change(app, lambda reg: reg.cancel(ref, reason, officer))
     emit(data, as_json, f"cancelled {ref} at {data['cancelled_at']}")
 
 
@@ -443,7 +441,7 @@ def list_(app: App, include_ended: bool, as_json: bool) -> None:
             auth_dict(item.authorisation, reg, now)
             for item in reg.list(include_ended=include_ended)
         ]
-    text = "\n".join(_summary(d) for d in items) if items else "no authorisations"
+    text = list_table(items) if items else "no authorisations"
     emit(items, as_json, text)
 
 
@@ -474,6 +472,6 @@ def history(app: App, ref: str, as_json: bool) -> None:
             extra += f" investigators={','.join(e['investigators'])}"
         lines.append(
             f"{e['seq']:>5} {e['at']} {e['kind']:<7} by {who}{extra}"
-            + (f": {e['text']}" if e["text"] else "")
+            + (f": {safe(e['text'])}" if e["text"] else "")
         )
     emit(events, as_json, "\n".join(lines))
