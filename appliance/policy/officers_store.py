@@ -120,8 +120,6 @@ def append(
         "signed_bytes": signed_bytes,
         "signature": signature,
     }
-    cur = conn.execute(
-        f"INSERT INTO officer_register({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})",
-        row,
-    )
+    columns, names = ", ".join(row), ", ".join(":" + k for k in row)
+    cur = conn.execute(f"INSERT INTO officer_register({columns}) VALUES ({names})", row)
     return int(cur.lastrowid or 0)
