@@ -21,7 +21,8 @@ from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
 from appliance.cli.textsafe import safe
 from appliance.config import ConfigError, load_config
 from appliance.policy import InvalidInput, PolicyError, RuleViolation, rules
-from appliance.policy.model import Authorisation
+from appliance.policy import application as application_form
+from appliance.policy.model import Authorisation, Officer
 from appliance.policy.registry import Registry
 from appliance.policy.snapshot import SnapshotSource
 from store import StoreError
@@ -260,6 +261,10 @@ def _application_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+REGISTER_FIELDS = ("officer_name", "officer_role", "officer_rank")
+"""Fields the officer register supplies; an application may not state them."""
+
+
 def _read_application_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -269,33 +274,13 @@ def _read_application_file(path: Path) -> dict[str, Any]:
         raise InvalidInput(f"{path}: cannot read ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: TOML syntax error: {exc}") from None
-    return rules.normalise_fields(data, f"{path}: ")
-
-
-REGISTER_FIELDS = ("officer_name", "officer_role", "officer_rank")
-"""Fields the officer register supplies; an application may not state them."""
-
-
-def _with_register_officer(reg: Registry, fields: dict[str, Any], now: datetime) -> None:
-    """Fill the officer's name, role and rank from the register at `now` (refused, naming what
-    the register says, when the officer holds no registered role then)."""
-    for key in REGISTER_FIELDS:
-        if key in fields:
+    for key in data:
+        if str(key).replace("-", "_") in REGISTER_FIELDS:
             raise InvalidInput(
-                f"{key}: comes from the officer register (lbm officer show), not the application"
+                f"{path}: {key}: comes from the officer register (lbm officer show), "
+                "not the application"
             )
-    missing = [
-        f
-        for f in rules.REQUIRED
-        if f not in REGISTER_FIELDS and fields.get(f) in (None, "", [], ())
-    ]
-    if missing:
-        names = ", ".join("--" + m.replace("_", "-") for m in missing)
-        raise InvalidInput(f"missing required field(s): {names}")
-    officer = reg.officer_at(str(fields["officer"]), now).officer
-    fields.update(
-        officer_name=officer.name, officer_role=officer.role, officer_rank=officer.rank.value
-    )
+    return application_form.normalise_fields(data, f"{path}: ")
 
 
 def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
@@ -308,16 +293,22 @@ def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
             if value not in (None, ()):
                 fields[key] = list(value) if isinstance(value, tuple) else value
         now = app.clock.now()
+
+        def resolve(principal: str) -> Officer:
+            return reg.officer_at(principal, now).officer
+
         try:
-            _with_register_officer(reg, fields, now)
             try:
-                application = rules.build_application(fields, urgent=urgent, now=now)
+                application = application_form.build_application(
+                    fields, urgent=urgent, now=now, resolve_officer=resolve
+                )
             except RuleViolation as exc:
                 if "role" not in str(exc) and "rank" not in str(exc):
                     raise
+                officer = resolve(str(fields["officer"]))
                 raise RuleViolation(
-                    f"the officer register has {fields['officer']} as {fields['officer_role']} "
-                    f"({fields['officer_rank']}): {exc}"
+                    f"the officer register has {officer.principal} as {officer.role} "
+                    f"({officer.rank.value}): {exc}"
                 ) from None
         except RuleViolation as exc:
             ref = fields.get("ref")

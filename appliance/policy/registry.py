@@ -66,7 +66,7 @@ class Registry:
         paths: DataPaths | None = None,
         custodians: Sequence[str] = (),
         key_maker: KeyMaker | None = None,
-        renewal_window_days: int = 30,
+        renewal_window_days: int = rules.DEFAULT_RENEWAL_WINDOW_DAYS,
     ) -> None:
         self.conn = conn
         self.clock = clock
@@ -87,7 +87,7 @@ class Registry:
         actor: str,
         audit: AuditLog | None,
         custodians: Sequence[str] = (),
-        renewal_window_days: int = 30,
+        renewal_window_days: int = rules.DEFAULT_RENEWAL_WINDOW_DAYS,
     ) -> Registry:
         return cls(
             store_sqlite.connect(paths.registry),
@@ -248,9 +248,8 @@ class Registry:
         ).fetchone()
         if existing is not None:
             raise RuleViolation(f"reference {app.ref} exists already ({existing['ref']})")
-        draft = Authorisation(app, "", now)
         for name in app.investigators:
-            rules.check_assign(draft, self._active_investigator(name).principal)
+            rules.check_assign(app, self._active_investigator(name).principal)
         if app.urgent:
             same_subject = [a for a in load_all(self.conn) if a.subject == app.subject]
             rules.check_urgent_chain(same_subject, now)

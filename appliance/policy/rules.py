@@ -12,26 +12,71 @@ day of a shorter month (30 Nov -> 28/29 Feb, 31 Aug -> 30 Nov). An urgent grant 
 from __future__ import annotations
 
 import calendar
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-from typing import Any, TypeVar
 
 from appliance.policy import InvalidInput, RuleViolation
 from appliance.policy.model import (
     Application,
     Authorisation,
     CaseType,
-    Channel,
+    EventKind,
     Officer,
-    Purpose,
     Rank,
     Role,
 )
-from store.clock import format_utc, parse_utc
-
-E = TypeVar("E", bound=StrEnum)
+from appliance.policy.values import (  # re-exported: callers check values through rules
+    MAX_RETENTION_DAYS as MAX_RETENTION_DAYS,
+)
+from appliance.policy.values import (
+    MAX_YEAR as MAX_YEAR,
+)
+from appliance.policy.values import (
+    MIN_YEAR as MIN_YEAR,
+)
+from appliance.policy.values import (
+    PRINCIPAL_RE as PRINCIPAL_RE,
+)
+from appliance.policy.values import (
+    REF_RE as REF_RE,
+)
+from appliance.policy.values import (
+    check_instant as check_instant,
+)
+from appliance.policy.values import (
+    check_principal as check_principal,
+)
+from appliance.policy.values import (
+    check_ref as check_ref,
+)
+from appliance.policy.values import (
+    check_retention as check_retention,
+)
+from appliance.policy.values import (
+    parse_case_type as parse_case_type,
+)
+from appliance.policy.values import (
+    parse_channels as parse_channels,
+)
+from appliance.policy.values import (
+    parse_purposes as parse_purposes,
+)
+from appliance.policy.values import (
+    parse_rank as parse_rank,
+)
+from appliance.policy.values import (
+    parse_role as parse_role,
+)
+from appliance.policy.values import (
+    parse_time as parse_time,
+)
+from appliance.policy.values import (
+    parse_yes_no as parse_yes_no,
+)
+from appliance.policy.values import (
+    require_text as require_text,
+)
+from store.clock import format_utc
 
 STANDARD_MONTHS = 3
 RENEWAL_MONTHS = 3
@@ -40,19 +85,27 @@ URGENT_WINDOW = timedelta(hours=72)
 EXPIRY_WARNING = timedelta(days=7)
 START_SKEW = timedelta(seconds=60)
 """A start this far in the past still counts as now (clock skew between typing and running)."""
-
-# A reference names directories (archive/REF/, keystore/REF/) and prefixes record ids
-# (REF/SEGMENT/N), so it has no '/', no leading dot, no '..' and no whitespace; at most 64
-# characters.
-REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-PRINCIPAL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
+DEFAULT_RENEWAL_WINDOW_DAYS = 30
+"""`[policy] renewal_window_days`: a renewal is accepted only this close to the current expiry."""
+URGENT_COOL_OFF = URGENT_WINDOW
+"""After an unratified urgent grant ends (lapse or cancellation), this long must pass before the
+same subject can be the subject of another urgent grant: urgent grants do not chain."""
 ALLOWED_ROLES: dict[CaseType, tuple[Role, ...]] = {
     CaseType.CRIMINAL: (Role.HEAD_OF_PROFESSIONAL_STANDARDS, Role.ACU_INSPECTOR),
     CaseType.OFFICER_MISCONDUCT: (Role.HEAD_OF_PROFESSIONAL_STANDARDS, Role.ACU_INSPECTOR),
     CaseType.STAFF_DISCIPLINE: (Role.DIRECTOR_OF_HR, Role.HEAD_OF_PERSONNEL_SERVICES),
 }
 URGENT_MIN_RANK = Rank.INSPECTOR
+
+# Which ranks can hold the four named roles (checked when an officer is registered). The two
+# police roles are held by warranted officers: the Inspector in charge of the Anti-Corruption Unit
+# is an inspector or above, the Head of Professional Standards a chief inspector or above. The two
+# HR roles are police staff posts, which a senior officer (inspector or above) may also fill.
+ROLE_MIN_RANK: dict[Role, Rank] = {
+    Role.HEAD_OF_PROFESSIONAL_STANDARDS: Rank.CHIEF_INSPECTOR,
+    Role.ACU_INSPECTOR: Rank.INSPECTOR,
+}
+STAFF_ROLES: tuple[Role, ...] = (Role.DIRECTOR_OF_HR, Role.HEAD_OF_PERSONNEL_SERVICES)
 
 
 # -- time arithmetic ---------------------------------------------------------------------------
@@ -77,114 +130,6 @@ def utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise InvalidInput(f"time {value.isoformat()} has no time zone")
     return value.astimezone(UTC)
-
-
-# -- single-value checks -----------------------------------------------------------------------
-def _choices(enum: Iterable[Any]) -> str:
-    return ", ".join(str(v) for v in enum)
-
-
-def check_ref(ref: str) -> str:
-    if not isinstance(ref, str) or not REF_RE.fullmatch(ref) or ".." in ref:
-        raise InvalidInput(
-            f"reference {ref!r}: must be 1-64 characters of letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit, without '..' (e.g. CA1-2026-0042)"
-        )
-    return ref
-
-
-def check_principal(value: str, what: str) -> str:
-    if not isinstance(value, str) or not PRINCIPAL_RE.fullmatch(value):
-        raise InvalidInput(f"{what} {value!r}: a principal id must match [a-z0-9][a-z0-9._-]*")
-    return value
-
-
-def parse_case_type(value: str) -> CaseType:
-    try:
-        return CaseType(value)
-    except ValueError:
-        raise InvalidInput(f"case type {value!r}: must be one of {_choices(CaseType)}") from None
-
-
-def _parse_members(enum: type[E], values: Iterable[str], what: str) -> tuple[E, ...]:
-    """Members of `enum` named by `values`, in order, without repeats; at least one."""
-    out: list[E] = []
-    for value in values:
-        try:
-            member = enum(value)
-        except ValueError:
-            raise InvalidInput(f"{what} {value!r}: must be one of {_choices(enum)}") from None
-        if member not in out:
-            out.append(member)
-    if not out:
-        raise InvalidInput(f"at least one {what} is required ({_choices(enum)})")
-    return tuple(out)
-
-
-def parse_purposes(values: Iterable[str]) -> tuple[Purpose, ...]:
-    return _parse_members(Purpose, values, "purpose")
-
-
-def parse_channels(values: Iterable[str]) -> tuple[Channel, ...]:
-    return _parse_members(Channel, values, "channel")
-
-
-def parse_rank(value: str) -> Rank:
-    try:
-        return Rank(value)
-    except ValueError:
-        raise InvalidInput(f"rank {value!r}: must be one of {_choices(Rank)}") from None
-
-
-def parse_role(value: str) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", value):
-        raise InvalidInput(
-            f"role {value!r}: must be a lower-case name like {Role.ACU_INSPECTOR.value}"
-        )
-    return value
-
-
-def parse_yes_no(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("yes", "y", "true"):
-        return True
-    if text in ("no", "n", "false"):
-        return False
-    raise InvalidInput(f"{what} {value!r}: must be yes or no")
-
-
-def parse_time(value: Any, what: str) -> datetime:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-    try:
-        return parse_utc(str(value))
-    except ValueError:
-        raise InvalidInput(f"{what} {value!r}: not an ISO 8601 date-time") from None
-
-
-def require_text(value: Any, what: str) -> str:
-    text = "" if value is None else str(value).strip()
-    if not text:
-        raise RuleViolation(f"{what} must not be empty")
-    return text
-
-
-def check_retention(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise InvalidInput(f"retention days {value!r}: must be a whole number of days")
-    try:
-        days = int(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"retention days {value!r}: must be a whole number of days") from None
-    if days <= 0:
-        raise InvalidInput(f"retention days {days}: must be greater than 0")
-    return days
 
 
 def resolve_start(requested: datetime | None, now: datetime) -> datetime:
@@ -213,6 +158,25 @@ def check_officer_role(case_type: CaseType, role: str, action: str = "authorise"
         )
 
 
+def check_officer_standing(role: str, rank: Rank) -> None:
+    """Refuse a role and rank that cannot go together (checked when an officer is registered).
+
+    Any role name other than the four named ones is accepted with any rank (such an officer can
+    make urgent grants only, by rank)."""
+    if role in ROLE_MIN_RANK:
+        minimum = ROLE_MIN_RANK[Role(role)]
+        if rank is Rank.STAFF or rank.level < minimum.level:
+            raise RuleViolation(
+                f"role {role} is held by a police officer of rank {minimum.value} or above; "
+                f"rank {rank.value} cannot hold it"
+            )
+    elif role in STAFF_ROLES and rank is not Rank.STAFF and rank.level < Rank.INSPECTOR.level:
+        raise RuleViolation(
+            f"role {role} is a police staff post (rank staff) or held by an officer of rank "
+            f"{Rank.INSPECTOR.value} or above; rank {rank.value} cannot hold it"
+        )
+
+
 def check_urgent_rank(rank: Rank) -> None:
     if rank.level < URGENT_MIN_RANK.level:
         raise RuleViolation(
@@ -227,6 +191,52 @@ def check_not_self(subject: str, officer: Officer) -> None:
             f"officer {officer.principal} is the subject: an officer cannot authorise "
             "monitoring of themselves"
         )
+
+
+def check_not_subject(
+    auth: Authorisation | Application, principal: str | None, action: str
+) -> None:
+    """The subject of an authorisation can never act on it, whatever role they claim."""
+    if principal is not None and principal == auth.subject:
+        raise RuleViolation(
+            f"{principal} is the subject of {auth.ref} and cannot {action} it (the subject of an "
+            "authorisation never acts on it)"
+        )
+
+
+def check_assign(auth: Authorisation | Application, investigator_principal: str) -> None:
+    """An investigator is never the subject, nor the officer who authorised the monitoring
+    (whoever authorises stays independent of the investigation)."""
+    check_not_subject(auth, investigator_principal, "be assigned to")
+    officer = auth.officer if isinstance(auth, Application) else auth.application.officer
+    if investigator_principal == officer.principal:
+        raise RuleViolation(
+            f"{investigator_principal} authorised {auth.ref} and cannot also be assigned to "
+            "investigate under it"
+        )
+
+
+def check_urgent_chain(subject_auths: Sequence[Authorisation], at: datetime) -> None:
+    """Urgent grants do not chain: while the subject has an unratified urgent grant in force, or
+    one that ended unratified (lapsed or cancelled) less than 72 hours ago, a new urgent grant is
+    refused; only ratification by an officer of the right role extends urgent monitoring."""
+    for auth in subject_auths:
+        if not auth.urgent or auth.ratified_at is not None:
+            continue
+        ended = min(auth.expiry, auth.cancelled_at or auth.expiry)
+        if at < ended:
+            raise RuleViolation(
+                f"{auth.subject} already has the urgent authorisation {auth.ref} awaiting "
+                f"ratification (until {format_utc(ended)}); urgent grants do not chain: have it "
+                "ratified by an officer of the right role instead"
+            )
+        if at < ended + URGENT_COOL_OFF:
+            raise RuleViolation(
+                f"{auth.subject}'s urgent authorisation {auth.ref} ended unratified at "
+                f"{format_utc(ended)}; urgent grants do not chain: a new urgent grant for the same "
+                f"subject is possible from {format_utc(ended + URGENT_COOL_OFF)}, or make a "
+                "standard application"
+            )
 
 
 def check_application(app: Application) -> None:
@@ -266,14 +276,39 @@ def check_ratify(auth: Authorisation, officer: Officer, at: datetime) -> datetim
             f"{auth.ref}: ratification at {format_utc(at)} is too late; the urgent authorisation "
             f"lapsed at {format_utc(deadline)} (72 hours after its start)"
         )
-    check_not_self(auth.subject, officer)
+    check_not_subject(auth, officer.principal, "ratify")
+    granted_by = auth.application.officer.principal
+    if officer.principal == granted_by:
+        raise RuleViolation(
+            f"{officer.principal} gave the urgent authorisation {auth.ref} and cannot ratify it: "
+            "a different officer of the right role must properly authorise it"
+        )
     check_officer_role(auth.case_type, officer.role, "ratify")
     return standard_expiry(auth.start)
 
 
-def check_renew(auth: Authorisation, officer: Officer, results: str, at: datetime) -> datetime:
-    """Renew before expiry with a results update; returns current expiry + 3 months."""
+def _expiry_before_last_renewal(auth: Authorisation) -> datetime | None:
+    """When the latest expiry-setting event is a renewal, the expiry it extended."""
+    setting = [e for e in auth.history if e.expiry is not None]
+    if len(setting) < 2 or setting[-1].kind is not EventKind.RENEW:
+        return None
+    return setting[-2].expiry
+
+
+def check_renew(
+    auth: Authorisation,
+    officer: Officer,
+    results: str,
+    at: datetime,
+    *,
+    window_days: int = DEFAULT_RENEWAL_WINDOW_DAYS,
+) -> datetime:
+    """Renew within `window_days` before expiry, once per period, with a results update, by an
+    officer whose role fits the case type; returns the current expiry + 3 months."""
     _not_cancelled(auth, at, "renewed")
+    check_not_subject(auth, officer.principal, "renew")
+    check_not_self(auth.subject, officer)
+    check_officer_role(auth.case_type, officer.role, "renew")
     if auth.awaiting_ratification:
         raise RuleViolation(
             f"{auth.ref} is an urgent authorisation awaiting ratification; ratify it before "
@@ -284,22 +319,38 @@ def check_renew(auth: Authorisation, officer: Officer, results: str, at: datetim
             f"{auth.ref} expired at {format_utc(auth.expiry)}; renewal is possible only before "
             "expiry (make a new application)"
         )
+    previous = _expiry_before_last_renewal(auth)
+    if previous is not None and at < previous:
+        raise RuleViolation(
+            f"{auth.ref} was renewed already in this period (to {format_utc(auth.expiry)}); "
+            "renewals do not stack"
+        )
+    opens = auth.expiry - timedelta(days=window_days)
+    if at < opens:
+        raise RuleViolation(
+            f"{auth.ref}: renewal is accepted only within {window_days} days before its expiry "
+            f"({format_utc(auth.expiry)}), i.e. from {format_utc(opens)}"
+        )
     require_text(results, "the results update")
-    check_not_self(auth.subject, officer)
-    check_officer_role(auth.case_type, officer.role, "renew")
     return add_months(auth.expiry, RENEWAL_MONTHS)
 
 
-def check_review(auth: Authorisation, reviewer: str, note: str, at: datetime) -> None:
+def check_review(auth: Authorisation, officer: Officer, note: str, at: datetime) -> None:
+    """A review is an act of an officer whose role fits the case type, never the subject."""
     _not_cancelled(auth, at, "reviewed")
     if at >= auth.expiry:
         raise RuleViolation(f"{auth.ref} expired at {format_utc(auth.expiry)}; nothing to review")
-    if reviewer == auth.subject:
-        raise RuleViolation(f"{reviewer} is the subject of {auth.ref} and cannot review it")
+    check_not_subject(auth, officer.principal, "review")
+    check_officer_role(auth.case_type, officer.role, "review")
     require_text(note, "the review note")
 
 
-def check_cancel(auth: Authorisation, reason: str, at: datetime) -> None:
+def check_cancel(
+    auth: Authorisation, reason: str, at: datetime, *, actor_principal: str | None = None
+) -> None:
+    """Cancellation is immediate and open to the audit officer, any registered officer and an
+    assigned investigator (the caller establishes who acts); never to the subject."""
+    check_not_subject(auth, actor_principal, "cancel")
     _not_cancelled(auth, at, "cancelled again")
     require_text(reason, "the cancellation reason")
 
@@ -329,102 +380,3 @@ def warnings(auth: Authorisation, at: datetime) -> tuple[str, ...]:
     if live and auth.awaiting_ratification:
         flags.append("awaiting_ratification")
     return tuple(flags)
-
-
-# -- applications from the command line or a file -----------------------------------------------
-FIELDS = (
-    "ref",
-    "subject",
-    "case_type",
-    "purpose",
-    "channel",
-    "officer",
-    "officer_name",
-    "officer_role",
-    "officer_rank",
-    "necessity",
-    "proportionality",
-    "collateral",
-    "ripa_considered",
-    "ripa_note",
-    "start",
-    "investigator",
-    "open_do_not_decrypt",
-    "retention_days",
-)
-OPTIONAL = ("ripa_note", "start", "open_do_not_decrypt", "retention_days")
-REQUIRED = tuple(f for f in FIELDS if f not in OPTIONAL)
-_PLURALS = {"purposes": "purpose", "channels": "channel", "investigators": "investigator"}
-
-
-def normalise_fields(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Map `case-type`/`case_type`/`purposes`... to FIELDS names; unknown keys are refused."""
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        name = _PLURALS.get(name, name)
-        if name not in FIELDS:
-            raise InvalidInput(f"{where}{key}: unknown field (known: {', '.join(FIELDS)})")
-        out[name] = value
-    return out
-
-
-def split_multi(value: Any) -> list[str]:
-    """A repeated option, a TOML list, or a comma list: flattened, blanks dropped."""
-    items: list[Any] = list(value) if isinstance(value, list | tuple) else [value]
-    out: list[str] = []
-    for item in items:
-        out.extend(part.strip() for part in str(item).split(",") if part.strip())
-    return out
-
-
-def build_application(
-    fields: Mapping[str, Any], *, urgent: bool, now: datetime, where: str = ""
-) -> Application:
-    """Validate raw fields (strings, lists, TOML values) into an `Application`, rules included."""
-    missing = [f for f in REQUIRED if fields.get(f) in (None, "", [], ())]
-    if missing:
-        names = ", ".join("--" + m.replace("_", "-") for m in missing)
-        raise InvalidInput(f"{where}missing required field(s): {names}")
-    try:
-        officer = Officer(
-            principal=check_principal(str(fields["officer"]), "officer"),
-            name=require_text(fields["officer_name"], "the officer's name"),
-            role=parse_role(str(fields["officer_role"])),
-            rank=parse_rank(str(fields["officer_rank"])),
-        )
-        start_raw = fields.get("start")
-        start = None if start_raw in (None, "") else parse_time(start_raw, "start")
-        investigators = tuple(
-            dict.fromkeys(
-                check_principal(n, "investigator") for n in split_multi(fields["investigator"])
-            )
-        )
-        app = Application(
-            ref=check_ref(str(fields["ref"])),
-            subject=check_principal(str(fields["subject"]), "subject"),
-            case_type=parse_case_type(str(fields["case_type"])),
-            purposes=parse_purposes(split_multi(fields["purpose"])),
-            channels=parse_channels(split_multi(fields["channel"])),
-            officer=officer,
-            necessity=require_text(fields["necessity"], "the necessity statement"),
-            proportionality=require_text(
-                fields["proportionality"], "the proportionality statement"
-            ),
-            collateral=require_text(fields["collateral"], "the collateral intrusion statement"),
-            ripa_considered=parse_yes_no(fields["ripa_considered"], "RIPA considered"),
-            ripa_note=str(fields.get("ripa_note") or "").strip(),
-            start=resolve_start(start, now),
-            investigators=investigators,
-            urgent=urgent,
-            open_do_not_decrypt=parse_yes_no(
-                fields.get("open_do_not_decrypt") or False, "open do-not-decrypt"
-            ),
-            retention_days=check_retention(fields.get("retention_days")),
-        )
-        check_application(app)
-    except (InvalidInput, RuleViolation) as exc:
-        if where:
-            raise type(exc)(f"{where}{exc}") from None
-        raise
-    return app

@@ -279,8 +279,16 @@ def run_pure(sc: Scenario) -> tuple[list[Authorisation], Accepted]:
     for when, kind, i, choice in timeline(sc):
         spec = sc.specs[i]
         if kind == "grant":
+            if spec.urgent:
+                same = [a for a in auths.values() if a.subject == spec.subject]
+                try:
+                    rules.check_urgent_chain(same, when)
+                except RuleViolation:
+                    continue
             auths[i] = granted(spec_application(spec))
             accepted.append((when, kind, i))
+            continue
+        if i not in auths:  # its grant was refused
             continue
         auth, officer = auths[i], officer_for(spec, choice)
         seq = len(auth.history) + 1
@@ -294,7 +302,7 @@ def run_pure(sc: Scenario) -> tuple[list[Authorisation], Accepted]:
                 expiry = rules.check_renew(auth, officer, "results so far", when)
                 ev = HistoryEvent(seq, auth.ref, EventKind.RENEW, when, "t", officer, expiry=expiry)
             elif kind == "review":
-                rules.check_review(auth, officer.principal, "reviewed", when)
+                rules.check_review(auth, officer, "reviewed", when)
                 ev = HistoryEvent(seq, auth.ref, EventKind.REVIEW, when, "t", officer)
             else:
                 rules.check_cancel(auth, "no longer justified", when)
@@ -326,6 +334,7 @@ def oracle_intervals(sc: Scenario, accepted: Accepted) -> dict[str, tuple[dateti
                 assert spec.urgent and when < spec.start + timedelta(hours=72), "late ratify"
             if kind == "renew":
                 assert when < expiry, "renewal accepted at or after expiry"
+                assert when >= expiry - timedelta(days=30), "renewal before the 30-day window"
                 assert not spec.urgent or ratified
                 expiry = add_months_oracle(expiry, 3)
             if kind == "cancel":
@@ -335,8 +344,26 @@ def oracle_intervals(sc: Scenario, accepted: Accepted) -> dict[str, tuple[dateti
     return out
 
 
+def check_no_urgent_chain(
+    sc: Scenario, accepted: Accepted, intervals: dict[str, tuple[datetime, datetime]]
+) -> None:
+    """An accepted urgent grant never follows an unratified urgent grant of the same subject that
+    is still running or ended less than 72 hours before."""
+    ratified = {i for _, k, i in accepted if k == "ratify"}
+    grants = sorted((w, i) for w, k, i in accepted if k == "grant")
+    for n, (when, i) in enumerate(grants):
+        if not sc.specs[i].urgent:
+            continue
+        for _, j in grants[:n]:
+            earlier = sc.specs[j]
+            if earlier.urgent and j not in ratified and earlier.subject == sc.specs[i].subject:
+                end = intervals[earlier.ref][1]
+                assert when >= end + timedelta(hours=72), "urgent grants chained"
+
+
 def check_decisions(sc: Scenario, snap: Snapshot, accepted: Accepted) -> None:
     intervals = oracle_intervals(sc, accepted)
+    check_no_urgent_chain(sc, accepted, intervals)
     probes = list(sc.probes)
     for start, end in intervals.values():
         probes += [
@@ -398,6 +425,8 @@ def run_registry(sc: Scenario, root: Path, recipient: str) -> tuple[Registry, Ac
         spec = sc.specs[i]
         now[0] = when
         officer = officer_for(spec, choice)
+        if kind != "grant" and not any(k == "grant" and j == i for _, k, j in accepted):
+            continue  # its grant was refused
         try:
             if kind == "grant":
                 reg.grant(spec_application(spec))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from appliance.policy import InvalidInput, RuleViolation, rules
+from appliance.policy import application as application_form
 from appliance.policy.model import (
     Application,
     Authorisation,
@@ -22,9 +23,27 @@ from appliance.policy.model import (
 )
 
 T0 = datetime(2026, 3, 10, 9, 30, tzinfo=UTC)
+SUBJECT_AS_HOPS = Officer(
+    "p12345", "Sub Ject", "head_of_professional_standards", Rank.SUPERINTENDENT
+)
 HOPS = Officer("p100", "Pat Hops", "head_of_professional_standards", Rank.SUPERINTENDENT)
 HR = Officer("p200", "Dee Hr", "director_of_hr", Rank.STAFF)
 DUTY_INSPECTOR = Officer("p300", "Ian Duty", "duty_inspector", Rank.INSPECTOR)
+ACU = Officer("p400", "Ann Acu", "acu_inspector", Rank.INSPECTOR)
+REGISTER = {o.principal: o for o in (HOPS, HR, DUTY_INSPECTOR, ACU, SUBJECT_AS_HOPS)}
+
+
+def registered(principal: str) -> Officer:
+    """A stand-in for the officer register (the registry's own tests use the real one)."""
+    if principal not in REGISTER:
+        raise RuleViolation(f"officer {principal} is not in the officer register")
+    return REGISTER[principal]
+
+
+def build(fields: dict[str, Any], *, urgent: bool = False, now: datetime = T0) -> Application:
+    return application_form.build_application(
+        fields, urgent=urgent, now=now, resolve_officer=registered
+    )
 
 
 def application(**over: Any) -> Application:
@@ -198,7 +217,7 @@ def test_ratification_refusals() -> None:
     urgent = granted(application(urgent=True, officer=DUTY_INSPECTOR))
     with pytest.raises(RuleViolation, match="not an urgent"):
         rules.check_ratify(granted(application()), HOPS, T0 + timedelta(hours=1))
-    with pytest.raises(RuleViolation, match="themselves"):
+    with pytest.raises(RuleViolation, match="p100 is the subject"):
         rules.check_ratify(
             granted(application(urgent=True, officer=DUTY_INSPECTOR, subject="p100")), HOPS, T0
         )
@@ -287,9 +306,9 @@ def test_review_due_monthly_from_start_or_last_review() -> None:
     assert not rules.review_due(auth, month + timedelta(days=20))
     assert rules.review_due(auth, datetime(2026, 5, 12, 9, 30, tzinfo=UTC))
     with pytest.raises(RuleViolation, match="cannot review"):
-        rules.check_review(auth, "p12345", "ok", month)
+        rules.check_review(auth, SUBJECT_AS_HOPS, "ok", month)
     with pytest.raises(RuleViolation, match="review note must not be empty"):
-        rules.check_review(auth, "p100", " ", month)
+        rules.check_review(auth, HOPS, " ", month)
 
 
 @pytest.mark.parametrize(
@@ -317,9 +336,6 @@ def fields(**over: Any) -> dict[str, Any]:
         purpose=["preventing_or_detecting_crime,establishing_facts"],
         channel=["web", "email"],
         officer="p100",
-        officer_name="Pat Hops",
-        officer_role="head_of_professional_standards",
-        officer_rank="superintendent",
         necessity="needed",
         proportionality="least intrusive",
         collateral="family mail excluded",
@@ -331,7 +347,8 @@ def fields(**over: Any) -> dict[str, Any]:
 
 
 def test_build_application_parses_lists_and_defaults_start_to_now() -> None:
-    app = rules.build_application(fields(), urgent=False, now=T0)
+    app = build(fields())
+    assert app.officer == HOPS  # name, role and rank come from the register
     assert app.purposes == (Purpose.PREVENTING_OR_DETECTING_CRIME, Purpose.ESTABLISHING_FACTS)
     assert app.channels == (Channel.WEB, Channel.EMAIL)
     assert app.start == T0 and app.ripa_considered and app.retention_days is None
@@ -345,13 +362,13 @@ def test_build_application_parses_lists_and_defaults_start_to_now() -> None:
     ],
 )
 def test_start_skew_and_future(start: datetime, result: datetime) -> None:
-    app = rules.build_application(fields(start=start.isoformat()), urgent=False, now=T0)
+    app = build(fields(start=start.isoformat()))
     assert app.start == result
 
 
 def test_start_in_the_past_refused() -> None:
     with pytest.raises(RuleViolation, match="is in the past"):
-        rules.build_application(fields(start="2026-03-10T09:28:59Z"), urgent=False, now=T0)
+        build(fields(start="2026-03-10T09:28:59Z"))
 
 
 @pytest.mark.parametrize(
@@ -361,7 +378,15 @@ def test_start_in_the_past_refused() -> None:
         ({"channel": ["fax"]}, InvalidInput, "channel 'fax': must be one of web, email, packets"),
         ({"channel": [" , "]}, InvalidInput, "at least one channel is required"),
         ({"case_type": "burglary"}, InvalidInput, "case type 'burglary'"),
-        ({"officer_rank": "general"}, InvalidInput, "rank 'general'"),
+        ({"officer": "p999"}, RuleViolation, "p999 is not in the officer register"),
+        ({"officer": "p100\n"}, InvalidInput, r"officer 'p100\\n'"),
+        ({"subject": "p12345\n"}, InvalidInput, r"subject 'p12345\\n'"),
+        ({"ref": "CA1-1\n"}, InvalidInput, r"reference 'CA1-1\\n'"),
+        ({"start": "2027-01-31T10:00"}, InvalidInput, "no time zone; `Z` or an offset"),
+        ({"start": "2027-01-31"}, InvalidInput, "a date-time is required"),
+        ({"start": "9999-12-31T23:59:59Z"}, InvalidInput, "out of range"),
+        ({"retention_days": 10**6}, InvalidInput, "at most 36525"),
+        ({"retention_days": "9" * 5000}, InvalidInput, "whole number"),
         ({"subject": "P12345"}, InvalidInput, "subject 'P12345'"),
         ({"ref": "../etc"}, InvalidInput, "reference '../etc'"),
         ({"ref": "a/b"}, InvalidInput, "reference 'a/b'"),
@@ -375,29 +400,242 @@ def test_start_in_the_past_refused() -> None:
         ({"ripa_considered": "no"}, RuleViolation, "RIPA note saying why is required"),
         ({"retention_days": 0}, InvalidInput, "retention days 0: must be greater than 0"),
         ({"retention_days": "ten"}, InvalidInput, "whole number"),
-        ({"officer_role": "director_of_hr"}, RuleViolation, "allowed roles"),
+        ({"officer": "p200"}, RuleViolation, "allowed roles"),
         ({"officer": "p12345"}, RuleViolation, "themselves"),
     ],
 )
 def test_application_refusals(over: dict[str, Any], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
-        rules.build_application(fields(**over), urgent=False, now=T0)
+        build(fields(**over))
 
 
 def test_ripa_no_with_note_is_accepted() -> None:
-    app = rules.build_application(
-        fields(ripa_considered="no", ripa_note="not covert"), urgent=False, now=T0
-    )
+    app = build(fields(ripa_considered="no", ripa_note="not covert"))
     assert not app.ripa_considered and app.ripa_note == "not covert"
 
 
 def test_file_fields_normalised_and_unknown_field_named() -> None:
-    norm = rules.normalise_fields({"case-type": "criminal", "purposes": ["a"]}, "app.toml: ")
+    norm = application_form.normalise_fields(
+        {"case-type": "criminal", "purposes": ["a"]}, "app.toml: "
+    )
     assert norm == {"case_type": "criminal", "purpose": ["a"]}
     with pytest.raises(InvalidInput, match=r"app\.toml: colour: unknown field"):
-        rules.normalise_fields({"colour": "red"}, "app.toml: ")
+        application_form.normalise_fields({"colour": "red"}, "app.toml: ")
 
 
 @pytest.mark.parametrize("ref", ["CA1-2026-0042", "a", "PSD_2026.7", "0-x"])
 def test_valid_refs(ref: str) -> None:
     assert rules.check_ref(ref) == ref
+
+
+# -- the holes an attacker would use (issue 13) --------------------------------------------------
+def test_urgent_grant_cannot_be_ratified_by_the_officer_who_gave_it() -> None:
+    auth = granted(application(urgent=True, officer=ACU))  # ACU's role could ratify...
+    with pytest.raises(RuleViolation, match=r"gave the urgent authorisation .* cannot ratify"):
+        rules.check_ratify(auth, ACU, T0 + timedelta(hours=1))  # ...but not their own grant
+    assert rules.check_ratify(auth, HOPS, T0 + timedelta(hours=1)) == rules.standard_expiry(T0)
+
+
+WINDOW_TABLE = [
+    pytest.param(30, timedelta(days=31), "only within 30 days", id="31d-before-refused"),
+    pytest.param(30, timedelta(days=30), None, id="30d-before-accepted"),
+    pytest.param(30, timedelta(microseconds=1), None, id="last-instant-accepted"),
+    pytest.param(10, timedelta(days=11), "only within 10 days", id="configured-window"),
+    pytest.param(10, timedelta(days=10), None, id="configured-window-edge"),
+]
+
+
+@pytest.mark.parametrize(("window", "before", "refused"), WINDOW_TABLE)
+def test_renewal_window_before_expiry(window: int, before: timedelta, refused: str | None) -> None:
+    auth = granted(application())
+    at = auth.expiry - before
+    if refused is None:
+        expiry = rules.check_renew(auth, HOPS, "results", at, window_days=window)
+        assert expiry == rules.add_months(auth.expiry, 3)
+    else:
+        with pytest.raises(RuleViolation, match=refused):
+            rules.check_renew(auth, HOPS, "results", at, window_days=window)
+
+
+def test_renewals_do_not_stack_in_one_period() -> None:
+    auth = granted(application())
+    # even with a window wide enough to reach back past the previous expiry
+    at = auth.expiry - timedelta(days=5)
+    expiry = rules.check_renew(auth, HOPS, "first", at, window_days=400)
+    renewed = event(auth, EventKind.RENEW, at, officer=HOPS, text="first", expiry=expiry)
+    with pytest.raises(RuleViolation, match="renewed already in this period"):
+        rules.check_renew(renewed, HOPS, "second", at + timedelta(days=1), window_days=400)
+    # in the next period (past the old expiry, inside the window) it is accepted again
+    later = auth.expiry + timedelta(days=70)
+    assert rules.check_renew(renewed, HOPS, "second", later) == rules.add_months(expiry, 3)
+
+
+ACTS_BY_SUBJECT = [
+    pytest.param("ratify", id="ratify"),
+    pytest.param("renew", id="renew"),
+    pytest.param("review", id="review"),
+    pytest.param("cancel", id="cancel"),
+    pytest.param("assign", id="assign"),
+]
+
+
+@pytest.mark.parametrize("act", ACTS_BY_SUBJECT)
+def test_the_subject_never_acts_on_their_own_authorisation(act: str) -> None:
+    urgent = granted(application(urgent=True, officer=DUTY_INSPECTOR))
+    auth = granted(application())
+    near_expiry = auth.expiry - timedelta(days=1)
+    with pytest.raises(RuleViolation, match="p12345 is the subject of CA1-2026-0042"):
+        if act == "ratify":
+            rules.check_ratify(urgent, SUBJECT_AS_HOPS, T0 + timedelta(hours=1))
+        elif act == "renew":
+            rules.check_renew(auth, SUBJECT_AS_HOPS, "results", near_expiry)
+        elif act == "review":
+            rules.check_review(auth, SUBJECT_AS_HOPS, "ok", T0 + timedelta(days=31))
+        elif act == "cancel":
+            rules.check_cancel(auth, "stop it", T0 + timedelta(days=1), actor_principal="p12345")
+        else:
+            rules.check_assign(auth, "p12345")
+
+
+def test_cancellation_open_to_anyone_but_the_subject() -> None:
+    auth = granted(application())
+    for actor in (None, "p100", "p900", "p200"):
+        rules.check_cancel(auth, "no longer justified", T0, actor_principal=actor)
+
+
+@pytest.mark.parametrize(
+    ("reviewer", "refused"),
+    [
+        pytest.param(HOPS, None, id="hops-criminal"),
+        pytest.param(ACU, None, id="acu-criminal"),
+        pytest.param(HR, "cannot review a criminal case", id="hr-criminal"),
+        pytest.param(DUTY_INSPECTOR, "cannot review a criminal case", id="duty-inspector"),
+    ],
+)
+def test_review_is_an_act_of_an_officer_whose_role_fits(
+    reviewer: Officer, refused: str | None
+) -> None:
+    auth = granted(application())
+    at = T0 + timedelta(days=31)
+    if refused is None:
+        rules.check_review(auth, reviewer, "still necessary", at)
+    else:
+        with pytest.raises(RuleViolation, match=refused):
+            rules.check_review(auth, reviewer, "still necessary", at)
+
+
+@pytest.mark.parametrize(
+    ("investigator", "refused"),
+    [
+        pytest.param("p900", None, id="independent-investigator"),
+        pytest.param("p12345", "is the subject", id="the-subject"),
+        pytest.param("p100", "authorised CA1-2026-0042 and cannot also be assigned", id="officer"),
+    ],
+)
+def test_assignment_refuses_subject_and_authorising_officer(
+    investigator: str, refused: str | None
+) -> None:
+    for target in (application(), granted(application())):  # at grant and at `auth assign`
+        if refused is None:
+            rules.check_assign(target, investigator)
+        else:
+            with pytest.raises(RuleViolation, match=refused):
+                rules.check_assign(target, investigator)
+
+
+def _urgent(ref: str, subject: str = "p12345", start: datetime = T0) -> Authorisation:
+    return granted(
+        application(ref=ref, subject=subject, urgent=True, officer=DUTY_INSPECTOR, start=start)
+    )
+
+
+H = timedelta(hours=1)
+CHAIN_TABLE = [
+    pytest.param(lambda: [_urgent("U1")], T0 + H, "awaiting ratification", id="live-unratified"),
+    pytest.param(lambda: [_urgent("U1")], T0 + 72 * H, "ended unratified", id="just-lapsed"),
+    pytest.param(lambda: [_urgent("U1")], T0 + 143 * H, "ended unratified", id="lapsed-71h-ago"),
+    pytest.param(lambda: [_urgent("U1")], T0 + 144 * H, None, id="lapsed-72h-ago"),
+    pytest.param(
+        lambda: [event(_urgent("U1"), EventKind.CANCEL, T0 + H, text="x")],
+        T0 + 2 * H,
+        "ended unratified",
+        id="cancelled-then-regranted",
+    ),
+    pytest.param(
+        lambda: [
+            event(
+                _urgent("U1"),
+                EventKind.RATIFY,
+                T0 + H,
+                officer=HOPS,
+                expiry=rules.standard_expiry(T0),
+            )
+        ],
+        T0 + 2 * H,
+        None,
+        id="ratified-is-no-chain",
+    ),
+    pytest.param(lambda: [_urgent("U1", subject="p777")], T0 + H, None, id="other-subject"),
+    pytest.param(lambda: [granted(application(ref="S1"))], T0 + H, None, id="standard-grant"),
+]
+
+
+@pytest.mark.parametrize(("existing", "at", "refused"), CHAIN_TABLE)
+def test_urgent_grants_do_not_chain(existing: Any, at: datetime, refused: str | None) -> None:
+    auths = [a for a in existing() if a.subject == "p12345"]
+    if refused is None:
+        rules.check_urgent_chain(auths, at)
+    else:
+        with pytest.raises(RuleViolation, match=refused):
+            rules.check_urgent_chain(auths, at)
+
+
+STANDING_TABLE = [
+    ("head_of_professional_standards", Rank.CONSTABLE, False),
+    ("head_of_professional_standards", Rank.INSPECTOR, False),
+    ("head_of_professional_standards", Rank.STAFF, False),
+    ("head_of_professional_standards", Rank.CHIEF_INSPECTOR, True),
+    ("head_of_professional_standards", Rank.CHIEF_SUPERINTENDENT, True),
+    ("acu_inspector", Rank.SERGEANT, False),
+    ("acu_inspector", Rank.STAFF, False),
+    ("acu_inspector", Rank.INSPECTOR, True),
+    ("director_of_hr", Rank.STAFF, True),
+    ("director_of_hr", Rank.CONSTABLE, False),
+    ("director_of_hr", Rank.SUPERINTENDENT, True),
+    ("head_of_personnel_services", Rank.SERGEANT, False),
+    ("head_of_personnel_services", Rank.STAFF, True),
+    ("duty_inspector", Rank.CONSTABLE, True),  # other roles: urgent grants only, by rank
+]
+
+
+@pytest.mark.parametrize(("role", "rank", "ok"), STANDING_TABLE)
+def test_role_and_rank_that_cannot_go_together(role: str, rank: Rank, ok: bool) -> None:
+    if ok:
+        rules.check_officer_standing(role, rank)
+    else:
+        with pytest.raises(RuleViolation, match="cannot hold it"):
+            rules.check_officer_standing(role, rank)
+
+
+TIME_TABLE = [
+    ("2027-01-31T10:00:00Z", datetime(2027, 1, 31, 10, tzinfo=UTC)),
+    ("2027-01-31T10:00:00+01:00", datetime(2027, 1, 31, 9, tzinfo=UTC)),
+    ("2027-01-31T10:00:00-0500", datetime(2027, 1, 31, 15, tzinfo=UTC)),
+    ("2027-01-31T10:00", "no time zone"),
+    ("2027-01-31 10:00:00", "no time zone"),
+    ("2027-01-31", "a date-time is required"),
+    ("9999-01-01T00:00:00Z", "out of range"),
+    ("1970-01-01T00:00:00Z", "out of range"),
+    ("2027-02-30T10:00:00Z", "not an ISO 8601"),
+    ("tomorrow", "a date-time is required"),
+    (datetime(2027, 1, 31, 10), "no time zone"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), TIME_TABLE)
+def test_times_need_a_zone_and_a_sane_year(value: Any, expected: Any) -> None:
+    if isinstance(expected, datetime):
+        assert rules.parse_time(value, "start") == expected
+    else:
+        with pytest.raises(InvalidInput, match=expected):
+            rules.parse_time(value, "start")
