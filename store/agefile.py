@@ -18,126 +18,91 @@ Keys use age's Bech32 text form: `age1...` recipients, `AGE-SECRET-KEY-1...` ide
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
+import io
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from store import StoreError
-from store.bech32 import Bech32Error, bech32_decode, bech32_encode
+from store.agefile_base import (
+    CHUNK,
+    MAX_HEADER,
+    RAW,
+    TAG,
+    VERSION_LINE,
+    X25519_INFO,
+    AgeAuthenticationError,
+    AgeError,
+    AgeHeaderError,
+    AgeHmacError,
+    AgeNoMatchError,
+    AgePayloadError,
+    AgeTruncatedError,
+    AgeUnsupportedError,
+    b64,
+    chunk_nonce,
+    encode_identity,
+    encode_recipient,
+    generate,
+    hkdf,
+    identity_file_text,
+    parse_identity,
+    parse_identity_file,
+    parse_recipient,
+    public_of,
+    recipient_fingerprint,
+    unb64,
+)
 
-VERSION_LINE = b"age-encryption.org/v1"
-X25519_INFO = b"age-encryption.org/v1/X25519"
-CHUNK = 64 * 1024
-TAG = 16
-MAX_HEADER = 64 * 1024
-RAW = serialization.Encoding.Raw
+__all__ = [  # the base's names are part of this module's interface
+    "ARMOR_BEGIN",
+    "BATCH",
+    "CHUNK",
+    "MAX_HEADER",
+    "RAW",
+    "TAG",
+    "VERSION_LINE",
+    "X25519_INFO",
+    "AgeAuthenticationError",
+    "AgeError",
+    "AgeHeaderError",
+    "AgeHmacError",
+    "AgeNoMatchError",
+    "AgePayloadError",
+    "AgeReader",
+    "AgeTruncatedError",
+    "AgeUnsupportedError",
+    "AgeWriter",
+    "Output",
+    "b64",
+    "build_header",
+    "chunk_nonce",
+    "decrypt_bytes",
+    "encode_identity",
+    "encode_recipient",
+    "encrypt_bytes",
+    "generate",
+    "header_length",
+    "hkdf",
+    "identity_file_text",
+    "parse_header",
+    "parse_identity",
+    "parse_identity_file",
+    "parse_recipient",
+    "public_of",
+    "recipient_fingerprint",
+    "unb64",
+]
 
-
-class AgeError(StoreError):
-    """An age key or file is malformed, or no identity opens it, or a chunk fails to verify."""
-
-
-# -- keys ------------------------------------------------------------------------------------
-def encode_recipient(key: X25519PublicKey) -> str:
-    return bech32_encode("age", key.public_bytes(RAW, serialization.PublicFormat.Raw))
-
-
-def encode_identity(key: X25519PrivateKey) -> str:
-    raw = key.private_bytes(RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    return bech32_encode("age-secret-key-", raw).upper()
-
-
-def parse_recipient(text: str) -> X25519PublicKey:
-    try:
-        hrp, data = bech32_decode(text.strip())
-    except Bech32Error as exc:
-        raise AgeError(f"not an age recipient (age1...): {exc}") from None
-    if hrp != "age" or len(data) != 32 or not text.strip().startswith("age1"):
-        raise AgeError("not an age X25519 recipient (age1...)")
-    return X25519PublicKey.from_public_bytes(data)
-
-
-def parse_identity(text: str) -> X25519PrivateKey:
-    raw = text.strip()
-    try:
-        hrp, data = bech32_decode(raw)
-    except Bech32Error as exc:
-        raise AgeError(f"not an age identity (AGE-SECRET-KEY-1...): {exc}") from None
-    if hrp != "age-secret-key-" or len(data) != 32 or raw != raw.upper():
-        raise AgeError("not an age X25519 identity (AGE-SECRET-KEY-1...)")
-    return X25519PrivateKey.from_private_bytes(data)
-
-
-def parse_identity_file(text: str, where: str = "identity file") -> list[X25519PrivateKey]:
-    """Identities in age-keygen's format: `#` comments, blank lines, AGE-SECRET-KEY-1 lines."""
-    found = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            found.append(parse_identity(line))
-        except AgeError as exc:
-            raise AgeError(f"{where}:{number}: {exc}") from None
-    if not found:
-        raise AgeError(f"{where}: no AGE-SECRET-KEY-1 identity in it")
-    return found
-
-
-def generate() -> tuple[str, str]:
-    """A fresh X25519 pair as (AGE-SECRET-KEY-1..., age1...)."""
-    key = X25519PrivateKey.generate()
-    return encode_identity(key), encode_recipient(key.public_key())
-
-
-def public_of(identity_text: str) -> str:
-    return encode_recipient(parse_identity(identity_text).public_key())
-
-
-def recipient_fingerprint(recipient: str) -> str:
-    """SHA-256 hex of the raw 32-byte X25519 public key."""
-    raw = parse_recipient(recipient).public_bytes(RAW, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
-
-
-def identity_file_text(identity: str, comments: Sequence[str] = ()) -> str:
-    public = public_of(identity)
-    lines = [f"# {c}" for c in comments] + [f"# public key: {public}", identity]
-    return "\n".join(lines) + "\n"
-
-
-# -- primitives ------------------------------------------------------------------------------
-def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
-
-
-def _b64(data: bytes) -> bytes:
-    return base64.b64encode(data).rstrip(b"=")
-
-
-def _unb64(data: bytes) -> bytes:
-    if b"=" in data or b"\r" in data:
-        raise AgeError("header: non-canonical base64")
-    try:
-        raw = base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
-    except ValueError:
-        raise AgeError("header: invalid base64") from None
-    if _b64(raw) != data:
-        raise AgeError("header: non-canonical base64")
-    return raw
-
-
-def _nonce(counter: int, last: bool) -> bytes:
-    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+ARMOR_BEGIN = b"-----BEGIN AGE ENCRYPTED FILE-----"
+_ARGUMENT = re.compile(rb"[\x21-\x7e]+")  # a stanza argument: one or more visible ASCII
 
 
 def build_header(file_key: bytes, recipients: Sequence[X25519PublicKey]) -> bytes:
@@ -149,12 +114,12 @@ def build_header(file_key: bytes, recipients: Sequence[X25519PublicKey]) -> byte
         share = eph.public_key().public_bytes(RAW, serialization.PublicFormat.Raw)
         rcpt = recipient.public_bytes(RAW, serialization.PublicFormat.Raw)
         shared = eph.exchange(recipient)
-        wrap_key = _hkdf(shared, share + rcpt, X25519_INFO)
+        wrap_key = hkdf(shared, share + rcpt, X25519_INFO)
         body = ChaCha20Poly1305(wrap_key).encrypt(b"\x00" * 12, file_key, None)
-        out.append(b"-> X25519 " + _b64(share) + b"\n" + _b64(body) + b"\n")
+        out.append(b"-> X25519 " + b64(share) + b"\n" + b64(body) + b"\n")
     text = b"".join(out) + b"---"
-    mac = hmac.new(_hkdf(file_key, b"", b"header"), text, hashlib.sha256).digest()
-    return text + b" " + _b64(mac) + b"\n"
+    mac = hmac.new(hkdf(file_key, b"", b"header"), text, hashlib.sha256).digest()
+    return text + b" " + b64(mac) + b"\n"
 
 
 class Output(Protocol):
@@ -182,7 +147,7 @@ class AgeWriter:
         file_key = os.urandom(16)
         nonce = os.urandom(16)
         header = build_header(file_key, keys)
-        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+        self._aead = ChaCha20Poly1305(hkdf(file_key, nonce, b"payload"))
         self._buf = bytearray()
         self._counter = 0
         self._closed = False
@@ -194,7 +159,7 @@ class AgeWriter:
         if self._counter >= 1 << 88:
             raise AgeError("payload too long")
         # cryptography accepts any buffer here; its stub says bytes
-        sealed = self._aead.encrypt(_nonce(self._counter, last), chunk, None)  # type: ignore[arg-type]
+        sealed = self._aead.encrypt(chunk_nonce(self._counter, last), chunk, None)  # type: ignore[arg-type]
         self._counter += 1
         return sealed
 
@@ -275,62 +240,89 @@ def _read_line(fh: BinaryIO, budget: list[int]) -> bytes:
     line = fh.readline(budget[0] + 1)
     budget[0] -= len(line)
     if budget[0] < 0:
-        raise AgeError("header: too long")
+        raise AgeHeaderError("header: too long")
     if not line.endswith(b"\n"):
-        raise AgeError("header: truncated")
+        raise AgeHeaderError("header: truncated")
     return line[:-1]
 
 
+def _check_version(fh: BinaryIO, budget: list[int]) -> bytes:
+    line = _read_line(fh, budget)
+    if line == VERSION_LINE:
+        return line
+    if line.strip(b" \t\r") == ARMOR_BEGIN:
+        raise AgeUnsupportedError("ASCII-armored age files are not supported")
+    if line.rstrip(b"\r") == VERSION_LINE:
+        raise AgeHeaderError("header: lines end with CR LF")
+    if line.startswith(b"age-encryption.org/"):
+        raise AgeHeaderError("header: unsupported age version")
+    raise AgeHeaderError("not an age v1 file")
+
+
 def parse_header(fh: BinaryIO) -> tuple[list[tuple[bytes, bytes]], bytes, bytes]:
-    """Returns ([(share, body)] of X25519 stanzas, header text up to '---', mac). Other stanza
-    types are skipped (they are for other identity types)."""
+    """Returns ([(share, body)] of X25519 stanzas, header text up to '---', mac).
+
+    Every stanza must be well formed (arguments of visible ASCII, canonical base64 body); other
+    stanza types are skipped (they are for other identity types), except scrypt, which must be
+    the only stanza and is refused as unsupported.
+    """
     budget = [MAX_HEADER]
-    text = bytearray()
-    line = _read_line(fh, budget)
-    if line != VERSION_LINE:
-        raise AgeError("not an age v1 file")
-    text += line + b"\n"
+    text = bytearray(_check_version(fh, budget) + b"\n")
     stanzas: list[tuple[bytes, bytes]] = []
+    types: list[bytes] = []
     line = _read_line(fh, budget)
-    while line.startswith(b"-> "):
+    while line.startswith(b"->"):
         text += line + b"\n"
+        if not line.startswith(b"-> "):
+            raise AgeHeaderError("header: stanza without a type")
         args = line[3:].split(b" ")
+        if not all(_ARGUMENT.fullmatch(arg) for arg in args):
+            raise AgeHeaderError("header: empty or invalid stanza argument")
         body = bytearray()
         while True:
             body_line = _read_line(fh, budget)
             text += body_line + b"\n"
             if len(body_line) > 64:
-                raise AgeError("header: stanza line longer than 64 columns")
-            body += _unb64(body_line)
+                raise AgeHeaderError("header: stanza line longer than 64 columns")
+            body += unb64(body_line)
             if len(body_line) < 64:
                 break
+        types.append(args[0])
         if args[0] == b"X25519":
-            if len(args) != 2:
-                raise AgeError("header: malformed X25519 stanza")
-            stanzas.append((_unb64(args[1]), bytes(body)))
+            share = unb64(args[1]) if len(args) == 2 else b""
+            if len(share) != 32 or len(body) != 32:
+                raise AgeHeaderError("header: malformed X25519 stanza")
+            stanzas.append((share, bytes(body)))
         line = _read_line(fh, budget)
+    if not types:
+        raise AgeHeaderError("header: no recipient stanza")
+    if b"scrypt" in types:
+        if len(types) > 1:
+            raise AgeHeaderError("header: an scrypt stanza must be the only stanza")
+        raise AgeUnsupportedError("passphrase-encrypted (scrypt) age files are not supported")
     if not line.startswith(b"--- "):
-        raise AgeError("header: missing MAC line")
+        raise AgeHeaderError("header: missing MAC line")
+    mac = unb64(line[4:])
+    if len(mac) != 32:
+        raise AgeHeaderError("header: the MAC is not 32 bytes")
     text += b"---"
-    return stanzas, bytes(text), _unb64(line[4:])
+    return stanzas, bytes(text), mac
 
 
 def _unwrap(stanzas: list[tuple[bytes, bytes]], identities: Sequence[X25519PrivateKey]) -> bytes:
     for identity in identities:
         rcpt = identity.public_key().public_bytes(RAW, serialization.PublicFormat.Raw)
         for share, body in stanzas:
-            if len(share) != 32 or len(body) != 32:
-                raise AgeError("header: malformed X25519 stanza")
             try:
                 shared = identity.exchange(X25519PublicKey.from_public_bytes(share))
             except ValueError:
-                raise AgeError("header: X25519 share is a low-order point") from None
-            wrap_key = _hkdf(shared, share + rcpt, X25519_INFO)
+                raise AgeHeaderError("header: X25519 share is a low-order point") from None
+            wrap_key = hkdf(shared, share + rcpt, X25519_INFO)
             try:
                 return ChaCha20Poly1305(wrap_key).decrypt(b"\x00" * 12, body, None)
             except InvalidTag:
                 continue
-    raise AgeError("no identity matched any of the file's recipients")
+    raise AgeNoMatchError("no identity matched any of the file's recipients")
 
 
 class AgeReader:
@@ -338,6 +330,10 @@ class AgeReader:
 
     With `allow_truncated`, a file cut off after a whole chunk (or inside one) yields the
     authenticated prefix and sets `truncated`; otherwise a cut-off file raises AgeError.
+    Errors are the kinds of `store.agefile_base`: AgeHeaderError, AgeUnsupportedError,
+    AgeNoMatchError, AgeHmacError, then from `chunks()` AgePayloadError (AgeTruncatedError when
+    only the end is missing, AgeAuthenticationError when a chunk fails authentication).
+    Chunks that authenticate are yielded before an error about what follows them.
     """
 
     def __init__(
@@ -350,28 +346,30 @@ class AgeReader:
         keys = [parse_identity(i) if isinstance(i, str) else i for i in identities]
         stanzas, text, mac = parse_header(fh)
         file_key = _unwrap(stanzas, keys)
-        expect = hmac.new(_hkdf(file_key, b"", b"header"), text, hashlib.sha256).digest()
+        expect = hmac.new(hkdf(file_key, b"", b"header"), text, hashlib.sha256).digest()
         if not hmac.compare_digest(expect, mac):
-            raise AgeError("header MAC mismatch (file altered)")
+            raise AgeHmacError("header MAC mismatch (file altered)")
         nonce = fh.read(16)
         self.truncated = False
         self._fh = fh
         self._allow = allow_truncated
         if len(nonce) != 16:
             self._aead: ChaCha20Poly1305 | None = None
-            self._cut("payload nonce missing")
+            if not allow_truncated:  # age counts the nonce as part of the header
+                raise AgeHeaderError("header: payload nonce missing (file truncated)")
+            self.truncated = True
         else:
-            self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+            self._aead = ChaCha20Poly1305(hkdf(file_key, nonce, b"payload"))
 
     def _cut(self, why: str) -> None:
         if not self._allow:
-            raise AgeError(f"file is truncated ({why})")
+            raise AgeTruncatedError(f"file is truncated ({why})")
         self.truncated = True
 
     def _open(self, counter: int, data: bytes, last: bool) -> bytes | None:
         assert self._aead is not None
         try:
-            return self._aead.decrypt(_nonce(counter, last), data, None)
+            return self._aead.decrypt(chunk_nonce(counter, last), data, None)
         except InvalidTag:
             return None
 
@@ -385,34 +383,47 @@ class AgeReader:
             if nxt:
                 plain = self._open(counter, piece, False)
                 if plain is None:
-                    raise AgeError(f"chunk {counter} fails authentication (file altered)")
+                    final = self._open(counter, piece, True)
+                    if final is not None:  # a whole last chunk, then more bytes
+                        yield final
+                        raise AgePayloadError(f"data after the last chunk ({counter}): altered")
+                    raise AgeAuthenticationError(
+                        f"chunk {counter} fails authentication (file altered)"
+                    )
                 yield plain
                 piece, counter = nxt, counter + 1
                 continue
             last = self._open(counter, piece, True)
             if last is not None:
                 if not last and counter > 0:
-                    raise AgeError("empty last chunk")
+                    raise AgePayloadError("empty last chunk after a full chunk")
                 yield last
                 return
             if len(piece) == CHUNK + TAG:
                 plain = self._open(counter, piece, False)
                 if plain is not None:
-                    self._cut(f"ends after chunk {counter} without a last chunk")
-                    yield plain
+                    why = f"ends after chunk {counter} without a last chunk"
+                    if self._allow:
+                        self._cut(why)
+                    yield plain  # authenticated; what is missing comes after it
+                    self._cut(why)
                     return
             if len(piece) < CHUNK + TAG and self._allow:
                 self._cut(f"chunk {counter} is incomplete")
                 return
-            raise AgeError(f"chunk {counter} fails authentication (file altered or cut off)")
+            # A short final piece that fails is altered or cut inside the chunk: no key tells
+            # which. Reading a possibly cut-off segment, it counts as the cut (the segment's
+            # signed manifest, with the ciphertext's SHA-256, catches an alteration of a sealed
+            # segment); otherwise it is an authentication failure, reported as altered.
+            raise AgeAuthenticationError(
+                f"chunk {counter} fails authentication (file altered, or cut off in the chunk)"
+            )
 
     def read_all(self) -> bytes:
         return b"".join(self.chunks())
 
 
 def decrypt_bytes(data: bytes, identities: Sequence[X25519PrivateKey | str]) -> bytes:
-    import io
-
     return AgeReader(io.BytesIO(data), identities).read_all()
 
 

@@ -3,6 +3,8 @@ property tests for streaming round trips, truncation and tampering."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import random
 import shutil
@@ -10,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -256,3 +259,107 @@ def test_batched_output_gets_every_sealed_chunk_before_write_returns(tmp_path: P
         capture_output=True,
     ).stdout
     assert out == data and text
+
+
+def _file_with_stanza(extra: bytes, plain: bytes = b"hello") -> tuple[bytes, str]:
+    """A file for a fresh identity whose header also holds `extra` (stanza lines), with a MAC
+    that verifies, so the only thing wrong with it is that stanza. Returns (file, identity)."""
+    secret, public = age.generate()
+    file_key = bytes(range(16))
+    header = age.build_header(file_key, [age.parse_recipient(public)])
+    first, rest = header.split(b"\n", 1)
+    text = first + b"\n" + extra + rest.rsplit(b"---", 1)[0] + b"---"
+    mac = hmac.new(age.hkdf(file_key, b"", b"header"), text, hashlib.sha256).digest()
+    nonce = bytes(16)
+    aead = ChaCha20Poly1305(age.hkdf(file_key, nonce, b"payload"))
+    payload = aead.encrypt(age.chunk_nonce(0, True), plain, None)
+    return text + b" " + age.b64(mac) + b"\n" + nonce + payload, secret
+
+
+def _age_cli_decrypts(tmp_path: Path, blob: bytes, secret: str) -> bool:
+    (tmp_path / "k.txt").write_text(secret + "\n")
+    (tmp_path / "f.age").write_bytes(blob)
+    done = subprocess.run(
+        ["age", "-d", "-i", str(tmp_path / "k.txt"), str(tmp_path / "f.age")], capture_output=True
+    )
+    return done.returncode == 0
+
+
+@needs_age
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        pytest.param(b"", None, id="control"),
+        pytest.param(b"-> grease x\nAAAA\n", None, id="unknown-type-skipped"),
+        pytest.param(b"-> \n\n", "empty or invalid stanza argument", id="empty-type"),
+        pytest.param(b"-> X25519  a\n\n", "empty or invalid stanza argument", id="empty-arg"),
+        pytest.param(b"->\n\n", "stanza without a type", id="no-type"),
+        pytest.param(
+            b"-> scrypt c2FsdHNhbHRzYWx0c2FsdA 10\n" + age.b64(bytes(32)) + b"\n",
+            "scrypt stanza must be the only stanza",
+            id="scrypt-mixed",
+        ),
+    ],
+)
+def test_malformed_stanzas_are_refused_though_the_identity_fits(
+    tmp_path: Path, extra: bytes, message: str | None
+) -> None:
+    blob, secret = _file_with_stanza(extra)
+    if message is None:
+        assert age.decrypt_bytes(blob, [secret]) == b"hello"
+        assert _age_cli_decrypts(tmp_path, blob, secret)  # the helper makes real age files
+        return
+    with pytest.raises(age.AgeHeaderError, match=message):
+        age.decrypt_bytes(blob, [secret])
+    with pytest.raises(age.AgeHeaderError, match=message):
+        age.header_length(io.BytesIO(blob))
+    if b"scrypt" not in extra:  # age 1.1 enforces "scrypt alone" only for passphrases
+        assert not _age_cli_decrypts(tmp_path, blob, secret)  # and age refuses it too
+
+
+def test_error_kinds() -> None:
+    secret, public = age.generate()
+    other, _ = age.generate()
+    blob = _encrypt(b"x", [public])
+    with pytest.raises(age.AgeNoMatchError):
+        age.decrypt_bytes(blob, [other])
+    mac_at = blob.index(b"--- ") + 5
+    altered = blob[:mac_at] + (b"B" if blob[mac_at : mac_at + 1] != b"B" else b"C")
+    with pytest.raises(age.AgeHmacError, match="altered"):
+        age.decrypt_bytes(altered + blob[mac_at + 1 :], [secret])
+    with pytest.raises(age.AgeUnsupportedError, match="ASCII-armored"):
+        age.decrypt_bytes(b"-----BEGIN AGE ENCRYPTED FILE-----\nYWdl\n", [secret])
+    with pytest.raises(age.AgeHeaderError, match="unsupported age version"):
+        age.decrypt_bytes(b"age-encryption.org/v2\n", [secret])
+
+
+@pytest.mark.parametrize("size", [CHUNK // 2, 2 * CHUNK + 100, 3 * CHUNK])
+def test_tampered_final_chunk_is_altered_not_truncated(size: int) -> None:
+    secret, public = age.generate()
+    plain = _data(size)
+    blob = bytearray(_encrypt(plain, [public]))
+    blob[-5] ^= 0x40  # inside the final chunk's tag
+    with pytest.raises(age.AgeAuthenticationError, match="fails authentication") as caught:
+        age.decrypt_bytes(bytes(blob), [secret])
+    assert not isinstance(caught.value, age.AgeTruncatedError)
+    assert "truncated" not in str(caught.value)
+    if size % CHUNK == 0:
+        # a full-size final chunk cannot be a cut either: altered even when reading leniently
+        reader = age.AgeReader(io.BytesIO(bytes(blob)), [secret], allow_truncated=True)
+        with pytest.raises(age.AgeAuthenticationError):
+            reader.read_all()
+
+
+def test_missing_last_chunk_is_truncated_and_data_after_it_is_altered() -> None:
+    secret, public = age.generate()
+    plain = _data(2 * CHUNK)
+    blob = _encrypt(plain, [public])
+    start = age.header_length(io.BytesIO(blob))
+    with pytest.raises(age.AgeTruncatedError, match="without a last chunk"):
+        age.decrypt_bytes(blob[: start + CHUNK + 16], [secret])
+    reader = age.AgeReader(io.BytesIO(blob + b"more"), [secret])
+    chunks = reader.chunks()
+    assert next(chunks) == plain[:CHUNK]
+    assert next(chunks) == plain[CHUNK:]  # authenticated as the last chunk...
+    with pytest.raises(age.AgePayloadError, match="data after the last chunk"):
+        next(chunks)  # ...but the file goes on
