@@ -24,9 +24,12 @@ from datetime import datetime
 from typing import Any
 
 from appliance.policy import RegistryError, RuleViolation, officers, rules
+from appliance.policy import application as application_form
+from appliance.policy import officer_signatures as signatures
 from appliance.policy import officers_store as officer_rows
 from appliance.policy import registry_store as rows
 from appliance.policy.model import Application, Authorisation, EventKind, Officer, OfficerPeriod
+from appliance.policy.officer_signatures import Signed
 from appliance.policy.registry_store import assignees, ensure_schema, load_all, load_one
 from store import StoreError
 from store import investigators as investigators_table
@@ -67,8 +70,10 @@ class Registry:
         custodians: Sequence[str] = (),
         key_maker: KeyMaker | None = None,
         renewal_window_days: int = rules.DEFAULT_RENEWAL_WINDOW_DAYS,
+        require_signature: bool = False,
     ) -> None:
         self.conn = conn
+        self.require_signature = require_signature
         self.clock = clock
         self.actor = actor
         self.audit = audit
@@ -88,6 +93,7 @@ class Registry:
         audit: AuditLog | None,
         custodians: Sequence[str] = (),
         renewal_window_days: int = rules.DEFAULT_RENEWAL_WINDOW_DAYS,
+        require_signature: bool = False,
     ) -> Registry:
         return cls(
             store_sqlite.connect(paths.registry),
@@ -97,6 +103,7 @@ class Registry:
             paths=paths,
             custodians=custodians,
             renewal_window_days=renewal_window_days,
+            require_signature=require_signature,
         )
 
     def close(self) -> None:
@@ -198,15 +205,17 @@ class Registry:
         return officers.officer_at(self.officer_periods(principal), principal, at)
 
     # -- operations ----------------------------------------------------------------------------
-    def grant(self, app: Application) -> Authorisation:
+    def grant(self, app: Application, signed: Signed | None = None) -> Authorisation:
         """Record a standard or urgent grant and create its key pair (wrapped to the named
         investigators and the custodians). The officer is the register's entry at this instant,
         whatever name, role or rank `app` carries."""
         action = "urgent" if app.urgent else "grant"
         with ExitStack() as stack:
             with self._write(action, app.ref) as now:
-                app = replace(app, officer=self._registered(app.officer.principal, now))
+                period = self.officer_at(app.officer.principal, now)
+                app = replace(app, officer=period.officer)
                 self._check_grant(app, now)
+                signature = self._signed_application(app, period, signed, now)
                 recipients = [self._active_investigator(n).recipient for n in app.investigators]
                 expiry = rules.initial_expiry(app)
                 if not self._key_exists(app.ref):  # never remove a key this grant did not make
@@ -226,7 +235,9 @@ class Registry:
                     expiry=expiry,
                     investigators=app.investigators,
                 )
-                self._audit_grant(app, expiry, public_key)
+                if signed is not None:
+                    self._keep_signature(app.ref, action, period, now, signed)
+                self._audit_grant(app, expiry, public_key, signature)
             stack.pop_all()  # committed: keep the key
         return self._require(app.ref)
 
@@ -254,7 +265,9 @@ class Registry:
             same_subject = [a for a in load_all(self.conn) if a.subject == app.subject]
             rules.check_urgent_chain(same_subject, now)
 
-    def _audit_grant(self, app: Application, expiry: datetime, public_key: str) -> None:
+    def _audit_grant(
+        self, app: Application, expiry: datetime, public_key: str, signature: dict[str, str]
+    ) -> None:
         self._audit(
             Action.AUTH_URGENT if app.urgent else Action.AUTH_GRANT,
             [app.ref],
@@ -277,32 +290,117 @@ class Registry:
                 "collateral": sha256(app.collateral),
                 "ripa_note": sha256(app.ripa_note),
             },
+            **({"signature": signature} if signature else {}),
         )
 
-    def ratify(self, ref: str, officer: str, note: str = "") -> Authorisation:
+    # -- signatures ----------------------------------------------------------------------------
+    def _need_signature(self, signed: Signed | None, what: str) -> None:
+        if signed is None and self.require_signature:
+            raise RuleViolation(
+                f"{what} must be signed by the officer ([policy] require_officer_signature): "
+                "sign it with ssh-keygen -Y sign -f officer_key -n lbm-ca1 FILE and give "
+                "--signature FILE.sig"
+            )
+
+    def _signed_application(
+        self, app: Application, period: OfficerPeriod, signed: Signed | None, now: datetime
+    ) -> dict[str, str]:
+        """Verify a signed CA1 application and that it is exactly the application granted."""
+        self._need_signature(signed, "the CA1 application")
+        if signed is None:
+            return {}
+        fingerprint = signatures.verify(period, signed)
+        fields = application_form.normalise_fields(
+            signatures.load_toml(signed.signed_bytes, "signed application"), "signed application: "
+        )
+        as_signed = application_form.build_application(
+            fields, urgent=app.urgent, now=now, resolve_officer=lambda p: self._registered(p, now)
+        )
+        if as_signed != app:
+            raise RuleViolation(
+                "the application differs from the signed application file (with a signature, "
+                "every field comes from the signed file)"
+            )
+        return signed.audit_fields(fingerprint)
+
+    def _signed_statement(
+        self,
+        auth: Authorisation,
+        action: str,
+        period: OfficerPeriod,
+        text: str,
+        signed: Signed | None,
+    ) -> tuple[str, dict[str, str]]:
+        """Verify a signed ratify/renew/review statement for this act; returns the statement's
+        text (the note or results, as signed) and the audit fields."""
+        self._need_signature(signed, f"the {action} statement")
+        if signed is None:
+            return text, {}
+        fingerprint = signatures.verify(period, signed)
+        stmt = signatures.parse_statement(signed.signed_bytes)
+        signatures.check_statement(stmt, auth, action, period.principal)
+        if text.strip() and text.strip() != stmt.text:
+            raise RuleViolation(f"the {action} text given differs from the signed statement's")
+        used = rows.signatures(self.conn, auth.ref)
+        if any(bytes(r["signed_bytes"]) == signed.signed_bytes for r in used):
+            raise RuleViolation(f"this signed statement was used already for {auth.ref}")
+        return stmt.text, signed.audit_fields(fingerprint)
+
+    def _keep_signature(
+        self, ref: str, kind: str, period: OfficerPeriod, now: datetime, signed: Signed
+    ) -> None:
+        assert period.ssh_key is not None  # verified against it
+        rows.insert_signature(
+            self.conn,
+            ref,
+            kind,
+            period.principal,
+            now,
+            signed.signed_bytes,
+            signed.signature,
+            period.ssh_key,
+            signatures.sshsig.fingerprint(period.ssh_key),
+        )
+
+    def signatures(self, ref: str) -> list[dict[str, Any]]:
+        """The signed acts of `ref` (bytes as signed, signature, officer, key fingerprint)."""
+        return [dict(r) for r in rows.signatures(self.conn, self._require(ref).ref)]
+
+    def ratify(
+        self, ref: str, officer: str, note: str = "", signed: Signed | None = None
+    ) -> Authorisation:
         with self._write("ratify", ref) as now:
             auth = self._require(ref)
-            who = self._registered(officer, now)
+            period = self.officer_at(officer, now)
+            who = period.officer
             expiry = rules.check_ratify(auth, who, now)
+            note, sig = self._signed_statement(auth, "ratify", period, note, signed)
             self._append(auth.ref, EventKind.RATIFY, now, officer=who, text=note, expiry=expiry)
+            if signed is not None:
+                self._keep_signature(auth.ref, "ratify", period, now, signed)
             self._audit(
                 Action.AUTH_RATIFY,
                 [auth.ref],
                 officer=who.as_dict(),
                 expiry=format_utc(expiry),
                 note_sha256=sha256(note),
+                **({"signature": sig} if sig else {}),
             )
         return self._require(ref)
 
-    def renew(self, ref: str, officer: str, results: str) -> Authorisation:
+    def renew(
+        self, ref: str, officer: str, results: str, signed: Signed | None = None
+    ) -> Authorisation:
         with self._write("renew", ref) as now:
             auth = self._require(ref)
-            who = self._registered(officer, now)
-            expiry = rules.check_renew(
-                auth, who, results, now, window_days=self.renewal_window_days
-            )
-            text = results.strip()
+            period = self.officer_at(officer, now)
+            who = period.officer
+            text, sig = self._signed_statement(auth, "renew", period, results, signed)
+            expiry = rules.check_renew(auth, who, text, now, window_days=self.renewal_window_days)
+            text = text.strip()
             self._append(auth.ref, EventKind.RENEW, now, officer=who, text=text, expiry=expiry)
+            if signed is not None:
+                self._keep_signature(auth.ref, "renew", period, now, signed)
             self._audit(
                 Action.AUTH_RENEW,
                 [auth.ref],
@@ -310,20 +408,28 @@ class Registry:
                 previous_expiry=format_utc(auth.expiry),
                 expiry=format_utc(expiry),
                 results_sha256=sha256(text),
+                **({"signature": sig} if sig else {}),
             )
         return self._require(ref)
 
-    def review(self, ref: str, officer: str, note: str) -> Authorisation:
+    def review(
+        self, ref: str, officer: str, note: str, signed: Signed | None = None
+    ) -> Authorisation:
         with self._write("review", ref) as now:
             auth = self._require(ref)
-            who = self._registered(officer, now)
+            period = self.officer_at(officer, now)
+            who = period.officer
+            note, sig = self._signed_statement(auth, "review", period, note, signed)
             rules.check_review(auth, who, note, now)
             self._append(auth.ref, EventKind.REVIEW, now, officer=who, text=note.strip())
+            if signed is not None:
+                self._keep_signature(auth.ref, "review", period, now, signed)
             self._audit(
                 Action.AUTH_REVIEW,
                 [auth.ref],
                 officer=who.as_dict(),
                 note_sha256=sha256(note.strip()),
+                **({"signature": sig} if sig else {}),
             )
         return self._require(ref)
 

@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS auth_signatures (
     at TEXT NOT NULL,
     signed_bytes BLOB NOT NULL,
     signature BLOB NOT NULL,
+    public_key TEXT NOT NULL,
     key_fingerprint TEXT NOT NULL
 );
 CREATE TRIGGER IF NOT EXISTS auth_signatures_no_update BEFORE UPDATE ON auth_signatures
@@ -300,6 +301,7 @@ def insert_signature(
     at: datetime,
     signed_bytes: bytes,
     signature: bytes,
+    public_key: str,
     key_fingerprint: str,
 ) -> None:
     _insert(
@@ -312,6 +314,7 @@ def insert_signature(
             "at": format_utc(at),
             "signed_bytes": signed_bytes,
             "signature": signature,
+            "public_key": public_key,
             "key_fingerprint": key_fingerprint,
         },
     )

@@ -1,0 +1,125 @@
+"""Officers' signatures on their acts: CA1 applications and ratify/renew/review statements.
+
+An officer signs with stock OpenSSH, `ssh-keygen -Y sign -f officer_key -n lbm-ca1 FILE`, and the
+registry checks the detached SSHSIG (namespace `lbm-ca1`) against the SSH key the officer register
+holds for that officer at the instant of the act. What is signed:
+
+- a grant: the CA1 application file itself (the TOML `lbm auth grant --from-file` reads, bytes as
+  given); the application granted is exactly the one parsed from those bytes;
+- ratify, renew, review: a statement, a small TOML naming `ref`, `action`, `officer` and the
+  `expiry` it applies to (the authorisation's expiry when signed), plus the `note` (ratify,
+  review) or `results` (renew). A statement for another ref, act, officer or expiry is refused,
+  and a statement already used for REF is refused, so none can be replayed.
+
+The signed bytes and signature are kept in the registry (`auth_signatures`) and their SHA-256 in
+the audit entry, so `lbm auth show REF --evidence DIR` can hand them to a reviewer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from appliance.policy import InvalidInput, RuleViolation
+from appliance.policy.model import Authorisation, OfficerPeriod
+from appliance.policy.values import check_ref, parse_time
+from store import sshsig
+from store.clock import format_utc
+
+NAMESPACE = "lbm-ca1"
+STATEMENT_ACTIONS = ("ratify", "renew", "review")
+STATEMENT_FIELDS = ("ref", "action", "officer", "expiry", "note", "results")
+
+
+@dataclass(frozen=True)
+class Signed:
+    """Bytes as signed and the armored detached signature over them."""
+
+    signed_bytes: bytes
+    signature: bytes
+
+    def audit_fields(self, fingerprint: str) -> dict[str, str]:
+        return {
+            "signed_sha256": hashlib.sha256(self.signed_bytes).hexdigest(),
+            "signature_sha256": hashlib.sha256(self.signature).hexdigest(),
+            "key_fingerprint": fingerprint,
+        }
+
+
+@dataclass(frozen=True)
+class Statement:
+    ref: str
+    action: str
+    officer: str
+    expiry: datetime
+    text: str
+
+
+def load_toml(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{what}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{what}: TOML syntax error: {exc}") from None
+
+
+def parse_statement(data: bytes) -> Statement:
+    raw = load_toml(data, "statement")
+    unknown = [k for k in raw if k not in STATEMENT_FIELDS]
+    if unknown:
+        raise InvalidInput(
+            f"statement: {unknown[0]}: unknown field (known: {', '.join(STATEMENT_FIELDS)})"
+        )
+    missing = [k for k in ("ref", "action", "officer", "expiry") if k not in raw]
+    if missing:
+        raise InvalidInput(f"statement: missing field(s): {', '.join(missing)}")
+    action = str(raw["action"])
+    if action not in STATEMENT_ACTIONS:
+        raise InvalidInput(
+            f"statement: action {action!r}: must be one of {', '.join(STATEMENT_ACTIONS)}"
+        )
+    text_key = "results" if action == "renew" else "note"
+    return Statement(
+        ref=check_ref(str(raw["ref"])),
+        action=action,
+        officer=str(raw["officer"]),
+        expiry=parse_time(raw["expiry"], "statement: expiry"),
+        text=str(raw.get(text_key, "")).strip(),
+    )
+
+
+def check_statement(stmt: Statement, auth: Authorisation, action: str, officer: str) -> None:
+    """The statement is for this act: same ref, action, officer and current expiry."""
+    if stmt.ref != auth.ref:
+        raise RuleViolation(f"the signed statement is for {stmt.ref}, not {auth.ref}")
+    if stmt.action != action:
+        raise RuleViolation(f"the signed statement is for {stmt.action}, not {action}")
+    if stmt.officer != officer:
+        raise RuleViolation(f"the signed statement names officer {stmt.officer}, not {officer}")
+    if stmt.expiry != auth.expiry:
+        raise RuleViolation(
+            f"the signed statement applies to expiry {format_utc(stmt.expiry)}, but {auth.ref} "
+            f"now expires {format_utc(auth.expiry)} (a statement cannot be replayed)"
+        )
+
+
+def verify(period: OfficerPeriod, signed: Signed) -> str:
+    """Check the officer's registered key signed the bytes (namespace lbm-ca1); returns the
+    key's fingerprint. Refused, naming what is wrong, otherwise."""
+    if not period.ssh_key:
+        raise RuleViolation(
+            f"officer {period.principal} has no SSH key in the officer register "
+            "(lbm officer key); a signed act cannot be checked"
+        )
+    try:
+        sshsig.verify(signed.signature, signed.signed_bytes, NAMESPACE, period.ssh_key)
+    except sshsig.SshsigError as exc:
+        raise RuleViolation(
+            f"the signature is not a valid signature of officer {period.principal}'s registered "
+            f"key ({sshsig.fingerprint(period.ssh_key)}) over these bytes: {exc}"
+        ) from None
+    return sshsig.fingerprint(period.ssh_key)
