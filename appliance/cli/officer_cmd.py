@@ -19,26 +19,13 @@ import click
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
 from appliance.cli.textsafe import safe
 from appliance.config import ConfigError
-from appliance.policy import InvalidInput, PolicyError, RuleViolation
+from appliance.policy import InvalidInput, PolicyError, RuleViolation, values
+from appliance.policy import officer_signatures as signatures
 from appliance.policy.model import OfficerPeriod
 from appliance.policy.officer_register import OfficerRegister, SignedChange
 from appliance.policy.registry import Registry
 from store import StoreError
 from store.clock import format_utc
-
-
-def parse_instant(value: str, what: str) -> datetime:
-    """An ISO 8601 instant with `Z` or an offset; a time without a time zone is refused."""
-    raw = value.strip()
-    try:
-        parsed = datetime.fromisoformat(raw[:-1] + "+00:00" if raw[-1:] in "Zz" else raw)
-    except (ValueError, IndexError):
-        raise InvalidInput(f"{what} {value!r}: not an ISO 8601 date-time") from None
-    if parsed.tzinfo is None:
-        raise InvalidInput(
-            f"{what} {value!r}: has no time zone; add Z (UTC) or an offset such as +01:00"
-        )
-    return parsed
 
 
 def read_ssh_key(value: str) -> str:
@@ -69,15 +56,79 @@ def open_register(app: App) -> Iterator[tuple[Registry, OfficerRegister]]:
         reg.close()
 
 
-def register_signature(app: App) -> SignedChange | None:
-    """With `[policy] require_officer_signature`, a register change must be signed by a key in
-    `[policy] register_signers`; the CLI refuses until that signature is given."""
-    if not app.config["policy.require_officer_signature"]:
-        return None
-    raise RuleViolation(
-        "the officer register accepts changes signed by a register signer only "
-        "([policy] require_officer_signature); give --signature"
-    )
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"{what} {path}: cannot read ({exc.strerror})") from None
+
+
+def register_change(
+    app: App,
+    reg: Registry,
+    action: str,
+    principal: str,
+    given: dict[str, str | None],
+    statement: Path | None,
+    signature: Path | None,
+) -> tuple[dict[str, str | None], SignedChange | None]:
+    """The change's fields and, when signed, the verified signature of a register signer
+    (`[policy] register_signers`). With `[policy] require_officer_signature` a change must be
+    signed. With a signed statement, the change is exactly the statement: an option given too
+    must say the same."""
+    if signature is None:
+        if statement is not None:
+            raise InvalidInput("--statement needs --signature (a register signer's SSHSIG)")
+        if app.config["policy.require_officer_signature"]:
+            raise RuleViolation(
+                "the officer register accepts only changes signed by a register signer "
+                "([policy] require_officer_signature): give --statement CHANGE.toml and "
+                "--signature CHANGE.toml.sig (ssh-keygen -Y sign -n lbm-officer-register)"
+            )
+        return given, None
+    if statement is None:
+        raise InvalidInput("--signature needs --statement (the signed change)")
+    signers_path = str(app.config["policy.register_signers"])
+    if not signers_path:
+        raise RuleViolation("no [policy] register_signers file is configured")
+    try:
+        signers_text = Path(signers_path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuleViolation(
+            f"[policy] register_signers {signers_path}: cannot read ({exc})"
+        ) from None
+    signed = signatures.Signed(_read(statement, "--statement"), _read(signature, "--signature"))
+    fields = signatures.verify_register_change(signed, signers_text, signers_path, reg.clock.now())
+    change = signatures.parse_change(signed.signed_bytes)
+    if change["action"] != action or change["principal"] != principal:
+        raise RuleViolation(
+            f"the signed change is {change['action']} of {change['principal']}, not {action} "
+            f"of {principal}"
+        )
+    merged: dict[str, str | None] = {}
+    for key, value in given.items():
+        signed_value = change.get(key)
+        text = None if signed_value is None else str(signed_value)
+        if value is not None and not _same(key, value, text):
+            raise RuleViolation(f"--{key}: {value!r} differs from the signed change ({text!r})")
+        merged[key] = text if text is not None else None
+    if given.get("ssh_key") is not None and "ssh_key" not in change:
+        raise RuleViolation("--ssh-key: the signed change names no key")
+    return merged, SignedChange(signed.signed_bytes, signed.signature, fields)
+
+
+def _time(value: str | None, what: str) -> datetime | None:
+    return values.parse_time(value, what) if value else None
+
+
+def _same(key: str, given: str, signed: str | None) -> bool:
+    if signed is None:
+        return False
+    if key in ("from", "to", "at"):
+        return values.parse_time(given, f"--{key}") == values.parse_time(signed, key)
+    if key == "ssh_key":
+        return given.split()[:2] == signed.split()[:2]
+    return given == signed
 
 
 def period_line(p: OfficerPeriod) -> str:
@@ -99,40 +150,62 @@ def officer() -> None:
 
 @officer.command("add")
 @click.argument("principal")
-@click.option("--name", required=True, metavar="NAME", help="the officer's name")
-@click.option("--role", required=True, metavar="ROLE", help="e.g. head_of_professional_standards")
-@click.option("--rank", required=True, metavar="RANK", help="e.g. superintendent, or staff")
+@click.option("--name", metavar="NAME", help="the officer's name")
+@click.option("--role", metavar="ROLE", help="e.g. head_of_professional_standards")
+@click.option("--rank", metavar="RANK", help="e.g. superintendent, or staff")
 @click.option("--from", "valid_from", metavar="ISO8601", help="role held from (default now)")
 @click.option("--to", "valid_to", metavar="ISO8601", help="role held until (default open)")
 @click.option("--ssh-key", metavar="PUBKEY|FILE", help="the officer's SSH public key (signing)")
+@click.option(
+    "--statement",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the change as signed by a register signer (TOML)",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="a register signer's SSHSIG over --statement",
+)
 @json_option
 @pass_app
 def add(
     app: App,
     principal: str,
-    name: str,
-    role: str,
-    rank: str,
-    valid_from: str | None,
-    valid_to: str | None,
-    ssh_key: str | None,
+    statement: Path | None,
+    signature: Path | None,
     as_json: bool,
+    **options: str | None,
 ) -> None:
     """Register an officer's role and rank (a new period when already registered)."""
+    if options.get("ssh_key"):
+        options["ssh_key"] = read_ssh_key(str(options["ssh_key"]))
+    given = {
+        "name": options["name"],
+        "role": options["role"],
+        "rank": options["rank"],
+        "from": options["valid_from"],
+        "to": options["valid_to"],
+        "ssh_key": options["ssh_key"],
+    }
     with open_register(app) as (reg, officers):
         try:
-            signed = register_signature(app)
+            change, signed = register_change(
+                app, reg, "officer_add", principal, given, statement, signature
+            )
         except RuleViolation as exc:
             reg.audit_refusal("officer_add", None, str(exc))
             raise
+        missing = [f"--{k}" for k in ("name", "role", "rank") if not change.get(k)]
+        if missing:
+            raise InvalidInput(f"missing {', '.join(missing)}")
         period = officers.add(
             principal,
-            name=name,
-            role=role,
-            rank=rank,
-            valid_from=parse_instant(valid_from, "--from") if valid_from else None,
-            valid_to=parse_instant(valid_to, "--to") if valid_to else None,
-            ssh_key=read_ssh_key(ssh_key) if ssh_key else None,
+            name=str(change["name"]),
+            role=str(change["role"]),
+            rank=str(change["rank"]),
+            valid_from=_time(change.get("from"), "--from"),
+            valid_to=_time(change.get("to"), "--to"),
+            ssh_key=change.get("ssh_key"),
             signed=signed,
         )
     emit(period.as_dict(), as_json, f"registered {period_line(period)}")
@@ -141,34 +214,75 @@ def add(
 @officer.command("end")
 @click.argument("principal")
 @click.option("--at", "at", metavar="ISO8601", help="when the role ends (default now)")
+@click.option(
+    "--statement",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the change as signed by a register signer (TOML)",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="a register signer's SSHSIG over --statement",
+)
 @json_option
 @pass_app
-def end(app: App, principal: str, at: str | None, as_json: bool) -> None:
+def end(
+    app: App,
+    principal: str,
+    at: str | None,
+    statement: Path | None,
+    signature: Path | None,
+    as_json: bool,
+) -> None:
     """End an officer's current role."""
     with open_register(app) as (reg, officers):
         try:
-            signed = register_signature(app)
+            change, signed = register_change(
+                app, reg, "officer_end", principal, {"at": at}, statement, signature
+            )
         except RuleViolation as exc:
             reg.audit_refusal("officer_end", None, str(exc))
             raise
-        period = officers.end(principal, parse_instant(at, "--at") if at else None, signed)
+        period = officers.end(principal, _time(change.get("at"), "--at"), signed)
     emit(period.as_dict(), as_json, f"ended {period_line(period)}")
 
 
 @officer.command("key")
 @click.argument("principal")
-@click.argument("ssh_key", metavar="PUBKEY|FILE")
+@click.argument("ssh_key", metavar="PUBKEY|FILE", required=False)
+@click.option(
+    "--statement",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the change as signed by a register signer (TOML)",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="a register signer's SSHSIG over --statement",
+)
 @json_option
 @pass_app
-def key(app: App, principal: str, ssh_key: str, as_json: bool) -> None:
+def key(
+    app: App,
+    principal: str,
+    ssh_key: str | None,
+    statement: Path | None,
+    signature: Path | None,
+    as_json: bool,
+) -> None:
     """Replace an officer's SSH public key (the key their statements are signed with)."""
+    given = {"ssh_key": read_ssh_key(ssh_key) if ssh_key else None}
     with open_register(app) as (reg, officers):
         try:
-            signed = register_signature(app)
+            change, signed = register_change(
+                app, reg, "officer_key", principal, given, statement, signature
+            )
         except RuleViolation as exc:
             reg.audit_refusal("officer_key", None, str(exc))
             raise
-        period = officers.set_key(principal, read_ssh_key(ssh_key), signed)
+        if not change.get("ssh_key"):
+            raise InvalidInput("missing PUBKEY|FILE")
+        period = officers.set_key(principal, str(change["ssh_key"]), signed)
     emit(period.as_dict(), as_json, f"new key for {period_line(period)}")
 
 

@@ -9,8 +9,6 @@ signature, already verified against `[policy] register_signers`; they are kept i
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,30 +16,27 @@ from appliance.policy import RuleViolation, officers, rules
 from appliance.policy import officers_store as officer_rows
 from appliance.policy.model import OfficerPeriod
 from appliance.policy.registry import Registry
+from store import sshsig
 from store.audit import Action
 from store.clock import format_utc
 
 
 @dataclass(frozen=True)
 class SignedChange:
-    """The bytes a register signer signed and their detached SSHSIG signature."""
+    """The bytes a register signer signed, their detached SSHSIG signature, and what the audit
+    entry records of them (hashes, signer), already verified by the caller."""
 
     signed_bytes: bytes
     signature: bytes
-    signer: str  # the allowed-signers principal that signed
+    fields: dict[str, str]
 
     def audit_fields(self) -> dict[str, str]:
-        return {
-            "signer": self.signer,
-            "signed_sha256": hashlib.sha256(self.signed_bytes).hexdigest(),
-            "signature_sha256": hashlib.sha256(self.signature).hexdigest(),
-        }
+        return dict(self.fields)
 
 
 def key_fingerprint(ssh_key: str) -> str:
     """`SHA256:...` as `ssh-keygen -l` prints it."""
-    blob = base64.b64decode(ssh_key.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return sshsig.fingerprint(ssh_key)
 
 
 class OfficerRegister:

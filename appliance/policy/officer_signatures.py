@@ -123,3 +123,43 @@ def verify(period: OfficerPeriod, signed: Signed) -> str:
             f"key ({sshsig.fingerprint(period.ssh_key)}) over these bytes: {exc}"
         ) from None
     return sshsig.fingerprint(period.ssh_key)
+
+
+# -- officer-register changes, signed by a register signer ----------------------------------------
+REGISTER_NAMESPACE = "lbm-officer-register"
+CHANGE_FIELDS = ("action", "principal", "name", "role", "rank", "from", "to", "at", "ssh_key")
+CHANGE_ACTIONS = ("officer_add", "officer_end", "officer_key")
+
+
+def parse_change(data: bytes) -> dict[str, Any]:
+    """A signed register change: `action` (officer_add, officer_end, officer_key), `principal`
+    and the change's fields (name, role, rank, from, to for an add; at for an end; ssh_key)."""
+    raw = load_toml(data, "register change")
+    unknown = [k for k in raw if k not in CHANGE_FIELDS]
+    if unknown:
+        raise InvalidInput(
+            f"register change: {unknown[0]}: unknown field (known: {', '.join(CHANGE_FIELDS)})"
+        )
+    if raw.get("action") not in CHANGE_ACTIONS:
+        raise InvalidInput(f"register change: action must be one of {', '.join(CHANGE_ACTIONS)}")
+    if "principal" not in raw:
+        raise InvalidInput("register change: missing field: principal")
+    return raw
+
+
+def verify_register_change(
+    signed: Signed, signers_text: str, where: str, at: datetime
+) -> dict[str, str]:
+    """Check a register signer (an entry of the `[policy] register_signers` allowed-signers
+    file, valid at `at`) signed the change; returns the audit fields (signer included)."""
+    try:
+        signers = sshsig.parse_allowed_signers(signers_text, where)
+        entry = sshsig.verify_allowed(
+            signed.signature, signed.signed_bytes, REGISTER_NAMESPACE, signers, at=at
+        )
+    except sshsig.SshsigError as exc:
+        raise RuleViolation(
+            f"the register change is not signed by a register signer: {exc}"
+        ) from None
+    fingerprint = sshsig.fingerprint(entry.public_key)
+    return {**signed.audit_fields(fingerprint), "signer": ",".join(entry.principals)}
