@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from appliance.policy import InvalidInput, RuleViolation
-from appliance.policy.model import Authorisation, OfficerPeriod
+from appliance.policy import application as application_form
+from appliance.policy.model import Application, Authorisation, Officer, OfficerPeriod
 from appliance.policy.values import check_ref, parse_time
 from store import sshsig
 from store.clock import format_utc
@@ -123,6 +125,69 @@ def verify(period: OfficerPeriod, signed: Signed) -> str:
             f"key ({sshsig.fingerprint(period.ssh_key)}) over these bytes: {exc}"
         ) from None
     return sshsig.fingerprint(period.ssh_key)
+
+
+def need(signed: Signed | None, required: bool, what: str) -> None:
+    if signed is None and required:
+        raise RuleViolation(
+            f"{what} must be signed by the officer ([policy] require_officer_signature): "
+            "sign it with ssh-keygen -Y sign -f officer_key -n lbm-ca1 FILE and give "
+            "--signature FILE.sig"
+        )
+
+
+def check_signed_application(
+    app: Application,
+    period: OfficerPeriod,
+    signed: Signed | None,
+    now: datetime,
+    *,
+    required: bool,
+    resolve_officer: Callable[[str], Officer],
+) -> dict[str, str]:
+    """Verify a signed CA1 application and that it is exactly the application granted;
+    returns the audit fields ({} when unsigned and not required)."""
+    need(signed, required, "the CA1 application")
+    if signed is None:
+        return {}
+    fingerprint = verify(period, signed)
+    fields = application_form.normalise_fields(
+        load_toml(signed.signed_bytes, "signed application"), "signed application: "
+    )
+    as_signed = application_form.build_application(
+        fields, urgent=app.urgent, now=now, resolve_officer=resolve_officer
+    )
+    if as_signed != app:
+        raise RuleViolation(
+            "the application differs from the signed application file (with a signature, "
+            "every field comes from the signed file)"
+        )
+    return signed.audit_fields(fingerprint)
+
+
+def check_signed_statement(
+    auth: Authorisation,
+    action: str,
+    period: OfficerPeriod,
+    text: str,
+    signed: Signed | None,
+    *,
+    required: bool,
+    used: Sequence[bytes],
+) -> tuple[str, dict[str, str]]:
+    """Verify a signed ratify/renew/review statement for this act (not one used before);
+    returns the text as signed (note or results) and the audit fields."""
+    need(signed, required, f"the {action} statement")
+    if signed is None:
+        return text, {}
+    fingerprint = verify(period, signed)
+    stmt = parse_statement(signed.signed_bytes)
+    check_statement(stmt, auth, action, period.principal)
+    if text.strip() and text.strip() != stmt.text:
+        raise RuleViolation(f"the {action} text given differs from the signed statement's")
+    if signed.signed_bytes in used:
+        raise RuleViolation(f"this signed statement was used already for {auth.ref}")
+    return stmt.text, signed.audit_fields(fingerprint)
 
 
 # -- officer-register changes, signed by a register signer ----------------------------------------

@@ -24,7 +24,6 @@ from datetime import datetime
 from typing import Any
 
 from appliance.policy import RegistryError, RuleViolation, officers, rules
-from appliance.policy import application as application_form
 from appliance.policy import officer_signatures as signatures
 from appliance.policy import officers_store as officer_rows
 from appliance.policy import registry_store as rows
@@ -293,35 +292,18 @@ class Registry:
             **({"signature": signature} if signature else {}),
         )
 
-    # -- signatures ----------------------------------------------------------------------------
-    def _need_signature(self, signed: Signed | None, what: str) -> None:
-        if signed is None and self.require_signature:
-            raise RuleViolation(
-                f"{what} must be signed by the officer ([policy] require_officer_signature): "
-                "sign it with ssh-keygen -Y sign -f officer_key -n lbm-ca1 FILE and give "
-                "--signature FILE.sig"
-            )
-
+    # -- signatures (the checks are officer_signatures') ---------------------------------------
     def _signed_application(
         self, app: Application, period: OfficerPeriod, signed: Signed | None, now: datetime
     ) -> dict[str, str]:
-        """Verify a signed CA1 application and that it is exactly the application granted."""
-        self._need_signature(signed, "the CA1 application")
-        if signed is None:
-            return {}
-        fingerprint = signatures.verify(period, signed)
-        fields = application_form.normalise_fields(
-            signatures.load_toml(signed.signed_bytes, "signed application"), "signed application: "
+        return signatures.check_signed_application(
+            app,
+            period,
+            signed,
+            now,
+            required=self.require_signature,
+            resolve_officer=lambda p: self._registered(p, now),
         )
-        as_signed = application_form.build_application(
-            fields, urgent=app.urgent, now=now, resolve_officer=lambda p: self._registered(p, now)
-        )
-        if as_signed != app:
-            raise RuleViolation(
-                "the application differs from the signed application file (with a signature, "
-                "every field comes from the signed file)"
-            )
-        return signed.audit_fields(fingerprint)
 
     def _signed_statement(
         self,
@@ -331,20 +313,10 @@ class Registry:
         text: str,
         signed: Signed | None,
     ) -> tuple[str, dict[str, str]]:
-        """Verify a signed ratify/renew/review statement for this act; returns the statement's
-        text (the note or results, as signed) and the audit fields."""
-        self._need_signature(signed, f"the {action} statement")
-        if signed is None:
-            return text, {}
-        fingerprint = signatures.verify(period, signed)
-        stmt = signatures.parse_statement(signed.signed_bytes)
-        signatures.check_statement(stmt, auth, action, period.principal)
-        if text.strip() and text.strip() != stmt.text:
-            raise RuleViolation(f"the {action} text given differs from the signed statement's")
-        used = rows.signatures(self.conn, auth.ref)
-        if any(bytes(r["signed_bytes"]) == signed.signed_bytes for r in used):
-            raise RuleViolation(f"this signed statement was used already for {auth.ref}")
-        return stmt.text, signed.audit_fields(fingerprint)
+        used = [bytes(r["signed_bytes"]) for r in rows.signatures(self.conn, auth.ref)]
+        return signatures.check_signed_statement(
+            auth, action, period, text, signed, required=self.require_signature, used=used
+        )
 
     def _keep_signature(
         self, ref: str, kind: str, period: OfficerPeriod, now: datetime, signed: Signed
