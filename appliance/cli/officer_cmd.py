@@ -177,17 +177,15 @@ def add(
     **options: str | None,
 ) -> None:
     """Register an officer's role and rank (a new period when already registered)."""
-    if options.get("ssh_key"):
-        options["ssh_key"] = read_ssh_key(str(options["ssh_key"]))
-    given = {
-        "name": options["name"],
-        "role": options["role"],
-        "rank": options["rank"],
-        "from": options["valid_from"],
-        "to": options["valid_to"],
-        "ssh_key": options["ssh_key"],
-    }
     with open_register(app) as (reg, officers):
+        given = {
+            "name": options["name"],
+            "role": options["role"],
+            "rank": options["rank"],
+            "from": options["valid_from"],
+            "to": options["valid_to"],
+            "ssh_key": read_ssh_key(str(options["ssh_key"])) if options["ssh_key"] else None,
+        }
         try:
             change, signed = register_change(
                 app, reg, "officer_add", principal, given, statement, signature
@@ -271,8 +269,8 @@ def key(
     as_json: bool,
 ) -> None:
     """Replace an officer's SSH public key (the key their statements are signed with)."""
-    given = {"ssh_key": read_ssh_key(ssh_key) if ssh_key else None}
     with open_register(app) as (reg, officers):
+        given = {"ssh_key": read_ssh_key(ssh_key) if ssh_key else None}
         try:
             change, signed = register_change(
                 app, reg, "officer_key", principal, given, statement, signature
