@@ -241,3 +241,26 @@ def test_register_changes_need_a_register_signer(
         lbm("officer", "add", "p120", "--statement", str(change), "--signature", str(sig)),
         "must start after the current one",
     )
+
+
+def test_documented_examples_grant_and_renew_when_signed(
+    signed: tuple[Lbm, dict[str, Path]], tmp_path: Path
+) -> None:
+    """docs/examples: the canonical application and the renewal statement, signed as the docs
+    say, are accepted as they stand."""
+    lbm, keys = signed
+    conn = store_sqlite.connect(DataPaths(lbm.data_dir).registry)
+    inv_table.add(conn, "alice", INV_RECIPIENT, "p900", "2026-01-01T00:00:00Z")
+    conn.close()
+    examples = Path(__file__).resolve().parents[2] / "docs" / "examples"
+    app = tmp_path / "ca1-application.toml"
+    app.write_bytes((examples / "ca1-application.toml").read_bytes())
+    result = grant(lbm, app, sign(keys["p100"], app), when="2030-01-10T08:00:00Z")
+    assert result.returncode == 0, result.stderr
+    stmt = tmp_path / "renew-statement.toml"
+    stmt.write_bytes((examples / "renew-statement.toml").read_bytes())
+    renewed = lbm("auth", "renew", "CA1-2030-0042", "--officer", "p100", "--statement",
+                  str(stmt), "--signature", str(sign(keys["p100"], stmt)), "--json",
+                  env={"LBM_FAKE_NOW": "2030-03-20T09:00:00Z"})  # fmt: skip
+    assert renewed.returncode == 0, renewed.stderr
+    assert json.loads(renewed.stdout)["expiry"] == "2030-07-10T09:00:00Z"
