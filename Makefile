@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA ?= ./lbm-data
 PYTEST_ARGS ?=
 
-.PHONY: venv run test lint bench clean-venv
+.PHONY: venv run test asan lint bench clean-venv
 
 $(BIN)/lbm: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,28 @@ lint: venv
 
 test: venv lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The capture path's C helpers rebuilt under AddressSanitizer + UndefinedBehaviorSanitizer (in
+# their own cache dir, <venv>/var/lbm-capture-asan; the normal build is untouched), then the
+# capture property and corpus tests run with them. Python is not built with ASan, so the ASan
+# runtime is preloaded; CPython keeps objects until exit by design, so leak reports are off.
+# Any sanitizer report ends the test process (UBSan: halt_on_error, -fno-sanitize-recover).
+ASAN_TESTS ?= tests/capture/test_capture_asan.py tests/capture/test_capture_reader.py \
+	tests/capture/test_capture_reader_oversize.py tests/capture/test_capture_decode.py \
+	tests/capture/test_capture_dnsscan.py tests/capture/test_capture_appmeta.py \
+	tests/capture/test_capture_malformed.py tests/capture/test_capture_flows.py \
+	tests/capture/test_capture_vlan.py tests/capture/test_capture_zeek_agreement.py
+CC_FOR_ASAN ?= gcc
+
+asan: venv
+	@libasan=$$($(CC_FOR_ASAN) -print-file-name=libasan.so); \
+	libubsan=$$($(CC_FOR_ASAN) -print-file-name=libubsan.so); \
+	for lib in "$$libasan" "$$libubsan"; do \
+	  case "$$lib" in /*) ;; *) echo "make asan: $$lib not found: install gcc (build-essential)" >&2; exit 1;; esac; \
+	done; \
+	export LBM_CAPTURE_SANITIZE=1 LD_PRELOAD="$$libasan $$libubsan" \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1; \
+	set -x; $(BIN)/python -m capture.build && $(BIN)/pytest -q -p no:cacheprovider $(ASAN_TESTS)
 
 bench: venv
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_tcpstate.h"
+
 static uint32_t cid_rol(uint32_t x, int k) { return (x << k) | (x >> (32 - k)); }
 
 static void cid_block(uint32_t h[5], const uint8_t *p) {

@@ -7,6 +7,8 @@
 
 #include <stdint.h>
 #include <string.h>
+
+#include "_tcpstate.h"
 #include <stdio.h>
 #include <arpa/inet.h>
 

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_fastwalk.h"
+
 static inline uint32_t rd32(const uint8_t *p, int sw) {
     uint32_t v;
     memcpy(&v, p, 4);

@@ -5,17 +5,7 @@
 #include <string.h>
 #include <ctype.h>
 
-#define HIST_MAX 32
-typedef struct {
-    int64_t start[2], last[2], ack[2];
-    uint64_t hist_last_syn[2], hist_last_fin[2], hist_last_rst[2];
-    uint32_t fin_cnt[2], rxmt_cnt[2], rxmt_thresh[2];
-    uint32_t hist_seen;
-    int64_t last_ns;
-    uint8_t state[2], prev_state[2], did_close[2], closed;
-    uint8_t hist_len;
-    char hist[HIST_MAX];
-} tcpflow;
+#include "_tcpstate.h" /* tcpflow, HIST_MAX and the exported functions */
 
 enum { INACTIVE = 0, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET };
 enum { F_FIN = 1, F_SYN = 2, F_RST = 4, F_ACK = 16 };

@@ -11,18 +11,27 @@ field is masked to its low 16 bits: FCS and reserved bits are ignored); pcapng w
 either byte order, several sections and interfaces with their own link types, `if_tsresol`
 and `if_tsoffset`, Enhanced/Simple/obsolete Packet Blocks; other blocks are skipped.
 
+Only regular files are read: a FIFO, socket, device or directory is refused with a
+`CaptureError` naming the path, before anything could block on it (the file is opened with
+O_NONBLOCK and checked with fstat, so a FIFO swapped in after a check cannot hang the read).
+
 Problems after a valid file header never raise: they are counted in `summary`
-(``truncated_record`` for a partial last record, ``bad_record`` for a corrupt length that
-ends the readable part of the file, ``bad_timestamp``, ``bad_interface``, ...).
+(``truncated_record`` when the file ends inside a record, including a record whose claimed
+length runs past the end of the file; ``oversize_record`` for a record or block larger than
+the limit (pcap: the larger of the snap length and 256 KiB, capped at 64 MiB; pcapng: 64 MiB),
+which is skipped by its length, without reading it into memory, and the records after it are
+read; ``bad_record`` for a corrupt length that ends the readable part of the file (a pcapng
+block whose length is not a multiple of 4, or whose trailing length does not match),
+``bad_timestamp``, ``bad_interface``, ...).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +40,8 @@ import numpy.typing as npt
 from capture import CaptureError
 from capture.batch import RawBatch
 from capture.fastpath import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcap, walk_pcapng
+from capture.interfaces import Interface, parse_idb, raw_to_ns
+from capture.regular import open_regular
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -41,47 +52,8 @@ DEFAULT_CHUNK = 8 << 20
 MAX_RECORD = 64 << 20  # larger records/blocks are treated as corruption
 Buf = npt.NDArray[np.uint8]
 MIN_CAPLIMIT = 262144  # libpcap's MAXIMUM_SNAPLEN: accept records up to this even if snaplen < it
-
-
-@dataclass
-class Interface:
-    """One pcapng interface (or the single pcap 'interface')."""
-
-    linktype: int
-    snaplen: int
-    ts_div: int = 1000  # raw ts units -> ns: ns = raw * ts_mul // ts_div (decimal resolutions)
-    ts_mul: int = 1
-    ts_pow2: int = -1  # if >= 0: binary resolution 2^-ts_pow2 s
-    ts_offset_s: int = 0
-
-
-def _resol(iface: Interface, code: int) -> None:
-    if code & 0x80:
-        iface.ts_pow2 = code & 0x7F
-        return
-    exp = code & 0x7F
-    iface.ts_pow2 = -1
-    if exp <= 9:
-        iface.ts_mul, iface.ts_div = 10 ** (9 - exp), 1
-    else:
-        iface.ts_mul, iface.ts_div = 1, 10 ** (exp - 9)
-
-
-def _raw_to_ns(raw: np.ndarray, iface: Interface) -> np.ndarray:
-    """Convert raw pcapng timestamps (uint64) of one interface to int64 ns."""
-    r = raw.astype(np.uint64)
-    if iface.ts_pow2 >= 0:
-        k = np.uint64(iface.ts_pow2)
-        secs = r >> k
-        frac = r & ((np.uint64(1) << k) - np.uint64(1)) if iface.ts_pow2 < 64 else r
-        ns = secs.astype(np.int64) * 1_000_000_000 + (
-            (frac.astype(np.float64) * 1e9) / float(2**iface.ts_pow2)
-        ).astype(np.int64)
-    elif iface.ts_div > 1:
-        ns = (r // np.uint64(iface.ts_div)).astype(np.int64)
-    else:
-        ns = (r * np.uint64(iface.ts_mul)).astype(np.int64)
-    return ns + np.int64(iface.ts_offset_s * 1_000_000_000)
+_LEFT_BUFFER = -1  # `_skip`: the skipped record ends beyond the current buffer
+_OVERSIZE = -2  # `_parse_idb`: an IDB above MAX_RECORD, skipped like any oversize block
 
 
 class CaptureReader:
@@ -98,6 +70,7 @@ class CaptureReader:
         self._swapped = False
         self._nsec = False
         self._caplimit = MIN_CAPLIMIT
+        self._skipped_ifaces: set[int] = set()  # pcapng IDBs skipped as oversize
         self._sniff()
 
     # --- header --------------------------------------------------------------------------
@@ -186,6 +159,7 @@ class CaptureReader:
             buf, length, eof = self._fill(pending, need)
             need = 0
             pos = 0
+            left = False
             arr = np.frombuffer(buf, dtype=np.uint8)
             while True:
                 w = walk_pcap(
@@ -212,11 +186,21 @@ class CaptureReader:
                         iface=np.zeros(n, dtype=np.uint16),
                     )
                 pos += w.consumed
-                if w.status == STOP_BAD:
-                    self._count("bad_record")
-                    return
+                if w.status == STOP_BAD:  # caplen above the limit: skip the record
+                    cl = struct.unpack_from(">I" if self._big() else "<I", buf.data, pos + 8)[0]
+                    nxt = self._skip(buf, pos, length, eof, 16 + cl, None)
+                    if nxt is None:
+                        return
+                    if nxt == _LEFT_BUFFER:
+                        left = True
+                        break
+                    pos = nxt
+                    continue
                 if n < max_packets:
                     break
+            if left:  # skipped past the buffer: the file is positioned after the record
+                pending = b""
+                continue
             rest = length - pos
             if eof:
                 if rest:
@@ -260,26 +244,15 @@ class CaptureReader:
         if pos + 8 > length:
             return 0
         blen = struct.unpack_from(e + "I", buf.data, pos + 4)[0]
+        if blen > MAX_RECORD and not blen & 3:
+            return _OVERSIZE
         if blen < 20 or blen > MAX_RECORD or blen & 3:
             return -1
         if pos + blen > length:
             return 0
-        lt, _, snap = struct.unpack_from(e + "HHI", buf.data, pos + 8)
-        iface = Interface(linktype=lt, snaplen=snap)
-        _resol(iface, 6)
-        o, end = pos + 16, pos + blen - 4
-        while o + 4 <= end:
-            code, olen = struct.unpack_from(e + "HH", buf.data, o)
-            if code == 0:
-                break
-            if o + 4 + olen > end:
-                self._count("bad_option")
-                break
-            if code == 9 and olen >= 1:
-                _resol(iface, int(buf[o + 4]))
-            elif code == 14 and olen >= 8:
-                iface.ts_offset_s = struct.unpack_from(e + "q", buf.data, o + 4)[0]
-            o += 4 + ((olen + 3) & ~3)
+        iface, bad_option = parse_idb(buf.data, pos, int(blen), e)
+        if bad_option:
+            self._count("bad_option")
         self.interfaces.append(iface)
         return int(blen)
 
@@ -292,6 +265,7 @@ class CaptureReader:
             buf, length, eof = self._fill(pending, need)
             need = 0
             pos = 0
+            left = False
             arr = np.frombuffer(buf, dtype=np.uint8)
             while True:
                 if first:
@@ -313,23 +287,43 @@ class CaptureReader:
                         last_ts = int(batch.ts_ns[-1]) if len(batch) else last_ts
                         yield batch
                 pos += w.consumed
+                big = 0
                 if w.status == STOP_BAD:
-                    self._count("bad_record")
-                    return
+                    big = self._oversize_block(buf, pos)
+                    if not big:
+                        self._count("bad_record")
+                        return
                 if w.status == STOP_BLOCK:
                     if w.stop_type == PCAPNG_SHB:
                         blen = self._parse_shb_safe(buf, pos, length)
                     else:
                         blen = self._parse_idb(buf, pos, length)
-                    if blen < 0:
+                        if blen == _OVERSIZE:
+                            big = self._oversize_block(buf, pos)
+                            self._skipped_ifaces.add(len(self.interfaces))
+                            self.interfaces.append(Interface(linktype=0xFFFF, snaplen=0))
+                    if blen < 0 and not big:
                         self._count("bad_record")
                         return
                     if blen == 0:
                         break
-                    pos += blen
+                    if not big:
+                        pos += blen
+                        continue
+                if big:  # a block above the limit: skip it by its length
+                    nxt = self._skip(buf, pos, length, eof, big, big)
+                    if nxt is None:
+                        return
+                    if nxt == _LEFT_BUFFER:
+                        left = True
+                        break
+                    pos = nxt
                     continue
                 if n < max_packets:
                     break
+            if left:  # skipped past the buffer: the file is positioned after the block
+                pending = b""
+                continue
             rest = length - pos
             if eof:
                 if rest:
@@ -342,6 +336,42 @@ class CaptureReader:
                     e = "<" if struct.unpack_from("<I", buf.data, pos + 8)[0] == PCAPNG_BOM else ">"
                 blen = struct.unpack_from(e + "I", buf.data, pos + 4)[0]
                 need = min(blen, MAX_RECORD) + 4096
+
+    def _oversize_block(self, buf: Buf, pos: int) -> int:
+        """The length of the pcapng block at pos if it is well framed but above the limit
+        (skipped, not corrupt), else 0."""
+        e = ">" if self._big() else "<"
+        blen = int(struct.unpack_from(e + "I", buf.data, pos + 4)[0])
+        return blen if blen > MAX_RECORD and not blen & 3 else 0
+
+    def _skip(
+        self, buf: Buf, pos: int, length: int, eof: bool, size: int, trailer: int | None
+    ) -> int | None:
+        """Skip the oversize record of `size` bytes at buffer position `pos` by its length,
+        without reading it into memory. Returns the buffer position after it; `_LEFT_BUFFER`
+        when it ends beyond the buffer (the file is then positioned right after it); None when
+        the file ends inside it (counted as ``truncated_record``) or its trailing length (pcapng:
+        `trailer`) does not match (``bad_record``): the readable part of the file ends there."""
+        e = ">" if self._big() else "<"
+        if pos + size <= length:
+            tail = struct.unpack_from(e + "I", buf.data, pos + size - 4)[0]
+            if trailer is not None and tail != trailer:
+                self._count("bad_record")
+                return None
+            self._count("oversize_record")
+            return pos + size
+        end = self._fh.tell() + (pos + size - length)  # the file offset after the record
+        if eof or end > os.fstat(self._fh.fileno()).st_size:
+            self._count("truncated_record")
+            return None
+        if trailer is not None:
+            self._fh.seek(end - 4)
+            if struct.unpack(e + "I", self._fh.read(4))[0] != trailer:
+                self._count("bad_record")
+                return None
+        self._fh.seek(end)
+        self._count("oversize_record")
+        return _LEFT_BUFFER
 
     def _parse_shb_safe(self, buf: Buf, pos: int, length: int) -> int:
         try:
@@ -356,6 +386,8 @@ class CaptureReader:
         nif = len(self.interfaces)
         iface = w.iface
         bad = iface >= nif
+        if self._skipped_ifaces:  # packets of an interface whose IDB was skipped
+            bad |= np.isin(iface, np.fromiter(self._skipped_ifaces, np.uint32))
         if bad.any():
             self._count("bad_interface", int(np.count_nonzero(bad)))
             keep = ~bad
@@ -378,7 +410,7 @@ class CaptureReader:
         for i in np.unique(iface):
             m = iface == i
             itf = self.interfaces[int(i)]
-            ts[m] = _raw_to_ns(w.ts[m], itf)
+            ts[m] = raw_to_ns(w.ts[m], itf)
             lt[m] = itf.linktype
         spb = w.ts == np.uint64(0xFFFFFFFFFFFFFFFF)
         if spb.any():  # SPBs carry no timestamp: use the previous packet's
@@ -398,10 +430,7 @@ class CaptureReader:
 
 
 def open_capture(path: str | Path, chunk_bytes: int = DEFAULT_CHUNK) -> CaptureReader:
-    """Open a pcap/pcapng file; raises CaptureError(f"{path}: ...") if it is not readable."""
+    """Open a pcap/pcapng file; raises CaptureError(f"{path}: ...") if it is not readable or
+    not a regular file (FIFO, socket, device, directory)."""
     p = Path(path)
-    try:
-        fh = open(p, "rb")  # noqa: SIM115 - owned by the reader, closed by it
-    except OSError as exc:
-        raise CaptureError(f"{p}: cannot open ({exc.strerror or exc})") from None
-    return CaptureReader(p, fh, chunk_bytes)
+    return CaptureReader(p, open_regular(p), chunk_bytes)

@@ -18,6 +18,9 @@ merged file hidden, records `journal/WRITER.compact`, hides the inputs (rename t
 publishes the merged file, then deletes the hidden inputs. A query never sees an input and the
 merged file together; a crash in between is rolled forward by `recover_compaction` on start.
 The merged file's metadata lists the inputs it replaces (`lbm.replaces`).
+
+Modes: every file written here is 0600 and every directory made here 0700, set explicitly
+(`store.private_files`), so the process umask cannot widen them.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store import StoreError
-from store.fsutil import atomic_write, ensure_dir, fsync_dir
+from store.fsutil import fsync_dir
+from store.private_files import create_private, make_private_dirs, private_atomic_write
 from store.schemas import conform, schema
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -119,21 +123,12 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp")
 
 
-def _make_dirs(path: Path) -> None:
-    """mkdir -p, fsyncing each parent of a new directory (so power loss cannot drop it)."""
-    missing = []
-    while not path.is_dir():
-        missing.append(path)
-        path = path.parent
-    for new in reversed(missing):
-        ensure_dir(new)
-        fsync_dir(new.parent)
-
-
 def write_temp(final: Path, table: pa.Table) -> Path:
-    """Write `table` (its schema metadata included) to the hidden temp name of `final`, fsynced."""
-    _make_dirs(final.parent)
+    """Write `table` (its schema metadata included) to the hidden temp name of `final`, fsynced,
+    mode 0600."""
+    make_private_dirs(final.parent)
     tmp = temp_path(final)
+    create_private(tmp)
     pq.write_table(table, tmp, compression=COMPRESSION)
     _fsync_file(tmp)
     return tmp
@@ -163,7 +158,7 @@ def write_round(
             "upto": upto,
             "files": [_rel(metadata_root, final) for final, _ in files],
         }
-        atomic_write(commit, json.dumps(record).encode())
+        private_atomic_write(commit, json.dumps(record).encode())
     except BaseException:
         if commit.exists():  # committed after all (only the directory fsync failed)
             raise RoundIncomplete(
@@ -354,6 +349,7 @@ def compact(
     tmp = temp_path(final)
     rows = 0
     try:
+        create_private(tmp)
         with pq.ParquetWriter(tmp, out_schema, compression=COMPRESSION) as out:
             for path in inputs:
                 pf = pq.ParquetFile(path)
@@ -366,7 +362,7 @@ def compact(
             "merged": _rel(metadata_root, final),
             "inputs": [_rel(metadata_root, p) for p in inputs],
         }
-        atomic_write(commit, json.dumps(record).encode())
+        private_atomic_write(commit, json.dumps(record).encode())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

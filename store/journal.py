@@ -15,7 +15,13 @@ Framing (all integers little-endian)::
 A torn tail (a crash in the middle of an append) fails the length or CRC check and ends the
 readable prefix: `read_frames` stops there and reports how many bytes it left.
 The file is locked with an exclusive `flock` for the writer's lifetime, so a second process
-using the same writer name fails at once instead of interleaving frames.
+using the same writer name fails at once instead of interleaving frames. It is mode 0600 (its
+directory 0700) whatever the umask.
+
+Test seam: `Journal.io_hook`, when set, is called with "write" or "fsync" just before each
+write and fsync of the journal, in the thread doing the I/O. Tests set it to a function that
+blocks, standing for a disk that stops answering (no FUSE or device-mapper delay is available
+to them); nothing else sets it.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import os
 import secrets
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -35,7 +41,8 @@ from typing import BinaryIO
 import pyarrow as pa
 
 from store import StoreError
-from store.fsutil import ensure_dir, fsync_dir
+from store.fsutil import fsync_dir
+from store.private_files import FILE_MODE, make_private_dirs
 
 MAGIC = b"LBJ1"
 _HEAD = struct.Struct("<4sBQII")
@@ -123,10 +130,14 @@ def decode_batches(payload: bytes) -> tuple[str, list[pa.RecordBatch]]:
 class Journal:
     """An open, locked journal file. Not thread-safe: the metadata engine serialises calls."""
 
+    #: Test seam at the I/O boundary (see the module docstring); None in production.
+    io_hook: Callable[[str], None] | None = None
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        ensure_dir(self.path.parent)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        make_private_dirs(self.path.parent)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+        self._fd = os.open(self.path, flags, FILE_MODE)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,6 +146,7 @@ class Journal:
                 f"{self.path} is locked: another process is running metadata writer "
                 f"{self.path.stem!r}; each writer name may run once"
             ) from None
+        os.fchmod(self._fd, FILE_MODE)
         fsync_dir(self.path.parent)
         self.generation = b""
         self.next_seq = 1
@@ -168,7 +180,7 @@ class Journal:
         generation = secrets.token_bytes(16)
         os.ftruncate(self._fd, 0)
         self._write(encode_frame(KIND_HEADER, 0, generation))
-        os.fsync(self._fd)
+        self._fsync()
         self.generation = generation
         self.next_seq = 1
         self.discarded = 0
@@ -187,7 +199,7 @@ class Journal:
         before = self.size()
         try:
             self._write(data)
-            os.fsync(self._fd)
+            self._fsync()
         except OSError as exc:
             # Cut off whatever part of the append landed, so later frames are not hidden
             # behind a torn one.
@@ -197,7 +209,14 @@ class Journal:
         self.next_seq = first + len(payloads)
         return self.next_seq - 1
 
+    def _fsync(self) -> None:
+        if self.io_hook is not None:
+            self.io_hook("fsync")
+        os.fsync(self._fd)
+
     def _write(self, data: bytes) -> None:
+        if self.io_hook is not None:
+            self.io_hook("write")
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)

@@ -3,6 +3,13 @@
 The private key signs audit entries, audit heads and archive manifests. Rotation keeps every
 old public key under keys/retired/ so that what was signed before still verifies.
 Fingerprints are the SHA-256 hex of the OpenSSH public key blob.
+
+Keys found in the data directory say nothing about who signed: anyone who can write keys/ can
+add one. Trust comes from outside: an allowed-signers line kept off the box
+(`parse_allowed_signers`) and, for later keys, the audit log's own `key_rotate` entries, each
+signed by the previous key. An audited rotation stages the new key as keys/gateway_ed25519.next,
+writes that entry, then installs the key (`stage_next`, `install_next`), so a crash in between
+leaves a key the next append can finish installing.
 """
 
 from __future__ import annotations
@@ -10,14 +17,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from store import KeyError_
-from store.fsutil import atomic_write, ensure_dir
+from store.fsutil import atomic_write, ensure_dir, fsync_dir
 from store.paths import DataPaths
 
 
@@ -123,7 +132,8 @@ def load(paths: DataPaths) -> GatewayKey:
 
 
 def load_public_keys(paths: DataPaths) -> dict[str, Ed25519PublicKey]:
-    """Every public key the gateway has signed with, for verifiers that hold no private key."""
+    """Every public key found in keys/, to look signers up by; not a trust anchor (anyone who
+    can write keys/ can add one): `parse_allowed_signers` gives the pinned keys."""
     keys = load_retired(paths)
     if paths.signing_pub.exists():
         key = load_public(paths.signing_pub.read_text(), str(paths.signing_pub))
@@ -134,6 +144,8 @@ def load_public_keys(paths: DataPaths) -> dict[str, Ed25519PublicKey]:
 def rotate(paths: DataPaths, comment: str) -> tuple[str, str]:
     """Retire the current key (its public half stays for verification) and make a new one.
 
+    Unaudited: the audit log then refuses the new key, as it would any key it was not told
+    about. `AuditLog.rotate_key` (what `lbm keys rotate-signing` runs) is the audited rotation.
     Returns (old fingerprint, new fingerprint).
     """
     old = load(paths)
@@ -148,3 +160,85 @@ def rotate(paths: DataPaths, comment: str) -> tuple[str, str]:
     _write_pair(paths, private, comment)
     os.sync()
     return old_fp, fingerprint(private.public_key())
+
+
+def _next_path(paths: DataPaths) -> Path:
+    return paths.signing_key.with_name(paths.signing_key.name + ".next")
+
+
+def _load_private(path: Path) -> Ed25519PrivateKey:
+    data = path.read_bytes()
+    try:
+        private = serialization.load_ssh_private_key(data, password=None)
+    except ValueError as exc:
+        raise KeyError_(f"{path}: not an OpenSSH private key ({exc})") from exc
+    if not isinstance(private, Ed25519PrivateKey):
+        raise KeyError_(f"{path}: not an Ed25519 key")
+    return private
+
+
+def stage_next(paths: DataPaths) -> Ed25519PrivateKey:
+    """Make the next signing key and keep it (0600) beside the current one until installed."""
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    atomic_write(_next_path(paths), pem, mode=0o600)
+    return private
+
+
+def install_next(paths: DataPaths, comment: str, expect_fp: str | None = None) -> GatewayKey:
+    """Retire the current public key and make the staged key current; returns the new key.
+
+    With `expect_fp`, only a staged key with that fingerprint is installed (crash recovery).
+    """
+    staged = _next_path(paths)
+    if not staged.exists():
+        raise KeyError_(f"{staged}: no staged signing key")
+    private = _load_private(staged)
+    if expect_fp is not None and fingerprint(private.public_key()) != expect_fp:
+        raise KeyError_(f"{staged}: staged key is not {expect_fp}")
+    if paths.signing_key.exists():
+        old = _load_private(paths.signing_key).public_key()
+        ensure_dir(paths.old_signing_keys)
+        atomic_write(
+            paths.old_signing_keys / f"{fingerprint(old)}.pub",
+            (public_openssh(old, comment) + "\n").encode(),
+            mode=0o644,
+        )
+    os.replace(staged, paths.signing_key)
+    fsync_dir(paths.keys)
+    pub = public_openssh(private.public_key(), comment) + "\n"
+    atomic_write(paths.signing_pub, pub.encode(), mode=0o644)
+    return GatewayKey(private, load_retired(paths))
+
+
+_ED25519 = re.compile(r"(?:^|\s)ssh-ed25519\s+([A-Za-z0-9+/]+={0,2})(?:\s|$)")
+
+
+def parse_allowed_signers(
+    text: str, where: str, principal: str | None = None
+) -> dict[str, Ed25519PublicKey]:
+    """The ssh-ed25519 keys of an OpenSSH allowed-signers file (the line `lbm status` prints).
+
+    With `principal`, only lines listing it (comma-separated, first field) count. Options such as
+    `namespaces=` are ignored: the audit log is not an SSHSIG signature.
+    """
+    keys: dict[str, Ed25519PublicKey] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        found = _ED25519.search(line)
+        if found is None:
+            continue
+        if principal is not None and principal not in line.split()[0].split(","):
+            continue
+        key = load_public(f"ssh-ed25519 {found.group(1)}", f"{where}:{number}")
+        keys[fingerprint(key)] = key
+    if not keys:
+        whom = f" for principal {principal!r}" if principal else ""
+        raise KeyError_(f"{where}: no ssh-ed25519 key{whom}")
+    return keys

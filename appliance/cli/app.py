@@ -48,7 +48,11 @@ class App:
     @cached_property
     def audit(self) -> AuditLog:
         return AuditLog(
-            self.paths, self.gateway_key, self.clock, witness=bool(self.config["audit.syslog"])
+            self.paths,
+            self.gateway_key,
+            self.clock,
+            witness=bool(self.config["audit.syslog"]),
+            witness_socket=str(self.config["audit.witness_socket"]),
         )
 
     @cached_property

@@ -1,9 +1,13 @@
 """`lbm capture`: replay capture files, or capture live from an interface.
 
 `lbm capture replay FILE...` runs each file through the packet pipeline (writer `replay`) and
-prints packets, flows and bad packets by kind (`--json` for a machine-readable summary). A file
-whose header is broken gets one clear error line naming it; the other files are still processed
-and the exit status is 1 at the end. Decisions use the capture's own timestamps.
+prints, per file and in total, packets, flows and bad packets by kind (`--json` for a
+machine-readable summary: the totals, and `files` with each file's). A file that cannot be
+read (missing, a directory, a FIFO, socket or device: only regular files are read) or whose
+header is broken gets one clear error line naming it; so does a file already replayed into
+this data directory (`capture.replayed`: same SHA-256 and size), unless `--again`. The other
+files are still processed and the exit status is 1 at the end. Decisions use the capture's own
+timestamps.
 
 `lbm capture live --interface IF` is the capture daemon (writer `capture-IF`): it runs until
 SIGTERM or SIGINT, then flushes every flow and exits 0.
@@ -17,9 +21,12 @@ from typing import Any
 import click
 
 from appliance.cli.app import EXIT_FAIL, App, emit, fail, pass_app, run_guarded
+from appliance.cli.textsafe import safe
 from capture import CaptureError
 from capture.flows import FlowConfig
 from capture.pipeline import Pipeline, replay
+from capture.replayed import ReplayLedger, fingerprint
+from capture.summary import Summary
 from store.archive import Archive
 from store.audit import Action
 
@@ -69,10 +76,37 @@ def _text(summary: dict[str, Any]) -> str:
     if bad:
         lines.append("bad packets by kind:")
         lines.extend(f"  {k}: {v}" for k, v in bad.items())
+    if bad.get("reader_truncated_record"):
+        lines.append("the file ends inside a record: it is truncated")
+    if bad.get("reader_oversize_record"):
+        lines.append("records above the size limit were skipped: the records after them were read")
     evicted = summary["flow_counters"].get("evicted", 0)
     if evicted:
         lines.append(f"flows ended early because the flow table was full: {evicted}")
     return "\n".join(lines)
+
+
+def _replay_text(result: dict[str, Any]) -> str:
+    parts = []
+    for f in result["files"]:
+        head = f"== {safe(f['file'])}"
+        if f["status"] != "replayed":
+            parts.append(f"{head}\nnot replayed ({f['status']}): {safe(f['error'])}")
+        else:
+            parts.append(f"{head}\n{_text(f)}")
+    if len(result["files"]) > 1:
+        parts.append(f"== total ({len(result['files'])} files)\n{_text(result)}")
+    return "\n".join(parts)
+
+
+def _merge(total: dict[str, Any], one: dict[str, Any]) -> None:
+    for k in ("packets", "flows", "dns_rows", "archived_packets", "archive_errors"):
+        total[k] = total.get(k, 0) + one[k]
+    for k in ("bad_packets", "decode_counts", "flow_counters"):
+        into = total.setdefault(k, {})
+        for name, v in one[k].items():
+            into[name] = into.get(name, 0) + v
+        total[k] = dict(sorted(into.items()))
 
 
 @click.group("capture")
@@ -81,28 +115,84 @@ def capture() -> None:
 
 
 @capture.command("replay")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@click.option(
+    "--again",
+    is_flag=True,
+    help="replay a file already replayed into this data directory (its rows are duplicated)",
+)
 @pass_app
-def replay_cmd(app: App, files: tuple[str, ...], as_json: bool) -> None:
-    """Replay capture files (pcap, pcapng) into the flow and dns metadata streams."""
+def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> None:
+    """Replay capture files (pcap, pcapng) into the flow and dns metadata streams.
+
+    Each file is replayed once: a file already replayed into this data directory (same
+    SHA-256 and size, recorded in journal/replayed.jsonl) is refused unless --again. The
+    summary is printed per file, then in total."""
 
     def run() -> dict[str, Any]:
         pipe, (source, archive) = build_pipeline(app, "replay", None)
+        ledger = ReplayLedger(app.paths.journal)
+        per_file: list[dict[str, Any]] = []
+        failed: dict[str, str] = {}
+        archived = errors = 0  # the recorder's counts are cumulative over files
         try:
-            summary = replay([Path(f) for f in files], pipe)
+            for name in files:
+                entry: dict[str, Any] = {"file": name}
+                per_file.append(entry)
+                try:
+                    fp = fingerprint(Path(name))
+                except CaptureError as exc:
+                    failed[name] = str(exc)
+                    entry.update(status="failed", error=str(exc))
+                    continue
+                entry.update(sha256=fp.sha256, size=fp.size)
+                prior = ledger.start(fp, name, app.clock.now().isoformat(), again=again)
+                if prior is not None:
+                    msg = (
+                        f"{name}: already replayed into this data directory "
+                        f"({prior.get('at', '?')}, as {prior.get('file', '?')}; sha256 "
+                        f"{fp.sha256[:16]}..., {fp.size} bytes): replaying it again would "
+                        "duplicate its rows; use --again to replay it anyway"
+                    )
+                    failed[name] = msg
+                    entry.update(status="refused", error=msg)
+                    continue
+                pipe.summary = Summary()
+                one = replay([Path(name)], pipe).as_dict()
+                cum = one["archived_packets"], one["archive_errors"]
+                one["archived_packets"], one["archive_errors"] = cum[0] - archived, cum[1] - errors
+                archived, errors = cum
+                ledger.done(
+                    fp,
+                    name,
+                    app.clock.now().isoformat(),
+                    {k: one[k] for k in ("packets", "flows", "dns_rows")},
+                )
+                if one["files_failed"]:  # broken after the header check (pcapng sections)
+                    failed.update(one["files_failed"])
+                    entry.update(status="failed", error=one["files_failed"][name], **one)
+                    continue
+                entry.update(status="replayed", **one)
         finally:
             pipe.close()
             archive.close()
             source.stop()
-        return summary.as_dict()
+        total: dict[str, Any] = {}
+        for e in per_file:
+            if "packets" in e:
+                _merge(total, e)
+        empty = Summary().as_dict()
+        result = {**empty, **total, "files_failed": failed, "files": per_file}
+        for e in per_file:
+            e.pop("files_failed", None)
+        return result
 
     result = run_guarded(run)
     for name, error in result["files_failed"].items():
-        click.echo(
-            f"lbm: error: {error}" if name in error else f"lbm: error: {name}: {error}", err=True
-        )
-    emit(result, as_json, _text(result))
+        line = error if name in error else f"{name}: {error}"
+        click.echo(f"lbm: error: {safe(line)}", err=True)
+    emit(result, as_json, _replay_text(result))
     if result["files_failed"]:
         raise SystemExit(EXIT_FAIL)
 

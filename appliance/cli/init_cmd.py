@@ -126,6 +126,9 @@ def init(
         )
     config = app.config  # validates an existing file: a bad one stops init here
     new_key = not app.paths.signing_key.exists()
+    log = app.paths.audit_log
+    if not new_key and (not log.exists() or log.stat().st_size == 0):
+        fail(f"{log}: empty while the gateway key exists (log erased?); not starting a new log")
     if new_key:
         signing.create(app.paths, config.gateway_id)
         created.append(str(app.paths.signing_key))

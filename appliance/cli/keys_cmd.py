@@ -4,7 +4,8 @@
     lbm keys investigator list [--json] [--all]
     lbm keys investigator remove NAME
     lbm keys dev-identity [--out FILE]      (outside the data dir; never for evidence)
-    lbm keys rotate-signing                 (the old public key stays for verification)
+    lbm keys rotate-signing                 (audited, signed by the old key, which stays
+                                             for verification)
     lbm keys show [--json]                  (gateway public key and fingerprint)
     lbm keys rewrap REF --identity FILE|-   (wrap REF's key to exactly the current assignees
                                              and custodians; needs a current holder's identity)
@@ -167,16 +168,19 @@ def dev_identity(app: App, out: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def rotate_signing(app: App, as_json: bool) -> None:
-    """Make a new gateway signing key; the old public key is kept for verification."""
+    """Make a new gateway signing key, announced by an audit entry signed by the old one.
+
+    `lbm audit verify --allowed-signers` follows these entries from a pinned key to the new one;
+    the old public key stays in keys/retired/ for manifests signed before.
+    """
     app.require_initialised()
-    old_fp, new_fp = signing.rotate(app.paths, app.config.gateway_id)
+    old_fp, new_fp = app.audit.rotate_key(app.actor, app.config.gateway_id)
     app.__dict__.pop("gateway_key", None)
-    app.__dict__.pop("audit", None)
-    app.audit.append(Action.KEY_ROTATE, app.actor, old_fingerprint=old_fp, new_fingerprint=new_fp)
     emit(
         {"old_fingerprint": old_fp, "new_fingerprint": new_fp},
         as_json,
-        f"rotated gateway signing key: {old_fp} -> {new_fp} (old public key retained)",
+        f"rotated gateway signing key: {old_fp} -> {new_fp} (old public key retained; "
+        "`lbm status` prints the new allowed-signers line)",
     )
 
 

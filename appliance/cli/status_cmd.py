@@ -11,6 +11,7 @@ import os
 import click
 
 from appliance.cli.app import App, emit, pass_app
+from store import witness
 from store.audit import AuditLog
 from store.signing import public_openssh
 
@@ -50,6 +51,13 @@ def status(app: App, as_json: bool) -> None:
     last = None
     for entry in AuditLog(app.paths, None, app.clock).entries():
         last = entry
+    w = witness.load_state(app.paths.audit_dir)
+    if not app.config["audit.syslog"]:
+        w_text = "off ([audit] syslog = false): no off-box witness"
+    elif w.failing:
+        w_text = f"FAILING since {w.outage_since}: {w.outage_failures} failures ({w.outage_error})"
+    else:
+        w_text = f"ok (last head sent {w.last_ok or 'never'}; {w.failures_total} failures in all)"
     data = {
         "gateway": gateway,
         "data_dir": str(app.paths.root),
@@ -62,16 +70,19 @@ def status(app: App, as_json: bool) -> None:
         "ports": ports,
         "supervisor_pid": supervisor,
         "audit_entries": last["seq"] if last else 0,
+        "witness": {"state": w_text.split()[0].lower(), "detail": w_text, **w.__dict__},
     }
     lines = [
         f"gateway        {gateway}",
         f"data dir       {app.paths.root}",
         f"signing key    {pub}",
         f"fingerprint    {key.fingerprint}",
-        "allowed signers line (for ssh-keygen -Y verify):",
+        "allowed signers line (ssh-keygen -Y verify; keep a copy off the box for "
+        "lbm audit verify --allowed-signers):",
         f"  {data['allowed_signers']}",
         f"daemons ready  {', '.join(ready) or 'none'}",
         f"audit entries  {data['audit_entries']}",
+        f"audit witness  {w_text}",
     ]
     for name, port in ports.items():
         lines.append(f"port           {name} {port}")

@@ -174,6 +174,14 @@ SCHEMA: list[Option] = [
         "also write each new audit head to the system journal (an off-box witness)",
     ),
     Option(
+        "audit",
+        "witness_socket",
+        str,
+        "/dev/log",
+        "the journal's syslog socket (unix datagram) that audit heads are written to",
+        lambda v: None if v.startswith("/") else "must be an absolute path",
+    ),
+    Option(
         "policy",
         "require_officer_signature",
         bool,

@@ -18,9 +18,9 @@ from capture import build
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -68,9 +68,16 @@ def test_install_entry_point_builds_both_extensions(tmp_path: Path) -> None:
     assert not (tmp_path / "home").exists()  # nothing built elsewhere
 
 
-def test_source_change_gives_a_new_build_name() -> None:
-    """A build is keyed by its source: an edited extension never loads a stale library."""
-    changed = dataclasses.replace(build.TCPSTATE, cdef=build.TCPSTATE.cdef + "\n/* edit */\n")
+def _edited_header(tmp_path: Path, ext: build.Extension, edit: str) -> build.Extension:
+    header = tmp_path / ext.header
+    header.write_text((REPO / "capture" / ext.header).read_text() + edit)
+    return dataclasses.replace(ext, header=str(header))
+
+
+def test_source_change_gives_a_new_build_name(tmp_path: Path) -> None:
+    """A build is keyed by its header, sources and flags: an edited extension never loads a
+    stale library."""
+    changed = _edited_header(tmp_path, build.TCPSTATE, "\n/* edit */\n")
     assert changed.module_name() != build.TCPSTATE.module_name()
     assert build.TCPSTATE.module_name() == build.TCPSTATE.module_name()
     assert build.FASTWALK.module_name().startswith("_lbm_fastwalk_")
@@ -86,9 +93,9 @@ def test_missing_compiler_is_a_clear_capture_error(tmp_path: Path) -> None:
         HOME=str(tmp_path / "home"),
     )
     code = (
-        "import dataclasses\n"
+        "import dataclasses, sys\n"
         "from capture import CaptureError, build\n"
-        "e = dataclasses.replace(build.TCPSTATE, cdef=build.TCPSTATE.cdef + '/* unbuilt */')\n"
+        "e = dataclasses.replace(build.TCPSTATE, header=sys.argv[1])\n"
         "try:\n"
         "    build.load(e)\n"
         "except CaptureError as exc:\n"
@@ -96,7 +103,8 @@ def test_missing_compiler_is_a_clear_capture_error(tmp_path: Path) -> None:
         "else:\n"
         "    print('BUILT')\n"
     )
-    out = _run(code, env)
+    header = _edited_header(tmp_path, build.TCPSTATE, "/* unbuilt */").header
+    out = _run(code, env, header)
     assert out.returncode == 0, out.stderr
     msg = out.stdout
     assert "'tcpstate' is not built and could not be built" in msg
@@ -113,3 +121,102 @@ def test_record_walker_falls_back_without_a_compiler(tmp_path: Path) -> None:
     out = _run("import capture.fastpath as f; print(f.IMPLEMENTATION)", env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "python"
+
+
+# --- hardening ------------------------------------------------------------------------------
+
+HARDENING = ("-O2", "-fPIC", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2")
+needs_cc = pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler on PATH")
+
+
+@needs_cc
+def test_helpers_are_compiled_with_the_hardening_flags(tmp_path: Path) -> None:
+    """A real build through a compiler wrapper that logs its command lines: every compile of
+    both extensions has the hardening flags (after Python's own CFLAGS, so they win), and the
+    libraries use the stack protector and fortified libc calls."""
+    log = tmp_path / "cc.log"
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec gcc "$@"\n')
+    wrapper.chmod(0o755)
+    dest = tmp_path / "cache"
+    env = dict(os.environ, CC=str(wrapper), LDSHARED=f"{wrapper} -shared")
+    env.pop("LBM_CAPTURE_SANITIZE", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "capture.build", "--dest", str(dest)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    compiles = [line.split() for line in log.read_text().splitlines() if " -c " in f" {line} "]
+    assert len(compiles) == 2, compiles  # one translation unit per extension
+    for argv in compiles:
+        for flag in HARDENING:
+            assert flag in argv, (flag, argv)
+        last_opt = [a for a in argv if a.startswith("-O")][-1]
+        assert last_opt == "-O2", argv
+    symbols = ""
+    for so in dest.glob("*.so"):
+        symbols += subprocess.run(
+            ["nm", "-D", "--undefined-only", str(so)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    assert "__stack_chk_fail" in symbols
+    assert "__snprintf_chk" in symbols  # _dnsscan.c's snprintf, fortified
+
+
+@needs_cc
+@pytest.mark.parametrize("source", sorted(p.name for p in (REPO / "capture").glob("_*.c")))
+def test_c_sources_compile_warning_free(source: str) -> None:
+    """-Wall -Wextra -Werror with the hardening flags: a full compile, since some warnings
+    (fortify's, maybe-uninitialized) come only from the optimiser."""
+    cmd = ["gcc", "-Wall", "-Wextra", "-Werror", *HARDENING, "-Icapture", "-c", "-o", "/dev/null"]
+    run = subprocess.run(
+        [*cmd, f"capture/{source}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_shared_declarations_live_once_in_a_header() -> None:
+    """The flow struct and the exported functions are declared in capture/*.h, which the C
+    sources include and the cffi cdef is read from; no C file declares the struct again."""
+    assert "typedef struct" in build.TCPSTATE.cdef and "} tcpflow;" in build.TCPSTATE.cdef
+    assert "#define HIST_MAX 32" in build.TCPSTATE.cdef
+    assert "#include" not in build.TCPSTATE.cdef and "#ifndef" not in build.TCPSTATE.cdef
+    assert "walk_pcapng" in build.FASTWALK.cdef
+    declared = [p.name for p in (REPO / "capture").glob("*.[ch]") if "} tcpflow;" in p.read_text()]
+    assert declared == ["_tcpstate.h"]
+    for ext in build.EXTENSIONS:
+        for src in ext.sources:
+            assert f'#include "{ext.header}"' in (REPO / "capture" / src).read_text(), src
+
+
+def test_sanitizer_build_has_its_own_flags_and_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make asan` (LBM_CAPTURE_SANITIZE=1) builds with ASan + UBSan under another module
+    name in a separate cache directory: the normal build is never replaced or loaded."""
+    monkeypatch.delenv("LBM_CAPTURE_SANITIZE", raising=False)
+    monkeypatch.delenv("LBM_CAPTURE_CACHE", raising=False)
+    normal_dirs, normal_name = build.cache_dirs(), build.TCPSTATE.module_name()
+    assert "-fstack-protector-strong" in build.cflags() and build.ldflags() == ()
+    monkeypatch.setenv("LBM_CAPTURE_SANITIZE", "1")
+    assert "-fsanitize=address,undefined" in build.cflags()
+    assert "-fsanitize=address,undefined" in build.ldflags()
+    dirs = build.cache_dirs()
+    assert [d.name for d in dirs] == ["lbm-capture-asan"]
+    assert not set(dirs) & set(normal_dirs)
+    assert build.TCPSTATE.module_name() != normal_name
+
+
+def test_make_asan_runs_in_ci() -> None:
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ci.index("make test") < ci.index("make asan")
+    assert "\nasan: venv" in (REPO / "Makefile").read_text()

@@ -99,7 +99,8 @@ def test_rotate_signing_keeps_the_old_public_key(lbm) -> None:
     assert after["fingerprint"] == rotated["new_fingerprint"] != before["fingerprint"]
     assert after["retired_fingerprints"] == [before["fingerprint"]]
     entry = _actions(lbm.data_dir)[-1]
-    assert entry["action"] == "key_rotate" and entry["key"] == after["fingerprint"]
+    assert entry["action"] == "key_rotate" and entry["key"] == before["fingerprint"]  # old key
+    assert entry["fields"]["new_fingerprint"] == after["fingerprint"]  # vouches for the new one
     # entries signed before and after the rotation all verify
     assert lbm("audit", "verify").returncode == 0
     text = lbm("keys", "show", check=True).stdout

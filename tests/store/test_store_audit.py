@@ -102,26 +102,31 @@ def test_missing_head_is_reported(tmp_path: Path) -> None:
 
 def test_rewritten_tail_with_gateway_key_is_caught_by_witness(tmp_path: Path) -> None:
     """Someone holding the gateway key can rewrite the tail, but not what a witness saw."""
-    paths, log = make_log(tmp_path, 3)
+    paths, log = make_log(tmp_path, 2)
+    saved = (paths.audit_log.read_bytes(), paths.audit_head.read_bytes())
+    log.append(Action.AUTH_GRANT, "officer", refs=["REF-2"])
     witness = tmp_path / "journal.txt"
     head = paths.audit_head.read_text()
     witness.write_text(f"Nov 24 12:00:00 gw lbm-audit[1]: head {head}")
-    data = lines(paths)
-    paths.audit_log.write_bytes(b"".join(data[:2]))
-    paths.audit_head.unlink()
+    assert check(paths, witness).ok
+    paths.audit_log.write_bytes(saved[0])  # roll back to an older saved log and head...
+    paths.audit_head.write_bytes(saved[1])
+    assert check(paths).ok  # ...which is self-consistent...
+    result = check(paths, witness)  # ...but the witness saw seq 3
+    assert not result.ok and "witnessed seq 3 is missing" in result.first_problem
     log.append(Action.AUTH_GRANT, "forger", refs=["REF-X"])  # re-signed, consistent chain
-    assert check(paths).ok  # without the witness the forgery is self-consistent...
-    result = check(paths, witness)  # ...the witness catches it
+    assert check(paths).ok
+    result = check(paths, witness)
     assert not result.ok and "witnessed seq 3 differs" in result.first_problem
 
 
 def test_old_entries_verify_after_key_rotation(tmp_path: Path) -> None:
-    paths, _ = make_log(tmp_path, 2)
-    signing.rotate(paths, "gw1")
-    log = AuditLog(paths, signing.load(paths), Clock(), witness=False)
-    log.append(Action.KEY_ROTATE, "officer")
+    paths, log = make_log(tmp_path, 2)
+    old_fp, new_fp = log.rotate_key("officer", "gw1")
+    log.append(Action.AUTH_GRANT, "officer")
     result = check(paths)
-    assert result.ok, result.problems and result.entries == 3
+    assert result.ok, result.problems
+    assert result.entries == 4 and result.signers == [old_fp, new_fp]
 
 
 def _append_many(root: str, n: int) -> None:

@@ -28,6 +28,8 @@ from store.metadata import MetadataWriter
 from store.paths import DataPaths
 
 root, prefix, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+nowait = mode.endswith("-nowait")  # rows go in through append_nowait (the event loops' way)
+mode = mode.removesuffix("-nowait")
 fast = mode == "continuous"
 w = MetadataWriter(
     "web", "proxy", paths=DataPaths(root), gateway="gw1",
@@ -38,8 +40,12 @@ n = 0
 batches = 0
 while True:
     for _ in range(97):
-        w.append({"ts": t0 + timedelta(milliseconds=40 * n), "uid": f"{prefix}{n}",
-                  "host": "example.org", "bytes_down": n})
+        row = {"ts": t0 + timedelta(milliseconds=40 * n), "uid": f"{prefix}{n}",
+               "host": "example.org", "bytes_down": n}
+        if not nowait:
+            w.append(row)
+        elif not w.append_nowait(row):
+            sys.exit("append_nowait refused a row")
         n += 1
     w.flush()
     batches += 1
@@ -110,6 +116,28 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     journal = (root / "journal" / "proxy.journal").read_bytes()
     frames, end = scan_frames(journal)
     assert end == len(journal) and [f.kind for f in frames] == [0]  # only a header left
+
+
+def test_kill_9_keeps_every_append_nowait_row_accepted_by_flush(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    seed = int(os.environ.get("LBM_TEST_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    accepted: dict[str, int] = {}
+    for round_no in range(3):
+        prefix = f"n{round_no}-"
+        proc = start_writer(root, prefix, "continuous-nowait")
+        accepted[prefix] = accepted_before_kill(
+            proc, rng.randrange(2_000, 15_000), rng.uniform(0, 0.3)
+        )
+        assert proc.returncode == -signal.SIGKILL  # killed, not stopped by a refused row
+        restart(root)
+        check_files(root)
+        uids = read_stream(DataPaths(root), "web").column("uid").to_pylist()
+        assert len(uids) == len(set(uids)), f"a row was published twice (seed {seed})"
+        present = set(uids)
+        for pfx, count in accepted.items():
+            missing = [i for i in range(count) if f"{pfx}{i}" not in present]
+            assert missing == [], f"{len(missing)} accepted rows of {pfx} lost (seed {seed})"
 
 
 def _journal_only_writer(root: Path, flushes: int) -> int:

@@ -1,0 +1,40 @@
+/* Declarations of the _tcpstate extension (capture/_tcpstate_impl.c, _dnsscan.c, _cid.c),
+ * shared by the C sources (which include this file, so the compiler checks the definitions
+ * against it) and the cffi declarations: capture/build.py reads this file for its cdef (lines
+ * starting with '#' are dropped there, except `#define NAME NUMBER`). The flow struct is
+ * declared here once: Python allocates arrays of it through cffi and C walks them. Keep it
+ * plain C declarations that cffi's parser accepts. */
+#ifndef LBM_TCPSTATE_H
+#define LBM_TCPSTATE_H
+#include <stdint.h>
+
+#define HIST_MAX 32
+typedef struct {
+    int64_t start[2], last[2], ack[2];
+    uint64_t hist_last_syn[2], hist_last_fin[2], hist_last_rst[2];
+    uint32_t fin_cnt[2], rxmt_cnt[2], rxmt_thresh[2];
+    uint32_t hist_seen;
+    int64_t last_ns;
+    uint8_t state[2], prev_state[2], did_close[2], closed;
+    uint8_t hist_len;
+    char hist[HIST_MAX];
+} tcpflow;
+
+void tcp_reset(tcpflow *f, int flipped);
+int64_t tcp_process(tcpflow *flows, int64_t n, const int32_t *slot, const uint8_t *is_orig,
+                    const uint8_t *flags, const uint32_t *seq, const uint32_t *ack,
+                    const int32_t *len, const int64_t *ts, int64_t close_delay_ns);
+int64_t tcp_size(const tcpflow *f, int endpoint);
+int tcp_conn_state(const tcpflow *f, int64_t orig_size, int64_t resp_size);
+void tcp_reset_many(tcpflow *flows, int64_t n, const int64_t *slot, const uint8_t *flipped);
+void tcp_summary(const tcpflow *flows, int64_t n, const int64_t *slot, int64_t *orig_size,
+                 int64_t *resp_size, int32_t *state, char *hist, int32_t *hist_len);
+void app_scan(const uint8_t *buf, int64_t n, const int64_t *off, const int32_t *len,
+              int32_t *kind, int64_t *a_off, int32_t *a_len, int32_t *ver);
+int64_t dns_scan(const uint8_t *buf, int64_t n, const int64_t *off, const int32_t *len,
+                 int32_t *hdr, uint8_t *qname, int32_t *qname_len, int64_t max_ans,
+                 int32_t *ans_type, uint32_t *ans_ttl, int32_t *ans_off, int32_t *ans_len,
+                 uint8_t *text, int64_t text_cap);
+void community_ids(const uint8_t *rows, int64_t n, int32_t width, char *out);
+
+#endif
