@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -27,6 +27,7 @@ from appliance.policy import RegistryError, RuleViolation, officers, rules
 from appliance.policy import officer_signatures as signatures
 from appliance.policy import officers_store as officer_rows
 from appliance.policy import registry_store as rows
+from appliance.policy.grant_keys import GrantKeys, KeyMaker
 from appliance.policy.model import Application, Authorisation, EventKind, Officer, OfficerPeriod
 from appliance.policy.officer_signatures import Signed
 from appliance.policy.registry_store import assignees, ensure_schema, load_all, load_one
@@ -35,12 +36,9 @@ from store import investigators as investigators_table
 from store import sqlite as store_sqlite
 from store.audit import Action, AuditLog
 from store.clock import Clock, format_utc
-from store.keys import KeyStore
 from store.paths import DataPaths
 
 __all__ = ["ListedAuthorisation", "Registry", "assignees", "ensure_schema", "load_all", "load_one"]
-
-KeyMaker = Callable[[str, list[str]], str]
 
 
 def sha256(text: str | bytes) -> str:
@@ -79,7 +77,7 @@ class Registry:
         self.paths = paths
         self.custodians = tuple(custodians)
         self.renewal_window_days = renewal_window_days
-        self._key_maker = key_maker
+        self.keys = GrantKeys(paths, key_maker)
         ensure_schema(conn)
 
     @classmethod
@@ -107,32 +105,6 @@ class Registry:
 
     def close(self) -> None:
         self.conn.close()
-
-    # -- keys ----------------------------------------------------------------------------------
-    def _make_key(self, ref: str, recipients: list[str]) -> str:
-        if self._key_maker is not None:
-            return self._key_maker(ref, recipients)
-        if self.paths is None:
-            raise RegistryError("no data directory: cannot create the authorisation key")
-        return str(KeyStore(self.paths).create_authorisation_key(ref, recipients))
-
-    def _key_exists(self, ref: str) -> bool:
-        if self._key_maker is not None or self.paths is None:
-            return False
-        store = KeyStore(self.paths)
-        return store.auth_key_path(ref).exists() or store.auth_pub_path(ref).exists()
-
-    def _undo_key(self, ref: str) -> None:
-        """Remove a key pair made for a grant that was then not recorded (so a retry works and
-        no key material is left for a grant that does not exist)."""
-        if self._key_maker is not None or self.paths is None:
-            return
-        store = KeyStore(self.paths)
-        for path in (store.auth_key_path(ref), store.auth_pub_path(ref)):
-            with suppress(FileNotFoundError):
-                path.unlink()
-        with suppress(OSError):
-            store.ref_dir(ref).rmdir()
 
     # -- transactions and audit ----------------------------------------------------------------
     @contextmanager
@@ -209,35 +181,33 @@ class Registry:
         investigators and the custodians). The officer is the register's entry at this instant,
         whatever name, role or rank `app` carries."""
         action = "urgent" if app.urgent else "grant"
-        with ExitStack() as stack:
-            with self._write(action, app.ref) as now:
-                period = self.officer_at(app.officer.principal, now)
-                app = replace(app, officer=period.officer)
-                self._check_grant(app, now)
-                signature = self._signed_application(app, period, signed, now)
-                recipients = [self._active_investigator(n).recipient for n in app.investigators]
-                expiry = rules.initial_expiry(app)
-                if not self._key_exists(app.ref):  # never remove a key this grant did not make
-                    stack.callback(self._undo_key, app.ref)
-                public_key = self._make_key(app.ref, recipients + list(self.custodians))
-                rows.insert_authorisation(
-                    self.conn, app, public_key=public_key, now=now, actor=self.actor
-                )
-                for name in app.investigators:
-                    rows.insert_assignment(self.conn, app.ref, name, now, self.actor)
-                kind = EventKind.URGENT if app.urgent else EventKind.GRANT
-                self._append(
-                    app.ref,
-                    kind,
-                    now,
-                    officer=app.officer,
-                    expiry=expiry,
-                    investigators=app.investigators,
-                )
-                if signed is not None:
-                    self._keep_signature(app.ref, action, period, now, signed)
-                self._audit_grant(app, expiry, public_key, signature)
-            stack.pop_all()  # committed: keep the key
+        with ExitStack() as stack, self._write(action, app.ref) as now:
+            period = self.officer_at(app.officer.principal, now)
+            app = replace(app, officer=period.officer)
+            self._check_grant(app, now)
+            signature = self._signed_application(app, period, signed, now)
+            recipients = [self._active_investigator(n).recipient for n in app.investigators]
+            expiry = rules.initial_expiry(app)
+            public_key = stack.enter_context(  # removed again unless COMMIT succeeds
+                self.keys.provisional(app.ref, recipients + list(self.custodians))
+            )
+            rows.insert_authorisation(
+                self.conn, app, public_key=public_key, now=now, actor=self.actor
+            )
+            for name in app.investigators:
+                rows.insert_assignment(self.conn, app.ref, name, now, self.actor)
+            kind = EventKind.URGENT if app.urgent else EventKind.GRANT
+            self._append(
+                app.ref,
+                kind,
+                now,
+                officer=app.officer,
+                expiry=expiry,
+                investigators=app.investigators,
+            )
+            if signed is not None:
+                self._keep_signature(app.ref, action, period, now, signed)
+            self._audit_grant(app, expiry, public_key, signature)
         return self._require(app.ref)
 
     def _registered(self, principal: str, at: datetime) -> Officer:
