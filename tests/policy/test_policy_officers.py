@@ -215,3 +215,18 @@ def test_failed_commit_leaves_no_key_material_and_no_keystore_directory(env: Env
     env.reg.conn.execute("DROP TRIGGER trap_grant")
     assert env.reg.grant(application()).ref == "CA1-1"  # a retry works
     assert (env.paths.keystore / "CA1-1" / "auth.age").exists()
+
+
+def test_cancel_refused_to_a_login_user_mapped_to_the_subject(env: Env) -> None:
+    """With the investigator register's login mapping (`--login`), the login user is compared
+    with the subject: a subject cannot cancel their own monitoring, whatever they claim."""
+    env.reg.grant(application())
+    env.reg.conn.execute("ALTER TABLE investigators ADD COLUMN login TEXT")
+    env.reg.conn.execute("UPDATE investigators SET login = 'tester' WHERE name = 'subj'")
+    with pytest.raises(RuleViolation, match="p12345 is the subject of CA1-1 and cannot cancel"):
+        env.reg.cancel("CA1-1", "stop watching me")
+    with pytest.raises(RuleViolation, match="p12345 is the subject"):
+        env.reg.cancel("CA1-1", "stop watching me", "p100")  # claiming an officer's name
+    env.reg.conn.execute("UPDATE investigators SET login = 'tester' WHERE name = 'inv1'")
+    env.reg.conn.execute("UPDATE investigators SET login = NULL WHERE name = 'subj'")
+    assert env.reg.cancel("CA1-1", "no longer needed").cancelled_at == T0
