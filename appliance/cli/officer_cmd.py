@@ -22,7 +22,7 @@ from appliance.config import ConfigError
 from appliance.policy import InvalidInput, PolicyError, RuleViolation, values
 from appliance.policy import officer_signatures as signatures
 from appliance.policy.model import OfficerPeriod
-from appliance.policy.officer_register import OfficerRegister, SignedChange
+from appliance.policy.officer_register import OfficerRegister, SignedChange, key_fingerprint
 from appliance.policy.registry import Registry
 from store import StoreError
 from store.clock import format_utc
@@ -137,6 +137,29 @@ def period_line(p: OfficerPeriod) -> str:
     return (
         f"{p.principal}  {safe(p.name)}  {p.role}  {p.rank.value}  "
         f"{format_utc(p.valid_from)} -> {until}  ({key})"
+    )
+
+
+TABLE_COLUMNS = ("PRINCIPAL", "NAME", "ROLE", "RANK", "FROM", "UNTIL", "SSH KEY")
+
+
+def period_table(periods: list[OfficerPeriod]) -> str:
+    """Officer periods in aligned columns (names escaped; keys by fingerprint)."""
+    rows = [TABLE_COLUMNS] + [
+        (
+            p.principal,
+            safe(p.name),
+            p.role,
+            p.rank.value,
+            format_utc(p.valid_from),
+            format_utc(p.valid_to) if p.valid_to else "open",
+            key_fingerprint(p.ssh_key) if p.ssh_key else "-",
+        )
+        for p in periods
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )
 
 
@@ -296,7 +319,7 @@ def list_(app: App, include_ended: bool, as_json: bool) -> None:
         for mine in reg.officer_periods().values():
             items.extend(p for p in mine if include_ended or p.valid_at(now) or p.valid_from > now)
     data: list[dict[str, Any]] = [p.as_dict() for p in items]
-    text = "\n".join(period_line(p) for p in items) if items else "no officers registered"
+    text = period_table(items) if items else "no officers registered"
     emit(data, as_json, text)
 
 
@@ -310,4 +333,4 @@ def show(app: App, principal: str, as_json: bool) -> None:
         mine = reg.officer_periods(principal).get(principal, [])
         if not mine:
             raise RuleViolation(f"officer {principal!r} is not in the officer register")
-    emit([p.as_dict() for p in mine], as_json, "\n".join(period_line(p) for p in mine))
+    emit([p.as_dict() for p in mine], as_json, period_table(mine))

@@ -47,7 +47,7 @@ def test_add_list_show_end_audited_and_names_escaped(reg: Lbm) -> None:
                  "--rank", "inspector", "--from", "2026-01-01T00:00:00Z", env=AT)  # fmt: skip
     assert result.returncode == 0, result.stderr
     listed = reg("officer", "list", env=AT)
-    assert listed.stdout.count("\n") == 1 and "\\n p999" in listed.stdout
+    assert listed.stdout.count("\n") == 2 and "\\n p999" in listed.stdout  # header + 1
     assert "\x1b" not in listed.stdout
     data = json.loads(reg("officer", "show", "p110", "--json").stdout)
     assert data[0]["name"] == hostile and data[0]["valid_to"] is None
