@@ -16,7 +16,13 @@ from typing import Any
 import click
 
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
-from appliance.cli.auth_view import auth_dict, list_table, show_text, write_evidence
+from appliance.cli.auth_view import (
+    auth_dict,
+    evidence_hashes,
+    list_table,
+    show_text,
+    write_evidence,
+)
 from appliance.cli.textsafe import safe
 from appliance.config import ConfigError, load_config
 from appliance.policy import InvalidInput, PolicyError, RuleViolation
@@ -27,6 +33,7 @@ from appliance.policy.officer_signatures import Signed
 from appliance.policy.registry import Registry
 from appliance.policy.snapshot import SnapshotSource
 from store import StoreError
+from store.audit import Action
 
 
 def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
@@ -429,6 +436,13 @@ def show(app: App, ref: str, evidence: Path | None, as_json: bool) -> None:
             except OSError as exc:
                 fail(f"--evidence {evidence}: {exc.strerror or exc}")
             data["evidence"] = [str(f) for f in files]
+            app.audit.append(
+                Action.AUTH_VIEW,
+                app.actor,
+                refs=[data["ref"]],
+                evidence_files=[f.name for f in files],
+                signed_sha256=[s["signed_sha256"] for s in evidence_hashes(reg, data["ref"])],
+            )
     text = show_text(data)
     if evidence is not None:
         text += f"\n  evidence: {len(data['evidence'])} files in {safe(evidence)}"

@@ -7,6 +7,7 @@ terminal line; JSON output carries it as it is.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,14 @@ def write_evidence(reg: Registry, ref: str, directory: Path) -> list[Path]:
     text = EVIDENCE_README.format(ref=ref, commands="\n".join(commands))
     put("README.txt", text.encode())
     return written
+
+
+def evidence_hashes(reg: Registry, ref: str) -> list[dict[str, str]]:
+    """SHA-256 of each signed act's bytes and signature (what the evidence audit entry names)."""
+    return [
+        {
+            "signed_sha256": hashlib.sha256(bytes(a["signed_bytes"])).hexdigest(),
+            "signature_sha256": hashlib.sha256(bytes(a["signature"])).hexdigest(),
+        }
+        for a in reg.signatures(ref)
+    ]

@@ -112,6 +112,8 @@ def test_signed_application_granted_and_evidence_verifies_with_ssh_keygen(
         input=signed_file.read_bytes(), capture_output=True,
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
+    viewed = json.loads((lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()[-1])
+    assert viewed["action"] == "auth_view" and viewed["fields"]["signed_sha256"] == [sha]
     # the evidence directory is never overwritten
     again = lbm("auth", "show", "CA1-7", "--evidence", str(evidence))
     assert again.returncode == 1 and "exists already" in again.stderr
