@@ -119,7 +119,7 @@ def test_cancellation_open_to_audit_officer_and_registered_officers_never_the_su
 def test_auth_list_aligned_columns(reg: Lbm) -> None:
     add(reg, "p110", "--from", "2026-01-01T00:00:00Z")
     reg(*grant_argv("CA1-2026-0042", channel="web,email", officer="p110"), env=AT, check=True)
-    reg(*grant_argv("R2", "p2", channel="packets", officer="p110"), env=AT, check=True)
+    reg.grant("R2", "p2", channel="packets", officer="p110", when=T0)
     lines = reg("auth", "list", env=AT).stdout.splitlines()
     assert lines[0].split() == ["REF", "SUBJECT", "STATE", "CASE", "TYPE", "CHANNELS", "OFFICER",
                                 "INVESTIGATORS", "START", "EXPIRY", "FLAGS"]  # fmt: skip

@@ -1,4 +1,14 @@
-"""Test support importable from any test module (tests/support is on pytest's pythonpath)."""
+"""Test support importable from any test module (tests/support is on pytest's pythonpath).
+
+Granting in a test: officers are registry facts, so the authorising officer must be registered
+before `lbm auth grant`. `lbm(*grant_argv(REF, ...))` (or `lbm.grant(REF, ...)`) after `lbm init`
+does it for you: the runner registers the standard officers it names (`OFFICERS`: HOPS p100,
+ACU p110, HR p200, DUTY p300, SERGEANT p310, and any (principal, name, role, rank) tuple passed
+to `grant_argv(officer=...)`) valid from 2000, once per data dir. The investigator named
+(default `inv1`) must be registered too (`lbm keys investigator add` or
+`store.investigators.add`). An application given with `--from-file` names its officer in the
+file: call `register_officers(lbm, PRINCIPAL)` first.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,6 +88,13 @@ class Lbm:
                 f"{result.stderr}"
             )
         return result
+
+    def grant(self, ref: str, subject: str = "p12345", *, when: str | None = None,
+              **options: Any) -> Result:  # fmt: skip
+        """`lbm auth grant|urgent` (`grant_argv` options), failing the test if refused; `when`
+        sets the fake clock (the data dir must allow it, as the `lbm` fixture's does)."""
+        env = {"LBM_FAKE_NOW": when} if when else None
+        return self(*grant_argv(ref, subject, **options), env=env, check=True)
 
 
 # A test investigator's age recipient (no one holds its identity).
