@@ -20,15 +20,13 @@ by `recover()` on the next start, which audits SEGMENT_TRUNCATED.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import re
 import threading
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from store import ArchiveError, KeyError_, StoreError
@@ -39,8 +37,12 @@ from store.clock import Clock, format_utc
 from store.fsutil import ensure_dir
 from store.keys import KeyStore, check_ref
 from store.paths import DataPaths
-from store.segment import SegmentWriter, claim, io_message, is_live, segment_numbers
+from store.record_sink import RecordSink, RecordTarget
+from store.recovery import Sealer, closing_fields
+from store.segment import SegmentWriter, claim, io_message
 from store.signing import GatewayKey
+
+__all__ = ["CHANNELS", "Archive", "RecordSink", "RecordTarget"]
 
 CHANNELS = ("web", "email", "packets")
 TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -63,40 +65,29 @@ class _Open:
     last_ts: str | None = None
 
 
-class RecordSink:
-    """One record being written; `write` any number of times, then `close()` -> record id."""
+class _SegmentRecord:
+    """The `RecordTarget` a sink is handed: the current record of one open segment, with the
+    archive's failure and sealing policy bound in as two callables (nothing else of Archive)."""
 
-    def __init__(self, archive: Archive, seg: _Open, record_id: str) -> None:
-        self._archive = archive
+    def __init__(
+        self,
+        seg: _Open,
+        on_end: Callable[[_Open, bool], None],
+        on_failure: Callable[[_Open], None],
+    ) -> None:
         self._seg = seg
-        self.record_id = record_id
-        self._done = False
+        self._on_end = on_end
+        self._on_failure = on_failure
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._done:
-            raise ArchiveError(f"record {self.record_id}: write after close")
         try:
             self._seg.writer.write(data)
         except ArchiveError:
-            self._done = True
-            self._archive._abandon(self._seg)
+            self._on_failure(self._seg)
             raise
 
-    def close(self, *, aborted: bool = False) -> str:
-        if self._done:
-            raise ArchiveError(f"record {self.record_id}: closed already or failed")
-        self._done = True
-        self._archive._end_record(self._seg, aborted)
-        return self.record_id
-
-    def __enter__(self) -> RecordSink:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not self._done:
-            self.close(aborted=exc is not None)
+    def end(self, *, aborted: bool) -> None:
+        self._on_end(self._seg, aborted)
 
 
 class Archive:
@@ -155,7 +146,7 @@ class Archive:
         seg.last_ts = max(seg.last_ts or ts_text, ts_text)
         if seg.first_at is None:
             seg.first_at = self.clock.now()
-        return RecordSink(self, seg, record_id)
+        return RecordSink(_SegmentRecord(seg, self._end_record, self._abandon), record_id)
 
     def _acquire(self, ref: str) -> _Open:
         with self._lock:
@@ -263,11 +254,7 @@ class Archive:
                     Action.SEGMENT_CLOSE,
                     self.actor,
                     refs=(w.ref,),
-                    segment=f"{w.ref}/{w.name}",
-                    records=len(w.records),
-                    ciphertext_bytes=w.ciphertext_bytes,
-                    manifest_sha256=digest,
-                    chain_seq=seq,
+                    **closing_fields(fields, digest, seq),
                 )
             except StoreError as exc:
                 raise ArchiveError(
@@ -342,97 +329,17 @@ class Archive:
         return (self.paths.archive / check_ref(ref) / f"{name}.manifest.json").exists()
 
     # -- recovery ----------------------------------------------------------------------------
-    def recover(self) -> list[str]:
+    def recover(
+        self, ref: str | None = None, *, trigger: str = "start", exclude: Container[str] = ()
+    ) -> list[str]:
         """Seal every segment left without a manifest by a crash (no writer holds it) as
-        truncated, and audit each. Returns the segment ids sealed."""
-        sealed: list[str] = []
-        root = self.paths.archive
-        if not root.is_dir():
-            return sealed
-        for directory in sorted(p for p in root.iterdir() if p.is_dir()):
-            with chain.archive_lock(directory):
-                for number in segment_numbers(directory):
-                    if self._seal_truncated(directory, number, "cut off (crash or failure)"):
-                        sealed.append(f"{directory.name}/{number:06d}")
-        return sealed
+        truncated, and audit each (store/recovery.py). Returns the segment ids sealed."""
+        return self._sealer.recover(self.paths.archive, ref, trigger=trigger, exclude=exclude)
 
     def _seal_truncated(self, directory: Path, number: int, reason: str) -> bool:
         """Caller holds the archive lock. Returns True if a truncated manifest was written."""
-        name = f"{number:06d}"
-        seg = directory / f"{name}.age"
-        if (directory / f"{name}.manifest.json").exists() or is_live(seg):
-            return False
-        ref = directory.name
-        records = _read_index(directory / f"{name}.index.jsonl")
-        size = seg.stat().st_size
-        try:
-            with seg.open("rb") as fh:
-                header_len = age.header_length(fh)
-        except age.AgeError:
-            header_len = -1
-        if header_len < 0 and not records:  # never held a record: nothing to keep
-            for path in (seg, directory / f"{name}.index.jsonl"):
-                path.unlink(missing_ok=True)
-            with contextlib.suppress(KeyError_):
-                self.keystore.destroy_segment(ref, number)
-            return False
-        try:
-            auth_fp: str | None = age.recipient_fingerprint(self.keystore.authorisation_public(ref))
-        except (KeyError_, age.AgeError):
-            auth_fp = None
-        ts = sorted(str(r.get("ts")) for r in records)
-        index = directory / f"{name}.index.jsonl"
-        fields: dict[str, Any] = {
-            "ref": ref,
-            "segment": number,
-            "file": seg.name,
-            "principals": sorted({str(r["principal"]) for r in records if r.get("principal")}),
-            "channels": sorted({str(r.get("channel")) for r in records}),
-            "kinds": sorted({str(r.get("kind")) for r in records}),
-            "first_ts": ts[0] if ts else None,
-            "last_ts": ts[-1] if ts else None,
-            "opened_at": None,
-            "closed_at": format_utc(self.clock.now()),
-            "records": len(records),
-            "ciphertext_sha256": chain.sha256_file(seg),
-            "ciphertext_bytes": size,
-            "plaintext_bytes": None,
-            "whole_chunks": max(0, (size - header_len) // (age.CHUNK + age.TAG))
-            if header_len >= 0
-            else 0,
-            "index_sha256": chain.sha256_file(index)
-            if index.exists()
-            else hashlib.sha256().hexdigest(),
-            "segment_key_fingerprint": None,
-            "authorisation_key_fingerprint": auth_fp,
-            "truncated": True,
-            "truncated_reason": reason,
-        }
-        digest, seq = chain.append(directory, self.key, fields)
-        if self.audit is not None:
-            self.audit.append(
-                Action.SEGMENT_TRUNCATED,
-                self.actor,
-                refs=(ref,),
-                segment=f"{ref}/{name}",
-                records_indexed=len(records),
-                ciphertext_bytes=size,
-                reason=reason,
-                manifest_sha256=digest,
-                chain_seq=seq,
-            )
-        return True
+        return self._sealer.seal_truncated(directory, number, reason)
 
-
-def _read_index(path: Path) -> list[dict[str, Any]]:
-    """Index lines; a torn last line (crash mid-write) is ignored."""
-    records: list[dict[str, Any]] = []
-    with contextlib.suppress(FileNotFoundError), path.open("rb") as fh:
-        for line in fh:
-            try:
-                item = json.loads(line)
-            except ValueError:
-                break
-            if isinstance(item, dict):
-                records.append(item)
-    return records
+    @property
+    def _sealer(self) -> Sealer:
+        return Sealer(self.key, self.keystore, self.clock, self.audit, self.actor)

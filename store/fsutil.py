@@ -1,9 +1,19 @@
-"""Crash-safe file helpers: write to a temporary name, fsync, rename, fsync the directory."""
+"""Crash-safe file helpers: write to a temporary name, fsync, rename, fsync the directory.
+
+Modes are explicit, whatever the process umask: `atomic_write` gives the file exactly `mode`
+(default 0600) and `ensure_dir` gives every directory it creates exactly `mode` (default 0700),
+parents included. Everything under the data directory is private to the gateway's user
+(DECISIONS.md, data directory layout); the CLI also sets umask 077 for writers outside store/.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 def fsync_dir(path: Path) -> None:
@@ -14,24 +24,48 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new file whole."""
+def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new file whole.
+    The file gets exactly `mode` (not narrowed or widened by the umask)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover of a crashed writer with this pid: never reuse its mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o777)
     try:
+        os.fchmod(fd, mode & 0o777)
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
-def ensure_dir(path: Path, mode: int = 0o700) -> Path:
+def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
+    """Create `path` and any missing parents, each with exactly `mode`; existing directories
+    are left as they are."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    missing: list[Path] = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=mode)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # made meanwhile by another process: theirs to set
+        os.chmod(directory, mode)
     return path

@@ -128,7 +128,7 @@ class KeyStore:
         text = age.identity_file_text(secret, [f"lbm authorisation key for {ref}"])
         atomic_write(self.auth_key_path(ref), age.encrypt_bytes(text.encode(), wanted), 0o600)
         del secret, text
-        atomic_write(self.auth_pub_path(ref), (public + "\n").encode(), 0o644)
+        atomic_write(self.auth_pub_path(ref), (public + "\n").encode(), 0o600)
         self._audit(
             Action.KEY_CREATE,
             ref,

@@ -95,9 +95,9 @@ def append(directory: Path, key: GatewayKey, fields: dict[str, Any]) -> tuple[st
     new_head["sig"] = key.sign(canonical(new_head))
     written = False
     try:
-        atomic_write(directory / name, data, 0o644)
+        atomic_write(directory / name, data)
         written = True
-        atomic_write(directory / "chain.json", canonical(new_head) + b"\n", 0o644)
+        atomic_write(directory / "chain.json", canonical(new_head) + b"\n")
     except OSError as exc:
         if written:  # keep manifests and head consistent: the seal is retried as a whole
             with contextlib.suppress(OSError):
@@ -114,6 +114,7 @@ class VerifyReport:
     ok: bool = True
     archives: int = 0
     segments: int = 0
+    on_record: int = 0  # sealed segments the audit log records (store/archive_audit.py)
     open_segments: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)

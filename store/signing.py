@@ -95,7 +95,7 @@ def _write_pair(paths: DataPaths, private: Ed25519PrivateKey, comment: str) -> N
     )
     atomic_write(paths.signing_key, pem, mode=0o600)
     pub = public_openssh(private.public_key(), comment) + "\n"
-    atomic_write(paths.signing_pub, pub.encode(), mode=0o644)
+    atomic_write(paths.signing_pub, pub.encode(), mode=0o600)
 
 
 def create(paths: DataPaths, comment: str) -> GatewayKey:
@@ -154,7 +154,7 @@ def rotate(paths: DataPaths, comment: str) -> tuple[str, str]:
     atomic_write(
         paths.old_signing_keys / f"{old_fp}.pub",
         (public_openssh(old.public, comment) + "\n").encode(),
-        mode=0o644,
+        mode=0o600,
     )
     private = Ed25519PrivateKey.generate()
     _write_pair(paths, private, comment)

@@ -1,40 +1,78 @@
-"""`lbm archive`: check archives without decrypting, list records, export raw records.
+"""`lbm archive`: check archives without decrypting, recover cut-off segments, list and export.
 
-    lbm archive verify [REF] [--json]       signatures (current and retired gateway keys), the
-                                            chain and head, ciphertext and index hashes;
-                                            exit 1 naming each bad segment
-    lbm archive records REF [--json]        the plaintext index (no content, no key needed)
-    lbm archive export-raw REF --identity FILE|- --out DIR [--segment N]
-                                            each record's exact bytes to DIR (audited)
-
-The investigator identity is read from a file or stdin and never stored; plaintext goes only
-to the output directory, which may not lie inside the data directory. Format-specific exports
-(HAR, .eml, pcapng) build on `store.framing.open_segment`.
+lbm archive verify [REF] [--json]       signatures (current and retired gateway keys), the
+                                        chain and head, ciphertext and index hashes, and
+                                        against the audit log: every sealed segment it
+                                        records is present with its wrapped key unless its
+                                        destruction is on record; exit 1 naming each problem
+lbm archive recover [REF] [--json]      seal segments cut off by a crash as truncated
+                                        (audited); refused while a writer holds the archive
+lbm archive records REF [--json]        the plaintext index (no content, no key needed)
+lbm archive export-raw REF --identity FILE|- --out DIR [--segment N]
+                                        each record's exact bytes to DIR (archive_export.py)
 """
 
 from __future__ import annotations
 
 import json
-import os
+import sqlite3
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from appliance.cli.app import App, emit, fail, pass_app
-from store import ArchiveError, KeyError_, signing
-from store.audit import Action
-from store.framing import PlainStream, iter_events, open_segment
-from store.fsutil import ensure_dir
-from store.keys import KeyStore, check_ref
-from store.manifest import verify_all
+from appliance.cli.archive_export import export_raw
+from store import AuditError, KeyError_, StoreError, signing
+from store import sqlite as store_sqlite
+from store.archive import Archive
+from store.archive_audit import OnRecord, cross_check, on_record
+from store.keys import check_ref
+from store.manifest import VerifyReport, verify_all
+from store.recovery import live_segments
 from store.segment import segment_numbers
 
 
 @click.group("archive")
 def archive() -> None:
-    """Verify archives, list records, export them."""
+    """Verify archives, recover cut-off segments, list records, export them."""
+
+
+archive.add_command(export_raw)
+
+
+def _checked_ref(ref: str | None) -> None:
+    if ref is not None:
+        try:
+            check_ref(ref)
+        except KeyError_ as exc:
+            fail(str(exc), 2)
+
+
+def registry_refs(app: App) -> tuple[list[str], str | None]:
+    """References of every authorisation in the registry (read-only), or a problem."""
+    if not app.paths.registry.exists():
+        return [], None
+    try:
+        conn = store_sqlite.connect(app.paths.registry, readonly=True)
+        try:
+            rows = conn.execute("SELECT ref FROM authorisations").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return [], None
+        return [], f"{app.paths.registry}: cannot read authorisations ({exc})"
+    except sqlite3.Error as exc:
+        return [], f"{app.paths.registry}: cannot read authorisations ({exc})"
+    return [str(r[0]) for r in rows], None
+
+
+def _audit_record(app: App) -> tuple[OnRecord, str | None]:
+    try:
+        return on_record(app.audit.entries()), None
+    except (AuditError, OSError) as exc:
+        return OnRecord(), f"audit log unreadable, archives not cross-checked: {exc}"
 
 
 @archive.command("verify")
@@ -42,24 +80,80 @@ def archive() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def verify(app: App, ref: str | None, as_json: bool) -> None:
-    """Check manifests, chains and ciphertext hashes without decrypting (all archives, or REF)."""
+    """Check manifests, chains and ciphertext hashes without decrypting, and that everything
+    the audit log records as sealed is still there (all archives, or REF)."""
     app.require_initialised()
-    if ref is not None:
-        try:
-            check_ref(ref)
-        except KeyError_ as exc:
-            fail(str(exc), 2)
-    report = verify_all(app.paths.archive, signing.load_public_keys(app.paths), ref)
-    data = report.__dict__
+    _checked_ref(ref)
+    record, audit_problem = _audit_record(app)
+    known, registry_problem = registry_refs(app)
+    if ref is not None and not (app.paths.archive / ref).is_dir() and ref in record.refs | {*known}:
+        report = VerifyReport()  # known, nothing archived yet (or deleted: cross_check says)
+    else:
+        report = verify_all(app.paths.archive, signing.load_public_keys(app.paths), ref)
+    for problem in (audit_problem, registry_problem):
+        if problem:
+            report.bad(problem)
+    cross_check(app.paths, record, report, ref, known)
     lines = [
         f"archive {'ok' if report.ok else 'FAILED'}: {report.archives} archive(s), "
         f"{report.segments} sealed segment(s), {len(report.open_segments)} open, "
-        f"{len(report.truncated)} truncated"
+        f"{len(report.truncated)} truncated; audit log records {report.on_record} sealed"
     ]
     lines += [f"truncated: {s}" for s in report.truncated]
     lines += [f"problem: {p}" for p in report.problems]
-    emit(data, as_json, "\n".join(lines))
+    emit(report.__dict__, as_json, "\n".join(lines))
     if not report.ok:
+        sys.exit(1)
+
+
+@archive.command("recover")
+@click.argument("ref", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def recover(app: App, ref: str | None, as_json: bool) -> None:
+    """Seal segments cut off by a crash as truncated (all archives, or REF); audited.
+
+    Refused while a running writer (a capture daemon, a replay) holds a segment of the archive:
+    stop it first, or let it recover on its next start. Segments the audit log records as
+    sealed whose manifest has since been deleted are left alone and reported: recovery never
+    re-seals what someone removed. Running it again changes nothing."""
+    app.require_initialised()
+    _checked_ref(ref)
+    root = app.paths.archive
+    if ref is not None:
+        if not (root / ref).is_dir():
+            fail(f"{ref}: no archive for this reference")
+        directories = [root / ref]
+    else:
+        directories = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    live = [f"{d.name}/{n:06d}" for d in directories for n in live_segments(d)]
+    if live:
+        fail(
+            f"archive being written: segment {', '.join(live)} is held by a running writer "
+            "(stop the capture daemon or replay first; a daemon recovers on start)"
+        )
+    record, audit_problem = _audit_record(app)
+    if audit_problem:
+        fail(audit_problem)
+    sealed_ids = {f"{r}/{n:06d}" for r, n in record.seals}
+    deleted = [
+        f"{d.name}/{n:06d}"
+        for d in directories
+        for n in segment_numbers(d)
+        if f"{d.name}/{n:06d}" in sealed_ids and not (d / f"{n:06d}.manifest.json").exists()
+    ]
+    archive_ = Archive(app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor)
+    try:
+        done = archive_.recover(ref, trigger="command", exclude=sealed_ids)
+    except StoreError as exc:
+        fail(f"recovery failed: {exc}")
+    lines = [f"sealed as truncated: {s}" for s in done] or ["nothing to recover"]
+    lines += [
+        f"left alone: {s}: sealed on record but its manifest is missing (run `lbm archive verify`)"
+        for s in deleted
+    ]
+    emit({"sealed": done, "left_alone": deleted}, as_json, "\n".join(lines))
+    if deleted:
         sys.exit(1)
 
 
@@ -96,128 +190,3 @@ def records(app: App, ref: str, as_json: bool) -> None:
             f"{i['id']:<28} {i['ts']:<28} {i['channel']:<8} {i['kind']:<12} "
             f"{i.get('principal') or '-':<12} {i['length']} bytes"
         )
-
-
-def _read_identity(source: str) -> str:
-    if source == "-":
-        return sys.stdin.read()
-    try:
-        return Path(source).read_text()
-    except OSError as exc:
-        fail(f"--identity {source}: {exc.strerror}", 2)
-
-
-def _export_segment(app: App, ref: str, number: int, identity: str, out: Path) -> dict[str, Any]:
-    reader, fh = open_segment(app.paths, ref, number, identity)
-    count = 0
-    seg_dir = out / ref / f"{number:06d}"
-    ensure_dir(seg_dir)
-    current = None
-    meta: list[dict[str, Any]] = []
-    try:
-        for kind, value in iter_events(PlainStream(reader.chunks())):
-            if kind == "header":
-                n = int(str(value["id"]).rsplit("/", 1)[1])
-                current = (seg_dir / f"{n}.bin").open("wb")
-                meta.append({**value, "file": f"{n}.bin", "complete": False})
-            elif kind == "data" and current is not None:
-                current.write(value)
-            elif current is not None:
-                current.close()
-                current = None
-                meta[-1]["complete"] = kind == "end" and not (value or {}).get("aborted")
-                count += 1
-    finally:
-        fh.close()
-        if current is not None:
-            current.close()
-    (seg_dir / "records.jsonl").write_text(
-        "".join(json.dumps(m, sort_keys=True) + "\n" for m in meta)
-    )
-    return {"segment": f"{ref}/{number:06d}", "records": count, "truncated": reader.truncated}
-
-
-@archive.command("export-raw")
-@click.argument("ref")
-@click.option(
-    "--identity",
-    required=True,
-    metavar="FILE|-",
-    help="investigator age identity file ('-' reads stdin); never stored",
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="output directory (outside the data directory)",
-)
-@click.option("--segment", type=int, help="only this segment number")
-@click.option("--json", "as_json", is_flag=True)
-@pass_app
-def export_raw(
-    app: App, ref: str, identity: str, out: Path, segment: int | None, as_json: bool
-) -> None:
-    """Decrypt REF's records to OUT/REF/NNNNNN/N.bin with a records.jsonl per segment."""
-    app.require_initialised()
-    directory = app.paths.archive / check_ref(ref)
-    out = out.absolute()
-    real_out, real_root = os.path.realpath(out), os.path.realpath(app.paths.root)
-    if real_out == real_root or real_out.startswith(real_root + os.sep):
-        fail(f"--out {out}: inside the data directory; plaintext never goes there", 2)
-    numbers = segment_numbers(directory)
-    if segment is not None:
-        if segment not in numbers:
-            fail(f"{ref}: no segment {segment}")
-        numbers = [segment]
-    if not numbers:
-        fail(f"{ref}: no archived segments")
-    text = _read_identity(identity)
-    results = []
-    try:
-        for number in numbers:
-            if not KeyStore(app.paths).segment_key_path(ref, number).exists():
-                results.append(
-                    {
-                        "segment": f"{ref}/{number:06d}",
-                        "records": 0,
-                        "truncated": False,
-                        "destroyed": True,
-                    }
-                )
-                continue
-            results.append(_export_segment(app, ref, number, text, out))
-    except (ArchiveError, KeyError_) as exc:
-        app.audit.append(
-            Action.EXPORT,
-            app.actor,
-            refs=(ref,),
-            format="raw",
-            ok=False,
-            error=str(exc),
-            segments=[r["segment"] for r in results],
-        )
-        fail(str(exc))
-    del text
-    app.audit.append(
-        Action.EXPORT,
-        app.actor,
-        refs=(ref,),
-        format="raw",
-        ok=True,
-        out=str(out),
-        segments=[r["segment"] for r in results],
-        records=sum(r["records"] for r in results),
-    )
-    emit(
-        results,
-        as_json,
-        "\n".join(
-            f"{r['segment']}: "
-            + (
-                "key destroyed (shredded)"
-                if r.get("destroyed")
-                else f"{r['records']} record(s)" + (" (TRUNCATED)" if r["truncated"] else "")
-            )
-            for r in results
-        ),
-    )

@@ -6,6 +6,7 @@ Each concern registers its own click group in its own module; this file only com
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -37,6 +38,10 @@ def _register() -> None:
 
 
 def main() -> None:
+    # Every file lbm writes under the data directory is private to the gateway's user, whatever
+    # the caller's umask: 0600 files, 0700 directories (store/fsutil also sets modes explicitly).
+    # Daemons started by `lbm run` are `lbm ...` command lines, so they come through here too.
+    os.umask(0o077)
     _register()
     try:
         cli.main(prog_name="lbm", standalone_mode=True)

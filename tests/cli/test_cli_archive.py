@@ -84,9 +84,10 @@ def test_export_raw_writes_exact_bytes_outside_the_data_dir(lbm, tmp_path: Path)
         check=True,
     )
     assert "000002: 1 record(s)" in result.stdout
-    assert (out / REF / "000001" / "1.bin").read_bytes() == b"message 0\r\n" * 10
+    assert (out / REF / "000001" / "1.eml").read_bytes() == b"message 0\r\n" * 10
     meta = json.loads((out / REF / "000002" / "records.jsonl").read_text())
     assert meta["id"] == f"{REF}/000002/1" and meta["complete"] is True
+    assert meta["file"] == "1.eml"
     entry = [
         json.loads(line)
         for line in (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()

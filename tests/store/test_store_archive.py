@@ -447,8 +447,12 @@ def test_kill_9_mid_record_then_recover_marks_segment_truncated(env: Env) -> Non
     assert report.ok and report.truncated == [f"{REF}/000001"]
     manifest = json.loads((env.paths.archive / REF / "000001.manifest.json").read_text())
     assert manifest["truncated"] is True and manifest["records"] == 1
-    entry = list(env.audit.entries())[-1]
+    entry, recovered = list(env.audit.entries())[-2:]
     assert entry["action"] == "segment_truncated" and entry["refs"] == [REF]
+    assert entry["fields"]["segment_number"] == 1 and entry["fields"]["ref"] == REF
+    assert entry["fields"]["ciphertext_sha256"] == manifest["ciphertext_sha256"]
+    assert recovered["action"] == "archive_recovered" and recovered["refs"] == [REF]
+    assert recovered["fields"]["segments"] == [f"{REF}/000001"]
     # the investigator gets the authenticated prefix: the first record whole, the second cut
     with pytest.raises(age.AgeError, match="truncated"):
         env.read(REF, 1)
