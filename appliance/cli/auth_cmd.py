@@ -8,24 +8,32 @@ the `SnapshotSource` daemons use, wired to this data directory and its config fi
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
+from appliance.cli.auth_view import (
+    auth_dict,
+    evidence_hashes,
+    list_table,
+    show_text,
+    write_evidence,
+)
+from appliance.cli.textsafe import safe
 from appliance.config import ConfigError, load_config
-from appliance.policy import InvalidInput, PolicyError, RuleViolation, rules
+from appliance.policy import InvalidInput, PolicyError, RuleViolation
 from appliance.policy import application as application_form
+from appliance.policy import officer_signatures as signatures
 from appliance.policy.model import Authorisation, Officer
+from appliance.policy.officer_signatures import Signed
 from appliance.policy.registry import Registry
 from appliance.policy.snapshot import SnapshotSource
 from store import StoreError
-from store.clock import format_utc
+from store.audit import Action
 
 
 def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
@@ -58,6 +66,8 @@ def _registry(app: App) -> Iterator[Registry]:
         actor=app.actor,
         audit=app.audit,
         custodians=app.config["keys.custodians"],
+        renewal_window_days=app.config["policy.renewal_window_days"],
+        require_signature=app.config["policy.require_officer_signature"],
     )
     try:
         yield reg
@@ -73,135 +83,13 @@ def _registry(app: App) -> Iterator[Registry]:
         reg.close()
 
 
-def _t(value: datetime | None) -> str | None:
-    return format_utc(value) if value is not None else None
-
-
-def auth_dict(
-    auth: Authorisation, reg: Registry, now: datetime, *, detail: bool = False
-) -> dict[str, Any]:
-    app = auth.application
-    data: dict[str, Any] = {
-        "ref": auth.ref,
-        "subject": auth.subject,
-        "case_type": auth.case_type.value,
-        "purposes": [p.value for p in app.purposes],
-        "channels": [c.value for c in auth.channels],
-        "urgent": auth.urgent,
-        "start": _t(auth.start),
-        "expiry": _t(auth.expiry),
-        "ratified_at": _t(auth.ratified_at),
-        "cancelled_at": _t(auth.cancelled_at),
-        "state": auth.state(now),
-        "flags": list(rules.warnings(auth, now)),
-        "next_review": _t(rules.next_review(auth)),
-        "renewals": auth.renewals,
-        "officer": app.officer.as_dict(),
-        "open_do_not_decrypt": auth.open_do_not_decrypt,
-        "retention_days": app.retention_days,
-        "assignees": list(reg.current_assignees(auth)),
-        "wrapped_to": list(auth.wrapped_to),
-        "rewrap_due": reg.rewrap_due(auth),
-    }
-    if detail:
-        data.update(
-            {
-                "necessity": app.necessity,
-                "proportionality": app.proportionality,
-                "collateral": app.collateral,
-                "ripa_considered": app.ripa_considered,
-                "ripa_note": app.ripa_note,
-                "cancel_reason": auth.cancel_reason,
-                "public_key": auth.public_key,
-                "created_at": _t(auth.created_at),
-                "history": [e.as_dict() for e in auth.history],
-            }
-        )
-    return data
-
-
-def _summary(data: dict[str, Any]) -> str:
-    flags = list(data["flags"]) + (["rewrap_due"] if data["rewrap_due"] else [])
-    return (
-        f"{data['ref']}  subject={data['subject']}  {data['state']}  "
-        f"{data['start']} -> {data['expiry']}  channels={','.join(data['channels'])}"
-        + (f"  [{', '.join(flags)}]" if flags else "")
-    )
-
-
-def _show_text(data: dict[str, Any]) -> str:
-    lines = [_summary(data)]
-    keys = (
-        "case_type",
-        "purposes",
-        "urgent",
-        "ratified_at",
-        "cancelled_at",
-        "cancel_reason",
-        "officer",
-        "next_review",
-        "renewals",
-        "assignees",
-        "wrapped_to",
-        "retention_days",
-        "open_do_not_decrypt",
-        "ripa_considered",
-        "ripa_note",
-        "necessity",
-        "proportionality",
-        "collateral",
-        "public_key",
-    )
-    for key in keys:
-        if key in data and data[key] not in (None, "", []):
-            value = data[key]
-            if isinstance(value, dict):
-                value = ", ".join(f"{k}={v}" for k, v in value.items())
-            elif isinstance(value, list):
-                value = ", ".join(str(v) for v in value)
-            lines.append(f"  {key}: {value}")
-    return "\n".join(lines)
-
-
-def officer_options(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for opt in reversed(
-            [
-                click.option(
-                    "--officer",
-                    "officer",
-                    metavar="PRINCIPAL",
-                    required=required,
-                    help="the officer's principal id",
-                ),
-                click.option("--officer-name", metavar="NAME", required=required),
-                click.option("--officer-role", metavar="ROLE", required=required),
-                click.option("--officer-rank", metavar="RANK", required=required),
-            ]
-        ):
-            fn = opt(fn)
-        return fn
-
-    return wrap
-
-
-def _officer(officer: str | None, name: str | None, role: str | None, rank: str | None) -> Officer:
-    given = {
-        "--officer": officer,
-        "--officer-name": name,
-        "--officer-role": role,
-        "--officer-rank": rank,
-    }
-    missing = [k for k, v in given.items() if not v]
-    if missing:
-        raise InvalidInput(f"missing {', '.join(missing)} (give all four officer options)")
-    assert officer and name and role and rank
-    return Officer(
-        rules.check_principal(officer, "officer"),
-        rules.require_text(name, "the officer's name"),
-        rules.parse_role(role),
-        rules.parse_rank(rank),
-    )
+officer_option = click.option(
+    "--officer",
+    "officer",
+    metavar="PRINCIPAL",
+    required=True,
+    help="the acting officer's principal (name, role and rank come from the officer register)",
+)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
@@ -220,15 +108,22 @@ def _application_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(dir_okay=False, path_type=Path),
             help="read the application's fields from a TOML file (options override)",
         ),
+        click.option(
+            "--signature",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="the authorising officer's SSHSIG over the --from-file application "
+            "(ssh-keygen -Y sign -n lbm-ca1)",
+        ),
         click.option("--ref", help="unique reference, e.g. CA1-2026-0042"),
         click.option("--subject", metavar="PRINCIPAL", help="principal to be monitored"),
         click.option("--case-type", help="criminal, officer_misconduct or staff_discipline"),
         click.option("--purpose", multiple=True, help="lawful purpose (repeat or comma list)"),
         click.option("--channel", multiple=True, help="web, email, packets (repeat or commas)"),
-        click.option("--officer", metavar="PRINCIPAL", help="authorising officer's principal id"),
-        click.option("--officer-name", metavar="NAME"),
-        click.option("--officer-role", metavar="ROLE"),
-        click.option("--officer-rank", metavar="RANK"),
+        click.option(
+            "--officer",
+            metavar="PRINCIPAL",
+            help="authorising officer's principal (role and rank come from the officer register)",
+        ),
         click.option("--necessity", metavar="TEXT"),
         click.option("--proportionality", metavar="TEXT"),
         click.option("--collateral", metavar="TEXT", help="collateral intrusion statement"),
@@ -255,44 +150,84 @@ def _application_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _read_application_file(path: Path) -> dict[str, Any]:
+REGISTER_FIELDS = ("officer_name", "officer_role", "officer_rank")
+"""Fields the officer register supplies; an application may not state them."""
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return path.read_bytes()
     except FileNotFoundError:
-        raise InvalidInput(f"{path}: application file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{path}: cannot read ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{path}: TOML syntax error: {exc}") from None
-    return application_form.normalise_fields(data, f"{path}: ")
+        raise InvalidInput(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _read_application_file(path: Path, data: bytes) -> dict[str, Any]:
+    raw = signatures.load_toml(data, str(path))
+    for key in raw:
+        if str(key).replace("-", "_") in REGISTER_FIELDS:
+            raise InvalidInput(
+                f"{path}: {key}: comes from the officer register (lbm officer show), "
+                "not the application"
+            )
+    return application_form.normalise_fields(raw, f"{path}: ")
+
+
+def _signed(statement: Path | None, signature: Path | None, what: str) -> Signed | None:
+    """The signed bytes and detached signature of an act, read once (what is checked is what
+    is recorded)."""
+    if signature is None:
+        if statement is not None and what == "--statement":
+            raise InvalidInput("--statement needs --signature (the officer's SSHSIG over it)")
+        return None
+    if statement is None:
+        raise InvalidInput(f"--signature needs {what} (the signed file)")
+    return Signed(_read_bytes(statement, what), _read_bytes(signature, "signature"))
 
 
 def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
     as_json = options.pop("as_json")
     from_file = options.pop("from_file")
+    signature = options.pop("signature")
     request = "urgent" if urgent else "grant"
     with _registry(app) as reg:
-        fields: dict[str, Any] = _read_application_file(from_file) if from_file else {}
+        signed = _signed(from_file, signature, "--from-file")
+        fields: dict[str, Any] = {}
+        if from_file is not None:
+            raw = signed.signed_bytes if signed else _read_bytes(from_file, "application file")
+            fields = _read_application_file(from_file, raw)
         for key, value in options.items():
             if value not in (None, ()):
+                if signed is not None:
+                    name = "--" + key.replace("_", "-")
+                    raise InvalidInput(
+                        f"{name}: with --signature every field comes from the signed file"
+                    )
                 fields[key] = list(value) if isinstance(value, tuple) else value
-        # Interim until the officer register lands: the officer as typed on the command line.
-        typed = {k: fields.pop(k, None) for k in ("officer_name", "officer_role", "officer_rank")}
+        now = app.clock.now()
 
         def resolve(principal: str) -> Officer:
-            return _officer(
-                principal, typed["officer_name"], typed["officer_role"], typed["officer_rank"]
-            )
+            return reg.officer_at(principal, now).officer
 
         try:
-            application = application_form.build_application(
-                fields, urgent=urgent, now=app.clock.now(), resolve_officer=resolve
-            )
+            try:
+                application = application_form.build_application(
+                    fields, urgent=urgent, now=now, resolve_officer=resolve
+                )
+            except RuleViolation as exc:
+                if "role" not in str(exc) and "rank" not in str(exc):
+                    raise
+                officer = resolve(str(fields["officer"]))
+                raise RuleViolation(
+                    f"the officer register has {officer.principal} as {officer.role} "
+                    f"({officer.rank.value}): {exc}"
+                ) from None
         except RuleViolation as exc:
             ref = fields.get("ref")
             reg.audit_refusal(request, ref if isinstance(ref, str) else None, str(exc))
             raise
-        auth = reg.grant(application)
+        auth = reg.grant(application, signed)
         data = auth_dict(auth, reg, app.clock.now(), detail=True)
     kind = "urgent authorisation" if urgent else "authorisation"
     emit(
@@ -328,51 +263,71 @@ def _change(app: App, apply: Callable[[Registry], Authorisation]) -> dict[str, A
 
 @auth.command("ratify")
 @click.argument("ref")
-@officer_options()
+@officer_option
 @click.option("--note", default="", metavar="TEXT")
+@click.option(
+    "--statement",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the officer's signed statement (TOML naming ref, action, officer, expiry)",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the officer's SSHSIG over --statement (ssh-keygen -Y sign -n lbm-ca1)",
+)
 @json_option
 @pass_app
 def ratify(
     app: App,
     ref: str,
     officer: str,
-    officer_name: str,
-    officer_role: str,
-    officer_rank: str,
     note: str,
+    statement: Path | None,
+    signature: Path | None,
     as_json: bool,
 ) -> None:
-    """Ratify an urgent authorisation within 72 h (officer whose role fits the case type)."""
+    """Ratify an urgent authorisation within 72 h (a registered officer whose role fits the
+    case type, other than the one who granted it)."""
     data = _change(
         app,
-        lambda reg: reg.ratify(
-            ref, _officer(officer, officer_name, officer_role, officer_rank), note
-        ),
+        lambda reg: reg.ratify(ref, officer, note, _signed(statement, signature, "--statement")),
     )
     emit(data, as_json, f"ratified {ref}: now expires {data['expiry']}")
 
 
 @auth.command("renew")
 @click.argument("ref")
-@officer_options()
-@click.option("--results", required=True, metavar="TEXT", help="update on the results so far")
+@officer_option
+@click.option("--results", metavar="TEXT", help="update on the results so far")
+@click.option(
+    "--statement",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the officer's signed statement (TOML naming ref, action, officer, expiry)",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the officer's SSHSIG over --statement (ssh-keygen -Y sign -n lbm-ca1)",
+)
 @json_option
 @pass_app
 def renew(
     app: App,
     ref: str,
     officer: str,
-    officer_name: str,
-    officer_role: str,
-    officer_rank: str,
-    results: str,
+    results: str | None,
+    statement: Path | None,
+    signature: Path | None,
     as_json: bool,
 ) -> None:
-    """Renew before expiry: 3 calendar months from the current expiry."""
+    """Renew within the renewal window before expiry: 3 calendar months from the current
+    expiry."""
+    if results is None and statement is None:
+        fail("missing --results (or a signed --statement holding them)", EXIT_USAGE)
     data = _change(
         app,
         lambda reg: reg.renew(
-            ref, _officer(officer, officer_name, officer_role, officer_rank), results
+            ref, officer, results or "", _signed(statement, signature, "--statement")
         ),
     )
     emit(data, as_json, f"renewed {ref}: now expires {data['expiry']}")
@@ -380,25 +335,36 @@ def renew(
 
 @auth.command("review")
 @click.argument("ref")
-@officer_options()
-@click.option("--note", required=True, metavar="TEXT", help="the review's findings")
+@officer_option
+@click.option("--note", metavar="TEXT", help="the review's findings")
+@click.option(
+    "--statement",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the officer's signed statement (TOML naming ref, action, officer, expiry)",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the officer's SSHSIG over --statement (ssh-keygen -Y sign -n lbm-ca1)",
+)
 @json_option
 @pass_app
 def review(
     app: App,
     ref: str,
     officer: str,
-    officer_name: str,
-    officer_role: str,
-    officer_rank: str,
-    note: str,
+    note: str | None,
+    statement: Path | None,
+    signature: Path | None,
     as_json: bool,
 ) -> None:
-    """Record the monthly review."""
+    """Record the monthly review (a registered officer whose role fits the case type)."""
+    if note is None and statement is None:
+        fail("missing --note (or a signed --statement holding it)", EXIT_USAGE)
     data = _change(
         app,
         lambda reg: reg.review(
-            ref, _officer(officer, officer_name, officer_role, officer_rank), note
+            ref, officer, note or "", _signed(statement, signature, "--statement")
         ),
     )
     emit(data, as_json, f"reviewed {ref}: next review due {data['next_review']}")
@@ -407,28 +373,17 @@ def review(
 @auth.command("cancel")
 @click.argument("ref")
 @click.option("--reason", required=True, metavar="TEXT")
-@officer_options(required=False)
+@click.option(
+    "--officer",
+    metavar="PRINCIPAL",
+    help="a registered officer cancelling (without it, the login user cancels)",
+)
 @json_option
 @pass_app
-def cancel(
-    app: App,
-    ref: str,
-    reason: str,
-    officer: str | None,
-    officer_name: str | None,
-    officer_role: str | None,
-    officer_rank: str | None,
-    as_json: bool,
-) -> None:
-    """Cancel now (takes effect on live traffic within seconds)."""
-
-    def apply(reg: Registry) -> Authorisation:
-        who = None
-        if any((officer, officer_name, officer_role, officer_rank)):
-            who = _officer(officer, officer_name, officer_role, officer_rank)
-        return reg.cancel(ref, reason, who)
-
-    data = _change(app, apply)
+def cancel(app: App, ref: str, reason: str, officer: str | None, as_json: bool) -> None:
+    """Cancel now, unsigned (takes effect on live traffic within seconds). Open to the audit
+    officer, any registered officer and an assigned investigator; never the subject."""
+    data = _change(app, lambda reg: reg.cancel(ref, reason, officer))
     emit(data, as_json, f"cancelled {ref} at {data['cancelled_at']}")
 
 
@@ -461,19 +416,44 @@ def list_(app: App, include_ended: bool, as_json: bool) -> None:
             auth_dict(item.authorisation, reg, now)
             for item in reg.list(include_ended=include_ended)
         ]
-    text = "\n".join(_summary(d) for d in items) if items else "no authorisations"
+    text = list_table(items) if items else "no authorisations"
     emit(items, as_json, text)
 
 
 @auth.command("show")
 @click.argument("ref")
+@click.option(
+    "--evidence",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="also write the signed application and statements with their signatures to DIR "
+    "(checkable with ssh-keygen -Y verify alone)",
+)
 @json_option
 @pass_app
-def show(app: App, ref: str, as_json: bool) -> None:
+def show(app: App, ref: str, evidence: Path | None, as_json: bool) -> None:
     """Show one authorisation with its statements."""
     with _registry(app) as reg:
         data = auth_dict(reg.get(ref), reg, app.clock.now(), detail=True)
-    emit(data, as_json, _show_text(data))
+        if evidence is not None:
+            try:
+                files = write_evidence(reg, data["ref"], evidence)
+            except FileExistsError as exc:
+                fail(f"{exc.filename}: exists already; choose an empty --evidence directory")
+            except OSError as exc:
+                fail(f"--evidence {evidence}: {exc.strerror or exc}")
+            data["evidence"] = [str(f) for f in files]
+            app.audit.append(
+                Action.AUTH_VIEW,
+                app.actor,
+                refs=[data["ref"]],
+                evidence_files=[f.name for f in files],
+                signed_sha256=[s["signed_sha256"] for s in evidence_hashes(reg, data["ref"])],
+            )
+    text = show_text(data)
+    if evidence is not None:
+        text += f"\n  evidence: {len(data['evidence'])} files in {safe(evidence)}"
+    emit(data, as_json, text)
 
 
 @auth.command("history")
@@ -492,6 +472,6 @@ def history(app: App, ref: str, as_json: bool) -> None:
             extra += f" investigators={','.join(e['investigators'])}"
         lines.append(
             f"{e['seq']:>5} {e['at']} {e['kind']:<7} by {who}{extra}"
-            + (f": {e['text']}" if e["text"] else "")
+            + (f": {safe(e['text'])}" if e["text"] else "")
         )
     emit(events, as_json, "\n".join(lines))

@@ -11,6 +11,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.init_cmd", "init"),
     ("appliance.cli.config_cmd", "config"),
     ("appliance.cli.audit_cmd", "audit"),
+    ("appliance.cli.officer_cmd", "officer"),
     ("appliance.cli.auth_cmd", "auth"),
     ("appliance.cli.identity_cmd", "identity"),
     ("appliance.cli.keys_cmd", "keys"),

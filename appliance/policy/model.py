@@ -103,6 +103,43 @@ class Officer:
 
 
 @dataclass(frozen=True)
+class OfficerPeriod:
+    """One period of an officer in the officer register: who held which role at which rank,
+    from when until when (`valid_to` None: open), and the SSH public key their statements are
+    signed with. A new registration of the same principal starts a new period; the register
+    itself is append-only, so every past period stays readable."""
+
+    principal: str
+    name: str
+    role: str
+    rank: Rank
+    valid_from: datetime
+    valid_to: datetime | None
+    ssh_key: str | None
+    registered_at: datetime
+    seq: int
+
+    @property
+    def officer(self) -> Officer:
+        return Officer(self.principal, self.name, self.role, self.rank)
+
+    def valid_at(self, at: datetime) -> bool:
+        return self.valid_from <= at and (self.valid_to is None or at < self.valid_to)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "principal": self.principal,
+            "name": self.name,
+            "role": self.role,
+            "rank": self.rank.value,
+            "valid_from": format_utc(self.valid_from),
+            "valid_to": format_utc(self.valid_to) if self.valid_to else None,
+            "ssh_key": self.ssh_key,
+            "registered_at": format_utc(self.registered_at),
+        }
+
+
+@dataclass(frozen=True)
 class Application:
     """A validated grant (standard or urgent), before the registry records it."""
 

@@ -1,211 +1,48 @@
-"""The authorisation register in registry.sqlite: grants, their append-only history, assignments.
+"""The authorisation register as a service: each act checked by the rules, recorded, audited.
 
-Tables (made by `ensure_schema`, which `lbm init` calls):
+Storage (tables, rows) is `registry_store` and `officers_store`; the rules are `rules` and
+`officers`, pure and readable without SQL. This module puts them together:
 
-- `authorisations`: one row per authorisation as granted (application, statements, officer,
-  start, the authorisation's age public key). Never updated or deleted (triggers refuse it).
-- `auth_history`: every event (grant, urgent, ratify, renew, review, cancel, assign, rewrap),
-  with the computed effective expiry where the event sets one. Append-only (triggers refuse
-  UPDATE and DELETE), so nothing past is rewritten and `decide` can answer for past instants.
-- `auth_assignments`: which investigators are assigned to which authorisation (a registry fact
-  checked by software); the authorisation key follows on `lbm keys rewrap`.
+- the acting officer's name, role and rank come from the officer register at the instant of the
+  act, never from the caller: an `Application`'s officer is replaced by the register's entry;
+- every change runs in one immediate transaction, is audited inside it (so a change whose audit
+  entry cannot be written is rolled back), and a refusal by a rule is audited as `AUTH_REFUSED`;
+- a grant's key pair is removed again when the grant is not recorded, including when the final
+  COMMIT fails, so no key material outlives a grant the registry does not hold.
 
-Every change is audited (`Action.AUTH_*`) inside the same transaction, so a change whose audit
-entry cannot be written is rolled back. Refusals by a rule are audited as `AUTH_REFUSED`.
-Statements are stored here; the audit log carries only their SHA-256.
+Statements are stored in the registry; the audit log carries only their SHA-256.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from appliance.policy import RegistryError, RuleViolation, rules
-from appliance.policy.model import (
-    Application,
-    Authorisation,
-    CaseType,
-    Channel,
-    EventKind,
-    HistoryEvent,
-    Officer,
-    Purpose,
-    Rank,
-)
+from appliance.policy import RegistryError, RuleViolation, officers, rules
+from appliance.policy import officer_signatures as signatures
+from appliance.policy import officers_store as officer_rows
+from appliance.policy import registry_store as rows
+from appliance.policy.grant_keys import GrantKeys, KeyMaker
+from appliance.policy.model import Application, Authorisation, EventKind, Officer, OfficerPeriod
+from appliance.policy.officer_signatures import Signed
+from appliance.policy.registry_store import assignees, ensure_schema, load_all, load_one
 from store import StoreError
 from store import investigators as investigators_table
 from store import sqlite as store_sqlite
 from store.audit import Action, AuditLog
-from store.clock import Clock, format_utc, parse_utc
+from store.clock import Clock, format_utc
 from store.paths import DataPaths
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS authorisations (
-    ref TEXT PRIMARY KEY COLLATE NOCASE,
-    subject TEXT NOT NULL,
-    case_type TEXT NOT NULL,
-    purposes TEXT NOT NULL,
-    channels TEXT NOT NULL,
-    officer TEXT NOT NULL,
-    officer_name TEXT NOT NULL,
-    officer_role TEXT NOT NULL,
-    officer_rank TEXT NOT NULL,
-    urgent INTEGER NOT NULL,
-    necessity TEXT NOT NULL,
-    proportionality TEXT NOT NULL,
-    collateral TEXT NOT NULL,
-    ripa_considered INTEGER NOT NULL,
-    ripa_note TEXT NOT NULL,
-    start TEXT NOT NULL,
-    investigators TEXT NOT NULL,
-    open_do_not_decrypt INTEGER NOT NULL,
-    retention_days INTEGER,
-    public_key TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    actor TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS authorisations_subject ON authorisations(subject);
-CREATE TABLE IF NOT EXISTS auth_history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    ref TEXT NOT NULL REFERENCES authorisations(ref),
-    kind TEXT NOT NULL,
-    at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    officer TEXT,
-    text TEXT NOT NULL DEFAULT '',
-    expiry TEXT,
-    investigators TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS auth_history_ref ON auth_history(ref, seq);
-CREATE TABLE IF NOT EXISTS auth_assignments (
-    ref TEXT NOT NULL REFERENCES authorisations(ref),
-    investigator TEXT NOT NULL,
-    assigned_at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    PRIMARY KEY (ref, investigator)
-);
-CREATE TRIGGER IF NOT EXISTS auth_history_no_update BEFORE UPDATE ON auth_history
-BEGIN SELECT RAISE(ABORT, 'auth_history is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS auth_history_no_delete BEFORE DELETE ON auth_history
-BEGIN SELECT RAISE(ABORT, 'auth_history is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS authorisations_no_update BEFORE UPDATE ON authorisations
-BEGIN SELECT RAISE(ABORT, 'authorisations are never rewritten; append history'); END;
-CREATE TRIGGER IF NOT EXISTS authorisations_no_delete BEFORE DELETE ON authorisations
-BEGIN SELECT RAISE(ABORT, 'authorisations are never deleted'); END;
-"""
-
-KeyMaker = Callable[[str, list[str]], str]
+__all__ = ["ListedAuthorisation", "Registry", "assignees", "ensure_schema", "load_all", "load_one"]
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    conn.executescript(SCHEMA)
-    investigators_table.ensure_schema(conn)
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-# -- reading -----------------------------------------------------------------------------------
-def _officer(raw: str | None) -> Officer | None:
-    if not raw:
-        return None
-    data = json.loads(raw)
-    return Officer(data["principal"], data["name"], data["role"], Rank(data["rank"]))
-
-
-def _event(row: sqlite3.Row) -> HistoryEvent:
-    return HistoryEvent(
-        seq=row["seq"],
-        ref=row["ref"],
-        kind=EventKind(row["kind"]),
-        at=parse_utc(row["at"]),
-        actor=row["actor"],
-        officer=_officer(row["officer"]),
-        text=row["text"],
-        expiry=parse_utc(row["expiry"]) if row["expiry"] else None,
-        investigators=tuple(json.loads(row["investigators"])),
-    )
-
-
-def _authorisation(row: sqlite3.Row, events: Sequence[HistoryEvent]) -> Authorisation:
-    app = Application(
-        ref=row["ref"],
-        subject=row["subject"],
-        case_type=CaseType(row["case_type"]),
-        purposes=tuple(Purpose(p) for p in json.loads(row["purposes"])),
-        channels=tuple(Channel(c) for c in json.loads(row["channels"])),
-        officer=Officer(
-            row["officer"], row["officer_name"], row["officer_role"], Rank(row["officer_rank"])
-        ),
-        necessity=row["necessity"],
-        proportionality=row["proportionality"],
-        collateral=row["collateral"],
-        ripa_considered=bool(row["ripa_considered"]),
-        ripa_note=row["ripa_note"],
-        start=parse_utc(row["start"]),
-        investigators=tuple(json.loads(row["investigators"])),
-        urgent=bool(row["urgent"]),
-        open_do_not_decrypt=bool(row["open_do_not_decrypt"]),
-        retention_days=row["retention_days"],
-    )
-    return Authorisation(app, row["public_key"], parse_utc(row["created_at"]), tuple(events))
-
-
-def _has_schema(conn: sqlite3.Connection) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='auth_history'"
-    ).fetchone()
-    return row is not None
-
-
-def load_all(conn: sqlite3.Connection) -> tuple[Authorisation, ...]:
-    """Every authorisation with its history, in one read transaction (a consistent view)."""
-    if not _has_schema(conn):
-        return ()
-    in_tx = conn.in_transaction
-    if not in_tx:
-        conn.execute("BEGIN")
-    try:
-        events: dict[str, list[HistoryEvent]] = {}
-        for row in conn.execute("SELECT * FROM auth_history ORDER BY seq"):
-            events.setdefault(row["ref"], []).append(_event(row))
-        rows = conn.execute("SELECT * FROM authorisations ORDER BY start, ref").fetchall()
-    finally:
-        if not in_tx:
-            conn.execute("COMMIT")
-    return tuple(_authorisation(r, events.get(r["ref"], [])) for r in rows)
-
-
-def load_one(conn: sqlite3.Connection, ref: str) -> Authorisation | None:
-    if not _has_schema(conn):
-        return None
-    row = conn.execute("SELECT * FROM authorisations WHERE ref = ?", (ref,)).fetchone()
-    if row is None:
-        return None
-    events = [
-        _event(r)
-        for r in conn.execute(
-            "SELECT * FROM auth_history WHERE ref = ? ORDER BY seq", (row["ref"],)
-        )
-    ]
-    return _authorisation(row, events)
-
-
-def assignees(conn: sqlite3.Connection, ref: str) -> tuple[str, ...]:
-    """Investigators assigned to `ref` (registry fact; removed investigators included)."""
-    rows = conn.execute(
-        "SELECT investigator FROM auth_assignments WHERE ref = ? "
-        "ORDER BY assigned_at, investigator",
-        (ref,),
-    ).fetchall()
-    return tuple(r["investigator"] for r in rows)
+def sha256(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -216,7 +53,6 @@ class ListedAuthorisation:
     rewrap_due: bool
 
 
-# -- writing -----------------------------------------------------------------------------------
 class Registry:
     """The register, bound to a connection, a clock, an actor and (for changes) the audit log."""
 
@@ -231,15 +67,17 @@ class Registry:
         custodians: Sequence[str] = (),
         key_maker: KeyMaker | None = None,
         renewal_window_days: int = rules.DEFAULT_RENEWAL_WINDOW_DAYS,
+        require_signature: bool = False,
     ) -> None:
         self.conn = conn
-        self.renewal_window_days = renewal_window_days
+        self.require_signature = require_signature
         self.clock = clock
         self.actor = actor
         self.audit = audit
         self.paths = paths
         self.custodians = tuple(custodians)
-        self._key_maker = key_maker
+        self.renewal_window_days = renewal_window_days
+        self.keys = GrantKeys(paths, key_maker)
         ensure_schema(conn)
 
     @classmethod
@@ -251,6 +89,8 @@ class Registry:
         actor: str,
         audit: AuditLog | None,
         custodians: Sequence[str] = (),
+        renewal_window_days: int = rules.DEFAULT_RENEWAL_WINDOW_DAYS,
+        require_signature: bool = False,
     ) -> Registry:
         return cls(
             store_sqlite.connect(paths.registry),
@@ -259,37 +99,18 @@ class Registry:
             audit=audit,
             paths=paths,
             custodians=custodians,
+            renewal_window_days=renewal_window_days,
+            require_signature=require_signature,
         )
 
     def close(self) -> None:
         self.conn.close()
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _make_key(self, ref: str, recipients: list[str]) -> str:
-        if self._key_maker is not None:
-            return self._key_maker(ref, recipients)
-        if self.paths is None:
-            raise RegistryError("no data directory: cannot create the authorisation key")
-        from store.keys import KeyStore  # written alongside; imported when a grant needs it
-
-        return str(KeyStore(self.paths).create_authorisation_key(ref, recipients))
-
-    def _undo_key(self, ref: str) -> None:
-        """Remove a key pair made for a grant that was then not recorded (so a retry works)."""
-        if self._key_maker is not None or self.paths is None:
-            return
-        from store.keys import KeyStore
-
-        store = KeyStore(self.paths)
-        for path in (store.auth_key_path(ref), store.auth_pub_path(ref)):
-            with suppress(FileNotFoundError):
-                path.unlink()
-        with suppress(OSError):
-            store.ref_dir(ref).rmdir()
-
+    # -- transactions and audit ----------------------------------------------------------------
     @contextmanager
-    def _write(self, action: str, ref: str) -> Iterator[datetime]:
-        """One immediate transaction; a RuleViolation rolls back and is audited as refused."""
+    def _write(self, action: str, ref: str | None) -> Iterator[datetime]:
+        """One immediate transaction; a RuleViolation rolls back and is audited as refused. A
+        COMMIT that fails rolls back too, and the audit log says the change was not recorded."""
         now = self.clock.now()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -301,8 +122,13 @@ class Registry:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-        else:
+        try:
             self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self.audit_refusal(action, ref, f"not recorded: the registry commit failed ({exc})")
+            raise RegistryError(f"{action}: the registry could not record it ({exc})") from exc
 
     def _audit(self, action: Action, refs: Sequence[str], **fields: Any) -> None:
         if self.audit is not None:
@@ -328,195 +154,243 @@ class Registry:
             raise RegistryError(f"no authorisation with reference {ref!r}")
         return auth
 
-    def _append(
-        self,
-        ref: str,
-        kind: EventKind,
-        at: datetime,
-        *,
-        officer: Officer | None = None,
-        text: str = "",
-        expiry: datetime | None = None,
-        investigators: Sequence[str] = (),
-    ) -> None:
-        self.conn.execute(
-            "INSERT INTO auth_history(ref, kind, at, actor, officer, text, expiry, investigators)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                ref,
-                kind.value,
-                format_utc(at),
-                self.actor,
-                json.dumps(officer.as_dict()) if officer else None,
-                text,
-                format_utc(expiry) if expiry else None,
-                json.dumps(list(investigators)),
-            ),
-        )
-
-    def _of_subject(self, subject: str) -> list[Authorisation]:
-        return [a for a in load_all(self.conn) if a.subject == subject]
-
-    def _investigator(self, name: str) -> investigators_table.Investigator | None:
-        # A plain SELECT: investigators.get() runs executescript, which would commit the
-        # transaction a change is in.
-        row = self.conn.execute("SELECT * FROM investigators WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            return None
-        return investigators_table.Investigator(
-            row["name"], row["principal"], row["recipient"], row["added_at"], row["removed_at"]
-        )
+    def _append(self, ref: str, kind: EventKind, at: datetime, **kw: Any) -> int:
+        return rows.append_history(self.conn, ref, kind, at, self.actor, **kw)
 
     def _active_investigator(self, name: str) -> investigators_table.Investigator:
-        inv = self._investigator(name)
+        inv = rows.investigator(self.conn, name)
         if inv is None or not inv.active:
             raise RuleViolation(
                 f"investigator {name!r} is not registered (lbm keys investigator add)"
             )
         return inv
 
+    # -- the officer register ------------------------------------------------------------------
+    def officer_periods(self, principal: str | None = None) -> dict[str, list[OfficerPeriod]]:
+        return officer_rows.register(self.conn, principal)
+
+    def officer_at(self, principal: str, at: datetime) -> OfficerPeriod:
+        """The register's entry for `principal` at `at` (RuleViolation naming the register
+        when there is none)."""
+        rules.check_principal(principal, "officer")
+        return officers.officer_at(self.officer_periods(principal), principal, at)
+
     # -- operations ----------------------------------------------------------------------------
-    def grant(self, app: Application) -> Authorisation:
+    def grant(self, app: Application, signed: Signed | None = None) -> Authorisation:
         """Record a standard or urgent grant and create its key pair (wrapped to the named
-        investigators and the custodians)."""
+        investigators and the custodians). The officer is the register's entry at this instant,
+        whatever name, role or rank `app` carries."""
         action = "urgent" if app.urgent else "grant"
         with ExitStack() as stack, self._write(action, app.ref) as now:
-            rules.check_application(app)
-            rules.resolve_start(app.start, now)
-            existing = self.conn.execute(
-                "SELECT ref FROM authorisations WHERE ref = ?", (app.ref,)
-            ).fetchone()
-            if existing is not None:
-                raise RuleViolation(f"reference {app.ref} exists already ({existing['ref']})")
-            named = [self._active_investigator(n) for n in app.investigators]
-            for inv in named:
-                rules.check_assign(app, inv.principal)
-            if app.urgent:
-                rules.check_urgent_chain(self._of_subject(app.subject), now)
-            recipients = [inv.recipient for inv in named]
+            period = self.officer_at(app.officer.principal, now)
+            app = replace(app, officer=period.officer)
+            self._check_grant(app, now)
+            signature = self._signed_application(app, period, signed, now)
+            recipients = [self._active_investigator(n).recipient for n in app.investigators]
             expiry = rules.initial_expiry(app)
-            public_key = self._make_key(app.ref, recipients + list(self.custodians))
-            stack.callback(self._undo_key, app.ref)
-            officer = app.officer
-            self.conn.execute(
-                "INSERT INTO authorisations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " ?, ?, ?, ?, ?, ?)",
-                (
-                    app.ref,
-                    app.subject,
-                    app.case_type.value,
-                    json.dumps([p.value for p in app.purposes]),
-                    json.dumps([c.value for c in app.channels]),
-                    officer.principal,
-                    officer.name,
-                    officer.role,
-                    officer.rank.value,
-                    int(app.urgent),
-                    app.necessity,
-                    app.proportionality,
-                    app.collateral,
-                    int(app.ripa_considered),
-                    app.ripa_note,
-                    format_utc(app.start),
-                    json.dumps(list(app.investigators)),
-                    int(app.open_do_not_decrypt),
-                    app.retention_days,
-                    public_key,
-                    format_utc(now),
-                    self.actor,
-                ),
+            public_key = stack.enter_context(  # removed again unless COMMIT succeeds
+                self.keys.provisional(app.ref, recipients + list(self.custodians))
+            )
+            rows.insert_authorisation(
+                self.conn, app, public_key=public_key, now=now, actor=self.actor
             )
             for name in app.investigators:
-                self.conn.execute(
-                    "INSERT INTO auth_assignments VALUES (?, ?, ?, ?)",
-                    (app.ref, name, format_utc(now), self.actor),
-                )
+                rows.insert_assignment(self.conn, app.ref, name, now, self.actor)
             kind = EventKind.URGENT if app.urgent else EventKind.GRANT
             self._append(
-                app.ref, kind, now, officer=officer, expiry=expiry, investigators=app.investigators
+                app.ref,
+                kind,
+                now,
+                officer=app.officer,
+                expiry=expiry,
+                investigators=app.investigators,
             )
-            self._audit(
-                Action.AUTH_URGENT if app.urgent else Action.AUTH_GRANT,
-                [app.ref],
-                subject=app.subject,
-                case_type=app.case_type.value,
-                purposes=[p.value for p in app.purposes],
-                channels=[c.value for c in app.channels],
-                officer=officer.as_dict(),
-                start=format_utc(app.start),
-                expiry=format_utc(expiry),
-                investigators=list(app.investigators),
-                custodians=len(self.custodians),
-                open_do_not_decrypt=app.open_do_not_decrypt,
-                retention_days=app.retention_days,
-                ripa_considered=app.ripa_considered,
-                public_key=public_key,
-                statements_sha256={
-                    "necessity": sha256(app.necessity),
-                    "proportionality": sha256(app.proportionality),
-                    "collateral": sha256(app.collateral),
-                    "ripa_note": sha256(app.ripa_note),
-                },
-            )
-            stack.pop_all()  # recorded: keep the key
+            if signed is not None:
+                self._keep_signature(app.ref, action, period, now, signed)
+            self._audit_grant(app, expiry, public_key, signature)
         return self._require(app.ref)
 
-    def ratify(self, ref: str, officer: Officer, note: str = "") -> Authorisation:
+    def _registered(self, principal: str, at: datetime) -> Officer:
+        return self.officer_at(principal, at).officer
+
+    def _check_grant(self, app: Application, now: datetime) -> None:
+        officer = app.officer
+        try:
+            rules.check_application(app)
+        except RuleViolation as exc:
+            raise RuleViolation(
+                f"the officer register has {officer.principal} as {officer.role} "
+                f"({officer.rank.value}): {exc}"
+            ) from None
+        rules.resolve_start(app.start, now)
+        existing = self.conn.execute(
+            "SELECT ref FROM authorisations WHERE ref = ?", (app.ref,)
+        ).fetchone()
+        if existing is not None:
+            raise RuleViolation(f"reference {app.ref} exists already ({existing['ref']})")
+        for name in app.investigators:
+            rules.check_assign(app, self._active_investigator(name).principal)
+        if app.urgent:
+            same_subject = [a for a in load_all(self.conn) if a.subject == app.subject]
+            rules.check_urgent_chain(same_subject, now)
+
+    def _audit_grant(
+        self, app: Application, expiry: datetime, public_key: str, signature: dict[str, str]
+    ) -> None:
+        self._audit(
+            Action.AUTH_URGENT if app.urgent else Action.AUTH_GRANT,
+            [app.ref],
+            subject=app.subject,
+            case_type=app.case_type.value,
+            purposes=[p.value for p in app.purposes],
+            channels=[c.value for c in app.channels],
+            officer=app.officer.as_dict(),
+            start=format_utc(app.start),
+            expiry=format_utc(expiry),
+            investigators=list(app.investigators),
+            custodians=len(self.custodians),
+            open_do_not_decrypt=app.open_do_not_decrypt,
+            retention_days=app.retention_days,
+            ripa_considered=app.ripa_considered,
+            public_key=public_key,
+            statements_sha256={
+                "necessity": sha256(app.necessity),
+                "proportionality": sha256(app.proportionality),
+                "collateral": sha256(app.collateral),
+                "ripa_note": sha256(app.ripa_note),
+            },
+            **({"signature": signature} if signature else {}),
+        )
+
+    # -- signatures (the checks are officer_signatures') ---------------------------------------
+    def _signed_application(
+        self, app: Application, period: OfficerPeriod, signed: Signed | None, now: datetime
+    ) -> dict[str, str]:
+        return signatures.check_signed_application(
+            app,
+            period,
+            signed,
+            now,
+            required=self.require_signature,
+            resolve_officer=lambda p: self._registered(p, now),
+        )
+
+    def _signed_statement(
+        self,
+        auth: Authorisation,
+        action: str,
+        period: OfficerPeriod,
+        text: str,
+        signed: Signed | None,
+    ) -> tuple[str, dict[str, str]]:
+        used = [bytes(r["signed_bytes"]) for r in rows.signatures(self.conn, auth.ref)]
+        return signatures.check_signed_statement(
+            auth, action, period, text, signed, required=self.require_signature, used=used
+        )
+
+    def _keep_signature(
+        self, ref: str, kind: str, period: OfficerPeriod, now: datetime, signed: Signed
+    ) -> None:
+        assert period.ssh_key is not None  # verified against it
+        rows.insert_signature(
+            self.conn,
+            ref,
+            kind,
+            period.principal,
+            now,
+            signed.signed_bytes,
+            signed.signature,
+            period.ssh_key,
+            signatures.sshsig.fingerprint(period.ssh_key),
+        )
+
+    def signatures(self, ref: str) -> list[dict[str, Any]]:
+        """The signed acts of `ref` (bytes as signed, signature, officer, key fingerprint)."""
+        return [dict(r) for r in rows.signatures(self.conn, self._require(ref).ref)]
+
+    def ratify(
+        self, ref: str, officer: str, note: str = "", signed: Signed | None = None
+    ) -> Authorisation:
         with self._write("ratify", ref) as now:
             auth = self._require(ref)
-            expiry = rules.check_ratify(auth, officer, now)
-            self._append(auth.ref, EventKind.RATIFY, now, officer=officer, text=note, expiry=expiry)
+            period = self.officer_at(officer, now)
+            who = period.officer
+            expiry = rules.check_ratify(auth, who, now)
+            note, sig = self._signed_statement(auth, "ratify", period, note, signed)
+            self._append(auth.ref, EventKind.RATIFY, now, officer=who, text=note, expiry=expiry)
+            if signed is not None:
+                self._keep_signature(auth.ref, "ratify", period, now, signed)
             self._audit(
                 Action.AUTH_RATIFY,
                 [auth.ref],
-                officer=officer.as_dict(),
+                officer=who.as_dict(),
                 expiry=format_utc(expiry),
                 note_sha256=sha256(note),
+                **({"signature": sig} if sig else {}),
             )
         return self._require(ref)
 
-    def renew(self, ref: str, officer: Officer, results: str) -> Authorisation:
+    def renew(
+        self, ref: str, officer: str, results: str, signed: Signed | None = None
+    ) -> Authorisation:
         with self._write("renew", ref) as now:
             auth = self._require(ref)
-            expiry = rules.check_renew(
-                auth, officer, results, now, window_days=self.renewal_window_days
-            )
-            self._append(
-                auth.ref, EventKind.RENEW, now, officer=officer, text=results.strip(), expiry=expiry
-            )
+            period = self.officer_at(officer, now)
+            who = period.officer
+            text, sig = self._signed_statement(auth, "renew", period, results, signed)
+            expiry = rules.check_renew(auth, who, text, now, window_days=self.renewal_window_days)
+            text = text.strip()
+            self._append(auth.ref, EventKind.RENEW, now, officer=who, text=text, expiry=expiry)
+            if signed is not None:
+                self._keep_signature(auth.ref, "renew", period, now, signed)
             self._audit(
                 Action.AUTH_RENEW,
                 [auth.ref],
-                officer=officer.as_dict(),
+                officer=who.as_dict(),
                 previous_expiry=format_utc(auth.expiry),
                 expiry=format_utc(expiry),
-                results_sha256=sha256(results.strip()),
+                results_sha256=sha256(text),
+                **({"signature": sig} if sig else {}),
             )
         return self._require(ref)
 
-    def review(self, ref: str, officer: Officer, note: str) -> Authorisation:
+    def review(
+        self, ref: str, officer: str, note: str, signed: Signed | None = None
+    ) -> Authorisation:
         with self._write("review", ref) as now:
             auth = self._require(ref)
-            rules.check_review(auth, officer, note, now)
-            self._append(auth.ref, EventKind.REVIEW, now, officer=officer, text=note.strip())
+            period = self.officer_at(officer, now)
+            who = period.officer
+            note, sig = self._signed_statement(auth, "review", period, note, signed)
+            rules.check_review(auth, who, note, now)
+            self._append(auth.ref, EventKind.REVIEW, now, officer=who, text=note.strip())
+            if signed is not None:
+                self._keep_signature(auth.ref, "review", period, now, signed)
             self._audit(
                 Action.AUTH_REVIEW,
                 [auth.ref],
-                officer=officer.as_dict(),
+                officer=who.as_dict(),
                 note_sha256=sha256(note.strip()),
+                **({"signature": sig} if sig else {}),
             )
         return self._require(ref)
 
-    def cancel(self, ref: str, reason: str, officer: Officer | None = None) -> Authorisation:
+    def cancel(self, ref: str, reason: str, officer: str | None = None) -> Authorisation:
+        """Cancel at once, unsigned: by the audit officer (the login user), a registered officer
+        (`officer`), or an assigned investigator (the login user's investigator mapping); never
+        by the subject, whoever claims to act."""
         with self._write("cancel", ref) as now:
             auth = self._require(ref)
-            rules.check_cancel(auth, reason, now)
-            self._append(auth.ref, EventKind.CANCEL, now, officer=officer, text=reason.strip())
+            who = self._registered(officer, now) if officer is not None else None
+            login_principal = rows.investigator_for_login(self.conn, self.actor)
+            for principal in {who.principal if who else None, login_principal}:
+                rules.check_cancel(auth, reason, now, actor_principal=principal)
+            self._append(auth.ref, EventKind.CANCEL, now, officer=who, text=reason.strip())
             self._audit(
                 Action.AUTH_CANCEL,
                 [auth.ref],
                 subject=auth.subject,
-                officer=officer.as_dict() if officer else None,
+                officer=who.as_dict() if who else None,
                 reason_sha256=sha256(reason.strip()),
                 cancelled_at=format_utc(now),
             )
@@ -526,13 +400,11 @@ class Registry:
         """Assign an investigator; the key follows when a holder runs `lbm keys rewrap`."""
         with self._write("assign", ref) as now:
             auth = self._require(ref)
-            rules.check_assign(auth, self._active_investigator(investigator).principal)
+            inv = self._active_investigator(investigator)
+            rules.check_assign(auth, inv.principal)
             if investigator in assignees(self.conn, auth.ref):
                 raise RuleViolation(f"investigator {investigator} is already assigned to {ref}")
-            self.conn.execute(
-                "INSERT INTO auth_assignments VALUES (?, ?, ?, ?)",
-                (auth.ref, investigator, format_utc(now), self.actor),
-            )
+            rows.insert_assignment(self.conn, auth.ref, investigator, now, self.actor)
             self._append(auth.ref, EventKind.ASSIGN, now, investigators=(investigator,))
             self._audit(Action.AUTH_ASSIGN, [auth.ref], investigator=investigator, rewrap_due=True)
         return self._require(ref)
@@ -553,7 +425,7 @@ class Registry:
         """Assigned investigators who are still registered: whom a rewrap wraps to."""
         out = []
         for name in assignees(self.conn, auth.ref):
-            inv = self._investigator(name)
+            inv = rows.investigator(self.conn, name)
             if inv is not None and inv.active:
                 out.append(name)
         return tuple(out)

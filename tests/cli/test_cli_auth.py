@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lbm_testing import Lbm, Result
+from lbm_testing import Lbm, Result, register_officers
 
 from store import investigators as inv_table
 from store import sqlite as store_sqlite
@@ -18,16 +18,7 @@ from store.paths import DataPaths
 T0 = "2026-03-10T09:30:00Z"
 INV1 = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
 INV2 = "age1v7evfx2ue6prgjwety0cz77w6mcnh5pdgc3xpvhskr5mqd477yuqdgsdp5"
-HOPS = [
-    "--officer",
-    "p100",
-    "--officer-name",
-    "Pat Hops",
-    "--officer-role",
-    "head_of_professional_standards",
-    "--officer-rank",
-    "superintendent",
-]
+HOPS = ["--officer", "p100"]  # registered by the runner (lbm_testing.OFFICERS)
 
 
 @pytest.fixture
@@ -36,6 +27,9 @@ def auth(lbm: Lbm) -> Lbm:
     inv_table.add(conn, "inv1", INV1, "p901", "2026-01-01T00:00:00Z")
     inv_table.add(conn, "inv2", INV2, "p902", "2026-01-01T00:00:00Z")
     conn.close()
+    # the subject is an officer too, so self-authorisation is tested on a registered officer
+    lbm("officer", "add", "p12345", "--name", "Sue Bject", "--role", "acu_inspector",
+        "--rank", "inspector", "--from", "2000-01-01T00:00:00Z", check=True)  # fmt: skip
     return lbm
 
 
@@ -121,12 +115,12 @@ def test_grant_show_history_json(auth: Lbm) -> None:
 
 
 def test_grant_from_file_with_option_override(auth: Lbm, tmp_path: Path) -> None:
+    register_officers(auth, "p200")  # named in the file, not on the command line
     app = tmp_path / "app.toml"
     app.write_text(
         'ref = "PSD-2026-7"\nsubject = "p222"\ncase-type = "staff_discipline"\n'
         'purposes = ["compliance", "standards"]\nchannels = ["email"]\n'
-        'officer = "p200"\nofficer_name = "Dee Hr"\nofficer_role = "director_of_hr"\n'
-        'officer_rank = "staff"\nnecessity = "n"\nproportionality = "p"\ncollateral = "c"\n'
+        'officer = "p200"\nnecessity = "n"\nproportionality = "p"\ncollateral = "c"\n'
         'ripa_considered = false\nripa_note = "overt HR matter"\ninvestigators = ["inv1"]\n'
         "start = 2026-03-11T00:00:00Z\n"
     )
@@ -137,6 +131,12 @@ def test_grant_from_file_with_option_override(auth: Lbm, tmp_path: Path) -> None
     assert data["channels"] == ["web"]  # the option overrides the file
     assert data["start"] == "2026-03-11T00:00:00Z" and data["state"] == "pending"
     assert data["expiry"] == "2026-06-11T00:00:00Z"
+    app.write_text(app.read_text() + 'officer_role = "head_of_professional_standards"\n')
+    refused(
+        auth("auth", "grant", "--from-file", str(app), env=at(T0)),
+        2,
+        "officer_role: comes from the officer register",
+    )
     app.write_text('ref = "X"\ncolour = "red"\n')
     refused(auth("auth", "grant", "--from-file", str(app)), 2, f"{app}: colour: unknown field")
     app.write_text('ref = "X\n')
@@ -147,11 +147,13 @@ def test_grant_from_file_with_option_override(auth: Lbm, tmp_path: Path) -> None
     ("change", "code", "message"),
     [
         (
-            ["--officer-role", "director_of_hr"],
+            ["--officer", "p200"],
             1,
-            "officer role 'director_of_hr' cannot authorise a criminal case; allowed roles: "
+            "the officer register has p200 as director_of_hr (staff): officer role "
+            "'director_of_hr' cannot authorise a criminal case; allowed roles: "
             "head_of_professional_standards or acu_inspector",
         ),
+        (["--officer", "p999"], 1, "officer p999 is not in the officer register"),
         (["--officer", "p12345"], 1, "an officer cannot authorise monitoring of themselves"),
         (["--start", "2026-03-10T09:00:00Z"], 1, "start 2026-03-10T09:00:00Z is in the past"),
         (["--purpose", "fishing"], 2, "purpose 'fishing': must be one of"),
@@ -194,17 +196,8 @@ def test_duplicate_reference_refused(auth: Lbm) -> None:
 
 
 def test_urgent_ratify_in_time_and_late(auth: Lbm) -> None:
-    inspector = [
-        "--officer",
-        "p300",
-        "--officer-name",
-        "Ian Duty",
-        "--officer-role",
-        "duty_inspector",
-        "--officer-rank",
-        "inspector",
-    ]
-    sergeant = [*inspector[:-1], "sergeant"]
+    inspector = ["--officer", "p300"]  # duty_inspector, inspector
+    sergeant = ["--officer", "p310"]  # custody_sergeant, sergeant
     refused(
         grant(auth, command="urgent", officer=sergeant),
         1,
@@ -214,12 +207,29 @@ def test_urgent_ratify_in_time_and_late(auth: Lbm) -> None:
     assert data["urgent"] and data["expiry"] == "2026-03-13T09:30:00Z"
     listed = as_json(auth("auth", "list", "--json", env=at("2026-03-11T00:00:00Z")))
     assert listed[0]["flags"] == ["expiring_soon", "awaiting_ratification"]
-    assert as_json(grant(auth, "--json", ref="U2", command="urgent", officer=inspector))
+    refused(
+        grant(auth, ref="U2", command="urgent", officer=inspector),
+        1,
+        "CA1-2026-0042",
+    )  # urgent grants for one subject do not chain
+    assert as_json(
+        grant(auth, "--subject", "p222", "--json", ref="U2", command="urgent", officer=inspector)
+    )
     # 71 h 59 m: in time, by an officer whose role fits; 72 h 01 m: too late
+    refused(
+        auth(
+            "auth", "ratify", "CA1-2026-0042", "--officer", "p200", env=at("2026-03-13T09:29:00Z")
+        ),
+        1,
+        "allowed roles",
+    )
+    # the officer who granted it cannot ratify it, whatever their role
+    assert auth("officer", "add", "p300", "--name", "Ian Duty", "--role", "acu_inspector",
+                "--rank", "inspector", env=at("2026-03-11T00:00:00Z")).returncode == 0  # fmt: skip
     refused(
         auth("auth", "ratify", "CA1-2026-0042", *inspector, env=at("2026-03-13T09:29:00Z")),
         1,
-        "allowed roles",
+        "",
     )
     ratified = as_json(
         auth("auth", "ratify", "CA1-2026-0042", *HOPS, "--json", env=at("2026-03-13T09:29:00Z"))
@@ -238,7 +248,7 @@ def test_review_renew_cancel(auth: Lbm) -> None:
     grant(auth)
     month = "2026-04-10T09:30:00Z"
     assert as_json(auth("auth", "list", "--json", env=at(month)))[0]["flags"] == ["review_due"]
-    assert "[review_due]" in auth("auth", "list", env=at(month)).stdout
+    assert "review_due" in auth("auth", "list", env=at(month)).stdout
     reviewed = as_json(
         auth(
             "auth",
@@ -254,8 +264,9 @@ def test_review_renew_cancel(auth: Lbm) -> None:
     assert reviewed["flags"] == [] and reviewed["next_review"] == "2026-05-10T09:30:00Z"
     result = auth("auth", "renew", "CA1-2026-0042", *HOPS, env=at(month))
     assert result.returncode == 2 and "--results" in result.stderr
+    window = "2026-06-01T00:00:00Z"
     refused(
-        auth("auth", "renew", "CA1-2026-0042", *HOPS, "--results", "", env=at(month)),
+        auth("auth", "renew", "CA1-2026-0042", *HOPS, "--results", "", env=at(window)),
         1,
         "the results update must not be empty",
     )

@@ -29,7 +29,9 @@ from appliance.policy.model import (
     Officer,
     Purpose,
     Rank,
+    Role,
 )
+from appliance.policy.officer_register import OfficerRegister
 from appliance.policy.registry import Registry, load_all
 from appliance.policy.snapshot import Snapshot
 from store import investigators as inv_table
@@ -420,6 +422,14 @@ def run_registry(sc: Scenario, root: Path, recipient: str) -> tuple[Registry, Ac
         paths=paths,
     )
     inv_table.add(conn, "inv1", recipient, "p900", "2025-12-01T00:00:00Z")
+    # officers are registry facts: register every officer the scenario may name (the subjects
+    # too, for the "self" choice; rank only matters for urgent grants, which they never make)
+    register = OfficerRegister(reg)
+    selves = [Officer(s, "Self", Role.HEAD_OF_PROFESSIONAL_STANDARDS, Rank.SUPERINTENDENT)
+              for s in sorted({spec.subject for spec in sc.specs})]  # fmt: skip
+    for o in (HOPS, HR, DUTY, *selves):
+        register.add(o.principal, name=o.name, role=o.role, rank=o.rank.value,
+                     valid_from=BASE - timedelta(days=365))  # fmt: skip
     accepted: Accepted = []
     for when, kind, i, choice in timeline(sc):
         spec = sc.specs[i]
@@ -431,11 +441,11 @@ def run_registry(sc: Scenario, root: Path, recipient: str) -> tuple[Registry, Ac
             if kind == "grant":
                 reg.grant(spec_application(spec))
             elif kind == "ratify":
-                reg.ratify(spec.ref, officer)
+                reg.ratify(spec.ref, officer.principal)
             elif kind == "renew":
-                reg.renew(spec.ref, officer, "results so far")
+                reg.renew(spec.ref, officer.principal, "results so far")
             elif kind == "review":
-                reg.review(spec.ref, officer, "reviewed")
+                reg.review(spec.ref, officer.principal, "reviewed")
             else:
                 reg.cancel(spec.ref, "no longer justified")
         except RuleViolation:

@@ -24,6 +24,7 @@ from appliance.policy.model import (
     Purpose,
     Rank,
 )
+from appliance.policy.officer_register import OfficerRegister
 from appliance.policy.registry import Registry, load_all
 from appliance.policy.snapshot import Snapshot
 from store import AuditError, signing
@@ -80,6 +81,15 @@ def env(tmp_path: Path) -> Iterator[Env]:
     )
     inv_table.add(conn, "inv1", recipients["inv1"], "p901", "2026-01-01T00:00:00Z")
     inv_table.add(conn, "inv2", recipients["inv2"], "p902", "2026-01-01T00:00:00Z")
+    register = OfficerRegister(reg)
+    for o in (HOPS, DUTY):
+        register.add(
+            o.principal,
+            name=o.name,
+            role=o.role,
+            rank=o.rank.value,
+            valid_from=T0 - timedelta(days=365),
+        )
     yield Env(paths, reg, now, keys)
     reg.close()
 
@@ -206,7 +216,7 @@ def test_failed_audit_rolls_back_the_grant_and_its_key(env: Env) -> None:
 def test_urgent_ratified_in_time_lasts_three_months_from_original_start(env: Env) -> None:
     env.reg.grant(application(urgent=True, officer=DUTY))
     env.at(T0 + timedelta(hours=71, minutes=59))
-    auth = env.reg.ratify("CA1-2026-0042", HOPS, "ratified by HoPS")
+    auth = env.reg.ratify("CA1-2026-0042", "p100", "ratified by HoPS")
     assert auth.expiry == datetime(2026, 6, 10, 9, 30, tzinfo=UTC)
     assert [e.kind for e in auth.history] == [EventKind.URGENT, EventKind.RATIFY]
     assert env.audit()[-1]["action"] == Action.AUTH_RATIFY.value
@@ -216,7 +226,7 @@ def test_late_ratification_refused_and_urgent_lapses(env: Env) -> None:
     env.reg.grant(application(urgent=True, officer=DUTY))
     env.at(T0 + timedelta(hours=72, minutes=1))
     with pytest.raises(RuleViolation, match="too late"):
-        env.reg.ratify("CA1-2026-0042", HOPS)
+        env.reg.ratify("CA1-2026-0042", "p100")
     auth = env.reg.get("CA1-2026-0042")
     assert auth.ratified_at is None and auth.state(env.now[0]) == "expired"
     assert env.audit()[-1]["fields"]["request"] == "ratify"
@@ -229,18 +239,18 @@ def test_renewal_and_review(env: Env) -> None:
     env.reg.grant(application())
     env.at(T0 + timedelta(days=31))
     assert [x.flags for x in env.reg.list()] == [("review_due",)]
-    env.reg.review("CA1-2026-0042", HOPS, "still necessary")
+    env.reg.review("CA1-2026-0042", "p100", "still necessary")
     assert [x.flags for x in env.reg.list()] == [()]
     env.at(datetime(2026, 6, 5, tzinfo=UTC))
     assert "expiring_soon" in env.reg.list()[0].flags
     with pytest.raises(RuleViolation, match="results update must not be empty"):
-        env.reg.renew("CA1-2026-0042", HOPS, "")
-    auth = env.reg.renew("CA1-2026-0042", HOPS, "two suspects identified")
+        env.reg.renew("CA1-2026-0042", "p100", "")
+    auth = env.reg.renew("CA1-2026-0042", "p100", "two suspects identified")
     assert auth.expiry == datetime(2026, 9, 10, 9, 30, tzinfo=UTC)
     assert auth.history[-1].text == "two suspects identified"
     env.at(datetime(2026, 9, 10, 9, 30, tzinfo=UTC))
     with pytest.raises(RuleViolation, match="only before expiry"):
-        env.reg.renew("CA1-2026-0042", HOPS, "late")
+        env.reg.renew("CA1-2026-0042", "p100", "late")
 
 
 def test_cancellation_is_immediate_and_past_decisions_stand(env: Env) -> None:
@@ -249,7 +259,7 @@ def test_cancellation_is_immediate_and_past_decisions_stand(env: Env) -> None:
     env.at(cancel_at)
     with pytest.raises(RuleViolation, match="reason must not be empty"):
         env.reg.cancel("CA1-2026-0042", "  ")
-    auth = env.reg.cancel("CA1-2026-0042", "suspect cleared", HOPS)
+    auth = env.reg.cancel("CA1-2026-0042", "suspect cleared", "p100")
     assert auth.cancelled_at == cancel_at and auth.cancel_reason == "suspect cleared"
     snap = Snapshot.build(load_all(env.reg.conn))
     assert decide(snap, "p12345", "email", cancel_at - timedelta(seconds=1)).full
