@@ -154,6 +154,13 @@ def check_signed_application(
     fields = application_form.normalise_fields(
         load_toml(signed.signed_bytes, "signed application"), "signed application: "
     )
+    if fields.get("start") in (None, ""):
+        # Without a start, a signed application could be kept and granted months later; with
+        # one, "never in the past" bounds its use to the minute the officer chose.
+        raise RuleViolation(
+            "signed application: `start` is required in a signed CA1 application, so that it "
+            "cannot be granted later than the officer intended"
+        )
     as_signed = application_form.build_application(
         fields, urgent=app.urgent, now=now, resolve_officer=resolve_officer
     )

@@ -28,6 +28,7 @@ proportionality = "least intrusive means"
 collateral = "family mail excluded"
 ripa_considered = true
 investigators = ["inv1"]
+start = {start}
 """
 
 
@@ -48,7 +49,8 @@ def sign(key: Path, file: Path, namespace: str = "lbm-ca1") -> Path:
 
 def refused(result: Result, text: str) -> None:
     assert result.returncode == 1, (result.stdout, result.stderr)
-    assert result.stderr.count("\n") == 1 and text in result.stderr, result.stderr
+    lines = [x for x in result.stderr.splitlines() if not x.startswith("lbm: warning:")]
+    assert len(lines) == 1 and text in lines[0], result.stderr
 
 
 @pytest.fixture
@@ -75,9 +77,12 @@ def signed(lbm: Lbm, tmp_path: Path) -> tuple[Lbm, dict[str, Path]]:
     return lbm, keys
 
 
-def application(tmp_path: Path, ref: str = "CA1-7") -> Path:
+def application(tmp_path: Path, ref: str = "CA1-7", start: str | None = T0) -> Path:
     path = tmp_path / f"{ref}.toml"
-    path.write_text(APP.format(ref=ref))
+    text = APP.format(ref=ref, start=start)
+    if start is None:
+        text = text.replace("start = None\n", "")
+    path.write_text(text)
     return path
 
 
@@ -127,7 +132,7 @@ def test_bad_signatures_refused(signed: tuple[Lbm, dict[str, Path]], tmp_path: P
     refused(grant(lbm, app, sign(keys["p110"], app)), "not a valid signature of officer p100")
     # a changed byte after signing
     sig = sign(keys["p100"], app)
-    app.write_text(APP.format(ref="CA1-7").replace("family", "Family"))
+    app.write_text(APP.format(ref="CA1-7", start=T0).replace("family", "Family"))
     refused(grant(lbm, app, sig), "not a valid signature")
     # a signature over another application
     other = application(tmp_path, "CA1-8")
@@ -266,3 +271,16 @@ def test_documented_examples_grant_and_renew_when_signed(
                   env={"LBM_FAKE_NOW": "2030-03-20T09:00:00Z"})  # fmt: skip
     assert renewed.returncode == 0, renewed.stderr
     assert json.loads(renewed.stdout)["expiry"] == "2030-07-10T09:00:00Z"
+
+
+def test_signed_application_cannot_be_kept_and_granted_later(
+    signed: tuple[Lbm, dict[str, Path]], tmp_path: Path
+) -> None:
+    """A signed application names its start, and a start in the past is refused: an audit officer
+    who kept an officer's signed application cannot grant it a week later."""
+    lbm, keys = signed
+    undated = application(tmp_path, "CA1-8", start=None)
+    refused(grant(lbm, undated, sign(keys["p100"], undated)), "`start` is required")
+    app = application(tmp_path, "CA1-9")
+    refused(grant(lbm, app, sign(keys["p100"], app), when="2026-03-17T09:30:00Z"), "in the past")
+    assert grant(lbm, app, app.with_name(app.name + ".sig")).returncode == 0
