@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from appliance.cli.app import App, emit, fail, pass_app
 from appliance.cli.archive_export import export_raw
+from appliance.cli.audit_cmd import pinned_chain
 from store import AuditError, KeyError_, StoreError, signing
 from store import sqlite as store_sqlite
 from store.archive import Archive
@@ -77,19 +79,29 @@ def _audit_record(app: App) -> tuple[OnRecord, str | None]:
 
 @archive.command("verify")
 @click.argument("ref", required=False)
+@click.option(
+    "--allowed-signers",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the allowed-signers line `lbm status` printed, kept off the box: trust only the "
+    "gateway keys the audit log's key chain reaches from it",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def verify(app: App, ref: str | None, as_json: bool) -> None:
+def verify(app: App, ref: str | None, allowed_signers: Path | None, as_json: bool) -> None:
     """Check manifests, chains and ciphertext hashes without decrypting, and that everything
     the audit log records as sealed is still there (all archives, or REF)."""
     app.require_initialised()
     _checked_ref(ref)
+    if allowed_signers is not None:
+        keys = pinned_chain(app, allowed_signers)
+    else:
+        keys = signing.load_public_keys(app.paths)
     record, audit_problem = _audit_record(app)
     known, registry_problem = registry_refs(app)
     if ref is not None and not (app.paths.archive / ref).is_dir() and ref in record.refs | {*known}:
         report = VerifyReport()  # known, nothing archived yet (or deleted: cross_check says)
     else:
-        report = verify_all(app.paths.archive, signing.load_public_keys(app.paths), ref)
+        report = verify_all(app.paths.archive, keys, ref)
     for problem in (audit_problem, registry_problem):
         if problem:
             report.bad(problem)
@@ -101,6 +113,12 @@ def verify(app: App, ref: str | None, as_json: bool) -> None:
     ]
     lines += [f"truncated: {s}" for s in report.truncated]
     lines += [f"problem: {p}" for p in report.problems]
+    if allowed_signers is None:
+        lines.append(
+            "note: signatures were checked against every gateway key in keys/, so this shows "
+            "internal consistency only; pin trust with --allowed-signers FILE (the line `lbm "
+            "status` prints, kept off the box)"
+        )
     emit(report.__dict__, as_json, "\n".join(lines))
     if not report.ok:
         sys.exit(1)

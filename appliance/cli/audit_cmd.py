@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance.cli.app import App, emit, fail, pass_app
 from appliance.cli.textsafe import safe
@@ -73,6 +74,31 @@ def show(app: App, since: str | None, ref: str | None, action: str | None, as_js
         click.echo(json.dumps(entry, sort_keys=True) if as_json else _line(entry))
 
 
+def load_pin(app: App, allowed_signers: Path) -> dict[str, Ed25519PublicKey]:
+    """The gateway keys of an allowed-signers file kept off the box (exit 2 if unreadable)."""
+    try:
+        text = allowed_signers.read_text()
+        # a copy of audit/ without its config: any principal's line counts
+        principal = app.config.gateway_id if app.config_path.exists() else None
+        return signing.parse_allowed_signers(text, str(allowed_signers), principal)
+    except (OSError, UnicodeDecodeError, StoreError) as exc:
+        fail(f"--allowed-signers {allowed_signers}: {exc}", 2)
+
+
+def pinned_chain(app: App, allowed_signers: Path) -> dict[str, Ed25519PublicKey]:
+    """The gateway keys the audit log's key chain reaches from the pin: the only keys whose
+    signatures count. Exit 1 when the log does not verify from the pin."""
+    pinned = load_pin(app, allowed_signers)
+    keys = signing.load_public_keys(app.paths)
+    result = verify_log(
+        app.paths, keys, pinned=pinned, pinned_from=str(allowed_signers), require_init=True
+    )
+    if not result.ok:
+        fail(f"the audit log does not verify from the pinned key: {result.first_problem}")
+    known = {**keys, **pinned}
+    return {fp: known[fp] for fp in result.signers if fp in known}
+
+
 @audit.command("verify")
 @click.option(
     "--allowed-signers",
@@ -95,13 +121,7 @@ def verify(
     keys = signing.load_public_keys(app.paths)
     pinned = None
     if allowed_signers is not None:
-        try:
-            text = allowed_signers.read_text()
-            # a copy of audit/ without its config: any principal's line counts
-            principal = app.config.gateway_id if app.config_path.exists() else None
-            pinned = signing.parse_allowed_signers(text, str(allowed_signers), principal)
-        except (OSError, UnicodeDecodeError, StoreError) as exc:
-            fail(f"--allowed-signers {allowed_signers}: {exc}", 2)
+        pinned = load_pin(app, allowed_signers)
     elif not keys:
         fail(f"{app.paths.keys}: no gateway public key to verify with", 2)
     result = verify_log(

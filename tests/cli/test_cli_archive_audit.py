@@ -302,3 +302,28 @@ def test_a_reseal_after_a_deleted_manifest_is_reported(lbm: Lbm) -> None:
     code, problems, _ = _verify(lbm, REF)
     assert code == 1
     assert any(f"{REF}/000002: sealed twice" in p for p in problems), problems
+
+
+def test_pinned_verify_refuses_an_archive_signed_by_a_swapped_in_key(lbm: Lbm) -> None:
+    """Whoever can write the data dir swaps in a gateway key of their own and writes a forged
+    archive (and its audit entries) with it. Trusting every key in keys/, verify sees a
+    consistent archive; pinned to the line `lbm status` printed before, it refuses."""
+    _archive(lbm.data_dir, segments=1)
+    status = lbm("status", "--json", check=True)
+    pin = lbm.data_dir.parent / "pin.allowed_signers"
+    pin.write_text(json.loads(status.stdout)["allowed_signers"] + "\n")
+    ok = lbm("archive", "verify", "--allowed-signers", str(pin))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "internal consistency only" not in ok.stdout
+    keys = lbm.data_dir / "keys"
+    for name in ("gateway_ed25519", "gateway_ed25519.pub"):
+        (keys / name).unlink()
+    signing.create(DataPaths(lbm.data_dir), "forger")
+    _archive(lbm.data_dir, OTHER, segments=1, audited=False)  # the log refuses the forger's key
+    loose = lbm("archive", "verify", OTHER)
+    assert loose.returncode == 0 and "internal consistency only" in loose.stdout, loose.stdout
+    pinned = lbm("archive", "verify", OTHER, "--allowed-signers", str(pin))
+    assert pinned.returncode == 1, pinned.stdout
+    assert any(OTHER in line for line in pinned.stdout.splitlines() if "problem" in line)
+    # the original archive still verifies from the pin, its key gone from keys/
+    assert lbm("archive", "verify", REF, "--allowed-signers", str(pin)).returncode == 0
