@@ -247,9 +247,10 @@ def test_fake_clock_is_announced_on_stderr_by_status_and_in_every_audit_entry(lb
 
     for args in (("config", "show"), ("config", "check"), ("keys", "show")):
         result = lbm(*args, check=True)
-        assert result.stderr.splitlines().count(FAKE_CLOCK_WARNING) == 1, result.stderr
+        assert result.raw_stderr.splitlines().count(FAKE_CLOCK_WARNING) == 1, result.raw_stderr
+        assert FAKE_CLOCK_WARNING not in result.stderr  # the test runner's view leaves it out
     status = lbm("status", check=True)
-    assert FAKE_CLOCK_WARNING in status.stderr
+    assert FAKE_CLOCK_WARNING in status.raw_stderr
     assert "fake clock     ENABLED" in status.stdout
     assert json.loads(lbm("status", "--json", check=True).stdout)["fake_clock"] is True
     key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"

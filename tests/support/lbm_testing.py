@@ -28,9 +28,20 @@ def corpus_root() -> Path:
 
 @dataclass
 class Result:
+    """A finished `lbm` run. `stderr` leaves out the fake-clock announcement (test data dirs
+    enable the fake clock, and each command announces it once); `raw_stderr` keeps it."""
+
     returncode: int
     stdout: str
     stderr: str
+    raw_stderr: str = ""
+
+
+def _without_fake_clock_warning(stderr: str) -> str:
+    from appliance.cli.app import FAKE_CLOCK_WARNING
+
+    lines = stderr.splitlines(keepends=True)
+    return "".join(line for line in lines if line.rstrip("\n") != FAKE_CLOCK_WARNING)
 
 
 class Lbm:
@@ -67,7 +78,12 @@ class Lbm:
             timeout=timeout,
             cwd=REPO,
         )
-        return Result(proc.returncode, proc.stdout, proc.stderr)
+        return Result(
+            proc.returncode,
+            proc.stdout,
+            _without_fake_clock_warning(proc.stderr),
+            proc.stderr,
+        )
 
     def __call__(
         self,
