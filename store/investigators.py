@@ -1,8 +1,10 @@
 """Investigators: named holders of an age key, registered in registry.sqlite.
 
-An investigator is a registry entry (`lbm keys investigator add NAME AGE_PUBLIC_KEY --principal P`).
-Authorisation keys are wrapped to the age recipients of the investigators assigned to the
-authorisation (and the configured custodians).
+An investigator is a registry entry (`lbm keys investigator add NAME AGE_PUBLIC_KEY --principal P
+[--login USER]`). Authorisation keys are wrapped to the age recipients of the investigators
+assigned to the authorisation (and the configured custodians). `login` maps the login user who
+acts on the gateway to the investigator (DECISIONS.md, "Who is acting"), so the registry knows
+which principal acts: the subject of an authorisation can never act on it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from store.bech32 import Bech32Error, parse_age_recipient
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 AGE_RECIPIENT_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+LOGIN_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # a POSIX login name, as useradd accepts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS investigators (
@@ -23,7 +26,8 @@ CREATE TABLE IF NOT EXISTS investigators (
     principal TEXT NOT NULL,
     recipient TEXT NOT NULL,
     added_at TEXT NOT NULL,
-    removed_at TEXT
+    removed_at TEXT,
+    login TEXT
 );
 """
 
@@ -39,6 +43,7 @@ class Investigator:
     recipient: str
     added_at: str
     removed_at: str | None
+    login: str | None = None
 
     @property
     def active(self) -> bool:
@@ -47,16 +52,32 @@ class Investigator:
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(investigators)")}
+    if "login" not in columns:  # a register made before logins were mapped
+        conn.execute("ALTER TABLE investigators ADD COLUMN login TEXT")
 
 
-def _row(row: sqlite3.Row) -> Investigator:
+def row_to_investigator(row: sqlite3.Row) -> Investigator:
     return Investigator(
-        row["name"], row["principal"], row["recipient"], row["added_at"], row["removed_at"]
+        row["name"],
+        row["principal"],
+        row["recipient"],
+        row["added_at"],
+        row["removed_at"],
+        row["login"] if "login" in row.keys() else None,  # noqa: SIM118 (sqlite3.Row)
     )
 
 
+_row = row_to_investigator
+
+
 def add(
-    conn: sqlite3.Connection, name: str, recipient: str, principal: str, at: str
+    conn: sqlite3.Connection,
+    name: str,
+    recipient: str,
+    principal: str,
+    at: str,
+    login: str | None = None,
 ) -> Investigator:
     if not NAME_RE.fullmatch(name):
         raise InvestigatorError(f"investigator name {name!r}: must match [a-z0-9][a-z0-9._-]*")
@@ -70,14 +91,25 @@ def add(
         parse_age_recipient(recipient)  # the checksum, and never a low-order point
     except Bech32Error as exc:
         raise InvestigatorError(f"investigator {name}: {recipient!r}: {exc}") from None
+    if login is not None and not LOGIN_RE.fullmatch(login):
+        raise InvestigatorError(f"login {login!r}: not a login user name ([a-z_][a-z0-9_-]*)")
     ensure_schema(conn)
     existing = get(conn, name)
     if existing is not None and existing.active:
         raise InvestigatorError(f"investigator {name} exists already")
+    if login is not None:
+        holder = conn.execute(
+            "SELECT name FROM investigators WHERE login = ? AND removed_at IS NULL", (login,)
+        ).fetchone()
+        if holder is not None:
+            raise InvestigatorError(
+                f"login {login} is mapped to investigator {holder[0]} already (one login user "
+                "acts as one investigator)"
+            )
     conn.execute(
-        "INSERT OR REPLACE INTO investigators(name, principal, recipient, added_at, removed_at)"
-        " VALUES (?, ?, ?, ?, NULL)",
-        (name, principal, recipient, at),
+        "INSERT OR REPLACE INTO investigators(name, principal, recipient, added_at, removed_at,"
+        " login) VALUES (?, ?, ?, ?, NULL, ?)",
+        (name, principal, recipient, at, login),
     )
     result = get(conn, name)
     assert result is not None

@@ -47,10 +47,15 @@ def investigator() -> None:
 @click.argument("name")
 @click.argument("age_public_key")
 @click.option("--principal", required=True, metavar="P", help="the investigator's principal id")
+@click.option(
+    "--login",
+    metavar="USER",
+    help="the login user who acts as this investigator on the gateway",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def investigator_add(
-    app: App, name: str, age_public_key: str, principal: str, as_json: bool
+    app: App, name: str, age_public_key: str, principal: str, login: str | None, as_json: bool
 ) -> None:
     """Register investigator NAME with their age public key (age1...)."""
     app.require_initialised()
@@ -61,7 +66,7 @@ def investigator_add(
         fail(f"AGE_PUBLIC_KEY {age_public_key!r}: {exc}", 2)
     conn = sqlite.connect(app.paths.registry)
     try:
-        item = table.add(conn, name, age_public_key, principal, format_utc(app.clock.now()))
+        item = table.add(conn, name, age_public_key, principal, format_utc(app.clock.now()), login)
     except table.InvestigatorError as exc:
         fail(str(exc))
     finally:
@@ -71,6 +76,7 @@ def investigator_add(
         app.actor,
         investigator=name,
         principal=principal,
+        login=login,
         recipient=age_public_key,
         recipient_fingerprint=age.recipient_fingerprint(age_public_key),
     )

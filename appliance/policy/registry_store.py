@@ -333,16 +333,15 @@ def investigator(conn: sqlite3.Connection, name: str) -> investigators_table.Inv
     row = conn.execute("SELECT * FROM investigators WHERE name = ?", (name,)).fetchone()
     if row is None:
         return None
-    return investigators_table.Investigator(
-        row["name"], row["principal"], row["recipient"], row["added_at"], row["removed_at"]
-    )
+    return investigators_table.row_to_investigator(row)
 
 
 def investigator_for_login(conn: sqlite3.Connection, login: str) -> str | None:
     """The principal of the active investigator mapped to login user `login`, when the
     investigator register has a `login` column (`lbm keys investigator add ... --login`)."""
+    # no ensure_schema here: it runs executescript, which would commit the caller's transaction
     columns = {r["name"] for r in conn.execute("PRAGMA table_info(investigators)")}
-    if "login" not in columns:
+    if "login" not in columns:  # a register made before logins were mapped has no mapping
         return None
     row = conn.execute(
         "SELECT principal FROM investigators WHERE login = ? AND removed_at IS NULL", (login,)

@@ -128,3 +128,28 @@ def test_auth_list_aligned_columns(reg: Lbm) -> None:
     for column in ("SUBJECT", "CHANNELS", "OFFICER", "EXPIRY"):
         start = lines[0].index(column)
         assert all(line[start - 2 : start] == "  " and line[start] != " " for line in lines)
+
+
+def test_a_login_user_mapped_to_the_subject_cannot_cancel(reg: Lbm) -> None:
+    """`lbm keys investigator add ... --login USER` says which principal a login user is. The
+    subject, registered as an investigator of another case under their own login, runs
+    `lbm auth cancel` without `--officer`: refused, since the login user is the subject."""
+    from store.audit import current_actor
+
+    me = current_actor()
+    add(reg, "p110", "--from", "2026-01-01T00:00:00Z")
+    assert reg(*grant_argv("R1", officer="p110"), env=AT).returncode == 0
+    added = reg("keys", "investigator", "add", "me", INV_RECIPIENT, "--principal", "p12345",
+                "--login", me, env=AT)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    refused(reg("auth", "cancel", "R1", "--reason", "stop", env=AT), 1,
+            "p12345 is the subject of R1 and cannot cancel it")  # fmt: skip
+    # one login user acts as one investigator; a login is a login name
+    twice = reg("keys", "investigator", "add", "again", INV_RECIPIENT, "--principal", "p7",
+                "--login", me, env=AT)  # fmt: skip
+    refused(twice, 1, f"login {me} is mapped to investigator me already")
+    bad = reg("keys", "investigator", "add", "x", INV_RECIPIENT, "--principal", "p7",
+              "--login", "Root\n", env=AT)  # fmt: skip
+    refused(bad, 1, "not a login user name")
+    assert reg("keys", "investigator", "remove", "me", env=AT).returncode == 0
+    assert reg("auth", "cancel", "R1", "--reason", "done", env=AT).returncode == 0

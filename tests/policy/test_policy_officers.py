@@ -221,7 +221,6 @@ def test_cancel_refused_to_a_login_user_mapped_to_the_subject(env: Env) -> None:
     """With the investigator register's login mapping (`--login`), the login user is compared
     with the subject: a subject cannot cancel their own monitoring, whatever they claim."""
     env.reg.grant(application())
-    env.reg.conn.execute("ALTER TABLE investigators ADD COLUMN login TEXT")
     env.reg.conn.execute("UPDATE investigators SET login = 'tester' WHERE name = 'subj'")
     with pytest.raises(RuleViolation, match="p12345 is the subject of CA1-1 and cannot cancel"):
         env.reg.cancel("CA1-1", "stop watching me")
