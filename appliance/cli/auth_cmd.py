@@ -23,6 +23,7 @@ from appliance.cli.auth_view import (
     show_text,
     write_evidence,
 )
+from appliance.cli.signed_files import read_file, read_signed, signed_options
 from appliance.cli.textsafe import safe
 from appliance.config import ConfigError, load_config
 from appliance.policy import InvalidInput, PolicyError, RuleViolation
@@ -154,15 +155,6 @@ REGISTER_FIELDS = ("officer_name", "officer_role", "officer_rank")
 """Fields the officer register supplies; an application may not state them."""
 
 
-def _read_bytes(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: {what} not found") from None
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read ({exc.strerror})") from None
-
-
 def _read_application_file(path: Path, data: bytes) -> dict[str, Any]:
     raw = signatures.load_toml(data, str(path))
     for key in raw:
@@ -175,15 +167,7 @@ def _read_application_file(path: Path, data: bytes) -> dict[str, Any]:
 
 
 def _signed(statement: Path | None, signature: Path | None, what: str) -> Signed | None:
-    """The signed bytes and detached signature of an act, read once (what is checked is what
-    is recorded)."""
-    if signature is None:
-        if statement is not None and what == "--statement":
-            raise InvalidInput("--statement needs --signature (the officer's SSHSIG over it)")
-        return None
-    if statement is None:
-        raise InvalidInput(f"--signature needs {what} (the signed file)")
-    return Signed(_read_bytes(statement, what), _read_bytes(signature, "signature"))
+    return read_signed(statement, signature, what, "the officer")
 
 
 def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
@@ -195,7 +179,7 @@ def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
         signed = _signed(from_file, signature, "--from-file")
         fields: dict[str, Any] = {}
         if from_file is not None:
-            raw = signed.signed_bytes if signed else _read_bytes(from_file, "application file")
+            raw = signed.signed_bytes if signed else read_file(from_file, "application file")
             fields = _read_application_file(from_file, raw)
         for key, value in options.items():
             if value not in (None, ()):
@@ -253,6 +237,12 @@ def urgent(app: App, **options: Any) -> None:
     _do_grant(app, True, options)
 
 
+statement_options = signed_options(
+    "the officer's signed statement (TOML naming ref, action, officer, expiry)",
+    "the officer's SSHSIG over --statement (ssh-keygen -Y sign -n lbm-ca1)",
+)
+
+
 # -- changes -----------------------------------------------------------------------------------
 def _change(app: App, apply: Callable[[Registry], Authorisation]) -> dict[str, Any]:
     """Apply one registry change (audited by the registry; refusals and bad officer options
@@ -265,16 +255,7 @@ def _change(app: App, apply: Callable[[Registry], Authorisation]) -> dict[str, A
 @click.argument("ref")
 @officer_option
 @click.option("--note", default="", metavar="TEXT")
-@click.option(
-    "--statement",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the officer's signed statement (TOML naming ref, action, officer, expiry)",
-)
-@click.option(
-    "--signature",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the officer's SSHSIG over --statement (ssh-keygen -Y sign -n lbm-ca1)",
-)
+@statement_options
 @json_option
 @pass_app
 def ratify(
@@ -299,16 +280,7 @@ def ratify(
 @click.argument("ref")
 @officer_option
 @click.option("--results", metavar="TEXT", help="update on the results so far")
-@click.option(
-    "--statement",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the officer's signed statement (TOML naming ref, action, officer, expiry)",
-)
-@click.option(
-    "--signature",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the officer's SSHSIG over --statement (ssh-keygen -Y sign -n lbm-ca1)",
-)
+@statement_options
 @json_option
 @pass_app
 def renew(
@@ -337,16 +309,7 @@ def renew(
 @click.argument("ref")
 @officer_option
 @click.option("--note", metavar="TEXT", help="the review's findings")
-@click.option(
-    "--statement",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the officer's signed statement (TOML naming ref, action, officer, expiry)",
-)
-@click.option(
-    "--signature",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the officer's SSHSIG over --statement (ssh-keygen -Y sign -n lbm-ca1)",
-)
+@statement_options
 @json_option
 @pass_app
 def review(

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
+from appliance.cli.signed_files import read_file, read_signed, signed_options
 from appliance.cli.textsafe import safe
 from appliance.config import ConfigError
 from appliance.policy import InvalidInput, PolicyError, RuleViolation, values
@@ -56,13 +57,6 @@ def open_register(app: App) -> Iterator[tuple[Registry, OfficerRegister]]:
         reg.close()
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"{what} {path}: cannot read ({exc.strerror})") from None
-
-
 def register_change(
     app: App,
     reg: Registry,
@@ -92,12 +86,13 @@ def register_change(
     if not signers_path:
         raise RuleViolation("no [policy] register_signers file is configured")
     try:
-        signers_text = Path(signers_path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        signers_text = read_file(Path(signers_path), "[policy] register_signers file").decode()
+    except (InvalidInput, UnicodeDecodeError) as exc:
         raise RuleViolation(
             f"[policy] register_signers {signers_path}: cannot read ({exc})"
         ) from None
-    signed = signatures.Signed(_read(statement, "--statement"), _read(signature, "--signature"))
+    signed = read_signed(statement, signature, "--statement", "a register signer")
+    assert signed is not None
     fields = signatures.verify_register_change(signed, signers_text, signers_path, reg.clock.now())
     change = signatures.parse_change(signed.signed_bytes)
     if change["action"] != action or change["principal"] != principal:
@@ -171,6 +166,12 @@ def officer() -> None:
     """The officer register: who may authorise, in which role and rank, from when to when."""
 
 
+change_options = signed_options(
+    "the change as signed by a register signer (TOML)",
+    "a register signer's SSHSIG over --statement",
+)
+
+
 @officer.command("add")
 @click.argument("principal")
 @click.option("--name", metavar="NAME", help="the officer's name")
@@ -179,16 +180,7 @@ def officer() -> None:
 @click.option("--from", "valid_from", metavar="ISO8601", help="role held from (default now)")
 @click.option("--to", "valid_to", metavar="ISO8601", help="role held until (default open)")
 @click.option("--ssh-key", metavar="PUBKEY|FILE", help="the officer's SSH public key (signing)")
-@click.option(
-    "--statement",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the change as signed by a register signer (TOML)",
-)
-@click.option(
-    "--signature",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="a register signer's SSHSIG over --statement",
-)
+@change_options
 @json_option
 @pass_app
 def add(
@@ -235,16 +227,7 @@ def add(
 @officer.command("end")
 @click.argument("principal")
 @click.option("--at", "at", metavar="ISO8601", help="when the role ends (default now)")
-@click.option(
-    "--statement",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the change as signed by a register signer (TOML)",
-)
-@click.option(
-    "--signature",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="a register signer's SSHSIG over --statement",
-)
+@change_options
 @json_option
 @pass_app
 def end(
@@ -271,16 +254,7 @@ def end(
 @officer.command("key")
 @click.argument("principal")
 @click.argument("ssh_key", metavar="PUBKEY|FILE", required=False)
-@click.option(
-    "--statement",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the change as signed by a register signer (TOML)",
-)
-@click.option(
-    "--signature",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="a register signer's SSHSIG over --statement",
-)
+@change_options
 @json_option
 @pass_app
 def key(

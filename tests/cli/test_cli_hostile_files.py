@@ -159,3 +159,18 @@ def test_identity_file_that_is_not_a_regular_file_is_refused(
         pytest.fail(f"lbm {command} hung on a {kind} identity")
     assert result.returncode == 2, result.stderr
     one_error_line(result.stderr, path, kind)
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "character device"])
+def test_signed_statement_that_is_not_a_regular_file_is_refused(
+    lbm: Lbm, hostile: dict[str, Path], kind: str
+) -> None:
+    path = hostile[kind]
+    argv = ["auth", "ratify", "CA1-X", "--officer", "p100", "--statement", str(path),
+            "--signature", str(path)]  # fmt: skip
+    try:
+        result = lbm(*argv, timeout=HANG)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"lbm auth ratify hung on a {kind} statement")
+    assert result.returncode == 2, result.stderr
+    one_error_line(result.stderr, path, kind)
