@@ -9,8 +9,10 @@ signature, already verified against `[policy] register_signers`; they are kept i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from appliance.policy import RuleViolation, officers, rules
 from appliance.policy import officers_store as officer_rows
@@ -45,8 +47,30 @@ class OfficerRegister:
     def __init__(self, registry: Registry) -> None:
         self.reg = registry
 
-    def _signed(self, signed: SignedChange | None) -> dict[str, object]:
-        return {"signed": signed.audit_fields()} if signed else {}
+    def _record(
+        self,
+        kind: str,
+        action: Action,
+        principal: str,
+        now: datetime,
+        signed: SignedChange | None,
+        audit: Mapping[str, object],
+        **row: Any,
+    ) -> None:
+        """Append one register row and its audit entry (inside the caller's transaction)."""
+        reg = self.reg
+        officer_rows.append(
+            reg.conn,
+            principal=principal,
+            kind=kind,
+            at=now,
+            actor=reg.actor,
+            signed_bytes=signed.signed_bytes if signed else None,
+            signature=signed.signature if signed else None,
+            **row,
+        )
+        fields = {**audit, **({"signed": signed.audit_fields()} if signed else {})}
+        reg._audit(action, (), principal=principal, **fields)
 
     def add(
         self,
@@ -69,33 +93,19 @@ class OfficerRegister:
                 principal, name, role, rank, start, valid_to, existing
             )
             key = officers.parse_ssh_key(ssh_key) if ssh_key else None
-            officer_rows.append(
-                reg.conn,
-                principal=principal,
-                kind="add",
-                at=now,
-                actor=reg.actor,
-                name=name,
-                role=role,
-                rank=parsed_rank,
-                valid_from=start,
-                valid_to=valid_to,
+            audit: dict[str, object] = {
+                "name": name,
+                "role": role,
+                "rank": parsed_rank.value,
+                "valid_from": format_utc(start),
+                "valid_to": format_utc(valid_to) if valid_to else None,
+                "ssh_key_fingerprint": key_fingerprint(key) if key else None,
+            }
+            self._record(
+                "add", Action.OFFICER_ADD, principal, now, signed, audit,
+                name=name, role=role, rank=parsed_rank, valid_from=start, valid_to=valid_to,
                 ssh_key=key,
-                signed_bytes=signed.signed_bytes if signed else None,
-                signature=signed.signature if signed else None,
-            )
-            reg._audit(
-                Action.OFFICER_ADD,
-                (),
-                principal=principal,
-                name=name,
-                role=role,
-                rank=parsed_rank.value,
-                valid_from=format_utc(start),
-                valid_to=format_utc(valid_to) if valid_to else None,
-                ssh_key_fingerprint=key_fingerprint(key) if key else None,
-                **self._signed(signed),
-            )
+            )  # fmt: skip
         return self.current(principal, start)
 
     def end(
@@ -108,23 +118,8 @@ class OfficerRegister:
             rules.check_principal(principal, "officer")
             mine = reg.officer_periods(principal).get(principal, [])
             officers.period_to_end(mine, principal, when)
-            officer_rows.append(
-                reg.conn,
-                principal=principal,
-                kind="end",
-                at=now,
-                actor=reg.actor,
-                valid_to=when,
-                signed_bytes=signed.signed_bytes if signed else None,
-                signature=signed.signature if signed else None,
-            )
-            reg._audit(
-                Action.OFFICER_END,
-                (),
-                principal=principal,
-                valid_to=format_utc(when),
-                **self._signed(signed),
-            )
+            audit = {"valid_to": format_utc(when)}
+            self._record("end", Action.OFFICER_END, principal, now, signed, audit, valid_to=when)
         return reg.officer_periods(principal)[principal][-1]
 
     def set_key(
@@ -138,23 +133,8 @@ class OfficerRegister:
             if not mine:
                 raise RuleViolation(f"officer {principal} is not in the officer register")
             key = officers.parse_ssh_key(ssh_key)
-            officer_rows.append(
-                reg.conn,
-                principal=principal,
-                kind="key",
-                at=now,
-                actor=reg.actor,
-                ssh_key=key,
-                signed_bytes=signed.signed_bytes if signed else None,
-                signature=signed.signature if signed else None,
-            )
-            reg._audit(
-                Action.OFFICER_KEY,
-                (),
-                principal=principal,
-                ssh_key_fingerprint=key_fingerprint(key),
-                **self._signed(signed),
-            )
+            audit = {"ssh_key_fingerprint": key_fingerprint(key)}
+            self._record("key", Action.OFFICER_KEY, principal, now, signed, audit, ssh_key=key)
         return reg.officer_periods(principal)[principal][-1]
 
     def current(self, principal: str, at: datetime) -> OfficerPeriod:
