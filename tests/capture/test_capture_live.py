@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from lbm_testing import REPO, Lbm
+from netns import sh, veth_namespace
 
 from store.metadata import read_stream
 from store.paths import DataPaths
@@ -49,26 +50,10 @@ COMPARED = (
 )
 
 
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"lbmtest{os.getpid()}"
-    try:
-        sh("ip", "netns", "add", name)
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot create a network namespace: {exc.stderr.decode().strip()}")
-    try:
-        ns = ("ip", "netns", "exec", name)
-        sh(*ns, "ip", "link", "add", "lbm-tx", "type", "veth", "peer", "name", "lbm-rx")
-        for dev in ("lbm-tx", "lbm-rx"):  # no addresses, no IPv6: the kernel stays silent
-            sh(*ns, "sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-            sh(*ns, "ip", "link", "set", dev, "up")
+    with veth_namespace("lbmtest") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
 
 
 def _flows(data_dir: Path) -> list[tuple[object, ...]]:

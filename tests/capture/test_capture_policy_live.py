@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from capture_policy import REF, endpoints, grant, import_leases, packets, pcap_packets, records
 from lbm_testing import REPO, Lbm
+from netns import sh, veth_namespace
 
 from store.metadata import read_stream
 from store.paths import DataPaths
@@ -38,26 +39,10 @@ SUBJECT_IP, OTHER_IP = "10.40.0.5", "10.40.0.6"
 DND_PORTS = {50001, 50002}
 
 
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"lbmpol{os.getpid()}"
-    try:
-        sh("ip", "netns", "add", name)
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot create a network namespace: {exc.stderr.decode().strip()}")
-    try:
-        ns = ("ip", "netns", "exec", name)
-        sh(*ns, "ip", "link", "add", "lbm-tx", "type", "veth", "peer", "name", "lbm-rx")
-        for dev in ("lbm-tx", "lbm-rx"):
-            sh(*ns, "sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-            sh(*ns, "ip", "link", "set", dev, "up")
+    with veth_namespace("lbmpol") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
 
 
 def _generator() -> Any:

@@ -21,6 +21,7 @@ from pathlib import Path
 import dpkt
 import pytest
 from lbm_testing import REPO, Lbm, grant_argv
+from netns import sh, veth_namespace
 
 from store import agefile as age
 from store import sqlite as store_sqlite
@@ -41,26 +42,10 @@ REF = "ca1-2026-0777"
 SUBJECT_IP, SERVER = "10.1.1.5", "192.0.2.10"
 
 
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"lbmfc{os.getpid()}"
-    try:
-        sh("ip", "netns", "add", name)
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot create a network namespace: {exc.stderr.decode().strip()}")
-    try:
-        ns = ("ip", "netns", "exec", name)
-        sh(*ns, "ip", "link", "add", "lbm-tx", "type", "veth", "peer", "name", "lbm-rx")
-        for dev in ("lbm-tx", "lbm-rx"):
-            sh(*ns, "sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-            sh(*ns, "ip", "link", "set", dev, "up")
+    with veth_namespace("lbmfc") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
 
 
 def _tcp(src: str, sport: int, dst: str, dport: int, flags: int, seq: int, ack: int,
