@@ -58,7 +58,7 @@ def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
 
 # -- shared plumbing ---------------------------------------------------------------------------
 @contextmanager
-def _registry(app: App) -> Iterator[Registry]:
+def open_registry(app: App) -> Iterator[Registry]:
     """Open the registry; turn policy and store errors into one-line messages and exit codes."""
     app.require_initialised()
     reg = Registry.open(
@@ -74,9 +74,7 @@ def _registry(app: App) -> Iterator[Registry]:
         yield reg
     except InvalidInput as exc:
         fail(str(exc), EXIT_USAGE)
-    except RuleViolation as exc:
-        fail(str(exc), EXIT_FAIL)
-    except (PolicyError, StoreError) as exc:
+    except (PolicyError, StoreError) as exc:  # RuleViolation included
         fail(str(exc), EXIT_FAIL)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
@@ -175,7 +173,7 @@ def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
     from_file = options.pop("from_file")
     signature = options.pop("signature")
     request = "urgent" if urgent else "grant"
-    with _registry(app) as reg:
+    with open_registry(app) as reg:
         signed = _signed(from_file, signature, "--from-file")
         fields: dict[str, Any] = {}
         if from_file is not None:
@@ -246,8 +244,8 @@ statement_options = signed_options(
 # -- changes -----------------------------------------------------------------------------------
 def _change(app: App, apply: Callable[[Registry], Authorisation]) -> dict[str, Any]:
     """Apply one registry change (audited by the registry; refusals and bad officer options
-    become one-line errors inside `_registry`) and return the result as shown."""
-    with _registry(app) as reg:
+    become one-line errors inside `open_registry`) and return the result as shown."""
+    with open_registry(app) as reg:
         return auth_dict(apply(reg), reg, app.clock.now())
 
 
@@ -373,7 +371,7 @@ def assign(app: App, ref: str, investigator: str, as_json: bool) -> None:
 def list_(app: App, include_ended: bool, as_json: bool) -> None:
     """List authorisations in force, flagging review due, expiring soon, awaiting
     ratification and rewrap due."""
-    with _registry(app) as reg:
+    with open_registry(app) as reg:
         now = app.clock.now()
         items = [
             auth_dict(item.authorisation, reg, now)
@@ -396,7 +394,7 @@ def list_(app: App, include_ended: bool, as_json: bool) -> None:
 @pass_app
 def show(app: App, ref: str, evidence: Path | None, as_json: bool) -> None:
     """Show one authorisation with its statements."""
-    with _registry(app) as reg:
+    with open_registry(app) as reg:
         data = auth_dict(reg.get(ref), reg, app.clock.now(), detail=True)
         if evidence is not None:
             try:
@@ -425,7 +423,7 @@ def show(app: App, ref: str, evidence: Path | None, as_json: bool) -> None:
 @pass_app
 def history(app: App, ref: str, as_json: bool) -> None:
     """Show an authorisation's append-only history."""
-    with _registry(app) as reg:
+    with open_registry(app) as reg:
         events = [e.as_dict() for e in reg.get(ref).history]
     lines = []
     for e in events:

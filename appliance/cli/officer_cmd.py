@@ -16,16 +16,15 @@ from typing import Any
 
 import click
 
-from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
+from appliance.cli.app import App, emit, pass_app
+from appliance.cli.auth_cmd import open_registry
 from appliance.cli.signed_files import read_file, read_signed, signed_options
 from appliance.cli.textsafe import safe
-from appliance.config import ConfigError
-from appliance.policy import InvalidInput, PolicyError, RuleViolation, values
+from appliance.policy import InvalidInput, RuleViolation, values
 from appliance.policy import officer_signatures as signatures
 from appliance.policy.model import OfficerPeriod
 from appliance.policy.officer_register import OfficerRegister, SignedChange, key_fingerprint
 from appliance.policy.registry import Registry
-from store import StoreError
 from store.clock import format_utc
 
 
@@ -43,18 +42,9 @@ def read_ssh_key(value: str) -> str:
 
 @contextmanager
 def open_register(app: App) -> Iterator[tuple[Registry, OfficerRegister]]:
-    app.require_initialised()
-    reg = Registry.open(app.paths, clock=app.clock, actor=app.actor, audit=app.audit)
-    try:
+    """The registry and its officer register; errors become one-line messages (as `lbm auth`)."""
+    with open_registry(app) as reg:
         yield reg, OfficerRegister(reg)
-    except InvalidInput as exc:
-        fail(str(exc), EXIT_USAGE)
-    except (PolicyError, StoreError) as exc:
-        fail(str(exc), EXIT_FAIL)
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-    finally:
-        reg.close()
 
 
 def register_change(
