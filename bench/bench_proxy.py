@@ -277,18 +277,106 @@ def squid(work: Path) -> Iterator[Proxy]:
 
 # --------------------------------------------------------------------------- lbm proxy
 
-LBM_SUBJECT = "benchsubject"
-LBM_OTHER = "benchother"
+LBM_SUBJECT = "p4001"
+LBM_OTHER = "p4002"
+LBM_REF = "ca1-2026-4001"
+
+
+def set_option(config: Path, section: str, key: str, value: str) -> None:
+    """Set `key = value` (a TOML literal) in `[section]` of an lbm.toml, adding what is missing."""
+    lines = config.read_text().split("\n")
+    header = f"[{section}]"
+    if header not in lines:
+        lines += ["", header]
+    at = lines.index(header)
+    end = next((j for j in range(at + 1, len(lines)) if lines[j].startswith("[")), len(lines))
+    for j in range(at + 1, end):
+        if lines[j].split("=")[0].strip() == key:
+            lines[j] = f"{key} = {value}"
+            break
+    else:
+        lines.insert(end, f"{key} = {value}")
+    config.write_text("\n".join(lines))
+
+
+def _lbm_ca(lbm_run: Callable[..., str]) -> Path:
+    """The interception CA certificate `lbm proxy ca` names (first absolute path it prints)."""
+    out = lbm_run("proxy", "ca")
+    for word in out.split():
+        if word.startswith("/") and Path(word).is_file():
+            return Path(word)
+    raise RuntimeError(f"lbm proxy ca printed no certificate path: {out[:200]!r}")
 
 
 def lbm_proxy(ca: Path, subject: bool) -> ProxyFactory:
-    """`lbm proxy run` in a fresh data dir; 127.0.0.1 resolves to a subject (granted web
-    authorisation) or to a principal with none."""
+    """`lbm proxy run` in a fresh data dir (real clock); 127.0.0.1 is leased to a principal
+    with a granted web authorisation (subject) or to one with none."""
 
     @contextmanager
     def start(work: Path) -> Iterator[Proxy]:
-        raise RuntimeError("lbm proxy run is not available on this branch yet")
-        yield Proxy(url=None, pid=None)
+        from lbm_testing import Lbm, grant_argv
+
+        from store import agefile as age
+
+        data = work / "lbm-data"
+        lbm = Lbm(data)
+
+        def run(*argv: str) -> str:
+            return lbm(*argv, check=True, timeout=120).stdout
+
+        run("init")
+        config = data / "lbm.toml"
+        set_option(config, "web", "listen_host", '"127.0.0.1"')
+        set_option(config, "web", "listen_port", "0")
+        set_option(config, "web", "upstream_ca_file", json.dumps(str(ca)))
+        principal = LBM_SUBJECT if subject else LBM_OTHER
+        feed = work / "leases.csv"
+        feed.write_text(
+            "principal,kind,value,valid_from,valid_to\n"
+            f"{principal},ip,127.0.0.1,2000-01-01T00:00:00Z,\n"
+        )
+        run("identity", "import", str(feed))
+        if subject:
+            _secret, public = age.generate()
+            run("keys", "investigator", "add", "inv1", public, "--principal", "p900")
+            run(*grant_argv(LBM_REF, principal, channel="web"))
+        client_ca = _lbm_ca(run)
+        port_file = data / "run" / "proxy.port"
+        ready = data / "run" / "proxy.ready"
+        log = open(work / "lbm-proxy.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli.main", "--data-dir", str(data), "proxy", "run"],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not (ready.exists() and port_file.exists()):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"lbm proxy run exited with {proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("lbm proxy run did not become ready within 60 s")
+                time.sleep(0.1)
+            port = int(port_file.read_text().strip())
+            yield Proxy(url=f"http://127.0.0.1:{port}", pid=proc.pid, client_ca=[client_ca])
+        finally:
+            _stop(proc)
+            log.close()
+        if proc.returncode != 0:
+            raise RuntimeError(f"lbm proxy run exited with {proc.returncode} on SIGTERM")
+        from store.metadata import read_stream
+        from store.paths import DataPaths
+
+        rows = read_stream(DataPaths(data), "web").to_pylist()
+        decisions: dict[str, int] = {}
+        for row in rows:
+            key = f"{row['decision']}/{row['error_kind'] or 'ok'}/refs={len(row['refs'] or [])}"
+            decisions[key] = decisions.get(key, 0) + 1
+        print(f"    lbm wrote {len(rows)} web rows: {decisions}", flush=True)
+        if subject and not any((data / "archive" / LBM_REF).rglob("*")):
+            raise RuntimeError("the subject case archived nothing")
 
     return start
 
