@@ -87,6 +87,8 @@ class Action(StrEnum):
     OFFICER_END = "officer_end"
     OFFICER_KEY = "officer_key"
     POLICY_RESTORED = "policy_restored"  # a daemon's policy snapshot is fresh again (fail closed)
+    # web identity (issue 14)
+    USERS_CHANGE = "users_change"  # lbm users add/remove: user name and change, never the hash
 
 
 def current_actor() -> str:

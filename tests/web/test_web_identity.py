@@ -1,0 +1,237 @@
+"""`Identity` (addons/identity.py) in a real mitmproxy with real curl clients: proxy
+authentication against the users file (407 challenge, wrong and unknown users, CONNECT tunnels,
+plain HTTP), the username resolved through the identity map, an unresolved user kept as
+`proxy_user` with no principal, the principal by client IP without authentication, and the
+password kept nowhere (not forwarded upstream, not in flow metadata, not in any log)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from inproc_proxy import echo_upstream, running_proxy
+from lbm_testing import Lbm
+from mitmproxy import connection, http
+
+from addons.identity import Identity, parse_basic
+from addons.state import conn_state
+from appliance.policy.snapshot import SnapshotSource
+from appliance.policy.users import UserEntry, UsersSource, hash_password, update_users_file
+from store.clock import Clock
+from store.paths import DataPaths
+
+PASSWORD = "Tr0ub4dor&3-canary-pw-5f1c"  # a canary: must appear in no log, header or metadata
+OTHER_PASSWORD = "correct horse:battery staple"  # with a colon: split on the first one only
+
+
+class Recorder:
+    """Runs after Identity; records what later addons (Decision, Archiver) would see."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def _record(self, hook: str, flow: http.HTTPFlow) -> None:
+        state = conn_state(flow.client_conn)
+        self.seen.append(
+            {
+                "hook": hook,
+                "principal": state.principal,
+                "proxy_user": state.proxy_user,
+                "identified": state.identified,
+                "auth_header": "Proxy-Authorization" in flow.request.headers,
+                "metadata": repr(flow.metadata),
+                "answered": flow.response is not None,
+            }
+        )
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._record("connect", flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._record("request", flow)
+
+    def client_connected(self, client: connection.Client) -> None:
+        state = conn_state(client)
+        self.seen.append({"hook": "connected", "principal": state.principal})
+
+
+@pytest.fixture
+def env(lbm: Lbm, tmp_path: Path) -> dict[str, Any]:
+    feed = tmp_path / "feed.csv"
+    feed.write_text(
+        "principal,kind,value,valid_from,valid_to\n"
+        "p12345,username,jsmith,,\n"
+        "p67890,username,adoe,,\n"
+        "p12345,ip,127.0.0.1,2000-01-01T00:00:00Z,\n"
+    )
+    lbm("identity", "import", str(feed), check=True)
+    users_file = tmp_path / "users"
+    for name, password in (("jsmith", PASSWORD), ("adoe", OTHER_PASSWORD), ("ghost", "gh-pw")):
+        entry = UserEntry(name, hash_password(password, rounds=4))
+        update_users_file(users_file, lambda u, e=entry: u.with_user(e))
+    source = SnapshotSource(DataPaths(lbm.data_dir))
+    return {"source": source, "users_file": users_file, "confdir": tmp_path / "mitm"}
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_auth_mode_challenges_verifies_and_hides_the_password(
+    env: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    users = UsersSource(env["users_file"], interval=0.0)
+    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current)
+    recorder = Recorder()
+    with (
+        echo_upstream() as (port, upstream_seen),
+        running_proxy([identity, recorder], env["confdir"]) as proxy,
+    ):
+        target = f"http://127.0.0.1:{port}/x"
+        # no credentials: 407 with a Basic challenge, nothing upstream
+        out = subprocess.run(
+            ["curl", "-sS", "-i", "--max-time", "20", "-x", proxy.url, target],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.stdout.startswith("HTTP/1.1 407")
+        assert 'proxy-authenticate: basic realm="lbm-gateway"' in out.stdout.lower()
+        # wrong password, unknown user, a non-Basic scheme: 407
+        assert curl("-x", proxy.url, "-U", "jsmith:wrong", target).stdout == "407"
+        assert curl("-x", proxy.url, "-U", f"nobody:{PASSWORD}", target).stdout == "407"
+        assert (
+            curl("-x", proxy.url, "-H", "Proxy-Authorization: Bearer abc", target).stdout == "407"
+        )
+        assert upstream_seen == []
+        # right credentials, plain HTTP: through, identified as the mapped principal
+        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "200"
+        assert curl("-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}", target).stdout == "200"
+        # a user of the file the identity map does not know: through, but never a subject
+        assert curl("-x", proxy.url, "-U", "ghost:gh-pw", target).stdout == "200"
+        # CONNECT tunnel (curl -p): authenticated at CONNECT; inner requests need no header
+        assert curl("-p", "-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "200"
+        tunnel_refused = curl("-p", "-x", proxy.url, target)
+        assert tunnel_refused.returncode != 0 or tunnel_refused.stdout in ("407", "000")
+    requests = [r for r in recorder.seen if r["hook"] == "request" and not r["answered"]]
+    assert [(r["principal"], r["proxy_user"]) for r in requests] == [
+        ("p12345", "jsmith"),
+        ("p67890", "adoe"),
+        (None, "ghost"),
+        ("p12345", "jsmith"),
+    ]
+    assert all(r["identified"] for r in requests)
+    connects = [r for r in recorder.seen if r["hook"] == "connect" and not r["answered"]]
+    assert [(r["principal"], r["proxy_user"]) for r in connects] == [("p12345", "jsmith")]
+    # the header reaches no later addon and not the upstream; the password is nowhere
+    assert not any(r.get("auth_header") for r in recorder.seen)
+    assert len(upstream_seen) == 4
+    assert all(
+        "proxy-authorization" not in {k.lower() for k in seen["headers"]} for seen in upstream_seen
+    )
+    assert not any(PASSWORD in r.get("metadata", "") for r in recorder.seen)
+    assert not any("proxyauth" in r.get("metadata", "") for r in recorder.seen)
+    assert PASSWORD not in caplog.text and OTHER_PASSWORD not in caplog.text
+    assert identity.counts.auth_failed == 2 and identity.counts.unresolved == 1
+
+
+def test_auth_mode_sees_users_file_changes(env: dict[str, Any]) -> None:
+    users = UsersSource(env["users_file"], interval=0.0)
+    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current)
+    with echo_upstream() as (port, _), running_proxy([identity], env["confdir"]) as proxy:
+        target = f"http://127.0.0.1:{port}/"
+        assert curl("-x", proxy.url, "-U", "newbie:n-pw", target).stdout == "407"
+        entry = UserEntry("newbie", hash_password("n-pw", rounds=4))
+        update_users_file(env["users_file"], lambda u: u.with_user(entry))
+        assert curl("-x", proxy.url, "-U", "newbie:n-pw", target).stdout == "200"
+        update_users_file(env["users_file"], lambda u: u.without_user("jsmith"))
+        # a removed user is refused at once (the cache went with the old file)
+        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "407"
+        # a broken file keeps the last good one in force
+        good = env["users_file"].read_text()
+        env["users_file"].write_text(good + "not a valid line\n")
+        assert curl("-x", proxy.url, "-U", "newbie:n-pw", target).stdout == "200"
+        assert users.last_error is not None and str(env["users_file"]) in users.last_error
+        # no users file at all: everyone is refused
+        env["users_file"].unlink()
+        assert curl("-x", proxy.url, "-U", "newbie:n-pw", target).stdout == "407"
+
+
+def test_ip_mode_resolves_the_client_address(env: dict[str, Any]) -> None:
+    identity = Identity(env["source"].current, Clock(), "explicit")
+    recorder = Recorder()
+    with (
+        echo_upstream() as (port, upstream_seen),
+        running_proxy([identity, recorder], env["confdir"]) as proxy,
+    ):
+        target = f"http://127.0.0.1:{port}/"
+        # leased 127.0.0.1 -> p12345; a Proxy-Authorization sent anyway is not forwarded
+        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "200"
+        # 127.0.0.2 holds no lease: no principal, never a subject
+        assert curl("--interface", "127.0.0.2", "-x", proxy.url, target).stdout == "200"
+        assert curl("-p", "-x", proxy.url, target).stdout == "200"
+    connected = [r["principal"] for r in recorder.seen if r["hook"] == "connected"]
+    assert connected == ["p12345", None, "p12345"]
+    requests = [(r["principal"], r["proxy_user"]) for r in recorder.seen if r["hook"] == "request"]
+    assert requests == [("p12345", None), (None, None), ("p12345", None)]
+    assert all(
+        "proxy-authorization" not in {k.lower() for k in seen["headers"]} for seen in upstream_seen
+    )
+
+
+def test_lease_ending_on_a_keepalive_connection_is_seen_per_request(
+    env: dict[str, Any], lbm: Lbm, tmp_path: Path
+) -> None:
+    """A request's principal is the lease holder at that request's start."""
+    clock = Clock(fixed=None)
+    identity = Identity(env["source"].current, clock, "explicit")
+    recorder = Recorder()
+    feed = tmp_path / "feed2.csv"
+    with echo_upstream() as (port, _), running_proxy([identity, recorder], env["confdir"]) as proxy:
+        target = f"http://127.0.0.1:{port}/"
+        assert curl("-x", proxy.url, target).stdout == "200"
+        feed.write_text("principal,kind,value,valid_from,valid_to\np12345,username,jsmith,,\n")
+        lbm("identity", "import", str(feed), check=True)
+        deadline = time.monotonic() + 5
+        while env["source"].current().resolve(ip="127.0.0.1", at=clock.now()) is not None:
+            assert time.monotonic() < deadline, "snapshot did not reload"
+            time.sleep(0.05)
+        assert curl("-x", proxy.url, target).stdout == "200"
+    requests = [r["principal"] for r in recorder.seen if r["hook"] == "request"]
+    assert requests == ["p12345", None]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("Basic YWxpY2U6cHc=", ("alice", "pw"), id="plain"),
+        pytest.param("basic   YWxpY2U6YTpiOmM=", ("alice", "a:b:c"), id="colons-in-password"),
+        pytest.param("Basic YWxpY2U6", ("alice", ""), id="empty-password"),
+        pytest.param("Basic OnB3", None, id="empty-user"),
+        pytest.param("Basic YWxpY2U=", None, id="no-colon"),
+        pytest.param("Basic !!!", None, id="not-base64"),
+        pytest.param("Basic /w==", None, id="not-utf8"),
+        pytest.param("Bearer YWxpY2U6cHc=", None, id="other-scheme"),
+        pytest.param("Basic", None, id="no-credentials"),
+    ],
+)
+def test_parse_basic(value: str, expected: tuple[str, str] | None) -> None:
+    assert parse_basic(value) == expected
+
+
+def test_transparent_mode_refuses_authentication(env: dict[str, Any]) -> None:
+    users = UsersSource(env["users_file"])
+    with pytest.raises(ValueError, match="explicit mode"):
+        Identity(env["source"].current, Clock(), "transparent", users=users.current)
+    with pytest.raises(ValueError, match="unknown web mode"):
+        Identity(env["source"].current, Clock(), "socks")
