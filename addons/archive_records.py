@@ -10,8 +10,8 @@ records"). Heads are HTTP/1-style bytes whatever the wire protocol was:
   `:method :scheme://:authority:path HTTP/2.0` (`:path` alone for an authority-less request).
   The value of `Proxy-Authorization` is replaced by `[redacted]` (the subject's proxy password
   is not evidence).
-- response head: `VERSION STATUS REASON CRLF` (HTTP/2 has no reason phrase: `HTTP/2.0 200 `),
-  header fields, `CRLF`.
+- response head: `VERSION STATUS REASON CRLF` (HTTP/2 has no reason phrase: `HTTP/2.0 200 `;
+  an empty HTTP/1 reason is the standard phrase, as mitmproxy sends it), header fields, `CRLF`.
 - trailers: header fields, `CRLF`.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 
 from mitmproxy import http
+from mitmproxy.net.http import status_codes
 from mitmproxy.websocket import WebSocketData, WebSocketMessage
 
 REQUEST_HEAD = "http-request-head"
@@ -71,7 +72,12 @@ def request_head(request: http.Request) -> bytes:
 
 def response_head(response: http.Response) -> bytes:
     d = response.data
-    line = d.http_version + b" " + str(d.status_code).encode() + b" " + d.reason + b"\r\n"
+    reason = d.reason
+    if not reason and not (response.is_http2 or response.is_http3):
+        # mitmproxy makes one up for HTTP/1 clients (proxy/layers/http/_http1.py): archive
+        # the status line the client received
+        reason = status_codes.RESPONSES.get(d.status_code, "").encode()
+    line = d.http_version + b" " + str(d.status_code).encode() + b" " + reason + b"\r\n"
     return line + header_block(response.headers)
 
 
