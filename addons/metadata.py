@@ -77,12 +77,18 @@ class Metadata:
     # -- requests --------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         fs = flow_state(flow)
-        if fs is not None:
-            flow.request.stream = _counting(flow.request.stream, fs, up=True)
+        if fs is None:
+            return
+        if flow.response is not None:
+            # answered here (421, 407, the notice): mitmproxy cannot stream a request it answers
+            # itself; it reads the body and drops it, and the answer is sent whole
+            fs.local = True
+            return
+        flow.request.stream = _counting(flow.request.stream, fs, up=True)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         fs = flow_state(flow)
-        if fs is not None and flow.response is not None:
+        if fs is not None and flow.response is not None and not fs.local:
             flow.response.stream = _counting(flow.response.stream, fs, up=False)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
@@ -122,6 +128,9 @@ class Metadata:
             kind = error_code(flow.error.msg)
         if kind is None and fs.archive_gap:
             kind = "archive_gap"
+        if fs.local:
+            fs.bytes_up = len(req.raw_content or b"")
+            fs.bytes_down = len(resp.raw_content or b"") if resp is not None else 0
         end = resp.timestamp_end if resp is not None and resp.timestamp_end else None
         start = req.timestamp_start
         scheme = req.scheme

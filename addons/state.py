@@ -61,6 +61,7 @@ class FlowState:
     bytes_down: int = 0  # response body bytes (WebSocket: server messages)
     error_kind: str | None = None  # a code set by an addon (e.g. authorisation_ended)
     written: bool = False  # the row has been written
+    local: bool = False  # answered by an addon at requestheaders (421, 407, notice): not streamed
 
 
 _CONNS: dict[str, ConnState] = {}
