@@ -129,6 +129,7 @@ def init(
         overrides: dict[str, object] = {}
         if gateway_id:
             overrides["gateway.id"] = gateway_id
+        overrides["web.enabled"] = True  # web-core: `lbm run` serves the proxy on loopback
         if system:  # a live gateway: CA1 applications must carry the officer's signature
             overrides["policy.require_officer_signature"] = True
         text = render_default(overrides)

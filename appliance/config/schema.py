@@ -125,6 +125,70 @@ SCHEMA: list[Option] = [
     Option(
         "web", "listen_port", int, 0, "proxy port (0: pick one, written to run/proxy.port)", _port
     ),
+    # -- [web] options of the proxy daemon (web-core) --
+    Option(
+        "web",
+        "mode",
+        str,
+        "explicit",
+        "explicit (clients configured with the proxy) or transparent (traffic redirected to it)",
+        lambda v: None if v in ("explicit", "transparent") else "must be explicit or transparent",
+    ),
+    Option(
+        "web",
+        "auth",
+        bool,
+        False,
+        "explicit mode: require proxy authentication (users file); else principal by client IP",
+    ),
+    Option(
+        "web",
+        "upstream_ca_file",
+        str,
+        "",
+        "PEM file of extra trust anchors for upstream servers (added to the system's; tests)",
+    ),
+    Option(
+        "web",
+        "pinned_client_window_seconds",
+        int,
+        3600,
+        "after a subject's client refuses our certificate for a server, its connections to that "
+        "server are passed through unopened for this long (rows say error_kind=pinned_fallback)",
+        _between(0, 604_800, "seconds"),
+    ),
+    Option(
+        "web",
+        "max_header_bytes",
+        int,
+        65_536,
+        "largest HTTP/1 request head accepted; larger gets 431 and the connection closes",
+        _between(1_024, 16_777_216, "bytes"),
+    ),
+    Option(
+        "web",
+        "max_connections_per_client",
+        int,
+        256,
+        "open connections one client IP may hold; more are refused (too_many_connections)",
+        _between(1, 1_000_000),
+    ),
+    Option(
+        "web",
+        "header_timeout_seconds",
+        int,
+        30,
+        "a connection must send its first request head or TLS ClientHello within this time",
+        _between(1, 3_600, "seconds"),
+    ),
+    Option(
+        "web",
+        "idle_timeout_seconds",
+        int,
+        600,
+        "an idle connection is closed after this many seconds",
+        _between(1, 86_400, "seconds"),
+    ),
     Option("smtp", "enabled", bool, False, "run the SMTP relay under `lbm run`"),
     Option("smtp", "listen_host", str, "127.0.0.1", "address the relay listens on"),
     Option(
@@ -279,6 +343,16 @@ SCHEMA: list[Option] = [
         bool,
         False,
         "honour LBM_FAKE_NOW (tests move time); never on a live gateway",
+    ),
+    Option(
+        "testing",
+        "hosts",
+        list,
+        [],
+        "NAME=IP pairs the proxy connects to instead of resolving NAME (honoured only with "
+        "fake_clock = true); never on a live gateway",
+        None,
+        str,
     ),
 ]
 
