@@ -141,7 +141,17 @@ def _identity_addon(app: App, source: Any, clock: Clock) -> Any:
         if exc.name != "addons.identity":
             raise
         return _IpIdentity(source.current, clock)
-    return Identity(source.current, clock, app.config["web.mode"], lambda: None)
+    # web-auth: [web] auth checks proxy credentials against the users file, reloaded on change
+    from appliance.policy.users import UsersSource, users_file_path
+
+    auth = bool(app.config["web.auth"])
+    users: Any = None
+    if auth:
+        path = users_file_path(str(app.config["identity.users_file"]), app.paths.root)
+        users = UsersSource(
+            path, on_error=lambda msg: click.echo(f"lbm proxy: users file: {msg}", err=True)
+        ).current
+    return Identity(source.current, clock, app.config["web.mode"], users, auth=auth)
 
 
 def _notice_addon(app: App) -> Any:
