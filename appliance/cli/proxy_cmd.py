@@ -117,41 +117,19 @@ def _testing_hosts(app: App) -> dict[str, str]:
         raise ConfigError(f"{app.config_path}: [testing] hosts: {exc}") from None
 
 
-class _IpIdentity:
-    """Principal by client IP from the identity map at the connection's start.
-
-    Stand-in used only while `addons.identity` (web-auth's `Identity`) is not in this build."""
-
-    def __init__(self, snapshot: Callable[[], Any], clock: Clock) -> None:
-        self.snapshot = snapshot
-        self.clock = clock
-
-    def client_connected(self, client: Any) -> None:
-        from addons.state import conn_state
-
-        state = conn_state(client)
-        state.principal = self.snapshot().resolve(ip=state.client_ip, at=self.clock.now())
-        state.identified = state.principal is not None
-
-
 def _identity_addon(app: App, source: Any, clock: Clock) -> Any:
-    try:
-        from addons.identity import Identity  # web-auth
-    except ModuleNotFoundError as exc:
-        if exc.name != "addons.identity":
-            raise
-        return _IpIdentity(source.current, clock)
-    # web-auth: [web] auth checks proxy credentials against the users file, reloaded on change
-    from appliance.policy.users import UsersSource, users_file_path
+    from addons.identity import Identity  # web-auth
+    from appliance.policy.users import UsersFile, UsersSource, users_file_path
 
-    auth = bool(app.config["web.auth"])
-    users: Any = None
-    if auth:
-        path = users_file_path(str(app.config["identity.users_file"]), app.paths.root)
+    cfg = app.config
+    auth = bool(cfg["web.auth"])
+    users: Callable[[], UsersFile | None] | None = None
+    if auth:  # the users file, reloaded on change; a bad edit keeps the last good file
+        path = users_file_path(str(cfg["identity.users_file"]), app.paths.root)
         users = UsersSource(
             path, on_error=lambda msg: click.echo(f"lbm proxy: users file: {msg}", err=True)
         ).current
-    return Identity(source.current, clock, app.config["web.mode"], users, auth=auth)
+    return Identity(source.current, clock, cfg["web.mode"], users, auth=auth)
 
 
 def _notice_addon(app: App) -> Any:
