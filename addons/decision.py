@@ -94,7 +94,7 @@ class Decision:
         ):
             return
         context = nextlayer.context
-        if context.client.tls:  # TLS inside TLS: the outer connection was decided already
+        if context.client.tls_established:  # TLS inside TLS: the outer one was decided
             return
         state = conn_state(context.client)
         if state.decision is not None:

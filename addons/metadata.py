@@ -164,8 +164,7 @@ class Metadata:
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         state = conn_state(data.client)
-        if state.decision == "passed":
-            state.server_ip, state.server_port = address(data.server.peername)
+        state.server_ip, state.server_port = address(data.server.peername)
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
         state = conn_state(data.client)

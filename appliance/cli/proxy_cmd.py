@@ -117,31 +117,19 @@ def _testing_hosts(app: App) -> dict[str, str]:
         raise ConfigError(f"{app.config_path}: [testing] hosts: {exc}") from None
 
 
-class _IpIdentity:
-    """Principal by client IP from the identity map at the connection's start.
-
-    Stand-in used only while `addons.identity` (web-auth's `Identity`) is not in this build."""
-
-    def __init__(self, snapshot: Callable[[], Any], clock: Clock) -> None:
-        self.snapshot = snapshot
-        self.clock = clock
-
-    def client_connected(self, client: Any) -> None:
-        from addons.state import conn_state
-
-        state = conn_state(client)
-        state.principal = self.snapshot().resolve(ip=state.client_ip, at=self.clock.now())
-        state.identified = state.principal is not None
-
-
 def _identity_addon(app: App, source: Any, clock: Clock) -> Any:
-    try:
-        from addons.identity import Identity  # web-auth
-    except ModuleNotFoundError as exc:
-        if exc.name != "addons.identity":
-            raise
-        return _IpIdentity(source.current, clock)
-    return Identity(source.current, clock, app.config["web.mode"], lambda: None)
+    from addons.identity import Identity  # web-auth
+    from appliance.policy.users import UsersFile, UsersSource
+
+    cfg = app.config
+    users: Callable[[], UsersFile | None] | None = None
+    if cfg["web.auth"]:
+        name = cfg.values.get("identity.users_file") or ""
+        if not name:
+            raise ConfigError(f"{app.config_path}: [web] auth needs [identity] users_file")
+        path = Path(name) if Path(name).is_absolute() else app.paths.root / name
+        users = UsersSource(path).current
+    return Identity(source.current, clock, cfg["web.mode"], users)
 
 
 def _notice_addon(app: App) -> Any:
