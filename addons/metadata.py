@@ -21,7 +21,7 @@ from mitmproxy.proxy import server_hooks
 
 from addons import logfilter
 from addons.rows import address, alpn_text, community_id, error_code, ts
-from addons.state import ConnState, FlowState, conn_state, flow_state, forget
+from addons.state import FLOW_KEY, ConnState, FlowState, conn_state, flow_state, forget
 from store.clock import Clock
 
 logger = logging.getLogger("lbm.web")
@@ -114,7 +114,11 @@ class Metadata:
 
     def _request_row(self, flow: http.HTTPFlow) -> None:
         fs = flow_state(flow)
-        if fs is None or fs.written:
+        if fs is None:  # failed before its head was complete (e.g. an invalid header)
+            started = flow.request.timestamp_start or self.clock.now().timestamp()
+            fs = FlowState(request_id=uuid.uuid4().hex, started=started)
+            flow.metadata[FLOW_KEY] = fs
+        if fs.written:
             return
         fs.written = True
         state = conn_state(flow.client_conn)
@@ -197,7 +201,13 @@ class Metadata:
         passed = state.decision == "passed"
         kind = state.error_kind
         if not passed and kind is None:
-            kind = logged or ("client_closed" if state.decision else "no_request")
+            kind = logged or (
+                "client_closed"
+                if state.decision
+                else "bad_request"
+                if state.sent_data
+                else "no_request"
+            )
         if passed and kind is None and logged in ("timeout",):
             kind = logged
         end = client.timestamp_end or None

@@ -45,6 +45,7 @@ class ConnState:
     rows: int = 0  # request rows written for this connection
     notice: bool = False  # intercepted only to answer the notice host
     method: str | None = None  # "CONNECT" once the client asked for a tunnel
+    sent_data: bool = False  # the client sent bytes (a connection row without a request: bad)
 
 
 @dataclass
