@@ -77,7 +77,9 @@ class Metadata:
     # -- requests --------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         fs = flow_state(flow)
-        if fs is not None:
+        # not for a request answered already (407, the notice page, 421): mitmproxy refuses a
+        # response and a streamed request body together (web-auth)
+        if fs is not None and flow.response is None:
             flow.request.stream = _counting(flow.request.stream, fs, up=True)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
