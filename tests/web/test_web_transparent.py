@@ -35,6 +35,7 @@ from web_proxy import (
 from web_upstream import TestCA
 
 HOST = "www.example.test"
+NOTICE = "notice.lbm.invalid"
 
 SERVER = textwrap.dedent(
     """
@@ -167,6 +168,12 @@ def test_transparent_principal_by_ip_subject_intercepted_other_passed(
             assert refused.returncode != 0  # our CA does not vouch for what the other sees
             r = _curl(topo, other_ip, f"http://{HOST}/other-plain-path")
             assert r.stdout == "hello /other-plain-path", r.stderr
+            # the notice host, whatever address it resolves to: answered by the proxy itself
+            for scheme in ("https", "http"):
+                port = 443 if scheme == "https" else 80
+                r = _curl(topo, other_ip, f"{scheme}://{NOTICE}/", "--cacert", str(ours),
+                          "--resolve", f"{NOTICE}:{port}:{topo.server_ip}")  # fmt: skip
+                assert r.returncode == 0 and "Acceptable-use notice" in r.stdout, r.stderr
             # QUIC: UDP 443 from the clients is dropped at the gateway
             assert not _udp_reaches_server(topo, other_ip)
         finally:
