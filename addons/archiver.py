@@ -20,10 +20,11 @@ Each item goes to every ref's archive as its own record; the record ids are appe
 `FlowState.record_ids` in order. Records are opened, written and closed within one call, so a
 segment is never held across event-loop turns and concurrent flows share one open segment.
 
-Writes are synchronous on the event loop: measured on this appliance's disk, a 1 MiB record
-(age encryption, index fsync) takes 1.4 ms at p50 and 4 ms at p99, a head record 0.2 ms
-(`bench/`-style figures in docs/archive-format.md). A worker thread would have to hand
-record ids back before `Metadata` writes the row, for no measurable gain.
+Writes are synchronous on the event loop. Measured (docs/archive-format.md, "Web records"): a
+1 MiB record 1.4-4 ms at p50 and 13 ms at p99 on a loaded 2-core machine, a head record 0.2 ms,
+the record that fills a 256 MiB segment 67 ms (it seals it). A worker thread would gain little:
+the age encryption holds the GIL (store/segment_io.py), and the record ids must be in
+`FlowState.record_ids` before `Metadata` writes the row in the same hook.
 
 `ConnState`/`FlowState` never reach a record: only the message bytes do, with
 `Proxy-Authorization` redacted; `flow.metadata["proxyauth"]` (the plaintext proxy password)
