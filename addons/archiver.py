@@ -181,13 +181,17 @@ class Archiver:
                 for part in parts:
                     sink.write(part)
         except ArchiveError as exc:
-            self._gap(fa, ref, kind, exc)
+            self._gap(fa, ref, kind, gap_reason(exc))
+            return
+        except Exception as exc:  # a bug of ours must not break the subject's traffic either
+            log.error("web archive write raised %s", type(exc).__name__)  # no message: content
+            self._gap(fa, ref, kind, "internal_error")
             return
         fa.state.record_ids.append(sink.record_id)
         self.counts.records += 1
         self.counts.bytes += sum(len(p) for p in parts)
 
-    def _gap(self, fa: _FlowArchive, ref: str, kind: str, exc: ArchiveError) -> None:
+    def _gap(self, fa: _FlowArchive, ref: str, kind: str, reason: str) -> None:
         # The choice: an archive failure (disk full, permissions, a lost key) never stops the
         # subject's traffic, which the proxy keeps relaying. Failing closed would let a full
         # disk take the force's web access down and tell the subject they are watched. Instead
@@ -200,7 +204,6 @@ class Archiver:
             self.counts.gap_flows += 1
         fa.state.archive_gap = True
         fa.failed.add(ref)
-        reason = gap_reason(exc)
         log.warning("web archive write failed (%s): traffic continues, gap audited", reason)
         try:
             self.audit.append(
