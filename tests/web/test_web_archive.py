@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +42,6 @@ from addons import archive_records as rec
 
 SUBJECT_CANARY = "SUBJ-CANARY-4be07c"
 OTHER_CANARY = "OTHER-CANARY-e3a5d1"
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[Upstream]:
-    with Upstream(tmp_path / "upstream") as up:
-        yield up
 
 
 @pytest.fixture
