@@ -19,7 +19,9 @@ Privacy: the `Proxy-Authorization` header is removed from every request before a
 sees it (so it is neither archived nor forwarded upstream: the subject's proxy password is not
 evidence), and the password is kept nowhere: we never fill `flow.metadata["proxyauth"]` as
 mitmproxy's proxyauth addon would. bcrypt (about 250 ms) runs in a worker thread, never on the
-event loop; the users file caches verified pairs briefly (see users.py).
+event loop; the users file caches verified pairs briefly (see users.py). A client address
+with `FAILURE_LIMIT` wrong passwords within `FAILURE_WINDOW` seconds is refused without a check
+until its failures age out (pairs verified recently still pass).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import binascii
 import ipaddress
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mitmproxy import connection, http
 
@@ -40,6 +44,8 @@ from store.clock import Clock
 REALM = "lbm-gateway"
 AUTH_HEADER = "Proxy-Authorization"
 MODES = ("explicit", "transparent")
+FAILURE_LIMIT = 10  # wrong passwords from one client address within FAILURE_WINDOW...
+FAILURE_WINDOW = 60.0  # ...seconds, after which it gets 407 without a bcrypt check
 
 
 @dataclass
@@ -51,7 +57,7 @@ class IdentityCounts:
     unresolved: int = 0
     by_ip: int = 0
     by_user: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    throttled: int = 0
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
@@ -95,6 +101,39 @@ def auth_required_response() -> http.Response:
     )
 
 
+class FailureThrottle:
+    """Wrong passwords per client address over a sliding window. Past the limit the address is
+    refused without a bcrypt check, so guessing is slowed and a flood of bad credentials cannot
+    fill the worker threads that verify everybody's passwords."""
+
+    def __init__(self, limit: int = FAILURE_LIMIT, window: float = FAILURE_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, ip: str, now: float) -> deque[float] | None:
+        times = self._failures.get(ip)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[ip]
+            return None
+        return times
+
+    def blocked(self, ip: str) -> bool:
+        times = self._recent(ip, time.monotonic())
+        return times is not None and len(times) >= self.limit
+
+    def failed(self, ip: str) -> None:
+        now = time.monotonic()
+        if len(self._failures) > 100_000:  # bounded: forget everyone's stale entries
+            for key in list(self._failures):
+                self._recent(key, now)
+        self._failures.setdefault(ip, deque()).append(now)
+
+
 class Identity:
     """Sets `ConnState.principal`, `proxy_user` and `identified` for each client connection."""
 
@@ -120,6 +159,7 @@ class Identity:
         self.auth = auth  # [web] auth: require proxy authentication (explicit mode only)
         self.counts = IdentityCounts()
         self._tunnels: set[str] = set()  # client ids authenticated by a CONNECT
+        self.throttle = FailureThrottle()
 
     # -- by IP -------------------------------------------------------------------------------
 
@@ -158,12 +198,19 @@ class Identity:
             flow.response = auth_required_response()
             return False
         user, password = credentials
-        ok = users.verified_recently(user, password) or await asyncio.to_thread(
-            users.verify, user, password
-        )
+        ip = client_ip(flow.client_conn)
+        ok = users.verified_recently(user, password)
+        if not ok and self.throttle.blocked(ip):
+            del password, credentials
+            self.counts.throttled += 1
+            flow.response = auth_required_response()
+            return False
+        if not ok:
+            ok = await asyncio.to_thread(users.verify, user, password)
         del password, credentials
         if not ok:
             self.counts.auth_failed += 1
+            self.throttle.failed(ip)
             flow.response = auth_required_response()
             return False
         state = conn_state(flow.client_conn)

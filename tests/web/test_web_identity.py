@@ -304,3 +304,37 @@ def test_daemon_auth_subject_archived_without_password(
             assert PASSWORD.encode() not in raw, path
             assert OTHER_PASSWORD.encode() not in raw, path
     assert PASSWORD not in out + err and OTHER_PASSWORD not in out + err
+
+
+def test_password_guessing_is_throttled_per_client(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After FAILURE_LIMIT wrong passwords from one address, that address gets 407 without a
+    bcrypt check (even with the right password) until the window passes; other addresses and
+    pairs verified recently are unaffected."""
+    import bcrypt
+
+    from appliance.policy import users as users_mod
+
+    users = UsersSource(env["users_file"], interval=0.0)
+    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current, auth=True)
+    identity.throttle.limit, identity.throttle.window = 3, 2.0
+    checks: list[int] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(users_mod.bcrypt, "checkpw", lambda p, h: checks.append(1) or real(p, h))
+    with echo_upstream() as (port, _), running_proxy([identity], env["confdir"]) as proxy:
+        target = f"http://127.0.0.1:{port}/"
+        for _ in range(3):
+            assert curl("-x", proxy.url, "-U", "adoe:guess", target).stdout == "407"
+        assert len(checks) == 3
+        # blocked now: the right password is refused too, without bcrypt
+        assert curl("-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}", target).stdout == "407"
+        assert len(checks) == 3 and identity.counts.throttled == 1
+        # another address is not blocked
+        good = curl("--interface", "127.0.0.2", "-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}",
+                    target)  # fmt: skip
+        assert good.stdout == "200"
+        # a pair verified recently still passes from the blocked address (no guessing involved)
+        assert curl("-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}", target).stdout == "200"
+        time.sleep(2.1)  # the window passes
+        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "200"
