@@ -20,10 +20,11 @@ Each item goes to every ref's archive as its own record; the record ids are appe
 `FlowState.record_ids` in order. Records are opened, written and closed within one call, so a
 segment is never held across event-loop turns and concurrent flows share one open segment.
 
-Writes are synchronous on the event loop: measured on this appliance's disk, a 1 MiB record
-(age encryption, index fsync) takes 1.4 ms at p50 and 4 ms at p99, a head record 0.2 ms
-(`bench/`-style figures in docs/archive-format.md). A worker thread would have to hand
-record ids back before `Metadata` writes the row, for no measurable gain.
+Writes are synchronous on the event loop. Measured (docs/archive-format.md, "Web records"): a
+1 MiB record 1.4-4 ms at p50 and 13 ms at p99 on a loaded 2-core machine, a head record 0.2 ms,
+the record that fills a 256 MiB segment 67 ms (it seals it). A worker thread would gain little:
+the age encryption holds the GIL (store/segment_io.py), and the record ids must be in
+`FlowState.record_ids` before `Metadata` writes the row in the same hook.
 
 `ConnState`/`FlowState` never reach a record: only the message bytes do, with
 `Proxy-Authorization` redacted; `flow.metadata["proxyauth"]` (the plaintext proxy password)
@@ -180,13 +181,17 @@ class Archiver:
                 for part in parts:
                     sink.write(part)
         except ArchiveError as exc:
-            self._gap(fa, ref, kind, exc)
+            self._gap(fa, ref, kind, gap_reason(exc))
+            return
+        except Exception as exc:  # a bug of ours must not break the subject's traffic either
+            log.error("web archive write raised %s", type(exc).__name__)  # no message: content
+            self._gap(fa, ref, kind, "internal_error")
             return
         fa.state.record_ids.append(sink.record_id)
         self.counts.records += 1
         self.counts.bytes += sum(len(p) for p in parts)
 
-    def _gap(self, fa: _FlowArchive, ref: str, kind: str, exc: ArchiveError) -> None:
+    def _gap(self, fa: _FlowArchive, ref: str, kind: str, reason: str) -> None:
         # The choice: an archive failure (disk full, permissions, a lost key) never stops the
         # subject's traffic, which the proxy keeps relaying. Failing closed would let a full
         # disk take the force's web access down and tell the subject they are watched. Instead
@@ -199,7 +204,6 @@ class Archiver:
             self.counts.gap_flows += 1
         fa.state.archive_gap = True
         fa.failed.add(ref)
-        reason = gap_reason(exc)
         log.warning("web archive write failed (%s): traffic continues, gap audited", reason)
         try:
             self.audit.append(

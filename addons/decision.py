@@ -89,6 +89,8 @@ class Decision:
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """A client's TLS handshake: decide, and pass through (counting) unless a subject."""
         chosen = nextlayer.layer
+        if nextlayer.data_client():
+            conn_state(nextlayer.context.client).sent_data = True
         if not (
             isinstance(chosen, ServerTLSLayer) and isinstance(chosen.child_layer, ClientTLSLayer)
         ):

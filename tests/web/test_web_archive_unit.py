@@ -387,3 +387,25 @@ def test_gap_reason_codes_name_the_cause() -> None:
     assert gap_reason(ArchiveError("archive r/000001: cannot write: disk full")) == "disk_full"
     assert gap_reason(ArchiveError("archive r: permission denied")) == "permission_denied"
     assert gap_reason(ArchiveError("something else")) == "write_failed"
+
+
+def test_an_unexpected_error_is_a_gap_not_a_broken_connection(env: Env) -> None:
+    """A fault of ours (here: a clock that raises, injected at the Archiver's clock parameter)
+    is audited as a gap like a full disk; the stream callable still relays every chunk."""
+    ref = env.ref("ca1-unit-12")
+
+    class BrokenClock(Clock):
+        def now(self) -> Any:
+            raise RuntimeError("SECRET-IN-MESSAGE")
+
+    addon = Archiver(env.archive, env.audit, "tester", BrokenClock())
+    flow = _flow((ref,), _request())
+    addon.requestheaders(flow)
+    stream = flow.request.stream
+    assert callable(stream) and stream(b"x" * 10) == b"x" * 10
+    addon.request(flow)
+    state = flow.metadata[FLOW_KEY]
+    assert state.archive_gap and state.record_ids == [] and addon.counts.gaps == 1
+    lines = (env.paths.root / "audit" / "audit.jsonl").read_text().splitlines()
+    gap = [json.loads(x) for x in lines if '"capture_gap"' in x][-1]
+    assert gap["fields"]["reason"] == "internal_error" and "SECRET" not in json.dumps(gap)
