@@ -229,14 +229,18 @@ def test_parse_basic(value: str, expected: tuple[str, str] | None) -> None:
     assert parse_basic(value) == expected
 
 
-def test_transparent_mode_refuses_authentication(env: dict[str, Any]) -> None:
-    users = UsersSource(env["users_file"])
+def test_transparent_mode_refuses_authentication(tmp_path: Path) -> None:
+    users = UsersSource(tmp_path / "users")
+
+    def no_snapshot() -> Any:
+        raise AssertionError("not consulted")
+
     with pytest.raises(ValueError, match="explicit mode"):
-        Identity(env["source"].current, Clock(), "transparent", users=users.current, auth=True)
+        Identity(no_snapshot, Clock(), "transparent", users=users.current, auth=True)
     with pytest.raises(ValueError, match="needs the users file"):
-        Identity(env["source"].current, Clock(), "explicit", auth=True)
+        Identity(no_snapshot, Clock(), "explicit", auth=True)
     with pytest.raises(ValueError, match="unknown web mode"):
-        Identity(env["source"].current, Clock(), "socks")
+        Identity(no_snapshot, Clock(), "socks")
 
 
 # -- through `lbm proxy run` ([web] auth = true), with users made by `lbm users add` -----------
