@@ -185,34 +185,37 @@ class Identity:
 
     # -- by proxy authentication ---------------------------------------------------------------
 
-    async def _authenticate(self, flow: http.HTTPFlow) -> bool:
-        """Check the flow's credentials; on success fill the ConnState, else answer 407.
-        The header is removed either way."""
-        value = flow.request.headers.get(AUTH_HEADER)
-        if AUTH_HEADER in flow.request.headers:
-            del flow.request.headers[AUTH_HEADER]
+    def _refuse(self, flow: http.HTTPFlow) -> bool:
+        """Answer 407; the connection's identity is cleared, so the refused request's row (and
+        anything after it without credentials) is not attributed to an earlier user."""
+        state = conn_state(flow.client_conn)
+        state.principal = None
+        state.proxy_user = None
+        state.identified = False
+        flow.response = auth_required_response()
+        return False
+
+    async def _authenticate(self, flow: http.HTTPFlow, value: str | None) -> bool:
+        """Check the credentials `value` (the removed header); on success fill the ConnState,
+        else answer 407."""
         credentials = parse_basic(value) if value else None
         users = self.users() if self.users is not None else None
         if credentials is None or users is None:
             self.counts.auth_missing += 1
-            flow.response = auth_required_response()
-            return False
+            return self._refuse(flow)
         user, password = credentials
         ip = client_ip(flow.client_conn)
         ok = users.verified_recently(user, password)
         if not ok and self.throttle.blocked(ip):
-            del password, credentials
             self.counts.throttled += 1
-            flow.response = auth_required_response()
-            return False
+            return self._refuse(flow)
         if not ok:
             ok = await asyncio.to_thread(users.verify, user, password)
         del password, credentials
         if not ok:
             self.counts.auth_failed += 1
             self.throttle.failed(ip)
-            flow.response = auth_required_response()
-            return False
+            return self._refuse(flow)
         state = conn_state(flow.client_conn)
         principal = self.snapshot().resolve(username=user, at=self.clock.now())
         state.principal = principal
@@ -224,25 +227,27 @@ class Identity:
         return True
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        if not self.auth:
-            if AUTH_HEADER in flow.request.headers:
-                del flow.request.headers[AUTH_HEADER]
-            return
-        if await self._authenticate(flow):
+        value = _take_credentials(flow)
+        if self.auth and await self._authenticate(flow, value):
             self._tunnels.add(flow.client_conn.id)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # removed from every request first, whatever happens next: never archived, never sent
+        # upstream (inside a tunnel it is meant for nobody downstream either)
+        value = _take_credentials(flow)
         if flow.response is not None:
             return  # answered already (by an earlier addon)
         if not self.auth:
-            if AUTH_HEADER in flow.request.headers:
-                del flow.request.headers[AUTH_HEADER]
             self._resolve_ip(flow.client_conn)  # the lease at this request's start
-            return
-        if flow.client_conn.id in self._tunnels:
-            # inside an authenticated CONNECT tunnel: the CONNECT's user holds; a header sent
-            # inside the tunnel is for nobody downstream either
-            if AUTH_HEADER in flow.request.headers:
-                del flow.request.headers[AUTH_HEADER]
-            return
-        await self._authenticate(flow)
+        elif flow.client_conn.id not in self._tunnels:  # plain HTTP: credentials every time
+            await self._authenticate(flow, value)
+        # else: inside an authenticated CONNECT tunnel, the CONNECT's user holds
+
+
+def _take_credentials(flow: http.HTTPFlow) -> str | None:
+    """Remove the Proxy-Authorization header(s) from the request; return the first value."""
+    headers = flow.request.headers
+    value = headers.get(AUTH_HEADER)
+    if AUTH_HEADER in headers:
+        del headers[AUTH_HEADER]
+    return value

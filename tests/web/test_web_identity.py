@@ -175,8 +175,9 @@ def test_ip_mode_resolves_the_client_address(env: dict[str, Any]) -> None:
         running_proxy([identity, recorder], env["confdir"]) as proxy,
     ):
         target = f"http://127.0.0.1:{port}/"
-        # leased 127.0.0.1 -> p12345; a Proxy-Authorization sent anyway is not forwarded
-        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "200"
+        # leased 127.0.0.1 -> p12345; Proxy-Authorization sent anyway (twice) is not forwarded
+        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", "-H",
+                    "Proxy-Authorization: Basic Zm9vOmJhcg==", target).stdout == "200"  # fmt: skip
         # 127.0.0.2 holds no lease: no principal, never a subject
         assert curl("--interface", "127.0.0.2", "-x", proxy.url, target).stdout == "200"
         assert curl("-p", "-x", proxy.url, target).stdout == "200"
@@ -342,3 +343,23 @@ def test_password_guessing_is_throttled_per_client(
         assert curl("-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}", target).stdout == "200"
         time.sleep(2.1)  # the window passes
         assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "200"
+
+
+def test_refused_request_on_a_keepalive_connection_is_nobody(env: dict[str, Any]) -> None:
+    """A plain-HTTP connection that authenticated once and then sends a request without (or
+    with wrong) credentials: 407, and that request is attributed to nobody."""
+    users = UsersSource(env["users_file"], interval=0.0)
+    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current, auth=True)
+    recorder = Recorder()
+    with echo_upstream() as (port, _), running_proxy([identity, recorder], env["confdir"]) as p:
+        target = f"http://127.0.0.1:{port}/"
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code} ",
+             "-x", p.url, "-U", f"jsmith:{PASSWORD}", target, "--next", "-o", "/dev/null",
+             "-w", "%{http_code} %{num_connects}", "-x", p.url, target],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.stdout == "200 407 0", out.stderr  # 0: the second reused the connection
+    requests = [(r["principal"], r["proxy_user"], r["answered"]) for r in recorder.seen
+                if r["hook"] == "request"]  # fmt: skip
+    assert requests == [("p12345", "jsmith", False), (None, None, True)]
