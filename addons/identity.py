@@ -2,7 +2,7 @@
 
 Three ways, from `[web] mode` and `[web] auth`:
 
-- explicit proxy with authentication (`users` given): the client must send `Proxy-Authorization:
+- explicit proxy with authentication (`auth=True`, `users` the current users file): the client must send `Proxy-Authorization:
   Basic` with a user and password of the users file (appliance/policy/users.py) on its CONNECT,
   and on every plain-HTTP request (which carries it anyway). Missing or wrong credentials get
   `407 Proxy Authentication Required` with `Proxy-Authenticate: Basic realm=...`, and nothing
@@ -103,21 +103,22 @@ class Identity:
         clock: Clock,
         mode: str,
         users: Callable[[], UsersFile | None] | None = None,
+        *,
+        auth: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown web mode {mode!r} (expected one of {', '.join(MODES)})")
-        if mode == "transparent" and users is not None:
+        if auth and mode != "explicit":
             raise ValueError("proxy authentication needs explicit mode, not transparent")
+        if auth and users is None:
+            raise ValueError("proxy authentication needs the users file")
         self.snapshot = snapshot
         self.clock = clock
         self.mode = mode
         self.users = users
+        self.auth = auth  # [web] auth: require proxy authentication (explicit mode only)
         self.counts = IdentityCounts()
         self._tunnels: set[str] = set()  # client ids authenticated by a CONNECT
-
-    @property
-    def auth(self) -> bool:
-        return self.users is not None
 
     # -- by IP -------------------------------------------------------------------------------
 

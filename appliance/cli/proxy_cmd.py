@@ -119,17 +119,17 @@ def _testing_hosts(app: App) -> dict[str, str]:
 
 def _identity_addon(app: App, source: Any, clock: Clock) -> Any:
     from addons.identity import Identity  # web-auth
-    from appliance.policy.users import UsersFile, UsersSource
+    from appliance.policy.users import UsersFile, UsersSource, users_file_path
 
     cfg = app.config
+    auth = bool(cfg["web.auth"])
     users: Callable[[], UsersFile | None] | None = None
-    if cfg["web.auth"]:
-        name = cfg.values.get("identity.users_file") or ""
-        if not name:
-            raise ConfigError(f"{app.config_path}: [web] auth needs [identity] users_file")
-        path = Path(name) if Path(name).is_absolute() else app.paths.root / name
-        users = UsersSource(path).current
-    return Identity(source.current, clock, cfg["web.mode"], users)
+    if auth:  # the users file, reloaded on change; a bad edit keeps the last good file
+        path = users_file_path(str(cfg["identity.users_file"]), app.paths.root)
+        users = UsersSource(
+            path, on_error=lambda msg: click.echo(f"lbm proxy: users file: {msg}", err=True)
+        ).current
+    return Identity(source.current, clock, cfg["web.mode"], users, auth=auth)
 
 
 def _notice_addon(app: App) -> Any:

@@ -41,6 +41,21 @@ def _port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number 0-65535"
 
 
+def _hostname(value: Any) -> str | None:
+    text = str(value)
+    labels = text.split(".")
+    ok = 0 < len(text) <= 253 and all(
+        0 < len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isascii() and (c.isalnum() or c == "-") for c in label)
+        for label in labels
+    )
+    if not ok or text != text.lower():
+        return f"{text[:80]!r} is not a lower-case DNS host name"
+    return None
+
+
 def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
@@ -208,6 +223,23 @@ SCHEMA: list[Option] = [
         _between(1, 100_000_000),
     ),
     Option("identity", "feed", str, "", "lease/logon feed file (CSV or JSON) imported on change"),
+    # web-auth (issue 14): the users file and the notice host
+    Option(
+        "identity",
+        "users_file",
+        str,
+        "users",
+        "htpasswd users file (bcrypt, optional :smtp flag) for proxy authentication and SMTP "
+        "AUTH, managed with `lbm users`; relative to the data directory",
+    ),
+    Option(
+        "notice",
+        "host",
+        str,
+        "notice.lbm.invalid",
+        "host name the proxy answers itself with the notice page (HTTP and HTTPS)",
+        _hostname,
+    ),
     Option("notice", "version", str, "2026-01", "version of the acceptable-use notice in force"),
     Option(
         "notice",

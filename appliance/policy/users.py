@@ -315,6 +315,12 @@ def update_users_file(path: Path, change: Callable[[UsersFile], UsersFile]) -> U
         return updated
 
 
+def users_file_path(configured: str, data_dir: Path) -> Path:
+    """Where `[identity] users_file` points: relative paths are under the data directory."""
+    path = Path(configured or "users").expanduser()
+    return path if path.is_absolute() else Path(data_dir) / path
+
+
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)

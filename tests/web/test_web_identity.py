@@ -91,7 +91,7 @@ def test_auth_mode_challenges_verifies_and_hides_the_password(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     users = UsersSource(env["users_file"], interval=0.0)
-    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current)
+    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current, auth=True)
     recorder = Recorder()
     with (
         echo_upstream() as (port, upstream_seen),
@@ -147,7 +147,7 @@ def test_auth_mode_challenges_verifies_and_hides_the_password(
 
 def test_auth_mode_sees_users_file_changes(env: dict[str, Any]) -> None:
     users = UsersSource(env["users_file"], interval=0.0)
-    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current)
+    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current, auth=True)
     with echo_upstream() as (port, _), running_proxy([identity], env["confdir"]) as proxy:
         target = f"http://127.0.0.1:{port}/"
         assert curl("-x", proxy.url, "-U", "newbie:n-pw", target).stdout == "407"
@@ -232,6 +232,8 @@ def test_parse_basic(value: str, expected: tuple[str, str] | None) -> None:
 def test_transparent_mode_refuses_authentication(env: dict[str, Any]) -> None:
     users = UsersSource(env["users_file"])
     with pytest.raises(ValueError, match="explicit mode"):
-        Identity(env["source"].current, Clock(), "transparent", users=users.current)
+        Identity(env["source"].current, Clock(), "transparent", users=users.current, auth=True)
+    with pytest.raises(ValueError, match="needs the users file"):
+        Identity(env["source"].current, Clock(), "explicit", auth=True)
     with pytest.raises(ValueError, match="unknown web mode"):
         Identity(env["source"].current, Clock(), "socks")
