@@ -10,6 +10,7 @@ binding the subject's (127.0.0.2) or the non-subject's (127.0.0.3) address.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import ssl
@@ -35,6 +36,7 @@ from web_archive_support import (
     setup_subject,
     web_rows,
 )
+from web_proxy import set_option
 from web_upstream import Upstream
 from websockets.asyncio.client import connect
 
@@ -185,3 +187,31 @@ def test_non_subject_traffic_reaches_no_archive(
     rows = web_rows(lbm.data_dir)
     others = [r for r in rows if r["principal"] != SUBJECT]
     assert others and all(r["refs"] == [] and r["record_ids"] == [] for r in others)
+
+
+def test_subject_proxy_password_never_reaches_the_archive(
+    lbm: Lbm, env: dict[str, Any], upstream: Upstream
+) -> None:
+    """With proxy authentication, the subject's password (and its Basic encoding) is in no
+    record and in no file of the data dir, for plain HTTP (credentials on every request) and
+    HTTPS (credentials on the CONNECT), while the sessions themselves are archived."""
+    password = "PROXY-PW-CANARY-8c2e7a"
+    token = base64.b64encode(f"jsmith:{password}".encode())
+    feed = env["tmp"] / "usernames.csv"
+    feed.write_text(f"principal,kind,value,valid_from,valid_to\n{SUBJECT},username,jsmith,,\n")
+    lbm("identity", "import", str(feed), check=True)
+    lbm("users", "add", "jsmith", "--password-stdin", input=password + "\n", check=True)
+    set_option(lbm.data_dir, "web", "auth", "true")
+    with ProxyDaemon(lbm, env["logs"]) as proxy:
+        bundle = client_bundle(lbm.data_dir, upstream, env["tmp"] / "bundle.pem")
+        for url in (upstream.url("/echo/tls"), upstream.url("/echo/plain", tls=False)):
+            got = curl(proxy, bundle, OTHER_IP, "--proxy-user", f"jsmith:{password}", url)
+            assert got.returncode == 0, got.stderr
+            assert password not in got.stdout.decode()  # nor forwarded upstream
+    items = archive_items(lbm.data_dir, REF, env["identity"], keep=1 << 20)
+    heads = [i.head for i in items if i.header["kind"] == rec.REQUEST_HEAD]
+    assert len(heads) == 2 and any(b"/echo/plain" in h for h in heads)
+    for item in items:
+        assert password.encode() not in item.head and token not in item.head
+    assert files_containing(lbm.data_dir, password.encode()) == []
+    assert files_containing(lbm.data_dir, token) == []
