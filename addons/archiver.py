@@ -6,8 +6,9 @@ For a flow whose `FlowState.refs` (set by `Decision` at `requestheaders`) is non
   `responseheaders` (formats in addons/archive_records.py);
 - bodies stream: `request.stream` / `response.stream` are set to a `_BodyStream`, a callable
   that passes every chunk on unchanged and coalesces chunks into body records of about
-  `record_bytes` (1 MiB): a record is written once that much has gathered, or when a chunk
-  arrives `record_seconds` (2 s) after the first unwritten one, and at the body's end. No body
+  `record_bytes` (1 MiB): a record is written once that much has gathered, when a chunk
+  arrives `record_seconds` (2 s) after the first unwritten one or a timer on the loop finds
+  it that old (`flush_idle`, every second), and at the body's end. No body
   is ever held whole in memory: at most one record's worth per direction per flow.
   The end is taken from the `request` / `response` / `error` hooks, never from the `b""`
   end marker (HTTP/2 can deliver it twice);
@@ -33,6 +34,7 @@ is never read here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -146,6 +148,10 @@ class _BodyStream:
         self.flush()
         self.done = True
 
+    def flush_if_old(self, now: float) -> None:
+        if self.parts and not self.done and now - self.since >= self.max_age:
+            self.flush()
+
 
 class Archiver:
     """mitmproxy addon; see the module docstring."""
@@ -172,6 +178,7 @@ class Archiver:
         self.monotonic = monotonic
         self.counts = ArchiverCounts()
         self._flows: dict[str, _FlowArchive] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- writing ---------------------------------------------------------------------------
     def write_record(self, fa: _FlowArchive, ref: str, kind: str, parts: Sequence[bytes]) -> None:
@@ -308,6 +315,32 @@ class Archiver:
         if fa is None or flow.websocket is None:
             return
         fa.record(rec.WEBSOCKET_END, [rec.websocket_end_record(flow.websocket)])
+
+    # -- idle bodies -----------------------------------------------------------------------
+    def flush_idle(self) -> None:
+        """Write every body piece gathered `record_seconds` ago or more (a stream that paused
+        after a few bytes is on disk within seconds, not held until its next chunk)."""
+        now = self.monotonic()
+        for fa in list(self._flows.values()):
+            for body in (fa.request_body, fa.response_body):
+                if body is not None:
+                    body.flush_if_old(now)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.record_seconds / 2)
+            self.flush_idle()
+
+    def running(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_loop(), name="lbm archiver flush"
+            )
+
+    def done(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
 
     @property
     def open_flows(self) -> int:

@@ -10,6 +10,7 @@ runs the same addon inside the real proxy).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -409,3 +410,38 @@ def test_an_unexpected_error_is_a_gap_not_a_broken_connection(env: Env) -> None:
     lines = (env.paths.root / "audit" / "audit.jsonl").read_text().splitlines()
     gap = [json.loads(x) for x in lines if '"capture_gap"' in x][-1]
     assert gap["fields"]["reason"] == "internal_error" and "SECRET" not in json.dumps(gap)
+
+
+def test_a_paused_body_is_written_by_the_timer_not_held(env: Env) -> None:
+    ref = env.ref("ca1-unit-13")
+    now = [10.0]
+    addon = _archiver(env, monotonic=lambda: now[0])
+    flow = _flow((ref,), _request(method=b"GET"))
+    addon.requestheaders(flow)
+    addon.request(flow)
+    flow.response = _response()
+    addon.responseheaders(flow)
+    stream = flow.response.stream
+    assert callable(stream)
+    stream(b"event: 1\n\n")  # then the server goes quiet
+    ids = flow.metadata[FLOW_KEY].record_ids
+    addon.flush_idle()
+    assert len(ids) == 2  # too young: still gathering
+    now[0] += 2.0
+    addon.flush_idle()
+    assert len(ids) == 3  # written without waiting for another chunk
+    addon.response(flow)
+    bodies = [r.data for r in env.records(ref) if r.header["kind"] == rec.RESPONSE_BODY]
+    assert bodies == [b"event: 1\n\n"]
+
+
+def test_the_flush_timer_runs_on_the_loop_while_mitmproxy_runs(env: Env) -> None:
+    async def scenario() -> None:
+        addon = _archiver(env, record_seconds=0.1)
+        addon.running()
+        assert addon._flusher is not None and not addon._flusher.done()
+        await asyncio.sleep(0.05)
+        addon.done()
+        assert addon._flusher is None
+
+    asyncio.run(scenario())
