@@ -14,6 +14,8 @@ import base64
 import hashlib
 import json
 import ssl
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from web_archive_support import (
     files_containing,
     record_order,
     setup_subject,
+    wait_for,
     web_rows,
 )
 from web_proxy import set_option
@@ -215,3 +218,38 @@ def test_subject_proxy_password_never_reaches_the_archive(
         assert password.encode() not in item.head and token not in item.head
     assert files_containing(lbm.data_dir, password.encode()) == []
     assert files_containing(lbm.data_dir, token) == []
+
+
+def test_a_slow_stream_reaches_the_archive_while_it_runs(
+    lbm: Lbm, env: dict[str, Any], upstream: Upstream
+) -> None:
+    """A response that trickles (one small piece, then a long pause) is archived within seconds,
+    before the response ends: the segment's plaintext index (no key needed) lists the body
+    record while curl is still waiting."""
+    with ProxyDaemon(lbm, env["logs"]) as proxy:
+        bundle = client_bundle(lbm.data_dir, upstream, env["tmp"] / "bundle.pem")
+        url = upstream.url("/slow?chunks=2&interval=8&size=100")
+        cmd = ["curl", "-sS", "--proxy", f"http://127.0.0.1:{proxy.port}", "--interface",
+               SUBJECT_IP, "--cacert", str(bundle), "-o", "/dev/null", url]  # fmt: skip
+        client = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        try:
+
+            def body_indexed() -> bool:
+                for index in (lbm.data_dir / "archive" / REF).glob("*.index.jsonl"):
+                    for line in index.read_text().splitlines():
+                        if json.loads(line)["kind"] == rec.RESPONSE_BODY:
+                            return True
+                return False
+
+            started = time.monotonic()
+            assert wait_for(body_indexed, timeout=6.0)
+            assert client.poll() is None, "the response was still streaming"
+            assert time.monotonic() - started < 6.5
+            assert client.wait(timeout=30) == 0
+        finally:
+            if client.poll() is None:
+                client.kill()
+            client.wait()
+    items = archive_items(lbm.data_dir, REF, env["identity"])
+    bodies = [i for i in items if i.header["kind"] == rec.RESPONSE_BODY]
+    assert [i.head for i in bodies] == [b"s" * 100, b"s" * 100]
