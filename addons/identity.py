@@ -2,13 +2,14 @@
 
 Three ways, from `[web] mode` and `[web] auth`:
 
-- explicit proxy with authentication (`auth=True`, `users` the current users file): the client must send `Proxy-Authorization:
-  Basic` with a user and password of the users file (appliance/policy/users.py) on its CONNECT,
-  and on every plain-HTTP request (which carries it anyway). Missing or wrong credentials get
-  `407 Proxy Authentication Required` with `Proxy-Authenticate: Basic realm=...`, and nothing
-  goes upstream. A CONNECT's user holds for every request inside that tunnel. The user resolves
-  to a principal through the identity map (`snapshot.resolve(username=...)`); an unknown user
-  gives `principal=None` with `proxy_user` kept (never a subject).
+- explicit proxy with authentication (`auth=True`, `users` the current users file): the
+  client must send `Proxy-Authorization: Basic` with a user and password of the users file
+  (appliance/policy/users.py) on its CONNECT, and on every plain-HTTP request (which carries
+  it anyway). Missing or wrong credentials get `407 Proxy Authentication Required` with
+  `Proxy-Authenticate: Basic realm=...`, and nothing goes upstream. A CONNECT's user holds for
+  every request inside that tunnel. The user resolves to a principal through the identity map
+  (`snapshot.resolve(username=...)`); an unknown user gives `principal=None` with `proxy_user`
+  kept (never a subject).
 - explicit without authentication, and transparent: the principal holding the client's IP in
   the identity map at the connection's start (`client_connected`, what the per-connection TLS
   decision uses), re-resolved at each request's start (a lease may end on a keep-alive
@@ -157,7 +158,9 @@ class Identity:
             flow.response = auth_required_response()
             return False
         user, password = credentials
-        ok = await asyncio.to_thread(users.verify, user, password)
+        ok = users.verified_recently(user, password) or await asyncio.to_thread(
+            users.verify, user, password
+        )
         del password, credentials
         if not ok:
             self.counts.auth_failed += 1

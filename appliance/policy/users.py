@@ -231,6 +231,11 @@ class UsersFile:
 
     # -- verifying ---------------------------------------------------------------------------
 
+    def verified_recently(self, username: str, password: str | bytes) -> bool:
+        """True if this pair passed `verify` within the cache TTL: no bcrypt, so an event loop
+        may call it before handing a miss to `verify` in a worker thread."""
+        return self._cache.hit(_cache_key(username, _password_bytes(password)))
+
     def verify(self, username: str, password: str | bytes) -> bool:
         """True if `password` is `username`'s. Blocks for one bcrypt check (unless cached):
         call it from a worker thread in an event loop. An unknown user, an over-long password

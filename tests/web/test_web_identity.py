@@ -237,3 +237,70 @@ def test_transparent_mode_refuses_authentication(env: dict[str, Any]) -> None:
         Identity(env["source"].current, Clock(), "explicit", auth=True)
     with pytest.raises(ValueError, match="unknown web mode"):
         Identity(env["source"].current, Clock(), "socks")
+
+
+# -- through `lbm proxy run` ([web] auth = true), with users made by `lbm users add` -----------
+
+
+def test_daemon_auth_subject_archived_without_password(
+    start_proxy: Any, upstream: Any, web_lbm: Lbm, tmp_path: Path
+) -> None:
+    from web_proxy import OTHER, REF, SUBJECT, investigator, proxy_ca, records, set_option
+
+    fast = {"LBM_BCRYPT_ROUNDS": "4"}
+    set_option(web_lbm.data_dir, "web", "auth", "true")
+    for name, password in (("jsmith", PASSWORD), ("adoe", OTHER_PASSWORD)):
+        web_lbm("users", "add", name, "--password-stdin", input=password + "\n", env=fast,
+                check=True)  # fmt: skip
+    feed = tmp_path / "names.csv"
+    feed.write_text(
+        "principal,kind,value,valid_from,valid_to\n"
+        f"{SUBJECT},username,jsmith,,\n{OTHER},username,adoe,,\n"
+    )
+    web_lbm("identity", "import", str(feed), check=True)
+    inv = investigator(web_lbm)
+    web_lbm.grant(REF, SUBJECT)
+    daemon = start_proxy()
+    ca = proxy_ca(web_lbm.data_dir)
+    base = ["curl", "-sS", "--max-time", "20", "--proxy", daemon.proxy, "-o", "/dev/null",
+            "-w", "%{http_code}"]  # fmt: skip
+
+    def run(*args: str) -> str:
+        out = subprocess.run([*base, *args], capture_output=True, text=True, timeout=40)
+        return out.stdout
+
+    https_url = upstream.url("/echo?who=me")
+    # no or wrong credentials: 407 for CONNECT, plain GET and plain POST (body, answered early)
+    assert run("--cacert", str(ca), https_url) in ("407", "000")
+    assert run(upstream.url("/bytes/10", tls=False)) == "407"
+    assert run("-d", "x=1", upstream.url("/echo", tls=False)) == "407"
+    assert run("-U", "jsmith:nope", upstream.url("/bytes/10", tls=False)) == "407"
+    # the subject, authenticated: intercepted (our CA), archived
+    assert run("-U", f"jsmith:{PASSWORD}", "--cacert", str(ca), https_url) == "200"
+    assert run("-U", f"jsmith:{PASSWORD}", upstream.url("/bytes/10", tls=False)) == "200"
+    # the non-subject: passed through, verified against the upstream's own CA
+    other = run("-U", f"adoe:{OTHER_PASSWORD}", "--cacert", str(upstream.ca_file), https_url)
+    assert other == "200"
+    code, out, err = daemon.stop()
+    assert code == 0, err
+    rows = daemon.rows()
+    ok = [r for r in rows if r["status"] == 200 or r["decision"] == "passed"]
+    by_user = {(r["proxy_user"], r["principal"], r["decision"]) for r in ok}
+    assert ("jsmith", SUBJECT, "intercepted") in by_user
+    assert ("adoe", OTHER, "passed") in by_user
+    refused = [r for r in rows if r["status"] == 407]
+    assert len(refused) >= 3 and all(r["proxy_user"] is None for r in refused)
+    assert all(r["refs"] == [] for r in refused)
+    recs = records(web_lbm.data_dir, inv)
+    assert recs, "the subject's session was not archived"
+    archived = b"".join(bytes(r.data) for r in recs)
+    assert b"/echo?who=me" in archived  # the subject's request is there...
+    assert PASSWORD.encode() not in archived  # ...but not their proxy password
+    assert b"proxy-authorization" not in archived.lower()
+    # the password is in no file of the data dir and no output of the daemon
+    for path in web_lbm.data_dir.rglob("*"):
+        if path.is_file():
+            raw = path.read_bytes()
+            assert PASSWORD.encode() not in raw, path
+            assert OTHER_PASSWORD.encode() not in raw, path
+    assert PASSWORD not in out + err and OTHER_PASSWORD not in out + err
