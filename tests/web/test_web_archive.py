@@ -40,7 +40,7 @@ from web_archive_support import (
     web_rows,
 )
 from web_proxy import set_option
-from web_upstream import Upstream
+from web_upstream import Upstream, sha256_of
 from websockets.asyncio.client import connect
 
 from addons import archive_records as rec
@@ -253,3 +253,39 @@ def test_a_slow_stream_reaches_the_archive_while_it_runs(
     items = archive_items(lbm.data_dir, REF, env["identity"])
     bodies = [i for i in items if i.header["kind"] == rec.RESPONSE_BODY]
     assert [i.head for i in bodies] == [b"s" * 100, b"s" * 100]
+
+
+def test_concurrent_flows_interleave_in_the_archive_and_each_row_names_its_own_records(
+    lbm: Lbm, env: dict[str, Any], upstream: Upstream
+) -> None:
+    """Six downloads at once (HTTP/1.1 and HTTP/2 connections): their records interleave in
+    shared segments, and each row's record ids give back exactly its own body."""
+    size = 2_500_000
+    seeds = [f"c{n}" for n in range(6)]
+    with ProxyDaemon(lbm, env["logs"]) as proxy:
+        bundle = client_bundle(lbm.data_dir, upstream, env["tmp"] / "bundle.pem")
+        procs = []
+        for n, seed in enumerate(seeds):
+            cmd = ["curl", "-sS", "--proxy", f"http://127.0.0.1:{proxy.port}", "--interface",
+                   SUBJECT_IP, "--cacert", str(bundle), "--limit-rate", "2M",
+                   "--http1.1" if n % 2 else "--http2", "-o", str(env["tmp"] / seed),
+                   upstream.url(f"/bytes/{size}?seed={seed}")]  # fmt: skip
+            procs.append(subprocess.Popen(cmd))
+        assert [p.wait(timeout=120) for p in procs] == [0] * len(seeds)
+    expected = {sha256_of(size, seed) for seed in seeds}
+    items = archive_items(lbm.data_dir, REF, env["identity"], keep=0)
+    kind_of = {i.header["id"]: i.header["kind"] for i in items}
+    rows = [r for r in web_rows(lbm.data_dir) if r["refs"] == [REF]]
+    assert len(rows) == len(seeds)
+    got = set()
+    for row in rows:
+        ids = {r for r in row["record_ids"] if kind_of[r] == rec.RESPONSE_BODY}
+        got.add(body_sha256(lbm.data_dir, REF, env["identity"], ids))
+    assert got == {(digest, size) for digest in expected}
+    # they did interleave: some flow's body records are not contiguous in record order
+    order = [i.header["id"] for i in items]
+    spans = [
+        sorted(order.index(r) for r in row["record_ids"] if kind_of[r] == rec.RESPONSE_BODY)
+        for row in rows
+    ]
+    assert any(s[-1] - s[0] + 1 > len(s) for s in spans)
