@@ -89,7 +89,11 @@ class _FlowArchive:
     def __init__(self, owner: Archiver, flow: http.HTTPFlow, state: FlowState) -> None:
         self.owner = owner
         self.state = state
-        self.principal = conn_state(flow.client_conn).principal
+        self.conn = conn_state(flow.client_conn)
+        self.principal = self.conn.principal
+        # refs the intercepted connection carried at the flow's start: one that leaves
+        # ConnState.refs later was cancelled or expired (Decision.on_snapshot narrows it)
+        self.conn_refs = frozenset(self.conn.refs)
         self.failed: set[str] = set()  # refs that failed in this flow: no more records to them
         self.request_body: _BodyStream | None = None
         self.response_body: _BodyStream | None = None
@@ -97,8 +101,11 @@ class _FlowArchive:
         self.response_done = False
 
     def refs(self) -> list[str]:
-        # read each time: Decision may narrow FlowState.refs while a flow runs (cancellation)
-        return [r for r in self.state.refs if r not in self.failed]
+        """The refs this flow still archives to, read at every record: nothing more is written
+        to a ref once the proxy has seen its cancellation or expiry, even for a flow in
+        flight (up to one record's worth gathered before it is dropped, never written)."""
+        ended = self.conn_refs.difference(self.conn.refs) if self.conn_refs else frozenset()
+        return [r for r in self.state.refs if r not in self.failed and r not in ended]
 
     def record(self, kind: str, parts: Sequence[bytes]) -> None:
         for ref in self.refs():

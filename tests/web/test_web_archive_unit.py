@@ -445,3 +445,38 @@ def test_the_flush_timer_runs_on_the_loop_while_mitmproxy_runs(env: Env) -> None
         assert addon._flusher is None
 
     asyncio.run(scenario())
+
+
+def test_cancelling_one_ref_mid_flow_stops_only_that_refs_records(env: Env) -> None:
+    """Decision narrows the intercepted connection's refs when an authorisation is cancelled
+    (`ConnState.refs`, then closes the connection if none is left): from then on the flow in
+    flight writes nothing more to the cancelled ref, and the other ref keeps everything."""
+    a, b = env.ref("ca1-unit-14a"), env.ref("ca1-unit-14b")
+    addon = _archiver(env)
+    flow = _flow((a, b), _request(method=b"GET"))
+    conn = conn_state(flow.client_conn)
+    conn.decision, conn.refs = "intercepted", (a, b)
+    addon.requestheaders(flow)
+    addon.request(flow)
+    flow.response = _response()
+    addon.responseheaders(flow)
+    stream = flow.response.stream
+    assert callable(stream)
+    before = [b"1" * 65536] * 24  # 1.5 MiB: one 1 MiB record written for both refs
+    for chunk in before:
+        stream(chunk)
+    conn.refs = (b,)  # a is cancelled (Decision.on_snapshot)
+    after = [b"2" * 65536] * 8
+    for chunk in after:
+        stream(chunk)
+    flow.error = tflow.terr("Connection killed.")
+    addon.error(flow)
+    ra, rb = env.records(a), env.records(b)
+    assert [r.header["kind"] for r in ra] == [
+        rec.REQUEST_HEAD, rec.RESPONSE_HEAD, rec.RESPONSE_BODY,
+    ]  # fmt: skip
+    assert ra[2].data == b"1" * (1 << 20)
+    assert _by_kind(rb, rec.RESPONSE_BODY) == b"".join(before + after)
+    assert rb[-1].header["kind"] == rec.HTTP_ERROR
+    ids = flow.metadata[FLOW_KEY].record_ids
+    assert sum(r.startswith(f"{a}/") for r in ids) == 3
