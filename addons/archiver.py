@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from addons import archive_records as rec
 from addons.state import FlowState, conn_state, flow_state
@@ -90,6 +90,7 @@ class _FlowArchive:
         self.owner = owner
         self.state = state
         self.conn = conn_state(flow.client_conn)
+        self.client_id = flow.client_conn.id
         self.principal = self.conn.principal
         # refs the intercepted connection carried at the flow's start: one that leaves
         # ConnState.refs later was cancelled or expired (Decision.on_snapshot narrows it)
@@ -303,8 +304,7 @@ class Archiver:
         if flow.error is not None:
             fa.record(rec.HTTP_ERROR, [rec.error_record(flow.error.msg)])
         fa.request_done = fa.response_done = True
-        if flow.websocket is None:
-            self._flows.pop(flow.id, None)
+        self._flows.pop(flow.id, None)  # a WebSocket that fails ends here too
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         ws = flow.websocket
@@ -322,6 +322,12 @@ class Archiver:
         if fa is None or flow.websocket is None:
             return
         fa.record(rec.WEBSOCKET_END, [rec.websocket_end_record(flow.websocket)])
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """Forget any flow of this client still held (its hooks have all run by now)."""
+        stale = [fid for fid, fa in self._flows.items() if fa.client_id == client.id]
+        for fid in stale:
+            self._flows.pop(fid, None)
 
     # -- idle bodies -----------------------------------------------------------------------
     def flush_idle(self) -> None:

@@ -480,3 +480,26 @@ def test_cancelling_one_ref_mid_flow_stops_only_that_refs_records(env: Env) -> N
     assert rb[-1].header["kind"] == rec.HTTP_ERROR
     ids = flow.metadata[FLOW_KEY].record_ids
     assert sum(r.startswith(f"{a}/") for r in ids) == 3
+
+
+def test_no_flow_state_outlives_its_client(env: Env) -> None:
+    """A WebSocket that fails (error, no websocket_end) and a flow cut off before any end hook
+    leave nothing behind once the client is gone."""
+    ref = env.ref("ca1-unit-15")
+    addon = _archiver(env)
+    ws_flow = _flow((ref,), _request(method=b"GET"))
+    addon.requestheaders(ws_flow)
+    addon.request(ws_flow)
+    ws_flow.response = http.Response.make(101, b"", {"Upgrade": "websocket"})
+    addon.responseheaders(ws_flow)
+    ws_flow.websocket = WebSocketData()
+    addon.response(ws_flow)
+    assert addon.open_flows == 1  # the WebSocket session is on
+    ws_flow.error = tflow.terr("peer closed connection")
+    addon.error(ws_flow)
+    assert addon.open_flows == 0
+    cut = _flow((ref,), _request())
+    addon.requestheaders(cut)
+    assert addon.open_flows == 1
+    addon.client_disconnected(cut.client_conn)
+    assert addon.open_flows == 0
