@@ -503,3 +503,40 @@ def test_no_flow_state_outlives_its_client(env: Env) -> None:
     assert addon.open_flows == 1
     addon.client_disconnected(cut.client_conn)
     assert addon.open_flows == 0
+
+
+def _head_lines(head: bytes) -> list[bytes]:
+    return [line + b"\r\n" for line in head.split(b"\r\n")[:-2]]
+
+
+def test_archived_heads_read_back_with_mitmproxys_own_parser(env: Env) -> None:
+    """An export (HAR, mitmproxy flows) can rebuild each message from its head record with
+    mitmproxy's HTTP/1 reader: same method, scheme, authority, path, version and header fields,
+    for HTTP/1.1 and HTTP/2 alike."""
+    from mitmproxy.net.http.http1 import read
+
+    ref = env.ref("ca1-unit-16")
+    addon = _archiver(env)
+    h1 = _request(path=b"/p?q=%20x", headers=[(b"Host", b"www.example.test"), (b"X-Dup", b"1"),
+                                              (b"X-Dup", b"2")])  # fmt: skip
+    h2 = _request(method=b"GET", path=b"/h2/path?x=y", version="HTTP/2.0",
+                  headers=[(b"accept", b"*/*"), (b"cookie", b"a=1")])  # fmt: skip
+    h2.authority = "other.example.test:8443"
+    sent = []
+    for req, resp in ((h1, _response()), (h2, _response("HTTP/2.0", b""))):
+        flow = _flow((ref,), req)
+        _run(addon, flow, [b"b"] if req is h1 else [], resp, [b"r"])
+        sent.append((flow.request, flow.response))
+    heads = [r.data for r in env.records(ref) if r.header["kind"].endswith("-head")]
+    assert len(heads) == 4
+    pairs = list(zip(heads[::2], heads[1::2], strict=True))
+    for (req, resp), (qhead, shead) in zip(sent, pairs, strict=True):
+        back = read.read_request_head(_head_lines(qhead))
+        assert (back.method, back.path, back.http_version) == (req.method, req.path,
+                                                               req.http_version)  # fmt: skip
+        assert back.headers.fields == req.headers.fields
+        if req.is_http2:
+            assert (back.scheme, back.authority) == ("https", "other.example.test:8443")
+        sback = read.read_response_head(_head_lines(shead))
+        assert (sback.status_code, sback.http_version) == (200, resp.http_version)
+        assert sback.headers.fields == resp.headers.fields
