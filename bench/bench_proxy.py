@@ -16,6 +16,12 @@ in one run:
 - Squid 5 as a CONNECT tunnel (Debian's build uses GnuTLS, so no ssl_bump peek/splice: the tunnel
   is the splice without the peek), HTTPS and plain HTTP.
 
+A compared case runs alongside its baseline (both proxies up, idle while the other is measured):
+after a warm-up each, `--rounds` rounds alternate between them, each round a share of the
+requests, and the best round's requests/s is kept (latency percentiles over all rounds), so load
+drift on a shared machine weighs on both alike. `--profile` runs `lbm proxy run` under cProfile
+and prints where its time went.
+
 The client is curl (C, libcurl keep-alive): C processes in parallel, each fetching its share of
 the URLs from one config file over one kept-alive connection (through the proxy: one CONNECT
 tunnel, then requests inside it), `-w` giving each transfer's status and total time. Printed per
@@ -41,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,6 +314,19 @@ def _lbm_ca(lbm_run: Callable[..., str]) -> Path:
     raise RuntimeError(f"lbm proxy ca printed no certificate path: {out[:200]!r}")
 
 
+PROFILE: list[bool] = [False]  # --profile: run `lbm proxy run` under cProfile, print the top
+
+
+def _print_profile(path: Path) -> None:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    pstats.Stats(str(path), stream=out).sort_stats("tottime").print_stats(25)
+    print("    profile of lbm proxy run (top 25 by own time):")
+    print("\n".join("      " + line for line in out.getvalue().splitlines()[6:40]), flush=True)
+
+
 def lbm_proxy(ca: Path, subject: bool) -> ProxyFactory:
     """`lbm proxy run` in a fresh data dir (real clock); 127.0.0.1 is leased to a principal
     with a granted web authorisation (subject) or to one with none."""
@@ -344,8 +363,14 @@ def lbm_proxy(ca: Path, subject: bool) -> ProxyFactory:
         port_file = data / "run" / "proxy.port"
         ready = data / "run" / "proxy.ready"
         log = open(work / "lbm-proxy.log", "wb")  # noqa: SIM115 - closed below
+        profile = work / "lbm-proxy.prof"
+        wrap = (
+            [sys.executable, "-m", "cProfile", "-o", str(profile)]
+            if PROFILE[0]
+            else [sys.executable]
+        )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli.main", "--data-dir", str(data), "proxy", "run"],
+            [*wrap, "-m", "appliance.cli.main", "--data-dir", str(data), "proxy", "run"],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -366,6 +391,8 @@ def lbm_proxy(ca: Path, subject: bool) -> ProxyFactory:
             log.close()
         if proc.returncode != 0:
             raise RuntimeError(f"lbm proxy run exited with {proc.returncode} on SIGTERM")
+        if PROFILE[0] and profile.exists():
+            _print_profile(profile)
         from store.metadata import read_stream
         from store.paths import DataPaths
 
@@ -392,9 +419,12 @@ class Measure:
     latencies: list[float]
     rss_warm_kib: int | None = None
     rss_peak_kib: int | None = None
+    best_rps: float | None = None  # the best round's, when measured in rounds
 
     @property
     def rps(self) -> float:
+        if self.best_rps is not None:
+            return self.best_rps
         return (self.requests - self.failed) / self.seconds if self.seconds else 0.0
 
     def percentile(self, p: float) -> float:
@@ -495,20 +525,115 @@ def _mib(kib: int | None) -> str:
     return "-" if kib is None else f"{kib / 1024:.0f}"
 
 
+def _groups(chosen: list[Case]) -> list[list[Case]]:
+    """A compared case runs with its baseline, round by round, so load drift hits both."""
+    names = {c.name for c in chosen}
+    groups: list[list[Case]] = []
+    placed: set[str] = set()
+    for case in chosen:
+        if case.name in placed:
+            continue
+        partners = [c for c in chosen if c.baseline == case.name and c.name not in placed]
+        if case.baseline in names:
+            continue  # placed with its baseline
+        group = [case, *partners]
+        placed.update(c.name for c in group)
+        groups.append(group)
+    return groups
+
+
+def _case_dir(work: Path, case: Case) -> Path:
+    path = work / case.name.replace(" ", "_").replace("(", "").replace(")", "")
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _run_group(
+    group: list[Case],
+    work: Path,
+    ports: dict[str, int],
+    args: argparse.Namespace,
+    counts: dict[str, int],
+    cacert: Path,
+    results: dict[tuple[str, str], Measure],
+    skipped: dict[str, str],
+) -> None:
+    """Start every proxy of the group, then per size: a warm-up each, then `--rounds` rounds
+    alternating between them (each round a share of the requests); the best round's
+    requests/s is kept, latencies over all rounds, RSS after the warm-up and peak at the end."""
+    with ExitStack() as stack:
+        running: list[tuple[Case, Proxy, Path]] = []
+        for case in group:
+            case_dir = _case_dir(work, case)
+            try:
+                running.append((case, stack.enter_context(case.factory(case_dir)), case_dir))
+            except Exception as exc:
+                skipped[case.name] = f"{type(exc).__name__}: {exc}"
+                print(f"  {case.name:34} skipped: {skipped[case.name]}", flush=True)
+        for size in args.sizes:
+            total = counts[size]
+            per_round = max(args.concurrency, total // args.rounds)
+            merged: dict[str, Measure] = {}
+            for case, proxy, case_dir in running:
+                url = _url(case, ports, size)
+                warm = max(args.concurrency, min(1000, total // 10))
+                run_curl(case_dir, url, warm, args.concurrency, proxy, cacert)
+                merged[case.name] = Measure(0, 0, 0.0, [])
+                merged[case.name].rss_warm_kib = (
+                    _status_kib(proxy.pid, "VmRSS") if proxy.pid else None
+                )
+            best: dict[str, float] = {}
+            for _ in range(args.rounds):
+                for case, proxy, case_dir in running:
+                    one = run_curl(
+                        case_dir, _url(case, ports, size), per_round, args.concurrency, proxy,
+                        cacert,
+                    )  # fmt: skip
+                    m = merged[case.name]
+                    m.requests += one.requests
+                    m.failed += one.failed
+                    m.latencies += one.latencies
+                    best[case.name] = max(best.get(case.name, 0.0), one.rps)
+            for case, proxy, _dir in running:
+                m = merged[case.name]
+                m.best_rps = best[case.name]
+                m.rss_peak_kib = _status_kib(proxy.pid, "VmHWM") if proxy.pid else None
+                results[(case.name, size)] = m
+                print(
+                    f"  {case.name:34} {size:3} {m.rps:9.0f} req/s  "
+                    f"p50 {m.percentile(0.5) * 1000:7.2f} ms  "
+                    f"p99 {m.percentile(0.99) * 1000:7.2f} ms  "
+                    f"failed {m.failed:5}  RSS warm/peak "
+                    f"{_mib(m.rss_warm_kib)}/{_mib(m.rss_peak_kib)} MiB  ({m.requests} requests)",
+                    flush=True,
+                )
+
+
+def _url(case: Case, ports: dict[str, int], size: str) -> str:
+    port = ports["https_port"] if case.scheme == "https" else ports["http_port"]
+    return f"{case.scheme}://localhost:{port}/{size}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3,000 + 100 requests per case")
     parser.add_argument("--requests", type=int, default=None, help="1 KiB requests per case")
     parser.add_argument("--large-requests", type=int, default=None, help="1 MiB requests")
     parser.add_argument("--concurrency", type=int, default=8, help="parallel curl clients")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per size")
+    parser.add_argument(
+        "--subject-requests", type=int, default=None, help="1 KiB requests for the subject pair"
+    )
     parser.add_argument("--only", nargs="*", default=None, help="case names containing these")
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--serve", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--profile", action="store_true", help="cProfile the lbm proxy")
     args = parser.parse_args(argv)
     if args.serve:
         serve_origin(*args.serve)
         return 0
+    PROFILE[0] = args.profile
     small = args.requests or (3000 if args.quick else 100_000)
     large = args.large_requests or (100 if args.quick else 2000)
     counts = {"1k": small, "1m": large}
@@ -531,40 +656,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[tuple[str, str], Measure] = {}
     skipped: dict[str, str] = {}
+    chosen = [
+        c for c in cases(test_ca.ca_file) if not args.only or any(p in c.name for p in args.only)
+    ]
     try:
-        for case in cases(test_ca.ca_file):
-            if args.only and not any(part in case.name for part in args.only):
-                continue
-            case_dir = work / case.name.replace(" ", "_").replace("(", "").replace(")", "")
-            case_dir.mkdir()
-            port = ports["https_port"] if case.scheme == "https" else ports["http_port"]
+        for group in _groups(chosen):
+            group_counts = dict(counts)
+            if args.subject_requests and any(c.name.startswith("lbm subject") for c in group):
+                group_counts["1k"] = args.subject_requests
             try:
-                with case.factory(case_dir) as proxy:
-                    for size in args.sizes:
-                        url = f"{case.scheme}://localhost:{port}/{size}"
-                        total = counts[size]
-                        warm = max(args.concurrency, min(1000, total // 10))
-                        run_curl(case_dir, url, warm, args.concurrency, proxy, test_ca.ca_file)
-                        rss_warm = _status_kib(proxy.pid, "VmRSS") if proxy.pid else None
-                        measure = run_curl(
-                            case_dir, url, total, args.concurrency, proxy, test_ca.ca_file
-                        )
-                        measure.rss_warm_kib = rss_warm
-                        measure.rss_peak_kib = (
-                            _status_kib(proxy.pid, "VmHWM") if proxy.pid else None
-                        )
-                        results[(case.name, size)] = measure
-                        print(
-                            f"  {case.name:34} {size:3} {measure.rps:9.0f} req/s  "
-                            f"p50 {measure.percentile(0.5) * 1000:7.2f} ms  "
-                            f"p99 {measure.percentile(0.99) * 1000:7.2f} ms  "
-                            f"failed {measure.failed:5}  RSS warm/peak "
-                            f"{_mib(measure.rss_warm_kib)}/{_mib(measure.rss_peak_kib)} MiB",
-                            flush=True,
-                        )
-            except Exception as exc:
-                skipped[case.name] = f"{type(exc).__name__}: {exc}"
-                print(f"  {case.name:34} skipped: {skipped[case.name]}", flush=True)
+                _run_group(
+                    group, work, ports, args, group_counts, test_ca.ca_file, results, skipped
+                )
+            except Exception as exc:  # a proxy that failed at stop: report, go on
+                print(f"  group {[c.name for c in group]} failed: {exc}", flush=True)
     finally:
         _stop(origin)
         if not args.keep:

@@ -554,7 +554,7 @@ def serve(cert: str, key: str) -> None:
     config.bind = [f"fd://{secure.fileno()}"]
     config.insecure_bind = [f"fd://{plain.fileno()}"]
     config.alpn_protocols = ["h2", "http/1.1"]
-    config.keep_alive_timeout = 60
+    config.keep_alive_timeout = float(os.environ.get("WEB_UPSTREAM_KEEPALIVE", "60"))
     config.h11_max_incomplete_size = 64 * 1024
     config.accesslog = None
     config.errorlog = "-"

@@ -143,12 +143,12 @@ def test_websocket_echo_text_and_binary(upstream: Upstream) -> None:
 
     context = ssl.create_default_context(cafile=str(upstream.ca_file))
     url = f"wss://127.0.0.1:{upstream.https_port}/ws"
-    with connect(url, ssl=context, open_timeout=10) as ws:
+    with connect(url, ssl=context, proxy=None, open_timeout=10) as ws:
         ws.send("hello text")
         assert ws.recv(timeout=10) == "hello text"
         ws.send(b"\x00\x01binary\xff")
         assert ws.recv(timeout=10) == b"\x00\x01binary\xff"
-    with connect(f"ws://127.0.0.1:{upstream.http_port}/ws", open_timeout=10) as ws:
+    with connect(f"ws://127.0.0.1:{upstream.http_port}/ws", proxy=None, open_timeout=10) as ws:
         ws.send("plain")
         assert ws.recv(timeout=10) == "plain"
 
