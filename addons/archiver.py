@@ -6,8 +6,9 @@ For a flow whose `FlowState.refs` (set by `Decision` at `requestheaders`) is non
   `responseheaders` (formats in addons/archive_records.py);
 - bodies stream: `request.stream` / `response.stream` are set to a `_BodyStream`, a callable
   that passes every chunk on unchanged and coalesces chunks into body records of about
-  `record_bytes` (1 MiB): a record is written once that much has gathered, or when a chunk
-  arrives `record_seconds` (2 s) after the first unwritten one, and at the body's end. No body
+  `record_bytes` (1 MiB): a record is written once that much has gathered, when a chunk
+  arrives `record_seconds` (2 s) after the first unwritten one or a timer on the loop finds
+  it that old (`flush_idle`, every second), and at the body's end. No body
   is ever held whole in memory: at most one record's worth per direction per flow.
   The end is taken from the `request` / `response` / `error` hooks, never from the `b""`
   end marker (HTTP/2 can deliver it twice);
@@ -33,12 +34,13 @@ is never read here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from addons import archive_records as rec
 from addons.state import FlowState, conn_state, flow_state
@@ -87,7 +89,12 @@ class _FlowArchive:
     def __init__(self, owner: Archiver, flow: http.HTTPFlow, state: FlowState) -> None:
         self.owner = owner
         self.state = state
-        self.principal = conn_state(flow.client_conn).principal
+        self.conn = conn_state(flow.client_conn)
+        self.client_id = flow.client_conn.id
+        self.principal = self.conn.principal
+        # refs the intercepted connection carried at the flow's start: one that leaves
+        # ConnState.refs later was cancelled or expired (Decision.on_snapshot narrows it)
+        self.conn_refs = frozenset(self.conn.refs)
         self.failed: set[str] = set()  # refs that failed in this flow: no more records to them
         self.request_body: _BodyStream | None = None
         self.response_body: _BodyStream | None = None
@@ -95,8 +102,11 @@ class _FlowArchive:
         self.response_done = False
 
     def refs(self) -> list[str]:
-        # read each time: Decision may narrow FlowState.refs while a flow runs (cancellation)
-        return [r for r in self.state.refs if r not in self.failed]
+        """The refs this flow still archives to, read at every record: nothing more is written
+        to a ref once the proxy has seen its cancellation or expiry, even for a flow in
+        flight (up to one record's worth gathered before it is dropped, never written)."""
+        ended = self.conn_refs.difference(self.conn.refs) if self.conn_refs else frozenset()
+        return [r for r in self.state.refs if r not in self.failed and r not in ended]
 
     def record(self, kind: str, parts: Sequence[bytes]) -> None:
         for ref in self.refs():
@@ -146,6 +156,10 @@ class _BodyStream:
         self.flush()
         self.done = True
 
+    def flush_if_old(self, now: float) -> None:
+        if self.parts and not self.done and now - self.since >= self.max_age:
+            self.flush()
+
 
 class Archiver:
     """mitmproxy addon; see the module docstring."""
@@ -172,6 +186,7 @@ class Archiver:
         self.monotonic = monotonic
         self.counts = ArchiverCounts()
         self._flows: dict[str, _FlowArchive] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- writing ---------------------------------------------------------------------------
     def write_record(self, fa: _FlowArchive, ref: str, kind: str, parts: Sequence[bytes]) -> None:
@@ -289,8 +304,7 @@ class Archiver:
         if flow.error is not None:
             fa.record(rec.HTTP_ERROR, [rec.error_record(flow.error.msg)])
         fa.request_done = fa.response_done = True
-        if flow.websocket is None:
-            self._flows.pop(flow.id, None)
+        self._flows.pop(flow.id, None)  # a WebSocket that fails ends here too
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         ws = flow.websocket
@@ -308,6 +322,38 @@ class Archiver:
         if fa is None or flow.websocket is None:
             return
         fa.record(rec.WEBSOCKET_END, [rec.websocket_end_record(flow.websocket)])
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """Forget any flow of this client still held (its hooks have all run by now)."""
+        stale = [fid for fid, fa in self._flows.items() if fa.client_id == client.id]
+        for fid in stale:
+            self._flows.pop(fid, None)
+
+    # -- idle bodies -----------------------------------------------------------------------
+    def flush_idle(self) -> None:
+        """Write every body piece gathered `record_seconds` ago or more (a stream that paused
+        after a few bytes is on disk within seconds, not held until its next chunk)."""
+        now = self.monotonic()
+        for fa in list(self._flows.values()):
+            for body in (fa.request_body, fa.response_body):
+                if body is not None:
+                    body.flush_if_old(now)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.record_seconds / 2)
+            self.flush_idle()
+
+    def running(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_loop(), name="lbm archiver flush"
+            )
+
+    def done(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
 
     @property
     def open_flows(self) -> int:
