@@ -420,6 +420,7 @@ class Measure:
     rss_warm_kib: int | None = None
     rss_peak_kib: int | None = None
     best_rps: float | None = None  # the best round's, when measured in rounds
+    rss_rounds_kib: list[int] = field(default_factory=list)  # VmRSS after each round
 
     @property
     def rps(self) -> float:
@@ -594,6 +595,8 @@ def _run_group(
                     m.failed += one.failed
                     m.latencies += one.latencies
                     best[case.name] = max(best.get(case.name, 0.0), one.rps)
+                    if proxy.pid:
+                        m.rss_rounds_kib.append(_status_kib(proxy.pid, "VmRSS"))
             for case, proxy, _dir in running:
                 m = merged[case.name]
                 m.best_rps = best[case.name]
@@ -604,7 +607,14 @@ def _run_group(
                     f"p50 {m.percentile(0.5) * 1000:7.2f} ms  "
                     f"p99 {m.percentile(0.99) * 1000:7.2f} ms  "
                     f"failed {m.failed:5}  RSS warm/peak "
-                    f"{_mib(m.rss_warm_kib)}/{_mib(m.rss_peak_kib)} MiB  ({m.requests} requests)",
+                    f"{_mib(m.rss_warm_kib)}/{_mib(m.rss_peak_kib)} MiB  ({m.requests} requests)"
+                    + (
+                        "  RSS after each round "
+                        + "/".join(_mib(k) for k in m.rss_rounds_kib)
+                        + " MiB"
+                        if m.rss_rounds_kib
+                        else ""
+                    ),
                     flush=True,
                 )
 
