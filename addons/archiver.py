@@ -6,8 +6,9 @@ For a flow whose `FlowState.refs` (set by `Decision` at `requestheaders`) is non
   `responseheaders` (formats in addons/archive_records.py);
 - bodies stream: `request.stream` / `response.stream` are set to a `_BodyStream`, a callable
   that passes every chunk on unchanged and coalesces chunks into body records of about
-  `record_bytes` (1 MiB): a record is written once that much has gathered, or when a chunk
-  arrives `record_seconds` (2 s) after the first unwritten one, and at the body's end. No body
+  `record_bytes` (1 MiB): a record is written once that much has gathered, when a chunk
+  arrives `record_seconds` (2 s) after the first unwritten one or a timer on the loop finds
+  it that old (`flush_idle`, every second), and at the body's end. No body
   is ever held whole in memory: at most one record's worth per direction per flow.
   The end is taken from the `request` / `response` / `error` hooks, never from the `b""`
   end marker (HTTP/2 can deliver it twice);
@@ -20,10 +21,11 @@ Each item goes to every ref's archive as its own record; the record ids are appe
 `FlowState.record_ids` in order. Records are opened, written and closed within one call, so a
 segment is never held across event-loop turns and concurrent flows share one open segment.
 
-Writes are synchronous on the event loop: measured on this appliance's disk, a 1 MiB record
-(age encryption, index fsync) takes 1.4 ms at p50 and 4 ms at p99, a head record 0.2 ms
-(`bench/`-style figures in docs/archive-format.md). A worker thread would have to hand
-record ids back before `Metadata` writes the row, for no measurable gain.
+Writes are synchronous on the event loop. Measured (docs/archive-format.md, "Web records"): a
+1 MiB record 1.4-4 ms at p50 and 13 ms at p99 on a loaded 2-core machine, a head record 0.2 ms,
+the record that fills a 256 MiB segment 67 ms (it seals it). A worker thread would gain little:
+the age encryption holds the GIL (store/segment_io.py), and the record ids must be in
+`FlowState.record_ids` before `Metadata` writes the row in the same hook.
 
 `ConnState`/`FlowState` never reach a record: only the message bytes do, with
 `Proxy-Authorization` redacted; `flow.metadata["proxyauth"]` (the plaintext proxy password)
@@ -32,12 +34,13 @@ is never read here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from addons import archive_records as rec
 from addons.state import FlowState, conn_state, flow_state
@@ -86,7 +89,12 @@ class _FlowArchive:
     def __init__(self, owner: Archiver, flow: http.HTTPFlow, state: FlowState) -> None:
         self.owner = owner
         self.state = state
-        self.principal = conn_state(flow.client_conn).principal
+        self.conn = conn_state(flow.client_conn)
+        self.client_id = flow.client_conn.id
+        self.principal = self.conn.principal
+        # refs the intercepted connection carried at the flow's start: one that leaves
+        # ConnState.refs later was cancelled or expired (Decision.on_snapshot narrows it)
+        self.conn_refs = frozenset(self.conn.refs)
         self.failed: set[str] = set()  # refs that failed in this flow: no more records to them
         self.request_body: _BodyStream | None = None
         self.response_body: _BodyStream | None = None
@@ -94,8 +102,11 @@ class _FlowArchive:
         self.response_done = False
 
     def refs(self) -> list[str]:
-        # read each time: Decision may narrow FlowState.refs while a flow runs (cancellation)
-        return [r for r in self.state.refs if r not in self.failed]
+        """The refs this flow still archives to, read at every record: nothing more is written
+        to a ref once the proxy has seen its cancellation or expiry, even for a flow in
+        flight (up to one record's worth gathered before it is dropped, never written)."""
+        ended = self.conn_refs.difference(self.conn.refs) if self.conn_refs else frozenset()
+        return [r for r in self.state.refs if r not in self.failed and r not in ended]
 
     def record(self, kind: str, parts: Sequence[bytes]) -> None:
         for ref in self.refs():
@@ -145,6 +156,10 @@ class _BodyStream:
         self.flush()
         self.done = True
 
+    def flush_if_old(self, now: float) -> None:
+        if self.parts and not self.done and now - self.since >= self.max_age:
+            self.flush()
+
 
 class Archiver:
     """mitmproxy addon; see the module docstring."""
@@ -171,6 +186,7 @@ class Archiver:
         self.monotonic = monotonic
         self.counts = ArchiverCounts()
         self._flows: dict[str, _FlowArchive] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- writing ---------------------------------------------------------------------------
     def write_record(self, fa: _FlowArchive, ref: str, kind: str, parts: Sequence[bytes]) -> None:
@@ -180,13 +196,17 @@ class Archiver:
                 for part in parts:
                     sink.write(part)
         except ArchiveError as exc:
-            self._gap(fa, ref, kind, exc)
+            self._gap(fa, ref, kind, gap_reason(exc))
+            return
+        except Exception as exc:  # a bug of ours must not break the subject's traffic either
+            log.error("web archive write raised %s", type(exc).__name__)  # no message: content
+            self._gap(fa, ref, kind, "internal_error")
             return
         fa.state.record_ids.append(sink.record_id)
         self.counts.records += 1
         self.counts.bytes += sum(len(p) for p in parts)
 
-    def _gap(self, fa: _FlowArchive, ref: str, kind: str, exc: ArchiveError) -> None:
+    def _gap(self, fa: _FlowArchive, ref: str, kind: str, reason: str) -> None:
         # The choice: an archive failure (disk full, permissions, a lost key) never stops the
         # subject's traffic, which the proxy keeps relaying. Failing closed would let a full
         # disk take the force's web access down and tell the subject they are watched. Instead
@@ -199,7 +219,6 @@ class Archiver:
             self.counts.gap_flows += 1
         fa.state.archive_gap = True
         fa.failed.add(ref)
-        reason = gap_reason(exc)
         log.warning("web archive write failed (%s): traffic continues, gap audited", reason)
         try:
             self.audit.append(
@@ -285,8 +304,7 @@ class Archiver:
         if flow.error is not None:
             fa.record(rec.HTTP_ERROR, [rec.error_record(flow.error.msg)])
         fa.request_done = fa.response_done = True
-        if flow.websocket is None:
-            self._flows.pop(flow.id, None)
+        self._flows.pop(flow.id, None)  # a WebSocket that fails ends here too
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         ws = flow.websocket
@@ -304,6 +322,38 @@ class Archiver:
         if fa is None or flow.websocket is None:
             return
         fa.record(rec.WEBSOCKET_END, [rec.websocket_end_record(flow.websocket)])
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """Forget any flow of this client still held (its hooks have all run by now)."""
+        stale = [fid for fid, fa in self._flows.items() if fa.client_id == client.id]
+        for fid in stale:
+            self._flows.pop(fid, None)
+
+    # -- idle bodies -----------------------------------------------------------------------
+    def flush_idle(self) -> None:
+        """Write every body piece gathered `record_seconds` ago or more (a stream that paused
+        after a few bytes is on disk within seconds, not held until its next chunk)."""
+        now = self.monotonic()
+        for fa in list(self._flows.values()):
+            for body in (fa.request_body, fa.response_body):
+                if body is not None:
+                    body.flush_if_old(now)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.record_seconds / 2)
+            self.flush_idle()
+
+    def running(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_loop(), name="lbm archiver flush"
+            )
+
+    def done(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
 
     @property
     def open_flows(self) -> int:

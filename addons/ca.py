@@ -51,9 +51,7 @@ def ensure_ca(keys_dir: Path, *, common_name: str = COMMON_NAME) -> Path:
         if not (directory / CERT_FILE).exists():
             atomic_write(directory / CERT_FILE, cert_pem)
     else:
-        key, cert = certs.create_ca(
-            organization=ORGANIZATION, cn=common_name, key_size=KEY_SIZE
-        )
+        key, cert = certs.create_ca(organization=ORGANIZATION, cn=common_name, key_size=KEY_SIZE)
         key_pem = key.private_bytes(
             encoding=serialization.Encoding.PEM,
             format=serialization.PrivateFormat.TraditionalOpenSSL,

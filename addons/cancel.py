@@ -16,7 +16,8 @@ logger = logging.getLogger("lbm.web")
 
 def close_client(client_id: str) -> bool:
     """Close the client connection `client_id` if it is still open; True if it was."""
-    proxyserver = ctx.master.addons.get("proxyserver")
+    master = getattr(ctx, "master", None)
+    proxyserver = master.addons.get("proxyserver") if master is not None else None
     if proxyserver is None:
         return False
     handler = proxyserver.connections.get(client_id)
@@ -31,7 +32,8 @@ def close_client(client_id: str) -> bool:
 
 def open_client_ids() -> list[str]:
     """Ids of every client connection the proxy server still holds."""
-    proxyserver = ctx.master.addons.get("proxyserver")
+    master = getattr(ctx, "master", None)
+    proxyserver = master.addons.get("proxyserver") if master is not None else None
     if proxyserver is None:
         return []
     return [cid for cid in proxyserver.connections if isinstance(cid, str)]

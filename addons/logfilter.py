@@ -8,7 +8,7 @@ a fixed description chosen from what it says (`describe`), and drops arguments, 
 stack information. Only our own `lbm.*` messages, written without content, pass unchanged.
 
 `mitmproxy.proxy.server` records also tell which client connection went wrong (the `client`
-extra): `ClientEvents` keeps the last code per client address so the connection's metadata row
+extra): `ClientEvents` keeps the first code per client address so the connection's metadata row
 can carry it as `error_kind` (`take_client_event`), bounded in size.
 """
 
@@ -63,7 +63,7 @@ def guarded(name: str) -> bool:
 
 
 class ClientEvents:
-    """Last error code seen in the logs per client address (bounded)."""
+    """First error code seen in the logs per client address (bounded)."""
 
     def __init__(self, max_entries: int = 65_536) -> None:
         self.max_entries = max_entries
@@ -71,9 +71,8 @@ class ClientEvents:
 
     def note(self, peer: Any, code: str) -> None:
         key = _key(peer)
-        if key is None or not code:
-            return
-        self._codes.pop(key, None)
+        if key is None or not code or key in self._codes:
+            return  # the first code wins: a timeout, then the close it causes, is a timeout
         self._codes[key] = code
         while len(self._codes) > self.max_entries:
             self._codes.popitem(last=False)

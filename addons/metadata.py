@@ -21,7 +21,7 @@ from mitmproxy.proxy import server_hooks
 
 from addons import logfilter
 from addons.rows import address, alpn_text, community_id, error_code, ts
-from addons.state import ConnState, FlowState, conn_state, flow_state, forget
+from addons.state import FLOW_KEY, ConnState, FlowState, conn_state, flow_state, forget
 from store.clock import Clock
 
 logger = logging.getLogger("lbm.web")
@@ -77,12 +77,18 @@ class Metadata:
     # -- requests --------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         fs = flow_state(flow)
-        if fs is not None:
-            flow.request.stream = _counting(flow.request.stream, fs, up=True)
+        if fs is None:
+            return
+        if flow.response is not None:
+            # answered here (421, 407, the notice): mitmproxy cannot stream a request it answers
+            # itself; it reads the body and drops it, and the answer is sent whole
+            fs.local = True
+            return
+        flow.request.stream = _counting(flow.request.stream, fs, up=True)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         fs = flow_state(flow)
-        if fs is not None and flow.response is not None:
+        if fs is not None and flow.response is not None and not fs.local:
             flow.response.stream = _counting(flow.response.stream, fs, up=False)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
@@ -108,7 +114,11 @@ class Metadata:
 
     def _request_row(self, flow: http.HTTPFlow) -> None:
         fs = flow_state(flow)
-        if fs is None or fs.written:
+        if fs is None:  # failed before its head was complete (e.g. an invalid header)
+            started = flow.request.timestamp_start or self.clock.now().timestamp()
+            fs = FlowState(request_id=uuid.uuid4().hex, started=started)
+            flow.metadata[FLOW_KEY] = fs
+        if fs.written:
             return
         fs.written = True
         state = conn_state(flow.client_conn)
@@ -122,6 +132,9 @@ class Metadata:
             kind = error_code(flow.error.msg)
         if kind is None and fs.archive_gap:
             kind = "archive_gap"
+        if fs.local:
+            fs.bytes_up = len(req.raw_content or b"")
+            fs.bytes_down = len(resp.raw_content or b"") if resp is not None else 0
         end = resp.timestamp_end if resp is not None and resp.timestamp_end else None
         start = req.timestamp_start
         scheme = req.scheme
@@ -146,7 +159,8 @@ class Metadata:
             tls_version=client.tls_version if client.tls else None,
             tls_cipher=client.cipher if client.tls else None,
             alpn=alpn_text(client.alpn) if client.tls else None,
-            decision="intercepted" if client.tls else None,
+            # the notice host's TLS is opened for everyone: not a subject's interception
+            decision="intercepted" if client.tls and not state.notice else None,
             do_not_decrypt=state.do_not_decrypt or (resp is not None and resp.status_code == 421),
             websocket=flow.websocket is not None,
             error_kind=kind,
@@ -188,7 +202,13 @@ class Metadata:
         passed = state.decision == "passed"
         kind = state.error_kind
         if not passed and kind is None:
-            kind = logged or ("client_closed" if state.decision else "no_request")
+            kind = logged or (
+                "client_closed"
+                if state.decision
+                else "bad_request"
+                if state.sent_data
+                else "no_request"
+            )
         if passed and kind is None and logged in ("timeout",):
             kind = logged
         end = client.timestamp_end or None
@@ -208,7 +228,7 @@ class Metadata:
             bytes_down=state.bytes_down if passed else None,
             duration=duration,
             server_name=state.server_name,
-            decision=state.decision,
+            decision=None if state.notice else state.decision,
             do_not_decrypt=state.do_not_decrypt,
             websocket=False,
             error_kind=kind,

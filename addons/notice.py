@@ -39,7 +39,7 @@ def render_page(text: str, version: str) -> bytes:
         "<title>Acceptable-use notice</title></head>\n"
         "<body><h1>Acceptable-use notice</h1>\n"
         f"<p>{html.escape(text)}</p>\n"
-        f"<p>Notice version: <span id=\"version\">{html.escape(version)}</span></p>\n"
+        f'<p>Notice version: <span id="version">{html.escape(version)}</span></p>\n'
         "</body></html>\n"
     )
     return body.encode("utf-8")

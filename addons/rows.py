@@ -38,8 +38,9 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     ("peer closed", "upstream_closed"),
     ("connection reset", "connection_reset"),
     ("protocol error", "protocol_error"),
-    ("invalid", "protocol_error"),
-    ("malformed", "protocol_error"),
+    ("invalid", "bad_request"),
+    ("malformed", "bad_request"),
+    ("bad request", "bad_request"),
 )
 
 

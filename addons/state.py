@@ -45,6 +45,7 @@ class ConnState:
     rows: int = 0  # request rows written for this connection
     notice: bool = False  # intercepted only to answer the notice host
     method: str | None = None  # "CONNECT" once the client asked for a tunnel
+    sent_data: bool = False  # the client sent bytes (a connection row without a request: bad)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class FlowState:
     bytes_down: int = 0  # response body bytes (WebSocket: server messages)
     error_kind: str | None = None  # a code set by an addon (e.g. authorisation_ended)
     written: bool = False  # the row has been written
+    local: bool = False  # answered by an addon at requestheaders (421, 407, notice): not streamed
 
 
 _CONNS: dict[str, ConnState] = {}

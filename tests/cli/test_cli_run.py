@@ -53,8 +53,9 @@ def start_run(lbm: Lbm) -> subprocess.Popen[str]:
 def test_run_starts_daemons_and_a_signal_stops_them_all(lbm: Lbm, sig: int) -> None:
     proc = start_run(lbm)
     ready = lbm.data_dir / "run" / "housekeeping.ready"
+    proxy_ready = lbm.data_dir / "run" / "proxy.ready"  # init's config enables the proxy
     try:
-        wait_for(ready.exists)
+        wait_for(lambda: ready.exists() and proxy_ready.exists(), timeout=30)
         kids = children_of(proc.pid)
         assert kids, "lbm run started no daemon process"
         time.sleep(0.6)  # a supervision round or two: the summary follows readiness
@@ -79,7 +80,16 @@ def test_run_starts_daemons_and_a_signal_stops_them_all(lbm: Lbm, sig: int) -> N
     assert not ready.exists()
 
 
+def without_proxy(lbm: Lbm) -> None:
+    """Turn off the proxy `lbm init` enables, leaving housekeeping the only daemon."""
+    cfg = lbm.data_dir / "lbm.toml"
+    old = "[web]\n# run the web proxy under `lbm run`\nenabled = true"
+    assert old in cfg.read_text()
+    cfg.write_text(cfg.read_text().replace(old, "[web]\nenabled = false"))
+
+
 def test_run_restarts_a_daemon_that_dies(lbm: Lbm) -> None:
+    without_proxy(lbm)
     proc = start_run(lbm)
     ready = lbm.data_dir / "run" / "housekeeping.ready"
     try:
@@ -99,6 +109,7 @@ def test_run_restarts_a_daemon_that_dies(lbm: Lbm) -> None:
 
 
 def test_run_with_nothing_enabled_refuses(lbm: Lbm) -> None:
+    without_proxy(lbm)
     cfg = lbm.data_dir / "lbm.toml"
     cfg.write_text(
         cfg.read_text().replace(

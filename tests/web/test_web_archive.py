@@ -10,10 +10,12 @@ binding the subject's (127.0.0.2) or the non-subject's (127.0.0.3) address.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import ssl
-from collections.abc import Iterator
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +36,17 @@ from web_archive_support import (
     files_containing,
     record_order,
     setup_subject,
+    wait_for,
     web_rows,
 )
-from web_upstream import Upstream
+from web_proxy import set_option
+from web_upstream import Upstream, sha256_of
 from websockets.asyncio.client import connect
 
 from addons import archive_records as rec
 
 SUBJECT_CANARY = "SUBJ-CANARY-4be07c"
 OTHER_CANARY = "OTHER-CANARY-e3a5d1"
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[Upstream]:
-    with Upstream(tmp_path / "upstream") as up:
-        yield up
 
 
 @pytest.fixture
@@ -192,3 +190,102 @@ def test_non_subject_traffic_reaches_no_archive(
     rows = web_rows(lbm.data_dir)
     others = [r for r in rows if r["principal"] != SUBJECT]
     assert others and all(r["refs"] == [] and r["record_ids"] == [] for r in others)
+
+
+def test_subject_proxy_password_never_reaches_the_archive(
+    lbm: Lbm, env: dict[str, Any], upstream: Upstream
+) -> None:
+    """With proxy authentication, the subject's password (and its Basic encoding) is in no
+    record and in no file of the data dir, for plain HTTP (credentials on every request) and
+    HTTPS (credentials on the CONNECT), while the sessions themselves are archived."""
+    password = "PROXY-PW-CANARY-8c2e7a"
+    token = base64.b64encode(f"jsmith:{password}".encode())
+    feed = env["tmp"] / "usernames.csv"
+    feed.write_text(f"principal,kind,value,valid_from,valid_to\n{SUBJECT},username,jsmith,,\n")
+    lbm("identity", "import", str(feed), check=True)
+    lbm("users", "add", "jsmith", "--password-stdin", input=password + "\n", check=True)
+    set_option(lbm.data_dir, "web", "auth", "true")
+    with ProxyDaemon(lbm, env["logs"]) as proxy:
+        bundle = client_bundle(lbm.data_dir, upstream, env["tmp"] / "bundle.pem")
+        for url in (upstream.url("/echo/tls"), upstream.url("/echo/plain", tls=False)):
+            got = curl(proxy, bundle, OTHER_IP, "--proxy-user", f"jsmith:{password}", url)
+            assert got.returncode == 0, got.stderr
+            assert password not in got.stdout.decode()  # nor forwarded upstream
+    items = archive_items(lbm.data_dir, REF, env["identity"], keep=1 << 20)
+    heads = [i.head for i in items if i.header["kind"] == rec.REQUEST_HEAD]
+    assert len(heads) == 2 and any(b"/echo/plain" in h for h in heads)
+    for item in items:
+        assert password.encode() not in item.head and token not in item.head
+    assert files_containing(lbm.data_dir, password.encode()) == []
+    assert files_containing(lbm.data_dir, token) == []
+
+
+def test_a_slow_stream_reaches_the_archive_while_it_runs(
+    lbm: Lbm, env: dict[str, Any], upstream: Upstream
+) -> None:
+    """A response that trickles (one small piece, then a long pause) is archived within seconds,
+    before the response ends: the segment's plaintext index (no key needed) lists the body
+    record while curl is still waiting."""
+    with ProxyDaemon(lbm, env["logs"]) as proxy:
+        bundle = client_bundle(lbm.data_dir, upstream, env["tmp"] / "bundle.pem")
+        url = upstream.url("/slow?chunks=2&interval=8&size=100")
+        cmd = ["curl", "-sS", "--proxy", f"http://127.0.0.1:{proxy.port}", "--interface",
+               SUBJECT_IP, "--cacert", str(bundle), "-o", "/dev/null", url]  # fmt: skip
+        client = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        try:
+
+            def body_indexed() -> bool:
+                for index in (lbm.data_dir / "archive" / REF).glob("*.index.jsonl"):
+                    for line in index.read_text().splitlines():
+                        if json.loads(line)["kind"] == rec.RESPONSE_BODY:
+                            return True
+                return False
+
+            started = time.monotonic()
+            assert wait_for(body_indexed, timeout=6.0)
+            assert client.poll() is None, "the response was still streaming"
+            assert time.monotonic() - started < 6.5
+            assert client.wait(timeout=30) == 0
+        finally:
+            if client.poll() is None:
+                client.kill()
+            client.wait()
+    items = archive_items(lbm.data_dir, REF, env["identity"])
+    bodies = [i for i in items if i.header["kind"] == rec.RESPONSE_BODY]
+    assert [i.head for i in bodies] == [b"s" * 100, b"s" * 100]
+
+
+def test_concurrent_flows_interleave_in_the_archive_and_each_row_names_its_own_records(
+    lbm: Lbm, env: dict[str, Any], upstream: Upstream
+) -> None:
+    """Six downloads at once (HTTP/1.1 and HTTP/2 connections): their records interleave in
+    shared segments, and each row's record ids give back exactly its own body."""
+    size = 2_500_000
+    seeds = [f"c{n}" for n in range(6)]
+    with ProxyDaemon(lbm, env["logs"]) as proxy:
+        bundle = client_bundle(lbm.data_dir, upstream, env["tmp"] / "bundle.pem")
+        procs = []
+        for n, seed in enumerate(seeds):
+            cmd = ["curl", "-sS", "--proxy", f"http://127.0.0.1:{proxy.port}", "--interface",
+                   SUBJECT_IP, "--cacert", str(bundle), "--limit-rate", "2M",
+                   "--http1.1" if n % 2 else "--http2", "-o", str(env["tmp"] / seed),
+                   upstream.url(f"/bytes/{size}?seed={seed}")]  # fmt: skip
+            procs.append(subprocess.Popen(cmd))
+        assert [p.wait(timeout=120) for p in procs] == [0] * len(seeds)
+    expected = {sha256_of(size, seed) for seed in seeds}
+    items = archive_items(lbm.data_dir, REF, env["identity"], keep=0)
+    kind_of = {i.header["id"]: i.header["kind"] for i in items}
+    rows = [r for r in web_rows(lbm.data_dir) if r["refs"] == [REF]]
+    assert len(rows) == len(seeds)
+    got = set()
+    for row in rows:
+        ids = {r for r in row["record_ids"] if kind_of[r] == rec.RESPONSE_BODY}
+        got.add(body_sha256(lbm.data_dir, REF, env["identity"], ids))
+    assert got == {(digest, size) for digest in expected}
+    # they did interleave: some flow's body records are not contiguous in record order
+    order = [i.header["id"] for i in items]
+    spans = [
+        sorted(order.index(r) for r in row["record_ids"] if kind_of[r] == rec.RESPONSE_BODY)
+        for row in rows
+    ]
+    assert any(s[-1] - s[0] + 1 > len(s) for s in spans)

@@ -126,3 +126,81 @@ def test_signal_stops_with_exit_zero(start_proxy: Start, signame: str) -> None:
     assert code == 0, err
     assert _refused(daemon.port)
     _ = json, time
+
+
+def test_sigterm_under_load_loses_no_accepted_row(start_proxy: Start, upstream: Upstream) -> None:
+    """Every request whose client got its whole answer has its row after SIGTERM."""
+    import subprocess
+    import threading
+
+    daemon = start_proxy()
+    done: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        while not stop.is_set():
+            path = "/slow?chunks=8&interval=0.2&size=64" if i % 3 == 0 else "/bytes/2048"
+            r = subprocess.run(
+                ["curl", "-sS", "--proxy", daemon.proxy, "--interface", OTHER_IP, "-o",
+                 "/dev/null", "-w", "%{http_code} %{local_port} %{size_download}",
+                 "--max-time", "20", upstream.url(path, tls=False)],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            code, port, size = ([*r.stdout.split(), "", "", ""])[:3]
+            if r.returncode == 0 and code == "200":
+                done.append((int(port), size))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    daemon.proc.send_signal(__import__("signal").SIGTERM)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    code, _out, err = daemon.stop()
+    assert code == 0, err
+    assert len(done) > 20
+    rows = {r["client_port"]: r for r in daemon.rows() if r["status"] == 200}
+    missing = [port for port, _ in done if port not in rows]
+    assert missing == [], f"{len(missing)} completed requests have no row"
+    for port, size in done:
+        assert rows[port]["bytes_down"] == int(size)
+
+
+def test_lbm_run_on_the_init_config_serves_a_working_proxy(
+    web_lbm: Lbm, upstream: Upstream
+) -> None:
+    """README's main job: `lbm init && lbm run`, then `curl -x` works at once."""
+    import signal as sig
+    import subprocess
+    import sys
+
+    from lbm_testing import REPO
+
+    assert "enabled = true" in (web_lbm.data_dir / "lbm.toml").read_text().split("[web]")[1][:200]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli.main", "--data-dir", str(web_lbm.data_dir), "run"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        ready = web_lbm.data_dir / "run" / "proxy.ready"
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "proxy never ready"
+            time.sleep(0.1)
+        port = int((web_lbm.data_dir / "run" / "proxy.port").read_text())
+        r = subprocess.run(
+            ["curl", "-sS", "-x", f"http://127.0.0.1:{port}", "-o", "/dev/null", "-w",
+             "%{http_code}", upstream.url("/bytes/10", tls=False)],
+            capture_output=True, timeout=30,
+        )  # fmt: skip
+        assert r.stdout == b"200", r.stderr
+        proc.send_signal(sig.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "proxy stopped (exit 0)" in err

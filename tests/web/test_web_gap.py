@@ -9,6 +9,7 @@ archiving the same flow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +20,16 @@ import pytest
 from lbm_testing import Lbm
 from mitmproxy import http
 from mitmproxy.test import tflow
+from web_archive_support import (
+    REF,
+    SUBJECT_IP,
+    ProxyDaemon,
+    client_bundle,
+    curl,
+    setup_subject,
+    web_rows,
+)
+from web_upstream import Upstream, sha256_of
 
 from addons import archive_records as rec
 from addons.archiver import Archiver
@@ -130,3 +141,38 @@ def test_disk_full_is_a_gap_audited_once_and_traffic_continues(
     addon.request(flow2)
     gaps = [e for e in _audit(lbm.data_dir) if e["action"] == "capture_gap"]
     assert [g["fields"]["request_id"] for g in gaps] == ["req-gap-1", "req-gap-2"]
+
+
+def test_disk_full_through_the_daemon_keeps_the_subject_browsing(
+    web_lbm: Lbm, upstream: Upstream, tmp_path: Path
+) -> None:
+    """The real daemon, the subject's archive on a full tmpfs: the download completes byte for
+    byte, the row says `archive_gap`, and the audit's `capture_gap` names the row's request."""
+    identity = setup_subject(web_lbm, tmp_path, upstream)
+    del identity
+    target = web_lbm.data_dir / "archive" / REF
+    target.mkdir(parents=True, mode=0o700)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96k,mode=0700", "tmpfs", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {mount.stderr.strip()}")
+    try:
+        with ProxyDaemon(web_lbm, tmp_path / "logs") as proxy:
+            bundle = client_bundle(web_lbm.data_dir, upstream, tmp_path / "bundle.pem")
+            size = 3_000_000
+            for _ in range(2):
+                got = curl(proxy, bundle, SUBJECT_IP, upstream.url(f"/bytes/{size}?seed=g"))
+                assert got.returncode == 0, got.stderr
+                assert hashlib.sha256(got.stdout).hexdigest() == sha256_of(size, "g")
+            output = proxy.output()
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+    rows = [r for r in web_rows(web_lbm.data_dir) if r["refs"] == [REF]]
+    assert len(rows) == 2 and all(r["error_kind"] == "archive_gap" for r in rows)
+    gaps = [e for e in _audit(web_lbm.data_dir) if e["action"] == "capture_gap"]
+    assert sorted(g["fields"]["request_id"] for g in gaps) == sorted(r["request_id"] for r in rows)
+    assert all(g["refs"] == [REF] and g["fields"]["reason"] == "disk_full" for g in gaps)
+    assert "archive write failed (disk_full)" in output and REF not in output

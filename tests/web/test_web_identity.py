@@ -175,8 +175,9 @@ def test_ip_mode_resolves_the_client_address(env: dict[str, Any]) -> None:
         running_proxy([identity, recorder], env["confdir"]) as proxy,
     ):
         target = f"http://127.0.0.1:{port}/"
-        # leased 127.0.0.1 -> p12345; a Proxy-Authorization sent anyway is not forwarded
-        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "200"
+        # leased 127.0.0.1 -> p12345; Proxy-Authorization sent anyway (twice) is not forwarded
+        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", "-H",
+                    "Proxy-Authorization: Basic Zm9vOmJhcg==", target).stdout == "200"  # fmt: skip
         # 127.0.0.2 holds no lease: no principal, never a subject
         assert curl("--interface", "127.0.0.2", "-x", proxy.url, target).stdout == "200"
         assert curl("-p", "-x", proxy.url, target).stdout == "200"
@@ -229,11 +230,136 @@ def test_parse_basic(value: str, expected: tuple[str, str] | None) -> None:
     assert parse_basic(value) == expected
 
 
-def test_transparent_mode_refuses_authentication(env: dict[str, Any]) -> None:
-    users = UsersSource(env["users_file"])
+def test_transparent_mode_refuses_authentication(tmp_path: Path) -> None:
+    users = UsersSource(tmp_path / "users")
+
+    def no_snapshot() -> Any:
+        raise AssertionError("not consulted")
+
     with pytest.raises(ValueError, match="explicit mode"):
-        Identity(env["source"].current, Clock(), "transparent", users=users.current, auth=True)
+        Identity(no_snapshot, Clock(), "transparent", users=users.current, auth=True)
     with pytest.raises(ValueError, match="needs the users file"):
-        Identity(env["source"].current, Clock(), "explicit", auth=True)
+        Identity(no_snapshot, Clock(), "explicit", auth=True)
     with pytest.raises(ValueError, match="unknown web mode"):
-        Identity(env["source"].current, Clock(), "socks")
+        Identity(no_snapshot, Clock(), "socks")
+
+
+# -- through `lbm proxy run` ([web] auth = true), with users made by `lbm users add` -----------
+
+
+def test_daemon_auth_subject_archived_without_password(
+    start_proxy: Any, upstream: Any, web_lbm: Lbm, tmp_path: Path
+) -> None:
+    from web_proxy import OTHER, REF, SUBJECT, investigator, proxy_ca, records, set_option
+
+    fast = {"LBM_BCRYPT_ROUNDS": "4"}
+    set_option(web_lbm.data_dir, "web", "auth", "true")
+    for name, password in (("jsmith", PASSWORD), ("adoe", OTHER_PASSWORD)):
+        web_lbm("users", "add", name, "--password-stdin", input=password + "\n", env=fast,
+                check=True)  # fmt: skip
+    feed = tmp_path / "names.csv"
+    feed.write_text(
+        "principal,kind,value,valid_from,valid_to\n"
+        f"{SUBJECT},username,jsmith,,\n{OTHER},username,adoe,,\n"
+    )
+    web_lbm("identity", "import", str(feed), check=True)
+    inv = investigator(web_lbm)
+    web_lbm.grant(REF, SUBJECT)
+    daemon = start_proxy()
+    ca = proxy_ca(web_lbm.data_dir)
+    base = ["curl", "-sS", "--max-time", "20", "--proxy", daemon.proxy, "-o", "/dev/null",
+            "-w", "%{http_code}"]  # fmt: skip
+
+    def run(*args: str) -> str:
+        out = subprocess.run([*base, *args], capture_output=True, text=True, timeout=40)
+        return out.stdout
+
+    https_url = upstream.url("/echo?who=me")
+    # no or wrong credentials: 407 for CONNECT, plain GET and plain POST (body, answered early)
+    assert run("--cacert", str(ca), https_url) in ("407", "000")
+    assert run(upstream.url("/bytes/10", tls=False)) == "407"
+    assert run("-d", "x=1", upstream.url("/echo", tls=False)) == "407"
+    assert run("-U", "jsmith:nope", upstream.url("/bytes/10", tls=False)) == "407"
+    # the subject, authenticated: intercepted (our CA), archived
+    assert run("-U", f"jsmith:{PASSWORD}", "--cacert", str(ca), https_url) == "200"
+    assert run("-U", f"jsmith:{PASSWORD}", upstream.url("/bytes/10", tls=False)) == "200"
+    # the non-subject: passed through, verified against the upstream's own CA
+    other = run("-U", f"adoe:{OTHER_PASSWORD}", "--cacert", str(upstream.ca_file), https_url)
+    assert other == "200"
+    code, out, err = daemon.stop()
+    assert code == 0, err
+    rows = daemon.rows()
+    ok = [r for r in rows if r["status"] == 200 or r["decision"] == "passed"]
+    by_user = {(r["proxy_user"], r["principal"], r["decision"]) for r in ok}
+    assert ("jsmith", SUBJECT, "intercepted") in by_user
+    assert ("adoe", OTHER, "passed") in by_user
+    refused = [r for r in rows if r["status"] == 407]
+    assert len(refused) >= 3 and all(r["proxy_user"] is None for r in refused)
+    assert all(r["refs"] == [] for r in refused)
+    recs = records(web_lbm.data_dir, inv)
+    assert recs, "the subject's session was not archived"
+    archived = b"".join(bytes(r.data) for r in recs)
+    assert b"/echo?who=me" in archived  # the subject's request is there...
+    assert PASSWORD.encode() not in archived  # ...but not their proxy password
+    assert b"proxy-authorization" not in archived.lower()
+    # the password is in no file of the data dir and no output of the daemon
+    for path in web_lbm.data_dir.rglob("*"):
+        if path.is_file():
+            raw = path.read_bytes()
+            assert PASSWORD.encode() not in raw, path
+            assert OTHER_PASSWORD.encode() not in raw, path
+    assert PASSWORD not in out + err and OTHER_PASSWORD not in out + err
+
+
+def test_password_guessing_is_throttled_per_client(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After FAILURE_LIMIT wrong passwords from one address, that address gets 407 without a
+    bcrypt check (even with the right password) until the window passes; other addresses and
+    pairs verified recently are unaffected."""
+    import bcrypt
+
+    from appliance.policy import users as users_mod
+
+    users = UsersSource(env["users_file"], interval=0.0)
+    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current, auth=True)
+    identity.throttle.limit, identity.throttle.window = 3, 2.0
+    checks: list[int] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(users_mod.bcrypt, "checkpw", lambda p, h: checks.append(1) or real(p, h))
+    with echo_upstream() as (port, _), running_proxy([identity], env["confdir"]) as proxy:
+        target = f"http://127.0.0.1:{port}/"
+        for _ in range(3):
+            assert curl("-x", proxy.url, "-U", "adoe:guess", target).stdout == "407"
+        assert len(checks) == 3
+        # blocked now: the right password is refused too, without bcrypt
+        assert curl("-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}", target).stdout == "407"
+        assert len(checks) == 3 and identity.counts.throttled == 1
+        # another address is not blocked
+        good = curl("--interface", "127.0.0.2", "-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}",
+                    target)  # fmt: skip
+        assert good.stdout == "200"
+        # a pair verified recently still passes from the blocked address (no guessing involved)
+        assert curl("-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}", target).stdout == "200"
+        time.sleep(2.1)  # the window passes
+        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "200"
+
+
+def test_refused_request_on_a_keepalive_connection_is_nobody(env: dict[str, Any]) -> None:
+    """A plain-HTTP connection that authenticated once and then sends a request without (or
+    with wrong) credentials: 407, and that request is attributed to nobody."""
+    users = UsersSource(env["users_file"], interval=0.0)
+    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current, auth=True)
+    recorder = Recorder()
+    with echo_upstream() as (port, _), running_proxy([identity, recorder], env["confdir"]) as p:
+        target = f"http://127.0.0.1:{port}/"
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code} ",
+             "-x", p.url, "-U", f"jsmith:{PASSWORD}", target, "--next", "-o", "/dev/null",
+             "-w", "%{http_code} %{num_connects}", "-x", p.url, target],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.stdout == "200 407 0", out.stderr  # 0: the second reused the connection
+    requests = [(r["principal"], r["proxy_user"], r["answered"]) for r in recorder.seen
+                if r["hook"] == "request"]  # fmt: skip
+    assert requests == [("p12345", "jsmith", False), (None, None, True)]
