@@ -68,6 +68,9 @@ class Decision:
         self.clock = clock
         self.notice_host = _host_of(notice_host) if notice_host else None
         self.pinned = pinned or PinnedClients(0)
+        # requests in flight per client connection whose content is being archived: a
+        # cancellation narrows their refs at once (the Archiver reads FlowState.refs each time)
+        self._live: dict[str, dict[str, FlowState]] = {}
 
     # -- helpers ---------------------------------------------------------------------------
     def _now(self) -> datetime:
@@ -179,8 +182,36 @@ class Decision:
                 cancel.close_client(flow.client_conn.id)
                 return
             fs.refs = d.refs
+            self._track(flow, fs)
             return
         fs.refs = d.refs if d.full else ()  # plain HTTP: decided per request
+        if fs.refs:
+            self._track(flow, fs)
+
+    def _track(self, flow: http.HTTPFlow, fs: FlowState) -> None:
+        self._live.setdefault(flow.client_conn.id, {})[fs.request_id] = fs
+
+    def _untrack(self, flow: http.HTTPFlow) -> None:
+        fs = flow.metadata.get(FLOW_KEY)
+        live = self._live.get(flow.client_conn.id)
+        if live is not None and isinstance(fs, FlowState):
+            live.pop(fs.request_id, None)
+            if not live:
+                del self._live[flow.client_conn.id]
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            self._untrack(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            self._untrack(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._untrack(flow)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._live.pop(client.id, None)
 
     # -- policy changes --------------------------------------------------------------------
     def on_snapshot(self, snapshot: Snapshot) -> None:
@@ -188,9 +219,17 @@ class Decision:
         event loop: `loop.call_soon_threadsafe(decision.on_snapshot, snapshot)`)."""
         now = self._now()
         for state in open_states():
+            live = self._live.get(state.uid, {})
+            if live and state.decision != "intercepted":  # plain HTTP being archived
+                d = decide(snapshot, state.principal, "web", now)
+                for fs in live.values():
+                    fs.refs = tuple(r for r in fs.refs if r in d.refs)
+                continue
             if state.decision != "intercepted" or state.notice or not state.refs:
                 continue
             d = decide(snapshot, state.principal, "web", now, server_name=state.server_name)
+            for fs in live.values():  # stop archiving for cancelled refs at once
+                fs.refs = tuple(r for r in fs.refs if r in d.refs)
             if d.full:
                 state.refs = d.refs
                 continue

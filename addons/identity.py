@@ -19,7 +19,9 @@ Privacy: the `Proxy-Authorization` header is removed from every request before a
 sees it (so it is neither archived nor forwarded upstream: the subject's proxy password is not
 evidence), and the password is kept nowhere: we never fill `flow.metadata["proxyauth"]` as
 mitmproxy's proxyauth addon would. bcrypt (about 250 ms) runs in a worker thread, never on the
-event loop; the users file caches verified pairs briefly (see users.py).
+event loop; the users file caches verified pairs briefly (see users.py). A client address
+with `FAILURE_LIMIT` wrong passwords within `FAILURE_WINDOW` seconds is refused without a check
+until its failures age out (pairs verified recently still pass).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import binascii
 import ipaddress
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mitmproxy import connection, http
 
@@ -40,6 +44,8 @@ from store.clock import Clock
 REALM = "lbm-gateway"
 AUTH_HEADER = "Proxy-Authorization"
 MODES = ("explicit", "transparent")
+FAILURE_LIMIT = 10  # wrong passwords from one client address within FAILURE_WINDOW...
+FAILURE_WINDOW = 60.0  # ...seconds, after which it gets 407 without a bcrypt check
 
 
 @dataclass
@@ -51,7 +57,7 @@ class IdentityCounts:
     unresolved: int = 0
     by_ip: int = 0
     by_user: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    throttled: int = 0
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
@@ -95,6 +101,39 @@ def auth_required_response() -> http.Response:
     )
 
 
+class FailureThrottle:
+    """Wrong passwords per client address over a sliding window. Past the limit the address is
+    refused without a bcrypt check, so guessing is slowed and a flood of bad credentials cannot
+    fill the worker threads that verify everybody's passwords."""
+
+    def __init__(self, limit: int = FAILURE_LIMIT, window: float = FAILURE_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, ip: str, now: float) -> deque[float] | None:
+        times = self._failures.get(ip)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[ip]
+            return None
+        return times
+
+    def blocked(self, ip: str) -> bool:
+        times = self._recent(ip, time.monotonic())
+        return times is not None and len(times) >= self.limit
+
+    def failed(self, ip: str) -> None:
+        now = time.monotonic()
+        if len(self._failures) > 100_000:  # bounded: forget everyone's stale entries
+            for key in list(self._failures):
+                self._recent(key, now)
+        self._failures.setdefault(ip, deque()).append(now)
+
+
 class Identity:
     """Sets `ConnState.principal`, `proxy_user` and `identified` for each client connection."""
 
@@ -120,6 +159,7 @@ class Identity:
         self.auth = auth  # [web] auth: require proxy authentication (explicit mode only)
         self.counts = IdentityCounts()
         self._tunnels: set[str] = set()  # client ids authenticated by a CONNECT
+        self.throttle = FailureThrottle()
 
     # -- by IP -------------------------------------------------------------------------------
 
@@ -145,27 +185,37 @@ class Identity:
 
     # -- by proxy authentication ---------------------------------------------------------------
 
-    async def _authenticate(self, flow: http.HTTPFlow) -> bool:
-        """Check the flow's credentials; on success fill the ConnState, else answer 407.
-        The header is removed either way."""
-        value = flow.request.headers.get(AUTH_HEADER)
-        if AUTH_HEADER in flow.request.headers:
-            del flow.request.headers[AUTH_HEADER]
+    def _refuse(self, flow: http.HTTPFlow) -> bool:
+        """Answer 407; the connection's identity is cleared, so the refused request's row (and
+        anything after it without credentials) is not attributed to an earlier user."""
+        state = conn_state(flow.client_conn)
+        state.principal = None
+        state.proxy_user = None
+        state.identified = False
+        flow.response = auth_required_response()
+        return False
+
+    async def _authenticate(self, flow: http.HTTPFlow, value: str | None) -> bool:
+        """Check the credentials `value` (the removed header); on success fill the ConnState,
+        else answer 407."""
         credentials = parse_basic(value) if value else None
         users = self.users() if self.users is not None else None
         if credentials is None or users is None:
             self.counts.auth_missing += 1
-            flow.response = auth_required_response()
-            return False
+            return self._refuse(flow)
         user, password = credentials
-        ok = users.verified_recently(user, password) or await asyncio.to_thread(
-            users.verify, user, password
-        )
+        ip = client_ip(flow.client_conn)
+        ok = users.verified_recently(user, password)
+        if not ok and self.throttle.blocked(ip):
+            self.counts.throttled += 1
+            return self._refuse(flow)
+        if not ok:
+            ok = await asyncio.to_thread(users.verify, user, password)
         del password, credentials
         if not ok:
             self.counts.auth_failed += 1
-            flow.response = auth_required_response()
-            return False
+            self.throttle.failed(ip)
+            return self._refuse(flow)
         state = conn_state(flow.client_conn)
         principal = self.snapshot().resolve(username=user, at=self.clock.now())
         state.principal = principal
@@ -177,25 +227,27 @@ class Identity:
         return True
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        if not self.auth:
-            if AUTH_HEADER in flow.request.headers:
-                del flow.request.headers[AUTH_HEADER]
-            return
-        if await self._authenticate(flow):
+        value = _take_credentials(flow)
+        if self.auth and await self._authenticate(flow, value):
             self._tunnels.add(flow.client_conn.id)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # removed from every request first, whatever happens next: never archived, never sent
+        # upstream (inside a tunnel it is meant for nobody downstream either)
+        value = _take_credentials(flow)
         if flow.response is not None:
             return  # answered already (by an earlier addon)
         if not self.auth:
-            if AUTH_HEADER in flow.request.headers:
-                del flow.request.headers[AUTH_HEADER]
             self._resolve_ip(flow.client_conn)  # the lease at this request's start
-            return
-        if flow.client_conn.id in self._tunnels:
-            # inside an authenticated CONNECT tunnel: the CONNECT's user holds; a header sent
-            # inside the tunnel is for nobody downstream either
-            if AUTH_HEADER in flow.request.headers:
-                del flow.request.headers[AUTH_HEADER]
-            return
-        await self._authenticate(flow)
+        elif flow.client_conn.id not in self._tunnels:  # plain HTTP: credentials every time
+            await self._authenticate(flow, value)
+        # else: inside an authenticated CONNECT tunnel, the CONNECT's user holds
+
+
+def _take_credentials(flow: http.HTTPFlow) -> str | None:
+    """Remove the Proxy-Authorization header(s) from the request; return the first value."""
+    headers = flow.request.headers
+    value = headers.get(AUTH_HEADER)
+    if AUTH_HEADER in headers:
+        del headers[AUTH_HEADER]
+    return value

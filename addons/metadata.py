@@ -159,7 +159,8 @@ class Metadata:
             tls_version=client.tls_version if client.tls else None,
             tls_cipher=client.cipher if client.tls else None,
             alpn=alpn_text(client.alpn) if client.tls else None,
-            decision="intercepted" if client.tls else None,
+            # the notice host's TLS is opened for everyone: not a subject's interception
+            decision="intercepted" if client.tls and not state.notice else None,
             do_not_decrypt=state.do_not_decrypt or (resp is not None and resp.status_code == 421),
             websocket=flow.websocket is not None,
             error_kind=kind,
@@ -227,7 +228,7 @@ class Metadata:
             bytes_down=state.bytes_down if passed else None,
             duration=duration,
             server_name=state.server_name,
-            decision=state.decision,
+            decision=None if state.notice else state.decision,
             do_not_decrypt=state.do_not_decrypt,
             websocket=False,
             error_kind=kind,

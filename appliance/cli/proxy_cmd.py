@@ -7,9 +7,10 @@ every second (expiry), closes open intercepted connections of subjects no longer
 Archive segments are closed on time by `archive.tick()` every few seconds.
 
 SIGTERM/SIGINT: the listeners close first (the port refuses connections from then on), open
-connections get `[web] drain_seconds`-style grace of a few seconds to finish and are then
-closed, their rows written; the metadata writer is flushed and closed (`aclose`), the archive's
-segments are sealed, and the process exits 0.
+connections get DRAIN_SECONDS to finish and are then closed, their rows written; the metadata
+writer is flushed and closed (`aclose`), the archive's segments are sealed, and the process
+exits 0. The daemon prints only its own lines (listening, stopped); mitmproxy's log records pass
+through `addons.logfilter`, which never lets traffic bytes out.
 """
 
 from __future__ import annotations
@@ -238,6 +239,10 @@ async def serve(app: App) -> dict[str, Any]:
         atomic_write(run_dir / "proxy.port", f"{addrs[0][1]}\n".encode(), mode=0o600)
         atomic_write(ready, f"{os.getpid()}\n".encode(), mode=0o600)
         _notify_ready()
+        click.echo(
+            f"lbm proxy: listening on {addrs[0][0]}:{addrs[0][1]} ({cfg['web.mode']} mode)",
+            err=True,
+        )
         last_archive_tick = loop.time()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -266,6 +271,7 @@ async def serve(app: App) -> dict[str, Any]:
         await writer.aclose()
         await asyncio.to_thread(archive.close)
         source.stop()
+    click.echo(f"lbm proxy: stopped; metadata rows refused under overload: {writer.gaps}", err=True)
     return {"rows_refused": writer.gaps}
 
 

@@ -38,6 +38,7 @@ import hmac
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -48,6 +49,7 @@ import bcrypt
 
 from appliance.policy import PolicyError
 from store.fsutil import atomic_write
+from store.safefile import UnsafeFileError, read_regular
 
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 BCRYPT_HASH_RE = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
@@ -57,6 +59,7 @@ DEFAULT_ROUNDS = 12
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores bytes past 72
 CACHE_TTL = 60.0  # seconds a verified (user, password) pair is trusted without bcrypt
 CACHE_MAX = 4096  # entries; the oldest go first
+MAX_FILE_BYTES = 64 * 1024 * 1024
 RELOAD_INTERVAL = 0.5  # seconds between stat checks of the users file
 
 _CACHE_KEY = secrets.token_bytes(32)
@@ -184,11 +187,23 @@ class UsersFile:
 
     @classmethod
     def load(cls, path: Path) -> UsersFile:
+        """Read and parse `path`: a regular file (a FIFO or device is refused, not waited on),
+        at most MAX_FILE_BYTES, not writable by group or others (anyone who can write it can
+        add a user, as ssh refuses such an authorized_keys)."""
         path = Path(path)
         try:
-            data = path.read_bytes()
+            st = os.stat(path)
         except OSError as exc:
             raise UsersFileError(f"{path}: cannot read users file: {exc.strerror}") from None
+        if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UsersFileError(
+                f"{path}: users file is writable by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}; chmod 600)"
+            )
+        try:
+            data = read_regular(path, "users file", MAX_FILE_BYTES)
+        except UnsafeFileError as exc:
+            raise UsersFileError(str(exc)) from None
         return cls.parse(data, path)
 
     @classmethod

@@ -278,3 +278,17 @@ def test_render_parse_round_trip(items: list[tuple[str, frozenset[str]]]) -> Non
     again = UsersFile.parse(users.render())
     assert again.users() == sorted(n for n, _ in items)
     assert all(again.flags(n) == f for n, f in items)
+
+
+def test_unsafe_users_files_are_refused(tmp_path: Path, hashes: dict[str, str]) -> None:
+    path = tmp_path / "users"
+    path.write_text(f"alice:{hashes['alice']}\n")
+    path.chmod(0o664)
+    with pytest.raises(UsersFileError, match=r"writable by group or others \(mode 0664"):
+        UsersFile.load(path)
+    path.chmod(0o644)  # readable is allowed (the hashes are bcrypt); writable is not
+    assert UsersFile.load(path).users() == ["alice"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(UsersFileError, match="not a regular file"):
+        UsersFile.load(fifo)  # refused at once, not waited on

@@ -105,6 +105,8 @@ def gateway_topology(prefix: str = "lbm", clients: int = 2) -> Iterator[Topology
     made: list[str] = []
     try:
         for name in names:
+            # a namespace left by a killed run of a process with this pid: not ours to keep
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
             try:
                 sh("ip", "netns", "add", name)
             except subprocess.CalledProcessError as exc:

@@ -197,3 +197,24 @@ def test_community_id_matches_the_reference_implementation() -> None:
         expected = cid.calc(communityid.FlowTuple.make_tcp(src, dst, sp, dp))
         ours = community_id(src, dst, sp, dp)
         assert ours is not None and ours.endswith(expected.split(":")[-1])
+
+
+def test_cancelling_one_of_two_refs_narrows_requests_in_flight(
+    source: SnapshotSource, lbm: Lbm
+) -> None:
+    lbm.grant("op-dec-2", SUBJECT)
+    source.refresh(force=True)
+    d = Decision(source.current, Clock())
+    f = _flow(SUBJECT, "www.example.test")
+    state = conn_state(f.client_conn)
+    state.decision, state.refs = "intercepted", (REF, "op-dec-2")
+    d.requestheaders(f)
+    fs = flow_state(f)
+    assert fs is not None and set(fs.refs) == {REF, "op-dec-2"}
+    lbm("auth", "cancel", "op-dec-2", "--reason", "test", "--officer", "p100", check=True)
+    source.refresh(force=True)
+    d.on_snapshot(source.current())
+    assert fs.refs == (REF,)  # the other ref's archive receives nothing more of this request
+    assert state.refs == (REF,)
+    d.response(f)
+    forget(f.client_conn)

@@ -175,8 +175,9 @@ def test_ip_mode_resolves_the_client_address(env: dict[str, Any]) -> None:
         running_proxy([identity, recorder], env["confdir"]) as proxy,
     ):
         target = f"http://127.0.0.1:{port}/"
-        # leased 127.0.0.1 -> p12345; a Proxy-Authorization sent anyway is not forwarded
-        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "200"
+        # leased 127.0.0.1 -> p12345; Proxy-Authorization sent anyway (twice) is not forwarded
+        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", "-H",
+                    "Proxy-Authorization: Basic Zm9vOmJhcg==", target).stdout == "200"  # fmt: skip
         # 127.0.0.2 holds no lease: no principal, never a subject
         assert curl("--interface", "127.0.0.2", "-x", proxy.url, target).stdout == "200"
         assert curl("-p", "-x", proxy.url, target).stdout == "200"
@@ -229,14 +230,18 @@ def test_parse_basic(value: str, expected: tuple[str, str] | None) -> None:
     assert parse_basic(value) == expected
 
 
-def test_transparent_mode_refuses_authentication(env: dict[str, Any]) -> None:
-    users = UsersSource(env["users_file"])
+def test_transparent_mode_refuses_authentication(tmp_path: Path) -> None:
+    users = UsersSource(tmp_path / "users")
+
+    def no_snapshot() -> Any:
+        raise AssertionError("not consulted")
+
     with pytest.raises(ValueError, match="explicit mode"):
-        Identity(env["source"].current, Clock(), "transparent", users=users.current, auth=True)
+        Identity(no_snapshot, Clock(), "transparent", users=users.current, auth=True)
     with pytest.raises(ValueError, match="needs the users file"):
-        Identity(env["source"].current, Clock(), "explicit", auth=True)
+        Identity(no_snapshot, Clock(), "explicit", auth=True)
     with pytest.raises(ValueError, match="unknown web mode"):
-        Identity(env["source"].current, Clock(), "socks")
+        Identity(no_snapshot, Clock(), "socks")
 
 
 # -- through `lbm proxy run` ([web] auth = true), with users made by `lbm users add` -----------
@@ -304,3 +309,57 @@ def test_daemon_auth_subject_archived_without_password(
             assert PASSWORD.encode() not in raw, path
             assert OTHER_PASSWORD.encode() not in raw, path
     assert PASSWORD not in out + err and OTHER_PASSWORD not in out + err
+
+
+def test_password_guessing_is_throttled_per_client(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After FAILURE_LIMIT wrong passwords from one address, that address gets 407 without a
+    bcrypt check (even with the right password) until the window passes; other addresses and
+    pairs verified recently are unaffected."""
+    import bcrypt
+
+    from appliance.policy import users as users_mod
+
+    users = UsersSource(env["users_file"], interval=0.0)
+    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current, auth=True)
+    identity.throttle.limit, identity.throttle.window = 3, 2.0
+    checks: list[int] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(users_mod.bcrypt, "checkpw", lambda p, h: checks.append(1) or real(p, h))
+    with echo_upstream() as (port, _), running_proxy([identity], env["confdir"]) as proxy:
+        target = f"http://127.0.0.1:{port}/"
+        for _ in range(3):
+            assert curl("-x", proxy.url, "-U", "adoe:guess", target).stdout == "407"
+        assert len(checks) == 3
+        # blocked now: the right password is refused too, without bcrypt
+        assert curl("-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}", target).stdout == "407"
+        assert len(checks) == 3 and identity.counts.throttled == 1
+        # another address is not blocked
+        good = curl("--interface", "127.0.0.2", "-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}",
+                    target)  # fmt: skip
+        assert good.stdout == "200"
+        # a pair verified recently still passes from the blocked address (no guessing involved)
+        assert curl("-x", proxy.url, "-U", f"adoe:{OTHER_PASSWORD}", target).stdout == "200"
+        time.sleep(2.1)  # the window passes
+        assert curl("-x", proxy.url, "-U", f"jsmith:{PASSWORD}", target).stdout == "200"
+
+
+def test_refused_request_on_a_keepalive_connection_is_nobody(env: dict[str, Any]) -> None:
+    """A plain-HTTP connection that authenticated once and then sends a request without (or
+    with wrong) credentials: 407, and that request is attributed to nobody."""
+    users = UsersSource(env["users_file"], interval=0.0)
+    identity = Identity(env["source"].current, Clock(), "explicit", users=users.current, auth=True)
+    recorder = Recorder()
+    with echo_upstream() as (port, _), running_proxy([identity, recorder], env["confdir"]) as p:
+        target = f"http://127.0.0.1:{port}/"
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code} ",
+             "-x", p.url, "-U", f"jsmith:{PASSWORD}", target, "--next", "-o", "/dev/null",
+             "-w", "%{http_code} %{num_connects}", "-x", p.url, target],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.stdout == "200 407 0", out.stderr  # 0: the second reused the connection
+    requests = [(r["principal"], r["proxy_user"], r["answered"]) for r in recorder.seen
+                if r["hook"] == "request"]  # fmt: skip
+    assert requests == [("p12345", "jsmith", False), (None, None, True)]

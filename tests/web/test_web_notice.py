@@ -79,6 +79,10 @@ def test_notice_page_http_and_https_never_upstream_never_archived(
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert verify.stdout == "0", verify.stderr
+    # HTTP/2 (ALPN h2) on the intercepted notice connection
+    h2 = curl(daemon, f"https://{NOTICE}/h2", "--http2", "-sS", "-o", "/dev/null", "-w",
+              "%{http_version} %{http_code}", cacert=Path(ca["certificate"]))  # fmt: skip
+    assert h2.stdout == b"2 200", h2.stderr
     # POST is refused, still without upstream
     r = curl(daemon, f"http://{NOTICE}/", "-X", "POST", "-d", "a=b", "-o", "/dev/null",
              "-w", "%{http_code}")  # fmt: skip
@@ -93,7 +97,7 @@ def test_notice_page_http_and_https_never_upstream_never_archived(
     answered = [r for r in rows if r["method"] in ("GET", "POST")]
     assert [(r["method"], r["status"], r["error_kind"]) for r in answered] == [
         ("GET", 200, None)
-    ] * 5 + [("POST", 405, None)]  # the tunnel_cert_sha256 handshake sent no request
+    ] * 6 + [("POST", 405, None)]  # the tunnel_cert_sha256 handshake sent no request
 
 
 def test_lbm_proxy_ca_matches_openssl_and_is_kept(lbm: Lbm) -> None:

@@ -1,8 +1,10 @@
 """SIGTERM under load loses no accepted row: curl clients keep plain-HTTP requests, HTTPS
-tunnels (non-subject) and slow in-flight requests going through `lbm proxy run` when it gets
-SIGTERM. The daemon exits 0 promptly, the port refuses connections afterwards, and every
-request a client got a complete answer for, every tunnel, and every slow request the proxy had
-accepted has its `web` row on disk (matched by the client's source port)."""
+tunnels (non-subject), intercepted HTTPS requests (a subject) and slow in-flight requests
+going through `lbm proxy run` when it gets SIGTERM. The daemon exits 0 promptly, the port
+refuses connections afterwards, and every request a client got a complete answer for, every
+tunnel, and every slow request the proxy had accepted has its `web` row on disk (matched by the
+client's source port); every record id a subject's row names decrypts from the archive (the
+segments were closed, not cut off)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,18 @@ from typing import Any
 
 import pytest
 from lbm_testing import Lbm
-from web_proxy import OTHER, OTHER_IP, ProxyDaemon, lease
+from web_proxy import (
+    OTHER,
+    OTHER_IP,
+    REF,
+    SUBJECT,
+    SUBJECT_IP,
+    ProxyDaemon,
+    investigator,
+    lease,
+    proxy_ca,
+    records,
+)
 from web_upstream import Upstream
 
 Start = Callable[..., ProxyDaemon]
@@ -25,11 +38,11 @@ HOST = "localhost"
 
 
 def _curl_many(
-    tmp: Path, name: str, proxy: str, urls: list[str], cacert: Path
+    tmp: Path, name: str, proxy: str, urls: list[str], cacert: Path, source_ip: str = OTHER_IP
 ) -> subprocess.Popen[str]:
     config = tmp / f"{name}.cfg"
     config.write_text("".join(f'url = "{u}"\noutput = "/dev/null"\n' for u in urls))
-    argv = ["curl", "-s", "-x", proxy, "--interface", OTHER_IP, "--cacert", str(cacert),
+    argv = ["curl", "-s", "-x", proxy, "--interface", source_ip, "--cacert", str(cacert),
             "--max-time", "30", "-w", "%{http_code} %{local_port} %{size_download}\\n",
             "-K", str(config)]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -48,7 +61,9 @@ def _completed(out: str, size: int) -> Counter[int]:
 def test_sigterm_under_load_loses_no_accepted_row(
     start_proxy: Start, upstream: Upstream, web_lbm: Lbm, tmp_path: Path
 ) -> None:
-    lease(web_lbm, tmp_path, (OTHER, OTHER_IP))
+    lease(web_lbm, tmp_path, (SUBJECT, SUBJECT_IP), (OTHER, OTHER_IP))
+    identity = investigator(web_lbm)
+    web_lbm.grant(REF, SUBJECT)
     daemon = start_proxy()
     # "localhost" resolves to 127.0.0.1 by itself. A `[testing] hosts` name would do too, but
     # today the override defeats upstream keep-alive for plain HTTP (every 6th request on a
@@ -68,7 +83,18 @@ def test_sigterm_under_load_loses_no_accepted_row(
         _curl_many(tmp_path, f"slow{i}", daemon.proxy, [slow_url], upstream.ca_file)
         for i in range(3)
     ]
-    clients = plain + tunnels + slow
+    subject = [
+        _curl_many(
+            tmp_path,
+            f"subject{i}",
+            daemon.proxy,
+            [tls_url] * 2000,
+            proxy_ca(web_lbm.data_dir),
+            SUBJECT_IP,
+        )
+        for i in range(2)
+    ]
+    clients = plain + tunnels + slow + subject
     try:
         time.sleep(2.5)  # load running, slow requests in flight
         assert all(p.poll() is None for p in clients), "the load ended before SIGTERM"
@@ -110,6 +136,22 @@ def test_sigterm_under_load_loses_no_accepted_row(
             assert len(passed) == 1, (port, by_port.get(port))
             assert passed[0]["server_name"] == HOST
             assert passed[0]["bytes_down"] >= SIZE * done[port]
+
+    subject_done: Counter[int] = Counter()
+    for p in subject:
+        subject_done.update(_completed(outs[p], SIZE))
+    assert sum(subject_done.values()) > 5, "the subject completed almost nothing"
+    wanted: set[str] = set()
+    for port, count in subject_done.items():
+        got = [r for r in by_port.get(port, []) if r["method"] == "GET" and r["status"] == 200]
+        assert count <= len(got) <= count + 1, (port, count, len(got))
+        for row in got:
+            assert row["decision"] == "intercepted" and row["refs"] == [REF]
+            assert row["record_ids"], row
+            wanted.update(row["record_ids"])
+    # every record a row names is in a readable (closed) segment
+    found = {r.header["id"] for r in records(web_lbm.data_dir, identity)}
+    assert wanted <= found, sorted(wanted - found)[:5]
 
     for p in slow:
         # the slow request was accepted 2.5 s before SIGTERM: finished or cut, it has a row
