@@ -18,14 +18,23 @@ For a flow whose `FlowState.refs` (set by `Decision` at `requestheaders`) is non
   (the newest stays for the addons after us in the same hook, e.g. `Metadata`).
 
 Each item goes to every ref's archive as its own record; the record ids are appended to
-`FlowState.record_ids` in order. Records are opened, written and closed within one call, so a
-segment is never held across event-loop turns and concurrent flows share one open segment.
+`FlowState.record_ids` in order. Records are opened, written and closed within one job, so a
+segment is never held between records and concurrent flows share one open segment.
 
-Writes are synchronous on the event loop. Measured (docs/archive-format.md, "Web records"): a
-1 MiB record 1.4-4 ms at p50 and 13 ms at p99 on a loaded 2-core machine, a head record 0.2 ms,
-the record that fills a 256 MiB segment 67 ms (it seals it). A worker thread would gain little:
-the age encryption holds the GIL (store/segment_io.py), and the record ids must be in
-`FlowState.record_ids` before `Metadata` writes the row in the same hook.
+Writes are synchronous on the event loop by default. Each record ends with an index fsync
+(store/segment.py): 0.2 ms on an idle disk, but 4-5 ms on the loaded 2-core test machine, where
+a profile of 3,000 small subject requests (bench/bench_proxy.py --profile) spent 46 s of 67 s
+in `posix.fsync` on the loop, stalling every user's connections meanwhile.
+
+`background=True` moves the writes to one worker thread (addons/archive_worker.py), in order;
+`response`, `error` and `websocket_end` then return an awaitable that resolves once the flow's
+records are written, so the next addon sees every record id. It is off because it is not
+safe with the current chain: while our hook awaits, mitmproxy can run `client_disconnected`
+for that client (the client has the whole streamed response already), `Metadata` forgets the
+`ConnState`, and its row for the request loses the principal (seen in
+tests/web/test_web_archive.py). Turning it on needs `Metadata` to keep what it needs in the
+flow (or forget connections only after their last flow); the real cure for the cost is fewer
+fsyncs in the store (one per batch of records).
 
 `ConnState`/`FlowState` never reach a record: only the message bytes do, with
 `Proxy-Authorization` redacted; `flow.metadata["proxyauth"]` (the plaintext proxy password)
@@ -37,12 +46,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from mitmproxy import connection, http
 
 from addons import archive_records as rec
+from addons.archive_worker import ArchiveWorker
 from addons.state import FlowState, conn_state, flow_state
 from store import ArchiveError, StoreError
 from store.archive import Archive
@@ -109,8 +119,13 @@ class _FlowArchive:
         return [r for r in self.state.refs if r not in self.failed and r not in ended]
 
     def record(self, kind: str, parts: Sequence[bytes]) -> None:
-        for ref in self.refs():
-            self.owner.write_record(self, ref, kind, parts)
+        """Queue one item; the worker writes it to each ref still live at that moment."""
+
+        def job() -> None:
+            for ref in self.refs():
+                self.owner.write_record(self, ref, kind, parts)
+
+        self.owner.worker.submit(job, sum(len(p) for p in parts))
 
 
 class _BodyStream:
@@ -175,6 +190,7 @@ class Archiver:
         record_bytes: int = RECORD_BYTES,
         record_seconds: float = RECORD_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        background: bool = False,
     ) -> None:
         self.archive = archive
         self.audit = audit
@@ -187,6 +203,7 @@ class Archiver:
         self.counts = ArchiverCounts()
         self._flows: dict[str, _FlowArchive] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self.worker = ArchiveWorker(inline=not background)
 
     # -- writing ---------------------------------------------------------------------------
     def write_record(self, fa: _FlowArchive, ref: str, kind: str, parts: Sequence[bytes]) -> None:
@@ -278,10 +295,10 @@ class Archiver:
         fa.response_body = self._stream(fa, rec.RESPONSE_BODY)
         flow.response.stream = fa.response_body
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         fa = self._flows.get(flow.id)
         if fa is None or flow.response is None or fa.response_done:
-            return
+            return None
         body = fa.response_body
         if body is None:  # answered by an addon: no responseheaders of ours came first
             fa.record(rec.RESPONSE_HEAD, [rec.response_head(flow.response)])
@@ -293,11 +310,12 @@ class Archiver:
             fa.record(rec.RESPONSE_TRAILERS, [rec.header_block(flow.response.trailers)])
         fa.response_done = True
         self._maybe_end(flow, fa)
+        return self._written()
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         fa = self._flows.get(flow.id)
         if fa is None:
-            return
+            return None
         for body in (fa.request_body, fa.response_body):
             if body is not None:
                 body.finish()  # what streamed before the error is kept
@@ -305,6 +323,7 @@ class Archiver:
             fa.record(rec.HTTP_ERROR, [rec.error_record(flow.error.msg)])
         fa.request_done = fa.response_done = True
         self._flows.pop(flow.id, None)  # a WebSocket that fails ends here too
+        return self._written()
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         ws = flow.websocket
@@ -317,11 +336,17 @@ class Archiver:
         # Messages pile up in memory otherwise: keep only the newest, for later addons.
         del ws.messages[:-1]
 
-    def websocket_end(self, flow: http.HTTPFlow) -> None:
+    def websocket_end(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         fa = self._flows.pop(flow.id, None)
         if fa is None or flow.websocket is None:
-            return
+            return None
         fa.record(rec.WEBSOCKET_END, [rec.websocket_end_record(flow.websocket)])
+        return self._written()
+
+    def _written(self) -> Awaitable[None] | None:
+        """What the hook returns: mitmproxy awaits it before the next addon (`Metadata`) sees
+        the flow, so the row gets every record id. None when writing inline."""
+        return None if self.worker.inline else self.worker.drained()
 
     def client_disconnected(self, client: connection.Client) -> None:
         """Forget any flow of this client still held (its hooks have all run by now)."""
@@ -351,9 +376,16 @@ class Archiver:
             )
 
     def done(self) -> None:
+        """mitmproxy is stopping: write what is queued, then end the worker thread (the
+        daemon closes the archive after this)."""
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        for fa in list(self._flows.values()):
+            for body in (fa.request_body, fa.response_body):
+                if body is not None and not body.done:
+                    body.finish()
+        self.worker.stop()
 
     @property
     def open_flows(self) -> int:

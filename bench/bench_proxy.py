@@ -30,6 +30,28 @@ RSS (VmHWM) at the end (memory flat = the peak stays near the warmed RSS), and t
 the floors: non-subject >= 0.9x the matching mitmdump figure, subject >= 0.8x intercepting
 mitmdump. Default 100,000 requests of 1 KiB per case and 2,000 of 1 MiB; `--quick` runs 3,000 and
 100. The machine is shared: run it when nothing else is busy, and compare ratios, not absolutes.
+Each lbm case also prints the `web` rows it wrote (one per plain/intercepted request, one per
+passed tunnel), so a row lost under load shows.
+
+Measured 2026-12-02 on the 2-vCPU build VM while six other sessions ran tests (load 7-11), 3
+rounds, 100,000 x 1 KiB per case (20,000 for the subject pair: `--subject-requests 20000`) and
+2,000 x 1 MiB; requests/s, best round:
+
+    case                              1 KiB    1 MiB   peak RSS (after warm-up -> end)
+    direct https / http               8452/10893  231/476
+    mitmdump --ignore-hosts https     3561      259    72 -> 73 MiB
+    lbm non-subject https (passed)    4299      224    138 -> 146 MiB   1.21x / 0.87x
+    mitmdump http                      605       83    73 -> 76 MiB (253 MiB at 1 MiB: buffers)
+    lbm non-subject http               525      227    143 -> 168 MiB   0.87x / 2.75x
+    mitmdump -w https (intercepting)   309       52    76 -> 79 MiB (359 MiB at 1 MiB)
+    lbm subject https (archived)        57       29    155 -> 174 MiB   0.18x / 0.55x
+    squid tunnel https / http        10738/6285  409/266  28-34 MiB
+
+Rows: 103,197 for the non-subject http case and 23,196 for the subject case, exactly the
+requests made (warm-ups included). Where the subject's time goes (`--profile`): `os.fsync`, one
+per archive record (request head, response head, response body: 3 per request), on the event
+loop: 17 s of 37 s for 1,100 requests. The plain-HTTP gap is mitmproxy's hook dispatch for our
+addons (both proxies open one upstream connection per plain-HTTP request).
 """
 
 from __future__ import annotations
@@ -420,6 +442,7 @@ class Measure:
     rss_warm_kib: int | None = None
     rss_peak_kib: int | None = None
     best_rps: float | None = None  # the best round's, when measured in rounds
+    rss_rounds_kib: list[int] = field(default_factory=list)  # VmRSS after each round
 
     @property
     def rps(self) -> float:
@@ -594,6 +617,8 @@ def _run_group(
                     m.failed += one.failed
                     m.latencies += one.latencies
                     best[case.name] = max(best.get(case.name, 0.0), one.rps)
+                    if proxy.pid:
+                        m.rss_rounds_kib.append(_status_kib(proxy.pid, "VmRSS"))
             for case, proxy, _dir in running:
                 m = merged[case.name]
                 m.best_rps = best[case.name]
@@ -604,7 +629,14 @@ def _run_group(
                     f"p50 {m.percentile(0.5) * 1000:7.2f} ms  "
                     f"p99 {m.percentile(0.99) * 1000:7.2f} ms  "
                     f"failed {m.failed:5}  RSS warm/peak "
-                    f"{_mib(m.rss_warm_kib)}/{_mib(m.rss_peak_kib)} MiB  ({m.requests} requests)",
+                    f"{_mib(m.rss_warm_kib)}/{_mib(m.rss_peak_kib)} MiB  ({m.requests} requests)"
+                    + (
+                        "  RSS after each round "
+                        + "/".join(_mib(k) for k in m.rss_rounds_kib)
+                        + " MiB"
+                        if m.rss_rounds_kib
+                        else ""
+                    ),
                     flush=True,
                 )
 

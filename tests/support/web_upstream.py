@@ -25,7 +25,9 @@ Endpoints (the same on both ports):
 - `GET /status/C`: an empty answer with status C.
 
 Run as a script (`python web_upstream.py --cert C --key K`) it binds both ports, prints one JSON
-line `{"http_port": .., "https_port": ..}` on stdout and serves until SIGTERM/SIGINT.
+line `{"http_port": .., "https_port": ..}` on stdout and serves until SIGTERM/SIGINT. Idle
+keep-alive connections close after 60 s (`WEB_UPSTREAM_KEEPALIVE` seconds, if set). Its stderr
+goes to `directory/upstream.log`.
 """
 
 from __future__ import annotations

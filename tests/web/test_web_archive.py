@@ -151,6 +151,8 @@ def test_http2_and_websocket_sessions_of_the_subject(
     assert any(i.head.startswith(b"HTTP/2.0 200 \r\n") for i in items)
     bodies = [i for i in items if i.header["kind"] == rec.RESPONSE_BODY]
     assert bodies[0].head == h2_response
+    up = [i.head for i in items if i.header["kind"] == rec.REQUEST_BODY]
+    assert up == [b"h2-body-" * 1000]  # the HTTP/2 request body, streamed from DATA frames
     second_ids = {i.header["id"] for i in bodies[1:]}
     assert body_sha256(lbm.data_dir, REF, env["identity"], second_ids) == (r2_sha, 300_000)
     # WebSocket: the upgrade, then one record per message each way, then the end

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -399,7 +401,7 @@ def test_an_unexpected_error_is_a_gap_not_a_broken_connection(env: Env) -> None:
         def now(self) -> Any:
             raise RuntimeError("SECRET-IN-MESSAGE")
 
-    addon = Archiver(env.archive, env.audit, "tester", BrokenClock())
+    addon = Archiver(env.archive, env.audit, "tester", BrokenClock(), background=False)
     flow = _flow((ref,), _request())
     addon.requestheaders(flow)
     stream = flow.request.stream
@@ -540,3 +542,65 @@ def test_archived_heads_read_back_with_mitmproxys_own_parser(env: Env) -> None:
         sback = read.read_response_head(_head_lines(shead))
         assert (sback.status_code, sback.http_version) == (200, resp.http_version)
         assert sback.headers.fields == resp.headers.fields
+
+
+def test_background_writes_keep_order_and_the_row_sees_every_id(env: Env) -> None:
+    """The worker-thread mode: records written on the worker thread. Each hook's awaitable resolves
+    only when the flow's records are written (mitmproxy awaits it before `Metadata`), so the ids
+    are complete then; several flows at once keep each flow's order; `done` drains the queue."""
+    ref = env.ref("ca1-unit-17")
+    addon = Archiver(env.archive, env.audit, "tester", Clock(), background=True)
+    assert not addon.worker.inline
+
+    async def drive(flow: http.HTTPFlow, body: list[bytes]) -> list[str]:
+        addon.requestheaders(flow)
+        addon.request(flow)
+        flow.response = _response()
+        addon.responseheaders(flow)
+        stream = flow.response.stream
+        assert callable(stream)
+        for chunk in body:
+            assert stream(chunk) == chunk
+            await asyncio.sleep(0)  # let the other flows interleave
+        pending = addon.response(flow)
+        assert pending is not None
+        await pending
+        return list(flow.metadata[FLOW_KEY].record_ids)
+
+    bodies = [[bytes([n]) * 300_000] * 8 for n in range(4)]  # 2.4 MB each
+
+    async def scenario() -> list[list[str]]:
+        flows = [_flow((ref,), _request(method=b"GET")) for _ in bodies]
+        return await asyncio.gather(*(drive(f, b) for f, b in zip(flows, bodies, strict=True)))
+
+    ids = asyncio.run(scenario())
+    addon.done()
+    assert addon.worker.pending == 0
+    records = {r.header["id"]: r for r in env.records(ref)}
+    for flow_ids, body in zip(ids, bodies, strict=True):
+        kinds = [records[i].header["kind"] for i in flow_ids]
+        assert kinds[:2] == [rec.REQUEST_HEAD, rec.RESPONSE_HEAD]
+        assert set(kinds[2:]) == {rec.RESPONSE_BODY}
+        assert b"".join(records[i].data for i in flow_ids[2:]) == b"".join(body)
+    assert len(records) == sum(len(i) for i in ids)
+
+
+def test_the_worker_holds_the_caller_back_when_the_disk_falls_behind() -> None:
+    from addons.archive_worker import ArchiveWorker
+
+    worker = ArchiveWorker(max_pending=1000)
+    release = threading.Event()
+    order: list[int] = []
+
+    def slow_disk() -> None:
+        release.wait(5)
+        order.append(0)
+
+    worker.submit(slow_disk, 800)
+    worker.submit(lambda: order.append(1), 800)  # 1,600 pending: over the limit
+    started = time.monotonic()
+    threading.Timer(0.3, release.set).start()
+    worker.submit(lambda: order.append(2), 10)  # must wait for the disk
+    assert time.monotonic() - started >= 0.25 and worker.stalls == 1
+    worker.stop()
+    assert order == [0, 1, 2] and worker.pending == 0

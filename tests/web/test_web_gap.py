@@ -79,7 +79,7 @@ def test_disk_full_is_a_gap_audited_once_and_traffic_continues(
     key = signing.load(paths)
     audit = AuditLog(paths, key, Clock(), witness=False)
     archive = Archive(paths, key, Clock(), audit=audit)
-    addon = Archiver(archive, audit, "tester", Clock())
+    addon = Archiver(archive, audit, "tester", Clock(), background=False)
 
     req = http.Request(
         "www.example.test", 443, b"POST", b"https", b"", b"/up/" + CANARY, b"HTTP/1.1",
