@@ -151,3 +151,23 @@ def test_upstream_tls_failure_for_a_subject_is_502_and_a_row(
     failed = [r for r in rows if r["port"] == bad.https_port or r["server_port"] == bad.https_port]
     assert failed and all(r["error_kind"] == "upstream_tls_failed" for r in failed), rows
     assert all(r["record_ids"] == [] for r in failed) or all(r["refs"] for r in failed)
+
+
+def test_bad_testing_hosts_entry_is_a_config_error_naming_it(web_lbm: Lbm) -> None:
+    set_option(web_lbm.data_dir, "testing", "hosts", '["www.example.test=not-an-ip"]')
+    r = web_lbm("proxy", "run", timeout=60)
+    assert r.returncode == 2
+    assert "[testing] hosts" in r.stderr and "not-an-ip" in r.stderr
+    assert not (web_lbm.data_dir / "run" / "proxy.ready").exists()
+
+
+def test_testing_hosts_are_ignored_without_the_fake_clock(
+    start_proxy: Start, upstream: Upstream, web_lbm: Lbm
+) -> None:
+    set_option(web_lbm.data_dir, "testing", "fake_clock", "false")
+    daemon = start_proxy()
+    r = curl(daemon, upstream.url("/bytes/10", tls=False), "-o", "/dev/null", "-w", "%{http_code}")
+    assert r.stdout == b"502"  # the test name is resolved for real, and does not resolve
+    _code, _out, err = daemon.stop()
+    assert "[testing] hosts ignored" in err
+    assert [row["error_kind"] for row in daemon.rows()] == ["dns_failed"]
