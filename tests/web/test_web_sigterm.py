@@ -66,8 +66,9 @@ def test_sigterm_under_load_loses_no_accepted_row(
     web_lbm.grant(REF, SUBJECT)
     daemon = start_proxy()
     # "localhost" resolves to 127.0.0.1 by itself. A `[testing] hosts` name would do too, but
-    # today the override defeats upstream keep-alive for plain HTTP (every 6th request on a
-    # client connection waits for the upstream's keep-alive timeout): reported to web-core.
+    # today that override (rewriting `server.address` in `server_connect`) defeats mitmproxy's
+    # upstream connection reuse for plain HTTP, and every 6th request on a client connection
+    # waits for the upstream's keep-alive timeout (reproduced with plain mitmdump): reported.
     plain_url = upstream.url(f"/bytes/{SIZE}?seed=t", host=HOST, tls=False)
     tls_url = upstream.url(f"/bytes/{SIZE}?seed=t", host=HOST)
     slow_url = upstream.url("/slow?chunks=100&interval=0.1&size=100", host=HOST, tls=False)

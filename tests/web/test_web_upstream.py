@@ -9,6 +9,7 @@ import json
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +161,13 @@ def test_stop_closes_the_ports(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/status/204").status_code == 204
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/status/204", timeout=5)
+
+
+def test_slow_stays_in_flight_then_completes(upstream: Upstream) -> None:
+    url = f"http://127.0.0.1:{upstream.http_port}/slow?chunks=4&interval=0.2&size=10"
+    with httpx.Client(timeout=10) as client, client.stream("GET", url) as response:
+        started = time.monotonic()
+        body = b"".join(response.iter_bytes())
+    assert response.status_code == 200
+    assert body == b"s" * 40
+    assert time.monotonic() - started >= 0.5  # three 0.2 s pauses between chunks
