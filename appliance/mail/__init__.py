@@ -1,0 +1,1 @@
+"""The SMTP relay channel: engine glue, handler, spool, delivery, DSN (one module each)."""
