@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult
 
@@ -120,7 +120,7 @@ class RelaySMTP(SMTP):
             return
         await super()._handle_client()
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: AnyStr) -> None:
         if not self._greeted:
             self._greeted = True  # the first reply is the greeting: ours, with the notice
             lines = self.banner

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 HEADER_SCAN = 256 * 1024  # the Message-ID is looked for in the header block within this prefix
@@ -35,10 +35,11 @@ def received_line(
     exactly one recipient (as Postfix does): listing several would show each recipient (Bcc
     included) every other one."""
     helo_text = helo if helo else "unknown"
-    text = f"Received: from {helo_text} ({client_ip})\r\n\tby {gateway} with {protocol} id {spool_id}"
+    text = f"Received: from {helo_text} ({client_ip})\r\n"
+    text += f"\tby {gateway} with {protocol} id {spool_id}"
     if len(rcpts) == 1:
         text += f"\r\n\tfor <{rcpts[0]}>"
-    text += f"; {format_datetime(when.astimezone(tz=None) if when.tzinfo is None else when)}\r\n"
+    text += f"; {format_datetime(when.astimezone(UTC))}\r\n"
     return text.encode("utf-8", "surrogateescape")
 
 

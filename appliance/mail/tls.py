@@ -39,9 +39,11 @@ def cert_paths(keys_dir: Path, cfg: ConfigLike) -> tuple[Path, Path, bool]:
         raise TlsError("[smtp] tls_cert and tls_key must be set together (or both left empty)")
     if cert_opt:
         cert, key = Path(cert_opt), Path(key_opt)
-        return (cert if cert.is_absolute() else root / cert), (
-            key if key.is_absolute() else root / key
-        ), True
+        return (
+            (cert if cert.is_absolute() else root / cert),
+            (key if key.is_absolute() else root / key),
+            True,
+        )
     return keys_dir / DEFAULT_CERT, keys_dir / DEFAULT_KEY, False
 
 
