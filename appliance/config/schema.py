@@ -186,6 +186,15 @@ SCHEMA: list[Option] = [
         _between(1, 100_000_000),
     ),
     Option("identity", "feed", str, "", "lease/logon feed file (CSV or JSON) imported on change"),
+    # owner web-auth (DECISIONS.md, Wave 2); added by mail-server for SMTP AUTH: keep one copy
+    Option(
+        "identity",
+        "users_file",
+        str,
+        "",
+        "htpasswd (bcrypt) users file for proxy and SMTP AUTH, relative to the data directory; "
+        "empty: no users (SMTP AUTH refused)",
+    ),
     Option("notice", "version", str, "2026-01", "version of the acceptable-use notice in force"),
     Option(
         "notice",

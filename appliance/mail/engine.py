@@ -3,8 +3,9 @@ shutdown and AUTH through `auth.SmtpAuthenticator`.
 
 - Banner: `220-GATEWAY ESMTP lbm-gateway`, then `220 NOTICE TEXT (notice VERSION)`: the
   acceptable-use notice of `[notice]` and its version, on the greeting every client sees.
-- Lines: aiosmtpd answers `500 Line too long` past 1001 bytes; DECISIONS.md wants lines of up to
-  1 MiB to pass, so the limit is 1 MiB of text plus a stuffed dot and CRLF. The whole message is
+- Lines: aiosmtpd answers `500 Line too long` past 1001 bytes (1000 with CRLF, plus a stuffed
+  dot); DECISIONS.md wants lines of up to 1 MiB to pass, so the limit is 1 MiB with its CRLF,
+  plus a stuffed dot. The whole message is
   held in memory (aiosmtpd), bounded by `[smtp] max_message_bytes`.
 - PIPELINING is advertised by the handler's EHLO hook (aiosmtpd reads commands in order from a
   buffered stream, so pipelined commands work); BDAT/CHUNKING is not offered (aiosmtpd has none).
@@ -24,8 +25,8 @@ from aiosmtpd.smtp import SMTP, AuthResult
 from appliance.mail.auth import SmtpAuthenticator
 from appliance.mail.refusals import Counters
 
-MAX_LINE = 1024 * 1024  # a line of text, without its CRLF
-LINE_LIMIT = MAX_LINE + 3  # + a stuffed leading dot + CRLF
+MAX_LINE = 1024 * 1024  # a line with its CRLF
+LINE_LIMIT = MAX_LINE + 1  # + a stuffed leading dot
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
 BUSY_REPLY = "421 4.7.0 Too many connections, try again later"
 
