@@ -475,3 +475,16 @@ def send_raw(
         result = client.send_message(mail_from, list(rcpts), payload, pipelining=pipelining)
         client.quit()
         return result
+
+
+def split_received(content: bytes) -> tuple[bytes, bytes]:
+    """(the first header field, the rest) of a relayed message. The field runs to the first
+    CRLF not followed by a space or tab (a folded header continues)."""
+    end = 0
+    while True:
+        at = content.find(b"\r\n", end)
+        if at < 0:
+            return content, b""
+        end = at + 2
+        if content[end : end + 1] not in (b" ", b"\t"):
+            return content[:end], content[end:]
