@@ -196,6 +196,7 @@ class Spool:
         self.rounds = 0  # committer rounds (group commit); messages / rounds = group size
         self.committed = 0
         self._recent: dict[str, Envelope] = {}  # accepted, not yet taken by the worker
+        self._loaded: LoadReport | None = None  # the last load(), until the worker takes it
 
     # -- paths -----------------------------------------------------------------------------
     def msg_path(self, spool_id: str) -> Path:
@@ -483,7 +484,13 @@ class Spool:
         if uncommitted:
             fsync_dir(self.directory)
         duplicates = sum(1 for env in entries if env.delivering)
-        return LoadReport(entries, quarantined, uncommitted, duplicates)
+        self._loaded = LoadReport(entries, quarantined, uncommitted, duplicates)
+        return self._loaded
+
+    def take_loaded(self) -> LoadReport | None:
+        """The report of the last `load()` (the daemon may load before the worker starts), once."""
+        report, self._loaded = self._loaded, None
+        return report
 
     def _quarantine_file(self, path: Path) -> None:
         ensure_dir(self.quarantine_dir)
