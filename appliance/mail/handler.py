@@ -136,6 +136,11 @@ class RelayHandler:
         self.append_row = append_row
         self.wake = wake
 
+    async def handle_exception(self, error: Exception) -> str:
+        """A bug or an unexpected failure in a session: answered 451 (the client keeps the
+        message), counted; the exception text is never shown or logged (it may hold content)."""
+        return self.refuse("internal_error", "451 4.3.0 Internal error, try again later")
+
     def refuse(self, kind: str, reply: str) -> str:
         self.counters.add(kind)
         return reply
