@@ -253,6 +253,7 @@ class RelayHandler:
         who = session.auth_data
         ssl_object = (session.ssl or {}).get("ssl_object") if session.ssl else None
         peer = session.peer
+        local = server.transport.get_extra_info("sockname") if server.transport else None
         env = Envelope(
             id=new_id(),
             mail_from=mail_from,
@@ -267,6 +268,9 @@ class RelayHandler:
             principals=found.principals,
             message_id_sha256=message.message_id_sha256(payload),
             notice_version=self.settings.notice_version,
+            client_port=int(peer[1]) if isinstance(peer, tuple) else None,
+            server_ip=str(local[0]) if isinstance(local, tuple) else None,
+            server_port=int(local[1]) if isinstance(local, tuple) else None,
         )
         received = message.received_line(
             helo=env.helo,
