@@ -124,6 +124,48 @@ SCHEMA: list[Option] = [
         _domains,
         str,
     ),
+    # -- mail-server (issue 15): the receiving side of the relay
+    Option(
+        "smtp",
+        "tls_cert",
+        str,
+        "",
+        "STARTTLS certificate chain (PEM); empty: keys/smtp.crt, self-signed by `lbm init`",
+    ),
+    Option("smtp", "tls_key", str, "", "key of tls_cert (PEM, 0600); empty: keys/smtp.key"),
+    Option(
+        "smtp",
+        "allowed_clients",
+        list,
+        ["127.0.0.0/8", "::1/128"],
+        "networks that may relay without AUTH (the force's mail servers); others get 554",
+        _networks,
+        str,
+    ),
+    Option(
+        "smtp",
+        "max_message_bytes",
+        int,
+        64 * 1024 * 1024,
+        "largest message accepted (DATA payload; held in memory while received)",
+        _between(1024, 1024 * 1024 * 1024, "bytes"),
+    ),
+    Option(
+        "smtp",
+        "max_recipients",
+        int,
+        100,
+        "recipients per message; more get 452 4.5.3",
+        _between(1, 100_000),
+    ),
+    Option(
+        "smtp",
+        "max_connections",
+        int,
+        200,
+        "concurrent SMTP connections; more get 421 4.7.0",
+        _between(1, 100_000),
+    ),
     Option("capture", "interfaces", list, [], "interfaces captured by `lbm run`", None, str),
     Option(
         "capture",
@@ -144,6 +186,15 @@ SCHEMA: list[Option] = [
         _between(1, 100_000_000),
     ),
     Option("identity", "feed", str, "", "lease/logon feed file (CSV or JSON) imported on change"),
+    # owner web-auth (DECISIONS.md, Wave 2); added by mail-server for SMTP AUTH: keep one copy
+    Option(
+        "identity",
+        "users_file",
+        str,
+        "",
+        "htpasswd (bcrypt) users file for proxy and SMTP AUTH, relative to the data directory; "
+        "empty: no users (SMTP AUTH refused)",
+    ),
     Option("notice", "version", str, "2026-01", "version of the acceptable-use notice in force"),
     Option(
         "notice",

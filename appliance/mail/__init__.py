@@ -1,0 +1,10 @@
+"""The mail channel: an SMTP relay (aiosmtpd) that spools, relays byte-exact and archives only
+subjects' mail.
+
+Modules, one concern each: `engine` (our aiosmtpd `SMTP` subclass: banner, line length,
+connection limit), `handler` (the SMTP dialogue hooks: relay control, limits, smuggling, the end of
+DATA), `parties` (direction, principals, internal parties), `auth` (AUTH PLAIN/LOGIN against the
+users file), `tls` (the SMTP service certificate), `message` (Received line, Message-ID hash),
+`archiving` (subjects' copies), `refusals` (in-memory counters), `spool`, `delivery`, `rows`
+(mail-delivery). This package imports `appliance.policy` and `store` only.
+"""
