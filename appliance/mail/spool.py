@@ -6,6 +6,10 @@ Layout under `spool/` (mode 0700, files 0600):
 - `ID.json`: the envelope and the delivery state; its rename into place is the commit point.
   It names the message's length and SHA-256, so a truncated or altered message is caught.
 - `.ID.json.tmp`: an envelope being written (never read).
+- `ID.dlv`: an empty marker made before DATA is sent upstream and removed after the outcome is
+  recorded; an entry found with it at start may already be upstream (at-least-once: counted as
+  a possible duplicate). The marker is not fsynced: it survives a crashed process (`kill -9`),
+  not necessarily a power cut, where the count may then be low.
 - `quarantine/`: committed entries found broken at start (unreadable envelope, message missing,
   short or altered); moved aside, audited `spool_quarantine`, never delivered.
 - `requests/`: `lbm smtp queue retry|remove` asks the running relay through small files there.
@@ -17,10 +21,12 @@ concurrent accepts are written by one committer round: every file written since 
 is fsynced (in parallel, so the file system joins them in one journal commit), the envelopes are
 renamed, and one directory fsync makes the whole round durable; then every accept returns.
 
-Removal deletes `ID.json` first, then `ID.msg`: a crash between leaves an `ID.msg` without an
-envelope, exactly what a crash during `accept` leaves. Such a message was never answered `250`
-(the client still holds it and retries), so start-up deletes it instead of keeping content no one
-is responsible for (the privacy rule: no content of non-subjects lingers in the data directory).
+Removal deletes `ID.json` first, then `ID.msg` (not fsynced: a power cut may bring a delivered
+entry back, which is then delivered again, as at-least-once allows). A crash between leaves an
+`ID.msg` without an envelope, exactly what a crash during `accept` leaves. Such a message was
+never answered `250` (the client still holds it and retries), so start-up deletes it instead of
+keeping content no one is responsible for (the privacy rule: no content of non-subjects
+lingers in the data directory).
 """
 
 from __future__ import annotations
@@ -86,10 +92,13 @@ class Envelope:
     next_try: float = 0.0
     pending: list[str] = field(default_factory=list)  # rcpts not yet delivered/bounced
     client_port: int | None = None
+    server_ip: str | None = None  # the relay's side of the client's connection
+    server_port: int | None = None
     bounced: list[str] = field(default_factory=list)  # rcpts finally failed (DSN owed)
     delivering: bool = False  # set before DATA; found set at start = possible duplicate
     queued_rows: bool = False  # the `queued` rows are known durable (see delivery.py)
-    dsn_sent: bool = False  # the DSN for `bounced` went out (or was dropped)
+    dsn_sent: bool = False  # the DSN for `bounced` was spooled (or is not owed)
+    failures: dict[str, str] = field(default_factory=dict)  # rcpt -> final reply (for the DSN)
     msg_len: int = -1  # length of ID.msg, set by the spool
     msg_sha256: str = ""  # SHA-256 of ID.msg, set by the spool
 
@@ -131,6 +140,7 @@ def _check_shape(env: Envelope) -> None:
         (isinstance(env.record_ids, list), "record_ids"),
         (isinstance(env.refs, list), "refs"),
         (isinstance(env.principals, dict), "principals"),
+        (isinstance(env.failures, dict), "failures"),
     ]
     for ok, name in checks:
         if not ok:
@@ -185,6 +195,7 @@ class Spool:
         self._busy = False
         self.rounds = 0  # committer rounds (group commit); messages / rounds = group size
         self.committed = 0
+        self._recent: dict[str, Envelope] = {}  # accepted, not yet taken by the worker
 
     # -- paths -----------------------------------------------------------------------------
     def msg_path(self, spool_id: str) -> Path:
@@ -226,6 +237,7 @@ class Spool:
         loop = asyncio.get_running_loop()
         if not self.group_commit:
             await loop.run_in_executor(self._pool, self._commit_one, envelope, message)
+            self._recent[envelope.id] = envelope
             return
         pending = _Pending(envelope, message, loop.create_future())
         self._queue.append(pending)
@@ -235,6 +247,11 @@ class Spool:
         assert self._wakeup is not None
         self._wakeup.set()
         await pending.future
+        self._recent[envelope.id] = envelope
+
+    def take_recent(self, spool_id: str) -> Envelope | None:
+        """The envelope `accept` just committed (the worker's `wake` takes it from here)."""
+        return self._recent.pop(spool_id, None)
 
     def _commit_one(self, envelope: Envelope, message: bytes) -> None:
         try:
@@ -380,12 +397,22 @@ class Spool:
     async def aupdate(self, envelope: Envelope) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self.update, envelope)
 
-    def remove(self, spool_id: str) -> None:
-        """Delete an entry: envelope first (the commit record), then the message."""
-        for path in (self.env_path(spool_id), self.msg_path(spool_id)):
+    def dlv_path(self, spool_id: str) -> Path:
+        return self.directory / f"{spool_id}.dlv"
+
+    def mark_delivering(self, spool_id: str) -> None:
+        os.close(os.open(self.dlv_path(spool_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+    def clear_delivering(self, spool_id: str) -> None:
+        self.dlv_path(spool_id).unlink(missing_ok=True)
+
+    def remove(self, spool_id: str, *, sync: bool = False) -> None:
+        """Delete an entry: envelope first (the commit record), then message and marker."""
+        for path in (self.env_path(spool_id), self.msg_path(spool_id), self.dlv_path(spool_id)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        fsync_dir(self.directory)
+        if sync:
+            fsync_dir(self.directory)
 
     async def aremove(self, spool_id: str) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self.remove, spool_id)
@@ -435,6 +462,10 @@ class Spool:
                 continue
             if name.endswith(".json") and name[:-5] in committed:
                 continue
+            if name.endswith(".dlv") and ID_RE.fullmatch(name[:-4]):
+                if name[:-4] not in committed:
+                    path.unlink(missing_ok=True)
+                continue
             if name.endswith(".msg") and ID_RE.fullmatch(name[:-4]):
                 path.unlink(missing_ok=True)  # never answered 250: see the module docstring
                 uncommitted += 1
@@ -443,7 +474,9 @@ class Spool:
             self._quarantine_file(path)
         for spool_id in sorted(committed):
             try:
-                entries.append(self.check(spool_id))
+                env = self.check(spool_id)
+                env.delivering = self.dlv_path(spool_id).exists()
+                entries.append(env)
             except SpoolError as exc:
                 quarantined.append((spool_id, str(exc)))
                 self.quarantine(spool_id, str(exc))
@@ -461,6 +494,7 @@ class Spool:
 
     def quarantine(self, spool_id: str, reason: str) -> None:
         """Move an entry aside (never delivered), audit `spool_quarantine`, say so on stderr."""
+        self.clear_delivering(spool_id)
         for path in (self.env_path(spool_id), self.msg_path(spool_id)):
             if path.exists():
                 self._quarantine_file(path)
