@@ -59,7 +59,7 @@ class _Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        reply = self.owner.rcpt_reply
+        reply = self.owner.rcpt_replies.get(address, self.owner.rcpt_reply)
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
@@ -94,7 +94,8 @@ class _Handler:
 class RecordingUpstream:
     """A real SMTP server recording what it is sent. Use as a context manager or call
     `start()`/`close()`. Set `rcpt_reply`/`data_reply` (e.g. `"451 4.3.0 try later"`,
-    `"554 5.7.1 no"`) to refuse, or use `fail_rcpt`/`fail_data`/`accept`."""
+    `"554 5.7.1 no"`) to refuse, or use `fail_rcpt`/`fail_data`/`accept`; `rcpt_replies` refuses
+    single recipient addresses."""
 
     def __init__(
         self,
@@ -113,6 +114,7 @@ class RecordingUpstream:
         self.hostname = hostname
         self.rcpt_reply: str | None = None
         self.data_reply: str | None = None
+        self.rcpt_replies: dict[str, str] = {}  # per recipient address, before `rcpt_reply`
         self.data_delay: float = 0.0
         self.auth_users = auth_users
         self.data_size_limit = data_size_limit
@@ -216,6 +218,7 @@ class RecordingUpstream:
     def accept(self) -> None:
         self.rcpt_reply = None
         self.data_reply = None
+        self.rcpt_replies.clear()
 
     # -- records ---------------------------------------------------------------------------------
 
