@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from lbm_testing import Lbm
-from mail_relay import OTHER_ADDR, MailDir, Relay, set_option, wait_until
-from smtp_upstream import send_raw
+from mail_relay import Relay, set_option, wait_until
+from smtp_upstream import RecordingUpstream, send_raw
 
 from appliance.mail.spool import Envelope, Spool, new_id
 
@@ -40,15 +40,6 @@ def _spool_one(data_dir: Path, rcpts: list[str]) -> Envelope:
 
     asyncio.run(go())
     return env
-
-
-def _audit(lbm: Lbm) -> list[dict[str, object]]:
-    out = lbm("audit", "show", "--json")
-    if out.returncode != 0:  # older CLIs: read the log itself
-        path = lbm.data_dir / "audit" / "audit.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]
-    data = json.loads(out.stdout)
-    return list(data if isinstance(data, list) else data.get("entries", []))
 
 
 def test_listing_shows_domains_never_addresses_or_subjects(lbm: Lbm) -> None:
@@ -93,20 +84,36 @@ def test_retry_all_without_a_relay_makes_entries_due(lbm: Lbm) -> None:
 
 
 @pytest.fixture
-def slow_retry_relay(mail_dir: MailDir, relay_factory: Callable[[], Relay]) -> Relay:
+def slow_retry_relay(lbm: Lbm, tmp_path: Path) -> Iterator[Relay]:
     """A running `lbm smtp run` whose retries are an hour apart, its upstream down."""
-    set_option(mail_dir.lbm.data_dir, "smtp", "retry_initial_seconds", "3600")
-    set_option(mail_dir.lbm.data_dir, "smtp", "retry_max_seconds", "3600")
-    relay = relay_factory().start()
-    relay.upstream.stop()
-    return relay
+    with RecordingUpstream() as upstream:
+        for key, value in {
+            "upstream_host": '"127.0.0.1"',
+            "upstream_port": str(upstream.port),
+            "upstream_starttls": '"optional"',
+            "retry_initial_seconds": "3600",
+            "retry_max_seconds": "3600",
+        }.items():
+            set_option(lbm.data_dir, "smtp", key, value)
+        relay = Relay(lbm, upstream, tmp_path).start()
+        upstream.stop()
+        try:
+            yield relay
+        finally:
+            relay.close()
 
 
 def _send(relay: Relay, n: int) -> None:
     for i in range(n):
         payload = f"Subject: {CANARY} {i}\r\n\r\n{CANARY}\r\n".encode()
         assert (
-            send_raw(relay.host, relay.port, OTHER_ADDR, [f"{LOCAL}@remote.example"], payload).code
+            send_raw(
+                relay.host,
+                relay.port,
+                "someone@force.example",
+                [f"{LOCAL}@remote.example"],
+                payload,
+            ).code
             == 250
         )
 
