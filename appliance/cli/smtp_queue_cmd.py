@@ -133,9 +133,8 @@ def queue(ctx: click.Context, as_json: bool) -> None:
     listing = [describe(env, now) for env in entries]
     text_lines = [f"{len(listing)} spooled message(s)"]
     if listing:
-        text_lines.append(
-            f"{'ID':<20} {'AGE':>7} {'TRIES':>5} {'NEXT TRY':<21} {'SIZE':>10} {'STATE':<12} DOMAINS"
-        )
+        header = ("ID", "AGE", "TRIES", "NEXT TRY", "SIZE", "STATE", "DOMAINS")
+        text_lines.append("{:<20} {:>7} {:>5} {:<21} {:>10} {:<12} {}".format(*header))
     for item in listing:
         text_lines.append(
             f"{item['id']:<20} {_age(item['age_seconds']):>7} {item['attempts']:>5} "
