@@ -213,6 +213,9 @@ class DeliveryWorker:
         self._kick = asyncio.Event()
         self._active: set[str] = set()
         self._waiting: set[str] = set()  # delivered, archive segment not closed yet
+        self._bytes: dict[str, bytes] = {}  # first attempt's message, handed over by accept
+        self._doomed: list[str] = []  # finished entries whose files the remover deletes
+        self._doomed_event = asyncio.Event()
         self._unconfirmed: set[str] = set()
         self._confirmed: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -258,18 +261,23 @@ class DeliveryWorker:
             for n in range(self.settings.concurrency)
         ]
         self._tasks.append(loop.create_task(self._archive_waiter(), name="smtp-archive-wait"))
+        self._tasks.append(loop.create_task(self._remover(), name="smtp-spool-remover"))
         self._tasks.append(loop.create_task(self._requests(), name="smtp-queue-requests"))
         if self.flush_rows is not None:
             self._tasks.append(loop.create_task(self._confirmer(), name="smtp-rows-confirm"))
 
     def wake(self, envelope_id: str) -> None:
         """A new message was accepted: deliver it now."""
-        env = self.spool.take_recent(envelope_id)
-        if env is None:
+        taken = self.spool.take_recent(envelope_id)
+        if taken is None:
             try:
                 env = self.spool.read_envelope(envelope_id)
             except SpoolError:
                 return
+        else:
+            env, message = taken
+            if message is not None:
+                self._bytes[env.id] = message
         self._envs[env.id] = env
         self._unconfirmed.add(env.id)
         self._ready.put_nowait(env.id)
@@ -288,6 +296,7 @@ class DeliveryWorker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._flush_removals()
         await self.transport.close()
         if self.dsn_transport is not self.transport:
             await self.dsn_transport.close()
@@ -341,6 +350,7 @@ class DeliveryWorker:
             await asyncio.get_running_loop().run_in_executor(None, self.spool.check, env.id)
         except SpoolError as broken:
             self._envs.pop(env.id, None)
+            self._bytes.pop(env.id, None)
             with contextlib.suppress(Exception):
                 await asyncio.get_running_loop().run_in_executor(
                     None, self.spool.quarantine, env.id, str(broken)
@@ -355,7 +365,10 @@ class DeliveryWorker:
     async def _attempt(self, env: Envelope) -> None:
         loop = asyncio.get_running_loop()
         if env.pending:
-            message = await loop.run_in_executor(None, self._prepare, env.id)
+            # file system calls wait on the journal while the spool's fsyncs run: in a thread
+            message = await loop.run_in_executor(
+                None, self._prepare, env.id, self._bytes.pop(env.id, None)
+            )
             env.attempts += 1
             transport = self.dsn_transport if env.is_dsn else self.transport
             try:
@@ -366,8 +379,8 @@ class DeliveryWorker:
             self._record(env, outcome, transport.name)
             if env.pending and self._now() >= env.received + self.settings.lifetime:
                 self._expire(env, transport.name)
-            self.spool.clear_delivering(env.id)
             if env.pending:
+                await loop.run_in_executor(None, self.spool.clear_delivering, env.id)
                 env.next_try = self._now() + self.settings.backoff(env.attempts)
                 env.next_try = min(env.next_try, env.received + self.settings.lifetime)
                 self._flag_rows(env)
@@ -376,8 +389,9 @@ class DeliveryWorker:
                 return
         await self._finish(env)
 
-    def _prepare(self, spool_id: str) -> bytes:
-        message = self.spool.read_message(spool_id)
+    def _prepare(self, spool_id: str, message: bytes | None) -> bytes:
+        if message is None:
+            message = self.spool.read_message(spool_id)
         self.spool.mark_delivering(spool_id)
         return message
 
@@ -459,6 +473,7 @@ class DeliveryWorker:
         await self.spool.accept(dsn_env, body)
         self.spool.take_recent(dsn_env.id)
         self._envs[dsn_env.id] = dsn_env
+        self._bytes[dsn_env.id] = body
         self._emit(dsn_env, "queued", dsn_env.rcpts, ts=dsn_env.received)
         self._unconfirmed.add(dsn_env.id)
         self.counts["dsn_spooled"] += 1
@@ -473,7 +488,11 @@ class DeliveryWorker:
             return False
 
     async def _remove(self, env: Envelope) -> None:
-        await self.spool.aremove(env.id)
+        """Forget the entry and queue its files for the remover (unlinks wait on the spool's
+        directory fsyncs, so they are batched in a thread, never done in the loop)."""
+        self._doomed.append(env.id)
+        self._doomed_event.set()
+        self._bytes.pop(env.id, None)
         self._envs.pop(env.id, None)
         self._waiting.discard(env.id)
         self._unconfirmed.discard(env.id)
@@ -531,6 +550,20 @@ class DeliveryWorker:
                 continue
             self._confirmed |= {i for i in batch if i in self._envs}
 
+    async def _remover(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._doomed_event.wait()
+            self._doomed_event.clear()
+            batch, self._doomed = self._doomed, []
+            if batch:
+                await loop.run_in_executor(None, self.spool.remove_many, batch)
+
+    async def _flush_removals(self) -> None:
+        batch, self._doomed = self._doomed, []
+        if batch:
+            await asyncio.get_running_loop().run_in_executor(None, self.spool.remove_many, batch)
+
     async def _archive_waiter(self) -> None:
         while True:
             await asyncio.sleep(ARCHIVE_POLL_SECONDS)
@@ -565,6 +598,7 @@ class DeliveryWorker:
             if spool_id in self._active:
                 return  # after the attempt in progress
             env = self._envs.pop(spool_id, None)
+            self._bytes.pop(spool_id, None)
             if env is not None:
                 await asyncio.get_running_loop().run_in_executor(
                     None, lambda: self.spool.remove(spool_id, sync=True)
