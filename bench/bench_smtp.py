@@ -230,8 +230,11 @@ def lbm_smtp(load: Load, work: Path) -> Result:
     subprocess.run([*lbm, "init"], cwd=REPO, check=True, capture_output=True)
     sink_port = free_port()
     sink_out = data.parent / "smtp-sink.out"
-    opts = {"upstream_host": '"127.0.0.1"', "upstream_port": str(sink_port),
-            "upstream_starttls": '"optional"'}  # smtp-sink offers no STARTTLS
+    opts = {
+        "upstream_host": '"127.0.0.1"',
+        "upstream_port": str(sink_port),
+        "upstream_starttls": '"optional"',
+    }  # smtp-sink offers no STARTTLS
     _set_options(data / "lbm.toml", "smtp", opts)
     run = data / "run"
     spool = data / "spool"
