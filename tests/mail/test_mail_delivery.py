@@ -332,3 +332,51 @@ def test_crash_after_upstream_250_delivers_twice_and_is_counted(
     twice = [m for m in upstream.messages if b"Subject: twice" in m.content]
     print(f"arrived twice: {len(twice) - 1}")
     assert len(twice) == 2
+
+
+def test_pipelined_transactions_keep_per_recipient_outcomes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream offering PIPELINING gets RSET, MAIL, RCPT... and DATA in one write; refused
+    recipients still get their own outcome, and a transaction with no recipient left sends no
+    message on the reused session."""
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+    from smtp_upstream import _Handler
+
+    async def handle_ehlo(self: object, server: SMTP, session: Session, env: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:  # fmt: skip
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_rcpt(self: object, server: SMTP, session: Session, env: Envelope,
+                          address: str, options: list[str]) -> str:  # fmt: skip
+        if address.startswith("gone"):
+            return "550 5.1.1 no such user"
+        env.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    monkeypatch.setattr(_Handler, "handle_EHLO", handle_ehlo, raising=False)
+    monkeypatch.setattr(_Handler, "handle_RCPT", handle_rcpt)
+    rows = RowSink()
+    with RecordingUpstream() as up:
+        cfg = _cfg(up, delivery_concurrency=1)
+        with Relay(tmp_path / "spool", cfg, rows=rows) as relay:
+            mixed = relay.submit(
+                envelope(["a@remote.example", "gone1@remote.example"], mail_from=""), b"S: 1\r\n"
+            )
+            none = relay.submit(envelope(["gone2@remote.example"], mail_from=""), b"S: 2\r\n")
+            last = relay.submit(envelope(["b@remote.example"], mail_from=""), b"S: 3\r\n")
+            up.wait_for(2)
+            wait_until(lambda: not relay.spooled(), what="spool drained")
+            assert relay.worker is not None
+            sessions = relay.worker.transport.opened  # type: ignore[attr-defined]
+            idle = relay.worker.transport._idle  # type: ignore[attr-defined]
+            assert "PIPELINING" in idle[0][1].extensions  # the pipelined path was taken
+    assert [(m.rcpts, m.content) for m in up.messages] == [
+        (["a@remote.example"], b"S: 1\r\n"),
+        (["b@remote.example"], b"S: 3\r\n"),
+    ]
+    assert ("bounced", "gone1@remote.example") in rows.outcomes(mixed.id)
+    assert rows.outcomes(none.id) == [("bounced", "gone2@remote.example")]
+    assert ("delivered", "b@remote.example") in rows.outcomes(last.id)
+    assert sessions == 1 and up.connections == 1
