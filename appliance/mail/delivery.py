@@ -56,6 +56,7 @@ from store.audit import Action
 
 ARCHIVE_POLL_SECONDS = 2.0
 REQUEST_POLL_SECONDS = 1.0
+STOP_GRACE_SECONDS = 20.0
 MAX_SLEEP = 1.0  # the scheduler looks at the clock at least this often (fake clocks move)
 
 
@@ -289,6 +290,11 @@ class DeliveryWorker:
         for _ in workers:
             self._ready.put_nowait(None)
         if workers:
+            # an attempt stuck on a silent upstream is cut after the grace period; its entry
+            # stays spooled with its `.dlv` marker (counted as a possible duplicate at start)
+            _, stuck = await asyncio.wait(workers, timeout=STOP_GRACE_SECONDS)
+            for task in stuck:
+                task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
         for task in self._tasks:
             if not task.done():

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 from delivery_kit import Relay, RowSink, envelope, make_tls, smtp_config, wait_until
+from lbm_testing import Lbm
 from smtp_upstream import RecordingUpstream
 
+from appliance.cli.app import App
 from store.clock import Clock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -294,7 +296,7 @@ CRASH_SCRIPT = textwrap.dedent(
 
 
 def test_crash_after_upstream_250_delivers_twice_and_is_counted(
-    tmp_path: Path, upstream, monkeypatch
+    tmp_path: Path, upstream, monkeypatch, lbm: Lbm
 ) -> None:
     """kill -9 after the upstream has the message but before its 250 reached the worker."""
     import asyncio
@@ -324,7 +326,8 @@ def test_crash_after_upstream_250_delivers_twice_and_is_counted(
         proc.wait(10)
     stall["seconds"] = 0.0
     rows = RowSink()
-    with Relay(tmp_path / "spool", _cfg(upstream), rows=rows) as relay:
+    app = App(str(lbm.data_dir), None)
+    with Relay(tmp_path / "spool", _cfg(upstream), rows=rows, audit=app.audit) as relay:
         assert relay.worker is not None
         assert relay.worker.counts["possible_duplicates"] == 1
         upstream.wait_for(2)
@@ -332,6 +335,8 @@ def test_crash_after_upstream_250_delivers_twice_and_is_counted(
     twice = [m for m in upstream.messages if b"Subject: twice" in m.content]
     print(f"arrived twice: {len(twice) - 1}")
     assert len(twice) == 2
+    counted = [e for e in app.audit.entries() if e["action"] == "spool_duplicates"]
+    assert [e["fields"]["count"] for e in counted] == [1]
 
 
 def test_pipelined_transactions_keep_per_recipient_outcomes(
