@@ -465,7 +465,8 @@ class DeliveryWorker:
             env.dsn_sent = True
         if env.record_ids and not self._archived(env):
             self._flag_rows(env)
-            await self.spool.aupdate(env)
+            await self.spool.aupdate(env)  # nothing pending, durably: never delivered again
+            await loop.run_in_executor(None, self.spool.clear_delivering, env.id)
             self._waiting.add(env.id)
             return
         await self._remove(env)

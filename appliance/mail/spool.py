@@ -509,7 +509,8 @@ class Spool:
                 self.quarantine(spool_id, str(exc))
         if uncommitted:
             fsync_dir(self.directory)
-        duplicates = sum(1 for env in entries if env.delivering)
+        # a marker on an entry with nothing pending is a finished delivery (no duplicate)
+        duplicates = sum(1 for env in entries if env.delivering and env.pending)
         self._loaded = LoadReport(entries, quarantined, uncommitted, duplicates)
         return self._loaded
 

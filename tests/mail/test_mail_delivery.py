@@ -11,6 +11,7 @@ the embedded default writes to the maildrop maildir.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -239,6 +240,8 @@ def test_subject_entry_waits_for_its_segment_to_close(tmp_path: Path, upstream) 
         upstream.wait_for(1)
         time.sleep(2.5)
         assert relay.spooled() == [f"{env.id}.json"], "removed before the segment closed"
+        assert not list((tmp_path / "spool").glob("*.dlv")), "a finished delivery looks unfinished"
+        assert json.loads((tmp_path / "spool" / f"{env.id}.json").read_text())["pending"] == []
         closed.add(record)
         wait_until(lambda: not relay.spooled(), timeout=10, what="removal after close")
     assert len(upstream.messages) == 1
