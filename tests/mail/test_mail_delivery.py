@@ -169,6 +169,27 @@ def test_restart_resumes_the_spool(tmp_path: Path, upstream) -> None:
     assert {r["uid"] for r in rows2.of("queued")} == {e.id for e in envs}
 
 
+def test_queued_rows_known_durable_are_not_written_again(tmp_path: Path, upstream) -> None:
+    """With the writer's flush confirming them, an entry's envelope records that its `queued`
+    rows are durable; a restart then writes none again (without it, it writes them again)."""
+    flushes = []
+
+    async def flush() -> None:  # stands for MetadataWriter.aflush
+        flushes.append(1)
+
+    upstream.stop()
+    rows = RowSink()
+    with Relay(tmp_path / "spool", _cfg(upstream), rows=rows, flush_rows=flush) as relay:
+        env = relay.submit(envelope(), b"Subject: q\r\n\r\nx\r\n")
+        wait_until(lambda: len(rows.of("deferred")) >= 2, what="two deferrals")
+    assert flushes
+    assert json.loads((tmp_path / "spool" / f"{env.id}.json").read_text())["queued_rows"]
+    rows2 = RowSink()
+    with Relay(tmp_path / "spool", _cfg(upstream), rows=rows2) as relay:
+        wait_until(lambda: rows2.of("deferred"), what="a deferral after restart")
+    assert rows2.of("queued") == []
+
+
 def test_starttls_required_verifies_the_certificate(tmp_path: Path) -> None:
     tls = make_tls(tmp_path / "tls")
     with RecordingUpstream(tls_cert=tls["cert"], tls_key=tls["key"], hostname="localhost") as up:
