@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import heapq
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -129,7 +130,13 @@ class DeliverySettings:
         return float(min(self.retry_max, self.retry_initial * 2 ** max(0, attempts - 1)))
 
     def transport(self, host: str, port: int) -> Transport:
-        tls = tls_context(self.ca_file or None)
+        try:
+            tls = tls_context(self.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise DeliveryConfigError(
+                f"[smtp] upstream_ca_file {self.ca_file}: cannot load ({reason})"
+            ) from None
 
         def make() -> SmtpConnection:
             return SmtpConnection(

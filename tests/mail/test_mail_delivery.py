@@ -409,3 +409,27 @@ def test_pipelined_transactions_keep_per_recipient_outcomes(
     assert rows.outcomes(none.id) == [("bounced", "gone2@remote.example")]
     assert ("delivered", "b@remote.example") in rows.outcomes(last.id)
     assert sessions == 1 and up.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        pytest.param("upstream_ca_file", '"/nonexistent/ca.pem"', "upstream_ca_file", id="ca"),
+        pytest.param(
+            "upstream_password_file", '"/nonexistent/pw"', "upstream_password_file", id="password"
+        ),
+        pytest.param("upstream_starttls", '"sometimes"', "required or optional", id="starttls"),
+        pytest.param("return_route", '"no-port"', "HOST:PORT", id="return-route"),
+    ],
+)
+def test_bad_delivery_options_stop_the_relay_with_one_line(
+    lbm: Lbm, key: str, value: str, needle: str
+) -> None:
+    from mail_relay import set_option
+
+    set_option(lbm.data_dir, "smtp", "upstream_host", '"127.0.0.1"')
+    set_option(lbm.data_dir, "smtp", key, value)
+    result = lbm("smtp", "run", timeout=60)
+    assert result.returncode in (1, 2)
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
