@@ -21,8 +21,9 @@ from relay_setup import (
     SUBJECT_ADDR,
     SUBJECT_ALIAS,
     prepare_relay_dir,
+    use_upstream,
 )
-from smtp_upstream import RawClient, SendResult
+from smtp_upstream import RawClient, RecordingUpstream, SendResult, split_received
 
 from store.keys import KeyStore
 from store.paths import DataPaths
@@ -103,8 +104,11 @@ def test_subject_copies_decrypt_byte_exact_and_others_are_not_archived(
             assert secret not in path.read_bytes(), path
 
 
-def test_archive_failure_still_accepts_audits_and_counts_the_gap(lbm: Lbm, tmp_path: Path) -> None:
+def test_archive_failure_still_accepts_relays_audits_and_counts_the_gap(
+    lbm: Lbm, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
     rd = prepare_relay_dir(lbm, tmp_path)
+    use_upstream(rd, upstream)  # a real aiosmtpd next hop recording exact bytes
     pub = KeyStore(DataPaths(rd.data_dir)).auth_pub_path(REF)
     pub.rename(pub.with_name(pub.name + ".away"))  # the archive cannot make a segment
     token = b"GAP-TOKEN-" + os.urandom(6).hex().encode()
@@ -116,13 +120,14 @@ def test_archive_failure_still_accepts_audits_and_counts_the_gap(lbm: Lbm, tmp_p
             spool_id = _id(c.send_message(SUBJECT_ADDR, [OUTSIDE_ADDR], payload))
             # the next message, of someone else, is untouched by the failure
             other_id = _id(c.send_message(OTHER_ADDR, [OUTSIDE_ADDR], _payload("x", b"x")))
+        got = upstream.wait_for(2)
     finally:
         assert relay.stop() == 0
-    spooled = rd.spooled()
-    env, msg = spooled[spool_id]
-    assert msg.endswith(payload)  # accepted and queued for relay, byte-exact
-    assert env["refs"] == [] and env["record_ids"] == []
-    assert other_id in spooled
+    relayed = {m.content.split(b" id ", 1)[1].split(b";", 1)[0].split()[0]: m for m in got}
+    assert set(relayed) == {spool_id.encode(), other_id.encode()}
+    received, rest = split_received(relayed[spool_id.encode()].content)
+    assert rest == payload and received.startswith(b"Received: from client.test")
+    assert rd.spooled() == {}  # delivered: nothing left in transit
     gaps = [e for e in rd.audit() if e.get("action") == "capture_gap"]
     assert len(gaps) == 1, gaps
     gap = gaps[0]
