@@ -109,6 +109,7 @@ class Relay:
     def start(self) -> Relay:
         async def go() -> None:
             self.spool = Spool(self.spool_dir, clock=self.clock, audit=self.audit, actor="tester")
+            self.spool.lock()  # as `lbm smtp run` does
             self.worker = DeliveryWorker(
                 self.spool,
                 self.config,
