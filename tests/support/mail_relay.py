@@ -203,7 +203,7 @@ def prepare(lbm: Lbm, tmp_path: Path, upstream: RecordingUpstream) -> MailDir:
     feed = tmp_path / "identities.csv"
     feed.write_text(
         "principal,kind,value,valid_from,valid_to\n"
-        + "".join(f"{p},{k},{v},2000-01-01T00:00:00Z,\n" for p, k, v in IDENTITY_ROWS)
+        + "".join(f"{p},{k},{v},,\n" for p, k, v in IDENTITY_ROWS)
     )
     lbm("identity", "import", str(feed), check=True)
     secret, public = age.generate()
