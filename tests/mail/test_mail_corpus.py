@@ -133,7 +133,10 @@ def test_every_corpus_email_arrives_byte_exact_and_the_subjects_decrypt_byte_exa
     assert archived == Counter(expected_content(p) for s, p in accepted if s == SUBJECT_ADDR)
 
 
-def test_each_smuggling_sequence_spliced_into_a_corpus_email_is_refused(relay: Relay) -> None:
+def test_each_smuggling_sequence_spliced_into_a_corpus_email_is_refused(
+    shared_relay: Relay,
+) -> None:
+    relay = shared_relay
     base = _corpus()["dev/mikelmail__plain_emails__basic_email.eml"]
     assert b"\r\n" in base and refusal(base) is None
     smuggled = b"MAIL FROM:<ceo@force.example>\r\nRCPT TO:<victim@elsewhere.example>\r\nDATA\r\n"
