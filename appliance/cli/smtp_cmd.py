@@ -141,6 +141,7 @@ class Relay:
             actor=self.app.actor,
             clock=self.app.clock,
             gateway=self.gateway,
+            flush_rows=self.writer.aflush,  # marks queued rows durable (see delivery.py)
         )
 
     def _principal_of(self, user: str) -> str | None:

@@ -237,7 +237,7 @@ class DeliveryWorker:
     def start(self) -> None:
         """Resume the spool and start the tasks (in the running loop)."""
         loop = asyncio.get_running_loop()
-        report = self.spool.load()
+        report = self.spool.take_loaded() or self.spool.load()
         self.counts["quarantined"] += len(report.quarantined)
         if report.possible_duplicates:
             self.counts["possible_duplicates"] += report.possible_duplicates

@@ -18,12 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from appliance.mail.auth import SmtpAuthenticator
 from appliance.mail.refusals import Counters
+
+# aiosmtpd logs every command line (addresses) at INFO and every DATA line (message content) at
+# DEBUG on the "mail.log" logger: privacy forbids both, whatever the logging configuration.
+_AIOSMTPD_LOG = logging.getLogger("mail.log")
+_AIOSMTPD_LOG.disabled = True
+_AIOSMTPD_LOG.propagate = False
+_AIOSMTPD_LOG.addFilter(lambda record: False)
 
 MAX_LINE = 1024 * 1024  # a line with its CRLF
 LINE_LIMIT = MAX_LINE + 1  # + a stuffed leading dot

@@ -136,6 +136,11 @@ class RelayHandler:
         self.append_row = append_row
         self.wake = wake
 
+    async def handle_exception(self, error: Exception) -> str:
+        """A bug or an unexpected failure in a session: answered 451 (the client keeps the
+        message), counted; the exception text is never shown or logged (it may hold content)."""
+        return self.refuse("internal_error", "451 4.3.0 Internal error, try again later")
+
     def refuse(self, kind: str, reply: str) -> str:
         self.counters.add(kind)
         return reply
@@ -248,6 +253,7 @@ class RelayHandler:
         who = session.auth_data
         ssl_object = (session.ssl or {}).get("ssl_object") if session.ssl else None
         peer = session.peer
+        local = server.transport.get_extra_info("sockname") if server.transport else None
         env = Envelope(
             id=new_id(),
             mail_from=mail_from,
@@ -262,6 +268,9 @@ class RelayHandler:
             principals=found.principals,
             message_id_sha256=message.message_id_sha256(payload),
             notice_version=self.settings.notice_version,
+            client_port=int(peer[1]) if isinstance(peer, tuple) else None,
+            server_ip=str(local[0]) if isinstance(local, tuple) else None,
+            server_port=int(local[1]) if isinstance(local, tuple) else None,
         )
         received = message.received_line(
             helo=env.helo,

@@ -196,6 +196,7 @@ class Spool:
         self.rounds = 0  # committer rounds (group commit); messages / rounds = group size
         self.committed = 0
         self._recent: dict[str, Envelope] = {}  # accepted, not yet taken by the worker
+        self._loaded: LoadReport | None = None  # the last load(), until the worker takes it
 
     # -- paths -----------------------------------------------------------------------------
     def msg_path(self, spool_id: str) -> Path:
@@ -256,6 +257,9 @@ class Spool:
     def _commit_one(self, envelope: Envelope, message: bytes) -> None:
         try:
             fds = self._write_files(envelope, message)
+        except OSError as exc:
+            raise SpoolError(f"cannot write the spool ({exc.strerror or exc})") from None
+        try:
             for fd in fds:
                 os.fsync(fd)
                 os.close(fd)
@@ -301,8 +305,7 @@ class Spool:
         for index, item in enumerate(batch):
             try:
                 written.append((index, self._write_files(item.envelope, item.message)))
-            except OSError as exc:
-                self._discard(item.envelope.id)
+            except OSError as exc:  # _write_files removed what it had made
                 results[index] = SpoolError(f"cannot write the spool ({exc.strerror or exc})")
 
         def sync(fds: list[int]) -> None:
@@ -340,8 +343,10 @@ class Spool:
         return self.directory / f".{spool_id}.json.tmp"
 
     def _write_files(self, envelope: Envelope, message: bytes) -> list[int]:
-        """Write ID.msg and .ID.json.tmp; return their open descriptors (caller fsyncs)."""
+        """Write ID.msg and .ID.json.tmp; return their open descriptors (caller fsyncs). On
+        failure, remove only what this call created (an id already in use is never touched)."""
         fds: list[int] = []
+        made: list[Path] = []
         try:
             for path, data in (
                 (self.msg_path(envelope.id), message),
@@ -349,12 +354,16 @@ class Spool:
             ):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
                 fds.append(fd)
+                made.append(path)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
         except BaseException:
             for fd in fds:
                 os.close(fd)
+            for path in made:
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise
         return fds
 
@@ -483,7 +492,13 @@ class Spool:
         if uncommitted:
             fsync_dir(self.directory)
         duplicates = sum(1 for env in entries if env.delivering)
-        return LoadReport(entries, quarantined, uncommitted, duplicates)
+        self._loaded = LoadReport(entries, quarantined, uncommitted, duplicates)
+        return self._loaded
+
+    def take_loaded(self) -> LoadReport | None:
+        """The report of the last `load()` (the daemon may load before the worker starts), once."""
+        report, self._loaded = self._loaded, None
+        return report
 
     def _quarantine_file(self, path: Path) -> None:
         ensure_dir(self.quarantine_dir)

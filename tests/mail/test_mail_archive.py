@@ -1,0 +1,133 @@
+"""Subjects' mail is archived before `250`, byte-exact; nobody else's is.
+
+A real `lbm smtp run` with an `email` grant for the subject (p12345: subject@force.example and
+the alias the.subject@force.example). The archive is read back after the relay stopped (SIGTERM
+seals every open segment) with the investigator's age identity, as an investigator would.
+Archive rule (DECISIONS.md, Wave 2): the sender of outbound mail or any internal recipient.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lbm_testing import Lbm
+from relay_setup import (
+    OTHER_ADDR,
+    OUTSIDE_ADDR,
+    REF,
+    SUBJECT,
+    SUBJECT_ADDR,
+    SUBJECT_ALIAS,
+    prepare_relay_dir,
+)
+from smtp_upstream import RawClient, SendResult
+
+from store.keys import KeyStore
+from store.paths import DataPaths
+
+
+def _payload(tag: str, canary: bytes) -> bytes:
+    """CRLF lines, a bare LF inside a line, 8-bit bytes, a line starting with a dot, no final
+    newline trouble: what the archive must keep exactly."""
+    return (
+        b"From: <x@elsewhere.example>\r\nSubject: " + canary + b" " + tag.encode() + b"\r\n"
+        b"Message-ID: <" + tag.encode() + b"@test>\r\nX-Hdr: " + canary + b"\r\n\r\n"
+        b"body " + canary + b"\r\n.leading dot\r\nbare\nlf inside\r\n\xe9\xff 8-bit\r\n"
+    )
+
+
+def _id(result: SendResult) -> str:
+    assert result.accepted, result.replies
+    assert result.final is not None
+    return result.final.text.rsplit(" ", 1)[-1]
+
+
+def test_subject_copies_decrypt_byte_exact_and_others_are_not_archived(
+    lbm: Lbm, tmp_path: Path
+) -> None:
+    rd = prepare_relay_dir(lbm, tmp_path)
+    secret = b"NONSUBJECT-CANARY-" + os.urandom(6).hex().encode()
+    mine = b"SUBJECT-TOKEN-" + os.urandom(6).hex().encode()
+    sends = {
+        "outbound-from-subject": (SUBJECT_ADDR, [OUTSIDE_ADDR], _payload("a", mine)),
+        "inbound-to-alias": (OUTSIDE_ADDR, [SUBJECT_ALIAS, OTHER_ADDR], _payload("b", mine)),
+        "outbound-other-to-subject": (OTHER_ADDR, [SUBJECT_ADDR], _payload("c", mine)),
+        "outbound-other": (OTHER_ADDR, [OUTSIDE_ADDR], _payload("d", secret)),
+        "inbound-other": (OUTSIDE_ADDR, [OTHER_ADDR], _payload("e", secret)),
+        "external-only": (OUTSIDE_ADDR, [OUTSIDE_ADDR], _payload("f", secret)),
+    }
+    relay = rd.relay(tmp_path).start()
+    ids = {}
+    try:
+        with RawClient(relay.host, relay.port) as c:
+            c.ehlo()
+            for name, (sender, rcpts, payload) in sends.items():
+                ids[name] = _id(c.send_message(sender, rcpts, payload))
+    finally:
+        assert relay.stop() == 0
+    spooled = rd.spooled()
+    archived_names = ["outbound-from-subject", "inbound-to-alias", "outbound-other-to-subject"]
+    recs = rd.archived()
+    assert [r.header["kind"] for r in recs] == ["message", "envelope"] * 3
+    for r in recs:
+        assert r.header["channel"] == "email" and r.header["principal"] == SUBJECT
+        assert secret not in r.data
+    for i, name in enumerate(archived_names):
+        sender, rcpts, payload = sends[name]
+        message, envelope = recs[2 * i], recs[2 * i + 1]
+        assert message.data == payload  # byte-exact: the DATA payload as the client sent it
+        env = json.loads(envelope.data)
+        assert env["spool_id"] == ids[name]
+        assert env["mail_from"] == sender and env["rcpts"] == rcpts
+        assert env["client_ip"] == "127.0.0.1" and env["helo"] == "client.test"
+        spooled_env, spooled_msg = spooled[ids[name]]
+        assert env["received_line"].encode() + payload == spooled_msg
+        assert spooled_env["refs"] == [REF]
+        assert spooled_env["record_ids"] == [message.header["id"], envelope.header["id"]]
+    for name in ("outbound-other", "inbound-other", "external-only"):
+        env, msg = spooled[ids[name]]
+        assert env["refs"] == [] and env["record_ids"] == []
+        assert msg.endswith(sends[name][2])
+    # direction and principals per DECISIONS.md
+    assert spooled[ids["outbound-from-subject"]][0]["direction"] == "outbound"
+    assert spooled[ids["outbound-from-subject"]][0]["principals"] == {OUTSIDE_ADDR: SUBJECT}
+    inbound = spooled[ids["inbound-to-alias"]][0]
+    assert inbound["direction"] == "inbound"
+    assert inbound["principals"] == {SUBJECT_ALIAS: SUBJECT, OTHER_ADDR: "p22222"}
+    # nothing of the non-subjects' mail anywhere but the spool (transit; the relay has no
+    # delivery settings here, so it is still queued there)
+    for path in rd.data_dir.rglob("*"):
+        if path.is_file() and path.parent.name != "spool":
+            assert secret not in path.read_bytes(), path
+
+
+def test_archive_failure_still_accepts_audits_and_counts_the_gap(lbm: Lbm, tmp_path: Path) -> None:
+    rd = prepare_relay_dir(lbm, tmp_path)
+    pub = KeyStore(DataPaths(rd.data_dir)).auth_pub_path(REF)
+    pub.rename(pub.with_name(pub.name + ".away"))  # the archive cannot make a segment
+    token = b"GAP-TOKEN-" + os.urandom(6).hex().encode()
+    payload = _payload("gap", token)
+    relay = rd.relay(tmp_path).start()
+    try:
+        with RawClient(relay.host, relay.port) as c:
+            c.ehlo()
+            spool_id = _id(c.send_message(SUBJECT_ADDR, [OUTSIDE_ADDR], payload))
+            # the next message, of someone else, is untouched by the failure
+            other_id = _id(c.send_message(OTHER_ADDR, [OUTSIDE_ADDR], _payload("x", b"x")))
+    finally:
+        assert relay.stop() == 0
+    spooled = rd.spooled()
+    env, msg = spooled[spool_id]
+    assert msg.endswith(payload)  # accepted and queued for relay, byte-exact
+    assert env["refs"] == [] and env["record_ids"] == []
+    assert other_id in spooled
+    gaps = [e for e in rd.audit() if e.get("action") == "capture_gap"]
+    assert len(gaps) == 1, gaps
+    gap = gaps[0]
+    text = json.dumps(gap)
+    assert gap["refs"] == [REF] and spool_id in text and '"email"' in text
+    assert token.decode() not in text and SUBJECT_ADDR not in text
+    assert "archive_gap 1" in relay.output().decode()
+    assert rd.archived() == []
