@@ -173,3 +173,54 @@ def test_sigterm_refuses_new_connections_promptly(relay: Relay) -> None:
     assert relay.stop() == 0
     assert time.monotonic() - started < 10
     wait_until(lambda: _banner_code(relay) == -1, 5, "the port to close")
+
+
+# -- the pure pieces the handler relies on ---------------------------------------------------
+
+
+def test_classify_direction_principals_and_internal_parties() -> None:
+    from appliance.mail.parties import classify
+
+    book = {"s@force.example": "p1", "alias@force.example": "p1", "o@force.example": "p2"}
+
+    def resolve(address: str) -> str | None:
+        return book.get(address.lower())
+
+    out = classify("S@Force.Example", ["x@ext.example", "o@force.example"], ["force.example"],
+                   resolve)  # fmt: skip
+    assert out.direction == "outbound"
+    assert out.principals == {"x@ext.example": "p1", "o@force.example": "p1"}
+    assert out.internal_parties == ["p1", "p2"]  # sender and the internal recipient
+    inbound = classify("x@ext.example", ["alias@force.example", "nobody@force.example",
+                                         "y@ext.example"], ["force.example"], resolve)  # fmt: skip
+    assert inbound.direction == "inbound"
+    assert inbound.principals == {
+        "alias@force.example": "p1", "nobody@force.example": None, "y@ext.example": None
+    }  # fmt: skip
+    assert inbound.internal_parties == ["p1"] and inbound.unresolved == 1
+    bounce = classify("", ["s@force.example"], ["force.example"], resolve)
+    assert bounce.direction == "inbound" and bounce.internal_parties == ["p1"]
+    spoof = classify("s@force.example.evil", ["y@ext.example"], ["force.example"], resolve)
+    assert spoof.direction == "inbound" and spoof.internal_parties == []
+
+
+def test_smuggling_patterns_and_legitimate_dots() -> None:
+    from appliance.mail.handler import smuggling
+
+    for bad in (b"a\n.\nb", b"a\n.\r\nb", b"a\r\n.\nb", b".\nfirst line", b"x\r\n\n.\n"):
+        assert smuggling(bad), bad
+    for good in (b"a\r\n.\r\nb", b"a\r\n..\r\nb", b"a\n..\nb", b"a.\nb", b"a\n.b\n", b""):
+        assert not smuggling(good), good  # "\r\n.\r\n" here was "\r\n..\r\n" on the wire
+
+
+def test_message_id_hash_reads_headers_only() -> None:
+    import hashlib
+
+    from appliance.mail.message import message_id_sha256
+
+    value = b"<abc@host.example>"
+    digest = hashlib.sha256(value).hexdigest()
+    assert message_id_sha256(b"Subject: x\r\nMessage-ID: " + value + b"\r\n\r\nbody") == digest
+    assert message_id_sha256(b"message-id:\r\n " + value + b"\r\n\r\n") == digest  # folded
+    assert message_id_sha256(b"Subject: x\r\n\r\nMessage-ID: " + value + b"\r\n") is None
+    assert message_id_sha256(b"Subject: x\nMessage-Id: " + value + b"\n\nb") == digest
