@@ -26,6 +26,7 @@ from relay_setup import (
 from smtp_upstream import RawClient, RecordingUpstream, SendResult, split_received
 
 from store.keys import KeyStore
+from store.metadata import read_stream
 from store.paths import DataPaths
 
 
@@ -97,6 +98,22 @@ def test_subject_copies_decrypt_byte_exact_and_others_are_not_archived(
     inbound = spooled[ids["inbound-to-alias"]][0]
     assert inbound["direction"] == "inbound"
     assert inbound["principals"] == {SUBJECT_ALIAS: SUBJECT, OTHER_ADDR: "p22222"}
+    # the `queued` rows: one per recipient, envelope only, refs and record ids for subjects
+    rows = [r for r in read_stream(DataPaths(rd.data_dir), "email").to_pylist()
+            if r["outcome"] == "queued"]  # fmt: skip
+    by_uid: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_uid.setdefault(str(row["uid"]), []).append(row)
+    assert set(by_uid) == set(ids.values())
+    for name, (sender, rcpts, _) in sends.items():
+        got = sorted(by_uid[ids[name]], key=lambda r: str(r["rcpt_to"]))
+        assert [r["rcpt_to"] for r in got] == sorted(rcpts)
+        for r in got:
+            assert r["mail_from"] == sender and r["smtp_code"] == 250 and r["attempt"] == 0
+            assert r["refs"] == ([REF] if name in archived_names else [])
+            assert r["record_ids"] == spooled[ids[name]][0]["record_ids"]
+            assert r["client_ip"] == "127.0.0.1" and r["server_port"] == relay.port
+    assert by_uid[ids["outbound-other-to-subject"]][0]["principal"] == "p22222"  # the sender
     # nothing of the non-subjects' mail anywhere but the spool (transit; the relay has no
     # delivery settings here, so it is still queued there)
     for path in rd.data_dir.rglob("*"):
