@@ -28,7 +28,7 @@ NOTICE = "Monitored for lawful business purposes (test notice)"
 
 @pytest.fixture
 def relay_dir(lbm: Lbm, tmp_path: Path) -> RelayDir:
-    rd = prepare_relay_dir(lbm, tmp_path, grant=False)
+    rd = prepare_relay_dir(lbm, tmp_path, grant=False, identities=False)
     rd.set("notice", "text", f'"{NOTICE}"')
     rd.set("notice", "version", '"2026-07"')
     rd.set("smtp", "max_connections", "3")

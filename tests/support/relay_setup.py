@@ -89,16 +89,21 @@ class _NoUpstream:
 _NO_UPSTREAM: Any = _NoUpstream()
 
 
-def prepare_relay_dir(lbm: Lbm, tmp_path: Path, *, grant: bool = True) -> RelayDir:
-    feed = tmp_path / "identities.csv"
-    feed.write_text(
-        "principal,kind,value,valid_from,valid_to\n"
-        + "".join(f"{p},{k},{v},,\n" for p, k, v in ROWS)
-    )
-    lbm("identity", "import", str(feed), check=True)
+def prepare_relay_dir(
+    lbm: Lbm, tmp_path: Path, *, grant: bool = True, identities: bool = True
+) -> RelayDir:
+    """`identities` imports ROWS; `grant` (implies identities) also adds the investigator and
+    the `email` grant. Each costs `lbm` subprocesses: tests that need neither skip them."""
     secret, public = age.generate()
-    lbm("keys", "investigator", "add", "inv1", public, "--principal", "p900", check=True)
+    if identities or grant:
+        feed = tmp_path / "identities.csv"
+        feed.write_text(
+            "principal,kind,value,valid_from,valid_to\n"
+            + "".join(f"{p},{k},{v},,\n" for p, k, v in ROWS)
+        )
+        lbm("identity", "import", str(feed), check=True)
     if grant:
+        lbm("keys", "investigator", "add", "inv1", public, "--principal", "p900", check=True)
         lbm.grant(REF, SUBJECT, channel="email")
     users = lbm.data_dir / "users.htpasswd"
     users.write_text(
