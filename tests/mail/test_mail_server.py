@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -224,3 +225,34 @@ def test_message_id_hash_reads_headers_only() -> None:
     assert message_id_sha256(b"message-id:\r\n " + value + b"\r\n\r\n") == digest  # folded
     assert message_id_sha256(b"Subject: x\r\n\r\nMessage-ID: " + value + b"\r\n") is None
     assert message_id_sha256(b"Subject: x\nMessage-Id: " + value + b"\n\nb") == digest
+
+
+def test_bad_settings_fail_with_one_clear_line(relay_dir: RelayDir, tmp_path: Path) -> None:
+    """A missing configured certificate, half a TLS setting, a taken port: exit 1, one line
+    naming the problem; nothing left listening or locked."""
+    lbm = relay_dir.lbm
+    relay_dir.set("smtp", "tls_cert", '"/nonexistent/smtp.pem"')
+    relay_dir.set("smtp", "tls_key", '"/nonexistent/smtp.key"')
+    result = lbm("smtp", "run", timeout=30)
+    assert result.returncode == 1
+    assert "[smtp] tls_cert /nonexistent/smtp.pem: no such file" in result.stderr
+    relay_dir.set("smtp", "tls_key", '""')
+    result = lbm("smtp", "run", timeout=30)
+    assert result.returncode == 1 and "must be set together" in result.stderr
+    relay_dir.set("smtp", "tls_cert", '""')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        relay_dir.set("smtp", "listen_port", str(taken.getsockname()[1]))
+        result = lbm("smtp", "run", timeout=30)
+    assert result.returncode == 1 and "cannot listen" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (relay_dir.data_dir / "run" / "smtp.ready").exists()
+
+
+def test_a_second_relay_on_the_same_data_dir_is_refused(relay: Relay, relay_dir: RelayDir) -> None:
+    second = relay_dir.lbm("smtp", "run", timeout=30)
+    assert second.returncode == 1 and "in use by another relay" in second.stderr
+    with RawClient(relay.host, relay.port) as c:  # the first one is untouched
+        c.ehlo()
+        assert c.send_message(OUTSIDE_ADDR, [SUBJECT_ADDR], PAYLOAD).accepted
