@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from lbm_testing import Lbm
@@ -67,6 +68,10 @@ def test_subject_copies_decrypt_byte_exact_and_others_are_not_archived(
             c.ehlo()
             for name, (sender, rcpts, payload) in sends.items():
                 ids[name] = _id(c.send_message(sender, rcpts, payload))
+        # archived before 250: the segment's index (fsynced per record) lists every record now
+        index = rd.data_dir / "archive" / REF / "000001.index.jsonl"
+        kinds = [json.loads(line)["kind"] for line in index.read_text().splitlines()]
+        assert kinds == ["message", "envelope"] * 3
     finally:
         assert relay.stop() == 0
     spooled = rd.spooled()
@@ -153,3 +158,23 @@ def test_archive_failure_still_accepts_relays_audits_and_counts_the_gap(
     assert token.decode() not in text and SUBJECT_ADDR not in text
     assert "archive_gap 1" in relay.output().decode()
     assert rd.archived() == []
+
+
+def test_cancellation_stops_archiving_within_seconds(lbm: Lbm, tmp_path: Path) -> None:
+    rd = prepare_relay_dir(lbm, tmp_path)
+    relay = rd.relay(tmp_path).start()
+    try:
+        with RawClient(relay.host, relay.port) as c:
+            c.ehlo()
+            before = _id(c.send_message(SUBJECT_ADDR, [OUTSIDE_ADDR], _payload("1", b"one")))
+            lbm("auth", "cancel", REF, "--reason", "test", "--officer", "p100", check=True)
+            time.sleep(2.0)  # the relay's snapshot follows the registry within a second
+            after = _id(c.send_message(SUBJECT_ADDR, [OUTSIDE_ADDR], _payload("2", b"two")))
+    finally:
+        assert relay.stop() == 0
+    spooled = rd.spooled()
+    assert spooled[before][0]["refs"] == [REF]
+    assert spooled[after][0]["refs"] == [] and spooled[after][0]["record_ids"] == []
+    assert [r.data for r in rd.archived() if r.header["kind"] == "message"] == [
+        _payload("1", b"one")
+    ]  # what was lawfully recorded before stays
