@@ -325,7 +325,9 @@ class DeliveryWorker:
         self._kick.set()
 
     async def _scheduler(self) -> None:
-        while True:
+        # not `while True`: Python 3.11's wait_for can swallow the cancellation from stop()
+        # when the kick arrives at the same moment, and the loop would then never end
+        while not self._stopping:
             now = self._now()
             while self._heap and self._heap[0][0] <= now:
                 _, _, spool_id = heapq.heappop(self._heap)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from lbm_testing import Lbm
-from mail_relay import MailDir, Relay, prepare
+from mail_relay import MailDir, Relay, prepare, set_option
 from smtp_upstream import RecordingUpstream
 
 
@@ -47,3 +47,33 @@ def relay_factory(
 @pytest.fixture
 def relay(relay_factory: Callable[[], Relay]) -> Relay:
     return relay_factory().start()
+
+
+@pytest.fixture(scope="module")
+def module_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """One started relay (and upstream) for a whole test module, to save the set-up time of
+    tests that only send through it. Its users file (`users_file`, empty at first) is reread
+    by the relay when it changes. Each test starts with an empty upstream record."""
+    tmp = tmp_path_factory.mktemp("module-relay")
+    lbm = Lbm(tmp / "data")
+    lbm("init", check=True)
+    config = lbm.data_dir / "lbm.toml"
+    config.write_text(config.read_text().replace("fake_clock = false", "fake_clock = true"))
+    users = tmp / "users"
+    users.write_text("")
+    users.chmod(0o600)
+    set_option(lbm.data_dir, "identity", "users_file", f'"{users}"')
+    with RecordingUpstream() as upstream:
+        prepare(lbm, tmp, upstream)
+        relay = Relay(lbm, upstream, tmp, users_file=users)
+        try:
+            yield relay.start()
+        finally:
+            relay.close()
+
+
+@pytest.fixture
+def shared_relay(module_relay: Relay) -> Relay:
+    module_relay.upstream.accept()
+    module_relay.upstream.clear()
+    return module_relay

@@ -16,13 +16,14 @@ so each of the three is also spliced into a corpus message and must be refused `
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from lbm_testing import corpus_root
 from mail_relay import OTHER_ADDR, OUTSIDE_ADDR, SUBJECT, SUBJECT_ADDR, MailDir, Relay
-from smtp_upstream import RawClient, expected_content, split_received
+from smtp_upstream import RawClient, expected_content, relayed_payload
 
 MIB = 1024 * 1024
 LINE_LIMIT = MIB  # DECISIONS.md, Mail: lines up to 1 MiB pass
@@ -103,15 +104,22 @@ def test_every_corpus_email_arrives_byte_exact_and_the_subjects_decrypt_byte_exa
 
     accepted = [(s, p) for (s, p), code in zip(mails, codes, strict=True) if code == 250]
     got = relay.upstream.wait_for(len(accepted), timeout=120)
-    relay.wait_drained()
+    # (The spool keeps a subject's message until its archive segment closes, up to 60 s: the
+    # test does not wait for that; stopping the relay closes the segment.)
+    time.sleep(0.5)
     assert len(relay.upstream.messages) == len(accepted)  # nothing refused was relayed
-    arrived: Counter[tuple[str, bytes]] = Counter()
+    unmatched = Counter((s, expected_content(p)) for s, p in accepted)
     for msg in got:
-        received, rest = split_received(msg.content)
-        assert received.startswith(b"Received: ") and received.endswith(b"\r\n"), received[:200]
         assert msg.rcpts == [OUTSIDE_ADDR]
-        arrived[(msg.mail_from, rest)] += 1
-    assert arrived == Counter((s, expected_content(p)) for s, p in accepted)
+        match = next(
+            (k for k in unmatched if k[0] == msg.mail_from and relayed_payload(msg.content, k[1])),
+            None,
+        )
+        assert match is not None, f"relayed message matches nothing sent: {msg.content[:300]!r}"
+        unmatched[match] -= 1
+        if not unmatched[match]:
+            del unmatched[match]
+    assert not unmatched
 
     # The archive: exactly the subject's accepted messages, decrypted byte-exact.
     assert relay.stop() == 0  # closes the open segment
@@ -119,38 +127,33 @@ def test_every_corpus_email_arrives_byte_exact_and_the_subjects_decrypt_byte_exa
     messages = [(meta, data) for meta, data in records if meta["kind"] == "message"]
     assert {meta["principal"] for meta, _ in records} == {SUBJECT}
     assert {meta["channel"] for meta, _ in records} == {"email"}
-    archived = Counter(_payload_of(data) for _, data in messages)
+    envelopes = [meta for meta, _ in records if meta["kind"] == "envelope"]
+    assert len(envelopes) == len(messages)  # docs/archive-format.md, Mail
+    archived = Counter(data for _, data in messages)
     assert archived == Counter(expected_content(p) for s, p in accepted if s == SUBJECT_ADDR)
 
 
-def _payload_of(archived: bytes) -> bytes:
-    """The archived message is the DATA payload the client sent, exactly; the relay's own
-    `Received:` field may precede it (the bytes relayed upstream)."""
-    if archived.startswith(b"Received: from "):
-        return split_received(archived)[1]
-    return archived
-
-
-@pytest.mark.parametrize("name", list(SMUGGLING))
-def test_a_smuggling_sequence_spliced_into_a_corpus_email_is_refused(
-    relay: Relay, name: str
+def test_each_smuggling_sequence_spliced_into_a_corpus_email_is_refused(
+    shared_relay: Relay,
 ) -> None:
+    relay = shared_relay
     base = _corpus()["dev/mikelmail__plain_emails__basic_email.eml"]
     assert b"\r\n" in base and refusal(base) is None
-    seq = {"LF.LF": b"\n.\n", "LF.CRLF": b"\n.\r\n", "CRLF.LF": b"\r\n.\n"}[name]
     smuggled = b"MAIL FROM:<ceo@force.example>\r\nRCPT TO:<victim@elsewhere.example>\r\nDATA\r\n"
     at = base.index(b"\r\n\r\n") + 4
-    payload = base[:at] + b"first part" + seq + smuggled + b"forged\r\n" + base[at:]
-    assert refusal(payload) == SMUGGLED
     with RawClient(relay.host, relay.port) as client:
         client.ehlo()
-        result = client.send_message(OTHER_ADDR, [OUTSIDE_ADDR], payload)
-        assert (result.code, result.text[:5]) == (550, "5.5.2"), result
+        for name, seq in {"LF.LF": b"\n.\n", "LF.CRLF": b"\n.\r\n", "CRLF.LF": b"\r\n.\n"}.items():
+            payload = base[:at] + b"first part" + seq + smuggled + b"forged\r\n" + base[at:]
+            assert refusal(payload) == SMUGGLED
+            result = client.send_message(OTHER_ADDR, [OUTSIDE_ADDR], payload)
+            assert (result.code, result.text[:5]) == (550, "5.5.2"), (name, result)
         # the relay keeps serving on the same connection
         ok = client.send_message(OTHER_ADDR, [OUTSIDE_ADDR], base)
         assert ok.code == 250, ok
         client.quit()
     (msg,) = relay.upstream.wait_for(1)
-    assert split_received(msg.content)[1] == base
+    assert relayed_payload(msg.content, base)
     relay.wait_drained()
+    time.sleep(0.5)
     assert relay.upstream.messages == [msg]

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import bcrypt
 import pytest
-from mail_relay import OTHER_ADDR, OUTSIDE_ADDR, Relay, set_option, wait_until
+from mail_relay import OTHER_ADDR, OUTSIDE_ADDR, SMTP_USER, Relay, set_option, wait_until
 from smtp_upstream import split_received
 
 SWAKS = shutil.which("swaks")
@@ -33,12 +34,24 @@ MESSAGE = (
 
 
 def swaks(relay: Relay, tmp_path: Path, *extra: str, sender: str = OTHER_ADDR,
-          data: bytes = MESSAGE) -> subprocess.CompletedProcess[str]:  # fmt: skip
+          port: int | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
     msg = tmp_path / "message.eml"
-    msg.write_bytes(data)
-    argv = [str(SWAKS), "--server", relay.host, "--port", str(relay.port), "--from", sender,
-            "--to", OUTSIDE_ADDR, "--helo", "swaks.test", "--data", f"@{msg}", *extra]  # fmt: skip
+    msg.write_bytes(MESSAGE)
+    argv = [str(SWAKS), "--server", relay.host, "--port", str(port or relay.port),
+            "--from", sender, "--to", OUTSIDE_ADDR, "--helo", "swaks.test",
+            "--data", f"@{msg}", *extra]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def swaks_sends(relay: Relay, tmp_path: Path) -> bytes:
+    """What swaks delivers to a bare server for MESSAGE (it adds a CRLF before the final dot):
+    sent straight to the upstream, then forgotten."""
+    done = swaks(relay, tmp_path, port=relay.upstream.port)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (msg,) = relay.upstream.wait_for(1)
+    relay.upstream.clear()
+    assert msg.content.startswith(MESSAGE)
+    return msg.content
 
 
 def _received(relay: Relay, n: int) -> tuple[bytes, bytes]:
@@ -46,39 +59,67 @@ def _received(relay: Relay, n: int) -> tuple[bytes, bytes]:
     return split_received(msgs[n - 1].content)
 
 
-def test_plain(relay: Relay, tmp_path: Path) -> None:
+def test_plain(shared_relay: Relay, tmp_path: Path) -> None:
+    relay = shared_relay
+    expected = swaks_sends(relay, tmp_path)
     done = swaks(relay, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     received, rest = _received(relay, 1)
-    assert rest == MESSAGE
+    assert rest == expected
     assert re.search(rb"with ESMTP\b", received), received
 
 
-def test_starttls(relay: Relay, tmp_path: Path) -> None:
+def test_starttls(shared_relay: Relay, tmp_path: Path) -> None:
+    relay = shared_relay
+    expected = swaks_sends(relay, tmp_path)
     done = swaks(relay, tmp_path, "--tls")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "STARTTLS" in done.stdout and "TLS started" in done.stdout, done.stdout
     received, rest = _received(relay, 1)
-    assert rest == MESSAGE
+    assert rest == expected
     assert re.search(rb"with ESMTPS\b", received), received
 
 
-def test_pipelining_is_offered_and_used(relay: Relay, tmp_path: Path) -> None:
+def test_pipelining_is_offered_and_used(shared_relay: Relay, tmp_path: Path) -> None:
+    relay = shared_relay
+    expected = swaks_sends(relay, tmp_path)  # the bare upstream offers no PIPELINING
     done = swaks(relay, tmp_path, "--pipeline")
     assert done.returncode == 0, done.stdout + done.stderr
-    sent = [ln.split()[1] for ln in done.stdout.splitlines() if ln.startswith(" -> ")]
+    assert "<-  250-PIPELINING" in done.stdout, done.stdout
+    lines = done.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith(" -> MAIL FROM:"))
     # pipelined: MAIL, RCPT and DATA go out before any of their replies is read
-    lines = [ln[:4] for ln in done.stdout.splitlines() if ln[:4] in (" -> ", "<-  ", " <- ")]
-    at = sent.index("MAIL")
-    assert sent[at : at + 3] == ["MAIL", "RCPT", "DATA"], done.stdout
-    first_out = next(i for i, ln in enumerate(done.stdout.splitlines()) if "-> MAIL" in ln)
-    assert "-> RCPT" in done.stdout.splitlines()[first_out + 1], done.stdout
-    assert "PIPELINING" in done.stdout
-    assert lines
-    assert _received(relay, 1)[1] == MESSAGE
+    assert lines[at + 1].startswith(" -> RCPT TO:") and lines[at + 2] == " -> DATA", done.stdout
+    assert [ln[:8] for ln in lines[at + 3 : at + 6]] == ["<-  250 ", "<-  250 ", "<-  354 "]
+    assert _received(relay, 1)[1] == expected
 
 
-def test_auth_without_tls_is_refused(relay: Relay, tmp_path: Path) -> None:
+def test_auth_after_starttls(shared_relay: Relay, tmp_path: Path) -> None:
+    relay = shared_relay
+    password = "correct horse battery"
+    digest = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    users = relay.users_file
+    assert users is not None
+    users.write_text(f"{SMTP_USER}:{digest}:smtp\n")
+    time.sleep(1.1)  # the relay reloads a changed users file (mtime, size or inode)
+    expected = swaks_sends(relay, tmp_path)
+    auth = ("--tls", "--auth", "PLAIN", "--auth-user", SMTP_USER)
+    wrong = swaks(relay, tmp_path, *auth, "--auth-password", "wrong")
+    assert wrong.returncode != 0 and "535" in wrong.stdout, wrong.stdout
+    done = swaks(relay, tmp_path, *auth, "--auth-password", password)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "<~  235 " in done.stdout, done.stdout  # (<~: read under TLS)
+    received, rest = _received(relay, 1)
+    assert rest == expected
+    assert re.search(rb"with ESMTPSA\b", received), received
+    login = swaks(relay, tmp_path, "--tls", "--auth", "LOGIN", "--auth-user", SMTP_USER,
+                  "--auth-password", password)  # fmt: skip
+    assert login.returncode == 0, login.stdout + login.stderr
+    assert _received(relay, 2)[1] == expected
+
+
+def test_auth_without_tls_is_refused(shared_relay: Relay, tmp_path: Path) -> None:
+    relay = shared_relay
     done = swaks(relay, tmp_path, "--auth", "PLAIN", "--auth-user", "x", "--auth-password", "y")
     assert done.returncode != 0
     time.sleep(0.5)

@@ -33,9 +33,11 @@ INVESTIGATOR = "p900"
 SUBJECT_ADDR = "subject@force.example"
 OTHER_ADDR = "other@force.example"
 OUTSIDE_ADDR = "someone@elsewhere.example"  # resolves to nobody: external
+SMTP_USER = "other.user"  # OTHER's login name (users file, SMTP AUTH)
 IDENTITY_ROWS = [
     (SUBJECT, "email", SUBJECT_ADDR),
     (OTHER, "email", OTHER_ADDR),
+    (OTHER, "username", SMTP_USER),
 ]
 
 
@@ -87,6 +89,7 @@ class Relay:
     port: int = 0
     starts: int = 0
     outputs: list[Path] = field(default_factory=list)
+    users_file: Path | None = None  # `[identity] users_file`, when the test set one
 
     @property
     def data_dir(self) -> Path:
@@ -203,7 +206,7 @@ def prepare(lbm: Lbm, tmp_path: Path, upstream: RecordingUpstream) -> MailDir:
     feed = tmp_path / "identities.csv"
     feed.write_text(
         "principal,kind,value,valid_from,valid_to\n"
-        + "".join(f"{p},{k},{v},2000-01-01T00:00:00Z,\n" for p, k, v in IDENTITY_ROWS)
+        + "".join(f"{p},{k},{v},,\n" for p, k, v in IDENTITY_ROWS)
     )
     lbm("identity", "import", str(feed), check=True)
     secret, public = age.generate()

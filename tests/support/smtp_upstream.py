@@ -491,3 +491,22 @@ def split_received(content: bytes) -> tuple[bytes, bytes]:
         end = at + 2
         if content[end : end + 1] not in (b" ", b"\t"):
             return content[:end], content[end:]
+
+
+def is_one_received_field(prefix: bytes) -> bool:
+    """`prefix` is exactly one (possibly folded) `Received:` header field, CRLF-terminated."""
+    if not prefix.startswith(b"Received: ") or not prefix.endswith(b"\r\n"):
+        return False
+    lines = prefix[:-2].split(b"\r\n")
+    return all(line[:1] in (b" ", b"\t") and b"\n" not in line for line in lines[1:]) and (
+        b"\n" not in lines[0]
+    )
+
+
+def relayed_payload(content: bytes, payload: bytes) -> bool:
+    """`content` (as the upstream got it) is one Received field followed by exactly `payload`.
+    (The payload may itself start with white space, so the field's end is not always visible:
+    this checks against the payload that was sent.)"""
+    return content.endswith(payload) and is_one_received_field(
+        content[: len(content) - len(payload)]
+    )
