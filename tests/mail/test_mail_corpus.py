@@ -22,8 +22,11 @@ from pathlib import Path
 
 import pytest
 from lbm_testing import corpus_root
-from mail_relay import OTHER_ADDR, OUTSIDE_ADDR, SUBJECT, SUBJECT_ADDR, MailDir, Relay
+from mail_relay import OTHER, OTHER_ADDR, OUTSIDE_ADDR, REF, SUBJECT, SUBJECT_ADDR, MailDir, Relay
 from smtp_upstream import RawClient, expected_content, relayed_payload
+
+from store.metadata import read_stream
+from store.paths import DataPaths
 
 MIB = 1024 * 1024
 LINE_LIMIT = MIB  # DECISIONS.md, Mail: lines up to 1 MiB pass
@@ -131,6 +134,24 @@ def test_every_corpus_email_arrives_byte_exact_and_the_subjects_decrypt_byte_exa
     assert len(envelopes) == len(messages)  # docs/archive-format.md, Mail
     archived = Counter(data for _, data in messages)
     assert archived == Counter(expected_content(p) for s, p in accepted if s == SUBJECT_ADDR)
+
+    # The metadata: a queued and a delivered row per accepted message; the subject's name the
+    # authorisation and the two archive records, the non-subject's nothing.
+    rows = read_stream(DataPaths(relay.data_dir), "email").to_pylist()
+    for outcome in ("queued", "delivered"):
+        mine = [r for r in rows if r["outcome"] == outcome]
+        assert Counter(r["mail_from"] for r in mine) == Counter(s for s, _ in accepted), outcome
+        for r in mine:
+            assert r["direction"] == "outbound" and r["rcpt_to"] == OUTSIDE_ADDR
+            if r["mail_from"] == SUBJECT_ADDR:
+                assert r["principal"] == SUBJECT and r["refs"] == [REF], r
+                assert len(r["record_ids"]) == 2 and all(
+                    x.startswith(f"{REF}/") for x in r["record_ids"]
+                )
+            else:
+                assert r["principal"] == OTHER and r["refs"] == [] and r["record_ids"] == [], r
+    archived_ids = {meta["id"] for meta, _ in records}
+    assert {x for r in rows for x in r["record_ids"]} == archived_ids
 
 
 def test_each_smuggling_sequence_spliced_into_a_corpus_email_is_refused(
