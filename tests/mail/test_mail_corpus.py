@@ -23,7 +23,13 @@ from pathlib import Path
 import pytest
 from lbm_testing import corpus_root
 from mail_relay import OTHER, OTHER_ADDR, OUTSIDE_ADDR, REF, SUBJECT, SUBJECT_ADDR, MailDir, Relay
-from smtp_upstream import RawClient, expected_content, relayed_payload
+from smtp_upstream import (
+    RawClient,
+    RecordingUpstream,
+    data_block,
+    expected_content,
+    relayed_payload,
+)
 
 from store.metadata import read_stream
 from store.paths import DataPaths
@@ -69,6 +75,22 @@ def test_the_scan_finds_exactly_the_listed_refusals() -> None:
     assert len(corpus) == 74, sorted(corpus)
     scanned = {name.split("/")[1]: code for name, p in corpus.items() if (code := refusal(p))}
     assert scanned == {name: code for name, (code, _why) in REFUSED.items()}
+
+
+def test_the_raw_client_stuffs_only_after_crlf_and_a_bare_server_gets_the_payload() -> None:
+    """The harness itself, against a bare aiosmtpd server (no relay): dots are stuffed only at
+    the start of a CRLF line, so every corpus payload (line endings untouched) arrives as sent."""
+    assert data_block(b".a\r\nb\n.c\r\n..d\r\n") == b"..a\r\nb\n.c\r\n...d\r\n.\r\n"
+    assert data_block(b"no final newline") == b"no final newline\r\n.\r\n"
+    corpus = _corpus()
+    with RecordingUpstream() as bare:
+        with RawClient("127.0.0.1", bare.port) as client:
+            client.ehlo()
+            for payload in corpus.values():
+                assert client.send_message(OTHER_ADDR, [OUTSIDE_ADDR], payload).code == 250
+            client.quit()
+        got = bare.wait_for(len(corpus))
+    assert [m.content for m in got] == [expected_content(p) for p in corpus.values()]
 
 
 def _send_all(relay: Relay, mails: list[tuple[str, bytes]]) -> list[int | None]:
