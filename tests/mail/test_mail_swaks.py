@@ -25,7 +25,9 @@ from smtp_upstream import split_received
 
 SWAKS = shutil.which("swaks")
 pytestmark = pytest.mark.skipif(SWAKS is None, reason="swaks not installed (Debian package swaks)")
-SSLEAY = subprocess.run(["perl", "-MNet::SSLeay", "-e1"], capture_output=True).returncode == 0
+SSLEAY = bool(shutil.which("perl")) and (
+    subprocess.run(["perl", "-MNet::SSLeay", "-e1"], capture_output=True).returncode == 0
+)
 needs_tls = pytest.mark.skipif(
     not SSLEAY, reason="swaks --tls needs Net::SSLeay (Debian package libnet-ssleay-perl)"
 )
