@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -95,12 +96,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.01) -> None:
+def wait(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.01,
+         fail: Callable[[], str] | None = None) -> None:  # fmt: skip
     deadline = time.monotonic() + timeout
     while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+        if time.monotonic() > deadline or (fail is not None and fail()):
+            why = fail() if fail is not None else ""
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what} {why}")
         time.sleep(poll)
+
+
+def _stuck(spool: Path, log: Path) -> str:
+    """A reason to give up early: a message was deferred (the relay writes its retry time)."""
+    for env in spool.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(env.read_bytes()).get("attempts", 0) > 0:
+                return f"(a delivery failed and is retried; see {log})"
+    return ""
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -230,11 +242,9 @@ def lbm_smtp(load: Load, work: Path) -> Result:
     subprocess.run([*lbm, "init"], cwd=REPO, check=True, capture_output=True)
     sink_port = free_port()
     sink_out = data.parent / "smtp-sink.out"
-    opts = {
-        "upstream_host": '"127.0.0.1"',
-        "upstream_port": str(sink_port),
-        "upstream_starttls": '"optional"',
-    }  # smtp-sink offers no STARTTLS
+    # smtp-sink offers no STARTTLS: "optional" (the embedded default is "required")
+    opts = {"upstream_host": '"127.0.0.1"', "upstream_port": str(sink_port),
+            "upstream_starttls": '"optional"'}  # fmt: skip
     _set_options(data / "lbm.toml", "smtp", opts)
     run = data / "run"
     spool = data / "spool"
@@ -254,7 +264,7 @@ def lbm_smtp(load: Load, work: Path) -> Result:
         port = int((run / "smtp.port").read_text())
         t0 = time.monotonic()
         load.run(port)
-        wait(spool_empty, 600, "the spool to drain")
+        wait(spool_empty, 600, "the spool to drain", fail=lambda: _stuck(spool, log))
         wait(lambda: sink_count(sink_out) >= load.messages, 60, "the sink to count them all")
         seconds = time.monotonic() - t0
         rss = peak_rss_kib(relay.pid)
@@ -289,7 +299,8 @@ def main() -> None:
     load = Load(args.sessions, args.size, messages, args.reuse)
     work = Path(tempfile.mkdtemp(prefix="bench-smtp-", dir=args.dir))
     print(f"smtp-source -s {load.sessions} -l {load.size} -m {messages}"
-          f"{' -d' if load.reuse else ''}; files in {work} ({os.cpu_count()} CPUs)")  # fmt: skip
+          f"{' -d' if load.reuse else ''}; files in {work} ({os.cpu_count()} CPUs)",
+          flush=True)  # fmt: skip
     targets: list[Callable[[], Result]] = [
         lambda: bare("discard", load, work),
         lambda: bare("fsync", load, work),

@@ -22,8 +22,17 @@ from pathlib import Path
 
 import pytest
 from lbm_testing import corpus_root
-from mail_relay import OTHER_ADDR, OUTSIDE_ADDR, SUBJECT, SUBJECT_ADDR, MailDir, Relay
-from smtp_upstream import RawClient, expected_content, relayed_payload
+from mail_relay import OTHER, OTHER_ADDR, OUTSIDE_ADDR, REF, SUBJECT, SUBJECT_ADDR, MailDir, Relay
+from smtp_upstream import (
+    RawClient,
+    RecordingUpstream,
+    data_block,
+    expected_content,
+    relayed_payload,
+)
+
+from store.metadata import read_stream
+from store.paths import DataPaths
 
 MIB = 1024 * 1024
 LINE_LIMIT = MIB  # DECISIONS.md, Mail: lines up to 1 MiB pass
@@ -66,6 +75,22 @@ def test_the_scan_finds_exactly_the_listed_refusals() -> None:
     assert len(corpus) == 74, sorted(corpus)
     scanned = {name.split("/")[1]: code for name, p in corpus.items() if (code := refusal(p))}
     assert scanned == {name: code for name, (code, _why) in REFUSED.items()}
+
+
+def test_the_raw_client_stuffs_only_after_crlf_and_a_bare_server_gets_the_payload() -> None:
+    """The harness itself, against a bare aiosmtpd server (no relay): dots are stuffed only at
+    the start of a CRLF line, so every corpus payload (line endings untouched) arrives as sent."""
+    assert data_block(b".a\r\nb\n.c\r\n..d\r\n") == b"..a\r\nb\n.c\r\n...d\r\n.\r\n"
+    assert data_block(b"no final newline") == b"no final newline\r\n.\r\n"
+    corpus = _corpus()
+    with RecordingUpstream() as bare:
+        with RawClient("127.0.0.1", bare.port) as client:
+            client.ehlo()
+            for payload in corpus.values():
+                assert client.send_message(OTHER_ADDR, [OUTSIDE_ADDR], payload).code == 250
+            client.quit()
+        got = bare.wait_for(len(corpus))
+    assert [m.content for m in got] == [expected_content(p) for p in corpus.values()]
 
 
 def _send_all(relay: Relay, mails: list[tuple[str, bytes]]) -> list[int | None]:
@@ -131,6 +156,24 @@ def test_every_corpus_email_arrives_byte_exact_and_the_subjects_decrypt_byte_exa
     assert len(envelopes) == len(messages)  # docs/archive-format.md, Mail
     archived = Counter(data for _, data in messages)
     assert archived == Counter(expected_content(p) for s, p in accepted if s == SUBJECT_ADDR)
+
+    # The metadata: a queued and a delivered row per accepted message; the subject's name the
+    # authorisation and the two archive records, the non-subject's nothing.
+    rows = read_stream(DataPaths(relay.data_dir), "email").to_pylist()
+    for outcome in ("queued", "delivered"):
+        mine = [r for r in rows if r["outcome"] == outcome]
+        assert Counter(r["mail_from"] for r in mine) == Counter(s for s, _ in accepted), outcome
+        for r in mine:
+            assert r["direction"] == "outbound" and r["rcpt_to"] == OUTSIDE_ADDR
+            if r["mail_from"] == SUBJECT_ADDR:
+                assert r["principal"] == SUBJECT and r["refs"] == [REF], r
+                assert len(r["record_ids"]) == 2 and all(
+                    x.startswith(f"{REF}/") for x in r["record_ids"]
+                )
+            else:
+                assert r["principal"] == OTHER and r["refs"] == [] and r["record_ids"] == [], r
+    archived_ids = {meta["id"] for meta, _ in records}
+    assert {x for r in rows for x in r["record_ids"]} == archived_ids
 
 
 def test_each_smuggling_sequence_spliced_into_a_corpus_email_is_refused(

@@ -25,6 +25,12 @@ from smtp_upstream import split_received
 
 SWAKS = shutil.which("swaks")
 pytestmark = pytest.mark.skipif(SWAKS is None, reason="swaks not installed (Debian package swaks)")
+SSLEAY = bool(shutil.which("perl")) and (
+    subprocess.run(["perl", "-MNet::SSLeay", "-e1"], capture_output=True).returncode == 0
+)
+needs_tls = pytest.mark.skipif(
+    not SSLEAY, reason="swaks --tls needs Net::SSLeay (Debian package libnet-ssleay-perl)"
+)
 
 MESSAGE = (
     b"From: <other@force.example>\r\nTo: <someone@elsewhere.example>\r\n"
@@ -69,6 +75,7 @@ def test_plain(shared_relay: Relay, tmp_path: Path) -> None:
     assert re.search(rb"with ESMTP\b", received), received
 
 
+@needs_tls
 def test_starttls(shared_relay: Relay, tmp_path: Path) -> None:
     relay = shared_relay
     expected = swaks_sends(relay, tmp_path)
@@ -94,6 +101,7 @@ def test_pipelining_is_offered_and_used(shared_relay: Relay, tmp_path: Path) -> 
     assert _received(relay, 1)[1] == expected
 
 
+@needs_tls
 def test_auth_after_starttls(shared_relay: Relay, tmp_path: Path) -> None:
     relay = shared_relay
     password = "correct horse battery"
