@@ -87,6 +87,10 @@ class Action(StrEnum):
     OFFICER_END = "officer_end"
     OFFICER_KEY = "officer_key"
     POLICY_RESTORED = "policy_restored"  # a daemon's policy snapshot is fresh again (fail closed)
+    # mail delivery (issue 15)
+    SPOOL_QUARANTINE = "spool_quarantine"  # a broken spool entry moved aside at start
+    SPOOL_REMOVE = "spool_remove"  # an operator removed a spooled message (lbm smtp queue remove)
+    SPOOL_DUPLICATES = "spool_duplicates"  # entries found mid-delivery at start (may arrive twice)
     # web identity (issue 14)
     USERS_CHANGE = "users_change"  # lbm users add/remove: user name and change, never the hash
 

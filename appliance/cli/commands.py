@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.status_cmd", "status"),
     ("appliance.cli.housekeeping_cmd", "housekeeping"),
     ("appliance.cli.capture_cmd", "capture"),
+    ("appliance.cli.smtp_cmd", "smtp"),
     ("appliance.cli.proxy_cmd", "proxy"),
 ]
 

@@ -150,6 +150,15 @@ def init(
     if new_key:
         signing.create(app.paths, config.gateway_id)
         created.append(str(app.paths.signing_key))
+    # the SMTP service certificate (mail-server, issue 15): self-signed when absent
+    from appliance.mail.tls import TlsError, ensure_smtp_cert
+
+    try:
+        smtp_cert, _smtp_key, smtp_new = ensure_smtp_cert(app.paths.keys, config)
+    except TlsError as exc:
+        fail(str(exc), 2)
+    if smtp_new:
+        created.append(str(smtp_cert))
     new_registry = not app.paths.registry.exists()
     _init_registry(app)
     if new_registry:
