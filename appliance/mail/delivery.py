@@ -383,9 +383,7 @@ class DeliveryWorker:
         loop = asyncio.get_running_loop()
         if env.pending:
             # file system calls wait on the journal while the spool's fsyncs run: in a thread
-            message = await loop.run_in_executor(
-                None, self._prepare, env.id, self._release(env.id)
-            )
+            message = await loop.run_in_executor(None, self._prepare, env.id, self._release(env.id))
             env.attempts += 1
             transport = self.dsn_transport if env.is_dsn else self.transport
             try:
