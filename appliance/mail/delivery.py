@@ -52,7 +52,7 @@ from appliance.mail.smtp_client import (
     UpstreamPool,
     tls_context,
 )
-from appliance.mail.spool import Envelope, Spool, SpoolError, new_id
+from appliance.mail.spool import ID_RE, Envelope, Spool, SpoolError, new_id
 from store.audit import Action
 
 ARCHIVE_POLL_SECONDS = 2.0
@@ -614,6 +614,9 @@ class DeliveryWorker:
     async def _request(self, name: str) -> None:
         path = self.spool.requests_dir / name
         verb, _, spool_id = name.partition("-")
+        if spool_id != "all" and not ID_RE.fullmatch(spool_id):
+            path.unlink(missing_ok=True)  # not a request the queue CLI makes: ignored
+            return
         if verb == "retry":
             targets = list(self._envs) if spool_id == "all" else [spool_id]
             for target in targets:
