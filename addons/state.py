@@ -34,6 +34,18 @@ class ConnState:
     server_name: str | None = None
     do_not_decrypt: bool = False
     error_kind: str | None = None
+    # beyond the contract (web-core): what the connection-level rows need
+    started: float = 0.0  # POSIX seconds (appliance clock) the client connected
+    host: str | None = None  # CONNECT target / original destination host, else None
+    port: int | None = None
+    server_ip: str | None = None  # upstream peer of a passed-through tunnel
+    server_port: int | None = None
+    bytes_up: int = 0  # passed-through tunnel bytes, client -> server
+    bytes_down: int = 0  # passed-through tunnel bytes, server -> client
+    rows: int = 0  # request rows written for this connection
+    notice: bool = False  # intercepted only to answer the notice host
+    method: str | None = None  # "CONNECT" once the client asked for a tunnel
+    sent_data: bool = False  # the client sent bytes (a connection row without a request: bad)
 
 
 @dataclass
@@ -45,6 +57,12 @@ class FlowState:
     refs: tuple[str, ...] = ()  # archive this request's content for these refs
     record_ids: list[str] = field(default_factory=list)
     archive_gap: bool = False
+    # beyond the contract (web-core): counted by Metadata's stream wrappers
+    bytes_up: int = 0  # request body bytes (WebSocket: client messages)
+    bytes_down: int = 0  # response body bytes (WebSocket: server messages)
+    error_kind: str | None = None  # a code set by an addon (e.g. authorisation_ended)
+    written: bool = False  # the row has been written
+    local: bool = False  # answered by an addon at requestheaders (421, 407, notice): not streamed
 
 
 _CONNS: dict[str, ConnState] = {}

@@ -14,6 +14,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.officer_cmd", "officer"),
     ("appliance.cli.auth_cmd", "auth"),
     ("appliance.cli.identity_cmd", "identity"),
+    ("appliance.cli.users_cmd", "users"),
     ("appliance.cli.keys_cmd", "keys"),
     ("appliance.cli.archive_cmd", "archive"),
     ("appliance.cli.run_cmd", "run"),
@@ -21,6 +22,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.housekeeping_cmd", "housekeeping"),
     ("appliance.cli.capture_cmd", "capture"),
     ("appliance.cli.smtp_cmd", "smtp"),
+    ("appliance.cli.proxy_cmd", "proxy"),
 ]
 
 

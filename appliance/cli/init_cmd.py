@@ -129,6 +129,7 @@ def init(
         overrides: dict[str, object] = {}
         if gateway_id:
             overrides["gateway.id"] = gateway_id
+        overrides["web.enabled"] = True  # web-core: `lbm run` serves the proxy on loopback
         if system:  # a live gateway: CA1 applications must carry the officer's signature
             overrides["policy.require_officer_signature"] = True
         text = render_default(overrides)
@@ -163,6 +164,16 @@ def init(
     if new_registry:
         created.append(str(app.paths.registry))
     key = app.gateway_key
+    # the interception CA (web-auth, issue 14): created when absent, an existing one kept
+    from addons.ca import KEY_FILE, CaError, ca_dir, ensure_ca
+
+    new_ca = not (ca_dir(app.paths.keys) / KEY_FILE).exists()
+    try:
+        ensure_ca(app.paths.keys)
+    except CaError as exc:
+        fail(str(exc))
+    if new_ca:
+        created.append(str(ca_dir(app.paths.keys) / KEY_FILE))
     if system:
         _chown_to(root, user)
     if created:

@@ -21,6 +21,7 @@ import click
 
 from appliance.cli.app import EXIT_FAIL, App, emit, fail, pass_app, run_guarded
 from appliance.mail.auth import SmtpAuthenticator, Users
+from appliance.mail.delivery import DeliveryConfigError
 from appliance.mail.engine import RelaySMTP, Sessions, banner_lines
 from appliance.mail.handler import Audit, RelayHandler, RelaySettings, parse_networks
 from appliance.mail.refusals import Counters
@@ -215,7 +216,7 @@ def run_cmd(app: App, as_json: bool) -> None:
 
     try:
         result = run_guarded(run)
-    except (TlsError, SpoolError) as exc:
+    except (TlsError, SpoolError, DeliveryConfigError) as exc:
         fail(str(exc), EXIT_FAIL)
     except OSError as exc:  # the port is taken, the address is not local
         fail(f"smtp: cannot listen: {exc.strerror or exc}", EXIT_FAIL)

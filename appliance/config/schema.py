@@ -41,6 +41,21 @@ def _port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number 0-65535"
 
 
+def _hostname(value: Any) -> str | None:
+    text = str(value)
+    labels = text.split(".")
+    ok = 0 < len(text) <= 253 and all(
+        0 < len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isascii() and (c.isalnum() or c == "-") for c in label)
+        for label in labels
+    )
+    if not ok or text != text.lower():
+        return f"{text[:80]!r} is not a lower-case DNS host name"
+    return None
+
+
 def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
@@ -122,6 +137,70 @@ SCHEMA: list[Option] = [
     Option("web", "listen_host", str, "127.0.0.1", "address the proxy listens on"),
     Option(
         "web", "listen_port", int, 0, "proxy port (0: pick one, written to run/proxy.port)", _port
+    ),
+    # -- [web] options of the proxy daemon (web-core) --
+    Option(
+        "web",
+        "mode",
+        str,
+        "explicit",
+        "explicit (clients configured with the proxy) or transparent (traffic redirected to it)",
+        lambda v: None if v in ("explicit", "transparent") else "must be explicit or transparent",
+    ),
+    Option(
+        "web",
+        "auth",
+        bool,
+        False,
+        "explicit mode: require proxy authentication (users file); else principal by client IP",
+    ),
+    Option(
+        "web",
+        "upstream_ca_file",
+        str,
+        "",
+        "PEM file of extra trust anchors for upstream servers (added to the system's; tests)",
+    ),
+    Option(
+        "web",
+        "pinned_client_window_seconds",
+        int,
+        3600,
+        "after a subject's client refuses our certificate for a server, its connections to that "
+        "server are passed through unopened for this long (rows say error_kind=pinned_fallback)",
+        _between(0, 604_800, "seconds"),
+    ),
+    Option(
+        "web",
+        "max_header_bytes",
+        int,
+        65_536,
+        "largest HTTP/1 request head accepted; larger gets 431 and the connection closes",
+        _between(1_024, 16_777_216, "bytes"),
+    ),
+    Option(
+        "web",
+        "max_connections_per_client",
+        int,
+        256,
+        "open connections one client IP may hold; more are refused (too_many_connections)",
+        _between(1, 1_000_000),
+    ),
+    Option(
+        "web",
+        "header_timeout_seconds",
+        int,
+        30,
+        "a connection must send its first request head or TLS ClientHello within this time",
+        _between(1, 3_600, "seconds"),
+    ),
+    Option(
+        "web",
+        "idle_timeout_seconds",
+        int,
+        600,
+        "an idle connection is closed after this many seconds",
+        _between(1, 86_400, "seconds"),
     ),
     Option("smtp", "enabled", bool, False, "run the SMTP relay under `lbm run`"),
     Option("smtp", "listen_host", str, "127.0.0.1", "address the relay listens on"),
@@ -261,14 +340,22 @@ SCHEMA: list[Option] = [
         _between(1, 100_000_000),
     ),
     Option("identity", "feed", str, "", "lease/logon feed file (CSV or JSON) imported on change"),
-    # owner web-auth (DECISIONS.md, Wave 2); added by mail-server for SMTP AUTH: keep one copy
+    # web-auth (issue 14): the users file and the notice host
     Option(
         "identity",
         "users_file",
         str,
-        "",
-        "htpasswd (bcrypt) users file for proxy and SMTP AUTH, relative to the data directory; "
-        "empty: no users (SMTP AUTH refused)",
+        "users",
+        "htpasswd users file (bcrypt, optional :smtp flag) for proxy authentication and SMTP "
+        "AUTH, managed with `lbm users`; relative to the data directory",
+    ),
+    Option(
+        "notice",
+        "host",
+        str,
+        "notice.lbm.invalid",
+        "host name the proxy answers itself with the notice page (HTTP and HTTPS)",
+        _hostname,
     ),
     Option("notice", "version", str, "2026-01", "version of the acceptable-use notice in force"),
     Option(
@@ -373,6 +460,16 @@ SCHEMA: list[Option] = [
         bool,
         False,
         "honour LBM_FAKE_NOW (tests move time); never on a live gateway",
+    ),
+    Option(
+        "testing",
+        "hosts",
+        list,
+        [],
+        "NAME=IP pairs the proxy connects to instead of resolving NAME (honoured only with "
+        "fake_clock = true); never on a live gateway",
+        None,
+        str,
     ),
 ]
 

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import heapq
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +57,7 @@ from store.audit import Action
 
 ARCHIVE_POLL_SECONDS = 2.0
 REQUEST_POLL_SECONDS = 1.0
+STOP_GRACE_SECONDS = 20.0
 MAX_SLEEP = 1.0  # the scheduler looks at the clock at least this often (fake clocks move)
 
 
@@ -128,7 +130,13 @@ class DeliverySettings:
         return float(min(self.retry_max, self.retry_initial * 2 ** max(0, attempts - 1)))
 
     def transport(self, host: str, port: int) -> Transport:
-        tls = tls_context(self.ca_file or None)
+        try:
+            tls = tls_context(self.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise DeliveryConfigError(
+                f"[smtp] upstream_ca_file {self.ca_file}: cannot load ({reason})"
+            ) from None
 
         def make() -> SmtpConnection:
             return SmtpConnection(
@@ -213,11 +221,11 @@ class DeliveryWorker:
         self._kick = asyncio.Event()
         self._active: set[str] = set()
         self._waiting: set[str] = set()  # delivered, archive segment not closed yet
+        self._bytes: dict[str, bytes] = {}  # first attempt's message, handed over by accept
+        self._doomed: list[str] = []  # finished entries whose files the remover deletes
+        self._doomed_event = asyncio.Event()
         self._unconfirmed: set[str] = set()
         self._confirmed: set[str] = set()
-        self._next_flush: asyncio.Future[None] | None = None  # see _rows_durable
-        self._flushing = False
-        self._flusher: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.counts = {
@@ -261,18 +269,23 @@ class DeliveryWorker:
             for n in range(self.settings.concurrency)
         ]
         self._tasks.append(loop.create_task(self._archive_waiter(), name="smtp-archive-wait"))
+        self._tasks.append(loop.create_task(self._remover(), name="smtp-spool-remover"))
         self._tasks.append(loop.create_task(self._requests(), name="smtp-queue-requests"))
         if self.flush_rows is not None:
             self._tasks.append(loop.create_task(self._confirmer(), name="smtp-rows-confirm"))
 
     def wake(self, envelope_id: str) -> None:
         """A new message was accepted: deliver it now."""
-        env = self.spool.take_recent(envelope_id)
-        if env is None:
+        taken = self.spool.take_recent(envelope_id)
+        if taken is None:
             try:
                 env = self.spool.read_envelope(envelope_id)
             except SpoolError:
                 return
+        else:
+            env, message = taken
+            if message is not None:
+                self._bytes[env.id] = message
         self._envs[env.id] = env
         self._unconfirmed.add(env.id)
         self._ready.put_nowait(env.id)
@@ -284,6 +297,11 @@ class DeliveryWorker:
         for _ in workers:
             self._ready.put_nowait(None)
         if workers:
+            # an attempt stuck on a silent upstream is cut after the grace period; its entry
+            # stays spooled with its `.dlv` marker (counted as a possible duplicate at start)
+            _, stuck = await asyncio.wait(workers, timeout=STOP_GRACE_SECONDS)
+            for task in stuck:
+                task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
         for task in self._tasks:
             if not task.done():
@@ -291,6 +309,7 @@ class DeliveryWorker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._flush_removals()
         await self.transport.close()
         if self.dsn_transport is not self.transport:
             await self.dsn_transport.close()
@@ -306,7 +325,9 @@ class DeliveryWorker:
         self._kick.set()
 
     async def _scheduler(self) -> None:
-        while True:
+        # not `while True`: Python 3.11's wait_for can swallow the cancellation from stop()
+        # when the kick arrives at the same moment, and the loop would then never end
+        while not self._stopping:
             now = self._now()
             while self._heap and self._heap[0][0] <= now:
                 _, _, spool_id = heapq.heappop(self._heap)
@@ -344,6 +365,7 @@ class DeliveryWorker:
             await asyncio.get_running_loop().run_in_executor(None, self.spool.check, env.id)
         except SpoolError as broken:
             self._envs.pop(env.id, None)
+            self._bytes.pop(env.id, None)
             with contextlib.suppress(Exception):
                 await asyncio.get_running_loop().run_in_executor(
                     None, self.spool.quarantine, env.id, str(broken)
@@ -358,7 +380,10 @@ class DeliveryWorker:
     async def _attempt(self, env: Envelope) -> None:
         loop = asyncio.get_running_loop()
         if env.pending:
-            message = await loop.run_in_executor(None, self._prepare, env.id)
+            # file system calls wait on the journal while the spool's fsyncs run: in a thread
+            message = await loop.run_in_executor(
+                None, self._prepare, env.id, self._bytes.pop(env.id, None)
+            )
             env.attempts += 1
             transport = self.dsn_transport if env.is_dsn else self.transport
             try:
@@ -369,8 +394,8 @@ class DeliveryWorker:
             self._record(env, outcome, transport.name)
             if env.pending and self._now() >= env.received + self.settings.lifetime:
                 self._expire(env, transport.name)
-            self.spool.clear_delivering(env.id)
             if env.pending:
+                await loop.run_in_executor(None, self.spool.clear_delivering, env.id)
                 env.next_try = self._now() + self.settings.backoff(env.attempts)
                 env.next_try = min(env.next_try, env.received + self.settings.lifetime)
                 self._flag_rows(env)
@@ -379,8 +404,9 @@ class DeliveryWorker:
                 return
         await self._finish(env)
 
-    def _prepare(self, spool_id: str) -> bytes:
-        message = self.spool.read_message(spool_id)
+    def _prepare(self, spool_id: str, message: bytes | None) -> bytes:
+        if message is None:
+            message = self.spool.read_message(spool_id)
         self.spool.mark_delivering(spool_id)
         return message
 
@@ -448,7 +474,8 @@ class DeliveryWorker:
             env.dsn_sent = True
         if env.record_ids and not self._archived(env):
             self._flag_rows(env)
-            await self.spool.aupdate(env)
+            await self.spool.aupdate(env)  # nothing pending, durably: never delivered again
+            await loop.run_in_executor(None, self.spool.clear_delivering, env.id)
             self._waiting.add(env.id)
             return
         await self._remove(env)
@@ -462,6 +489,7 @@ class DeliveryWorker:
         await self.spool.accept(dsn_env, body)
         self.spool.take_recent(dsn_env.id)
         self._envs[dsn_env.id] = dsn_env
+        self._bytes[dsn_env.id] = body
         self._emit(dsn_env, "queued", dsn_env.rcpts, ts=dsn_env.received)
         self._unconfirmed.add(dsn_env.id)
         self.counts["dsn_spooled"] += 1
@@ -476,43 +504,15 @@ class DeliveryWorker:
             return False
 
     async def _remove(self, env: Envelope) -> None:
-        # The spool entry is the durable record of the message until its rows are: removing it
-        # first would lose the queued/delivered rows of a crash in the next second (mail-e2e's
-        # kill -9 test counts them). A failed flush is the writer's to audit (metadata_gap).
-        with contextlib.suppress(Exception):
-            await self._rows_durable()
-        await self.spool.aremove(env.id)
+        """Forget the entry and queue its files for the remover (unlinks wait on the spool's
+        directory fsyncs, so they are batched in a thread, never done in the loop)."""
+        self._doomed.append(env.id)
+        self._doomed_event.set()
+        self._bytes.pop(env.id, None)
         self._envs.pop(env.id, None)
         self._waiting.discard(env.id)
         self._unconfirmed.discard(env.id)
         self._confirmed.discard(env.id)
-
-    async def _rows_durable(self) -> None:
-        """Return once every row appended before the call is durable. Concurrent callers share
-        one `flush_rows()`: a caller arriving during a flush waits for the next one."""
-        if self.flush_rows is None:
-            return
-        loop = asyncio.get_running_loop()
-        if self._next_flush is None:
-            self._next_flush = loop.create_future()
-            if not self._flushing:
-                self._flusher = loop.create_task(self._flush_rounds())
-        await asyncio.shield(self._next_flush)
-
-    async def _flush_rounds(self) -> None:
-        assert self.flush_rows is not None
-        self._flushing = True
-        try:
-            while self._next_flush is not None:
-                done, self._next_flush = self._next_flush, None
-                try:
-                    await self.flush_rows()
-                except Exception as exc:
-                    done.set_exception(exc)
-                else:
-                    done.set_result(None)
-        finally:
-            self._flushing = False
 
     # -- rows and audit ------------------------------------------------------------------
     def _emit(
@@ -566,6 +566,31 @@ class DeliveryWorker:
                 continue
             self._confirmed |= {i for i in batch if i in self._envs}
 
+    async def _remover(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._doomed_event.wait()
+            self._doomed_event.clear()
+            batch, self._doomed = self._doomed, []
+            if batch:
+                await self._rows_durable()
+                await loop.run_in_executor(None, self.spool.remove_many, batch)
+
+    async def _rows_durable(self) -> None:
+        """The spool entry is the durable record of a message until its rows are: removing it
+        first would lose the queued/delivered rows of a crash in the next second (mail-e2e's
+        kill -9 test counts them). So every row appended so far is flushed before a batch of
+        removals. A failed flush is the writer's to audit (metadata_gap)."""
+        if self.flush_rows is not None:
+            with contextlib.suppress(Exception):
+                await self.flush_rows()
+
+    async def _flush_removals(self) -> None:
+        batch, self._doomed = self._doomed, []
+        if batch:
+            await self._rows_durable()
+            await asyncio.get_running_loop().run_in_executor(None, self.spool.remove_many, batch)
+
     async def _archive_waiter(self) -> None:
         while True:
             await asyncio.sleep(ARCHIVE_POLL_SECONDS)
@@ -600,6 +625,7 @@ class DeliveryWorker:
             if spool_id in self._active:
                 return  # after the attempt in progress
             env = self._envs.pop(spool_id, None)
+            self._bytes.pop(spool_id, None)
             if env is not None:
                 await asyncio.get_running_loop().run_in_executor(
                     None, lambda: self.spool.remove(spool_id, sync=True)

@@ -8,7 +8,8 @@ per recipient (pipelined when the server offers PIPELINING), then DATA: the mess
 dot-stuffed only where a line starts after CRLF, its bytes are otherwise untouched, and it ends
 with `<CRLF>.<CRLF>`.
 
-A connection is reused for several messages (`RSET` between them). Errors are `SmtpClientError`
+A connection is reused for several messages (`RSET` between them; with PIPELINING, RSET,
+MAIL, RCPT and DATA go in one write). Errors are `SmtpClientError`
 with `temporary` set for connection, TLS and protocol failures (retried) and the server's reply
 when there is one; their text names the host and the step, never message content.
 """
@@ -251,31 +252,25 @@ class SmtpConnection:
         """One transaction. Returns per-recipient RCPT replies and the DATA reply. Raises
         SmtpClientError when the session fails (the connection is then closed) or MAIL FROM is
         refused (`reply` set: the code decides temporary or permanent)."""
-        if self._dirty:
-            reply = await self.command("RSET")
-            if reply.code != 250:
-                await self.close()
-                raise SmtpClientError(f"{self.name}: RSET refused: {reply.line()}")
-        self._dirty = True
         params = []
         if "SIZE" in self.extensions:
             params.append(f"SIZE={len(message)}")
-        if "8BITMIME" in self.extensions and any(b > 127 for b in message[:65536]):
+        if "8BITMIME" in self.extensions and not message.isascii():
             params.append("BODY=8BITMIME")
         if "SMTPUTF8" in self.extensions and not (mail_from + "".join(rcpts)).isascii():
             params.append("SMTPUTF8")
         mail_cmd = f"MAIL FROM:<{_xtext_addr(mail_from)}>" + "".join(f" {p}" for p in params)
         rcpt_cmds = [f"RCPT TO:<{_xtext_addr(r)}>" for r in rcpts]
-        result = DataResult()
         if "PIPELINING" in self.extensions:
-            await self._write(("\r\n".join([mail_cmd, *rcpt_cmds]) + "\r\n").encode())
-            mail_reply = await self._read_reply()
-            replies = [await self._read_reply() for _ in rcpts]
-        else:
-            mail_reply = await self.command(mail_cmd)
-            replies = []
-            if mail_reply.code == 250:
-                replies = [await self.command(c) for c in rcpt_cmds]
+            return await self._send_pipelined(mail_cmd, rcpt_cmds, rcpts, message)
+        if self._dirty:
+            await self._rset(await self.command("RSET"))
+        self._dirty = True
+        result = DataResult()
+        mail_reply = await self.command(mail_cmd)
+        replies = []
+        if mail_reply.code == 250:
+            replies = [await self.command(c) for c in rcpt_cmds]
         if mail_reply.code != 250:
             raise SmtpClientError(
                 f"{self.name}: MAIL FROM refused: {mail_reply.line()}", reply=mail_reply
@@ -287,13 +282,53 @@ class SmtpConnection:
         if reply.code != 354:
             result.data_reply = reply
             return result
+        result.data_reply = await self._write_data(message)
+        return result
+
+    async def _rset(self, reply: Reply) -> None:
+        if reply.code != 250:
+            await self.close()
+            raise SmtpClientError(f"{self.name}: RSET refused: {reply.line()}")
+
+    async def _write_data(self, message: bytes) -> Reply:
+        """After 354: the message, then the final reply. A failure here may have delivered."""
         try:
             await self._write(data_block(message))
-            result.data_reply = await self._read_reply()
+            reply = await self._read_reply()
         except SmtpClientError as exc:
             await self.close()
             raise SmtpClientError(str(exc), before_data=False) from None
         self.messages_sent += 1
+        return reply
+
+    async def _send_pipelined(
+        self, mail_cmd: str, rcpt_cmds: list[str], rcpts: list[str], message: bytes
+    ) -> DataResult:
+        """RFC 2920: [RSET], MAIL, RCPT..., DATA in one write, then the replies in order."""
+        dirty, self._dirty = self._dirty, True
+        commands = (["RSET"] if dirty else []) + [mail_cmd, *rcpt_cmds, "DATA"]
+        await self._write(("\r\n".join(commands) + "\r\n").encode("utf-8"))
+        if dirty:
+            await self._rset(await self._read_reply())
+        mail_reply = await self._read_reply()
+        replies = [await self._read_reply() for _ in rcpts]
+        data_reply = await self._read_reply()
+        accepted = mail_reply.code == 250 and any(r.code in (250, 251) for r in replies)
+        if data_reply.code == 354 and not accepted:
+            # a server that says 354 with no valid recipient gets an empty message, ignored
+            await self._write(b".\r\n")
+            await self._read_reply()
+        if mail_reply.code != 250:
+            raise SmtpClientError(
+                f"{self.name}: MAIL FROM refused: {mail_reply.line()}", reply=mail_reply
+            )
+        result = DataResult(dict(zip(rcpts, replies, strict=True)))
+        if not accepted:
+            return result
+        if data_reply.code != 354:
+            result.data_reply = data_reply
+            return result
+        result.data_reply = await self._write_data(message)
         return result
 
     async def close(self) -> None:

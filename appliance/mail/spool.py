@@ -54,6 +54,8 @@ ID_RE = re.compile(r"^[0-9a-z]{8,40}$")
 FILE_MODE = 0o600
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _FSYNC_THREADS = 8
+RECENT_MESSAGE_MAX = 1024 * 1024  # messages up to this size stay in memory until woken
+RECENT_TOTAL_MAX = 64 * 1024 * 1024
 
 
 def _base36(value: int, width: int) -> str:
@@ -195,7 +197,9 @@ class Spool:
         self._busy = False
         self.rounds = 0  # committer rounds (group commit); messages / rounds = group size
         self.committed = 0
-        self._recent: dict[str, Envelope] = {}  # accepted, not yet taken by the worker
+        # accepted, not yet taken by the worker; small messages keep their bytes (no re-read)
+        self._recent: dict[str, tuple[Envelope, bytes | None]] = {}
+        self._recent_bytes = 0
         self._loaded: LoadReport | None = None  # the last load(), until the worker takes it
 
     # -- paths -----------------------------------------------------------------------------
@@ -233,12 +237,10 @@ class Spool:
             raise SpoolError("a message needs at least one recipient")
         if not envelope.pending and not envelope.bounced:
             envelope.pending = list(envelope.rcpts)
-        envelope.msg_len = len(message)
-        envelope.msg_sha256 = hashlib.sha256(message).hexdigest()
         loop = asyncio.get_running_loop()
         if not self.group_commit:
             await loop.run_in_executor(self._pool, self._commit_one, envelope, message)
-            self._recent[envelope.id] = envelope
+            self._remember(envelope, message)
             return
         pending = _Pending(envelope, message, loop.create_future())
         self._queue.append(pending)
@@ -248,11 +250,20 @@ class Spool:
         assert self._wakeup is not None
         self._wakeup.set()
         await pending.future
-        self._recent[envelope.id] = envelope
+        self._remember(envelope, message)
 
-    def take_recent(self, spool_id: str) -> Envelope | None:
-        """The envelope `accept` just committed (the worker's `wake` takes it from here)."""
-        return self._recent.pop(spool_id, None)
+    def _remember(self, envelope: Envelope, message: bytes) -> None:
+        keep = len(message) <= RECENT_MESSAGE_MAX and self._recent_bytes < RECENT_TOTAL_MAX
+        self._recent[envelope.id] = (envelope, message if keep else None)
+        self._recent_bytes += len(message) if keep else 0
+
+    def take_recent(self, spool_id: str) -> tuple[Envelope, bytes | None] | None:
+        """The envelope `accept` just committed and, if small, its bytes (the worker's `wake`
+        takes them from here, so a first attempt needs no read)."""
+        taken = self._recent.pop(spool_id, None)
+        if taken is not None and taken[1] is not None:
+            self._recent_bytes -= len(taken[1])
+        return taken
 
     def _commit_one(self, envelope: Envelope, message: bytes) -> None:
         try:
@@ -345,6 +356,8 @@ class Spool:
     def _write_files(self, envelope: Envelope, message: bytes) -> list[int]:
         """Write ID.msg and .ID.json.tmp; return their open descriptors (caller fsyncs). On
         failure, remove only what this call created (an id already in use is never touched)."""
+        envelope.msg_len = len(message)
+        envelope.msg_sha256 = hashlib.sha256(message).hexdigest()  # here: off the event loop
         fds: list[int] = []
         made: list[Path] = []
         try:
@@ -426,6 +439,11 @@ class Spool:
     async def aremove(self, spool_id: str) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self.remove, spool_id)
 
+    def remove_many(self, spool_ids: list[str]) -> None:
+        """Remove several entries (a thread's work: unlinks wait on the directory's fsyncs)."""
+        for spool_id in spool_ids:
+            self.remove(spool_id)
+
     def ids(self) -> list[str]:
         """Committed entries, oldest first."""
         out = []
@@ -491,7 +509,8 @@ class Spool:
                 self.quarantine(spool_id, str(exc))
         if uncommitted:
             fsync_dir(self.directory)
-        duplicates = sum(1 for env in entries if env.delivering)
+        # a marker on an entry with nothing pending is a finished delivery (no duplicate)
+        duplicates = sum(1 for env in entries if env.delivering and env.pending)
         self._loaded = LoadReport(entries, quarantined, uncommitted, duplicates)
         return self._loaded
 

@@ -3,8 +3,9 @@
 `[smtp] tls_cert` / `tls_key` name a PEM certificate chain and key (relative paths are taken from
 the data directory). Left empty, they default to `keys/smtp.crt` and `keys/smtp.key`, which
 `ensure_smtp_cert` (run by `lbm init` and at relay start) creates self-signed when absent: an
-ECDSA P-256 key (file mode 0600) and a certificate for the gateway id, `localhost` and the
-loopback addresses. A configured path that does not exist is an error, never replaced.
+ECDSA P-256 key and a certificate (both 0600, as everything in the data directory) for the
+gateway id, `localhost` and the loopback addresses. A configured path that does not exist is
+an error, never replaced.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def ensure_smtp_cert(keys_dir: Path, cfg: ConfigLike) -> tuple[Path, Path, bool]
     ensure_dir(keys_dir)
     cert_pem, key_pem = _self_signed(str(cfg["gateway.id"]))
     atomic_write(key, key_pem, mode=0o600)
-    atomic_write(cert, cert_pem, mode=0o644)
+    atomic_write(cert, cert_pem, mode=0o600)  # everything in the data dir is private
     return cert, key, True
 
 

@@ -231,6 +231,11 @@ class UsersFile:
 
     # -- verifying ---------------------------------------------------------------------------
 
+    def verified_recently(self, username: str, password: str | bytes) -> bool:
+        """True if this pair passed `verify` within the cache TTL: no bcrypt, so an event loop
+        may call it before handing a miss to `verify` in a worker thread."""
+        return self._cache.hit(_cache_key(username, _password_bytes(password)))
+
     def verify(self, username: str, password: str | bytes) -> bool:
         """True if `password` is `username`'s. Blocks for one bcrypt check (unless cached):
         call it from a worker thread in an event loop. An unknown user, an over-long password
@@ -313,6 +318,12 @@ def update_users_file(path: Path, change: Callable[[UsersFile], UsersFile]) -> U
         updated = change(current)
         atomic_write(path, updated.render())
         return updated
+
+
+def users_file_path(configured: str, data_dir: Path) -> Path:
+    """Where `[identity] users_file` points: relative paths are under the data directory."""
+    path = Path(configured or "users").expanduser()
+    return path if path.is_absolute() else Path(data_dir) / path
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from lbm_testing import Lbm
@@ -21,10 +22,12 @@ from relay_setup import (
     SUBJECT_ADDR,
     SUBJECT_ALIAS,
     prepare_relay_dir,
+    use_upstream,
 )
-from smtp_upstream import RawClient, SendResult
+from smtp_upstream import RawClient, RecordingUpstream, SendResult, split_received
 
 from store.keys import KeyStore
+from store.metadata import read_stream
 from store.paths import DataPaths
 
 
@@ -65,6 +68,10 @@ def test_subject_copies_decrypt_byte_exact_and_others_are_not_archived(
             c.ehlo()
             for name, (sender, rcpts, payload) in sends.items():
                 ids[name] = _id(c.send_message(sender, rcpts, payload))
+        # archived before 250: the segment's index (fsynced per record) lists every record now
+        index = rd.data_dir / "archive" / REF / "000001.index.jsonl"
+        kinds = [json.loads(line)["kind"] for line in index.read_text().splitlines()]
+        assert kinds == ["message", "envelope"] * 3
     finally:
         assert relay.stop() == 0
     spooled = rd.spooled()
@@ -96,6 +103,22 @@ def test_subject_copies_decrypt_byte_exact_and_others_are_not_archived(
     inbound = spooled[ids["inbound-to-alias"]][0]
     assert inbound["direction"] == "inbound"
     assert inbound["principals"] == {SUBJECT_ALIAS: SUBJECT, OTHER_ADDR: "p22222"}
+    # the `queued` rows: one per recipient, envelope only, refs and record ids for subjects
+    rows = [r for r in read_stream(DataPaths(rd.data_dir), "email").to_pylist()
+            if r["outcome"] == "queued"]  # fmt: skip
+    by_uid: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_uid.setdefault(str(row["uid"]), []).append(row)
+    assert set(by_uid) == set(ids.values())
+    for name, (sender, rcpts, _) in sends.items():
+        got = sorted(by_uid[ids[name]], key=lambda r: str(r["rcpt_to"]))
+        assert [r["rcpt_to"] for r in got] == sorted(rcpts)
+        for r in got:
+            assert r["mail_from"] == sender and r["smtp_code"] == 250 and r["attempt"] == 0
+            assert r["refs"] == ([REF] if name in archived_names else [])
+            assert r["record_ids"] == spooled[ids[name]][0]["record_ids"]
+            assert r["client_ip"] == "127.0.0.1" and r["server_port"] == relay.port
+    assert by_uid[ids["outbound-other-to-subject"]][0]["principal"] == "p22222"  # the sender
     # nothing of the non-subjects' mail anywhere but the spool (transit; the relay has no
     # delivery settings here, so it is still queued there)
     for path in rd.data_dir.rglob("*"):
@@ -103,8 +126,11 @@ def test_subject_copies_decrypt_byte_exact_and_others_are_not_archived(
             assert secret not in path.read_bytes(), path
 
 
-def test_archive_failure_still_accepts_audits_and_counts_the_gap(lbm: Lbm, tmp_path: Path) -> None:
+def test_archive_failure_still_accepts_relays_audits_and_counts_the_gap(
+    lbm: Lbm, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
     rd = prepare_relay_dir(lbm, tmp_path)
+    use_upstream(rd, upstream)  # a real aiosmtpd next hop recording exact bytes
     pub = KeyStore(DataPaths(rd.data_dir)).auth_pub_path(REF)
     pub.rename(pub.with_name(pub.name + ".away"))  # the archive cannot make a segment
     token = b"GAP-TOKEN-" + os.urandom(6).hex().encode()
@@ -116,13 +142,14 @@ def test_archive_failure_still_accepts_audits_and_counts_the_gap(lbm: Lbm, tmp_p
             spool_id = _id(c.send_message(SUBJECT_ADDR, [OUTSIDE_ADDR], payload))
             # the next message, of someone else, is untouched by the failure
             other_id = _id(c.send_message(OTHER_ADDR, [OUTSIDE_ADDR], _payload("x", b"x")))
+        got = upstream.wait_for(2)
     finally:
         assert relay.stop() == 0
-    spooled = rd.spooled()
-    env, msg = spooled[spool_id]
-    assert msg.endswith(payload)  # accepted and queued for relay, byte-exact
-    assert env["refs"] == [] and env["record_ids"] == []
-    assert other_id in spooled
+    relayed = {m.content.split(b" id ", 1)[1].split(b";", 1)[0].split()[0]: m for m in got}
+    assert set(relayed) == {spool_id.encode(), other_id.encode()}
+    received, rest = split_received(relayed[spool_id.encode()].content)
+    assert rest == payload and received.startswith(b"Received: from client.test")
+    assert rd.spooled() == {}  # delivered: nothing left in transit
     gaps = [e for e in rd.audit() if e.get("action") == "capture_gap"]
     assert len(gaps) == 1, gaps
     gap = gaps[0]
@@ -131,3 +158,23 @@ def test_archive_failure_still_accepts_audits_and_counts_the_gap(lbm: Lbm, tmp_p
     assert token.decode() not in text and SUBJECT_ADDR not in text
     assert "archive_gap 1" in relay.output().decode()
     assert rd.archived() == []
+
+
+def test_cancellation_stops_archiving_within_seconds(lbm: Lbm, tmp_path: Path) -> None:
+    rd = prepare_relay_dir(lbm, tmp_path)
+    relay = rd.relay(tmp_path).start()
+    try:
+        with RawClient(relay.host, relay.port) as c:
+            c.ehlo()
+            before = _id(c.send_message(SUBJECT_ADDR, [OUTSIDE_ADDR], _payload("1", b"one")))
+            lbm("auth", "cancel", REF, "--reason", "test", "--officer", "p100", check=True)
+            time.sleep(2.0)  # the relay's snapshot follows the registry within a second
+            after = _id(c.send_message(SUBJECT_ADDR, [OUTSIDE_ADDR], _payload("2", b"two")))
+    finally:
+        assert relay.stop() == 0
+    spooled = rd.spooled()
+    assert spooled[before][0]["refs"] == [REF]
+    assert spooled[after][0]["refs"] == [] and spooled[after][0]["record_ids"] == []
+    assert [r.data for r in rd.archived() if r.header["kind"] == "message"] == [
+        _payload("1", b"one")
+    ]  # what was lawfully recorded before stays

@@ -11,6 +11,7 @@ the embedded default writes to the maildrop maildir.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import pytest
 from delivery_kit import Relay, RowSink, envelope, make_tls, smtp_config, wait_until
+from lbm_testing import Lbm
 from smtp_upstream import RecordingUpstream
 
+from appliance.cli.app import App
 from store.clock import Clock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,6 +169,27 @@ def test_restart_resumes_the_spool(tmp_path: Path, upstream) -> None:
     assert {r["uid"] for r in rows2.of("queued")} == {e.id for e in envs}
 
 
+def test_queued_rows_known_durable_are_not_written_again(tmp_path: Path, upstream) -> None:
+    """With the writer's flush confirming them, an entry's envelope records that its `queued`
+    rows are durable; a restart then writes none again (without it, it writes them again)."""
+    flushes = []
+
+    async def flush() -> None:  # stands for MetadataWriter.aflush
+        flushes.append(1)
+
+    upstream.stop()
+    rows = RowSink()
+    with Relay(tmp_path / "spool", _cfg(upstream), rows=rows, flush_rows=flush) as relay:
+        env = relay.submit(envelope(), b"Subject: q\r\n\r\nx\r\n")
+        wait_until(lambda: len(rows.of("deferred")) >= 2, what="two deferrals")
+    assert flushes
+    assert json.loads((tmp_path / "spool" / f"{env.id}.json").read_text())["queued_rows"]
+    rows2 = RowSink()
+    with Relay(tmp_path / "spool", _cfg(upstream), rows=rows2) as relay:
+        wait_until(lambda: rows2.of("deferred"), what="a deferral after restart")
+    assert rows2.of("queued") == []
+
+
 def test_starttls_required_verifies_the_certificate(tmp_path: Path) -> None:
     tls = make_tls(tmp_path / "tls")
     with RecordingUpstream(tls_cert=tls["cert"], tls_key=tls["key"], hostname="localhost") as up:
@@ -237,6 +261,8 @@ def test_subject_entry_waits_for_its_segment_to_close(tmp_path: Path, upstream) 
         upstream.wait_for(1)
         time.sleep(2.5)
         assert relay.spooled() == [f"{env.id}.json"], "removed before the segment closed"
+        assert not list((tmp_path / "spool").glob("*.dlv")), "a finished delivery looks unfinished"
+        assert json.loads((tmp_path / "spool" / f"{env.id}.json").read_text())["pending"] == []
         closed.add(record)
         wait_until(lambda: not relay.spooled(), timeout=10, what="removal after close")
     assert len(upstream.messages) == 1
@@ -294,7 +320,7 @@ CRASH_SCRIPT = textwrap.dedent(
 
 
 def test_crash_after_upstream_250_delivers_twice_and_is_counted(
-    tmp_path: Path, upstream, monkeypatch
+    tmp_path: Path, upstream, monkeypatch, lbm: Lbm
 ) -> None:
     """kill -9 after the upstream has the message but before its 250 reached the worker."""
     import asyncio
@@ -324,7 +350,8 @@ def test_crash_after_upstream_250_delivers_twice_and_is_counted(
         proc.wait(10)
     stall["seconds"] = 0.0
     rows = RowSink()
-    with Relay(tmp_path / "spool", _cfg(upstream), rows=rows) as relay:
+    app = App(str(lbm.data_dir), None)
+    with Relay(tmp_path / "spool", _cfg(upstream), rows=rows, audit=app.audit) as relay:
         assert relay.worker is not None
         assert relay.worker.counts["possible_duplicates"] == 1
         upstream.wait_for(2)
@@ -332,3 +359,77 @@ def test_crash_after_upstream_250_delivers_twice_and_is_counted(
     twice = [m for m in upstream.messages if b"Subject: twice" in m.content]
     print(f"arrived twice: {len(twice) - 1}")
     assert len(twice) == 2
+    counted = [e for e in app.audit.entries() if e["action"] == "spool_duplicates"]
+    assert [e["fields"]["count"] for e in counted] == [1]
+
+
+def test_pipelined_transactions_keep_per_recipient_outcomes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream offering PIPELINING gets RSET, MAIL, RCPT... and DATA in one write; refused
+    recipients still get their own outcome, and a transaction with no recipient left sends no
+    message on the reused session."""
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+    from smtp_upstream import _Handler
+
+    async def handle_ehlo(self: object, server: SMTP, session: Session, env: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:  # fmt: skip
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_rcpt(self: object, server: SMTP, session: Session, env: Envelope,
+                          address: str, options: list[str]) -> str:  # fmt: skip
+        if address.startswith("gone"):
+            return "550 5.1.1 no such user"
+        env.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    monkeypatch.setattr(_Handler, "handle_EHLO", handle_ehlo, raising=False)
+    monkeypatch.setattr(_Handler, "handle_RCPT", handle_rcpt)
+    rows = RowSink()
+    with RecordingUpstream() as up:
+        cfg = _cfg(up, delivery_concurrency=1)
+        with Relay(tmp_path / "spool", cfg, rows=rows) as relay:
+            mixed = relay.submit(
+                envelope(["a@remote.example", "gone1@remote.example"], mail_from=""), b"S: 1\r\n"
+            )
+            none = relay.submit(envelope(["gone2@remote.example"], mail_from=""), b"S: 2\r\n")
+            last = relay.submit(envelope(["b@remote.example"], mail_from=""), b"S: 3\r\n")
+            up.wait_for(2)
+            wait_until(lambda: not relay.spooled(), what="spool drained")
+            assert relay.worker is not None
+            sessions = relay.worker.transport.opened  # type: ignore[attr-defined]
+            idle = relay.worker.transport._idle  # type: ignore[attr-defined]
+            assert "PIPELINING" in idle[0][1].extensions  # the pipelined path was taken
+    assert [(m.rcpts, m.content) for m in up.messages] == [
+        (["a@remote.example"], b"S: 1\r\n"),
+        (["b@remote.example"], b"S: 3\r\n"),
+    ]
+    assert ("bounced", "gone1@remote.example") in rows.outcomes(mixed.id)
+    assert rows.outcomes(none.id) == [("bounced", "gone2@remote.example")]
+    assert ("delivered", "b@remote.example") in rows.outcomes(last.id)
+    assert sessions == 1 and up.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        pytest.param("upstream_ca_file", '"/nonexistent/ca.pem"', "upstream_ca_file", id="ca"),
+        pytest.param(
+            "upstream_password_file", '"/nonexistent/pw"', "upstream_password_file", id="password"
+        ),
+        pytest.param("upstream_starttls", '"sometimes"', "required or optional", id="starttls"),
+        pytest.param("return_route", '"no-port"', "HOST:PORT", id="return-route"),
+    ],
+)
+def test_bad_delivery_options_stop_the_relay_with_one_line(
+    lbm: Lbm, key: str, value: str, needle: str
+) -> None:
+    from mail_relay import set_option
+
+    set_option(lbm.data_dir, "smtp", "upstream_host", '"127.0.0.1"')
+    set_option(lbm.data_dir, "smtp", key, value)
+    result = lbm("smtp", "run", timeout=60)
+    assert result.returncode in (1, 2)
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -25,7 +25,7 @@ HEAD = b"From: a@elsewhere.example\r\nSubject: malformed\r\n\r\n"
 
 @pytest.fixture
 def relay_dir(lbm: Lbm, tmp_path: Path) -> RelayDir:
-    rd = prepare_relay_dir(lbm, tmp_path, grant=False)
+    rd = prepare_relay_dir(lbm, tmp_path, grant=False, identities=False)
     rd.set("smtp", "max_recipients", "3")
     rd.set("smtp", "max_message_bytes", str(3 * MIB))
     return rd

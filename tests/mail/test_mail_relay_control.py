@@ -137,7 +137,8 @@ def test_auth_over_tls_for_smtp_user_may_relay_its_own_address(
 
 
 def test_client_inside_allowed_clients_relays_without_auth(lbm: Lbm, tmp_path: Path) -> None:
-    rd = prepare_relay_dir(lbm, tmp_path, grant=False)  # the embedded default: loopback
+    # allowed_clients left at the embedded default: loopback
+    rd = prepare_relay_dir(lbm, tmp_path, grant=False, identities=False)
     relay = rd.relay(tmp_path).start()
     try:
         with RawClient(relay.host, relay.port) as c:

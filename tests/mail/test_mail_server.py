@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ NOTICE = "Monitored for lawful business purposes (test notice)"
 
 @pytest.fixture
 def relay_dir(lbm: Lbm, tmp_path: Path) -> RelayDir:
-    rd = prepare_relay_dir(lbm, tmp_path, grant=False)
+    rd = prepare_relay_dir(lbm, tmp_path, grant=False, identities=False)
     rd.set("notice", "text", f'"{NOTICE}"')
     rd.set("notice", "version", '"2026-07"')
     rd.set("smtp", "max_connections", "3")
@@ -173,3 +174,85 @@ def test_sigterm_refuses_new_connections_promptly(relay: Relay) -> None:
     assert relay.stop() == 0
     assert time.monotonic() - started < 10
     wait_until(lambda: _banner_code(relay) == -1, 5, "the port to close")
+
+
+# -- the pure pieces the handler relies on ---------------------------------------------------
+
+
+def test_classify_direction_principals_and_internal_parties() -> None:
+    from appliance.mail.parties import classify
+
+    book = {"s@force.example": "p1", "alias@force.example": "p1", "o@force.example": "p2"}
+
+    def resolve(address: str) -> str | None:
+        return book.get(address.lower())
+
+    out = classify("S@Force.Example", ["x@ext.example", "o@force.example"], ["force.example"],
+                   resolve)  # fmt: skip
+    assert out.direction == "outbound"
+    assert out.principals == {"x@ext.example": "p1", "o@force.example": "p1"}
+    assert out.internal_parties == ["p1", "p2"]  # sender and the internal recipient
+    inbound = classify("x@ext.example", ["alias@force.example", "nobody@force.example",
+                                         "y@ext.example"], ["force.example"], resolve)  # fmt: skip
+    assert inbound.direction == "inbound"
+    assert inbound.principals == {
+        "alias@force.example": "p1", "nobody@force.example": None, "y@ext.example": None
+    }  # fmt: skip
+    assert inbound.internal_parties == ["p1"] and inbound.unresolved == 1
+    bounce = classify("", ["s@force.example"], ["force.example"], resolve)
+    assert bounce.direction == "inbound" and bounce.internal_parties == ["p1"]
+    spoof = classify("s@force.example.evil", ["y@ext.example"], ["force.example"], resolve)
+    assert spoof.direction == "inbound" and spoof.internal_parties == []
+
+
+def test_smuggling_patterns_and_legitimate_dots() -> None:
+    from appliance.mail.handler import smuggling
+
+    for bad in (b"a\n.\nb", b"a\n.\r\nb", b"a\r\n.\nb", b".\nfirst line", b"x\r\n\n.\n"):
+        assert smuggling(bad), bad
+    for good in (b"a\r\n.\r\nb", b"a\r\n..\r\nb", b"a\n..\nb", b"a.\nb", b"a\n.b\n", b""):
+        assert not smuggling(good), good  # "\r\n.\r\n" here was "\r\n..\r\n" on the wire
+
+
+def test_message_id_hash_reads_headers_only() -> None:
+    import hashlib
+
+    from appliance.mail.message import message_id_sha256
+
+    value = b"<abc@host.example>"
+    digest = hashlib.sha256(value).hexdigest()
+    assert message_id_sha256(b"Subject: x\r\nMessage-ID: " + value + b"\r\n\r\nbody") == digest
+    assert message_id_sha256(b"message-id:\r\n " + value + b"\r\n\r\n") == digest  # folded
+    assert message_id_sha256(b"Subject: x\r\n\r\nMessage-ID: " + value + b"\r\n") is None
+    assert message_id_sha256(b"Subject: x\nMessage-Id: " + value + b"\n\nb") == digest
+
+
+def test_bad_settings_fail_with_one_clear_line(relay_dir: RelayDir, tmp_path: Path) -> None:
+    """A missing configured certificate, half a TLS setting, a taken port: exit 1, one line
+    naming the problem; nothing left listening or locked."""
+    lbm = relay_dir.lbm
+    relay_dir.set("smtp", "tls_cert", '"/nonexistent/smtp.pem"')
+    relay_dir.set("smtp", "tls_key", '"/nonexistent/smtp.key"')
+    result = lbm("smtp", "run", timeout=30)
+    assert result.returncode == 1
+    assert "[smtp] tls_cert /nonexistent/smtp.pem: no such file" in result.stderr
+    relay_dir.set("smtp", "tls_key", '""')
+    result = lbm("smtp", "run", timeout=30)
+    assert result.returncode == 1 and "must be set together" in result.stderr
+    relay_dir.set("smtp", "tls_cert", '""')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        relay_dir.set("smtp", "listen_port", str(taken.getsockname()[1]))
+        result = lbm("smtp", "run", timeout=30)
+    assert result.returncode == 1 and "cannot listen" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (relay_dir.data_dir / "run" / "smtp.ready").exists()
+
+
+def test_a_second_relay_on_the_same_data_dir_is_refused(relay: Relay, relay_dir: RelayDir) -> None:
+    second = relay_dir.lbm("smtp", "run", timeout=30)
+    assert second.returncode == 1 and "in use by another relay" in second.stderr
+    with RawClient(relay.host, relay.port) as c:  # the first one is untouched
+        c.ehlo()
+        assert c.send_message(OUTSIDE_ADDR, [SUBJECT_ADDR], PAYLOAD).accepted

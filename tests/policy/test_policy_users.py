@@ -12,6 +12,8 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.policy import users as users_mod
 from appliance.policy.users import (
@@ -146,6 +148,8 @@ def test_verified_cache_skips_bcrypt_and_is_per_file(monkeypatch: pytest.MonkeyP
         return real(password, hashed)
 
     monkeypatch.setattr(users_mod.bcrypt, "checkpw", counting)
+    assert users.verified_recently("alice", "alice-pw")
+    assert not users.verified_recently("alice", "other")
     assert users.verify("alice", "alice-pw")
     assert calls == []  # cached
     assert not users.verify("alice", "alice-pw2")  # a wrong password is never a cache hit
@@ -244,3 +248,33 @@ def test_source_checks_at_most_every_interval(tmp_path: Path) -> None:
     source.interval = 0.0
     refreshed = source.current()
     assert refreshed is not None and "bob" in refreshed.users()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400))
+def test_parse_arbitrary_bytes_raises_only_users_file_error(data: bytes) -> None:
+    try:
+        parsed = UsersFile.parse(data, Path("/x/users"))
+    except UsersFileError as exc:
+        assert str(exc).startswith("/x/users:")
+    else:
+        assert UsersFile.parse(parsed.render()).users() == parsed.users()
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True),
+            st.sampled_from([frozenset(), frozenset({"smtp"})]),
+        ),
+        max_size=6,
+        unique_by=lambda t: t[0],
+    )
+)
+def test_render_parse_round_trip(items: list[tuple[str, frozenset[str]]]) -> None:
+    fixed_hash = "$2b$04$" + "a" * 53
+    users = UsersFile({n: UserEntry(n, fixed_hash, f) for n, f in items})
+    again = UsersFile.parse(users.render())
+    assert again.users() == sorted(n for n, _ in items)
+    assert all(again.flags(n) == f for n, f in items)

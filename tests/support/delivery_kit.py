@@ -90,8 +90,10 @@ class Relay:
         archive_closed: Callable[[str], bool] = lambda record: True,
         audit: Any = None,
         clock: Any = None,
+        flush_rows: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.rows = rows or RowSink()
+        self.flush_rows = flush_rows
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -119,6 +121,7 @@ class Relay:
                 actor="tester",
                 clock=self.clock,
                 gateway="gw1",
+                flush_rows=self.flush_rows,
             )
             self.worker.start()
 

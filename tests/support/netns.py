@@ -4,6 +4,10 @@
 addresses and no IPv6 (so the kernel stays silent on them), yields its name and deletes it. Traffic
 replayed into `lbm-tx` appears on `lbm-rx` and never leaves the namespace. Skips the test when
 namespaces cannot be made here.
+
+`gateway_topology(prefix)` makes three namespaces (clients, gateway, server) routed through the
+gateway, whose `redirect(PORT)` installs a transparent proxy's nftables rules (TCP 80/443 to
+PORT, UDP 443 dropped): the web transparent-mode test and the deployment test use it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pytest
 
@@ -38,3 +43,100 @@ def veth_namespace(prefix: str) -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
+
+
+# -- a client, a gateway and a server namespace (transparent proxy tests; web-auth, issue 14) ----
+
+CLIENT_NET, SERVER_NET = "10.201.1", "10.201.2"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Three namespaces: clients -- gateway -- server, routed through the gateway.
+
+    `client` holds `client_ips` on `c-g` (default route via the gateway's `gateway_client_ip`),
+    `gateway` forwards between `g-c` and `g-s` (ip_forward on), `server` holds `server_ip` on
+    `s-g` (default route via `gateway_server_ip`). `redirect(port)` adds the gateway's nftables
+    rules of a transparent proxy: TCP 80/443 arriving from the clients `redirect to :PORT`, UDP
+    443 from the clients dropped (QUIC falls back to TCP)."""
+
+    client: str
+    gateway: str
+    server: str
+    client_ips: tuple[str, ...]
+    gateway_client_ip: str = f"{CLIENT_NET}.1"
+    gateway_server_ip: str = f"{SERVER_NET}.1"
+    server_ip: str = f"{SERVER_NET}.2"
+
+    @staticmethod
+    def exec(ns: str) -> list[str]:
+        """The argv prefix running a command in namespace `ns`."""
+        return ["ip", "netns", "exec", ns]
+
+    def redirect(self, port: int, dports: tuple[int, ...] = (80, 443)) -> None:
+        ports = ", ".join(str(p) for p in dports)
+        rules = (
+            "table ip lbm_gw {\n"
+            "  chain prerouting {\n"
+            "    type nat hook prerouting priority dstnat; policy accept;\n"
+            f'    iifname "g-c" tcp dport {{ {ports} }} redirect to :{port}\n'
+            "  }\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority filter; policy accept;\n"
+            '    iifname "g-c" udp dport 443 drop\n'
+            "  }\n"
+            "}\n"
+        )
+        subprocess.run(
+            [*self.exec(self.gateway), "nft", "-f", "-"],
+            input=rules.encode(),
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+
+@contextmanager
+def gateway_topology(prefix: str = "lbm", clients: int = 2) -> Iterator[Topology]:
+    """Make the three namespaces (names PREFIX{c,g,s}PID) and their veth pairs; remove them
+    afterwards. Skips the test when namespaces or nftables are not available."""
+    pid = os.getpid()
+    names = (f"{prefix}c{pid}", f"{prefix}g{pid}", f"{prefix}s{pid}")
+    made: list[str] = []
+    try:
+        for name in names:
+            try:
+                sh("ip", "netns", "add", name)
+            except subprocess.CalledProcessError as exc:
+                pytest.skip(f"cannot create a network namespace: {exc.stderr.decode().strip()}")
+            made.append(name)
+        client, gateway, server = names
+        topo = Topology(client, gateway, server,
+                        tuple(f"{CLIENT_NET}.{2 + i}" for i in range(clients)))  # fmt: skip
+        g = Topology.exec(gateway)
+        sh(*g, "ip", "link", "add", "g-c", "type", "veth", "peer", "name", "c-g", "netns", client)
+        sh(*g, "ip", "link", "add", "g-s", "type", "veth", "peer", "name", "s-g", "netns", server)
+        for ns, devs in ((client, ("c-g",)), (gateway, ("g-c", "g-s")), (server, ("s-g",))):
+            run = Topology.exec(ns)
+            sh(*run, "ip", "link", "set", "lo", "up")
+            for dev in devs:
+                sh(*run, "sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
+                sh(*run, "ip", "link", "set", dev, "up")
+        sh(*g, "ip", "addr", "add", f"{topo.gateway_client_ip}/24", "dev", "g-c")
+        sh(*g, "ip", "addr", "add", f"{topo.gateway_server_ip}/24", "dev", "g-s")
+        sh(*g, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        c = Topology.exec(client)
+        for ip in topo.client_ips:
+            sh(*c, "ip", "addr", "add", f"{ip}/24", "dev", "c-g")
+        sh(*c, "ip", "route", "add", "default", "via", topo.gateway_client_ip)
+        s = Topology.exec(server)
+        sh(*s, "ip", "addr", "add", f"{topo.server_ip}/24", "dev", "s-g")
+        sh(*s, "ip", "route", "add", "default", "via", topo.gateway_server_ip)
+        try:
+            sh(*g, "nft", "list", "ruleset")
+        except (OSError, subprocess.CalledProcessError) as exc:
+            pytest.skip(f"nftables not usable here: {exc}")
+        yield topo
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)

@@ -1,13 +1,16 @@
 """Helpers for the relay's own tests (tests/mail/test_mail_{server,relay_control,malformed,
 archive}.py): a data dir made by `lbm init` with identities (email addresses and SMTP user names),
 an investigator whose identity the test holds, an `email` grant for the subject, and a started
-`lbm smtp run` (mail_relay.Relay) on it. No upstream is needed: these tests read what the relay
-spooled (`spool/ID.msg`, `ID.json`) and archived.
+`lbm smtp run` (mail_relay.Relay) on it. These tests read what the relay spooled (`spool/ID.msg`,
+`ID.json`) and archived, so by default the next hop is a closed loopback port: every delivery
+attempt is deferred and the mail stays spooled (never delivered to the embedded default's
+`./lbm-maildrop`). `use_upstream` points a dir at a real `RecordingUpstream` instead.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,16 +89,21 @@ class _NoUpstream:
 _NO_UPSTREAM: Any = _NoUpstream()
 
 
-def prepare_relay_dir(lbm: Lbm, tmp_path: Path, *, grant: bool = True) -> RelayDir:
-    feed = tmp_path / "identities.csv"
-    feed.write_text(
-        "principal,kind,value,valid_from,valid_to\n"
-        + "".join(f"{p},{k},{v},,\n" for p, k, v in ROWS)
-    )
-    lbm("identity", "import", str(feed), check=True)
+def prepare_relay_dir(
+    lbm: Lbm, tmp_path: Path, *, grant: bool = True, identities: bool = True
+) -> RelayDir:
+    """`identities` imports ROWS; `grant` (implies identities) also adds the investigator and
+    the `email` grant. Each costs `lbm` subprocesses: tests that need neither skip them."""
     secret, public = age.generate()
-    lbm("keys", "investigator", "add", "inv1", public, "--principal", "p900", check=True)
+    if identities or grant:
+        feed = tmp_path / "identities.csv"
+        feed.write_text(
+            "principal,kind,value,valid_from,valid_to\n"
+            + "".join(f"{p},{k},{v},,\n" for p, k, v in ROWS)
+        )
+        lbm("identity", "import", str(feed), check=True)
     if grant:
+        lbm("keys", "investigator", "add", "inv1", public, "--principal", "p900", check=True)
         lbm.grant(REF, SUBJECT, channel="email")
     users = lbm.data_dir / "users.htpasswd"
     users.write_text(
@@ -103,7 +111,28 @@ def prepare_relay_dir(lbm: Lbm, tmp_path: Path, *, grant: bool = True) -> RelayD
     )
     users.chmod(0o600)
     set_option(lbm.data_dir, "identity", "users_file", '"users.htpasswd"')
+    set_option(lbm.data_dir, "smtp", "upstream_host", '"127.0.0.1"')
+    set_option(lbm.data_dir, "smtp", "upstream_port", str(_closed_port()))
+    set_option(lbm.data_dir, "smtp", "retry_initial_seconds", "60")
     return RelayDir(lbm, age.identity_file_text(secret))
+
+
+def use_upstream(rd: RelayDir, upstream: RecordingUpstream) -> None:
+    rd.set("smtp", "upstream_port", str(upstream.port))
+    rd.set("smtp", "upstream_starttls", '"optional"')
+    rd.set("smtp", "retry_initial_seconds", "1")
+
+
+_RESERVED: list[socket.socket] = []
+
+
+def _closed_port() -> int:
+    """A loopback port that refuses connections: bound but never listening, and kept bound for
+    the test session, so no other server (the relay's own port 0 included) can be given it."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _RESERVED.append(s)
+    return int(s.getsockname()[1])
 
 
 def _hash(password: str) -> str:
@@ -115,4 +144,4 @@ def wait_for_spool(rd: RelayDir, n: int, timeout: float = 10.0) -> dict[str, Any
     return rd.spooled()
 
 
-__all__ = ["RecordingUpstream", "RelayDir", "prepare_relay_dir", "wait_for_spool"]
+__all__ = ["RecordingUpstream", "RelayDir", "prepare_relay_dir", "use_upstream", "wait_for_spool"]
