@@ -52,12 +52,13 @@ from appliance.mail.smtp_client import (
     UpstreamPool,
     tls_context,
 )
-from appliance.mail.spool import Envelope, Spool, SpoolError, new_id
+from appliance.mail.spool import ID_RE, Envelope, Spool, SpoolError, new_id
 from store.audit import Action
 
 ARCHIVE_POLL_SECONDS = 2.0
 REQUEST_POLL_SECONDS = 1.0
 STOP_GRACE_SECONDS = 20.0
+HELD_BYTES_MAX = 64 * 1024 * 1024  # accepted messages kept in memory for their first attempt
 MAX_SLEEP = 1.0  # the scheduler looks at the clock at least this often (fake clocks move)
 
 
@@ -222,6 +223,7 @@ class DeliveryWorker:
         self._active: set[str] = set()
         self._waiting: set[str] = set()  # delivered, archive segment not closed yet
         self._bytes: dict[str, bytes] = {}  # first attempt's message, handed over by accept
+        self._bytes_total = 0  # bounded by HELD_BYTES_MAX; beyond it, attempts read the spool
         self._doomed: list[str] = []  # finished entries whose files the remover deletes
         self._doomed_event = asyncio.Event()
         self._unconfirmed: set[str] = set()
@@ -285,7 +287,7 @@ class DeliveryWorker:
         else:
             env, message = taken
             if message is not None:
-                self._bytes[env.id] = message
+                self._hold(env.id, message)
         self._envs[env.id] = env
         self._unconfirmed.add(env.id)
         self._ready.put_nowait(env.id)
@@ -365,7 +367,7 @@ class DeliveryWorker:
             await asyncio.get_running_loop().run_in_executor(None, self.spool.check, env.id)
         except SpoolError as broken:
             self._envs.pop(env.id, None)
-            self._bytes.pop(env.id, None)
+            self._release(env.id)
             with contextlib.suppress(Exception):
                 await asyncio.get_running_loop().run_in_executor(
                     None, self.spool.quarantine, env.id, str(broken)
@@ -381,9 +383,7 @@ class DeliveryWorker:
         loop = asyncio.get_running_loop()
         if env.pending:
             # file system calls wait on the journal while the spool's fsyncs run: in a thread
-            message = await loop.run_in_executor(
-                None, self._prepare, env.id, self._bytes.pop(env.id, None)
-            )
+            message = await loop.run_in_executor(None, self._prepare, env.id, self._release(env.id))
             env.attempts += 1
             transport = self.dsn_transport if env.is_dsn else self.transport
             try:
@@ -403,6 +403,17 @@ class DeliveryWorker:
                 self._schedule(env)
                 return
         await self._finish(env)
+
+    def _hold(self, spool_id: str, message: bytes) -> None:
+        if self._bytes_total + len(message) <= HELD_BYTES_MAX:
+            self._bytes[spool_id] = message
+            self._bytes_total += len(message)
+
+    def _release(self, spool_id: str) -> bytes | None:
+        message = self._bytes.pop(spool_id, None)
+        if message is not None:
+            self._bytes_total -= len(message)
+        return message
 
     def _prepare(self, spool_id: str, message: bytes | None) -> bytes:
         if message is None:
@@ -489,7 +500,7 @@ class DeliveryWorker:
         await self.spool.accept(dsn_env, body)
         self.spool.take_recent(dsn_env.id)
         self._envs[dsn_env.id] = dsn_env
-        self._bytes[dsn_env.id] = body
+        self._hold(dsn_env.id, body)
         self._emit(dsn_env, "queued", dsn_env.rcpts, ts=dsn_env.received)
         self._unconfirmed.add(dsn_env.id)
         self.counts["dsn_spooled"] += 1
@@ -508,7 +519,7 @@ class DeliveryWorker:
         directory fsyncs, so they are batched in a thread, never done in the loop)."""
         self._doomed.append(env.id)
         self._doomed_event.set()
-        self._bytes.pop(env.id, None)
+        self._release(env.id)
         self._envs.pop(env.id, None)
         self._waiting.discard(env.id)
         self._unconfirmed.discard(env.id)
@@ -614,6 +625,9 @@ class DeliveryWorker:
     async def _request(self, name: str) -> None:
         path = self.spool.requests_dir / name
         verb, _, spool_id = name.partition("-")
+        if spool_id != "all" and not ID_RE.fullmatch(spool_id):
+            path.unlink(missing_ok=True)  # not a request the queue CLI makes: ignored
+            return
         if verb == "retry":
             targets = list(self._envs) if spool_id == "all" else [spool_id]
             for target in targets:
@@ -625,7 +639,7 @@ class DeliveryWorker:
             if spool_id in self._active:
                 return  # after the attempt in progress
             env = self._envs.pop(spool_id, None)
-            self._bytes.pop(spool_id, None)
+            self._release(spool_id)
             if env is not None:
                 await asyncio.get_running_loop().run_in_executor(
                     None, lambda: self.spool.remove(spool_id, sync=True)
