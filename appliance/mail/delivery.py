@@ -33,158 +33,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import socket
-import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from appliance.mail import dsn as dsn_mod
-from appliance.mail.maildrop import Maildrop
-from appliance.mail.rows import email_rows
-from appliance.mail.smtp_client import (
-    DataResult,
-    Reply,
-    SmtpClientError,
-    SmtpConnection,
-    UpstreamPool,
-    tls_context,
+from appliance.mail.delivery_settings import (
+    ConfigLike,
+    DeliveryConfigError,
+    DeliverySettings,
+    Outcome,
+    Transport,
+    classify,
 )
-from appliance.mail.spool import Envelope, Spool, SpoolError, new_id
+from appliance.mail.rows import email_rows
+from appliance.mail.smtp_client import Reply, SmtpClientError
+from appliance.mail.spool import ID_RE, Envelope, Spool, SpoolError, new_id
 from store.audit import Action
+
+__all__ = ["DeliveryConfigError", "DeliverySettings", "DeliveryWorker", "classify"]
 
 ARCHIVE_POLL_SECONDS = 2.0
 REQUEST_POLL_SECONDS = 1.0
 STOP_GRACE_SECONDS = 20.0
+HELD_BYTES_MAX = 64 * 1024 * 1024  # accepted messages kept in memory for their first attempt
 MAX_SLEEP = 1.0  # the scheduler looks at the clock at least this often (fake clocks move)
-
-
-class ConfigLike(Protocol):
-    def get(self, name: str) -> Any: ...
-
-
-class Transport(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    async def send(self, mail_from: str, rcpts: list[str], message: bytes) -> DataResult: ...
-
-    async def close(self) -> None: ...
-
-
-class DeliveryConfigError(Exception):
-    """A delivery option that cannot work (e.g. an unreadable password file)."""
-
-
-@dataclass(frozen=True)
-class DeliverySettings:
-    upstream_host: str
-    upstream_port: int
-    starttls: str
-    ca_file: str
-    user: str
-    password: str
-    retry_initial: float
-    retry_max: float
-    lifetime: float
-    return_route: tuple[str, int] | None
-    maildrop: Path
-    concurrency: int
-    helo_name: str
-
-    @classmethod
-    def from_config(cls, cfg: ConfigLike) -> DeliverySettings:
-        password = ""
-        password_file = str(cfg.get("smtp.upstream_password_file") or "")
-        if password_file:
-            try:
-                password = Path(password_file).read_text().strip()
-            except OSError as exc:
-                raise DeliveryConfigError(
-                    f"[smtp] upstream_password_file {password_file}: {exc.strerror}"
-                ) from None
-        route = str(cfg.get("smtp.return_route") or "")
-        parsed: tuple[str, int] | None = None
-        if route:
-            host, _, port = route.rpartition(":")
-            parsed = (host.strip("[]"), int(port))
-        return cls(
-            upstream_host=str(cfg.get("smtp.upstream_host") or ""),
-            upstream_port=int(cfg.get("smtp.upstream_port")),
-            starttls=str(cfg.get("smtp.upstream_starttls")),
-            ca_file=str(cfg.get("smtp.upstream_ca_file") or ""),
-            user=str(cfg.get("smtp.upstream_user") or ""),
-            password=password,
-            retry_initial=float(cfg.get("smtp.retry_initial_seconds")),
-            retry_max=float(cfg.get("smtp.retry_max_seconds")),
-            lifetime=float(cfg.get("smtp.lifetime_hours")) * 3600.0,
-            return_route=parsed,
-            maildrop=Path(str(cfg.get("smtp.maildrop"))),
-            concurrency=int(cfg.get("smtp.delivery_concurrency")),
-            helo_name=socket.getfqdn() or "localhost",
-        )
-
-    def backoff(self, attempts: int) -> float:
-        return float(min(self.retry_max, self.retry_initial * 2 ** max(0, attempts - 1)))
-
-    def transport(self, host: str, port: int) -> Transport:
-        try:
-            tls = tls_context(self.ca_file or None)
-        except (OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise DeliveryConfigError(
-                f"[smtp] upstream_ca_file {self.ca_file}: cannot load ({reason})"
-            ) from None
-
-        def make() -> SmtpConnection:
-            return SmtpConnection(
-                host,
-                port,
-                helo_name=self.helo_name,
-                starttls=self.starttls,
-                tls=tls,
-                user=self.user or None,
-                password=self.password or None,
-            )
-
-        return UpstreamPool(make, size=self.concurrency)
-
-    def main_transport(self) -> Transport:
-        if self.upstream_host:
-            return self.transport(self.upstream_host, self.upstream_port)
-        return Maildrop(self.maildrop)
-
-
-@dataclass
-class _Outcome:
-    delivered: list[tuple[str, Reply]]
-    deferred: list[tuple[str, Reply | None, str]]  # rcpt, reply, status
-    bounced: list[tuple[str, Reply | None, str]]
-
-
-def classify(rcpts: list[str], result: DataResult) -> _Outcome:
-    """Per-recipient outcome of one transaction."""
-    out = _Outcome([], [], [])
-    for rcpt in rcpts:
-        reply = result.rcpt_replies.get(rcpt)
-        if reply is None:
-            out.deferred.append((rcpt, None, "4.4.2"))
-            continue
-        if reply.code >= 300:
-            target = out.bounced if reply.code >= 500 else out.deferred
-            target.append((rcpt, reply, reply.status or f"{reply.code // 100}.0.0"))
-            continue
-        data = result.data_reply
-        if data is None:
-            out.deferred.append((rcpt, None, "4.4.2"))
-        elif data.code < 300:
-            out.delivered.append((rcpt, data))
-        else:
-            target = out.bounced if data.code >= 500 else out.deferred
-            target.append((rcpt, data, data.status or f"{data.code // 100}.0.0"))
-    return out
 
 
 class DeliveryWorker:
@@ -222,6 +95,7 @@ class DeliveryWorker:
         self._active: set[str] = set()
         self._waiting: set[str] = set()  # delivered, archive segment not closed yet
         self._bytes: dict[str, bytes] = {}  # first attempt's message, handed over by accept
+        self._bytes_total = 0  # bounded by HELD_BYTES_MAX; beyond it, attempts read the spool
         self._doomed: list[str] = []  # finished entries whose files the remover deletes
         self._doomed_event = asyncio.Event()
         self._unconfirmed: set[str] = set()
@@ -285,7 +159,7 @@ class DeliveryWorker:
         else:
             env, message = taken
             if message is not None:
-                self._bytes[env.id] = message
+                self._hold(env.id, message)
         self._envs[env.id] = env
         self._unconfirmed.add(env.id)
         self._ready.put_nowait(env.id)
@@ -365,7 +239,7 @@ class DeliveryWorker:
             await asyncio.get_running_loop().run_in_executor(None, self.spool.check, env.id)
         except SpoolError as broken:
             self._envs.pop(env.id, None)
-            self._bytes.pop(env.id, None)
+            self._release(env.id)
             with contextlib.suppress(Exception):
                 await asyncio.get_running_loop().run_in_executor(
                     None, self.spool.quarantine, env.id, str(broken)
@@ -381,9 +255,7 @@ class DeliveryWorker:
         loop = asyncio.get_running_loop()
         if env.pending:
             # file system calls wait on the journal while the spool's fsyncs run: in a thread
-            message = await loop.run_in_executor(
-                None, self._prepare, env.id, self._bytes.pop(env.id, None)
-            )
+            message = await loop.run_in_executor(None, self._prepare, env.id, self._release(env.id))
             env.attempts += 1
             transport = self.dsn_transport if env.is_dsn else self.transport
             try:
@@ -404,25 +276,36 @@ class DeliveryWorker:
                 return
         await self._finish(env)
 
+    def _hold(self, spool_id: str, message: bytes) -> None:
+        if self._bytes_total + len(message) <= HELD_BYTES_MAX:
+            self._bytes[spool_id] = message
+            self._bytes_total += len(message)
+
+    def _release(self, spool_id: str) -> bytes | None:
+        message = self._bytes.pop(spool_id, None)
+        if message is not None:
+            self._bytes_total -= len(message)
+        return message
+
     def _prepare(self, spool_id: str, message: bytes | None) -> bytes:
         if message is None:
             message = self.spool.read_message(spool_id)
         self.spool.mark_delivering(spool_id)
         return message
 
-    def _failed_session(self, env: Envelope, exc: SmtpClientError) -> _Outcome:
+    def _failed_session(self, env: Envelope, exc: SmtpClientError) -> Outcome:
         reply = exc.reply
         rcpts = list(env.pending)
         if reply is not None and not exc.temporary:
             status = reply.status or "5.0.0"
-            return _Outcome([], [], [(r, reply, status) for r in rcpts])
+            return Outcome([], [], [(r, reply, status) for r in rcpts])
         status = (reply.status if reply else None) or "4.4.1"
         # the reason is kept for a later DSN: host and step only (SmtpClientError's text)
         for rcpt in rcpts:
             env.failures[rcpt] = f"{status} {exc}"[:300]
-        return _Outcome([], [(r, reply, status) for r in rcpts], [])
+        return Outcome([], [(r, reply, status) for r in rcpts], [])
 
-    def _record(self, env: Envelope, outcome: _Outcome, upstream: str) -> None:
+    def _record(self, env: Envelope, outcome: Outcome, upstream: str) -> None:
         now = self._now()
         for rcpt, reply in outcome.delivered:
             self._emit(env, "delivered", [rcpt], ts=now, reply=reply, upstream=upstream)
@@ -489,7 +372,7 @@ class DeliveryWorker:
         await self.spool.accept(dsn_env, body)
         self.spool.take_recent(dsn_env.id)
         self._envs[dsn_env.id] = dsn_env
-        self._bytes[dsn_env.id] = body
+        self._hold(dsn_env.id, body)
         self._emit(dsn_env, "queued", dsn_env.rcpts, ts=dsn_env.received)
         self._unconfirmed.add(dsn_env.id)
         self.counts["dsn_spooled"] += 1
@@ -508,7 +391,7 @@ class DeliveryWorker:
         directory fsyncs, so they are batched in a thread, never done in the loop)."""
         self._doomed.append(env.id)
         self._doomed_event.set()
-        self._bytes.pop(env.id, None)
+        self._release(env.id)
         self._envs.pop(env.id, None)
         self._waiting.discard(env.id)
         self._unconfirmed.discard(env.id)
@@ -573,11 +456,22 @@ class DeliveryWorker:
             self._doomed_event.clear()
             batch, self._doomed = self._doomed, []
             if batch:
+                await self._rows_durable()
                 await loop.run_in_executor(None, self.spool.remove_many, batch)
+
+    async def _rows_durable(self) -> None:
+        """The spool entry is the durable record of a message until its rows are: removing it
+        first would lose the queued/delivered rows of a crash in the next second (mail-e2e's
+        kill -9 test counts them). So every row appended so far is flushed before a batch of
+        removals. A failed flush is the writer's to audit (metadata_gap)."""
+        if self.flush_rows is not None:
+            with contextlib.suppress(Exception):
+                await self.flush_rows()
 
     async def _flush_removals(self) -> None:
         batch, self._doomed = self._doomed, []
         if batch:
+            await self._rows_durable()
             await asyncio.get_running_loop().run_in_executor(None, self.spool.remove_many, batch)
 
     async def _archive_waiter(self) -> None:
@@ -603,6 +497,9 @@ class DeliveryWorker:
     async def _request(self, name: str) -> None:
         path = self.spool.requests_dir / name
         verb, _, spool_id = name.partition("-")
+        if spool_id != "all" and not ID_RE.fullmatch(spool_id):
+            path.unlink(missing_ok=True)  # not a request the queue CLI makes: ignored
+            return
         if verb == "retry":
             targets = list(self._envs) if spool_id == "all" else [spool_id]
             for target in targets:
@@ -614,7 +511,7 @@ class DeliveryWorker:
             if spool_id in self._active:
                 return  # after the attempt in progress
             env = self._envs.pop(spool_id, None)
-            self._bytes.pop(spool_id, None)
+            self._release(spool_id)
             if env is not None:
                 await asyncio.get_running_loop().run_in_executor(
                     None, lambda: self.spool.remove(spool_id, sync=True)

@@ -54,12 +54,14 @@ class SmtpClientError(Exception):
         message: str,
         *,
         reply: Reply | None = None,
-        temporary: bool = True,
+        temporary: bool | None = None,
         before_data: bool = True,
     ):
         super().__init__(message)
         self.reply = reply
-        self.temporary = temporary if reply is None else reply.code < 500
+        if temporary is None:  # a transaction's reply decides; no reply: a session failure
+            temporary = reply is None or reply.code < 500
+        self.temporary = temporary
         self.before_data = before_data  # nothing of the message was written yet
 
 
@@ -185,15 +187,23 @@ class SmtpConnection:
             raise SmtpClientError(f"{self.name}: connect timed out") from None
         except OSError as exc:
             raise SmtpClientError(f"{self.name}: cannot connect ({exc.strerror or exc})") from None
+        try:
+            await self._greet()
+        except BaseException:
+            await self.close()  # never leak a half-opened session
+            raise
+
+    async def _greet(self) -> None:
         banner = await self._read_reply()
         if banner.code != 220:
-            await self.close()
-            raise SmtpClientError(f"{self.name}: banner {banner.line()}", reply=banner)
+            # a refusing or misconfigured next hop defers mail, it never bounces it
+            raise SmtpClientError(
+                f"{self.name}: banner {banner.line()}", reply=banner, temporary=True
+            )
         await self._ehlo()
         if "STARTTLS" in self.extensions:
             await self._starttls()
         elif self.starttls_mode == "required":
-            await self.close()
             raise SmtpClientError(f"{self.name}: STARTTLS required but not offered")
         if self.user:
             await self._auth()
@@ -209,7 +219,9 @@ class SmtpConnection:
         reply = await self.command(f"HELO {self.helo_name}")
         if reply.code != 250:
             await self.close()
-            raise SmtpClientError(f"{self.name}: HELO refused: {reply.line()}", reply=reply)
+            raise SmtpClientError(
+                f"{self.name}: HELO refused: {reply.line()}", reply=reply, temporary=True
+            )
         self.extensions = {}
 
     async def _starttls(self) -> None:
@@ -245,7 +257,7 @@ class SmtpConnection:
         if reply.code != 235:
             await self.close()
             raise SmtpClientError(
-                f"{self.name}: AUTH refused: {reply.line()}", reply=reply
+                f"{self.name}: AUTH refused: {reply.line()}", reply=reply, temporary=True
             ) from None
 
     async def send(self, mail_from: str, rcpts: list[str], message: bytes) -> DataResult:

@@ -433,3 +433,45 @@ def test_bad_delivery_options_stop_the_relay_with_one_line(
     assert result.returncode in (1, 2)
     assert needle in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_refusing_or_misconfigured_next_hop_defers_never_bounces(tmp_path: Path) -> None:
+    """A 554 greeting (a real server refusing the connection) and a wrong AUTH password are the
+    next hop's or our configuration's fault, not the mail's: deferred, never bounced."""
+    import socketserver
+    import threading
+
+    class Refuse(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(b"554 5.7.1 no service for you\r\n")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rows = RowSink()
+    try:
+        cfg = smtp_config(upstream_host="127.0.0.1", upstream_port=server.server_address[1],
+                          upstream_starttls="optional")  # fmt: skip
+        with Relay(tmp_path / "refuse", cfg, rows=rows) as relay:
+            relay.submit(envelope(), b"Subject: r\r\n\r\nb\r\n")
+            wait_until(lambda: rows.of("deferred"), what="deferral")
+            assert relay.spooled()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert rows.of("bounced") == []
+    assert rows.of("deferred")[0]["smtp_code"] == 554
+
+    tls = make_tls(tmp_path / "tls")
+    secret = tmp_path / "password"
+    secret.write_text("wrong\n")
+    rows = RowSink()
+    with RecordingUpstream(tls_cert=tls["cert"], tls_key=tls["key"],
+                           auth_users={"relay": "right"}) as up:  # fmt: skip
+        cfg = smtp_config(upstream_host="localhost", upstream_port=up.port,
+                          upstream_ca_file=str(tls["ca"]), upstream_user="relay",
+                          upstream_password_file=str(secret))  # fmt: skip
+        with Relay(tmp_path / "auth", cfg, rows=rows) as relay:
+            relay.submit(envelope(), b"Subject: a\r\n\r\nb\r\n")
+            wait_until(lambda: rows.of("deferred"), what="deferral")
+            assert relay.spooled() and up.messages == []
+    assert rows.of("bounced") == []

@@ -9,11 +9,16 @@ restarted each time. At-least-once delivery allows duplicates (a crash between t
 and the spool removal, or a 250 that never reached the client): the test prints how many
 Message-IDs arrived twice, and checks no message arrived that was never sent.
 
-Duration: about 20-40 s on 2 cores (2,000 messages relayed twice over loopback, two restarts).
+Rows: every message must also have its `queued` and `delivered` email rows afterwards (rows are
+not durable before `250`, but a message may leave the spool only once its rows are).
+
+Duration: 30-40 s on 2 busy cores (about 10 s of it `lbm init` and the grant; the sending, two
+kills and restarts and the delivery of 2,000 messages 16-25 s).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
@@ -22,9 +27,16 @@ from collections import Counter
 from mail_relay import OTHER_ADDR, OUTSIDE_ADDR, Relay, wait_until
 from smtp_upstream import RawClient, SmtpProtocolError
 
+from store.metadata import read_stream
+from store.paths import DataPaths
+
 TOTAL = 2000
 THREADS = 8
 MID_RE = re.compile(rb"^Message-ID: <([^>]+)>\r$", re.MULTILINE)
+
+
+def _sha(mid: str) -> str:
+    return hashlib.sha256(f"<{mid}>".encode()).hexdigest()
 
 
 def _message(mid: str) -> bytes:
@@ -114,6 +126,16 @@ def test_kill9_under_load_loses_no_message_answered_250(relay: Relay) -> None:
     extra = sum(c - 1 for c in counts.values())
     assert set(counts) == set(ids)  # every one arrived, and nothing that was never sent
     assert relay.stop() == 0
+    rows = read_stream(DataPaths(relay.data_dir), "email").to_pylist()
+    outcomes: dict[str | None, set[str]] = {}
+    for row in rows:
+        outcomes.setdefault(row["message_id_sha256"], set()).add(row["outcome"])
+    no_queued = [m for m in ids if "queued" not in outcomes.get(_sha(m), set())]
+    no_delivered = [m for m in ids if "delivered" not in outcomes.get(_sha(m), set())]
+    print(f"email rows: {len(no_queued)} messages lack a queued row, "
+          f"{len(no_delivered)} a delivered row")  # fmt: skip
+    # rows are not durable before 250, but a message leaves the spool only once they are
+    assert (no_queued, no_delivered) == ([], []), (no_queued[:5], no_delivered[:5])
     print(
         f"{TOTAL} messages answered 250, all delivered; {twice} Message-IDs arrived more than "
         f"once ({extra} extra copies); {time.monotonic() - started:.1f}s"

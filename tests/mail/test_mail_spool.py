@@ -61,6 +61,21 @@ def test_accept_is_durable_and_grouped(tmp_path: Path) -> None:
     assert all(e.pending == e.rcpts for e in report.entries)
 
 
+def test_without_group_commit_each_accept_is_its_own_round(tmp_path: Path) -> None:
+    items = [(envelope(), _message(i)) for i in range(10)]
+
+    async def go() -> Spool:
+        spool = Spool(tmp_path / "spool", group_commit=False)
+        await _accept_all(spool, items)
+        await spool.close()
+        return spool
+
+    spool = asyncio.run(go())
+    assert spool.committed == 10 and spool.rounds == 0
+    loaded = Spool(tmp_path / "spool").load().entries
+    assert {e.id for e in loaded} == {e.id for e, _ in items}
+
+
 def test_accept_refuses_bad_input_and_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
     """Bad ids and no recipients are refused; a write that fails (here: the message's name is
     taken by a directory) fails that accept only, not the others in its group-commit round."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 from mail_relay import OTHER_ADDR, OUTSIDE_ADDR, SMTP_USER, Relay, set_option, wait_until
-from smtp_upstream import split_received
+from smtp_upstream import RawClient, split_received
 
 SWAKS = shutil.which("swaks")
 pytestmark = pytest.mark.skipif(SWAKS is None, reason="swaks not installed (Debian package swaks)")
@@ -127,9 +127,22 @@ def test_auth_after_starttls(shared_relay: Relay, tmp_path: Path) -> None:
 
 
 def test_auth_without_tls_is_refused(shared_relay: Relay, tmp_path: Path) -> None:
+    """Not offered before STARTTLS, and refused if tried anyway, even with the right password."""
     relay = shared_relay
     done = swaks(relay, tmp_path, "--auth", "PLAIN", "--auth-user", "x", "--auth-password", "y")
     assert done.returncode != 0
+    assert "AUTH" not in done.stdout.split(" -> EHLO")[1].split(" -> ")[0], done.stdout
+    password = "plaintext is never enough"
+    digest = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    assert relay.users_file is not None
+    relay.users_file.write_text(f"{SMTP_USER}:{digest}:smtp\n")
+    time.sleep(1.1)  # the relay reloads a changed users file
+    with RawClient(relay.host, relay.port) as client:
+        client.ehlo()
+        assert "AUTH" not in client.extensions
+        reply = client.auth_plain(SMTP_USER, password)
+        assert reply.code in (530, 538), reply  # encryption required
+        client.quit()
     time.sleep(0.5)
     assert relay.upstream.messages == []
 
