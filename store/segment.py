@@ -40,6 +40,7 @@ from store.framing import (  # noqa: F401  (re-exported: readers import them fro
     read_records,
 )
 from store.fsutil import fsync_dir
+from store.segment_io import SegmentOutput, io_message
 
 # How often a segment's index is fsynced while records are added (and always at finish). The
 # ciphertext itself is fsynced only when the segment is sealed, so an index fsync per record
@@ -47,7 +48,6 @@ from store.fsutil import fsync_dir
 # prefix either way), yet it cost one disk flush per record on the web proxy's event loop: three
 # per archived request, 4-5 ms each under load.
 INDEX_SYNC_SECONDS = 0.25
-from store.segment_io import SegmentOutput, io_message
 
 SEGMENT_RE = re.compile(r"^(\d{6,9})\.age$")
 
