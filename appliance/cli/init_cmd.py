@@ -129,7 +129,10 @@ def init(
         overrides: dict[str, object] = {}
         if gateway_id:
             overrides["gateway.id"] = gateway_id
-        overrides["web.enabled"] = True  # web-core: `lbm run` serves the proxy on loopback
+        # the embedded default: `lbm run` serves the proxy and the relay on loopback, the
+        # relay delivering to ./lbm-maildrop (outside the data dir) for the upstream
+        overrides["web.enabled"] = True
+        overrides["smtp.enabled"] = True
         if system:  # a live gateway: CA1 applications must carry the officer's signature
             overrides["policy.require_officer_signature"] = True
         text = render_default(overrides)

@@ -53,9 +53,10 @@ def start_run(lbm: Lbm) -> subprocess.Popen[str]:
 def test_run_starts_daemons_and_a_signal_stops_them_all(lbm: Lbm, sig: int) -> None:
     proc = start_run(lbm)
     ready = lbm.data_dir / "run" / "housekeeping.ready"
-    proxy_ready = lbm.data_dir / "run" / "proxy.ready"  # init's config enables the proxy
+    # init's config enables the proxy and the relay too
+    others = [lbm.data_dir / "run" / f"{name}.ready" for name in ("proxy", "smtp")]
     try:
-        wait_for(lambda: ready.exists() and proxy_ready.exists(), timeout=30)
+        wait_for(lambda: ready.exists() and all(p.exists() for p in others), timeout=30)
         kids = children_of(proc.pid)
         assert kids, "lbm run started no daemon process"
         time.sleep(0.6)  # a supervision round or two: the summary follows readiness
@@ -69,6 +70,8 @@ def test_run_starts_daemons_and_a_signal_stops_them_all(lbm: Lbm, sig: int) -> N
     # what is running, and what to try next, once every daemon is ready
     assert f"running on {lbm.data_dir}" in out, out
     assert re.search(r"housekeeping +pid \d+ +ready", out), out
+    assert re.search(r"proxy +pid \d+ +ready +port \d+", out), out
+    assert re.search(r"smtp +pid \d+ +ready +port \d+", out), out
     assert "status" in out and "audit verify" in out and "Ctrl-C stops every daemon" in out
     for kid in kids:
         assert not alive(kid), f"daemon {kid} outlived lbm run"
@@ -76,16 +79,21 @@ def test_run_starts_daemons_and_a_signal_stops_them_all(lbm: Lbm, sig: int) -> N
         json.loads(x)["action"]
         for x in (lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()
     ]
-    assert actions.count("daemon_start") == 1 and actions.count("daemon_stop") == 1
+    # housekeeping and the relay audit their start and stop
+    assert actions.count("daemon_start") == 2 and actions.count("daemon_stop") == 2
     assert not ready.exists()
 
 
 def without_proxy(lbm: Lbm) -> None:
-    """Turn off the proxy `lbm init` enables, leaving housekeeping the only daemon."""
+    """Turn off the proxy and the relay `lbm init` enables, leaving housekeeping the only
+    daemon."""
     cfg = lbm.data_dir / "lbm.toml"
-    old = "[web]\n# run the web proxy under `lbm run`\nenabled = true"
-    assert old in cfg.read_text()
-    cfg.write_text(cfg.read_text().replace(old, "[web]\nenabled = false"))
+    text = cfg.read_text()
+    for section, what in (("web", "the web proxy"), ("smtp", "the SMTP relay")):
+        old = f"[{section}]\n# run {what} under `lbm run`\nenabled = true"
+        assert old in text
+        text = text.replace(old, f"[{section}]\nenabled = false")
+    cfg.write_text(text)
 
 
 def test_run_restarts_a_daemon_that_dies(lbm: Lbm) -> None:
