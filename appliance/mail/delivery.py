@@ -455,9 +455,17 @@ class DeliveryWorker:
             await self._doomed_event.wait()
             self._doomed_event.clear()
             batch, self._doomed = self._doomed, []
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._rows_durable()
                 await loop.run_in_executor(None, self.spool.remove_many, batch)
+            except asyncio.CancelledError:
+                # stop() cancelled us mid-batch: hand the batch back so its final
+                # _flush_removals removes it (removal is idempotent); dropped, a delivered
+                # message would stay spooled and go out again at the next start
+                self._doomed = batch + self._doomed
+                raise
 
     async def _rows_durable(self) -> None:
         """The spool entry is the durable record of a message until its rows are: removing it
