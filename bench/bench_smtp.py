@@ -292,6 +292,8 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.port_file, args.dir)
         return
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C: servers stopped, work dir removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for tool in ("smtp-source", "smtp-sink"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: install Debian's postfix package")

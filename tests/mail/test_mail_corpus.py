@@ -1,11 +1,13 @@
 """Every corpus email through `lbm smtp run`, byte-exact, for a subject and a non-subject.
 
-Each file of `emails/dev` and `emails/malformed` is sent by `send_raw` (DATA written by hand:
-dot-stuffing after CRLF only, the file's own line endings untouched) once from the subject's
-address and once from a non-subject's. The upstream (a real aiosmtpd server) must receive exactly
-one `Received:` field followed by the dot-unstuffed wire payload, for every file the relay
-accepts; the subject's copies decrypt byte-exact from the archive with the investigator's
-identity (`lbm archive export-raw`), and nothing of the non-subject's is archived.
+Each file of `emails/dev` and `emails/malformed` is sent by the raw client (DATA written by hand:
+dot-stuffing after CRLF only, the file's own line endings untouched) from the subject's address,
+from a non-subject's, and from outside to the subject. The upstream (a real aiosmtpd server)
+must receive exactly one `Received:` field followed by the dot-unstuffed wire payload, for every
+file the relay accepts; the subject's copies (sent and received) decrypt byte-exact from the
+archive with the investigator's identity (`lbm archive export-raw`), and nothing of the
+non-subject's is archived; the email rows name the authorisation and records for the subject's
+messages only.
 
 Files the relay must refuse are found by scanning the corpus here (SMTP lines end at CRLF, so an
 LF-only file is one long wire line) and are also listed by name with their reply code; the scan
@@ -93,15 +95,18 @@ def test_the_raw_client_stuffs_only_after_crlf_and_a_bare_server_gets_the_payloa
     assert [m.content for m in got] == [expected_content(p) for p in corpus.values()]
 
 
-def _send_all(relay: Relay, mails: list[tuple[str, bytes]]) -> list[int | None]:
-    """Each (sender, payload) on one reused connection (a fresh one after a refusal)."""
+Mail = tuple[str, str, bytes]  # sender, recipient, payload
+
+
+def _send_all(relay: Relay, mails: list[Mail]) -> list[int | None]:
+    """Each message on one reused connection (a fresh one after a refusal)."""
     codes: list[int | None] = []
     client: RawClient | None = None
-    for sender, payload in mails:
+    for sender, rcpt, payload in mails:
         if client is None:
             client = RawClient(relay.host, relay.port)
             assert client.ehlo().code == 250
-        result = client.send_message(sender, [OUTSIDE_ADDR], payload)
+        result = client.send_message(sender, [rcpt], payload)
         codes.append(result.code)
         if result.code != 250:
             client.close()
@@ -114,30 +119,33 @@ def _send_all(relay: Relay, mails: list[tuple[str, bytes]]) -> list[int | None]:
 def test_every_corpus_email_arrives_byte_exact_and_the_subjects_decrypt_byte_exact(
     relay: Relay, mail_dir: MailDir, tmp_path: Path
 ) -> None:
+    """Every file: outbound from the subject, outbound from a non-subject, and inbound to the
+    subject (an internal recipient: archived too)."""
     corpus = _corpus()
-    mails = [(s, p) for s in (SUBJECT_ADDR, OTHER_ADDR) for p in corpus.values()]
+    kinds = [(SUBJECT_ADDR, OUTSIDE_ADDR), (OTHER_ADDR, OUTSIDE_ADDR), (OUTSIDE_ADDR, SUBJECT_ADDR)]
+    mails = [(s, r, p) for s, r in kinds for p in corpus.values()]
+    names = list(corpus) * len(kinds)
     codes = _send_all(relay, mails)
-    expected = [refusal(p) or 250 for _, p in mails]
-    wrong = [
-        (name, sender, got, want)
-        for (sender, _), name, got, want in zip(
-            mails, list(corpus) * 2, codes, expected, strict=True
-        )
-        if got != want
-    ]
+    expected = [refusal(p) or 250 for _, _, p in mails]
+    rows_ = zip(mails, names, codes, expected, strict=True)
+    wrong = [(name, s, r, got, want) for (s, r, _), name, got, want in rows_ if got != want]
     assert not wrong, wrong
 
-    accepted = [(s, p) for (s, p), code in zip(mails, codes, strict=True) if code == 250]
+    accepted = [m for m, code in zip(mails, codes, strict=True) if code == 250]
     got = relay.upstream.wait_for(len(accepted), timeout=120)
     # (The spool keeps a subject's message until its archive segment closes, up to 60 s: the
     # test does not wait for that; stopping the relay closes the segment.)
     time.sleep(0.5)
     assert len(relay.upstream.messages) == len(accepted)  # nothing refused was relayed
-    unmatched = Counter((s, expected_content(p)) for s, p in accepted)
+    unmatched = Counter((s, r, expected_content(p)) for s, r, p in accepted)
     for msg in got:
-        assert msg.rcpts == [OUTSIDE_ADDR]
         match = next(
-            (k for k in unmatched if k[0] == msg.mail_from and relayed_payload(msg.content, k[1])),
+            (
+                k
+                for k in unmatched
+                if (k[0], [k[1]]) == (msg.mail_from, msg.rcpts)
+                and relayed_payload(msg.content, k[2])
+            ),
             None,
         )
         assert match is not None, f"relayed message matches nothing sent: {msg.content[:300]!r}"
@@ -154,18 +162,23 @@ def test_every_corpus_email_arrives_byte_exact_and_the_subjects_decrypt_byte_exa
     assert {meta["channel"] for meta, _ in records} == {"email"}
     envelopes = [meta for meta, _ in records if meta["kind"] == "envelope"]
     assert len(envelopes) == len(messages)  # docs/archive-format.md, Mail
-    archived = Counter(data for _, data in messages)
-    assert archived == Counter(expected_content(p) for s, p in accepted if s == SUBJECT_ADDR)
+    subjects = [m for m in accepted if SUBJECT_ADDR in m[:2]]
+    assert Counter(data for _, data in messages) == Counter(
+        expected_content(p) for _, _, p in subjects
+    )
 
     # The metadata: a queued and a delivered row per accepted message; the subject's name the
     # authorisation and the two archive records, the non-subject's nothing.
     rows = read_stream(DataPaths(relay.data_dir), "email").to_pylist()
     for outcome in ("queued", "delivered"):
         mine = [r for r in rows if r["outcome"] == outcome]
-        assert Counter(r["mail_from"] for r in mine) == Counter(s for s, _ in accepted), outcome
+        assert Counter((r["mail_from"], r["rcpt_to"]) for r in mine) == Counter(
+            (s, r) for s, r, _ in accepted
+        ), outcome
         for r in mine:
-            assert r["direction"] == "outbound" and r["rcpt_to"] == OUTSIDE_ADDR
-            if r["mail_from"] == SUBJECT_ADDR:
+            inbound = r["rcpt_to"] == SUBJECT_ADDR
+            assert r["direction"] == ("inbound" if inbound else "outbound"), r
+            if SUBJECT_ADDR in (r["mail_from"], r["rcpt_to"]):
                 assert r["principal"] == SUBJECT and r["refs"] == [REF], r
                 assert len(r["record_ids"]) == 2 and all(
                     x.startswith(f"{REF}/") for x in r["record_ids"]

@@ -12,13 +12,16 @@ Message-IDs arrived twice, and checks no message arrived that was never sent.
 Rows: every message must also have its `queued` and `delivered` email rows afterwards (rows are
 not durable before `250`, but a message may leave the spool only once its rows are).
 
-Duration: 30-40 s on 2 busy cores (about 10 s of it `lbm init` and the grant; the sending, two
-kills and restarts and the delivery of 2,000 messages 16-25 s).
+A second test takes the upstream down while messages are accepted, then brings it back.
+
+Duration of the kill test: 15-40 s on 2 cores, busy or not (4-10 s of it `lbm init` and the
+grant; the sending, two kills and restarts and the delivery of 2,000 messages 8-25 s).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import time
@@ -140,3 +143,46 @@ def test_kill9_under_load_loses_no_message_answered_250(relay: Relay) -> None:
         f"{TOTAL} messages answered 250, all delivered; {twice} Message-IDs arrived more than "
         f"once ({extra} extra copies); {time.monotonic() - started:.1f}s"
     )
+
+
+def test_upstream_down_then_up_everything_is_delivered(relay: Relay) -> None:
+    """The upstream is down while 50 messages are accepted: all are answered 250, wait in the
+    spool as deferred (`lbm smtp queue --json`: counts and domains, never an address), and all
+    arrive once it is back, each with a deferred row before its delivered row."""
+    upstream = relay.upstream
+    upstream.stop()
+    ids = [f"down-{n:03d}@force.example" for n in range(50)]
+    with RawClient(relay.host, relay.port) as client:
+        client.ehlo()
+        for mid in ids:
+            assert client.send_message(OTHER_ADDR, [OUTSIDE_ADDR], _message(mid)).code == 250
+        client.quit()
+
+    def listing() -> list[dict[str, object]]:
+        out = relay.lbm("smtp", "queue", "--json", check=True).stdout
+        assert "@" not in out, out  # domains only
+        return list(json.loads(out)["messages"])
+
+    wait_until(
+        lambda: sum(1 for e in listing() if e["state"] == "deferred") == len(ids),
+        60,
+        "every message deferred",
+    )
+    assert {tuple(e["domains"]) for e in listing()} == {("elsewhere.example",)}
+    upstream.start()
+    wait_until(lambda: len(upstream.messages) >= len(ids), 60, "delivery after the upstream is up")
+    relay.wait_drained()
+    assert relay.stop() == 0
+    arrived = Counter(
+        m.group(1).decode() for x in upstream.messages if (m := MID_RE.search(x.content))
+    )
+    assert set(arrived) == set(ids) and max(arrived.values()) == 1
+    events: dict[str | None, list[str]] = {}
+    for row in sorted(
+        read_stream(DataPaths(relay.data_dir), "email").to_pylist(), key=lambda r: r["ts"]
+    ):
+        events.setdefault(row["message_id_sha256"], []).append(row["outcome"])
+    for mid in ids:
+        outcomes = events[_sha(mid)]
+        assert outcomes[0] == "queued" and outcomes[-1] == "delivered", (mid, outcomes)
+        assert "deferred" in outcomes, (mid, outcomes)

@@ -4,11 +4,13 @@ Six client threads send 600 messages over reused connections. SIGTERM reaches `l
 after about a third were answered 250: it must exit 0 within the timeout, and at that moment
 every message answered 250 is either at the upstream or in the spool (nothing accepted is lost,
 even in flight to the upstream). The clients keep retrying what was not answered 250 (as MTAs
-do); after a restart the spool is resumed and every acknowledged message reaches the upstream.
+do); after a restart the spool is resumed and every acknowledged message reaches the upstream,
+with its `queued` and `delivered` email rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
 import threading
@@ -16,6 +18,9 @@ import time
 
 from mail_relay import OTHER_ADDR, OUTSIDE_ADDR, Relay, spool_entries, wait_until
 from smtp_upstream import RawClient, SmtpProtocolError
+
+from store.metadata import read_stream
+from store.paths import DataPaths
 
 TOTAL = 600
 THREADS = 6
@@ -86,3 +91,9 @@ def test_sigterm_under_load_loses_no_accepted_message(relay: Relay) -> None:
     )
     relay.wait_drained()
     assert relay.stop() == 0
+    outcomes: dict[str | None, set[str]] = {}
+    for row in read_stream(DataPaths(relay.data_dir), "email").to_pylist():
+        outcomes.setdefault(row["message_id_sha256"], set()).add(row["outcome"])
+    sha = {m: hashlib.sha256(f"<{m}>".encode()).hexdigest() for m in ids}
+    lacking = [m for m in ids if not {"queued", "delivered"} <= outcomes.get(sha[m], set())]
+    assert not lacking, f"{len(lacking)} messages lack their queued or delivered row"
