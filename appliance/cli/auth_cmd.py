@@ -26,6 +26,7 @@ from appliance.cli.auth_view import (
 from appliance.cli.signed_files import read_file, read_signed, signed_options
 from appliance.cli.textsafe import safe
 from appliance.config import ConfigError, load_config
+from appliance.config.schema import do_not_decrypt_globs
 from appliance.policy import InvalidInput, PolicyError, RuleViolation
 from appliance.policy import application as application_form
 from appliance.policy import officer_signatures as signatures
@@ -42,7 +43,10 @@ def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
     config_path = app.config_path
 
     def load_dnd() -> list[str]:
-        return list(load_config(config_path, required=False).values["do_not_decrypt.hosts"])
+        values = load_config(config_path, required=False).values
+        return do_not_decrypt_globs(
+            values["do_not_decrypt.hosts"], values["do_not_decrypt.categories"]
+        )
 
     # polled by its own thread, so an outage is noticed (and shown) even while no traffic asks
     return SnapshotSource(

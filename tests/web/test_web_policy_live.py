@@ -27,6 +27,7 @@ from web_proxy import (
     lease,
     proxy_ca,
     records,
+    set_option,
     tunnel_cert_sha256,
 )
 from web_upstream import DO_NOT_DECRYPT_NAME, Upstream
@@ -121,18 +122,43 @@ def test_expiry_with_the_fake_clock_closes_and_passes(
     assert seen == upstream.leaf_sha256  # expired: passed through unopened
 
 
+@pytest.mark.parametrize(
+    ("hosts", "categories", "protected"),
+    [
+        (None, "[]", True),  # the flat [do_not_decrypt] hosts list alone (*.nhs.uk)
+        ("[]", None, True),  # the default categories alone (health:*.nhs.uk)
+        ("[]", '["welfare:*.example.org"]', False),  # neither names it: opened for the subject
+    ],
+    ids=["hosts", "categories", "neither"],
+)
 def test_do_not_decrypt_host_is_passed_for_a_subject(
-    start_proxy: Start, upstream: Upstream, web_lbm: Lbm, leased: str
+    start_proxy: Start,
+    upstream: Upstream,
+    web_lbm: Lbm,
+    leased: str,
+    hosts: str | None,
+    categories: str | None,
+    protected: bool,
 ) -> None:
+    if hosts is not None:
+        set_option(web_lbm.data_dir, "do_not_decrypt", "hosts", hosts)
+    if categories is not None:
+        set_option(web_lbm.data_dir, "do_not_decrypt", "categories", categories)
     web_lbm.grant(REF, SUBJECT)
     daemon = start_proxy()
     ca = proxy_ca(web_lbm.data_dir)
-    assert _fingerprint_any(daemon, upstream, ca, DO_NOT_DECRYPT_NAME) == upstream.leaf_sha256
+    seen = _fingerprint_any(daemon, upstream, ca, DO_NOT_DECRYPT_NAME)
+    assert (seen == upstream.leaf_sha256) is protected
     assert _fingerprint_any(daemon, upstream, ca, "www.example.test") != upstream.leaf_sha256
     daemon.stop()
     dnd = [r for r in daemon.rows() if r["server_name"] == DO_NOT_DECRYPT_NAME]
-    assert dnd and all(r["decision"] == "passed" and r["do_not_decrypt"] for r in dnd)
-    assert all(r["refs"] == [] and r["principal"] == SUBJECT for r in dnd)
+    assert dnd
+    if protected:
+        assert all(r["decision"] == "passed" and r["do_not_decrypt"] for r in dnd)
+        assert all(r["refs"] == [] and r["principal"] == SUBJECT for r in dnd)
+    else:
+        # opened for the subject (a handshake, no request: nothing recorded, so no refs)
+        assert all(r["decision"] == "intercepted" and not r["do_not_decrypt"] for r in dnd)
 
 
 def test_coalesced_http2_request_for_do_not_decrypt_authority_gets_421(
