@@ -20,6 +20,7 @@ subjects no longer covered, so cancellation and expiry take effect on open conne
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import uuid
 from collections.abc import Callable
@@ -89,6 +90,11 @@ class Decision:
         if not state.started:
             state.started = self._now().timestamp()
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Keep the host the client asked to CONNECT to: the tunnel's real destination, which
+        decides together with the SNI (see `_decide_connection`)."""
+        conn_state(flow.client_conn).connect_host = flow.request.host
+
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """A client's TLS handshake: decide, and pass through (counting) unless a subject."""
         chosen = nextlayer.layer
@@ -120,7 +126,17 @@ class Decision:
         if self._is_notice(server_name):
             state.decision, state.notice = "intercepted", True
             return "intercepted"
-        d = decide(self.snapshot(), state.principal, "web", now, server_name=server_name)
+        snapshot = self.snapshot()
+        d = decide(snapshot, state.principal, "web", now, server_name=server_name)
+        target = _connect_name(state.connect_host)
+        if not d.full and target and server_name and target != server_name.lower():
+            # explicit mode: the CONNECT target is the server the proxy really connects to. A
+            # subject naming a do-not-decrypt server in the SNI of a tunnel to another host
+            # (`CONNECT other:443` + SNI `www.nhs.uk`) must not slip past: the target decides
+            # too, and each request is then re-checked by its Host (421 for a listed one)
+            by_target = decide(snapshot, state.principal, "web", now, server_name=target)
+            if by_target.full:
+                d = by_target
         state.do_not_decrypt = d.do_not_decrypt
         if (
             d.full
@@ -236,3 +252,15 @@ class Decision:
             state.refs = ()
             logger.info("closing an intercepted connection: its authorisation ended")
             cancel.close_client(state.uid)
+
+
+def _connect_name(host: str | None) -> str | None:
+    """The CONNECT target's host name (lower case), or None for an address (transparent mode's
+    original destination) or no target."""
+    if not host:
+        return None
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.lower().rstrip(".")
+    return None

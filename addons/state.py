@@ -37,6 +37,7 @@ class ConnState:
     # beyond the contract (web-core): what the connection-level rows need
     started: float = 0.0  # POSIX seconds (appliance clock) the client connected
     host: str | None = None  # CONNECT target / original destination host, else None
+    connect_host: str | None = None  # the CONNECT request's host, as the client named it
     port: int | None = None
     server_ip: str | None = None  # upstream peer of a passed-through tunnel
     server_port: int | None = None

@@ -4,6 +4,8 @@ for a do-not-decrypt authority on a coalesced HTTP/2 connection, pinned-client f
 
 from __future__ import annotations
 
+import hashlib
+import socket
 import ssl
 import subprocess
 import time
@@ -120,6 +122,48 @@ def test_expiry_with_the_fake_clock_closes_and_passes(
     assert time.monotonic() - moved < 6 and slow.returncode != 0
     seen = _fingerprint_any(daemon, upstream, ca, "www.example.test")
     assert seen == upstream.leaf_sha256  # expired: passed through unopened
+
+
+def _cert_shown(daemon: ProxyDaemon, target: str, sni: str, port: int, cafile: Path) -> str:
+    """`CONNECT target:port` from the subject, then a TLS handshake naming `sni`: the SHA-256 of
+    the certificate shown."""
+    sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10,
+                                    source_address=(SUBJECT_IP, 0))  # fmt: skip
+    try:
+        sock.sendall(f"CONNECT {target}:{port} HTTP/1.1\r\nHost: {target}:{port}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.split(b" ", 2)[1] == b"200", head
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        with ctx.wrap_socket(sock, server_hostname=sni) as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return hashlib.sha256(der).hexdigest()
+    finally:
+        sock.close()
+
+
+def test_a_do_not_decrypt_sni_on_a_tunnel_to_another_host_is_intercepted(
+    start_proxy: Start, upstream: Upstream, web_lbm: Lbm, leased: str
+) -> None:
+    """The attack: a subject opens `CONNECT www.example.test` but names a do-not-decrypt server
+    in the SNI, hoping the tunnel is passed unopened. The CONNECT target decides too."""
+    web_lbm.grant(REF, SUBJECT)
+    daemon = start_proxy()
+    ca = proxy_ca(web_lbm.data_dir)
+    both = ca.parent / "both-cas.pem"
+    both.write_bytes(ca.read_bytes() + b"\n" + upstream.ca_file.read_bytes())
+    port = upstream.https_port
+    spoofed = _cert_shown(daemon, "www.example.test", DO_NOT_DECRYPT_NAME, port, both)
+    honest = _cert_shown(daemon, DO_NOT_DECRYPT_NAME, DO_NOT_DECRYPT_NAME, port, both)
+    assert honest == upstream.leaf_sha256  # a real do-not-decrypt tunnel stays unopened
+    assert spoofed != upstream.leaf_sha256  # the spoofed one is opened: our CA's certificate
+    daemon.stop()
+    rows = [r for r in daemon.rows() if r["server_name"] == DO_NOT_DECRYPT_NAME]
+    assert sorted(r["decision"] for r in rows) == ["intercepted", "passed"], rows
 
 
 @pytest.mark.parametrize(
