@@ -16,7 +16,6 @@ READY=1 when NOTIFY_SOCKET is set.
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import signal
 import socket
@@ -32,6 +31,7 @@ from capture.decode import Decoder
 from capture.pipeline import Pipeline
 from capture.ring import PacketRing, ring_disabled
 from capture.summary import Summary
+from store.readiness import announce_ready
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -81,16 +81,6 @@ def open_ring(sock: socket.socket, interface: str) -> PacketRing | None:
         )
     except CaptureError:
         return None
-
-
-def _notify_ready() -> None:
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
-        s.sendto(b"READY=1", addr)
 
 
 class LiveCapture:
@@ -234,11 +224,7 @@ def run_live(
     for sig in (signal.SIGTERM, signal.SIGINT):
         old[sig] = signal.signal(sig, handler)
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ready = run_dir / f"capture-{interface}.ready"
-    tmp = ready.with_suffix(".ready.tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, ready)
-    _notify_ready()
+    ready = announce_ready(run_dir, f"capture-{interface}")
     try:
         return live.run(sock, ring)
     finally:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from store.archive import Archive
 from store.clock import Clock, parse_utc
 from store.fsutil import atomic_write
 from store.metadata import MetadataWriter
+from store.readiness import announce_ready
 
 WRITER = "proxy"
 DRAIN_SECONDS = 5.0  # open connections get this long to finish after SIGTERM
@@ -76,28 +76,11 @@ def daemon_clock(app: App) -> Clock:
     return Clock(source=source)
 
 
-def _notify_ready() -> None:
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
-        s.sendto(b"READY=1", addr)
-
-
 def _ca_dir(app: App) -> Path:
     """The interception CA's directory (mitmproxy confdir layout), created if absent."""
-    try:
-        from addons.ca import ensure_ca  # web-auth
-    except ModuleNotFoundError as exc:
-        if exc.name != "addons.ca":
-            raise
-        ca_dir = app.paths.keys / "interception-ca"
-        ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return ca_dir  # mitmproxy creates its CA there on first start
-    result: Path = ensure_ca(app.paths.keys)
-    return result
+    from addons.ca import ensure_ca  # lazily, like every addon: `lbm` starts without mitmproxy
+
+    return ensure_ca(app.paths.keys)
 
 
 def _testing_hosts(app: App) -> dict[str, str]:
@@ -245,8 +228,7 @@ async def serve(app: App) -> dict[str, Any]:
         source.add_listener(on_reload)
 
         atomic_write(run_dir / "proxy.port", f"{addrs[0][1]}\n".encode(), mode=0o600)
-        atomic_write(ready, f"{os.getpid()}\n".encode(), mode=0o600)
-        _notify_ready()
+        announce_ready(run_dir, "proxy")
         click.echo(
             f"lbm proxy: listening on {addrs[0][0]}:{addrs[0][1]} ({cfg['web.mode']} mode)",
             err=True,

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -22,19 +20,10 @@ from aiosmtpd.smtp import SMTP
 
 from appliance.mail.engine import Sessions
 from store.fsutil import atomic_write, ensure_dir
+from store.readiness import announce_ready
 
 TICK_SECONDS = 1.0
 SHUTDOWN_GRACE = 30.0
-
-
-def notify_ready() -> None:
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
-        s.sendto(b"READY=1", addr)
 
 
 async def serve(
@@ -64,8 +53,7 @@ async def serve(
         if on_start is not None:
             await on_start()
         atomic_write(port_file, f"{bound}\n".encode())
-        atomic_write(ready, f"{os.getpid()}\n".encode())
-        notify_ready()
+        announce_ready(run_dir, name)
         if on_tick is not None:
             ticker = loop.create_task(_tick(on_tick))
         await stop.wait()
