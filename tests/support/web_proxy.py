@@ -147,10 +147,16 @@ def proxy_ca(data_dir: Path) -> Path:
 
 
 def tunnel_cert_sha256(
-    daemon: ProxyDaemon, host: str, port: int, cafile: Path, source_ip: str = OTHER_IP
+    daemon: ProxyDaemon,
+    host: str,
+    port: int,
+    cafile: Path,
+    source_ip: str = OTHER_IP,
+    *,
+    sni: str | None = None,
 ) -> str:
-    """CONNECT through the proxy from `source_ip`, handshake trusting `cafile`, and return the
-    SHA-256 (hex) of the certificate the client was shown."""
+    """CONNECT to `host` through the proxy from `source_ip`, handshake naming `sni` (default:
+    `host`) and trusting `cafile`, and return the SHA-256 (hex) of the certificate shown."""
     import hashlib
     import socket
     import ssl
@@ -166,7 +172,7 @@ def tunnel_cert_sha256(
             head += chunk
         assert head.split(b" ", 2)[1] == b"200", head
         ctx = ssl.create_default_context(cafile=str(cafile))
-        with ctx.wrap_socket(sock, server_hostname=host) as tls:
+        with ctx.wrap_socket(sock, server_hostname=sni or host) as tls:
             der = tls.getpeercert(binary_form=True)
             assert der is not None
             return hashlib.sha256(der).hexdigest()

@@ -4,8 +4,6 @@ for a do-not-decrypt authority on a coalesced HTTP/2 connection, pinned-client f
 
 from __future__ import annotations
 
-import hashlib
-import socket
 import ssl
 import subprocess
 import time
@@ -124,28 +122,6 @@ def test_expiry_with_the_fake_clock_closes_and_passes(
     assert seen == upstream.leaf_sha256  # expired: passed through unopened
 
 
-def _cert_shown(daemon: ProxyDaemon, target: str, sni: str, port: int, cafile: Path) -> str:
-    """`CONNECT target:port` from the subject, then a TLS handshake naming `sni`: the SHA-256 of
-    the certificate shown."""
-    sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10,
-                                    source_address=(SUBJECT_IP, 0))  # fmt: skip
-    try:
-        sock.sendall(f"CONNECT {target}:{port} HTTP/1.1\r\nHost: {target}:{port}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            assert chunk, head
-            head += chunk
-        assert head.split(b" ", 2)[1] == b"200", head
-        ctx = ssl.create_default_context(cafile=str(cafile))
-        with ctx.wrap_socket(sock, server_hostname=sni) as tls:
-            der = tls.getpeercert(binary_form=True)
-            assert der is not None
-            return hashlib.sha256(der).hexdigest()
-    finally:
-        sock.close()
-
-
 def test_a_do_not_decrypt_sni_on_a_tunnel_to_another_host_is_intercepted(
     start_proxy: Start, upstream: Upstream, web_lbm: Lbm, leased: str
 ) -> None:
@@ -157,8 +133,10 @@ def test_a_do_not_decrypt_sni_on_a_tunnel_to_another_host_is_intercepted(
     both = ca.parent / "both-cas.pem"
     both.write_bytes(ca.read_bytes() + b"\n" + upstream.ca_file.read_bytes())
     port = upstream.https_port
-    spoofed = _cert_shown(daemon, "www.example.test", DO_NOT_DECRYPT_NAME, port, both)
-    honest = _cert_shown(daemon, DO_NOT_DECRYPT_NAME, DO_NOT_DECRYPT_NAME, port, both)
+    spoofed = tunnel_cert_sha256(
+        daemon, "www.example.test", port, both, SUBJECT_IP, sni=DO_NOT_DECRYPT_NAME
+    )
+    honest = tunnel_cert_sha256(daemon, DO_NOT_DECRYPT_NAME, port, both, SUBJECT_IP)
     assert honest == upstream.leaf_sha256  # a real do-not-decrypt tunnel stays unopened
     assert spoofed != upstream.leaf_sha256  # the spoofed one is opened: our CA's certificate
     daemon.stop()
