@@ -26,7 +26,7 @@ from appliance.cli.auth_view import (
 from appliance.cli.signed_files import read_file, read_signed, signed_options
 from appliance.cli.textsafe import safe
 from appliance.config import ConfigError, load_config
-from appliance.config.schema import do_not_decrypt_globs
+from appliance.config.do_not_decrypt import do_not_decrypt_globs
 from appliance.policy import InvalidInput, PolicyError, RuleViolation
 from appliance.policy import application as application_form
 from appliance.policy import officer_signatures as signatures

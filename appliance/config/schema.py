@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.config.do_not_decrypt import DO_NOT_DECRYPT_CATEGORIES, check_categories
 from store.bech32 import Bech32Error, parse_age_recipient
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -98,48 +99,6 @@ def _host_port_or_empty(value: Any) -> str | None:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         return "must be HOST:PORT (e.g. mail.example.org:25) or empty"
     return None
-
-
-# Sensitive services users must be able to reach privately even while monitored: passed through
-# unopened unless an authorisation says --open-do-not-decrypt (DECISIONS.md, Do-not-decrypt).
-DO_NOT_DECRYPT_CATEGORIES = (
-    "health:*.nhs.uk",
-    "health:*.nhs.net",
-    "health:*.nhs.scot",
-    "health:*.mind.org.uk",
-    "banking:*.barclays.co.uk",
-    "banking:*.lloydsbank.co.uk",
-    "banking:*.natwest.com",
-    "banking:*.hsbc.co.uk",
-    "banking:*.santander.co.uk",
-    "banking:*.nationwide.co.uk",
-    "legal_advice:*.lawsociety.org.uk",
-    "legal_advice:*.citizensadvice.org.uk",
-    "legal_advice:*.lawcentres.org.uk",
-    "trade_union:*.unison.org.uk",
-    "trade_union:*.police-federation.org.uk",
-    "trade_union:*.polfed.org",
-    "trade_union:*.unitetheunion.org",
-    "trade_union:*.gmb.org.uk",
-    "trade_union:*.pcs.org.uk",
-    "welfare:*.samaritans.org",
-    "welfare:*.turn2us.org.uk",
-    "welfare:*.stepchange.org",
-)
-
-_CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]*:[A-Za-z0-9*?.-]+$")
-
-
-def _categories(value: Any) -> str | None:
-    for item in value:
-        if not _CATEGORY_RE.fullmatch(item):
-            return f"{item!r} is not CATEGORY:GLOB (e.g. health:*.nhs.uk)"
-    return None
-
-
-def do_not_decrypt_globs(hosts: list[str], categories: list[str]) -> list[str]:
-    """Every do-not-decrypt pattern: the flat list, then the categories' globs."""
-    return [*hosts, *(item.partition(":")[2] for item in categories)]
 
 
 @dataclass(frozen=True)
@@ -456,7 +415,7 @@ SCHEMA: list[Option] = [
         list(DO_NOT_DECRYPT_CATEGORIES),
         "more server names never opened, as CATEGORY:GLOB (health, banking, legal_advice, "
         "trade_union, welfare, or a category of your own); both lists apply",
-        _categories,
+        check_categories,
         str,
     ),
     Option(
