@@ -93,6 +93,19 @@ class Action(StrEnum):
     SPOOL_DUPLICATES = "spool_duplicates"  # entries found mid-delivery at start (may arrive twice)
     # web identity (issue 14)
     USERS_CHANGE = "users_change"  # lbm users add/remove: user name and change, never the hash
+    # investigators and scrutiny (issue 16)
+    SEARCH_REFUSED = "search_refused"  # a person-level search without ref, reason or access
+    BUNDLE = "bundle"  # lbm archive bundle wrote a ciphertext evidence bundle (its hash)
+    EXPORT_REFUSED = "export_refused"  # a bundle or export refused (no access, gateway decrypt off)
+    EVIDENCE_RELEASE = "evidence_release"  # an evidence hold released (lbm archive release)
+    COLLATERAL_REFUSED = "collateral_refused"  # self-approval, unknown proposal or record
+    RETENTION_RUN = "retention_run"  # lbm retention run (what was due; applied or dry run)
+    REPORT = "report"  # lbm report produced (period and format; counts only)
+    # deployment (issue 17)
+    GATEWAY_RULES_APPLY = "gateway_rules_apply"
+    GATEWAY_RULES_REMOVE = "gateway_rules_remove"
+    STATUS_OFFICER_VIEW = "status_officer_view"  # lbm status --officer-view (refs shown)
+    CONFIG_RELOAD = "config_reload"  # a daemon reloaded config, users file and identity on SIGHUP
 
 
 def current_actor() -> str:

@@ -135,6 +135,7 @@ def init(
         overrides["smtp.enabled"] = True
         if system:  # a live gateway: CA1 applications must carry the officer's signature
             overrides["policy.require_officer_signature"] = True
+            overrides["evidence.allow_gateway_decrypt"] = False  # bundles only
         text = render_default(overrides)
         ensure_dir(app.config_path.parent)
         atomic_write(app.config_path, text.encode(), mode=0o600)

@@ -157,7 +157,8 @@ def render_default(overrides: dict[str, Any] | None = None) -> str:
         "",
     ]
     current = None
-    for opt in SCHEMA:
+    order = list(dict.fromkeys(opt.section for opt in SCHEMA))  # each section once, in order
+    for opt in sorted(SCHEMA, key=lambda o: order.index(o.section)):
         if opt.section != current:
             if current is not None:
                 lines.append("")

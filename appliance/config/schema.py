@@ -129,6 +129,8 @@ SECTIONS: dict[str, str] = {
     "audit": "the audit log",
     "policy": "how authorisations are checked (officer signatures, renewal window)",
     "housekeeping": "the housekeeping daemon (expiry warnings, segment closing, compaction)",
+    "evidence": "how evidence leaves the gateway (bundles, exports)",
+    "metrics": "status and Prometheus counters served on one loopback port",
     "testing": "test-only switches; never enable on a live gateway",
 }
 
@@ -381,7 +383,8 @@ SCHEMA: list[Option] = [
         "default_days",
         int,
         365,
-        "days archived content is kept unless the authorisation says otherwise",
+        "days archived content is kept after its authorisation ends, unless the "
+        "authorisation says otherwise (--retention-days)",
         _between(1, 36_500, "days"),
     ),
     Option(
@@ -481,6 +484,76 @@ SCHEMA: list[Option] = [
         "fake_clock = true); never on a live gateway",
         None,
         str,
+    ),
+    # -- investigators and scrutiny (issue 16) --
+    *(
+        Option(
+            "retention",
+            f"{stream}_days",
+            int,
+            days,
+            f"days {stream} metadata rows are kept (by the partition's date)",
+            _between(1, 36_500, "days"),
+        )
+        for stream, days in (("web", 180), ("email", 180), ("flow", 90), ("dns", 90))
+    ),
+    Option(
+        "retention",
+        "auto_apply",
+        bool,
+        False,
+        "housekeeping removes what retention makes due (else it only reports it daily)",
+    ),
+    Option(
+        "evidence",
+        "allow_gateway_decrypt",
+        bool,
+        True,
+        "allow `lbm archive export` to decrypt on the gateway (embedded default and demos; "
+        "`lbm init --system` sets false: evidence leaves as a bundle for `lbm evidence open`)",
+    ),
+    # -- deployment (issue 17) --
+    Option(
+        "gateway",
+        "inside_interface",
+        str,
+        "",
+        "the interface facing the force network (transparent rules, capture of bypassed web)",
+    ),
+    Option(
+        "gateway",
+        "inside_networks",
+        list,
+        [],
+        "the force's client networks (CIDR) whose web traffic is redirected in transparent mode",
+        _networks,
+        str,
+    ),
+    Option(
+        "web",
+        "transparent_scope",
+        str,
+        "all",
+        "transparent mode: redirect all clients to the proxy, or only the current addresses of "
+        "subjects with an active web authorisation (everyone else is forwarded by the kernel)",
+        lambda v: None if v in ("all", "subjects") else "must be all or subjects",
+    ),
+    Option(
+        "metrics",
+        "listen",
+        str,
+        "127.0.0.1:0",
+        "HOST:PORT where `lbm run` serves every daemon's counters (loopback; port 0 picks one, "
+        "written to run/metrics.port); empty: not served",
+        lambda v: _host_port_or_empty(v.replace(":0", ":1") if v.endswith(":0") else v),
+    ),
+    Option(
+        "metrics",
+        "disk_warn_free_percent",
+        int,
+        10,
+        "`lbm status` warns when the data directory's file system has less free space than this",
+        _between(1, 99, "percent"),
     ),
 ]
 
