@@ -1,4 +1,9 @@
-"""The list of command groups `lbm` offers, in help order. Add a module's group here."""
+"""The list of command groups `lbm` offers, in help order. Add a module's group here.
+
+Modules are imported only when their command runs (`LazyGroup`): `lbm status` does not pay
+for the capture pipeline, numpy or mitmproxy, which every test and every operator command would.
+The attribute name is the command's name.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,32 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.smtp_cmd", "smtp"),
     ("appliance.cli.proxy_cmd", "proxy"),
 ]
+
+
+def load(name: str) -> click.Command | None:
+    """The command called `name`, importing only its module (None: unknown or not built)."""
+    for module_name, attr in COMMANDS:
+        if attr != name:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return None  # not built yet
+            raise
+        command: click.Command = getattr(module, attr)
+        return command
+    return None
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands come from COMMANDS, imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(attr for _, attr in COMMANDS)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or load(cmd_name)
 
 
 def all_commands() -> list[click.Command]:

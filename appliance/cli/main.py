@@ -12,11 +12,12 @@ import sys
 import click
 
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App
+from appliance.cli.commands import LazyGroup
 from appliance.config import ConfigError
 from store import StoreError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", metavar="DIR", help="data directory (else $LBM_DATA_DIR, ./lbm-data)")
 @click.option(
     "--config",
@@ -30,19 +31,11 @@ def cli(ctx: click.Context, data_dir: str | None, config_file: str | None) -> No
     ctx.obj = App(data_dir, config_file)
 
 
-def _register() -> None:
-    from appliance.cli import commands
-
-    for group in commands.all_commands():
-        cli.add_command(group)
-
-
 def main() -> None:
     # Every file lbm writes under the data directory is private to the gateway's user, whatever
     # the caller's umask: 0600 files, 0700 directories (store/fsutil also sets modes explicitly).
     # Daemons started by `lbm run` are `lbm ...` command lines, so they come through here too.
     os.umask(0o077)
-    _register()
     try:
         cli.main(prog_name="lbm", standalone_mode=True)
     except ConfigError as exc:
