@@ -10,6 +10,7 @@ lbm archive recover [REF] [--json]      seal segments cut off by a crash as trun
 lbm archive records REF [--json]        the plaintext index (no content, no key needed)
 lbm archive export-raw REF --identity FILE|- --out DIR [--segment N]
                                         each record's exact bytes to DIR (archive_export.py)
+lbm archive collateral propose|approve|list   remove a collateral record (collateral_cmd.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import click
 from appliance.cli.app import App, emit, fail, pass_app
 from appliance.cli.archive_export import export_raw
 from appliance.cli.audit_cmd import pinned_chain
+from appliance.cli.collateral_cmd import collateral
 from store import AuditError, KeyError_, StoreError, signing
 from store import sqlite as store_sqlite
 from store.archive import Archive
@@ -41,6 +43,7 @@ def archive() -> None:
 
 
 archive.add_command(export_raw)
+archive.add_command(collateral)
 
 
 def _checked_ref(ref: str | None) -> None:
@@ -112,6 +115,7 @@ def verify(app: App, ref: str | None, allowed_signers: Path | None, as_json: boo
         f"{len(report.truncated)} truncated; audit log records {report.on_record} sealed"
     ]
     lines += [f"truncated: {s}" for s in report.truncated]
+    lines += [f"amended: {s}" for s in report.amended]
     lines += [f"problem: {p}" for p in report.problems]
     if allowed_signers is None:
         lines.append(
