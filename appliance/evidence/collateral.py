@@ -292,8 +292,7 @@ def approve(ctx: Context, proposal_id: int, identity_text: str) -> tuple[Proposa
         ctx.audit(
             Action.COLLATERAL_APPROVE,
             ref,
-            **ids,
-            **removal.as_audit(),
+            **{**ids, **removal.as_audit()},
             reason=proposal.reason,
             proposer=proposal.proposer,
             proposer_login=proposal.proposer_login,
