@@ -392,7 +392,14 @@ def _finish(
 ) -> Removal:
     """Step 4: shred the replaced segment's wrapped key."""
     old = int(manifest["amendment"]["replaces"])
-    destroyed = shred(KeyStore(paths).segment_key_path(ref, old))
+    try:
+        destroyed = shred(KeyStore(paths).segment_key_path(ref, old))
+    except OSError as exc:
+        raise CollateralError(
+            "write_failed",
+            f"replacement {seg_id(ref, number)} is in the chain but the wrapped key of "
+            f"{seg_id(ref, old)} could not be destroyed ({exc.strerror}): run the approval again",
+        ) from None
     return Removal(
         ref,
         record_id,

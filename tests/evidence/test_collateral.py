@@ -35,9 +35,11 @@ from store import agefile as age
 from store import investigators, signing
 from store import sqlite as store_sqlite
 from store.archive import Archive
+from store.archive_audit import cross_check, on_record
 from store.audit import AuditLog
 from store.clock import Clock
 from store.framing import read_records
+from store.manifest import verify_all
 from store.paths import DataPaths
 from store.segment import canonical
 
@@ -248,10 +250,17 @@ def _copy(case: Case, tmp_path: Path) -> Path:
     return data
 
 
-def _verify_problems(data: Path) -> list[str]:
-    result = run_as(data, "inv1", "archive", "verify", REF, "--json")
-    assert result.returncode == 1
-    return json.loads(result.stdout)["problems"]
+def _verify_problems(data: Path, *, cli: bool = False) -> list[str]:
+    """`lbm archive verify REF` (cli), or in process the same checks the command makes."""
+    if cli:
+        result = run_as(data, "inv1", "archive", "verify", REF, "--json")
+        assert result.returncode == 1
+        return list(json.loads(result.stdout)["problems"])
+    paths = DataPaths(data)
+    report = verify_all(paths.archive, signing.load_public_keys(paths), REF)
+    cross_check(paths, on_record(context(data, "root").audit_log.entries()), report, REF)
+    assert not report.ok
+    return report.problems
 
 
 def test_verify_fails_if_the_amendment_is_altered(case: Case, tmp_path: Path) -> None:
@@ -260,7 +269,8 @@ def test_verify_fails_if_the_amendment_is_altered(case: Case, tmp_path: Path) ->
     manifest = json.loads(path.read_bytes())
     manifest["amendment"]["removed_record"] = case.ids["A"]
     path.write_bytes(canonical(manifest) + b"\n")
-    assert any("000003: manifest signature does not verify" in p for p in _verify_problems(data))
+    problems = _verify_problems(data, cli=True)
+    assert any("000003: manifest signature does not verify" in p for p in problems)
 
 
 def test_verify_fails_on_an_amendment_resigned_with_the_gateway_key(
@@ -334,15 +344,35 @@ def test_audit_keeps_a_tombstone_and_no_content(case: Case) -> None:
 
 def test_list_shows_proposals_to_investigators_only(case: Case) -> None:
     listed = run_as(case.data, "inv2", "archive", "collateral", "list", REF, "--json")
-    items = json.loads(listed.stdout)
+    items = [
+        p for p in json.loads(listed.stdout) if p["record_id"] in (case.ids["B"], case.ids["C"])
+    ]
     assert [(p["record_id"], p["state"], p["proposer"], p["approver"]) for p in items] == [
         (case.ids["B"], "approved", "inv1", "inv2"),
         (case.ids["C"], "approved", "inv2", "inv1"),
     ]
     # an operator login mapped to no investigator learns nothing
-    LOGINS["operator"] = 100  # messagebus: no investigator
-    try:
-        refused = run_as(case.data, "operator", "archive", "collateral", "list")
-    finally:
-        del LOGINS["operator"]
-    assert refused.returncode == 1 and REF not in refused.stdout + refused.stderr
+    refused = attempt(coll.visible, context(case.data, "messagebus"), None)
+    assert isinstance(refused, coll.Refused) and REF not in str(refused)
+
+
+def test_bad_proposals_are_refused(case: Case) -> None:
+    d, inv1 = case.data, case.keys["inv1"].read_text()
+    argv = ("archive", "collateral", "propose", REF, "--record", "OTHER/000001/1", "--reason", "r")
+    other_ref = run_as(d, "inv1", *argv, "--identity", str(case.keys["inv1"]))
+    assert other_ref.returncode == 2 and "not a record id of AUTH-COLL-1" in other_ref.stderr
+    as1 = context(d, "root")
+    cases = {
+        "unknown_record": (as1, f"{REF}/000002/9", inv1),
+        "already_removed": (as1, case.ids["B"], inv1),
+        "no_access": (context(d, "messagebus"), case.ids["A"], inv1),  # not an investigator
+        "identity_mismatch": (as1, case.ids["A"], case.keys["inv2"].read_text()),
+    }
+    for code, (ctx, record_id, identity) in cases.items():
+        result = attempt(coll.propose, ctx, REF, record_id, "reason", identity)
+        assert isinstance(result, coll.Refused) and result.code == code, (code, result)
+    first = coll.propose(as1, REF, case.ids["D"], "reason", inv1)
+    again = attempt(coll.propose, context(d, "daemon"), REF, case.ids["D"], "again",
+                    case.keys["inv2"].read_text())  # fmt: skip
+    assert isinstance(again, coll.Refused) and again.code == "duplicate"
+    assert str(first.id) in str(again)
