@@ -1,26 +1,14 @@
-"""Collateral intrusion removal at the store level: one sealed segment rewritten without a record.
+"""Collateral intrusion removal at the store level: a sealed segment rewritten without a record.
 
-`remove_record` (docs/collateral.md, docs/archive-format.md "Amendments"):
-
-1. find the record: the sealed segment, not yet replaced, whose index lists its id (`locate`);
-   a segment still being written, or cut off and not yet recovered, is refused;
-2. with the approver's identity, in memory only: unwrap the authorisation key, then the old
-   segment's key, and stream the old plaintext (authenticated chunk by chunk) into a
-   replacement written with `store.segment.SegmentWriter` under a fresh segment key wrapped to
-   `auth.pub`. Every other record keeps its header (so its id) and its bytes; the removed one
-   is not written. The replacement is staged in `archive/REF/.collateral-*` (nothing reads it:
-   its key exists only in memory until step 3);
-3. under the archive lock: the next segment number, its wrapped key in keystore/, the files
-   renamed into place, and a signed manifest appended to the archive's chain carrying an
-   `amendment` (proposal, replaced segment and its hashes, removed record id, both people);
-   the seal is audited `segment_close` like any other;
-4. the old segment's wrapped key `keystore/REF/NNNNNN.age` is shredded: every copy of the old
-   segment, backups included, is unreadable from then on. Its ciphertext, index and manifest
-   stay, so the chain still verifies.
-
-Resumable: if the chain already holds the amendment for the proposal (a crash after step 3),
-steps 2-3 are skipped and the rest is finished. Errors are `CollateralError` with a `code` for
-the audit log; messages name ids and files, never content.
+`remove_record` (steps in docs/collateral.md): find the record in a sealed, current segment
+(`locate`); with the approver's identity, in memory only, stream the old plaintext into a
+replacement staged in `archive/REF/.collateral-*` under a fresh segment key wrapped to
+`auth.pub`, every other record keeping its header (so its id) and bytes; under the archive lock,
+place it as the next segment with a signed manifest carrying an `amendment` (audited
+`segment_close`); then shred the old segment's wrapped key, so every copy of it is unreadable.
+Its ciphertext, index and manifest stay, so the chain still verifies. A crash after the chain
+append is finished by running it again (the amendment names the proposal). Errors are
+`CollateralError` with a `code` for the audit log, never content.
 """
 
 from __future__ import annotations
@@ -400,14 +388,5 @@ def _finish(
             f"replacement {seg_id(ref, number)} is in the chain but the wrapped key of "
             f"{seg_id(ref, old)} could not be destroyed ({exc.strerror}): run the approval again",
         ) from None
-    return Removal(
-        ref,
-        record_id,
-        old,
-        number,
-        int(manifest["records"]),
-        digest,
-        int(manifest["chain_seq"]),
-        destroyed,
-        resumed,
-    )
+    records, seq = int(manifest["records"]), int(manifest["chain_seq"])
+    return Removal(ref, record_id, old, number, records, digest, seq, destroyed, resumed)

@@ -322,6 +322,8 @@ def test_export_skips_shredded_segments_and_exports_the_replacement(
     everything = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
     assert CANARY_B not in everything and CANARY_C not in everything
     assert (out / REF / "000004" / "1.eml").read_bytes() == RECORDS_1["A"][2]
+    listed = run_as(case.data, "inv1", "archive", "records", REF, "--json")
+    assert [i["id"] for i in json.loads(listed.stdout)] == [case.ids[n] for n in "DAE"]
 
 
 def test_audit_keeps_a_tombstone_and_no_content(case: Case) -> None:
