@@ -128,21 +128,20 @@ def check_reason(reason: str) -> str:
     return text
 
 
-def _identity_investigator(conn: sqlite3.Connection, identity_text: str) -> Investigator | None:
-    """The active investigator whose registered age recipient is a key of this identity."""
+def _identity_investigators(conn: sqlite3.Connection, identity_text: str) -> list[Investigator]:
+    """The active investigators whose registered age recipient is a key of this identity."""
     try:
         keys = age.parse_identity_file(identity_text, "--identity")
     except age.AgeError:
-        return None
+        return []
     publics = {age.encode_recipient(k.public_key()) for k in keys}
-    matches = [i for i in investigators_table.list_all(conn) if i.recipient in publics]
-    return matches[0] if len(matches) == 1 else None
+    return [i for i in investigators_table.list_all(conn) if i.recipient in publics]
 
 
 def _who(
     ctx: Context, conn: sqlite3.Connection, step: str, ref: str, identity_text: str, **fields: Any
-) -> tuple[Investigator, Investigator | None]:
-    """The acting investigator (login mapping, access to REF) and the identity's investigator,
+) -> tuple[Investigator, list[Investigator]]:
+    """The acting investigator (login mapping, access to REF) and the identity's investigators,
     once the identity is shown to unwrap REF's authorisation key."""
     login = ctx.actor
     try:
@@ -157,11 +156,11 @@ def _who(
             step,
             ref,
             "not_holder",
-            f"{ref}: the identity presented does not unwrap {ref}'s authorisation key "
-            "(not a holder; `lbm keys rewrap` wraps it to current assignees)",
+            f"{ref}: the identity presented does not unwrap {ref}'s authorisation key (not an "
+            "age identity of a holder; `lbm keys rewrap` wraps it to current assignees)",
             **who,
         ) from None
-    return acting.investigator, _identity_investigator(conn, identity_text)
+    return acting.investigator, _identity_investigators(conn, identity_text)
 
 
 def _require_own(
@@ -169,11 +168,12 @@ def _require_own(
     step: str,
     ref: str,
     acting: Investigator,
-    ident: Investigator | None,
+    idents: list[Investigator],
     **fields: Any,
 ) -> None:
-    if ident is None or ident.name != acting.name:
-        whose = f"investigator {ident.name}'s" if ident else "no registered investigator's"
+    if [i.name for i in idents] != [acting.name]:
+        names = ", ".join(i.name for i in idents)
+        whose = f"investigator {names}'s" if idents else "no registered investigator's"
         raise ctx.refuse(
             step,
             ref,
@@ -181,7 +181,7 @@ def _require_own(
             f"the identity presented is {whose} key, but login {ctx.actor!r} acts as "
             f"investigator {acting.name}: present your own identity",
             investigator=acting.name,
-            identity_investigator=ident.name if ident else None,
+            identity_investigators=[i.name for i in idents],
             **fields,
         )
 
@@ -189,8 +189,8 @@ def _require_own(
 def propose(ctx: Context, ref: str, record_id: str, reason: str, identity_text: str) -> Proposal:
     conn = ctx.connect()
     try:
-        acting, ident = _who(ctx, conn, "propose", ref, identity_text, record_id=record_id)
-        _require_own(ctx, "propose", ref, acting, ident, record_id=record_id)
+        acting, idents = _who(ctx, conn, "propose", ref, identity_text, record_id=record_id)
+        _require_own(ctx, "propose", ref, acting, idents, record_id=record_id)
         try:
             located = locate(ctx.paths, ref, record_id)
         except CollateralError as exc:
@@ -243,12 +243,12 @@ def approve(ctx: Context, proposal_id: int, identity_text: str) -> tuple[Proposa
             message = f"no collateral proposal {proposal_id}"
             raise ctx.refuse("approve", None, "unknown_proposal", message, proposal=proposal_id)
         ref, ids = proposal.ref, {"proposal": proposal.id, "record_id": proposal.record_id}
-        acting, ident = _who(ctx, conn, "approve", ref, identity_text, **ids)
-        people = {acting.name, acting.principal} | (
-            {ident.name, ident.principal} if ident else set()
-        )
-        if people & {proposal.proposer, proposal.proposer_principal} or (
-            ctx.actor == proposal.proposer_login
+        acting, idents = _who(ctx, conn, "approve", ref, identity_text, **ids)
+        people = [acting, *idents]
+        if (
+            proposal.proposer in {p.name for p in people}
+            or proposal.proposer_principal in {p.principal for p in people}
+            or ctx.actor == proposal.proposer_login
         ):
             raise ctx.refuse(
                 "approve",
@@ -257,10 +257,10 @@ def approve(ctx: Context, proposal_id: int, identity_text: str) -> tuple[Proposa
                 f"proposal {proposal.id} was made by investigator {proposal.proposer}: a "
                 "different investigator (not the same person, login or key) must approve it",
                 investigator=acting.name,
-                identity_investigator=ident.name if ident else None,
+                identity_investigators=[i.name for i in idents],
                 **ids,
             )
-        _require_own(ctx, "approve", ref, acting, ident, **ids)
+        _require_own(ctx, "approve", ref, acting, idents, **ids)
         if proposal.state != "proposed":
             raise ctx.refuse(
                 "approve",

@@ -345,11 +345,9 @@ def test_audit_keeps_a_tombstone_and_no_content(case: Case) -> None:
 
 
 def test_list_shows_proposals_to_investigators_only(case: Case) -> None:
-    listed = run_as(case.data, "inv2", "archive", "collateral", "list", REF, "--json")
-    items = [
-        p for p in json.loads(listed.stdout) if p["record_id"] in (case.ids["B"], case.ids["C"])
-    ]
-    assert [(p["record_id"], p["state"], p["proposer"], p["approver"]) for p in items] == [
+    listed = coll.visible(context(case.data, "daemon"), REF)
+    items = [p for p in listed if p.record_id in (case.ids["B"], case.ids["C"])]
+    assert [(p.record_id, p.state, p.proposer, p.approver) for p in items] == [
         (case.ids["B"], "approved", "inv1", "inv2"),
         (case.ids["C"], "approved", "inv2", "inv1"),
     ]
