@@ -28,7 +28,7 @@ from typing import Any
 
 from store.audit import Action
 from store.keys import REF_RE
-from store.manifest import VerifyReport
+from store.manifest import VerifyReport, amendments, read_manifests
 from store.paths import DataPaths
 
 SEALS = (Action.SEGMENT_CLOSE.value, Action.SEGMENT_TRUNCATED.value)
@@ -56,6 +56,8 @@ class OnRecord:
     segments_destroyed: set[SegmentId] = field(default_factory=set)
     purged: set[str] = field(default_factory=set)
     resealed: dict[SegmentId, tuple[int, int]] = field(default_factory=dict)
+    # collateral removals: replaced segment -> (audit seq, the collateral_approve fields)
+    collateral: dict[SegmentId, tuple[int, dict[str, Any]]] = field(default_factory=dict)
 
     def segment_gone(self, sid: SegmentId) -> bool:
         """True if the segment's destruction (or its archive's) is on record."""
@@ -119,6 +121,8 @@ def on_record(entries: Iterable[dict[str, Any]]) -> OnRecord:
                 found.segments_destroyed.update(_listed(fields))
         elif action == Action.COLLATERAL_APPROVE.value:
             found.segments_destroyed.update(_listed(fields))
+            for sid in _listed(fields):
+                found.collateral[sid] = (int(entry.get("seq") or 0), fields)
         elif action == Action.PURGE.value:
             listed = _listed(fields)
             if listed:
@@ -162,6 +166,7 @@ def cross_check(
             continue
         for number in sealed:
             _check_segment(paths, directory, name, number, record.seals[(name, number)], report)
+        _check_collateral(paths, directory, name, record, report)
     for (name, number), (first, again) in sorted(record.resealed.items()):
         if name in refs:
             report.bad(
@@ -201,3 +206,45 @@ def _check_segment(
             f"{where}: wrapped segment key keystore/{ref}/{key.name} is missing, and no "
             "destruction of it is on record in the audit log"
         )
+
+
+def _check_collateral(
+    paths: DataPaths, directory: Path, ref: str, record: OnRecord, report: VerifyReport
+) -> None:
+    """The chain's collateral amendments and the log's `collateral_approve` entries must agree,
+    and a replaced segment's wrapped key must be gone (docs/collateral.md)."""
+    in_chain = amendments(read_manifests(directory))
+    for old, (new, amend) in sorted(in_chain.items()):
+        where = f"{ref}/{old:06d}"
+        approved = record.collateral.get((ref, old))
+        if approved is None:
+            report.bad(
+                f"{where}: replaced by {ref}/{new:06d} (amendment, proposal "
+                f"{amend.get('proposal')}) but no collateral_approve for it is on record in the "
+                "audit log (an interrupted approval: run it again; otherwise forged)"
+            )
+            continue
+        seq, fields = approved
+        if (fields.get("record_id"), fields.get("proposal")) != (
+            amend.get("removed_record"),
+            amend.get("proposal"),
+        ):
+            report.bad(
+                f"{where}: the chain's amendment (record {amend.get('removed_record')}, proposal "
+                f"{amend.get('proposal')}) differs from the audit log's collateral_approve "
+                f"(seq {seq})"
+            )
+    for (name, old), (seq, _) in sorted(record.collateral.items()):
+        if name != ref:
+            continue
+        where = f"{ref}/{old:06d}"
+        if old not in in_chain:
+            report.bad(
+                f"{where}: the audit log records its collateral removal (seq {seq}) but the "
+                "archive's chain has no amendment replacing it"
+            )
+        if (paths.keystore / ref / f"{old:06d}.age").exists():
+            report.bad(
+                f"{where}: collateral removal on record (seq {seq}) but its wrapped key "
+                f"keystore/{ref}/{old:06d}.age still exists: the segment is still readable"
+            )

@@ -109,6 +109,34 @@ def append(directory: Path, key: GatewayKey, fields: dict[str, Any]) -> tuple[st
     return digest, seq
 
 
+def read_manifests(directory: Path) -> dict[int, dict[str, Any]]:
+    """Every manifest of one archive by segment number (unverified: `lbm archive verify` does
+    that); an unreadable one is skipped."""
+    found: dict[int, dict[str, Any]] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            m = MANIFEST_RE.fullmatch(name)
+            if not m:
+                continue
+            try:
+                obj = json.loads((directory / name).read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(obj, dict):
+                found[int(m.group(1))] = obj
+    return found
+
+
+def amendments(manifests: dict[int, dict[str, Any]]) -> dict[int, tuple[int, dict[str, Any]]]:
+    """Replaced segment number -> (replacement number, amendment) from the manifests."""
+    out: dict[int, tuple[int, dict[str, Any]]] = {}
+    for number, manifest in manifests.items():
+        amend = manifest.get("amendment")
+        if isinstance(amend, dict) and isinstance(amend.get("replaces"), int):
+            out[amend["replaces"]] = (number, amend)
+    return out
+
+
 @dataclass
 class VerifyReport:
     ok: bool = True
@@ -117,6 +145,7 @@ class VerifyReport:
     on_record: int = 0  # sealed segments the audit log records (store/archive_audit.py)
     open_segments: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)
+    amended: list[str] = field(default_factory=list)  # "OLD -> NEW (record ..., proposal ...)"
     problems: list[str] = field(default_factory=list)
 
     def bad(self, message: str) -> None:
@@ -178,6 +207,69 @@ def verify_archive(
                 "run recovery, or a manifest was deleted)"
             )
     _check_chain(directory, ref, manifests, keys, report)
+    _check_amendments(directory, ref, manifests, report)
+
+
+def _index_ids(path: Path) -> set[str]:
+    ids: set[str] = set()
+    with contextlib.suppress(FileNotFoundError), path.open("rb") as fh:
+        for line in fh:
+            try:
+                item = json.loads(line)
+            except ValueError:
+                break
+            if isinstance(item, dict):
+                ids.add(str(item.get("id")))
+    return ids
+
+
+def _check_amendments(
+    directory: Path,
+    ref: str,
+    manifests: list[tuple[int, dict[str, Any], str]],
+    report: VerifyReport,
+) -> None:
+    """A collateral amendment (docs/archive-format.md "Amendments") must name a segment sealed
+    before it in the chain, by the hashes of its manifest and ciphertext; the removed record must
+    be in that segment's index and not in the replacement's, which holds nothing else new."""
+    by_number = {number: (manifest, digest) for number, manifest, digest in manifests}
+    replaced: dict[int, int] = {}
+    for number, manifest, _ in sorted(manifests, key=lambda m: int(m[1].get("chain_seq", 0))):
+        amend = manifest.get("amendment")
+        if amend is None:
+            continue
+        where = f"{ref}/{number:06d}"
+        if not isinstance(amend, dict) or not isinstance(amend.get("replaces"), int):
+            report.bad(f"{where}: amendment is malformed")
+            continue
+        old = int(amend["replaces"])
+        old_where = f"{ref}/{old:06d}"
+        if old not in by_number:
+            report.bad(f"{where}: amendment replaces {old_where}, which has no valid manifest")
+            continue
+        if old in replaced:
+            report.bad(f"{old_where}: replaced twice ({ref}/{replaced[old]:06d} and {where})")
+            continue
+        replaced[old] = number
+        old_manifest, old_digest = by_number[old]
+        if int(old_manifest.get("chain_seq", 0)) >= int(manifest.get("chain_seq", 0)):
+            report.bad(f"{where}: amendment precedes the segment it replaces in the chain")
+        if amend.get("replaced_manifest_sha256") != old_digest or amend.get(
+            "replaced_ciphertext_sha256"
+        ) != old_manifest.get("ciphertext_sha256"):
+            report.bad(f"{where}: amendment does not match {old_where}'s manifest (replaced)")
+        removed = amend.get("removed_record")
+        old_ids = _index_ids(directory / f"{old:06d}.index.jsonl")
+        new_ids = _index_ids(directory / f"{number:06d}.index.jsonl")
+        if removed not in old_ids or removed in new_ids or new_ids - old_ids:
+            report.bad(
+                f"{where}: replacement's records are not {old_where}'s without {removed} "
+                "(amendment or index altered)"
+            )
+            continue
+        report.amended.append(
+            f"{old_where} -> {where} (record {removed} removed, proposal {amend.get('proposal')})"
+        )
 
 
 def _check_files(

@@ -7,9 +7,11 @@ lbm archive verify [REF] [--json]       signatures (current and retired gateway 
                                         destruction is on record; exit 1 naming each problem
 lbm archive recover [REF] [--json]      seal segments cut off by a crash as truncated
                                         (audited); refused while a writer holds the archive
-lbm archive records REF [--json]        the plaintext index (no content, no key needed)
+lbm archive records REF [--json]        the plaintext index (no content, no key needed);
+                                        a segment replaced by a collateral removal is left out
 lbm archive export-raw REF --identity FILE|- --out DIR [--segment N]
                                         each record's exact bytes to DIR (archive_export.py)
+lbm archive collateral propose|approve|list   remove a collateral record (collateral_cmd.py)
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import click
 from appliance.cli.app import App, emit, fail, pass_app
 from appliance.cli.archive_export import export_raw
 from appliance.cli.audit_cmd import pinned_chain
+from appliance.cli.collateral_cmd import collateral
 from store import AuditError, KeyError_, StoreError, signing
 from store import sqlite as store_sqlite
 from store.archive import Archive
 from store.archive_audit import OnRecord, cross_check, on_record
 from store.keys import check_ref
-from store.manifest import VerifyReport, verify_all
+from store.manifest import VerifyReport, amendments, read_manifests, verify_all
 from store.recovery import live_segments
 from store.segment import segment_numbers
 
@@ -41,6 +44,7 @@ def archive() -> None:
 
 
 archive.add_command(export_raw)
+archive.add_command(collateral)
 
 
 def _checked_ref(ref: str | None) -> None:
@@ -112,6 +116,7 @@ def verify(app: App, ref: str | None, allowed_signers: Path | None, as_json: boo
         f"{len(report.truncated)} truncated; audit log records {report.on_record} sealed"
     ]
     lines += [f"truncated: {s}" for s in report.truncated]
+    lines += [f"amended: {s}" for s in report.amended]
     lines += [f"problem: {p}" for p in report.problems]
     if allowed_signers is None:
         lines.append(
@@ -180,9 +185,10 @@ def _index(app: App, ref: str) -> list[dict[str, Any]]:
     if not directory.is_dir():
         fail(f"{ref}: no archive for this reference")
     items: list[dict[str, Any]] = []
+    replaced = amendments(read_manifests(directory))  # collateral removals: the replacement lists
     for number in segment_numbers(directory):
         path = directory / f"{number:06d}.index.jsonl"
-        if not path.exists():
+        if number in replaced or not path.exists():
             continue
         for line in path.read_bytes().splitlines():
             try:
