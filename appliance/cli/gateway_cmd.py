@@ -24,7 +24,7 @@ from appliance.cli import gateway_rules, gateway_scope
 from appliance.cli.app import EXIT_USAGE, App, emit, fail, pass_app
 from store import sqlite
 from store.audit import Action
-from store.readiness import announce_ready
+from store.readiness import announce_ready, notify_systemd
 
 
 def _proxy_port(app: App) -> int:
@@ -47,7 +47,9 @@ def spec_from_config(app: App) -> gateway_rules.RuleSpec:
     cfg = app.config
     where = app.config_path
     if cfg["web.mode"] != "transparent":
-        fail(f"{where}: [web] mode is {cfg['web.mode']!r}; the rules need 'transparent'", EXIT_USAGE)
+        fail(
+            f"{where}: [web] mode is {cfg['web.mode']!r}; the rules need 'transparent'", EXIT_USAGE
+        )
     if not cfg["gateway.inside_interface"]:
         fail(f"{where}: [gateway] inside_interface is not set", EXIT_USAGE)
     host = str(cfg["web.listen_host"])
@@ -106,7 +108,9 @@ def rules(app: App, do_apply: bool, do_remove: bool, as_json: bool) -> None:
             fail(str(exc))
         if removed:
             app.audit.append(Action.GATEWAY_RULES_REMOVE, app.actor, table=table)
-        text = f"removed table {table}" if removed else f"table {table} is not loaded; nothing to do"
+        text = (
+            f"removed table {table}" if removed else f"table {table} is not loaded; nothing to do"
+        )
         emit({"table": table, "removed": removed}, as_json, text)
         return
     spec = spec_from_config(app)
@@ -167,6 +171,9 @@ def scope_sync(app: App) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    # the snapshot follows registry and config changes by itself: a reload (SIGHUP, which
+    # `lbm run` passes to every daemon) has nothing to do
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     source = snapshot_source(app)
     sync = gateway_scope.ScopeSync(source.current, app.clock.now, log)
     run_dir: Path = app.paths.run
@@ -178,6 +185,7 @@ def scope_sync(app: App) -> None:
         ready = announce_ready(run_dir, "scope-sync")
         while not stop.wait(gateway_scope.INTERVAL):
             sync.step()
+            notify_systemd(b"WATCHDOG=1")  # from the loop: a hung loop stops the pings
     finally:
         source.stop()
         if ready is not None:

@@ -58,7 +58,9 @@ class RuleSpec:
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
-                raise RulesError(f"[gateway] inside_networks: {net!r} is not an IP network") from None
+                raise RulesError(
+                    f"[gateway] inside_networks: {net!r} is not an IP network"
+                ) from None
         if not 0 < self.port < 65536:
             raise RulesError(f"proxy port {self.port}: not a TCP port")
         if self.scope not in ("all", "subjects"):
@@ -111,7 +113,8 @@ def render(spec: RuleSpec) -> str:
 
 def elements_script(addresses: Iterable[str]) -> str:
     """An nft script replacing both subject sets' contents in one transaction."""
-    v4, v6 = [], []
+    v4: list[str] = []
+    v6: list[str] = []
     for text in sorted(set(addresses)):
         addr = ipaddress.ip_address(text)  # ValueError for anything else: never into nft
         (v4 if addr.version == 4 else v6).append(str(addr))

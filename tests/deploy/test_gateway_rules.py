@@ -16,7 +16,7 @@ from capture_policy import set_config
 from lbm_testing import Lbm, Result
 
 from appliance.cli import gateway_rules
-from appliance.cli.gateway_rules import RuleSpec, RulesError
+from appliance.cli.gateway_rules import RulesError, RuleSpec
 
 pytestmark = pytest.mark.skipif(shutil.which("nft") is None, reason="nft not installed")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from capture_policy import set_config
-from lbm_testing import REPO, Lbm
+from lbm_testing import INV_RECIPIENT, REPO, Lbm
 from netns import Topology, gateway_topology
 
 from appliance.cli.gateway_scope import subject_addresses
@@ -123,8 +123,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         set_config(data, "gateway", "inside_networks", '["10.201.1.0/24"]')
         subject_ip, other_ip = topo.client_ips
         lbm("identity", "import", str(feed(base / "feed.csv", subject_ip, other_ip)), check=True)
-        lbm("keys", "investigator", "add", "inv1", "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
-            "--principal", "p900", check=True)  # fmt: skip
+        lbm("keys", "investigator", "add", "inv1", INV_RECIPIENT, "--principal", "p900", check=True)
         lbm.grant("REF-WEB", "p12345")
         lbm.grant("REF-MAIL", "p34567", channel="email")
         servers: list[subprocess.Popen[str]] = []
