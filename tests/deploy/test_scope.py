@@ -226,3 +226,18 @@ def test_lbm_run_supervises_scope_sync_in_subjects_scope_only(net: Net) -> None:
         assert "proxy" in names and "scope-sync" not in names
     finally:
         set_config(data, "web", "transparent_scope", '"subjects"')
+
+
+@pytest.mark.parametrize("name", ["identity-feed-dhcp-logon.csv", "identity-feed-dhcp-logon.jsonl"])
+def test_the_example_lease_feeds_load_cleanly_and_hand_over_the_hot_desk(name: str) -> None:
+    from appliance.policy.identity import IdentityMap
+    from appliance.policy.identity_feed import read_feed
+
+    parsed = read_feed(REPO / "docs" / "examples" / name)
+    assert parsed.bad == () and parsed.rows
+    identity = IdentityMap.build(parsed.rows)
+    assert identity.conflicts == ()
+    desk = "10.20.31.17"
+    assert identity.resolve_ip(desk, datetime(2026, 3, 2, 12, 59, tzinfo=UTC)) == "p23456"
+    assert identity.resolve_ip(desk, datetime(2026, 3, 2, 13, 0, tzinfo=UTC)) == "p34567"
+    assert identity.resolve(email="john.smith@FORCE.example") == "p12345"
