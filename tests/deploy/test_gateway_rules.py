@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,9 +38,9 @@ def configure(data_dir: Path, *, mode: str = "transparent", host: str = "0.0.0.0
 
 
 @pytest.fixture(scope="module")
-def lbm(tmp_path_factory: pytest.TempPathFactory) -> Lbm:
+def lbm(tmp_path_factory: pytest.TempPathFactory, lbm_inproc: Callable[..., object]) -> Lbm:
     runner = Lbm(tmp_path_factory.mktemp("rules") / "data")
-    runner("init", check=True)
+    lbm_inproc(runner.data_dir, "init")
     configure(runner.data_dir)
     return runner
 

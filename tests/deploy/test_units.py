@@ -15,7 +15,7 @@ import signal
 import smtplib
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +62,12 @@ class Rendered:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+def rendered(
+    tmp_path_factory: pytest.TempPathFactory, lbm_inproc: Callable[..., object]
+) -> Rendered:
     base = tmp_path_factory.mktemp("units")
     lbm = Lbm(base / "data")
-    lbm("init", check=True)
+    lbm_inproc(lbm.data_dir, "init")
     units = systemd_units.render(
         data_dir=lbm.data_dir, config=lbm.data_dir / "lbm.toml", user="lbm"
     )
