@@ -201,4 +201,9 @@ def init(
         if created
         else f"{root} is already initialised; nothing changed"
     )
+    if units:  # the units step: where they went and how to start them (docs/deployment.md)
+        text += (
+            f"\nunits: {units[0].parent} ({len(units)} files); then: systemctl daemon-reload && "
+            "systemctl enable --now lbm.target lbm-proxy lbm-smtp lbm-housekeeping lbm-metrics"
+        )
     emit(result, as_json, text)

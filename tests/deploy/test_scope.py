@@ -184,6 +184,14 @@ def test_only_the_subjects_address_reaches_the_proxy(net: Net) -> None:
     assert net.connect(other_ip, "udp", 4433) == "UDPq"
 
 
+def test_a_set_flushed_behind_its_back_is_refilled(net: Net) -> None:
+    subject_ip, _other = net.topo.client_ips
+    flush = [*Topology.exec(net.topo.gateway), "nft", "flush", "set", "inet", "lbm", "subjects4"]
+    subprocess.run(flush, check=True, timeout=30)
+    assert net.connect(subject_ip) == "SERVER"  # the safe direction: forwarded, metadata only
+    net.until(subject_ip, "PROXY")
+
+
 def test_the_set_holds_current_web_subject_leases_only(net: Net) -> None:
     conn = sqlite.connect(net.lbm.data_dir / "registry.sqlite", readonly=True)
     try:
