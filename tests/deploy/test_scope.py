@@ -90,6 +90,7 @@ class Net:
     lbm: Lbm
     sync: subprocess.Popen[str]
     inproc: Callable[..., object]
+    grant: Callable[..., None]
 
     def connect(self, src: str, proto: str = "tcp", port: int = 443) -> str:
         out = subprocess.run(
@@ -161,7 +162,7 @@ def net(
             while not ready.exists():
                 assert sync.poll() is None and time.monotonic() < deadline, "scope-sync not ready"
                 time.sleep(0.05)
-            yield Net(topo, lbm, sync, lbm_inproc)
+            yield Net(topo, lbm, sync, lbm_inproc, grant_inproc)
         finally:
             for proc in [*servers, *([sync] if sync else [])]:
                 if proc.poll() is None:
@@ -212,6 +213,13 @@ def test_a_lease_change_and_a_cancellation_move_the_sets_within_5_s(net: Net) ->
     net.until(subject_ip, "SERVER")
     net.inproc(net.lbm.data_dir, "auth", "cancel", "REF-WEB", "--reason", "t", "--officer", "p100")
     net.until(other_ip, "SERVER")
+
+
+def test_a_new_grant_moves_the_sets_within_5_s(net: Net) -> None:
+    _subject, other_ip = net.topo.client_ips  # p12345 holds other_ip since the lease change
+    assert net.connect(other_ip) == "SERVER"
+    net.grant(net.lbm.data_dir, "REF-WEB-2", "p12345")
+    net.until(other_ip, "PROXY")
 
 
 def test_nothing_written_names_an_address(net: Net) -> None:
