@@ -121,6 +121,13 @@ def test_printing_changes_nothing_and_is_not_audited(lbm: Lbm) -> None:
     assert shown.stdout.startswith("table inet lbm {")
     assert "redirect to :8080" in shown.stdout and "@subjects4" not in shown.stdout
     assert len(audit_entries(lbm, "gateway_rules_apply")) == before
+    set_config(lbm.data_dir, "web", "transparent_scope", '"subjects"')
+    try:
+        subjects = cli(lbm, "gateway", "rules")
+    finally:
+        set_config(lbm.data_dir, "web", "transparent_scope", '"all"')
+    assert "ip saddr @subjects4 tcp dport { 80, 443 } redirect to :8080" in subjects.stdout
+    assert "does not include lan0" in subjects.stderr  # no capture: bypassed traffic unrecorded
 
 
 def test_bad_configuration_is_refused_naming_the_key(lbm: Lbm) -> None:
