@@ -16,9 +16,8 @@ Inproc = Callable[..., Result]
 def _invoke(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Result:
     from click.testing import CliRunner
 
-    from appliance.cli.main import _register, cli
+    from appliance.cli.main import cli
 
-    _register()
     out = CliRunner(env=env).invoke(cli, ["--data-dir", str(data_dir), *args])
     if out.exception is not None and not isinstance(out.exception, SystemExit):
         raise out.exception

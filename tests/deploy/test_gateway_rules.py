@@ -107,9 +107,8 @@ def cli(lbm: Lbm, *args: str) -> Result:
     """`lbm` in this process (the cheap path for edge cases)."""
     from click.testing import CliRunner
 
-    from appliance.cli.main import _register, cli
+    from appliance.cli.main import cli
 
-    _register()
     out = CliRunner().invoke(cli, ["--data-dir", str(lbm.data_dir), *args])
     return Result(out.exit_code, out.stdout, out.stderr)
 
