@@ -26,10 +26,11 @@ import click
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from appliance.cli.app import EXIT_USAGE, App, fail, pass_app
+from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, fail, pass_app
 from appliance.evidence.search import (
     Query,
     SearchError,
+    SearchFailed,
     SearchRefused,
     authorise,
     run,
@@ -221,7 +222,7 @@ def search(
             why="the query failed to run",
             query=query.describe(),
         )
-        fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_FAIL if isinstance(exc, SearchFailed) else EXIT_USAGE)
     extra = acting.as_audit() if acting else {}
     app.audit.append(
         Action.SEARCH,

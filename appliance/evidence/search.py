@@ -31,11 +31,24 @@ from appliance.policy.registry_store import load_one
 from store import schemas
 from store import sqlite as store_sqlite
 
-__all__ = ["Query", "Scope", "SearchError", "SearchRefused", "authorise", "run", "validate"]
+__all__ = [
+    "Query",
+    "Scope",
+    "SearchError",
+    "SearchFailed",
+    "SearchRefused",
+    "authorise",
+    "run",
+    "validate",
+]
 
 
 class SearchError(Exception):
     """The search is malformed (usage error); the message names the option."""
+
+
+class SearchFailed(SearchError):
+    """The search could not run (an unreadable file...): exit 1, not a usage error."""
 
 
 class SearchRefused(Exception):
@@ -175,16 +188,19 @@ def run(metadata_root: Path, query: Query, scope: Scope | None) -> pa.Table:
             raise SearchRefused(str(exc), 2) from None
     if query.sql is not None and scope is None:  # authorise() requires a ref for --sql
         raise SearchRefused("--sql needs --ref REF and --reason TEXT", 2)
-    root = metadata_root.resolve()
-    con = connect(root, query, scope)
+    con = None
     try:
+        con = connect(metadata_root.resolve(), query, scope)
         return con.sql(_select(query)).to_arrow_table()
     except duckdb.PermissionException as exc:
         raise SearchRefused(f"--sql refused by the sandbox: {_message(exc, scope)}") from None
+    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+        raise SearchFailed(f"search failed reading metadata: {_message(exc, scope)}") from None
     except duckdb.Error as exc:
         raise SearchError(f"search failed: {_message(exc, scope)}") from None
     finally:
-        con.close()
+        if con is not None:
+            con.close()
 
 
 def _message(exc: BaseException, scope: Scope | None) -> str:

@@ -5,10 +5,11 @@ Two independent layers:
 1. `check_select(sql, names)`: `duckdb.extract_statements` must give exactly one statement, of
    type SELECT (so no COPY, ATTACH, PRAGMA, SET, EXPLAIN, or a second statement after `;`).
    Its parse tree (`json_serialize_sql`) may then read only the views `names` and its own CTEs:
-   no table function (`read_parquet`, `read_csv`, `glob`, `duckdb_views()`...), no file named
-   as a table (`FROM 'x.parquet'`), no qualified name (`information_schema.views`,
-   `memory.main.web`), no DESCRIBE/SUMMARIZE. That is what keeps the clear values in the raw
-   Parquet files, which the views pseudonymise, out of reach.
+   no query node but SELECTs (DuckDB accepts `WITH x AS (DELETE ... RETURNING *) SELECT`, a
+   statement of type SELECT), no table function (`read_parquet`, `read_csv`, `glob`,
+   `duckdb_views()`...), no file named as a table (`FROM 'x.parquet'`), no qualified name
+   (`information_schema.views`, `memory.main.web`), no DESCRIBE/SUMMARIZE. That is what keeps
+   the clear values in the raw Parquet files, which the views pseudonymise, out of reach.
 2. `lock_down(con, root)`: the connection itself may touch only `root`:
    `SET allowed_directories=[root]`, then `SET enable_external_access=false`, then
    `SET lock_configuration=true`, as separate statements in that order (DuckDB 2.0 refuses them
@@ -31,6 +32,9 @@ class SqlRefused(Exception):
 
 
 # Table references a SELECT over the views may contain (parse tree `from_table.type`).
+# Query nodes of a read-only SELECT. DuckDB 2.0 parses `WITH w AS (DELETE ... RETURNING *)
+# SELECT ...` as a SELECT statement whose CTE is a DELETE_QUERY_NODE: refused here.
+_QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
 # A view or CTE name: never a file name that DuckDB would scan in place of a table.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ALLOWED_REFS = frozenset({"BASE_TABLE", "JOIN", "SUBQUERY", "EMPTY", "EXPRESSION_LIST"})
@@ -87,6 +91,12 @@ def check_select(sql: str, names: Iterable[str]) -> None:
         raise SqlRefused(f"--sql is not a plain SELECT: {why}")
     allowed = {n.lower() for n in names} | _cte_names(tree)
     for node in _walk(tree.get("statements", [])):
+        kind = node.get("type")
+        if isinstance(kind, str) and kind.endswith("_NODE") and kind not in _QUERY_NODES:
+            raise SqlRefused(
+                f"--sql must only read: it contains {kind.removesuffix('_NODE').lower()} "
+                "(a CTE that writes)"
+            )
         if not _is_table_ref(node) or "type" not in node:
             continue
         ref_type = str(node["type"])
