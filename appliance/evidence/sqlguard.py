@@ -77,9 +77,9 @@ def check_select(sql: str, names: Iterable[str]) -> None:
         raise SqlRefused(f"--sql does not parse: {_first_line(exc)}") from None
     if len(statements) != 1:
         raise SqlRefused(f"--sql must be exactly one statement (found {len(statements)})")
-    kind = statements[0].type
-    if kind != duckdb.StatementType.SELECT:
-        raise SqlRefused(f"--sql must be a SELECT (found {kind.name})")
+    stype = statements[0].type
+    if stype != duckdb.StatementType.SELECT:
+        raise SqlRefused(f"--sql must be a SELECT (found {stype.name})")
     con = duckdb.connect()
     try:
         raw = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
