@@ -143,7 +143,10 @@ def _select(query: Query) -> str:
     """The SQL run over the views when no `--sql` is given."""
     limit = f" LIMIT {query.limit}" if query.limit else ""
     if query.sql is not None:
-        return f"SELECT * FROM ({query.sql}){limit}" if query.limit else query.sql
+        if not query.limit:
+            return query.sql
+        body = query.sql.strip().rstrip(";").rstrip()
+        return f"SELECT * FROM (\n{body}\n){limit}"  # newlines: a trailing -- comment stays one
     if query.count_by:
         exprs = ", ".join(f"{DERIVED[c]} AS {c}" if c in DERIVED else c for c in query.count_by)
         return (
@@ -181,9 +184,11 @@ def run(metadata_root: Path, query: Query, scope: Scope | None) -> pa.Table:
 
     `SearchRefused` for SQL outside the sandbox; `SearchError` for SQL that fails otherwise.
     """
+    final = _select(query)
     if query.sql is not None:
-        try:
+        try:  # the SQL as given, and as it runs (wrapped for --limit)
             sqlguard.check_select(query.sql, query.streams())
+            sqlguard.check_select(final, query.streams())
         except sqlguard.SqlRefused as exc:
             raise SearchRefused(str(exc), 2) from None
     if query.sql is not None and scope is None:  # authorise() requires a ref for --sql
@@ -191,7 +196,7 @@ def run(metadata_root: Path, query: Query, scope: Scope | None) -> pa.Table:
     con = None
     try:
         con = connect(metadata_root.resolve(), query, scope)
-        return con.sql(_select(query)).to_arrow_table()
+        return con.sql(final).to_arrow_table()
     except duckdb.PermissionException as exc:
         raise SearchRefused(f"--sql refused by the sandbox: {_message(exc, scope)}") from None
     except (duckdb.IOException, duckdb.InvalidInputException) as exc:

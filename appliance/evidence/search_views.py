@@ -28,8 +28,9 @@ from store import schemas
 
 IDENTIFYING = ("principal", "client_ip", "proxy_user", "mail_from", "rcpt_to", "auth_user")
 """Columns that name a person: output or filters on them make a search person-level."""
-REF_COLUMNS = ("refs", "record_ids")
-"""Columns that show who is monitored: person-level too."""
+REF_COLUMNS = ("refs", "record_ids", "decision")
+"""Columns that show who is monitored (`decision` is `intercepted` for subjects only):
+person-level too; under a Scope they show REF's entries only."""
 DERIVED = {"date": "CAST(ts AS DATE)", "hour": "hour(ts)"}
 """Extra names `--count-by` and `--columns` accept (UTC date and hour of `ts`)."""
 COMMON = ("stream", *schemas.JOIN_KEYS, "community_id")
@@ -217,6 +218,11 @@ def _projection(stream: str, scope: Scope | None) -> str:
             cols.append(f"CASE WHEN {_own(stream, name, scope)} THEN {name} ELSE {pseud} END")
         elif name == "refs":
             cols.append(f"list_filter(refs, lambda r: r = {ref})")
+        elif name == "decision":  # intercepted under another REF: not this search's business
+            cols.append(
+                f"CASE WHEN decision = 'intercepted' AND NOT list_contains(refs, {ref}) "
+                "THEN NULL ELSE decision END"
+            )
         elif name == "record_ids":
             cols.append(
                 f"list_filter(record_ids, lambda r: starts_with(r, {lit(scope.ref + '/')}))"

@@ -78,6 +78,16 @@ def test_every_escape_is_refused_and_shows_nothing(meta: Path) -> None:
     assert not (meta / "x.duckdb").exists()
 
 
+def test_limit_wraps_the_sql_safely(meta: Path) -> None:
+    def rows(sql: str) -> int:
+        return run(meta, Query(sql=sql, ref=REF, reason="r", limit=2), SCOPE).num_rows
+
+    assert rows("SELECT * FROM web;") == 2
+    assert rows("SELECT * FROM web -- a comment") == 2
+    with pytest.raises(SearchRefused):
+        rows("SELECT 1) UNION ALL (SELECT * FROM read_csv('/etc/passwd')")
+
+
 def test_sql_without_a_scope_is_refused(meta: Path) -> None:
     with pytest.raises(SearchRefused):
         run(meta, Query(sql="SELECT count(*) FROM web"), None)

@@ -93,7 +93,8 @@ def test_only_the_subjects_own_values_are_clear(meta: Path) -> None:
     # Stable within REF: bob is the same pseudonym on every row, so recurrence shows.
     assert {by_uid[u]["principal"] for u in ("C1", "C2", "C5")} == {SCOPE.pseud.value("p2")}
     # Another authorisation's refs and record ids are not shown: who else is monitored.
-    assert bob["refs"] == [] and bob["record_ids"] == []
+    assert bob["refs"] == [] and bob["record_ids"] == [] and bob["decision"] is None
+    assert by_uid["C3"]["decision"] == "passed" and by_uid["C0"]["decision"] == "intercepted"
     assert by_uid["C0"]["refs"] == [REF] and by_uid["C0"]["record_ids"] == [f"{REF}/000001/1"]
     text = _text(_person(meta, sql="SELECT * FROM web, email, flow"))
     for canary in (*THIRD_PARTY, OTHER_REF):
@@ -157,6 +158,7 @@ def test_host_and_community_id_filters(meta: Path) -> None:
         (Query(stream="web"), "output column 'principal'"),
         (Query(stream="web", count_by=("client_ip",)), "output column 'client_ip'"),
         (Query(stream="web", columns=("host", "refs")), "output column 'refs'"),
+        (Query(stream="web", count_by=("decision", "date")), "output column 'decision'"),
         (Query(stream="web", count_by=("host",), ip="10.0.0.9"), "--ip"),
         (Query(sql="SELECT count(*) FROM web"), "--sql"),
         (Query(community_id="1:x"), "output column 'principal'"),

@@ -51,6 +51,7 @@ def web_rows() -> dict[str, list[Any]]:
     out["server_ip"] = ["192.0.2.10"] * len(rows)
     out["community_id"] = [f"1:cid{i}" for i in range(len(rows))]
     out["scheme"] = ["https"] * len(rows)
+    out["decision"] = ["intercepted" if r[5] else "passed" for r in rows]
     return out
 
 
