@@ -69,6 +69,8 @@ def validate(query: Query) -> None:
         raise SearchError("give --stream NAME, --community-id ID or --sql SELECT")
     if query.columns and query.count_by:
         raise SearchError("--columns and --count-by cannot be combined")
+    if query.count_by and not query.stream:
+        raise SearchError("--count-by needs --stream NAME")
     known = set(COMMON) if not query.stream else set(schemas.columns(query.stream))
     for opt, names in (("--columns", query.columns), ("--count-by", query.count_by)):
         for name in names:

@@ -155,6 +155,27 @@ def test_refusals_are_clear_and_audited(lbm: Lbm, argv: list[str], code: int, wh
     assert "root:x:0" not in json.dumps(entry)
 
 
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--stream", "web", "--from", "yesterday"], "--from: not an ISO 8601 date-time"),
+        (
+            ["--stream", "web", "--to", "2026-03-01T10:00"],
+            "--to: '2026-03-01T10:00' has no time zone",
+        ),
+        (["--stream", "web", "--columns", "ts,url"], "--columns: no column 'url'"),
+        (["--stream", "web", "--count-by", "host", "--csv", "--json"], "choose one of"),
+        (["--stream", "nosuch"], "Invalid value for '--stream'"),
+        (["--principal", "p1"], "give --stream NAME"),
+    ],
+)
+def test_bad_input_is_a_usage_error_naming_the_option(lbm: Lbm, argv: list[str], why: str) -> None:
+    before = len(_audit(lbm))
+    result = _inproc(lbm, "search", *argv)
+    assert result.returncode == 2 and why in result.stderr and result.stdout == ""
+    assert len(_audit(lbm)) == before  # a mistyped option is not a search
+
+
 def test_parquet_output_is_private_outside_the_data_dir_and_never_overwrites(
     lbm: Lbm, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ from search_data import (
 )
 
 from appliance.evidence.pseudonym import Pseudonymiser, key_for
-from appliance.evidence.search import Query, Scope, SearchError, run, validate
+from appliance.evidence.search import Query, Scope, SearchError, SearchFailed, run, validate
 from appliance.evidence.search_views import duck_type, partition_files
 from store import schemas
 from store.paths import DataPaths
@@ -66,7 +66,7 @@ def test_a_one_day_query_never_opens_another_days_files(meta: Path) -> None:
             "date=2026-03-02/hour=09"
         ]
         # The same search without a range reads the corrupt file: proof the range pruned it.
-        with pytest.raises(SearchError):
+        with pytest.raises(SearchFailed, match=r"gw1__test__0000000099\.parquet"):
             run(meta, Query(stream="web", count_by=("host",)), None)
     finally:
         (bad / "gw1__test__0000000099.parquet").unlink()
@@ -177,6 +177,8 @@ def test_what_counts_as_person_level(query: Query, why: str | None) -> None:
         Query(stream="web", columns=("ts",), count_by=("host",)),
         Query(sql="SELECT 1", stream="web"),
         Query(stream="web", start=DAY2, end=DAY1),
+        Query(community_id="1:x", count_by=("host",)),
+        Query(stream="web", limit=0),
     ],
 )
 def test_malformed_queries_are_usage_errors(query: Query) -> None:
