@@ -136,14 +136,14 @@ def _refused(app: App, query: Query, why: str, code: int) -> NoReturn:
 
 
 @click.command("search")
-@click.option("--stream", type=click.Choice(["web", "email", "flow", "dns"]), help="stream")
+@click.option("--stream", type=click.Choice(["web", "email", "flow", "dns"]), help="metadata stream")
 @click.option("--principal", metavar="P", help="REF's subject, or a pseud:... shown earlier")
 @click.option("--ip", metavar="ADDR", help="client or server IP address")
 @click.option("--host", metavar="NAME", help="host name or a parent domain")
 @click.option("--from", "start", metavar="TIME", help="from (ISO 8601 with zone, or a date)")
 @click.option("--to", "end", metavar="TIME", help="until, exclusive")
 @click.option("--ref", metavar="REF", help="authorisation the search is made under")
-@click.option("--reason", metavar="TEXT", help="why (required with --ref)")
+@click.option("--reason", metavar="TEXT", help="why (person-level searches)")
 @click.option("--community-id", metavar="ID", help="Community ID v1 (joins streams, Zeek...)")
 @click.option("--recorded-only", is_flag=True, help="only rows whose content REF recorded")
 @click.option("--sql", metavar="SELECT", help="one SELECT over the views web, email, flow, dns")
