@@ -38,6 +38,7 @@ from appliance.evidence.search import (
 )
 from store.audit import Action
 from store.clock import parse_utc
+from store.schemas import STREAMS
 
 
 def _instant(value: str | None, option: str) -> dt.datetime | None:
@@ -136,7 +137,7 @@ def _refused(app: App, query: Query, why: str, code: int) -> NoReturn:
 
 
 @click.command("search")
-@click.option("--stream", type=click.Choice(["web", "email", "flow", "dns"]), help="metadata stream")
+@click.option("--stream", type=click.Choice(list(STREAMS)), help="metadata stream")
 @click.option("--principal", metavar="P", help="REF's subject, or a pseud:... shown earlier")
 @click.option("--ip", metavar="ADDR", help="client or server IP address")
 @click.option("--host", metavar="NAME", help="host name or a parent domain")
