@@ -128,6 +128,7 @@ def _first_line(exc: BaseException) -> str:
 def lock_down(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     """Limit `con` to reading under `root`, then lock its configuration (order matters)."""
     con.execute("SET python_enable_replacements = false")  # no Python variable as a table
+    con.execute("SET temp_directory = ''")  # never spill rows to disk (default: ./.tmp)
     con.execute("SET allowed_directories = ?", [[str(root)]])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

@@ -127,6 +127,7 @@ def test_the_locked_connection_holds_even_without_the_parse_check(tmp_path: Path
     ):
         with pytest.raises(duckdb.Error):
             con.execute(sql)
+    assert con.sql("SELECT current_setting('temp_directory')").fetchall() == [("",)]
     (root / "link.parquet").symlink_to(outside)
     with pytest.raises(duckdb.Error):
         con.execute(f"SELECT * FROM read_parquet('{root}/link.parquet')").fetchall()
