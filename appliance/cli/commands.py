@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.users_cmd", "users"),
     ("appliance.cli.keys_cmd", "keys"),
     ("appliance.cli.archive_cmd", "archive"),
+    ("appliance.cli.search_cmd", "search"),
     ("appliance.cli.run_cmd", "run"),
     ("appliance.cli.status_cmd", "status"),
     ("appliance.cli.housekeeping_cmd", "housekeeping"),
