@@ -58,8 +58,6 @@ def lbm(tmp_path_factory: pytest.TempPathFactory) -> Lbm:
 def _inproc(lbm: Lbm, *args: str) -> Result:
     """`lbm ARGS` in this process (click's runner): the refusal and format cases, which need
     no fresh interpreter; the end-to-end case runs the real CLI in a subprocess."""
-    if "search" not in lbm_main.cli.commands:
-        lbm_main._register()
     result = CliRunner().invoke(lbm_main.cli, ["--data-dir", str(lbm.data_dir), *args])
     err = "".join(
         line for line in result.stderr.splitlines(keepends=True) if FAKE_CLOCK_WARNING not in line
