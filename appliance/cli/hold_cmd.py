@@ -27,6 +27,13 @@ def acting_on(app: App, ref: str, what: str) -> tuple[str, Acting]:
         check_ref(ref)
     except KeyError_ as exc:
         fail(str(exc), EXIT_USAGE)
+    if app.paths.registry.exists():  # REF as registered (references ignore case)
+        conn = store_sqlite.connect(app.paths.registry, readonly=True)
+        try:
+            auth = load_one(conn, ref)
+        finally:
+            conn.close()
+        ref = auth.ref if auth is not None else ref
     try:
         acting = check_access(
             app.paths.registry, app.actor, ref, list(app.config["keys.custodians"])
@@ -34,13 +41,7 @@ def acting_on(app: App, ref: str, what: str) -> tuple[str, Acting]:
     except AccessRefused as exc:
         app.audit.append(Action.RETENTION_REFUSED, app.actor, refs=(ref,), what=what, why=str(exc))
         fail(f"{what} refused: {exc}", EXIT_FAIL)
-    conn = store_sqlite.connect(app.paths.registry, readonly=True)
-    try:
-        auth = load_one(conn, ref)
-    finally:
-        conn.close()
-    assert auth is not None  # check_access found it
-    return auth.ref, acting
+    return ref, acting
 
 
 def record(app: App, ref: str, what: str, reason: str, decision: str) -> holds.Event:

@@ -9,7 +9,7 @@
   `review_days` after the decision; `delete` makes it due at once (once the authorisation has
   ended). An evidence hold blocks removal whatever else says so. An archive directory with no
   authorisation in the registry is never touched (it is listed as unknown).
-- Review: an ended authorisation whose archive still exists has its retention review due
+- Review: an ended authorisation whose archive still holds segments has its retention review due
   `review_days` after it ended or after its last review decision.
 
 `retention_apply` removes what `plan` lists as due.
@@ -186,6 +186,11 @@ def has_archive(paths: DataPaths, ref: str) -> bool:
     return (paths.archive / ref).is_dir() or (keys.is_dir() and any(keys.glob("*.age")))
 
 
+def has_content(paths: DataPaths, ref: str) -> bool:
+    """REF's archive holds segments (what a retention review is about)."""
+    return bool(_segments(paths, ref))
+
+
 def _segments(paths: DataPaths, ref: str) -> list[int]:
     from store.segment import segment_numbers
 
@@ -239,7 +244,7 @@ def review_due_refs(
     reviews = holds_mod.latest_reviews(conn)
     due: dict[str, datetime] = {}
     for auth in load_all(conn):
-        if now < auth.ended_at() or not has_archive(paths, auth.ref):
+        if now < auth.ended_at() or not has_content(paths, auth.ref):
             continue
         when = next_review(auth, reviews.get(auth.ref), review_days)
         if now >= when:
