@@ -88,11 +88,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lbm, DataPaths]:
     inv_table.add(conn, "inv1", INV_RECIPIENT, "p901", T0, login="root")
     inv_table.add(conn, "inv2", age.generate()[1], "p902", T0, login="nobody")
     conn.close()
+    # setup in process (click's runner): the grants are not what is tested here
+    role = "head_of_professional_standards"
+    officer = ["officer", "add", "p100", "--name", "Pat Hops", "--role", role, "--rank",
+               "superintendent", "--from", T0]  # fmt: skip
+    assert _cli(lbm, *officer, now=T0)[0] == 0
     for ref in ENDED:
-        lbm.grant(ref, when=T0)
-    lbm(*grant_argv("OTHER-1", investigator="inv2"), env={"LBM_FAKE_NOW": T0}, check=True)
+        assert _cli(lbm, *grant_argv(ref), now=T0)[0] == 0
+    assert _cli(lbm, *grant_argv("OTHER-1", investigator="inv2"), now=T0)[0] == 0
     _archive(paths, ENDED, "2025-10-02T10:00:00Z")
-    lbm.grant("ACT-1", when="2026-02-20T09:00:00Z")
+    assert _cli(lbm, *grant_argv("ACT-1"), now="2026-02-20T09:00:00Z")[0] == 0
     _archive(paths, ("ACT-1",), "2026-02-21T10:00:00Z")
     _partition(paths, "web", "2026-01-01", ["HELD-1"])
     _partition(paths, "web", "2026-01-02", [])
@@ -149,10 +154,10 @@ def test_hold_and_retain_decision_are_recorded(env: tuple[Lbm, DataPaths]) -> No
     lbm, paths = env
     now = {"LBM_FAKE_NOW": NOW}
     lbm("archive", "hold", "held-1", "--reason", "civil claim pending", env=now, check=True)
-    again = lbm("archive", "hold", "HELD-1", "--reason", "twice", env=now)
-    assert again.returncode == 1 and "already held" in again.stderr
-    lbm("retention", "review", "RET-1", "--decision", "retain", "--reason", "appeal due",
-        env=now, check=True)  # fmt: skip
+    code, out = _cli(lbm, "archive", "hold", "HELD-1", "--reason", "twice")
+    assert code == 1 and "already held" in out
+    review_argv = ("retention", "review", "RET-1", "--decision", "retain", "--reason", "appeal due")
+    assert _cli(lbm, *review_argv)[0] == 0
     (hold,) = _audit(paths, "evidence_hold")
     assert hold["refs"] == ["HELD-1"] and hold["fields"]["reason"] == "civil claim pending"
     assert hold["fields"]["investigator"] == "inv1"
@@ -163,8 +168,9 @@ def test_hold_and_retain_decision_are_recorded(env: tuple[Lbm, DataPaths]) -> No
 
 def test_auth_list_shows_archives_whose_review_is_due(env: tuple[Lbm, DataPaths]) -> None:
     lbm, _ = env
-    result = lbm("auth", "list", "--json", env={"LBM_FAKE_NOW": NOW}, check=True)
-    listed = {d["ref"]: d for d in json.loads(result.stdout)}
+    code, out = _cli(lbm, "auth", "list", "--json")
+    assert code == 0, out
+    listed = {d["ref"]: d for d in json.loads(out)}
     # ended 2026-01-01, never reviewed: due since 2026-01-11; RET-1 was just reviewed;
     # OTHER-1 has no archive; ACT-1 is in force
     assert set(listed) == {"OLD-1", "HELD-1", "ACT-1"}
@@ -177,8 +183,9 @@ def test_auth_list_shows_archives_whose_review_is_due(env: tuple[Lbm, DataPaths]
 def test_dry_run_lists_what_is_due_and_removes_nothing(env: tuple[Lbm, DataPaths]) -> None:
     lbm, paths = env
     before = _tree_hash(paths.metadata, paths.archive, paths.keystore)
-    result = lbm("retention", "run", "--json", env={"LBM_FAKE_NOW": NOW}, check=True)
-    data = json.loads(result.stdout)
+    code, out = _cli(lbm, "retention", "run", "--json")
+    assert code == 0, out
+    data = json.loads(out)
     status = {a["ref"]: a["status"] for a in data["archives"]}
     # OTHER-1 recorded nothing: only its wrapped authorisation key is left to destroy
     assert status == {"OLD-1": "due", "HELD-1": "held", "RET-1": "retained", "OTHER-1": "due"}
@@ -251,10 +258,10 @@ def test_housekeeping_checks_daily_and_applies_only_with_auto_apply(
     env: tuple[Lbm, DataPaths],
 ) -> None:
     lbm, paths = env
-    day = {"LBM_FAKE_NOW": "2026-03-12T08:00:00Z"}
+    day = {"LBM_FAKE_NOW": "2026-03-12T08:00:00Z"}  # the daemon itself runs in process here
     runs = len(_audit(paths, "retention_run"))
     for _ in range(2):
-        lbm("housekeeping", "run", "--once", env=day, check=True)
+        assert _cli(lbm, "housekeeping", "run", "--once", now=day["LBM_FAKE_NOW"])[0] == 0
     checks = _audit(paths, "retention_run")[runs:]
     assert [c["fields"]["trigger"] for c in checks] == ["housekeeping"]  # once that day
     assert checks[0]["fields"]["applied"] is False and checks[0]["refs"] == ["RET-1"]
