@@ -12,7 +12,7 @@ CSS = """
 body{font-family:sans-serif;margin:2em;color:#1b1b1b;max-width:70em}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;
 border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:.5em 0}
-td,th{padding:.2em .8em;border-bottom:1px solid #eee;text-align:left}
+td,th{padding:.2em .8em;border-bottom:1px solid #eee;text-align:left;font-weight:normal}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#176317;font-weight:bold}.bad{color:#a11;font-weight:bold}
 .charts{display:flex;flex-wrap:wrap;gap:1.5em}.chart{border:1px solid #ddd;padding:.5em}
@@ -26,11 +26,11 @@ def _t(value: Any) -> str:
     return escape(str(value), quote=True)
 
 
-def hbars(title: str, data: dict[str, int], width: int = 420) -> str:
+def hbars(title: str, data: dict[str, int], width: int = 440) -> str:
     """A horizontal bar chart of `data` (label -> count) as inline SVG."""
     items = list(data.items()) or [("(none)", 0)]
     top = max(1, *(v for _, v in items))
-    row, label_w = 22, 170
+    row, label_w = 22, 200
     height = row * len(items) + 30
     parts = [
         f'<svg role="img" aria-label="{_t(title)}" width="{width}" height="{height}" '
@@ -42,7 +42,7 @@ def hbars(title: str, data: dict[str, int], width: int = 420) -> str:
         bar = int((width - label_w - 40) * value / top)
         colour = COLOURS[i % len(COLOURS)]
         parts += [
-            f'<text x="0" y="{y + 14}" font-size="11">{_t(label)[:28]}</text>',
+            f'<text x="0" y="{y + 14}" font-size="11">{_t(label[:34])}</text>',
             f'<rect x="{label_w}" y="{y + 3}" width="{max(bar, 1)}" height="{row - 6}" '
             f'fill="{colour}"/>',
             f'<text x="{label_w + bar + 4}" y="{y + 14}" font-size="11">{value}</text>',
@@ -56,7 +56,7 @@ def months_chart(title: str, per_month: dict[str, dict[str, int]], width: int = 
     months = list(per_month.items()) or [("(none)", {"standard": 0, "urgent": 0})]
     top = max(1, *(sum(v.values()) for _, v in months))
     height, base, plot = 220, 190, 150
-    step = max(24, (width - 40) // len(months))
+    step = min(80, max(24, (width - 40) // len(months)))
     width = max(width, 40 + step * len(months))
     parts = [
         f'<svg role="img" aria-label="{_t(title)}" width="{width}" height="{height}" '
