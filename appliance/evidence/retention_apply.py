@@ -5,10 +5,10 @@
 - Archives are crypto-shredded: every wrapped key of keystore/REF (auth.age first, then each
   segment's) is overwritten, unlinked and the directory fsynced (`store.keys.shred`), the
   authorisation's public key removed and a `destroyed` marker left so nothing is archived to it
-  again; only then are the segment, index and manifest files deleted. One `purge` entry
-  (refs [REF]) names the segments, `crypto_shredded: true` and `whole_archive: true`, which
-  `lbm archive verify` accepts for the whole archive. A run cut off midway is finished by the
-  next run (what is left is still due); until then `lbm archive verify` reports the gap.
+  again; then one `purge` entry (refs [REF]) names the segments, `crypto_shredded: true` and
+  `whole_archive: true` (which `lbm archive verify` accepts for the whole archive); only then
+  are the segment, index and manifest files deleted. A run cut off midway is finished by the
+  next one: whatever is left of the archive is still due.
 - Every run, dry or applied, is audited as `retention_run` with its counts.
 
 Holds are read again just before each archive is removed, so a hold placed while a run was
@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from appliance.evidence import holds as holds_mod
-from appliance.evidence.retention import ArchiveItem, Partition, Plan, Settings, plan
+from appliance.evidence.retention import Partition, Plan, Settings, plan
 from store.audit import Action, AuditLog
 from store.fsutil import atomic_write, fsync_dir
 from store.keys import shred
@@ -56,28 +56,34 @@ def _purge_partitions(
     return {s: len(p) for s, p in removed.items()}
 
 
-def shred_archive(paths: DataPaths, item: ArchiveItem) -> dict[str, Any]:
-    """Destroy REF's wrapped keys (fsynced), then its archive files. Returns what was removed."""
-    ref = item.ref
+def destroy_keys(paths: DataPaths, ref: str) -> int:
+    """Shred every wrapped key of REF (auth.age first), fsynced; refuse while a writer holds
+    one of REF's segments. Returns how many wrapped keys existed."""
     directory = paths.archive / ref
     live = live_segments(directory) if directory.is_dir() else []
     if live:
         raise RetentionError(f"{ref}: segment {live[0]:06d} is held by a running writer")
     keys = paths.keystore / ref
+    if not keys.is_dir():
+        return 0
     destroyed = 0
-    if keys.is_dir():
-        wrapped = sorted(keys.glob("*.age"), key=lambda p: (p.name != "auth.age", p.name))
-        for path in wrapped:
-            destroyed += shred(path)
-        (keys / "auth.pub").unlink(missing_ok=True)
-        atomic_write(keys / "destroyed", b"", 0o600)
-        fsync_dir(keys)
-    files = 0
-    if directory.is_dir():
-        files = sum(1 for p in directory.rglob("*") if p.is_file())
-        shutil.rmtree(directory)
-        fsync_dir(paths.archive)
-    return {"keys_destroyed": destroyed, "files": files}
+    for path in sorted(keys.glob("*.age"), key=lambda p: (p.name != "auth.age", p.name)):
+        destroyed += shred(path)
+    (keys / "auth.pub").unlink(missing_ok=True)
+    atomic_write(keys / "destroyed", b"", 0o600)
+    fsync_dir(keys)
+    return destroyed
+
+
+def remove_files(paths: DataPaths, ref: str) -> int:
+    """Delete REF's (now unreadable) segment, index and manifest files; returns their count."""
+    directory = paths.archive / ref
+    if not directory.is_dir():
+        return 0
+    files = sum(1 for p in directory.rglob("*") if p.is_file())
+    shutil.rmtree(directory)
+    fsync_dir(paths.archive)
+    return files
 
 
 def apply(
@@ -87,7 +93,11 @@ def apply(
     audit: AuditLog,
     actor: str,
 ) -> dict[str, Any]:
-    """Remove everything `result` lists as due; audit each removal. Returns counts."""
+    """Remove everything `result` lists as due; audit each removal. Returns counts.
+
+    An archive's purge is audited between the key destruction and the file deletion: a crash
+    before the entry leaves the files, so the next run shreds again and records it; a crash
+    after it leaves only ciphertext whose keys are gone, which the next run deletes."""
     streams = _purge_partitions(paths, result.due_partitions, audit, actor)
     shredded: list[str] = []
     errors: list[str] = []
@@ -96,22 +106,23 @@ def apply(
             item.status, item.why = "held", "evidence hold placed during the run"
             continue
         try:
-            done = shred_archive(paths, item)
+            destroyed = destroy_keys(paths, item.ref)
+            audit.append(
+                Action.PURGE,
+                actor,
+                refs=(item.ref,),
+                kind="archive",
+                ref=item.ref,
+                segments=[f"{item.ref}/{n:06d}" for n in item.segments],
+                crypto_shredded=True,
+                whole_archive=True,
+                why=item.why,
+                keys_destroyed=destroyed,
+            )
+            remove_files(paths, item.ref)
         except (RetentionError, OSError) as exc:
             errors.append(f"{item.ref}: {exc}")
             continue
-        audit.append(
-            Action.PURGE,
-            actor,
-            refs=(item.ref,),
-            kind="archive",
-            ref=item.ref,
-            segments=[f"{item.ref}/{n:06d}" for n in item.segments],
-            crypto_shredded=True,
-            whole_archive=True,
-            why=item.why,
-            **done,
-        )
         shredded.append(item.ref)
     return {"metadata_partitions": streams, "archives_shredded": shredded, "errors": errors}
 
