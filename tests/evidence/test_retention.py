@@ -96,7 +96,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lbm, DataPaths]:
     for ref in ENDED:
         assert _cli(lbm, *grant_argv(ref), now=T0)[0] == 0
     assert _cli(lbm, *grant_argv("OTHER-1", investigator="inv2"), now=T0)[0] == 0
-    _archive(paths, ENDED, "2025-10-02T10:00:00Z")
+    long_argv = grant_argv("LONG-1", extra=("--retention-days", "400"))
+    assert _cli(lbm, *long_argv, now=T0)[0] == 0
+    _archive(paths, (*ENDED, "LONG-1"), "2025-10-02T10:00:00Z")
     assert _cli(lbm, *grant_argv("ACT-1"), now="2026-02-20T09:00:00Z")[0] == 0
     _archive(paths, ("ACT-1",), "2026-02-21T10:00:00Z")
     _partition(paths, "web", "2026-01-01", ["HELD-1"])
@@ -171,10 +173,11 @@ def test_auth_list_shows_archives_whose_review_is_due(env: tuple[Lbm, DataPaths]
     code, out = _cli(lbm, "auth", "list", "--json")
     assert code == 0, out
     listed = {d["ref"]: d for d in json.loads(out)}
-    # ended 2026-01-01, never reviewed: due since 2026-01-11; RET-1 was just reviewed;
+    # ended 2026-01-01, never reviewed: due since 2026-01-11 (LONG-1 too, though its archive
+    # is kept 400 days: reviews are periodic); RET-1 was just reviewed;
     # OTHER-1 has no archive; ACT-1 is in force
-    assert set(listed) == {"OLD-1", "HELD-1", "ACT-1"}
-    for ref in ("OLD-1", "HELD-1"):
+    assert set(listed) == {"OLD-1", "HELD-1", "LONG-1", "ACT-1"}
+    for ref in ("OLD-1", "HELD-1", "LONG-1"):
         assert "retention_review_due" in listed[ref]["flags"]
         assert listed[ref]["retention_review_due"] == "2026-01-11T09:00:00Z"
     assert "retention_review_due" not in listed["ACT-1"]["flags"]
@@ -244,13 +247,28 @@ def test_retain_lasts_until_the_next_review_then_release_lets_it_go(
         conn.close()
     assert {a.ref: a.status for a in early.archives}["RET-1"] == "retained"
     assert {a.ref: a.status for a in late.archives}["RET-1"] == "due"
+    # LONG-1 asked for 400 days after its end (2026-01-01): kept until 2027-02-05 ...
+    assert {a.ref: a.status for a in late.archives}["LONG-1"] == "kept"
+    # ... unless a review decides to delete it sooner; a hold still comes first
+    review = ("retention", "review", "LONG-1", "--decision", "delete", "--reason", "no case")
+    assert _cli(lbm, *review)[0] == 0
+    assert _cli(lbm, "archive", "hold", "LONG-1", "--reason", "wait")[0] == 0
+    conn = store_sqlite.connect(paths.registry)
+    try:
+        held = {a.ref: a for a in retention.plan(conn, paths, SETTINGS, _at(NOW)).archives}
+        assert held["LONG-1"].status == "held"
+        assert _cli(lbm, "archive", "release", "LONG-1", "--reason", "go")[0] == 0
+        due = {a.ref: a for a in retention.plan(conn, paths, SETTINGS, _at(NOW)).archives}
+    finally:
+        conn.close()
+    assert due["LONG-1"].status == "due" and "review decision delete" in due["LONG-1"].why
     code, _ = _cli(lbm, "archive", "release", "HELD-1", "--reason", "claim settled")
     assert code == 0
-    (release,) = _audit(paths, "evidence_release")
-    assert release["fields"]["reason"] == "claim settled"
+    release = _audit(paths, "evidence_release")[-1]
+    assert release["fields"]["reason"] == "claim settled" and release["refs"] == ["HELD-1"]
     code, out = _cli(lbm, "retention", "run", "--apply", "--json")
     assert code == 0, out
-    assert json.loads(out)["applied"]["archives_shredded"] == ["HELD-1"]
+    assert json.loads(out)["applied"]["archives_shredded"] == ["HELD-1", "LONG-1"]
     assert not (paths.metadata / "stream=web" / "date=2026-01-01").exists()
 
 
