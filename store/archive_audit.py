@@ -12,7 +12,8 @@ knows must keep `keystore/REF/auth.age`, unless the destruction is on record:
   segment, crypto-shredded) may be gone;
 - `key_destroy` with `key: "authorisation"` (refs [REF]): auth.age and every segment of REF;
 - `collateral_approve` with `segment` or `segments` ("REF/NNNNNN"): the replaced segments;
-- `purge` (refs [REF]) with `segments` listing what was purged, or without it: the whole REF.
+- `purge` (refs [REF]) with `segments` listing what was purged, or without it (or with
+  `whole_archive: true`, as retention writes): the whole REF.
 
 This module only reads the log (`AuditLog.entries()`); whether the log itself is intact is
 `lbm audit verify`'s question.
@@ -125,7 +126,7 @@ def on_record(entries: Iterable[dict[str, Any]]) -> OnRecord:
                 found.collateral[sid] = (int(entry.get("seq") or 0), fields)
         elif action == Action.PURGE.value:
             listed = _listed(fields)
-            if listed:
+            if listed and fields.get("whole_archive") is not True:
                 found.segments_destroyed.update(listed)
             else:
                 found.purged.update(refs)

@@ -101,6 +101,7 @@ class Action(StrEnum):
     COLLATERAL_REFUSED = "collateral_refused"  # self-approval, unknown proposal or record
     RETENTION_RUN = "retention_run"  # lbm retention run (what was due; applied or dry run)
     REPORT = "report"  # lbm report produced (period and format; counts only)
+    RETENTION_REFUSED = "retention_refused"  # a hold, release or review refused (no access...)
     # deployment (issue 17)
     GATEWAY_RULES_APPLY = "gateway_rules_apply"
     GATEWAY_RULES_REMOVE = "gateway_rules_remove"

@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from appliance.cli import hold_cmd
 from appliance.cli.app import App, emit, fail, pass_app
 from appliance.cli.archive_export import export_raw
 from appliance.cli.audit_cmd import pinned_chain
@@ -45,6 +46,8 @@ def archive() -> None:
 
 archive.add_command(export_raw)
 archive.add_command(collateral)
+archive.add_command(hold_cmd.hold)
+archive.add_command(hold_cmd.release)
 
 
 def _checked_ref(ref: str | None) -> None:

@@ -17,16 +17,19 @@ import click
 
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
 from appliance.cli.auth_view import (
+    ENDED,
     auth_dict,
     evidence_hashes,
     list_table,
     show_text,
+    with_retention_review,
     write_evidence,
 )
 from appliance.cli.signed_files import read_file, read_signed, signed_options
 from appliance.cli.textsafe import safe
 from appliance.config import ConfigError, load_config
 from appliance.config.do_not_decrypt import do_not_decrypt_globs
+from appliance.evidence.retention import review_due_refs
 from appliance.policy import InvalidInput, PolicyError, RuleViolation
 from appliance.policy import application as application_form
 from appliance.policy import officer_signatures as signatures
@@ -374,13 +377,16 @@ def assign(app: App, ref: str, investigator: str, as_json: bool) -> None:
 @pass_app
 def list_(app: App, include_ended: bool, as_json: bool) -> None:
     """List authorisations in force, flagging review due, expiring soon, awaiting
-    ratification and rewrap due."""
+    ratification and rewrap due; ended ones whose archive's retention review is due too."""
     with open_registry(app) as reg:
         now = app.clock.now()
+        due = review_due_refs(reg.conn, app.paths, now, app.config["retention.review_days"])
         items = [
-            auth_dict(item.authorisation, reg, now)
-            for item in reg.list(include_ended=include_ended)
-        ]
+            with_retention_review(auth_dict(item.authorisation, reg, now), due)
+            for item in reg.list(include_ended=include_ended or bool(due))
+            if include_ended or item.authorisation.ref in due or item.state not in ENDED
+            or item.rewrap_due
+        ]  # fmt: skip
     text = list_table(items) if items else "no authorisations"
     emit(items, as_json, text)
 

@@ -66,6 +66,18 @@ def auth_dict(
     return data
 
 
+ENDED = ("expired", "cancelled")
+
+
+def with_retention_review(data: dict[str, Any], due: dict[str, datetime]) -> dict[str, Any]:
+    """Flag `retention_review_due` (and say since when) for an archive whose review is due."""
+    when = due.get(data["ref"])
+    if when is not None:
+        data["flags"] = [*data["flags"], "retention_review_due"]
+        data["retention_review_due"] = _t(when)
+    return data
+
+
 def _flags(data: dict[str, Any]) -> list[str]:
     return list(data["flags"]) + (["rewrap_due"] if data["rewrap_due"] else [])
 

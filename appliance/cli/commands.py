@@ -26,6 +26,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.run_cmd", "run"),
     ("appliance.cli.status_cmd", "status"),
     ("appliance.cli.housekeeping_cmd", "housekeeping"),
+    ("appliance.cli.retention_cmd", "retention"),
+    ("appliance.cli.report_cmd", "report"),
     ("appliance.cli.capture_cmd", "capture"),
     ("appliance.cli.smtp_cmd", "smtp"),
     ("appliance.cli.proxy_cmd", "proxy"),

@@ -2,8 +2,9 @@
 
 Each pass (every `[housekeeping] interval_seconds`): records in the audit log every authorisation
 that has expired since the last pass (urgent grants not ratified within 72 hours included),
-re-imports the identity feed when the file changed, and prints review-due and expiry warnings.
-It holds no content and opens no archive.
+re-imports the identity feed when the file changed, prints review-due and expiry warnings, and
+once per UTC day runs the retention check (removing what is due only with `[retention]
+auto_apply`). It holds no content and decrypts nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 import click
 
 from appliance.cli.app import App, pass_app
+from appliance.evidence import retention_apply
+from appliance.evidence.retention import Settings
 from appliance.policy.expiry import record_expiries
 from appliance.policy.identity import import_if_changed
 from store import sqlite
@@ -56,8 +59,30 @@ class Housekeeper:
             self._log(f"identity feed {path} re-imported: {result}")
         return result
 
+    def retention(self) -> dict[str, Any] | None:
+        """The daily retention check (audited `retention_run`); removes only with auto_apply."""
+        conn = sqlite.connect(self.app.paths.registry)
+        try:
+            done = retention_apply.daily(
+                conn, self.app.paths, Settings.from_config(lambda k: self.app.config[k]),
+                self.app.clock.now(), self.app.audit, self.app.actor,
+                auto_apply=bool(self.app.config["retention.auto_apply"]),
+            )  # fmt: skip
+        except Exception as exc:  # process boundary: retention must not stop housekeeping
+            self._log(f"retention check failed: {exc}")
+            return None
+        finally:
+            conn.close()
+        if done:
+            self._log(f"retention check: {done['counts']}")
+        return done
+
     def one_pass(self) -> dict[str, Any]:
-        return {"expired": self.expiries(), "identity": self.identity_feed()}
+        return {
+            "expired": self.expiries(),
+            "identity": self.identity_feed(),
+            "retention": self.retention(),
+        }
 
 
 @click.group("housekeeping")
