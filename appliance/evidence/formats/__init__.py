@@ -26,6 +26,8 @@ class FormatError(ValueError):
 
 
 class ChannelWriter(Protocol):
+    damaged: list[str]  # ids of records the format could not take whole (bad framing inside)
+
     def begin(self, header: dict[str, Any]) -> None: ...
     def data(self, chunk: bytes) -> None: ...
     def end(self, complete: bool) -> None: ...
@@ -37,6 +39,7 @@ class RawWriter:
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
+        self.damaged: list[str] = []
         self._current: OutFile | None = None
         self._done: list[WrittenFile] = []
 
@@ -109,12 +112,12 @@ class ExportSet:
             self._current.data(chunk)
 
     def end(self, complete: bool) -> None:
-        if self._current is None:
+        if self._current is None or self._current_id is None:
             raise FormatError("end outside a record")
         writer, record_id = self._current, self._current_id
         self._current = self._current_id = None
         writer.end(complete)
-        if not complete and record_id is not None:
+        if (not complete or record_id in writer.damaged) and record_id not in self.incomplete:
             self.incomplete.append(record_id)
 
     def close(self) -> list[WrittenFile]:
