@@ -5,7 +5,8 @@ Description Blocks, Enhanced Packet Blocks: `capture/pcapng.py`). The output has
 record's IDBs are mapped onto the output's interfaces (identical IDB bodies, i.e. same link type,
 snap length and options such as `if_tsresol`, share one), and every block naming an interface
 (EPB, ISB, the obsolete Packet Block) is rewritten with the output's id. A Simple Packet Block
-(interface implicitly the section's first, no timestamp) becomes an EPB with timestamp 0. Other
+(interface implicitly the section's first, no timestamp) stays one when that interface
+is the output's first, else becomes an EPB with timestamp 0. Other
 blocks (name resolution, custom, decryption secrets) are copied. Link types may mix.
 
 Blocks stream through: only one partial block is ever held. A record cut off mid-block keeps its
@@ -151,6 +152,10 @@ class PacketsWriter:
             oid = self._iface(0)
             if oid is None or len(body) < 4:
                 self._damage()
+                return
+            if oid == 0:  # the output's first interface is the section's: keep it as it is
+                out.write(_block(SPB, bytes(body)))
+                self.packets += 1
                 return
             (orig,) = struct.unpack_from("<I", body, 0)
             frame = bytes(body[4 : 4 + min(orig, len(body) - 4)])
