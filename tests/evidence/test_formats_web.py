@@ -27,8 +27,8 @@ from wsproto.frame_protocol import Opcode
 from addons.archiver import Archiver
 from addons.state import FLOW_KEY, FlowState, conn_state
 from appliance.evidence.formats import ExportSet, WrittenFile
+from store import ArchiveError, signing
 from store import agefile as age
-from store import signing
 from store.archive import Archive
 from store.audit import AuditLog
 from store.clock import Clock
@@ -322,3 +322,13 @@ def test_records_without_a_flow_field_group_by_adjacency(
         loaded = list(FlowReader(fh).stream())
     assert [f.request.path for f in loaded] == ["/socket", "/svc/M"]
     assert loaded[1].response.raw_content == b"\x00\x00\x00\x00\x02ok"
+
+
+def test_extra_header_fields_cannot_replace_the_framing_fields(
+    session: tuple[Env, dict[str, http.HTTPFlow]],
+) -> None:
+    """The web flow id rides in the header; a channel cannot use that to forge an id or kind."""
+    env, _ = session
+    for extra in ({"id": "other/000001/1"}, {"kind": "message"}, {"flow": "a\nb"}, {"Flow": "x"}):
+        with pytest.raises(ArchiveError, match="extra header field"):
+            env.archive.open_record(REF, "web", PRINCIPAL, "2026-03-01T09:00:00Z", "x", extra=extra)
