@@ -21,7 +21,7 @@ from typing import Any
 
 import dpkt
 import pytest
-from lbm_testing import Lbm, corpus_root
+from lbm_testing import corpus_root
 
 from appliance.evidence.formats import ExportSet, WrittenFile
 from appliance.mail.archiving import archive_copies, envelope_record
@@ -52,8 +52,9 @@ def _emails() -> list[Path]:
 class Env:
     def __init__(self, data: Path) -> None:
         self.paths = DataPaths(data)
-        key = signing.load(self.paths)
-        self.archive = Archive(self.paths, key, Clock(), audit=AuditLog(self.paths, key, Clock()))
+        key = signing.create(self.paths, "formats-test")  # in-process: no `lbm init` needed
+        audit = AuditLog(self.paths, key, Clock(), witness=False)
+        self.archive = Archive(self.paths, key, Clock(), audit=audit)
         secret, public = age.generate()
         self.identity = age.identity_file_text(secret)
         for ref in (MAIL_REF, PACKETS_REF):
@@ -121,7 +122,6 @@ def _tshark(path: Path) -> list[tuple[str, ...]]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     data = tmp_path_factory.mktemp("formats") / "data"
-    Lbm(data)("init", check=True)
     env = Env(data)
     for i, path in enumerate(_emails()):
         payload = path.read_bytes()
@@ -208,11 +208,9 @@ def test_pcapng_merges_records_and_tshark_finds_the_same_packets(env: Env, tmp_p
     assert [f.path for f in files] == ["packets/packets.pcapng"] and export.incomplete == []
     assert files[0].record_ids == [r[0][1]["id"] for r in records]
     got = _tshark(tmp_path / "out" / "packets" / "packets.pcapng")
-    want: list[tuple[str, ...]] = []
-    for i, record in enumerate(records):  # each record alone, as tshark reads it
-        alone = tmp_path / f"record{i}.pcapng"
-        alone.write_bytes(b"".join(v for k, v in record if k == "data"))
-        want += _tshark(alone)
+    sections = tmp_path / "records.pcapng"  # the records one after the other: one section each
+    sections.write_bytes(b"".join(v for record in records for k, v in record if k == "data"))
+    want = _tshark(sections)
     assert [w[:4] for w in want] == [g[:4] for g in got] and len(got) == 54 + 8 + 3
     # one interface per distinct IDB: both Ethernet records share one, raw IP has its own
     assert {g[4] for g in got} == {"0", "1"} and got[-1][4] == "1"

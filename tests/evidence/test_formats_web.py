@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lbm_testing import Lbm
 from mitmproxy import http
 from mitmproxy.io import FlowReader
 from mitmproxy.io.har import request_to_flow
@@ -47,7 +46,7 @@ WS = [(Opcode.TEXT, True, b'{"hello": "w\xc3\xb6rld"}'), (Opcode.BINARY, False, 
 class Env:
     def __init__(self, data: Path) -> None:
         self.paths = DataPaths(data)
-        key = signing.load(self.paths)
+        key = signing.create(self.paths, "formats-test")  # in-process: no `lbm init` needed
         self.audit = AuditLog(self.paths, key, Clock(), witness=False)
         self.archive = Archive(self.paths, key, Clock(), audit=self.audit)
         secret, public = age.generate()
@@ -112,7 +111,6 @@ def _pieces(data: bytes, n: int) -> list[bytes]:
 def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Env, dict[str, http.HTTPFlow]]:
     """Five flows through the real Archiver, their hooks interleaved like concurrent flows."""
     data = tmp_path_factory.mktemp("web") / "data"
-    Lbm(data)("init", check=True)
     env = Env(data)
     addon = Archiver(env.archive, env.audit, "tester", Clock())
     upload = _flow(_req(b"POST", b"/upload?x=1", b"HTTP/1.1", [
