@@ -7,11 +7,13 @@ HAR 1.2, whose required structure is checked too.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
 import os
 import stat
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ PRINCIPAL = "p12345"
 UP = b"".join(bytes([i % 256]) * 50_000 for i in range(50))  # 2.5 MB, several body records
 DOWN = os.urandom(1_500_000)
 TEXT = ("caf\u00e9 r\u00e9sum\u00e9 " * 4000).encode()
+FORM = "a=1&b=caf\u00e9".encode()
 WS = [(Opcode.TEXT, True, b'{"hello": "w\xc3\xb6rld"}'), (Opcode.BINARY, False, b"\x00\xff" * 700)]
 
 
@@ -124,7 +127,10 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Env, dict[str, ht
                                                       (b"Upgrade", b"websocket")]))  # fmt: skip
     grpc = _flow(_req(b"POST", b"/svc/M", b"HTTP/2.0", [(b"content-type", b"application/grpc")],
                       authority=b"api.example.test:8443"))  # fmt: skip
-    flows = {"upload": upload, "page": page, "failed": failed, "ws": ws, "grpc": grpc}
+    form = _flow(_req(b"POST", b"/form", b"HTTP/1.1", [(b"Host", b"www.example.test"),
+                      (b"Content-Type", b"application/x-www-form-urlencoded")]))  # fmt: skip
+    flows = {"upload": upload, "page": page, "failed": failed, "ws": ws, "grpc": grpc,
+             "form": form}  # fmt: skip
     for f in flows.values():
         addon.requestheaders(f)
     _stream(upload.request, _pieces(UP, 3)[:2])  # upload half-way...
@@ -166,6 +172,12 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Env, dict[str, ht
         [(b"content-type", b"application/grpc")]), b"\x00\x00\x00\x00\x02ok",
         http.Headers([(b"grpc-status", b"0")]), 0.0, None)  # fmt: skip
     addon.response(grpc)
+    form.request.stream = None
+    form.request.raw_content = FORM
+    addon.request(form)
+    form.response = http.Response(b"HTTP/1.1", 204, b"No Content", http.Headers(), b"", None,
+                                  0.0, None)  # fmt: skip
+    addon.response(form)
     return env, flows
 
 
@@ -245,10 +257,16 @@ def test_har_has_the_required_structure_and_reloads_with_mitmproxy(
     by_url = {e["request"]["url"]: request_to_flow(e) for e in log["entries"]}
     up = by_url["https://files.example.test/upload?x=1"]
     assert up.response is not None and up.response.content == DOWN
+    (upload,) = [e for e in log["entries"] if e["request"]["method"] == "POST" and "x=1" in
+                 e["request"]["url"]]  # fmt: skip
+    assert upload["request"]["postData"]["_encoding"] == "base64"  # a binary upload, exact
+    assert base64.b64decode(upload["request"]["postData"]["text"]) == UP
     page = by_url["https://www.example.test/page"]
     assert page.response is not None and page.response.content == TEXT
-    grpc = by_url["https://api.example.test:8443/svc/M"]
-    assert grpc.request.content == b"\x00\x00\x00\x00\x03abc"
+    assert by_url["https://www.example.test/form"].request.content == FORM
+    (grpc,) = [e for e in log["entries"] if e["request"]["url"].endswith("/svc/M")]
+    assert grpc["request"]["postData"]["_encoding"] == "base64"  # binary: not lossy text
+    assert base64.b64decode(grpc["request"]["postData"]["text"]) == b"\x00\x00\x00\x00\x03abc"
     with (out / "web/flows.har").open("rb") as fh:  # mitmproxy's reader takes HAR files too
         assert len(list(FlowReader(fh).stream())) == len(flows)
 
@@ -330,3 +348,54 @@ def test_extra_header_fields_cannot_replace_the_framing_fields(
     for extra in ({"id": "other/000001/1"}, {"kind": "message"}, {"flow": "a\nb"}, {"Flow": "x"}):
         with pytest.raises(ArchiveError, match="extra header field"):
             env.archive.open_record(REF, "web", PRINCIPAL, "2026-03-01T09:00:00Z", "x", extra=extra)
+
+
+def _peak(events: list[tuple[str, Any]], out: Path) -> int:
+    """Peak traced memory of exporting `events` (what ExportSet allocates, not the events)."""
+    tracemalloc.start()
+    try:
+        export = ExportSet(out)
+        for kind, value in events:
+            if kind == "header":
+                export.begin(value)
+            elif kind == "data":
+                export.data(value)
+            else:
+                export.end(True)
+        export.close()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_bodies_of_interleaved_flows_are_staged_not_held(
+    session: tuple[Env, dict[str, http.HTTPFlow]], tmp_path: Path
+) -> None:
+    """Three copies of the upload flow (4 MB of bodies each, other flow ids), interleaved record
+    by record: while records stream in, no body sits in memory; writing holds one flow at a
+    time, not all three."""
+    env, flows = session
+    records: list[list[tuple[str, Any]]] = []
+    for kind, value in env.events():
+        if kind == "header":
+            records.append([])
+        records[-1].append((kind, value))
+    upload = [r for r in records if r[0][1]["flow"] == flows["upload"].id]
+
+    def copies(n: int) -> list[tuple[str, Any]]:
+        events: list[tuple[str, Any]] = []
+        for parts in zip(*([upload] * n), strict=True):
+            for copy, record in enumerate(parts):
+                old = record[0][1]
+                header = old | {"flow": f"copy-{copy}", "id": f"{old['id']}.{copy}"}
+                events += [("header", header), *record[1:]]
+        return events
+
+    one = _peak(copies(1), tmp_path / "1")
+    three = _peak(copies(3), tmp_path / "out")
+    assert three < 1.5 * one, (three, one)  # not 3x: the flows were written one at a time
+    assert one < 6 * (len(UP) + len(DOWN)), one
+    with (tmp_path / "out/web/flows.mitm").open("rb") as fh:
+        loaded = list(FlowReader(fh).stream())
+    assert [f.id for f in loaded] == ["copy-0", "copy-1", "copy-2"]
+    assert all(f.request.raw_content == UP and f.response.raw_content == DOWN for f in loaded)

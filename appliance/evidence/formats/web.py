@@ -21,7 +21,9 @@ flow: they are written as they are to `web/unpaired/ID.KIND`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import gc
 import json
 import os
 import tempfile
@@ -35,6 +37,7 @@ from mitmproxy import connection, http
 from mitmproxy import flow as mflow
 from mitmproxy.addons.savehar import SaveHar
 from mitmproxy.io import FlowWriter
+from mitmproxy.utils import strutils
 from mitmproxy.websocket import WebSocketData, WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
@@ -45,6 +48,8 @@ FLOWS = "web/flows.mitm"
 HAR = "web/flows.har"
 SMALL_MAX = 16 << 20  # a head, trailer or close record bigger than this is cut (never seen)
 NO_BODY = frozenset({204, 304})
+BIG = 1 << 20  # bodies from which a written flow is freed at once (see _emit)
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
 Extent = tuple[int, int]
 
 
@@ -218,17 +223,43 @@ class WebWriter:
         self._writer.add(flow)
         entry = self._savehar.flow_entry(flow, self._servers)
         request = flow.request
-        if request.raw_content and "postData" not in entry["request"]:
-            entry["request"]["postData"] = {
-                "mimeType": request.headers.get("Content-Type", ""),
-                "text": request.get_text(strict=False),
-                "params": [],
-            }
+        self._post_data(request, entry["request"])
         entry["_lbm_record_ids"] = fl.record_ids
-        self._har.write((b",\n" if self._har_entries else b"") + json.dumps(entry).encode())
+        if self._har_entries:
+            self._har.write(b",\n")
+        for piece in _ENCODER.iterencode(entry):  # no second copy of the entry as one string
+            self._har.write(piece.encode("utf-8", "surrogatepass"))
         self._har_entries += 1
         self._flow_file.record_ids += fl.record_ids
         self._har.record_ids += fl.record_ids
+        response = flow.response
+        size = len(request.raw_content or b"") + len((response and response.raw_content) or b"")
+        if size > BIG:
+            # mitmproxy's type checks raise and catch exceptions while building messages; their
+            # tracebacks keep this call's frames, and with them the bodies, in reference cycles
+            # until the collector runs: free a big flow now, before the next is read
+            del flow, entry, request, response
+            gc.collect(1)
+
+    @staticmethod
+    def _post_data(request: http.Request, har_request: dict[str, Any]) -> None:
+        """Every request body in `postData` (savehar gives it for POST, PUT and PATCH only);
+        a mostly binary one as base64 with `_encoding` (HAR 1.2 has no field for it: its
+        `text` is text), not as lossily decoded text."""
+        body = request.raw_content
+        if not body:
+            return
+        post = har_request.setdefault("postData", {"params": []})
+        post["mimeType"] = request.headers.get("Content-Type", "")
+        try:
+            content = request.content or b""
+        except ValueError:  # a content coding that does not decode: keep it as sent
+            content = body
+        if strutils.is_mostly_bin(content):
+            post["text"] = base64.b64encode(content).decode()
+            post["_encoding"] = "base64"
+        elif "text" not in post:
+            post["text"] = request.get_text(strict=False)
 
     def _build(self, fl: _Flow) -> http.HTTPFlow:
         t = fl.times
