@@ -23,7 +23,7 @@ import dpkt
 import pytest
 from lbm_testing import corpus_root
 
-from appliance.evidence.formats import ExportSet, WrittenFile
+from appliance.evidence.formats import ExportSet, FormatError, WrittenFile
 from appliance.mail.archiving import archive_copies, envelope_record
 from appliance.mail.envelope import Envelope
 from capture.pcapng import PcapngRecord
@@ -258,3 +258,37 @@ def test_a_cut_off_record_keeps_its_whole_blocks(env: Env, tmp_path: Path) -> No
     export, _ = feed([first, garbage], tmp_path / "out2")
     assert export.incomplete == [second[0][1]["id"]]  # damaged, named, the rest intact
     assert len(_tshark(tmp_path / "out2" / "packets" / "packets.pcapng")) == 54
+
+
+# -- the interface ---------------------------------------------------------------------------
+
+
+def test_unknown_channels_are_kept_raw_and_misuse_is_refused(env: Env, tmp_path: Path) -> None:
+    header = {"id": "R-1/000001/1", "channel": "fax", "kind": "page", "ts": "2026-03-01T09:00:00Z"}
+    export = ExportSet(tmp_path / "out")
+    with pytest.raises(FormatError, match="outside a record"):
+        export.data(b"x")
+    export.begin(header)
+    with pytest.raises(FormatError, match="R-1/000001/1: begin before its end"):
+        export.begin(header)
+    export.data(b"\x00page")
+    export.end(True)
+    for bad in ("../../etc/passwd", "..", ""):  # ids come from authenticated segments, but a
+        with pytest.raises(FormatError):  # file name still never leaves the output directory
+            export.begin(header | {"id": bad})
+    assert [f.path for f in export.close()] == ["other/R-1_000001_1.bin"]
+    assert (tmp_path / "out/other/R-1_000001_1.bin").read_bytes() == b"\x00page"
+    with pytest.raises(FormatError, match="exists already"):  # never overwrites an export
+        again = ExportSet(tmp_path / "out")
+        again.begin(header)
+
+
+def test_an_unfinished_record_at_close_is_listed_incomplete(env: Env, tmp_path: Path) -> None:
+    message = env.records(MAIL_REF)[0]
+    export = ExportSet(tmp_path / "out")
+    export.begin(message[0][1])
+    export.data(message[1][1][:100])
+    files = export.close()  # the segment ended inside the record
+    assert export.incomplete == [message[0][1]["id"]]
+    eml = next(f for f in files if f.path.endswith(".eml"))
+    assert (eml.size, (tmp_path / "out" / eml.path).read_bytes()) == (100, message[1][1][:100])

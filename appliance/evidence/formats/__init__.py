@@ -16,13 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.evidence.formats.files import OutFile, WrittenFile, ensure_private_dir, safe_name
+from appliance.evidence.formats.files import (
+    FormatError,
+    OutFile,
+    WrittenFile,
+    ensure_private_dir,
+    safe_name,
+)
 
 __all__ = ["ExportSet", "FormatError", "WrittenFile"]
-
-
-class FormatError(ValueError):
-    """A record header or call sequence the export cannot use (names the record id)."""
 
 
 class ChannelWriter(Protocol):

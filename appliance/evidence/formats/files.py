@@ -16,6 +16,10 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
+class FormatError(ValueError):
+    """A record header or call sequence the export cannot use (names the record id)."""
+
+
 @dataclass(frozen=True)
 class WrittenFile:
     path: str  # relative to the output directory, e.g. "web/flows.mitm"
@@ -39,8 +43,8 @@ def ensure_private_dir(path: Path) -> None:
 def safe_name(record_id: str) -> str:
     """A record id `REF/000001/3` as one path component: `REF_000001_3`."""
     name = record_id.replace("/", "_")
-    if not name or name.startswith(".") or any(c in name for c in "\0\\"):
-        raise ValueError("record id cannot name a file")
+    if not name or name.startswith(".") or any(c in name for c in "\0\\") or len(name) > 200:
+        raise FormatError(f"record id {record_id!r} cannot name a file")
     return name
 
 
@@ -52,9 +56,12 @@ class OutFile:
         self.record_ids: list[str] = []
         path = root / rel
         if root.resolve() not in path.resolve().parents:
-            raise ValueError(f"{rel}: outside the output directory")
+            raise FormatError(f"{rel}: outside the output directory")
         ensure_private_dir(path.parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        except FileExistsError:
+            raise FormatError(f"{rel}: exists already in the output directory") from None
         os.fchmod(fd, FILE_MODE)
         self._fh = os.fdopen(fd, "wb", buffering=1 << 20)
         self._hash = hashlib.sha256()
