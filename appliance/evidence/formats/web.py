@@ -16,7 +16,7 @@ its status) and otherwise at close, in order of its first record: once to the fl
 archived bytes exactly (content coding kept); a HAR entry adds `_lbm_record_ids`.
 
 Records of a flow with no request head (its first records are not in the export) cannot make a
-flow: they are written as they are to `web/unpaired/ID.KIND`.
+flow: they are written as they are under `web/unpaired/` (see `_write_unpaired`).
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ FLOWS = "web/flows.mitm"
 HAR = "web/flows.har"
 SMALL_MAX = 16 << 20  # a head, trailer or close record bigger than this is cut (never seen)
 NO_BODY = frozenset({204, 304})
+QUIET_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 BIG = 1 << 20  # bodies from which a written flow is freed at once (see _emit)
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
-Extent = tuple[int, int]
+Extent = tuple[int, int]  # (offset, length) in the staging file
+Order = tuple[int, int, int]  # (segment, record number, feed sequence)
 
 
 @dataclass
@@ -61,9 +63,10 @@ class _Flow:
     record_ids: list[str] = field(default_factory=list)
     heads: dict[str, bytes] = field(default_factory=dict)  # kind -> bytes (small records)
     times: dict[str, float] = field(default_factory=dict)  # first/last request/response ts
-    bodies: dict[str, list[Extent]] = field(default_factory=dict)  # "request"/"response"
+    # "request"/"response" -> (record order, extents) per body record
+    bodies: dict[str, list[tuple[Order, list[Extent]]]] = field(default_factory=dict)
     body_len: dict[str, int] = field(default_factory=dict)
-    ws: list[tuple[str, float, list[Extent]]] = field(default_factory=list)
+    ws: list[tuple[Order, str, float, list[Extent]]] = field(default_factory=list)
 
 
 def _ts(header: dict[str, Any]) -> float:
@@ -71,6 +74,13 @@ def _ts(header: dict[str, Any]) -> float:
         return datetime.fromisoformat(str(header.get("ts")).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
+
+
+def _order(record_id: str, seq: int) -> Order:
+    parts = record_id.rsplit("/", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return int(parts[1]), int(parts[2]), seq
+    return 0, 0, seq
 
 
 def _version() -> str:
@@ -90,6 +100,7 @@ class WebWriter:
         self._flows: dict[tuple[str, str], _Flow] = {}
         self._last: dict[str, tuple[str, str]] = {}  # ref -> key of its latest flow (fallback)
         self._fallback = 0
+        self._seq = 0
         self._current: _Flow | None = None
         self._kind = ""
         self._small: bytearray | None = None
@@ -128,11 +139,14 @@ class WebWriter:
             fl.times[f"{side}_end"] = ts
         self._current, self._kind = fl, kind
         self._small = self._extents = None
+        self._seq += 1
+        order = _order(record_id, self._seq)
         if kind in ("http-request-body", "http-response-body"):
-            self._extents = fl.bodies.setdefault(side, [])
+            self._extents = []
+            fl.bodies.setdefault(side, []).append((order, self._extents))
         elif kind.startswith("websocket-") and kind != "websocket-end":
             self._extents = []
-            fl.ws.append((kind, ts, self._extents))
+            fl.ws.append((order, kind, ts, self._extents))
         else:
             self._small = bytearray()
 
@@ -184,7 +198,7 @@ class WebWriter:
             or 100 <= status < 200
             or fl.heads["http-request-head"][:5] == b"HEAD "
         ):
-            return True
+            return WebWriter._request_over(fl)
         length = response.headers.get("content-length", "")
         done = length.isdigit() and fl.body_len.get("response", 0) == int(length)
         return done and WebWriter._request_over(fl)
@@ -192,15 +206,22 @@ class WebWriter:
     @staticmethod
     def _request_over(fl: _Flow) -> bool:
         """The request's body is whole (a server may answer before an upload ends): its
-        Content-Length reached, or a method sent without a body and no length or coding."""
+        Content-Length reached, or none and no transfer coding in HTTP/1 (no body, RFC 9112
+        6.3), or a method sent without a body in HTTP/2 and 3 (whose framing the head lacks)."""
         request = build_request(fl.heads["http-request-head"], fl.scheme, 0.0)
         length = request.headers.get("content-length", "")
         if length.isdigit():
             return fl.body_len.get("request", 0) == int(length)
-        chunked = "transfer-encoding" in request.headers
-        return not chunked and request.method in ("GET", "HEAD", "DELETE", "OPTIONS")
+        if "transfer-encoding" in request.headers:
+            return False
+        return request.http_version.startswith("HTTP/1") or request.method in QUIET_METHODS
 
     # -- output -------------------------------------------------------------------------------
+    def _body(self, fl: _Flow, side: str) -> bytes:
+        """A message body: its records' pieces in record-id order (the order they were
+        written, whatever order the export was fed in)."""
+        return b"".join(self._read(e) for _, e in sorted(fl.bodies.get(side, [])))
+
     def _read(self, extents: list[Extent]) -> bytes:
         return b"".join(os.pread(self._stage.fileno(), n, off) for off, n in extents)
 
@@ -264,7 +285,7 @@ class WebWriter:
     def _build(self, fl: _Flow) -> http.HTTPFlow:
         t = fl.times
         request = build_request(fl.heads["http-request-head"], fl.scheme, t["request_start"])
-        request.raw_content = self._read(fl.bodies.get("request", []))
+        request.raw_content = self._body(fl, "request")
         request.timestamp_end = t.get("request_end")
         if "http-request-trailers" in fl.heads:
             request.trailers = parse_fields(fl.heads["http-request-trailers"])
@@ -279,7 +300,7 @@ class WebWriter:
         if "http-response-head" in fl.heads:
             start = t.get("response_start", t["request_start"])
             response = build_response(fl.heads["http-response-head"], start)
-            response.raw_content = self._read(fl.bodies.get("response", []))
+            response.raw_content = self._body(fl, "response")
             response.timestamp_end = t.get("response_end", start)
             if "http-response-trailers" in fl.heads:
                 response.trailers = parse_fields(fl.heads["http-response-trailers"])
@@ -297,7 +318,7 @@ class WebWriter:
 
     def _websocket(self, fl: _Flow) -> WebSocketData:
         ws = WebSocketData()
-        for kind, ts, extents in fl.ws:
+        for _, kind, ts, extents in sorted(fl.ws):
             opcode = Opcode.TEXT if kind.endswith("-text") else Opcode.BINARY
             content = self._read(extents)
             ws.messages.append(WebSocketMessage(opcode, "-client-" in kind, content, ts))
@@ -308,14 +329,24 @@ class WebWriter:
         return ws
 
     def _write_unpaired(self, fl: _Flow) -> None:
-        """Records of a flow whose request head is not in the export, each as it is."""
-        extents = list(fl.bodies.values()) + [e for _, _, e in fl.ws]
-        pieces = [self._read(e) for e in extents] + list(fl.heads.values())
-        out = OutFile(self.out_dir, f"web/unpaired/{safe_name(fl.record_ids[0])}.bin")
-        out.record_ids += fl.record_ids
-        for piece in pieces:
-            out.write(piece)
-        self._unpaired.append(out.close())
+        """A flow whose request head is not in the export: each part as it is, in
+        `web/unpaired/FIRST.PART` (FIRST its first record id): `request-body`, `response-body`
+        (pieces joined in record order), `http-response-head`..., `websocket-...-N`."""
+        first = safe_name(fl.record_ids[0])
+        parts: list[tuple[str, list[list[Extent]] | bytes]] = [
+            (f"{side}-body", [e for _, e in sorted(pieces)]) for side, pieces in fl.bodies.items()
+        ]
+        parts += [(kind, data) for kind, data in fl.heads.items()]
+        parts += [(f"{k}-{n}", [e]) for n, (_, k, _, e) in enumerate(sorted(fl.ws), 1)]
+        for name, content in parts:
+            out = OutFile(self.out_dir, f"web/unpaired/{first}.{name}")
+            out.record_ids += fl.record_ids
+            if isinstance(content, bytes):
+                out.write(content)
+            else:
+                for extents in content:
+                    out.write(self._read(extents))
+            self._unpaired.append(out.close())
 
     def close(self) -> list[WrittenFile]:
         for fl in list(self._flows.values()):
