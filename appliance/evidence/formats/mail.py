@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -131,7 +132,7 @@ class MailWriter:
             out.record_ids.append(msg.record_id)
             out.write(_from_line(msg))
             with (self.out_dir / msg.path).open("rb") as fh:
-                last = _copy_escaped(fh, out)
+                last = _copy_escaped(fh, out.write)
             out.write(b"\n\n" if last != b"\n" else b"\n")
         return out.close()
 
@@ -141,7 +142,7 @@ def _escape(buf: bytes, at_start: bool) -> bytes:
     return b">" + out if at_start and out.startswith(b"From ") else out
 
 
-def _copy_escaped(fh: BinaryIO, out: OutFile) -> bytes:
+def _copy_escaped(fh: BinaryIO, write: Callable[[bytes], object]) -> bytes:
     """Copy a message with every line that starts `From ` escaped, in pieces cut after a
     newline (a line longer than a piece is cut anywhere: only its start can need escaping).
     Returns the last byte written."""
@@ -149,16 +150,16 @@ def _copy_escaped(fh: BinaryIO, out: OutFile) -> bytes:
     while chunk := fh.read(PIECE):
         data = carry + chunk
         cut = data.rfind(b"\n") + 1
-        if cut == 0 and len(data) < PIECE:
+        if cut == 0 and len(data) < max(PIECE, 5):
             carry = data  # too short to tell: wait for more
             continue
         if cut == 0:  # one long line: its start is settled
-            out.write(_escape(data, at_start))
+            write(_escape(data, at_start))
             carry, at_start, last = b"", False, data[-1:]
             continue
-        out.write(_escape(data[:cut], at_start))
+        write(_escape(data[:cut], at_start))
         carry, at_start, last = data[cut:], True, b"\n"
     if carry:
-        out.write(_escape(carry, at_start))
+        write(_escape(carry, at_start))
         last = carry[-1:]
     return last
