@@ -484,3 +484,22 @@ def test_heads_rebuild_as_the_proxy_saw_them(
     back = build_response(rec.response_head(response), 1.0)
     assert (back.status_code, back.headers.fields) == (404, ((b"A", b"b"),))
     assert back.reason == ("Not Found" if version == b"HTTP/1.1" else "")
+
+
+def test_one_flow_archived_for_two_refs_keeps_both_and_ids_stay_unique(
+    session: tuple[Env, dict[str, http.HTTPFlow]], tmp_path: Path
+) -> None:
+    """A subject under two authorisations: the same flow id in both refs' records."""
+    env, flows = session
+    records = [r for r in _by_record(env) if r[0][1]["flow"] == flows["grpc"].id]
+    other = [
+        [("header", r[0][1] | {"id": r[0][1]["id"].replace(REF, "ca1-other")}), *r[1:]]
+        for r in records
+    ]
+    export = feed(iter([e for r in records + other for e in r]), tmp_path / "out")
+    export.close()
+    with (tmp_path / "out/web/flows.mitm").open("rb") as fh:
+        loaded = list(FlowReader(fh).stream())
+    assert len(loaded) == 2 and len({f.id for f in loaded}) == 2
+    assert loaded[0].id == flows["grpc"].id
+    assert all(f.response.trailers["grpc-status"] == "0" for f in loaded)
