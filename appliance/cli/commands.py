@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.archive_cmd", "archive"),
     ("appliance.cli.run_cmd", "run"),
     ("appliance.cli.status_cmd", "status"),
+    ("appliance.cli.metrics_server", "metrics"),
     ("appliance.cli.housekeeping_cmd", "housekeeping"),
     ("appliance.cli.capture_cmd", "capture"),
     ("appliance.cli.smtp_cmd", "smtp"),

@@ -11,14 +11,17 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import click
 
 from appliance.cli.app import App, pass_app
+from appliance.cli.daemon_metrics import gateway_counters
+from appliance.counters import StatusWriter
 from appliance.policy.expiry import record_expiries
 from appliance.policy.identity import import_if_changed
-from store import sqlite
+from store import sqlite, witness
 from store.audit import Action
 
 
@@ -26,6 +29,9 @@ class Housekeeper:
     def __init__(self, app: App) -> None:
         self.app = app
         self.feed_state: dict[str, Any] = {}
+        self.passes = 0
+        self.feed_imports = 0
+        self.feed_failures = 0
 
     def _log(self, message: str) -> None:
         click.echo(f"housekeeping: {message}", err=True)
@@ -49,13 +55,16 @@ class Housekeeper:
                 self.app.paths, path, self.feed_state, audit=self.app.audit, actor=self.app.actor
             )
         except Exception as exc:  # process boundary: a bad feed must not stop housekeeping
+            self.feed_failures += 1
             self._log(f"identity feed {path}: {exc}")
             return None
         if result:
+            self.feed_imports += 1
             self._log(f"identity feed {path} re-imported: {result}")
         return result
 
     def one_pass(self) -> dict[str, Any]:
+        self.passes += 1
         return {"expired": self.expiries(), "identity": self.identity_feed()}
 
 
@@ -75,12 +84,21 @@ def run(app: App, once: bool) -> None:
         click.echo(keeper.one_pass())
         return
     stop = threading.Event()
+    hup = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
         stop.set()
 
+    def on_hup(_signum: int, _frame: object) -> None:  # a pass now (the feed re-read)
+        hup.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
+    status = StatusWriter(
+        app.paths.run, "housekeeping", gateway_counters(app.paths, keeper),
+        errors={"witness_failed": lambda: witness.load_state(app.paths.audit_dir).failures_total},
+    )  # fmt: skip
     app.audit.append(Action.DAEMON_START, app.actor, daemon="housekeeping")
     ready = app.paths.run / "housekeeping.ready"
     ready.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +107,13 @@ def run(app: App, once: bool) -> None:
     try:
         while not stop.is_set():
             keeper.one_pass()
-            stop.wait(interval)
+            due = time.monotonic() + interval
+            while not stop.is_set() and not hup.is_set() and time.monotonic() < due:
+                status.tick()  # status, counters and the watchdog every second
+                stop.wait(min(1.0, max(0.0, due - time.monotonic())))
+            hup.clear()
     finally:
+        status.close()
         ready.unlink(missing_ok=True)
         app.audit.append(Action.DAEMON_STOP, app.actor, daemon="housekeeping")
     sys.exit(0)

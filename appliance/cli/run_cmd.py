@@ -53,6 +53,8 @@ def enabled_daemons(app: App) -> tuple[list[Daemon], list[str]]:
             "--interface",
             interface,
         )
+    if daemons and cfg["metrics.listen"]:  # every daemon's counters on one loopback port
+        add("metrics", "appliance.cli.metrics_server", "metrics", "serve")
     return daemons, notes
 
 

@@ -1,0 +1,211 @@
+"""One loopback HTTP server for every daemon's counters: `GET /metrics`.
+
+Each daemon writes its own `run/NAME.prom` (appliance.counters); the hardened units have no
+network, so this server (started by `lbm run`, or as `lbm metrics serve` for an `lbm-metrics`
+unit) reads them all at each scrape, adds a `daemon="NAME"` label to every sample, merges metric
+families of the same name across daemons (Prometheus refuses a family described twice) and adds
+`lbm_daemon_up{daemon}` from the status files (1 while the pid in `run/NAME.status.json` is alive
+and running). A `.prom` file of a daemon no longer running is not served.
+
+It listens on `[metrics] listen` (HOST:PORT, loopback only; port 0 picks a free port, written to
+`run/metrics.port`, 0600) and logs no client address and no request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import click
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from appliance.cli import daemonlog
+from appliance.cli.app import EXIT_USAGE, App, fail, pass_app
+from appliance.counters import check_label_value, watchdog_interval
+from store.fsutil import atomic_write
+from store.readiness import announce_ready, notify_systemd
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT on loopback (`[::1]:9000` for IPv6); ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"[metrics] listen {value!r}: must be HOST:PORT")
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"[metrics] listen {value!r}: only a loopback address (127.0.0.1, ::1) is "
+                "allowed; put a scraper or a reverse proxy on the box to reach it"
+            )
+    return host, int(port)
+
+
+def daemon_label(name: str) -> str:
+    """A daemon's file name as a label value (`capture-eth0.100` -> `capture_eth0_100`)."""
+    return check_label_value(re.sub(r"[^a-z0-9_]", "_", name.lower())[:40] or "other")
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def daemon_states(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every daemon's status file (name -> status), with `up` computed from its pid."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(run_dir.glob("*.status.json")):
+        name = path.name[: -len(".status.json")]
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        data["up"] = data.get("state") == "running" and _pid_alive(data.get("pid"))
+        out[name] = data
+    return out
+
+
+class _Merged:
+    """A collector holding the families merged from every `.prom` file."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def render(run_dir: Path) -> bytes:
+    """The merged Prometheus text of every running daemon."""
+    states = daemon_states(run_dir)
+    up = GaugeMetricFamily("lbm_daemon_up", "1 while the daemon runs", labels=["daemon"])
+    families: dict[str, Metric] = {}
+    for name, state in states.items():
+        label = daemon_label(name)
+        up.add_metric([label], 1.0 if state["up"] else 0.0)
+        prom = run_dir / f"{name}.prom"
+        if not state["up"] or not prom.is_file():
+            continue
+        try:
+            text = prom.read_text()
+            parsed = list(text_string_to_metric_families(text))
+        except (OSError, ValueError):
+            continue  # a file being replaced: the next scrape reads it
+        for fam in parsed:
+            into = families.setdefault(fam.name, Metric(fam.name, fam.documentation, fam.type))
+            for s in fam.samples:
+                into.samples.append(
+                    Sample(s.name, {**s.labels, "daemon": label}, s.value, s.timestamp)
+                )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged([up, *families.values()]))
+    return generate_latest(registry)
+
+
+def make_server(run_dir: Path, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != "/metrics":
+                self.send_error(404, "only /metrics is served")
+                return
+            body = render(run_dir)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # no client address, no request line in any log
+
+    family = ThreadingHTTPServer
+    if ":" in host:
+        import socket
+
+        class V6(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        family = V6
+    server = family((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve_forever(run_dir: Path, listen: str) -> int:
+    """Serve until SIGTERM/SIGINT; the bound port goes to run/metrics.port."""
+    host, port = parse_listen(listen)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _s, _f: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nothing to reload: files are read per scrape
+    server = make_server(run_dir, host, port)
+    bound = int(server.server_address[1])
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    port_file = run_dir / "metrics.port"
+    atomic_write(port_file, f"{bound}\n".encode(), mode=0o600)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    ready = announce_ready(run_dir, "metrics")
+    daemonlog.log("metrics", "listening", host=host, port=bound)
+    ping = watchdog_interval()
+    try:
+        while not stop.wait(min(1.0, ping or 1.0)):
+            if ping is not None:
+                notify_systemd(b"WATCHDOG=1")
+    finally:
+        server.shutdown()
+        server.server_close()
+        ready.unlink(missing_ok=True)
+        port_file.unlink(missing_ok=True)
+        daemonlog.log("metrics", "stopped")
+    return bound
+
+
+@click.group("metrics")
+def metrics() -> None:
+    """Prometheus counters of every daemon, on one loopback port."""
+
+
+@metrics.command("serve")
+@click.option("--listen", help="HOST:PORT (loopback); default [metrics] listen")
+@pass_app
+def serve_cmd(app: App, listen: str | None) -> None:
+    """Serve run/*.prom at http://HOST:PORT/metrics until SIGTERM (the lbm-metrics unit)."""
+    app.require_initialised()
+    value = listen if listen is not None else str(app.config["metrics.listen"])
+    if not value:
+        fail(f"{app.config_path}: [metrics] listen is empty: metrics are not served", EXIT_USAGE)
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    try:
+        serve_forever(app.paths.run, value)
+    except OSError as exc:
+        fail(f"metrics: cannot listen on {value}: {exc.strerror or exc}", 1)
