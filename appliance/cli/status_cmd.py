@@ -149,7 +149,9 @@ def status(app: App, as_json: bool, officer_view: bool) -> None:
     disk = disk_free_percent(app.paths.root)
     warn_at = int(app.config["metrics.disk_warn_free_percent"])
     due = authorisations(app, app.clock.now())
-    entries = sum(1 for _ in AuditLog(app.paths, None, app.clock).entries())
+    entries = 0
+    for entry in AuditLog(app.paths, None, app.clock).entries():
+        entries = int(entry["seq"])
     data: dict[str, Any] = {
         "gateway": gateway,
         "data_dir": str(app.paths.root),
@@ -162,7 +164,9 @@ def status(app: App, as_json: bool, officer_view: bool) -> None:
         "daemons_ready": sorted(p.stem for p in run_dir.glob("*.ready"))
         if run_dir.is_dir()
         else [],
-        "ports": {n: d["port"] for n, d in ds.items() if d["running"] and d["port"]},
+        "ports": {p.stem: p.read_text().strip() for p in sorted(run_dir.glob("*.port"))}
+        if run_dir.is_dir()
+        else {},
         "supervisor_pid": _supervisor(app),
         "spool_depth": spool_depth(app.paths.spool),
         "disk_free_percent": disk,
