@@ -32,9 +32,9 @@ from prometheus_client.samples import Sample
 
 from appliance.cli import daemonlog
 from appliance.cli.app import EXIT_USAGE, App, fail, pass_app
-from appliance.counters import check_label_value, watchdog_interval
+from appliance.counters import Counters, StatusWriter, check_label_value
 from store.fsutil import atomic_write
-from store.readiness import announce_ready, notify_systemd
+from store.readiness import announce_ready
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -128,12 +128,24 @@ def render(run_dir: Path) -> bytes:
     return generate_latest(registry)
 
 
-def make_server(run_dir: Path, host: str, port: int) -> ThreadingHTTPServer:
+class Scrapes:
+    def __init__(self) -> None:
+        self.served = 0
+        self.not_found = 0
+
+
+def make_server(
+    run_dir: Path, host: str, port: int, scrapes: Scrapes | None = None
+) -> ThreadingHTTPServer:
+    tally = scrapes or Scrapes()
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
+                tally.not_found += 1
                 self.send_error(404, "only /metrics is served")
                 return
+            tally.served += 1
             body = render(run_dir)
             self.send_response(200)
             self.send_header("Content-Type", CONTENT_TYPE)
@@ -164,8 +176,16 @@ def serve_forever(run_dir: Path, listen: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _s, _f: stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nothing to reload: files are read per scrape
-    server = make_server(run_dir, host, port)
+    scrapes = Scrapes()
+    server = make_server(run_dir, host, port, scrapes)
     bound = int(server.server_address[1])
+    counters = Counters("metrics")
+    counters.counter(
+        "metrics_requests", "requests to the metrics server, by result",
+        lambda: {"served": scrapes.served, "not_found": scrapes.not_found}, label="result",
+    )  # fmt: skip
+    status = StatusWriter(run_dir, "metrics", counters)
+    status.port = bound
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     port_file = run_dir / "metrics.port"
     atomic_write(port_file, f"{bound}\n".encode(), mode=0o600)
@@ -173,12 +193,12 @@ def serve_forever(run_dir: Path, listen: str) -> int:
     thread.start()
     ready = announce_ready(run_dir, "metrics")
     daemonlog.log("metrics", "listening", host=host, port=bound)
-    ping = watchdog_interval()
     try:
-        while not stop.wait(min(1.0, ping or 1.0)):
-            if ping is not None:
-                notify_systemd(b"WATCHDOG=1")
+        status.tick()
+        while not stop.wait(1.0):
+            status.tick()  # status file, counters and the watchdog
     finally:
+        status.close()
         server.shutdown()
         server.server_close()
         ready.unlink(missing_ok=True)

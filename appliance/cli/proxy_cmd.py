@@ -35,7 +35,7 @@ from appliance.cli.daemon_metrics import (
     add_writer,
     proxy_counters,
 )
-from appliance.cli.reload import Reloader
+from appliance.cli.reload import PROXY_SECTIONS, Reloader
 from appliance.config import ConfigError
 from appliance.counters import StatusWriter
 from store.archive import Archive
@@ -308,7 +308,7 @@ async def serve(app: App) -> dict[str, Any]:
         status = StatusWriter(run_dir, "proxy", counters, errors=errors)
         status.port = addrs[0][1]
         reloader = Reloader(
-            app, "proxy", _apply_live(named),
+            app, "proxy", _apply_live(named), sections=PROXY_SECTIONS,
             refresh=[lambda: source.refresh(force=True), _users_check(named["identity"])],
             log=lambda event, fields: daemonlog.log("proxy", event, **fields),
         )  # fmt: skip

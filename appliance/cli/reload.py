@@ -22,12 +22,22 @@ from store.audit import Action
 
 # applied by the policy snapshot source itself (it watches the config file)
 SNAPSHOT_KEYS = ("do_not_decrypt.",)
+# what each daemon reads; a change elsewhere is another daemon's business
+COMMON = ("gateway", "identity", "notice", "do_not_decrypt", "keys", "audit", "testing")
+PROXY_SECTIONS = ("web", *COMMON)
+RELAY_SECTIONS = ("smtp", *COMMON)
 
 
-def changed_keys(old: Config, new: Config) -> list[str]:
-    """Names of the options whose values differ (values never leave this function)."""
+def changed_keys(old: Config, new: Config, sections: Iterable[str] = ()) -> list[str]:
+    """Names of the options whose values differ (values never leave this function), in
+    `sections` only when given (a daemon ignores the other daemons' sections)."""
     names = set(old.values) | set(new.values)
-    return sorted(n for n in names if old.values.get(n) != new.values.get(n))
+    wanted = tuple(f"{s}." for s in sections)
+    return sorted(
+        n
+        for n in names
+        if old.values.get(n) != new.values.get(n) and (not wanted or n.startswith(wanted))
+    )
 
 
 class Reloader:
@@ -39,12 +49,14 @@ class Reloader:
         daemon: str,
         apply: Callable[[Config, list[str]], Iterable[str]],
         *,
+        sections: Iterable[str] = (),
         refresh: Iterable[Callable[[], object]] = (),
         log: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.app = app
         self.daemon = daemon
         self.apply = apply
+        self.sections = tuple(sections)
         self.refresh = list(refresh)
         self.log = log or (lambda _event, _fields: None)
         self.reloads = 0
@@ -61,7 +73,7 @@ class Reloader:
             result: dict[str, Any] = {"ok": False, "error": str(exc)}
             self._record(result)
             return result
-        changed = changed_keys(old, new)
+        changed = changed_keys(old, new, self.sections)
         applied = set(self.apply(new, changed))
         applied |= {k for k in changed if k.startswith(SNAPSHOT_KEYS)}
         app.__dict__["config"] = new  # App.config is a cached_property: later reads see it

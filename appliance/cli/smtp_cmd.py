@@ -25,7 +25,7 @@ import click
 from appliance.cli import daemonlog
 from appliance.cli.app import EXIT_FAIL, App, emit, fail, pass_app, run_guarded
 from appliance.cli.daemon_metrics import add_policy, add_writer, relay_counters
-from appliance.cli.reload import Reloader
+from appliance.cli.reload import RELAY_SECTIONS, Reloader
 from appliance.counters import StatusWriter
 from appliance.mail.auth import SmtpAuthenticator, Users
 from appliance.mail.delivery import DeliveryConfigError
@@ -134,7 +134,8 @@ class Relay:
         self.banner = banner_lines(self.gateway, cfg["notice.text"], cfg["notice.version"])
         self.status = self._status()
         self.reloader = Reloader(
-            app, "smtp", self._apply_live, refresh=[lambda: self.source.refresh(force=True), users],
+            app, "smtp", self._apply_live, sections=RELAY_SECTIONS,
+            refresh=[lambda: self.source.refresh(force=True), users],
             log=lambda event, fields: daemonlog.log("smtp", event, **fields),
         )  # fmt: skip
 
