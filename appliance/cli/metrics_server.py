@@ -169,42 +169,71 @@ def make_server(
     return server
 
 
+class MetricsService:
+    """The server, its port file and its own status file, served from a background thread;
+    `lbm run` runs one inside the supervisor, `lbm metrics serve` in the foreground."""
+
+    def __init__(self, run_dir: Path, listen: str) -> None:
+        self.run_dir = run_dir
+        self.host, port = parse_listen(listen)
+        self.scrapes = Scrapes()
+        self.server = make_server(run_dir, self.host, port, self.scrapes)
+        self.port = int(self.server.server_address[1])
+        counters = Counters("metrics")
+        counters.counter(
+            "metrics_requests", "requests to the metrics server, by result",
+            lambda: {"served": self.scrapes.served, "not_found": self.scrapes.not_found},
+            label="result",
+        )  # fmt: skip
+        self.status = StatusWriter(run_dir, "metrics", counters)
+        self.status.port = self.port
+        self.port_file = run_dir / "metrics.port"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> MetricsService:
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(self.port_file, f"{self.port}\n".encode(), mode=0o600)
+        for target, name in (
+            (self.server.serve_forever, "metrics"),
+            (self._tick, "metrics-status"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _tick(self) -> None:
+        self.status.tick()
+        while not self._stop.wait(1.0):
+            self.status.tick()  # status file, counters and the watchdog
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.status.close()
+        self.port_file.unlink(missing_ok=True)
+
+
 def serve_forever(run_dir: Path, listen: str) -> int:
-    """Serve until SIGTERM/SIGINT; the bound port goes to run/metrics.port."""
-    host, port = parse_listen(listen)
+    """Serve until SIGTERM/SIGINT (the lbm-metrics unit); returns the bound port."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _s, _f: stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nothing to reload: files are read per scrape
-    scrapes = Scrapes()
-    server = make_server(run_dir, host, port, scrapes)
-    bound = int(server.server_address[1])
-    counters = Counters("metrics")
-    counters.counter(
-        "metrics_requests", "requests to the metrics server, by result",
-        lambda: {"served": scrapes.served, "not_found": scrapes.not_found}, label="result",
-    )  # fmt: skip
-    status = StatusWriter(run_dir, "metrics", counters)
-    status.port = bound
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    port_file = run_dir / "metrics.port"
-    atomic_write(port_file, f"{bound}\n".encode(), mode=0o600)
-    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
-    thread.start()
+    service = MetricsService(run_dir, listen).start()
     ready = announce_ready(run_dir, "metrics")
-    daemonlog.log("metrics", "listening", host=host, port=bound)
+    daemonlog.log("metrics", "listening", host=service.host, port=service.port)
     try:
-        status.tick()
-        while not stop.wait(1.0):
-            status.tick()  # status file, counters and the watchdog
+        stop.wait()
     finally:
-        status.close()
-        server.shutdown()
-        server.server_close()
+        service.stop()
         ready.unlink(missing_ok=True)
-        port_file.unlink(missing_ok=True)
         daemonlog.log("metrics", "stopped")
-    return bound
+    return service.port
 
 
 @click.group("metrics")
