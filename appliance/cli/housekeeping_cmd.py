@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from appliance.cli import daemonlog
 from appliance.cli.app import App, pass_app
 from appliance.cli.daemon_metrics import gateway_counters
 from appliance.counters import StatusWriter
@@ -23,6 +24,13 @@ from appliance.policy.expiry import record_expiries
 from appliance.policy.identity import import_if_changed
 from store import sqlite, witness
 from store.audit import Action
+
+
+def _counts(result: dict[str, Any]) -> dict[str, Any]:
+    """An import's numbers only (no principal, address or user name reaches the log)."""
+    return {
+        k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 class Housekeeper:
@@ -33,8 +41,8 @@ class Housekeeper:
         self.feed_imports = 0
         self.feed_failures = 0
 
-    def _log(self, message: str) -> None:
-        click.echo(f"housekeeping: {message}", err=True)
+    def _log(self, event: str, level: str = "info", **fields: Any) -> None:
+        daemonlog.log("housekeeping", event, level, **fields)
 
     def expiries(self) -> list[str]:
         conn = sqlite.connect(self.app.paths.registry)
@@ -42,8 +50,8 @@ class Housekeeper:
             refs = record_expiries(conn, self.app.audit, self.app.actor, self.app.clock.now())
         finally:
             conn.close()
-        for ref in refs:
-            self._log(f"authorisation {ref} has expired; recording stopped")
+        if refs:  # how many, not which: the references are in the audit log (auth_expired)
+            self._log("authorisations_expired", count=len(refs))
         return refs
 
     def identity_feed(self) -> dict[str, Any] | None:
@@ -56,11 +64,11 @@ class Housekeeper:
             )
         except Exception as exc:  # process boundary: a bad feed must not stop housekeeping
             self.feed_failures += 1
-            self._log(f"identity feed {path}: {exc}")
+            self._log("identity_feed_failed", "warning", error=type(exc).__name__)
             return None
         if result:
             self.feed_imports += 1
-            self._log(f"identity feed {path} re-imported: {result}")
+            self._log("identity_feed_imported", **_counts(result))
         return result
 
     def one_pass(self) -> dict[str, Any]:

@@ -246,6 +246,11 @@ def metrics() -> None:
 @pass_app
 def serve_cmd(app: App, listen: str | None) -> None:
     """Serve run/*.prom at http://HOST:PORT/metrics until SIGTERM (the lbm-metrics unit)."""
+    if listen is not None:  # a usage error is reported before anything is read
+        try:
+            parse_listen(listen)
+        except ValueError as exc:
+            fail(f"--listen: {exc}", EXIT_USAGE)
     app.require_initialised()
     value = listen if listen is not None else str(app.config["metrics.listen"])
     if not value:
@@ -253,7 +258,7 @@ def serve_cmd(app: App, listen: str | None) -> None:
     try:
         parse_listen(value)
     except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(f"{app.config_path}: {exc}", EXIT_USAGE)
     try:
         serve_forever(app.paths.run, value)
     except OSError as exc:

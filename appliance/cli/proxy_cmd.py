@@ -120,9 +120,11 @@ def _identity_addon(app: App, source: Any, clock: Clock) -> Any:
     users: Callable[[], UsersFile | None] | None = None
     if auth:  # the users file, reloaded on change; a bad edit keeps the last good file
         path = users_file_path(str(cfg["identity.users_file"]), app.paths.root)
-        users = UsersSource(
-            path, on_error=lambda msg: click.echo(f"lbm proxy: users file: {msg}", err=True)
-        ).current
+
+        def on_error(msg: str) -> None:
+            daemonlog.log("proxy", "users_file_error", "warning", error=msg)
+
+        users = UsersSource(path, on_error=on_error).current
     return Identity(source.current, clock, cfg["web.mode"], users, auth=auth)
 
 
@@ -235,7 +237,8 @@ async def serve(app: App) -> dict[str, Any]:
     from appliance.cli.auth_cmd import snapshot_source
 
     cfg = app.config
-    logfilter.install(sys.stderr)
+    # mitmproxy's records, reduced to fixed texts by the privacy filter, as JSON lines on stdout
+    logfilter.install(sys.stdout).setFormatter(daemonlog.JsonFormatter("proxy"))
     limits.install_header_limit(cfg["web.max_header_bytes"])
     limits.set_idle_timeout(cfg["web.idle_timeout_seconds"])
     run_dir = app.paths.run
@@ -321,9 +324,8 @@ async def serve(app: App) -> dict[str, Any]:
         atomic_write(run_dir / "proxy.port", f"{addrs[0][1]}\n".encode(), mode=0o600)
         announce_ready(run_dir, "proxy")
         status.tick()
-        click.echo(
-            f"lbm proxy: listening on {addrs[0][0]}:{addrs[0][1]} ({cfg['web.mode']} mode)",
-            err=True,
+        daemonlog.log(
+            "proxy", "listening", host=addrs[0][0], port=addrs[0][1], mode=cfg["web.mode"]
         )
         last_archive_tick = loop.time()
         while not stop.is_set():
@@ -359,7 +361,7 @@ async def serve(app: App) -> dict[str, Any]:
         source.stop()
         if status is not None:
             status.close()
-    click.echo(f"lbm proxy: stopped; metadata rows refused under overload: {writer.gaps}", err=True)
+    daemonlog.log("proxy", "stopped", metadata_rows_refused=writer.gaps)
     return {"rows_refused": writer.gaps}
 
 

@@ -187,6 +187,7 @@ class Relay:
         if self.status.port is None:
             with contextlib.suppress(OSError, ValueError):
                 self.status.port = int((self.app.paths.run / "smtp.port").read_text())
+                daemonlog.log("smtp", "listening", port=self.status.port)
         self.status.tick()
         self.archive.tick()
 
@@ -290,8 +291,10 @@ def run_cmd(app: App, as_json: bool) -> None:
         fail(str(exc), EXIT_FAIL)
     except OSError as exc:  # the port is taken, the address is not local
         fail(f"smtp: cannot listen: {exc.strerror or exc}", EXIT_FAIL)
-    counts = ", ".join(f"{k} {v}" for k, v in result["counters"].items()) or "none"
-    emit(result, as_json, f"lbm smtp: stopped (port {result['port']}; counts: {counts})")
+    if as_json:
+        emit(result, as_json)
+    else:
+        daemonlog.log("smtp", "stopped", port=result["port"], counts=result["counters"])
 
 
 _queue = _optional("appliance.cli.smtp_queue_cmd")

@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,6 +53,7 @@ class Gateway:
         self.upstream = upstream
         self.proc = proc
         self.run = lbm.data_dir / "run"
+        self.logs: tuple[Path, Path] = (Path(), Path())
 
     def port(self, name: str) -> int:
         return int((self.run / f"{name}.port").read_text())
@@ -106,6 +108,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 cwd=REPO, env=env, stdout=out, stderr=err,
             )  # fmt: skip
         g = Gateway(lbm, upstream, proc)
+        g.logs = (tmp / "run.out", tmp / "run.err")
         try:
             wait_for(
                 "every daemon's status file",
@@ -215,3 +218,16 @@ def test_status_and_metrics_show_every_daemon_and_no_identifier(gw: Gateway) -> 
         assert canary not in seen, canary
     for path in gw.run.glob("*.status.json"):
         assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_daemon_logs_are_json_lines_without_identifiers(gw: Gateway) -> None:
+    out, err = (p.read_text() for p in gw.logs)
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    events = {(r["daemon"], r["event"]) for r in records}
+    assert {("proxy", "listening"), ("smtp", "listening")} <= events
+    assert {("proxy", "config_reload"), ("smtp", "config_reload")} <= events
+    assert all({"ts", "level", "daemon", "event"} <= set(r) for r in records)
+    for line in out.splitlines():  # lbm run's own summary is the only plain text
+        assert line.startswith(("{", " ", "running on", "next:")), line
+    for canary in (CANARY_USER, "jsmith", "example.org", "example.test", PASSWORD):
+        assert canary not in out + err, canary
