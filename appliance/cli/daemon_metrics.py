@@ -146,7 +146,9 @@ def proxy_counters(
     return c
 
 
-SMTP_HIDDEN = frozenset({"archive_gap"})  # published as lbm_archive_gaps_total instead
+# archive-path events: `archive_gap` is published as lbm_archive_gaps_total; `audit_failed` (a
+# gap whose audit entry failed) only happens while archiving, so it is not shown on its own
+SMTP_HIDDEN = frozenset({"archive_gap", "audit_failed"})
 
 
 def relay_counters(
