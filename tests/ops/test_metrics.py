@@ -150,3 +150,34 @@ def test_listen_is_loopback_only(tmp_path: Path) -> None:
     assert result.stderr.startswith("lbm: error: --listen: [metrics] listen '0.0.0.0:9100'")
     assert "only a loopback address" in result.stderr
     assert not (tmp_path / "data").exists()  # nothing made, nothing listening
+
+
+def test_no_daemon_publishes_a_count_that_singles_out_subjects(tmp_path: Path) -> None:
+    """The whole catalogue, built as the daemons build it: nothing that rises only while a
+    subject is recorded (intercepted, archived records or bytes, the relay's archive events)."""
+    from types import SimpleNamespace as NS
+
+    from appliance.cli import daemon_metrics as dm
+    from capture.summary import Summary
+
+    archiver = NS(counts=NS(records=5, bytes=5000, gaps=1, gap_flows=1, audit_failures=1))
+    identity = NS(counts=NS(by_ip=3, by_user=0, unresolved=1, auth_failed=0))
+    proxy = dm.proxy_counters(
+        mode="transparent", tally=dm.ConnectionTally(), rows=dm.RowTally(NS()),
+        identity=identity, archiver=archiver, open_connections=lambda: 2,
+    )  # fmt: skip
+    events = {"accepted": 4, "archive_gap": 2, "audit_failed": 1, "relay_denied": 1}
+    relay = dm.relay_counters(events=lambda: events, delivery=None, spool_dir=tmp_path)
+    summary = Summary(packets=10, archived_packets=7, archive_errors=1)
+    capture = dm.capture_counters("eth1", lambda: summary)
+    text = b"".join(c.render() for c in (proxy, relay, capture)).decode()
+    for word in ("intercept", "archived", "record", "audit_failed", 'archive_gap"'):
+        assert word not in text, word
+    assert "5000" not in text  # archived bytes
+    gaps = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "lbm_archive_gaps"
+        for s in f.samples
+    ]
+    assert gaps == [1.0, 2.0, 1.0]  # proxy, relay, capture: totals only
