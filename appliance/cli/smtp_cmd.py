@@ -294,7 +294,10 @@ def run_cmd(app: App, as_json: bool) -> None:
     if as_json:
         emit(result, as_json)
     else:
-        daemonlog.log("smtp", "stopped", port=result["port"], counts=result["counters"])
+        counts = ", ".join(f"{k} {v}" for k, v in result["counters"].items()) or "none"
+        daemonlog.log(
+            "smtp", "stopped", port=result["port"], counters=result["counters"], counts=counts
+        )
 
 
 _queue = _optional("appliance.cli.smtp_queue_cmd")
