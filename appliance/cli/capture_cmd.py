@@ -15,13 +15,16 @@ SIGTERM or SIGINT, then flushes every flow and exits 0.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
 import click
 
 from appliance.cli.app import EXIT_FAIL, App, emit, fail, pass_app, run_guarded
+from appliance.cli.daemon_metrics import add_policy, add_writer, capture_counters
 from appliance.cli.textsafe import safe
+from appliance.counters import StatusWriter
 from capture import CaptureError
 from capture.bypassed import BypassedWeb
 from capture.flows import FlowConfig
@@ -236,13 +239,30 @@ def live_cmd(app: App, interface: str, as_json: bool) -> None:
     from capture.live import run_live
 
     def run() -> dict[str, Any]:
+        # SIGHUP (from `lbm run` or systemd) must not end the capture: it has nothing to reload
+        # (the policy snapshot and identity map follow the registry by themselves)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         pipe, (source, archive) = build_pipeline(app, f"capture-{interface}", interface)
+        counters = capture_counters(interface, lambda: pipe.summary)
+        add_writer(counters, pipe.flow_w)
+        add_policy(counters, source)
+        status = StatusWriter(
+            app.paths.run, f"capture-{interface}", counters,
+            errors={"kernel_drop": lambda: pipe.summary.bad_packets.get("reader_kernel_drop", 0),
+                    "archive_gap": lambda: pipe.summary.archive_errors},
+        )  # fmt: skip
+
+        def tick() -> None:
+            status.tick()
+            archive.tick()
+
         try:
-            summary = run_live(interface, pipe, run_dir=app.paths.run, on_tick=archive.tick)
+            summary = run_live(interface, pipe, run_dir=app.paths.run, on_tick=tick)
         finally:
             pipe.close()
             archive.close()
             source.stop()
+            status.close()
         return summary.as_dict()
 
     try:

@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.search_cmd", "search"),
     ("appliance.cli.run_cmd", "run"),
     ("appliance.cli.status_cmd", "status"),
+    ("appliance.cli.metrics_server", "metrics"),
     ("appliance.cli.housekeeping_cmd", "housekeeping"),
     ("appliance.cli.retention_cmd", "retention"),
     ("appliance.cli.report_cmd", "report"),

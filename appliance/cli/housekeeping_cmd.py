@@ -12,27 +12,41 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import click
 
+from appliance.cli import daemonlog
 from appliance.cli.app import App, pass_app
+from appliance.cli.daemon_metrics import gateway_counters
+from appliance.counters import StatusWriter
 from appliance.evidence import retention_apply
 from appliance.evidence.retention import Settings
 from appliance.policy.expiry import record_expiries
 from appliance.policy.identity import import_if_changed
-from store import sqlite
+from store import sqlite, witness
 from store.audit import Action
 from store.readiness import announce_ready
+
+
+def _counts(result: dict[str, Any]) -> dict[str, Any]:
+    """An import's numbers only (no principal, address or user name reaches the log)."""
+    return {
+        k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 class Housekeeper:
     def __init__(self, app: App) -> None:
         self.app = app
         self.feed_state: dict[str, Any] = {}
+        self.passes = 0
+        self.feed_imports = 0
+        self.feed_failures = 0
 
-    def _log(self, message: str) -> None:
-        click.echo(f"housekeeping: {message}", err=True)
+    def _log(self, event: str, level: str = "info", **fields: Any) -> None:
+        daemonlog.log("housekeeping", event, level, **fields)
 
     def expiries(self) -> list[str]:
         conn = sqlite.connect(self.app.paths.registry)
@@ -40,8 +54,8 @@ class Housekeeper:
             refs = record_expiries(conn, self.app.audit, self.app.actor, self.app.clock.now())
         finally:
             conn.close()
-        for ref in refs:
-            self._log(f"authorisation {ref} has expired; recording stopped")
+        if refs:  # how many, not which: the references are in the audit log (auth_expired)
+            self._log("authorisations_expired", count=len(refs))
         return refs
 
     def identity_feed(self) -> dict[str, Any] | None:
@@ -53,10 +67,12 @@ class Housekeeper:
                 self.app.paths, path, self.feed_state, audit=self.app.audit, actor=self.app.actor
             )
         except Exception as exc:  # process boundary: a bad feed must not stop housekeeping
-            self._log(f"identity feed {path}: {exc}")
+            self.feed_failures += 1
+            self._log("identity_feed_failed", "warning", error=type(exc).__name__)
             return None
         if result:
-            self._log(f"identity feed {path} re-imported: {result}")
+            self.feed_imports += 1
+            self._log("identity_feed_imported", **_counts(result))
         return result
 
     def retention(self) -> dict[str, Any] | None:
@@ -78,6 +94,7 @@ class Housekeeper:
         return done
 
     def one_pass(self) -> dict[str, Any]:
+        self.passes += 1
         return {
             "expired": self.expiries(),
             "identity": self.identity_feed(),
@@ -101,12 +118,21 @@ def run(app: App, once: bool) -> None:
         click.echo(keeper.one_pass())
         return
     stop = threading.Event()
+    hup = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
         stop.set()
 
+    def on_hup(_signum: int, _frame: object) -> None:  # a pass now (the feed re-read)
+        hup.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
+    status = StatusWriter(
+        app.paths.run, "housekeeping", gateway_counters(app.paths, keeper),
+        errors={"witness_failed": lambda: witness.load_state(app.paths.audit_dir).failures_total},
+    )  # fmt: skip
     app.audit.append(Action.DAEMON_START, app.actor, daemon="housekeeping")
     app.paths.run.mkdir(parents=True, exist_ok=True)
     ready = announce_ready(app.paths.run, "housekeeping")  # run/housekeeping.ready + READY=1
@@ -114,8 +140,13 @@ def run(app: App, once: bool) -> None:
     try:
         while not stop.is_set():
             keeper.one_pass()
-            stop.wait(interval)
+            due = time.monotonic() + interval
+            while not stop.is_set() and not hup.is_set() and time.monotonic() < due:
+                status.tick()  # status, counters and the watchdog every second
+                stop.wait(min(1.0, max(0.0, due - time.monotonic())))
+            hup.clear()
     finally:
+        status.close()
         ready.unlink(missing_ok=True)
         app.audit.append(Action.DAEMON_STOP, app.actor, daemon="housekeeping")
     sys.exit(0)

@@ -26,8 +26,18 @@ from typing import Any
 
 import click
 
+from appliance.cli import daemonlog
 from appliance.cli.app import EXIT_USAGE, App, fail, pass_app, run_guarded
+from appliance.cli.daemon_metrics import (
+    ConnectionTally,
+    RowTally,
+    add_policy,
+    add_writer,
+    proxy_counters,
+)
+from appliance.cli.reload import PROXY_SECTIONS, Reloader
 from appliance.config import ConfigError
+from appliance.counters import StatusWriter
 from store.archive import Archive
 from store.clock import Clock, parse_utc
 from store.fsutil import atomic_write
@@ -110,9 +120,11 @@ def _identity_addon(app: App, source: Any, clock: Clock) -> Any:
     users: Callable[[], UsersFile | None] | None = None
     if auth:  # the users file, reloaded on change; a bad edit keeps the last good file
         path = users_file_path(str(cfg["identity.users_file"]), app.paths.root)
-        users = UsersSource(
-            path, on_error=lambda msg: click.echo(f"lbm proxy: users file: {msg}", err=True)
-        ).current
+
+        def on_error(msg: str) -> None:
+            daemonlog.log("proxy", "users_file_error", "warning", error=msg)
+
+        users = UsersSource(path, on_error=on_error).current
     return Identity(source.current, clock, cfg["web.mode"], users, auth=auth)
 
 
@@ -138,6 +150,7 @@ def _archiver_addon(app: App, archive: Archive, clock: Clock) -> Any:
 
 
 def _build_chain(app: App, clock: Clock, source: Any, writer: Any, archive: Archive) -> Any:
+    """Our addons in order, and the named ones the daemon adjusts (SIGHUP) or reads (metrics)."""
     from addons.decision import Decision
     from addons.limits import Limits
     from addons.metadata import Metadata
@@ -152,19 +165,69 @@ def _build_chain(app: App, clock: Clock, source: Any, writer: Any, archive: Arch
         notice_host=notice_host,
         pinned=PinnedClients(cfg["web.pinned_client_window_seconds"]),
     )
-    chain: list[Any] = [
-        Limits(
+    named = {
+        "limits": Limits(
             max_connections_per_client=cfg["web.max_connections_per_client"],
             header_timeout=cfg["web.header_timeout_seconds"],
         ),
+        "identity": _identity_addon(app, source, clock),
+        "notice": _notice_addon(app),
+        "decision": decision,
+        "archiver": _archiver_addon(app, archive, clock),
+        "metadata": Metadata(writer, clock, notice_version=str(cfg["notice.version"])),
+        "tally": ConnectionTally(),
+    }
+    chain: list[Any] = [
+        named["tally"],
+        named["limits"],
         TestingHosts(_testing_hosts(app)),
-        _identity_addon(app, source, clock),
-        _notice_addon(app),
-        decision,
-        _archiver_addon(app, archive, clock),
-        Metadata(writer, clock, notice_version=str(cfg["notice.version"])),
+        *(named[k] for k in ("identity", "notice", "decision", "archiver", "metadata")),
     ]
-    return [a for a in chain if a is not None], decision
+    return [a for a in chain if a is not None], named
+
+
+def _apply_live(named: dict[str, Any]) -> Any:
+    """The options `lbm proxy run` changes on SIGHUP without a restart."""
+    from addons import limits
+
+    def apply(cfg: Any, changed: list[str]) -> list[str]:
+        done = []
+        for key in changed:
+            value = cfg[key]
+            if key == "web.max_header_bytes":
+                limits.install_header_limit(value)
+            elif key == "web.idle_timeout_seconds":
+                limits.set_idle_timeout(value)
+            elif key == "web.max_connections_per_client":
+                named["limits"].max_per_client = value
+            elif key == "web.header_timeout_seconds":
+                named["limits"].header_timeout = value
+            elif key in ("notice.text", "notice.version") and named["notice"] is not None:
+                from addons.notice import render_page
+
+                notice = named["notice"]
+                notice.text, notice.version = cfg["notice.text"], str(cfg["notice.version"])
+                notice.page = render_page(notice.text, notice.version)
+                named["metadata"].notice_version = str(cfg["notice.version"])
+            else:
+                continue
+            done.append(key)
+        return done
+
+    return apply
+
+
+def _reload(reloader: Reloader) -> None:
+    try:
+        reloader.reload()
+    except Exception as exc:  # an audit write that fails must not stop the proxy
+        daemonlog.log("proxy", "config_reload_failed", "error", error=type(exc).__name__)
+
+
+def _users_check(identity: Any) -> Callable[[], object]:
+    """Re-read the users file now if it changed (SIGHUP)."""
+    users = getattr(identity, "users", None) if identity is not None else None
+    return users if callable(users) else (lambda: None)
 
 
 async def serve(app: App) -> dict[str, Any]:
@@ -174,7 +237,8 @@ async def serve(app: App) -> dict[str, Any]:
     from appliance.cli.auth_cmd import snapshot_source
 
     cfg = app.config
-    logfilter.install(sys.stderr)
+    # mitmproxy's records, reduced to fixed texts by the privacy filter, as JSON lines on stdout
+    logfilter.install(sys.stdout).setFormatter(daemonlog.JsonFormatter("proxy"))
     limits.install_header_limit(cfg["web.max_header_bytes"])
     limits.set_idle_timeout(cfg["web.idle_timeout_seconds"])
     run_dir = app.paths.run
@@ -199,6 +263,8 @@ async def serve(app: App) -> dict[str, Any]:
     )  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    hup = asyncio.Event()
+    status: StatusWriter | None = None
 
     def on_signal(signum: int, frame: object) -> None:
         # a Python-level handler (not loop.add_signal_handler): it outlives the loop, so a
@@ -208,10 +274,18 @@ async def serve(app: App) -> dict[str, Any]:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+
+    def on_hup(signum: int, frame: object) -> None:  # reload in the loop, not in the handler
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(hup.set)
+
+    signal.signal(signal.SIGHUP, on_hup)
     ready = run_dir / "proxy.ready"
     runtime: ProxyRuntime | None = None
     try:
-        ours, decision = _build_chain(app, clock, source, writer, archive)
+        rows = RowTally(writer)
+        ours, named = _build_chain(app, clock, source, rows, archive)
+        decision = named["decision"]
         settings = ProxySettings(
             mode=cfg["web.mode"],
             listen_host=cfg["web.listen_host"],
@@ -221,6 +295,26 @@ async def serve(app: App) -> dict[str, Any]:
         )
         runtime = ProxyRuntime(settings, ours)
         addrs = await runtime.start()
+        live = runtime
+        counters = proxy_counters(
+            mode=cfg["web.mode"], tally=named["tally"], rows=rows, identity=named["identity"],
+            archiver=named["archiver"], open_connections=lambda: live.open_connections(),
+        )  # fmt: skip
+        add_writer(counters, writer)
+        add_policy(counters, source)
+        archiver = named["archiver"]
+        errors = {
+            "archive_gap": lambda: archiver.counts.gaps if archiver is not None else 0,
+            "metadata_refused": lambda: writer.gaps,
+            "policy_stale": lambda: int(source.stale),
+        }
+        status = StatusWriter(run_dir, "proxy", counters, errors=errors)
+        status.port = addrs[0][1]
+        reloader = Reloader(
+            app, "proxy", _apply_live(named), sections=PROXY_SECTIONS,
+            refresh=[lambda: source.refresh(force=True), _users_check(named["identity"])],
+            log=lambda event, fields: daemonlog.log("proxy", event, **fields),
+        )  # fmt: skip
 
         def on_reload(snapshot: Any) -> None:  # the snapshot thread: hop to the loop
             loop.call_soon_threadsafe(decision.on_snapshot, snapshot)
@@ -229,15 +323,19 @@ async def serve(app: App) -> dict[str, Any]:
 
         atomic_write(run_dir / "proxy.port", f"{addrs[0][1]}\n".encode(), mode=0o600)
         announce_ready(run_dir, "proxy")
-        click.echo(
-            f"lbm proxy: listening on {addrs[0][0]}:{addrs[0][1]} ({cfg['web.mode']} mode)",
-            err=True,
+        status.tick()
+        daemonlog.log(
+            "proxy", "listening", host=addrs[0][0], port=addrs[0][1], mode=cfg["web.mode"]
         )
         last_archive_tick = loop.time()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_SECONDS)
             decision.on_snapshot(source.current())  # expiry moves with the clock
+            if hup.is_set():  # in the loop: no connection is dropped, no addon races
+                hup.clear()
+                _reload(reloader)
+            status.tick()
             if loop.time() - last_archive_tick >= 5.0:
                 await asyncio.to_thread(archive.tick)
                 last_archive_tick = loop.time()
@@ -261,7 +359,9 @@ async def serve(app: App) -> dict[str, Any]:
         await writer.aclose()
         await asyncio.to_thread(archive.close)
         source.stop()
-    click.echo(f"lbm proxy: stopped; metadata rows refused under overload: {writer.gaps}", err=True)
+        if status is not None:
+            status.close()
+    daemonlog.log("proxy", "stopped", metadata_rows_refused=writer.gaps)
     return {"rows_refused": writer.gaps}
 
 
@@ -270,6 +370,7 @@ async def serve(app: App) -> dict[str, Any]:
 def run_cmd(app: App) -> None:
     """Run the web proxy until SIGTERM/SIGINT (writer `proxy`)."""
     app.require_initialised()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() takes it (reload)
     _ = app.config  # a bad configuration stops here (exit 2)
     if app.config["web.mode"] == "transparent" and app.config["web.auth"]:
         fail(f"{app.config_path}: [web] auth needs mode = explicit", EXIT_USAGE)

@@ -7,11 +7,13 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from appliance.cli.app import App, fail, pass_app
+from appliance.cli.app import EXIT_USAGE, App, fail, pass_app
+from appliance.cli.metrics_server import MetricsService, parse_listen
 from appliance.cli.supervisor import (
     AlreadyRunning,
     Daemon,
@@ -74,6 +76,11 @@ def summary(app: App, daemons: list[Daemon], waited: float) -> str:
         port_file = run_dir / f"{daemon.name}.port"
         where = f"  port {port_file.read_text().strip()}" if port_file.exists() else ""
         lines.append(f"  {daemon.name:<16} pid {pid:<8} {state}{where}")
+    metrics_port = run_dir / "metrics.port"
+    if metrics_port.exists():
+        port = metrics_port.read_text().strip()
+        lines.append(f"  {'metrics':<16} http://{app.config['metrics.listen'].rsplit(':', 1)[0]}"
+                     f":{port}/metrics")  # fmt: skip
     if waited >= READY_WAIT:
         lines.append(f"  (not every daemon was ready after {READY_WAIT:.0f} s: see the log above)")
     nexts = [
@@ -87,6 +94,23 @@ def summary(app: App, daemons: list[Daemon], waited: float) -> str:
     lines += [f"  {f'{cli}{data} {cmd}':<{width}}  {what}" for cmd, what in nexts]
     lines.append("  Ctrl-C stops every daemon")
     return "\n".join(lines)
+
+
+def _start_metrics(app: App, log: Callable[[str], None]) -> MetricsService | None:
+    """Every daemon's counters on one loopback port (`[metrics] listen`), served from this
+    process; a port that cannot be bound is reported and traffic handling goes on."""
+    listen = str(app.config["metrics.listen"])
+    if not listen:
+        return None
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        fail(f"{app.config_path}: {exc}", EXIT_USAGE)
+    try:
+        return MetricsService(app.paths.run, listen).start()
+    except OSError as exc:
+        log(f"metrics not served: cannot listen on {listen}: {exc.strerror or exc}")
+        return None
 
 
 @click.command("run")
@@ -110,6 +134,7 @@ def run(app: App) -> None:
         lock = acquire_run_lock(app.paths.run / "lbm-run.lock")
     except AlreadyRunning as exc:
         fail(f"{app.paths.root}: lbm run is {exc}", 1)
+    metrics = _start_metrics(app, log)
     supervisor = Supervisor(daemons, log)
     started = time.monotonic()
 
@@ -125,5 +150,7 @@ def run(app: App) -> None:
     try:
         code = supervisor.run(app.paths.run / "lbm-run.pid", on_ready=announce)
     finally:
+        if metrics is not None:
+            metrics.stop()
         os.close(lock)
     sys.exit(code)

@@ -11,15 +11,22 @@ stops the worker, flushes the metadata, closes the archive's segments and exits 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import signal
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
+from appliance.cli import daemonlog
 from appliance.cli.app import EXIT_FAIL, App, emit, fail, pass_app, run_guarded
+from appliance.cli.daemon_metrics import add_policy, add_writer, relay_counters
+from appliance.cli.reload import RELAY_SECTIONS, Reloader
+from appliance.counters import StatusWriter
 from appliance.mail.auth import SmtpAuthenticator, Users
 from appliance.mail.delivery import DeliveryConfigError
 from appliance.mail.engine import RelaySMTP, Sessions, banner_lines
@@ -125,6 +132,64 @@ class Relay:
         users = users_source(app)
         self.authenticator = SmtpAuthenticator(users, self._principal_of, self.counters)
         self.banner = banner_lines(self.gateway, cfg["notice.text"], cfg["notice.version"])
+        self.status = self._status()
+        self.reloader = Reloader(
+            app, "smtp", self._apply_live, sections=RELAY_SECTIONS,
+            refresh=[lambda: self.source.refresh(force=True), users],
+            log=lambda event, fields: daemonlog.log("smtp", event, **fields),
+        )  # fmt: skip
+
+    def _status(self) -> StatusWriter:
+        counters = relay_counters(
+            events=self.counters.snapshot, delivery=self.worker, spool_dir=self.spool.directory
+        )
+        add_writer(counters, self.writer)
+        add_policy(counters, self.source)
+        errors = {
+            "archive_gap": lambda: self.counters.get("archive_gap"),
+            "metadata_refused": lambda: self.writer.gaps,
+            "delivery_failed": lambda: self._failures(),
+            "policy_stale": lambda: int(self.source.stale),
+        }
+        return StatusWriter(self.app.paths.run, "smtp", counters, errors=errors)
+
+    def _failures(self) -> int:
+        if self.worker is None:
+            return 0
+        return int(self.worker.counts["bounced"] + self.worker.counts["dsn_dropped"])
+
+    def _apply_live(self, cfg: Any, changed: list[str]) -> list[str]:
+        """The options the relay changes on SIGHUP; sessions already open keep theirs."""
+        live = {
+            "smtp.internal_domains", "smtp.allowed_clients", "smtp.max_recipients",
+            "smtp.max_connections", "notice.text", "notice.version",
+        }  # fmt: skip
+        done = [k for k in changed if k in live]
+        if done:
+            self.handler.settings = replace(
+                self.handler.settings,
+                internal_domains=list(cfg["smtp.internal_domains"]),
+                allowed_clients=parse_networks(cfg["smtp.allowed_clients"]),
+                max_recipients=int(cfg["smtp.max_recipients"]),
+                notice_version=str(cfg["notice.version"]),
+            )
+            self.sessions.max_connections = int(cfg["smtp.max_connections"])
+            self.banner = banner_lines(self.gateway, cfg["notice.text"], cfg["notice.version"])
+        return done
+
+    def reload(self) -> None:
+        try:
+            self.reloader.reload()
+        except Exception as exc:  # an audit write that fails must not stop the relay
+            daemonlog.log("smtp", "config_reload_failed", "error", error=type(exc).__name__)
+
+    def tick(self) -> None:
+        if self.status.port is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.status.port = int((self.app.paths.run / "smtp.port").read_text())
+                daemonlog.log("smtp", "listening", port=self.status.port)
+        self.status.tick()
+        self.archive.tick()
 
     def _worker(self) -> Any:
         delivery = _optional("appliance.mail.delivery")
@@ -173,8 +238,12 @@ class Relay:
         del report
         if self.worker is not None:
             self.worker.start()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+        self.status.tick()
 
     async def stop(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         try:
             if self.worker is not None:
                 await self.worker.stop()
@@ -186,6 +255,7 @@ class Relay:
                 await asyncio.to_thread(self.archive.close)
                 self.source.stop()
                 self.spool.unlock()
+                self.status.close()
 
     async def run(self) -> dict[str, Any]:
         cfg = self.app.config
@@ -197,7 +267,7 @@ class Relay:
             port=int(cfg["smtp.listen_port"]),
             run_dir=self.app.paths.run,
             on_start=self.start,
-            on_tick=self.archive.tick,
+            on_tick=self.tick,
             on_stop=self.stop,
         )
         self.app.audit.append(Action.DAEMON_STOP, self.app.actor, daemon="smtp")
@@ -211,6 +281,7 @@ def run_cmd(app: App, as_json: bool) -> None:
     """Run the SMTP relay until SIGTERM/SIGINT (port 0: the real port goes to run/smtp.port)."""
 
     def run() -> dict[str, Any]:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop takes it (reload)
         relay = Relay(app)
         return asyncio.run(relay.run())
 
@@ -220,8 +291,13 @@ def run_cmd(app: App, as_json: bool) -> None:
         fail(str(exc), EXIT_FAIL)
     except OSError as exc:  # the port is taken, the address is not local
         fail(f"smtp: cannot listen: {exc.strerror or exc}", EXIT_FAIL)
-    counts = ", ".join(f"{k} {v}" for k, v in result["counters"].items()) or "none"
-    emit(result, as_json, f"lbm smtp: stopped (port {result['port']}; counts: {counts})")
+    if as_json:
+        emit(result, as_json)
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in result["counters"].items()) or "none"
+        daemonlog.log(
+            "smtp", "stopped", port=result["port"], counters=result["counters"], counts=counts
+        )
 
 
 _queue = _optional("appliance.cli.smtp_queue_cmd")

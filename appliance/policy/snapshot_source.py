@@ -123,6 +123,11 @@ class SnapshotSource:
         """True when the registry has not been reached for longer than `stale_after`."""
         return time.monotonic() - self._last_ok > self.stale_after
 
+    @property
+    def checked_ago(self) -> float:
+        """Seconds since the registry was last reached (the snapshot's age, for metrics)."""
+        return max(0.0, time.monotonic() - self._last_ok)
+
     def current(self) -> Snapshot:
         """The current snapshot. Cheap; without a watcher it polls at most once per interval.
         Stale (no authorisations) once the registry has been out of reach too long."""

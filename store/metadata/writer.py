@@ -167,6 +167,14 @@ class MetadataWriter:
         """Rows `append_nowait` refused since this writer opened."""
         return self._front.gaps
 
+    def backlog(self) -> tuple[int, float]:
+        """Rows queued and not yet taken by the flush thread, and how long the oldest has
+        waited at most (seconds since the queue was last emptied; 0 when empty): the lag."""
+        front = self._front
+        with front.cond:
+            queued, since = front.queued, front.last_take
+        return queued, (time.monotonic() - since) if queued else 0.0
+
     def append_batch(self, data: pa.RecordBatch | pa.Table | Mapping[str, Any]) -> None:
         """Queue many rows at once: a RecordBatch, Table or dict of column -> list/array.
 
