@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, fail, pass_app
 from appliance.evidence.search import (
+    MIN_PERSONS,
     Query,
     SearchError,
     SearchFailed,
@@ -236,6 +237,11 @@ def search(
         format=fmt,
         **{k: v for k, v in extra.items() if k != "login"},
     )
+    if scope is None and query.count_by:
+        click.echo(
+            f"note: without --ref, groups of fewer than {MIN_PERSONS} people are not shown",
+            err=True,
+        )
     if target is not None:
         try:
             write_parquet(table, target)

@@ -26,11 +26,26 @@ import pyarrow as pa
 from appliance.evidence.pseudonym import Pseudonymiser
 from store import schemas
 
-IDENTIFYING = ("principal", "client_ip", "proxy_user", "mail_from", "rcpt_to", "auth_user")
-"""Columns that name a person: output or filters on them make a search person-level."""
+IDENTIFYING = (
+    "principal",
+    "client_ip",
+    "proxy_user",
+    "mail_from",
+    "rcpt_to",
+    "auth_user",
+    "community_id",
+)
+"""Columns that name a person: output or filters on them make a search person-level.
+`community_id` is an unkeyed hash of the 5-tuple: with the ports and server address beside it,
+trying every internal client address (2^16 hashes for a /16) gives the clear `client_ip` back."""
 REF_COLUMNS = ("refs", "record_ids", "decision")
 """Columns that show who is monitored (`decision` is `intercepted` for subjects only):
 person-level too; under a Scope they show REF's entries only."""
+MIN_PERSONS = 5
+"""An aggregate without a ref shows only groups of at least this many people (distinct
+principals, or client addresses where nobody resolved): `--host` a single person uses with
+`--count-by date` would otherwise show when that person browsed it."""
+PERSON_KEY = "coalesce(principal, client_ip)"
 DERIVED = {"date": "CAST(ts AS DATE)", "hour": "hour(ts)"}
 """Extra names `--count-by` and `--columns` accept (UTC date and hour of `ts`)."""
 COMMON = ("stream", *schemas.JOIN_KEYS, "community_id")
@@ -82,7 +97,11 @@ class Query:
         if self.recorded_only:
             return "--recorded-only"
         shown = [c for c in self.output_columns() if c in IDENTIFYING or c in REF_COLUMNS]
-        return f"output column {shown[0]!r}" if shown else None
+        if shown:
+            return f"output column {shown[0]!r}"
+        if not self.count_by:  # one row per event: its time and host can single out a person
+            return "row-level output (without --ref, only --count-by aggregates)"
+        return None
 
     def describe(self) -> dict[str, Any]:
         """The full query for the audit log (filters and SQL text; never results)."""

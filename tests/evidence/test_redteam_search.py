@@ -1,0 +1,143 @@
+"""Red-team plays against `lbm search`: ways to learn who a third party is without a ref, or
+under a ref, that the first version let through.
+
+- community_id is an unkeyed hash of the 5-tuple: shown beside the ports and server address, it
+  gives a third party's clear client address back by trying every internal address.
+- An aggregate without a ref over a host one person uses (`--host X --count-by date`) shows when
+  that person used it; row-level output without identifying columns shows every visit's time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import communityid
+import pyarrow as pa
+import pytest
+
+from appliance.evidence.pseudonym import Pseudonymiser
+from appliance.evidence.search import (
+    MIN_PERSONS,
+    Query,
+    Scope,
+    SearchRefused,
+    authorise,
+    run,
+)
+from store.metadata import MetadataWriter
+from store.paths import DataPaths
+
+REF = "AUTH-RT-1"
+SUBJECT = "p1"
+DAY = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+SCOPE = Scope(REF, SUBJECT, Pseudonymiser(b"r" * 32))
+SERVER = ("192.0.2.10", 443)
+NET = ipaddress.ip_network("10.0.0.0/24")  # a small internal range keeps the test quick
+
+
+def _cid(client: str, port: int) -> str:
+    flow = communityid.FlowTuple.make_tcp(client, SERVER[0], port, SERVER[1])
+    return str(communityid.CommunityID().calc(flow))
+
+
+def _rows() -> dict[str, list[Any]]:
+    # p1 (the subject) .. p6 all visit common.example; only p2 visits rare.example.
+    people = [(f"p{i}", f"10.0.0.{i}", 40000 + i) for i in range(1, 7)]
+    rows = [(DAY + dt.timedelta(minutes=i), p, ip, port, "common.example")
+            for i, (p, ip, port) in enumerate(people)]  # fmt: skip
+    rows.append((DAY + dt.timedelta(hours=3), "p2", "10.0.0.2", 40100, "rare.example"))
+    rows.append((DAY + dt.timedelta(days=1, hours=3), "p2", "10.0.0.2", 40101, "rare.example"))
+    return {
+        "ts": [r[0] for r in rows],
+        "uid": [f"C{i}" for i in range(len(rows))],
+        "principal": [r[1] for r in rows],
+        "client_ip": [r[2] for r in rows],
+        "client_port": [r[3] for r in rows],
+        "server_ip": [SERVER[0]] * len(rows),
+        "server_port": [SERVER[1]] * len(rows),
+        "host": [r[4] for r in rows],
+        "scheme": ["https"] * len(rows),
+        "community_id": [_cid(r[2], r[3]) for r in rows],
+    }
+
+
+@pytest.fixture(scope="module")
+def meta(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    paths = DataPaths(tmp_path_factory.mktemp("redteam-search"))
+    writer = MetadataWriter("web", "test", paths=paths, gateway="gw1")
+    writer.append_batch(_rows())
+    writer.close()
+    return paths.metadata
+
+
+def _recover_client_ips(table: pa.Table) -> set[str]:
+    """The attack: try every internal address until the shown community_id matches."""
+    found: set[str] = set()
+    for row in table.to_pylist():
+        for host in NET.hosts():
+            if _cid(str(host), row["client_port"]) == row["community_id"]:
+                found.add(str(host))
+                break
+    return found
+
+
+def test_community_id_does_not_give_a_third_partys_address_back(meta: Path) -> None:
+    sql = (
+        "SELECT client_ip, client_port, community_id FROM web "
+        "WHERE host = 'rare.example' OR principal = 'p1'"
+    )
+    table = run(meta, Query(sql=sql, ref=REF, reason="r"), SCOPE)
+    shown = table.to_pylist()
+    assert len(shown) == 3
+    third = [r for r in shown if r["client_ip"] != "10.0.0.1"]
+    assert len(third) == 2 and all(r["client_ip"].startswith("pseud:") for r in third)
+    # The subject's own community id stays clear (it joins with Zeek data), a third party's not.
+    assert _recover_client_ips(table) == {"10.0.0.1"}
+    assert {r["community_id"] for r in third} == {
+        SCOPE.pseud.value(_cid("10.0.0.2", 40100)),
+        SCOPE.pseud.value(_cid("10.0.0.2", 40101)),
+    }
+    # Joining on a community id the investigator already has still works (a stored-value filter).
+    joined = run(meta, Query(stream="web", community_id=_cid("10.0.0.2", 40100), ref=REF), SCOPE)
+    assert joined.column("host").to_pylist() == ["rare.example"]
+
+
+def test_community_id_without_a_ref_is_refused(tmp_path: Path) -> None:
+    for query in (
+        Query(stream="web", columns=("client_port", "community_id")),
+        Query(stream="web", count_by=("community_id", "client_port")),
+    ):
+        with pytest.raises(SearchRefused, match="community_id") as info:
+            authorise(query, tmp_path / "registry.sqlite", "root", [])
+        assert info.value.code == 2
+
+
+def test_an_aggregate_without_a_ref_hides_groups_of_few_people(meta: Path) -> None:
+    everyone = run(meta, Query(stream="web", count_by=("host",)), None).to_pylist()
+    assert everyone == [{"host": "common.example", "count": 6}]  # rare.example: one person
+    # The attack: a host only p2 uses, counted per date and hour, shows when p2 used it.
+    for count_by in (("date",), ("date", "hour"), ("host", "date"), ("uid",), ("client_port",)):
+        query = Query(stream="web", host="rare.example", count_by=count_by)
+        assert authorise(query, meta / "none.sqlite", "root", []) == (None, None)
+        assert run(meta, query, None).num_rows == 0, count_by
+    per_port = run(meta, Query(stream="web", count_by=("client_port",)), None)
+    assert per_port.num_rows == 0  # one person per port: nothing
+    assert MIN_PERSONS <= 6
+    # Under a ref, the investigator sees every group (third parties stay pseudonymous).
+    scoped = run(meta, Query(stream="web", host="rare.example", count_by=("date",), ref=REF), SCOPE)
+    assert scoped.to_pylist() == [
+        {"date": DAY.date(), "count": 1},
+        {"date": (DAY + dt.timedelta(days=1)).date(), "count": 1},
+    ]
+
+
+def test_row_level_output_without_a_ref_is_refused(meta: Path) -> None:
+    query = Query(stream="web", host="rare.example", columns=("ts", "host"))
+    with pytest.raises(SearchRefused, match="row-level output") as info:
+        authorise(query, meta / "none.sqlite", "root", [])
+    assert info.value.code == 2
+    with pytest.raises(SearchRefused, match="row-level output"):
+        run(meta, query, None)  # even called directly, without authorise()
