@@ -12,6 +12,8 @@ columns hold clear values only where they are the subject's own; everyone else's
 search never shows who else is monitored. Filters on the subject's principal, the time range,
 host and community id apply to the stored columns (so DuckDB pushes them into the scan); a filter
 on a pseudonym or an IP applies to what is shown, so it never matches a third party's clear value.
+A `flow` row's `server_ip` is pseudonymised too when the responder is internal (`local_resp`) and
+the row is not the subject's: capture resolves such a row's principal from that address.
 """
 
 from __future__ import annotations
@@ -235,6 +237,9 @@ def _projection(stream: str, scope: Scope | None) -> str:
         if name in IDENTIFYING:
             pseud = scope.pseud.sql(name)
             cols.append(f"CASE WHEN {_own(stream, name, scope)} THEN {name} ELSE {pseud} END")
+        elif stream == "flow" and name == "server_ip":  # an internal responder is a person
+            own = f"principal = {lit(scope.subject)} OR local_resp IS NOT TRUE"
+            cols.append(f"CASE WHEN {own} THEN {name} ELSE {scope.pseud.sql(name)} END")
         elif name == "refs":
             cols.append(f"list_filter(refs, lambda r: r = {ref})")
         elif name == "decision":  # intercepted under another REF: not this search's business

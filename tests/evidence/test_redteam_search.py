@@ -64,12 +64,33 @@ def _rows() -> dict[str, list[Any]]:
     }
 
 
+def _flows() -> dict[str, list[Any]]:
+    # Capture gives an inbound flow (external originator) the principal of its internal
+    # responder: p3's workstation 10.0.0.3 is then the row's server_ip. Also p4 -> p5 inside,
+    # and the subject's own inbound flow.
+    rows = [("p3", "203.0.113.9", "10.0.0.3", False, True),
+            ("p4", "10.0.0.4", "10.0.0.5", True, True),
+            ("p1", "203.0.113.9", "10.0.0.1", False, True),
+            ("p1", "10.0.0.1", "198.51.100.1", True, False)]  # fmt: skip
+    return {
+        "ts": [DAY + dt.timedelta(minutes=i) for i in range(len(rows))],
+        "uid": [f"F{i}" for i in range(len(rows))],
+        "principal": [r[0] for r in rows],
+        "client_ip": [r[1] for r in rows],
+        "server_ip": [r[2] for r in rows],
+        "local_orig": [r[3] for r in rows],
+        "local_resp": [r[4] for r in rows],
+        "proto": ["tcp"] * len(rows),
+    }
+
+
 @pytest.fixture(scope="module")
 def meta(tmp_path_factory: pytest.TempPathFactory) -> Path:
     paths = DataPaths(tmp_path_factory.mktemp("redteam-search"))
-    writer = MetadataWriter("web", "test", paths=paths, gateway="gw1")
-    writer.append_batch(_rows())
-    writer.close()
+    for stream, rows in (("web", _rows()), ("flow", _flows())):
+        writer = MetadataWriter(stream, "test", paths=paths, gateway="gw1")
+        writer.append_batch(rows)
+        writer.close()
     return paths.metadata
 
 
@@ -141,3 +162,17 @@ def test_row_level_output_without_a_ref_is_refused(meta: Path) -> None:
     assert info.value.code == 2
     with pytest.raises(SearchRefused, match="row-level output"):
         run(meta, query, None)  # even called directly, without authorise()
+
+
+def test_an_internal_responders_address_is_pseudonymised(meta: Path) -> None:
+    sql = "SELECT principal, client_ip, server_ip FROM flow ORDER BY ts"
+    shown = run(meta, Query(sql=sql, ref=REF, reason="r"), SCOPE).to_pylist()
+    text = repr(shown)
+    for third_party in ("10.0.0.3", "10.0.0.4", "10.0.0.5", "p3", "p4"):
+        assert third_party not in text
+    assert shown[1]["server_ip"] == SCOPE.pseud.value("10.0.0.5")
+    # The subject's own rows stay clear: its address, and where it connected.
+    assert shown[2]["server_ip"] == "10.0.0.1" and shown[3]["server_ip"] == "198.51.100.1"
+    # `--ip` matches what is shown, so probing a colleague's address finds nothing.
+    probe = Query(stream="flow", ip="10.0.0.3", ref=REF, reason="r")
+    assert run(meta, probe, SCOPE).num_rows == 0
