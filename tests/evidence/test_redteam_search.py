@@ -18,6 +18,7 @@ import communityid
 import pyarrow as pa
 import pytest
 
+from appliance.cli.search_cmd import parquet_target, write_parquet
 from appliance.evidence.pseudonym import Pseudonymiser
 from appliance.evidence.search import (
     MIN_PERSONS,
@@ -176,3 +177,29 @@ def test_an_internal_responders_address_is_pseudonymised(meta: Path) -> None:
     # `--ip` matches what is shown, so probing a colleague's address finds nothing.
     probe = Query(stream="flow", ip="10.0.0.3", ref=REF, reason="r")
     assert run(meta, probe, SCOPE).num_rows == 0
+
+
+def test_parquet_output_cannot_be_raced_into_the_data_dir(meta: Path, tmp_path: Path) -> None:
+    """`--parquet OUT/x.parquet` is checked, then OUT is swapped for a symlink to a partition
+    directory before the write: the file would be read by every later search as metadata."""
+    data_root = meta.parent
+    out = tmp_path / "out"
+    out.mkdir()
+    final, why = parquet_target(str(out / "x.parquet"), data_root)
+    assert why is None
+    partition = next(meta.glob("stream=web/date=*/hour=*"))
+    before = sorted(p.name for p in partition.iterdir())
+    out.rename(tmp_path / "out-real")
+    out.symlink_to(partition, target_is_directory=True)  # the race, won
+    table = pa.table({"uid": ["FORGED"]})
+    with pytest.raises(OSError, match="inside the data directory"):
+        write_parquet(table, final, data_root)
+    assert sorted(p.name for p in partition.iterdir()) == before
+    # Straight into a directory symlinked from outside: refused before anything runs.
+    assert parquet_target(str(out / "y.parquet"), data_root)[1] is not None
+    # And the ordinary case still writes, 0600.
+    out.unlink()
+    (tmp_path / "out-real").rename(out)
+    write_parquet(table, final, data_root)
+    assert final.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in out.iterdir()) == ["x.parquet"]
