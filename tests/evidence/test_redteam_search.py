@@ -203,3 +203,18 @@ def test_parquet_output_cannot_be_raced_into_the_data_dir(meta: Path, tmp_path: 
     write_parquet(table, final, data_root)
     assert final.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in out.iterdir()) == ["x.parquet"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM " + "(SELECT * FROM " * 900 + "web" + ")" * 900,
+        "SELECT 1 AS x WHERE 1 IN " + "(SELECT " * 600 + "1" + ")" * 600,
+        "SELECT " + "list_value(" * 900 + "1" + ")" * 900 + " AS x",
+    ],
+)
+def test_deeply_nested_sql_is_a_refusal_not_a_crash(meta: Path, sql: str) -> None:
+    # It used to raise RecursionError out of the checker: a traceback, and no audited refusal.
+    with pytest.raises(SearchRefused, match="nested too deeply") as info:
+        run(meta, Query(sql=sql, ref=REF, reason="r"), SCOPE)
+    assert info.value.code == 2
