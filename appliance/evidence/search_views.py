@@ -12,8 +12,10 @@ columns hold clear values only where they are the subject's own; everyone else's
 search never shows who else is monitored. Filters on the subject's principal, the time range,
 host and community id apply to the stored columns (so DuckDB pushes them into the scan); a filter
 on a pseudonym or an IP applies to what is shown, so it never matches a third party's clear value.
-A `flow` row's `server_ip` is pseudonymised too when the responder is internal (`local_resp`) and
-the row is not the subject's: capture resolves such a row's principal from that address.
+An `email` row's `helo` (the sending machine's name) is pseudonymised unless the row is the
+subject's, and `--host` matches it as shown. A `flow` row's `server_ip` is pseudonymised too
+when the responder is internal (`local_resp`) and the row is not the subject's: capture
+resolves such a row's principal from that address.
 """
 
 from __future__ import annotations
@@ -237,6 +239,9 @@ def _projection(stream: str, scope: Scope | None) -> str:
         if name in IDENTIFYING:
             pseud = scope.pseud.sql(name)
             cols.append(f"CASE WHEN {_own(stream, name, scope)} THEN {name} ELSE {pseud} END")
+        elif stream == "email" and name == "helo":  # a sender's machine name: theirs
+            own = f"principal = {lit(scope.subject)}"
+            cols.append(f"CASE WHEN {own} THEN {name} ELSE {scope.pseud.sql(name)} END")
         elif stream == "flow" and name == "server_ip":  # an internal responder is a person
             own = f"principal = {lit(scope.subject)} OR local_resp IS NOT TRUE"
             cols.append(f"CASE WHEN {own} THEN {name} ELSE {scope.pseud.sql(name)} END")
@@ -274,7 +279,10 @@ def _filters(stream: str, query: Query, scope: Scope | None) -> tuple[list[str],
         host = query.host.lower().rstrip(".")
         tests = [f"(lower({c}) = {lit(host)} OR lower({c}) LIKE {lit('%.' + host)})"
                  for c in HOST_COLUMNS[stream]]  # fmt: skip
-        raw.append("(" + " OR ".join(tests) + ")")
+        # HELO names a third party's machine ("Bobs-MacBook-Pro.local"): matched as shown
+        (shown if stream == "email" and scope is not None else raw).append(
+            "(" + " OR ".join(tests) + ")"
+        )
     if query.community_id:
         raw.append(f"community_id = {lit(query.community_id)}")
     if query.recorded_only and scope is not None:

@@ -85,10 +85,24 @@ def _flows() -> dict[str, list[Any]]:
     }
 
 
+def _mails() -> dict[str, list[Any]]:
+    rows = [("p2", "outbound", "Bobs-MacBook-Pro.local"),
+            ("p1", "outbound", "alice-pc.force.example"),
+            ("p1", "inbound", "mx1.outside.example")]  # fmt: skip
+    return {
+        "ts": [DAY + dt.timedelta(minutes=i) for i in range(len(rows))],
+        "uid": [f"M{i}" for i in range(len(rows))],
+        "principal": [r[0] for r in rows],
+        "direction": [r[1] for r in rows],
+        "helo": [r[2] for r in rows],
+        "outcome": ["queued"] * len(rows),
+    }
+
+
 @pytest.fixture(scope="module")
 def meta(tmp_path_factory: pytest.TempPathFactory) -> Path:
     paths = DataPaths(tmp_path_factory.mktemp("redteam-search"))
-    for stream, rows in (("web", _rows()), ("flow", _flows())):
+    for stream, rows in (("web", _rows()), ("flow", _flows()), ("email", _mails())):
         writer = MetadataWriter(stream, "test", paths=paths, gateway="gw1")
         writer.append_batch(rows)
         writer.close()
@@ -218,3 +232,17 @@ def test_deeply_nested_sql_is_a_refusal_not_a_crash(meta: Path, sql: str) -> Non
     with pytest.raises(SearchRefused, match="nested too deeply") as info:
         run(meta, Query(sql=sql, ref=REF, reason="r"), SCOPE)
     assert info.value.code == 2
+
+
+def test_a_third_partys_helo_is_neither_shown_nor_matched(meta: Path) -> None:
+    shown = run(meta, Query(sql="SELECT helo FROM email", ref=REF, reason="r"), SCOPE)
+    assert "macbook" not in repr(shown.to_pylist()).lower()
+    assert SCOPE.pseud.value("Bobs-MacBook-Pro.local") in shown.column("helo").to_pylist()
+
+    def hits(host: str) -> int:
+        query = Query(stream="email", host=host, count_by=("date",), ref=REF, reason="r")
+        return sum(run(meta, query, SCOPE).column("count").to_pylist())
+
+    assert hits("bobs-macbook-pro.local") == 0  # the probe for a colleague's machine
+    assert hits("alice-pc.force.example") == 1  # the subject's own
+    assert hits("outside.example") == 1  # the MTA that sent the subject mail
