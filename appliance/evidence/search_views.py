@@ -285,6 +285,14 @@ def _filters(stream: str, query: Query, scope: Scope | None) -> tuple[list[str],
         )
     if query.community_id:
         raw.append(f"community_id = {lit(query.community_id)}")
+    if stream == "web" and scope is not None:
+        # A third party's request recorded under another REF: one row per decrypted request
+        # (a method, a status) where everyone else has one per tunnel. Shown, even with
+        # `decision` blanked, it tells that they are monitored: left out.
+        raw.append(
+            f"NOT coalesce(decision = 'intercepted' AND NOT list_contains(refs, {lit(scope.ref)})"
+            f" AND principal IS DISTINCT FROM {lit(scope.subject)}, false)"
+        )
     if query.recorded_only and scope is not None:
         raw.append(f"list_contains(refs, {lit(scope.ref)})")
     return raw, shown

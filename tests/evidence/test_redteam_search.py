@@ -51,7 +51,14 @@ def _rows() -> dict[str, list[Any]]:
             for i, (p, ip, port) in enumerate(people)]  # fmt: skip
     rows.append((DAY + dt.timedelta(hours=3), "p2", "10.0.0.2", 40100, "rare.example"))
     rows.append((DAY + dt.timedelta(days=1, hours=3), "p2", "10.0.0.2", 40101, "rare.example"))
+    # p3 is the subject of another authorisation: two decrypted requests on one connection.
+    rows += [(DAY + dt.timedelta(hours=5), "p3", "10.0.0.3", 40200, "watched.example")] * 2
+    other = [["AUTH-OTHER"] if r[4] == "watched.example" else [] for r in rows]
     return {
+        "refs": other,
+        "decision": ["intercepted" if o else None for o in other],
+        "method": ["GET" if o else None for o in other],
+        "status": [200 if o else None for o in other],
         "ts": [r[0] for r in rows],
         "uid": [f"C{i}" for i in range(len(rows))],
         "principal": [r[1] for r in rows],
@@ -246,3 +253,18 @@ def test_a_third_partys_helo_is_neither_shown_nor_matched(meta: Path) -> None:
     assert hits("bobs-macbook-pro.local") == 0  # the probe for a colleague's machine
     assert hits("alice-pc.force.example") == 1  # the subject's own
     assert hits("outside.example") == 1  # the MTA that sent the subject mail
+
+
+def test_a_third_party_monitored_under_another_ref_does_not_show(meta: Path) -> None:
+    """Blanking `decision` was not enough: a row per decrypted request, with a method and a
+    status, where everyone else has one row per tunnel, tells that the person is monitored."""
+    sql = "SELECT principal, host, decision, method, status, refs FROM web"
+    shown = run(meta, Query(sql=sql, ref=REF, reason="r"), SCOPE).to_pylist()
+    assert len(shown) == 8 and "watched.example" not in repr(shown)
+    assert all(r["decision"] is None and r["method"] is None for r in shown)
+    watched = Query(stream="web", host="watched.example", count_by=("date",), ref=REF)
+    assert run(meta, watched, SCOPE).num_rows == 0
+    # Without a ref the group is one person: not shown either.
+    assert run(meta, Query(stream="web", count_by=("host", "status")), None).to_pylist() == [
+        {"host": "common.example", "status": None, "count": 6}
+    ]
