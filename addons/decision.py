@@ -250,7 +250,9 @@ class Decision:
                 state.refs = d.refs
                 continue
             state.refs = ()
-            logger.info("closing an intercepted connection: its authorisation ended")
+            # debug, never the journal at INFO: an operator reading it would learn that
+            # someone was being recorded, and when their authorisation ended
+            logger.debug("closing an intercepted connection: its authorisation ended")
             cancel.close_client(state.uid)
 
 

@@ -41,6 +41,26 @@ def check_fake_clock(config: Config, paths: DataPaths) -> None:
     click.echo(FAKE_CLOCK_WARNING, err=True)
 
 
+def check_trusted(path: Path, what: str) -> None:
+    """ConfigError if `path` (when it exists) belongs to a user other than root or this
+    process's, or group or others may write it. `sudo -u lbm lbm --config MINE.toml` (or
+    `--data-dir MINE`) would otherwise let whoever wrote MINE name themselves a custodian, or
+    bring a registry where they are assigned to a reference on a colleague."""
+    if os.geteuid() == 0:  # root administers every data directory (and is trusted anyway)
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"{path}: {what}: {exc.strerror}") from None
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        raise ConfigError(
+            f"{path}: {what} is owned by uid {st.st_uid} or writable by group or others: "
+            f"only root or this user (uid {os.geteuid()}) may control it"
+        )
+
+
 class App:
     def __init__(self, data_dir: str | None, config: str | None) -> None:
         root = data_dir or os.environ.get("LBM_DATA_DIR") or "./lbm-data"
@@ -51,6 +71,8 @@ class App:
 
     @cached_property
     def config(self) -> Config:
+        check_trusted(self.paths.root, "the data directory")
+        check_trusted(self.config_path, "the configuration file")
         config = load_config(self.config_path, required=self.config_explicit)
         check_fake_clock(config, self.paths)
         return config
@@ -85,6 +107,10 @@ class App:
         return current_actor()
 
     def require_initialised(self) -> None:
+        try:
+            check_trusted(self.paths.root, "the data directory")
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
         if not self.paths.signing_key.exists():
             fail(
                 f"{self.paths.root}: not an initialised data directory (run `lbm init`)", EXIT_USAGE

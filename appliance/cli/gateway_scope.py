@@ -5,10 +5,11 @@ addresses of principals with an active `web` authorisation.
 resolves, at `at`, to a principal with an active `web` authorisation (an address whose leases
 conflict resolves to nobody and is left out: the proxy would not record it either).
 
-`ScopeSync` is the daemon's loop body: each `step()` (every `INTERVAL` seconds) recomputes the
-addresses from the policy snapshot (which `SnapshotSource` reloads within a second of a grant, a
-cancellation or an identity import) and the clock (leases begin and end with time), and loads the
-sets when they differ; every `VERIFY_EVERY` seconds it also reads the sets back, so sets flushed
+`ScopeSync` is the daemon's loop body (`step()`, called every `INTERVAL` seconds): every
+`VERIFY_EVERY` seconds it recomputes the addresses from the policy snapshot (which
+`SnapshotSource` reloads within a second of a grant, a cancellation or an identity import) and
+the clock (leases begin and end with time), and loads the sets, changed or not: a steady beat,
+so the moment an `nft` process runs (visible to any local user) tells nothing, and sets flushed
 or a table replaced behind its back are refilled. A change is in force within about 2 s.
 
 Both failure directions are safe: an address missing from the set is forwarded by the kernel
@@ -30,7 +31,7 @@ from appliance.policy.model import Channel
 from appliance.policy.snapshot import Snapshot
 
 INTERVAL = 0.5  # seconds between recomputations
-VERIFY_EVERY = 2.0  # seconds between reading the sets back from the kernel (one `nft` call)
+VERIFY_EVERY = 1.0  # seconds between loads of the sets (one `nft` call each)
 
 
 def subject_addresses(snapshot: Snapshot, at: datetime) -> frozenset[str]:
@@ -50,7 +51,8 @@ def subject_addresses(snapshot: Snapshot, at: datetime) -> frozenset[str]:
 
 
 class ScopeSync:
-    """Recompute and load the subject sets; `step()` returns True when it loaded them."""
+    """Recompute and load the subject sets on a steady beat; `step()` returns True when a
+    load changed them."""
 
     def __init__(
         self,
@@ -59,15 +61,13 @@ class ScopeSync:
         log: Callable[[str], None],
         *,
         load: Callable[[frozenset[str]], None] = lambda a: gateway_rules.sync_sets(a),
-        read: Callable[[], set[str]] = gateway_rules.set_members,
     ) -> None:
         self.current = current
         self.now = now
         self.log = log
         self.load = load
-        self.read = read
         self.loaded: frozenset[str] | None = None  # what we last loaded successfully
-        self.last_verify = 0.0
+        self.last_verify = float("-inf")
         self.error: str | None = None
         self.loads = 0
 
@@ -77,15 +77,16 @@ class ScopeSync:
         self.error = message
 
     def step(self) -> bool:
+        """Every VERIFY_EVERY seconds, load the sets with what they should hold, changed or
+        not (True when that changed them). Loads keep a steady beat: when an `nft` process
+        runs, which any local user sees in `ps`, never tells when a subject's lease began or
+        ended or a grant was made. Loading every time also refills a set flushed or a table
+        replaced behind our back."""
+        if time.monotonic() - self.last_verify < VERIFY_EVERY:
+            return False
+        self.last_verify = time.monotonic()
         wanted = subject_addresses(self.current(), self.now())
-        due = time.monotonic() - self.last_verify >= VERIFY_EVERY
         try:
-            if due and self.loaded is not None:
-                self.last_verify = time.monotonic()
-                if self.read() != set(self.loaded):
-                    self.loaded = None  # replaced or flushed behind our back: reload
-            if wanted == self.loaded:
-                return False
             self.load(wanted)
         except gateway_rules.RulesError as exc:
             self._failed(str(exc))
@@ -94,7 +95,7 @@ class ScopeSync:
         if self.error is not None:
             self.log("subject sets updated again")
             self.error = None
+        changed = wanted != self.loaded
         self.loaded = wanted
-        self.last_verify = time.monotonic()
         self.loads += 1
-        return True
+        return changed

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import json
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, fail, pass_app
 from appliance.evidence.search import (
+    MIN_PERSONS,
     Query,
     SearchError,
     SearchFailed,
@@ -116,18 +118,33 @@ def parquet_target(path: str, data_root: Path) -> tuple[Path, str | None]:
     return final, None
 
 
-def write_parquet(table: pa.Table, final: Path) -> None:
-    """Write `final` (0600) without ever replacing an existing file or leaving a partial one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+def write_parquet(table: pa.Table, final: Path, data_root: Path) -> None:
+    """Write `final` (0600) without ever replacing an existing file or leaving a partial one.
+
+    The directory is opened once and everything happens relative to that descriptor, after
+    checking where it really is: a directory swapped for a symlink into the data directory
+    after `parquet_target` checked the path (a race) cannot receive the file."""
+    root = data_root.resolve()
+    dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    tmp = f".{final.name}.{secrets.token_hex(8)}.tmp"
+    made = False
     try:
-        os.fchmod(fd, 0o600)
+        real = Path(os.readlink(f"/proc/self/fd/{dfd}"))
+        if real == root or real.is_relative_to(root):
+            raise OSError(errno.EPERM, f"{real} is inside the data directory {root}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+        made = True
         with os.fdopen(fd, "wb") as fh:
             pq.write_table(table, fh, compression="zstd")
             fh.flush()
             os.fsync(fh.fileno())
-        os.link(tmp, final)  # fails if `final` exists (even as a dangling symlink)
+        # fails if `final` exists (even as a dangling symlink)
+        os.link(tmp, final.name, src_dir_fd=dfd, dst_dir_fd=dfd)
     finally:
-        os.unlink(tmp)
+        if made:
+            os.unlink(tmp, dir_fd=dfd)
+        os.close(dfd)
 
 
 def _refused(app: App, query: Query, why: str, code: int) -> NoReturn:
@@ -236,9 +253,14 @@ def search(
         format=fmt,
         **{k: v for k, v in extra.items() if k != "login"},
     )
+    if scope is None and query.count_by:
+        click.echo(
+            f"note: without --ref, groups of fewer than {MIN_PERSONS} people are not shown",
+            err=True,
+        )
     if target is not None:
         try:
-            write_parquet(table, target)
+            write_parquet(table, target, app.paths.root)
         except OSError as exc:
             fail(f"--parquet {parquet}: {exc.strerror or exc}")
         click.echo(f"{table.num_rows} rows written to {target}", err=True)

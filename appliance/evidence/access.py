@@ -57,6 +57,8 @@ def acting_for_ref(
     auth = load_one(conn, ref)
     if auth is None:
         raise AccessRefused(f"{ref}: no such authorisation")
+    if auth.ref != ref:  # the registry matches refs without case: the audit must not
+        raise AccessRefused(f"{ref}: no such authorisation (references are exact: {auth.ref})")
     inv = investigator_for_login(conn, login)
     if inv is None:
         raise AccessRefused(

@@ -21,6 +21,8 @@ from appliance.evidence.pseudonym import PREFIX, Pseudonymiser, key_for
 from appliance.evidence.search_views import (
     COMMON,
     DERIVED,
+    MIN_PERSONS,
+    PERSON_KEY,
     Query,
     Scope,
     lit,
@@ -32,6 +34,7 @@ from store import schemas
 from store import sqlite as store_sqlite
 
 __all__ = [
+    "MIN_PERSONS",
     "Query",
     "Scope",
     "SearchError",
@@ -141,8 +144,9 @@ def authorise(
     return acting, scope
 
 
-def _select(query: Query) -> str:
-    """The SQL run over the views when no `--sql` is given."""
+def _select(query: Query, scope: Scope | None = None) -> str:
+    """The SQL run over the views when no `--sql` is given (an aggregate without a scope
+    leaves out groups of fewer than MIN_PERSONS people)."""
     limit = f" LIMIT {query.limit}" if query.limit else ""
     if query.sql is not None:
         if not query.limit:
@@ -151,9 +155,10 @@ def _select(query: Query) -> str:
         return f"SELECT * FROM (\n{body}\n){limit}"  # newlines: a trailing -- comment stays one
     if query.count_by:
         exprs = ", ".join(f"{DERIVED[c]} AS {c}" if c in DERIVED else c for c in query.count_by)
+        having = f" HAVING count(DISTINCT {PERSON_KEY}) >= {MIN_PERSONS}" if scope is None else ""
         return (
             f"SELECT {exprs}, count(*) AS count FROM {query.stream} "
-            f"GROUP BY ALL ORDER BY ALL{limit}"
+            f"GROUP BY ALL{having} ORDER BY ALL{limit}"
         )
     cols = [f"{DERIVED[c]} AS {c}" if c in DERIVED else c for c in query.columns]
     if query.stream:
@@ -186,15 +191,16 @@ def run(metadata_root: Path, query: Query, scope: Scope | None) -> pa.Table:
 
     `SearchRefused` for SQL outside the sandbox; `SearchError` for SQL that fails otherwise.
     """
-    final = _select(query)
+    final = _select(query, scope)
     if query.sql is not None:
         try:  # the SQL as given, and as it runs (wrapped for --limit)
             sqlguard.check_select(query.sql, query.streams())
             sqlguard.check_select(final, query.streams())
         except sqlguard.SqlRefused as exc:
             raise SearchRefused(str(exc), 2) from None
-    if query.sql is not None and scope is None:  # authorise() requires a ref for --sql
-        raise SearchRefused("--sql needs --ref REF and --reason TEXT", 2)
+    why = query.person_level_because()
+    if why and scope is None:  # authorise() requires a ref for these: never run them bare
+        raise SearchRefused(f"this search can single out a person ({why}): it needs --ref", 2)
     con = None
     try:
         con = connect(metadata_root.resolve(), query, scope)

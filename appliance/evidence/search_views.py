@@ -12,6 +12,10 @@ columns hold clear values only where they are the subject's own; everyone else's
 search never shows who else is monitored. Filters on the subject's principal, the time range,
 host and community id apply to the stored columns (so DuckDB pushes them into the scan); a filter
 on a pseudonym or an IP applies to what is shown, so it never matches a third party's clear value.
+An `email` row's `helo` (the sending machine's name) is pseudonymised unless the row is the
+subject's, and `--host` matches it as shown. A `flow` row's `server_ip` is pseudonymised too
+when the responder is internal (`local_resp`) and the row is not the subject's: capture
+resolves such a row's principal from that address.
 """
 
 from __future__ import annotations
@@ -26,11 +30,26 @@ import pyarrow as pa
 from appliance.evidence.pseudonym import Pseudonymiser
 from store import schemas
 
-IDENTIFYING = ("principal", "client_ip", "proxy_user", "mail_from", "rcpt_to", "auth_user")
-"""Columns that name a person: output or filters on them make a search person-level."""
+IDENTIFYING = (
+    "principal",
+    "client_ip",
+    "proxy_user",
+    "mail_from",
+    "rcpt_to",
+    "auth_user",
+    "community_id",
+)
+"""Columns that name a person: output or filters on them make a search person-level.
+`community_id` is an unkeyed hash of the 5-tuple: with the ports and server address beside it,
+trying every internal client address (2^16 hashes for a /16) gives the clear `client_ip` back."""
 REF_COLUMNS = ("refs", "record_ids", "decision")
 """Columns that show who is monitored (`decision` is `intercepted` for subjects only):
 person-level too; under a Scope they show REF's entries only."""
+MIN_PERSONS = 5
+"""An aggregate without a ref shows only groups of at least this many people (distinct
+principals, or client addresses where nobody resolved): `--host` a single person uses with
+`--count-by date` would otherwise show when that person browsed it."""
+PERSON_KEY = "coalesce(principal, client_ip)"
 DERIVED = {"date": "CAST(ts AS DATE)", "hour": "hour(ts)"}
 """Extra names `--count-by` and `--columns` accept (UTC date and hour of `ts`)."""
 COMMON = ("stream", *schemas.JOIN_KEYS, "community_id")
@@ -82,7 +101,11 @@ class Query:
         if self.recorded_only:
             return "--recorded-only"
         shown = [c for c in self.output_columns() if c in IDENTIFYING or c in REF_COLUMNS]
-        return f"output column {shown[0]!r}" if shown else None
+        if shown:
+            return f"output column {shown[0]!r}"
+        if not self.count_by:  # one row per event: its time and host can single out a person
+            return "row-level output (without --ref, only --count-by aggregates)"
+        return None
 
     def describe(self) -> dict[str, Any]:
         """The full query for the audit log (filters and SQL text; never results)."""
@@ -216,6 +239,12 @@ def _projection(stream: str, scope: Scope | None) -> str:
         if name in IDENTIFYING:
             pseud = scope.pseud.sql(name)
             cols.append(f"CASE WHEN {_own(stream, name, scope)} THEN {name} ELSE {pseud} END")
+        elif stream == "email" and name == "helo":  # a sender's machine name: theirs
+            own = f"principal = {lit(scope.subject)}"
+            cols.append(f"CASE WHEN {own} THEN {name} ELSE {scope.pseud.sql(name)} END")
+        elif stream == "flow" and name == "server_ip":  # an internal responder is a person
+            own = f"principal = {lit(scope.subject)} OR local_resp IS NOT TRUE"
+            cols.append(f"CASE WHEN {own} THEN {name} ELSE {scope.pseud.sql(name)} END")
         elif name == "refs":
             cols.append(f"list_filter(refs, lambda r: r = {ref})")
         elif name == "decision":  # intercepted under another REF: not this search's business
@@ -250,9 +279,20 @@ def _filters(stream: str, query: Query, scope: Scope | None) -> tuple[list[str],
         host = query.host.lower().rstrip(".")
         tests = [f"(lower({c}) = {lit(host)} OR lower({c}) LIKE {lit('%.' + host)})"
                  for c in HOST_COLUMNS[stream]]  # fmt: skip
-        raw.append("(" + " OR ".join(tests) + ")")
+        # HELO names a third party's machine ("Bobs-MacBook-Pro.local"): matched as shown
+        (shown if stream == "email" and scope is not None else raw).append(
+            "(" + " OR ".join(tests) + ")"
+        )
     if query.community_id:
         raw.append(f"community_id = {lit(query.community_id)}")
+    if stream == "web" and scope is not None:
+        # A third party's request recorded under another REF: one row per decrypted request
+        # (a method, a status) where everyone else has one per tunnel. Shown, even with
+        # `decision` blanked, it tells that they are monitored: left out.
+        raw.append(
+            f"NOT coalesce(decision = 'intercepted' AND NOT list_contains(refs, {lit(scope.ref)})"
+            f" AND principal IS DISTINCT FROM {lit(scope.subject)}, false)"
+        )
     if query.recorded_only and scope is not None:
         raw.append(f"list_contains(refs, {lit(scope.ref)})")
     return raw, shown

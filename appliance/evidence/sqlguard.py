@@ -72,6 +72,13 @@ def _is_table_ref(node: dict[str, Any]) -> bool:
 def check_select(sql: str, names: Iterable[str]) -> None:
     """Raise SqlRefused unless `sql` is one SELECT reading only the views `names`."""
     try:
+        _check_select(sql, names)
+    except RecursionError:  # json.loads or the walk: hundreds of nested subqueries
+        raise SqlRefused("--sql is nested too deeply to check") from None
+
+
+def _check_select(sql: str, names: Iterable[str]) -> None:
+    try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
         raise SqlRefused(f"--sql does not parse: {_first_line(exc)}") from None

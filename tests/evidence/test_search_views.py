@@ -57,7 +57,7 @@ def test_a_one_day_query_never_opens_another_days_files(meta: Path) -> None:
     (bad / "gw1__test__0000000099.parquet").write_bytes(b"PAR1 not parquet at all")
     try:
         day = Query(stream="web", start=DAY2, end=DAY2 + dt.timedelta(days=1), count_by=("host",))
-        assert run(meta, day, None).to_pylist() == [
+        assert run(meta, day, SCOPE).to_pylist() == [  # with a ref: groups of any size
             {"host": "news.example", "count": 1},
             {"host": "www.evidence.example", "count": 1},
         ]
@@ -93,7 +93,7 @@ def test_only_the_subjects_own_values_are_clear(meta: Path) -> None:
     # Stable within REF: bob is the same pseudonym on every row, so recurrence shows.
     assert {by_uid[u]["principal"] for u in ("C1", "C2", "C5")} == {SCOPE.pseud.value("p2")}
     # Another authorisation's refs and record ids are not shown: who else is monitored.
-    assert bob["refs"] == [] and bob["record_ids"] == [] and bob["decision"] is None
+    assert bob["refs"] == [] and bob["record_ids"] == [] and bob["decision"] == "passed"
     assert by_uid["C3"]["decision"] == "passed" and by_uid["C0"]["decision"] == "intercepted"
     assert by_uid["C0"]["refs"] == [REF] and by_uid["C0"]["record_ids"] == [f"{REF}/000001/1"]
     text = _text(_person(meta, sql="SELECT * FROM web, email, flow"))
@@ -142,7 +142,7 @@ def test_filters_never_match_a_third_partys_clear_value(meta: Path) -> None:
 
 
 def test_host_and_community_id_filters(meta: Path) -> None:
-    hosts = run(meta, Query(stream="web", host="evidence.example", columns=("host",)), None)
+    hosts = run(meta, Query(stream="web", host="evidence.example", columns=("host",)), SCOPE)
     assert sorted(hosts.column("host").to_pylist()) == [
         "evidence.example", "evidence.example", "www.evidence.example"]  # fmt: skip
     joined = _person(meta, community_id="1:cid1")
@@ -154,7 +154,11 @@ def test_host_and_community_id_filters(meta: Path) -> None:
     ("query", "why"),
     [
         (Query(stream="web", count_by=("host", "date")), None),
-        (Query(stream="web", columns=("ts", "host", "status")), None),
+        (
+            Query(stream="web", columns=("ts", "host", "status")),
+            "row-level output (without --ref, only --count-by aggregates)",
+        ),
+        (Query(stream="web", count_by=("community_id",)), "output column 'community_id'"),
         (Query(stream="web"), "output column 'principal'"),
         (Query(stream="web", count_by=("client_ip",)), "output column 'client_ip'"),
         (Query(stream="web", columns=("host", "refs")), "output column 'refs'"),
