@@ -68,7 +68,10 @@ class Housekeeper:
             )
         except Exception as exc:  # process boundary: a bad feed must not stop housekeeping
             self.feed_failures += 1
-            self._log("identity_feed_failed", "warning", error=type(exc).__name__)
+            # the feed's own errors name the file and line (the operator's file, metadata only)
+            self._log(
+                "identity_feed_failed", "warning", error=type(exc).__name__, detail=str(exc)[:300]
+            )
             return None
         if result:
             self.feed_imports += 1
