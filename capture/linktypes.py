@@ -5,8 +5,9 @@ computes the offset of the network-layer header, the IP version the link layer a
 (0 = "look at the version nibble"), and the outer VLAN id, using numpy over all frames of
 that link type at once. Handled: Ethernet with 802.1Q, 802.1ad/QinQ (any stacking up to 4
 tags), VN-Tag (`capture.vntag`), MPLS label stacks, PPPoE session; Linux SLL and SLL2; BSD
-NULL/LOOP in either byte order; raw IPv4/IPv6 (LINKTYPE_RAW 101, IPV4 228, IPV6 229, DLT 12/14). NFLOG's TLVs are
-walked per packet in Python (rare link type). Frames that carry no IP get a status code.
+NULL/LOOP in either byte order; raw IPv4/IPv6 (LINKTYPE_RAW 101, IPV4 228, IPV6 229, DLT
+12/14). NFLOG's TLVs are walked per packet in Python (rare link type). Frames that carry no
+IP get a status code.
 
 All gathers are bounds-checked against the frame end: nothing here reads outside a frame.
 """

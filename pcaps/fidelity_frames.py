@@ -48,13 +48,9 @@ def unknown_transport() -> list[bytes]:
         IP(src=b, dst=a, proto=50) / Raw(_esp(0x2002, 1, 56)),
         IP(src=a, dst=b, proto=50) / Raw(_esp(0x1001, 2, 40)),
         IP(src="10.60.0.3", dst="10.60.0.4") / SCTP(sport=5000, dport=38412) / SCTPChunkInit(),
-        IP(src="10.60.0.4", dst="10.60.0.3")
-        / SCTP(sport=38412, dport=5000)
-        / SCTPChunkInitAck(),
+        IP(src="10.60.0.4", dst="10.60.0.3") / SCTP(sport=38412, dport=5000) / SCTPChunkInitAck(),
         IP(src="10.60.0.3", dst="10.60.0.4") / SCTP(sport=5001, dport=38412) / SCTPChunkInit(),
-        IP(src="10.60.0.5", dst="224.0.0.5", ttl=1)
-        / OSPF_Hdr(src="10.60.0.5")
-        / OSPF_Hello(),
+        IP(src="10.60.0.5", dst="224.0.0.5", ttl=1) / OSPF_Hdr(src="10.60.0.5") / OSPF_Hello(),
         IP(src="10.60.0.6", dst="224.0.0.22", ttl=1) / IGMP(type=0x22),
         IP(src="10.60.0.6", dst="224.0.0.22", ttl=1) / IGMP(type=0x22),
         # GRE carrying a protocol type no decoder knows: a flow, not a tunnel
@@ -124,9 +120,7 @@ def nested_tunnels() -> list[bytes]:
     l3 = IP(src="10.75.0.1", dst="10.75.0.2") / UDP(sport=50006, dport=4789)
     syn = IP(src="10.76.0.1", dst="10.76.0.2") / TCP(sport=41000, dport=443, flags="S", seq=9)
     deep = _eth(l3 / VXLAN(vni=75) / _eth(syn))
-    frames.append(
-        raw(_eth(l1 / GENEVE(vni=73, proto=0x6558) / _eth(l2 / VXLAN(vni=74) / deep)))
-    )
+    frames.append(raw(_eth(l1 / GENEVE(vni=73, proto=0x6558) / _eth(l2 / VXLAN(vni=74) / deep))))
     return frames
 
 
