@@ -222,3 +222,26 @@ def test_select_keeps_the_middle_tunnel_of_the_packets_it_keeps() -> None:
     mask[7] = True
     sel = b.select(mask)
     assert sel.middle is not None and sel.middle.proto.tolist() == [47]
+
+
+def test_unknown_transport_flow_ends_after_a_minute_idle() -> None:
+    """Zeek's unknown_ip_inactivity_timeout is 1 min (init-bare.zeek): ESP packets 30 s apart
+    are one connection, a packet after 70 s idle starts another."""
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    from capture.decode import decode
+    from capture.flowrows import to_rows
+    from capture.flows import FlowConfig, FlowTable
+
+    frame = bytes(Ether() / IP(src="10.60.1.1", dst="10.60.1.2", proto=50) / Raw(b"\x00" * 16))
+    t0 = 1_700_000_000 * 10**9
+    ts = [t0, t0 + 30 * 10**9, t0 + 100 * 10**9]
+    table = FlowTable(FlowConfig(seed=7))
+    chunks = table.add(decode(RawBatch.from_frames([frame] * 3, ts)))[1] + table.flush()
+    rows = to_rows(chunks)
+    assert sorted((r["ts"] - t0, r["orig_pkts"], r["proto"]) for r in rows) == [
+        (0, 2, U),
+        (100 * 10**9, 1, U),
+    ]
