@@ -15,16 +15,20 @@ Conventions:
   in from the fragment table (see `capture.frag`);
 - for tunnels (Teredo, VXLAN, Geneve, GRE, IP-in-IP) the columns describe the INNER packet;
   `tunnel` says which tunnel and the `outer_*` columns hold the outer connection's
-  5-tuple (zeros when `tunnel == 0`), so flows can also log the tunnel itself as Zeek does.
+  5-tuple (zeros when `tunnel == 0`), so flows can also log the tunnel itself as Zeek does;
+  for packets tunnelled twice, `middle` (`capture.tunnelchain`) holds the connection between.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from capture.tunnelchain import Middle
 
 # Reason codes for PacketBatch.status (0 = decoded). Codes are stable: only append.
 STATUS: dict[str, int] = {
@@ -173,6 +177,7 @@ class PacketBatch:
     iface: U16  # pcapng interface index (0 for pcap/live)
     frag: U8  # FRAG code: 0 not a fragment, 1 first, 2 middle, 3 last fragment
     inner_vlan: I32  # second 802.1Q tag (QinQ) or -1
+    middle: Middle | None = None  # nested tunnels: the connection between the two tunnels
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
@@ -218,10 +223,13 @@ class PacketBatch:
 
     def select(self, idx: npt.NDArray[np.bool_] | npt.NDArray[np.intp]) -> PacketBatch:
         """Sub-batch of the packets chosen by a boolean mask or index array (shares buf)."""
-        kw: dict[str, np.ndarray] = {}
+        kw: dict[str, Any] = {}
         for f in fields(self):
             col = getattr(self, f.name)
-            kw[f.name] = col if f.name == "buf" else col[idx]
+            if f.name == "middle":
+                kw[f.name] = None if col is None else col.select(idx, len(self))
+            else:
+                kw[f.name] = col if f.name == "buf" else col[idx]
         return PacketBatch(**kw)
 
     def frame(self, i: int) -> bytes:

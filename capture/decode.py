@@ -8,7 +8,8 @@ Steps, each one array expression over all packets it applies to:
 3. transport (TCP, UDP, ICMP/ICMPv6 type/code as ports, SCTP; others with ports 0);
 4. fragments (`capture.frag`): later fragments get the ports of their first fragment;
 5. tunnels (`capture.tunnels`): Teredo, VXLAN, Geneve, GRE/ERSPAN, IP-in-IP are
-   decapsulated and the inner packet decoded by steps 1-4 again (nesting up to 3 deep).
+   decapsulated and the inner packet decoded by steps 1-4 again, two levels deep as Zeek's
+   `Tunnel::max_depth`; `PacketBatch.middle` keeps the connection between nested tunnels.
 
 A `Decoder` keeps the fragment table and counters across batches of one capture; use one
 per capture (`read_batches` does). Nothing raises for bad packets: each gets a status code
@@ -29,6 +30,7 @@ from capture.batch import FRAG, STATUS, STATUS_NAME, TUNNEL_NAME, PacketBatch, R
 from capture.frag import FragTable
 from capture.linktypes import be16, be32, ethernet, link_layer
 from capture.reader import open_capture
+from capture.tunnelchain import save_middle
 from capture.tunnels import detect
 
 I64 = npt.NDArray[np.int64]
@@ -43,7 +45,7 @@ ST_BAD_REC = STATUS["bad_record"]
 
 IPV6_EXT = np.array([0, 43, 44, 51, 60, 135, 139, 140], dtype=np.int64)
 MIN_BUF = 256  # tiny buffers are padded so that guarded gathers at offset 0 stay in range
-MAX_DEPTH = 3
+MAX_DEPTH = 2  # tunnel levels decapsulated: Zeek's Tunnel::max_depth default
 _A16 = np.arange(16, dtype=np.int64)
 
 
@@ -191,6 +193,8 @@ class Decoder:
         outermost = out.tunnel[tr] == 0  # nested tunnels: keep the outermost connection
         _save_outer(out, tr[outermost])
         out.tunnel[tr[outermost]] = kind[outermost]
+        if not outermost.all():  # and the one between the two tunnels (tunnel_parents chain)
+            save_middle(out, tr[~outermost])
         il3 = inner.copy()
         if eth.any():
             e = np.nonzero(eth)[0]

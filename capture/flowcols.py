@@ -1,6 +1,7 @@
 """Per-packet columns the flow table works on: the decoded packets of a batch plus one row per
-tunnelled packet for its outer connection (Zeek logs tunnels as connections too), with ICMP
-"ports" mapped to Zeek's type/counterpart convention."""
+tunnelled packet for its outer connection and, for nested tunnels, its middle connection (Zeek
+logs tunnels as connections too), with ICMP "ports" mapped to Zeek's type/counterpart
+convention and SCTP keyed without ports (Zeek's unknown_transport)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class Cols:
 
 
 def columns(b: PacketBatch) -> Cols:
-    """Inner decoded packets plus one row per tunnelled packet for the outer connection."""
+    """Inner decoded packets plus, per tunnelled packet, one row for its outer connection and
+    (nested tunnels) one for the middle connection, in that order before the inner row."""
     okm = (b.status == 0) & (b.proto != 59)  # 59: IPv6 "no next header"
     ok = np.flatnonzero(okm)
     tun = np.flatnonzero((b.tunnel != 0) & (b.outer_proto != 0))
@@ -47,34 +49,57 @@ def columns(b: PacketBatch) -> Cols:
     inner = _inner(b, slice(None) if ok.size == okm.size else ok, ok)
     if tun.size == 0:
         return inner
-    oip = b.outer_ip_len[tun].astype(np.int64)
-    v4 = (b.outer_src[tun, 10] == 0xFF) & (b.outer_src[tun, :10].sum(axis=1) == 0)
-    hdr = np.where(v4, 20, 40) + np.where(b.outer_proto[tun] == 17, 8, 0)
-    outer = Cols(
-        ts=b.ts_ns[tun],
-        proto=b.outer_proto[tun],
-        src=b.outer_src[tun],
-        dst=b.outer_dst[tun],
-        sport=b.outer_sport[tun],
-        dport=b.outer_dport[tun],
-        ip_len=oip,
-        plen=np.maximum(oip - hdr, 0),
-        flags=np.zeros(tun.size, np.uint8),
-        seq=np.zeros(tun.size, np.uint32),
-        ack=np.zeros(tun.size, np.uint32),
-        count=np.ones(tun.size, bool),
-        vlan=b.vlan[tun],
-        inner_vlan=b.inner_vlan[tun],
-        pkt=np.full(tun.size, -1, np.int64),
-        bpkt=tun.astype(np.int64),
-    )
-    # outer row before the inner row of the same packet
-    order = np.argsort(np.concatenate([tun * 2, ok * 2 + 1]), kind="stable")
+    o = (b.outer_proto[tun], b.outer_src[tun], b.outer_dst[tun])
+    parts = [_tunnel(b, tun, *o, b.outer_sport[tun], b.outer_dport[tun], b.outer_ip_len[tun])]
+    keys = [tun * 3]
+    m = b.middle
+    if m is not None and m.rows.size:
+        parts.append(_tunnel(b, m.rows, m.proto, m.src, m.dst, m.sport, m.dport, m.ip_len))
+        keys.append(m.rows * 3 + 1)
+    parts.append(inner)
+    keys.append(ok * 3 + 2)
+    # outer row, then middle row, then inner row of the same packet
+    order = np.argsort(np.concatenate(keys), kind="stable")
     both = {
-        k: np.concatenate([getattr(outer, k), getattr(inner, k)])[order]
-        for k in Cols.__dataclass_fields__
+        k: np.concatenate([getattr(c, k) for c in parts])[order] for k in Cols.__dataclass_fields__
     }
     return Cols(**both)
+
+
+def _tunnel(
+    b: PacketBatch,
+    rows: I64,
+    proto: npt.NDArray[np.uint8],
+    src: npt.NDArray[np.uint8],
+    dst: npt.NDArray[np.uint8],
+    sport: npt.NDArray[np.uint16],
+    dport: npt.NDArray[np.uint16],
+    ip_len: npt.NDArray[np.int32],
+) -> Cols:
+    """Rows for the tunnel connections carrying packets `rows` (payload: IP length less the
+    IP header and, for UDP, the UDP header)."""
+    k = rows.size
+    oip = ip_len.astype(np.int64)
+    v4 = (src[:, 10] == 0xFF) & (src[:, :10].sum(axis=1) == 0)
+    hdr = np.where(v4, 20, 40) + np.where(proto == 17, 8, 0)
+    return Cols(
+        ts=b.ts_ns[rows],
+        proto=proto,
+        src=src,
+        dst=dst,
+        sport=sport,
+        dport=dport,
+        ip_len=oip,
+        plen=np.maximum(oip - hdr, 0),
+        flags=np.zeros(k, np.uint8),
+        seq=np.zeros(k, np.uint32),
+        ack=np.zeros(k, np.uint32),
+        count=np.ones(k, bool),
+        vlan=b.vlan[rows],
+        inner_vlan=b.inner_vlan[rows],
+        pkt=np.full(k, -1, np.int64),
+        bpkt=rows.astype(np.int64),
+    )
 
 
 def _inner(b: PacketBatch, sel: slice | I64, ok: I64) -> Cols:
@@ -86,6 +111,10 @@ def _inner(b: PacketBatch, sel: slice | I64, ok: I64) -> Cols:
     icmp = (proto == 1) | (proto == 58)
     if icmp.any():
         dport[icmp] = icmp_counterpart(proto[icmp], sport[icmp], dport[icmp])
+    sctp = proto == 132  # Zeek has no SCTP analyzer: unknown_transport, keyed without ports
+    if sctp.any():
+        sport[sctp] = 0
+        dport[sctp] = 0
     pkt = ok.astype(np.int64)
     return Cols(
         ts=b.ts_ns[sel],

@@ -21,7 +21,8 @@ import numpy.typing as npt
 
 from capture import tcpstate
 
-PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp", 132: "sctp"}
+# Zeek names; every other IP protocol (SCTP too: Zeek has no analyzer) is "unknown_transport"
+PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 
 # ICMPv4 / ICMPv6 request <-> reply pairs (Zeek ICMP4_counterpart / ICMP6_counterpart).
 _ICMP4_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}

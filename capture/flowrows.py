@@ -69,6 +69,7 @@ _UDP_HIST = np.array(
 )
 _STATES = np.asarray(tcpstate.CONN_STATES, dtype=object)
 _PROTO_TEXT = np.array([PROTO_NAMES.get(p, "unknown_transport") for p in range(256)], dtype=object)
+_UNKNOWN = np.array([p not in PROTO_NAMES for p in range(256)])
 
 
 def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
@@ -145,6 +146,10 @@ def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
         history[udp] = _UDP_HIST[code]
     other = np.flatnonzero((proto != 6) & (proto != 17) & t.flipped[slots])
     history[other] = "^"
+    unknown = _UNKNOWN[proto]  # Zeek keeps no sizes for unknown_transport: bytes 0
+    if unknown.any():
+        ob[unknown] = 0
+        rb[unknown] = 0
     orig_h, resp_h = t.orig_h[slots], t.resp_h[slots]
     op, rp = t.orig_p[slots], t.resp_p[slots]
     first, last = t.first_ts[slots], t.last_ts[slots]

@@ -202,8 +202,9 @@ class FlowTable:
 
     def _tunnel_parents(self, c: Cols, row_slots: I64) -> None:
         """Inner flows of tunnelled packets remember the tunnel connection (Zeek's
-        tunnel_parents): an inner row right after its packet's outer row."""
-        inner = np.flatnonzero((c.pkt[1:] >= 0) & (c.pkt[:-1] < 0) & (c.bpkt[1:] == c.bpkt[:-1]))
+        tunnel_parents, the innermost tunnel only): a row right after a tunnel row of its
+        packet (outer > middle > inner, see `flowcols.columns`)."""
+        inner = np.flatnonzero((c.pkt[:-1] < 0) & (c.bpkt[1:] == c.bpkt[:-1]))
         if inner.size == 0:
             return
         child, parent = row_slots[inner + 1], row_slots[inner]

@@ -4,9 +4,10 @@
 computes the offset of the network-layer header, the IP version the link layer announces
 (0 = "look at the version nibble"), and the outer VLAN id, using numpy over all frames of
 that link type at once. Handled: Ethernet with 802.1Q, 802.1ad/QinQ (any stacking up to 4
-tags), MPLS label stacks, PPPoE session; Linux SLL and SLL2; BSD NULL/LOOP in either byte
-order; raw IPv4/IPv6 (LINKTYPE_RAW 101, IPV4 228, IPV6 229, DLT 12/14). NFLOG's TLVs are
-walked per packet in Python (rare link type). Frames that carry no IP get a status code.
+tags), VN-Tag (`capture.vntag`), MPLS label stacks, PPPoE session; Linux SLL and SLL2; BSD
+NULL/LOOP in either byte order; raw IPv4/IPv6 (LINKTYPE_RAW 101, IPV4 228, IPV6 229, DLT
+12/14). NFLOG's TLVs are walked per packet in Python (rare link type). Frames that carry no
+IP get a status code.
 
 All gathers are bounds-checked against the frame end: nothing here reads outside a frame.
 """
@@ -18,6 +19,7 @@ import struct
 import numpy as np
 import numpy.typing as npt
 
+from capture import vntag
 from capture.batch import (
     DLT_RAW_12,
     DLT_RAW_14,
@@ -100,7 +102,8 @@ def ethernet(
     o = np.where(ok, start + 12, 0)
     et = np.where(ok, be16(buf, o), -1)
     off = start + 14
-    for _ in range(4):  # VLAN tags: 802.1Q, 802.1ad, old QinQ ethertypes
+    for _ in range(4):  # VLAN tags: 802.1Q, 802.1ad, old QinQ ethertypes (and VN-Tag)
+        et, off = vntag.skip(buf, et, off, end, status)
         m = np.isin(et, ETH_VLAN)
         if not m.any():
             break
@@ -116,6 +119,7 @@ def ethernet(
         inner[second] = tci[second].astype(np.int32)
         et = np.where(m, be16(buf, safe + 2), et)
         off = np.where(m, off + 4, off)
+    et, off = vntag.skip(buf, et, off, end, status)  # a VN-Tag after the last VLAN tag
     pppoe = et == ETH_PPPOE
     if pppoe.any():
         short = pppoe & (off + 8 > end)

@@ -19,15 +19,19 @@ Files (see README.md for the 5-tuples each one carries):
 - mixed-linktypes.pcapng: two sections (little- then big-endian), interfaces with link
   types Ethernet, raw IP, Linux SLL2, BSD NULL, IPv6, different if_tsresol (us, ns, ms,
   2^-20 s) and an if_tsoffset; EPB, SPB and obsolete PB; skipped NRB, ISB and custom blocks.
+- unknown-transport.pcap, vntag.pcap, nested-tunnels.pcap: from fidelity_frames.py (IP
+  protocols Zeek logs as unknown_transport, VN-Tag, nested tunnels).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import struct
 import sys
 from pathlib import Path
+from typing import Any
 
 from scapy.compat import raw
 from scapy.contrib.erspan import ERSPAN_II
@@ -468,7 +472,21 @@ def build() -> dict[str, bytes]:
         files[name] = tmp.read_bytes()
         tmp.unlink()
     files["mixed-linktypes.pcapng"] = mixed_pcapng()
+    for name, make in _fidelity_frames().items():  # Zeek-fidelity captures (fidelity_frames.py)
+        tmp = HERE / (name + ".tmp")
+        write_pcap(tmp, make())
+        files[name] = tmp.read_bytes()
+        tmp.unlink()
     return files
+
+
+def _fidelity_frames() -> dict[str, Any]:
+    """fidelity_frames.FILES, loaded by path (this script is also loaded by path in tests)."""
+    spec = importlib.util.spec_from_file_location("fidelity_frames", HERE / "fidelity_frames.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return dict(mod.FILES)
 
 
 def main() -> int:
