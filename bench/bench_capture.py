@@ -211,7 +211,10 @@ def loop_corpus(path: Path, min_packets: int) -> tuple[int, int]:
 
     from capture.decode import read_batches
 
-    files = sorted((ROOT.parent / "shared" / "corpus" / "pcaps" / "bench").glob("*.pcap"))
+    corpus = Path(os.environ.get("LBM_CORPUS", ROOT.parent / "shared" / "corpus"))
+    files = sorted((corpus / "pcaps" / "bench").glob("*.pcap"))
+    if not files:
+        raise SystemExit(f"bench_capture: no bench captures in {corpus}/pcaps/bench (LBM_CORPUS)")
     total = 0
     with path.open("wb") as fh:
         fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
