@@ -2,11 +2,12 @@
 
 An investigator is a registry entry (`lbm keys investigator add NAME AGE_PUBLIC_KEY --principal P
 [--login USER] [--sign-key PUBKEY_FILE]`). Authorisation keys are wrapped to the age recipients
-of the investigators assigned to the authorisation (and the configured custodians). `login` maps
-the login user who acts on the gateway to the investigator (DECISIONS.md, "Who is acting"), so the registry knows
-which principal acts: the subject of an authorisation can never act on it. `ssh_key` is the
-investigator's OpenSSH Ed25519 public key: it signs the MANIFEST.json of bundles they open, and
-`lbm archive bundle` names it in the gateway-signed BUNDLE.json so anyone can check that signature.
+of the investigators assigned to the authorisation (and the configured custodians). `login`
+maps the login user who acts on the gateway to the investigator (DECISIONS.md, "Who is
+acting"), so the registry knows which principal acts: the subject of an authorisation can never
+act on it. `ssh_key` is the investigator's OpenSSH Ed25519 public key: it signs the
+MANIFEST.json of bundles they open, and `lbm archive bundle` names it in the gateway-signed
+BUNDLE.json so anyone can check that signature.
 """
 
 from __future__ import annotations
