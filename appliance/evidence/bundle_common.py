@@ -174,9 +174,13 @@ def _tree(root: Path) -> Iterable[tuple[str, os.stat_result]]:
             yield str(path.relative_to(root)), os.lstat(path)
 
 
-def check_files(root: Path, files: list[dict[str, Any]], own: set[str]) -> list[str]:
+def check_files(
+    root: Path, files: list[dict[str, Any]], own: set[str], deferred: Iterable[str] = ()
+) -> list[str]:
     """Problems naming every changed, missing or extra file under `root` (`own`: the files
-    that carry the list and its signature, not listed in it)."""
+    that carry the list and its signature, not listed in it). Files in `deferred` are only
+    checked for size here: the caller hashes them as it reads them (and fails if they differ)."""
+    later = set(deferred)
     problems: list[str] = []
     listed = {str(item["path"]): item for item in files}
     for rel, st in sorted(_tree(root)):
@@ -193,6 +197,10 @@ def check_files(root: Path, files: list[dict[str, Any]], own: set[str]) -> list[
             continue
         if not path.is_file() or path.is_symlink():
             continue  # reported above
+        if rel in later:
+            if path.stat().st_size != item.get("size"):
+                problems.append(f"changed file: {rel} (size differs from the list)")
+            continue
         digest, size = hash_file(path)
         if digest != item.get("sha256") or size != item.get("size"):
             problems.append(f"changed file: {rel} (SHA-256 or size differs from the list)")

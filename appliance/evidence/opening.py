@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -42,7 +43,9 @@ from appliance.evidence.raw_export import ExportSink, export_set
 from appliance.evidence.verify_export import chain_problems, signer_line
 from store import StoreError, agefile, signing, sshsig
 from store.clock import format_utc
-from store.framing import PlainStream, iter_events, open_segment
+from store.framing import PlainStream, iter_events
+from store.fsutil import fsync_dir
+from store.keys import KeyStore
 from store.paths import DataPaths
 
 OWN_FILES = {common.BUNDLE, common.BUNDLE_SIG}
@@ -77,7 +80,7 @@ def check_bundle(root: Path, allowed_signers: Path) -> tuple[dict[str, Any], str
         raise common.EvidenceError(f"{root}: not a bundle directory")
     bundle, digest = common.verify_bundle(root, allowed_signers)
     files = common.listed_files(bundle, common.BUNDLE)
-    problems = common.check_files(root, files, OWN_FILES)
+    problems = common.check_files(root, files, OWN_FILES, deferred=_segment_files(bundle))
     if not problems:
         problems = chain_problems(root, bundle)
     if problems:
@@ -85,6 +88,45 @@ def check_bundle(root: Path, allowed_signers: Path) -> tuple[dict[str, Any], str
             f"{root}: bundle refused, nothing decrypted: " + "; ".join(problems)
         )
     return bundle, digest
+
+
+def _seg_path(ref: str, seg: dict[str, Any]) -> str:
+    return f"archive/{ref}/{int(seg['number']):06d}.age"
+
+
+def _segment_files(bundle: dict[str, Any]) -> set[str]:
+    """Segment files: hashed while they are decrypted (one read), not before."""
+    ref = str(bundle.get("ref"))
+    return {_seg_path(ref, s) for s in bundle.get("segments") or []}
+
+
+class _HashingFile:
+    """A read-only file that hashes what is read from it (the age reader's input)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self.sha.update(data)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        data = self._fh.readline(limit)
+        self.sha.update(data)
+        return data
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def finish(self) -> str:
+        while block := self.read(1 << 20):
+            del block
+        return self.sha.hexdigest()
 
 
 def _check_sign_key(bundle: dict[str, Any], key: Ed25519PrivateKey) -> tuple[str, str, str]:
@@ -145,17 +187,38 @@ class _SegmentOutcome:
     notice_versions: set[str] = field(default_factory=set)
 
 
+def _changed(root: Path, rel: str) -> common.EvidenceError:
+    return common.EvidenceError(
+        f"{root}: bundle refused: changed file: {rel} (SHA-256 differs from the list; "
+        "nothing decrypted is kept)"
+    )
+
+
 def _open_segment(
-    root: Path, seg: dict[str, Any], ref: str, identity: str, sink: ExportSink, bar: _Progress
+    root: Path,
+    seg: dict[str, Any],
+    ref: str,
+    identity: str,
+    sink: ExportSink,
+    bar: _Progress,
+    expected: str,
 ) -> _SegmentOutcome:
     number = int(seg["number"])
     prefix = f"{ref}/{number:06d}/"
     selected = set(seg["selected"]) if seg.get("selected") is not None else None
     outcome = _SegmentOutcome(f"{ref}/{number:06d}", bool(seg.get("truncated")))
+    rel = f"archive/{ref}/{number:06d}.age"
+    keystore = KeyStore(DataPaths(root))
     try:
-        reader, fh = open_segment(DataPaths(root), ref, number, identity)
-    except StoreError as exc:
-        raise common.EvidenceError(str(exc)) from None
+        key = keystore.unwrap_segment(ref, number, keystore.unwrap_authorisation(ref, identity))
+        fh = _HashingFile((root / rel).open("rb"))
+    except (StoreError, OSError) as exc:
+        raise common.EvidenceError(f"segment {outcome.segment}: {exc}") from None
+    try:
+        reader = agefile.AgeReader(fh, [key], allow_truncated=True)  # type: ignore[arg-type]
+    except agefile.AgeError as exc:
+        fh.close()
+        raise common.EvidenceError(f"segment {outcome.segment}: {exc}") from None
     feeding = False
     current = ""
     try:
@@ -180,10 +243,15 @@ def _open_segment(
                 if not complete:
                     outcome.incomplete.append(current)
                 feeding = False
+        digest = fh.finish()
     except (agefile.AgeError, StoreError) as exc:
+        if fh.finish() != expected:  # say which file was altered, not just where age failed
+            raise _changed(root, rel) from None
         raise common.EvidenceError(f"segment {outcome.segment}: {exc}") from None
     finally:
         fh.close()
+    if digest != expected:  # nothing decrypted from it is kept: the whole open fails
+        raise _changed(root, rel)
     outcome.truncated = outcome.truncated or reader.truncated
     index = read_index(root / "archive" / ref / f"{number:06d}.index.jsonl")
     seen = set(outcome.records)
@@ -241,6 +309,19 @@ def _manifest(
     }
 
 
+def _sync_tree(root: Path) -> None:
+    """fsync every file and directory written (once, at the end: writeback overlaps the
+    decryption instead of stalling it record by record)."""
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            fd = os.open(Path(dirpath, name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
 def open_bundle(req: OpenRequest) -> OpenResult:
     """Check, decrypt and export the bundle at `req.bundle` into the new directory `req.out`."""
     out = common.check_out_dir(req.out, req.data_root)
@@ -249,6 +330,7 @@ def open_bundle(req: OpenRequest) -> OpenResult:
     signer = _check_sign_key(bundle, req.sign_key)
     ref = str(bundle["ref"])
     segments = bundle.get("segments") or []
+    listed = {str(f["path"]): str(f["sha256"]) for f in bundle["files"]}
     archive = root / "archive" / ref
     total = sum((archive / f"{int(s['number']):06d}.age").stat().st_size for s in segments)
     common.make_dirs(out.parent)
@@ -257,7 +339,10 @@ def open_bundle(req: OpenRequest) -> OpenResult:
         sink = export_set(staging)
         bar = _Progress(req.progress, total)
         with bar.running():
-            outcomes = [_open_segment(root, s, ref, req.identity, sink, bar) for s in segments]
+            outcomes = [
+                _open_segment(root, s, ref, req.identity, sink, bar, listed[_seg_path(ref, s)])
+                for s in segments
+            ]
         written = sink.close()
         for item in getattr(sink, "incomplete", []):
             for o in outcomes:
@@ -271,9 +356,11 @@ def open_bundle(req: OpenRequest) -> OpenResult:
         signature = sshsig.sign(req.sign_key, data, common.NAMESPACE)
         common.write_new(staging / common.MANIFEST_SIG, signature)
         common.write_new(staging / common.SIGNER_FILE, signer_line(signer[1], signer[2]).encode())
+        _sync_tree(staging)
         if out.exists():
             raise common.EvidenceError(f"--out {out}: appeared meanwhile; never written over")
         staging.rename(out)
+        fsync_dir(out.parent)
     except OSError as exc:
         raise common.EvidenceError(f"cannot write to {out}: {exc.strerror}") from None
     finally:

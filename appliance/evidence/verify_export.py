@@ -11,6 +11,8 @@ hash, and every plaintext file it lists. Every changed, missing or extra file is
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from appliance.evidence import bundle_common as common
 from store import KeyError_, signing, sshsig
 from store.keys import check_ref
-from store.manifest import VerifyReport, verify_archive
+from store.manifest import GENESIS, MANIFEST_RE
+from store.segment import canonical
 
 OPENED_OWN = {
     common.BUNDLE,
@@ -43,35 +46,83 @@ class ExportCheck:
         return not self.problems
 
 
-def chain_problems(root: Path, bundle: dict[str, Any]) -> list[str]:
-    """Manifest signatures, chain and head of the bundle's archive copy, with the gateway keys
-    the signed BUNDLE.json lists; segments left out of a selection are not missing."""
-    ref = str(bundle.get("ref"))
-    try:
-        check_ref(ref)
-    except KeyError_ as exc:
-        return [f"{common.BUNDLE}: {exc}"]
+def _signed(obj: Any, keys: dict[str, Ed25519PublicKey]) -> bool:
+    if not isinstance(obj, dict) or "sig" not in obj:
+        return False
+    body = {k: v for k, v in obj.items() if k != "sig"}
+    return signing.verify(keys, str(body.get("key")), canonical(body), str(obj["sig"]))
+
+
+def _manifest_keys(bundle: dict[str, Any]) -> dict[str, Ed25519PublicKey]:
     keys: dict[str, Ed25519PublicKey] = {}
     listed = bundle.get("gateway", {}).get("manifest_keys", {})
     for fp, line in listed.items() if isinstance(listed, dict) else ():
-        try:
-            keys[str(fp)] = signing.load_public(str(line), f"{common.BUNDLE} manifest key")
-        except KeyError_ as exc:
-            return [str(exc)]
+        keys[str(fp)] = signing.load_public(str(line), f"{common.BUNDLE} manifest key")
+    return keys
+
+
+def chain_problems(root: Path, bundle: dict[str, Any]) -> list[str]:
+    """The archive copy's manifests (signatures by the gateway keys the signed BUNDLE.json
+    lists), their chain and head, and that each bundled segment and index is the one its
+    manifest names (by the hashes BUNDLE.json lists, which check_files compares with the
+    files). Segments left out of a selection keep their manifests, so the chain is whole."""
+    ref = str(bundle.get("ref"))
+    try:
+        check_ref(ref)
+        keys = _manifest_keys(bundle)
+    except KeyError_ as exc:
+        return [f"{common.BUNDLE}: {exc}"]
     directory = root / "archive" / ref
-    if not directory.is_dir():
-        return [f"missing file: archive/{ref}/ (the archive copy)"]
-    report = VerifyReport()
-    verify_archive(directory, keys, report)
-    included = {int(s["number"]) for s in bundle.get("segments", [])}
-    problems = []
-    for problem in report.problems:
-        head = problem.split(":", 1)[0]
-        number = head.rsplit("/", 1)[-1]
-        left_out = number.isdigit() and int(number) not in included
-        if left_out and ("segment file" in problem or "index file" in problem):
+    listed = {str(f.get("path")): f for f in bundle.get("files", []) if isinstance(f, dict)}
+    problems: list[str] = []
+    chain: list[tuple[int, str, str]] = []  # (chain_seq, name, manifest sha256)
+    for name in sorted(os.listdir(directory)) if directory.is_dir() else []:
+        m = MANIFEST_RE.fullmatch(name)
+        if not m:
             continue
-        problems.append(f"archive chain: {problem}")
+        where = f"archive/{ref}/{name}"
+        raw = (directory / name).read_bytes()
+        try:
+            manifest = json.loads(raw)
+        except ValueError:
+            manifest = None
+        if not _signed(manifest, keys):
+            problems.append(f"{where}: manifest signature does not verify (altered)")
+            continue
+        number = int(m.group(1))
+        if manifest.get("ref") != ref or manifest.get("segment") != number:
+            problems.append(f"{where}: names another segment (renamed or reordered)")
+            continue
+        for suffix, field_name in ((".age", "ciphertext_sha256"), (".index.jsonl", "index_sha256")):
+            item = listed.get(f"archive/{ref}/{number:06d}{suffix}")
+            if item is not None and item.get("sha256") != manifest.get(field_name):
+                problems.append(
+                    f"archive/{ref}/{number:06d}{suffix}: not the file its manifest names"
+                )
+        chain.append((int(manifest.get("chain_seq", 0)), where, hashlib.sha256(raw).hexdigest()))
+    chain.sort()
+    prev = GENESIS
+    for expected, (seq, where, digest) in enumerate(chain, 1):
+        if seq != expected:
+            problems.append(
+                f"{where}: chain position {seq}, expected {expected} (a manifest removed)"
+            )
+            return problems
+        chain_prev = json.loads((root / where).read_bytes()).get("prev_manifest_sha256")
+        if chain_prev != prev:
+            problems.append(f"{where}: chain broken (previous-manifest hash differs)")
+            return problems
+        prev = digest
+    try:
+        head = json.loads((directory / "chain.json").read_bytes())
+    except (OSError, ValueError):
+        head = None
+    if chain and not _signed(head, keys):
+        problems.append(f"archive/{ref}/chain.json: chain head missing or its signature fails")
+    elif head is not None and (
+        head.get("seq") != len(chain) or head.get("manifest_sha256") != prev
+    ):
+        problems.append(f"archive/{ref}/chain.json: the head names another end of the chain")
     return problems
 
 
@@ -153,7 +204,3 @@ def verify_export(root: Path, allowed_signers: Path) -> ExportCheck:
     if result.ok:
         result.problems += chain_problems(root, bundle)
     return result
-
-
-def bundle_sha256(root: Path) -> str:
-    return hashlib.sha256((root / common.BUNDLE).read_bytes()).hexdigest()
