@@ -89,7 +89,7 @@ def test_bundle_holds_ciphertext_only_and_both_signatures_verify_with_ssh_keygen
     # the investigator's signature, with the allowed-signers line written beside it
     ssh_verify(out / common.SIGNER_FILE, "inv1", out / common.MANIFEST)
     # and the audit names the bundle's hash, never content
-    entry = [e for e in audit_entries(setup.lbm) if e["action"] == "bundle"][0]
+    entry = next(e for e in audit_entries(setup.lbm) if e["action"] == "bundle")
     assert entry["fields"]["sha256"] == setup.sha256(bundle / common.BUNDLE)
     assert entry["fields"]["investigator"] == "inv1" and entry["refs"] == [REF]
     assert entry["fields"]["records"] == len(setup.records)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dpkt
-from lbm_testing import REPO, Lbm, grant_argv
+from lbm_testing import REPO, Lbm
 
 from appliance.evidence.bundle import GatewaySide
 from store import agefile as age
@@ -159,8 +159,8 @@ def make_setup(tmp: Path) -> Setup:
     status = json.loads(lbm("status", "--json", check=True).stdout)
     signers = tmp / "gateway.allowed_signers"
     signers.write_text(status["allowed_signers"] + "\n")
-    setup = Setup(tmp, lbm, identity, identity.read_text(), public, tmp / "inv1_ed25519", "", signers,
-                  str(status["gateway"]))  # fmt: skip
+    setup = Setup(tmp, lbm, identity, identity.read_text(), public, tmp / "inv1_ed25519", "",
+                  signers, str(status["gateway"]))  # fmt: skip
     setup.ssh_pub = setup.new_ssh_key("inv1")[1]
     lbm("keys", "investigator", "add", "inv1", public, "--principal", "p500", "--login", "root",
         "--sign-key", f"{setup.ssh_key}.pub", check=True)  # fmt: skip
