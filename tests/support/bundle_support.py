@@ -72,7 +72,8 @@ class Setup:
 def email_message(n: int) -> bytes:
     return (
         b"From: p12345@force.example\r\nTo: someone@example.org\r\n"
-        b"Subject: test message %d\r\nMessage-ID: <%d@force.example>\r\n\r\n" % (n, n)
+        b"Subject: test message %d\r\nMessage-ID: <%d@force.example>\r\n\r\n"
+        % (n, n)
         + MAIL_CANARY
         + b" body line\r\n"
     )
