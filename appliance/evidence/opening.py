@@ -43,7 +43,7 @@ from appliance.evidence.raw_export import ExportSink, export_set
 from appliance.evidence.verify_export import chain_problems, signer_line
 from store import StoreError, agefile, signing, sshsig
 from store.clock import format_utc
-from store.framing import PlainStream, iter_events
+from store.framing import iter_events
 from store.fsutil import fsync_dir
 from store.keys import KeyStore
 from store.paths import DataPaths
@@ -101,11 +101,14 @@ def _segment_files(bundle: dict[str, Any]) -> set[str]:
 
 
 class _HashingFile:
-    """A read-only file that hashes what is read from it (the age reader's input)."""
+    """A read-only file that hashes what is read from it (the age reader's input). (A
+    helper thread for the hash was slower: one hand-over per 64 KiB chunk costs more than
+    the hash.)"""
 
     def __init__(self, fh: BinaryIO) -> None:
         self._fh = fh
         self.sha = hashlib.sha256()
+        self._digest: str | None = None
 
     def read(self, n: int = -1) -> bytes:
         data = self._fh.read(n)
@@ -121,12 +124,16 @@ class _HashingFile:
         return self._fh.tell()
 
     def close(self) -> None:
+        self.finish()
         self._fh.close()
 
     def finish(self) -> str:
-        while block := self.read(1 << 20):
-            del block
-        return self.sha.hexdigest()
+        """Hash the rest of the file; the SHA-256 of all of it."""
+        if self._digest is None:
+            while block := self.read(1 << 20):
+                del block
+            self._digest = self.sha.hexdigest()
+        return self._digest
 
 
 def _check_sign_key(bundle: dict[str, Any], key: Ed25519PrivateKey) -> tuple[str, str, str]:
@@ -187,6 +194,49 @@ class _SegmentOutcome:
     notice_versions: set[str] = field(default_factory=set)
 
 
+class _ChunkStream:
+    """read/readline over decrypted chunks, as `iter_events` reads them, without copying a
+    chunk into a buffer: `read(n)` returns at most the rest of the current chunk (iter_events
+    takes short reads), the whole chunk itself when it is all wanted."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._cur = b""
+        self._pos = 0
+
+    def _next(self) -> bool:
+        for chunk in self._chunks:
+            if chunk:
+                self._cur, self._pos = chunk, 0
+                return True
+        self._cur, self._pos = b"", 0
+        return False
+
+    def read(self, n: int) -> bytes:
+        if self._pos >= len(self._cur) and not self._next():
+            return b""
+        start, end = self._pos, min(len(self._cur), self._pos + n)
+        self._pos = end
+        if start == 0 and end == len(self._cur):
+            return self._cur
+        return self._cur[start:end]
+
+    def readline(self, limit: int = 1 << 20) -> bytes:
+        parts: list[bytes] = []
+        got = 0
+        while got < limit:
+            if self._pos >= len(self._cur) and not self._next():
+                break
+            stop = self._cur.find(b"\n", self._pos, self._pos + limit - got)
+            end = stop + 1 if stop >= 0 else min(len(self._cur), self._pos + limit - got)
+            parts.append(self._cur[self._pos : end])
+            got += end - self._pos
+            self._pos = end
+            if stop >= 0:
+                break
+        return b"".join(parts)
+
+
 def _changed(root: Path, rel: str) -> common.EvidenceError:
     return common.EvidenceError(
         f"{root}: bundle refused: changed file: {rel} (SHA-256 differs from the list; "
@@ -222,7 +272,7 @@ def _open_segment(
     feeding = False
     current = ""
     try:
-        for kind, value in iter_events(PlainStream(reader.chunks())):
+        for kind, value in iter_events(_ChunkStream(reader.chunks())):  # type: ignore[arg-type]
             if kind == "header":
                 current = str(value["id"])
                 if not current.startswith(prefix):
