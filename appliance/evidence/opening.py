@@ -7,8 +7,8 @@ plaintext exports and a signed MANIFEST.json.
 2. The identity (a file or stdin, read by the caller) stays in memory: the authorisation key,
    then each segment key, is unwrapped with `store.framing.open_segment` on the bundle, which
    has the data directory's layout.
-3. Records stream into the export formats (`formats.ExportSet`; raw_export.py stands in until
-   it is installed); records the segment's index lists but the (truncated) ciphertext does not
+3. Records stream into the export formats (`formats.ExportSet`: mitmproxy flows and HAR, .eml
+   and mbox, pcapng); records the segment's index lists but the (truncated) ciphertext does not
    hold are listed as missing, records cut off as incomplete.
 4. MANIFEST.json lists every plaintext file (SHA-256, size, record ids), the source segments,
    BUNDLE.json's hash, the authorisation, notice version(s), gateway, software, time and who
@@ -39,7 +39,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from appliance.evidence import bundle_common as common
 from appliance.evidence.bundle import read_index
-from appliance.evidence.raw_export import ExportSink, export_set
+from appliance.evidence.formats import ExportSet, FormatError
 from appliance.evidence.verify_export import chain_problems, signer_line
 from store import StoreError, agefile, signing, sshsig
 from store.clock import format_utc
@@ -249,7 +249,7 @@ def _open_segment(
     seg: dict[str, Any],
     ref: str,
     identity: str,
-    sink: ExportSink,
+    sink: ExportSet,
     bar: _Progress,
     expected: str,
 ) -> _SegmentOutcome:
@@ -386,7 +386,7 @@ def open_bundle(req: OpenRequest) -> OpenResult:
     common.make_dirs(out.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        sink = export_set(staging)
+        sink = ExportSet(staging)
         bar = _Progress(req.progress, total)
         with bar.running():
             outcomes = [
@@ -394,7 +394,7 @@ def open_bundle(req: OpenRequest) -> OpenResult:
                 for s in segments
             ]
         written = sink.close()
-        for item in getattr(sink, "incomplete", []):
+        for item in sink.incomplete:
             for o in outcomes:
                 if item.startswith(o.segment + "/") and item not in o.incomplete:
                     o.incomplete.append(item)
@@ -411,6 +411,8 @@ def open_bundle(req: OpenRequest) -> OpenResult:
             raise common.EvidenceError(f"--out {out}: appeared meanwhile; never written over")
         staging.rename(out)
         fsync_dir(out.parent)
+    except FormatError as exc:  # a record the export formats cannot take (names its id)
+        raise common.EvidenceError(f"export: {exc}") from None
     except OSError as exc:
         raise common.EvidenceError(f"cannot write to {out}: {exc.strerror}") from None
     finally:
