@@ -34,8 +34,11 @@ from bundle_support import (
 from appliance.evidence import bundle_common as common
 from appliance.evidence.access import AccessRefused
 from appliance.evidence.bundle import authorise, make_bundle
-from appliance.evidence.opening import check_bundle
+from appliance.evidence.bundle_common import now_utc
+from appliance.evidence.opening import OpenRequest, check_bundle, open_bundle
 from appliance.evidence.verify_export import verify_export
+from store import agefile as age
+from store import sshsig
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ssh-keygen") is None or shutil.which("tshark") is None,
@@ -351,3 +354,15 @@ def test_verify_export_needs_the_gateway_key_not_one_from_the_bundle(
     signers.write_text(f"{setup.gateway_id} {stranger[1]}\n")
     checked = verify_export(bundle, signers)
     assert not checked.ok and "not in the allowed signers" in checked.problems[0]
+
+
+def test_a_wrong_identity_opens_nothing(setup: Setup, opened: tuple[Path, Path]) -> None:
+    bundle, _ = opened
+    secret, _public = age.generate()
+    out = setup.tmp / "wrong-identity"
+    request = OpenRequest(bundle, out, age.identity_file_text(secret), setup.gateway_signers,
+                          sshsig.load_private_key(setup.ssh_key), "root", now_utc())  # fmt: skip
+    with pytest.raises(common.EvidenceError, match=f"authorisation {REF}: cannot unwrap"):
+        open_bundle(request)
+    assert not out.exists()
+    assert not [p for p in setup.tmp.iterdir() if p.name.startswith(".wrong-identity")]
