@@ -22,24 +22,21 @@ at the end; a failure leaves nothing. Plaintext files are 0600, directories 0700
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from appliance.evidence import bundle_common as common
 from appliance.evidence.bundle import read_index
 from appliance.evidence.formats import ExportSet, FormatError
+from appliance.evidence.opening_io import ChunkStream, HashingFile, ProgressBar
 from appliance.evidence.verify_export import chain_problems, signer_line
 from store import StoreError, agefile, signing, sshsig
 from store.clock import format_utc
@@ -100,42 +97,6 @@ def _segment_files(bundle: dict[str, Any]) -> set[str]:
     return {_seg_path(ref, s) for s in bundle.get("segments") or []}
 
 
-class _HashingFile:
-    """A read-only file that hashes what is read from it (the age reader's input). (A
-    helper thread for the hash was slower: one hand-over per 64 KiB chunk costs more than
-    the hash.)"""
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self.sha = hashlib.sha256()
-        self._digest: str | None = None
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._fh.read(n)
-        self.sha.update(data)
-        return data
-
-    def readline(self, limit: int = -1) -> bytes:
-        data = self._fh.readline(limit)
-        self.sha.update(data)
-        return data
-
-    def tell(self) -> int:
-        return self._fh.tell()
-
-    def close(self) -> None:
-        self.finish()
-        self._fh.close()
-
-    def finish(self) -> str:
-        """Hash the rest of the file; the SHA-256 of all of it."""
-        if self._digest is None:
-            while block := self.read(1 << 20):
-                del block
-            self._digest = self.sha.hexdigest()
-        return self._digest
-
-
 def _check_sign_key(bundle: dict[str, Any], key: Ed25519PrivateKey) -> tuple[str, str, str]:
     """(kind, principal, key line) of the MANIFEST signer, which must be the registered key."""
     line = signing.public_openssh(key.public_key())
@@ -153,37 +114,6 @@ def _check_sign_key(bundle: dict[str, Any], key: Ed25519PrivateKey) -> tuple[str
     return kind, principal, " ".join(expected.split()[:2])
 
 
-class _Progress:
-    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.bar: Progress | None = None
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-
-            self.bar = Progress(
-                TextColumn("decrypting"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.task = self.bar.add_task("open", total=total)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        if self.bar is None:
-            yield
-            return
-        with self.bar:
-            yield
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
-
-
 @dataclass
 class _SegmentOutcome:
     segment: str
@@ -192,49 +122,6 @@ class _SegmentOutcome:
     missing: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
     notice_versions: set[str] = field(default_factory=set)
-
-
-class _ChunkStream:
-    """read/readline over decrypted chunks, as `iter_events` reads them, without copying a
-    chunk into a buffer: `read(n)` returns at most the rest of the current chunk (iter_events
-    takes short reads), the whole chunk itself when it is all wanted."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._cur = b""
-        self._pos = 0
-
-    def _next(self) -> bool:
-        for chunk in self._chunks:
-            if chunk:
-                self._cur, self._pos = chunk, 0
-                return True
-        self._cur, self._pos = b"", 0
-        return False
-
-    def read(self, n: int) -> bytes:
-        if self._pos >= len(self._cur) and not self._next():
-            return b""
-        start, end = self._pos, min(len(self._cur), self._pos + n)
-        self._pos = end
-        if start == 0 and end == len(self._cur):
-            return self._cur
-        return self._cur[start:end]
-
-    def readline(self, limit: int = 1 << 20) -> bytes:
-        parts: list[bytes] = []
-        got = 0
-        while got < limit:
-            if self._pos >= len(self._cur) and not self._next():
-                break
-            stop = self._cur.find(b"\n", self._pos, self._pos + limit - got)
-            end = stop + 1 if stop >= 0 else min(len(self._cur), self._pos + limit - got)
-            parts.append(self._cur[self._pos : end])
-            got += end - self._pos
-            self._pos = end
-            if stop >= 0:
-                break
-        return b"".join(parts)
 
 
 def _changed(root: Path, rel: str) -> common.EvidenceError:
@@ -250,7 +137,7 @@ def _open_segment(
     ref: str,
     identity: str,
     sink: ExportSet,
-    bar: _Progress,
+    bar: ProgressBar,
     expected: str,
 ) -> _SegmentOutcome:
     number = int(seg["number"])
@@ -261,7 +148,7 @@ def _open_segment(
     keystore = KeyStore(DataPaths(root))
     try:
         key = keystore.unwrap_segment(ref, number, keystore.unwrap_authorisation(ref, identity))
-        fh = _HashingFile((root / rel).open("rb"))
+        fh = HashingFile((root / rel).open("rb"))
     except (StoreError, OSError) as exc:
         raise common.EvidenceError(f"segment {outcome.segment}: {exc}") from None
     try:
@@ -272,7 +159,7 @@ def _open_segment(
     feeding = False
     current = ""
     try:
-        for kind, value in iter_events(_ChunkStream(reader.chunks())):  # type: ignore[arg-type]
+        for kind, value in iter_events(ChunkStream(reader.chunks())):  # type: ignore[arg-type]
             if kind == "header":
                 current = str(value["id"])
                 if not current.startswith(prefix):
@@ -387,7 +274,7 @@ def open_bundle(req: OpenRequest) -> OpenResult:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         sink = ExportSet(staging)
-        bar = _Progress(req.progress, total)
+        bar = ProgressBar(req.progress, total)
         with bar.running():
             outcomes = [
                 _open_segment(root, s, ref, req.identity, sink, bar, listed[_seg_path(ref, s)])
@@ -400,8 +287,11 @@ def open_bundle(req: OpenRequest) -> OpenResult:
                     o.incomplete.append(item)
         manifest = _manifest(req, bundle, bundle_sha, signer, outcomes, written)
         data = common.encode(manifest)
-        for name in (common.BUNDLE, common.BUNDLE_SIG):
-            common.write_new(staging / name, (root / name).read_bytes())
+        bundle_bytes = (root / common.BUNDLE).read_bytes()
+        if hashlib.sha256(bundle_bytes).hexdigest() != bundle_sha:  # changed since checked
+            raise common.EvidenceError(f"changed file: {root / common.BUNDLE} (while opening)")
+        common.write_new(staging / common.BUNDLE, bundle_bytes)
+        common.write_new(staging / common.BUNDLE_SIG, (root / common.BUNDLE_SIG).read_bytes())
         common.write_new(staging / common.MANIFEST, data)
         signature = sshsig.sign(req.sign_key, data, common.NAMESPACE)
         common.write_new(staging / common.MANIFEST_SIG, signature)
