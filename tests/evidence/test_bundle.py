@@ -375,3 +375,21 @@ def test_a_wrong_identity_opens_nothing(setup: Setup, opened: tuple[Path, Path])
         open_bundle(request)
     assert not out.exists()
     assert not [p for p in setup.tmp.iterdir() if p.name.startswith(".wrong-identity")]
+
+
+def test_a_signing_key_must_be_an_openssh_ed25519_public_key(setup: Setup) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    private = setup.ssh_key  # the private half, given by mistake
+    rsa = setup.tmp / "rsa.pub"
+    rsa.write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ== someone\n")
+    for bad, why in ((private, "not an OpenSSH ssh-ed25519 public key"), (rsa, "ssh-ed25519")):
+        result = CliRunner().invoke(main.cli, [
+            "--data-dir", str(setup.lbm.data_dir), "keys", "investigator", "add", "inv9",
+            setup.recipient, "--principal", "p509", "--sign-key", str(bad)])  # fmt: skip
+        assert result.exit_code == 2 and why in result.output, result.output
+    listed = inproc(setup.lbm.data_dir, "keys", "investigator", "list", "--json")
+    assert "inv9" not in listed
+    assert json.loads(listed)[0]["ssh_key"] == " ".join(setup.ssh_pub.split()[:2])
