@@ -78,6 +78,11 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.advance(self.task, n)
 
+    def done_to(self, n: int) -> None:
+        """A segment is done: the bar stands at the ciphertext read so far."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=n)
+
 
 class ChunkStream:
     """read/readline over decrypted chunks, as `iter_events` reads them, without copying a
