@@ -393,3 +393,26 @@ def test_a_signing_key_must_be_an_openssh_ed25519_public_key(setup: Setup) -> No
     listed = inproc(setup.lbm.data_dir, "keys", "investigator", "list", "--json")
     assert "inv9" not in listed
     assert json.loads(listed)[0]["ssh_key"] == " ".join(setup.ssh_pub.split()[:2])
+
+
+def test_the_ciphertext_hash_covers_every_byte_read_or_not(tmp_path: Path) -> None:
+    """The segment hash is computed in 4 MiB pieces beside the reader: every byte counts once,
+    whether the age reader read it (lines, chunks across piece boundaries) or not."""
+    import hashlib
+    import os
+
+    from appliance.evidence.opening_io import HashingFile
+
+    data = b"age-encryption.org/v1\n-> X25519 abc\n" + os.urandom(9 << 20) + b"\ntail"
+    path = tmp_path / "seg.age"
+    path.write_bytes(data)
+    for stop_at in (len(data), 5 << 20, 40):
+        with path.open("rb") as raw:
+            fh = HashingFile(raw)
+            parts, size = [fh.readline(1000), fh.readline(1000)], 0
+            while size < stop_at and (piece := fh.read(65552)):
+                parts.append(piece)
+                size += len(piece)
+            assert data.startswith(b"".join(parts))
+            assert fh.finish() == hashlib.sha256(data).hexdigest()
+            fh.close()
