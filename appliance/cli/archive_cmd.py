@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from appliance.cli import hold_cmd
+from appliance.cli import archive_bundle_cmd, hold_cmd
 from appliance.cli.app import App, emit, fail, pass_app
 from appliance.cli.archive_export import export_raw
 from appliance.cli.audit_cmd import pinned_chain
@@ -48,6 +48,9 @@ archive.add_command(export_raw)
 archive.add_command(collateral)
 archive.add_command(hold_cmd.hold)
 archive.add_command(hold_cmd.release)
+archive.add_command(archive_bundle_cmd.bundle)
+archive.add_command(archive_bundle_cmd.export)
+archive.add_command(archive_bundle_cmd.verify_export_cmd)
 
 
 def _checked_ref(ref: str | None) -> None:

@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.keys_cmd", "keys"),
     ("appliance.cli.archive_cmd", "archive"),
     ("appliance.cli.search_cmd", "search"),
+    ("appliance.cli.evidence_cmd", "evidence"),
     ("appliance.cli.run_cmd", "run"),
     ("appliance.cli.status_cmd", "status"),
     ("appliance.cli.metrics_server", "metrics"),
