@@ -3,8 +3,14 @@
     lbm keys investigator add NAME AGE_PUBLIC_KEY --principal P [--login USER]
                               [--sign-key PUBKEY_FILE]   (OpenSSH Ed25519 public key that
                                                            signs the bundles they open)
+                              [--statement CHANGE.toml --signature CHANGE.toml.sig]
     lbm keys investigator list [--json] [--all]
-    lbm keys investigator remove NAME
+    lbm keys investigator remove NAME [--statement ... --signature ...]
+
+With `[policy] require_officer_signature` (set by `lbm init --system`), adding or removing an
+investigator needs a change statement signed by a register signer (`[policy] register_signers`,
+SSHSIG namespace `lbm-investigator-register`; appliance/policy/investigator_signatures.py): the
+audit officer alone cannot register a second persona to approve their own collateral removal.
     lbm keys dev-identity [--out FILE]      (outside the data dir; never for evidence)
     lbm keys rotate-signing                 (audited, signed by the old key, which stays
                                              for verification)
@@ -24,6 +30,10 @@ from pathlib import Path
 import click
 
 from appliance.cli.app import App, emit, fail, pass_app, read_identity
+from appliance.cli.signed_files import read_signed, register_signers, signed_options
+from appliance.policy import InvalidInput, RuleViolation
+from appliance.policy import investigator_signatures as inv_signatures
+from appliance.policy.officer_signatures import Signed
 from store import agefile as age
 from store import investigators as table
 from store import safefile, signing, sqlite
@@ -38,6 +48,48 @@ DEV_LABEL = "DEVELOPMENT IDENTITY - NOT FOR EVIDENCE"
 @click.group("keys")
 def keys() -> None:
     """Investigator keys, development identities and the gateway signing key."""
+
+
+SIGNED_HELP = (
+    "the change statement (TOML) signed by a register signer: needed with [policy] "
+    "require_officer_signature",
+    "its SSHSIG (ssh-keygen -Y sign -n lbm-investigator-register)",
+)
+
+
+def _signed_change(
+    app: App,
+    action: str,
+    given: dict[str, str | None],
+    statement: Path | None,
+    signature: Path | None,
+) -> tuple[Signed | None, dict[str, str]]:
+    """The verified signed statement for this change (or None when none is needed and none is
+    given) and its audit fields; exits 2 on malformed input, 1 on a refusal (audited)."""
+    try:
+        signed = read_signed(statement, signature, "--statement", "a register signer")
+        if signed is None:
+            if app.config["policy.require_officer_signature"]:
+                raise RuleViolation(
+                    "the investigator register accepts only changes signed by a register signer "
+                    "([policy] require_officer_signature): give --statement CHANGE.toml and "
+                    "--signature CHANGE.toml.sig (ssh-keygen -Y sign -n lbm-investigator-register)"
+                )
+            return None, {}
+        text, where = register_signers(str(app.config["policy.register_signers"]))
+        fields = inv_signatures.verify(signed, text, where, action, given, app.clock.now())
+        return signed, fields
+    except InvalidInput as exc:
+        fail(str(exc), 2)
+    except RuleViolation as exc:
+        app.audit.append(
+            Action.AUTH_REFUSED,
+            app.actor,
+            request=action,
+            investigator=given["name"],
+            reason=str(exc),
+        )
+        fail(str(exc))
 
 
 @keys.group("investigator")
@@ -60,6 +112,7 @@ def investigator() -> None:
     metavar="PUBKEY_FILE",
     help="their OpenSSH Ed25519 public key (.pub): it signs MANIFEST.json of opened bundles",
 )
+@signed_options(*SIGNED_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def investigator_add(
@@ -69,6 +122,8 @@ def investigator_add(
     principal: str,
     login: str | None,
     sign_key: str | None,
+    statement: Path | None,
+    signature: Path | None,
     as_json: bool,
 ) -> None:
     """Register investigator NAME with their age public key (age1...)."""
@@ -87,12 +142,22 @@ def investigator_add(
         parse_age_recipient(age_public_key)  # lower case, and never a low-order point
     except (age.AgeError, Bech32Error) as exc:
         fail(f"AGE_PUBLIC_KEY {age_public_key!r}: {exc}", 2)
+    given = {"name": name, "principal": principal, "recipient": age_public_key, "login": login,
+             "ssh_key": ssh_key}  # fmt: skip
+    signed, sig_fields = _signed_change(app, "investigator_add", given, statement, signature)
     conn = sqlite.connect(app.paths.registry)
     try:
-        item = table.add(
-            conn, name, age_public_key, principal, format_utc(app.clock.now()), login, ssh_key
-        )
+        now = format_utc(app.clock.now())
+        if signed is not None:
+            inv_signatures.check_unused(conn, signed)
+        item = table.add(conn, name, age_public_key, principal, now, login, ssh_key)
+        if signed is not None:
+            inv_signatures.record_use(conn, signed, now)
     except table.InvestigatorError as exc:
+        fail(str(exc))
+    except RuleViolation as exc:
+        app.audit.append(Action.AUTH_REFUSED, app.actor, request="investigator_add",
+                         investigator=name, reason=str(exc))  # fmt: skip
         fail(str(exc))
     finally:
         conn.close()
@@ -105,6 +170,7 @@ def investigator_add(
         recipient=age_public_key,
         recipient_fingerprint=age.recipient_fingerprint(age_public_key),
         ssh_key=ssh_key,
+        **({"signed": sig_fields} if sig_fields else {}),
     )
     emit(item.__dict__, as_json, f"added investigator {name} ({principal}) {age_public_key}")
 
@@ -133,14 +199,29 @@ def investigator_list(app: App, include_removed: bool, as_json: bool) -> None:
 
 @investigator.command("remove")
 @click.argument("name")
+@signed_options(*SIGNED_HELP)
 @pass_app
-def investigator_remove(app: App, name: str) -> None:
+def investigator_remove(
+    app: App, name: str, statement: Path | None, signature: Path | None
+) -> None:
     """Remove investigator NAME (authorisation keys wrapped to them need a rewrap)."""
     app.require_initialised()
+    signed, sig_fields = _signed_change(
+        app, "investigator_remove", {"name": name}, statement, signature
+    )
     conn = sqlite.connect(app.paths.registry)
     try:
-        item = table.remove(conn, name, format_utc(app.clock.now()))
+        now = format_utc(app.clock.now())
+        if signed is not None:
+            inv_signatures.check_unused(conn, signed)
+        item = table.remove(conn, name, now)
+        if signed is not None:
+            inv_signatures.record_use(conn, signed, now)
     except table.InvestigatorError as exc:
+        fail(str(exc))
+    except RuleViolation as exc:
+        app.audit.append(Action.AUTH_REFUSED, app.actor, request="investigator_remove",
+                         investigator=name, reason=str(exc))  # fmt: skip
         fail(str(exc))
     finally:
         conn.close()
@@ -150,6 +231,7 @@ def investigator_remove(app: App, name: str) -> None:
         investigator=name,
         principal=item.principal,
         recipient=item.recipient,
+        **({"signed": sig_fields} if sig_fields else {}),
     )
     click.echo(f"removed investigator {name}; rewrap the authorisation keys they held")
 

@@ -18,7 +18,7 @@ import click
 
 from appliance.cli.app import App, emit, pass_app
 from appliance.cli.auth_cmd import open_registry
-from appliance.cli.signed_files import read_file, read_signed, signed_options
+from appliance.cli.signed_files import read_signed, register_signers, signed_options
 from appliance.cli.textsafe import safe
 from appliance.policy import InvalidInput, RuleViolation, values
 from appliance.policy import officer_signatures as signatures
@@ -72,15 +72,7 @@ def register_change(
         return given, None
     if statement is None:
         raise InvalidInput("--signature needs --statement (the signed change)")
-    signers_path = str(app.config["policy.register_signers"])
-    if not signers_path:
-        raise RuleViolation("no [policy] register_signers file is configured")
-    try:
-        signers_text = read_file(Path(signers_path), "[policy] register_signers file").decode()
-    except (InvalidInput, UnicodeDecodeError) as exc:
-        raise RuleViolation(
-            f"[policy] register_signers {signers_path}: cannot read ({exc})"
-        ) from None
+    signers_text, signers_path = register_signers(str(app.config["policy.register_signers"]))
     signed = read_signed(statement, signature, "--statement", "a register signer")
     assert signed is not None
     fields = signatures.verify_register_change(signed, signers_text, signers_path, reg.clock.now())

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from appliance.policy import InvalidInput
+from appliance.policy import InvalidInput, RuleViolation
 from appliance.policy.officer_signatures import Signed
 from store import safefile
 
@@ -53,3 +53,17 @@ def read_signed(
     if signed_file is None:
         raise InvalidInput(f"--signature needs {option} (the signed file)")
     return Signed(read_file(signed_file, f"{option} file"), read_file(signature, "signature"))
+
+
+def register_signers(configured: str) -> tuple[str, str]:
+    """The text and path of the `[policy] register_signers` allowed-signers file, or
+    RuleViolation when none is configured or it cannot be read."""
+    if not configured:
+        raise RuleViolation("no [policy] register_signers file is configured")
+    try:
+        text = read_file(Path(configured), "[policy] register_signers file").decode()
+    except (InvalidInput, UnicodeDecodeError) as exc:
+        raise RuleViolation(
+            f"[policy] register_signers {configured}: cannot read ({exc})"
+        ) from None
+    return text, configured

@@ -105,16 +105,26 @@ def verify(
     return {**fields, "signer": ",".join(entry.principals)}
 
 
-def use_once(conn: sqlite3.Connection, signed: Signed, at: str) -> None:
-    """Record the statement as used (inside the caller's transaction); a replay is refused."""
+def _digest(signed: Signed) -> str:
+    return signed.audit_fields("")["signed_sha256"]
+
+
+def check_unused(conn: sqlite3.Connection, signed: Signed) -> None:
+    """RuleViolation when this statement was used before (a replay)."""
     conn.execute(SCHEMA)
-    digest = signed.audit_fields("")["signed_sha256"]
-    try:
-        conn.execute(
-            "INSERT INTO investigator_statements(signed_sha256, used_at) VALUES (?, ?)",
-            (digest, at),
-        )
-    except sqlite3.IntegrityError:
+    row = conn.execute(
+        "SELECT used_at FROM investigator_statements WHERE signed_sha256 = ?", (_digest(signed),)
+    ).fetchone()
+    if row is not None:
         raise RuleViolation(
-            "this signed investigator change was used already (a statement is used once)"
-        ) from None
+            f"this signed investigator change was used already (at {row[0]}); a statement is "
+            "used once"
+        )
+
+
+def record_use(conn: sqlite3.Connection, signed: Signed, at: str) -> None:
+    conn.execute(SCHEMA)
+    conn.execute(
+        "INSERT OR IGNORE INTO investigator_statements(signed_sha256, used_at) VALUES (?, ?)",
+        (_digest(signed), at),
+    )

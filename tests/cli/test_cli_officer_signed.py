@@ -284,3 +284,60 @@ def test_signed_application_cannot_be_kept_and_granted_later(
     app = application(tmp_path, "CA1-9")
     refused(grant(lbm, app, sign(keys["p100"], app), when="2026-03-17T09:30:00Z"), "in the past")
     assert grant(lbm, app, app.with_name(app.name + ".sig")).returncode == 0
+
+
+def test_investigator_register_changes_need_a_register_signer(
+    signed: tuple[Lbm, dict[str, Path]], tmp_path: Path
+) -> None:
+    """The red-team finding: an audit officer who runs the gateway could register a second
+    persona (own principal, login and key) and approve their own collateral removal with it.
+    With signatures required, the investigator register takes only signed, unexpired, exact and
+    unused change statements."""
+    lbm, keys = signed
+    iso = tmp_path / "iso.key"
+    signers = tmp_path / "register_signers"
+    signers.write_text(f'iso@force namespaces="lbm-investigator-register" {keygen(iso)}')
+    config = lbm.data_dir / "lbm.toml"
+    config.write_text(
+        config.read_text().replace('register_signers = ""', f'register_signers = "{signers}"')
+    )
+    add = ["keys", "investigator", "add", "inv2", INV_RECIPIENT, "--principal", "p902",
+           "--login", "persona"]  # fmt: skip
+    refused(lbm(*add), "register signer")  # unsigned: refused
+    change = tmp_path / "inv2.toml"
+    change.write_text(
+        f'action = "investigator_add"\nname = "inv2"\nprincipal = "p902"\n'
+        f'recipient = "{INV_RECIPIENT}"\nlogin = "persona"\nnot_after = 2099-01-01T00:00:00Z\n'
+    )
+    # signed by an officer's key in the wrong namespace / not a register signer: refused
+    by_officer = sign(keys["p100"], change, "lbm-investigator-register")
+    refused(lbm(*add, "--statement", str(change), "--signature", str(by_officer)), "allowed")
+    sig = sign(iso, change, "lbm-investigator-register")
+    # the arguments must say what the statement says (here: another login)
+    other = [*add[:-1], "colleague"]
+    refused(lbm(*other, "--statement", str(change), "--signature", str(sig)), "login")
+    ok = lbm(*add, "--statement", str(change), "--signature", str(sig))
+    assert ok.returncode == 0, ok.stderr
+    entry = json.loads((lbm.data_dir / "audit" / "audit.jsonl").read_text().splitlines()[-1])
+    assert entry["action"] == "investigator_add"
+    assert entry["fields"]["signed"]["signer"] == "iso@force"
+    # removal needs its own statement; a replayed addition after removal is refused
+    removal = tmp_path / "rm.toml"
+    removal.write_text(
+        'action = "investigator_remove"\nname = "inv2"\nnot_after = 2099-01-01T00:00:00Z\n'
+    )
+    refused(lbm("keys", "investigator", "remove", "inv2"), "register signer")
+    rm_sig = sign(iso, removal, "lbm-investigator-register")
+    done = lbm("keys", "investigator", "remove", "inv2", "--statement", str(removal),
+               "--signature", str(rm_sig))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    refused(lbm(*add, "--statement", str(change), "--signature", str(sig)), "used already")
+    # an expired statement is refused
+    late = tmp_path / "late.toml"
+    late.write_text(change.read_text().replace("2099-01-01", "2000-01-01").replace("inv2", "inv3"))
+    late_sig = sign(iso, late, "lbm-investigator-register")
+    refused(
+        lbm("keys", "investigator", "add", "inv3", INV_RECIPIENT, "--principal", "p902",
+            "--login", "persona", "--statement", str(late), "--signature", str(late_sig)),
+        "expired",
+    )  # fmt: skip
