@@ -9,6 +9,7 @@ auto_apply`). It holds no content and decrypts nothing.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -118,7 +119,7 @@ def run(app: App, once: bool) -> None:
     app.require_initialised()
     keeper = Housekeeper(app)
     if once:
-        click.echo(keeper.one_pass())
+        click.echo(json.dumps(keeper.one_pass(), sort_keys=True, default=str))
         return
     stop = threading.Event()
     hup = threading.Event()

@@ -15,6 +15,7 @@ is audited (`status_officer_view`).
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import datetime
 from typing import Any
 
@@ -77,11 +78,14 @@ def authorisations(app: App, now: datetime) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"expiring_7d": [], "review_due": [], "awaiting_ratification": []}
     if not app.paths.registry.exists():
         return out
-    conn = sqlite.connect(app.paths.registry)
     try:
-        auths = load_all(conn)
-    finally:
-        conn.close()
+        conn = sqlite.connect(app.paths.registry, readonly=True)
+        try:
+            auths = load_all(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:  # a locked or corrupt registry: the policy line says so
+        return out
     for auth in auths:
         state = auth.state(now)
         if state not in ("active", "awaiting_ratification", "pending"):

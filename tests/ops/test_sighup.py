@@ -146,7 +146,7 @@ def test_sighup_reloads_without_dropping_a_connection_and_a_new_user_works(gw: G
     assert by_daemon["proxy"]["applied"] == ["web.max_connections_per_client"]
     assert by_daemon["proxy"]["restart_needed"] == ["web.listen_port"]
     assert by_daemon["smtp"]["applied"] == ["smtp.max_recipients"]  # its own sections only
-    text = json.dumps(entries)
+    text = json.dumps([e["fields"] for e in entries])  # (hashes and signatures may hold "100")
     assert "100" not in text and PASSWORD not in text  # key names, never values
     # the open connection was not dropped: the same socket answers again
     assert gw.get(conn, "jsmith") == 200
