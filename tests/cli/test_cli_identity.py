@@ -213,7 +213,7 @@ def test_housekeeping_reimports_the_configured_feed_when_it_changes(lbm: Lbm, fe
     past = time.time() - 60
     os.utime(feed, (past, past))
     first = lbm("housekeeping", "run", "--once", check=True)
-    events = [json.loads(line) for line in first.stdout.splitlines() if line.startswith("{\"")]
+    events = [json.loads(line) for line in first.stdout.splitlines() if line.startswith('{"')]
     assert any(e.get("event") == "identity_feed_imported" for e in events)  # JSON log lines
     assert lbm("identity", "resolve", "--username", "amy").stdout.strip() == "p2"
     feed.write_text(FEED.replace("amy", "amelia"))
