@@ -85,33 +85,60 @@ class PacketsWriter:
         self._drain()
 
     def _damage(self) -> None:
-        self._stopped = True
-        self._buf.clear()
+        self._stopped = True  # the buffer is dropped once no view of it is held (_drain)
         if self._id not in self.damaged:
             self.damaged.append(self._id)
 
     def _drain(self) -> None:
         buf = self._buf
+        view = memoryview(buf)
         pos = 0
-        while len(buf) - pos >= 12:
-            btype, total = struct.unpack_from("<II", buf, pos)
-            if btype == SHB:
-                (magic,) = struct.unpack_from("<I", buf, pos + 8)
-                if magic != MAGIC:  # big-endian section: keep the record as it is
-                    self._big_endian(bytes(buf[pos:]))
-                    buf.clear()
+        run = 0  # start of a run of blocks copied unchanged (written in one piece)
+        try:
+            while len(buf) - pos >= 12:
+                btype, total = struct.unpack_from("<II", buf, pos)
+                if btype == SHB:
+                    (magic,) = struct.unpack_from("<I", buf, pos + 8)
+                    if magic != MAGIC:  # big-endian section: keep the record as it is
+                        self._flush(view[run:pos])
+                        self._big_endian(bytes(buf[pos:]))
+                        pos = len(buf)
+                        run = pos
+                        break
+                elif not self._started:
+                    self._damage()
                     return
-            elif not self._started:
-                self._damage()
-                return
-            if total < 12 or total % 4 or total > MAX_BLOCK:
-                self._damage()
-                return
-            if len(buf) - pos < total:
-                break
-            self._block(btype, memoryview(buf)[pos + 8 : pos + total - 4])
-            pos += total
-        del buf[:pos]
+                if total < 12 or total % 4 or total > MAX_BLOCK:
+                    self._flush(view[run:pos])
+                    self._damage()
+                    return
+                if len(buf) - pos < total:
+                    break
+                if btype == EPB and self._same_iface(struct.unpack_from("<I", buf, pos + 8)[0]):
+                    self.packets += 1  # interface id unchanged: the block is copied as it is
+                else:
+                    self._flush(view[run:pos])
+                    self._block(btype, view[pos + 8 : pos + total - 4])
+                    if self._stopped:
+                        return
+                    run = pos + total
+                pos += total
+            if not self._stopped:
+                self._flush(view[run:pos])
+        finally:
+            view.release()
+        if self._stopped:
+            buf.clear()
+        else:
+            del buf[:pos]
+
+    def _same_iface(self, section_id: int) -> bool:
+        return section_id < len(self._map) and self._map[section_id] == section_id
+
+    def _flush(self, blocks: memoryview) -> None:
+        if len(blocks):
+            self._output().write(blocks)
+            self._wrote = True
 
     def _big_endian(self, rest: bytes) -> None:
         if self._started:  # a second section in the other byte order: not supported
