@@ -1,0 +1,337 @@
+"""End to end on a simulated network (issue 17): three namespaces made by the test (force clients,
+gateway, internet; tests/support/netns.py), no proxy configured on the clients.
+
+The gateway runs `lbm run`, which supervises `lbm proxy run` (transparent mode), `lbm smtp run`
+and `lbm capture live --interface g-c` (its inside interface, from `[capture] interfaces`); the
+redirect of TCP 80/443 to the proxy (and the QUIC drop) are the test's own nftables rules
+(`Topology.redirect`: `lbm gateway rules --apply` had not landed when this was written). The
+internet namespace holds a real HTTP/HTTPS server and a real SMTP server. Two client addresses
+map to a subject and a non-subject through an identity feed (`lbm identity import`): IP leases
+and email addresses. The subject is under one authorisation for web, email and packets.
+
+Scenario (one run shared by the tests below): web and mail from both users while the internet's
+SMTP server is down, so accepted mail waits in the spool; `lbm run` stopped (SIGTERM) and
+started again after the SMTP server comes up; more web traffic; the spool drains; `lbm run`
+stopped. Then the data dir, the archive (`lbm archive export-raw` with the investigator's
+identity), the SMTP server's mailbox and every byte `lbm run` and its daemons printed are checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_network import SMTP_SERVER, WEB_SERVER, LbmRun, scripts, start_script
+from lbm_testing import Lbm
+from mail_relay import set_option, spool_entries, wait_until
+from netns import Topology, gateway_topology
+from web_proxy import investigator, proxy_ca
+from web_upstream import TestCA
+
+from store.metadata import read_stream
+from store.paths import DataPaths
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make network namespaces"),
+    pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark (Debian package)"),
+]
+
+REF = "op-e2e-1"
+SUBJECT, OTHER = "p12345", "p67890"
+SUBJECT_ADDR, OTHER_ADDR, OUTSIDE_ADDR = (
+    "subject@force.example",
+    "other@force.example",
+    "someone@elsewhere.example",
+)
+HOST = "www.example.test"
+PROXY_PORT = 3129
+MARK = "subject-mark-3c9b1f"  # in the subject's requests and mail: must be archived
+CANARY = "nonsubject-canary-5d1e0a77"  # in the non-subject's: must be nowhere we keep
+
+PEER_CERT = textwrap.dedent(
+    """
+    import hashlib, socket, ssl, sys
+    src, dst, name, cafile = sys.argv[1:5]
+    sock = socket.create_connection((dst, 443), timeout=10, source_address=(src, 0))
+    ctx = ssl.create_default_context(cafile=cafile)
+    with ctx.wrap_socket(sock, server_hostname=name) as tls:
+        print(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
+    """
+)
+
+MAIL_CLIENT = textwrap.dedent(
+    """
+    import smtplib, sys
+    src, dst, sender, rcpt, text = sys.argv[1:6]
+    msg = ("From: <%s>\\r\\nTo: <%s>\\r\\nSubject: %s\\r\\n\\r\\n%s\\r\\n"
+           % (sender, rcpt, text, text)).encode()
+    with smtplib.SMTP(dst, 25, source_address=(src, 0), timeout=20) as s:
+        refused = s.sendmail(sender, [rcpt], msg)
+    print("accepted" if not refused else "refused")
+    """
+)
+
+
+@dataclass
+class World:
+    topo: Topology
+    data_dir: Path
+    run: LbmRun
+    subject_ip: str
+    other_ip: str
+    server_sha: str
+    subject_seen_sha: str
+    other_seen_sha: str
+    spooled_at_stop: int
+    stopped_at: datetime
+    mailbox: list[tuple[dict[str, Any], bytes]]
+    export: Path
+
+    def rows(self, stream: str) -> list[dict[str, Any]]:
+        return list(read_stream(DataPaths(self.data_dir), stream).to_pylist())
+
+    def exported(self) -> list[tuple[dict[str, Any], bytes]]:
+        got = []
+        for seg in sorted((self.export / REF).iterdir()):
+            for line in (seg / "records.jsonl").read_text().splitlines():
+                meta = json.loads(line)
+                got.append((meta, (seg / meta["file"]).read_bytes()))
+        return got
+
+
+def _curl(topo: Topology, src: str, url: str, *args: str) -> str:
+    r = subprocess.run(
+        [*topo.exec(topo.client), "curl", "-sS", "--max-time", "20", "--interface", src,
+         "--resolve", f"{HOST}:443:{topo.server_ip}", "--resolve", f"{HOST}:80:{topo.server_ip}",
+         *args, url],
+        capture_output=True, text=True, timeout=40,
+    )  # fmt: skip
+    assert r.returncode == 0, f"curl {url} from {src}: {r.stderr}"
+    return r.stdout
+
+
+def _peer_cert(topo: Topology, src: str, cafile: Path) -> str:
+    out = subprocess.run(
+        [*topo.exec(topo.client), sys.executable, "-c", PEER_CERT, src, topo.server_ip, HOST,
+         str(cafile)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def _mail(topo: Topology, src: str, sender: str, text: str) -> None:
+    out = subprocess.run(
+        [*topo.exec(topo.client), sys.executable, "-c", MAIL_CLIENT, src,
+         topo.gateway_client_ip, sender, OUTSIDE_ADDR, text],
+        capture_output=True, text=True, timeout=40,
+    )  # fmt: skip
+    assert out.stdout.strip() == "accepted", out.stderr
+
+
+def _configure(lbm: Lbm, topo: Topology, tmp: Path, server_ca: Path) -> str:
+    """The gateway's configuration, identity feed, investigator and the subject's grant; returns
+    the investigator's identity file."""
+    gw, inside = topo.gateway_client_ip, f"{topo.gateway_client_ip.rsplit('.', 1)[0]}.0/24"
+    options = {
+        ("web", "enabled"): "true",
+        ("web", "mode"): '"transparent"',
+        ("web", "listen_host"): json.dumps(gw),
+        ("web", "listen_port"): str(PROXY_PORT),
+        ("web", "upstream_ca_file"): json.dumps(str(server_ca)),
+        ("smtp", "enabled"): "true",
+        ("smtp", "listen_host"): json.dumps(gw),
+        ("smtp", "listen_port"): "25",
+        ("smtp", "allowed_clients"): json.dumps([inside]),
+        ("smtp", "upstream_host"): json.dumps(topo.server_ip),
+        ("smtp", "upstream_port"): "25",
+        ("smtp", "upstream_starttls"): '"optional"',
+        ("smtp", "retry_initial_seconds"): "1",
+        ("smtp", "retry_max_seconds"): "2",
+        ("capture", "interfaces"): '["g-c"]',
+        ("capture", "internal_networks"): json.dumps([inside]),
+        ("gateway", "inside_interface"): '"g-c"',
+        ("gateway", "inside_networks"): json.dumps([inside]),
+        ("housekeeping", "enabled"): "false",
+    }
+    for (section, key), value in options.items():
+        set_option(lbm.data_dir, section, key, value)
+    subject_ip, other_ip = topo.client_ips
+    feed = tmp / "identity-feed.csv"
+    feed.write_text(
+        "principal,kind,value,valid_from,valid_to\n"
+        f"{SUBJECT},ip,{subject_ip},2000-01-01T00:00:00Z,\n"
+        f"{OTHER},ip,{other_ip},2000-01-01T00:00:00Z,\n"
+        f"{SUBJECT},email,{SUBJECT_ADDR},,\n"
+        f"{OTHER},email,{OTHER_ADDR},,\n"
+    )
+    lbm("identity", "import", str(feed), check=True)
+    identity = tmp / "inv1.key"
+    identity.write_text(investigator(lbm))
+    identity.chmod(0o600)
+    lbm.grant(REF, SUBJECT, extra=("--channel", "email", "--channel", "packets"))
+    return str(identity)
+
+
+def _mailbox(directory: Path) -> list[tuple[dict[str, Any], bytes]]:
+    return [
+        (json.loads(p.with_suffix(".json").read_text()), p.read_bytes())
+        for p in sorted(directory.glob("*.eml"))
+    ]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    lbm = Lbm(tmp / "data")
+    lbm("init", check=True)
+    config = lbm.data_dir / "lbm.toml"
+    config.write_text(config.read_text().replace("fake_clock = false", "fake_clock = true"))
+    with gateway_topology("lbme2e") as topo, scripts() as servers:
+        subject_ip, other_ip = topo.client_ips
+        ca = TestCA(tmp / "server-ca")
+        cert, key = ca.issue([HOST], stem="server")
+        servers.append(start_script(topo, topo.server, WEB_SERVER, topo.server_ip, str(cert),
+                                    str(key)))  # fmt: skip
+        identity = _configure(lbm, topo, tmp, ca.ca_file)
+        env = {k: v for k, v in lbm.env.items() if k != "LBM_FAKE_NOW"}
+        logs = tmp / "logs"
+        logs.mkdir()
+        run = LbmRun(topo, lbm.data_dir, logs, env, ("proxy", "smtp", "capture-g-c"))
+        try:
+            run.start()
+            topo.redirect(PROXY_PORT)
+            ours = proxy_ca(lbm.data_dir)
+            # before the restart: web from both, mail from both while the internet's MTA is down
+            assert _curl(topo, subject_ip, f"https://{HOST}/{MARK}-tls", "--cacert", str(ours))
+            assert _curl(topo, subject_ip, f"http://{HOST}/{MARK}-plain")
+            assert _curl(topo, other_ip, f"https://{HOST}/{CANARY}-tls", "--cacert",
+                         str(ca.ca_file)) == f"hello /{CANARY}-tls"  # fmt: skip
+            assert _curl(topo, other_ip, f"http://{HOST}/{CANARY}-plain")
+            subject_sha = _peer_cert(topo, subject_ip, ours)
+            other_sha = _peer_cert(topo, other_ip, ca.ca_file)
+            _mail(topo, subject_ip, SUBJECT_ADDR, f"{MARK}-mail")
+            _mail(topo, other_ip, OTHER_ADDR, f"{CANARY}-mail")
+            stopped_at = datetime.now(UTC)
+            assert run.stop() == 0
+            spooled = len([p for p in spool_entries(lbm.data_dir) if p.suffix == ".msg"])
+            # the internet's MTA comes up; lbm run starts again and delivers what it accepted
+            box = tmp / "mailbox"
+            box.mkdir()
+            servers.append(start_script(topo, topo.server, SMTP_SERVER, topo.server_ip, str(box)))
+            run.start()
+            assert _curl(topo, subject_ip, f"https://{HOST}/{MARK}-after", "--cacert", str(ours))
+            assert _curl(topo, other_ip, f"http://{HOST}/{CANARY}-after")
+            wait_until(lambda: len(_mailbox(box)) >= 2, 40, "both messages delivered")
+            wait_until(lambda: not spool_entries(lbm.data_dir), 20, "the spool to drain")
+            time.sleep(1.5)  # the relay's `delivered` rows: durable within a second
+        finally:
+            code = run.stop()
+        assert code == 0, run.output()[-4000:]
+        export = tmp / "export"
+        lbm("archive", "export-raw", REF, "--identity", identity, "--out", str(export),
+            check=True)  # fmt: skip
+        yield World(topo, lbm.data_dir, run, subject_ip, other_ip, TestCA.fingerprint(cert),
+                    subject_sha, other_sha, spooled, stopped_at, _mailbox(box), export)  # fmt: skip
+
+
+def test_metadata_for_both_users_in_web_email_and_flow(world: World) -> None:
+    web = world.rows("web")
+    by_ip: dict[str, set[tuple[str | None, str]]] = {}
+    for row in web:
+        by_ip.setdefault(row["client_ip"], set()).add((row["principal"], row["decision"]))
+    assert (SUBJECT, "intercepted") in by_ip[world.subject_ip]
+    assert (OTHER, "passed") in by_ip[world.other_ip]
+    assert {p for p, _ in by_ip[world.subject_ip] | by_ip[world.other_ip]} == {SUBJECT, OTHER}
+    assert all(r["refs"] == [] and r["record_ids"] == [] for r in web if r["principal"] == OTHER)
+    assert any(r["refs"] == [REF] and r["record_ids"] for r in web if r["principal"] == SUBJECT)
+
+    email = world.rows("email")
+    outcomes = {(r["principal"], r["outcome"]) for r in email}
+    for who in (SUBJECT, OTHER):
+        assert {(who, "queued"), (who, "delivered")} <= outcomes, outcomes
+    assert all(r["refs"] == [] for r in email if r["principal"] == OTHER)
+    assert any(r["refs"] == [REF] for r in email if r["principal"] == SUBJECT)
+
+    flow = world.rows("flow")
+    for ip in (world.subject_ip, world.other_ip):
+        mine = [r for r in flow if r["client_ip"] == ip]
+        assert {(r["server_port"], r["service"]) for r in mine} >= {(443, "ssl"), (80, "http")}, (
+            mine
+        )
+        assert any(r["server_name"] == HOST for r in mine if r["server_port"] == 443)
+        assert any(r["server_port"] == 25 for r in mine)
+    assert all(r["refs"] == [] for r in flow if r["client_ip"] == world.other_ip)
+    assert any(r["refs"] == [REF] for r in flow if r["client_ip"] == world.subject_ip)
+
+
+def test_full_content_for_the_subject_only(world: World, tmp_path: Path) -> None:
+    records = world.exported()
+    assert all(meta["complete"] for meta, _ in records)
+    channels = {meta["channel"] for meta, _ in records}
+    assert channels == {"web", "email", "packets"}, channels
+    web = b"".join(data for meta, data in records if meta["channel"] == "web")
+    for path in ("tls", "plain", "after"):
+        assert f"/{MARK}-{path}".encode() in web
+    (mail,) = [d for meta, d in records if meta["channel"] == "email" and meta["kind"] == "message"]
+    delivered = [raw for env, raw in world.mailbox if env["from"] == SUBJECT_ADDR]
+    assert len(delivered) == 1 and f"{MARK}-mail".encode() in mail
+    assert delivered[0].endswith(mail)  # byte-exact: the upstream got it, plus a Received: line
+    pcaps = sorted((world.export / REF).rglob("*.pcapng"))
+    assert pcaps
+    merged = tmp_path / "subject.pcapng"
+    subprocess.run(["mergecap", "-w", str(merged), *map(str, pcaps)], check=True, timeout=60)
+    fields = subprocess.run(
+        ["tshark", "-r", str(merged), "-T", "fields", "-e", "ip.src", "-e", "ip.dst",
+         "-e", "http.request.uri"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert f"/{MARK}-plain" in fields
+    hosts = {h for line in fields.splitlines() for h in line.split("\t")[:2]}
+    assert world.subject_ip in hosts and world.other_ip not in hosts
+    for _, data in records:
+        assert CANARY.encode() not in data
+
+
+def test_non_subject_tls_passes_through_untouched(world: World) -> None:
+    assert world.other_seen_sha == world.server_sha  # the server's own certificate
+    assert world.subject_seen_sha != world.server_sha  # the subject's is intercepted
+
+
+def test_privacy_canary_nowhere_in_the_data_dir_or_daemon_output(world: World) -> None:
+    # the non-subject's mail reached the internet's MTA with its canary...
+    assert any(CANARY.encode() in raw for _, raw in world.mailbox)
+    # ...and nothing the gateway keeps or prints holds it (spool drained, archives, metadata)
+    canary = CANARY.encode()
+    for path in world.data_dir.rglob("*"):
+        if path.is_file():
+            assert canary not in path.read_bytes(), path
+    output = world.run.output()
+    assert b"started proxy" in output and b"started capture-g-c" in output
+    assert canary not in output
+
+
+def test_restarting_lbm_run_loses_nothing_accepted(world: World) -> None:
+    assert world.run.codes == [0, 0]
+    assert world.spooled_at_stop == 2  # both accepted messages waited in the spool at the stop
+    senders = sorted(env["from"] for env, _ in world.mailbox)
+    assert senders == sorted([SUBJECT_ADDR, OTHER_ADDR])  # delivered once each after restart
+    digests = {hashlib.sha256(raw).hexdigest() for _, raw in world.mailbox}
+    assert len(digests) == 2
+    # metadata written before the stop survived it, for both users
+    for stream in ("web", "flow"):
+        before = {r["client_ip"] for r in world.rows(stream) if r["ts"] < world.stopped_at}
+        assert {world.subject_ip, world.other_ip} <= before, stream

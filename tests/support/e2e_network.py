@@ -1,0 +1,166 @@
+"""The simulated network of the end-to-end test (tests/e2e, issue 17): three namespaces from
+`tests/support/netns.py` (`gateway_topology`): the force's clients, the gateway running `lbm run`,
+and the internet holding a real HTTP/HTTPS server and a real SMTP server (aiosmtpd) that writes
+every message it accepts to a directory. Servers are small scripts run with `ip netns exec`,
+stopped by their PID at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lbm_testing import REPO
+from netns import Topology
+
+WEB_SERVER = textwrap.dedent(
+    """
+    import http.server, ssl, sys, threading
+    ip, cert, key = sys.argv[1:4]
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            body = ("hello " + self.path).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    plain = http.server.ThreadingHTTPServer((ip, 80), H)
+    secure = http.server.ThreadingHTTPServer((ip, 443), H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    secure.socket = ctx.wrap_socket(secure.socket, server_side=True)
+    for s in (plain, secure):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+)
+
+SMTP_SERVER = textwrap.dedent(
+    """
+    import asyncio, json, os, sys
+    from aiosmtpd.smtp import SMTP
+    ip, out = sys.argv[1], sys.argv[2]
+
+    class H:
+        async def handle_DATA(self, server, session, envelope):
+            n = len([p for p in os.listdir(out) if p.endswith(".eml")])
+            path = os.path.join(out, "%04d" % n)
+            with open(path + ".json", "w") as f:
+                json.dump({"from": envelope.mail_from, "to": envelope.rcpt_tos}, f)
+            with open(path + ".tmp", "wb") as f:
+                f.write(envelope.original_content)
+            os.replace(path + ".tmp", path + ".eml")
+            return "250 2.0.0 OK"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: SMTP(H()), ip, 25)
+        print("ready", flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
+        server.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+def start_script(topo: Topology, ns: str, script: str, *args: str) -> subprocess.Popen[str]:
+    """Run `script` in namespace `ns`; returns once it printed `ready`."""
+    proc = subprocess.Popen(
+        [*topo.exec(ns), sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"server script did not start: {err}")
+    return proc
+
+
+def stop_script(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=30)
+
+
+@dataclass
+class LbmRun:
+    """`lbm run` in the gateway namespace, restartable; its output goes to files in `log_dir`."""
+
+    topo: Topology
+    data_dir: Path
+    log_dir: Path
+    env: dict[str, str]
+    expect: tuple[str, ...]  # daemon names whose run/NAME.ready must appear
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    codes: list[int] = field(default_factory=list)
+
+    def start(self, timeout: float = 45) -> None:
+        run = self.data_dir / "run"
+        for name in self.expect:
+            with contextlib.suppress(FileNotFoundError):
+                (run / f"{name}.ready").unlink()
+        self.starts += 1
+        out = (self.log_dir / f"run-{self.starts}.out").open("wb")
+        err = (self.log_dir / f"run-{self.starts}.err").open("wb")
+        with out, err:
+            self.proc = subprocess.Popen(
+                [*self.topo.exec(self.topo.gateway), sys.executable, "-m", "appliance.cli.main",
+                 "--data-dir", str(self.data_dir), "run"],
+                cwd=REPO, env=self.env, stdout=out, stderr=err, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not all((run / f"{name}.ready").exists() for name in self.expect):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"lbm run did not get ready:\n{self.output()[-4000:]!r}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30) -> int:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # our own session: lbm run and its daemons
+            proc.wait()
+            raise AssertionError(f"lbm run did not stop within {timeout:.0f} s") from None
+        self.codes.append(code)
+        return code
+
+    def output(self) -> bytes:
+        return b"".join(p.read_bytes() for p in sorted(self.log_dir.glob("run-*")))
+
+
+@contextlib.contextmanager
+def scripts() -> Iterator[list[subprocess.Popen[str]]]:
+    """Collects started server scripts and stops each at exit."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            stop_script(proc)
