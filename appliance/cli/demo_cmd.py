@@ -16,7 +16,6 @@ one) and says so. Never copy that configuration to a gateway.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from appliance.cli.demo_steps import (
     Step,
     evidence,
     metadata_table,
+    signals_held,
     where_table,
 )
 from appliance.cli.demo_traffic import DemoCA, MailSink, WebServer, fetch, send_mail
@@ -93,8 +93,9 @@ def _configure(step: Step, ca: Path, sink_port: int) -> None:
 def _register(step: Step, root: Path) -> Path:
     """Officer, investigator identity (mapped to the login user), identity feed, the grant."""
     day_ago = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    step.lbm("officer", "add", "p100", "--name", "Pat Hops", "--role",
-             "head_of_professional_standards", "--rank", "superintendent", "--from", day_ago)  # fmt: skip
+    role = "head_of_professional_standards"
+    step.lbm("officer", "add", "p100", "--name", "Pat Hops", "--role", role,
+             "--rank", "superintendent", "--from", day_ago)  # fmt: skip
     key = root / "investigator.key"
     public = step.lbm_json("keys", "dev-identity", "--out", str(key))["public_key"]
     login = current_actor()
@@ -141,8 +142,13 @@ def _traffic(step: Step, web: WebServer, sink: MailSink) -> None:
 
 
 @click.command("demo")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
-              help="where to put the demo (new or empty; default: a new temporary directory)")  # fmt: skip
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="where to put the demo (new or empty; default: a new temporary directory)",
+)
 def demo(directory: Path | None) -> None:
     """Run the appliance on loopback with two pretend users, one under an authorisation: their
     traffic, their metadata side by side, the subject's evidence. Under a minute; leaves
@@ -183,10 +189,11 @@ def demo(directory: Path | None) -> None:
             step.say(f"lbm demo: {exc}")
             code = 1
         finally:
-            step.stop_run()
-            for server in (web, sink):
-                if server is not None:
-                    server.close()
+            with signals_held():  # a second Ctrl-C must not cut the clean-up short
+                step.stop_run()
+                for server in (web, sink):
+                    if server is not None:
+                        server.close()
     if code == 0:
         step.say(f"done in {time.monotonic() - started:.0f} s; nothing is left running")
     sys.stdout.flush()

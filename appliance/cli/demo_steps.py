@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,20 @@ class User:
 
 SUBJECT = User("alice", "p1001", "127.0.0.2", "alice@force.example")
 OTHER = User("bob", "p1002", "127.0.0.3", "bob@force.example")
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP (delivered on exit) so starting or stopping what the
+    demo runs is not cut in half."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class DemoError(Exception):
@@ -120,7 +135,7 @@ class Step:
 
     def start_run(self, timeout: float) -> None:
         run = self.data / "run"
-        with self.run_log.open("wb") as log:
+        with self.run_log.open("wb") as log, signals_held():  # no Ctrl-C before we know its PID
             self.run_proc = subprocess.Popen(self.argv("run"), stdout=log, stderr=log,
                                              env=self.env(), cwd=self.root,
                                              start_new_session=True)  # fmt: skip
@@ -197,7 +212,7 @@ def metadata_table(data: Path) -> Table:
         for row in rows:
             if row["principal"] in cells:
                 cells[row["principal"]].append(_row_line(stream, row))
-    table = Table(title="metadata rows (lbm-data/metadata/, Parquet)", show_lines=False)
+    table = Table(title="metadata rows (data/metadata/, Parquet)", show_lines=False)
     table.add_column(f"{SUBJECT.name} ({SUBJECT.principal}): subject of {REF}", no_wrap=True)
     table.add_column(f"{OTHER.name} ({OTHER.principal}): not a subject", no_wrap=True)
     table.add_row("\n".join(cells[SUBJECT.principal]), "\n".join(cells[OTHER.principal]))

@@ -93,7 +93,7 @@ class DemoCA:
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         body = f"demo page {self.path}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -101,7 +101,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature)
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -128,9 +128,7 @@ class _SinkHandler:
         self.count = 0
         self.lock = threading.Lock()
 
-    async def handle_DATA(  # noqa: N802 (aiosmtpd's name)
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self.lock:
             self.count += 1
             stem = self.directory / f"{self.count:04d}"
