@@ -8,11 +8,13 @@ stopped by their PID at teardown.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -164,3 +166,79 @@ def scripts() -> Iterator[list[subprocess.Popen[str]]]:
     finally:
         for proc in procs:
             stop_script(proc)
+
+
+TRAFFIC_LOOP = textwrap.dedent(
+    """
+    import http.client, json, select, smtplib, sys, time
+    users = [(sys.argv[1], sys.argv[2], sys.argv[3]), (sys.argv[4], sys.argv[5], sys.argv[6])]
+    gateway, server, host, rcpt = sys.argv[7:11]
+    i = 0
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        i += 1
+        ip, sender, extra = users[i % 2]
+        try:
+            c = http.client.HTTPConnection(server, 80, timeout=5, source_address=(ip, 0))
+            c.request("GET", "/loop-%d" % i, headers={"Host": host})
+            ok = c.getresponse().status == 200
+            c.close()
+        except OSError:
+            ok = False
+        print(json.dumps({"i": i, "ip": ip, "kind": "web", "ok": ok}), flush=True)
+        tag = "loop-mail-%d" % i
+        try:
+            with smtplib.SMTP(gateway, 25, source_address=(ip, 0), timeout=10) as s:
+                s.sendmail(sender, [rcpt], ("Subject: %s\\r\\n\\r\\n%s %s\\r\\n"
+                                            % (tag, tag, extra)).encode())
+            ok = True
+        except (OSError, smtplib.SMTPException):
+            ok = False
+        print(json.dumps({"i": i, "ip": ip, "kind": "mail", "tag": tag, "ok": ok}), flush=True)
+        time.sleep(0.3)
+    """
+)
+
+
+class TrafficLoop:
+    """Web (plain HTTP) and mail from two users, alternately, until `finish()`; each attempt's
+    outcome is an event dict (`kind` web|mail, `ip`, `ok`, mail `tag`), collected live."""
+
+    def __init__(self, topo: Topology, users: list[tuple[str, str, str]], host: str,
+                 rcpt: str) -> None:  # fmt: skip
+        args = [str(x) for user in users for x in user]
+        self.proc = subprocess.Popen(
+            [*topo.exec(topo.client), sys.executable, "-c", TRAFFIC_LOOP, *args,
+             topo.gateway_client_ip, topo.server_ip, host, rcpt],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.events: list[dict[str, object]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.append(json.loads(line))
+
+    def wait_ok(self, count: int, timeout: float = 30) -> None:
+        """Until `count` more mail attempts have been accepted."""
+        target = self.oks("mail") + count
+        deadline = time.monotonic() + timeout
+        while self.oks("mail") < target:
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.monotonic() < deadline, f"traffic loop: {self.events[-6:]}"
+            time.sleep(0.05)
+
+    def oks(self, kind: str) -> int:
+        return sum(1 for e in list(self.events) if e["kind"] == kind and e["ok"])
+
+    def finish(self) -> list[dict[str, object]]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=10)
+        return list(self.events)
