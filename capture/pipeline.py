@@ -31,6 +31,7 @@ from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture import CaptureError
 from capture.appfeed import AppFeed
 from capture.batch import PacketBatch
+from capture.bypassed import BypassedWeb
 from capture.decode import Decoder
 from capture.flowkeys import PROTO_NAMES, community_ids
 from capture.flowrows import Columns, addr_texts, concat_column, count
@@ -64,6 +65,7 @@ class Pipeline:
         interface: str | None = None,
         flow_config: FlowConfig | None = None,
         on_archive_error: Callable[[str, str], None] | None = None,
+        bypassed: BypassedWeb | None = None,
     ) -> None:
         self.flow_w = MetadataWriter("flow", writer_name, paths=paths, gateway=gateway)
         self.dns_w = MetadataWriter("dns", writer_name, paths=paths, gateway=gateway)
@@ -74,6 +76,7 @@ class Pipeline:
         self.interface = interface
         self.summary = Summary()
         self._flow_config = flow_config
+        self.bypassed = bypassed  # web rows for flows past the proxy (transparent subjects scope)
         self._flow_buf: list[dict[str, Any]] = []
         self._dns_buf: list[dict[str, Any]] = []
         self._reset_source()
@@ -253,6 +256,8 @@ class Pipeline:
             merged = {k: concat_column([c[k] for c in buf]) for k in buf[0]}
             merged["ts"] = pa.array(np.asarray(merged["ts"], np.int64), _TS)
             buf.clear()
+            if self.bypassed is not None and writer is self.flow_w:
+                self.bypassed.add(merged)
             writer.append_batch(merged)
 
     def end_source(self) -> None:
@@ -279,6 +284,8 @@ class Pipeline:
         finally:
             self.flow_w.close()
             self.dns_w.close()
+            if self.bypassed is not None:
+                self.bypassed.close()
 
 
 def replay(

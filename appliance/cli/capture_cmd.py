@@ -23,6 +23,7 @@ import click
 from appliance.cli.app import EXIT_FAIL, App, emit, fail, pass_app, run_guarded
 from appliance.cli.textsafe import safe
 from capture import CaptureError
+from capture.bypassed import BypassedWeb
 from capture.flows import FlowConfig
 from capture.pipeline import Pipeline, replay
 from capture.replayed import ReplayLedger, fingerprint
@@ -60,8 +61,31 @@ def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeli
         interface=interface,
         on_archive_error=gap,
         flow_config=FlowConfig(max_flows=app.config["capture.max_flows"]),
+        bypassed=_bypassed_web(app, writer, interface, source.current),
     )
     return pipe, (source, archive)
+
+
+def _bypassed_web(
+    app: App, writer: str, interface: str | None, snapshot: Any
+) -> BypassedWeb | None:
+    """Web rows for connections past the proxy: live capture on the inside interface, with
+    transparent mode's subjects scope (docs/deployment.md)."""
+    cfg = app.config
+    if (
+        interface is None
+        or interface != cfg["gateway.inside_interface"]
+        or cfg["web.mode"] != "transparent"
+        or cfg["web.transparent_scope"] != "subjects"
+    ):
+        return None
+    return BypassedWeb(
+        paths=app.paths,
+        gateway=cfg.gateway_id,
+        writer_name=writer,
+        snapshot=snapshot,
+        notice_version=str(cfg["notice.version"]),
+    )
 
 
 def _text(summary: dict[str, Any]) -> str:

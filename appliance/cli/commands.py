@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.capture_cmd", "capture"),
     ("appliance.cli.smtp_cmd", "smtp"),
     ("appliance.cli.proxy_cmd", "proxy"),
+    ("appliance.cli.gateway_cmd", "gateway"),
     ("appliance.cli.demo_cmd", "demo"),
 ]
 

@@ -20,6 +20,7 @@ from appliance.policy.expiry import record_expiries
 from appliance.policy.identity import import_if_changed
 from store import sqlite
 from store.audit import Action
+from store.readiness import announce_ready
 
 
 class Housekeeper:
@@ -82,9 +83,8 @@ def run(app: App, once: bool) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     app.audit.append(Action.DAEMON_START, app.actor, daemon="housekeeping")
-    ready = app.paths.run / "housekeeping.ready"
-    ready.parent.mkdir(parents=True, exist_ok=True)
-    ready.write_text("ready\n")
+    app.paths.run.mkdir(parents=True, exist_ok=True)
+    ready = announce_ready(app.paths.run, "housekeeping")  # run/housekeeping.ready + READY=1
     interval = float(app.config["housekeeping.interval_seconds"])
     try:
         while not stop.is_set():

@@ -42,6 +42,8 @@ def enabled_daemons(app: App) -> tuple[list[Daemon], list[str]]:
         add("housekeeping", "appliance.cli.housekeeping_cmd", "housekeeping", "run")
     if cfg["web.enabled"]:
         add("proxy", "appliance.cli.proxy_cmd", "proxy", "run")
+        if cfg["web.mode"] == "transparent" and cfg["web.transparent_scope"] == "subjects":
+            add("scope-sync", "appliance.cli.gateway_cmd", "gateway", "scope-sync")
     if cfg["smtp.enabled"]:
         add("smtp", "appliance.cli.smtp_cmd", "smtp", "run")
     for interface in cfg["capture.interfaces"]:

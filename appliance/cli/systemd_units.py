@@ -34,10 +34,10 @@ def render(*, data_dir: Path, config: Path, user: str, python: str | None = None
         "python": python or sys.executable,
     }
     units = {}
-    for template in sorted(TEMPLATES.glob("*.service.in")):
+    for template in sorted(TEMPLATES.glob("*.in")):  # services, lbm.target
         units[template.name.removesuffix(".in")] = template.read_text().format(**values)
     if not units:
-        raise UnitError(f"{TEMPLATES}: no *.service.in templates")
+        raise UnitError(f"{TEMPLATES}: no *.in unit templates")
     return units
 
 

@@ -36,7 +36,7 @@ def units(prefix: Path) -> dict[str, Path]:
 
 def test_units_verify_and_meet_exposure_goals(prefix: Path) -> None:
     found = units(prefix)
-    assert set(found) == set(GOALS)
+    assert set(GOALS) <= set(found)  # every unit: tests/deploy/test_units.py
     verify = subprocess.run(
         ["systemd-analyze", "verify", *map(str, found.values())],
         capture_output=True,
