@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from appliance.cli import archive_bundle_cmd
 from appliance.cli.app import App, emit, fail, pass_app
 from appliance.cli.archive_export import export_raw
 from appliance.cli.audit_cmd import pinned_chain
@@ -41,6 +42,9 @@ def archive() -> None:
 
 
 archive.add_command(export_raw)
+archive.add_command(archive_bundle_cmd.bundle)
+archive.add_command(archive_bundle_cmd.export)
+archive.add_command(archive_bundle_cmd.verify_export_cmd)
 
 
 def _checked_ref(ref: str | None) -> None:

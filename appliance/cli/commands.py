@@ -17,6 +17,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.users_cmd", "users"),
     ("appliance.cli.keys_cmd", "keys"),
     ("appliance.cli.archive_cmd", "archive"),
+    ("appliance.cli.evidence_cmd", "evidence"),
     ("appliance.cli.run_cmd", "run"),
     ("appliance.cli.status_cmd", "status"),
     ("appliance.cli.housekeeping_cmd", "housekeeping"),

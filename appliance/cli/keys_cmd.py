@@ -1,6 +1,8 @@
 """`lbm keys`: investigators' age keys, development identities, the gateway signing key.
 
-    lbm keys investigator add NAME AGE_PUBLIC_KEY --principal P
+    lbm keys investigator add NAME AGE_PUBLIC_KEY --principal P [--login USER]
+                              [--sign-key PUBKEY_FILE]   (OpenSSH Ed25519 public key that
+                                                           signs the bundles they open)
     lbm keys investigator list [--json] [--all]
     lbm keys investigator remove NAME
     lbm keys dev-identity [--out FILE]      (outside the data dir; never for evidence)
@@ -24,7 +26,7 @@ import click
 from appliance.cli.app import App, emit, fail, pass_app, read_identity
 from store import agefile as age
 from store import investigators as table
-from store import signing, sqlite
+from store import safefile, signing, sqlite
 from store.audit import Action
 from store.bech32 import Bech32Error, parse_age_recipient
 from store.clock import format_utc
@@ -52,13 +54,34 @@ def investigator() -> None:
     metavar="USER",
     help="the login user who acts as this investigator on the gateway",
 )
+@click.option(
+    "--sign-key",
+    "sign_key",
+    metavar="PUBKEY_FILE",
+    help="their OpenSSH Ed25519 public key (.pub): it signs MANIFEST.json of opened bundles",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def investigator_add(
-    app: App, name: str, age_public_key: str, principal: str, login: str | None, as_json: bool
+    app: App,
+    name: str,
+    age_public_key: str,
+    principal: str,
+    login: str | None,
+    sign_key: str | None,
+    as_json: bool,
 ) -> None:
     """Register investigator NAME with their age public key (age1...)."""
     app.require_initialised()
+    ssh_key: str | None = None
+    if sign_key is not None:
+        try:
+            raw = safefile.read_regular(sign_key, "public key file (--sign-key)", 64 * 1024)
+            ssh_key = table.check_ssh_key(raw.decode(), name)
+        except safefile.UnsafeFileError as exc:
+            fail(str(exc), 2)
+        except (UnicodeDecodeError, table.InvestigatorError) as exc:
+            fail(f"--sign-key {sign_key}: {exc}", 2)
     try:
         age.parse_recipient(age_public_key)
         parse_age_recipient(age_public_key)  # lower case, and never a low-order point
@@ -66,7 +89,9 @@ def investigator_add(
         fail(f"AGE_PUBLIC_KEY {age_public_key!r}: {exc}", 2)
     conn = sqlite.connect(app.paths.registry)
     try:
-        item = table.add(conn, name, age_public_key, principal, format_utc(app.clock.now()), login)
+        item = table.add(
+            conn, name, age_public_key, principal, format_utc(app.clock.now()), login, ssh_key
+        )
     except table.InvestigatorError as exc:
         fail(str(exc))
     finally:
@@ -79,6 +104,7 @@ def investigator_add(
         login=login,
         recipient=age_public_key,
         recipient_fingerprint=age.recipient_fingerprint(age_public_key),
+        ssh_key=ssh_key,
     )
     emit(item.__dict__, as_json, f"added investigator {name} ({principal}) {age_public_key}")
 
