@@ -15,20 +15,17 @@ one) and says so. Never copy that configuration to a gateway.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 
 import click
 
 from appliance.cli.demo_steps import (
     HOST,
+    INTERRUPTS,
     OTHER,
     REF,
     SUBJECT,
@@ -36,28 +33,12 @@ from appliance.cli.demo_steps import (
     Step,
     evidence,
     metadata_table,
-    signals_held,
     where_table,
 )
 from appliance.cli.demo_traffic import DemoCA, MailSink, WebServer, fetch, send_mail
 from store.audit import current_actor
 
 READY_TIMEOUT = 40.0
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (and SIGHUP) interrupt the demo like Ctrl-C, so its clean-up runs."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
 
 
 def _pick_dir(directory: Path | None) -> Path:
@@ -90,7 +71,7 @@ def _configure(step: Step, ca: Path, sink_port: int) -> None:
     )
 
 
-def _register(step: Step, root: Path) -> Path:
+def _register(step: Step, root: Path) -> tuple[Path, Path]:
     """Officer, investigator identity (mapped to the login user), identity feed, the grant."""
     day_ago = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     role = "head_of_professional_standards"
@@ -98,9 +79,12 @@ def _register(step: Step, root: Path) -> Path:
              "--rank", "superintendent", "--from", day_ago)  # fmt: skip
     key = root / "investigator.key"
     public = step.lbm_json("keys", "dev-identity", "--out", str(key))["public_key"]
+    ssh_key = root / "investigator_ssh"  # signs the MANIFEST.json of opened bundles
+    step.run_tool("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "demo-investigator",
+                  "-f", str(ssh_key))  # fmt: skip
     login = current_actor()
     step.lbm("keys", "investigator", "add", "demo-investigator", public, "--principal", "p900",
-             "--login", login)  # fmt: skip
+             "--login", login, "--sign-key", f"{ssh_key}.pub")  # fmt: skip
     feed = root / "identity-feed.csv"
     rows = [(SUBJECT.principal, "ip", SUBJECT.ip), (OTHER.principal, "ip", OTHER.ip),
             (SUBJECT.principal, "email", SUBJECT.address),
@@ -118,7 +102,7 @@ def _register(step: Step, root: Path) -> Path:
              "--collateral", "demo: other users' traffic is metadata only",
              "--ripa-considered", "yes", "--investigator", "demo-investigator")  # fmt: skip
     step.say(f"  {login} acts as investigator demo-investigator (key {key})")
-    return key
+    return key, ssh_key
 
 
 def _traffic(step: Step, web: WebServer, sink: MailSink) -> None:
@@ -160,7 +144,7 @@ def demo(directory: Path | None) -> None:
     web: WebServer | None = None
     sink: MailSink | None = None
     code = 0
-    with _sigterm_interrupts():
+    with INTERRUPTS.installed():
         try:
             step.heading("1. a data dir, the local internet, officers and an investigator")
             step.lbm("init")
@@ -169,7 +153,7 @@ def demo(directory: Path | None) -> None:
             web = WebServer(*ca.issue(HOST))
             sink = MailSink(root / "internet" / "mailbox")
             _configure(step, ca.ca_file, sink.port)
-            identity = _register(step, root)
+            identity, ssh_key = _register(step, root)
             step.say(f"  authorisation {REF}: {SUBJECT.name} ({SUBJECT.principal}), web and email")
             step.heading("2. the appliance (lbm run: proxy and relay)")
             step.start_run(READY_TIMEOUT)
@@ -179,7 +163,7 @@ def demo(directory: Path | None) -> None:
             step.heading("4. metadata: everyone gets it, only the subject's content is kept")
             step.console.print(metadata_table(step.data))
             step.heading("5. the subject's evidence")
-            outcome = evidence(step, identity)
+            outcome = evidence(step, identity, ssh_key)
             step.heading("6. where everything is")
             step.console.print(where_table(step, identity, outcome))
         except KeyboardInterrupt:
@@ -189,7 +173,7 @@ def demo(directory: Path | None) -> None:
             step.say(f"lbm demo: {exc}")
             code = 1
         finally:
-            with signals_held():  # a second Ctrl-C must not cut the clean-up short
+            with INTERRUPTS.held(deliver=False):  # a second Ctrl-C must not cut it short
                 step.stop_run()
                 for server in (web, sink):
                     if server is not None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -39,18 +40,48 @@ SUBJECT = User("alice", "p1001", "127.0.0.2", "alice@force.example")
 OTHER = User("bob", "p1002", "127.0.0.3", "bob@force.example")
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold Ctrl-C, SIGTERM and SIGHUP (delivered on exit) so starting or stopping what the
-    demo runs is not cut in half."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+class Interrupts:
+    """Ctrl-C, SIGTERM and SIGHUP become KeyboardInterrupt, except inside `held()`, which
+    defers them so starting or stopping a process is not cut in half. (Blocking the signals
+    instead would leave them blocked in the children started meanwhile.)"""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: int | None = None
+
+    def handler(self, signum: int, _frame: FrameType | None) -> None:
+        if self.depth:
+            self.pending = signum
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        old = {sig: signal.signal(sig, self.handler) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, previous in old.items():
+                signal.signal(sig, previous)
+
+    @contextlib.contextmanager
+    def held(self, *, deliver: bool = True) -> Iterator[None]:
+        """Defer the signals; on leaving, raise a deferred one (unless `deliver` is false: a
+        clean-up already under way)."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            pending, self.pending = self.pending, None
+            if deliver and pending is not None and not self.depth:
+                raise KeyboardInterrupt(signal.Signals(pending).name)
+
+
+INTERRUPTS = Interrupts()
 
 
 class DemoError(Exception):
@@ -111,6 +142,11 @@ class Step:
             raise DemoError(f"lbm {' '.join(args[:3])} failed:\n{_tail(proc.stderr)}")
         return proc.stdout
 
+    def run_tool(self, *argv: str) -> None:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise DemoError(f"{argv[0]} failed:\n{_tail(proc.stderr)}")
+
     def lbm_json(self, *args: str) -> dict[str, Any]:
         value = json.loads(self.lbm(*args, "--json"))
         assert isinstance(value, dict)
@@ -135,7 +171,7 @@ class Step:
 
     def start_run(self, timeout: float) -> None:
         run = self.data / "run"
-        with self.run_log.open("wb") as log, signals_held():  # no Ctrl-C before we know its PID
+        with self.run_log.open("wb") as log, INTERRUPTS.held():  # no Ctrl-C before we know its PID
             self.run_proc = subprocess.Popen(self.argv("run"), stdout=log, stderr=log,
                                              env=self.env(), cwd=self.root,
                                              start_new_session=True)  # fmt: skip
@@ -225,58 +261,50 @@ class Evidence:
     how: str
 
 
-def _bundle_available() -> bool:
-    from appliance.cli.archive_cmd import archive
-
-    return "bundle" in getattr(archive, "commands", {})
-
-
-def evidence(step: Step, identity: Path) -> Evidence:
-    """Take the subject's evidence out: an evidence bundle verified with `ssh-keygen -Y verify`
-    where `lbm archive bundle` is built, else the records decrypted with `export-raw`."""
-    out = step.root / "evidence"
-    if _bundle_available():
-        return Evidence(out, bundle_and_verify(step, out))
-    step.say("  (`lbm archive bundle` is not part of this build: the records are decrypted on the "
-             "gateway with `lbm archive export-raw` instead)")  # fmt: skip
-    step.lbm("archive", "export-raw", REF, "--identity", str(identity), "--out", str(out))
-    files = sorted(p for p in (out / REF).rglob("*") if p.is_file() and p.name != "records.jsonl")
-    kinds: dict[str, int] = {}
-    for p in files:
-        kinds[p.suffix] = kinds.get(p.suffix, 0) + 1
-    step.say(f"  {len(files)} records of {REF} decrypted with {identity.name}: "
-             + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))  # fmt: skip
-    for p in files:
-        first = p.read_bytes().split(b"\r\n", 1)[0].decode(errors="replace")
-        if p.suffix == ".http" and first.startswith("GET "):
-            step.say(f"  the subject's request, as archived: {first}")
-            break
-    verified = step.lbm("archive", "verify", "--allowed-signers", str(step.allowed_signers))
-    step.say(f"  lbm archive verify --allowed-signers {step.allowed_signers.name}: "
-             f"{verified.strip().splitlines()[0]}")  # fmt: skip
-    return Evidence(out, "lbm archive export-raw")
-
-
-def bundle_and_verify(step: Step, out: Path) -> str:
-    """`lbm archive bundle REF --out OUT`, then BUNDLE.json.sig checked with stock ssh-keygen
-    against the gateway's published public key (never a key from the bundle)."""
-    step.lbm("archive", "bundle", REF, "--out", str(out))
-    allowed = step.allowed_signers
-    gateway = allowed.read_text().split()[0]
-    bundle = next(iter(sorted(out.rglob("BUNDLE.json"))))
-    with bundle.open("rb") as message:
+def _ssh_verify(allowed: Path, principal: str, message: Path) -> str:
+    """Stock `ssh-keygen -Y verify` of MESSAGE.sig (namespace lbm-evidence); its answer."""
+    with message.open("rb") as data:
         check = subprocess.run(
-            ["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", str(gateway),
-             "-n", "lbm-evidence", "-s", f"{bundle}.sig"],
-            stdin=message, capture_output=True, text=True, timeout=30,
+            ["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", principal,
+             "-n", "lbm-evidence", "-s", f"{message}.sig"],
+            stdin=data, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     if check.returncode != 0:
-        raise DemoError(f"ssh-keygen -Y verify refused {bundle}.sig: {_tail(check.stderr)}")
-    files = [p for p in bundle.parent.rglob("*") if p.is_file()]
-    step.say(f"  evidence bundle {bundle.parent}: {len(files)} files, ciphertext only")
-    step.say(f"  ssh-keygen -Y verify -f {allowed} -I {gateway} -n lbm-evidence: "
-             f"{check.stdout.strip() or check.stderr.strip()}")  # fmt: skip
-    return "lbm archive bundle, checked with ssh-keygen -Y verify"
+        raise DemoError(f"ssh-keygen -Y verify refused {message}.sig: {_tail(check.stderr)}")
+    return (check.stdout.strip() or check.stderr.strip()).splitlines()[0]
+
+
+def evidence(step: Step, identity: Path, sign_key: Path) -> Evidence:
+    """The subject's evidence bundle (ciphertext, gateway-signed), its signature checked with
+    stock `ssh-keygen -Y verify` against the gateway's allowed-signers line kept off the box,
+    then opened as the investigator would on their own machine."""
+    bundle = step.root / "evidence" / "bundle"
+    bundle.parent.mkdir(mode=0o700, exist_ok=True)
+    step.lbm("archive", "bundle", REF, "--out", str(bundle))
+    files = [p for p in bundle.rglob("*") if p.is_file()]
+    step.say(f"  lbm archive bundle {REF}: {len(files)} files, ciphertext and wrapped keys only")
+    allowed = step.allowed_signers
+    gateway = allowed.read_text().split()[0]
+    answer = _ssh_verify(allowed, gateway, bundle / "BUNDLE.json")
+    step.say(f"  ssh-keygen -Y verify -f {allowed.name} -I {gateway} -n lbm-evidence "
+             f"-s BUNDLE.json.sig < BUNDLE.json:\n    {answer}")  # fmt: skip
+    opened = step.root / "evidence" / "opened"
+    step.lbm("evidence", "open", str(bundle), "--identity", str(identity), "--allowed-signers",
+             str(allowed), "--sign-key", str(sign_key), "--out", str(opened),
+             "--no-progress")  # fmt: skip
+    plain = sorted(p for p in opened.rglob("*") if p.is_file())
+    step.say(f"  lbm evidence open (the investigator's key, in memory): {len(plain)} files")
+    signer = step.root / "investigator.allowed_signers"  # the key the demo registered
+    public = Path(f"{sign_key}.pub").read_text().split()
+    signer.write_text(f'demo-investigator namespaces="lbm-evidence" {public[0]} {public[1]}\n')
+    answer = _ssh_verify(signer, "demo-investigator", opened / "MANIFEST.json")
+    step.say(f"  ssh-keygen -Y verify ... -s MANIFEST.json.sig < MANIFEST.json:\n    {answer}")
+    for path in plain:
+        for line in path.read_bytes().splitlines():
+            if line.startswith(b"GET /") and b"/alice/" in line:
+                step.say(f"  the subject's request, as archived: {line.decode().strip()}")
+                return Evidence(opened, "lbm archive bundle + lbm evidence open")
+    return Evidence(opened, "lbm archive bundle + lbm evidence open")
 
 
 def where_table(step: Step, identity: Path, ev: Evidence) -> Table:
@@ -291,6 +319,7 @@ def where_table(step: Step, identity: Path, ev: Evidence) -> Table:
         ("metadata", data / "metadata"),
         ("encrypted archive", data / "archive" / REF),
         ("investigator key", identity),
+        ("investigator signing key", step.root / "investigator_ssh"),
         ("gateway key (off-box copy)", step.allowed_signers),
         (f"evidence ({ev.how})", ev.directory),
         ("mail the sink got", step.root / "internet" / "mailbox"),

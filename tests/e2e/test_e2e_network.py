@@ -3,8 +3,8 @@ gateway, internet; tests/support/netns.py), no proxy configured on the clients.
 
 The gateway runs `lbm run`, which supervises `lbm proxy run` (transparent mode), `lbm smtp run`
 and `lbm capture live --interface g-c` (its inside interface, from `[capture] interfaces`); the
-redirect of TCP 80/443 to the proxy (and the QUIC drop) are the test's own nftables rules
-(`Topology.redirect`: `lbm gateway rules --apply` had not landed when this was written). The
+redirect of TCP 80/443 to the proxy and the QUIC drop are `lbm gateway rules --apply` (from
+`[gateway] inside_interface`, `inside_networks` and the proxy's fixed port). The
 internet namespace holds a real HTTP/HTTPS server and a real SMTP server. Two client addresses
 map to a subject and a non-subject through an identity feed (`lbm identity import`): IP leases
 and email addresses. The subject is under one authorisation for web, email and packets.
@@ -18,7 +18,6 @@ identity), the SMTP server's mailbox and every byte `lbm run` and its daemons pr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ from typing import Any
 
 import pytest
 from e2e_network import SMTP_SERVER, WEB_SERVER, LbmRun, TrafficLoop, scripts, start_script
-from lbm_testing import Lbm
+from lbm_testing import REPO, Lbm
 from mail_relay import set_option, spool_entries, wait_until
 from netns import Topology, gateway_topology
 from web_proxy import investigator, proxy_ca
@@ -197,6 +196,17 @@ def _undelivered(data_dir: Path) -> int:
     return count
 
 
+def _gateway_rules(lbm: Lbm, topo: Topology, *args: str) -> str:
+    """`lbm gateway rules ARGS` run in the gateway namespace (nftables is per namespace)."""
+    out = subprocess.run(
+        [*topo.exec(topo.gateway), sys.executable, "-m", "appliance.cli.main", "--data-dir",
+         str(lbm.data_dir), "gateway", "rules", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def _mailbox(directory: Path) -> list[tuple[dict[str, Any], bytes]]:
     return [
         (json.loads(p.with_suffix(".json").read_text()), p.read_bytes())
@@ -224,7 +234,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         run = LbmRun(topo, lbm.data_dir, logs, env, ("proxy", "smtp", "capture-g-c"))
         try:
             run.start()
-            topo.redirect(PROXY_PORT)
+            _gateway_rules(lbm, topo, "--apply")  # TCP 80/443 from g-c to the proxy, QUIC dropped
             ours = proxy_ca(lbm.data_dir)
             # before the restart: web from both, mail from both while the internet's MTA is down
             assert _curl(topo, subject_ip, f"https://{HOST}/{MARK}-tls", "--cacert", str(ours))
@@ -237,8 +247,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             _mail(topo, subject_ip, SUBJECT_ADDR, f"{MARK}-mail")
             _mail(topo, other_ip, OTHER_ADDR, f"{CANARY}-mail")
             # mid-traffic: a loop of web and mail from both users runs across stop and start
-            loop = TrafficLoop(topo, [(subject_ip, SUBJECT_ADDR, MARK),
-                                      (other_ip, OTHER_ADDR, CANARY)], HOST, OUTSIDE_ADDR)  # fmt: skip
+            users = [(subject_ip, SUBJECT_ADDR, MARK), (other_ip, OTHER_ADDR, CANARY)]
+            loop = TrafficLoop(topo, users, HOST, OUTSIDE_ADDR)
             loop.wait_ok(2)
             stopped_at = datetime.now(UTC)
             assert run.stop() == 0
@@ -265,7 +275,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         lbm("archive", "export-raw", REF, "--identity", identity, "--out", str(export),
             check=True)  # fmt: skip
         yield World(topo, lbm.data_dir, run, subject_ip, other_ip, TestCA.fingerprint(cert),
-                    subject_sha, other_sha, spooled, stopped_at, events, _mailbox(box), export)  # fmt: skip
+                    subject_sha, other_sha, spooled, stopped_at, events, _mailbox(box),
+                    export)  # fmt: skip
 
 
 def test_metadata_for_both_users_in_web_email_and_flow(world: World) -> None:
