@@ -45,6 +45,8 @@ def _pick_dir(directory: Path | None) -> Path:
     if directory is None:
         return Path(tempfile.mkdtemp(prefix="lbm-demo-"))
     directory = directory.absolute()
+    if directory.exists() and not directory.is_dir():
+        raise click.UsageError(f"--dir {directory}: exists and is not a directory")
     if directory.exists() and any(directory.iterdir()):
         raise click.UsageError(f"--dir {directory}: exists and is not empty")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)

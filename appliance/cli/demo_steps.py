@@ -143,7 +143,10 @@ class Step:
         return proc.stdout
 
     def run_tool(self, *argv: str) -> None:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        except OSError as exc:
+            raise DemoError(f"{argv[0]}: cannot run it ({exc.strerror})") from None
         if proc.returncode != 0:
             raise DemoError(f"{argv[0]} failed:\n{_tail(proc.stderr)}")
 
@@ -261,9 +264,17 @@ class Evidence:
     how: str
 
 
+@contextlib.contextmanager
+def _tool(name: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:
+        raise DemoError(f"{name}: not found; install OpenSSH's client tools") from None
+
+
 def _ssh_verify(allowed: Path, principal: str, message: Path) -> str:
     """Stock `ssh-keygen -Y verify` of MESSAGE.sig (namespace lbm-evidence); its answer."""
-    with message.open("rb") as data:
+    with message.open("rb") as data, _tool("ssh-keygen"):
         check = subprocess.run(
             ["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", principal,
              "-n", "lbm-evidence", "-s", f"{message}.sig"],

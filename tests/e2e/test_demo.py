@@ -120,3 +120,7 @@ def test_a_non_empty_directory_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"--dir {tmp_path}: exists and is not empty" in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    proc = subprocess.run(_demo_argv(tmp_path / "keep.txt"), capture_output=True, text=True,
+                          env=_env(), cwd=REPO, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and "exists and is not a directory" in proc.stderr
+    assert (tmp_path / "keep.txt").read_text() == "mine"
