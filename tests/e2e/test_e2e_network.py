@@ -393,3 +393,17 @@ def _subject(raw: bytes) -> str:
         if line.startswith(b"Subject: "):
             return line[9:].decode()
     return ""
+
+
+def test_audit_log_intact_across_restarts_records_rules_and_counts_only(world: World) -> None:
+    check = Lbm(world.data_dir)("audit", "verify")
+    assert check.returncode == 0, check.stdout + check.stderr
+    entries = [
+        json.loads(line)
+        for line in (world.data_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    actions = [e.get("action") for e in entries]
+    assert "gateway_rules_apply" in actions
+    text = json.dumps(entries)
+    # the audit log records what was done, never the non-subject's traffic or addresses
+    assert CANARY not in text and OTHER_ADDR not in text and world.other_ip not in text
