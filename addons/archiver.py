@@ -102,6 +102,9 @@ class _FlowArchive:
         self.conn = conn_state(flow.client_conn)
         self.client_id = flow.client_conn.id
         self.principal = self.conn.principal
+        # in every record's header: which flow it belongs to (records of concurrent flows
+        # interleave in a segment) and the request's scheme (an origin-form head lacks it)
+        self.header = {"flow": flow.id, "scheme": flow.request.scheme or "http"}
         # refs the intercepted connection carried at the flow's start: one that leaves
         # ConnState.refs later was cancelled or expired (Decision.on_snapshot narrows it)
         self.conn_refs = frozenset(self.conn.refs)
@@ -208,7 +211,9 @@ class Archiver:
     # -- writing ---------------------------------------------------------------------------
     def write_record(self, fa: _FlowArchive, ref: str, kind: str, parts: Sequence[bytes]) -> None:
         try:
-            sink = self.archive.open_record(ref, "web", fa.principal, self.clock.now(), kind)
+            sink = self.archive.open_record(
+                ref, "web", fa.principal, self.clock.now(), kind, extra=fa.header
+            )
             with sink:  # closes the record marked aborted if anything below raises
                 for part in parts:
                     sink.write(part)

@@ -23,7 +23,7 @@ import contextlib
 import os
 import re
 import threading
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,6 +46,8 @@ __all__ = ["CHANNELS", "Archive", "RecordSink", "RecordTarget"]
 
 CHANNELS = ("web", "email", "packets")
 TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+EXTRA_VALUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+RESERVED_HEADER = frozenset({"id", "channel", "kind", "ts", "principal", "length", "framing"})
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
@@ -120,8 +122,17 @@ class Archive:
 
     # -- writing ---------------------------------------------------------------------------
     def open_record(
-        self, ref: str, channel: str, principal: str | None, ts: datetime | str, kind: str
+        self,
+        ref: str,
+        channel: str,
+        principal: str | None,
+        ts: datetime | str,
+        kind: str,
+        *,
+        extra: Mapping[str, str] | None = None,
     ) -> RecordSink:
+        """`extra`: channel fields added to the record's header (web: `flow`, the mitmproxy flow
+        id, and `scheme`); they never replace the framing's own fields."""
         try:
             check_ref(ref)
         except KeyError_ as exc:
@@ -133,9 +144,17 @@ class Archive:
         if principal is not None and not TOKEN_RE.fullmatch(principal):
             raise ArchiveError(f"record for {ref}: principal is not a principal id")
         ts_text = format_utc(ts) if isinstance(ts, datetime) else ts
+        for key, value in (extra or {}).items():
+            if (
+                key in RESERVED_HEADER
+                or not TOKEN_RE.fullmatch(key)
+                or not isinstance(value, str)
+                or not EXTRA_VALUE_RE.fullmatch(value)
+            ):
+                raise ArchiveError(f"record for {ref}: bad extra header field {key!r}")
         seg = self._acquire(ref)
         try:
-            record_id = seg.writer.begin_record(channel, kind, ts_text, principal)
+            record_id = seg.writer.begin_record(channel, kind, ts_text, principal, extra)
         except ArchiveError:
             self._abandon(seg)
             raise

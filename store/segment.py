@@ -26,6 +26,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,10 +119,18 @@ class SegmentWriter:
         self._age.write(data)
         self.offset += len(data)
 
-    def begin_record(self, channel: str, kind: str, ts: str, principal: str | None) -> str:
+    def begin_record(
+        self,
+        channel: str,
+        kind: str,
+        ts: str,
+        principal: str | None,
+        extra: Mapping[str, str] | None = None,
+    ) -> str:
         n = len(self.records) + 1
         record_id = f"{self.ref}/{self.name}/{n}"
-        header = {
+        header: dict[str, Any] = dict(extra or {})
+        header |= {
             "id": record_id,
             "channel": channel,
             "kind": kind,

@@ -235,11 +235,11 @@ def report(result: Any, as_json: bool) -> None:
 
 
 @click.command("verify-export")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--allowed-signers",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="the gateway's allowed-signers line (`lbm status`), kept apart from the bundle",
 )
 @click.option("--json", "as_json", is_flag=True)

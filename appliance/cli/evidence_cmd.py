@@ -28,18 +28,18 @@ def evidence() -> None:
 
 
 @evidence.command("open")
-@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--identity", required=True, metavar="FILE|-", help="age identity; never stored")
 @click.option(
     "--allowed-signers",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="the gateway's allowed-signers line, as `lbm status` prints it (kept apart from bundles)",
 )
 @click.option(
     "--sign-key",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="your OpenSSH Ed25519 private key (registered with --sign-key): signs MANIFEST.json",
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="new directory")

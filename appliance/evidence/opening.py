@@ -7,8 +7,8 @@ plaintext exports and a signed MANIFEST.json.
 2. The identity (a file or stdin, read by the caller) stays in memory: the authorisation key,
    then each segment key, is unwrapped with `store.framing.open_segment` on the bundle, which
    has the data directory's layout.
-3. Records stream into the export formats (`formats.ExportSet`; raw_export.py stands in until
-   it is installed); records the segment's index lists but the (truncated) ciphertext does not
+3. Records stream into the export formats (`formats.ExportSet`: mitmproxy flows and HAR, .eml
+   and mbox, pcapng); records the segment's index lists but the (truncated) ciphertext does not
    hold are listed as missing, records cut off as incomplete.
 4. MANIFEST.json lists every plaintext file (SHA-256, size, record ids), the source segments,
    BUNDLE.json's hash, the authorisation, notice version(s), gateway, software, time and who
@@ -22,28 +22,25 @@ at the end; a failure leaves nothing. Plaintext files are 0600, directories 0700
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from appliance.evidence import bundle_common as common
 from appliance.evidence.bundle import read_index
-from appliance.evidence.raw_export import ExportSink, export_set
+from appliance.evidence.formats import ExportSet, FormatError
+from appliance.evidence.opening_io import ChunkStream, HashingFile, ProgressBar
 from appliance.evidence.verify_export import chain_problems, signer_line
 from store import StoreError, agefile, signing, sshsig
 from store.clock import format_utc
-from store.framing import PlainStream, iter_events
+from store.framing import iter_events
 from store.fsutil import fsync_dir
 from store.keys import KeyStore
 from store.paths import DataPaths
@@ -100,35 +97,6 @@ def _segment_files(bundle: dict[str, Any]) -> set[str]:
     return {_seg_path(ref, s) for s in bundle.get("segments") or []}
 
 
-class _HashingFile:
-    """A read-only file that hashes what is read from it (the age reader's input)."""
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self.sha = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._fh.read(n)
-        self.sha.update(data)
-        return data
-
-    def readline(self, limit: int = -1) -> bytes:
-        data = self._fh.readline(limit)
-        self.sha.update(data)
-        return data
-
-    def tell(self) -> int:
-        return self._fh.tell()
-
-    def close(self) -> None:
-        self._fh.close()
-
-    def finish(self) -> str:
-        while block := self.read(1 << 20):
-            del block
-        return self.sha.hexdigest()
-
-
 def _check_sign_key(bundle: dict[str, Any], key: Ed25519PrivateKey) -> tuple[str, str, str]:
     """(kind, principal, key line) of the MANIFEST signer, which must be the registered key."""
     line = signing.public_openssh(key.public_key())
@@ -144,37 +112,6 @@ def _check_sign_key(bundle: dict[str, Any], key: Ed25519PrivateKey) -> tuple[str
             f"registers for {kind} {principal}; MANIFEST.json signed with it could not be checked"
         )
     return kind, principal, " ".join(expected.split()[:2])
-
-
-class _Progress:
-    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.bar: Progress | None = None
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-
-            self.bar = Progress(
-                TextColumn("decrypting"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.task = self.bar.add_task("open", total=total)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        if self.bar is None:
-            yield
-            return
-        with self.bar:
-            yield
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
 
 
 @dataclass
@@ -199,8 +136,8 @@ def _open_segment(
     seg: dict[str, Any],
     ref: str,
     identity: str,
-    sink: ExportSink,
-    bar: _Progress,
+    sink: ExportSet,
+    bar: ProgressBar,
     expected: str,
 ) -> _SegmentOutcome:
     number = int(seg["number"])
@@ -211,7 +148,7 @@ def _open_segment(
     keystore = KeyStore(DataPaths(root))
     try:
         key = keystore.unwrap_segment(ref, number, keystore.unwrap_authorisation(ref, identity))
-        fh = _HashingFile((root / rel).open("rb"))
+        fh = HashingFile((root / rel).open("rb"))
     except (StoreError, OSError) as exc:
         raise common.EvidenceError(f"segment {outcome.segment}: {exc}") from None
     try:
@@ -222,7 +159,7 @@ def _open_segment(
     feeding = False
     current = ""
     try:
-        for kind, value in iter_events(PlainStream(reader.chunks())):
+        for kind, value in iter_events(ChunkStream(reader.chunks())):  # type: ignore[arg-type]
             if kind == "header":
                 current = str(value["id"])
                 if not current.startswith(prefix):
@@ -336,22 +273,25 @@ def open_bundle(req: OpenRequest) -> OpenResult:
     common.make_dirs(out.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        sink = export_set(staging)
-        bar = _Progress(req.progress, total)
+        sink = ExportSet(staging)
+        bar = ProgressBar(req.progress, total)
         with bar.running():
             outcomes = [
                 _open_segment(root, s, ref, req.identity, sink, bar, listed[_seg_path(ref, s)])
                 for s in segments
             ]
         written = sink.close()
-        for item in getattr(sink, "incomplete", []):
+        for item in sink.incomplete:
             for o in outcomes:
                 if item.startswith(o.segment + "/") and item not in o.incomplete:
                     o.incomplete.append(item)
         manifest = _manifest(req, bundle, bundle_sha, signer, outcomes, written)
         data = common.encode(manifest)
-        for name in (common.BUNDLE, common.BUNDLE_SIG):
-            common.write_new(staging / name, (root / name).read_bytes())
+        bundle_bytes = (root / common.BUNDLE).read_bytes()
+        if hashlib.sha256(bundle_bytes).hexdigest() != bundle_sha:  # changed since checked
+            raise common.EvidenceError(f"changed file: {root / common.BUNDLE} (while opening)")
+        common.write_new(staging / common.BUNDLE, bundle_bytes)
+        common.write_new(staging / common.BUNDLE_SIG, (root / common.BUNDLE_SIG).read_bytes())
         common.write_new(staging / common.MANIFEST, data)
         signature = sshsig.sign(req.sign_key, data, common.NAMESPACE)
         common.write_new(staging / common.MANIFEST_SIG, signature)
@@ -361,6 +301,8 @@ def open_bundle(req: OpenRequest) -> OpenResult:
             raise common.EvidenceError(f"--out {out}: appeared meanwhile; never written over")
         staging.rename(out)
         fsync_dir(out.parent)
+    except FormatError as exc:  # a record the export formats cannot take (names its id)
+        raise common.EvidenceError(f"export: {exc}") from None
     except OSError as exc:
         raise common.EvidenceError(f"cannot write to {out}: {exc.strerror}") from None
     finally:

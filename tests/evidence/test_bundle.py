@@ -21,17 +21,24 @@ import pytest
 from bundle_support import (
     REF,
     REF_OTHER,
+    REF_SUBJECT,
     Setup,
     audit_entries,
     bundle_files,
+    inproc,
     make_setup,
     manifest_files,
     ssh_verify,
 )
 
 from appliance.evidence import bundle_common as common
-from appliance.evidence.opening import check_bundle
+from appliance.evidence.access import AccessRefused
+from appliance.evidence.bundle import authorise, make_bundle
+from appliance.evidence.bundle_common import now_utc
+from appliance.evidence.opening import OpenRequest, check_bundle, open_bundle
 from appliance.evidence.verify_export import verify_export
+from store import agefile as age
+from store import sshsig
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ssh-keygen") is None or shutil.which("tshark") is None,
@@ -246,8 +253,9 @@ def test_an_existing_output_directory_is_never_written_over(
     again = _open(setup, bundle, out)
     assert again.returncode == 1 and "exists already" in again.stderr
     assert manifest_files(out) == before
-    inside = setup.lbm("archive", "bundle", REF, "--out", str(setup.lbm.data_dir / "exports"))
-    assert inside.returncode == 1 and "inside the data directory" in inside.stderr
+    acting, auth = authorise(setup.side(), REF)
+    with pytest.raises(common.EvidenceError, match="inside the data directory"):
+        make_bundle(setup.side(), REF, setup.lbm.data_dir / "exports", acting, auth)
 
 
 def test_access_refusals_are_audited(setup: Setup) -> None:
@@ -258,29 +266,20 @@ def test_access_refusals_are_audited(setup: Setup) -> None:
     assert result.returncode == 1 and "neither assigned" in result.stderr and not out.exists()
     refused = [e for e in audit_entries(lbm) if e["action"] == "export_refused"]
     assert refused[-1]["refs"] == [REF_OTHER] and "neither assigned" in refused[-1]["fields"]["why"]
+    # the rest in process (what the command hands appliance.evidence.bundle; tests run as root)
     # the subject of an authorisation may never take its evidence, even as a custodian
-    config = lbm.data_dir / "lbm.toml"
-    original = config.read_text()
-    config.write_text(original.replace("custodians = []", f'custodians = ["{setup.recipient}"]'))
-    try:
-        result = lbm("archive", "bundle", setup.ref_subject, "--out", str(out))
-        as_custodian = lbm("archive", "bundle", REF_OTHER, "--out", str(out) + "-c")
-    finally:
-        config.write_text(original)
-    # the same custodian passes the access check on another REF (which has no archive yet)
-    assert "no archive for this reference" in as_custodian.stderr
-    assert result.returncode == 1 and "is the subject of" in result.stderr
-    # an unmapped login user (in process: the tests run as root)
-    from appliance.evidence.access import AccessRefused
-    from appliance.evidence.bundle import authorise
-
+    custodian = setup.side(custodians=(setup.recipient,))
+    with pytest.raises(AccessRefused, match=f"investigator inv1 is the subject of {REF_SUBJECT}"):
+        authorise(custodian, REF_SUBJECT)
+    acting, _auth = authorise(custodian, REF_OTHER)  # the same custodian, another REF
+    assert acting.basis == "custodian"
+    # an unmapped login user
     with pytest.raises(AccessRefused, match="not mapped to a registered investigator"):
         authorise(setup.side(login="mallory"), REF)
     # assigned after the key was wrapped: a rewrap is due before a bundle
-    lbm("auth", "assign", REF_OTHER, "inv1", check=True)
-    result = lbm("archive", "bundle", REF_OTHER, "--out", str(out))
-    assert result.returncode == 1 and f"lbm keys rewrap {REF_OTHER}" in result.stderr
-    assert not out.exists()
+    inproc(lbm.data_dir, "auth", "assign", REF_OTHER, "inv1")
+    with pytest.raises(AccessRefused, match=f"lbm keys rewrap {REF_OTHER}"):
+        authorise(setup.side(), REF_OTHER)
 
 
 def test_a_record_selection_bundles_only_its_segment(
@@ -355,3 +354,15 @@ def test_verify_export_needs_the_gateway_key_not_one_from_the_bundle(
     signers.write_text(f"{setup.gateway_id} {stranger[1]}\n")
     checked = verify_export(bundle, signers)
     assert not checked.ok and "not in the allowed signers" in checked.problems[0]
+
+
+def test_a_wrong_identity_opens_nothing(setup: Setup, opened: tuple[Path, Path]) -> None:
+    bundle, _ = opened
+    secret, _public = age.generate()
+    out = setup.tmp / "wrong-identity"
+    request = OpenRequest(bundle, out, age.identity_file_text(secret), setup.gateway_signers,
+                          sshsig.load_private_key(setup.ssh_key), "root", now_utc())  # fmt: skip
+    with pytest.raises(common.EvidenceError, match=f"authorisation {REF}: cannot unwrap"):
+        open_bundle(request)
+    assert not out.exists()
+    assert not [p for p in setup.tmp.iterdir() if p.name.startswith(".wrong-identity")]

@@ -72,6 +72,10 @@ def test_record_sink_reaches_into_nothing_private() -> None:
 
 def test_the_public_signature_is_unchanged() -> None:
     params = list(inspect.signature(Archive.open_record).parameters)
-    assert params == ["self", "ref", "channel", "principal", "ts", "kind"]
+    assert params == ["self", "ref", "channel", "principal", "ts", "kind", "extra"]
+    # `extra` (header fields such as the web flow id) is keyword-only and optional: channels
+    # calling open_record(ref, channel, principal, ts, kind) are unaffected
+    extra = inspect.signature(Archive.open_record).parameters["extra"]
+    assert extra.kind is inspect.Parameter.KEYWORD_ONLY and extra.default is None
     assert inspect.signature(Archive.open_record).return_annotation in ("RecordSink", RecordSink)
     assert list(inspect.signature(RecordSink.close).parameters) == ["self", "aborted"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import dpkt
-from lbm_testing import REPO, Lbm
+from lbm_testing import HOPS, REGISTERED_FROM, REPO, Lbm, grant_argv
 
 from appliance.evidence.bundle import GatewaySide
 from store import agefile as age
@@ -49,7 +50,6 @@ class Setup:
     packet_count: int = 0
     mail_canary: bytes = MAIL_CANARY
     packet_canary: bytes = PACKET_CANARY
-    ref_subject: str = REF_SUBJECT
     truncated: tuple[str, list[str], str] = ("", [], "")
 
     @staticmethod
@@ -63,10 +63,11 @@ class Setup:
                             str(path)], check=True)  # fmt: skip
         return path, Path(f"{path}.pub").read_text().strip()
 
-    def side(self, login: str) -> GatewaySide:
+    def side(self, login: str = "root", custodians: tuple[str, ...] = ()) -> GatewaySide:
+        """What `lbm archive bundle` hands appliance.evidence.bundle, for in-process calls."""
         paths = DataPaths(self.lbm.data_dir)
-        return GatewaySide(paths, self.gateway_id, signing.load(paths), (), "2026-01", login,
-                           Clock().now())  # fmt: skip
+        return GatewaySide(paths, self.gateway_id, signing.load(paths), custodians, "2026-01",
+                           login, Clock().now())  # fmt: skip
 
 
 def email_message(n: int) -> bytes:
@@ -151,31 +152,53 @@ def _write_archive(data: Path, setup: Setup) -> None:
         archive.close()
 
 
+def inproc(data: Path, *args: str) -> str:
+    """Run a setup step through the real CLI in this process (no interpreter start per step;
+    the commands under test run as subprocesses through `Lbm`)."""
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    if "archive" not in main.cli.commands:
+        main._register()
+    old = os.umask(0o077)
+    try:
+        result = CliRunner().invoke(main.cli, ["--data-dir", str(data), *args])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, f"lbm {' '.join(args)}: {result.output}"
+    return result.stdout
+
+
 def make_setup(tmp: Path) -> Setup:
     lbm = Lbm(tmp / "data")
-    lbm("init", check=True)
+    data = lbm.data_dir
+    inproc(data, "init")
     secret, public = age.generate()
     identity = tmp / "inv1.key"
     identity.write_text(age.identity_file_text(secret))
-    status = json.loads(lbm("status", "--json", check=True).stdout)
+    status = json.loads(inproc(data, "status", "--json"))
     signers = tmp / "gateway.allowed_signers"
     signers.write_text(status["allowed_signers"] + "\n")
     setup = Setup(tmp, lbm, identity, identity.read_text(), public, tmp / "inv1_ed25519", "",
                   signers, str(status["gateway"]))  # fmt: skip
     setup.ssh_pub = setup.new_ssh_key("inv1")[1]
-    lbm("keys", "investigator", "add", "inv1", public, "--principal", "p500", "--login", "root",
-        "--sign-key", f"{setup.ssh_key}.pub", check=True)  # fmt: skip
-    lbm("keys", "investigator", "add", "inv2", age.generate()[1], "--principal", "p501",
-        "--login", "alice", check=True)  # fmt: skip
+    inproc(data, "keys", "investigator", "add", "inv1", public, "--principal", "p500", "--login",
+           "root", "--sign-key", f"{setup.ssh_key}.pub")  # fmt: skip
+    inproc(data, "keys", "investigator", "add", "inv2", age.generate()[1], "--principal", "p501",
+           "--login", "alice")  # fmt: skip
+    principal, name, role, rank = HOPS
+    inproc(data, "officer", "add", principal, "--name", name, "--role", role, "--rank", rank,
+           "--from", REGISTERED_FROM)  # fmt: skip
     both = ("--channel", "packets")
-    lbm.grant(REF, SUBJECT, channel="email", extra=both)
-    lbm.grant(REF_OTHER, SUBJECT, channel="email", investigator="inv2")
-    lbm.grant(REF_SUBJECT, "p500", channel="email", investigator="inv2")
-    lbm.grant(REF_TRUNC, SUBJECT, channel="email")
+    inproc(data, *grant_argv(REF, SUBJECT, channel="email", extra=both))
+    inproc(data, *grant_argv(REF_OTHER, SUBJECT, channel="email", investigator="inv2"))
+    inproc(data, *grant_argv(REF_SUBJECT, "p500", channel="email", investigator="inv2"))
+    inproc(data, *grant_argv(REF_TRUNC, SUBJECT, channel="email"))
     _write_archive(lbm.data_dir, setup)
     subprocess.run([sys.executable, "-c", CRASH, str(lbm.data_dir), REF_TRUNC], cwd=REPO,
                    check=True)  # fmt: skip
-    lbm("archive", "recover", REF_TRUNC, check=True)
+    inproc(data, "archive", "recover", REF_TRUNC)
     setup.truncated = (REF_TRUNC, [f"{REF_TRUNC}/000001/2", f"{REF_TRUNC}/000001/3"],
                        f"{REF_TRUNC}/000001/1")  # fmt: skip
     return setup
