@@ -114,6 +114,12 @@ def rules(app: App, do_apply: bool, do_remove: bool, as_json: bool) -> None:
         emit({"table": table, "removed": removed}, as_json, text)
         return
     spec = spec_from_config(app)
+    if spec.scope == "subjects" and spec.interface not in app.config["capture.interfaces"]:
+        click.echo(
+            f"lbm gateway rules: note: [capture] interfaces does not include {spec.interface}: "
+            "connections forwarded past the proxy will have no web or flow rows",
+            err=True,
+        )
     ruleset = gateway_rules.render(spec)
     digest = hashlib.sha256(ruleset.encode()).hexdigest()
     result: dict[str, Any] = {

@@ -20,6 +20,7 @@ The printed ruleset never holds a subject's address: set elements are loaded sep
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import shutil
 import subprocess
@@ -149,12 +150,10 @@ def _nft(*args: str, script: str | None = None) -> str:
 
 
 def present() -> bool:
-    """Whether the table `inet lbm` exists."""
-    try:
-        _nft("list", "table", FAMILY, TABLE)
-    except RulesError:
-        return False
-    return True
+    """Whether the table `inet lbm` exists (RulesError when nft cannot tell: not installed,
+    no permission)."""
+    listing = json.loads(_nft("-j", "list", "tables", FAMILY))
+    return any(item.get("table", {}).get("name") == TABLE for item in listing.get("nftables", []))
 
 
 def apply(spec: RuleSpec, addresses: Iterable[str] = ()) -> None:
@@ -180,8 +179,6 @@ def sync_sets(addresses: Iterable[str]) -> None:
 
 def set_members() -> set[str]:
     """The addresses in both subject sets now (to notice a set emptied behind our back)."""
-    import json
-
     members: set[str] = set()
     for name in (SET4, SET6):
         data = json.loads(_nft("-j", "list", "set", FAMILY, TABLE, name))

@@ -8,8 +8,8 @@ conflict resolves to nobody and is left out: the proxy would not record it eithe
 `ScopeSync` is the daemon's loop body: each `step()` (every `INTERVAL` seconds) recomputes the
 addresses from the policy snapshot (which `SnapshotSource` reloads within a second of a grant, a
 cancellation or an identity import) and the clock (leases begin and end with time), and loads the
-sets when they differ; every `VERIFY_EVERY` seconds it also reads the sets back, so a table
-replaced by `lbm gateway rules --apply` is refilled. A change is in force within about 2 s.
+sets when they differ; every `VERIFY_EVERY` seconds it also reads the sets back, so sets flushed
+or a table replaced behind its back are refilled. A change is in force within about 2 s.
 
 Both failure directions are safe: an address missing from the set is forwarded by the kernel
 (metadata only, from the capture path), and an address wrongly in it reaches the proxy, which
@@ -30,7 +30,7 @@ from appliance.policy.model import Channel
 from appliance.policy.snapshot import Snapshot
 
 INTERVAL = 0.5  # seconds between recomputations
-VERIFY_EVERY = 5.0  # seconds between reading the sets back from the kernel
+VERIFY_EVERY = 2.0  # seconds between reading the sets back from the kernel (one `nft` call)
 
 
 def subject_addresses(snapshot: Snapshot, at: datetime) -> frozenset[str]:

@@ -60,6 +60,18 @@ def _chown_to(root: Path, user: str) -> None:
             os.chown(os.path.join(dirpath, name), entry.pw_uid, entry.pw_gid)
 
 
+def _share_config(path: Path, user: str) -> None:
+    """/etc/lbm/lbm.toml 0640 root:USER: the units run as USER and must read it; only root
+    changes it."""
+    os.chmod(path, 0o640)
+    try:
+        gid = pwd.getpwnam(user).pw_gid
+    except KeyError:
+        return  # noted by _chown_to
+    if os.geteuid() == 0:
+        os.chown(path, 0, gid)
+
+
 @click.command("init")
 @click.option("--gateway-id", metavar="ID", help="gateway id written to a new config (default gw1)")
 @click.option(
@@ -180,6 +192,7 @@ def init(
         created.append(str(ca_dir(app.paths.keys) / KEY_FILE))
     if system:
         _chown_to(root, user)
+        _share_config(app.config_path, user)
     if created:
         app.audit.append(
             Action.INIT,
@@ -201,4 +214,9 @@ def init(
         if created
         else f"{root} is already initialised; nothing changed"
     )
+    if units:  # the units step: where they went and how to start them (docs/deployment.md)
+        text += (
+            f"\nunits: {units[0].parent} ({len(units)} files); then: systemctl daemon-reload && "
+            "systemctl enable --now lbm.target lbm-proxy lbm-smtp lbm-housekeeping lbm-metrics"
+        )
     emit(result, as_json, text)

@@ -6,14 +6,16 @@ audited without any subject's address."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from capture_policy import set_config
-from lbm_testing import Lbm, Result
+from lbm_testing import REPO, Lbm, Result
 
 from appliance.cli import gateway_rules
 from appliance.cli.gateway_rules import RulesError, RuleSpec
@@ -38,16 +40,16 @@ def configure(data_dir: Path, *, mode: str = "transparent", host: str = "0.0.0.0
 
 
 @pytest.fixture(scope="module")
-def lbm(tmp_path_factory: pytest.TempPathFactory) -> Lbm:
+def lbm(tmp_path_factory: pytest.TempPathFactory, lbm_inproc: Callable[..., object]) -> Lbm:
     runner = Lbm(tmp_path_factory.mktemp("rules") / "data")
-    runner("init", check=True)
+    lbm_inproc(runner.data_dir, "init")
     configure(runner.data_dir)
     return runner
 
 
 @pytest.fixture(scope="module")
 def netns() -> Iterator[list[str]]:
-    name = f"lbmrules{__import__('os').getpid()}"
+    name = f"lbmrules{os.getpid()}"
     made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
     if made.returncode != 0:
         pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
@@ -67,6 +69,12 @@ def audit_entries(lbm: Lbm, action: str) -> list[dict[str, object]]:
     return [e for e in map(json.loads, lines) if e.get("action") == action]
 
 
+def in_ns(ns: list[str], lbm: Lbm, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `lbm` inside the test's namespace (nft acts on that namespace's ruleset)."""
+    argv = [*ns, sys.executable, "-m", "appliance.cli.main", "--data-dir", str(lbm.data_dir)]
+    return subprocess.run([*argv, *args], capture_output=True, text=True, cwd=REPO)
+
+
 def test_apply_replaces_and_remove_restores_the_previous_ruleset(
     lbm: Lbm, netns: list[str]
 ) -> None:
@@ -74,10 +82,7 @@ def test_apply_replaces_and_remove_restores_the_previous_ruleset(
     before = ruleset(netns)
     assert "site_firewall" in before
     for _ in range(2):  # a second apply replaces the table: still exactly one
-        applied = subprocess.run(
-            [*netns, *lbm_argv(lbm), "gateway", "rules", "--apply", "--json"],
-            capture_output=True, text=True, cwd=lbm_cwd(),
-        )  # fmt: skip
+        applied = in_ns(netns, lbm, "gateway", "rules", "--apply", "--json")
         assert applied.returncode == 0, applied.stderr
         assert json.loads(applied.stdout)["applied"] is True
     loaded = ruleset(netns)
@@ -88,10 +93,7 @@ def test_apply_replaces_and_remove_restores_the_previous_ruleset(
     )
     assert 'iifname "lan0" ip saddr 10.20.0.0/16 udp dport 443 drop' in loaded
     assert "dport 25" not in loaded and "smtp" not in loaded  # SMTP is left to the relay's route
-    removed = subprocess.run(
-        [*netns, *lbm_argv(lbm), "gateway", "rules", "--remove"],
-        capture_output=True, text=True, cwd=lbm_cwd(),
-    )  # fmt: skip
+    removed = in_ns(netns, lbm, "gateway", "rules", "--remove")
     assert removed.returncode == 0, removed.stderr
     assert ruleset(netns) == before
     applies = audit_entries(lbm, "gateway_rules_apply")
@@ -99,18 +101,6 @@ def test_apply_replaces_and_remove_restores_the_previous_ruleset(
     assert len(applies) == 2 and isinstance(fields, dict) and fields["interface"] == "lan0"
     assert fields["port"] == 8080 and fields["scope"] == "all"
     assert len(audit_entries(lbm, "gateway_rules_remove")) == 1
-
-
-def lbm_argv(lbm: Lbm) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "appliance.cli.main", "--data-dir", str(lbm.data_dir)]
-
-
-def lbm_cwd() -> Path:
-    from lbm_testing import REPO
-
-    return REPO
 
 
 def cli(lbm: Lbm, *args: str) -> Result:
@@ -131,6 +121,13 @@ def test_printing_changes_nothing_and_is_not_audited(lbm: Lbm) -> None:
     assert shown.stdout.startswith("table inet lbm {")
     assert "redirect to :8080" in shown.stdout and "@subjects4" not in shown.stdout
     assert len(audit_entries(lbm, "gateway_rules_apply")) == before
+    set_config(lbm.data_dir, "web", "transparent_scope", '"subjects"')
+    try:
+        subjects = cli(lbm, "gateway", "rules")
+    finally:
+        set_config(lbm.data_dir, "web", "transparent_scope", '"all"')
+    assert "ip saddr @subjects4 tcp dport { 80, 443 } redirect to :8080" in subjects.stdout
+    assert "does not include lan0" in subjects.stderr  # no capture: bypassed traffic unrecorded
 
 
 def test_bad_configuration_is_refused_naming_the_key(lbm: Lbm) -> None:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +89,8 @@ class Net:
     topo: Topology
     lbm: Lbm
     sync: subprocess.Popen[str]
+    inproc: Callable[..., object]
+    grant: Callable[..., None]
 
     def connect(self, src: str, proto: str = "tcp", port: int = 443) -> str:
         out = subprocess.run(
@@ -109,12 +111,16 @@ class Net:
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+def net(
+    tmp_path_factory: pytest.TempPathFactory,
+    lbm_inproc: Callable[..., object],
+    grant_inproc: Callable[..., None],
+) -> Iterator[Net]:
     base = tmp_path_factory.mktemp("scope")
     with gateway_topology("lbmsc", clients=2) as topo:
         lbm = Lbm(base / "data")
-        lbm("init", check=True)
         data = lbm.data_dir
+        lbm_inproc(data, "init")
         set_config(data, "web", "mode", '"transparent"')
         set_config(data, "web", "listen_host", '"0.0.0.0"')
         set_config(data, "web", "listen_port", str(PROXY_PORT))
@@ -122,10 +128,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         set_config(data, "gateway", "inside_interface", '"g-c"')
         set_config(data, "gateway", "inside_networks", '["10.201.1.0/24"]')
         subject_ip, other_ip = topo.client_ips
-        lbm("identity", "import", str(feed(base / "feed.csv", subject_ip, other_ip)), check=True)
-        lbm("keys", "investigator", "add", "inv1", INV_RECIPIENT, "--principal", "p900", check=True)
-        lbm.grant("REF-WEB", "p12345")
-        lbm.grant("REF-MAIL", "p34567", channel="email")
+        lbm_inproc(data, "identity", "import", str(feed(base / "feed.csv", subject_ip, other_ip)))
+        lbm_inproc(
+            data, "keys", "investigator", "add", "inv1", INV_RECIPIENT, "--principal", "p900"
+        )
+        grant_inproc(data, "REF-WEB", "p12345")
+        grant_inproc(data, "REF-MAIL", "p34567", channel="email")
         servers: list[subprocess.Popen[str]] = []
         sync: subprocess.Popen[str] | None = None
         try:
@@ -154,7 +162,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             while not ready.exists():
                 assert sync.poll() is None and time.monotonic() < deadline, "scope-sync not ready"
                 time.sleep(0.05)
-            yield Net(topo, lbm, sync)
+            yield Net(topo, lbm, sync, lbm_inproc, grant_inproc)
         finally:
             for proc in [*servers, *([sync] if sync else [])]:
                 if proc.poll() is None:
@@ -177,6 +185,14 @@ def test_only_the_subjects_address_reaches_the_proxy(net: Net) -> None:
     assert net.connect(other_ip, "udp", 4433) == "UDPq"
 
 
+def test_a_set_flushed_behind_its_back_is_refilled(net: Net) -> None:
+    subject_ip, _other = net.topo.client_ips
+    flush = [*Topology.exec(net.topo.gateway), "nft", "flush", "set", "inet", "lbm", "subjects4"]
+    subprocess.run(flush, check=True, timeout=30)
+    assert net.connect(subject_ip) == "SERVER"  # the safe direction: forwarded, metadata only
+    net.until(subject_ip, "PROXY")
+
+
 def test_the_set_holds_current_web_subject_leases_only(net: Net) -> None:
     conn = sqlite.connect(net.lbm.data_dir / "registry.sqlite", readonly=True)
     try:
@@ -192,11 +208,18 @@ def test_the_set_holds_current_web_subject_leases_only(net: Net) -> None:
 def test_a_lease_change_and_a_cancellation_move_the_sets_within_5_s(net: Net) -> None:
     subject_ip, other_ip = net.topo.client_ips
     moved = feed(net.lbm.data_dir.parent / "moved.csv", other_ip, subject_ip)
-    net.lbm("identity", "import", str(moved), check=True)  # the subject now holds other_ip
+    net.inproc(net.lbm.data_dir, "identity", "import", str(moved))  # the subject: other_ip now
     net.until(other_ip, "PROXY")
     net.until(subject_ip, "SERVER")
-    net.lbm("auth", "cancel", "REF-WEB", "--reason", "test", "--officer", "p100", check=True)
+    net.inproc(net.lbm.data_dir, "auth", "cancel", "REF-WEB", "--reason", "t", "--officer", "p100")
     net.until(other_ip, "SERVER")
+
+
+def test_a_new_grant_moves_the_sets_within_5_s(net: Net) -> None:
+    _subject, other_ip = net.topo.client_ips  # p12345 holds other_ip since the lease change
+    assert net.connect(other_ip) == "SERVER"
+    net.grant(net.lbm.data_dir, "REF-WEB-2", "p12345")
+    net.until(other_ip, "PROXY")
 
 
 def test_nothing_written_names_an_address(net: Net) -> None:

@@ -5,9 +5,12 @@ through the same pipeline `lbm capture live --interface INSIDE` builds, in this 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from capture_policy import set_config
-from lbm_testing import INV_RECIPIENT, Lbm
+from lbm_testing import INV_RECIPIENT, Lbm, corpus_root
 
 from appliance.cli.app import App
 from appliance.cli.capture_cmd import build_pipeline
@@ -24,14 +27,15 @@ CAPTURES = (
 
 
 @pytest.fixture(scope="module")
-def web_rows(tmp_path_factory: pytest.TempPathFactory, corpus_dir: object) -> list[dict]:
-    from pathlib import Path
-
-    assert isinstance(corpus_dir, Path)
+def data_dir(
+    tmp_path_factory: pytest.TempPathFactory,
+    lbm_inproc: Callable[..., object],
+    grant_inproc: Callable[..., None],
+) -> Path:
     base = tmp_path_factory.mktemp("bypassed")
     lbm = Lbm(base / "data")
-    lbm("init", check=True)
     data = lbm.data_dir
+    lbm_inproc(data, "init")
     config = data / "lbm.toml"
     config.write_text(config.read_text().replace("fake_clock = false", "fake_clock = true"))
     for section, key, value in (
@@ -49,10 +53,16 @@ def web_rows(tmp_path_factory: pytest.TempPathFactory, corpus_dir: object) -> li
         "p12345,ip,192.168.1.105,2012-01-01T00:00:00Z,\n"
         "p23456,ip,141.142.228.5,2012-01-01T00:00:00Z,\n"
     )
-    lbm("identity", "import", str(feed), check=True, env=fake)
-    lbm("keys", "investigator", "add", "inv1", INV_RECIPIENT, "--principal", "p900", env=fake,
-        check=True)  # fmt: skip
-    lbm.grant("REF-W", "p12345", when=NOW)
+    lbm_inproc(data, "identity", "import", str(feed), env=fake)
+    lbm_inproc(data, "keys", "investigator", "add", "inv1", INV_RECIPIENT, "--principal", "p900",
+               env=fake)  # fmt: skip
+    grant_inproc(data, "REF-W", "p12345", when=NOW)
+    return data
+
+
+@pytest.fixture(scope="module")
+def web_rows(data_dir: Path, corpus_dir: Path) -> list[dict]:
+    data = data_dir
     mp = pytest.MonkeyPatch()
     mp.setenv("LBM_FAKE_NOW", NOW)
     try:
@@ -72,9 +82,7 @@ def web_rows(tmp_path_factory: pytest.TempPathFactory, corpus_dir: object) -> li
 
 
 @pytest.fixture(scope="module")
-def corpus_dir() -> object:
-    from lbm_testing import corpus_root
-
+def corpus_dir() -> Path:
     root = corpus_root() / "pcaps" / "dev"
     if not root.is_dir():
         pytest.skip(f"test corpus not found at {root} (set LBM_CORPUS to ../shared/corpus)")
@@ -104,21 +112,19 @@ def test_the_subjects_connection_gets_no_bypassed_row(web_rows: list[dict]) -> N
     assert all(r["server_port"] in (80, 443) for r in web_rows)
 
 
-def test_only_inside_capture_in_subjects_scope_writes_them(tmp_path: object) -> None:
-    from pathlib import Path
-
-    assert isinstance(tmp_path, Path)
-    lbm = Lbm(tmp_path / "data")
-    lbm("init", check=True)
-    set_config(lbm.data_dir, "gateway", "inside_interface", '"lan0"')
-    set_config(lbm.data_dir, "web", "mode", '"transparent"')
+def test_only_inside_capture_in_subjects_scope_writes_them(
+    data_dir: Path, web_rows: list[dict]
+) -> None:
     for interface, scope in (("lan0", "all"), ("eth9", "subjects")):
-        set_config(lbm.data_dir, "web", "transparent_scope", f'"{scope}"')
-        app = App(str(lbm.data_dir), None)
-        pipe, (source, archive) = build_pipeline(app, f"capture-{interface}", interface)
+        set_config(data_dir, "web", "transparent_scope", f'"{scope}"')
         try:
-            assert pipe.bypassed is None, (interface, scope)
+            app = App(str(data_dir), None)
+            pipe, (source, archive) = build_pipeline(app, f"capture-{interface}", interface)
+            try:
+                assert pipe.bypassed is None, (interface, scope)
+            finally:
+                pipe.close()
+                archive.close()
+                source.stop()
         finally:
-            pipe.close()
-            archive.close()
-            source.stop()
+            set_config(data_dir, "web", "transparent_scope", '"subjects"')

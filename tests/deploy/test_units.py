@@ -15,7 +15,7 @@ import signal
 import smtplib
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +62,12 @@ class Rendered:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+def rendered(
+    tmp_path_factory: pytest.TempPathFactory, lbm_inproc: Callable[..., object]
+) -> Rendered:
     base = tmp_path_factory.mktemp("units")
     lbm = Lbm(base / "data")
-    lbm("init", check=True)
+    lbm_inproc(lbm.data_dir, "init")
     units = systemd_units.render(
         data_dir=lbm.data_dir, config=lbm.data_dir / "lbm.toml", user="lbm"
     )
@@ -188,3 +190,24 @@ def test_each_command_line_notifies_ready_and_stops_on_sigterm(
     for s in started.values():
         assert s.proc.wait(timeout=40) == 0, f"{s.name}: {s.proc.communicate()[1][-2000:]}"
         assert not (rendered.data_dir / "run" / f"{s.name}.ready").exists()
+
+
+def test_init_system_lets_the_service_user_read_the_config_and_nothing_more(
+    tmp_path: Path, lbm_inproc: Callable[..., object]
+) -> None:
+    import pwd
+    import stat
+
+    prefix = tmp_path / "root"
+    lbm_inproc(tmp_path / "unused", "init", "--system", "--root", str(prefix), "--user", "nobody")
+    config = prefix / "etc/lbm/lbm.toml"
+    info = config.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o640  # the units (User=nobody here) read it
+    assert info.st_uid == 0 and info.st_gid == pwd.getpwnam("nobody").pw_gid  # only root writes
+    data = prefix / "var/lib/lbm"
+    assert (
+        stat.S_IMODE(data.stat().st_mode) == 0o700
+        and data.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    )
+    units = sorted(p.name for p in (prefix / "etc/systemd/system").iterdir())
+    assert units == sorted([*SERVICES, "lbm.target"])
