@@ -310,12 +310,24 @@ def evidence(step: Step, identity: Path, sign_key: Path) -> Evidence:
     signer.write_text(f'demo-investigator namespaces="lbm-evidence" {public[0]} {public[1]}\n')
     answer = _ssh_verify(signer, "demo-investigator", opened / "MANIFEST.json")
     step.say(f"  ssh-keygen -Y verify ... -s MANIFEST.json.sig < MANIFEST.json:\n    {answer}")
-    for path in plain:
-        for line in path.read_bytes().splitlines():
-            if line.startswith(b"GET /") and b"/alice/" in line:
-                step.say(f"  the subject's request, as archived: {line.decode().strip()}")
-                return Evidence(opened, "lbm archive bundle + lbm evidence open")
+    _show_opened(step, opened)
     return Evidence(opened, "lbm archive bundle + lbm evidence open")
+
+
+def _show_opened(step: Step, opened: Path) -> None:
+    """The subject's requests (from the HAR) and mail (from the .eml files), as archived."""
+    for har in sorted(opened.rglob("*.har")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            for entry in json.loads(har.read_text())["log"]["entries"]:
+                request = entry["request"]
+                step.say(f"  the subject's request ({har.relative_to(opened)}): "
+                         f"{request['method']} {request['url']}")  # fmt: skip
+    for eml in sorted(opened.rglob("*.eml")):
+        head = eml.read_bytes().split(b"\r\n\r\n", 1)[0]
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"subject:"):
+                step.say(f"  the subject's mail ({eml.relative_to(opened)}): "
+                         f"{line.decode(errors='replace')}")  # fmt: skip
 
 
 def where_table(step: Step, identity: Path, ev: Evidence) -> Table:

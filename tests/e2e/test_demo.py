@@ -68,7 +68,9 @@ def test_demo_shows_both_users_keeps_only_the_subjects_content(tmp_path: Path) -
     assert any("delivered to someone@elsewhere.example  demo-0001:" in cell for cell in alice)
     assert any("passed www.example.test  metadata only" in cell for cell in bob)
     assert all("demo-0001" not in cell for cell in bob)
-    assert "GET /alice/search?q=weather HTTP/1.1" in out  # decrypted from the archive
+    # decrypted from the bundle on the "investigator's machine"
+    assert "the subject's request (web/flows.har): GET https://www.example.test:" in out
+    assert "/alice/search?q=weather" in out and "Subject: demo mail from alice" in out
     # the bundle's and the opened manifest's signatures, checked by stock ssh-keygen
     assert 'Good "lbm-evidence" signature for gw1 with ED25519 key' in out
     assert 'Good "lbm-evidence" signature for demo-investigator with ED25519 key' in out
@@ -80,11 +82,11 @@ def test_demo_shows_both_users_keeps_only_the_subjects_content(tmp_path: Path) -
     rows = read_stream(DataPaths(data), "email").to_pylist()
     assert {r["principal"] for r in rows} == {"p1001", "p1002"}
     bundle = b"".join(p.read_bytes() for p in (root / "evidence/bundle").rglob("*") if p.is_file())
-    assert b"GET /alice/search" not in bundle  # a bundle is ciphertext
+    assert b"/alice/search" not in bundle and b"Hello from alice." not in bundle  # ciphertext
     opened = b"".join(p.read_bytes() for p in (root / "evidence/opened").rglob("*") if p.is_file())
-    assert b"GET /alice/search" in opened and b"Hello from alice." in opened
+    assert b"/alice/search" in opened and b"Hello from alice." in opened
     assert (root / "internet" / "mailbox" / "0002.eml").exists()  # bob's mail was delivered
-    for path in [*data.rglob("*"), *(root / "evidence").rglob("*")]:
+    for path in [*data.rglob("*"), *(root / "evidence").rglob("*")]:  # bob's content: nowhere
         if path.is_file():
             raw = path.read_bytes()
             assert b"/bob/search" not in raw and b"Hello from bob." not in raw, path
