@@ -111,7 +111,7 @@ def test_ctrl_c_while_the_appliance_starts_leaves_nothing_running(tmp_path: Path
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, out + err
-    assert "interrupted; stopping what it started" in out
+    assert "interrupted; stopping what it started" in err
     assert _processes_naming(root) == []
 
 
