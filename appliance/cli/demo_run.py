@@ -111,7 +111,10 @@ def _register(step: Step, root: Path) -> tuple[Path, Path]:
 def _traffic(step: Step, web: WebServer, sink: MailSink) -> None:
     run = step.data / "run"
     proxy, relay = (int((run / f"{n}.port").read_text()) for n in ("proxy", "smtp"))
-    interception_ca = next(iter(sorted((step.data / "keys").rglob("mitmproxy-ca-cert.pem"))))
+    found = sorted((step.data / "keys").rglob("mitmproxy-ca-cert.pem"))
+    if not found:
+        raise DemoError(f"no interception CA certificate under {step.data / 'keys'}")
+    interception_ca = found[0]  # what a force installs on its desktops
     trust = [step.root / "internet" / "demo-internet-ca.pem", interception_ca]
     for user in (SUBJECT, OTHER):
         got = fetch(proxy, user.ip, HOST, web.port, f"/{user.name}/search?q=weather", trust)
