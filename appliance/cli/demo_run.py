@@ -16,6 +16,7 @@ one) and says so. Never copy that configuration to a gateway.
 
 from __future__ import annotations
 
+import smtplib
 import sys
 import tempfile
 import time
@@ -117,11 +118,17 @@ def _traffic(step: Step, web: WebServer, sink: MailSink) -> None:
     interception_ca = found[0]  # what a force installs on its desktops
     trust = [step.root / "internet" / "demo-internet-ca.pem", interception_ca]
     for user in (SUBJECT, OTHER):
-        got = fetch(proxy, user.ip, HOST, web.port, f"/{user.name}/search?q=weather", trust)
+        try:
+            got = fetch(proxy, user.ip, HOST, web.port, f"/{user.name}/search?q=weather", trust)
+        except OSError as exc:  # includes TLS failures
+            raise DemoError(f"{user.name}'s web request through the proxy failed: {exc}") from None
         step.say(f"  {user.name:<6} ({user.ip}) GET https://{HOST}:{web.port}/{user.name}/... "
                  f"-> {got.status}, certificate from: {got.issuer}")  # fmt: skip
-        send_mail(relay, user.ip, user.address, "someone@elsewhere.example",
-                  f"demo mail from {user.name}", f"Hello from {user.name}.")  # fmt: skip
+        try:
+            send_mail(relay, user.ip, user.address, "someone@elsewhere.example",
+                      f"demo mail from {user.name}", f"Hello from {user.name}.")  # fmt: skip
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DemoError(f"{user.name}'s mail through the relay failed: {exc}") from None
         step.say(f"  {user.name:<6} mail {user.address} -> someone@elsewhere.example: accepted")
     deadline = time.monotonic() + 30
     while sink.messages() < 2:
