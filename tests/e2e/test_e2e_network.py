@@ -22,8 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,8 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_network import SMTP_SERVER, WEB_SERVER, LbmRun, TrafficLoop, scripts, start_script
-from lbm_testing import REPO, Lbm
+from e2e_network import (
+    SMTP_SERVER,
+    WEB_SERVER,
+    LbmRun,
+    TrafficLoop,
+    gateway_rules,
+    mailbox,
+    peer_cert,
+    scripts,
+    send_mail,
+    start_script,
+    subject_of,
+    undelivered,
+)
+from lbm_testing import Lbm
 from mail_relay import set_option, spool_entries, wait_until
 from netns import Topology, gateway_topology
 from web_proxy import investigator, proxy_ca
@@ -59,29 +70,6 @@ HOST = "www.example.test"
 PROXY_PORT = 3129
 MARK = "subject-mark-3c9b1f"  # in the subject's requests and mail: must be archived
 CANARY = "nonsubject-canary-5d1e0a77"  # in the non-subject's: must be nowhere we keep
-
-PEER_CERT = textwrap.dedent(
-    """
-    import hashlib, socket, ssl, sys
-    src, dst, name, cafile = sys.argv[1:5]
-    sock = socket.create_connection((dst, 443), timeout=10, source_address=(src, 0))
-    ctx = ssl.create_default_context(cafile=cafile)
-    with ctx.wrap_socket(sock, server_hostname=name) as tls:
-        print(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
-    """
-)
-
-MAIL_CLIENT = textwrap.dedent(
-    """
-    import smtplib, sys
-    src, dst, sender, rcpt, text = sys.argv[1:6]
-    msg = ("From: <%s>\\r\\nTo: <%s>\\r\\nSubject: %s\\r\\n\\r\\n%s\\r\\n"
-           % (sender, rcpt, text, text)).encode()
-    with smtplib.SMTP(dst, 25, source_address=(src, 0), timeout=20) as s:
-        refused = s.sendmail(sender, [rcpt], msg)
-    print("accepted" if not refused else "refused")
-    """
-)
 
 
 @dataclass
@@ -121,25 +109,6 @@ def _curl(topo: Topology, src: str, url: str, *args: str) -> str:
     )  # fmt: skip
     assert r.returncode == 0, f"curl {url} from {src}: {r.stderr}"
     return r.stdout
-
-
-def _peer_cert(topo: Topology, src: str, cafile: Path) -> str:
-    out = subprocess.run(
-        [*topo.exec(topo.client), sys.executable, "-c", PEER_CERT, src, topo.server_ip, HOST,
-         str(cafile)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
-def _mail(topo: Topology, src: str, sender: str, text: str) -> None:
-    out = subprocess.run(
-        [*topo.exec(topo.client), sys.executable, "-c", MAIL_CLIENT, src,
-         topo.gateway_client_ip, sender, OUTSIDE_ADDR, text],
-        capture_output=True, text=True, timeout=40,
-    )  # fmt: skip
-    assert out.stdout.strip() == "accepted", out.stderr
 
 
 def _configure(lbm: Lbm, topo: Topology, tmp: Path, server_ca: Path) -> str:
@@ -186,34 +155,6 @@ def _configure(lbm: Lbm, topo: Topology, tmp: Path, server_ca: Path) -> str:
     return str(identity)
 
 
-def _undelivered(data_dir: Path) -> int:
-    """Spooled messages with recipients still to deliver (or not yet written in full)."""
-    count = 0
-    for msg in spool_entries(data_dir):
-        if msg.suffix == ".msg":
-            meta = msg.with_suffix(".json")
-            count += not meta.exists() or bool(json.loads(meta.read_text())["pending"])
-    return count
-
-
-def _gateway_rules(lbm: Lbm, topo: Topology, *args: str) -> str:
-    """`lbm gateway rules ARGS` run in the gateway namespace (nftables is per namespace)."""
-    out = subprocess.run(
-        [*topo.exec(topo.gateway), sys.executable, "-m", "appliance.cli.main", "--data-dir",
-         str(lbm.data_dir), "gateway", "rules", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def _mailbox(directory: Path) -> list[tuple[dict[str, Any], bytes]]:
-    return [
-        (json.loads(p.with_suffix(".json").read_text()), p.read_bytes())
-        for p in sorted(directory.glob("*.eml"))
-    ]
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("e2e")
@@ -234,7 +175,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         run = LbmRun(topo, lbm.data_dir, logs, env, ("proxy", "smtp", "capture-g-c"))
         try:
             run.start()
-            _gateway_rules(lbm, topo, "--apply")  # TCP 80/443 from g-c to the proxy, QUIC dropped
+            # TCP 80/443 from g-c to the proxy, QUIC dropped
+            gateway_rules(lbm.data_dir, topo, "--apply")
             ours = proxy_ca(lbm.data_dir)
             # before the restart: web from both, mail from both while the internet's MTA is down
             assert _curl(topo, subject_ip, f"https://{HOST}/{MARK}-tls", "--cacert", str(ours))
@@ -242,10 +184,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             assert _curl(topo, other_ip, f"https://{HOST}/{CANARY}-tls", "--cacert",
                          str(ca.ca_file)) == f"hello /{CANARY}-tls"  # fmt: skip
             assert _curl(topo, other_ip, f"http://{HOST}/{CANARY}-plain")
-            subject_sha = _peer_cert(topo, subject_ip, ours)
-            other_sha = _peer_cert(topo, other_ip, ca.ca_file)
-            _mail(topo, subject_ip, SUBJECT_ADDR, f"{MARK}-mail")
-            _mail(topo, other_ip, OTHER_ADDR, f"{CANARY}-mail")
+            subject_sha = peer_cert(topo, subject_ip, HOST, ours)
+            other_sha = peer_cert(topo, other_ip, HOST, ca.ca_file)
+            send_mail(topo, subject_ip, SUBJECT_ADDR, OUTSIDE_ADDR, f"{MARK}-mail")
+            send_mail(topo, other_ip, OTHER_ADDR, OUTSIDE_ADDR, f"{CANARY}-mail")
             # mid-traffic: a loop of web and mail from both users runs across stop and start
             users = [(subject_ip, SUBJECT_ADDR, MARK), (other_ip, OTHER_ADDR, CANARY)]
             loop = TrafficLoop(topo, users, HOST, OUTSIDE_ADDR)
@@ -263,10 +205,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             assert _curl(topo, subject_ip, f"https://{HOST}/{MARK}-after", "--cacert", str(ours))
             assert _curl(topo, other_ip, f"http://{HOST}/{CANARY}-after")
             accepted = sum(1 for e in events if e["kind"] == "mail" and e["ok"])
-            wait_until(lambda: len(_mailbox(box)) >= 2 + accepted, 40, "accepted mail delivered")
+            wait_until(lambda: len(mailbox(box)) >= 2 + accepted, 40, "accepted mail delivered")
             # a subject's delivered message stays spooled until its segment closes (60 s or the
             # stop); everyone else's leaves the spool once delivered
-            wait_until(lambda: _undelivered(lbm.data_dir) == 0, 20, "the spool to drain")
+            wait_until(lambda: undelivered(lbm.data_dir) == 0, 20, "the spool to drain")
             time.sleep(1.5)  # the relay's `delivered` rows: durable within a second
         finally:
             code = run.stop()
@@ -275,7 +217,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         lbm("archive", "export-raw", REF, "--identity", identity, "--out", str(export),
             check=True)  # fmt: skip
         yield World(topo, lbm.data_dir, run, subject_ip, other_ip, TestCA.fingerprint(cert),
-                    subject_sha, other_sha, spooled, stopped_at, events, _mailbox(box),
+                    subject_sha, other_sha, spooled, stopped_at, events, mailbox(box),
                     export)  # fmt: skip
 
 
@@ -322,7 +264,7 @@ def test_full_content_for_the_subject_only(world: World, tmp_path: Path) -> None
     (delivered,) = [raw for _, raw in world.mailbox if f"{MARK}-mail".encode() in raw]
     assert delivered.endswith(mail)  # byte-exact: the upstream got it, plus a Received: line
     # every message of the subject's answered 250 in the traffic loop is archived; no other
-    archived = {_subject(m) for m in mails}
+    archived = {subject_of(m) for m in mails}
     subject_loop = {e["tag"] for e in world.loop
                     if e["kind"] == "mail" and e["ok"] and e["ip"] == world.subject_ip}  # fmt: skip
     assert subject_loop and subject_loop <= archived
@@ -368,7 +310,7 @@ def test_restarting_lbm_run_mid_traffic_loses_nothing_accepted(world: World) -> 
     first_down, last_down = oks.index(False), len(oks) - 1 - oks[::-1].index(False)
     assert any(oks[:first_down]) and any(oks[last_down:])  # up, down (the restart), up again
     # every message answered 250 reached the internet's MTA exactly once, in the end
-    subjects = [_subject(raw) for _, raw in world.mailbox]
+    subjects = [subject_of(raw) for _, raw in world.mailbox]
     for event in mail:
         if event["ok"]:
             assert subjects.count(event["tag"]) == 1, event
@@ -386,13 +328,6 @@ def test_restarting_lbm_run_mid_traffic_loses_nothing_accepted(world: World) -> 
     for stream in ("web", "flow"):  # rows written before the stop survived it
         before = {r["client_ip"] for r in world.rows(stream) if r["ts"] < world.stopped_at}
         assert {world.subject_ip, world.other_ip} <= before, stream
-
-
-def _subject(raw: bytes) -> str:
-    for line in raw.split(b"\r\n"):
-        if line.startswith(b"Subject: "):
-            return line[9:].decode()
-    return ""
 
 
 def test_audit_log_intact_across_restarts_records_rules_and_counts_only(world: World) -> None:

@@ -19,8 +19,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lbm_testing import REPO
+from mail_relay import spool_entries
 from netns import Topology
 
 WEB_SERVER = textwrap.dedent(
@@ -242,3 +244,81 @@ class TrafficLoop:
             self.proc.wait()
         self._reader.join(timeout=10)
         return list(self.events)
+
+
+PEER_CERT = textwrap.dedent(
+    """
+    import hashlib, socket, ssl, sys
+    src, dst, name, cafile = sys.argv[1:5]
+    sock = socket.create_connection((dst, 443), timeout=10, source_address=(src, 0))
+    ctx = ssl.create_default_context(cafile=cafile)
+    with ctx.wrap_socket(sock, server_hostname=name) as tls:
+        print(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
+    """
+)
+
+MAIL_CLIENT = textwrap.dedent(
+    """
+    import smtplib, sys
+    src, dst, sender, rcpt, text = sys.argv[1:6]
+    msg = ("From: <%s>\\r\\nTo: <%s>\\r\\nSubject: %s\\r\\n\\r\\n%s\\r\\n"
+           % (sender, rcpt, text, text)).encode()
+    with smtplib.SMTP(dst, 25, source_address=(src, 0), timeout=20) as s:
+        refused = s.sendmail(sender, [rcpt], msg)
+    print("accepted" if not refused else "refused")
+    """
+)
+
+
+def peer_cert(topo: Topology, src: str, host: str, cafile: Path) -> str:
+    out = subprocess.run(
+        [*topo.exec(topo.client), sys.executable, "-c", PEER_CERT, src, topo.server_ip, host,
+         str(cafile)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def send_mail(topo: Topology, src: str, sender: str, rcpt: str, text: str) -> None:
+    out = subprocess.run(
+        [*topo.exec(topo.client), sys.executable, "-c", MAIL_CLIENT, src,
+         topo.gateway_client_ip, sender, rcpt, text],
+        capture_output=True, text=True, timeout=40,
+    )  # fmt: skip
+    assert out.stdout.strip() == "accepted", out.stderr
+
+
+def undelivered(data_dir: Path) -> int:
+    """Spooled messages with recipients still to deliver (or not yet written in full)."""
+    count = 0
+    for msg in spool_entries(data_dir):
+        if msg.suffix == ".msg":
+            meta = msg.with_suffix(".json")
+            count += not meta.exists() or bool(json.loads(meta.read_text())["pending"])
+    return count
+
+
+def gateway_rules(data_dir: Path, topo: Topology, *args: str) -> str:
+    """`lbm gateway rules ARGS` run in the gateway namespace (nftables is per namespace)."""
+    out = subprocess.run(
+        [*topo.exec(topo.gateway), sys.executable, "-m", "appliance.cli.main", "--data-dir",
+         str(data_dir), "gateway", "rules", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def mailbox(directory: Path) -> list[tuple[dict[str, Any], bytes]]:
+    return [
+        (json.loads(p.with_suffix(".json").read_text()), p.read_bytes())
+        for p in sorted(directory.glob("*.eml"))
+    ]
+
+
+def subject_of(raw: bytes) -> str:
+    for line in raw.split(b"\r\n"):
+        if line.startswith(b"Subject: "):
+            return line[9:].decode()
+    return ""
