@@ -115,14 +115,16 @@ def test_ctrl_c_while_the_appliance_starts_leaves_nothing_running(tmp_path: Path
     assert _processes_naming(root) == []
 
 
-def test_a_non_empty_directory_is_refused(tmp_path: Path) -> None:
+def test_a_non_empty_directory_or_a_file_is_refused(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli.demo_cmd import demo
+
     (tmp_path / "keep.txt").write_text("mine")
-    proc = subprocess.run(_demo_argv(tmp_path), capture_output=True, text=True, env=_env(),
-                          cwd=REPO, timeout=60)  # fmt: skip
-    assert proc.returncode == 2
-    assert f"--dir {tmp_path}: exists and is not empty" in proc.stderr
+    for where, why in ((tmp_path, "exists and is not empty"),
+                       (tmp_path / "keep.txt", "exists and is not a directory")):  # fmt: skip
+        result = CliRunner().invoke(demo, ["--dir", str(where)])
+        assert result.exit_code == 2, result.output
+        assert f"--dir {where}: {why}" in result.output
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
-    proc = subprocess.run(_demo_argv(tmp_path / "keep.txt"), capture_output=True, text=True,
-                          env=_env(), cwd=REPO, timeout=60)  # fmt: skip
-    assert proc.returncode == 2 and "exists and is not a directory" in proc.stderr
     assert (tmp_path / "keep.txt").read_text() == "mine"
