@@ -10,9 +10,10 @@ map to a subject and a non-subject through an identity feed (`lbm identity impor
 and email addresses. The subject is under one authorisation for web, email and packets.
 
 Scenario (one run shared by the tests below): web and mail from both users while the internet's
-SMTP server is down, so accepted mail waits in the spool; `lbm run` stopped (SIGTERM) and
-started again after the SMTP server comes up; more web traffic; the spool drains; `lbm run`
-stopped. Then the data dir, the archive (`lbm archive export-raw` with the investigator's
+SMTP server is down, so accepted mail waits in the spool; a loop of web and mail from both users
+(`TrafficLoop`) starts, and `lbm run` is stopped (SIGTERM) and started again under it, after the
+SMTP server comes up; the loop ends once traffic flows again; more web traffic; every accepted
+message is delivered; `lbm run` stopped. Then the data dir, the archive (`lbm archive export-raw` with the investigator's
 identity), the SMTP server's mailbox and every byte `lbm run` and its daemons printed are checked.
 """
 

@@ -2,7 +2,9 @@
 `tests/support/netns.py` (`gateway_topology`): the force's clients, the gateway running `lbm run`,
 and the internet holding a real HTTP/HTTPS server and a real SMTP server (aiosmtpd) that writes
 every message it accepts to a directory. Servers are small scripts run with `ip netns exec`,
-stopped by their PID at teardown.
+stopped by their PID at teardown. `LbmRun` is a restartable `lbm run` in the gateway namespace;
+`TrafficLoop` sends web and mail from two users until told to stop, recording each outcome; the
+client helpers (`peer_cert`, `send_mail`) run in the client namespace.
 """
 
 from __future__ import annotations
