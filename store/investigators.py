@@ -12,6 +12,7 @@ BUNDLE.json so anyone can check that signature.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -62,7 +63,9 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     if "login" not in columns:  # a register made before logins were mapped
         conn.execute("ALTER TABLE investigators ADD COLUMN login TEXT")
     if "ssh_key" not in columns:  # a register made before investigators had signing keys
-        conn.execute("ALTER TABLE investigators ADD COLUMN ssh_key TEXT")
+        # on a read-only connection the rows are read without it
+        with contextlib.suppress(sqlite3.OperationalError):
+            conn.execute("ALTER TABLE investigators ADD COLUMN ssh_key TEXT")
 
 
 def row_to_investigator(row: sqlite3.Row) -> Investigator:

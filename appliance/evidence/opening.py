@@ -276,10 +276,12 @@ def open_bundle(req: OpenRequest) -> OpenResult:
         sink = ExportSet(staging)
         bar = ProgressBar(req.progress, total)
         with bar.running():
-            outcomes = [
-                _open_segment(root, s, ref, req.identity, sink, bar, listed[_seg_path(ref, s)])
-                for s in segments
-            ]
+            outcomes, done = [], 0
+            for s in segments:
+                sha = listed[_seg_path(ref, s)]
+                outcomes.append(_open_segment(root, s, ref, req.identity, sink, bar, sha))
+                done += (archive / f"{int(s['number']):06d}.age").stat().st_size
+                bar.done_to(done)
         written = sink.close()
         for item in sink.incomplete:
             for o in outcomes:

@@ -22,6 +22,7 @@ from bundle_support import (
     REF,
     REF_OTHER,
     REF_SUBJECT,
+    WEB_BODY,
     Setup,
     audit_entries,
     bundle_files,
@@ -30,6 +31,7 @@ from bundle_support import (
     manifest_files,
     ssh_verify,
 )
+from mitmproxy.io import FlowReader
 
 from appliance.evidence import bundle_common as common
 from appliance.evidence.access import AccessRefused
@@ -82,7 +84,7 @@ def test_bundle_holds_ciphertext_only_and_both_signatures_verify_with_ssh_keygen
     assert f"archive/{REF}/000001.age" in listed and f"keystore/{REF}/auth.age" in listed
     assert f"keystore/{REF}/000002.age" in listed and f"archive/{REF}/chain.json" in listed
     assert doc["authorisation"]["ref"] == REF and doc["authorisation"]["case_type"] == "criminal"
-    assert doc["authorisation"]["channels"] == ["email", "packets"]
+    assert doc["authorisation"]["channels"] == ["email", "packets", "web"]
     assert (
         doc["investigator"]["ssh_key"] == setup.ssh_pub.split()[0] + " " + setup.ssh_pub.split()[1]
     )
@@ -91,6 +93,7 @@ def test_bundle_holds_ciphertext_only_and_both_signatures_verify_with_ssh_keygen
         if path.is_file():
             data = path.read_bytes()
             assert setup.mail_canary not in data and setup.packet_canary not in data, path
+            assert b"WEB-CANARY" not in data, path
     # the gateway signature, with the line `lbm status` publishes, by stock OpenSSH
     ssh_verify(setup.gateway_signers, setup.gateway_id, bundle / common.BUNDLE)
     # the investigator's signature, with the allowed-signers line written beside it
@@ -99,7 +102,8 @@ def test_bundle_holds_ciphertext_only_and_both_signatures_verify_with_ssh_keygen
     entry = next(e for e in audit_entries(setup.lbm) if e["action"] == "bundle")
     assert entry["fields"]["sha256"] == setup.sha256(bundle / common.BUNDLE)
     assert entry["fields"]["investigator"] == "inv1" and entry["refs"] == [REF]
-    assert entry["fields"]["records"] == len(setup.records)
+    indexes = (setup.lbm.data_dir / "archive" / REF).glob("*.index.jsonl")
+    assert entry["fields"]["records"] == sum(len(p.read_text().splitlines()) for p in indexes)
 
 
 def test_opened_bundle_has_every_record_private_and_a_complete_manifest(
@@ -114,7 +118,12 @@ def test_opened_bundle_has_every_record_private_and_a_complete_manifest(
     assert manifest["signer"]["kind"] == "investigator" and manifest["opened_by"]
     assert manifest["missing_records"] == [] and manifest["incomplete_records"] == []
     exported = {rid for f in manifest["files"] for rid in f["record_ids"]}
-    assert exported == set(setup.records)
+    assert set(setup.records) < exported  # and the web flow's records
+    # web: mitmproxy's own reader loads the flow file, with the archived bodies
+    with (out / "web/flows.mitm").open("rb") as fh:
+        (flow,) = list(FlowReader(fh).stream())
+    assert flow.id == setup.web_flow and flow.request.content == b"q=evidence"
+    assert flow.response is not None and flow.response.content == WEB_BODY
     # email: the .eml holding each message record is the message, byte for byte
     for rid, (channel, content) in setup.records.items():
         if channel != "email":
@@ -366,3 +375,44 @@ def test_a_wrong_identity_opens_nothing(setup: Setup, opened: tuple[Path, Path])
         open_bundle(request)
     assert not out.exists()
     assert not [p for p in setup.tmp.iterdir() if p.name.startswith(".wrong-identity")]
+
+
+def test_a_signing_key_must_be_an_openssh_ed25519_public_key(setup: Setup) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    private = setup.ssh_key  # the private half, given by mistake
+    rsa = setup.tmp / "rsa.pub"
+    rsa.write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ== someone\n")
+    for bad, why in ((private, "not an OpenSSH ssh-ed25519 public key"), (rsa, "ssh-ed25519")):
+        result = CliRunner().invoke(main.cli, [
+            "--data-dir", str(setup.lbm.data_dir), "keys", "investigator", "add", "inv9",
+            setup.recipient, "--principal", "p509", "--sign-key", str(bad)])  # fmt: skip
+        assert result.exit_code == 2 and why in result.output, result.output
+    listed = inproc(setup.lbm.data_dir, "keys", "investigator", "list", "--json")
+    assert "inv9" not in listed
+    assert json.loads(listed)[0]["ssh_key"] == " ".join(setup.ssh_pub.split()[:2])
+
+
+def test_the_ciphertext_hash_covers_every_byte_read_or_not(tmp_path: Path) -> None:
+    """The segment hash is computed in 4 MiB pieces beside the reader: every byte counts once,
+    whether the age reader read it (lines, chunks across piece boundaries) or not."""
+    import hashlib
+    import os
+
+    from appliance.evidence.opening_io import HashingFile
+
+    data = b"age-encryption.org/v1\n-> X25519 abc\n" + os.urandom(9 << 20) + b"\ntail"
+    path = tmp_path / "seg.age"
+    path.write_bytes(data)
+    for stop_at in (len(data), 5 << 20, 40):
+        with path.open("rb") as raw:
+            fh = HashingFile(raw)
+            parts, size = [fh.readline(1000), fh.readline(1000)], 0
+            while size < stop_at and (piece := fh.read(65552)):
+                parts.append(piece)
+                size += len(piece)
+            assert data.startswith(b"".join(parts))
+            assert fh.finish() == hashlib.sha256(data).hexdigest()
+            fh.close()

@@ -21,6 +21,8 @@ from typing import Any
 
 import dpkt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lbm_testing import corpus_root
 
 from appliance.evidence.formats import ExportSet, FormatError, WrittenFile
@@ -230,6 +232,8 @@ def test_foreign_blocks_and_a_big_endian_section(env: Env, tmp_path: Path) -> No
     export, files = feed(records, tmp_path / "out")
     assert [f.path for f in files] == ["packets/X_000001_2.pcapng", "packets/packets.pcapng"]
     assert (tmp_path / "out" / files[0].path).read_bytes() == big
+    assert files[0].record_ids == ["X/000001/2"]
+    assert files[1].record_ids == [ours[0][1]["id"], "X/000001/1"]
     (tmp_path / "little.pcapng").write_bytes(little)
     want = _tshark(tmp_path / "little.pcapng")
     got = _tshark(tmp_path / "out" / "packets" / "packets.pcapng")[54:]
@@ -292,3 +296,36 @@ def test_an_unfinished_record_at_close_is_listed_incomplete(env: Env, tmp_path: 
     assert export.incomplete == [message[0][1]["id"]]
     eml = next(f for f in files if f.path.endswith(".eml"))
     assert (eml.size, (tmp_path / "out" / eml.path).read_bytes()) == (100, message[1][1][:100])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=st.lists(st.sampled_from([b"From x", b"From", b">From y", b"aFrom b", b"", b"F"]),
+                   max_size=12),
+    endings=st.lists(st.sampled_from([b"\n", b"\r\n"]), min_size=12, max_size=12),
+    piece=st.integers(min_value=1, max_value=9),
+    final_newline=st.booleans(),
+)  # fmt: skip
+def test_mbox_escaping_is_the_same_whatever_the_piece_size(
+    lines: list[bytes], endings: list[bytes], piece: int, final_newline: bool
+) -> None:
+    """Escaping streams in pieces; at every piece size it equals escaping line by line."""
+    import io
+
+    from appliance.evidence.formats import mail
+
+    message = b"".join(line + end for line, end in zip(lines, endings, strict=False))
+    if not final_newline:
+        message += b"From tail"
+    expected = b"".join(
+        b">" + line if line.startswith(b"From ") else line
+        for line in message.splitlines(keepends=True)
+    )
+    sink = io.BytesIO()
+    original, mail.PIECE = mail.PIECE, piece
+    try:
+        last = mail._copy_escaped(io.BytesIO(message), sink.write)
+    finally:
+        mail.PIECE = original
+    assert sink.getvalue() == expected
+    assert last == (expected[-1:] or b"\n")

@@ -449,3 +449,57 @@ def test_a_flow_without_its_request_head_is_kept_as_parts(
         (tmp_path / "out" / (base + "http-response-head")).read_bytes().startswith(b"HTTP/1.1 201")
     )
     assert all(f.record_ids == [r[0][1]["id"] for r in records[1:]] for f in files.values())
+
+
+@pytest.mark.parametrize(
+    ("method", "scheme", "authority", "path", "version", "host", "port", "url"),
+    [
+        (b"GET", b"https", b"", b"/a?b=1", b"HTTP/1.1", "h.test", 443, "https://h.test/a?b=1"),
+        (b"GET", b"http", b"h.test:8080", b"/x", b"HTTP/1.1", "h.test", 8080, "http://h.test:8080/x"),
+        (b"GET", b"https", b"[2001:db8::1]:8443", b"/v6", b"HTTP/2.0", "2001:db8::1", 8443,
+         None),  # mitmproxy's own URL drops the brackets: compared with the original's below
+        (b"CONNECT", b"", b"tunnel.test:443", b"", b"HTTP/1.1", "tunnel.test", 443, None),
+        (b"PUT", b"https", b"h.test", b"/up", b"HTTP/3", "h.test", 443, "https://h.test/up"),
+    ],
+)  # fmt: skip
+def test_heads_rebuild_as_the_proxy_saw_them(
+    method: bytes, scheme: bytes, authority: bytes, path: bytes, version: bytes, host: str,
+    port: int, url: str | None,
+) -> None:  # fmt: skip
+    """The archive's own head writer (addons/archive_records) and the export's reader agree."""
+    from addons import archive_records as rec
+    from appliance.evidence.formats.web_build import build_request, build_response
+
+    fields = [(b"Host", (authority or b"h.test")), (b"X-Twice", b"1"), (b"X-Twice", b"2: a")]
+    original = http.Request(host, port, method, scheme, authority, path, version,
+                            http.Headers(fields), None, None, 0.0, None)  # fmt: skip
+    rebuilt = build_request(rec.request_head(original), scheme.decode() or "https", 1.0)
+    assert (rebuilt.method, rebuilt.http_version) == (original.method, original.http_version)
+    assert (rebuilt.host, rebuilt.port) == (host, port)
+    assert rebuilt.headers.fields == original.headers.fields  # order, repeats, ": " in values
+    assert (rebuilt.url, rebuilt.path) == (original.url, original.path)
+    if url is not None:
+        assert rebuilt.pretty_url == url
+    response = http.Response(version, 404, b"", http.Headers([(b"A", b"b")]), None, None, 0, 0)
+    back = build_response(rec.response_head(response), 1.0)
+    assert (back.status_code, back.headers.fields) == (404, ((b"A", b"b"),))
+    assert back.reason == ("Not Found" if version == b"HTTP/1.1" else "")
+
+
+def test_one_flow_archived_for_two_refs_keeps_both_and_ids_stay_unique(
+    session: tuple[Env, dict[str, http.HTTPFlow]], tmp_path: Path
+) -> None:
+    """A subject under two authorisations: the same flow id in both refs' records."""
+    env, flows = session
+    records = [r for r in _by_record(env) if r[0][1]["flow"] == flows["grpc"].id]
+    other = [
+        [("header", r[0][1] | {"id": r[0][1]["id"].replace(REF, "ca1-other")}), *r[1:]]
+        for r in records
+    ]
+    export = feed(iter([e for r in records + other for e in r]), tmp_path / "out")
+    export.close()
+    with (tmp_path / "out/web/flows.mitm").open("rb") as fh:
+        loaded = list(FlowReader(fh).stream())
+    assert len(loaded) == 2 and len({f.id for f in loaded}) == 2
+    assert loaded[0].id == flows["grpc"].id
+    assert all(f.response.trailers["grpc-status"] == "0" for f in loaded)

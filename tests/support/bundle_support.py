@@ -51,6 +51,7 @@ class Setup:
     mail_canary: bytes = MAIL_CANARY
     packet_canary: bytes = PACKET_CANARY
     truncated: tuple[str, list[str], str] = ("", [], "")
+    web_flow: str = ""
 
     @staticmethod
     def sha256(path: Path) -> str:
@@ -135,6 +136,35 @@ os._exit(0)  # a crash: the segment is never sealed and its last partial chunk i
 """
 
 
+WEB_BODY = b"<html>" + b"WEB-CANARY-77d1 " * 100 + b"</html>"
+
+
+def _web_flow(archive: Archive, audit: AuditLog) -> str:
+    """One request and response through the real web Archiver (addons/archiver.py); returns
+    the flow id."""
+    from mitmproxy import http
+    from mitmproxy.test import tflow
+
+    from addons.archiver import Archiver
+    from addons.state import FLOW_KEY, FlowState, conn_state
+
+    addon = Archiver(archive, audit, "tester", Clock())
+    req = http.Request("www.example.test", 443, b"POST", b"https", b"", b"/form", b"HTTP/1.1",
+                       http.Headers([(b"Host", b"www.example.test")]), None, None, 0.0,
+                       None)  # fmt: skip
+    flow = tflow.tflow(req=req)
+    flow.metadata[FLOW_KEY] = FlowState(request_id=flow.id, started=0.0, refs=(REF,))
+    conn_state(flow.client_conn).principal = SUBJECT
+    addon.requestheaders(flow)
+    flow.request.stream = None
+    flow.request.raw_content = b"q=evidence"
+    addon.request(flow)
+    flow.response = http.Response(b"HTTP/1.1", 200, b"OK", http.Headers(
+        [(b"Content-Type", b"text/html")]), WEB_BODY, None, 0.0, None)  # fmt: skip
+    addon.response(flow)
+    return str(flow.id)
+
+
 def _write_archive(data: Path, setup: Setup) -> None:
     paths = DataPaths(data)
     key = signing.load(paths)
@@ -149,6 +179,8 @@ def _write_archive(data: Path, setup: Setup) -> None:
             setup.records[sink.close()] = (channel, content)
             if channel == "packets":
                 setup.packet_count += 3 + group
+        if group == 1:
+            setup.web_flow = _web_flow(archive, AuditLog(paths, key, Clock(), witness=False))
         archive.close()
 
 
@@ -190,7 +222,7 @@ def make_setup(tmp: Path) -> Setup:
     principal, name, role, rank = HOPS
     inproc(data, "officer", "add", principal, "--name", name, "--role", role, "--rank", rank,
            "--from", REGISTERED_FROM)  # fmt: skip
-    both = ("--channel", "packets")
+    both = ("--channel", "packets", "--channel", "web")
     inproc(data, *grant_argv(REF, SUBJECT, channel="email", extra=both))
     inproc(data, *grant_argv(REF_OTHER, SUBJECT, channel="email", investigator="inv2"))
     inproc(data, *grant_argv(REF_SUBJECT, "p500", channel="email", investigator="inv2"))

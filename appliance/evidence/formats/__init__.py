@@ -13,6 +13,7 @@ still written as far as they go.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -123,11 +124,14 @@ class ExportSet:
             self.incomplete.append(record_id)
 
     def close(self) -> list[WrittenFile]:
-        """Finish every file; a record still open (never ended) counts as incomplete."""
+        """Finish every file and make them durable; a record still open (never ended) counts
+        as incomplete."""
         if self._current is not None:
             self.end(False)
         self._closed = True
         files: list[WrittenFile] = []
         for writer in self._writers.values():
             files += writer.close()
+        if files:
+            os.sync()  # every file and directory entry on disk, in one call (not per file)
         return sorted(files, key=lambda f: f.path)

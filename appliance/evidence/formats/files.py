@@ -73,8 +73,6 @@ class OutFile:
         return self._fh.write(data)
 
     def close(self) -> WrittenFile:
-        if not self._fh.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+        if not self._fh.closed:  # durable at ExportSet.close (one sync, not one per file)
             self._fh.close()
         return WrittenFile(self.rel, self._hash.hexdigest(), self.size, list(self.record_ids))

@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from appliance.evidence.formats.files import OutFile, WrittenFile, safe_name
 
@@ -130,16 +131,35 @@ class MailWriter:
         for msg in self._messages:
             out.record_ids.append(msg.record_id)
             out.write(_from_line(msg))
-            last = b"\n"
             with (self.out_dir / msg.path).open("rb") as fh:
-                at_start = True
-                while piece := fh.readline(PIECE):
-                    if at_start and piece.startswith(b"From "):
-                        out.write(b">")
-                    out.write(piece)
-                    at_start = piece.endswith(b"\n")
-                    last = piece
-            if not last.endswith(b"\n"):
-                out.write(b"\n")
-            out.write(b"\n")
+                last = _copy_escaped(fh, out.write)
+            out.write(b"\n\n" if last != b"\n" else b"\n")
         return out.close()
+
+
+def _escape(buf: bytes, at_start: bool) -> bytes:
+    out = buf.replace(b"\nFrom ", b"\n>From ")
+    return b">" + out if at_start and out.startswith(b"From ") else out
+
+
+def _copy_escaped(fh: BinaryIO, write: Callable[[bytes], object]) -> bytes:
+    """Copy a message with every line that starts `From ` escaped, in pieces cut after a
+    newline (a line longer than a piece is cut anywhere: only its start can need escaping).
+    Returns the last byte written."""
+    carry, at_start, last = b"", True, b"\n"
+    while chunk := fh.read(PIECE):
+        data = carry + chunk
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) < max(PIECE, 5):
+            carry = data  # too short to tell: wait for more
+            continue
+        if cut == 0:  # one long line: its start is settled
+            write(_escape(data, at_start))
+            carry, at_start, last = b"", False, data[-1:]
+            continue
+        write(_escape(data[:cut], at_start))
+        carry, at_start, last = data[cut:], True, b"\n"
+    if carry:
+        write(_escape(carry, at_start))
+        last = carry[-1:]
+    return last

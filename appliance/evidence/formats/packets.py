@@ -60,6 +60,7 @@ class PacketsWriter:
         self._buf = bytearray()
         self._map: list[int] = []  # this section's interface ids -> output ids
         self._started = False  # SHB seen in this record
+        self._wrote = False
         self._stopped = False
 
     def _output(self) -> OutFile:
@@ -72,6 +73,7 @@ class PacketsWriter:
         self._id = header["id"]
         self._buf.clear()
         self._map, self._started, self._stopped, self._own = [], False, False, None
+        self._wrote = False  # a block of this record went into the merged file
 
     def data(self, chunk: bytes) -> None:
         if self._stopped:
@@ -124,6 +126,7 @@ class PacketsWriter:
 
     def _block(self, btype: int, body: memoryview) -> None:
         out = self._output()
+        self._wrote = True
         if btype == SHB:
             self._started = True
             self._map = []
@@ -171,7 +174,7 @@ class PacketsWriter:
             self._own = None
         elif self._buf and not self._stopped and complete:
             self._damage()  # bytes left over that are not a whole block
-        if self._out is not None and self._id not in self._out.record_ids:
+        if self._out is not None and self._wrote:
             self._out.record_ids.append(self._id)
         self._buf.clear()
 

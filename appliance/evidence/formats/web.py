@@ -101,6 +101,7 @@ class WebWriter:
         self._last: dict[str, tuple[str, str]] = {}  # ref -> key of its latest flow (fallback)
         self._fallback = 0
         self._seq = 0
+        self._ids: set[str] = set()  # flow ids written
         self._current: _Flow | None = None
         self._kind = ""
         self._small: bytearray | None = None
@@ -164,8 +165,12 @@ class WebWriter:
                 self._extents[-1] = (self._extents[-1][0], self._extents[-1][1] + len(chunk))
             else:
                 self._extents.append((start, len(chunk)))
-        elif self._small is not None and len(self._small) < SMALL_MAX:
-            self._small += chunk[: SMALL_MAX - len(self._small)]
+        elif self._small is not None:
+            if len(self._small) + len(chunk) > SMALL_MAX and self._current is not None:
+                record_id = self._current.record_ids[-1]
+                if record_id not in self.damaged[-1:]:
+                    self.damaged.append(record_id)  # cut here: listed incomplete
+            self._small += chunk[: max(0, SMALL_MAX - len(self._small))]
 
     def end(self, complete: bool) -> None:
         fl, kind = self._current, self._kind
@@ -294,8 +299,9 @@ class WebWriter:
         )
         server = connection.Server(address=(request.host, request.port))
         flow = http.HTTPFlow(client, server)
-        if fl.flow_id is not None:
-            flow.id = fl.flow_id
+        if fl.flow_id is not None and fl.flow_id not in self._ids:  # one flow, several refs:
+            flow.id = fl.flow_id  # the first keeps the proxy's id, the others get new ones
+            self._ids.add(fl.flow_id)
         flow.request = request
         if "http-response-head" in fl.heads:
             start = t.get("response_start", t["request_start"])
