@@ -13,8 +13,9 @@ Scenario (one run shared by the tests below): web and mail from both users while
 SMTP server is down, so accepted mail waits in the spool; a loop of web and mail from both users
 (`TrafficLoop`) starts, and `lbm run` is stopped (SIGTERM) and started again under it, after the
 SMTP server comes up; the loop ends once traffic flows again; more web traffic; every accepted
-message is delivered; `lbm run` stopped. Then the data dir, the archive (`lbm archive export-raw` with the investigator's
-identity), the SMTP server's mailbox and every byte `lbm run` and its daemons printed are checked.
+message is delivered; `lbm run` stopped. Then the data dir, the archive (`lbm archive
+export-raw` with the investigator's identity), the SMTP server's mailbox and every byte `lbm run`
+and its daemons printed are checked.
 """
 
 from __future__ import annotations
