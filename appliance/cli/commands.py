@@ -34,6 +34,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("appliance.cli.smtp_cmd", "smtp"),
     ("appliance.cli.proxy_cmd", "proxy"),
     ("appliance.cli.gateway_cmd", "gateway"),
+    ("appliance.cli.demo_cmd", "demo"),
 ]
 
 
