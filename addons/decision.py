@@ -32,6 +32,7 @@ from mitmproxy.proxy.layers import ClientTLSLayer, ServerTLSLayer
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from addons import cancel
+from addons.notice import is_own_notice_path
 from addons.passthrough import CountingTCPLayer
 from addons.pinned import PinnedClients
 from addons.state import FLOW_KEY, ConnState, FlowState, conn_state, open_states
@@ -177,7 +178,7 @@ class Decision:
         fs = FlowState(request_id=uuid.uuid4().hex, started=now.timestamp())
         flow.metadata[FLOW_KEY] = fs
         authority = flow.request.pretty_host
-        if self._is_notice(authority) or state.notice:
+        if self._is_notice(authority) or state.notice or is_own_notice_path(flow):
             return  # the notice page: answered by us, never archived
         d = decide(self.snapshot(), state.principal, "web", now, server_name=_host_of(authority))
         if flow.client_conn.tls:

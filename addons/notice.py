@@ -8,18 +8,53 @@ Decision addon (web-core) intercepts this name for everybody, asking `Notice.is_
 its own copy of the name, and archives nothing for it (the page is ours, not a subject's
 traffic); metadata rows are written as for any request.
 
+It also answers `/lbm-notice` on the proxy's own address (any address of this machine, as a
+browser reaches it directly or a transparent redirect delivers it): `http://GATEWAY:PORT/
+lbm-notice`, so a client without DNS for the notice host still finds the notice.
+
 The page carries the notice text and version, HTML-escaped, with headers that keep it out of
 caches and stop it running anything (`Content-Security-Policy: default-src 'none'`).
 """
 
 from __future__ import annotations
 
+import functools
 import html
+import ipaddress
+import socket
 import time
 
 from mitmproxy import http, tls
 
 VERSION_HEADER = "X-LBM-Notice-Version"
+NOTICE_PATH = "/lbm-notice"
+
+
+@functools.lru_cache(maxsize=256)
+def is_local_address(host: str) -> bool:
+    """`host` is `localhost` or an IP address of this machine (one it can bind to)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # a name: only the configured notice host is answered by name
+    if ip.is_loopback:
+        return True
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
+
+
+def is_own_notice_path(flow: http.HTTPFlow) -> bool:
+    """A request for `/lbm-notice` on one of this machine's own addresses."""
+    return flow.request.path.split("?", 1)[0] == NOTICE_PATH and is_local_address(
+        flow.request.host
+    )
 
 
 def normalise_host(name: str) -> str:
@@ -93,8 +128,10 @@ class Notice:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
-        if self.is_notice_host(flow.request.pretty_host) or self.is_notice_host(
-            flow.client_conn.sni
+        if (
+            self.is_notice_host(flow.request.pretty_host)
+            or self.is_notice_host(flow.client_conn.sni)
+            or is_own_notice_path(flow)
         ):
             flow.response = self.response(flow.request.method)
             self.served += 1

@@ -87,6 +87,26 @@ def test_notice_page_http_and_https_never_upstream_never_archived(
     r = curl(daemon, f"http://{NOTICE}/", "-X", "POST", "-d", "a=b", "-o", "/dev/null",
              "-w", "%{http_code}")  # fmt: skip
     assert r.stdout == b"405"
+    # /lbm-notice on the proxy's own address: through the proxy (absolute form) and opened
+    # directly (a browser given the gateway's address), for the subject too; never upstream
+    own = f"{daemon.proxy.rstrip('/')}/lbm-notice"
+    for source_ip in (OTHER_IP, SUBJECT_IP):
+        via = curl(daemon, own, "-i", source_ip=source_ip)
+        direct = subprocess.run(
+            ["curl", "-sS", "-i", "--noproxy", "*", "--interface", source_ip, own],
+            capture_output=True, timeout=30,
+        )  # fmt: skip
+        for got in (via, direct):
+            assert got.returncode == 0, got.stderr
+            head, _, body = got.stdout.decode().partition("\r\n\r\n")
+            assert head.startswith("HTTP/1.1 200"), head
+            assert "2026-07b" in body
+    other_path = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "*",
+         "--interface", OTHER_IP, f"{daemon.proxy.rstrip('/')}/elsewhere"],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert other_path.stdout != b"200"  # only /lbm-notice is the proxy's own page
     code, _out, err = daemon.stop()
     assert code == 0, err
     assert records(web_lbm.data_dir, identity) == []  # the subject's notice visits: not archived
