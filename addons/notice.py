@@ -52,9 +52,7 @@ def is_local_address(host: str) -> bool:
 
 def is_own_notice_path(flow: http.HTTPFlow) -> bool:
     """A request for `/lbm-notice` on one of this machine's own addresses."""
-    return flow.request.path.split("?", 1)[0] == NOTICE_PATH and is_local_address(
-        flow.request.host
-    )
+    return flow.request.path.split("?", 1)[0] == NOTICE_PATH and is_local_address(flow.request.host)
 
 
 def normalise_host(name: str) -> str:
