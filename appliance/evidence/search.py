@@ -9,6 +9,7 @@ check and runs on a connection limited to the metadata root and locked.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from appliance.evidence.search_views import (
 from appliance.policy.registry_store import load_one
 from store import schemas
 from store import sqlite as store_sqlite
+
+TIME_LIMIT_SECONDS = 600.0  # a search that runs longer is stopped (con.interrupt)
 
 __all__ = [
     "MIN_PERSONS",
@@ -202,9 +205,23 @@ def run(metadata_root: Path, query: Query, scope: Scope | None) -> pa.Table:
     if why and scope is None:  # authorise() requires a ref for these: never run them bare
         raise SearchRefused(f"this search can single out a person ({why}): it needs --ref", 2)
     con = None
+    timer: threading.Timer | None = None
     try:
         con = connect(metadata_root.resolve(), query, scope)
+        timer = threading.Timer(TIME_LIMIT_SECONDS, con.interrupt)
+        timer.daemon = True
+        timer.start()
         return con.sql(final).to_arrow_table()
+    except duckdb.InterruptException:
+        raise SearchFailed(
+            f"search stopped after {TIME_LIMIT_SECONDS:g} s (the time limit); narrow it with "
+            "--from/--to or --stream"
+        ) from None
+    except duckdb.OutOfMemoryException:
+        raise SearchFailed(
+            "search stopped: it needed more memory than searches may use (a quarter of the "
+            "machine's); narrow it with --from/--to or --stream"
+        ) from None
     except duckdb.PermissionException as exc:
         raise SearchRefused(f"--sql refused by the sandbox: {_message(exc, scope)}") from None
     except (duckdb.IOException, duckdb.InvalidInputException) as exc:
@@ -212,6 +229,8 @@ def run(metadata_root: Path, query: Query, scope: Scope | None) -> pa.Table:
     except duckdb.Error as exc:
         raise SearchError(f"search failed: {_message(exc, scope)}") from None
     finally:
+        if timer is not None:
+            timer.cancel()
         if con is not None:
             con.close()
 

@@ -19,6 +19,7 @@ Two independent layers:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -132,10 +133,21 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
+def memory_limit_mib() -> int:
+    """A quarter of this machine's memory: searches share the box with the daemons."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 2048
+    return max(256, total // 4 // (1 << 20))
+
+
 def lock_down(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     """Limit `con` to reading under `root`, then lock its configuration (order matters)."""
     con.execute("SET python_enable_replacements = false")  # no Python variable as a table
     con.execute("SET temp_directory = ''")  # never spill rows to disk (default: ./.tmp)
+    # a runaway query (a recursive CTE that never ends) fails instead of starving the daemons
+    con.execute(f"SET memory_limit = '{memory_limit_mib()}MiB'")
     con.execute("SET allowed_directories = ?", [[str(root)]])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

@@ -147,3 +147,17 @@ def test_the_locked_connection_holds_even_without_the_parse_check(tmp_path: Path
 def test_refusals_say_why(sql: str, why: str) -> None:
     with pytest.raises(sqlguard.SqlRefused, match=why.replace("(", r"\(").replace(")", r"\)")):
         sqlguard.check_select(sql, VIEWS)
+
+
+def test_a_runaway_query_is_stopped(meta: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recursive CTE that never ends would compete with the daemons for CPU and memory: it is
+    interrupted at the time limit (or fails at the memory limit), with a clear error."""
+    from appliance.evidence import search
+
+    monkeypatch.setattr(search, "TIME_LIMIT_SECONDS", 1.0)
+    sql = (
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 1e15) "
+        "SELECT count(*) FROM r"
+    )
+    with pytest.raises(search.SearchFailed, match=r"time limit|more memory"):
+        run(meta, Query(sql=sql, ref=REF, reason="r"), SCOPE)
