@@ -247,6 +247,10 @@ class Relay:
         try:
             if self.worker is not None:
                 await self.worker.stop()
+                # seal the segments now (no session is left to write one), so the subjects'
+                # delivered messages that waited for their segment leave the spool before exit
+                await asyncio.to_thread(self.archive.close)
+                await self.worker.remove_sealed()
             await self.spool.close()
         finally:
             try:

@@ -482,6 +482,15 @@ class DeliveryWorker:
             await self._rows_durable()
             await asyncio.get_running_loop().run_in_executor(None, self.spool.remove_many, batch)
 
+    async def remove_sealed(self) -> None:
+        """At stop, after the archive sealed its segments: remove the delivered entries that
+        were waiting for their segment, so the spool keeps only mail still in transit."""
+        for spool_id in sorted(self._waiting):
+            env = self._envs.get(spool_id)
+            if env is not None and spool_id not in self._active and self._archived(env):
+                await self._remove(env)
+        await self._flush_removals()
+
     async def _archive_waiter(self) -> None:
         while True:
             await asyncio.sleep(ARCHIVE_POLL_SECONDS)

@@ -178,3 +178,23 @@ def test_cancellation_stops_archiving_within_seconds(lbm: Lbm, tmp_path: Path) -
     assert [r.data for r in rd.archived() if r.header["kind"] == "message"] == [
         _payload("1", b"one")
     ]  # what was lawfully recorded before stays
+
+
+def test_a_subjects_delivered_message_leaves_the_spool_at_stop(
+    lbm: Lbm, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    """The spool is transit only: a subject's delivered message waits for its segment to be
+    sealed (60 s), and a stop seals it, so nothing delivered is left spooled across a stop."""
+    rd = prepare_relay_dir(lbm, tmp_path)
+    use_upstream(rd, upstream)
+    relay = rd.relay(tmp_path).start()
+    try:
+        with RawClient(relay.host, relay.port) as c:
+            c.ehlo()
+            spool_id = _id(c.send_message(SUBJECT_ADDR, [OUTSIDE_ADDR], _payload("s", b"t")))
+        upstream.wait_for(1)
+        assert spool_id in rd.spooled()  # delivered, but its segment is still open
+    finally:
+        assert relay.stop() == 0
+    assert rd.spooled() == {}
+    assert [r.header["kind"] for r in rd.archived()] == ["message", "envelope"]
