@@ -27,8 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from appliance.policy import InvalidInput, RuleViolation, values
-from appliance.policy.officer_signatures import Signed, load_toml
-from store import sshsig
+from appliance.policy.officer_signatures import Signed, load_toml, verify_register_change
 
 NAMESPACE = "lbm-investigator-register"
 ACTIONS = ("investigator_add", "investigator_remove")
@@ -75,15 +74,9 @@ def verify(
     at: datetime,
 ) -> dict[str, str]:
     """Check a register signer signed exactly this change, still in time; the audit fields."""
-    try:
-        signers = sshsig.parse_allowed_signers(signers_text, where)
-        entry = sshsig.verify_allowed(
-            signed.signature, signed.signed_bytes, NAMESPACE, signers, at=at
-        )
-    except sshsig.SshsigError as exc:
-        raise RuleViolation(
-            f"the investigator change is not signed by a register signer: {exc}"
-        ) from None
+    fields = verify_register_change(
+        signed, signers_text, where, at, namespace=NAMESPACE, what="investigator change"
+    )
     change = parse(signed.signed_bytes)
     if change["action"] != action:
         raise RuleViolation(f"the signed change is {change['action']}, not {action}")
@@ -101,8 +94,7 @@ def verify(
             raise RuleViolation(
                 f"{key}: {value!r} differs from the signed change ({signed_value!r})"
             )
-    fields = signed.audit_fields(sshsig.fingerprint(entry.public_key))
-    return {**fields, "signer": ",".join(entry.principals)}
+    return fields
 
 
 def _digest(signed: Signed) -> str:

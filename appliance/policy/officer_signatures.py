@@ -220,18 +220,23 @@ def parse_change(data: bytes) -> dict[str, Any]:
 
 
 def verify_register_change(
-    signed: Signed, signers_text: str, where: str, at: datetime
+    signed: Signed,
+    signers_text: str,
+    where: str,
+    at: datetime,
+    *,
+    namespace: str = REGISTER_NAMESPACE,
+    what: str = "register change",
 ) -> dict[str, str]:
     """Check a register signer (an entry of the `[policy] register_signers` allowed-signers
-    file, valid at `at`) signed the change; returns the audit fields (signer included)."""
+    file, valid at `at`) signed the change in `namespace` (officer-register changes, or
+    investigator-register changes); returns the audit fields (signer included)."""
     try:
         signers = sshsig.parse_allowed_signers(signers_text, where)
         entry = sshsig.verify_allowed(
-            signed.signature, signed.signed_bytes, REGISTER_NAMESPACE, signers, at=at
+            signed.signature, signed.signed_bytes, namespace, signers, at=at
         )
     except sshsig.SshsigError as exc:
-        raise RuleViolation(
-            f"the register change is not signed by a register signer: {exc}"
-        ) from None
+        raise RuleViolation(f"the {what} is not signed by a register signer: {exc}") from None
     fingerprint = sshsig.fingerprint(entry.public_key)
     return {**signed.audit_fields(fingerprint), "signer": ",".join(entry.principals)}
