@@ -5,115 +5,25 @@ Later capabilities add their options here, to the section DECISIONS.md gives the
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
 from appliance.config.do_not_decrypt import DO_NOT_DECRYPT_CATEGORIES, check_categories
-from store.bech32 import Bech32Error, parse_age_recipient
+from appliance.config.option import (
+    ID_RE,
+    MAX_ID_LENGTH,
+    Option,
+    Validator,
+    _age_recipients,
+    _between,
+    _domains,
+    _host_port_or_empty,
+    _hostname,
+    _id,
+    _networks,
+    _port,
+    _starttls_mode,
+)
+from appliance.config.schema_operations import OPERATIONS
 
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-Validator = Callable[[Any], str | None]
-
-
-MAX_ID_LENGTH = 64  # the gateway id is part of every metadata file name
-
-
-def _id(value: Any) -> str | None:
-    if len(value) > MAX_ID_LENGTH:
-        return f"at most {MAX_ID_LENGTH} characters"
-    return None if ID_RE.fullmatch(value) else "must match [a-z0-9][a-z0-9._-]* (lower case)"
-
-
-def _between(low: int, high: int, unit: str = "") -> Validator:
-    """An integer within [low, high]: a huge value is a typo, never a setting."""
-    suffix = f" {unit}" if unit else ""
-
-    def check(value: Any) -> str | None:
-        return None if low <= value <= high else f"must be {low}-{high}{suffix}"
-
-    return check
-
-
-def _port(value: Any) -> str | None:
-    return None if 0 <= value <= 65535 else "must be a port number 0-65535"
-
-
-def _hostname(value: Any) -> str | None:
-    text = str(value)
-    labels = text.split(".")
-    ok = 0 < len(text) <= 253 and all(
-        0 < len(label) <= 63
-        and label[0] != "-"
-        and label[-1] != "-"
-        and all(c.isascii() and (c.isalnum() or c == "-") for c in label)
-        for label in labels
-    )
-    if not ok or text != text.lower():
-        return f"{text[:80]!r} is not a lower-case DNS host name"
-    return None
-
-
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def _networks(value: Any) -> str | None:
-    for item in value:
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            return f"{item!r} is not an IP network (e.g. 10.0.0.0/8)"
-    return None
-
-
-def _domains(value: Any) -> str | None:
-    for item in value:
-        if not re.fullmatch(r"[A-Za-z0-9.-]+", item) or "." not in item:
-            return f"{item!r} is not a domain name"
-    return None
-
-
-def _age_recipients(value: Any) -> str | None:
-    for item in value:
-        if not re.fullmatch(r"age1[02-9ac-hj-np-z]{58}", item):
-            return f"{item!r} is not an age X25519 recipient (age1...)"
-        try:
-            parse_age_recipient(item)  # the Bech32 checksum and the point
-        except Bech32Error as exc:
-            return f"{item!r}: {exc}"
-    return None
-
-
-def _starttls_mode(value: Any) -> str | None:
-    return None if value in ("required", "optional") else "must be required or optional"
-
-
-def _host_port_or_empty(value: Any) -> str | None:
-    if not value:
-        return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return "must be HOST:PORT (e.g. mail.example.org:25) or empty"
-    return None
-
-
-@dataclass(frozen=True)
-class Option:
-    section: str
-    key: str
-    kind: type
-    default: Any
-    help: str
-    validate: Validator | None = None
-    item_type: type | None = None  # for lists
-
-    @property
-    def name(self) -> str:
-        return f"{self.section}.{self.key}"
+__all__ = ["BY_NAME", "ID_RE", "MAX_ID_LENGTH", "SCHEMA", "SECTIONS", "Option", "Validator"]
 
 
 SECTIONS: dict[str, str] = {
@@ -485,76 +395,7 @@ SCHEMA: list[Option] = [
         None,
         str,
     ),
-    # -- investigators and scrutiny (issue 16) --
-    *(
-        Option(
-            "retention",
-            f"{stream}_days",
-            int,
-            days,
-            f"days {stream} metadata rows are kept (by the partition's date)",
-            _between(1, 36_500, "days"),
-        )
-        for stream, days in (("web", 180), ("email", 180), ("flow", 90), ("dns", 90))
-    ),
-    Option(
-        "retention",
-        "auto_apply",
-        bool,
-        False,
-        "housekeeping removes what retention makes due (else it only reports it daily)",
-    ),
-    Option(
-        "evidence",
-        "allow_gateway_decrypt",
-        bool,
-        True,
-        "allow `lbm archive export` to decrypt on the gateway (embedded default and demos; "
-        "`lbm init --system` sets false: evidence leaves as a bundle for `lbm evidence open`)",
-    ),
-    # -- deployment (issue 17) --
-    Option(
-        "gateway",
-        "inside_interface",
-        str,
-        "",
-        "the interface facing the force network (transparent rules, capture of bypassed web)",
-    ),
-    Option(
-        "gateway",
-        "inside_networks",
-        list,
-        [],
-        "the force's client networks (CIDR) whose web traffic is redirected in transparent mode",
-        _networks,
-        str,
-    ),
-    Option(
-        "web",
-        "transparent_scope",
-        str,
-        "all",
-        "transparent mode: redirect all clients to the proxy, or only the current addresses of "
-        "subjects with an active web authorisation (everyone else is forwarded by the kernel)",
-        lambda v: None if v in ("all", "subjects") else "must be all or subjects",
-    ),
-    Option(
-        "metrics",
-        "listen",
-        str,
-        "127.0.0.1:0",
-        "HOST:PORT where `lbm run` serves every daemon's counters (loopback; port 0 picks one, "
-        "written to run/metrics.port); empty: not served",
-        lambda v: _host_port_or_empty(v.replace(":0", ":1") if v.endswith(":0") else v),
-    ),
-    Option(
-        "metrics",
-        "disk_warn_free_percent",
-        int,
-        10,
-        "`lbm status` warns when the data directory's file system has less free space than this",
-        _between(1, 99, "percent"),
-    ),
+    *OPERATIONS,
 ]
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in SCHEMA}
