@@ -34,12 +34,10 @@ from typing import Any
 import pytest
 from e2e_network import (
     SMTP_SERVER,
-    WEB_SERVER,
     LbmRun,
     TrafficLoop,
     gateway_rules,
     mailbox,
-    peer_cert,
     scripts,
     send_mail,
     start_script,
@@ -48,7 +46,7 @@ from e2e_network import (
 )
 from lbm_testing import Lbm
 from mail_relay import set_option, spool_entries, wait_until
-from netns import Topology, gateway_topology
+from netns import WEB_SERVER, Topology, gateway_topology, peer_cert
 from web_proxy import investigator, proxy_ca
 from web_upstream import TestCA
 

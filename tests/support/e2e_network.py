@@ -4,7 +4,7 @@ and the internet holding a real HTTP/HTTPS server and a real SMTP server (aiosmt
 every message it accepts to a directory. Servers are small scripts run with `ip netns exec`,
 stopped by their PID at teardown. `LbmRun` is a restartable `lbm run` in the gateway namespace;
 `TrafficLoop` sends web and mail from two users until told to stop, recording each outcome; the
-client helpers (`peer_cert`, `send_mail`) run in the client namespace.
+client helpers (`send_mail`; `peer_cert` is in netns.py) run in the client namespace.
 """
 
 from __future__ import annotations
@@ -26,36 +26,6 @@ from typing import Any
 from lbm_testing import REPO
 from mail_relay import spool_entries
 from netns import Topology
-
-WEB_SERVER = textwrap.dedent(
-    """
-    import http.server, ssl, sys, threading
-    ip, cert, key = sys.argv[1:4]
-
-    class H(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            body = ("hello " + self.path).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    plain = http.server.ThreadingHTTPServer((ip, 80), H)
-    secure = http.server.ThreadingHTTPServer((ip, 443), H)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    secure.socket = ctx.wrap_socket(secure.socket, server_side=True)
-    for s in (plain, secure):
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    print("ready", flush=True)
-    sys.stdin.read()
-    """
-)
 
 SMTP_SERVER = textwrap.dedent(
     """
@@ -248,17 +218,6 @@ class TrafficLoop:
         return list(self.events)
 
 
-PEER_CERT = textwrap.dedent(
-    """
-    import hashlib, socket, ssl, sys
-    src, dst, name, cafile = sys.argv[1:5]
-    sock = socket.create_connection((dst, 443), timeout=10, source_address=(src, 0))
-    ctx = ssl.create_default_context(cafile=cafile)
-    with ctx.wrap_socket(sock, server_hostname=name) as tls:
-        print(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
-    """
-)
-
 MAIL_CLIENT = textwrap.dedent(
     """
     import smtplib, sys
@@ -270,16 +229,6 @@ MAIL_CLIENT = textwrap.dedent(
     print("accepted" if not refused else "refused")
     """
 )
-
-
-def peer_cert(topo: Topology, src: str, host: str, cafile: Path) -> str:
-    out = subprocess.run(
-        [*topo.exec(topo.client), sys.executable, "-c", PEER_CERT, src, topo.server_ip, host,
-         str(cafile)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 def send_mail(topo: Topology, src: str, sender: str, rcpt: str, text: str) -> None:

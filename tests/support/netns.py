@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +145,58 @@ def gateway_topology(prefix: str = "lbm", clients: int = 2) -> Iterator[Topology
     finally:
         for name in made:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
+
+
+# An HTTP (80) and HTTPS (443) server for the "internet" namespace: argv IP CERT KEY; prints
+# "ready", answers "hello PATH", stops when stdin closes.
+WEB_SERVER = textwrap.dedent(
+    """
+    import http.server, ssl, sys, threading
+    ip, cert, key = sys.argv[1:4]
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            body = ("hello " + self.path).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    plain = http.server.ThreadingHTTPServer((ip, 80), H)
+    secure = http.server.ThreadingHTTPServer((ip, 443), H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    secure.socket = ctx.wrap_socket(secure.socket, server_side=True)
+    for s in (plain, secure):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+)
+
+# The SHA-256 of the certificate a client in the client namespace is shown for HOST on 443.
+PEER_CERT = textwrap.dedent(
+    """
+    import hashlib, socket, ssl, sys
+    src, dst, name, cafile = sys.argv[1:5]
+    sock = socket.create_connection((dst, 443), timeout=10, source_address=(src, 0))
+    ctx = ssl.create_default_context(cafile=cafile)
+    with ctx.wrap_socket(sock, server_hostname=name) as tls:
+        print(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
+    """
+)
+
+
+def peer_cert(topo: Topology, src: str, host: str, cafile: Path) -> str:
+    out = subprocess.run(
+        [*topo.exec(topo.client), sys.executable, "-c", PEER_CERT, src, topo.server_ip, host,
+         str(cafile)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from lbm_testing import REPO, Lbm
-from netns import Topology, gateway_topology
+from netns import WEB_SERVER, Topology, gateway_topology, peer_cert
 from web_proxy import (
     OTHER,
     REF,
@@ -37,47 +36,6 @@ from web_upstream import TestCA
 HOST = "www.example.test"
 NOTICE = "notice.lbm.invalid"
 
-SERVER = textwrap.dedent(
-    """
-    import http.server, ssl, sys, threading
-    ip, cert, key = sys.argv[1:4]
-
-    class H(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            body = ("hello " + self.path).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    plain = http.server.ThreadingHTTPServer((ip, 80), H)
-    secure = http.server.ThreadingHTTPServer((ip, 443), H)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    secure.socket = ctx.wrap_socket(secure.socket, server_side=True)
-    for s in (plain, secure):
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    print("ready", flush=True)
-    sys.stdin.read()
-    """
-)
-
-PEER_CERT = textwrap.dedent(
-    """
-    import hashlib, socket, ssl, sys
-    src, dst, name, cafile = sys.argv[1:5]
-    sock = socket.create_connection((dst, 443), timeout=10, source_address=(src, 0))
-    ctx = ssl.create_default_context(cafile=cafile)
-    with ctx.wrap_socket(sock, server_hostname=name) as tls:
-        print(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
-    """
-)
-
 
 @pytest.fixture
 def topo() -> Iterator[Topology]:
@@ -89,7 +47,7 @@ def _start_server(topo: Topology, tmp_path: Path) -> tuple[subprocess.Popen[str]
     ca = TestCA(tmp_path / "server-ca")
     cert, key = ca.issue([HOST], stem="server")
     proc = subprocess.Popen(
-        [*topo.exec(topo.server), sys.executable, "-c", SERVER, topo.server_ip, str(cert),
+        [*topo.exec(topo.server), sys.executable, "-c", WEB_SERVER, topo.server_ip, str(cert),
          str(key)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -126,16 +84,6 @@ def _curl(topo: Topology, src: str, url: str, *args: str) -> subprocess.Complete
     )  # fmt: skip
 
 
-def _peer_cert(topo: Topology, src: str, cafile: Path) -> str:
-    out = subprocess.run(
-        [*topo.exec(topo.client), sys.executable, "-c", PEER_CERT, src, topo.server_ip, HOST,
-         str(cafile)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 def test_transparent_principal_by_ip_subject_intercepted_other_passed(
     topo: Topology, lbm: Lbm, tmp_path: Path
 ) -> None:
@@ -156,14 +104,14 @@ def test_transparent_principal_by_ip_subject_intercepted_other_passed(
             r = _curl(topo, subject_ip, f"https://{HOST}/subject-secret-path", "--cacert",
                       str(ours))  # fmt: skip
             assert r.returncode == 0 and r.stdout == "hello /subject-secret-path", r.stderr
-            assert _peer_cert(topo, subject_ip, ours) != server_sha
+            assert peer_cert(topo, subject_ip, HOST, ours) != server_sha
             r = _curl(topo, subject_ip, f"http://{HOST}/subject-plain-path")
             assert r.stdout == "hello /subject-plain-path", r.stderr
             # the non-subject: passed through unopened, the server's own certificate
             r = _curl(topo, other_ip, f"https://{HOST}/other-secret-path", "--cacert",
                       str(server_ca.ca_file))  # fmt: skip
             assert r.returncode == 0 and r.stdout == "hello /other-secret-path", r.stderr
-            assert _peer_cert(topo, other_ip, server_ca.ca_file) == server_sha
+            assert peer_cert(topo, other_ip, HOST, server_ca.ca_file) == server_sha
             refused = _curl(topo, other_ip, f"https://{HOST}/x", "--cacert", str(ours))
             assert refused.returncode != 0  # our CA does not vouch for what the other sees
             r = _curl(topo, other_ip, f"http://{HOST}/other-plain-path")
