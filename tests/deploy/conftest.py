@@ -8,22 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from lbm_testing import OFFICERS, REGISTERED_FROM, Result, grant_argv
+from lbm_testing import OFFICERS, REGISTERED_FROM, Lbm, Result, grant_argv
 
 Inproc = Callable[..., Result]
 
 
 def _invoke(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Result:
-    from click.testing import CliRunner
-
-    from appliance.cli.main import cli
-
-    out = CliRunner(env=env).invoke(cli, ["--data-dir", str(data_dir), *args])
-    if out.exception is not None and not isinstance(out.exception, SystemExit):
-        raise out.exception
-    result = Result(out.exit_code, out.stdout, out.stderr)
+    result = Lbm(data_dir).inproc(*args, env=env)
     if result.returncode != 0:
-        raise AssertionError(f"lbm {' '.join(args)} failed ({result.returncode}): {out.stderr}")
+        raise AssertionError(f"lbm {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
 
 

@@ -22,10 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from lbm_testing import DUTY, HOPS, HR, INV_RECIPIENT, Lbm, grant_argv
 
-from appliance.cli.main import cli
 from store import investigators as inv_table
 from store import signing
 from store import sqlite as store_sqlite
@@ -44,10 +42,10 @@ def _at(text: str) -> datetime:
 
 
 def _cli(lbm: Lbm, *args: str, now: str) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        cli, ["--data-dir", str(lbm.data_dir), *args], env={"LBM_FAKE_NOW": now}
-    )
-    return result.exit_code, result.stdout if result.exit_code == 0 else result.stderr
+    """An edge case in process, same command line as `lbm`: the exit code and stdout, or
+    stderr when it failed."""
+    result = lbm.inproc(*args, env={"LBM_FAKE_NOW": now})
+    return result.returncode, result.stdout if result.returncode == 0 else result.stderr
 
 
 def _ok(lbm: Lbm, *args: str, now: str) -> None:

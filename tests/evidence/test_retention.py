@@ -18,10 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 from lbm_testing import INV_RECIPIENT, Lbm, grant_argv
 
-from appliance.cli.main import cli
 from appliance.evidence import retention, retention_apply
 from store import agefile as age
 from store import investigators as inv_table
@@ -110,12 +108,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lbm, DataPaths]:
 
 
 def _cli(lbm: Lbm, *args: str, now: str = NOW) -> tuple[int, str]:
-    """An edge case in process (click's runner), same command line as `lbm`: the exit code and
-    stdout, or stderr when it failed."""
-    result = CliRunner().invoke(
-        cli, ["--data-dir", str(lbm.data_dir), *args], env={"LBM_FAKE_NOW": now}
-    )
-    return result.exit_code, result.stdout if result.exit_code == 0 else result.stderr
+    """An edge case in process, same command line as `lbm`: the exit code and stdout, or
+    stderr when it failed."""
+    result = lbm.inproc(*args, env={"LBM_FAKE_NOW": now})
+    return result.returncode, result.stdout if result.returncode == 0 else result.stderr
 
 
 def _audit(paths: DataPaths, action: str) -> list[dict]:

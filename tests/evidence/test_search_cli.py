@@ -10,12 +10,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
-from lbm_testing import Lbm, Result, grant_argv
+from lbm_testing import Lbm, grant_argv
 from search_data import DAY1, FEED, OTHER_REF, REF, SUBJECT, THIRD_PARTY, write_metadata
 
-from appliance.cli import main as lbm_main
-from appliance.cli.app import FAKE_CLOCK_WARNING
 from appliance.evidence.search import Query, SearchRefused, authorise
 from store import agefile as age
 from store import investigators
@@ -46,23 +43,13 @@ def lbm(tmp_path_factory: pytest.TempPathFactory) -> Lbm:
                           "subjlogin")  # fmt: skip
     conn.close()
     runner.grant(REF, SUBJECT, investigator="inv1")
-    other = _inproc(runner, *grant_argv(OTHER_REF, "p2", investigator="inv2"))
+    other = runner.inproc(*grant_argv(OTHER_REF, "p2", investigator="inv2"))
     assert other.returncode == 0, other.stderr
     feed = tmp / "feed.csv"
     feed.write_text(FEED)
-    assert _inproc(runner, "identity", "import", str(feed)).returncode == 0
+    assert runner.inproc("identity", "import", str(feed)).returncode == 0
     write_metadata(DataPaths(runner.data_dir))
     return runner
-
-
-def _inproc(lbm: Lbm, *args: str) -> Result:
-    """`lbm ARGS` in this process (click's runner): the refusal and format cases, which need
-    no fresh interpreter; the end-to-end case runs the real CLI in a subprocess."""
-    result = CliRunner().invoke(lbm_main.cli, ["--data-dir", str(lbm.data_dir), *args])
-    err = "".join(
-        line for line in result.stderr.splitlines(keepends=True) if FAKE_CLOCK_WARNING not in line
-    )
-    return Result(result.exit_code, result.stdout, err)
 
 
 def _audit(lbm: Lbm) -> list[dict[str, Any]]:
@@ -100,7 +87,7 @@ def test_person_level_search_end_to_end(lbm: Lbm) -> None:
 
 def test_sql_output_pseudonymises_third_parties(lbm: Lbm) -> None:
     sql = "SELECT principal, proxy_user, count(*) AS n FROM web GROUP BY ALL ORDER BY n, 1"
-    result = _inproc(lbm, "search", "--sql", sql, "--ref", REF, "--reason", REASON, "--csv")
+    result = lbm.inproc("search", "--sql", sql, "--ref", REF, "--reason", REASON, "--csv")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "principal,proxy_user,n"
@@ -111,7 +98,7 @@ def test_sql_output_pseudonymises_third_parties(lbm: Lbm) -> None:
 
 
 def test_aggregate_without_identifying_columns_needs_no_ref(lbm: Lbm) -> None:
-    result = _inproc(lbm, "search", "--stream", "web", "--count-by", "host,date",
+    result = lbm.inproc("search", "--stream", "web", "--count-by", "host,date",
                  "--from", "2026-03-01", "--to", "2026-03-02")  # fmt: skip
     assert result.returncode == 0, result.stderr
     # Each group here covers two people: fewer than MIN_PERSONS, so none is shown without a ref
@@ -140,7 +127,7 @@ def test_aggregate_without_identifying_columns_needs_no_ref(lbm: Lbm) -> None:
     ],
 )  # fmt: skip
 def test_refusals_are_clear_and_audited(lbm: Lbm, argv: list[str], code: int, why: str) -> None:
-    result = _inproc(lbm, "search", *argv)
+    result = lbm.inproc("search", *argv)
     assert result.returncode == code, result.stderr
     assert result.stdout == ""
     assert result.stderr.startswith("lbm: error: ") and why in result.stderr
@@ -167,7 +154,7 @@ def test_refusals_are_clear_and_audited(lbm: Lbm, argv: list[str], code: int, wh
 )
 def test_bad_input_is_a_usage_error_naming_the_option(lbm: Lbm, argv: list[str], why: str) -> None:
     before = len(_audit(lbm))
-    result = _inproc(lbm, "search", *argv)
+    result = lbm.inproc("search", *argv)
     assert result.returncode == 2 and why in result.stderr and result.stdout == ""
     assert len(_audit(lbm)) == before  # a mistyped option is not a search
 
@@ -177,7 +164,7 @@ def test_parquet_output_is_private_outside_the_data_dir_and_never_overwrites(
 ) -> None:
     out = tmp_path / "result.parquet"
     argv = ("search", "--stream", "web", "--ref", REF, "--reason", REASON)
-    assert _inproc(lbm, *argv, "--parquet", str(out)).returncode == 0
+    assert lbm.inproc(*argv, "--parquet", str(out)).returncode == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     table = pq.read_table(out)
     assert table.num_rows == 6
@@ -185,11 +172,11 @@ def test_parquet_output_is_private_outside_the_data_dir_and_never_overwrites(
     for canary in (*THIRD_PARTY, OTHER_REF):
         assert canary not in text
     before = out.read_bytes()
-    again = _inproc(lbm, *argv, "--parquet", str(out))
+    again = lbm.inproc(*argv, "--parquet", str(out))
     assert again.returncode == 2 and "exists" in again.stderr
     assert out.read_bytes() == before
     inside = lbm.data_dir / "metadata" / "stream=web" / "date=2026-03-01" / "hour=09" / "x.parquet"
-    refused = _inproc(lbm, *argv, "--parquet", str(inside))
+    refused = lbm.inproc(*argv, "--parquet", str(inside))
     assert refused.returncode == 2 and "inside the data directory" in refused.stderr
     assert not inside.exists()
     assert "inside the data directory" in _last(lbm, "search_refused")["fields"]["why"]

@@ -85,6 +85,24 @@ class Lbm:
             proc.stderr,
         )
 
+    def inproc(
+        self, *args: str, input: str | None = None, env: dict[str, str] | None = None
+    ) -> Result:
+        """`lbm ARGS` in this process (click's runner, no interpreter start): for the edge
+        cases of a command; the paths under test still run the real CLI through `__call__`."""
+        from click.testing import CliRunner
+
+        from appliance.cli.main import cli
+
+        out = CliRunner().invoke(
+            cli, ["--data-dir", str(self.data_dir), *args], input=input, env=env
+        )
+        if out.exception is not None and not isinstance(out.exception, SystemExit):
+            raise out.exception
+        return Result(
+            out.exit_code, out.stdout, _without_fake_clock_warning(out.stderr), out.stderr
+        )
+
     def __call__(
         self,
         *args: str,
