@@ -22,6 +22,7 @@ from appliance.config.option import (
     _starttls_mode,
 )
 from appliance.config.schema_operations import OPERATIONS
+from appliance.config.schema_storage import STORAGE
 
 __all__ = ["BY_NAME", "ID_RE", "MAX_ID_LENGTH", "SCHEMA", "SECTIONS", "Option", "Validator"]
 
@@ -41,6 +42,7 @@ SECTIONS: dict[str, str] = {
     "housekeeping": "the housekeeping daemon (expiry warnings, segment closing, compaction)",
     "evidence": "how evidence leaves the gateway (bundles, exports)",
     "metrics": "status and Prometheus counters served on one loopback port",
+    "store": "where metadata, sealed archives and wrapped keys live: local disk or S3",
     "testing": "test-only switches; never enable on a live gateway",
 }
 
@@ -396,6 +398,7 @@ SCHEMA: list[Option] = [
         str,
     ),
     *OPERATIONS,
+    *STORAGE,
 ]
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in SCHEMA}
