@@ -69,6 +69,7 @@ def open_remote(settings: StoreSettings) -> StoreRoot:
         connect_timeout=3,
         request_timeout=30,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=2),
+        allow_delayed_open=True,  # a small file is one PutObject at close, not a multipart
     )
 
 
@@ -147,7 +148,7 @@ class Uploader:
     @property
     def over_limit(self) -> bool:
         """The backlog reached `upload_backlog_mb`: stop making new outbox files."""
-        return self.bytes >= self.limit
+        return self.files > 0 and self.bytes >= self.limit
 
     # -- uploading --------------------------------------------------------------------------
     def _upload(self, path: Path) -> None:
