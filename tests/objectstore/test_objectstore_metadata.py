@@ -25,7 +25,7 @@ from appliance.cli.daemon_metrics import add_writer
 from appliance.config.load import load_config
 from appliance.config.schema_storage import store_settings
 from appliance.counters import Counters, StatusWriter
-from store.metadata import MetadataWriter
+from store.metadata import MetadataWriter, read_stream
 from store.metadata.upload import open_remote
 from store.objectstore import S3Settings, StoreSettings
 from store.paths import DataPaths
@@ -95,6 +95,10 @@ def test_rows_become_whole_objects_under_their_hive_keys_and_are_never_compacted
         "force/stream=web/date=2026-03-01/hour=10/gw1__proxy",
     ]
     assert remote_uids(st, s3) == uids("a", 600, "b", 10)
+    # the store's own reader follows the root (a third data dir with the same [store])
+    reader = DataPaths(tmp_path / "elsewhere", store=st)
+    assert sorted(read_stream(reader, "web").column("uid").to_pylist()) == uids("a", 600, "b", 10)
+    assert read_stream(reader, "email").num_rows == 0
     # nothing published locally: the outbox is empty, the local metadata folder unused
     assert not list((tmp_path / "journal" / "proxy.outbox").rglob("*.parquet"))
     assert not (tmp_path / "metadata").exists()
