@@ -212,9 +212,6 @@ def status(app: App, as_json: bool, officer_view: bool) -> None:
            else ""),
         f"writer lag     {_fmt(data['writer_lag_seconds'], 's')}; rows refused "
         f"{_fmt(data['metadata_rows_refused'])}",
-        f"store uploads  {_fmt(data['store_backlog_files'])} file(s), "
-        f"{_fmt(data['store_backlog_bytes'], 'bytes')} awaiting upload; "
-        f"{_fmt(data['store_upload_failures'])} failed attempts",
         f"policy age     {_fmt(data['policy_snapshot_age_seconds'], 's')}",
         f"audit entries  {entries} (head seq {data['audit_head']['seq']}, "
         f"hash {str(data['audit_head']['hash'])[:16]}...)",
@@ -225,6 +222,12 @@ def status(app: App, as_json: bool, officer_view: bool) -> None:
     if officer_view:
         for k, refs in due.items():
             lines.append(f"  {k:<22} {', '.join(refs) or '-'}")
+    if app.paths.store_settings.metadata_root.startswith("s3://"):  # metadata on object storage
+        lines.append(
+            f"store uploads  {_fmt(data['store_backlog_files'], 'file(s)')}, "
+            f"{_fmt(data['store_backlog_bytes'], 'bytes')} awaiting upload; "
+            f"{_fmt(data['store_upload_failures'], 'failed attempts')}"
+        )
     if data["fake_clock"]:
         lines.append("fake clock     ENABLED ([testing] fake_clock): never on a live gateway")
     if policy.get("state", "ok") != "ok":

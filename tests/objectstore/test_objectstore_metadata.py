@@ -30,6 +30,7 @@ from store.metadata.upload import open_remote
 from store.objectstore import S3Settings, StoreSettings
 from store.paths import DataPaths
 
+PCAP = "pcaps/dev/zeek__tcp-http-with-padding.pcap"
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 _buckets = count()
 
@@ -208,3 +209,20 @@ def test_a_waiting_outbox_is_uploaded_at_restart_and_numbers_never_go_back(
     keys = s3.keys(bucket)
     assert len(first) == 1 and len(keys) == 2 and keys[-1] > first[0]
     assert remote_uids(st, s3) == uids("early", 20, "late", 20)
+
+
+def test_the_cli_publishes_to_the_configured_store(
+    s3: S3Server, bucket: str, lbm: Lbm, corpus: Path
+) -> None:
+    """`[store] metadata_root` in lbm.toml reaches the writers the daemons and commands make
+    (`lbm capture replay` here): flows land on the object store, none in DATA/metadata."""
+    s3_store_config(lbm.data_dir, s3.endpoint, metadata_root=f"s3://{bucket}/force")
+    res = lbm("capture", "replay", str(corpus / PCAP), "--json", check=True)
+    flows = json.loads(res.stdout)["flows"]
+    assert flows >= 1
+    keys = s3.keys(bucket)
+    assert keys and all(k.startswith("force/stream=") for k in keys)
+    assert any("/stream=flow/" in k and "__replay__" in k for k in keys)
+    assert not list((lbm.data_dir / "metadata").rglob("*.parquet"))
+    st = store_settings(load_config(lbm.data_dir / "lbm.toml"), lbm.data_dir)
+    assert read_stream(DataPaths(lbm.data_dir / "elsewhere", store=st), "flow").num_rows == flows

@@ -10,11 +10,14 @@ variables (the `[store]` fallback), the endpoint through the settings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -79,6 +82,38 @@ def acked(proc: subprocess.Popen[str], at_least: int | None = None) -> int:
     return n
 
 
+class Stall:
+    """A loopback endpoint that takes requests and never answers: an upload in flight forever
+    (until the writer's request timeout). `puts` counts PutObject requests it has received."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.puts = 0
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.conns.append(conn)
+                threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            head = conn.recv(65536)
+            if head.startswith(b"PUT /") and b".parquet" in head.split(b"\r\n", 1)[0]:
+                self.puts += 1
+            while conn.recv(65536):
+                pass
+
+    def close(self) -> None:
+        for c in [self.sock, *self.conns]:
+            with contextlib.suppress(OSError):
+                c.close()
+
+
 def read_uids(root: str, s3: S3Server) -> list[str]:
     st = StoreSettings(root, "/a", "/k", S3Settings(s3.endpoint, REGION, ACCESS_KEY, SECRET_KEY))
     fs_root = open_remote(st)
@@ -126,14 +161,22 @@ def test_kill_9_mid_upload_and_during_an_outage_loses_and_duplicates_nothing(
     root = "s3://lbm-kill/force"
     rng = random.Random(19)
     acknowledged: list[str] = []
+    stall = Stall()
     with Outage(s3.endpoint) as gate:
         for run in range(5):
             down = run == 2  # one run with the store unreachable: the outbox fills, then kill
+            stalled = run == 3  # one run killed while a PutObject is surely in flight
             if down:
                 gate.down()
-            proc = start(tmp_path / "gw1", "gw1", root, gate.endpoint, f"r{run}-", 0, s3)
+            endpoint = stall.endpoint if stalled else gate.endpoint
+            proc = start(tmp_path / "gw1", "gw1", root, endpoint, f"r{run}-", 0, s3)
             n = acked(proc, at_least=rng.choice([300, 600, 900]))
             time.sleep(rng.uniform(0.0, 0.4))  # let it run on: the kill lands anywhere
+            if stalled:
+                deadline = time.monotonic() + 10
+                while not stall.puts and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert stall.puts, "no upload was in flight"
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
             acknowledged += [f"r{run}-{i}" for i in range(n)]
@@ -144,6 +187,7 @@ def test_kill_9_mid_upload_and_during_an_outage_loses_and_duplicates_nothing(
         proc = start(tmp_path / "gw1", "gw1", root, gate.endpoint, "last-", 1, s3)
         acknowledged += [f"last-{i}" for i in range(acked(proc))]
         assert proc.wait(30) == 0
+    stall.close()
     uids = read_uids(root, s3)
     dup = [u for u, c in Counter(uids).items() if c > 1]
     assert not dup, f"rows duplicated after kill -9: {dup[:5]}"
