@@ -23,6 +23,7 @@ from store.clock import Clock
 from store.metadata.engine import _Engine
 from store.metadata.front import (
     REASON_QUEUE_FULL,
+    REASON_STORE_BACKLOG,
     REASON_WRITER_STOPPED,
     GapReport,
     GapSink,
@@ -135,8 +136,10 @@ class MetadataWriter:
 
         Safe from an asyncio event loop: it takes only the stream's queue lock, which nobody
         holds across I/O. True means queued (durable within about `flush_interval`, or at the
-        next `flush()`); False means refused under overload (queue full, or the writer stopped
-        after a failure), counted in `gaps` and reported as a METADATA_GAP audit entry per
+        next `flush()`); False means refused under overload (queue full: reason `queue_full`,
+        or `store_backlog` while the object store's upload backlog is at its bound; or the
+        writer stopped after a failure), counted in `gaps` and reported as a METADATA_GAP
+        audit entry per
         overload episode (counts and times only), written by a background thread. Bad columns
         raise `SchemaError` at once, and a closed writer raises `StoreError`, as `append` does.
         The mapping is taken over: do not change it after appending.
@@ -154,10 +157,12 @@ class MetadataWriter:
                 if front.queued >= front.max_batch and not engine.wake.is_set():
                     engine.wake.set()
                 return True
+            elif engine.uploader is not None and engine.uploader.over_limit:
+                reason = REASON_STORE_BACKLOG
             else:
                 reason = REASON_QUEUE_FULL
             opened = front.refuse(reason, engine.clock.now())
-        if reason == REASON_QUEUE_FULL and not engine.wake.is_set():
+        if reason != REASON_WRITER_STOPPED and not engine.wake.is_set():
             engine.wake.set()  # let the flush thread drain now, if it can
         if opened:
             engine.reporter.wake.set()

@@ -157,14 +157,14 @@ def test_store_down_rows_accepted_backlog_shown_then_drained(
 def test_backlog_bound_stops_draining_refuses_as_gaps_then_recovers(
     s3: S3Server, bucket: str, tmp_path: Path
 ) -> None:
-    refused: list[int] = []
+    refused: list[tuple[str, int]] = []
     with Outage(s3.endpoint) as gate:
         st = settings(bucket, gate.endpoint, metadata_publish_seconds=0.1, upload_backlog_mb=0)
         gate.down()
         w = MetadataWriter(
             "web", "proxy", paths=DataPaths(tmp_path, store=st), gateway="gw1",
-            flush_interval=0.05, queue_limit=40, on_gap=lambda r: refused.append(r.rows),
-            gap_quiet=0.2,
+            flush_interval=0.05, queue_limit=40, gap_quiet=0.2,
+            on_gap=lambda r: refused.append((r.reason, r.rows)),
         )  # fmt: skip
         try:
             w.append_nowait(next(rows("first", 1)))
@@ -184,7 +184,9 @@ def test_backlog_bound_stops_draining_refuses_as_gaps_then_recovers(
             assert w.wait_uploaded(20)
         finally:
             w.close()
-    assert sum(refused) == 60  # reported as metadata gaps (audited by the daemons)
+    # reported as metadata gaps (audited by the daemons), saying why
+    assert {reason for reason, _ in refused} == {"store_backlog"}
+    assert sum(rows for _, rows in refused) == 60
     assert remote_uids(st, s3) == sorted(["first0", *accepted])
 
 
