@@ -139,8 +139,8 @@ class MetadataWriter:
         next `flush()`); False means refused under overload (queue full: reason `queue_full`,
         or `store_backlog` while the object store's upload backlog is at its bound; or the
         writer stopped after a failure), counted in `gaps` and reported as a METADATA_GAP
-        audit entry per
-        overload episode (counts and times only), written by a background thread. Bad columns
+        audit entry per overload episode (counts and times only), written by a background
+        thread. Bad columns
         raise `SchemaError` at once, and a closed writer raises `StoreError`, as `append` does.
         The mapping is taken over: do not change it after appending.
         """
