@@ -102,7 +102,7 @@ class _Engine:
             )
             parquet_interval = float(settings.metadata_publish_seconds)
         else:
-            self.root = ensure_dir(Path(paths.metadata))
+            self.root = ensure_dir(Path(settings.metadata_root))  # DATA/metadata unless configured
         self.writer, self.gateway, self.clock = writer, gateway, clock
         self.flush_interval, self.parquet_interval = flush_interval, parquet_interval
         self.parquet_rows, self.compact_delay = parquet_rows, compact_delay

@@ -29,7 +29,7 @@ def read_stream(paths: DataPaths, stream: str) -> pa.Table:
     if is_object_uri(paths.store_settings.metadata_root):
         return _read_remote(paths.store_settings, stream)
     for attempt in range(5):
-        files = [str(p) for p in cp.visible_files(Path(paths.metadata), stream)]
+        files = [str(p) for p in cp.visible_files(Path(paths.store_settings.metadata_root), stream)]
         if not files:
             return sch.empty_table()
         try:

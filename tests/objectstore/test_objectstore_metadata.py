@@ -228,3 +228,15 @@ def test_the_cli_publishes_to_the_configured_store(
     assert not list((lbm.data_dir / "metadata").rglob("*.parquet"))
     st = store_settings(load_config(lbm.data_dir / "lbm.toml"), lbm.data_dir)
     assert read_stream(DataPaths(lbm.data_dir / "elsewhere", store=st), "flow").num_rows == flows
+
+
+def test_a_local_metadata_root_elsewhere_is_where_rows_are_published(tmp_path: Path) -> None:
+    st = StoreSettings(str(tmp_path / "srv" / "metadata"), "/x/a", "/x/k")
+    paths = DataPaths(tmp_path / "data", store=st)
+    with writer(paths.root, st) as w:
+        for row in rows("l", 30):
+            w.append(row)
+    published = list((tmp_path / "srv" / "metadata").rglob("gw1__proxy__*.parquet"))
+    assert len(published) == 1 and not (paths.root / "metadata").exists()
+    assert sorted(read_stream(paths, "web").column("uid").to_pylist()) == uids("l", 30)
+    assert not (paths.root / "journal" / "proxy.outbox").exists()
