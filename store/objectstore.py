@@ -58,6 +58,10 @@ class StoreSettings:
     archive_root: str
     keystore_root: str
     s3: S3Settings = field(default_factory=S3Settings)
+    # metadata on object storage (store.metadata.upload): local Parquet awaiting upload is
+    # bounded by `upload_backlog_mb`; rows are published every `metadata_publish_seconds`
+    upload_backlog_mb: int = 2048
+    metadata_publish_seconds: float = 60.0
 
     @property
     def any_remote(self) -> bool:

@@ -177,6 +177,9 @@ def status(app: App, as_json: bool, officer_view: bool) -> None:
         "disk_warning": disk < warn_at,
         "writer_lag_seconds": _sum(ds, "metadata_writer_lag_seconds", max),
         "metadata_rows_refused": _sum(ds, "metadata_rows_refused"),
+        "store_backlog_bytes": _sum(ds, "store_backlog_bytes"),
+        "store_backlog_files": _sum(ds, "store_backlog_files"),
+        "store_upload_failures": _sum(ds, "store_upload_failures"),
         "policy_snapshot_age_seconds": _sum(ds, "policy_snapshot_age_seconds", max),
         "audit_entries": entries,
         "audit_head": audit_head(app),
@@ -209,6 +212,9 @@ def status(app: App, as_json: bool, officer_view: bool) -> None:
            else ""),
         f"writer lag     {_fmt(data['writer_lag_seconds'], 's')}; rows refused "
         f"{_fmt(data['metadata_rows_refused'])}",
+        f"store uploads  {_fmt(data['store_backlog_files'])} file(s), "
+        f"{_fmt(data['store_backlog_bytes'], 'bytes')} awaiting upload; "
+        f"{_fmt(data['store_upload_failures'])} failed attempts",
         f"policy age     {_fmt(data['policy_snapshot_age_seconds'], 's')}",
         f"audit entries  {entries} (head seq {data['audit_head']['seq']}, "
         f"hash {str(data['audit_head']['hash'])[:16]}...)",

@@ -106,6 +106,17 @@ STORAGE: list[Option] = [
         "stay in the journal and new rows are refused as audited metadata gaps",
         _between(16, 10_000_000, "MiB"),
     ),
+    # -- metadata on object storage (store.metadata.upload) --
+    Option(
+        "store",
+        "metadata_publish_seconds",
+        int,
+        60,
+        "with an s3:// metadata_root: how often journaled rows are published as one Parquet "
+        "object per stream and hour (larger objects, no compaction on the store); a query sees "
+        "rows within this plus the upload time",
+        _between(1, 3600, "seconds"),
+    ),
 ]
 
 
@@ -123,4 +134,6 @@ def store_settings(cfg: Any, data_dir: Path) -> StoreSettings:
         archive_root=cfg.get("store.archive_root") or str(data_dir / "archive"),
         keystore_root=cfg.get("store.keystore_root") or str(data_dir / "keystore"),
         s3=s3,
+        upload_backlog_mb=int(cfg.get("store.upload_backlog_mb")),
+        metadata_publish_seconds=float(cfg.get("store.metadata_publish_seconds")),
     )

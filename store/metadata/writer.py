@@ -28,6 +28,7 @@ from store.metadata.front import (
     GapSink,
     _Front,
 )
+from store.metadata.upload import StoreBacklog
 from store.paths import DataPaths
 from store.schemas import check_columns, schema
 
@@ -235,6 +236,17 @@ class MetadataWriter:
     def publish(self) -> None:
         """Write everything accepted so far to Parquet now (normally periodic)."""
         self._engine.publish(drain=True)
+
+    def store_backlog(self) -> StoreBacklog:
+        """With an s3:// metadata root: bytes and files published locally and awaiting upload,
+        and failed upload attempts so far (counts only; all 0 for a local root)."""
+        return self._engine.store_backlog()
+
+    def wait_uploaded(self, timeout: float) -> bool:
+        """With an s3:// metadata root: wait until every published file is on the object
+        store (call `publish()` first for rows not yet published). True at once for a local
+        root; False if `timeout` seconds passed first (the store is down?)."""
+        return self._engine.wait_uploaded(timeout)
 
     def compact(self) -> int:
         """Compact this writer's files of closed hours now; returns the hours compacted."""
