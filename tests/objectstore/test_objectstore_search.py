@@ -1,8 +1,8 @@
 """`lbm search` over an object-store metadata root (`[store] metadata_root = "s3://..."`).
 
 moto's standalone S3 server (tests/support/s3server.py) stands in for MinIO or Ceph RGW. Two
-gateways' hive-partitioned Parquet (written by the real MetadataWriter into their own data dirs,
-then uploaded under the same keys) share one bucket prefix; a THIRD data dir configured with the
+gateways' hive-partitioned Parquet (published by their own MetadataWriters, configured with the
+bucket as metadata root) share one bucket prefix; a THIRD data dir configured with the
 bucket as its metadata root must see each gateway's rows exactly once, with the same output as
 the same search over a local root holding the same files. The range prunes partitions (a corrupt
 object on another day is never opened), the sandbox stays as strict (no S3 access, no secrets,
@@ -50,13 +50,17 @@ def _gateway_rows(stream: str, gateway: str) -> dict[str, list[Any]]:
     return rows
 
 
-def _write_gateway(data_dir: Path, gateway: str) -> Path:
-    paths = DataPaths(data_dir)
+def _publish_gateway(data_dir: Path, gateway: str, settings: StoreSettings) -> None:
+    """The gateway's own writers publish to the bucket (the s3-meta uploader, one object per
+    stream and hour), as a gateway configured with `metadata_root = URI` does."""
+    paths = DataPaths(data_dir, store=settings)
     for stream in ("web", "email", "flow"):
         writer = MetadataWriter(stream, "proxy", paths=paths, gateway=gateway)
         writer.append_batch(_gateway_rows(stream, gateway))
+        writer.flush()
+        writer.publish()
+        assert writer.wait_uploaded(30), f"{gateway} {stream}: not uploaded"
         writer.close()
-    return paths.metadata
 
 
 def _settings(s3: S3Server, endpoint: str | None = None) -> StoreSettings:
@@ -79,13 +83,10 @@ def store(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Store:
     s3.make_bucket(BUCKET)
     root = open_metadata_root(_settings(s3))
     assert isinstance(root, StoreRoot)
-    local = tmp / "combined"
     for gateway in ("gw1", "gw2"):
-        meta = _write_gateway(tmp / gateway, gateway)
-        pafs.copy_files(str(meta), str(local))
-        for file in sorted(meta.rglob("*.parquet")):  # one PUT per object, as a publisher does
-            with root.fs.open_output_stream(root.path(str(file.relative_to(meta)))) as out:
-                out.write(file.read_bytes())
+        _publish_gateway(tmp / gateway, gateway, _settings(s3))
+    local = tmp / "combined"  # the same objects, downloaded: the local root to compare with
+    pafs.copy_files(root.path(), str(local), root.fs, pafs.LocalFileSystem())
     lbm = Lbm(tmp / "search-host")
     lbm("init", check=True)
     config = lbm.data_dir / "lbm.toml"
