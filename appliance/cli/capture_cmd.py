@@ -5,7 +5,7 @@ prints, per file and in total, packets, flows and bad packets by kind (`--json` 
 machine-readable summary: the totals, and `files` with each file's). A file that cannot be
 read (missing, a directory, a FIFO, socket or device: only regular files are read) or whose
 header is broken gets one clear error line naming it; so does a file already replayed into
-this data directory (`capture.replayed`: same SHA-256 and size), unless `--again`. The other
+this data directory (`capture.read.replayed`: same SHA-256 and size), unless `--again`. The other
 files are still processed and the exit status is 1 at the end. Decisions use the capture's own
 timestamps.
 
@@ -26,10 +26,10 @@ from appliance.cli.daemon_metrics import add_policy, add_writer, capture_counter
 from appliance.cli.textsafe import safe
 from appliance.counters import StatusWriter
 from capture import CaptureError
-from capture.bypassed import BypassedWeb
-from capture.flows import FlowConfig
+from capture.flow.table import FlowConfig
 from capture.pipeline import Pipeline, replay
-from capture.replayed import ReplayLedger, fingerprint
+from capture.read.replayed import ReplayLedger, fingerprint
+from capture.subjects.bypassed import BypassedWeb
 from capture.summary import Summary
 from store.archive import Archive
 from store.audit import Action

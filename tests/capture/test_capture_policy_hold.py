@@ -31,8 +31,8 @@ from capture_policy import (
 )
 from lbm_testing import REPO, Lbm
 
-from capture import hold
 from capture.pipeline import Pipeline
+from capture.subjects import hold
 from store.metadata import read_stream
 from store.paths import DataPaths
 

@@ -6,10 +6,11 @@ The answer does not depend on how packets are cut into batches (live capture fee
 
 - Held until the name is known. A subject's TCP flow whose decision depends on the server name
   (the do-not-decrypt list is not empty and a covering authorisation does not open it) keeps
-  its packets in memory (`capture.hold`) until the flow shows its name or that it has none
+  its packets in memory (`capture.subjects.hold`) until the flow shows its name or that it has none
   (`AppFeed.name_settled`: the client's first TLS handshake message reassembled and read, even
   when spread over several segments; a first payload that is not TLS; the parse budget spent),
-  until `capture.hold`'s bound per flow (then it is decided without a name), or until the flow
+  until `capture.subjects.hold`'s bound per flow (then it is decided without a name), or until the
+  flow
   ends. Each held packet is then decided at its own instant with that name: archived or
   dropped. Packets lost to the total memory bound are counted and reported as a capture gap.
 - Identity and authorisation at the packet's instant, cheaply. Each flow caches its decision
@@ -36,10 +37,10 @@ import numpy.typing as npt
 from appliance.policy.decide import decide
 from appliance.policy.model import Channel
 from appliance.policy.snapshot import NoIdentity, Snapshot
-from capture.appfeed import AppFeed
+from capture.app.feed import AppFeed
 from capture.batch import PacketBatch
-from capture.hold import Added, Hold, Packet
-from capture.subjects import SubjectRecorder
+from capture.subjects.hold import Added, Hold, Packet
+from capture.subjects.recorder import SubjectRecorder
 
 NS_MIN, NS_MAX = -(2**62), 2**62  # "no bound" in nanoseconds
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

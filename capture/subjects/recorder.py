@@ -1,7 +1,8 @@
 """Subjects' packets into their authorisations' archives as pcapng records (DECISIONS
 "Packets"), readable by tshark once an investigator decrypts them.
 
-`capture.gate` decides per packet (at the packet's own timestamp) and hands covered packets here.
+`capture.subjects.gate` decides per packet (at the packet's own timestamp) and hands covered packets
+here.
 Each flow's packets for a reference are gathered in a small buffer and written as one record when
 the flow ends, when the buffer reaches `RECORD_MAX_BYTES`, when it is `RECORD_MAX_AGE_S` old
 (`sweep()`, called about once a second by live capture), or when the authorisation stops
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from capture.pcapng import PcapngRecord
+from capture.subjects.pcapng import PcapngRecord
 from store import ArchiveError
 from store.archive import Archive
 

@@ -1,0 +1,1 @@
+"""Capture stage package (contract in a later commit)."""
