@@ -28,9 +28,9 @@ from types import FrameType
 
 from capture import CaptureError
 from capture.batch import LINKTYPE_ETHERNET, LINKTYPE_RAW, RawBatch
-from capture.decode.decoder import Decoder
+from capture.decode import Decoder
 from capture.pipeline import Pipeline
-from capture.read.ring import PacketRing, ring_disabled
+from capture.read import PacketRing, ring_disabled
 from capture.summary import Summary
 from store.readiness import announce_ready
 

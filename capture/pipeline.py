@@ -29,18 +29,22 @@ import pyarrow as pa
 
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture import CaptureError
-from capture.app.feed import AppFeed
+from capture.app import AppFeed
 from capture.batch import PacketBatch
-from capture.decode.decoder import Decoder
-from capture.flow.keys import PROTO_NAMES, community_ids
-from capture.flow.netset import NetSet
-from capture.flow.rows import Columns, addr_texts, concat_column, count
-from capture.flow.table import FlowConfig, FlowTable
-from capture.read.prefetch import Prefetch
-from capture.read.reader import open_capture
-from capture.subjects.bypassed import BypassedWeb
-from capture.subjects.gate import ArchiveGate
-from capture.subjects.recorder import SubjectRecorder
+from capture.decode import Decoder
+from capture.flow import (
+    PROTO_NAMES,
+    Columns,
+    FlowConfig,
+    FlowTable,
+    NetSet,
+    addr_texts,
+    community_ids,
+    concat_column,
+    count,
+)
+from capture.read import Prefetch, open_capture
+from capture.subjects import ArchiveGate, BypassedWeb, SubjectRecorder
 from capture.summary import Summary
 from store.archive import Archive
 from store.metadata import MetadataWriter

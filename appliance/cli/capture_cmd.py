@@ -26,10 +26,10 @@ from appliance.cli.daemon_metrics import add_policy, add_writer, capture_counter
 from appliance.cli.textsafe import safe
 from appliance.counters import StatusWriter
 from capture import CaptureError
-from capture.flow.table import FlowConfig
+from capture.flow import FlowConfig
 from capture.pipeline import Pipeline, replay
-from capture.read.replayed import ReplayLedger, fingerprint
-from capture.subjects.bypassed import BypassedWeb
+from capture.read import ReplayLedger, fingerprint
+from capture.subjects import BypassedWeb
 from capture.summary import Summary
 from store.archive import Archive
 from store.audit import Action

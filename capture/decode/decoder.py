@@ -30,7 +30,7 @@ from capture.batch import FRAG, STATUS, STATUS_NAME, TUNNEL_NAME, PacketBatch, R
 from capture.decode.frag import FragTable
 from capture.decode.linktypes import be16, be32, ethernet, link_layer
 from capture.decode.tunnels import detect
-from capture.read.reader import open_capture
+from capture.read import open_capture
 from capture.tunnelchain import save_middle
 
 I64 = npt.NDArray[np.int64]

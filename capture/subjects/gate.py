@@ -37,7 +37,7 @@ import numpy.typing as npt
 from appliance.policy.decide import decide
 from appliance.policy.model import Channel
 from appliance.policy.snapshot import NoIdentity, Snapshot
-from capture.app.feed import AppFeed
+from capture.app import AppFeed
 from capture.batch import PacketBatch
 from capture.subjects.hold import Added, Hold, Packet
 from capture.subjects.recorder import SubjectRecorder

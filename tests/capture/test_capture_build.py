@@ -32,7 +32,7 @@ def _run(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedProc
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on PATH")
 def test_install_entry_point_builds_both_extensions(tmp_path: Path) -> None:
-    """`python -m capture.read.walk` (the Makefile's install step) builds both extensions,
+    """`python -m capture.native.build` (the Makefile's install step) builds both extensions,
     readable by another user, with nothing half-written left and stale builds of this Python
     removed; a process pointed at that directory loads them from there."""
     dest = tmp_path / "cache"
@@ -42,7 +42,7 @@ def test_install_entry_point_builds_both_extensions(tmp_path: Path) -> None:
     stale.write_bytes(b"old")
     other.write_bytes(b"other")
     run = subprocess.run(
-        [sys.executable, "-m", "capture.read.walk", "--dest", str(dest)],
+        [sys.executable, "-m", "capture.native.build", "--dest", str(dest)],
         capture_output=True,
         text=True,
         cwd=REPO,
