@@ -44,7 +44,7 @@ from capture.flow import (
     count,
 )
 from capture.read import Prefetch, open_capture
-from capture.subjects import ArchiveGate, BypassedWeb, SubjectRecorder
+from capture.subjects import ArchiveGate, BypassedWeb, SubjectLimits, SubjectRecorder
 from capture.summary import Summary
 from store.archive import Archive
 from store.metadata import MetadataWriter
@@ -70,13 +70,18 @@ class Pipeline:
         flow_config: FlowConfig | None = None,
         on_archive_error: Callable[[str, str], None] | None = None,
         bypassed: BypassedWeb | None = None,
+        limits: SubjectLimits | None = None,
     ) -> None:
         self.flow_w = MetadataWriter("flow", writer_name, paths=paths, gateway=gateway)
         self.dns_w = MetadataWriter("dns", writer_name, paths=paths, gateway=gateway)
         self.snapshot = snapshot
         self.internal = NetSet(internal_networks)
-        self.recorder = SubjectRecorder(archive, on_archive_error) if archive is not None else None
-        self.gate = ArchiveGate(self.recorder, self._flow_ip) if self.recorder is not None else None
+        limits = limits or SubjectLimits()
+        self.recorder: SubjectRecorder | None = None
+        self.gate: ArchiveGate | None = None
+        if archive is not None:
+            self.recorder = limits.new_recorder(archive, on_archive_error)
+            self.gate = ArchiveGate(self.recorder, self._flow_ip, limits)
         self.interface = interface
         self.summary = Summary()
         self._flow_config = flow_config

@@ -29,7 +29,7 @@ from capture import CaptureError
 from capture.flow import FlowConfig
 from capture.pipeline import Pipeline, replay
 from capture.read import ReplayLedger, fingerprint
-from capture.subjects import BypassedWeb
+from capture.subjects import BypassedWeb, SubjectLimits
 from capture.summary import Summary
 from store.archive import Archive
 from store.audit import Action
@@ -41,7 +41,10 @@ def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeli
 
     app.require_initialised()
     source = snapshot_source(app)
-    archive = Archive(app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor)
+    archive = Archive(
+        app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor,
+        segment_max_bytes=app.config["archive.segment_max_bytes"],
+    )  # fmt: skip
     archive.recover()  # segments cut off by an earlier crash: sealed as truncated, audited
 
     def gap(ref: str, reason: str) -> None:
@@ -65,8 +68,22 @@ def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeli
         on_archive_error=gap,
         flow_config=FlowConfig(max_flows=app.config["capture.max_flows"]),
         bypassed=_bypassed_web(app, writer, interface, source.current),
+        limits=subject_limits(app),
     )
     return pipe, (source, archive)
+
+
+def subject_limits(app: App) -> SubjectLimits:
+    """The `[capture]` bounds on subjects' packets in memory (appliance/config/schema_capture)."""
+    cfg = app.config
+    return SubjectLimits(
+        hold_max_packets=cfg["capture.hold_max_packets"],
+        hold_max_bytes=cfg["capture.hold_max_bytes"],
+        hold_total_bytes=cfg["capture.hold_total_bytes"],
+        record_max_bytes=cfg["capture.record_max_bytes"],
+        record_max_age_s=float(cfg["capture.record_max_age_s"]),
+        record_total_bytes=cfg["capture.record_total_bytes"],
+    )
 
 
 def _bypassed_web(

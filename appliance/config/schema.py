@@ -21,6 +21,7 @@ from appliance.config.option import (
     _port,
     _starttls_mode,
 )
+from appliance.config.schema_capture import CAPTURE_LIMITS
 from appliance.config.schema_operations import OPERATIONS
 
 __all__ = ["BY_NAME", "ID_RE", "MAX_ID_LENGTH", "SCHEMA", "SECTIONS", "Option", "Validator"]
@@ -31,6 +32,7 @@ SECTIONS: dict[str, str] = {
     "web": "the intercepting web proxy",
     "smtp": "the SMTP relay",
     "capture": "the packet capture path",
+    "archive": "archived content of subjects (every channel)",
     "identity": "the identity feed that maps IPs, usernames and addresses to principals",
     "notice": "the acceptable-use notice shown to users",
     "keys": "archive key custody",
@@ -396,6 +398,7 @@ SCHEMA: list[Option] = [
         str,
     ),
     *OPERATIONS,
+    *CAPTURE_LIMITS,
 ]
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in SCHEMA}

@@ -28,7 +28,15 @@ exceed `record_total_bytes`. Held and buffered packets are in memory only.
 from capture.subjects.bypassed import BypassedWeb
 from capture.subjects.gate import ArchiveGate
 from capture.subjects.hold import Hold
+from capture.subjects.limits import SubjectLimits
 from capture.subjects.pcapng import PcapngRecord
 from capture.subjects.recorder import SubjectRecorder
 
-__all__ = ["ArchiveGate", "BypassedWeb", "Hold", "PcapngRecord", "SubjectRecorder"]
+__all__ = [
+    "ArchiveGate",
+    "BypassedWeb",
+    "Hold",
+    "PcapngRecord",
+    "SubjectLimits",
+    "SubjectRecorder",
+]

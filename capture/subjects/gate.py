@@ -39,7 +39,8 @@ from appliance.policy.model import Channel
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture.app import AppFeed
 from capture.batch import PacketBatch
-from capture.subjects.hold import Added, Hold, Packet
+from capture.subjects.hold import Added, Packet
+from capture.subjects.limits import SubjectLimits
 from capture.subjects.recorder import SubjectRecorder
 
 NS_MIN, NS_MAX = -(2**62), 2**62  # "no bound" in nanoseconds
@@ -67,15 +68,21 @@ class ArchiveGate:
     `ip_of(slot)` gives a flow's internal address ("" if neither end is internal) when the
     pipeline did not already (`set_ips`)."""
 
-    def __init__(self, recorder: SubjectRecorder, ip_of: Callable[[int], str]) -> None:
+    def __init__(
+        self,
+        recorder: SubjectRecorder,
+        ip_of: Callable[[int], str],
+        limits: SubjectLimits | None = None,
+    ) -> None:
         self.rec = recorder
+        self.limits = limits or SubjectLimits()
         self.ip_of = ip_of
         self.decisions = 0  # decide() calls: the cache keeps this near one per flow
         self.reset()
 
     def reset(self) -> None:
         """A new capture source: no flows."""
-        self.hold = Hold()
+        self.hold = self.limits.new_hold()
         self._snap: Snapshot | None = None
         self._snap_has = False  # the snapshot has a packets authorisation
         self._lo = np.zeros(0, np.int64)  # per slot: the cached decision holds in [lo, hi)
