@@ -44,7 +44,8 @@ from capture.flow import (
     count,
 )
 from capture.read import Prefetch, open_capture
-from capture.subjects import ArchiveGate, BypassedWeb, SubjectLimits, SubjectRecorder
+from capture.subjects import ArchiveGate, SubjectLimits, SubjectRecorder
+from capture.subjects.bypassed import BypassedWeb
 from capture.summary import Summary
 from store.archive import Archive
 from store.metadata import MetadataWriter

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,10 +29,13 @@ from capture import CaptureError
 from capture.flow import FlowConfig
 from capture.pipeline import Pipeline, replay
 from capture.read import ReplayLedger, fingerprint
-from capture.subjects import BypassedWeb, SubjectLimits
+from capture.subjects.bypassed import BypassedWeb
 from capture.summary import Summary
 from store.archive import Archive
 from store.audit import Action
+
+if TYPE_CHECKING:
+    from capture.subjects import SubjectLimits
 
 
 def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeline, Any]:
@@ -75,6 +78,8 @@ def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeli
 
 def subject_limits(app: App) -> SubjectLimits:
     """The `[capture]` bounds on subjects' packets in memory (appliance/config/schema_capture)."""
+    from capture.subjects import SubjectLimits
+
     cfg = app.config
     return SubjectLimits(
         hold_max_packets=cfg["capture.hold_max_packets"],

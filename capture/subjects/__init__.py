@@ -21,11 +21,12 @@ flows (`hold_total_bytes`; past it a packet is dropped, counted and audited); a 
 written at `record_max_bytes` or `record_max_age_s`, and every buffer once all of them
 exceed `record_total_bytes`. Held and buffered packets are in memory only.
 
-`bypassed`: with `[web] transparent_scope = "subjects"`, one `web` row (`decision =
-"bypassed"`) per ended TCP flow to port 80/443 from the internal networks (metadata only).
+`bypassed` (imported as `capture.subjects.bypassed`, not through this facade: it loads
+pyarrow and only live capture on the inside interface uses it): with `[web]
+transparent_scope = "subjects"`, one `web` row (`decision = "bypassed"`) per ended TCP flow
+to port 80/443 from the internal networks (metadata only).
 """
 
-from capture.subjects.bypassed import BypassedWeb
 from capture.subjects.gate import ArchiveGate
 from capture.subjects.hold import Hold
 from capture.subjects.limits import SubjectLimits
@@ -34,7 +35,6 @@ from capture.subjects.recorder import SubjectRecorder
 
 __all__ = [
     "ArchiveGate",
-    "BypassedWeb",
     "Hold",
     "PcapngRecord",
     "SubjectLimits",
