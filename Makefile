@@ -13,7 +13,7 @@ $(BIN)/lbm: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# build the capture path's C helpers now, not later inside a hardened unit
-	$(BIN)/python -m capture.build
+	$(BIN)/python -m capture.native.build
 	@touch $(BIN)/lbm
 
 venv: $(BIN)/lbm
@@ -53,7 +53,7 @@ asan: venv
 	done; \
 	export LBM_CAPTURE_SANITIZE=1 LD_PRELOAD="$$libasan $$libubsan" \
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1; \
-	set -x; $(BIN)/python -m capture.build && $(BIN)/pytest -q -p no:cacheprovider $(ASAN_TESTS)
+	set -x; $(BIN)/python -m capture.native.build && $(BIN)/pytest -q -p no:cacheprovider $(ASAN_TESTS)
 
 bench: venv
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'

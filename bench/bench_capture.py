@@ -209,7 +209,7 @@ def loop_corpus(path: Path, min_packets: int) -> tuple[int, int]:
     """Concatenate the bench corpus captures, looped with shifted times and addresses."""
     import numpy as np
 
-    from capture.decode import read_batches
+    from capture.decode.decoder import read_batches
 
     corpus = Path(os.environ.get("LBM_CORPUS", ROOT.parent / "shared" / "corpus"))
     files = sorted((corpus / "pcaps" / "bench").glob("*.pcap"))

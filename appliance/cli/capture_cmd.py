@@ -5,7 +5,7 @@ prints, per file and in total, packets, flows and bad packets by kind (`--json` 
 machine-readable summary: the totals, and `files` with each file's). A file that cannot be
 read (missing, a directory, a FIFO, socket or device: only regular files are read) or whose
 header is broken gets one clear error line naming it; so does a file already replayed into
-this data directory (`capture.replayed`: same SHA-256 and size), unless `--again`. The other
+this data directory (`capture.read.replayed`: same SHA-256 and size), unless `--again`. The other
 files are still processed and the exit status is 1 at the end. Decisions use the capture's own
 timestamps.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -26,13 +26,16 @@ from appliance.cli.daemon_metrics import add_policy, add_writer, capture_counter
 from appliance.cli.textsafe import safe
 from appliance.counters import StatusWriter
 from capture import CaptureError
-from capture.bypassed import BypassedWeb
-from capture.flows import FlowConfig
+from capture.flow import FlowConfig
 from capture.pipeline import Pipeline, replay
-from capture.replayed import ReplayLedger, fingerprint
+from capture.read import ReplayLedger, fingerprint
+from capture.subjects.bypassed import BypassedWeb
 from capture.summary import Summary
 from store.archive import Archive
 from store.audit import Action
+
+if TYPE_CHECKING:
+    from capture.subjects import SubjectLimits
 
 
 def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeline, Any]:
@@ -41,7 +44,10 @@ def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeli
 
     app.require_initialised()
     source = snapshot_source(app)
-    archive = Archive(app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor)
+    archive = Archive(
+        app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor,
+        segment_max_bytes=app.config["archive.segment_max_bytes"],
+    )  # fmt: skip
     archive.recover()  # segments cut off by an earlier crash: sealed as truncated, audited
 
     def gap(ref: str, reason: str) -> None:
@@ -65,8 +71,24 @@ def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeli
         on_archive_error=gap,
         flow_config=FlowConfig(max_flows=app.config["capture.max_flows"]),
         bypassed=_bypassed_web(app, writer, interface, source.current),
+        limits=subject_limits(app),
     )
     return pipe, (source, archive)
+
+
+def subject_limits(app: App) -> SubjectLimits:
+    """The `[capture]` bounds on subjects' packets in memory (appliance/config/schema_capture)."""
+    from capture.subjects import SubjectLimits
+
+    cfg = app.config
+    return SubjectLimits(
+        hold_max_packets=cfg["capture.hold_max_packets"],
+        hold_max_bytes=cfg["capture.hold_max_bytes"],
+        hold_total_bytes=cfg["capture.hold_total_bytes"],
+        record_max_bytes=cfg["capture.record_max_bytes"],
+        record_max_age_s=float(cfg["capture.record_max_age_s"]),
+        record_total_bytes=cfg["capture.record_total_bytes"],
+    )
 
 
 def _bypassed_web(

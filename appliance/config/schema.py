@@ -21,6 +21,7 @@ from appliance.config.option import (
     _port,
     _starttls_mode,
 )
+from appliance.config.schema_capture import CAPTURE_LIMITS
 from appliance.config.schema_operations import OPERATIONS
 from appliance.config.schema_storage import STORAGE
 
@@ -32,6 +33,7 @@ SECTIONS: dict[str, str] = {
     "web": "the intercepting web proxy",
     "smtp": "the SMTP relay",
     "capture": "the packet capture path",
+    "archive": "archived content of subjects (every channel)",
     "identity": "the identity feed that maps IPs, usernames and addresses to principals",
     "notice": "the acceptable-use notice shown to users",
     "keys": "archive key custody",
@@ -398,6 +400,7 @@ SCHEMA: list[Option] = [
         str,
     ),
     *OPERATIONS,
+    *CAPTURE_LIMITS,
     *STORAGE,
 ]
 

@@ -1,7 +1,8 @@
 """Subjects' packets into their authorisations' archives as pcapng records (DECISIONS
 "Packets"), readable by tshark once an investigator decrypts them.
 
-`capture.gate` decides per packet (at the packet's own timestamp) and hands covered packets here.
+`capture.subjects.gate` decides per packet (at the packet's own timestamp) and hands covered packets
+here.
 Each flow's packets for a reference are gathered in a small buffer and written as one record when
 the flow ends, when the buffer reaches `RECORD_MAX_BYTES`, when it is `RECORD_MAX_AGE_S` old
 (`sweep()`, called about once a second by live capture), or when the authorisation stops
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from capture.pcapng import PcapngRecord
+from capture.subjects.pcapng import PcapngRecord
 from store import ArchiveError
 from store.archive import Archive
 
@@ -52,10 +53,17 @@ class SubjectRecorder:
     """Records being gathered for subjects' flows, by flow uid."""
 
     def __init__(
-        self, archive: Archive, on_error: Callable[[str, str], None] | None = None
+        self,
+        archive: Archive,
+        on_error: Callable[[str, str], None] | None = None,
+        *,
+        max_bytes: int = RECORD_MAX_BYTES,
+        max_age_s: float = RECORD_MAX_AGE_S,
+        total_bytes: int = TOTAL_MAX_BYTES,
     ) -> None:
         self.archive = archive
         self.on_error = on_error
+        self.max_bytes, self.max_age_s, self.total_bytes = max_bytes, max_age_s, total_bytes
         self.flows: dict[str, _Flow] = {}
         self.archived = 0  # packets written (once per packet, whatever the number of refs)
         self.errors = 0
@@ -82,7 +90,7 @@ class SubjectRecorder:
         for ref in refs:
             self._add(flow, ref, at, linktype, ts_ns, frame, wire_len)
         self.archived += 1
-        if self.buffered > TOTAL_MAX_BYTES:
+        if self.buffered > self.total_bytes:
             self.sweep(max_age=0.0)
 
     def not_covered(self, uid: str) -> None:
@@ -93,8 +101,10 @@ class SubjectRecorder:
             for ref in list(flow.pending):
                 self._close(flow, ref)
 
-    def sweep(self, max_age: float = RECORD_MAX_AGE_S) -> None:
-        """Write out every record gathered for longer than `max_age` seconds."""
+    def sweep(self, max_age: float | None = None) -> None:
+        """Write out every record gathered for longer than `max_age` seconds (default: the
+        recorder's `max_age_s`)."""
+        max_age = self.max_age_s if max_age is None else max_age
         now = time.monotonic()
         for flow in self.flows.values():
             for ref, pending in list(flow.pending.items()):
@@ -119,7 +129,7 @@ class SubjectRecorder:
         before = len(pending.buf)
         pending.pcapng.packet(linktype, ts_ns, frame, wire_len)
         self.buffered += len(pending.buf) - before
-        if len(pending.buf) >= RECORD_MAX_BYTES:
+        if len(pending.buf) >= self.max_bytes:
             self._close(flow, ref)
 
     def _close(self, flow: _Flow, ref: str) -> None:

@@ -4,7 +4,7 @@
 computes the offset of the network-layer header, the IP version the link layer announces
 (0 = "look at the version nibble"), and the outer VLAN id, using numpy over all frames of
 that link type at once. Handled: Ethernet with 802.1Q, 802.1ad/QinQ (any stacking up to 4
-tags), VN-Tag (`capture.vntag`), MPLS label stacks, PPPoE session; Linux SLL and SLL2; BSD
+tags), VN-Tag (`capture.decode.vntag`), MPLS label stacks, PPPoE session; Linux SLL and SLL2; BSD
 NULL/LOOP in either byte order; raw IPv4/IPv6 (LINKTYPE_RAW 101, IPV4 228, IPV6 229, DLT
 12/14). NFLOG's TLVs are walked per packet in Python (rare link type). Frames that carry no
 IP get a status code.
@@ -19,7 +19,6 @@ import struct
 import numpy as np
 import numpy.typing as npt
 
-from capture import vntag
 from capture.batch import (
     DLT_RAW_12,
     DLT_RAW_14,
@@ -34,6 +33,7 @@ from capture.batch import (
     LINKTYPE_RAW,
     STATUS,
 )
+from capture.decode import vntag
 
 I64 = npt.NDArray[np.int64]
 U8A = npt.NDArray[np.uint8]

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from capture.batch import PacketBatch
-from capture.flowkeys import icmp_counterpart
+from capture.flow.keys import icmp_counterpart
 
 I64 = npt.NDArray[np.int64]
 

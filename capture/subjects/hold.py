@@ -1,4 +1,5 @@
-"""A subject's packets held back until their flow shows its TLS server name (`capture.gate`).
+"""A subject's packets held back until their flow shows its TLS server name
+(`capture.subjects.gate`).
 
 Bounded: at most `HOLD_MAX_PACKETS` packets and `HOLD_MAX_BYTES` bytes per flow (the caller
 then decides without a name, as for a flow that has none) and `HOLD_TOTAL_BYTES` over all flows

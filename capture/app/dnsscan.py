@@ -1,8 +1,8 @@
 """DNS messages of a whole batch read in one C call (`dns_scan` in `_dnsscan.c`).
 
-`scan(buf, off, cap)` returns, per message, a `DnsView` (what `capture.appmeta` needs for a
+`scan(buf, off, cap)` returns, per message, a `DnsView` (what `capture.app.meta` needs for a
 `dns` row: id, flags, the query name/type/class, the answers' texts and TTLs) or None where
-the C scan gave up (malformed or unusual messages); those are parsed by `capture.dnsparse`,
+the C scan gave up (malformed or unusual messages); those are parsed by `capture.app.dnsparse`,
 whose `view()` gives the same `DnsView`, so both paths produce identical rows.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from capture import tcpstate
-from capture.dnsparse import QTYPES, DnsMessage, Question
+from capture.app.dnsparse import QTYPES, DnsMessage, Question
+from capture.flow import tcpstate
 
 QMAX = 256  # DNS_QMAX in _dnsscan.c
 MAX_ANS = 16  # DNS_MAX_ANS
@@ -41,7 +41,7 @@ class DnsView:
 
 
 def view(m: DnsMessage) -> DnsView:
-    """The `DnsView` of a message parsed by `capture.dnsparse`."""
+    """The `DnsView` of a message parsed by `capture.app.dnsparse`."""
     q = m.qd[0] if m.qd else (m.an[0] if m.an else None)
     return DnsView(
         m.id,

@@ -6,10 +6,11 @@ The answer does not depend on how packets are cut into batches (live capture fee
 
 - Held until the name is known. A subject's TCP flow whose decision depends on the server name
   (the do-not-decrypt list is not empty and a covering authorisation does not open it) keeps
-  its packets in memory (`capture.hold`) until the flow shows its name or that it has none
+  its packets in memory (`capture.subjects.hold`) until the flow shows its name or that it has none
   (`AppFeed.name_settled`: the client's first TLS handshake message reassembled and read, even
   when spread over several segments; a first payload that is not TLS; the parse budget spent),
-  until `capture.hold`'s bound per flow (then it is decided without a name), or until the flow
+  until `capture.subjects.hold`'s bound per flow (then it is decided without a name), or until the
+  flow
   ends. Each held packet is then decided at its own instant with that name: archived or
   dropped. Packets lost to the total memory bound are counted and reported as a capture gap.
 - Identity and authorisation at the packet's instant, cheaply. Each flow caches its decision
@@ -36,10 +37,11 @@ import numpy.typing as npt
 from appliance.policy.decide import decide
 from appliance.policy.model import Channel
 from appliance.policy.snapshot import NoIdentity, Snapshot
-from capture.appfeed import AppFeed
+from capture.app import AppFeed
 from capture.batch import PacketBatch
-from capture.hold import Added, Hold, Packet
-from capture.subjects import SubjectRecorder
+from capture.subjects.hold import Added, Packet
+from capture.subjects.limits import SubjectLimits
+from capture.subjects.recorder import SubjectRecorder
 
 NS_MIN, NS_MAX = -(2**62), 2**62  # "no bound" in nanoseconds
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -66,15 +68,21 @@ class ArchiveGate:
     `ip_of(slot)` gives a flow's internal address ("" if neither end is internal) when the
     pipeline did not already (`set_ips`)."""
 
-    def __init__(self, recorder: SubjectRecorder, ip_of: Callable[[int], str]) -> None:
+    def __init__(
+        self,
+        recorder: SubjectRecorder,
+        ip_of: Callable[[int], str],
+        limits: SubjectLimits | None = None,
+    ) -> None:
         self.rec = recorder
+        self.limits = limits or SubjectLimits()
         self.ip_of = ip_of
         self.decisions = 0  # decide() calls: the cache keeps this near one per flow
         self.reset()
 
     def reset(self) -> None:
         """A new capture source: no flows."""
-        self.hold = Hold()
+        self.hold = self.limits.new_hold()
         self._snap: Snapshot | None = None
         self._snap_has = False  # the snapshot has a packets authorisation
         self._lo = np.zeros(0, np.int64)  # per slot: the cached decision holds in [lo, hi)

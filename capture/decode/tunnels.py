@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from capture.batch import TUNNEL
-from capture.linktypes import be16
+from capture.decode.linktypes import be16
 
 I64 = npt.NDArray[np.int64]
 U8A = npt.NDArray[np.uint8]

@@ -5,7 +5,7 @@ canonical endpoint order, hash, `np.unique`); the live table is a sorted hash ar
 with `np.searchsorted`. Every order-free quantity (packets, IP bytes, payload bytes, first and
 last time) is a per-group reduction. Per-connection TCP state (endpoint states, sequence
 space, history letters) follows the packets in order in a small C helper
-(`capture.tcpstate`), which is Zeek's state machine minus events, timers and reassembly.
+(`capture.flow.tcpstate`), which is Zeek's state machine minus events, timers and reassembly.
 
 Zeek semantics kept: the originator is the first packet's sender, flipped as Zeek does when
 the first TCP packet is not a pure SYN (or a UDP packet comes from a likely server port to an
@@ -28,16 +28,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from capture import tcpstate
 from capture.batch import PacketBatch
-from capture.flowcols import Cols, columns, r_is_reuse, swap, swapped
-from capture.flowkeys import (
+from capture.flow import tcpstate
+from capture.flow.columns import Cols, columns, r_is_reuse, swap, swapped
+from capture.flow.keys import (
     PROTO_NAMES,
     canonical_hash,
     likely_server,
     make_uids,
 )
-from capture.flowrows import Columns, rows_for
+from capture.flow.rows import Columns, rows_for
 
 I64 = npt.NDArray[np.int64]
 NS = 1_000_000_000

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from capture import tcpstate
+from capture.flow import tcpstate
 
 KIND_OTHER, KIND_CH, KIND_SH, KIND_HTTP, KIND_PARTIAL = 0, 1, 2, 3, 4
 

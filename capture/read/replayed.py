@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from capture.reader import CaptureReader, open_regular
+from capture.read.reader import CaptureReader, open_regular
 
 LEDGER = "replayed.jsonl"
 _READ = 1 << 20

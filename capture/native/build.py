@@ -1,11 +1,11 @@
 """Build and load the capture path's C extensions (cffi, out-of-line API mode), one scheme
 for both of them.
 
-- ``fastwalk`` (`_fastwalk.c`): pcap/pcapng record walking for `capture.fastpath`, which has a
+- ``fastwalk`` (`_fastwalk.c`): pcap/pcapng record walking for `capture.read.walk`, which has a
   pure-Python fallback;
 - ``tcpstate`` (`_tcpstate_impl.c`): Zeek's TCP state machine, the application-head scan
-  the DNS scan and Community IDs for `capture.flows`, `capture.appscan`, `capture.dnsscan`
-  and `capture.flowkeys`; no fallback.
+  the DNS scan and Community IDs for `capture.flow.table`, `capture.app.scan`, `capture.app.dnsscan`
+  and `capture.flow.keys`; no fallback.
 
 Each extension is compiled under a module name keyed by a hash of its declarations, its C
 source, the compiler flags and the cffi version (``_lbm_tcpstate_<hash>``), so a stale build
@@ -14,7 +14,8 @@ in order (loading takes the first that holds the build, building the first writa
 
 1. ``$LBM_CAPTURE_CACHE``, if set;
 2. ``<venv>/var/lbm-capture`` when running in a virtual environment: where the install step
-   (``python -m capture.build``) puts the builds, so that a hardened service (ProtectHome=yes,
+   (``python -m capture.native.build``) puts the builds, so that a hardened service
+   (ProtectHome=yes,
    ProtectSystem=strict, another user) can load them read-only;
 3. ``~/.cache/lbm-gateway`` (developer checkouts without a writable venv).
 
@@ -36,7 +37,7 @@ A build compiles in a temporary directory inside the target and is renamed into 
 interrupted or concurrent build never leaves a half-written library under the final name.
 Without a C compiler, `load` raises `CaptureError` saying so.
 
-    python -m capture.build [--dest DIR]     # build both (install, CI); prints where,
+    python -m capture.native.build [--dest DIR]     # build both (install, CI); prints where,
                                              # and removes stale builds there
 """
 
@@ -198,9 +199,12 @@ def compiler_hint() -> str:
     if found is None:
         return (
             f"no C compiler found ({cc!r} is not on PATH): install build-essential and "
-            "python3-dev, then run `python -m capture.build`"
+            "python3-dev, then run `python -m capture.native.build`"
         )
-    return "a C compiler and Python headers (python3-dev) are needed: run `python -m capture.build`"
+    return (
+        "a C compiler and Python headers (python3-dev) are needed: "
+        "run `python -m capture.native.build`"
+    )
 
 
 def build(ext: Extension, dest: Path) -> Path:
@@ -261,7 +265,7 @@ def _install(ext: Extension, dest: Path | None) -> tuple[ModuleType, Path]:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             errors.append(f"{d}: {type(exc).__name__} {first}"[:300])
     consequence = (
-        "capture.fastpath falls back to its pure-Python record walker"
+        "capture.read.walk falls back to its pure-Python record walker"
         if ext.name == "fastwalk"
         else "The flow table's TCP state machine has no pure-Python fallback: capture cannot "
         "run without it"
@@ -274,20 +278,20 @@ def _install(ext: Extension, dest: Path | None) -> tuple[ModuleType, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Build every extension (install time, CI); prints where each one is."""
-    ap = argparse.ArgumentParser(prog="python -m capture.build", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m capture.native.build", description=__doc__)
     ap.add_argument("--dest", type=Path, help="build into this directory only")
     a = ap.parse_args(argv)
     status = 0
     for ext in EXTENSIONS:
         try:
             _, where = _install(ext, a.dest)
-            print(f"capture.build: {ext.name}: {where}")
+            print(f"capture.native.build: {ext.name}: {where}")
             for old in where.parent.glob(f"_lbm_{ext.name}_*{SUFFIX}"):
                 if old != where:  # builds of earlier sources (a loaded one stays mapped)
                     with contextlib.suppress(OSError):
                         old.unlink()
         except CaptureError as exc:
-            print(f"capture.build: {exc}", file=sys.stderr)
+            print(f"capture.native.build: {exc}", file=sys.stderr)
             status = 1
     return status
 

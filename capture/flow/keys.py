@@ -19,7 +19,7 @@ import struct
 import numpy as np
 import numpy.typing as npt
 
-from capture import tcpstate
+from capture.flow import tcpstate
 
 # Zeek names; every other IP protocol (SCTP too: Zeek has no analyzer) is "unknown_transport"
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}

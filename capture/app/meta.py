@@ -8,7 +8,7 @@ bytes per direction of a TCP flow (a ClientHello spanning several segments), dro
 as the parse is done and never written anywhere. Never extracted: URL paths, query strings,
 header values other than Host, TXT record text, TLS certificates.
 
-DNS (UDP and TCP, also mDNS/LLMNR/NetBIOS-NS ports) is parsed by `capture.dnsparse`; each
+DNS (UDP and TCP, also mDNS/LLMNR/NetBIOS-NS ports) is parsed by `capture.app.dnsparse`; each
 query becomes one `dns` row, completed by its response (matched on transaction id) or
 emitted alone when the flow ends. TLS and HTTP heads are parsed by hand: a few bounded field
 reads, sturdier on partial and odd messages than full parsers.
@@ -20,10 +20,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from capture.dnsparse import QTYPES, DnsError, netbios_name, parse_dns
-from capture.dnsscan import DnsView
-from capture.dnsscan import view as dns_view
-from capture.heads import (
+from capture.app.dnsparse import QTYPES, DnsError, netbios_name, parse_dns
+from capture.app.dnsscan import DnsView
+from capture.app.dnsscan import view as dns_view
+from capture.app.heads import (
     HTTP_METHODS,
     http_host,
     parse_client_hello,
@@ -238,7 +238,7 @@ class AppMeta:
     def dns_datagram(
         self, uid: str, dns: int, slot: int, ts_ns: int, payload: bytes, v: DnsView | None
     ) -> bool:
-        """One UDP datagram of a DNS-port flow, already read by `capture.dnsscan` (`v`), or
+        """One UDP datagram of a DNS-port flow, already read by `capture.app.dnsscan` (`v`), or
         None to parse `payload` here; returns whether more packets are wanted."""
         fm = self.flows.get(uid)
         if fm is None:

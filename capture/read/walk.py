@@ -1,10 +1,10 @@
 """Record-header walking for pcap/pcapng: a small C extension (cffi), else pure Python.
 
 Walking record headers is sequential, so numpy cannot do it; `_fastwalk.c` does it in C.
-The extension is built and loaded by `capture.build` (one scheme for all of the capture
+The extension is built and loaded by `capture.native.build` (one scheme for all of the capture
 path's C code: source-hash keyed cache in `$LBM_CAPTURE_CACHE`, else `<venv>/var/lbm-capture`,
-else `~/.cache/lbm-gateway`; install prebuilds with ``python -m capture.build``, which
-``python -m capture.fastpath`` also runs). Without a compiler (or with ``LBM_CAPTURE_NO_C=1``)
+else `~/.cache/lbm-gateway`; install prebuilds with ``python -m capture.native.build``, which
+``python -m capture.read.walk`` also runs). Without a compiler (or with ``LBM_CAPTURE_NO_C=1``)
 the pure-Python walkers below are used: same results, slower.
 
 Both implementations share one signature per format and return numpy arrays; see
@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from capture import CaptureError, build
+from capture import CaptureError
+from capture.native import build
 
 STOP_OK = 0  # max packets reached or next record incomplete
 STOP_BAD = 1  # bad record/block length at `consumed`

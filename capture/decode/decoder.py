@@ -1,13 +1,13 @@
 """Batch decoder: RawBatch -> PacketBatch with numpy over whole batches, not per packet.
 
 Steps, each one array expression over all packets it applies to:
-1. link layer (`capture.linktypes`): offset of the IP header per frame;
+1. link layer (`capture.decode.linktypes`): offset of the IP header per frame;
 2. IPv4/IPv6 with fixed offsets per version; IPv6 extension headers (hop-by-hop, routing,
    fragment, destination options, AH, mobility, HIP, shim6) are walked a step at a time
    over only the packets that still have one;
 3. transport (TCP, UDP, ICMP/ICMPv6 type/code as ports, SCTP; others with ports 0);
-4. fragments (`capture.frag`): later fragments get the ports of their first fragment;
-5. tunnels (`capture.tunnels`): Teredo, VXLAN, Geneve, GRE/ERSPAN, IP-in-IP are
+4. fragments (`capture.decode.frag`): later fragments get the ports of their first fragment;
+5. tunnels (`capture.decode.tunnels`): Teredo, VXLAN, Geneve, GRE/ERSPAN, IP-in-IP are
    decapsulated and the inner packet decoded by steps 1-4 again, two levels deep as Zeek's
    `Tunnel::max_depth`; `PacketBatch.middle` keeps the connection between nested tunnels.
 
@@ -27,11 +27,11 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from capture.batch import FRAG, STATUS, STATUS_NAME, TUNNEL_NAME, PacketBatch, RawBatch
-from capture.frag import FragTable
-from capture.linktypes import be16, be32, ethernet, link_layer
-from capture.reader import open_capture
+from capture.decode.frag import FragTable
+from capture.decode.linktypes import be16, be32, ethernet, link_layer
+from capture.decode.tunnels import detect
+from capture.read import open_capture
 from capture.tunnelchain import save_middle
-from capture.tunnels import detect
 
 I64 = npt.NDArray[np.int64]
 U8A = npt.NDArray[np.uint8]

@@ -1,4 +1,4 @@
-"""pcapng interfaces for `capture.reader`: an Interface Description Block's link type, snap
+"""pcapng interfaces for `capture.read.reader`: an Interface Description Block's link type, snap
 length and timestamp units (``if_tsresol``, ``if_tsoffset``), and raw timestamps of one
 interface converted to nanoseconds (numpy, a whole batch at once). A pcap file has one
 interface, described by its file header.

@@ -17,11 +17,11 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from capture import tcpstate
-from capture.flowkeys import PROTO_NAMES, community_ids
+from capture.flow import tcpstate
+from capture.flow.keys import PROTO_NAMES, community_ids
 
 if TYPE_CHECKING:
-    from capture.flows import FlowTable
+    from capture.flow.table import FlowTable
 
 Columns = dict[str, Any]
 HIST_MAX = 32

@@ -1,12 +1,12 @@
 """Which packets reach the application-metadata parsers, and the one-packet fast path.
 
 Per flow slot: a budget of payload packets (`APP_BUDGET`, more for DNS ports), whether it is a
-DNS port flow, and what the C fast path (`capture.appscan`) settled. For each batch, with
+DNS port flow, and what the C fast path (`capture.app.scan`) settled. For each batch, with
 array code: candidates are the first packets with payload of flows that still have budget; a
 flow whose first payload cannot start anything we read is dropped at once; a flow whose first
 payload is the client's complete TLS ClientHello or HTTP request head is settled by the fast
 path (`_fast_heads`), and only the rest go, in packet order, to `AppMeta` (DNS datagrams
-already read by the batch DNS scan, `capture.dnsscan`).
+already read by the batch DNS scan, `capture.app.dnsscan`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from capture.appmeta import DNS_PORTS, AppMeta
-from capture.appscan import KIND_CH, KIND_HTTP, KIND_SH, app_scan
+from capture.app.dnsscan import DnsView
+from capture.app.dnsscan import scan as scan_dns
+from capture.app.heads import norm_host, tls_version_name
+from capture.app.meta import DNS_PORTS, AppMeta
+from capture.app.scan import KIND_CH, KIND_HTTP, KIND_SH, app_scan
 from capture.batch import PacketBatch
-from capture.dnsscan import DnsView
-from capture.dnsscan import scan as scan_dns
-from capture.heads import norm_host, tls_version_name
 
 APP_BUDGET = 16  # payload packets per flow offered to AppMeta (DNS flows: more)
 APP_BUDGET_DNS = 64
@@ -289,7 +289,8 @@ class AppFeed:
         """Whether the flow in slot `s` has shown its TLS server name or that it has none: the
         client's first head read (a ClientHello, even over several segments, an HTTP request,
         anything else), a first payload nothing here reads, a DNS port, a gap in the client's
-        bytes, or the parse budget spent. Until then `capture.gate` holds a subject's packets."""
+        bytes, or the parse budget spent. Until then `capture.subjects.gate` holds a subject's
+        packets."""
         if self._dns[s] or self._budget[s] <= 0:
             return True
         if self._in_app[s]:

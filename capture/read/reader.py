@@ -4,7 +4,7 @@
 problem) and returns a `CaptureReader`; `CaptureReader.batches(max_packets)` yields
 `RawBatch`es. The file is read in chunks of `chunk_bytes` (default 8 MiB, grown only to hold
 one record larger than that, up to a hard cap), so peak memory does not depend on file size.
-Record headers are walked by `capture.fastpath` (C via cffi, or pure Python).
+Record headers are walked by `capture.read.walk` (C via cffi, or pure Python).
 
 Formats: pcap with microsecond or nanosecond magic in either byte order (the link-type
 field is masked to its low 16 bits: FCS and reserved bits are ignored); pcapng with SHBs in
@@ -39,9 +39,9 @@ import numpy.typing as npt
 
 from capture import CaptureError
 from capture.batch import RawBatch
-from capture.fastpath import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcap, walk_pcapng
-from capture.interfaces import Interface, parse_idb, raw_to_ns
-from capture.regular import open_regular
+from capture.read.interfaces import Interface, parse_idb, raw_to_ns
+from capture.read.regular import open_regular
+from capture.read.walk import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcap, walk_pcapng
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
