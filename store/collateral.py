@@ -33,7 +33,14 @@ from store.keys import KeyStore, check_ref, shred
 from store.manifest import amendments, read_manifests
 from store.paths import DataPaths
 from store.recovery import closing_fields, read_index
-from store.segment import RecordInfo, SegmentWriter, canonical, is_live, segment_numbers
+from store.segment import (
+    RecordInfo,
+    SegmentWriter,
+    canonical,
+    is_live,
+    known_segment_numbers,
+    segment_numbers,
+)
 from store.signing import GatewayKey
 
 AMENDMENT_KIND = "collateral_removal"
@@ -249,7 +256,7 @@ def _commit(
     ref = fields["ref"]
     directory = paths.archive / ref
     keystore = KeyStore(paths)
-    numbers = segment_numbers(directory)
+    numbers = known_segment_numbers(directory)  # uploaded ones too: never reuse a number
     number = (numbers[-1] if numbers else 0) + 1
     while keystore.segment_key_path(ref, number).exists():
         number += 1  # never reuse the number of a key left behind

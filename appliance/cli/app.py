@@ -79,9 +79,7 @@ class App:
         check_fake_clock(config, self.paths)
         # `[store]` roots travel with the paths, so every writer and reader made from
         # `app.paths` after this point publishes to and reads from them (issue 19)
-        self.paths = dataclasses.replace(
-            self.paths, store=store_settings(config, self.paths.root)
-        )
+        self.paths = dataclasses.replace(self.paths, store=store_settings(config, self.paths.root))
         return config
 
     @cached_property
