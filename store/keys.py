@@ -311,7 +311,7 @@ class KeyStore:
     def unwrap_segment(self, ref: str, segment: int, auth_identity: str) -> str:
         path = self.segment_key_path(ref, segment)
         try:
-            data = path.read_bytes()
+            data = self._read(path, ref, self.segment_tombstone(ref, segment))
         except FileNotFoundError:
             raise KeyError_(
                 f"segment {ref}/{segment_name(segment)}: wrapped key {path} missing (destroyed?)"
