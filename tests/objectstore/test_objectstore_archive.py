@@ -113,10 +113,10 @@ def test_sealed_segments_are_uploaded_verified_and_read_back_like_local(
     ident = make_archive(gw.data_dir, tmp_path)
     local_dir = gw.data_dir / "archive" / REF
     manifests = {n: json.loads((local_dir / f"{n:06d}.manifest.json").read_bytes()) for n in (1, 2)}
-    before_verify = gw("archive", "verify", REF, "--json", check=True)
-    before_records = gw("archive", "records", REF, "--json", check=True).stdout
-    gw("archive", "export-raw", REF, "--identity", str(ident), "--out", str(tmp_path / "a"),
-       check=True)  # fmt: skip
+    before_verify = gw.inproc("archive", "verify", REF, "--json")
+    before_records = gw.inproc("archive", "records", REF, "--json").stdout
+    assert gw.inproc("archive", "export-raw", REF, "--identity", str(ident),
+                     "--out", str(tmp_path / "a")).returncode == 0  # fmt: skip
 
     configure(gw, buckets.endpoint, "gw1")
     up = gw("archive", "upload", "--json", check=True)
@@ -144,14 +144,14 @@ def test_sealed_segments_are_uploaded_verified_and_read_back_like_local(
     # verify, records and export from the object store: the same as from local disk
     after = gw("archive", "verify", REF, "--json", check=True)
     assert json.loads(after.stdout) == json.loads(before_verify.stdout)
-    assert gw("archive", "records", REF, "--json", check=True).stdout == before_records
+    assert gw.inproc("archive", "records", REF, "--json").stdout == before_records
     gw("archive", "export-raw", REF, "--identity", str(ident), "--out", str(tmp_path / "b"),
        check=True)  # fmt: skip
     assert tree(tmp_path / "b") == tree(tmp_path / "a") != {}
     assert no_staging_left(gw.data_dir)
 
     # a second pass has nothing to do; a new segment gets a new number, never an old one
-    assert json.loads(gw("archive", "upload", "--json", check=True).stdout)["uploaded"] == 0
+    assert json.loads(gw.inproc("archive", "upload", "--json").stdout)["uploaded"] == 0
     paths = DataPaths(gw.data_dir)
     key = signing.load(paths)
     archive = Archive(paths, key, Clock(), audit=AuditLog(paths, key, Clock(), witness=False))
@@ -160,13 +160,13 @@ def test_sealed_segments_are_uploaded_verified_and_read_back_like_local(
     sink.write(CONTENT)
     sink.close()
     archive.close()
-    gw("archive", "upload", check=True)
-    assert gw("archive", "verify", REF, check=True).stdout.startswith("archive ok")
+    assert gw.inproc("archive", "upload").returncode == 0
+    assert gw.inproc("archive", "verify", REF).stdout.startswith("archive ok")
 
     # an object altered in the store is caught by verify
     c = buckets.client()
     c.delete_object(Bucket=ARCH, Key=f"gw1/{REF}/000002.index.jsonl")
-    bad = gw("archive", "verify", REF)
+    bad = gw.inproc("archive", "verify", REF)
     assert bad.returncode == 1 and "000002" in bad.stdout
     assert no_staging_left(gw.data_dir)
 
@@ -235,7 +235,7 @@ def test_a_keystore_that_would_keep_shredded_keys_is_refused(
 def uploaded(buckets: S3Server, gw: Lbm, tmp_path: Path) -> Iterator[tuple[Lbm, Path, KeyStore]]:
     ident = make_archive(gw.data_dir, tmp_path, segments=2)
     settings = configure(gw, buckets.endpoint, f"gw-{tmp_path.name[-12:].lower()}")
-    gw("archive", "upload", check=True)
+    assert gw.inproc("archive", "upload").returncode == 0
     yield gw, ident, KeyStore(DataPaths(gw.data_dir, store=settings))
 
 
@@ -251,7 +251,9 @@ def test_shredding_deletes_the_key_object_and_the_segment_stays_unreadable(
     assert f"{prefix}/{REF}/000002.age" in buckets.keys(KEYS, prefix)
     with pytest.raises(KeyError_, match="destroyed"):
         keystore.unwrap_segment(REF, 1, auth)
-    res = gw("archive", "export-raw", REF, "--identity", str(ident), "--out", str(tmp_path / "x"))
+    res = gw.inproc(
+        "archive", "export-raw", REF, "--identity", str(ident), "--out", str(tmp_path / "x")
+    )
     assert res.returncode == 0 and "000001: key destroyed" in res.stdout
     assert (tmp_path / "x" / REF / "000002" / "1.eml").read_bytes() == CONTENT
     assert not (tmp_path / "x" / REF / "000001").exists()
@@ -272,7 +274,7 @@ def test_a_key_missing_locally_is_read_from_the_keystore_bucket(
     gw, ident, _ = uploaded
     (gw.data_dir / "keystore" / REF / "000002.age").unlink(missing_ok=True)
     (gw.data_dir / "keystore" / REF / "auth.age").unlink()
-    res = gw("archive", "export-raw", REF, "--identity", str(ident), "--out", str(tmp_path / "y"),
-             "--segment", "2")  # fmt: skip
+    res = gw.inproc("archive", "export-raw", REF, "--identity", str(ident),
+                    "--out", str(tmp_path / "y"), "--segment", "2")  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert any(BIG in p.read_bytes() for p in (tmp_path / "y" / REF / "000002").iterdir())
