@@ -200,7 +200,9 @@ class ArchiveUploader:
         if mirror is None:
             return
         for ref, name in self.keystore.pending_remote_shreds():
-            if mirror.delete(ref, name):
+            if name == "*":
+                result.remote_shreds += mirror.delete_all(ref)
+            elif mirror.delete(ref, name):
                 result.remote_shreds += 1
 
     def _one(self, ref: str, number: int, result: UploadResult) -> None:
@@ -295,3 +297,26 @@ class ArchiveUploader:
         with contextlib.suppress(OSError):
             self.paths.run.mkdir(parents=True, exist_ok=True)
             atomic_write(self.paths.run / STATE, json.dumps(state, sort_keys=True).encode())
+
+
+def delete_remote_archive(paths: DataPaths) -> Any:
+    """A deleter for retention: `fn(ref) -> int` removes ROOT/REF/ objects where the bucket
+    allows it (a write-once bucket refuses until its retention ends: the keys are shredded
+    anyway). None when the archive root is local."""
+    if not archive_is_remote(paths):
+        return None
+
+    def delete(ref: str) -> int:
+        import pyarrow.fs as pafs
+
+        root = open_archive_root(paths)
+        selector = pafs.FileSelector(root.path(ref), recursive=True, allow_not_found=True)
+        done = 0
+        for info in root.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File:
+                with contextlib.suppress(OSError):
+                    root.fs.delete_file(info.path)
+                    done += 1
+        return done
+
+    return delete

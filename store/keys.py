@@ -124,6 +124,8 @@ class KeyStore:
             mirror = self.mirror()
             if mirror is None:
                 return "none"
+            if name == "*":  # the whole authorisation: every key object of REF
+                return "deleted" if mirror.delete_all(ref) else "absent"
             return "deleted" if mirror.delete(ref, name) else "absent"
         except (KeyError_, StoreError, OSError):
             return "pending"
@@ -284,9 +286,7 @@ class KeyStore:
             pub.unlink()
         if self.ref_dir(ref).is_dir():
             atomic_write(self.destroyed_marker(ref), b"", 0o600)
-        remote = self._remote_delete(ref, "auth.age")
-        if remote not in ("pending", "none"):
-            self._remote_delete(ref, "auth.pub")
+        remote = self._remote_delete(ref, "*")
         existed = existed or remote == "deleted"
         self._audit(
             Action.KEY_DESTROY, ref, key="authorisation", existed=existed, keystore_root=remote
@@ -341,9 +341,14 @@ class KeyStore:
         )
         return existed
 
+    def shred_remote(self, ref: str, name: str) -> str:
+        """Delete the keystore root's copy of a shredded key ('*': all of REF's); returns
+        'deleted', 'absent', 'none' or 'pending' (unreachable: retried by the upload pass)."""
+        return self._remote_delete(ref, name)
+
     def pending_remote_shreds(self) -> list[tuple[str, str]]:
-        """(ref, key name) of every local tombstone; the upload pass deletes their mirror
-        copies (a no-op once gone)."""
+        """(ref, key name or '*') of every local tombstone; the upload pass deletes their
+        mirror copies (a no-op once gone)."""
         found: list[tuple[str, str]] = []
         root = self.paths.keystore
         if not root.is_dir():
@@ -351,7 +356,7 @@ class KeyStore:
         for ref_dir in sorted(p for p in root.iterdir() if p.is_dir()):
             for entry in sorted(ref_dir.iterdir()):
                 if entry.name == "destroyed":
-                    found += [(ref_dir.name, "auth.age"), (ref_dir.name, "auth.pub")]
+                    found.append((ref_dir.name, "*"))
                 elif entry.name.endswith(".destroyed"):
                     found.append((ref_dir.name, entry.name.replace(".destroyed", ".age")))
         return found

@@ -168,6 +168,21 @@ class KeyMirror:
             raise StoreError(f"keystore root: {ref}/{name} still present after deletion")
         return True
 
+    def names(self, ref: str) -> list[str]:
+        """The key objects held for REF."""
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(self.root.path(ref), allow_not_found=True)
+        return sorted(
+            i.path.rsplit("/", 1)[1]
+            for i in self.root.fs.get_file_info(selector)
+            if i.type == pafs.FileType.File and i.path.rsplit("/", 1)[1]
+        )
+
+    def delete_all(self, ref: str) -> int:
+        """Delete every key object of REF (a whole authorisation shredded); returns how many."""
+        return sum(self.delete(ref, name) for name in self.names(ref))
+
 
 def open_key_mirror(settings: StoreSettings, local_keystore: str) -> KeyMirror | None:
     """The mirror, or None when the keystore root is the local keystore itself."""

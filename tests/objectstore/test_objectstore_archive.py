@@ -9,6 +9,7 @@ Ceph RGW; the product reaches it over HTTP through pyarrow (and boto3 for bucket
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -262,7 +263,7 @@ def test_shredding_deletes_the_key_object_and_the_segment_stays_unreadable(
     # the whole authorisation: its wrapped key object goes too
     assert keystore.destroy_authorisation(REF)
     left = {k.rsplit("/", 1)[1] for k in buckets.keys(KEYS, f"{prefix}/{REF}/")}
-    assert left - {""} == {"000002.age"}  # ("" is pyarrow's directory marker)
+    assert left - {""} == set()  # every key object of REF ("" is pyarrow's directory marker)
     with pytest.raises(KeyError_):
         keystore.unwrap_authorisation(REF, inv)
 
@@ -278,3 +279,44 @@ def test_a_key_missing_locally_is_read_from_the_keystore_bucket(
                     "--out", str(tmp_path / "y"), "--segment", "2")  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert any(BIG in p.read_bytes() for p in (tmp_path / "y" / REF / "000002").iterdir())
+
+
+def test_a_shred_during_an_outage_is_finished_by_the_next_upload_pass(
+    buckets: S3Server, uploaded: tuple[Lbm, Path, KeyStore]
+) -> None:
+    gw, ident, keystore = uploaded
+    prefix = keystore.paths.store_settings.keystore_root.rsplit("/", 1)[1]
+    with Outage(buckets.endpoint) as gate:
+        settings = dataclasses.replace(
+            keystore.paths.store_settings,
+            s3=dataclasses.replace(keystore.paths.store_settings.s3, endpoint=gate.endpoint),
+        )
+        paths = DataPaths(gw.data_dir, store=settings)
+        key = signing.load(paths)
+        audit = AuditLog(paths, key, Clock(), witness=False)
+        cut_off = KeyStore(paths, audit=audit, actor="tester")
+        gate.down()
+        assert cut_off.destroy_segment(REF, 2)  # the local copy is shredded at once
+    assert f"{prefix}/{REF}/000002.age" in buckets.keys(KEYS, prefix)  # the copy is not, yet
+    shred = [e for e in audit_actions(gw.data_dir) if e["action"] == "key_destroy"][-1]
+    assert shred["fields"]["keystore_root"] == "pending"
+    # meanwhile nothing reads the bucket's copy: the local tombstone wins
+    auth = keystore.unwrap_authorisation(REF, ident.read_text())
+    with pytest.raises(KeyError_, match="destroyed"):
+        keystore.unwrap_segment(REF, 2, auth)
+    assert gw.inproc("archive", "upload").returncode == 0
+    assert f"{prefix}/{REF}/000002.age" not in buckets.keys(KEYS, prefix)
+
+
+def test_retention_purge_deletes_every_key_object_of_the_archive(
+    buckets: S3Server, uploaded: tuple[Lbm, Path, KeyStore]
+) -> None:
+    from appliance.evidence.retention_apply import destroy_keys, remove_files
+
+    _, _, keystore = uploaded
+    prefix = keystore.paths.store_settings.keystore_root.rsplit("/", 1)[1]
+    assert len(buckets.keys(KEYS, f"{prefix}/{REF}/")) == 4
+    assert destroy_keys(keystore.paths, REF) == 3  # auth.age and two segment keys here
+    assert [k for k in buckets.keys(KEYS, f"{prefix}/{REF}/") if not k.endswith("/")] == []
+    remove_files(keystore.paths, REF)  # the write-once bucket keeps the (unreadable) copies
+    assert not (keystore.paths.archive / REF).exists()
