@@ -16,15 +16,19 @@ the directory is removed on exit, whatever happens. Nothing is ever decrypted he
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from store import ArchiveError
 from store.archive_upload import CHUNK, archive_is_remote, open_archive_root
+from store.fsutil import fsync_dir
 from store.keys import check_ref
 from store.objectstore import StoreRoot
 from store.paths import DataPaths
@@ -115,3 +119,78 @@ def staged_paths(paths: DataPaths, refs: Iterable[str] | None = None) -> Iterato
         yield DataPaths(work, store=paths.store)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _uploaded(paths: DataPaths, ref: str, number: int) -> dict[str, str] | None:
+    """The object hashes NNNNNN.uploaded records, or None if the segment is not uploaded."""
+    try:
+        record = json.loads((paths.archive / ref / f"{number:06d}.uploaded").read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise ArchiveError(f"{ref}/{number:06d}.uploaded: unreadable") from None
+    objects = record.get("objects") if isinstance(record, dict) else None
+    return {str(k): str(v) for k, v in objects.items()} if isinstance(objects, dict) else {}
+
+
+def uploaded_index(paths: DataPaths, ref: str, number: int) -> bytes | None:
+    """An uploaded segment's plaintext index (no content) read from the store, checked
+    against its recorded hash; None if the segment was not uploaded."""
+    objects = _uploaded(paths, ref, number)
+    name = f"{number:06d}.index.jsonl"
+    if objects is None or name not in objects:
+        return None
+    root = open_archive_root(paths)
+    try:
+        with root.fs.open_input_stream(root.path(ref, name)) as fh:
+            data = bytes(fh.read())
+    except OSError as exc:
+        raise ArchiveError(f"{ref}/{name}: cannot read it from the archive store: {exc}") from None
+    if hashlib.sha256(data).hexdigest() != objects[name]:
+        raise ArchiveError(f"{ref}/{name}: the archive store's copy does not match its upload")
+    return data
+
+
+def restore_segment(paths: DataPaths, ref: str, number: int) -> bool:
+    """Bring an uploaded segment's ciphertext and index back into archive/REF (each checked
+    against the hashes of its upload) and drop its NNNNNN.uploaded, for a collateral removal
+    that must read it. The next upload pass finds the same objects in the store and removes
+    the local copy again; nothing in the store is rewritten. True if something was restored."""
+    directory = paths.archive / ref
+    objects = _uploaded(paths, ref, number)
+    if objects is None:
+        return False
+    root = open_archive_root(paths)
+    for name in (f"{number:06d}.age", f"{number:06d}.index.jsonl"):
+        target = directory / name
+        if name not in objects or target.exists():
+            continue
+        part = directory / f".{name}.restore-{os.getpid()}"
+        part.unlink(missing_ok=True)
+        try:
+            _download(root, root.path(ref, name), part)
+            with part.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            if digest != objects[name]:
+                raise ArchiveError(f"{ref}/{name}: the archive store's copy does not match")
+            os.rename(part, target)
+        except OSError as exc:
+            raise ArchiveError(f"{ref}/{name}: cannot restore it from the store: {exc}") from None
+        finally:
+            part.unlink(missing_ok=True)
+    (directory / f"{number:06d}.uploaded").unlink()
+    fsync_dir(directory)
+    return True
+
+
+def index_lines(paths: DataPaths, ref: str, number: int) -> list[dict[str, Any]]:
+    """A segment's index lines: the local file, else (uploaded) the store's copy."""
+    path = paths.archive / ref / f"{number:06d}.index.jsonl"
+    data = path.read_bytes() if path.exists() else uploaded_index(paths, ref, number)
+    lines: list[dict[str, Any]] = []
+    for raw in (data or b"").splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            break  # a torn last line of a segment cut off by a crash
+    return lines
