@@ -30,7 +30,7 @@ from store.audit import Action, AuditLog
 from store.clock import Clock, format_utc
 from store.framing import PlainStream, iter_events
 from store.fsutil import atomic_write, fsync_dir
-from store.keys import KeyStore, check_ref
+from store.keys import KeyStore, check_ref, shred
 from store.manifest import amendments, read_manifests
 from store.paths import DataPaths
 from store.recovery import closing_fields
@@ -383,8 +383,10 @@ def _finish(
     """Step 4: shred the replaced segment's wrapped key."""
     old = int(manifest["amendment"]["replaces"])
     try:
-        # here, and in the keystore bucket (store/keystore_remote.py; retried if unreachable)
-        destroyed = KeyStore(paths).destroy_segment(ref, old)
+        keystore = KeyStore(paths)
+        destroyed = shred(keystore.segment_key_path(ref, old))
+        # and in the keystore bucket (store/keystore_remote.py; retried if unreachable)
+        destroyed = keystore.shred_segment_elsewhere(ref, old) == "deleted" or destroyed
     except OSError as exc:
         raise CollateralError(
             "write_failed",

@@ -327,9 +327,7 @@ class KeyStore:
     def destroy_segment(self, ref: str, segment: int) -> bool:
         """Crypto-shred one segment. Returns False if its wrapped key was already gone."""
         existed = shred(self.segment_key_path(ref, segment))
-        if self.ref_dir(ref).is_dir():  # a tombstone: never read the key from the mirror again
-            atomic_write(self.segment_tombstone(ref, segment), b"", 0o600)
-        remote = self._remote_delete(ref, self.segment_key_path(ref, segment).name)
+        remote = self.shred_segment_elsewhere(ref, segment)
         existed = existed or remote == "deleted"
         self._audit(
             Action.KEY_DESTROY,
@@ -340,6 +338,13 @@ class KeyStore:
             keystore_root=remote,
         )
         return existed
+
+    def shred_segment_elsewhere(self, ref: str, segment: int) -> str:
+        """After the local key is shredded: a tombstone (the mirror's copy is never read
+        again), then the keystore root's copy deleted (`shred_remote`'s answer)."""
+        if self.ref_dir(ref).is_dir():
+            atomic_write(self.segment_tombstone(ref, segment), b"", 0o600)
+        return self._remote_delete(ref, self.segment_key_path(ref, segment).name)
 
     def shred_remote(self, ref: str, name: str) -> str:
         """Delete the keystore root's copy of a shredded key ('*': all of REF's); returns
