@@ -199,6 +199,7 @@ class ArchiveUploader:
         mirror = self.keystore.mirror()
         if mirror is None:
             return
+        self.keystore.sync_rewrapped(mirror)
         for ref, name in self.keystore.pending_remote_shreds():
             if name == "*":
                 result.remote_shreds += mirror.delete_all(ref)

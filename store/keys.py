@@ -36,6 +36,7 @@ from store.fsutil import atomic_write, ensure_dir, fsync_dir
 from store.keystore_remote import KeyMirror, check_store_roots, open_key_mirror
 from store.paths import DataPaths
 
+RESYNC = "auth.resync"  # a rewrap the keystore root has not received yet
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -261,17 +262,18 @@ class KeyStore:
         ensure_dir(self.ref_dir(ref))
         atomic_write(self.auth_key_path(ref), wrapped, 0o600)
         mirrored = "none"
-        mirror = self.mirror()
-        if mirror is not None:
-            try:
+        try:
+            mirror = self.mirror()
+            if mirror is not None:
                 mirror.put(ref, "auth.age", wrapped)
                 mirrored = "updated"
-            except (StoreError, OSError):
-                mirrored = "failed"
+        except (KeyError_, StoreError, OSError):
+            mirrored = "failed"
         self._audit(
             Action.KEY_REWRAP, ref, key="authorisation", recipients=wanted, keystore_root=mirrored
         )
-        if mirrored == "failed":
+        if mirrored == "failed":  # the upload pass copies it as soon as the store answers
+            atomic_write(self.ref_dir(ref) / RESYNC, b"", 0o600)
             raise KeyError_(
                 f"authorisation {ref}: rewrapped in keystore/, but the key store root's copy "
                 "still wraps to the previous holders (unreachable); run the rewrap again"
@@ -350,6 +352,18 @@ class KeyStore:
         """Delete the keystore root's copy of a shredded key ('*': all of REF's); returns
         'deleted', 'absent', 'none' or 'pending' (unreachable: retried by the upload pass)."""
         return self._remote_delete(ref, name)
+
+    def sync_rewrapped(self, mirror: KeyMirror) -> int:
+        """Copy auth.age to the keystore root for every rewrap that could not (RESYNC)."""
+        done = 0
+        root = self.paths.keystore
+        for marker in sorted(root.glob(f"*/{RESYNC}")) if root.is_dir() else []:
+            ref = marker.parent.name
+            if self.auth_key_path(ref).exists():
+                mirror.put(ref, "auth.age", self.auth_key_path(ref).read_bytes())
+                done += 1
+            marker.unlink()
+        return done
 
     def pending_remote_shreds(self) -> list[tuple[str, str]]:
         """(ref, key name or '*') of every local tombstone; the upload pass deletes their

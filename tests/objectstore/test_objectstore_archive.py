@@ -320,3 +320,18 @@ def test_retention_purge_deletes_every_key_object_of_the_archive(
     assert [k for k in buckets.keys(KEYS, f"{prefix}/{REF}/") if not k.endswith("/")] == []
     remove_files(keystore.paths, REF)  # the write-once bucket keeps the (unreadable) copies
     assert not (keystore.paths.archive / REF).exists()
+
+
+def test_a_rewrap_reaches_the_keystore_bucket_so_a_removed_holder_cannot_use_its_copy(
+    buckets: S3Server, uploaded: tuple[Lbm, Path, KeyStore]
+) -> None:
+    gw, ident, keystore = uploaded
+    prefix = keystore.paths.store_settings.keystore_root.rsplit("/", 1)[1]
+    old_holder = ident.read_text()
+    new_secret, new_public = age.generate()
+    keystore.rewrap(REF, old_holder, [new_public])
+    remote = get(buckets, KEYS, f"{prefix}/{REF}/auth.age")
+    assert remote == (gw.data_dir / "keystore" / REF / "auth.age").read_bytes()
+    with pytest.raises(age.AgeError):
+        age.decrypt_bytes(remote, age.parse_identity_file(old_holder))
+    assert age.decrypt_bytes(remote, [new_secret])
