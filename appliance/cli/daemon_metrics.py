@@ -267,6 +267,14 @@ def gateway_counters(paths: DataPaths, keeper: Any) -> Counters:
         "archive_stored_gib", "archive and key store on disk, whole GiB (rounded down)",
         _cached(lambda: archive_stored_gib(paths), 300.0),
     )  # fmt: skip
+    c.counter(  # archives on object storage (issue 19): counts only
+        "archive_upload_failures", "sealed segment uploads that failed (retried next pass)",
+        lambda: getattr(keeper, "upload_failures", 0),
+    )  # fmt: skip
+    c.gauge(
+        "archive_upload_pending", "sealed segments awaiting upload to the object store",
+        lambda: getattr(keeper, "upload_pending", 0),
+    )  # fmt: skip
     return c
 
 
