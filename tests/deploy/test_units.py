@@ -217,8 +217,8 @@ def test_init_system_store_network_opens_only_the_object_store_to_capture_and_ho
     tmp_path: Path, lbm_inproc: Callable[..., object]
 ) -> None:
     prefix = tmp_path / "root"
-    lbm_inproc(tmp_path / "unused", "init", "--system", "--root", str(prefix), "--user",
-               "nobody", "--store-network", "10.20.0.5/32", "--store-network", "fd00::5/128")  # fmt: skip
+    nets = ("--store-network", "10.20.0.5/32", "--store-network", "fd00::5/128")
+    lbm_inproc(tmp_path / "unused", "init", "--system", "--root", str(prefix), *nets)
     unit_dir = prefix / "etc/systemd/system"
     drop_ins = sorted(str(p.relative_to(unit_dir)) for p in unit_dir.glob("*.d/*.conf"))
     assert drop_ins == [
