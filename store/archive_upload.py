@@ -183,8 +183,10 @@ class ArchiveUploader:
         result = UploadResult()
         todo = sealed_local(self.paths)
         try:
+            self._retry_shreds(result)  # before the check: a refused keystore is still shredded
             check_store_roots(self.paths.store_settings)
-            self._retry_shreds(result)
+            if (mirror := self.keystore.mirror()) is not None:
+                self.keystore.sync_rewrapped(mirror)
         except (StoreError, OSError) as exc:
             result.error = str(exc)
             result.failed = [f"{r}/{n:06d}" for r, n in todo]
@@ -196,10 +198,9 @@ class ArchiveUploader:
         return result
 
     def _retry_shreds(self, result: UploadResult) -> None:
-        mirror = self.keystore.mirror()
+        mirror = self.keystore.mirror(checked=False)
         if mirror is None:
             return
-        self.keystore.sync_rewrapped(mirror)
         for ref, name in self.keystore.pending_remote_shreds():
             if name == "*":
                 result.remote_shreds += mirror.delete_all(ref)

@@ -84,20 +84,23 @@ class KeyStore:
         self.audit = audit
         self.actor = actor
         self._mirror: KeyMirror | bool | None = False  # False: not opened yet
+        self._checked = False
 
-    def mirror(self) -> KeyMirror | None:
+    def mirror(self, *, checked: bool = True) -> KeyMirror | None:
         """The keystore root's copy, or None when the keystore root is keystore/ itself.
         Opened (and checked: own bucket, no versioning) on first use only: the daemons that
-        just write keys never touch the network. Raises KeyError_ if it cannot be used."""
-        if self._mirror is False:
-            settings = self.paths.store_settings
-            try:
-                mirror = open_key_mirror(settings, str(self.paths.keystore))
-                if mirror is not None:
-                    check_store_roots(settings)
-            except (StoreError, OSError) as exc:
-                raise KeyError_(f"key store root: {exc}") from None
-            self._mirror = mirror
+        just write keys never touch the network. Raises KeyError_ if it cannot be used.
+        `checked=False` (shredding only): a keystore refused for reads and writes (versioning
+        turned on after the start) must still have its copies, every version, deleted."""
+        settings = self.paths.store_settings
+        try:
+            if self._mirror is False:
+                self._mirror = open_key_mirror(settings, str(self.paths.keystore))
+            if checked and not self._checked and isinstance(self._mirror, KeyMirror):
+                check_store_roots(settings)
+                self._checked = True
+        except (StoreError, OSError) as exc:
+            raise KeyError_(f"key store root: {exc}") from None
         return self._mirror if isinstance(self._mirror, KeyMirror) else None
 
     def _read(self, path: Path, ref: str, tombstone: Path) -> bytes:
@@ -122,7 +125,7 @@ class KeyStore:
         """Delete the keystore root's copy: 'deleted', 'absent', 'none' (no mirror) or
         'pending' (unreachable now; the upload pass retries, the tombstone stays)."""
         try:
-            mirror = self.mirror()
+            mirror = self.mirror(checked=False)
             if mirror is None:
                 return "none"
             if name == "*":  # the whole authorisation: every key object of REF

@@ -82,8 +82,9 @@ def _shown(uri: str) -> str:
 
 
 def check_store_roots(settings: StoreSettings) -> None:
-    """Refuse a keystore root that shares the archive's bucket or tree, or a versioned
-    keystore bucket. Raises StoreError naming both `[store]` keys; OSError if unreachable."""
+    """Refuse a keystore root that shares the archive's (or the metadata's) bucket or tree, or
+    a versioned keystore bucket. Raises StoreError naming both `[store]` keys; OSError if
+    unreachable."""
     arch, keys = settings.archive_root, settings.keystore_root
     if is_object_uri(arch) and is_object_uri(keys):
         if parse_s3_uri(arch)[0] == parse_s3_uri(keys)[0]:
@@ -100,6 +101,17 @@ def check_store_roots(settings: StoreSettings) -> None:
                 f"[store] keystore_root ({_shown(keys)}) and [store] archive_root "
                 f"({_shown(arch)}) overlap: keep the wrapped keys apart from the archives"
             )
+    meta = settings.metadata_root
+    if (
+        is_object_uri(meta)
+        and is_object_uri(keys)
+        and parse_s3_uri(meta)[0] == parse_s3_uri(keys)[0]
+    ):
+        raise StoreError(
+            f"[store] keystore_root ({_shown(keys)}) is in the same bucket as [store] "
+            f"metadata_root ({_shown(meta)}): every investigator and query host reads that "
+            "bucket, its backups and versions outlive a shred; give the keys their own bucket"
+        )
     if is_object_uri(keys):
         bucket = parse_s3_uri(keys)[0]
         try:
@@ -124,9 +136,14 @@ def sha256(data: bytes) -> str:
 
 @dataclass
 class KeyMirror:
-    """The keystore root: keys at ROOT/REF/NAME (NAME `auth.age`, `auth.pub`, `NNNNNN.age`)."""
+    """The keystore root: keys at ROOT/REF/NAME (NAME `auth.age`, `auth.pub`, `NNNNNN.age`).
+
+    `s3` (an s3:// root) lets a shred delete every stored version of a key when the bucket
+    has versioning (turned on after the start check, or suspended): a plain delete there only
+    adds a delete marker and the key's bytes survive as a noncurrent version."""
 
     root: StoreRoot
+    s3: S3Settings | None = None
 
     def _path(self, ref: str, name: str) -> str:
         if not name or not set(name) <= NAME_CHARS or name.startswith("."):
@@ -161,12 +178,39 @@ class KeyMirror:
         import pyarrow.fs as pafs
 
         path = self._path(ref, name)
-        if self.root.fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return False
-        self.root.fs.delete_file(path)
+        existed = self.root.fs.get_file_info(path).type != pafs.FileType.NotFound
+        if existed:
+            self.root.fs.delete_file(path)
+        existed = self._delete_versions(path.split("/", 1)[1], exact=True) > 0 or existed
         if self.root.fs.get_file_info(path).type != pafs.FileType.NotFound:
             raise StoreError(f"keystore root: {ref}/{name} still present after deletion")
-        return True
+        return existed
+
+    def _delete_versions(self, key: str, *, exact: bool) -> int:
+        """In a bucket that has (or had) versioning, delete every version and delete marker of
+        `key` (exact) or below the prefix `key`; returns how many key versions were deleted."""
+        if not self.root.remote or self.s3 is None:
+            return 0
+        bucket = self.root.base.split("/", 1)[0]
+        try:
+            client = boto_client(self.s3)
+            if client.get_bucket_versioning(Bucket=bucket).get("Status") is None:
+                return 0  # never versioned: the plain delete removed the only copy
+            done = 0
+            pages = client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key)
+            for page in pages:
+                for kind in ("Versions", "DeleteMarkers"):
+                    for v in page.get(kind, []):
+                        if exact and v["Key"] != key:
+                            continue
+                        client.delete_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+                        done += kind == "Versions"
+            return done
+        except Exception as exc:  # botocore's errors: unreachable, no permission, object lock
+            raise OSError(
+                f"keystore root: cannot delete every version of a shredded key in bucket "
+                f"{bucket} ({type(exc).__name__})"
+            ) from None
 
     def names(self, ref: str) -> list[str]:
         """The key objects held for REF."""
@@ -181,7 +225,9 @@ class KeyMirror:
 
     def delete_all(self, ref: str) -> int:
         """Delete every key object of REF (a whole authorisation shredded); returns how many."""
-        return sum(self.delete(ref, name) for name in self.names(ref))
+        done = sum(self.delete(ref, name) for name in self.names(ref))
+        prefix = self.root.path(ref).split("/", 1)[1] + "/" if self.root.remote else ""
+        return done + (self._delete_versions(prefix, exact=False) if prefix else 0)
 
 
 def open_key_mirror(settings: StoreSettings, local_keystore: str) -> KeyMirror | None:
@@ -189,4 +235,4 @@ def open_key_mirror(settings: StoreSettings, local_keystore: str) -> KeyMirror |
     uri = settings.keystore_root
     if not is_object_uri(uri) and os.path.realpath(uri) == os.path.realpath(local_keystore):
         return None
-    return KeyMirror(open_store_root(uri, settings.s3))
+    return KeyMirror(open_store_root(uri, settings.s3), settings.s3)

@@ -74,10 +74,24 @@ def is_object_uri(value: str | Path) -> bool:
     return isinstance(value, str) and value.startswith("s3://")
 
 
+def _refuse_secrets(value: str, what: str) -> None:
+    """A URI carrying credentials (`scheme://KEY:SECRET@...`, pyarrow's own URI form) or a
+    query (`?secret_key=...`, a presigned signature) is refused WITHOUT echoing it: such a
+    message would put the secret in the terminal, the daemon's journal and support tickets."""
+    authority = value.split("://", 1)[1].split("/", 1)[0] if "://" in value else value
+    if "@" in authority or "?" in value or "#" in value:
+        raise StoreError(
+            f"{what} must not carry credentials or a query (KEY:SECRET@ or ?...); the value "
+            "is not shown: put the credentials in [store] access_key_id / secret_access_key "
+            "or the AWS environment"
+        )
+
+
 def parse_s3_uri(value: str) -> tuple[str, str]:
     """`s3://BUCKET[/PREFIX]` -> (bucket, prefix without slashes at either end)."""
     if not value.startswith("s3://"):
         raise StoreError(f"{value[:80]!r}: not an s3:// URI")
+    _refuse_secrets(value, "an s3:// root")
     rest = value[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
@@ -99,6 +113,7 @@ def parse_s3_uri(value: str) -> tuple[str, str]:
 def check_root(value: str) -> None:
     """A configured root is an absolute local path or a valid s3:// URI; raises StoreError."""
     if "://" in value:
+        _refuse_secrets(value, "a store root")
         if not value.startswith("s3://"):
             raise StoreError(f"{value[:80]!r}: only s3:// object store URIs are supported")
         parse_s3_uri(value)
@@ -109,6 +124,7 @@ def check_root(value: str) -> None:
 
 def check_endpoint(value: str) -> tuple[str, str]:
     """`http(s)://HOST[:PORT]` -> (scheme, "HOST:PORT"); raises StoreError naming the problem."""
+    _refuse_secrets(value, "the endpoint")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StoreError(f"{value[:80]!r}: endpoint must be http://HOST[:PORT] or https://...")

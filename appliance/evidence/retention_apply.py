@@ -67,8 +67,9 @@ def destroy_keys(paths: DataPaths, ref: str) -> int:
     if live:
         raise RetentionError(f"{ref}: segment {live[0]:06d} is held by a running writer")
     keys = paths.keystore / ref
-    if not keys.is_dir():
-        return 0
+    # no local keys (a replaced gateway reading them from the keystore bucket): the tombstone
+    # and the bucket's shred below must happen all the same, or the bucket keeps them forever
+    keys.mkdir(mode=0o700, parents=True, exist_ok=True)
     destroyed = 0
     for path in sorted(keys.glob("*.age"), key=lambda p: (p.name != "auth.age", p.name)):
         destroyed += shred(path)

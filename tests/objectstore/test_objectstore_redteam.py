@@ -1,0 +1,257 @@
+"""Issue 19 attacked (review by attack): credentials, keys that outlive a shred, roots that
+escape, objects a search must never read, and what an operator learns.
+
+The S3 server is moto's standalone server (tests/support/s3server.py), a stand-in for MinIO or
+Ceph RGW; the product reaches it through pyarrow (and boto3 for bucket versioning). Each test
+names the attack; the ones that found a hole say so in their docstring.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lbm_testing import Lbm
+from s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, s3_store_config, set_store
+
+from appliance.config import ConfigError
+from store import agefile as age
+from store import signing
+from store.archive import Archive
+from store.audit import AuditLog
+from store.clock import Clock
+from store.keys import KeyStore
+from store.objectstore import S3Settings, StoreSettings
+from store.paths import DataPaths
+
+REF = "AUTH-RT-1"
+CONTENT = b"From: a@force.example\r\n\r\nCANARY-REDTEAM\r\n"
+ARCH = "rt-arch"
+URI_SECRET = "uriSECRETnever2show"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lbm = Lbm(tmp_path_factory.mktemp("tpl") / "data")
+    lbm("init", check=True)
+    return lbm.data_dir
+
+
+@pytest.fixture
+def gw(template: Path, tmp_path: Path) -> Lbm:
+    data = tmp_path / "data"
+    shutil.copytree(template, data, symlinks=True)
+    return Lbm(data)
+
+
+@pytest.fixture(scope="module")
+def arch(s3: S3Server) -> S3Server:
+    s3.make_bucket(ARCH, object_lock=True)
+    return s3
+
+
+def configure(lbm: Lbm, endpoint: str, keys_bucket: str, prefix: str) -> StoreSettings:
+    archive_root, keystore_root = f"s3://{ARCH}/{prefix}", f"s3://{keys_bucket}/{prefix}"
+    s3_store_config(lbm.data_dir, endpoint, archive_root=archive_root, keystore_root=keystore_root)
+    return StoreSettings(
+        metadata_root=str(lbm.data_dir / "metadata"),
+        archive_root=archive_root,
+        keystore_root=keystore_root,
+        s3=S3Settings(
+            endpoint=endpoint, region=REGION, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY
+        ),
+    )
+
+
+def make_archive(data: Path, tmp: Path, segments: int = 2) -> Path:
+    """Sealed segments of REF written locally, as a daemon does; returns the identity file."""
+    paths = DataPaths(data)
+    secret, public = age.generate()
+    ident = tmp / "inv.key"
+    ident.write_text(age.identity_file_text(secret))
+    KeyStore(paths).create_authorisation_key(REF, [public])
+    key = signing.load(paths)
+    for _ in range(segments):
+        archive = Archive(paths, key, Clock(), audit=AuditLog(paths, key, Clock(), witness=False))
+        sink = archive.open_record(REF, "email", "p12345", "2026-03-01T09:00:00Z", "message")
+        sink.write(CONTENT)
+        sink.close()
+        archive.close()
+    return ident
+
+
+def key_versions(s3: S3Server, bucket: str, prefix: str) -> list[str]:
+    """Every stored version of every key object below `prefix` (delete markers left out)."""
+    pages = s3.client().get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(v["Key"] for p in pages for v in p.get("Versions", []) if v.get("Size", 0) > 0)
+
+
+@pytest.fixture
+def uploaded(arch: S3Server, gw: Lbm, tmp_path: Path) -> Iterator[tuple[Lbm, Path, str, str]]:
+    """REF's two segments uploaded; its keys in a fresh, never-versioned bucket of their own."""
+    bucket = f"rt-keys-{tmp_path.name[-12:].lower().replace('_', '-')}"
+    arch.make_bucket(bucket)
+    ident = make_archive(gw.data_dir, tmp_path)
+    configure(gw, arch.endpoint, bucket, bucket)  # a prefix of its own in the archive bucket
+    assert gw.inproc("archive", "upload").returncode == 0
+    assert len(key_versions(arch, bucket, f"{bucket}/{REF}/")) == 4
+    yield gw, ident, bucket, f"{bucket}/{REF}/"
+
+
+# -- credentials ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        # pyarrow's own URI form carries the keys; an operator may well copy it from its docs
+        ("metadata_root", f"s3://AKIAURIKEY:{URI_SECRET}@lbm-meta/force"),
+        ("archive_root", f"s3://lbm-arch/gw1?access_key=AKIAURIKEY&secret_key={URI_SECRET}"),
+        ("keystore_root", f"https://AKIAURIKEY:{URI_SECRET}@minio.example/keys"),
+        ("endpoint", f"http://AKIAURIKEY:{URI_SECRET}@127.0.0.1:9"),
+        ("endpoint", f"AKIAURIKEY:{URI_SECRET}@127.0.0.1:9"),
+        ("endpoint", f"https://minio.example/?X-Amz-Signature={URI_SECRET}"),
+    ],
+)
+def test_credentials_written_into_a_uri_are_refused_and_never_echoed(
+    gw: Lbm, key: str, value: str
+) -> None:
+    """HOLE (fixed): the refusal quoted the value, so `lbm config check`, every command that
+    loads the config, and the daemons' journal printed the secret."""
+    set_store(gw.data_dir, **{key: value})
+    for argv in (("config", "show", "--json"), ("status", "--json")):
+        with pytest.raises(ConfigError) as refused:  # `lbm` prints it and exits 2
+            gw.inproc(*argv)
+        assert f"[store] {key}" in str(refused.value) and "credentials" in str(refused.value)
+        assert URI_SECRET not in str(refused.value)
+    if key == "metadata_root":  # the real CLI once: exit 2, the message on stderr
+        res = gw("config", "check")
+        assert res.returncode == 2 and "credentials" in res.stderr
+        assert URI_SECRET not in res.stdout + res.stderr
+
+
+def test_credentials_in_an_aws_endpoint_variable_are_never_echoed(gw: Lbm) -> None:
+    """Not a hole: the same secret in AWS_ENDPOINT_URL (not the config) is refused, not shown."""
+    set_store(gw.data_dir, archive_root=f"s3://{ARCH}/gw1", keystore_root="s3://rt-envkeys/gw1")
+    env = {"AWS_ENDPOINT_URL": f"http://AKIAURIKEY:{URI_SECRET}@127.0.0.1:9"}
+    res = gw("archive", "upload", "--json", env=env)
+    assert res.returncode == 1 and URI_SECRET not in res.stdout + res.stderr
+
+
+def test_env_credentials_reach_no_status_metric_audit_or_config_output(
+    arch: S3Server, gw: Lbm, tmp_path: Path
+) -> None:
+    """Credentials only in the AWS environment; after an upload pass, nothing an operator
+    reads holds them, nor the bucket, prefix or reference (counts only)."""
+    arch.make_bucket("rt-envkeys2")
+    make_archive(gw.data_dir, tmp_path, segments=1)
+    set_store(
+        gw.data_dir,
+        archive_root=f"s3://{ARCH}/gwenv",
+        keystore_root="s3://rt-envkeys2/gwenv",
+        endpoint=arch.endpoint,
+    )
+    env = arch.env()
+    assert gw("archive", "upload", env=env).returncode == 0
+    assert f"gwenv/{REF}/000001.age" in arch.keys(ARCH, "gwenv/")
+    status = gw("status", "--json", env=env, check=True).stdout
+    shown = status + gw("config", "show", "--json", env=env, check=True).stdout
+    run_files = "".join(p.read_text() for p in (gw.data_dir / "run").glob("*") if p.is_file())
+    audit = (gw.data_dir / "audit" / "audit.jsonl").read_text()
+    for text in (shown, run_files, audit):
+        assert SECRET_KEY not in text and ACCESS_KEY not in text
+    for text in (status, run_files):  # the operator's view: no reference, bucket or prefix
+        assert REF not in text and ARCH not in text and "gwenv" not in text
+
+
+# -- keys that outlive a shred -----------------------------------------------------------------
+@pytest.mark.parametrize("status", ["Enabled", "Suspended"])
+def test_versioning_turned_on_after_the_start_a_shred_still_deletes_every_version(
+    uploaded: tuple[Lbm, Path, str, str], arch: S3Server, status: str
+) -> None:
+    """HOLE (fixed): the start check refuses a versioned keystore bucket, but versioning can be
+    switched on later. A shred then opened the mirror through that same check, failed, and
+    left every key in the bucket "pending" for ever (the upload pass refused too); and a plain
+    delete in a versioned bucket only adds a delete marker. Now a shred deletes every version,
+    and reads and uploads stay refused."""
+    gw, _, bucket, prefix = uploaded
+    c = arch.client()
+    c.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    # a second version of a segment key (an overwrite someone made meanwhile)
+    older = c.get_object(Bucket=bucket, Key=f"{prefix}000002.age")["Body"].read()
+    c.put_object(Bucket=bucket, Key=f"{prefix}000002.age", Body=older + b"\n")
+    if status == "Suspended":
+        c.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    settings = configure(gw, arch.endpoint, bucket, bucket)
+    paths = DataPaths(gw.data_dir, store=settings)
+    audit = AuditLog(paths, signing.load(paths), Clock(), witness=False)
+    keystore = KeyStore(paths, audit=audit, actor="tester")
+
+    assert keystore.destroy_segment(REF, 1)
+    assert [k for k in key_versions(arch, bucket, prefix) if k.endswith("000001.age")] == []
+    assert keystore.destroy_authorisation(REF)
+    assert key_versions(arch, bucket, prefix) == []
+    shreds = [
+        json.loads(line)["fields"]["keystore_root"]
+        for line in (gw.data_dir / "audit" / "audit.jsonl").read_text().splitlines()
+        if json.loads(line)["action"] == "key_destroy"
+    ]
+    assert shreds == ["deleted", "deleted"]
+    res = gw.inproc("archive", "upload")  # uploads to a versioned keystore: still refused
+    assert res.returncode == 1 and f"versioning {status.lower()}" in res.stdout
+
+
+def test_a_shred_left_pending_is_finished_even_once_the_bucket_is_versioned(
+    uploaded: tuple[Lbm, Path, str, str], arch: S3Server
+) -> None:
+    """A shred made while the keystore bucket was unreachable is retried by the upload pass;
+    the pass refused to run at all once the bucket had versioning, so it never happened."""
+    gw, _, bucket, prefix = uploaded
+    ks = gw.data_dir / "keystore" / REF
+    (ks / "000001.age").unlink()
+    (ks / "000001.destroyed").write_bytes(b"")  # what a shred during an outage leaves
+    arch.client().put_bucket_versioning(
+        Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    res = gw.inproc("archive", "upload", "--json")
+    assert res.returncode == 1 and "versioning enabled" in res.stdout
+    assert [k for k in key_versions(arch, bucket, prefix) if k.endswith("000001.age")] == []
+
+
+def test_retention_purge_without_local_keys_shreds_the_keystore_bucket(
+    uploaded: tuple[Lbm, Path, str, str], arch: S3Server, tmp_path: Path
+) -> None:
+    """HOLE (fixed): a replaced gateway reads its keys from the keystore bucket (documented).
+    Retention returned early when keystore/REF was missing: the bucket's keys were never
+    deleted, yet the purge was audited as crypto-shredded and archive/REF removed, so no later
+    run would try again; with the write-once archive bucket the segments stayed readable."""
+    from appliance.evidence.retention_apply import destroy_keys, remove_files
+
+    gw, ident, bucket, prefix = uploaded
+    shutil.rmtree(gw.data_dir / "keystore" / REF)  # the keys live only in the bucket now
+    settings = configure(gw, arch.endpoint, bucket, bucket)
+    paths = DataPaths(gw.data_dir, store=settings)
+    destroy_keys(paths, REF)
+    remove_files(paths, REF)
+    assert key_versions(arch, bucket, prefix) == []
+    assert (gw.data_dir / "keystore" / REF / "destroyed").exists()  # never read nor reused
+    res = gw.inproc(
+        "archive", "export-raw", REF, "--identity", str(ident), "--out", str(tmp_path / "x")
+    )
+    assert CONTENT not in b"".join(p.read_bytes() for p in tmp_path.rglob("*.eml"))
+    assert res.returncode != 0 or "destroyed" in res.stdout + res.stderr
+
+
+def test_a_keystore_in_the_metadata_bucket_is_refused(
+    arch: S3Server, gw: Lbm, tmp_path: Path
+) -> None:
+    """HOLE (fixed): only the archive bucket was refused. The metadata bucket is read by every
+    investigator and query host and is advised to be versioned; its backups outlive a shred."""
+    arch.make_bucket("rt-meta")
+    make_archive(gw.data_dir, tmp_path, segments=1)
+    configure(gw, arch.endpoint, "rt-meta", "gwm")
+    set_store(gw.data_dir, metadata_root="s3://rt-meta/force")
+    res = gw.inproc("archive", "upload")
+    assert res.returncode == 1 and "same bucket as [store] metadata_root" in res.stdout
+    assert arch.keys("rt-meta") == [] and arch.keys(ARCH, "gwm/") == []
