@@ -122,8 +122,9 @@ class _Engine:
             )
             self.seq, self.hour_files = found.seq, found.hour_files
             if self.uploader is not None:  # uploaded files left the outbox: keep SEQ apart
-                recorded = read_seq(self.seq_file)
-                self.seq = max(self.seq, int(time.time()) if recorded is None else recorded)
+                # never below the clock: a journal/ restored from an older backup holds an old
+                # SEQ, and the numbers after it are uploaded already (a silent overwrite)
+                self.seq = max(self.seq, int(time.time()), read_seq(self.seq_file) or 0)
             self.pending, self.pending_rows = found.pending, found.rows
             self.publish()  # also empties the journal and removes a recovered commit record
         except BaseException:

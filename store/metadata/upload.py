@@ -22,9 +22,9 @@ object together); rounds are published every `[store] metadata_publish_seconds` 
 object per stream and hour per round.
 
 Sequence numbers: uploaded files leave the outbox, so the highest SEQ is kept in
-`journal/WRITER.seq`, written (fsynced) before a round uses new numbers. A data directory without
-that file starts at the current Unix time in seconds, so a rebuilt gateway with the same id does
-not overwrite its predecessor's objects.
+`journal/WRITER.seq`, written (fsynced) before a round uses new numbers. A writer starts at that
+SEQ or the current Unix time in seconds, whichever is higher, so neither a rebuilt gateway with
+the same id nor a journal/ restored from an older backup overwrites objects already uploaded.
 
 Messages name the store's URI (bucket and prefix, as configured) and counts, never credentials.
 """
