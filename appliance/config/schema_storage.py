@@ -10,12 +10,19 @@ Credentials come from here or from the standard AWS environment variables
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from appliance.config.option import Option, _between
 from store import StoreError
-from store.objectstore import S3Settings, StoreSettings, check_endpoint, check_root
+from store.objectstore import (
+    S3Settings,
+    StoreSettings,
+    check_endpoint,
+    check_root,
+    is_object_uri,
+)
 
 
 def _root(value: Any) -> str | None:
@@ -120,9 +127,36 @@ STORAGE: list[Option] = [
 ]
 
 
+def _check_local_roots(cfg: Any, data_dir: Path) -> None:
+    """A local root is never `/`, the data directory or a folder holding it, nor a folder
+    inside it other than its own default: `lbm search` confines DuckDB to the metadata root
+    (`allowed_directories`), which would then cover keys/ and keystore/, and the writers and
+    the uploader would write into the gateway's own folders. Raises ConfigError."""
+    from appliance.config.load import ConfigError
+
+    data = os.path.realpath(data_dir)
+    for key, default in (("metadata_root", "metadata"), ("archive_root", "archive"),
+                         ("keystore_root", "keystore")):  # fmt: skip
+        value = cfg.get(f"store.{key}")
+        if not value or is_object_uri(value):
+            continue
+        real, own = os.path.realpath(value), os.path.join(data, default)
+        inside = real.startswith(data + os.sep) and not (
+            real == own or real.startswith(own + os.sep)
+        )
+        if real == data or data.startswith(real.rstrip(os.sep) + os.sep) or inside:
+            raise ConfigError(
+                f"[store] {key} ({value[:120]}): must not be /, the data directory, a folder "
+                f"holding it or a folder inside it (other than DATA/{default}): use a folder "
+                "of its own outside the data directory, or leave it empty"
+            )
+
+
 def store_settings(cfg: Any, data_dir: Path) -> StoreSettings:
     """The `[store]` section of a loaded configuration as `store.objectstore.StoreSettings`,
-    with empty roots resolved to the data directory's own folders."""
+    with empty roots resolved to the data directory's own folders. ConfigError for a local
+    root that overlaps the data directory's other folders."""
+    _check_local_roots(cfg, data_dir)
     s3 = S3Settings(
         endpoint=cfg.get("store.endpoint"),
         region=cfg.get("store.region"),

@@ -255,3 +255,64 @@ def test_a_keystore_in_the_metadata_bucket_is_refused(
     res = gw.inproc("archive", "upload")
     assert res.returncode == 1 and "same bucket as [store] metadata_root" in res.stdout
     assert arch.keys("rt-meta") == [] and arch.keys(ARCH, "gwm/") == []
+
+
+# -- roots that escape -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("key", "where"),
+    [
+        ("metadata_root", "/"),
+        ("metadata_root", "DATA"),
+        ("metadata_root", "DATA/keys"),
+        ("metadata_root", "DATA/archive"),
+        ("metadata_root", "PARENT"),
+        ("archive_root", "DATA/keys"),
+        ("archive_root", "DATA/metadata"),
+        ("keystore_root", "DATA/archive/x"),
+    ],
+)
+def test_a_local_root_overlapping_the_data_directory_is_refused(
+    gw: Lbm, key: str, where: str
+) -> None:
+    """HOLE (fixed): a local metadata_root of `/`, the data directory or DATA/keys was
+    accepted. `lbm search` confines DuckDB to the metadata root (its second sandbox layer),
+    which then covered the gateway's signing key and the wrapped keys; the writers wrote
+    their hive folders into the gateway's own folders."""
+    data = str(gw.data_dir)
+    value = where.replace("DATA", data).replace("PARENT", str(gw.data_dir.parent))
+    set_store(gw.data_dir, **{key: value})
+    with pytest.raises(ConfigError, match=rf"\[store\] {key} .*data directory"):
+        gw.inproc("config", "show", "--json")
+
+
+@pytest.mark.parametrize("where", ["DATA/metadata", "DATA/metadata/sub", "ELSEWHERE"])
+def test_a_local_metadata_root_of_its_own_is_accepted(gw: Lbm, tmp_path: Path, where: str) -> None:
+    value = where.replace("DATA", str(gw.data_dir)).replace("ELSEWHERE", str(tmp_path / "m"))
+    set_store(gw.data_dir, metadata_root=value)
+    assert gw.inproc("config", "show", "--json").returncode == 0
+
+
+def test_two_gateways_sharing_one_archive_prefix_conflict_loudly_never_overwrite(
+    arch: S3Server, template: Path, tmp_path: Path
+) -> None:
+    """Not a hole, a misconfiguration detected: metadata shares one root for every gateway,
+    an operator may do the same for archives. The same REF on two gateways makes the same
+    object names; the second gateway's upload is an audited conflict, nothing is replaced,
+    and its segments stay local (counted as failures in `lbm status`)."""
+    arch.make_bucket("rt-keys-shared")
+    boxes = []
+    for name in ("gwa", "gwb"):
+        shutil.copytree(template, tmp_path / name / "data", symlinks=True)
+        lbm = Lbm(tmp_path / name / "data")
+        make_archive(lbm.data_dir, tmp_path / name, segments=1)
+        configure(lbm, arch.endpoint, "rt-keys-shared", "shared")
+        boxes.append(lbm)
+    assert boxes[0].inproc("archive", "upload").returncode == 0
+    first = arch.client().get_object(Bucket=ARCH, Key=f"shared/{REF}/000001.age")["Body"].read()
+    res = boxes[1].inproc("archive", "upload", "--json")
+    assert res.returncode == 1 and json.loads(res.stdout)["conflicts"] == 1
+    again = arch.client().get_object(Bucket=ARCH, Key=f"shared/{REF}/000001.age")["Body"].read()
+    assert again == first
+    assert (boxes[1].data_dir / "archive" / REF / "000001.age").exists()
+    audit = (boxes[1].data_dir / "audit" / "audit.jsonl").read_text()
+    assert '"action":"archive_upload_conflict"' in audit.replace(" ", "")
