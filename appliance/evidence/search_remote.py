@@ -131,7 +131,8 @@ def stream_dataset(root: StoreRoot, stream: str, files: list[pafs.FileInfo]) -> 
 
 def register(con: duckdb.DuckDBPyConnection, stream: str, dataset: ds.Dataset) -> str:
     """Register `dataset` in `con` under a fresh, unguessable name and return the name (the
-    view reads it; `--sql` cannot: sqlguard allows only the views' names)."""
+    view reads it; `--sql` cannot: sqlguard allows only the views' names, and refuses a CTE
+    named with a leading `_`, which would shadow it; keep the leading `_`)."""
     name = f"_lbm_{stream}_{secrets.token_hex(8)}"
     con.register(name, dataset)
     return name

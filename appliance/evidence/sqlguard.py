@@ -8,8 +8,10 @@ Two independent layers:
    no query node but SELECTs (DuckDB accepts `WITH x AS (DELETE ... RETURNING *) SELECT`, a
    statement of type SELECT), no table function (`read_parquet`, `read_csv`, `glob`,
    `duckdb_views()`...), no file named as a table (`FROM 'x.parquet'`), no qualified name
-   (`information_schema.views`, `memory.main.web`), no DESCRIBE/SUMMARIZE. That is what keeps
-   the clear values in the raw Parquet files, which the views pseudonymise, out of reach.
+   (`information_schema.views`, `memory.main.web`), no DESCRIBE/SUMMARIZE, no CTE named after
+   a catalog view or a hidden (`_`) name (`WITH x AS (SELECT * FROM x)` reads the catalog's
+   `x`, not the CTE). That is what keeps the clear values in the raw Parquet files, which the
+   views pseudonymise, and the views' SQL (with the pseudonym keys) out of reach.
 2. `lock_down(con, root)`: the connection itself may touch only `root` (nothing at all for an
    object-store root: its objects come through registered pyarrow datasets, search_remote.py):
    `SET allowed_directories=[root]`, then `SET enable_external_access=false`, then
@@ -40,6 +42,12 @@ _QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NO
 # A view or CTE name: never a file name that DuckDB would scan in place of a table.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ALLOWED_REFS = frozenset({"BASE_TABLE", "JOIN", "SUBQUERY", "EMPTY", "EXPRESSION_LIST"})
+# Every name a fresh connection's catalog answers to unqualified (pg_class, duckdb_views...).
+_CATALOG = (
+    "SELECT view_name FROM duckdb_views() UNION SELECT table_name FROM duckdb_tables() "
+    "UNION SELECT schema_name FROM duckdb_schemas() UNION SELECT database_name FROM "
+    "duckdb_databases()"
+)
 
 
 def _walk(node: Any) -> Iterator[dict[str, Any]]:
@@ -92,13 +100,25 @@ def _check_select(sql: str, names: Iterable[str]) -> None:
     con = duckdb.connect()
     try:
         raw = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+        catalog = {str(r[0]).lower() for r in con.execute(_CATALOG).fetchall()}
     finally:
         con.close()
     tree = json.loads(raw[0]) if raw else {"error": True}
     if tree.get("error"):
         why = tree.get("error_message") or tree.get("error_type") or "not a plain SELECT"
         raise SqlRefused(f"--sql is not a plain SELECT: {why}")
-    allowed = {n.lower() for n in names} | _cte_names(tree)
+    views = {n.lower() for n in names}
+    ctes = _cte_names(tree)
+    # A CTE named like a hidden object reads that object: `WITH x AS (SELECT * FROM x)` (or
+    # a forward reference from an earlier CTE) binds the inner `x` to the catalog's x, not
+    # the CTE. So a CTE may not be named after a catalog view (duckdb_views would show the
+    # views' SQL with the pseudonym keys, pg_class the registered datasets' names) nor start
+    # with `_` (the registered datasets' names do: search_remote.register). The views' own
+    # names may be reused: the inner name is then the view itself.
+    shadowing = sorted(c for c in ctes if c in catalog or c.startswith("_"))
+    if shadowing:
+        raise SqlRefused(f"--sql may not name a CTE {shadowing[0]!r} (a catalog or hidden name)")
+    allowed = views | ctes
     for node in _walk(tree.get("statements", [])):
         kind = node.get("type")
         if isinstance(kind, str) and kind.endswith("_NODE") and kind not in _QUERY_NODES:
