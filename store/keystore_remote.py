@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from store import StoreError
@@ -144,6 +144,7 @@ class KeyMirror:
 
     root: StoreRoot
     s3: S3Settings | None = None
+    _versioned: bool | None = field(default=None, init=False, repr=False)
 
     def _path(self, ref: str, name: str) -> str:
         if not name or not set(name) <= NAME_CHARS or name.startswith("."):
@@ -193,9 +194,12 @@ class KeyMirror:
             return 0
         bucket = self.root.base.split("/", 1)[0]
         try:
-            client = boto_client(self.s3)
-            if client.get_bucket_versioning(Bucket=bucket).get("Status") is None:
+            if self._versioned is None:  # asked once per mirror (one pass, one command)
+                status = boto_client(self.s3).get_bucket_versioning(Bucket=bucket).get("Status")
+                self._versioned = status is not None
+            if not self._versioned:
                 return 0  # never versioned: the plain delete removed the only copy
+            client = boto_client(self.s3)
             done = 0
             pages = client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key)
             for page in pages:

@@ -316,3 +316,23 @@ def test_two_gateways_sharing_one_archive_prefix_conflict_loudly_never_overwrite
     assert (boxes[1].data_dir / "archive" / REF / "000001.age").exists()
     audit = (boxes[1].data_dir / "audit" / "audit.jsonl").read_text()
     assert '"action":"archive_upload_conflict"' in audit.replace(" ", "")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="retention finds archives by the local archive/REF and keystore/REF only "
+    "(appliance/evidence/retention.has_archive): after a lost disk, with the registry "
+    "restored, an archive that lives only in the store is never due, so its keys in the "
+    "keystore bucket and its ciphertext outlive the retention period. Needs the plan to "
+    "ask the keystore root (network in a read-only planner): a design change",
+)
+def test_an_archive_left_only_in_the_store_is_still_found_by_retention(
+    uploaded: tuple[Lbm, Path, str, str], arch: S3Server
+) -> None:
+    from appliance.evidence.retention import has_archive
+
+    gw, _, bucket, _ = uploaded
+    shutil.rmtree(gw.data_dir / "archive" / REF)  # the disk was lost; the store has it all
+    shutil.rmtree(gw.data_dir / "keystore" / REF)
+    settings = configure(gw, arch.endpoint, bucket, bucket)
+    assert has_archive(DataPaths(gw.data_dir, store=settings), REF)
