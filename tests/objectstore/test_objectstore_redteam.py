@@ -156,6 +156,7 @@ def test_env_credentials_reach_no_status_metric_audit_or_config_output(
     assert gw("archive", "upload", env=env).returncode == 0
     assert f"gwenv/{REF}/000001.age" in arch.keys(ARCH, "gwenv/")
     status = gw("status", "--json", env=env, check=True).stdout
+    status += gw.inproc("status", env=env).stdout
     shown = status + gw("config", "show", "--json", env=env, check=True).stdout
     run_files = "".join(p.read_text() for p in (gw.data_dir / "run").glob("*") if p.is_file())
     audit = (gw.data_dir / "audit" / "audit.jsonl").read_text()
