@@ -10,7 +10,8 @@ manifests, chain head) plus every object of ROOT/REF/ missing here (uploaded seg
 indexes and manifests; the newest `heads/SEQ.json` as chain.json when there is no local head),
 and whose other entries are symlinks to the data directory's own (keystore/, keys/, audit/,
 registry...). Only ciphertext, signed manifests and plaintext indexes (no content) are copied;
-the directory is removed on exit, whatever happens. Nothing is ever decrypted here.
+the directory is removed on exit, whatever happens (and, after a kill -9, by the next reader:
+`remove_stale_stages`). Nothing is ever decrypted here.
 """
 
 from __future__ import annotations
@@ -84,6 +85,28 @@ def _stage_ref(paths: DataPaths, root: StoreRoot, ref: str, target: Path) -> Non
         _download(root, heads[max(heads)], target / "chain.json")
 
 
+def remove_stale_stages(root: Path) -> int:
+    """Remove working directories a killed reader left (`.archive-stage-PID-...` whose process
+    is gone): they hold ciphertext and plaintext indexes that retention would never reach."""
+    removed = 0
+    for entry in os.scandir(root):
+        if not entry.name.startswith(STAGE_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid = entry.name[len(STAGE_PREFIX) :].split("-", 1)[0]
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (or the pid was reused: removed later)
+        except ProcessLookupError:
+            pass
+        except (ValueError, OverflowError):  # an older name without a pid
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def staged_paths(paths: DataPaths, refs: Iterable[str] | None = None) -> Iterator[DataPaths]:
     """`paths` whose archive/ has the object store's copies of `refs` (None: every archive).
@@ -91,7 +114,8 @@ def staged_paths(paths: DataPaths, refs: Iterable[str] | None = None) -> Iterato
     if not archive_is_remote(paths):
         yield paths
         return
-    work = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=paths.root))
+    remove_stale_stages(paths.root)
+    work = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=paths.root))
     try:
         os.chmod(work, 0o700)
         for entry in os.scandir(paths.root):

@@ -27,6 +27,7 @@ from typing import Any
 from appliance.evidence import holds as holds_mod
 from appliance.evidence.retention import Partition, Plan, Settings, plan
 from store import StoreError
+from store.archive_stage import remove_stale_stages
 from store.archive_upload import delete_remote_archive
 from store.audit import Action, AuditLog
 from store.fsutil import atomic_write, fsync_dir
@@ -85,6 +86,7 @@ def destroy_keys(paths: DataPaths, ref: str) -> int:
 def remove_files(paths: DataPaths, ref: str) -> int:
     """Delete REF's (now unreadable) segment, index and manifest files; returns their count."""
     directory = paths.archive / ref
+    remove_stale_stages(paths.root)  # working copies a killed reader left (store/archive_stage)
     if not directory.is_dir():
         return 0
     files = sum(1 for p in directory.rglob("*") if p.is_file())

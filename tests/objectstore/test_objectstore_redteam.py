@@ -9,6 +9,7 @@ names the attack; the ones that found a hole say so in their docstring.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,3 +338,22 @@ def test_an_archive_left_only_in_the_store_is_still_found_by_retention(
     shutil.rmtree(gw.data_dir / "keystore" / REF)
     settings = configure(gw, arch.endpoint, bucket, bucket)
     assert has_archive(DataPaths(gw.data_dir, store=settings), REF)
+
+
+def test_a_working_copy_left_by_a_killed_reader_is_removed_by_the_next(
+    uploaded: tuple[Lbm, Path, str, str],
+) -> None:
+    """HOLE (fixed): `lbm archive verify/export/bundle` stage REF's ciphertext and plaintext
+    indexes (principal, times) in DATA/.archive-stage-*; a kill -9 left it for ever, out of
+    retention's reach. The next reader now removes working copies whose process is gone."""
+    gw, _, _, _ = uploaded
+    stale = gw.data_dir / ".archive-stage-999999999-killed" / "archive" / REF
+    stale.mkdir(parents=True)
+    (stale / "000001.index.jsonl").write_text('{"principal": "p12345"}\n')
+    legacy = gw.data_dir / ".archive-stage-k1ll3d"  # a name from before the pid was in it
+    legacy.mkdir()
+    live = gw.data_dir / f".archive-stage-{os.getpid()}-reading"  # a reader still running
+    live.mkdir()
+    assert gw.inproc("archive", "verify", REF).stdout.startswith("archive ok")
+    left = sorted(p.name for p in gw.data_dir.iterdir() if p.name.startswith(".archive-stage-"))
+    assert left == [live.name]
