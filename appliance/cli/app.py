@@ -120,6 +120,10 @@ class App:
             fail(
                 f"{self.paths.root}: not an initialised data directory (run `lbm init`)", EXIT_USAGE
             )
+        # load the configuration now: `self.paths` carries the `[store]` roots only from then
+        # on, and a command that passed `app.paths` before its first config read (retention)
+        # worked on the data directory's default roots instead of the configured ones
+        _ = self.config
 
 
 def fail(message: str, code: int = EXIT_FAIL) -> NoReturn:

@@ -32,6 +32,7 @@ from appliance.policy.model import Authorisation
 from appliance.policy.registry_store import load_all
 from store.clock import format_utc
 from store.keys import REF_RE
+from store.objectstore import is_object_uri
 from store.paths import DataPaths
 from store.schemas import STREAMS
 
@@ -157,8 +158,11 @@ def due_partitions(
     paths: DataPaths, settings: Settings, today: date, held: set[str], bad: list[str]
 ) -> list[Partition]:
     out: list[Partition] = []
+    configured = paths.store_settings.metadata_root  # DATA/metadata unless [store] says else
+    if is_object_uri(configured):  # purged by the bucket's own role (docs/objectstore.md)
+        return out
     for stream in STREAMS:
-        root = paths.metadata / f"stream={stream}"
+        root = Path(configured) / f"stream={stream}"
         if not root.is_dir():
             continue
         limit = settings.stream_days[stream]

@@ -8,6 +8,7 @@ Ceph RGW; writers and the search reach it through pyarrow's S3FileSystem over lo
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -19,7 +20,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+from lbm_testing import Lbm
+from s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, set_store
 
 from appliance.evidence.search_remote import open_metadata_root, partition_objects
 from store.metadata import MetadataWriter
@@ -152,3 +154,24 @@ def test_a_search_lists_only_well_placed_objects_of_its_stream_and_days(
         "gw1__proxy__1.parquet",
         "other-day.parquet",
     ]
+
+
+def test_retention_purges_a_configured_local_metadata_root(tmp_path: Path) -> None:
+    """HOLE (fixed): rows go to a configured local `[store] metadata_root` (an absolute path
+    outside the data directory), but retention looked only at DATA/metadata: it never found
+    a partition due, and old metadata was kept for ever while `lbm retention run` said none
+    was due."""
+    lbm = Lbm(tmp_path / "data")
+    lbm("init", check=True)
+    meta = tmp_path / "srv-meta"
+    set_store(lbm.data_dir, metadata_root=str(meta))
+    old = meta / "stream=web" / "date=2020-01-01" / "hour=00"
+    recent = meta / "stream=web" / f"date={datetime.now(UTC).date().isoformat()}" / "hour=00"
+    for hour_dir in (old, recent):
+        hour_dir.mkdir(parents=True)
+        pq.write_table(pa.table({"uid": ["x"]}), hour_dir / "gw1__proxy__1.parquet")
+    res = lbm.inproc("retention", "run", "--json")
+    parts = {(p["stream"], p["date"]): p["status"] for p in json.loads(res.stdout)["metadata"]}
+    assert parts == {("web", "2020-01-01"): "due"}
+    assert lbm.inproc("retention", "run", "--apply").returncode == 0
+    assert not old.parent.exists() and recent.exists()
