@@ -55,6 +55,13 @@ def archive_is_remote(paths: DataPaths) -> bool:
     return is_object_uri(uri) or os.path.realpath(uri) != os.path.realpath(paths.archive)
 
 
+def keystore_is_remote(paths: DataPaths) -> bool:
+    """True when `[store] keystore_root` is elsewhere than keystore/ (its copies need shreds
+    finished by the upload pass even when the archive root is local)."""
+    uri = paths.store_settings.keystore_root
+    return is_object_uri(uri) or os.path.realpath(uri) != os.path.realpath(paths.keystore)
+
+
 def open_archive_root(paths: DataPaths) -> StoreRoot:
     settings = paths.store_settings
     return open_store_root(settings.archive_root, settings.s3)
@@ -181,7 +188,8 @@ class ArchiveUploader:
     def run(self) -> UploadResult:
         """One pass: remote shreds left pending, then every sealed local segment."""
         result = UploadResult()
-        todo = sealed_local(self.paths)
+        # a local archive root: nothing to upload, but shreds of the keystore root's copies
+        todo = sealed_local(self.paths) if archive_is_remote(self.paths) else []
         try:
             self._retry_shreds(result)  # before the check: a refused keystore is still shredded
             check_store_roots(self.paths.store_settings)

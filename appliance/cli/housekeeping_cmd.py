@@ -29,7 +29,7 @@ from appliance.evidence.retention import Settings
 from appliance.policy.expiry import record_expiries
 from appliance.policy.identity import import_if_changed
 from store import StoreError, sqlite, witness
-from store.archive_upload import ArchiveUploader, archive_is_remote
+from store.archive_upload import ArchiveUploader, archive_is_remote, keystore_is_remote
 from store.audit import Action
 from store.keystore_remote import check_store_roots
 from store.readiness import announce_ready
@@ -105,8 +105,8 @@ class Housekeeper:
 
     def archive_upload(self) -> dict[str, int] | None:
         """Upload sealed segments to the object store (counts only reach the log)."""
-        if not archive_is_remote(self.app.paths):
-            return None
+        if not (archive_is_remote(self.app.paths) or keystore_is_remote(self.app.paths)):
+            return None  # (a remote keystore alone: the pass finishes its pending shreds)
         try:
             result = ArchiveUploader(self.app.paths, audit=self.app.audit, actor=self.app.actor)
             done = result.run()

@@ -357,3 +357,27 @@ def test_a_working_copy_left_by_a_killed_reader_is_removed_by_the_next(
     assert gw.inproc("archive", "verify", REF).stdout.startswith("archive ok")
     left = sorted(p.name for p in gw.data_dir.iterdir() if p.name.startswith(".archive-stage-"))
     assert left == [live.name]
+
+
+def test_a_pending_shred_is_finished_with_a_local_archive_root_too(
+    arch: S3Server, gw: Lbm, tmp_path: Path
+) -> None:
+    """HOLE (fixed): with a local archive root and a keystore bucket (documented: "used for
+    reads and shreds"), a shred made while the bucket was unreachable stayed `pending` for
+    ever: only the upload pass retries it, and housekeeping ran that pass only for a remote
+    archive root. Now it runs for a remote keystore root too, and uploads nothing."""
+    arch.make_bucket("rt-keys-localarch")
+    make_archive(gw.data_dir, tmp_path, segments=1)
+    set_store(gw.data_dir, keystore_root="s3://rt-keys-localarch/gwl", endpoint=arch.endpoint,
+              region=REGION, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)  # fmt: skip
+    key = gw.data_dir / "keystore" / REF / "000001.age"
+    arch.client().put_object(  # the bucket's copy (mirrored while the archive was remote)
+        Bucket="rt-keys-localarch", Key=f"gwl/{REF}/000001.age", Body=key.read_bytes()
+    )
+    key.unlink()  # shredded locally while the bucket was unreachable: tombstone, pending
+    (key.parent / "000001.destroyed").write_bytes(b"")
+    out = gw("housekeeping", "run", "--once", check=True)
+    last = json.loads(out.stdout.splitlines()[-1])
+    assert last["archive_upload"]["remote_shreds"] == 1
+    assert key_versions(arch, "rt-keys-localarch", "gwl/") == []
+    assert (gw.data_dir / "archive" / REF / "000001.age").exists()  # nothing uploaded or moved
