@@ -18,6 +18,7 @@ metadata publisher and the archive uploader rely on.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -138,7 +139,22 @@ def check_endpoint(value: str) -> tuple[str, str]:
         port = parts.port
     except ValueError:
         raise StoreError(f"{value[:80]!r}: bad port") from None
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise StoreError(
+            f"{value[:80]!r}: plain http to another machine would carry every metadata row "
+            "(principals, addresses, hosts) and the ciphertext in clear: use https:// (the "
+            "store's CA in the system trust store); http is for a store on this machine only"
+        )
     return parts.scheme, parts.netloc if port else parts.hostname
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

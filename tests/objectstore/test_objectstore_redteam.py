@@ -381,3 +381,25 @@ def test_a_pending_shred_is_finished_with_a_local_archive_root_too(
     assert last["archive_upload"]["remote_shreds"] == 1
     assert key_versions(arch, "rt-keys-localarch", "gwl/") == []
     assert (gw.data_dir / "archive" / REF / "000001.age").exists()  # nothing uploaded or moved
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "refused"),
+    [
+        ("http://10.20.0.5:9000", True),
+        ("http://minio.force.example:9000", True),
+        ("https://minio.force.example:9000", False),
+        ("http://127.0.0.1:9000", False),
+        ("http://[::1]:9000", False),
+    ],
+)
+def test_plain_http_to_another_machine_is_refused(gw: Lbm, endpoint: str, refused: bool) -> None:
+    """HOLE (fixed): an `http://` endpoint on the network was accepted, so every metadata row
+    (principals, client addresses, hosts visited) crossed the network in clear; the project
+    has no insecure switch for upstream TLS. Loopback (a local store, the tests) stays."""
+    set_store(gw.data_dir, endpoint=endpoint)
+    if refused:
+        with pytest.raises(ConfigError, match=r"\[store\] endpoint: .*https://"):
+            gw.inproc("config", "show", "--json")
+    else:
+        assert gw.inproc("config", "show", "--json").returncode == 0
