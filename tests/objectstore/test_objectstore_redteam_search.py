@@ -85,3 +85,29 @@ def test_ctes_over_the_views_still_work(root: search_remote.MetadataRoot) -> Non
         "SELECT count(*) AS n FROM web2 JOIN w USING (uid)"
     )
     assert search(root, sql) == [{"n": 3}]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "ATTACH 's3://rt-search/force/x.duckdb' AS x",
+        "PRAGMA version",
+        "CALL pragma_version()",
+        "SET s3_endpoint = '127.0.0.1:1'",
+        "COPY web TO '/tmp/rt-leak.csv'",
+        "SELECT * FROM duckdb_secrets()",
+        "SELECT * FROM pragma_version()",
+        "SELECT * FROM read_parquet('ENDPOINT/rt-search/force/stream=web/*/*/*.parquet')",
+        "SELECT * FROM 'ENDPOINT/rt-search/force/stream=web/date=2026-03-01/hour=09/x.parquet'",
+        "SELECT * FROM web WHERE uid IN (SELECT uid FROM read_parquet('s3://rt-search/**'))",
+    ],
+)
+def test_the_bucket_stays_out_of_reach_of_sql(
+    root: search_remote.MetadataRoot, s3: S3Server, sql: str
+) -> None:
+    """Not a hole: no extension, secret, attachment, setting, file or URL (the store's own
+    endpoint included) is reachable from `--sql` over an object-store root."""
+    with pytest.raises(SearchRefused):
+        search(root, sql.replace("ENDPOINT", s3.endpoint))
