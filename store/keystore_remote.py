@@ -16,6 +16,7 @@ Every remote call has a short timeout and bounded retries (an outage raises OSEr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -230,8 +231,12 @@ class KeyMirror:
     def delete_all(self, ref: str) -> int:
         """Delete every key object of REF (a whole authorisation shredded); returns how many."""
         done = sum(self.delete(ref, name) for name in self.names(ref))
-        prefix = self.root.path(ref).split("/", 1)[1] + "/" if self.root.remote else ""
-        return done + (self._delete_versions(prefix, exact=False) if prefix else 0)
+        if not self.root.remote:
+            return done
+        # pyarrow leaves an empty `REF/` marker object behind: it would keep naming REF
+        with contextlib.suppress(OSError):
+            self.root.fs.delete_dir(self.root.path(ref))
+        return done + self._delete_versions(self.root.path(ref).split("/", 1)[1] + "/", exact=False)
 
 
 def open_key_mirror(settings: StoreSettings, local_keystore: str) -> KeyMirror | None:

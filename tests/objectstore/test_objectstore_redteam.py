@@ -237,6 +237,7 @@ def test_retention_purge_without_local_keys_shreds_the_keystore_bucket(
     destroy_keys(paths, REF)
     remove_files(paths, REF)
     assert key_versions(arch, bucket, prefix) == []
+    assert [k for k in arch.keys(bucket) if REF in k] == []  # nor pyarrow's `REF/` marker
     assert (gw.data_dir / "keystore" / REF / "destroyed").exists()  # never read nor reused
     res = gw.inproc(
         "archive", "export-raw", REF, "--identity", str(ident), "--out", str(tmp_path / "x")
