@@ -8,7 +8,9 @@ Ceph RGW; rows are published by a real MetadataWriter and read through pyarrow's
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 from s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
 
@@ -111,3 +113,15 @@ def test_the_bucket_stays_out_of_reach_of_sql(
     endpoint included) is reachable from `--sql` over an object-store root."""
     with pytest.raises(SearchRefused):
         search(root, sql.replace("ENDPOINT", s3.endpoint))
+
+
+def test_a_local_root_is_covered_too(root: search_remote.MetadataRoot, tmp_path: Path) -> None:
+    """The same hole on a local root (the default): the views read the files directly, but
+    `duckdb_views` still gave their SQL with the pseudonym keys, which turn every pseudonym
+    back into a staff id by trying the few thousand ids a force has."""
+    assert not isinstance(root, Path)
+    local = tmp_path / "metadata"
+    pafs.copy_files(root.path(), str(local), root.fs, pafs.LocalFileSystem())
+    assert search(local, "SELECT count(*) AS n FROM web") == [{"n": 3}]
+    with pytest.raises(SearchRefused, match="CTE"):
+        search(local, "WITH duckdb_views AS (FROM duckdb_views) SELECT sql FROM duckdb_views")
