@@ -84,7 +84,7 @@ class Pipeline:
     def _reset_source(self) -> None:
         self.table = FlowTable(self._flow_config)
         self.appf = AppFeed()  # application metadata per flow slot
-        self._principal: list[str | None] = []  # per slot, at the flow's first packet
+        self._principal = np.zeros(0, object)  # per slot: principal at the flow's first packet
         if self.gate is not None:
             self.gate.reset()
 
@@ -112,8 +112,9 @@ class Pipeline:
     def _grow(self) -> None:
         cap = self.table.capacity
         self.appf.grow(cap)
-        if len(self._principal) < cap:
-            self._principal.extend([None] * (cap - len(self._principal)))
+        if self._principal.size < cap:
+            more = np.full(cap - self._principal.size, None, object)
+            self._principal = np.concatenate([self._principal, more])
         if self.gate is not None:
             self.gate.grow(cap)
 
@@ -123,8 +124,7 @@ class Pipeline:
             return
         t = self.table
         self.appf.new_flows(new, t.orig_p[new], t.resp_p[new])
-        for sl in new.tolist():
-            self._principal[sl] = None
+        self._principal[new] = None
         lo, lr = self.internal.contains(t.orig_h[new]), self.internal.contains(t.resp_h[new])
         inside = np.flatnonzero(lo | lr)
         if self.gate is not None:
@@ -133,16 +133,25 @@ class Pipeline:
         if inside.size == 0 or isinstance(snap.identity, NoIdentity):
             return
         slots = new[inside]
+        spans = getattr(snap.identity, "resolve_packed_spans", None)
+        if spans is not None:  # the identity map: one dict lookup per flow, none if no leases
+            hits: dict[int, tuple[str | None, int, int]] = {}
+            if getattr(snap.identity, "has_ip_leases", True):
+                addrs = np.where(lo[inside][:, None], t.orig_h[slots], t.resp_h[slots])
+                packed = np.ascontiguousarray(addrs, np.uint8).view("V16").ravel().tolist()
+                hits = spans(packed, (t.first_ts[slots] // 1000).tolist())
+            if self.gate is not None:
+                self.gate.seed(snap, slots, hits)  # keeps the lease windows
+            for i, got in hits.items():
+                self._principal[slots[i]] = got[0]
+            return
         addrs = np.where(lo[inside][:, None], t.orig_h[slots], t.resp_h[slots])
         ips = addr_texts(addrs)
         if self.gate is not None:
             self.gate.set_ips(slots, ips)
         ats = (t.first_ts[slots] / 1e9).tolist()
         many = getattr(snap.identity, "resolve_ip_many", None)
-        span = getattr(snap.identity, "resolve_ip_span", None)
-        if self.gate is not None and span is not None:
-            found = self.gate.seed(snap, slots, ips, ats, span)  # keeps the lease windows
-        elif many is not None:
+        if many is not None:
             found = many(ips, ats)
         else:
             found = [
@@ -191,7 +200,7 @@ class Pipeline:
             {
                 "ts": np.asarray(cols["ts"], np.int64) // 1000,
                 "uid": uids,
-                "principal": [prin[s] for s in slots.tolist()],
+                "principal": prin[slots].tolist(),
                 "client_ip": cols["orig_h"],
                 "client_port": cols["orig_p"],
                 "server_ip": cols["resp_h"],
@@ -235,7 +244,7 @@ class Pipeline:
         cols["client_port"], cols["server_port"] = op.tolist(), rp.tolist()
         cols["proto"] = [PROTO_NAMES.get(p, "udp") for p in t.proto[slots].tolist()]
         cols["community_id"] = community_ids(oh, rh, t.proto[slots], op, rp)
-        cols["principal"] = [self._principal[s] for s in slots.tolist()]
+        cols["principal"] = self._principal[slots].tolist()
         cols["interface"] = [self.interface] * n
         empty: list[str] = []
         cols["refs"], cols["record_ids"] = [empty] * n, [empty] * n
