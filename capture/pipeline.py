@@ -91,6 +91,7 @@ class Pipeline:
     # ---- per batch -----------------------------------------------------------------------
     def feed(self, batch: PacketBatch) -> None:
         self.summary.packets += len(batch)
+        self._emit(self.table.sweep(batch))  # before add: their slots serve new flows at once
         assign, ended = self.table.add(batch)
         self._new_flows(assign.new_slots)
         self.appf.feed(batch, assign.pkt, assign.slot, assign.is_orig, self.table.uids)
@@ -170,7 +171,7 @@ class Pipeline:
         return ""
 
     # ---- rows ----------------------------------------------------------------------------
-    def _emit(self, ended: list[Columns]) -> None:
+    def _emit(self, ended: Iterable[Columns]) -> None:
         for cols in ended:
             n = count(cols)
             if n:
@@ -271,7 +272,7 @@ class Pipeline:
 
     def end_source(self) -> None:
         """End of a capture file (or interface stop): every live flow becomes a row."""
-        self._emit(self.table.flush())
+        self._emit(self.table.end_all())
         self.flush_rows()
         self.appf.app.flows.clear()
         if self.recorder is not None:
