@@ -47,6 +47,8 @@ from store.metadata import MetadataWriter
 from store.paths import DataPaths
 
 ROW_BLOCK = 8192  # rows handed to a writer at once
+PUBLISH_ROWS = 65536  # rows a writer keeps before it writes Parquet (the store's default: 1M)
+QUEUE_ROWS = 65536  # rows queued before append_batch waits for the journal (default: 1M)
 _TS = pa.timestamp("us", tz="UTC")
 
 
@@ -67,8 +69,19 @@ class Pipeline:
         on_archive_error: Callable[[str, str], None] | None = None,
         bypassed: BypassedWeb | None = None,
     ) -> None:
-        self.flow_w = MetadataWriter("flow", writer_name, paths=paths, gateway=gateway)
-        self.dns_w = MetadataWriter("dns", writer_name, paths=paths, gateway=gateway)
+        # Rows queued for the journal and waiting for Parquet are memory: both bounded, so a
+        # mass expiry of flows is written as it is made, not held
+        self.flow_w, self.dns_w = (
+            MetadataWriter(
+                stream,
+                writer_name,
+                paths=paths,
+                gateway=gateway,
+                parquet_rows=PUBLISH_ROWS,
+                queue_limit=QUEUE_ROWS,
+            )
+            for stream in ("flow", "dns")
+        )
         self.snapshot = snapshot
         self.internal = NetSet(internal_networks)
         self.recorder = SubjectRecorder(archive, on_archive_error) if archive is not None else None
