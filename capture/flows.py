@@ -22,6 +22,7 @@ when the table is full (the least recently active flow is evicted and counted), 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -149,6 +150,19 @@ class FlowTable:
 
     def __len__(self) -> int:
         return int(self._keys.size)
+
+    def state_bytes_per_flow(self) -> int:
+        """Bytes of table state per flow slot: the per-slot arrays, the C TCP state, the uid
+        (its text and list entry), the tunnel-parents entry and the live index's entry.
+        Slots are `capacity`, which doubles: at most twice the live flows."""
+        cap = self._cap
+        arrays = sum(
+            a.nbytes // cap
+            for k, a in vars(self).items()
+            if not k.startswith("_") and isinstance(a, np.ndarray) and a.shape[:1] == (cap,)
+        )
+        uid = sys.getsizeof("C" * 17) + 8
+        return arrays + tcpstate.ffi.sizeof("tcpflow") + uid + 8 + 16
 
     @property
     def capacity(self) -> int:

@@ -119,6 +119,13 @@ class ArchiveGate:
         self._lp = np.concatenate([self._lp, np.full(more, None, object)])
         self._lsub = np.concatenate([self._lsub, np.zeros(more, bool)])
 
+    def state_bytes_per_flow(self) -> int:
+        """Bytes per flow slot of the cached decisions and lease windows (list entries and
+        object pointers 8 bytes each; held packets are bounded by `capture.hold`)."""
+        arrays = (self._lo, self._hi, self._armed, self._settled, self._llo, self._lhi)
+        lists = 5 + 1  # _prin, _refs, _sn, _matters, _ip; _lp (objects)
+        return sum(a.itemsize for a in arrays) + self._lsub.itemsize + 8 * lists
+
     def new_flows(
         self,
         new: npt.NDArray[np.int64],

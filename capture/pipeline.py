@@ -101,6 +101,12 @@ class Pipeline:
         if self.gate is not None:
             self.gate.reset()
 
+    def state_bytes_per_flow(self) -> int:
+        """Bytes of per-flow state per flow slot: the flow table, application metadata, the
+        archive gate and the principal (the figure the bench prints)."""
+        gate = self.gate.state_bytes_per_flow() if self.gate is not None else 0
+        return self.table.state_bytes_per_flow() + self.appf.state_bytes_per_flow() + gate + 8
+
     # ---- per batch -----------------------------------------------------------------------
     def feed(self, batch: PacketBatch) -> None:
         self.summary.packets += len(batch)
