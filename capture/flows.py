@@ -1,11 +1,12 @@
 """Bidirectional flow table with Zeek conn.log semantics, fed by `PacketBatch`es.
 
-Packets of a batch are grouped by a 64-bit hash of their direction-free 5-tuple (numpy:
-canonical endpoint order, hash, `np.unique`); the live table is a sorted hash array searched
-with `np.searchsorted`. Every order-free quantity (packets, IP bytes, payload bytes, first and
-last time) is a per-group reduction. Per-connection TCP state (endpoint states, sequence
-space, history letters) follows the packets in order in a small C helper
-(`capture.tcpstate`), which is Zeek's state machine minus events, timers and reassembly.
+Packets of a batch are grouped by a 64-bit hash of their direction-free 5-tuple (canonical
+endpoint order, hash, and grouping as `np.unique` would: C passes that release the GIL); the
+live table is a sorted hash array searched with `np.searchsorted`. Every order-free quantity
+(packets, IP bytes, payload bytes, first and last time) is a per-group reduction.
+Per-connection TCP state (endpoint states, sequence space, history letters) follows the
+packets in order in a small C helper (`capture.tcpstate`), which is Zeek's state machine
+minus events, timers and reassembly.
 
 Zeek semantics kept: the originator is the first packet's sender, flipped as Zeek does when
 the first TCP packet is not a pure SYN (or a UDP packet comes from a likely server port to an
@@ -36,6 +37,7 @@ from capture.flowcols import Cols, columns, first_ts, r_is_reuse, swap, swapped
 from capture.flowkeys import (
     PROTO_NAMES,
     canonical_hash,
+    group_keys,
     likely_server,
     make_uids,
 )
@@ -259,7 +261,7 @@ class FlowTable:
         """Process rows [a, b) up to the first row that must start a new flow; returns
         (stop, slot per row, is_orig per row) for rows [a, stop)."""
         hh = h[a:b]
-        uh, first, inv = np.unique(hh, return_index=True, return_inverse=True)
+        uh, first, inv = group_keys(hh)  # np.unique(hh, return_index=..., return_inverse=...)
         slot_u, found = self._lookup(uh)
         ts = c.ts[a:b]
         # inactivity gaps inside the batch (or since the flow's last packet) end a flow

@@ -23,6 +23,7 @@ from appliance.policy.snapshot import Snapshot
 from capture import flows as flows_mod
 from capture.batch import RawBatch
 from capture.decode import Decoder
+from capture.flowkeys import canonical_hash, canonical_hash_np, group_keys
 from capture.flowrows import to_rows
 from capture.flows import FlowConfig, FlowTable
 from capture.pipeline import Pipeline
@@ -171,3 +172,38 @@ def test_state_bytes_per_flow_counts_every_per_slot_array() -> None:
     t.extra = np.zeros((t.capacity, 4), np.int64)  # type: ignore[attr-defined]
     assert t.state_bytes_per_flow() == base + 32
     assert base >= 8 * 2 + 16 * 2 + 176  # timestamps, addresses, the C TCP state at least
+
+
+# ---- the C passes against their numpy definitions -------------------------------------------
+def test_c_flow_keys_equal_the_numpy_definition_and_ignore_direction() -> None:
+    rng = np.random.default_rng(3)
+    n = 20_000
+    src = rng.integers(0, 256, (n, 16), dtype=np.uint8)
+    dst = rng.integers(0, 256, (n, 16), dtype=np.uint8)
+    dst[::3] = src[::3]  # same address both ends: the ports decide the order
+    src[::5, :8] = dst[::5, :8]  # equal first half: the second half decides
+    sp = rng.integers(0, 65536, n, dtype=np.uint16)
+    dp = rng.integers(0, 65536, n, dtype=np.uint16)
+    dp[::7] = sp[::7]
+    pr = rng.integers(0, 256, n, dtype=np.uint8)
+    h = canonical_hash(src, dst, sp, dp, pr)
+    assert (h == canonical_hash_np(src, dst, sp, dp, pr)).all()
+    assert (h == canonical_hash(dst, src, dp, sp, pr)).all()
+    assert len(np.unique(h)) > n * 0.99  # distinct tuples, distinct keys
+    with pytest.raises(ValueError, match="different lengths"):
+        canonical_hash(src[:-1], dst, sp, dp, pr)  # C would read past the shorter column
+
+
+@pytest.mark.parametrize("shift", [0, 20, 40])
+def test_c_grouping_equals_np_unique_even_for_keys_aimed_at_one_chain(shift: int) -> None:
+    """Keys sharing their low bits (an attacker choosing tuples whose public hash collides
+    there) still group exactly as `np.unique`, in sorted order with first rows and inverse."""
+    rng = np.random.default_rng(shift)
+    keys = rng.integers(0, 2**40, 5000, dtype=np.uint64) << np.uint64(shift)
+    h = keys[rng.integers(0, keys.size, 60_000)]
+    got = group_keys(h)
+    want = np.unique(h, return_index=True, return_inverse=True)
+    for g, w in zip(got, want, strict=True):
+        assert (g == w).all()
+    empty = group_keys(np.zeros(0, np.uint64))
+    assert [e.size for e in empty] == [0, 0, 0]
