@@ -92,6 +92,18 @@ def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
     return pc.if_else(pa.array(v4), quad, pa.array(texts, pa.string()))
 
 
+def empty_lists(n: int) -> pa.Array:
+    """n empty `list<string>` values, built without a Python list per row."""
+    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()))
+
+
+def repeat_text(value: str | None, n: int) -> pa.Array:
+    """`[value] * n` as an Arrow string array."""
+    if value is None:
+        return pa.nulls(n, pa.string())
+    return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
 def _vlan_array(v: npt.NDArray[np.int32]) -> pa.Array:
     """VLAN ids as uint16, null where the flow's first frame had no tag (-1)."""
     return pa.array(np.maximum(v, 0).astype(np.uint16), pa.uint16(), mask=v < 0)
@@ -176,7 +188,9 @@ def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
         "resp_pkts": pk[:, 1].copy(),
         "resp_ip_bytes": t.ipb[slots, 1],
         "community_id": community_ids(orig_h, resp_h, proto, op, rp),
-        "tunnel_parents": [sorted(p) if (p := parents[s]) else empty for s in sl],
+        "tunnel_parents": [sorted(p) if (p := parents[s]) else empty for s in sl]
+        if any(parents[s] for s in sl)
+        else empty_lists(k),
         "vlan": _vlan_array(t.vlan[slots]),
         "inner_vlan": _vlan_array(t.inner_vlan[slots]),
         "slot": slots.copy(),
@@ -196,8 +210,10 @@ def concat_column(parts: list[Any]) -> Any:
         return parts[0]
     if isinstance(parts[0], np.ndarray):
         return np.concatenate(parts)
-    if isinstance(parts[0], pa.Array):
-        return pa.concat_arrays(parts)
+    arrow = next((p for p in parts if isinstance(p, pa.Array)), None)
+    if arrow is not None:  # lists among Arrow chunks (e.g. refs of a block with subjects)
+        t = arrow.type
+        return pa.concat_arrays([p if isinstance(p, pa.Array) else pa.array(p, t) for p in parts])
     return [v for p in parts for v in p]
 
 

@@ -34,7 +34,14 @@ from capture.batch import PacketBatch
 from capture.bypassed import BypassedWeb
 from capture.decode import Decoder
 from capture.flowkeys import PROTO_NAMES, community_ids
-from capture.flowrows import Columns, addr_texts, concat_column, count
+from capture.flowrows import (
+    Columns,
+    addr_texts,
+    concat_column,
+    count,
+    empty_lists,
+    repeat_text,
+)
 from capture.flows import FlowConfig, FlowTable
 from capture.gate import ArchiveGate
 from capture.netset import NetSet
@@ -204,11 +211,12 @@ class Pipeline:
         if self.gate is not None:
             self.gate.end_flows(uids, slots, self.appf)  # held packets, while names are known
         meta = self.appf.end_flows(uids, slots)
-        empty: list[str] = []  # shared: rows of non-subjects, never mutated
-        refs: list[list[str]] = [empty] * n
-        rids: list[list[str]] = [empty] * n
+        refs: Any = empty_lists(n)  # rows of non-subjects: no list per row
+        rids: Any = refs
         rec = self.recorder
         if rec is not None and rec.flows:
+            empty: list[str] = []  # shared: rows of non-subjects, never mutated
+            refs, rids = [empty] * n, [empty] * n
             for i, uid in enumerate(uids):
                 done = rec.end(uid)
                 if done is not None:
@@ -239,7 +247,7 @@ class Pipeline:
                 "resp_pkts": cols["resp_pkts"],
                 "resp_ip_bytes": cols["resp_ip_bytes"],
                 "ip_proto": cols["ip_proto"],
-                "interface": [self.interface] * n,
+                "interface": repeat_text(self.interface, n),
                 **meta,
                 "refs": refs,
                 "record_ids": rids,
