@@ -452,7 +452,12 @@ class FlowTable:
         ts0 = first_ts(batch)
         if ts0 is None or not self._sweep_due(ts0):
             return iter(())
-        done = self._expire(self._last_sweep, None)
+        return self.expire_rows(self._last_sweep)
+
+    def expire_rows(self, now: int) -> Iterator[Columns]:
+        """`expire(now)`, its rows made ROW_CHUNK flows at a time as they are taken (take
+        them all before the next `add`)."""
+        done = self._expire(now, None)
         self._free.extend(self._freed)
         self._freed.clear()
         return self._rows_of(done)

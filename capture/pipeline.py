@@ -55,7 +55,10 @@ from store.paths import DataPaths
 
 ROW_BLOCK = 8192  # rows handed to a writer at once
 PUBLISH_ROWS = 65536  # rows a writer keeps before it writes Parquet (the store's default: 1M)
-QUEUE_ROWS = 65536  # rows queued before append_batch waits for the journal (default: 1M)
+# Rows queued before append_batch waits for the journal: a replay can wait; live capture keeps
+# the store's default, so that a storage stall of a few seconds does not stop it (QueueFull)
+QUEUE_ROWS = 65536
+LIVE_QUEUE_ROWS = 1_000_000
 _TS = pa.timestamp("us", tz="UTC")
 
 
@@ -85,7 +88,7 @@ class Pipeline:
                 paths=paths,
                 gateway=gateway,
                 parquet_rows=PUBLISH_ROWS,
-                queue_limit=QUEUE_ROWS,
+                queue_limit=QUEUE_ROWS if interface is None else LIVE_QUEUE_ROWS,
             )
             for stream in ("flow", "dns")
         )
@@ -129,9 +132,7 @@ class Pipeline:
 
     def tick(self, now_ns: int | None = None) -> None:
         """End idle flows without new packets (live capture calls this about once a second)."""
-        ended: list[Columns] = []
-        self.table.expire(now_ns if now_ns is not None else time.time_ns(), ended)
-        self._emit(ended)
+        self._emit(self.table.expire_rows(now_ns if now_ns is not None else time.time_ns()))
         if self.recorder is not None:
             self.recorder.sweep()
         self.flush_rows()
