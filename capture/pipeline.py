@@ -54,16 +54,17 @@ from store.metadata import MetadataWriter
 from store.paths import DataPaths
 
 ROW_BLOCK = 8192  # rows handed to a writer at once
-PUBLISH_ROWS = 65536  # rows a writer keeps before it writes Parquet (the store's default: 1M)
-# Rows queued before append_batch waits for the journal: a replay can wait; live capture keeps
-# the store's default, so that a storage stall of a few seconds does not stop it (QueueFull)
-QUEUE_ROWS = 65536
-LIVE_QUEUE_ROWS = 1_000_000
 _TS = pa.timestamp("us", tz="UTC")
 
 
 class Pipeline:
     """One capture source (a file or an interface) into the metadata streams and archives."""
+
+    PUBLISH_ROWS = 65536  # rows a writer keeps before it writes Parquet (store default: 1M)
+    # Rows queued before append_batch waits for the journal: a replay can wait; live capture
+    # keeps the store's default, so that a storage stall of a few seconds does not stop it
+    QUEUE_ROWS = 65536
+    LIVE_QUEUE_ROWS = 1_000_000
 
     def __init__(
         self,
@@ -87,8 +88,8 @@ class Pipeline:
                 writer_name,
                 paths=paths,
                 gateway=gateway,
-                parquet_rows=PUBLISH_ROWS,
-                queue_limit=QUEUE_ROWS if interface is None else LIVE_QUEUE_ROWS,
+                parquet_rows=self.PUBLISH_ROWS,
+                queue_limit=self.QUEUE_ROWS if interface is None else self.LIVE_QUEUE_ROWS,
             )
             for stream in ("flow", "dns")
         )
