@@ -92,13 +92,17 @@ def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
     return pc.if_else(pa.array(v4), quad, pa.array(texts, pa.string()))
 
 
-def empty_lists(n: int) -> pa.Array:
-    """n empty `list<string>` values, built without a Python list per row."""
+def empty_lists(n: int) -> Any:
+    """n empty `list<string>` values as an Arrow array, without a Python list per row."""
+    import pyarrow as pa  # (a local import: module start-up does not need pyarrow)
+
     return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()))
 
 
-def repeat_text(value: str | None, n: int) -> pa.Array:
+def repeat_text(value: str | None, n: int) -> Any:
     """`[value] * n` as an Arrow string array."""
+    import pyarrow as pa
+
     if value is None:
         return pa.nulls(n, pa.string())
     return pa.repeat(pa.scalar(value, pa.string()), n)
@@ -210,6 +214,8 @@ def concat_column(parts: list[Any]) -> Any:
         return parts[0]
     if isinstance(parts[0], np.ndarray):
         return np.concatenate(parts)
+    import pyarrow as pa
+
     arrow = next((p for p in parts if isinstance(p, pa.Array)), None)
     if arrow is not None:  # lists among Arrow chunks (e.g. refs of a block with subjects)
         t = arrow.type

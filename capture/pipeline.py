@@ -82,6 +82,7 @@ class Pipeline:
     ) -> None:
         # Rows queued for the journal and waiting for Parquet are memory: both bounded, so a
         # mass expiry of flows is written as it is made, not held
+        self._queue_rows = self.QUEUE_ROWS if interface is None else self.LIVE_QUEUE_ROWS
         self.flow_w, self.dns_w = (
             MetadataWriter(
                 stream,
@@ -89,7 +90,7 @@ class Pipeline:
                 paths=paths,
                 gateway=gateway,
                 parquet_rows=self.PUBLISH_ROWS,
-                queue_limit=self.QUEUE_ROWS if interface is None else self.LIVE_QUEUE_ROWS,
+                queue_limit=self._queue_rows,
             )
             for stream in ("flow", "dns")
         )
