@@ -39,7 +39,7 @@ from capture.flows import FlowConfig, FlowTable
 from capture.gate import ArchiveGate
 from capture.netset import NetSet
 from capture.prefetch import Prefetch
-from capture.reader import open_capture
+from capture.reader import CaptureReader, open_capture
 from capture.subjects import SubjectRecorder
 from capture.summary import Summary
 from store.archive import Archive
@@ -289,39 +289,45 @@ class Pipeline:
 
 
 def replay(
-    files: Iterable[str | Path],
+    files: Iterable[str | Path | CaptureReader],
     pipeline: Pipeline,
     *,
     max_packets: int = 65536,
     prefetch: int = 2,
+    timing: dict[str, float] | None = None,
 ) -> Summary:
     """Replay capture files through `pipeline` (each file its own flow table). A file whose
-    header is broken is recorded in `summary.files_failed` and the others still run.
+    header is broken is recorded in `summary.files_failed` and the others still run. A file
+    may be given as a `CaptureReader` already open (the CLI opens it to fingerprint it).
 
     Reading and decoding run on a background thread up to `prefetch` batches ahead of the
-    flow table (`capture.prefetch`); 0 keeps everything on the calling thread."""
+    flow table (`capture.prefetch`); 0 keeps everything on the calling thread. `timing`, if
+    given, gets "first_batch": the `time.monotonic()` when the first batch reached
+    `pipeline.feed` (unless already set)."""
     s = pipeline.summary
     for f in files:
-        name = str(f)
+        if isinstance(f, CaptureReader):
+            reader, name = f, str(f.path)
+        else:
+            name = str(f)
+            try:
+                reader = open_capture(name)
+            except CaptureError as exc:
+                s.files_failed[name] = str(exc)
+                continue
         pipeline.interface = Path(name).name
-        try:
-            reader = open_capture(name)
-        except CaptureError as exc:
-            s.files_failed[name] = str(exc)
-            continue
         dec = Decoder()
         try:
             with reader:
                 decoded = (dec.decode(raw) for raw in reader.batches(max_packets))
-                if prefetch <= 0:
-                    for batch in decoded:
+                ahead = Prefetch(decoded, prefetch) if prefetch > 0 else None
+                try:
+                    for batch in ahead if ahead is not None else decoded:
+                        if timing is not None and "first_batch" not in timing:
+                            timing["first_batch"] = time.monotonic()
                         pipeline.feed(batch)
-                else:
-                    ahead = Prefetch(decoded, prefetch)
-                    try:
-                        for batch in ahead:
-                            pipeline.feed(batch)
-                    finally:
+                finally:
+                    if ahead is not None:
                         ahead.close()
         except CaptureError as exc:
             s.files_failed[name] = str(exc)
