@@ -21,17 +21,15 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture import CaptureError
 from capture.appfeed import AppFeed
 from capture.batch import PacketBatch
-from capture.bypassed import BypassedWeb
 from capture.decode import Decoder
 from capture.flowkeys import PROTO_NAMES, community_ids
 from capture.flowrows import Columns, addr_texts, concat_column, count
@@ -46,8 +44,10 @@ from store.archive import Archive
 from store.metadata import MetadataWriter
 from store.paths import DataPaths
 
+if TYPE_CHECKING:  # lazily: it loads pyarrow, and only live capture on the inside uses it
+    from capture.bypassed import BypassedWeb
+
 ROW_BLOCK = 8192  # rows handed to a writer at once
-_TS = pa.timestamp("us", tz="UTC")
 
 
 class Pipeline:
@@ -254,7 +254,10 @@ class Pipeline:
             if not buf:
                 continue
             merged = {k: concat_column([c[k] for c in buf]) for k in buf[0]}
-            merged["ts"] = pa.array(np.asarray(merged["ts"], np.int64), _TS)
+            import pyarrow as pa  # lazily: the first packet does not wait for it
+
+            ts = pa.timestamp("us", tz="UTC")
+            merged["ts"] = pa.array(np.asarray(merged["ts"], np.int64), ts)
             buf.clear()
             if self.bypassed is not None and writer is self.flow_w:
                 self.bypassed.add(merged)

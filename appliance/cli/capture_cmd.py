@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeline, Any]:
     """Pipeline wired to this data directory: policy snapshots, identity, archive, audit."""
-    from appliance.cli.auth_cmd import snapshot_source
+    from appliance.cli.policy_source import snapshot_source
     from capture.flows import FlowConfig
     from capture.pipeline import Pipeline
     from store.archive import Archive
