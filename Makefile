@@ -42,7 +42,8 @@ ASAN_TESTS ?= tests/capture/test_capture_asan.py tests/capture/test_capture_read
 	tests/capture/test_capture_reader_oversize.py tests/capture/test_capture_decode.py \
 	tests/capture/test_capture_dnsscan.py tests/capture/test_capture_appmeta.py \
 	tests/capture/test_capture_malformed.py tests/capture/test_capture_flows.py \
-	tests/capture/test_capture_vlan.py tests/capture/test_capture_zeek_agreement.py
+	tests/capture/test_capture_vlan.py tests/capture/test_capture_zeek_agreement.py \
+	tests/capture/test_capture_fastdecode.py
 CC_FOR_ASAN ?= gcc
 
 asan: venv
