@@ -10,6 +10,7 @@ import hashlib
 import json
 import socket
 import struct
+import time
 from pathlib import Path
 
 import dpkt
@@ -153,3 +154,14 @@ def test_the_readers_digest_is_the_files_sha256(tmp_path: Path, chunk: int) -> N
         it.close()
         assert r.sha256() == (None if chunk < path.stat().st_size else _sha(path))
     assert open_capture(pcap).sha256() is None  # only when asked for
+
+
+def test_json_says_when_the_first_batch_reached_the_pipeline(lbm: Lbm, tmp_path: Path) -> None:
+    """`timing`: seconds from process start (here `LBM_T0`, the caller's clock) to the first
+    batch in the pipeline and to the end, and the final flush and publication."""
+    f = _capture(tmp_path / "t.pcap", flows=1, packets=10)
+    t0 = time.time_ns()
+    res = lbm.inproc("capture", "replay", "--json", str(f), env={"LBM_T0": str(t0)})
+    timing = json.loads(res.stdout)["timing"]
+    assert 0 < timing["first_batch_s"] <= timing["total_s"] <= (time.time_ns() - t0) / 1e9
+    assert 0 <= timing["close_s"] <= timing["total_s"]
