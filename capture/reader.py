@@ -69,7 +69,7 @@ class CaptureReader:
         self.path = path
         self._fh = fh
         # digest: SHA-256 of the bytes as they are read (`sha256()`), for the replay ledger
-        self._digest = ReadDigest() if digest else None
+        self._digest = ReadDigest(background=True, depth=3) if digest else None
         self._chunk = max(int(chunk_bytes), 4096)
         self.summary: dict[str, int] = {}
         self.packets = 0
@@ -84,7 +84,7 @@ class CaptureReader:
 
     # --- header --------------------------------------------------------------------------
     def _fail(self, what: str) -> CaptureError:
-        self._fh.close()
+        self.close()
         return CaptureError(f"{self.path}: {what}")
 
     def _sniff(self) -> None:
@@ -121,9 +121,6 @@ class CaptureReader:
     def _count(self, key: str, n: int = 1) -> None:
         if n:
             self.summary[key] = self.summary.get(key, 0) + n
-
-    def close(self) -> None:
-        self._fh.close()
 
     def fileno(self) -> int:
         return self._fh.fileno()
@@ -177,6 +174,11 @@ class CaptureReader:
             if self._digest is not None and not self._fh.closed:
                 self._size = os.fstat(self._fh.fileno()).st_size
             self.close()
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._digest is not None:
+            self._digest.finish()
 
     def _pcap_batches(self, max_packets: int) -> Iterator[RawBatch]:
         lt = self.interfaces[0].linktype
