@@ -1,5 +1,11 @@
 """Batch decoder: RawBatch -> PacketBatch with numpy over whole batches, not per packet.
 
+The common case (Ethernet with up to two VLAN tags or raw IP; IPv4 not fragmented, IPv6
+without extension headers; TCP, UDP, ICMP, SCTP or another protocol that is not a tunnel;
+every header complete) is decoded first in one C pass (`capture.fastpath.decode_common`,
+which releases the GIL); the packets it leaves go through the numpy steps below, which give
+every packet the same columns (tests/capture/test_capture_fastdecode.py checks that).
+
 Steps, each one array expression over all packets it applies to:
 1. link layer (`capture.linktypes`): offset of the IP header per frame;
 2. IPv4/IPv6 with fixed offsets per version; IPv6 extension headers (hop-by-hop, routing,
