@@ -41,11 +41,11 @@ from capture.reader import CaptureReader, open_capture
 from capture.subjects import SubjectRecorder
 from capture.summary import Summary
 from store.archive import Archive
-from store.metadata import MetadataWriter
 from store.paths import DataPaths
 
-if TYPE_CHECKING:  # lazily: it loads pyarrow, and only live capture on the inside uses it
+if TYPE_CHECKING:  # lazily: they load pyarrow (the writers are made at first use)
     from capture.bypassed import BypassedWeb
+    from store.metadata import MetadataWriter
 
 ROW_BLOCK = 8192  # rows handed to a writer at once
 
@@ -67,8 +67,8 @@ class Pipeline:
         on_archive_error: Callable[[str, str], None] | None = None,
         bypassed: BypassedWeb | None = None,
     ) -> None:
-        self.flow_w = MetadataWriter("flow", writer_name, paths=paths, gateway=gateway)
-        self.dns_w = MetadataWriter("dns", writer_name, paths=paths, gateway=gateway)
+        self._writer_args = (paths, gateway, writer_name)
+        self._writers: tuple[MetadataWriter, MetadataWriter] | None = None  # made at first use
         self.snapshot = snapshot
         self.internal = NetSet(internal_networks)
         self.recorder = SubjectRecorder(archive, on_archive_error) if archive is not None else None
@@ -278,15 +278,42 @@ class Pipeline:
             self.summary.flow_counters[k] = self.summary.flow_counters.get(k, 0) + v
         self._reset_source()
 
+    # ---- writers --------------------------------------------------------------------------
+    @property
+    def flow_w(self) -> MetadataWriter:
+        return self._open_writers()[0]
+
+    @property
+    def dns_w(self) -> MetadataWriter:
+        return self._open_writers()[1]
+
+    @property
+    def writers_open(self) -> bool:
+        """False until a writer exists: until then no row can have been appended."""
+        return self._writers is not None
+
+    def _open_writers(self) -> tuple[MetadataWriter, MetadataWriter]:
+        """The `flow` and `dns` writers, made at first use (the first rows, `close()`, or a
+        caller that asks): they load pyarrow, which the first packet does not need."""
+        if self._writers is None:
+            from store.metadata import MetadataWriter
+
+            paths, gateway, name = self._writer_args
+            flow = MetadataWriter("flow", name, paths=paths, gateway=gateway)
+            dns = MetadataWriter("dns", name, paths=paths, gateway=gateway)
+            self._writers = (flow, dns)
+        return self._writers
+
     def close(self) -> None:
         """Flush rows to durable storage and close the writers."""
+        flow_w, dns_w = self._open_writers()
         try:
             self.flush_rows()
-            self.flow_w.flush()
-            self.dns_w.flush()
+            flow_w.flush()
+            dns_w.flush()
         finally:
-            self.flow_w.close()
-            self.dns_w.close()
+            flow_w.close()
+            dns_w.close()
             if self.bypassed is not None:
                 self.bypassed.close()
 

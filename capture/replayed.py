@@ -10,6 +10,7 @@ the second is refused):
      "file": PATH, "at": ISO8601, "again": false}
     {"event": "done", "run": ID, "size": N, "sha256": HEX, "file": PATH, "at": ISO8601,
      "packets": N, "flows": N, "dns_rows": N}
+    {"event": "aborted", "run": ID, "size": N, "file": PATH, "at": ISO8601}
 
 A file is identified by its content (SHA-256 and size), not its name: a renamed or copied
 capture is still the same capture. Hashing a large capture before replaying it would cost a
@@ -24,8 +25,10 @@ earlier replay with the same size and edges whose SHA-256 was never recorded (it
 running, or it was cut off by a crash: its rows may be partly written) refuses too: its
 content cannot be told apart, and `--again` overrides. "started" is written before the first
 row, so a replay cut off by a crash also counts as replayed. Entries written before `edges`
-existed (no "edges", "sha256" in "started") are matched by size and then SHA-256. Counts only:
-nothing of the packets is kept here.
+existed (no "edges", "sha256" in "started") are matched by size and then SHA-256. A run that
+failed before any row could be written (its metadata writers were never opened, e.g. another
+replay held the journal) is marked "aborted" and does not count. Counts only: nothing of the
+packets is kept here.
 """
 
 from __future__ import annotations
@@ -183,8 +186,11 @@ class ReplayLedger:
             for e in entries
             if e.get("event") == "done" and e.get("run") and e.get("sha256")
         }
+        aborted = {e.get("run") for e in entries if e.get("event") == "aborted" and e.get("run")}
         unknown: dict[str, Any] | None = None
         for e in same:
+            if e.get("run") in aborted:
+                continue
             theirs = e.get("sha256") or done.get(e.get("run"))
             if theirs == sha:
                 return e
@@ -197,6 +203,12 @@ class ReplayLedger:
         entry = {"event": "done", "run": run.id, "size": run.size, "sha256": sha256}
         with self._locked() as fh:
             self._append(fh, {**entry, "file": file, "at": at, **counts})
+
+    def abort(self, run: Run, file: str, at: str) -> None:
+        """Record that `run` ended before any of its rows could be written: it does not count."""
+        entry = {"event": "aborted", "run": run.id, "size": run.size, "file": file, "at": at}
+        with self._locked() as fh:
+            self._append(fh, entry)
 
     @staticmethod
     def _append(fh: Any, entry: dict[str, Any]) -> None:

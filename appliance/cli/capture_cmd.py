@@ -194,9 +194,11 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
                 entry.update(status="replayed", **one)
         finally:
             closing = time.monotonic()
-            pipe.close()  # every row durable (journal fsynced) and published before exit
-            archive.close()
-            source.stop()
+            try:
+                pipe.close()  # every row durable (journal fsynced) and published before exit
+            finally:
+                archive.close()
+                source.stop()
             timing["close"] = time.monotonic() - closing
         total: dict[str, Any] = {}
         for e in per_file:
@@ -236,7 +238,12 @@ def _replay_one(
             reader.close()
             raise _Refused(_refusal(name, prior or {}))
         pipe.summary = Summary()
-        one = replay([reader], pipe, timing=timing).as_dict()
+        try:
+            one = replay([reader], pipe, timing=timing).as_dict()
+        except BaseException:
+            if not pipe.writers_open:  # no writer was ever opened: not one row was written
+                ledger.abort(run, name, app.clock.now().isoformat())
+            raise
         # the SHA-256 of what was read; hashed again only if the reader skipped or stopped
         sha = reader.sha256() or digest_fd(keep).sha256
         counts = {k: one[k] for k in ("packets", "flows", "dns_rows")}

@@ -6,8 +6,10 @@ written before the pre-key existed still count. The reader's digest is the file'
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import socket
 import struct
 import time
@@ -165,3 +167,22 @@ def test_json_says_when_the_first_batch_reached_the_pipeline(lbm: Lbm, tmp_path:
     timing = json.loads(res.stdout)["timing"]
     assert 0 < timing["first_batch_s"] <= timing["total_s"] <= (time.time_ns() - t0) / 1e9
     assert 0 <= timing["close_s"] <= timing["total_s"]
+
+
+def test_a_replay_that_could_write_no_row_does_not_count(lbm: Lbm, tmp_path: Path) -> None:
+    """Another process holds the `replay` writer's journal (a concurrent replay): the metadata
+    writers, opened at the first rows, fail; no row was written, so the run is recorded as
+    aborted and the file is not refused afterwards."""
+    g = _capture(tmp_path / "g.pcap", flows=2, packets=50)
+    journal = DataPaths(lbm.data_dir).journal / "replay.journal"
+    fd = os.open(journal, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = lbm.inproc("capture", "replay", str(g))
+    finally:
+        os.close(fd)
+    assert res.returncode == 1 and "is locked" in res.stderr
+    started, aborted = _ledger(lbm)[-2:]
+    assert aborted == {**aborted, "event": "aborted", "run": started["run"]}
+    res = lbm.inproc("capture", "replay", "--json", str(g))  # not refused: no --again needed
+    assert res.returncode == 0 and json.loads(res.stdout)["flows"] == 2
