@@ -69,7 +69,7 @@ class CaptureReader:
         self.path = path
         self._fh = fh
         # digest: SHA-256 of the bytes as they are read (`sha256()`), for the replay ledger
-        self._digest = ReadDigest(background=True, depth=3) if digest else None
+        self._digest = ReadDigest() if digest else None
         self._chunk = max(int(chunk_bytes), 4096)
         self.summary: dict[str, int] = {}
         self.packets = 0
@@ -177,8 +177,6 @@ class CaptureReader:
 
     def close(self) -> None:
         self._fh.close()
-        if self._digest is not None:
-            self._digest.finish()
 
     def _pcap_batches(self, max_packets: int) -> Iterator[RawBatch]:
         lt = self.interfaces[0].linktype
