@@ -41,7 +41,7 @@ from capture import CaptureError
 from capture.batch import RawBatch
 from capture.fastpath import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcap, walk_pcapng
 from capture.interfaces import Interface, parse_idb, raw_to_ns
-from capture.regular import ReadDigest, open_regular
+from capture.regular import open_regular
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -59,17 +59,9 @@ _OVERSIZE = -2  # `_parse_idb`: an IDB above MAX_RECORD, skipped like any oversi
 class CaptureReader:
     """An open capture file; iterate `batches()` once. Use as a context manager."""
 
-    def __init__(
-        self,
-        path: Path,
-        fh: io.BufferedReader,
-        chunk_bytes: int = DEFAULT_CHUNK,
-        digest: bool = False,
-    ) -> None:
+    def __init__(self, path: Path, fh: io.BufferedReader, chunk_bytes: int = DEFAULT_CHUNK) -> None:
         self.path = path
         self._fh = fh
-        # digest: SHA-256 of the bytes as they are read (`sha256()`), for the replay ledger
-        self._digest = ReadDigest() if digest else None
         self._chunk = max(int(chunk_bytes), 4096)
         self.summary: dict[str, int] = {}
         self.packets = 0
@@ -79,18 +71,15 @@ class CaptureReader:
         self._nsec = False
         self._caplimit = MIN_CAPLIMIT
         self._skipped_ifaces: set[int] = set()  # pcapng IDBs skipped as oversize
-        self._size: int | None = None  # the file's size when batches() ended
         self._sniff()
 
     # --- header --------------------------------------------------------------------------
     def _fail(self, what: str) -> CaptureError:
-        self.close()
+        self._fh.close()
         return CaptureError(f"{self.path}: {what}")
 
     def _sniff(self) -> None:
         head = self._fh.read(24)
-        if self._digest is not None:
-            self._digest.feed(0, head)
         if len(head) == 0:
             raise self._fail("empty file, not a pcap or pcapng capture")
         if len(head) < 4:
@@ -122,16 +111,11 @@ class CaptureReader:
         if n:
             self.summary[key] = self.summary.get(key, 0) + n
 
+    def close(self) -> None:
+        self._fh.close()
+
     def fileno(self) -> int:
         return self._fh.fileno()
-
-    def sha256(self) -> str | None:
-        """With `digest`: the SHA-256 of the file once `batches()` has read all of it in order
-        (None if a record was skipped by seeking, or reading stopped early). Call it after
-        `batches()` ends, before or after the reader is closed."""
-        if self._digest is None or self._size is None:
-            return None
-        return self._digest.hexdigest(self._size)
 
     def __enter__(self) -> CaptureReader:
         return self
@@ -148,14 +132,11 @@ class CaptureReader:
         view = buf.data
         got = len(pending)
         eof = False
-        at = self._fh.tell() - got if self._digest is not None else 0  # file offset of buf[0]
         while got < size:
             r = self._fh.readinto(view[got:])
             if not r:
                 eof = True
                 break
-            if self._digest is not None:
-                self._digest.feed(at + got, view[got : got + r])
             got += r
         buf[got:] = 0
         return buf, got, eof
@@ -171,12 +152,7 @@ class CaptureReader:
                 self._fh.seek(24)
                 yield from self._pcap_batches(max_packets)
         finally:
-            if self._digest is not None and not self._fh.closed:
-                self._size = os.fstat(self._fh.fileno()).st_size
             self.close()
-
-    def close(self) -> None:
-        self._fh.close()
 
     def _pcap_batches(self, max_packets: int) -> Iterator[RawBatch]:
         lt = self.interfaces[0].linktype
@@ -456,10 +432,8 @@ class CaptureReader:
         )
 
 
-def open_capture(
-    path: str | Path, chunk_bytes: int = DEFAULT_CHUNK, *, digest: bool = False
-) -> CaptureReader:
+def open_capture(path: str | Path, chunk_bytes: int = DEFAULT_CHUNK) -> CaptureReader:
     """Open a pcap/pcapng file; raises CaptureError(f"{path}: ...") if it is not readable or
-    not a regular file (FIFO, socket, device, directory). `digest`: hash it as it is read."""
+    not a regular file (FIFO, socket, device, directory)."""
     p = Path(path)
-    return CaptureReader(p, open_regular(p), chunk_bytes, digest)
+    return CaptureReader(p, open_regular(p), chunk_bytes)

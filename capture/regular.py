@@ -4,14 +4,10 @@ A FIFO given as a capture file (or a socket, a device, a directory) would block 
 or never end: such paths are refused with a `CaptureError` naming the path and what it is.
 The path is opened with O_NONBLOCK (opening a FIFO then cannot block) and the open descriptor
 is checked with fstat, so what is read is what was checked, even if the path is swapped.
-
-`ReadDigest` hashes a file's bytes as a reader reads them (SHA-256, which releases the GIL on
-large buffers), so a capture is fingerprinted in the same pass that replays it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
@@ -51,28 +47,3 @@ def open_regular(path: Path) -> io.BufferedReader:
     except BaseException:
         os.close(fd)
         raise
-
-
-class ReadDigest:
-    """SHA-256 of a file from its reads, given with their file offsets: reads must cover the
-    file from offset 0 in order (overlaps are fine: a header read twice is hashed once). A gap
-    (a record skipped by seeking) makes the digest unusable: `hexdigest` then returns None."""
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-        self.upto = 0  # bytes hashed: the file's bytes [0, upto)
-        self.gap = False
-
-    def feed(self, offset: int, data: bytes | memoryview) -> None:
-        end = offset + len(data)
-        if self.gap or end <= self.upto:
-            return
-        if offset > self.upto:
-            self.gap = True
-            return
-        self._h.update(data[self.upto - offset :] if offset < self.upto else data)
-        self.upto = end
-
-    def hexdigest(self, size: int) -> str | None:
-        """The file's SHA-256 if the reads covered exactly its `size` bytes, else None."""
-        return None if self.gap or self.upto != size else self._h.hexdigest()

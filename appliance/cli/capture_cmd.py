@@ -227,16 +227,19 @@ def _replay_one(
     Raises CaptureError (`_Refused` when the ledger refuses it)."""
     from capture.pipeline import replay
     from capture.reader import open_capture
-    from capture.replayed import digest_fd
+    from capture.replayed import FileHash
     from capture.summary import Summary
 
-    reader = open_capture(name, digest=True)  # header checked: CaptureError naming the file
-    keep = os.dup(reader.fileno())  # the same file for the pre-key and a fallback hash
+    reader = open_capture(name)  # header checked: CaptureError naming the file
+    keep = os.dup(reader.fileno())  # one open file for the pre-key, the hash and the replay
+    hasher: FileHash | None = None
     try:
         run, prior = ledger.begin(keep, name, app.clock.now().isoformat(), again=again)
         if run is None:
             reader.close()
             raise _Refused(_refusal(name, prior or {}))
+        if run.sha256 is None:  # not known yet: hashed by a child process meanwhile
+            hasher = FileHash(keep)
         pipe.summary = Summary()
         try:
             one = replay([reader], pipe, timing=timing).as_dict()
@@ -244,11 +247,12 @@ def _replay_one(
             if not pipe.writers_open:  # no writer was ever opened: not one row was written
                 ledger.abort(run, name, app.clock.now().isoformat())
             raise
-        # the SHA-256 of what was read; hashed again only if the reader skipped or stopped
-        sha = reader.sha256() or digest_fd(keep).sha256
+        sha = run.sha256 or (hasher.result().sha256 if hasher is not None else "")
         counts = {k: one[k] for k in ("packets", "flows", "dns_rows")}
         ledger.done(run, name, app.clock.now().isoformat(), sha, counts)
     finally:
+        if hasher is not None:
+            hasher.close()
         os.close(keep)
     return {"sha256": sha, "size": run.size, **one}
 

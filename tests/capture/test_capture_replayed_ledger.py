@@ -1,8 +1,9 @@
 """The replay ledger decides before the first row with a pre-key (size, first and last MiB)
-and records the SHA-256 the replay's reader computes while it reads: the same large capture
-is still refused the second time, a different one with the same first and last MiB is not,
-an earlier replay that never finished refuses what it cannot be told apart from, and entries
-written before the pre-key existed still count. The reader's digest is the file's SHA-256."""
+and records the SHA-256 a child process computes while the replay runs: the same large
+capture is still refused the second time, a different one with the same first and last MiB
+is not, an earlier replay that never finished refuses what it cannot be told apart from, one
+that could write no row does not count, and entries written before the pre-key existed still
+count."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import os
 import socket
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import dpkt
 import pytest
 from lbm_testing import Lbm
 
-from capture.reader import open_capture
+from capture.replayed import FileHash, Fingerprint
 from store.metadata import read_stream
 from store.paths import DataPaths
 
@@ -120,42 +122,40 @@ def test_entries_from_before_the_pre_key_still_refuse(lbm: Lbm, tmp_path: Path) 
     assert res.returncode == 1 and "already replayed" in res.stderr and "old.pcap" in res.stderr
 
 
-def test_a_skipped_record_falls_back_to_hashing_the_file(lbm: Lbm, tmp_path: Path) -> None:
-    """A record above the limit that runs past the read buffer is skipped by seeking: the
-    reader's digest has a gap, so the file is hashed again for the ledger."""
+def test_a_skipped_record_does_not_change_the_recorded_hash(lbm: Lbm, tmp_path: Path) -> None:
+    """A record above the limit is skipped by the reader, by seeking: the ledger's SHA-256 is
+    still the whole file's (it is hashed apart from what the reader reads)."""
     frames = [_frame(0, b"a"), b"\x00" * (9 << 20), _frame(2, b"c")]
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
     out += [struct.pack("<IIII", T0, 0, len(f), len(f)) + f for f in frames]
     big = tmp_path / "skip.pcap"
     big.write_bytes(b"".join(out))
-    r = open_capture(big, digest=True)
-    assert sum(len(b) for b in r.batches()) == 2 and r.summary == {"oversize_record": 1}
-    assert r.sha256() is None  # not all of the file went through the reader
     res = lbm.inproc("capture", "replay", "--json", str(big))
-    assert res.returncode == 0 and json.loads(res.stdout)["files"][0]["sha256"] == _sha(big)
-    assert _ledger(lbm)[-1]["sha256"] == _sha(big)
+    summary = json.loads(res.stdout)
+    assert res.returncode == 0 and summary["bad_packets"] == {"reader_oversize_record": 1}
+    assert summary["files"][0]["sha256"] == _sha(big) == _ledger(lbm)[-1]["sha256"]
 
 
-@pytest.mark.parametrize("chunk", [4096, 1 << 20])
-def test_the_readers_digest_is_the_files_sha256(tmp_path: Path, chunk: int) -> None:
-    """pcap and pcapng, records split across read chunks; a read stopped before the end of
-    the file gives no digest."""
-    pcap = _capture(tmp_path / "f.pcap", flows=4, packets=300)
-    ng = tmp_path / "f.pcapng"
-    with ng.open("wb") as fh:
-        w = dpkt.pcapng.Writer(fh)
-        for i in range(300):
-            w.writepkt(_frame(i % 4, bytes([i % 256]) * 700), ts=T0 + i)
-    for path in (pcap, ng):
-        r = open_capture(path, chunk_bytes=chunk, digest=True)
-        assert sum(len(b) for b in r.batches(64)) == 300
-        assert r.sha256() == _sha(path)
-        r = open_capture(path, chunk_bytes=chunk, digest=True)
-        it = r.batches(64)
-        next(it)
-        it.close()
-        assert r.sha256() == (None if chunk < path.stat().st_size else _sha(path))
-    assert open_capture(pcap).sha256() is None  # only when asked for
+def test_the_hash_is_made_by_a_child_on_the_same_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child hashes the open file by pread (the descriptor's offset, which the reader
+    uses, is untouched); a child that fails is replaced by hashing in this process, and
+    `close()` stops a child still running."""
+    path = _capture(tmp_path / "f.pcap", flows=4, packets=300)
+    with path.open("rb") as fh:
+        fh.seek(100)
+        h = FileHash(fh.fileno())
+        assert h._proc is not None  # a child process, not this one's GIL
+        assert h.result() == Fingerprint(_sha(path), path.stat().st_size)
+        assert os.lseek(fh.fileno(), 0, os.SEEK_CUR) == 100
+        monkeypatch.setattr(sys, "executable", "/bin/false")  # the child exits 1, says nothing
+        assert FileHash(fh.fileno()).result().sha256 == _sha(path)
+        monkeypatch.setattr(sys, "executable", "/bin/sleep")  # "sleep -I ...": runs on
+        h = FileHash(fh.fileno())
+        proc = h._proc
+        h.close()
+        assert proc is not None and proc.returncode is not None
 
 
 def test_json_says_when_the_first_batch_reached_the_pipeline(lbm: Lbm, tmp_path: Path) -> None:
