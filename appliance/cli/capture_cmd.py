@@ -5,9 +5,12 @@ prints, per file and in total, packets, flows and bad packets by kind (`--json` 
 machine-readable summary: the totals, and `files` with each file's). A file that cannot be
 read (missing, a directory, a FIFO, socket or device: only regular files are read) or whose
 header is broken gets one clear error line naming it; so does a file already replayed into
-this data directory (`capture.replayed`: same SHA-256 and size), unless `--again`. The other
-files are still processed and the exit status is 1 at the end. Decisions use the capture's own
-timestamps.
+this data directory (`capture.replayed`: same SHA-256 and size, decided before the first row
+from the size and first and last MiB; the SHA-256 is computed meanwhile by a child process),
+unless `--again`. The other files are still processed and the exit status is 1 at the end.
+Decisions use the capture's own timestamps. `--json` adds `timing`: seconds from process start
+(`LBM_T0`, nanoseconds since the epoch, if set) to the first batch in the pipeline and to the
+end, and the final flush and Parquet publication (docs/capture-io.md).
 
 `lbm capture live --interface IF` is the capture daemon (writer `capture-IF`): it runs until
 SIGTERM or SIGINT, then flushes every flow and exits 0.
