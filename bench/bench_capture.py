@@ -82,7 +82,7 @@ def section(title: str, pcap: Path, mix: dict[str, Any], a: argparse.Namespace) 
         return r
 
     ours = repeat(a.repeat, cli)
-    line(ours, note=f"  flows {ours.out.get('flows', '?'):,}" if not ours.error else "")
+    line(ours, note=f"  flows {ours.out.get('flows')}" if not ours.error else "")
     inproc = repeat(
         a.repeat, lambda: cb.child("inproc", str(pcap), name="ours in process (pipeline.replay)")
     )
@@ -172,6 +172,11 @@ def startup(tries: int) -> None:
             )
     if not r1.error:
         print(f"  (the 1-packet replay takes {r1.wall - bare.wall:.3f} s more than a bare Python)")
+    imp = cb.import_seconds(["capture", "replay", str(one)])
+    print(
+        "  imports of that replay (python -X importtime, all of them, its overhead included): "
+        + (f"{imp:.3f} s" if imp is not None else "n/a")
+    )
     goal(
         "1-packet replay < 0.5 s",
         f"{r1.wall:.3f} s" if not r1.error else "-",

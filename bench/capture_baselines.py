@@ -157,6 +157,24 @@ def ours_cli(pcap: Path, keep: bool = False) -> tuple[Run, Path]:
     return run, data
 
 
+def import_seconds(args: list[str]) -> float | None:
+    """Seconds spent importing modules in `lbm ARGS` (fresh data dir), by `python -X
+    importtime` (which adds its own overhead): the import part of start-up."""
+    data = fresh_data_dir()
+    try:
+        cmd = [sys.executable, "-X", "importtime", lbm_exe(), "--data-dir", str(data), *args]
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    finally:
+        shutil.rmtree(data.parent, ignore_errors=True)
+    total = 0
+    for ln in p.stderr.splitlines():
+        parts = ln.split("|")
+        top = len(parts) == 3 and parts[2].startswith(" ") and not parts[2].startswith("  ")
+        if ln.startswith("import time:") and top and parts[1].strip().isdigit():
+            total += int(parts[1])
+    return total / 1e6 if p.returncode == 0 and total else None
+
+
 def child(kind: str, *args: str, packets: int = 0, name: str = "") -> Run:
     cmd = [sys.executable, str(Path(__file__).resolve()), kind, *args]
     return measure(name or kind, cmd, packets)

@@ -27,14 +27,14 @@ from typing import Any
 import dpkt
 from capture_corpus import corpus_files, count_mix, write_corpus_loop
 
-GEN_VERSION = 2  # bump when the generator's output changes: cached files are keyed by it
+GEN_VERSION = 4  # bump when the generator's output changes: cached files are keyed by it
 CACHE = Path(os.environ.get("LBM_BENCH_CACHE", "/tmp/lbm-bench-capture"))
 ROOT = Path(__file__).resolve().parents[1]
 PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
 ETH4 = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
 ETH6 = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x86\xdd"
 BASE_US = 1_700_000_000 * 1_000_000
-MEAN_FLOW_PACKETS = 37.0  # the mix below at scale 1.0
+MEAN_FLOW_PACKETS = 41.0  # the mix below at scale 1.0
 BULK = bytes(1448)
 
 
@@ -149,7 +149,9 @@ def flow_frames(i: int, rng: random.Random, scale: float) -> Iterator[bytes]:
 def write_synthetic(path: Path, packets: int, flows: int, concurrent: int, seed: int) -> int:
     """Write the synthetic pcap; returns the number of flows started."""
     rng = random.Random(seed)
-    scale = max(0.05, (packets / max(1, flows)) / MEAN_FLOW_PACKETS)
+    # the file cuts about `concurrent` flows, half done on average: they count as flows too
+    whole = flows - concurrent // 2 if flows > concurrent else flows
+    scale = max(0.05, (packets / max(1, whole)) / MEAN_FLOW_PACKETS)
     rate = max(100_000, concurrent)  # packets/s overall: a flow's mean gap = concurrent / rate
     gap_us = concurrent / rate * 1e6
     heap: list[tuple[int, int, Iterator[bytes]]] = []
@@ -210,7 +212,7 @@ def cached(name: str, make: Any) -> tuple[Path, dict[str, Any]]:
     path = CACHE / name
     meta = path.with_suffix(".mix.json")
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two runs at once must not mix
         make(tmp)
         tmp.replace(path)
         meta.unlink(missing_ok=True)
@@ -255,3 +257,27 @@ def generate(
     capture to `path`; returns (packets, bytes)."""
     write_synthetic(path, packets, flows, concurrent, seed)
     return packets, path.stat().st_size
+
+
+def main() -> None:
+    """`python bench/capture_gen.py --packets N --flows F --concurrent C`: make (or find) the
+    cached synthetic capture and print its path and mix, e.g. for profiling by hand."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--packets", type=int, default=2_000_000)
+    ap.add_argument("--flows", type=int, default=50_000)
+    ap.add_argument("--concurrent", type=int, default=1_500)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    if min(a.packets, a.flows, a.concurrent) < 1:
+        ap.error("--packets, --flows and --concurrent must be at least 1")
+    path, mix = synthetic(a.packets, a.flows, a.concurrent, a.seed)
+    from capture_corpus import mix_line
+
+    print(path)
+    print(mix_line(mix))
+
+
+if __name__ == "__main__":
+    main()
