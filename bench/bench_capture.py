@@ -97,7 +97,7 @@ def section(title: str, pcap: Path, mix: dict[str, Any], a: argparse.Namespace) 
         line(inproc)
     nf_src, nf_note = pcap, "  (whole capture)"
     if a.nfstream_slice:
-        nf_src = cg.prefix(pcap, a.nfstream_slice)[0]
+        nf_src = cg.prefix(pcap, a.nfstream_slice)
         nf_note = f"  ({a.nfstream_slice:,}-packet slice only: --nfstream-slice)"
     nf = repeat(a.repeat, lambda: cb.child("nfstream", str(nf_src), name="nfstream (no DPI)"))
     line(nf, ours, nf_note)
@@ -106,7 +106,7 @@ def section(title: str, pcap: Path, mix: dict[str, Any], a: argparse.Namespace) 
     tshark = cb.Run("tshark conversation fields", error="tshark not installed")
     slice_n = min(a.slice, packets)
     if shutil.which("tshark"):
-        part = cg.prefix(pcap, slice_n)[0]
+        part = cg.prefix(pcap, slice_n)
         tshark = cb.tshark_fields(part, slice_n)
     line(tshark, ours, f"  ({slice_n:,}-packet slice)")
     tcpdump = cb.Run("tcpdump -r FILE -w /dev/null", error="tcpdump not installed (make bench)")
@@ -207,7 +207,7 @@ def memory(a: argparse.Namespace) -> None:
     rss: list[float] = []
     last: cb.Run | None = None
     for n in steps:
-        pcap = full if n == packets else cg.prefix(full, n)[0]
+        pcap = cg.prefix(full, n)
         r, _ = cb.ours_cli(pcap)
         r.name = f"ours, first {n:,} packets"
         line(r)

@@ -263,8 +263,16 @@ def _state_bytes() -> dict[str, Any]:
             continue
         if table_cls is None:
             continue
-        fn = getattr(table_cls(), "state_bytes_per_flow", None)
-        return {"module": mod, "bytes": fn() if callable(fn) else None}
+        try:
+            table: Any = table_cls()
+        except TypeError:  # a constructor that needs arguments: ask the class
+            table = table_cls
+        for name in ("state_bytes_per_flow", "bytes_per_flow"):
+            v = getattr(table, name, None)
+            v = v() if callable(v) else v
+            if isinstance(v, int | float):
+                return {"module": mod, "bytes": v}
+        return {"module": mod, "bytes": None}
     return {"module": None, "bytes": None}
 
 

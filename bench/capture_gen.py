@@ -206,9 +206,13 @@ def write_slice(src: Path, dst: Path, n: int) -> int:
     return got
 
 
-def cached(name: str, make: Any) -> tuple[Path, dict[str, Any]]:
-    """`CACHE/name` made by `make(tmp_path)` once (atomic rename), with its mix count beside it."""
+def cached(name: str, make: Any, count: bool = True) -> tuple[Path, dict[str, Any]]:
+    """`CACHE/name` made by `make(tmp_path)` once (atomic rename), with its mix count beside it
+    (unless not `count`). Files of other generator versions are removed."""
     CACHE.mkdir(parents=True, exist_ok=True)
+    for old in CACHE.glob("*-v*"):
+        if old.name.startswith(("synth-v", "one-v")) and f"-v{GEN_VERSION}-" not in old.name:
+            old.unlink(missing_ok=True)  # a reader of it keeps its open file
     path = CACHE / name
     meta = path.with_suffix(".mix.json")
     if not path.exists():
@@ -216,6 +220,8 @@ def cached(name: str, make: Any) -> tuple[Path, dict[str, Any]]:
         make(tmp)
         tmp.replace(path)
         meta.unlink(missing_ok=True)
+    if not count:
+        return path, {}
     if not meta.exists():
         meta.write_text(json.dumps(count_mix(path)))
     return path, dict(json.loads(meta.read_text()))
@@ -229,18 +235,19 @@ def synthetic(packets: int, flows: int, concurrent: int, seed: int) -> tuple[Pat
 def corpus_loop(min_packets: int) -> tuple[Path, dict[str, Any]]:
     stamp = "-".join(f"{f.name}:{f.stat().st_size}" for f in corpus_files())
     key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
-    return cached(
-        f"corpus-v{GEN_VERSION}-{key}-p{min_packets}.pcap",
-        lambda p: write_corpus_loop(p, min_packets),
-    )
+    return cached(f"corpus-{key}-p{min_packets}.pcap", lambda p: write_corpus_loop(p, min_packets))
 
 
-def prefix(src: Path, n: int) -> tuple[Path, dict[str, Any]]:
-    return cached(f"{src.stem}-first{n}.pcap", lambda p: write_slice(src, p, n))
+def prefix(src: Path, n: int) -> Path:
+    """The first `n` packets of `src` (`src` itself if it has no more)."""
+    meta = src.with_suffix(".mix.json")
+    if meta.exists() and json.loads(meta.read_text())["packets"] <= n:
+        return src
+    return cached(f"{src.stem}-first{n}.pcap", lambda p: write_slice(src, p, n), count=False)[0]
 
 
 def one_packet() -> Path:
-    path = CACHE / f"one-v{GEN_VERSION}.pcap"
+    path = CACHE / f"one-v{GEN_VERSION}-.pcap"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         f = next(flow_frames(1, random.Random(1), 1.0))
