@@ -82,7 +82,8 @@ def section(title: str, pcap: Path, mix: dict[str, Any], a: argparse.Namespace) 
         return r
 
     ours = repeat(a.repeat, cli)
-    line(ours, note=f"  flows {ours.out.get('flows')}" if not ours.error else "")
+    nflows = ours.out.get("flows")
+    line(ours, note=f"  flows {nflows:,}" if isinstance(nflows, int) else "")
     inproc = repeat(
         a.repeat, lambda: cb.child("inproc", str(pcap), name="ours in process (pipeline.replay)")
     )
@@ -188,8 +189,11 @@ def startup(tries: int) -> None:
 def state_bytes() -> None:
     r = cb.child("state-bytes", name="flow table per-flow state")
     b = None if r.error else r.out.get("bytes")
-    where = "" if r.error else f" ({r.out.get('module')}.FlowTable.state_bytes_per_flow)"
-    print(f"  per-flow state: {f'{b:,} bytes' if isinstance(b, int | float) else 'n/a'}{where}")
+    table = f"{r.out.get('module')}.FlowTable" if not r.error else "the flow table"
+    if isinstance(b, int | float):
+        print(f"  per-flow state: {b:,.0f} bytes ({table}.state_bytes_per_flow)")
+    else:
+        print(f"  per-flow state: n/a ({table} does not expose state_bytes_per_flow)")
 
 
 def memory(a: argparse.Namespace) -> None:
