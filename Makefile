@@ -62,7 +62,8 @@ bench: venv
 	@for t in $(BENCH_APT); do command -v $$t >/dev/null && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y -qq --no-install-recommends $$t || \
-	      { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$t; } || exit 1; \
+	      { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$t; } || \
+	      { echo "make bench: could not install $$t with apt-get" >&2; exit 1; }; \
 	  else echo "make bench: $$t is missing: install it (apt-get install $$t) or run as root" >&2; exit 1; fi; \
 	done
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
