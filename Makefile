@@ -55,7 +55,17 @@ asan: venv
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1; \
 	set -x; $(BIN)/python -m capture.native.build && $(BIN)/pytest -q -p no:cacheprovider $(ASAN_TESTS)
 
+# The benchmarks. bench_capture compares with nfstream (the [bench] extra, pinned) and libpcap's
+# bare read (tcpdump, installed here as root; tshark comes with .ci/run's packages).
+BENCH_APT ?= tcpdump tshark
 bench: venv
+	@for t in $(BENCH_APT); do command -v $$t >/dev/null && continue; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -qq --no-install-recommends $$t || \
+	      { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$t; } || \
+	      { echo "make bench: could not install $$t with apt-get" >&2; exit 1; }; \
+	  else echo "make bench: $$t is missing: install it (apt-get install $$t) or run as root" >&2; exit 1; fi; \
+	done
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
