@@ -49,7 +49,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
 
 def _decode(path: str, fast: bool) -> None:
     from capture.decode import Decoder
-    from capture.reader import open_capture
+    from capture.read.reader import open_capture
 
     dec = Decoder()
     dec.fast = fast
@@ -59,7 +59,7 @@ def _decode(path: str, fast: bool) -> None:
 
 def _child_hash(path: str) -> tuple[float, float]:
     """Wall and the child's CPU of `FileHash` on `path`."""
-    from capture.replayed import FileHash
+    from capture.read.replayed import FileHash
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
@@ -71,7 +71,7 @@ def _child_hash(path: str) -> tuple[float, float]:
 
 
 def _ledger_check(path: str, full: bool) -> None:
-    from capture.replayed import digest_fd, edges
+    from capture.read.replayed import digest_fd, edges
 
     with open(path, "rb") as fh:
         digest_fd(fh.fileno()) if full else edges(fh.fileno())
@@ -154,7 +154,7 @@ def main() -> None:
             path = str(tmp / "synth.pcap")
             bench_capture.generate(Path(path), a.packets, max(a.packets // 40, 1))
         from capture.decode import Decoder
-        from capture.reader import open_capture
+        from capture.read.reader import open_capture
 
         n = sum(len(r) for r in open_capture(path).batches(65536))  # also warms the page cache
         Decoder()  # the C extension built and loaded before timing

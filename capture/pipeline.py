@@ -4,14 +4,14 @@ metadata rows, and subjects' packets -> their authorisations' archives.
 `Pipeline.feed(batch)` is shared by replay (`replay()`, capture files) and live capture
 (`capture.live`). Per batch: the flow table assigns packets to flows (array code); new flows
 get their principal (internal address -> identity map at the flow's first packet);
-the first packets of each flow go to `capture.appfeed` (one-packet heads and DNS in C, the
-rest to `AppMeta`); `capture.gate` decides subjects' packets at each packet's own timestamp
+the first packets of each flow go to `capture.app.feed` (one-packet heads and DNS in C, the
+rest to `AppMeta`); `capture.subjects.gate` decides subjects' packets at each packet's own timestamp
 (identity lease and authorisations then, the flow's TLS server name for the do-not-decrypt
 list, holding a flow's packets until that name is known) and covered ones are written to the
-archive as pcapng (`capture.subjects`, one record per flow per segment); ended flows become
+archive as pcapng (`capture.subjects.recorder`, one record per flow per segment); ended flows become
 `flow` rows (numbers as arrays, Arrow for text). The row's principal is the one at the flow's
 first packet. `replay()`
-reads and decodes on a background thread (`capture.prefetch`). Nothing of a non-subject's
+reads and decodes on a background thread (`capture.read.prefetch`). Nothing of a non-subject's
 payload is kept beyond `AppMeta`'s bounded parse buffers.
 """
 
@@ -28,23 +28,28 @@ import numpy.typing as npt
 
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture import CaptureError
-from capture.appfeed import AppFeed
+from capture.app import AppFeed
 from capture.batch import PacketBatch
 from capture.decode import Decoder
-from capture.flowkeys import PROTO_NAMES, community_ids
-from capture.flowrows import Columns, addr_texts, concat_column, count
-from capture.flows import FlowConfig, FlowTable
-from capture.gate import ArchiveGate
-from capture.netset import NetSet
-from capture.prefetch import Prefetch
-from capture.reader import CaptureReader, open_capture
-from capture.subjects import SubjectRecorder
+from capture.flow import (
+    PROTO_NAMES,
+    Columns,
+    FlowConfig,
+    FlowTable,
+    NetSet,
+    addr_texts,
+    community_ids,
+    concat_column,
+    count,
+)
+from capture.read import CaptureReader, Prefetch, open_capture
+from capture.subjects import ArchiveGate, SubjectLimits, SubjectRecorder
 from capture.summary import Summary
 from store.archive import Archive
 from store.paths import DataPaths
 
 if TYPE_CHECKING:  # lazily: they load pyarrow (the writers are made at first use)
-    from capture.bypassed import BypassedWeb
+    from capture.subjects.bypassed import BypassedWeb
     from store.metadata import MetadataWriter
 
 ROW_BLOCK = 8192  # rows handed to a writer at once
@@ -66,13 +71,18 @@ class Pipeline:
         flow_config: FlowConfig | None = None,
         on_archive_error: Callable[[str, str], None] | None = None,
         bypassed: BypassedWeb | None = None,
+        limits: SubjectLimits | None = None,
     ) -> None:
         self._writer_args = (paths, gateway, writer_name)
         self._writers: tuple[MetadataWriter, MetadataWriter] | None = None  # made at first use
         self.snapshot = snapshot
         self.internal = NetSet(internal_networks)
-        self.recorder = SubjectRecorder(archive, on_archive_error) if archive is not None else None
-        self.gate = ArchiveGate(self.recorder, self._flow_ip) if self.recorder is not None else None
+        limits = limits or SubjectLimits()
+        self.recorder: SubjectRecorder | None = None
+        self.gate: ArchiveGate | None = None
+        if archive is not None:
+            self.recorder = limits.new_recorder(archive, on_archive_error)
+            self.gate = ArchiveGate(self.recorder, self._flow_ip, limits)
         self.interface = interface
         self.summary = Summary()
         self._flow_config = flow_config
@@ -331,7 +341,7 @@ def replay(
     may be given as a `CaptureReader` already open (the CLI opens it to fingerprint it).
 
     Reading and decoding run on a background thread up to `prefetch` batches ahead of the
-    flow table (`capture.prefetch`); 0 keeps everything on the calling thread. `timing`, if
+    flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread. `timing`, if
     given, gets "first_batch": the `time.monotonic()` when the first batch reached
     `pipeline.feed` (unless already set)."""
     s = pipeline.summary

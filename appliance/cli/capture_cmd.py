@@ -5,7 +5,7 @@ prints, per file and in total, packets, flows and bad packets by kind (`--json` 
 machine-readable summary: the totals, and `files` with each file's). A file that cannot be
 read (missing, a directory, a FIFO, socket or device: only regular files are read) or whose
 header is broken gets one clear error line naming it; so does a file already replayed into
-this data directory (`capture.replayed`: same SHA-256 and size, decided before the first row
+this data directory (`capture.read.replayed`: same SHA-256 and size, decided before the first row
 from the size and first and last MiB; the SHA-256 is computed meanwhile by a child process),
 unless `--again`. The other files are still processed and the exit status is 1 at the end.
 Decisions use the capture's own timestamps. `--json` adds `timing`: seconds from process start
@@ -30,24 +30,30 @@ from appliance.cli.textsafe import safe
 from capture import CaptureError
 
 if TYPE_CHECKING:
-    from capture.bypassed import BypassedWeb
     from capture.pipeline import Pipeline
+    from capture.subjects.bypassed import BypassedWeb
 
 # Imports are lazy (inside the functions that need them): `lbm capture replay` reaches its
 # first packet before pyarrow, the metrics and the live-capture modules are loaded.
+
+if TYPE_CHECKING:
+    from capture.subjects import SubjectLimits
 
 
 def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeline, Any]:
     """Pipeline wired to this data directory: policy snapshots, identity, archive, audit."""
     from appliance.cli.policy_source import snapshot_source
-    from capture.flows import FlowConfig
+    from capture.flow.table import FlowConfig
     from capture.pipeline import Pipeline
     from store.archive import Archive
     from store.audit import Action
 
     app.require_initialised()
     source = snapshot_source(app)
-    archive = Archive(app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor)
+    archive = Archive(
+        app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor,
+        segment_max_bytes=app.config["archive.segment_max_bytes"],
+    )  # fmt: skip
     archive.recover()  # segments cut off by an earlier crash: sealed as truncated, audited
 
     def gap(ref: str, reason: str) -> None:
@@ -71,8 +77,24 @@ def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeli
         on_archive_error=gap,
         flow_config=FlowConfig(max_flows=app.config["capture.max_flows"]),
         bypassed=_bypassed_web(app, writer, interface, source.current),
+        limits=subject_limits(app),
     )
     return pipe, (source, archive)
+
+
+def subject_limits(app: App) -> SubjectLimits:
+    """The `[capture]` bounds on subjects' packets in memory (appliance/config/schema_capture)."""
+    from capture.subjects import SubjectLimits
+
+    cfg = app.config
+    return SubjectLimits(
+        hold_max_packets=cfg["capture.hold_max_packets"],
+        hold_max_bytes=cfg["capture.hold_max_bytes"],
+        hold_total_bytes=cfg["capture.hold_total_bytes"],
+        record_max_bytes=cfg["capture.record_max_bytes"],
+        record_max_age_s=float(cfg["capture.record_max_age_s"]),
+        record_total_bytes=cfg["capture.record_total_bytes"],
+    )
 
 
 def _bypassed_web(
@@ -88,7 +110,7 @@ def _bypassed_web(
         or cfg["web.transparent_scope"] != "subjects"
     ):
         return None
-    from capture.bypassed import BypassedWeb
+    from capture.subjects.bypassed import BypassedWeb
 
     return BypassedWeb(
         paths=app.paths,
@@ -166,7 +188,7 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
     summary is printed per file, then in total."""
 
     def run() -> dict[str, Any]:
-        from capture.replayed import ReplayLedger
+        from capture.read.replayed import ReplayLedger
         from capture.summary import Summary
 
         pipe, (source, archive) = build_pipeline(app, "replay", None)
@@ -229,8 +251,8 @@ def _replay_one(
     """Replay one file after the ledger's check; its summary, with its sha256 and size.
     Raises CaptureError (`_Refused` when the ledger refuses it)."""
     from capture.pipeline import replay
-    from capture.reader import open_capture
-    from capture.replayed import FileHash
+    from capture.read.reader import open_capture
+    from capture.read.replayed import FileHash
     from capture.summary import Summary
 
     reader = open_capture(name)  # header checked: CaptureError naming the file

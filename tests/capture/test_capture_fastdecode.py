@@ -1,4 +1,4 @@
-"""The C pass for the common case (`capture.fastpath.decode_common`) gives every packet exactly
+"""The C pass for the common case (`capture.read.walk.decode_common`) gives every packet exactly
 the columns the numpy path gives it: differential tests over every corpus capture and over
 frames mutated at random (truncations, flipped header bytes, tunnel look-alikes), and the
 packets it leaves to numpy really are the rare cases."""
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from lbm_testing import REPO, corpus_root
 
-from capture import CaptureError, fastpath
+from capture import CaptureError
 from capture.batch import PacketBatch, RawBatch
 from capture.decode import Decoder
-from capture.reader import open_capture
+from capture.read import walk as fastpath
+from capture.read.reader import open_capture
 
 pytestmark = pytest.mark.skipif(fastpath.IMPLEMENTATION != "c", reason="no C extension")
 

@@ -21,7 +21,7 @@ import dpkt
 import pytest
 from lbm_testing import Lbm
 
-from capture.replayed import FileHash, Fingerprint
+from capture.read.replayed import FileHash, Fingerprint
 from store.metadata import read_stream
 from store.paths import DataPaths
 
