@@ -3,8 +3,8 @@
 Generates a synthetic pcap (default 2,000,000 packets over 50,000 flows; Ethernet, IPv4 and
 IPv6, TCP and UDP, a realistic size mix with many bare ACKs) with numpy-written records,
 then measures:
-- read only (capture.reader: record walking in bounded chunks),
-- read + decode (capture.decode.read_batches),
+- read only (capture.read.reader: record walking in bounded chunks),
+- read + decode (capture.decode.decoder.read_batches),
 - decode alone (batches already in memory),
 - dpkt: dpkt.pcap.Reader + Ethernet/IP/TCP|UDP decode and 5-tuple access, per packet, on a
   200,000-packet slice of the same file,
@@ -25,9 +25,9 @@ from pathlib import Path
 import dpkt
 import numpy as np
 
-from capture.decode import Decoder, read_batches
-from capture.fastpath import IMPLEMENTATION
-from capture.reader import open_capture
+from capture.decode.decoder import Decoder, read_batches
+from capture.read.reader import open_capture
+from capture.read.walk import IMPLEMENTATION
 
 CHUNK = 250_000
 
@@ -244,7 +244,7 @@ def main() -> None:
     n_dpkt, dpkt_s = bench_dpkt(path, args.dpkt_packets)
     dpkt_pps = n_dpkt / dpkt_s
     rows = [
-        ("read only (capture.reader)", n_read, read_s),
+        ("read only (capture.read.reader)", n_read, read_s),
         ("read + decode (read_batches)", n_dec, full_s),
         ("decode alone (in memory)", n_mem, dec_s),
         ("dpkt per-packet loop", n_dpkt, dpkt_s),

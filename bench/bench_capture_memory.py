@@ -129,9 +129,9 @@ def replay(pcap: Path, tmp: Path) -> dict[str, float]:
 
 
 def state_bytes() -> dict[str, int]:
-    from capture.appfeed import AppFeed
-    from capture.flows import FlowTable
-    from capture.gate import ArchiveGate
+    from capture.app.feed import AppFeed
+    from capture.flow.table import FlowTable
+    from capture.subjects.gate import ArchiveGate
 
     gate = ArchiveGate(cast(Any, None), str)
     gate.grow(1)

@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/bench_formats.py [--mb 256] [--rounds 3] [--dir DIR]
 
 Records are made in memory the way the channels make them (web heads with
 `addons/archive_records`, 1 MiB body records, four flows interleaved; email messages from the
-corpus; packets as `capture.pcapng` records of 1500-byte frames) and fed to `ExportSet` as
+corpus; packets as `capture.subjects.pcapng` records of 1500-byte frames) and fed to `ExportSet` as
 `lbm evidence open` feeds it (decryption is not measured: `bench/bench_export.py` measures the
 whole open against `age -d`). The baseline, measured in the same run, writes the same record
 bytes to one file (buffered writes + fsync), the least any export does. Prints MB/s per channel,
@@ -29,7 +29,7 @@ from mitmproxy import http
 
 from addons import archive_records as rec
 from appliance.evidence.formats import ExportSet
-from capture.pcapng import PcapngRecord
+from capture.subjects.pcapng import PcapngRecord
 
 MIB = 1 << 20
 Event = tuple[str, Any]
@@ -79,7 +79,7 @@ def packet_records(total: int) -> Iterator[Event]:
     while done < total:
         buf = bytearray()
         record = PcapngRecord(buf.extend)
-        for i in range(700):  # ~1 MiB records, as capture/subjects.py writes them
+        for i in range(700):  # ~1 MiB records, as capture/subjects/recorder.py writes them
             record.packet(1, i * 1000, frame, len(frame))
         n += 1
         done += len(buf)

@@ -2,7 +2,7 @@
 
 A `RawBatch` is what a reader (capture file or live socket) produces: the frames of up to
 `max_packets` packets packed into one uint8 buffer, with per-packet timestamp, lengths,
-offset and link type. `capture.decode.decode(raw)` turns it into a `PacketBatch`: the same
+offset and link type. `capture.decode.decoder.decode(raw)` turns it into a `PacketBatch`: the same
 frames plus one numpy column per decoded header field, so consumers (flows, appmeta,
 pipeline) work with array operations instead of a Python loop over packets.
 
@@ -12,7 +12,7 @@ Conventions:
 - `status == 0` means the packet decoded to a transport 5-tuple (TCP, UDP, ICMP, ICMPv6,
   SCTP, or another IP protocol with ports 0); any other value is a `STATUS` code saying why
   not. Non-first fragments whose first fragment was seen are status 0 with the ports filled
-  in from the fragment table (see `capture.frag`);
+  in from the fragment table (see `capture.decode.frag`);
 - for tunnels (Teredo, VXLAN, Geneve, GRE, IP-in-IP) the columns describe the INNER packet;
   `tunnel` says which tunnel and the `outer_*` columns hold the outer connection's
   5-tuple (zeros when `tunnel == 0`), so flows can also log the tunnel itself as Zeek does;

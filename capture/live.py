@@ -1,7 +1,8 @@
 """Live capture from a network interface into the packet pipeline.
 
 An AF_PACKET raw socket (all protocols, promiscuous membership) with a TPACKET_V3 ring
-(`capture.ring`): each block the kernel fills is one batch, with the kernel's timestamps, decoded
+(`capture.read.ring`): each block the kernel fills is one batch, with the kernel's timestamps,
+decoded
 and fed to the same `Pipeline` replay uses; kernel drops are counted. Without the ring (old
 kernel, or LBM_CAPTURE_NO_RING=1) frames are read one by one until `batch_packets` arrive or
 `batch_seconds` pass. About
@@ -29,7 +30,7 @@ from capture import CaptureError
 from capture.batch import LINKTYPE_ETHERNET, LINKTYPE_RAW, RawBatch
 from capture.decode import Decoder
 from capture.pipeline import Pipeline
-from capture.ring import PacketRing, ring_disabled
+from capture.read import PacketRing, ring_disabled
 from capture.summary import Summary
 from store.readiness import announce_ready
 

@@ -4,14 +4,14 @@ metadata rows, and subjects' packets -> their authorisations' archives.
 `Pipeline.feed(batch)` is shared by replay (`replay()`, capture files) and live capture
 (`capture.live`). Per batch: the flow table assigns packets to flows (array code); new flows
 get their principal (internal address -> identity map at the flow's first packet);
-the first packets of each flow go to `capture.appfeed` (one-packet heads and DNS in C, the
-rest to `AppMeta`); `capture.gate` decides subjects' packets at each packet's own timestamp
+the first packets of each flow go to `capture.app.feed` (one-packet heads and DNS in C, the
+rest to `AppMeta`); `capture.subjects.gate` decides subjects' packets at each packet's own timestamp
 (identity lease and authorisations then, the flow's TLS server name for the do-not-decrypt
 list, holding a flow's packets until that name is known) and covered ones are written to the
-archive as pcapng (`capture.subjects`, one record per flow per segment); ended flows become
+archive as pcapng (`capture.subjects.recorder`, one record per flow per segment); ended flows become
 `flow` rows (numbers as arrays, Arrow for text). The row's principal is the one at the flow's
 first packet. `replay()`
-reads and decodes on a background thread (`capture.prefetch`). Nothing of a non-subject's
+reads and decodes on a background thread (`capture.read.prefetch`). Nothing of a non-subject's
 payload is kept beyond `AppMeta`'s bounded parse buffers.
 """
 
@@ -21,40 +21,40 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture import CaptureError
-from capture.appfeed import AppFeed
+from capture.app import AppFeed
 from capture.batch import PacketBatch
-from capture.bypassed import BypassedWeb
 from capture.decode import Decoder
-from capture.flowkeys import PROTO_NAMES, community_ids
-from capture.flowrows import (
+from capture.flow import (
+    PROTO_NAMES,
     Columns,
+    FlowConfig,
+    FlowTable,
+    NetSet,
     addr_texts,
+    community_ids,
     concat_column,
     count,
     empty_lists,
     repeat_text,
 )
-from capture.flows import FlowConfig, FlowTable
-from capture.gate import ArchiveGate
-from capture.netset import NetSet
-from capture.prefetch import Prefetch
-from capture.reader import open_capture
-from capture.subjects import SubjectRecorder
+from capture.read import CaptureReader, Prefetch, open_capture
+from capture.subjects import ArchiveGate, SubjectLimits, SubjectRecorder
 from capture.summary import Summary
 from store.archive import Archive
-from store.metadata import MetadataWriter
 from store.paths import DataPaths
 
+if TYPE_CHECKING:  # lazily: they load pyarrow (the writers are made at first use)
+    from capture.subjects.bypassed import BypassedWeb
+    from store.metadata import MetadataWriter
+
 ROW_BLOCK = 8192  # rows handed to a writer at once
-_TS = pa.timestamp("us", tz="UTC")
 
 
 class Pipeline:
@@ -79,25 +79,21 @@ class Pipeline:
         flow_config: FlowConfig | None = None,
         on_archive_error: Callable[[str, str], None] | None = None,
         bypassed: BypassedWeb | None = None,
+        limits: SubjectLimits | None = None,
     ) -> None:
         # Rows queued for the journal and waiting for Parquet are memory: both bounded, so a
         # mass expiry of flows is written as it is made, not held
         self._queue_rows = self.QUEUE_ROWS if interface is None else self.LIVE_QUEUE_ROWS
-        self.flow_w, self.dns_w = (
-            MetadataWriter(
-                stream,
-                writer_name,
-                paths=paths,
-                gateway=gateway,
-                parquet_rows=self.PUBLISH_ROWS,
-                queue_limit=self._queue_rows,
-            )
-            for stream in ("flow", "dns")
-        )
+        self._writer_args = (paths, gateway, writer_name)
+        self._writers: tuple[MetadataWriter, MetadataWriter] | None = None  # made at first use
         self.snapshot = snapshot
         self.internal = NetSet(internal_networks)
-        self.recorder = SubjectRecorder(archive, on_archive_error) if archive is not None else None
-        self.gate = ArchiveGate(self.recorder, self._flow_ip) if self.recorder is not None else None
+        limits = limits or SubjectLimits()
+        self.recorder: SubjectRecorder | None = None
+        self.gate: ArchiveGate | None = None
+        if archive is not None:
+            self.recorder = limits.new_recorder(archive, on_archive_error)
+            self.gate = ArchiveGate(self.recorder, self._flow_ip, limits)
         self.interface = interface
         self.summary = Summary()
         self._flow_config = flow_config
@@ -294,7 +290,10 @@ class Pipeline:
             if not buf:
                 continue
             merged = {k: concat_column([c[k] for c in buf]) for k in buf[0]}
-            merged["ts"] = pa.array(np.asarray(merged["ts"], np.int64), _TS)
+            import pyarrow as pa  # lazily: the first packet does not wait for it
+
+            ts = pa.timestamp("us", tz="UTC")
+            merged["ts"] = pa.array(np.asarray(merged["ts"], np.int64), ts)
             buf.clear()
             if self.bypassed is not None and writer is self.flow_w:
                 self.bypassed.add(merged)
@@ -315,53 +314,95 @@ class Pipeline:
             self.summary.flow_counters[k] = self.summary.flow_counters.get(k, 0) + v
         self._reset_source()
 
+    # ---- writers --------------------------------------------------------------------------
+    @property
+    def flow_w(self) -> MetadataWriter:
+        return self._open_writers()[0]
+
+    @property
+    def dns_w(self) -> MetadataWriter:
+        return self._open_writers()[1]
+
+    @property
+    def writers_open(self) -> bool:
+        """False until a writer exists: until then no row can have been appended."""
+        return self._writers is not None
+
+    def _open_writers(self) -> tuple[MetadataWriter, MetadataWriter]:
+        """The `flow` and `dns` writers, made at first use (the first rows, `close()`, or a
+        caller that asks): they load pyarrow, which the first packet does not need."""
+        if self._writers is None:
+            from store.metadata import MetadataWriter
+
+            paths, gateway, name = self._writer_args
+            flow, dns = (
+                MetadataWriter(
+                    stream,
+                    name,
+                    paths=paths,
+                    gateway=gateway,
+                    parquet_rows=self.PUBLISH_ROWS,
+                    queue_limit=self._queue_rows,
+                )
+                for stream in ("flow", "dns")
+            )
+            self._writers = (flow, dns)
+        return self._writers
+
     def close(self) -> None:
         """Flush rows to durable storage and close the writers."""
+        flow_w, dns_w = self._open_writers()
         try:
             self.flush_rows()
-            self.flow_w.flush()
-            self.dns_w.flush()
+            flow_w.flush()
+            dns_w.flush()
         finally:
-            self.flow_w.close()
-            self.dns_w.close()
+            flow_w.close()
+            dns_w.close()
             if self.bypassed is not None:
                 self.bypassed.close()
 
 
 def replay(
-    files: Iterable[str | Path],
+    files: Iterable[str | Path | CaptureReader],
     pipeline: Pipeline,
     *,
     max_packets: int = 65536,
     prefetch: int = 2,
+    timing: dict[str, float] | None = None,
 ) -> Summary:
     """Replay capture files through `pipeline` (each file its own flow table). A file whose
-    header is broken is recorded in `summary.files_failed` and the others still run.
+    header is broken is recorded in `summary.files_failed` and the others still run. A file
+    may be given as a `CaptureReader` already open (the CLI opens it to fingerprint it).
 
     Reading and decoding run on a background thread up to `prefetch` batches ahead of the
-    flow table (`capture.prefetch`); 0 keeps everything on the calling thread."""
+    flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread. `timing`, if
+    given, gets "first_batch": the `time.monotonic()` when the first batch reached
+    `pipeline.feed` (unless already set)."""
     s = pipeline.summary
     for f in files:
-        name = str(f)
+        if isinstance(f, CaptureReader):
+            reader, name = f, str(f.path)
+        else:
+            name = str(f)
+            try:
+                reader = open_capture(name)
+            except CaptureError as exc:
+                s.files_failed[name] = str(exc)
+                continue
         pipeline.interface = Path(name).name
-        try:
-            reader = open_capture(name)
-        except CaptureError as exc:
-            s.files_failed[name] = str(exc)
-            continue
         dec = Decoder()
         try:
             with reader:
                 decoded = (dec.decode(raw) for raw in reader.batches(max_packets))
-                if prefetch <= 0:
-                    for batch in decoded:
+                ahead = Prefetch(decoded, prefetch) if prefetch > 0 else None
+                try:
+                    for batch in ahead if ahead is not None else decoded:
+                        if timing is not None and "first_batch" not in timing:
+                            timing["first_batch"] = time.monotonic()
                         pipeline.feed(batch)
-                else:
-                    ahead = Prefetch(decoded, prefetch)
-                    try:
-                        for batch in ahead:
-                            pipeline.feed(batch)
-                    finally:
+                finally:
+                    if ahead is not None:
                         ahead.close()
         except CaptureError as exc:
             s.files_failed[name] = str(exc)

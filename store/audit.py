@@ -107,6 +107,9 @@ class Action(StrEnum):
     GATEWAY_RULES_REMOVE = "gateway_rules_remove"
     STATUS_OFFICER_VIEW = "status_officer_view"  # lbm status --officer-view (refs shown)
     CONFIG_RELOAD = "config_reload"  # a daemon reloaded config, users file and identity on SIGHUP
+    # archives on object storage (issue 19)
+    ARCHIVE_UPLOAD = "archive_upload"  # a sealed segment uploaded, read back, local copy removed
+    ARCHIVE_UPLOAD_CONFLICT = "archive_upload_conflict"  # an object exists with other content
 
 
 def current_actor() -> str:

@@ -25,6 +25,7 @@ from store import ArchiveError, KeyError_, StoreError
 from store import agefile as age
 from store import manifest as chain
 from store.archive_audit import on_record
+from store.archive_stage import index_lines, restore_segment
 from store.audit import Action, AuditLog
 from store.clock import Clock, format_utc
 from store.framing import PlainStream, iter_events
@@ -32,8 +33,8 @@ from store.fsutil import atomic_write, fsync_dir
 from store.keys import KeyStore, check_ref, shred
 from store.manifest import amendments, read_manifests
 from store.paths import DataPaths
-from store.recovery import closing_fields, read_index
-from store.segment import RecordInfo, SegmentWriter, canonical, is_live, segment_numbers
+from store.recovery import closing_fields
+from store.segment import RecordInfo, SegmentWriter, canonical, is_live, known_segment_numbers
 from store.signing import GatewayKey
 
 AMENDMENT_KIND = "collateral_removal"
@@ -68,10 +69,10 @@ def locate(paths: DataPaths, ref: str, record_id: str) -> Located:
             "already_removed",
             f"record {record_id} was removed already (proposal {removed_by[0].get('proposal')})",
         )
-    for number in segment_numbers(directory):
+    for number in known_segment_numbers(directory):  # uploaded ones: their index from the store
         if number in replaced:
             continue
-        for line in read_index(directory / f"{number:06d}.index.jsonl"):
+        for line in index_lines(paths, ref, number):
             if line.get("id") != record_id:
                 continue
             sid = seg_id(ref, number)
@@ -249,7 +250,7 @@ def _commit(
     ref = fields["ref"]
     directory = paths.archive / ref
     keystore = KeyStore(paths)
-    numbers = segment_numbers(directory)
+    numbers = known_segment_numbers(directory)  # uploaded ones too: never reuse a number
     number = (numbers[-1] if numbers else 0) + 1
     while keystore.segment_key_path(ref, number).exists():
         number += 1  # never reuse the number of a key left behind
@@ -313,6 +314,7 @@ def remove_record(
     staged: _Staged | None = None
     if done is None:
         old = locate(paths, ref, record_id).segment
+        restore_segment(paths, ref, old)  # uploaded: its ciphertext back here to be read
         staged = _stage(paths, clock, ref, old, record_id, identity_text)
         try:
             if not staged.removed_seen:
@@ -381,7 +383,10 @@ def _finish(
     """Step 4: shred the replaced segment's wrapped key."""
     old = int(manifest["amendment"]["replaces"])
     try:
-        destroyed = shred(KeyStore(paths).segment_key_path(ref, old))
+        keystore = KeyStore(paths)
+        destroyed = shred(keystore.segment_key_path(ref, old))
+        # and in the keystore bucket (store/keystore_remote.py; retried if unreachable)
+        destroyed = keystore.shred_segment_elsewhere(ref, old) == "deleted" or destroyed
     except OSError as exc:
         raise CollateralError(
             "write_failed",

@@ -12,6 +12,12 @@ seg.key`, `age -d -i seg.key archive/REF/NNNNNN.age`; `unwrap_authorisation` and
 `unwrap_segment` do the same in memory. Shredding overwrites and unlinks a wrapped key, then
 fsyncs the directory: every copy of what it protected becomes unreadable, provided the key store
 is backed up apart from the archives.
+
+With `[store] keystore_root` elsewhere (its own bucket, store/keystore_remote.py), keys are still
+written here first; the archive uploader mirrors them. A key missing here is read from the mirror
+unless a tombstone (`NNNNNN.destroyed`, or `destroyed` for the authorisation) says it was
+shredded; shredding deletes both copies, and a mirror copy that could not be deleted yet is
+deleted by the next upload pass (`pending_remote_shreds`).
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from store import KeyError_
+from store import KeyError_, StoreError
 from store import agefile as age
 from store.audit import Action, AuditLog, current_actor
 from store.bech32 import Bech32Error, parse_age_recipient
 from store.fsutil import atomic_write, ensure_dir, fsync_dir
+from store.keystore_remote import KeyMirror, check_store_roots, open_key_mirror
 from store.paths import DataPaths
 
+RESYNC = "auth.resync"  # a rewrap the keystore root has not received yet
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -75,6 +83,53 @@ class KeyStore:
         self.paths = paths
         self.audit = audit
         self.actor = actor
+        self._mirror: KeyMirror | bool | None = False  # False: not opened yet
+
+    def mirror(self) -> KeyMirror | None:
+        """The keystore root's copy, or None when the keystore root is keystore/ itself.
+        Opened (and checked: own bucket, no versioning) on first use only: the daemons that
+        just write keys never touch the network. Raises KeyError_ if it cannot be used."""
+        if self._mirror is False:
+            settings = self.paths.store_settings
+            try:
+                mirror = open_key_mirror(settings, str(self.paths.keystore))
+                if mirror is not None:
+                    check_store_roots(settings)
+            except (StoreError, OSError) as exc:
+                raise KeyError_(f"key store root: {exc}") from None
+            self._mirror = mirror
+        return self._mirror if isinstance(self._mirror, KeyMirror) else None
+
+    def _read(self, path: Path, ref: str, tombstone: Path) -> bytes:
+        """A wrapped key: the local file, else the keystore root's copy (never after a shred)."""
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            if tombstone.exists():
+                raise
+        mirror = self.mirror()
+        if mirror is None:
+            raise FileNotFoundError(path)
+        try:
+            data = mirror.get(ref, path.name)
+        except (StoreError, OSError) as exc:
+            raise KeyError_(f"{ref}/{path.name}: key store root unreachable: {exc}") from None
+        if data is None:
+            raise FileNotFoundError(path)
+        return data
+
+    def _remote_delete(self, ref: str, name: str) -> str:
+        """Delete the keystore root's copy: 'deleted', 'absent', 'none' (no mirror) or
+        'pending' (unreachable now; the upload pass retries, the tombstone stays)."""
+        try:
+            mirror = self.mirror()
+            if mirror is None:
+                return "none"
+            if name == "*":  # the whole authorisation: every key object of REF
+                return "deleted" if mirror.delete_all(ref) else "absent"
+            return "deleted" if mirror.delete(ref, name) else "absent"
+        except (KeyError_, StoreError, OSError):
+            return "pending"
 
     def _audit(self, action: Action, ref: str, **fields: Any) -> None:
         if self.audit is not None:
@@ -95,6 +150,22 @@ class KeyStore:
 
     def segment_key_path(self, ref: str, segment: int) -> Path:
         return self.ref_dir(ref) / f"{segment_name(segment)}.age"
+
+    def segment_tombstone(self, ref: str, segment: int) -> Path:
+        return self.ref_dir(ref) / f"{segment_name(segment)}.destroyed"
+
+    def segment_key_exists(self, ref: str, segment: int) -> bool:
+        """Here, or (never after a shred) in the keystore root."""
+        if self.segment_key_path(ref, segment).exists():
+            return True
+        if self.segment_tombstone(ref, segment).exists():
+            return False
+        try:
+            mirror = self.mirror()
+            name = self.segment_key_path(ref, segment).name
+            return mirror is not None and mirror.get(ref, name) is not None
+        except (KeyError_, StoreError, OSError):
+            return False
 
     # -- authorisation keys -----------------------------------------------------------------
     @staticmethod
@@ -145,6 +216,13 @@ class KeyStore:
         try:
             text = path.read_text().strip()
         except FileNotFoundError:
+            if not self.destroyed_marker(ref).exists() and self._mirror is not False:
+                try:  # only where the mirror is already in use (readers, never the daemons)
+                    text = self._read(path, ref, self.destroyed_marker(ref)).decode().strip()
+                    age.parse_recipient(text)
+                    return text
+                except (FileNotFoundError, KeyError_, UnicodeDecodeError, age.AgeError):
+                    pass
             if self.destroyed_marker(ref).exists():
                 raise KeyError_(f"authorisation {ref}: its key was destroyed") from None
             raise KeyError_(f"authorisation {ref}: no key ({path} missing)") from None
@@ -158,7 +236,7 @@ class KeyStore:
         """The authorisation's AGE-SECRET-KEY text, in memory, using an investigator identity."""
         path = self.auth_key_path(ref)
         try:
-            data = path.read_bytes()
+            data = self._read(path, ref, self.destroyed_marker(ref))
         except FileNotFoundError:
             raise KeyError_(
                 f"authorisation {ref}: wrapped key {path} missing (destroyed?)"
@@ -179,8 +257,27 @@ class KeyStore:
         wanted = self._check_recipients(recipients, ref)
         secret = self.unwrap_authorisation(ref, identity_text)
         text = age.identity_file_text(secret, [f"lbm authorisation key for {ref}"])
-        atomic_write(self.auth_key_path(ref), age.encrypt_bytes(text.encode(), wanted), 0o600)
-        self._audit(Action.KEY_REWRAP, ref, key="authorisation", recipients=wanted)
+        wrapped = age.encrypt_bytes(text.encode(), wanted)
+        del secret, text
+        ensure_dir(self.ref_dir(ref))
+        atomic_write(self.auth_key_path(ref), wrapped, 0o600)
+        mirrored = "none"
+        try:
+            mirror = self.mirror()
+            if mirror is not None:
+                mirror.put(ref, "auth.age", wrapped)
+                mirrored = "updated"
+        except (KeyError_, StoreError, OSError):
+            mirrored = "failed"
+        self._audit(
+            Action.KEY_REWRAP, ref, key="authorisation", recipients=wanted, keystore_root=mirrored
+        )
+        if mirrored == "failed":  # the upload pass copies it as soon as the store answers
+            atomic_write(self.ref_dir(ref) / RESYNC, b"", 0o600)
+            raise KeyError_(
+                f"authorisation {ref}: rewrapped in keystore/, but the key store root's copy "
+                "still wraps to the previous holders (unreachable); run the rewrap again"
+            )
 
     def destroy_authorisation(self, ref: str) -> bool:
         """Crypto-shred every segment of `ref`: destroy the wrapped authorisation key (and the
@@ -191,7 +288,11 @@ class KeyStore:
             pub.unlink()
         if self.ref_dir(ref).is_dir():
             atomic_write(self.destroyed_marker(ref), b"", 0o600)
-        self._audit(Action.KEY_DESTROY, ref, key="authorisation", existed=existed)
+        remote = self._remote_delete(ref, "*")
+        existed = existed or remote == "deleted"
+        self._audit(
+            Action.KEY_DESTROY, ref, key="authorisation", existed=existed, keystore_root=remote
+        )
         return existed
 
     # -- segment keys -----------------------------------------------------------------------
@@ -212,7 +313,7 @@ class KeyStore:
     def unwrap_segment(self, ref: str, segment: int, auth_identity: str) -> str:
         path = self.segment_key_path(ref, segment)
         try:
-            data = path.read_bytes()
+            data = self._read(path, ref, self.segment_tombstone(ref, segment))
         except FileNotFoundError:
             raise KeyError_(
                 f"segment {ref}/{segment_name(segment)}: wrapped key {path} missing (destroyed?)"
@@ -228,11 +329,53 @@ class KeyStore:
     def destroy_segment(self, ref: str, segment: int) -> bool:
         """Crypto-shred one segment. Returns False if its wrapped key was already gone."""
         existed = shred(self.segment_key_path(ref, segment))
+        remote = self.shred_segment_elsewhere(ref, segment)
+        existed = existed or remote == "deleted"
         self._audit(
             Action.KEY_DESTROY,
             ref,
             key="segment",
             segment=f"{ref}/{segment_name(segment)}",
             existed=existed,
+            keystore_root=remote,
         )
         return existed
+
+    def shred_segment_elsewhere(self, ref: str, segment: int) -> str:
+        """After the local key is shredded: a tombstone (the mirror's copy is never read
+        again), then the keystore root's copy deleted (`shred_remote`'s answer)."""
+        if self.ref_dir(ref).is_dir():
+            atomic_write(self.segment_tombstone(ref, segment), b"", 0o600)
+        return self._remote_delete(ref, self.segment_key_path(ref, segment).name)
+
+    def shred_remote(self, ref: str, name: str) -> str:
+        """Delete the keystore root's copy of a shredded key ('*': all of REF's); returns
+        'deleted', 'absent', 'none' or 'pending' (unreachable: retried by the upload pass)."""
+        return self._remote_delete(ref, name)
+
+    def sync_rewrapped(self, mirror: KeyMirror) -> int:
+        """Copy auth.age to the keystore root for every rewrap that could not (RESYNC)."""
+        done = 0
+        root = self.paths.keystore
+        for marker in sorted(root.glob(f"*/{RESYNC}")) if root.is_dir() else []:
+            ref = marker.parent.name
+            if self.auth_key_path(ref).exists():
+                mirror.put(ref, "auth.age", self.auth_key_path(ref).read_bytes())
+                done += 1
+            marker.unlink()
+        return done
+
+    def pending_remote_shreds(self) -> list[tuple[str, str]]:
+        """(ref, key name or '*') of every local tombstone; the upload pass deletes their
+        mirror copies (a no-op once gone)."""
+        found: list[tuple[str, str]] = []
+        root = self.paths.keystore
+        if not root.is_dir():
+            return found
+        for ref_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            for entry in sorted(ref_dir.iterdir()):
+                if entry.name == "destroyed":
+                    found.append((ref_dir.name, "*"))
+                elif entry.name.endswith(".destroyed"):
+                    found.append((ref_dir.name, entry.name.replace(".destroyed", ".age")))
+        return found

@@ -5,10 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from store.objectstore import StoreSettings
+
 
 @dataclass(frozen=True)
 class DataPaths:
     root: Path
+    # `[store]` roots (issue 19); None: everything local under `root`. `metadata`, `archive` and
+    # `keystore` below stay the LOCAL folders (journal-side staging, open segments, local keys);
+    # `store_settings` says where published data goes.
+    store: StoreSettings | None = None
+
+    @property
+    def store_settings(self) -> StoreSettings:
+        """The roots in use: `[store]` as loaded by the CLI, else the data dir's own folders."""
+        if self.store is not None:
+            return self.store
+        return StoreSettings(
+            metadata_root=str(self.metadata),
+            archive_root=str(self.archive),
+            keystore_root=str(self.keystore),
+        )
 
     @property
     def config(self) -> Path:

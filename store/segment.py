@@ -215,10 +215,26 @@ def segment_numbers(directory: Path) -> list[int]:
     return sorted(found)
 
 
+KNOWN_RE = re.compile(r"^(\d{6,9})\.(?:age|manifest\.json|uploaded)$")
+
+
+def known_segment_numbers(directory: Path) -> list[int]:
+    """Every number the archive has used: segments here, sealed ones (manifest) and those
+    uploaded to the object store (NNNNNN.uploaded, their local copy removed). A new segment
+    never takes one of these numbers, so an uploaded object is never written again."""
+    found = set()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            m = KNOWN_RE.fullmatch(entry.name)
+            if m:
+                found.add(int(m.group(1)))
+    return sorted(found)
+
+
 def claim(directory: Path) -> tuple[int, int]:
     """Create the next NNNNNN.age exclusively and flock it. Returns (number, fd).
     Callers hold the archive directory lock, so recovery never sees it unlocked."""
-    existing = segment_numbers(directory)
+    existing = known_segment_numbers(directory)
     number = (existing[-1] if existing else 0) + 1
     while True:
         if number > 999_999_999:

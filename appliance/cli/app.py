@@ -6,6 +6,7 @@ exists, and a configuration error surfaces as one line with exit status 2.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from appliance.config import Config, ConfigError, load_config
+from appliance.config.schema_storage import store_settings
 from store import StoreError, safefile, signing
 from store.audit import AuditLog, current_actor
 from store.clock import FAKE_NOW_ENV, Clock, parse_utc
@@ -75,6 +77,9 @@ class App:
         check_trusted(self.config_path, "the configuration file")
         config = load_config(self.config_path, required=self.config_explicit)
         check_fake_clock(config, self.paths)
+        # `[store]` roots travel with the paths, so every writer and reader made from
+        # `app.paths` after this point publishes to and reads from them (issue 19)
+        self.paths = dataclasses.replace(self.paths, store=store_settings(config, self.paths.root))
         return config
 
     @cached_property

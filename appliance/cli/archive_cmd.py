@@ -12,6 +12,11 @@ lbm archive records REF [--json]        the plaintext index (no content, no key 
 lbm archive export-raw REF --identity FILE|- --out DIR [--segment N]
                                         each record's exact bytes to DIR (archive_export.py)
 lbm archive collateral propose|approve|list   remove a collateral record (collateral_cmd.py)
+lbm archive upload [--json]             upload sealed segments to `[store] archive_root`
+                                        (what the housekeeping daemon does each pass)
+
+With `[store] archive_root = "s3://..."`, verify, records and export-raw read the object
+store's copies (store/archive_stage.py) together with what is still local.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from appliance.cli.app import App, emit, fail, pass_app
 from appliance.cli.archive_export import export_raw
 from appliance.cli.audit_cmd import pinned_chain
 from appliance.cli.collateral_cmd import collateral
-from store import AuditError, KeyError_, StoreError, signing
+from store import ArchiveError, AuditError, KeyError_, StoreError, signing
 from store import sqlite as store_sqlite
 from store.archive import Archive
 from store.archive_audit import OnRecord, cross_check, on_record
+from store.archive_stage import staged_paths
+from store.archive_upload import ArchiveUploader, archive_is_remote
 from store.keys import check_ref
 from store.manifest import VerifyReport, amendments, read_manifests, verify_all
 from store.recovery import live_segments
@@ -101,6 +108,7 @@ def verify(app: App, ref: str | None, allowed_signers: Path | None, as_json: boo
     """Check manifests, chains and ciphertext hashes without decrypting, and that everything
     the audit log records as sealed is still there (all archives, or REF)."""
     app.require_initialised()
+    _ = app.config  # loads [store] into app.paths
     _checked_ref(ref)
     if allowed_signers is not None:
         keys = pinned_chain(app, allowed_signers)
@@ -108,14 +116,14 @@ def verify(app: App, ref: str | None, allowed_signers: Path | None, as_json: boo
         keys = signing.load_public_keys(app.paths)
     record, audit_problem = _audit_record(app)
     known, registry_problem = registry_refs(app)
-    if ref is not None and not (app.paths.archive / ref).is_dir() and ref in record.refs | {*known}:
-        report = VerifyReport()  # known, nothing archived yet (or deleted: cross_check says)
-    else:
-        report = verify_all(app.paths.archive, keys, ref)
+    try:
+        with staged_paths(app.paths, None if ref is None else [ref]) as paths:
+            report = _verify_staged(paths, keys, ref, record, known)
+    except ArchiveError as exc:
+        fail(str(exc))
     for problem in (audit_problem, registry_problem):
         if problem:
             report.bad(problem)
-    cross_check(app.paths, record, report, ref, known)
     lines = [
         f"archive {'ok' if report.ok else 'FAILED'}: {report.archives} archive(s), "
         f"{report.segments} sealed segment(s), {len(report.open_segments)} open, "
@@ -132,6 +140,40 @@ def verify(app: App, ref: str | None, allowed_signers: Path | None, as_json: boo
         )
     emit(report.__dict__, as_json, "\n".join(lines))
     if not report.ok:
+        sys.exit(1)
+
+
+def _verify_staged(
+    paths: Any, keys: Any, ref: str | None, record: OnRecord, known: list[str]
+) -> VerifyReport:
+    if ref is not None and not (paths.archive / ref).is_dir() and ref in record.refs | {*known}:
+        report = VerifyReport()  # known, nothing archived yet (or deleted: cross_check says)
+    else:
+        report = verify_all(paths.archive, keys, ref)
+    cross_check(paths, record, report, ref, known)
+    return report
+
+
+@archive.command("upload")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def upload(app: App, as_json: bool) -> None:
+    """Upload every sealed segment to `[store] archive_root`, verify each object by reading it
+    back, then remove the local copy (exit 1 if any is left for a later pass)."""
+    app.require_initialised()
+    _ = app.config  # loads [store] into app.paths
+    if not archive_is_remote(app.paths):
+        fail("[store] archive_root is the local archive/: there is nothing to upload to", 2)
+    result = ArchiveUploader(app.paths, audit=app.audit, actor=app.actor).run()
+    counts = result.counts()
+    text = (
+        f"uploaded {counts['uploaded']} segment(s); {counts['failed']} failed "
+        f"({counts['conflicts']} conflict(s)); {counts['pending']} awaiting upload"
+    )
+    if result.error:
+        text += f"\nproblem: {result.error}"
+    emit({**counts, "error": result.error}, as_json, text)
+    if result.failed or result.error:
         sys.exit(1)
 
 
@@ -187,7 +229,15 @@ def recover(app: App, ref: str | None, as_json: bool) -> None:
 
 
 def _index(app: App, ref: str) -> list[dict[str, Any]]:
-    directory = app.paths.archive / check_ref(ref)
+    try:
+        check_ref(ref)
+        with staged_paths(app.paths, [ref]) as paths:
+            return _index_in(paths.archive / ref, ref)
+    except (ArchiveError, KeyError_) as exc:
+        fail(str(exc))
+
+
+def _index_in(directory: Path, ref: str) -> list[dict[str, Any]]:
     if not directory.is_dir():
         fail(f"{ref}: no archive for this reference")
     items: list[dict[str, Any]] = []
@@ -211,6 +261,7 @@ def _index(app: App, ref: str) -> list[dict[str, Any]]:
 def records(app: App, ref: str, as_json: bool) -> None:
     """List REF's records from the plaintext index (ids, channels, times; no content)."""
     app.require_initialised()
+    _ = app.config  # loads [store] into app.paths
     items = _index(app, ref)
     if as_json:
         emit(items, True)

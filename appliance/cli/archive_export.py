@@ -30,10 +30,12 @@ import click
 from appliance.cli.app import App, emit, fail, pass_app, read_identity
 from store import ArchiveError, KeyError_
 from store import agefile as age
+from store.archive_stage import staged_paths
 from store.audit import Action
 from store.framing import PlainStream, iter_events, open_segment
 from store.fsutil import ensure_dir, fsync_dir
 from store.keys import KeyStore, check_ref
+from store.paths import DataPaths
 from store.segment import segment_numbers
 from store.segment_io import io_message
 
@@ -74,10 +76,10 @@ def _finish(fd: int) -> None:
 
 
 def _export_segment(
-    app: App, ref: str, number: int, identity: str, seg_dir: Path
+    paths: DataPaths, ref: str, number: int, identity: str, seg_dir: Path
 ) -> dict[str, Any]:
     """Decrypt one segment into `seg_dir` (inside the staging directory)."""
-    reader, fh = open_segment(app.paths, ref, number, identity)
+    reader, fh = open_segment(paths, ref, number, identity)
     os.mkdir(seg_dir, 0o700)
     os.chmod(seg_dir, 0o700)
     count = 0
@@ -150,8 +152,9 @@ def export_raw(
 ) -> None:
     """Decrypt REF's records to OUT/REF/NNNNNN/N.EXT with a records.jsonl per segment."""
     app.require_initialised()
+    _ = app.config  # loads [store] into app.paths
     try:
-        directory = app.paths.archive / check_ref(ref)
+        check_ref(ref)
     except KeyError_ as exc:
         fail(str(exc), 2)
     out = out.absolute()
@@ -159,7 +162,23 @@ def export_raw(
     if real_out == real_root or real_out.startswith(real_root + os.sep):
         fail(f"--out {out}: inside the data directory; plaintext never goes there", 2)
     text = _read_identity(identity)  # arguments first: a FIFO or device is refused at once
-    numbers = segment_numbers(directory)
+    try:  # an object-store archive: its ciphertext in a private working directory (0700)
+        with staged_paths(app.paths, [ref]) as paths:
+            _export(app, paths, ref, text, out, segment, as_json)
+    except ArchiveError as exc:
+        fail(f"{exc} (nothing was exported)")
+
+
+def _export(
+    app: App,
+    paths: DataPaths,
+    ref: str,
+    text: str,
+    out: Path,
+    segment: int | None,
+    as_json: bool,
+) -> None:
+    numbers = segment_numbers(paths.archive / ref)
     if segment is not None:
         if segment not in numbers:
             fail(f"{ref}: no segment {segment}")
@@ -179,11 +198,12 @@ def export_raw(
             ensure_dir(out)
             staging = Path(tempfile.mkdtemp(prefix=f".{ref}.", suffix=".partial", dir=out))
             for number in numbers:
-                if not KeyStore(app.paths).segment_key_path(ref, number).exists():
+                if not KeyStore(paths).segment_key_exists(ref, number):
                     results.append({"segment": f"{ref}/{number:06d}", "records": 0,
                                     "truncated": False, "destroyed": True})  # fmt: skip
                     continue
-                results.append(_export_segment(app, ref, number, text, staging / f"{number:06d}"))
+                seg_dir = staging / f"{number:06d}"
+                results.append(_export_segment(paths, ref, number, text, seg_dir))
             del text
             written = [r["segment"].rsplit("/", 1)[1] for r in results if not r.get("destroyed")]
             _publish(staging, out / ref, written)

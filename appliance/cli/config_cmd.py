@@ -42,7 +42,7 @@ def show(app: App, as_json: bool) -> None:
     rows = [
         {
             "key": opt.name,
-            "value": cfg.values[opt.name],
+            "value": "<redacted>" if opt.secret and cfg.values[opt.name] else cfg.values[opt.name],
             "source": cfg.sources[opt.name],
             "help": opt.help,
         }

@@ -33,6 +33,8 @@ class _Writer(Protocol):
 
     def backlog(self) -> tuple[int, float]: ...
 
+    def store_backlog(self) -> tuple[int, int, int]: ...
+
 
 class _Source(Protocol):
     @property
@@ -59,6 +61,19 @@ def add_writer(counters: Counters, writer: _Writer) -> None:
         "how long the oldest queued metadata row has waited (0 when the queue is empty)",
         lambda: round(writer.backlog()[1], 3),
     )
+    # metadata on object storage (zeros for a local root): counts only, never keys or names
+    counters.gauge(
+        "store_backlog_bytes", "metadata bytes published locally and awaiting upload",
+        lambda: writer.store_backlog()[0],
+    )  # fmt: skip
+    counters.gauge(
+        "store_backlog_files", "metadata files published locally and awaiting upload",
+        lambda: writer.store_backlog()[1],
+    )  # fmt: skip
+    counters.counter(
+        "store_upload_failures", "failed uploads of metadata to the object store (retried)",
+        lambda: writer.store_backlog()[2],
+    )  # fmt: skip
 
 
 def add_policy(counters: Counters, source: _Source) -> None:
@@ -251,6 +266,14 @@ def gateway_counters(paths: DataPaths, keeper: Any) -> Counters:
     c.gauge(
         "archive_stored_gib", "archive and key store on disk, whole GiB (rounded down)",
         _cached(lambda: archive_stored_gib(paths), 300.0),
+    )  # fmt: skip
+    c.counter(  # archives on object storage (issue 19): counts only
+        "archive_upload_failures", "sealed segment uploads that failed (retried next pass)",
+        lambda: getattr(keeper, "upload_failures", 0),
+    )  # fmt: skip
+    c.gauge(
+        "archive_upload_pending", "sealed segments awaiting upload to the object store",
+        lambda: getattr(keeper, "upload_pending", 0),
     )  # fmt: skip
     return c
 

@@ -4,7 +4,9 @@ Each pass (every `[housekeeping] interval_seconds`): records in the audit log ev
 that has expired since the last pass (urgent grants not ratified within 72 hours included),
 re-imports the identity feed when the file changed, prints review-due and expiry warnings, and
 once per UTC day runs the retention check (removing what is due only with `[retention]
-auto_apply`). It holds no content and decrypts nothing.
+auto_apply`). With `[store] archive_root = "s3://..."` each pass also uploads the sealed
+segments (store/archive_upload.py: verified by reading back, then the local copy removed; a
+failure leaves them for the next pass). It holds no content and decrypts nothing.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from typing import Any
 import click
 
 from appliance.cli import daemonlog
-from appliance.cli.app import App, pass_app
+from appliance.cli.app import App, fail, pass_app
 from appliance.cli.daemon_metrics import gateway_counters
 from appliance.counters import StatusWriter
 from appliance.evidence import retention_apply
 from appliance.evidence.retention import Settings
 from appliance.policy.expiry import record_expiries
 from appliance.policy.identity import import_if_changed
-from store import sqlite, witness
+from store import StoreError, sqlite, witness
+from store.archive_upload import ArchiveUploader, archive_is_remote
 from store.audit import Action
+from store.keystore_remote import check_store_roots
 from store.readiness import announce_ready
 
 
@@ -45,6 +49,8 @@ class Housekeeper:
         self.passes = 0
         self.feed_imports = 0
         self.feed_failures = 0
+        self.upload_failures = 0  # segment uploads that failed (retried next pass)
+        self.upload_pending = 0  # sealed segments awaiting upload after the last pass
 
     def _log(self, event: str, level: str = "info", **fields: Any) -> None:
         daemonlog.log("housekeeping", event, level, **fields)
@@ -97,12 +103,33 @@ class Housekeeper:
             self._log(f"retention check: {done['counts']}")
         return done
 
+    def archive_upload(self) -> dict[str, int] | None:
+        """Upload sealed segments to the object store (counts only reach the log)."""
+        if not archive_is_remote(self.app.paths):
+            return None
+        try:
+            result = ArchiveUploader(self.app.paths, audit=self.app.audit, actor=self.app.actor)
+            done = result.run()
+        except Exception as exc:  # process boundary: an upload must not stop housekeeping
+            self.upload_failures += 1
+            self._log("archive_upload_failed", "warning", error=type(exc).__name__)
+            return None
+        counts: dict[str, Any] = dict(done.counts())
+        self.upload_failures += counts["failed"]
+        self.upload_pending = counts["pending"]
+        if done.failed or done.error:
+            self._log("archive_upload_failed", "warning", **counts)
+        elif done.uploaded:
+            self._log("archive_uploaded", **counts)
+        return done.counts()
+
     def one_pass(self) -> dict[str, Any]:
         self.passes += 1
         return {
             "expired": self.expiries(),
             "identity": self.identity_feed(),
             "retention": self.retention(),
+            "archive_upload": self.archive_upload(),
         }
 
 
@@ -117,6 +144,14 @@ def housekeeping() -> None:
 def run(app: App, once: bool) -> None:
     """Run housekeeping passes until SIGTERM/SIGINT."""
     app.require_initialised()
+    _ = app.config  # loads [store] into app.paths
+    if app.paths.store_settings.any_remote:
+        try:  # a keystore in the archive's bucket, or a versioned one: refused at start
+            check_store_roots(app.paths.store_settings)
+        except StoreError as exc:
+            fail(str(exc), 2)
+        except OSError as exc:  # unreachable now: checked again before every upload
+            daemonlog.log("housekeeping", "store_unreachable", "warning", detail=str(exc)[:200])
     keeper = Housekeeper(app)
     if once:
         click.echo(json.dumps(keeper.one_pass(), sort_keys=True, default=str))

@@ -6,6 +6,7 @@ keys and configuration are never overwritten.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 from pathlib import Path
@@ -86,6 +87,14 @@ def _share_config(path: Path, user: str) -> None:
     help="with --system: write under this directory instead of / (packaging, tests)",
 )
 @click.option("--user", default="lbm", show_default=True, help="with --system: service user")
+@click.option(
+    "--store-network",
+    "store_networks",
+    multiple=True,
+    metavar="CIDR",
+    help="with --system: the object store's addresses (repeatable); the capture and "
+    "housekeeping units may reach them and nothing else (for s3:// roots in [store])",
+)
 @click.option("--json", "as_json", is_flag=True, help="print what was created as JSON")
 @click.pass_context
 def init(
@@ -94,6 +103,7 @@ def init(
     system: bool,
     prefix: Path | None,
     user: str,
+    store_networks: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Create the data directory (0700), default config, signing key and empty registry."""
@@ -101,6 +111,15 @@ def init(
     units: list[Path] = []
     if prefix is not None and not system:
         fail("--root goes with --system", 2)
+    if store_networks and not system:
+        fail("--store-network goes with --system", 2)
+    for net in store_networks:
+        try:
+            ipaddress.ip_network(net, strict=True)
+        except ValueError:
+            fail(
+                f"--store-network {safe(repr(net[:80]))}: not an IP network (e.g. 10.0.5.20/32)", 2
+            )
     if gateway_id is not None and (
         len(gateway_id) > MAX_ID_LENGTH or not ID_RE.fullmatch(gateway_id)
     ):
@@ -125,6 +144,7 @@ def init(
             )
         except systemd_units.UnitError as exc:
             fail(str(exc), 1)
+        rendered.update(systemd_units.store_drop_ins(list(store_networks)))
         units = systemd_units.write_units(base, rendered)
     root = app.paths.root
     created: list[str] = [str(u) for u in units]

@@ -255,7 +255,10 @@ async def serve(app: App) -> dict[str, Any]:
         trust = trust_bundle(extra, run_dir / "proxy-upstream-trust.pem")
     clock = daemon_clock(app)
     source = snapshot_source(app)
-    archive = Archive(app.paths, app.gateway_key, clock, audit=app.audit, actor=app.actor)
+    archive = Archive(
+        app.paths, app.gateway_key, clock, audit=app.audit, actor=app.actor,
+        segment_max_bytes=cfg["archive.segment_max_bytes"],
+    )  # fmt: skip
     archive.recover()
     writer = MetadataWriter(
         "web", WRITER, paths=app.paths, gateway=cfg.gateway_id, clock=clock,

@@ -38,6 +38,8 @@ from appliance.evidence.search import (
     run,
     validate,
 )
+from appliance.evidence.search_remote import open_metadata_root
+from store import StoreError
 from store.audit import Action
 from store.clock import parse_utc
 from store.schemas import STREAMS
@@ -224,11 +226,14 @@ def search(
             _refused(app, query, why, EXIT_USAGE)
         if os.path.lexists(target):
             fail(f"--parquet {parquet}: exists; refusing to overwrite it", EXIT_USAGE)
+    custodians = app.config["keys.custodians"]  # loads the config: `app.paths` gets [store]
     try:
-        acting, scope = authorise(
-            query, app.paths.registry, app.actor, app.config["keys.custodians"]
-        )
-        table = run(app.paths.metadata, query, scope)
+        root = open_metadata_root(app.paths.store_settings)
+    except StoreError as exc:
+        fail(f"[store] metadata_root: {exc}")
+    try:
+        acting, scope = authorise(query, app.paths.registry, app.actor, custodians)
+        table = run(root, query, scope)
     except SearchRefused as exc:
         _refused(app, query, str(exc), exc.code)
     except SearchError as exc:

@@ -84,8 +84,9 @@ class Relay:
         self.spool.lock()  # a second relay on this data dir stops here
         self.source = snapshot_source(app)
         self.archive = Archive(
-            app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor
-        )
+            app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor,
+            segment_max_bytes=cfg["archive.segment_max_bytes"],
+        )  # fmt: skip
         self.archive.recover()
         self.writer = MetadataWriter(
             "email",

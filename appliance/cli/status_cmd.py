@@ -177,6 +177,9 @@ def status(app: App, as_json: bool, officer_view: bool) -> None:
         "disk_warning": disk < warn_at,
         "writer_lag_seconds": _sum(ds, "metadata_writer_lag_seconds", max),
         "metadata_rows_refused": _sum(ds, "metadata_rows_refused"),
+        "store_backlog_bytes": _sum(ds, "store_backlog_bytes"),
+        "store_backlog_files": _sum(ds, "store_backlog_files"),
+        "store_upload_failures": _sum(ds, "store_upload_failures"),
         "policy_snapshot_age_seconds": _sum(ds, "policy_snapshot_age_seconds", max),
         "audit_entries": entries,
         "audit_head": audit_head(app),
@@ -219,6 +222,12 @@ def status(app: App, as_json: bool, officer_view: bool) -> None:
     if officer_view:
         for k, refs in due.items():
             lines.append(f"  {k:<22} {', '.join(refs) or '-'}")
+    if app.paths.store_settings.metadata_root.startswith("s3://"):  # metadata on object storage
+        lines.append(
+            f"store uploads  {_fmt(data['store_backlog_files'], 'file(s)')}, "
+            f"{_fmt(data['store_backlog_bytes'], 'bytes')} awaiting upload; "
+            f"{_fmt(data['store_upload_failures'], 'failed attempts')}"
+        )
     if data["fake_clock"]:
         lines.append("fake clock     ENABLED ([testing] fake_clock): never on a live gateway")
     if policy.get("state", "ok") != "ok":

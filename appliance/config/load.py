@@ -130,7 +130,8 @@ def load_config(path: Path, *, required: bool = False) -> Config:
             opt = found
             if not _check_type(opt, value):
                 raise ConfigError(
-                    f"{path}: [{section}] {key}: must be {_type_name(opt)}, got {_shown(value)}"
+                    f"{path}: [{section}] {key}: must be {_type_name(opt)}, got "
+                    + ("<redacted>" if opt.secret else _shown(value))
                 )
             too_long = _too_long(value)
             if too_long:

@@ -102,6 +102,7 @@ class Option:
     help: str
     validate: Validator | None = None
     item_type: type | None = None  # for lists
+    secret: bool = False  # never shown: `lbm config show` and errors print <redacted>
 
     @property
     def name(self) -> str:

@@ -21,7 +21,9 @@ from appliance.config.option import (
     _port,
     _starttls_mode,
 )
+from appliance.config.schema_capture import CAPTURE_LIMITS
 from appliance.config.schema_operations import OPERATIONS
+from appliance.config.schema_storage import STORAGE
 
 __all__ = ["BY_NAME", "ID_RE", "MAX_ID_LENGTH", "SCHEMA", "SECTIONS", "Option", "Validator"]
 
@@ -31,6 +33,7 @@ SECTIONS: dict[str, str] = {
     "web": "the intercepting web proxy",
     "smtp": "the SMTP relay",
     "capture": "the packet capture path",
+    "archive": "archived content of subjects (every channel)",
     "identity": "the identity feed that maps IPs, usernames and addresses to principals",
     "notice": "the acceptable-use notice shown to users",
     "keys": "archive key custody",
@@ -41,6 +44,7 @@ SECTIONS: dict[str, str] = {
     "housekeeping": "the housekeeping daemon (expiry warnings, segment closing, compaction)",
     "evidence": "how evidence leaves the gateway (bundles, exports)",
     "metrics": "status and Prometheus counters served on one loopback port",
+    "store": "where metadata, sealed archives and wrapped keys live: local disk or S3",
     "testing": "test-only switches; never enable on a live gateway",
 }
 
@@ -396,6 +400,8 @@ SCHEMA: list[Option] = [
         str,
     ),
     *OPERATIONS,
+    *CAPTURE_LIMITS,
+    *STORAGE,
 ]
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in SCHEMA}

@@ -19,6 +19,7 @@ the output directory must not exist and never lies inside the data directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,8 +36,9 @@ from appliance.evidence import bundle_common as common
 from appliance.evidence.access import AccessRefused, Acting, check_access
 from appliance.policy.model import Authorisation
 from appliance.policy.registry_store import load_one
-from store import signing, sshsig
+from store import ArchiveError, signing, sshsig
 from store import sqlite as store_sqlite
+from store.archive_stage import staged_paths
 from store.clock import format_utc, parse_utc
 from store.keys import KeyStore, check_ref
 from store.manifest import MANIFEST_RE, verify_all
@@ -234,9 +236,28 @@ def make_bundle(
     *,
     mode: str = MODE_BUNDLE,
 ) -> BundleResult:
-    """Verify REF's archive and write a signed ciphertext bundle to `out` (new directory)."""
+    """Verify REF's archive and write a signed ciphertext bundle to `out` (new directory).
+    An archive on object storage is read through a private working copy of its ciphertext
+    (store/archive_stage.py), removed afterwards."""
     check_ref(ref)
     out = common.check_out_dir(out, side.paths.root)
+    try:
+        with staged_paths(side.paths, [ref]) as paths:
+            staged = dataclasses.replace(side, paths=paths)
+            return _make(staged, ref, out, acting, auth, selection, mode)
+    except ArchiveError as exc:
+        raise common.EvidenceError(str(exc)) from None
+
+
+def _make(
+    side: GatewaySide,
+    ref: str,
+    out: Path,
+    acting: Acting,
+    auth: Authorisation,
+    selection: Selection,
+    mode: str,
+) -> BundleResult:
     inv = acting.investigator
     if mode == MODE_BUNDLE and not inv.ssh_key:
         raise common.EvidenceError(

@@ -192,9 +192,9 @@ def has_content(paths: DataPaths, ref: str) -> bool:
 
 
 def _segments(paths: DataPaths, ref: str) -> list[int]:
-    from store.segment import segment_numbers
+    from store.segment import known_segment_numbers  # uploaded segments count too
 
-    return segment_numbers(paths.archive / ref)
+    return known_segment_numbers(paths.archive / ref)
 
 
 def archive_item(

@@ -17,6 +17,7 @@ listing still blocks it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
@@ -25,9 +26,11 @@ from typing import Any
 
 from appliance.evidence import holds as holds_mod
 from appliance.evidence.retention import Partition, Plan, Settings, plan
+from store import StoreError
+from store.archive_upload import delete_remote_archive
 from store.audit import Action, AuditLog
 from store.fsutil import atomic_write, fsync_dir
-from store.keys import shred
+from store.keys import KeyStore, shred
 from store.paths import DataPaths
 from store.recovery import live_segments
 
@@ -72,6 +75,9 @@ def destroy_keys(paths: DataPaths, ref: str) -> int:
     (keys / "auth.pub").unlink(missing_ok=True)
     atomic_write(keys / "destroyed", b"", 0o600)
     fsync_dir(keys)
+    # the keystore bucket's copies ([store] keystore_root); unreachable: the tombstone above
+    # makes the next upload pass delete them, and nothing reads a key past it meanwhile
+    KeyStore(paths).shred_remote(ref, "*")
     return destroyed
 
 
@@ -81,6 +87,10 @@ def remove_files(paths: DataPaths, ref: str) -> int:
     if not directory.is_dir():
         return 0
     files = sum(1 for p in directory.rglob("*") if p.is_file())
+    remote = delete_remote_archive(paths)  # uploaded copies, where the bucket allows it
+    if remote is not None:  # keys are shredded: what a bucket keeps cannot be opened
+        with contextlib.suppress(StoreError, OSError):
+            files += remote(ref)
     shutil.rmtree(directory)
     fsync_dir(paths.archive)
     return files

@@ -19,6 +19,12 @@ import pyarrow as pa
 from appliance.evidence import sqlguard
 from appliance.evidence.access import AccessRefused, Acting, check_access
 from appliance.evidence.pseudonym import PREFIX, Pseudonymiser, key_for
+from appliance.evidence.search_remote import (
+    MetadataRoot,
+    partition_objects,
+    register,
+    stream_dataset,
+)
 from appliance.evidence.search_views import (
     COMMON,
     DERIVED,
@@ -174,23 +180,36 @@ def _select(query: Query, scope: Scope | None = None) -> str:
     return " UNION ALL ".join(parts) + order + limit
 
 
-def connect(metadata_root: Path, query: Query, scope: Scope | None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the stream views, limited to `metadata_root` and locked."""
+def connect(
+    metadata_root: MetadataRoot, query: Query, scope: Scope | None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the stream views, limited to `metadata_root` and locked.
+    OSError when an object-store root cannot be listed."""
     con = duckdb.connect(":memory:")
     try:
         con.execute("SET TimeZone = 'UTC'")
-        for stream in query.streams():
-            files = partition_files(metadata_root, stream, query.start, query.end)
-            con.execute(f"CREATE VIEW {stream} AS {view_sql(stream, files, query, scope)}")
-        sqlguard.lock_down(con, metadata_root)
+        if isinstance(metadata_root, Path):
+            for stream in query.streams():
+                files = partition_files(metadata_root, stream, query.start, query.end)
+                con.execute(f"CREATE VIEW {stream} AS {view_sql(stream, files, query, scope)}")
+            sqlguard.lock_down(con, metadata_root)
+            return con
+        found = partition_objects(metadata_root, query.streams(), query.start, query.end)
+        for stream, objects in found.items():
+            source: list[Path] | str = []
+            if objects:
+                source = register(con, stream, stream_dataset(metadata_root, stream, objects))
+            con.execute(f"CREATE VIEW {stream} AS {view_sql(stream, source, query, scope)}")
+        sqlguard.lock_down(con, None)
     except BaseException:
         con.close()
         raise
     return con
 
 
-def run(metadata_root: Path, query: Query, scope: Scope | None) -> pa.Table:
-    """Run `query` (validated and authorised) and return what the person may see.
+def run(metadata_root: MetadataRoot, query: Query, scope: Scope | None) -> pa.Table:
+    """Run `query` (validated and authorised) over a local folder or an object-store root
+    (search_remote.open_metadata_root) and return what the person may see.
 
     `SearchRefused` for SQL outside the sandbox; `SearchError` for SQL that fails otherwise.
     """
@@ -207,7 +226,9 @@ def run(metadata_root: Path, query: Query, scope: Scope | None) -> pa.Table:
     con = None
     timer: threading.Timer | None = None
     try:
-        con = connect(metadata_root.resolve(), query, scope)
+        if isinstance(metadata_root, Path):
+            metadata_root = metadata_root.resolve()
+        con = connect(metadata_root, query, scope)
         timer = threading.Timer(TIME_LIMIT_SECONDS, con.interrupt)
         timer.daemon = True
         timer.start()
@@ -228,6 +249,11 @@ def run(metadata_root: Path, query: Query, scope: Scope | None) -> pa.Table:
         raise SearchFailed(f"search failed reading metadata: {_message(exc, scope)}") from None
     except duckdb.Error as exc:
         raise SearchError(f"search failed: {_message(exc, scope)}") from None
+    except OSError as exc:  # listing an object store (pyarrow's S3 errors are OSErrors)
+        where = "" if isinstance(metadata_root, Path) else f" at {metadata_root.uri}"
+        raise SearchFailed(
+            f"search failed reading metadata{where}: {_message(exc, scope)}"
+        ) from None
     finally:
         if timer is not None:
             timer.cancel()

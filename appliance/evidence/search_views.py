@@ -1,7 +1,9 @@
 """The search views: one per stream, over only the partitions a query's time range needs.
 
 Each stream (`web`, `email`, `flow`, `dns`) is a view over `read_parquet([files],
-hive_partitioning=true, union_by_name=true)`, where the file list holds only the partitions
+hive_partitioning=true, union_by_name=true)` (a local root), or over a pyarrow dataset of the
+same objects registered in the connection (an object-store root, search_remote.py), where the
+file list holds only the partitions
 (`stream=S/date=D/hour=H/`) that overlap `--from`/`--to`: a one-day query never opens a file of
 another day, not even its footer. A stream with no file gives an empty view with the schema's
 columns. The filters are part of the views, so `--sql` sees only what they let through.
@@ -137,7 +139,7 @@ class Scope:
 
 
 # -- partitions ------------------------------------------------------------------------------
-def _hour_start(date_dir: str, hour_dir: str) -> dt.datetime | None:
+def hour_start(date_dir: str, hour_dir: str) -> dt.datetime | None:
     try:
         day = dt.date.fromisoformat(date_dir.removeprefix("date="))
         hour = int(hour_dir.removeprefix("hour="))
@@ -160,7 +162,7 @@ def partition_files(
         if not date_dir.is_dir():
             continue
         for hour_dir in sorted(date_dir.glob("hour=*")):
-            begins = _hour_start(date_dir.name, hour_dir.name)
+            begins = hour_start(date_dir.name, hour_dir.name)
             if begins is None or not hour_dir.is_dir():
                 continue
             if start and begins + dt.timedelta(hours=1) <= start:
@@ -197,7 +199,9 @@ def duck_type(typ: pa.DataType) -> str:
     return simple[typ]
 
 
-def _source(stream: str, files: list[Path]) -> str:
+def _source(stream: str, files: list[Path] | str) -> str:
+    if isinstance(files, str):  # a dataset registered in the connection (search_remote.py)
+        return files
     if not files:
         cols = ", ".join(
             f"CAST(NULL AS {duck_type(f.type)}) AS {f.name}" for f in schemas.schema(stream)
@@ -298,7 +302,8 @@ def _filters(stream: str, query: Query, scope: Scope | None) -> tuple[list[str],
     return raw, shown
 
 
-def view_sql(stream: str, files: list[Path], query: Query, scope: Scope | None) -> str:
+def view_sql(stream: str, files: list[Path] | str, query: Query, scope: Scope | None) -> str:
+    """The view of `stream` over local `files`, or over the relation named `files`."""
     raw, shown = _filters(stream, query, scope)
     where = f" WHERE {' AND '.join(raw)}" if raw else ""
     inner = f"SELECT {_projection(stream, scope)} FROM {_source(stream, files)}{where}"

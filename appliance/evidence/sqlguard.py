@@ -10,7 +10,8 @@ Two independent layers:
    `duckdb_views()`...), no file named as a table (`FROM 'x.parquet'`), no qualified name
    (`information_schema.views`, `memory.main.web`), no DESCRIBE/SUMMARIZE. That is what keeps
    the clear values in the raw Parquet files, which the views pseudonymise, out of reach.
-2. `lock_down(con, root)`: the connection itself may touch only `root`:
+2. `lock_down(con, root)`: the connection itself may touch only `root` (nothing at all for an
+   object-store root: its objects come through registered pyarrow datasets, search_remote.py):
    `SET allowed_directories=[root]`, then `SET enable_external_access=false`, then
    `SET lock_configuration=true`, as separate statements in that order (DuckDB 2.0 refuses them
    together in `connect(config=)`). Nothing can `SET` them back afterwards.
@@ -142,12 +143,13 @@ def memory_limit_mib() -> int:
     return max(256, total // 4 // (1 << 20))
 
 
-def lock_down(con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    """Limit `con` to reading under `root`, then lock its configuration (order matters)."""
+def lock_down(con: duckdb.DuckDBPyConnection, root: Path | None) -> None:
+    """Limit `con` to reading under `root` (None: no file at all, for an object-store root
+    whose datasets are registered already), then lock its configuration (order matters)."""
     con.execute("SET python_enable_replacements = false")  # no Python variable as a table
     con.execute("SET temp_directory = ''")  # never spill rows to disk (default: ./.tmp)
     # a runaway query (a recursive CTE that never ends) fails instead of starving the daemons
     con.execute(f"SET memory_limit = '{memory_limit_mib()}MiB'")
-    con.execute("SET allowed_directories = ?", [[str(root)]])
+    con.execute("SET allowed_directories = ?", [[str(root)] if root is not None else []])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

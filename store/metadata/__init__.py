@@ -24,6 +24,13 @@
   emptied. So a query sees rows within `parquet_interval` plus a second.
 - After an hour closes (`compact_delay` seconds past its end, by `clock`), a compaction thread
   merges this writer's own files of that hour into one.
+- Object storage (`[store] metadata_root = s3://...` in `paths.store_settings`): rounds publish
+  into a local outbox (journal/WRITER.outbox) every `[store] metadata_publish_seconds`, and an
+  upload thread puts each file under the same key on the store in one object, deleting the local
+  file once the store has it; no compaction there. Uploads are retried with a backoff; the
+  outbox is bounded by `[store] upload_backlog_mb` (then rows stay queued and `append_nowait`
+  refuses with reason `store_backlog`); `store_backlog()` counts it. See `upload` and
+  docs/objectstore.md.
 - One engine (journal, lock, sequence numbers, threads) serves all streams of one writer name in a
   process, so `capture-eth1` can write `flow` and `dns`. A second process with the same writer
   name fails at once (flock on the journal).
@@ -31,7 +38,8 @@
 
 Modules: `writer` (MetadataWriter), `front` (per-stream queue, gap episodes), `engine` (journal,
 publication rounds, threads), `gaps` (gap reporter thread), `replay` (start-up recovery),
-`reader` (read_stream). Journal framing is `store.journal`; file layout and rounds `store.compact`.
+`reader` (read_stream), `upload` (object-store outbox and uploader). Journal framing is
+`store.journal`; file layout and rounds `store.compact`.
 """
 
 from store.metadata.front import GapReport

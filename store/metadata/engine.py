@@ -7,6 +7,9 @@ numbers and three threads: the flush thread (drains the streams' queues into the
 reporter (`store.metadata.gaps`). Streams of the same writer name (capture's `flow` and `dns`)
 share it; the registry makes it on first use and stops it when the last stream closes.
 
+With an `s3://` metadata root, rounds publish into a local outbox and an `Uploader` thread
+(`store.metadata.upload`) copies it to the object store; there is no compaction there.
+
 `io_lock` serialises journal writes, publication rounds and the sequence counter; it is held
 across I/O, so nothing on an appending path may take it.
 """
@@ -30,6 +33,8 @@ from store.journal import Journal, encode_batches
 from store.metadata.front import _Front
 from store.metadata.gaps import GapReporter
 from store.metadata.replay import recover
+from store.metadata.upload import StoreBacklog, Uploader, open_remote, read_seq, reserve_seq
+from store.objectstore import is_object_uri
 from store.paths import DataPaths
 from store.schemas import schema
 
@@ -85,9 +90,19 @@ class _Engine:
         clock: Clock,
     ) -> None:
         self.key = (str(Path(paths.root).resolve()), writer)
-        self.root = Path(paths.metadata)
         self.jdir = ensure_dir(paths.journal)
-        ensure_dir(self.root)
+        settings = paths.store_settings
+        self.uploader: Uploader | None = None
+        self.seq_file = self.jdir / f"{writer}.seq"
+        self.io_lock = threading.RLock()
+        if is_object_uri(settings.metadata_root):  # rounds go to the outbox, then the store
+            self.root = ensure_dir(self.jdir / f"{writer}.outbox")
+            self.uploader = Uploader(
+                self.root, open_remote(settings), writer, settings, self.io_lock
+            )
+            parquet_interval = float(settings.metadata_publish_seconds)
+        else:
+            self.root = ensure_dir(Path(settings.metadata_root))  # DATA/metadata unless configured
         self.writer, self.gateway, self.clock = writer, gateway, clock
         self.flush_interval, self.parquet_interval = flush_interval, parquet_interval
         self.parquet_rows, self.compact_delay = parquet_rows, compact_delay
@@ -95,7 +110,6 @@ class _Engine:
         self.commit = self.jdir / f"{writer}.commit"
         self.compact_commit = self.jdir / f"{writer}.compact"
         self.fronts: dict[str, _Front] = {}
-        self.io_lock = threading.RLock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.failure: str | None = None
@@ -107,6 +121,9 @@ class _Engine:
                 self.root, self.commit, self.compact_commit, self.journal, gateway, writer
             )
             self.seq, self.hour_files = found.seq, found.hour_files
+            if self.uploader is not None:  # uploaded files left the outbox: keep SEQ apart
+                recorded = read_seq(self.seq_file)
+                self.seq = max(self.seq, int(time.time()) if recorded is None else recorded)
             self.pending, self.pending_rows = found.pending, found.rows
             self.publish()  # also empties the journal and removes a recovered commit record
         except BaseException:
@@ -119,12 +136,17 @@ class _Engine:
             quiet=gap_quiet,
             interval=gap_report_interval,
         )
-        self.threads = [
-            threading.Thread(target=self._run, name=f"lbm-meta-{writer}", daemon=True),
-            threading.Thread(target=self._run_compactor, name=f"lbm-compact-{writer}", daemon=True),
-        ]
+        self.threads = [threading.Thread(target=self._run, name=f"lbm-meta-{writer}", daemon=True)]
+        if self.uploader is None:  # never compact on the object store
+            self.threads.append(
+                threading.Thread(
+                    target=self._run_compactor, name=f"lbm-compact-{writer}", daemon=True
+                )
+            )
         for t in self.threads:
             t.start()
+        if self.uploader is not None:
+            self.uploader.start()
         self.reporter.start()
 
     # -- draining and publishing ------------------------------------------------------------
@@ -208,6 +230,8 @@ class _Engine:
                 name = cp.FileName(self.gateway, self.writer, self.seq).name
                 files.append((cp.hour_dir(self.root, stream, hour) / name, part))
                 touched.append((stream, hour))
+        if files and self.uploader is not None:
+            reserve_seq(self.seq_file, self.seq)  # before any file carries the new numbers
         try:
             if files:  # a failure before the commit record leaves nothing behind: retry
                 cp.write_round(
@@ -229,6 +253,10 @@ class _Engine:
         self.pending.clear()
         self.pending_rows = 0
         self.pending_since = None
+        if self.uploader is not None:
+            if files:
+                self.uploader.rescan()
+            return
         for stream, hour in touched:
             self.hour_files[(stream, hour)] = self.hour_files.get((stream, hour), 0) + 1
 
@@ -253,6 +281,11 @@ class _Engine:
         while not self.stopping.is_set():
             self.wake.wait(self.flush_interval)
             self.wake.clear()
+            if self.uploader is not None and self.uploader.over_limit:
+                # upload backlog full: rows stay queued (append_nowait refuses once the queue
+                # is full) or in the journal until the store takes the outbox again
+                self.stopping.wait(self.flush_interval)
+                continue
             try:
                 if self._publish_due(extra=self._queued()):
                     self.publish(drain=True)
@@ -265,6 +298,8 @@ class _Engine:
     # -- compaction -------------------------------------------------------------------------
     def compact_closed_hours(self) -> int:
         """Compact this writer's files of every hour that closed `compact_delay` ago."""
+        if self.uploader is not None:
+            return 0
         closed_before = int(self.clock.now().timestamp() - self.compact_delay) // 3600
         with self.io_lock:
             due = sorted(k for k, n in self.hour_files.items() if n >= 2 and k[1] < closed_before)
@@ -299,6 +334,13 @@ class _Engine:
             except Exception as exc:
                 log.error("metadata writer %r: compaction failed: %s", self.writer, exc)
 
+    # -- object store ------------------------------------------------------------------------
+    def store_backlog(self) -> StoreBacklog:
+        return self.uploader.backlog() if self.uploader is not None else StoreBacklog(0, 0, 0)
+
+    def wait_uploaded(self, timeout: float) -> bool:
+        return self.uploader is None or self.uploader.wait_empty(timeout)
+
     # -- shutdown ---------------------------------------------------------------------------
     def release(self, stream: str) -> None:
         """Publish everything queued; stop threads and unlock once the last stream closes."""
@@ -321,6 +363,8 @@ class _Engine:
                     self.wake.set()
                     for t in self.threads:
                         t.join()
+                    if self.uploader is not None:
+                        self.uploader.stop()
                     self.reporter.stop()
                     with self.io_lock:
                         self.journal.close()

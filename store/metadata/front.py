@@ -31,6 +31,9 @@ log = logging.getLogger("lbm.store.metadata")
 #: engine stopped after a failure it cannot recover from without a restart.
 REASON_QUEUE_FULL = "queue_full"
 REASON_WRITER_STOPPED = "writer_stopped"
+#: the queue is full because the object store's upload backlog reached its bound
+#: (`[store] upload_backlog_mb`): the store has been unreachable for a while
+REASON_STORE_BACKLOG = "store_backlog"
 CONVERT_CHUNK = 2048  # rows per call into pyarrow's converter (bounds how long it holds the GIL)
 
 

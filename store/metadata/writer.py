@@ -23,11 +23,13 @@ from store.clock import Clock
 from store.metadata.engine import _Engine
 from store.metadata.front import (
     REASON_QUEUE_FULL,
+    REASON_STORE_BACKLOG,
     REASON_WRITER_STOPPED,
     GapReport,
     GapSink,
     _Front,
 )
+from store.metadata.upload import StoreBacklog
 from store.paths import DataPaths
 from store.schemas import check_columns, schema
 
@@ -134,9 +136,11 @@ class MetadataWriter:
 
         Safe from an asyncio event loop: it takes only the stream's queue lock, which nobody
         holds across I/O. True means queued (durable within about `flush_interval`, or at the
-        next `flush()`); False means refused under overload (queue full, or the writer stopped
-        after a failure), counted in `gaps` and reported as a METADATA_GAP audit entry per
-        overload episode (counts and times only), written by a background thread. Bad columns
+        next `flush()`); False means refused under overload (queue full: reason `queue_full`,
+        or `store_backlog` while the object store's upload backlog is at its bound; or the
+        writer stopped after a failure), counted in `gaps` and reported as a METADATA_GAP
+        audit entry per overload episode (counts and times only), written by a background
+        thread. Bad columns
         raise `SchemaError` at once, and a closed writer raises `StoreError`, as `append` does.
         The mapping is taken over: do not change it after appending.
         """
@@ -153,10 +157,12 @@ class MetadataWriter:
                 if front.queued >= front.max_batch and not engine.wake.is_set():
                     engine.wake.set()
                 return True
+            elif engine.uploader is not None and engine.uploader.over_limit:
+                reason = REASON_STORE_BACKLOG
             else:
                 reason = REASON_QUEUE_FULL
             opened = front.refuse(reason, engine.clock.now())
-        if reason == REASON_QUEUE_FULL and not engine.wake.is_set():
+        if reason != REASON_WRITER_STOPPED and not engine.wake.is_set():
             engine.wake.set()  # let the flush thread drain now, if it can
         if opened:
             engine.reporter.wake.set()
@@ -235,6 +241,17 @@ class MetadataWriter:
     def publish(self) -> None:
         """Write everything accepted so far to Parquet now (normally periodic)."""
         self._engine.publish(drain=True)
+
+    def store_backlog(self) -> StoreBacklog:
+        """With an s3:// metadata root: bytes and files published locally and awaiting upload,
+        and failed upload attempts so far (counts only; all 0 for a local root)."""
+        return self._engine.store_backlog()
+
+    def wait_uploaded(self, timeout: float) -> bool:
+        """With an s3:// metadata root: wait until every published file is on the object
+        store (call `publish()` first for rows not yet published). True at once for a local
+        root; False if `timeout` seconds passed first (the store is down?)."""
+        return self._engine.wait_uploaded(timeout)
 
     def compact(self) -> int:
         """Compact this writer's files of closed hours now; returns the hours compacted."""

@@ -22,8 +22,8 @@ from capture_zeeklogs import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture.appmeta import AppMeta
-from capture.heads import http_host, parse_client_hello, parse_server_hello
+from capture.app.heads import http_host, parse_client_hello, parse_server_hello
+from capture.app.meta import AppMeta
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +173,12 @@ def test_truncated_client_hello_waits_then_gives_up_cleanly() -> None:
 
 
 def test_dns_parser_agrees_with_dpkt_on_the_corpus() -> None:
-    """capture.dnsparse (fast, bounded) reads what dpkt reads, on every DNS datagram of the
+    """capture.app.dnsparse (fast, bounded) reads what dpkt reads, on every DNS datagram of the
     dev corpus that dpkt can parse."""
     import dpkt
 
-    from capture.decode import read_batches
-    from capture.dnsparse import DnsError, parse_dns
+    from capture.app.dnsparse import DnsError, parse_dns
+    from capture.decode.decoder import read_batches
 
     compared = 0
     for pcap in sorted((corpus() / "pcaps" / "dev").iterdir()):
@@ -211,8 +211,8 @@ def test_head_parsers_never_raise_or_read_out_of_bounds(data: bytes, cap: int) -
     longer than the buffer) without crashing, and report positions inside the buffer."""
     import numpy as np
 
-    from capture.appscan import app_scan
-    from capture.dnsparse import DnsError, parse_dns
+    from capture.app.dnsparse import DnsError, parse_dns
+    from capture.app.scan import app_scan
 
     for prefix in (b"", b"\x16\x03\x01", b"\x16\x03\x03\x00\x40\x02", b"GET / HTTP/1.1\r\nHost:"):
         payload = prefix + data

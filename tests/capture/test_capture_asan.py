@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from capture import build
+from capture.native import build
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,8 +31,8 @@ def _needed(so: Path) -> str:
 def test_the_sanitized_helpers_are_the_ones_loaded() -> None:
     """No silent fallback: the record walker is C, both extensions come from the ASan cache
     directory and link the ASan and UBSan runtimes."""
-    import capture.fastpath as fastpath
-    import capture.tcpstate  # noqa: F401 - loads the tcpstate extension
+    import capture.flow.tcpstate  # noqa: F401 - loads the tcpstate extension
+    import capture.read.walk as fastpath
 
     assert fastpath.IMPLEMENTATION == "c"
     for ext in build.EXTENSIONS:
@@ -48,19 +48,19 @@ def test_the_sanitized_helpers_are_the_ones_loaded() -> None:
     [
         (  # a length larger than the buffer: the walker reads past its end
             "import numpy as np\n"
-            "from capture import fastpath\n"
+            "from capture.read import walk as fastpath\n"
             "buf = np.zeros(24, np.uint8)\n"
             "fastpath.walk_pcap(buf, 4096, False, 8, 65535)\n",
             "AddressSanitizer: heap-buffer-overflow",
         ),
         (  # an index out of an array's bounds: UBSan stops the process
-            "from capture import build\n"
+            "from capture.native import build\n"
             "m = build.load(build.TCPSTATE)\n"
             "m.lib.tcp_size(m.ffi.new('tcpflow *'), 3)\n",
             "runtime error: index 3 out of bounds",
         ),
         (  # signed overflow in C (not hidden by Python's -fwrapv): UBSan stops the process
-            "from capture import build\n"
+            "from capture.native import build\n"
             "m = build.load(build.TCPSTATE)\n"
             "ffi = m.ffi\n"
             "f = ffi.new('tcpflow *')\n"

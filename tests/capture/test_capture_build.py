@@ -1,4 +1,4 @@
-"""The capture path's C extensions: one build scheme (`capture.build`), prebuilt at install
+"""The capture path's C extensions: one build scheme (`capture.native.build`), prebuilt at install
 into the venv where a hardened service can load them, and a clear error without a compiler."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from capture import build
+from capture.native import build
 
 REPO = Path(__file__).resolve().parents[2]
+NATIVE = REPO / "capture" / "native"
 
 
 def _run(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,7 +32,7 @@ def _run(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedProc
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on PATH")
 def test_install_entry_point_builds_both_extensions(tmp_path: Path) -> None:
-    """`python -m capture.fastpath` (the Makefile's install step) builds both extensions,
+    """`python -m capture.native.build` (the Makefile's install step) builds both extensions,
     readable by another user, with nothing half-written left and stale builds of this Python
     removed; a process pointed at that directory loads them from there."""
     dest = tmp_path / "cache"
@@ -41,7 +42,7 @@ def test_install_entry_point_builds_both_extensions(tmp_path: Path) -> None:
     stale.write_bytes(b"old")
     other.write_bytes(b"other")
     run = subprocess.run(
-        [sys.executable, "-m", "capture.fastpath", "--dest", str(dest)],
+        [sys.executable, "-m", "capture.native.build", "--dest", str(dest)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -55,7 +56,7 @@ def test_install_entry_point_builds_both_extensions(tmp_path: Path) -> None:
         assert mode & stat.S_IROTH and mode & stat.S_IXOTH, oct(mode)  # service user
     env = dict(os.environ, LBM_CAPTURE_CACHE=str(dest), HOME=str(tmp_path / "home"))
     code = (
-        "import capture.fastpath as f, capture.tcpstate as t, capture.build as b\n"
+        "import capture.read.walk as f, capture.flow.tcpstate as t, capture.native.build as b\n"
         "print(f.IMPLEMENTATION)\n"
         "print(b.find(b.FASTWALK))\n"
         "print(b.find(b.TCPSTATE))\n"
@@ -70,7 +71,7 @@ def test_install_entry_point_builds_both_extensions(tmp_path: Path) -> None:
 
 def _edited_header(tmp_path: Path, ext: build.Extension, edit: str) -> build.Extension:
     header = tmp_path / ext.header
-    header.write_text((REPO / "capture" / ext.header).read_text() + edit)
+    header.write_text((NATIVE / ext.header).read_text() + edit)
     return dataclasses.replace(ext, header=str(header))
 
 
@@ -94,7 +95,8 @@ def test_missing_compiler_is_a_clear_capture_error(tmp_path: Path) -> None:
     )
     code = (
         "import dataclasses, sys\n"
-        "from capture import CaptureError, build\n"
+        "from capture import CaptureError\n"
+        "from capture.native import build\n"
         "e = dataclasses.replace(build.TCPSTATE, header=sys.argv[1])\n"
         "try:\n"
         "    build.load(e)\n"
@@ -118,7 +120,7 @@ def test_missing_compiler_is_a_clear_capture_error(tmp_path: Path) -> None:
 def test_record_walker_falls_back_without_a_compiler(tmp_path: Path) -> None:
     """The record walker is optional: without its build the reader uses Python."""
     env = dict(os.environ, LBM_CAPTURE_NO_C="1")
-    out = _run("import capture.fastpath as f; print(f.IMPLEMENTATION)", env)
+    out = _run("import capture.read.walk as f; print(f.IMPLEMENTATION)", env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "python"
 
@@ -142,7 +144,7 @@ def test_helpers_are_compiled_with_the_hardening_flags(tmp_path: Path) -> None:
     env = dict(os.environ, CC=str(wrapper), LDSHARED=f"{wrapper} -shared")
     env.pop("LBM_CAPTURE_SANITIZE", None)
     run = subprocess.run(
-        [sys.executable, "-m", "capture.build", "--dest", str(dest)],
+        [sys.executable, "-m", "capture.native.build", "--dest", str(dest)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -171,13 +173,14 @@ def test_helpers_are_compiled_with_the_hardening_flags(tmp_path: Path) -> None:
 
 
 @needs_cc
-@pytest.mark.parametrize("source", sorted(p.name for p in (REPO / "capture").glob("_*.c")))
+@pytest.mark.parametrize("source", sorted(p.name for p in NATIVE.glob("_*.c")))
 def test_c_sources_compile_warning_free(source: str) -> None:
     """-Wall -Wextra -Werror with the hardening flags: a full compile, since some warnings
     (fortify's, maybe-uninitialized) come only from the optimiser."""
-    cmd = ["gcc", "-Wall", "-Wextra", "-Werror", *HARDENING, "-Icapture", "-c", "-o", "/dev/null"]
+    cmd = ["gcc", "-Wall", "-Wextra", "-Werror", *HARDENING, "-Icapture/native", "-c"]
+    cmd += ["-o", "/dev/null"]
     run = subprocess.run(
-        [*cmd, f"capture/{source}"],
+        [*cmd, f"capture/native/{source}"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -187,17 +190,17 @@ def test_c_sources_compile_warning_free(source: str) -> None:
 
 
 def test_shared_declarations_live_once_in_a_header() -> None:
-    """The flow struct and the exported functions are declared in capture/*.h, which the C
+    """The flow struct and the exported functions are declared in capture/native/*.h, which the C
     sources include and the cffi cdef is read from; no C file declares the struct again."""
     assert "typedef struct" in build.TCPSTATE.cdef and "} tcpflow;" in build.TCPSTATE.cdef
     assert "#define HIST_MAX 32" in build.TCPSTATE.cdef
     assert "#include" not in build.TCPSTATE.cdef and "#ifndef" not in build.TCPSTATE.cdef
     assert "walk_pcapng" in build.FASTWALK.cdef
-    declared = [p.name for p in (REPO / "capture").glob("*.[ch]") if "} tcpflow;" in p.read_text()]
+    declared = [p.name for p in NATIVE.glob("*.[ch]") if "} tcpflow;" in p.read_text()]
     assert declared == ["_tcpstate.h"]
     for ext in build.EXTENSIONS:
         for src in ext.sources:
-            assert f'#include "{ext.header}"' in (REPO / "capture" / src).read_text(), src
+            assert f'#include "{ext.header}"' in (NATIVE / src).read_text(), src
 
 
 def test_sanitizer_build_has_its_own_flags_and_cache(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,8 +24,8 @@ from capture.batch import (
     addr_bytes,
     addr_str,
 )
-from capture.decode import Decoder, decode, read_batches
-from capture.reader import open_capture
+from capture.decode.decoder import Decoder, decode, read_batches
+from capture.read.reader import open_capture
 
 DEV = corpus_root() / "pcaps" / "dev"
 DEV_FILES = sorted(p.name for p in DEV.glob("*.pcap*")) if DEV.is_dir() else []

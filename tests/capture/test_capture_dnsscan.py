@@ -1,4 +1,4 @@
-"""The batch DNS scan in C (`capture.dnsscan`) gives exactly what the Python parser gives, and
+"""The batch DNS scan in C (`capture.app.dnsscan`) gives exactly what the Python parser gives, and
 leaves every message it is not sure about to the Python parser, so `dns` rows do not depend
 on which path read a message."""
 
@@ -14,9 +14,9 @@ from capture_zeeklogs import corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture import dnsscan
-from capture.decode import read_batches
-from capture.dnsparse import DnsError, parse_dns
+from capture.app import dnsscan
+from capture.app.dnsparse import DnsError, parse_dns
+from capture.decode.decoder import read_batches
 
 DNS_PORTS = [53, 137, 5353, 5355]
 
@@ -161,7 +161,7 @@ def _replay_rows(pcap: Path, data: Path, max_packets: int) -> tuple[list[str], l
     import json
 
     from appliance.policy.snapshot import Snapshot
-    from capture.flows import FlowConfig
+    from capture.flow.table import FlowConfig
     from capture.pipeline import Pipeline, replay
     from store.metadata import read_stream
     from store.paths import DataPaths

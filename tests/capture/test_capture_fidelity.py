@@ -40,7 +40,7 @@ import pytest
 from capture_zeeklogs import our_flows, replay_tables
 
 from capture.batch import STATUS, RawBatch
-from capture.decode import Decoder, read_batches
+from capture.decode.decoder import Decoder, read_batches
 
 PCAPS = Path(__file__).resolve().parents[2] / "pcaps"  # made by pcaps/make_pcaps.py
 
@@ -231,9 +231,9 @@ def test_unknown_transport_flow_ends_after_a_minute_idle() -> None:
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
 
-    from capture.decode import decode
-    from capture.flowrows import to_rows
-    from capture.flows import FlowConfig, FlowTable
+    from capture.decode.decoder import decode
+    from capture.flow.rows import to_rows
+    from capture.flow.table import FlowConfig, FlowTable
 
     frame = bytes(Ether() / IP(src="10.60.1.1", dst="10.60.1.2", proto=50) / Raw(b"\x00" * 16))
     t0 = 1_700_000_000 * 10**9

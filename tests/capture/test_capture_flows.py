@@ -11,10 +11,10 @@ import dpkt
 import pytest
 
 from capture.batch import RawBatch
-from capture.decode import Decoder
-from capture.flowkeys import community_id
-from capture.flowrows import to_rows
-from capture.flows import FlowConfig, FlowTable
+from capture.decode.decoder import Decoder
+from capture.flow.keys import community_id
+from capture.flow.rows import to_rows
+from capture.flow.table import FlowConfig, FlowTable
 
 S = 1_000_000_000
 A, B, C = "10.0.0.1", "192.0.2.7", "10.0.0.2"
@@ -215,7 +215,7 @@ def test_community_id_matches_the_reference_package(tup: tuple[Any, ...]) -> Non
         ft = make(src, dst, sp, code)
         import numpy as np
 
-        from capture.flowkeys import icmp_counterpart
+        from capture.flow.keys import icmp_counterpart
 
         dp = int(
             icmp_counterpart(
@@ -256,7 +256,7 @@ def test_vectorised_community_ids_equal_the_per_flow_function() -> None:
     import numpy as np
 
     from capture.batch import addr_bytes
-    from capture.flowkeys import community_ids
+    from capture.flow.keys import community_ids
 
     flows = [
         (A, B, 6, 40000, 80),

@@ -10,7 +10,7 @@ import pytest
 from lbm_testing import corpus_root
 
 from capture import CaptureError
-from capture.decode import Decoder, read_batches
+from capture.decode.decoder import Decoder, read_batches
 
 CORPUS = corpus_root()
 MALFORMED = CORPUS / "pcaps" / "malformed"

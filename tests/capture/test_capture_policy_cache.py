@@ -1,4 +1,5 @@
-"""The per-flow decision cache (`capture.gate`) gives, for every packet, exactly what `decide`
+"""The per-flow decision cache (`capture.subjects.gate`) gives, for every packet, exactly what
+`decide`
 gives at the packet's own instant with the principal holding the address then: a hypothesis
 property over random lease histories (handovers mid-flow, gaps, conflicts), random
 authorisation histories (start, expiry, cancellation, several per subject) and random batch
@@ -32,9 +33,9 @@ from appliance.policy.model import (
     Rank,
 )
 from appliance.policy.snapshot import Snapshot
-from capture.gate import ArchiveGate
 from capture.pipeline import Pipeline, replay
-from capture.subjects import SubjectRecorder
+from capture.subjects.gate import ArchiveGate
+from capture.subjects.recorder import SubjectRecorder
 from store.paths import DataPaths
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)

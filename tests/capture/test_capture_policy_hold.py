@@ -31,8 +31,8 @@ from capture_policy import (
 )
 from lbm_testing import REPO, Lbm
 
-from capture import hold
 from capture.pipeline import Pipeline
+from capture.subjects import hold
 from store.metadata import read_stream
 from store.paths import DataPaths
 
@@ -116,10 +116,11 @@ def test_do_not_decrypt_flow_never_archived_at_any_batch_size(
 def test_hold_memory_bound_drops_and_audits_never_archives(
     lbm: Lbm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the total hold bound tiny, held packets beyond it are dropped, counted and
-    audited as a capture gap; the do-not-decrypt flows still never reach the archive."""
+    """With the total hold bound tiny (`[capture] hold_total_bytes` in lbm.toml), held
+    packets beyond it are dropped, counted and audited as a capture gap; the do-not-decrypt
+    flows still never reach the archive."""
     identity = _prepare(lbm, tmp_path)
-    monkeypatch.setattr(hold, "HOLD_TOTAL_BYTES", 600)
+    set_config(lbm.data_dir, "capture", "hold_total_bytes", "600")
     pipe = run_replay(lbm.data_dir, [SPLIT], 1, monkeypatch, SPLIT_NOW)
     dropped = pipe.summary.archive_hold_dropped
     assert dropped > 0

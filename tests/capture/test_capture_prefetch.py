@@ -1,4 +1,4 @@
-"""Reading and decoding on a background thread (`capture.prefetch`): same flows as on one
+"""Reading and decoding on a background thread (`capture.read.prefetch`): same flows as on one
 thread, errors reach the caller, and a consumer that stops early stops the producer."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from capture_zeeklogs import corpus
 
 from appliance.policy.snapshot import Snapshot
-from capture.flows import FlowConfig
+from capture.flow.table import FlowConfig
 from capture.pipeline import Pipeline, replay
-from capture.prefetch import Prefetch
+from capture.read.prefetch import Prefetch
 from store.metadata import read_stream
 from store.paths import DataPaths
 

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture import CaptureError, fastpath
-from capture.reader import open_capture
+from capture import CaptureError
+from capture.read import walk as fastpath
+from capture.read.reader import open_capture
 
 REPO = Path(__file__).resolve().parents[2]
 MIXED = REPO / "pcaps" / "mixed-linktypes.pcapng"
@@ -209,8 +210,8 @@ def test_pure_python_fallback_reads_the_same(tmp_path: Path) -> None:
     """With the C extension disabled, the reader gives the same packets and timestamps."""
     code = (
         "import sys, numpy as np\n"
-        "from capture.fastpath import IMPLEMENTATION\n"
-        "from capture.reader import open_capture\n"
+        "from capture.read.walk import IMPLEMENTATION\n"
+        "from capture.read.reader import open_capture\n"
         "assert IMPLEMENTATION == 'python', IMPLEMENTATION\n"
         "bs = list(open_capture(sys.argv[1]).batches(max_packets=2))\n"
         "print(repr((np.concatenate([b.ts_ns for b in bs]).tolist(),"

@@ -17,8 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture import CaptureError, pcapng, reader
-from capture.reader import MAX_RECORD, open_capture
+from capture import CaptureError
+from capture.read import reader
+from capture.read.reader import MAX_RECORD, open_capture
+from capture.subjects import pcapng
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000
@@ -160,8 +162,8 @@ def test_pure_python_walker_skips_the_same(tmp_path: Path) -> None:
     p.write_bytes(_pcap([GOOD_BEFORE[0], _frame(7, 400_000), *GOOD_AFTER]))
     code = (
         "import sys\n"
-        "from capture.fastpath import IMPLEMENTATION\n"
-        "from capture.reader import open_capture\n"
+        "from capture.read.walk import IMPLEMENTATION\n"
+        "from capture.read.reader import open_capture\n"
         "assert IMPLEMENTATION == 'python'\n"
         "r = open_capture(sys.argv[1], chunk_bytes=65536)\n"
         "print(sum(len(b) for b in r.batches(3)), r.summary)\n"
@@ -227,7 +229,7 @@ def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from capture import CaptureError\n"
-        "from capture.reader import open_capture\n"
+        "from capture.read.reader import open_capture\n"
         "try:\n"
         "    open_capture(sys.argv[1])\n"
         "except CaptureError as e:\n"

@@ -211,3 +211,32 @@ def test_init_system_lets_the_service_user_read_the_config_and_nothing_more(
     )
     units = sorted(p.name for p in (prefix / "etc/systemd/system").iterdir())
     assert units == sorted([*SERVICES, "lbm.target"])
+
+
+def test_init_system_store_network_opens_only_the_object_store_to_capture_and_housekeeping(
+    tmp_path: Path, lbm_inproc: Callable[..., object]
+) -> None:
+    prefix = tmp_path / "root"
+    nets = ("--store-network", "10.20.0.5/32", "--store-network", "fd00::5/128")
+    lbm_inproc(tmp_path / "unused", "init", "--system", "--root", str(prefix), *nets)
+    unit_dir = prefix / "etc/systemd/system"
+    drop_ins = sorted(str(p.relative_to(unit_dir)) for p in unit_dir.glob("*.d/*.conf"))
+    assert drop_ins == [
+        "lbm-capture@.service.d/objectstore.conf",
+        "lbm-housekeeping.service.d/objectstore.conf",
+    ]
+    text = (unit_dir / drop_ins[0]).read_text()
+    assert "IPAddressAllow=10.20.0.5/32 fd00::5/128\n" in text
+    assert "RestrictAddressFamilies=AF_INET AF_INET6\n" in text
+    # the proxy and relay units are untouched; the base units still deny everything else
+    assert "IPAddressDeny=any" in (unit_dir / "lbm-capture@.service").read_text()
+    assert not (unit_dir / "lbm-proxy.service.d").exists()
+
+
+@pytest.mark.parametrize("bad", ["10.20.0.5/33", "store.example", "10.20.0.1/24"])
+def test_init_store_network_refuses_what_is_not_a_network(tmp_path: Path, bad: str) -> None:
+    res = Lbm(tmp_path / "unused").inproc(
+        "init", "--system", "--root", str(tmp_path / "root"), "--store-network", bad
+    )
+    assert res.returncode == 2 and "--store-network" in res.stderr
+    assert not (tmp_path / "root").exists()

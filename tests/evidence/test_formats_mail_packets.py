@@ -28,7 +28,7 @@ from lbm_testing import corpus_root
 from appliance.evidence.formats import ExportSet, FormatError, WrittenFile
 from appliance.mail.archiving import archive_copies, envelope_record
 from appliance.mail.envelope import Envelope
-from capture.pcapng import PcapngRecord
+from capture.subjects.pcapng import PcapngRecord
 from store import agefile as age
 from store import signing
 from store.archive import Archive

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from lbm_testing import corpus_root
 
-from capture.decode import read_batches
-from capture.flowrows import to_rows
-from capture.flows import FlowConfig, FlowTable
+from capture.decode.decoder import read_batches
+from capture.flow.rows import to_rows
+from capture.flow.table import FlowConfig, FlowTable
 
 
 def corpus() -> Path:

@@ -1,7 +1,8 @@
 """Packets records into one pcapng file, `packets/packets.pcapng`, readable by `tshark -r`.
 
 Each `pcapng` record is a whole pcapng stream of its own (Section Header Block, Interface
-Description Blocks, Enhanced Packet Blocks: `capture/pcapng.py`). The output has one SHB; each
+Description Blocks, Enhanced Packet Blocks: `capture/subjects/pcapng.py`). The output has one SHB;
+each
 record's IDBs are mapped onto the output's interfaces (identical IDB bodies, i.e. same link type,
 snap length and options such as `if_tsresol`, share one), and every block naming an interface
 (EPB, ISB, the obsolete Packet Block) is rewritten with the output's id. A Simple Packet Block

@@ -1,0 +1,333 @@
+"""Which packets reach the application-metadata parsers, and the one-packet fast path.
+
+Per flow slot: a budget of payload packets (`APP_BUDGET`, more for DNS ports), whether it is a
+DNS port flow, and what the C fast path (`capture.app.scan`) settled. For each batch, with
+array code: candidates are the first packets with payload of flows that still have budget; a
+flow whose first payload cannot start anything we read is dropped at once; a flow whose first
+payload is the client's complete TLS ClientHello or HTTP request head is settled by the fast
+path (`_fast_heads`), and only the rest go, in packet order, to `AppMeta` (DNS datagrams
+already read by the batch DNS scan, `capture.app.dnsscan`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from capture.app.dnsscan import DnsView
+from capture.app.dnsscan import scan as scan_dns
+from capture.app.heads import norm_host, tls_version_name
+from capture.app.meta import DNS_PORTS, AppMeta
+from capture.app.scan import KIND_CH, KIND_HTTP, KIND_SH, app_scan
+from capture.batch import PacketBatch
+
+APP_BUDGET = 16  # payload packets per flow offered to AppMeta (DNS flows: more)
+APP_BUDGET_DNS = 64
+DNS_PORT = np.zeros(65536, bool)
+DNS_PORT[list(DNS_PORTS)] = True
+# First payload bytes that can begin what AppMeta reads: a TLS handshake record, an HTTP
+# method or other text command (A-Z), a server banner (220, +OK, * OK).
+_FIRST_BYTE = np.zeros(256, bool)
+_FIRST_BYTE[[0x16, ord("+"), ord("*"), *range(ord("0"), ord("9") + 1)]] = True
+_FIRST_BYTE[ord("A") : ord("Z") + 1] = True
+APP_COLUMNS = ("service", "server_name", "tls_version", "http_host", "http_method")
+
+
+@dataclass
+class FastMeta:
+    """What the C fast path read for a flow (single-packet TLS hellos, HTTP heads)."""
+
+    service: str
+    server_name: str | None = None
+    tls_version: str | None = None
+    http_host: str | None = None
+    http_method: str | None = None
+
+
+class AppFeed:
+    """Application-metadata state of one capture source's flow slots."""
+
+    def __init__(self) -> None:
+        self.app = AppMeta()
+        self._budget = np.zeros(0, np.int32)  # per slot: payload packets AppMeta may still see
+        self._dns = np.zeros(0, np.int8)  # per slot: 1 a DNS port, 2 NetBIOS name service
+        self._started = np.zeros(0, bool)  # per slot: AppMeta has seen a packet
+        self._fast: list[FastMeta | None] = []  # per slot: heads read by the C fast path
+        self._fast_kind = np.zeros(0, np.int8)  # per slot: 0 none, 1 TLS, 2 HTTP (`_fast`)
+        self._in_app = np.zeros(0, bool)  # per slot: AppMeta has (had) the flow
+
+    def grow(self, cap: int) -> None:
+        """Make room for `cap` flow slots."""
+        old = self._budget.size
+        if old < cap:
+            self._budget = np.concatenate([self._budget, np.zeros(cap - old, np.int32)])
+            self._dns = np.concatenate([self._dns, np.zeros(cap - old, np.int8)])
+            self._started = np.concatenate([self._started, np.zeros(cap - old, bool)])
+            self._fast_kind = np.concatenate([self._fast_kind, np.zeros(cap - old, np.int8)])
+            self._in_app = np.concatenate([self._in_app, np.zeros(cap - old, bool)])
+            self._fast.extend([None] * (cap - old))
+
+    def state_bytes_per_flow(self) -> int:
+        """Bytes per flow slot kept here (the arrays and the fast-path list entry; a flow's
+        `FastMeta` and `AppMeta`'s parse state, bounded per flow, come on top)."""
+        arrays = (self._budget, self._dns, self._started, self._fast_kind, self._in_app)
+        return sum(a.itemsize for a in arrays) + 8
+
+    def new_flows(
+        self,
+        new: npt.NDArray[np.int64],
+        orig_p: npt.NDArray[np.uint16],
+        resp_p: npt.NDArray[np.uint16],
+    ) -> None:
+        """Fresh state for flows created in slots `new` (with their ports)."""
+        dns = DNS_PORT[orig_p] | DNS_PORT[resp_p]
+        nbns = (orig_p == 137) | (resp_p == 137)
+        self._dns[new] = np.where(nbns, 2, dns.astype(np.int8))
+        self._started[new] = False
+        self._fast_kind[new] = 0
+        self._in_app[new] = False
+        self._budget[new] = np.where(dns, APP_BUDGET_DNS, APP_BUDGET)
+        for sl in new.tolist():
+            self._fast[sl] = None
+
+    def feed(
+        self,
+        b: PacketBatch,
+        pkt: npt.NDArray[np.int64],
+        slot: npt.NDArray[np.int64],
+        is_orig: npt.NDArray[np.bool_],
+        uids: list[str],
+    ) -> None:
+        """Offer the batch's packets (`pkt`, in flow `slot`, from the originator or not) to
+        the fast path and `AppMeta`, each flow's first packets only; `dns` rows collect in
+        `self.app`."""
+        has = (b.payload_cap[pkt] > 0) & (self._budget[slot] > 0) & (b.frag[pkt] <= 1)
+        idx = np.flatnonzero(has)
+        if idx.size == 0:
+            return
+        # rank of each candidate among its flow's candidates in this batch
+        sl = slot[idx]
+        order = np.argsort(sl, kind="stable")
+        ss = sl[order]
+        start = np.r_[0, np.flatnonzero(ss[1:] != ss[:-1]) + 1]
+        rank = np.empty(idx.size, np.int64)
+        rank[order] = np.arange(idx.size) - np.repeat(start, np.diff(np.r_[start, idx.size]))
+        # A flow whose first payload cannot start anything AppMeta reads (TLS handshake, a
+        # text command or banner, DNS) is dropped at once, without a Python call.
+        first = rank == 0
+        byte0 = b.buf[b.payload_off[pkt[idx[first]]]]
+        fs = sl[first]
+        dull = ~(_FIRST_BYTE[byte0] | (self._dns[fs] > 0) | self._started[fs])
+        if dull.any():
+            self._budget[fs[dull]] = 0
+        keep = (rank < self._budget[sl]) & (self._budget[sl] > 0)
+        idx = idx[keep]
+        if idx.size == 0:
+            return
+        sl = slot[idx]
+        self._started[sl] = True
+        p_idx = pkt[idx]
+        orig = is_orig[idx]
+        dnsf = self._dns[sl]
+        plain = (dnsf == 0) & ~self._in_app[sl]  # no DNS port, AppMeta has not seen it
+        # heads that fit one packet (TLS hellos, HTTP request heads) are read in C
+        kind, a_off, a_len, ver = app_scan(b.buf, b.payload_off[p_idx], b.payload_cap[p_idx])
+        self._fast_heads(b, sl, p_idx, orig, plain, kind, a_off, a_len, ver)
+        # the rest goes to AppMeta in packet order: flows it already has, DNS, and flows
+        # whose first payload is not a one-packet head
+        rest = np.flatnonzero(~(plain & (self._fast_kind[sl] > 0)))
+        if rest.size == 0:
+            return
+        udp_dns = (dnsf[rest] > 0) & (b.proto[p_idx[rest]] == 17)
+        views: list[DnsView | None] = []
+        if udp_dns.any():
+            d = p_idx[rest[udp_dns]]
+            views = scan_dns(b.buf, b.payload_off[d], b.payload_cap[d])
+            left = self._dns_pairs(b, sl, p_idx, rest[udp_dns], views, uids)
+            if left is not None:  # query/answer pairs settled: the other candidates go on
+                views = [v for v, k in zip(views, left.tolist(), strict=True) if k]
+                stay = np.ones(rest.size, bool)
+                stay[np.flatnonzero(udp_dns)[~left]] = False
+                rest, udp_dns = rest[stay], udp_dns[stay]
+                if rest.size == 0:
+                    return
+        vi = iter(views)
+        budget, in_app, fk = self._budget, self._in_app, self._fast_kind
+        app = self.app
+        for j, s, o, ud in zip(
+            rest.tolist(), sl[rest].tolist(), orig[rest].tolist(), udp_dns.tolist(), strict=True
+        ):
+            v = next(vi) if ud else None
+            if budget[s] <= 0:
+                continue
+            p = int(p_idx[j])
+            if fk[s] == 3 and not in_app[s]:  # its first query and answer went by `dns_pair`
+                app.adopt_dns(uids[s], s)
+            in_app[s] = True
+            if ud:
+                more = app.dns_datagram(
+                    uids[s], int(dnsf[j]), s, int(b.ts_ns[p]), b.payload(p) if v is None else b"", v
+                )
+            else:
+                more = app.packet(
+                    uids[s],
+                    int(dnsf[j]),
+                    s,
+                    bool(o),
+                    int(b.ts_ns[p]),
+                    b.payload(p),
+                    int(b.tcp_seq[p]) if b.proto[p] == 6 else None,
+                )
+            budget[s] = budget[s] - 1 if more else 0
+
+    def _dns_pairs(
+        self,
+        b: PacketBatch,
+        sl: npt.NDArray[np.int64],
+        p_idx: npt.NDArray[np.int64],
+        cand: npt.NDArray[np.int64],
+        views: list[DnsView | None],
+        uids: list[str],
+    ) -> npt.NDArray[np.bool_] | None:
+        """DNS flows (not NetBIOS) new to AppMeta whose candidates in this batch (`cand`, the
+        UDP DNS ones, with their `views`) are exactly a query and its answer: one `dns` row
+        each by `AppMeta.dns_pair`, no per-flow parser state. Returns which candidates are
+        still to be fed (None: all)."""
+        s_c = sl[cand]
+        ok = (self._dns[s_c] == 1) & ~self._in_app[s_c] & (self._fast_kind[s_c] == 0)
+        if not ok.any():
+            return None
+        slots, first, counts = np.unique(s_c, return_index=True, return_counts=True)
+        pair = counts == 2
+        pair &= ok[first]
+        if not pair.any():
+            return None
+        # the pair's second candidate: the next one of the same slot in packet order
+        order = np.argsort(s_c, kind="stable")
+        start = np.searchsorted(s_c[order], slots[pair])
+        i1, i2 = order[start], order[start + 1]
+        keep = np.ones(cand.size, bool)
+        ts = b.ts_ns
+        settled = []
+        for a, c, s in zip(i1.tolist(), i2.tolist(), slots[pair].tolist(), strict=True):
+            q, r = views[a], views[c]
+            if (
+                q is None
+                or r is None
+                or q.op >> 15
+                or not r.op >> 15
+                or q.id != r.id
+                or q.qname != r.qname
+            ):
+                continue
+            pq, pr = int(p_idx[cand[a]]), int(p_idx[cand[c]])
+            self.app.dns_pair(uids[s], s, int(ts[pq]), q, int(ts[pr]), r)
+            keep[a] = keep[c] = False
+            settled.append(s)
+        if not settled:
+            return None
+        done = np.asarray(settled, np.int64)
+        self._budget[done] -= 2
+        self._fast_kind[done] = 3
+        for s in settled:
+            self._fast[s] = FastMeta("dns")
+        return keep
+
+    def _fast_heads(
+        self,
+        b: PacketBatch,
+        sl: npt.NDArray[np.int64],
+        p_idx: npt.NDArray[np.int64],
+        orig: npt.NDArray[np.bool_],
+        plain: npt.NDArray[np.bool_],
+        kind: npt.NDArray[np.int32],
+        a_off: npt.NDArray[np.int64],
+        a_len: npt.NDArray[np.int32],
+        ver: npt.NDArray[np.int32],
+    ) -> None:
+        """Flows AppMeta has not seen whose first payload is the client's complete TLS
+        ClientHello or HTTP request head are settled here, without AppMeta: the head gives
+        the server name or HTTP host and method; for TLS, the server's first payload then
+        gives the version (if it is a ServerHello) and ends the flow's budget. Candidates
+        (`sl` ...) are in packet order, at most one flow budget each."""
+        fast, fk, budget, buf = self._fast, self._fast_kind, self._budget, b.buf
+        first = np.zeros(sl.size, bool)
+        first[np.unique(sl, return_index=True)[1]] = True
+        head = plain & first & orig & (fk[sl] == 0) & ((kind == KIND_CH) | (kind == KIND_HTTP))
+        hi = np.flatnonzero(head)
+        for j, s, k, ao, al, v in zip(
+            hi.tolist(),
+            sl[hi].tolist(),
+            kind[hi].tolist(),
+            a_off[hi].tolist(),
+            a_len[hi].tolist(),
+            ver[hi].tolist(),
+            strict=True,
+        ):
+            if k == KIND_CH:
+                sni = buf[ao : ao + al].tobytes().decode("ascii", "replace").lower()
+                fast[s] = FastMeta("ssl", sni or None)
+                fk[s] = 1
+                continue
+            host = buf[ao : ao + al].tobytes() if al >= 0 else None
+            po = int(b.payload_off[p_idx[j]])
+            method = buf[po : po + v].tobytes().decode("ascii")
+            fast[s] = FastMeta("http", None, None, norm_host(host), method)
+            fk[s] = 2
+            budget[s] = 0
+        # TLS flows settled by a ClientHello: the server's first payload ends them
+        srv = np.flatnonzero(plain & (fk[sl] == 1) & ~orig)
+        if srv.size == 0:
+            return
+        srv = srv[np.unique(sl[srv], return_index=True)[1]]
+        srv = srv[budget[sl[srv]] > 0]
+        sh = srv[kind[srv] == KIND_SH]
+        for s, v in zip(sl[sh].tolist(), ver[sh].tolist(), strict=True):
+            f = fast[s]
+            if f is not None:
+                f.tls_version = tls_version_name(v)
+        budget[sl[srv]] = 0
+
+    def name_settled(self, s: int, uid: str) -> bool:
+        """Whether the flow in slot `s` has shown its TLS server name or that it has none: the
+        client's first head read (a ClientHello, even over several segments, an HTTP request,
+        anything else), a first payload nothing here reads, a DNS port, a gap in the client's
+        bytes, or the parse budget spent. Until then `capture.subjects.gate` holds a subject's
+        packets."""
+        if self._dns[s] or self._budget[s] <= 0:
+            return True
+        if self._in_app[s]:
+            fm = self.app.flows.get(uid)
+            return fm is None or fm.head_done[0] or fm.dirs[0].dead or fm.starttls
+        return bool(self._fast_kind[s] > 0)
+
+    def server_name(self, s: int, uid: str) -> str | None:
+        """The TLS server name of the flow in slot `s`, once a ClientHello gave it."""
+        if self._in_app[s]:
+            fm = self.app.flows.get(uid)
+            return fm.server_name if fm is not None else None
+        f = self._fast[s]
+        return f.server_name if f is not None else None
+
+    def end_flows(self, uids: list[str], slots: npt.NDArray[np.int64]) -> dict[str, list[Any]]:
+        """The flows in `slots` ended: their `APP_COLUMNS` (AppMeta's state is dropped)."""
+        n = len(uids)
+        meta: dict[str, list[Any]] = {k: [None] * n for k in APP_COLUMNS}
+        in_app = self._in_app[slots]
+        for i in np.flatnonzero(in_app).tolist():  # flows AppMeta parsed
+            for k, v in self.app.end(uids[i]).items():
+                meta[k][i] = v
+        fast = self._fast
+        fi = np.flatnonzero(~in_app & (self._fast_kind[slots] > 0))  # C fast path flows
+        for i, s in zip(fi.tolist(), slots[fi].tolist(), strict=True):
+            f = fast[s]
+            if f is not None:
+                meta["service"][i] = f.service
+                meta["server_name"][i] = f.server_name
+                meta["tls_version"][i] = f.tls_version
+                meta["http_host"][i] = f.http_host
+                meta["http_method"][i] = f.http_method
+        return meta

@@ -1,0 +1,46 @@
+"""Stage 3, flow: `PacketBatch`es -> connections with Zeek conn.log semantics -> `flow` rows.
+
+In: decoded batches, in capture order, of one source.
+Out: `FlowTable.add(batch)` assigns every packet its flow slot (new flows, originator
+direction) and returns the flows that ended (idle, active timeout, key reuse, table full:
+each counted in `FlowCounters`); `rows.Columns` gives their `flow` columns (conn.log fields,
+uid, Community ID v1, TCP state and history from the C state machine). `NetSet` says which
+endpoint is internal (`[capture] internal_networks`).
+
+Threads: one table per capture source, used from one thread.
+Bounds: at most `FlowConfig.max_flows` live flows (`[capture] max_flows`, about 1 KiB each);
+beyond it the least recently active flow is ended early and counted. Per-packet work is
+array code, except the TCP state machine (one C call per batch, `tcpstate`).
+
+Modules: `table` (the flow table), `columns` (per-packet columns incl. tunnels' outer and
+middle connections), `keys` (5-tuple hash, Zeek's server-port heuristics, uids, Community
+ID), `rows` (ended flows -> columns), `tcpstate` (the C extension's loader), `netset`.
+"""
+
+from capture.flow.keys import PROTO_NAMES, community_ids
+from capture.flow.netset import NetSet
+from capture.flow.rows import (
+    Columns,
+    addr_texts,
+    concat_column,
+    count,
+    empty_lists,
+    repeat_text,
+    to_rows,
+)
+from capture.flow.table import FlowConfig, FlowTable
+
+__all__ = [
+    "PROTO_NAMES",
+    "Columns",
+    "FlowConfig",
+    "FlowTable",
+    "NetSet",
+    "addr_texts",
+    "community_ids",
+    "concat_column",
+    "count",
+    "empty_lists",
+    "repeat_text",
+    "to_rows",
+]

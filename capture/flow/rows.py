@@ -1,0 +1,258 @@
+"""Turn ended flows of a `FlowTable` into `flow` columns with Zeek conn.log fields.
+
+Columns, not row dicts: TCP sizes, states and histories of all ended flows come from one C
+call, counters are array slices, and only address text and Community IDs are per flow.
+Field names follow conn.log (`id.orig_h` becomes `orig_h`); times are ns since the epoch.
+`to_rows` turns columns into row dicts (tests, small tools).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from capture.flow import tcpstate
+from capture.flow.keys import PROTO_NAMES, community_ids
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from capture.flow.table import FlowTable
+
+Columns = dict[str, Any]
+HIST_MAX = 32
+_V4_PREFIX = b"\x00" * 10 + b"\xff\xff"
+
+
+def addr_text(b: bytes) -> str:
+    """Text of one 16-byte address."""
+    if b[:12] == _V4_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, b[12:])
+    if b[:12] == bytes(12):
+        return str(ipaddress.IPv6Address(b))
+    return socket.inet_ntop(socket.AF_INET6, b)
+
+
+def addr_texts(a: npt.NDArray[np.uint8]) -> list[str]:
+    """Text of (k, 16) addresses (IPv4-mapped shown as dotted quad), fast."""
+    raw = np.ascontiguousarray(a, np.uint8).tobytes()
+    out = []
+    ntop = socket.inet_ntop
+    for i in range(0, len(raw), 16):
+        b = raw[i : i + 16]
+        if b[:12] == _V4_PREFIX:
+            out.append(ntop(socket.AF_INET, b[12:]))
+        elif b[:12] == bytes(12):
+            out.append(str(ipaddress.IPv6Address(b)))  # glibc would print ::a.b.c.d
+        else:
+            out.append(ntop(socket.AF_INET6, b))
+    return out
+
+
+@functools.cache
+def _octets() -> pa.Array:
+    import pyarrow as pa  # lazily, like every pyarrow use here: the first packet needs none
+
+    return pa.array([str(i) for i in range(256)])
+
+
+_UDP_HIST = np.array(
+    # index: flipped * 8 + responder first * 4 + orig sent * 2 + resp sent
+    [
+        ("^" if f else "") + ("d" if rr else "") + ("D" if oo else "")
+        if rf
+        else ("^" if f else "") + ("D" if oo else "") + ("d" if rr else "")
+        for f in (0, 1)
+        for rf in (0, 1)
+        for oo in (0, 1)
+        for rr in (0, 1)
+    ],
+    dtype=object,
+)
+_STATES = np.asarray(tcpstate.CONN_STATES, dtype=object)
+_PROTO_TEXT = np.array([PROTO_NAMES.get(p, "unknown_transport") for p in range(256)], dtype=object)
+_UNKNOWN = np.array([p not in PROTO_NAMES for p in range(256)])
+
+
+def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
+    """Text of (k, 16) addresses as an Arrow string array (same text as `addr_texts`): IPv4
+    in Arrow compute, only IPv6 in Python."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    k = a.shape[0]
+    a = np.ascontiguousarray(a, np.uint8)
+    v4 = (a[:, :12] == np.frombuffer(_V4_PREFIX, np.uint8)).all(axis=1)
+    if k == 0:
+        return pa.array([], pa.string())
+    quad = pc.binary_join_element_wise(
+        *[_octets().take(pa.array(a[:, 12 + i])) for i in range(4)], "."
+    )
+    if v4.all():
+        return quad
+    six = np.flatnonzero(~v4)
+    texts: list[str | None] = [None] * k
+    for i, t in zip(six.tolist(), addr_texts(a[six]), strict=True):
+        texts[i] = t
+    return pc.if_else(pa.array(v4), quad, pa.array(texts, pa.string()))
+
+
+def empty_lists(n: int) -> Any:
+    """n empty `list<string>` values as an Arrow array, without a Python list per row."""
+    import pyarrow as pa  # (a local import: module start-up does not need pyarrow)
+
+    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()))
+
+
+def repeat_text(value: str | None, n: int) -> Any:
+    """`[value] * n` as an Arrow string array."""
+    import pyarrow as pa
+
+    if value is None:
+        return pa.nulls(n, pa.string())
+    return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
+def _vlan_array(v: npt.NDArray[np.int32]) -> pa.Array:
+    """VLAN ids as uint16, null where the flow's first frame had no tag (-1)."""
+    import pyarrow as pa
+
+    return pa.array(np.maximum(v, 0).astype(np.uint16), pa.uint16(), mask=v < 0)
+
+
+def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
+    """Columns for the flows in `slots` (their current state): numpy arrays for numbers,
+    Arrow arrays for addresses and histories, lists for the rest (`to_rows` gives dicts)."""
+    k = slots.size
+    proto = t.proto[slots]
+    pk = t.pkts[slots]
+    pb = t.pbytes[slots]
+    ob, rb = pb[:, 0].copy(), pb[:, 1].copy()
+    state = np.full(k, "OTH", dtype=object)
+    history = np.full(k, "", dtype=object)
+    missed = np.zeros(k, np.int64)
+    tcp = np.flatnonzero(proto == 6)
+    if tcp.size:
+        ffi, lib = tcpstate.ffi, tcpstate.lib
+        ts = np.ascontiguousarray(slots[tcp], np.int64)
+        osz = np.zeros(tcp.size, np.int64)
+        rsz = np.zeros(tcp.size, np.int64)
+        st = np.zeros(tcp.size, np.int32)
+        hist = np.zeros(tcp.size * HIST_MAX, np.uint8)
+        hl = np.zeros(tcp.size, np.int32)
+        fb = ffi.from_buffer
+        lib.tcp_summary(
+            t.tcp,
+            tcp.size,
+            fb("int64_t[]", ts),
+            fb("int64_t[]", osz),
+            fb("int64_t[]", rsz),
+            fb("int32_t[]", st),
+            fb("char[]", hist),
+            fb("int32_t[]", hl),
+        )
+        # bytes the sequence space says were sent but no packet carried (capture loss)
+        missed[tcp] = np.maximum(osz - pb[tcp, 0], 0) + np.maximum(rsz - pb[tcp, 1], 0)
+        ob[tcp], rb[tcp] = osz, rsz
+        state[tcp] = _STATES[st]
+        # history letters: hl bytes each, the rest of the 32 zero (numpy strips them)
+        h = hist.reshape(tcp.size, HIST_MAX)
+        h[np.arange(HIST_MAX)[None, :] >= hl[:, None]] = 0
+        history[tcp] = h.view(f"S{HIST_MAX}").ravel().astype(f"U{HIST_MAX}").astype(object)
+    udp = np.flatnonzero(proto == 17)
+    if udp.size:
+        o, r = pk[udp, 0] > 0, pk[udp, 1] > 0
+        state[udp] = np.where(o, np.where(r, "SF", "S0"), np.where(r, "SHR", "OTH"))
+        flip = t.flipped[slots[udp]]
+        resp_first = t.first_dir[slots[udp]] == 1
+        code = flip.astype(np.int64) * 8 + resp_first * 4 + o * 2 + r
+        history[udp] = _UDP_HIST[code]
+    other = np.flatnonzero((proto != 6) & (proto != 17) & t.flipped[slots])
+    history[other] = "^"
+    unknown = _UNKNOWN[proto]  # Zeek keeps no sizes for unknown_transport: bytes 0
+    if unknown.any():
+        ob[unknown] = 0
+        rb[unknown] = 0
+    orig_h, resp_h = t.orig_h[slots], t.resp_h[slots]
+    op, rp = t.orig_p[slots], t.resp_p[slots]
+    first, last = t.first_ts[slots], t.last_ts[slots]
+    sl = slots.tolist()
+    parents = t.parents
+    empty: list[str] = []  # shared by rows without tunnels, never mutated
+    return {
+        "ts": first,
+        "uid": [t.uids[s] for s in sl],
+        "orig_h": addr_array(orig_h),
+        "orig_p": op,
+        "resp_h": addr_array(resp_h),
+        "resp_p": rp,
+        "proto": _PROTO_TEXT[proto],
+        "ip_proto": proto,
+        "duration_ns": last - first,
+        "orig_bytes": ob,
+        "resp_bytes": rb,
+        "conn_state": state,
+        "missed_bytes": missed,
+        "history": history,
+        "orig_pkts": pk[:, 0].copy(),
+        "orig_ip_bytes": t.ipb[slots, 0],
+        "resp_pkts": pk[:, 1].copy(),
+        "resp_ip_bytes": t.ipb[slots, 1],
+        "community_id": community_ids(orig_h, resp_h, proto, op, rp),
+        "tunnel_parents": [sorted(p) if (p := parents[s]) else empty for s in sl]
+        if any(parents[s] for s in sl)
+        else empty_lists(k),
+        "vlan": _vlan_array(t.vlan[slots]),
+        "inner_vlan": _vlan_array(t.inner_vlan[slots]),
+        "slot": slots.copy(),
+    }
+
+
+def pylist(col: Any) -> list[Any]:
+    """A column (list, numpy array or Arrow array) as a list of Python values."""
+    import pyarrow as pa
+
+    if isinstance(col, np.ndarray | pa.Array | pa.ChunkedArray):
+        return list(col.tolist() if isinstance(col, np.ndarray) else col.to_pylist())
+    return list(col)
+
+
+def concat_column(parts: list[Any]) -> Any:
+    """One column from several chunks of the same kind (numpy, Arrow or list)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import pyarrow as pa
+
+    arrow = next((p for p in parts if isinstance(p, pa.Array)), None)
+    if arrow is not None:  # lists among Arrow chunks (e.g. refs of a block with subjects)
+        t = arrow.type
+        return pa.concat_arrays([p if isinstance(p, pa.Array) else pa.array(p, t) for p in parts])
+    return [v for p in parts for v in p]
+
+
+def concat(chunks: list[Columns]) -> Columns:
+    """One set of columns from several."""
+    if not chunks:
+        return {}
+    return {k: concat_column([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def count(cols: Columns) -> int:
+    return len(cols["uid"]) if cols else 0
+
+
+def to_rows(chunks: list[Columns] | Columns) -> list[dict[str, Any]]:
+    """Row dicts from columns (tests, small tools)."""
+    cols = concat(chunks) if isinstance(chunks, list) else chunks
+    if not cols:
+        return []
+    keys = list(cols)
+    values = [pylist(v) for v in cols.values()]
+    return [dict(zip(keys, vals, strict=True)) for vals in zip(*values, strict=True)]

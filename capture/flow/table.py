@@ -1,0 +1,538 @@
+"""Bidirectional flow table with Zeek conn.log semantics, fed by `PacketBatch`es.
+
+Packets of a batch are grouped by a 64-bit hash of their direction-free 5-tuple (canonical
+endpoint order, hash, and grouping as `np.unique` would: C passes that release the GIL); the
+live table is a sorted hash array searched with `np.searchsorted`. Every order-free quantity
+(packets, IP bytes, payload bytes, first and last time) is a per-group reduction.
+Per-connection TCP state (endpoint states, sequence space, history letters) follows the
+packets in order in a small C helper (`capture.flow.tcpstate`), which is Zeek's state machine
+minus events, timers and reassembly.
+
+Zeek semantics kept: the originator is the first packet's sender, flipped as Zeek does when
+the first TCP packet is not a pure SYN (or a UDP packet comes from a likely server port to an
+unlikely one), marked `^` in the history; ICMP ports are type and counterpart type (code for
+one-way types); TCP bytes are sequence-space sizes (`TCP_Endpoint::Size`); `conn_state`
+and `history` as in base/protocols/conn. Differences are listed in
+tests/capture/test_capture_zeek_agreement.py.
+
+Flows end on inactivity (TCP 5 min, UDP and others 1 min, as Zeek's defaults), on an active
+timeout (a long flow is cut into rows), on TCP port reuse (a new SYN on a closed connection),
+when the table is full (the least recently active flow is evicted and counted), and at
+`flush()`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from capture.batch import PacketBatch
+from capture.flow import tcpstate
+from capture.flow.columns import Cols, columns, first_ts, r_is_reuse, swap, swapped
+from capture.flow.keys import (
+    PROTO_NAMES,
+    canonical_hash,
+    group_keys,
+    likely_server,
+    make_uids,
+)
+from capture.flow.rows import Columns, rows_for
+
+I64 = npt.NDArray[np.int64]
+NS = 1_000_000_000
+ROW_CHUNK = 8192  # ended flows turned into rows at once (sweeps and flushes)
+_DNS_PORT = np.zeros(65536, bool)
+_DNS_PORT[[53, 137, 5353, 5355]] = True
+
+
+@dataclass
+class FlowConfig:
+    """Resource limits and timeouts (Zeek defaults for the timeouts)."""
+
+    max_flows: int = 500_000
+    tcp_timeout_s: float = 300.0
+    udp_timeout_s: float = 60.0
+    other_timeout_s: float = 60.0
+    active_timeout_s: float = 3600.0
+    dns_timeout_s: float = 10.0  # Zeek's dns_session_timeout (UDP DNS ports)
+    tcp_close_delay_s: float = 5.0  # a closed connection's key is reused after this
+    seed: int | None = None  # uid generator seed (tests); None = random
+
+
+@dataclass
+class FlowCounters:
+    """How flows ended, never silently."""
+
+    created: int = 0
+    ended_idle: int = 0
+    ended_active: int = 0
+    ended_reuse: int = 0
+    ended_flush: int = 0
+    evicted: int = 0  # table full: least recently active flow ended early
+
+
+@dataclass
+class Assignment:
+    """Which flow each packet of a batch went to (for appmeta and archiving)."""
+
+    pkt: I64  # indices into the batch (decoded packets, inner for tunnels)
+    slot: I64  # flow slot per packet
+    is_orig: npt.NDArray[np.bool_]
+    new_slots: I64  # flows created by this batch (their slots), in creation order
+
+
+class FlowTable:
+    """Live flows; `add(batch)` returns ended flows as rows, `flush()` ends all."""
+
+    def __init__(self, config: FlowConfig | None = None) -> None:
+        self.cfg = config or FlowConfig()
+        self.counters = FlowCounters()
+        self._rng = np.random.default_rng(self.cfg.seed)
+        self._keys = np.zeros(0, np.uint64)  # sorted hashes of live flows
+        self._kslot = np.zeros(0, np.int64)
+        self._free: list[int] = []
+        self._freed: list[int] = []  # freed during add(): reusable from the next batch on
+        self._created: list[I64] = []
+        self._next_serial = 0
+        self._last_sweep = -(2**62)
+        self._min_timeout_ns = int(
+            min(
+                self.cfg.tcp_timeout_s,
+                self.cfg.udp_timeout_s,
+                self.cfg.other_timeout_s,
+                self.cfg.dns_timeout_s,
+            )
+            * NS
+        )
+        self._cap = 0
+        self._n = 0  # high-water slot count
+        self._grow(1024)
+
+    # ---- storage -------------------------------------------------------------------------
+    def _grow(self, cap: int) -> None:
+        old = self._cap
+
+        def g(a: Any, shape: tuple[int, ...], dt: Any) -> Any:
+            new = np.zeros(shape, dt)
+            if old:
+                new[:old] = a
+            return new
+
+        s = self.__dict__
+        self.first_ts = g(s.get("first_ts"), (cap,), np.int64)
+        self.last_ts = g(s.get("last_ts"), (cap,), np.int64)
+        self.proto = g(s.get("proto"), (cap,), np.uint8)
+        self.orig_h = g(s.get("orig_h"), (cap, 16), np.uint8)
+        self.resp_h = g(s.get("resp_h"), (cap, 16), np.uint8)
+        self.orig_p = g(s.get("orig_p"), (cap,), np.uint16)
+        self.resp_p = g(s.get("resp_p"), (cap,), np.uint16)
+        self.flipped = g(s.get("flipped"), (cap,), bool)
+        self.orig_lo = g(s.get("orig_lo"), (cap,), bool)
+        self.live = g(s.get("live"), (cap,), bool)
+        self.hkey = g(s.get("hkey"), (cap,), np.uint64)
+        self.serial = g(s.get("serial"), (cap,), np.int64)
+        self.pkts = g(s.get("pkts"), (cap, 2), np.int64)
+        self.ipb = g(s.get("ipb"), (cap, 2), np.int64)
+        self.pbytes = g(s.get("pbytes"), (cap, 2), np.int64)
+        self.first_dir = g(s.get("first_dir"), (cap,), np.int8)
+        self.vlan = g(s.get("vlan"), (cap,), np.int32)  # the first packet's, as Zeek logs
+        self.inner_vlan = g(s.get("inner_vlan"), (cap,), np.int32)
+        self.uids: list[str] = list(s.get("uids", [])) + [""] * (cap - old)
+        self.parents: list[list[str] | None] = list(s.get("parents", [])) + [None] * (cap - old)
+        tcp = tcpstate.ffi.new("tcpflow[]", cap)
+        if old:
+            tcpstate.ffi.memmove(tcp, s["tcp"], tcpstate.ffi.sizeof("tcpflow") * old)
+        self.tcp: Any = tcp
+        self._cap = cap
+
+    def __len__(self) -> int:
+        return int(self._keys.size)
+
+    def state_bytes_per_flow(self) -> int:
+        """Bytes of table state per flow slot: the per-slot arrays, the C TCP state, the uid
+        (its text and list entry), the tunnel-parents entry and the live index's entry.
+        Slots are `capacity`, which doubles: at most twice the live flows."""
+        cap = self._cap
+        arrays = sum(
+            a.nbytes // cap
+            for k, a in vars(self).items()
+            if not k.startswith("_") and isinstance(a, np.ndarray) and a.shape[:1] == (cap,)
+        )
+        uid = sys.getsizeof("C" * 17) + 8
+        return arrays + tcpstate.ffi.sizeof("tcpflow") + uid + 8 + 16
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    def _alloc(self, k: int) -> I64:
+        out = [self._free.pop() for _ in range(min(k, len(self._free)))]
+        need = k - len(out)
+        if need:
+            if self._n + need > self._cap:
+                self._grow(max(self._cap * 2, self._n + need))
+            out.extend(range(self._n, self._n + need))
+            self._n += need
+        return np.asarray(out, np.int64)
+
+    # ---- ingest --------------------------------------------------------------------------
+    def add(self, batch: PacketBatch) -> tuple[Assignment, list[Columns]]:
+        """Account a batch. Returns the packet-to-flow assignment and the flows that ended."""
+        cols = columns(batch)
+        ended: list[Columns] = []
+        parts: list[tuple[I64, I64, npt.NDArray[np.bool_]]] = []
+        self._created = []
+        h = canonical_hash(cols.src, cols.dst, cols.sport, cols.dport, cols.proto)
+        start = 0
+        n = cols.ts.size
+        if n and self._sweep_due(int(cols.ts[0])):
+            self._expire(self._last_sweep, ended)
+        row_slots = np.zeros(n, np.int64)
+        while start < n:
+            stop, slots, is_orig = self._process(cols, h, start, n, ended)
+            row_slots[start:stop] = slots
+            sel = cols.pkt[start:stop] >= 0
+            parts.append((cols.pkt[start:stop][sel], slots[sel], is_orig[sel]))
+            start = stop
+        if n > 1 and (cols.pkt < 0).any():
+            self._tunnel_parents(cols, row_slots)
+        if parts:
+            pkt = np.concatenate([p[0] for p in parts])
+            slot = np.concatenate([p[1] for p in parts])
+            orig = np.concatenate([p[2] for p in parts])
+        else:
+            pkt = slot = np.zeros(0, np.int64)
+            orig = np.zeros(0, bool)
+        over = len(self) - self.cfg.max_flows
+        if over > 0:  # the bound holds between batches: evict the least recently active
+            live = self._kslot
+            self._end(live[np.argsort(self.last_ts[live], kind="stable")[:over]], ended, "evicted")
+        self._free.extend(self._freed)
+        self._freed.clear()
+        created = np.concatenate(self._created) if self._created else np.zeros(0, np.int64)
+        return Assignment(pkt, slot, orig, created), ended
+
+    def _tunnel_parents(self, c: Cols, row_slots: I64) -> None:
+        """Inner flows of tunnelled packets remember the tunnel connection (Zeek's
+        tunnel_parents, the innermost tunnel only): a row right after a tunnel row of its
+        packet (outer > middle > inner, see `flowcols.columns`)."""
+        inner = np.flatnonzero((c.pkt[:-1] < 0) & (c.bpkt[1:] == c.bpkt[:-1]))
+        if inner.size == 0:
+            return
+        child, parent = row_slots[inner + 1], row_slots[inner]
+        for cs, ps in zip(child.tolist(), parent.tolist(), strict=True):
+            have = self.parents[cs]
+            if have is None:
+                self.parents[cs] = [self.uids[ps]]
+            elif self.uids[ps] not in have and len(have) < 8:
+                have.append(self.uids[ps])
+
+    def _lookup(self, uh: npt.NDArray[np.uint64]) -> tuple[I64, npt.NDArray[np.bool_]]:
+        pos = np.searchsorted(self._keys, uh)
+        posc = np.minimum(pos, max(self._keys.size - 1, 0))
+        found = (
+            (self._keys.size > 0) & (self._keys[posc] == uh)
+            if self._keys.size
+            else (np.zeros(uh.size, bool))
+        )
+        slot = np.where(found, self._kslot[posc] if self._keys.size else 0, -1)
+        return slot.astype(np.int64), np.asarray(found)
+
+    def _timeout_ns(
+        self, proto: npt.NDArray[np.uint8], p1: npt.NDArray[np.uint16], p2: npt.NDArray[np.uint16]
+    ) -> I64:
+        c = self.cfg
+        t = np.where(
+            proto == 6, c.tcp_timeout_s, np.where(proto == 17, c.udp_timeout_s, c.other_timeout_s)
+        )
+        # Zeek's DNS analyzer ends its UDP sessions after dns_session_timeout
+        dns = (proto == 17) & (_DNS_PORT[p1.astype(np.intp)] | _DNS_PORT[p2.astype(np.intp)])
+        t = np.where(dns, c.dns_timeout_s, t)
+        return (t * NS).astype(np.int64)
+
+    def _process(
+        self, c: Cols, h: npt.NDArray[np.uint64], a: int, b: int, ended: list[Columns]
+    ) -> tuple[int, I64, npt.NDArray[np.bool_]]:
+        """Process rows [a, b) up to the first row that must start a new flow; returns
+        (stop, slot per row, is_orig per row) for rows [a, stop)."""
+        hh = h[a:b]
+        uh, first, inv = group_keys(hh)  # np.unique(hh, return_index=..., return_inverse=...)
+        slot_u, found = self._lookup(uh)
+        ts = c.ts[a:b]
+        # inactivity gaps inside the batch (or since the flow's last packet) end a flow
+        span = int(ts.max()) - int(ts.min()) if ts.size else 0
+        if span <= self._min_timeout_ns:
+            # no gap can hide inside the batch: compare first packets with the table only
+            fr = a + first
+            prev_u = np.where(found, self.last_ts[np.maximum(slot_u, 0)], -1)
+            gap_u = (prev_u >= 0) & (
+                c.ts[fr] - prev_u > self._timeout_ns(c.proto[fr], c.sport[fr], c.dport[fr])
+            )
+            order = first
+            gap = gap_u
+        else:
+            order = np.argsort(inv, kind="stable")
+            inv_s = inv[order]
+            prev = np.empty(order.size, np.int64)
+            prev[1:] = ts[order][:-1]
+            newgrp = np.ones(order.size, bool)
+            newgrp[1:] = inv_s[1:] != inv_s[:-1]
+            prev_first = np.where(found[inv_s], self.last_ts[np.maximum(slot_u[inv_s], 0)], -1)
+            prev = np.where(newgrp, prev_first, prev)
+            sel = a + order
+            gap = (prev >= 0) & (
+                ts[order] - prev > self._timeout_ns(c.proto[sel], c.sport[sel], c.dport[sel])
+            )
+        stop = b
+        if gap.any():
+            stop = a + int(order[gap].min())
+            if stop == a:  # the first row itself follows an idle gap: end its flow first
+                s = int(slot_u[inv[0]])
+                self._end(np.asarray([s]), ended, "idle")
+                return self._process(c, h, a, b, ended)
+        # new flows for keys first seen in [a, stop)
+        new_u = np.flatnonzero(~found & (first < stop - a))
+        if new_u.size:
+            slot_u[new_u] = self._create(c, a + first[new_u], uh[new_u], ended)
+        n = stop - a
+        inv = inv[:n]
+        slot = slot_u[inv]
+        from_lo = ~swap(c, a, stop)
+        row_lo = self.orig_lo[slot]
+        is_orig = from_lo == row_lo
+        # TCP state in order (C); may stop early at a reused connection
+        tcp_rows = np.flatnonzero((c.proto[a:stop] == 6) & c.count[a:stop])
+        if tcp_rows.size:
+            r = self._tcp(c, a, tcp_rows, slot, is_orig)
+            if r >= 0:
+                stop = a + int(tcp_rows[r])
+                n = stop - a
+                inv, slot, is_orig = inv[:n], slot[:n], is_orig[:n]
+        self._count(c, a, stop, inv, slot_u, is_orig)
+        if stop < b and stop > a and int(slot_u[np.searchsorted(uh, h[stop])]) >= 0:
+            s = int(slot_u[np.searchsorted(uh, h[stop])])
+            self._end(np.asarray([s]), ended, "reuse" if r_is_reuse(c, stop) else "idle")
+        elif stop == a:
+            s = int(slot_u[np.searchsorted(uh, h[stop])])
+            self._end(np.asarray([s]), ended, "reuse")
+            return self._process(c, h, a, b, ended)
+        return stop, slot, is_orig
+
+    def _create(
+        self, c: Cols, rows: I64, hkeys: npt.NDArray[np.uint64], ended: list[Columns]
+    ) -> I64:
+        k = rows.size
+        slots = self._alloc(k)
+        proto = c.proto[rows]
+        sp, dp = c.sport[rows], c.dport[rows]
+        fl = c.flags[rows]
+        tcp = proto == 6
+        udp = proto == 17
+        ls_s, ls_d = likely_server(proto, sp), likely_server(proto, dp)
+        partial = tcp & (((fl & 2) == 0) | ((fl & 16) != 0))
+        flip_tcp = partial & ls_s & np.where(ls_d, ((fl & 2) == 0) & (sp < dp), True)
+        flip_udp = udp & ls_s & ~ls_d
+        flip = flip_tcp | flip_udp
+        src, dst = c.src[rows], c.dst[rows]
+        self.orig_h[slots] = np.where(flip[:, None], dst, src)
+        self.resp_h[slots] = np.where(flip[:, None], src, dst)
+        self.orig_p[slots] = np.where(flip, dp, sp)
+        self.resp_p[slots] = np.where(flip, sp, dp)
+        self.proto[slots] = proto
+        self.flipped[slots] = flip
+        from_lo = ~swapped(src, dst, sp, dp)
+        self.orig_lo[slots] = from_lo != flip
+        self.first_ts[slots] = c.ts[rows]
+        self.last_ts[slots] = c.ts[rows]
+        self.vlan[slots] = c.vlan[rows]
+        self.inner_vlan[slots] = c.inner_vlan[rows]
+        self.pkts[slots] = 0
+        self.ipb[slots] = 0
+        self.pbytes[slots] = 0
+        self.first_dir[slots] = -1
+        self.live[slots] = True
+        self.hkey[slots] = hkeys
+        self.serial[slots] = np.arange(self._next_serial, self._next_serial + k)
+        self._next_serial += k
+        fb = tcpstate.ffi.from_buffer
+        tcpstate.lib.tcp_reset_many(
+            self.tcp,
+            k,
+            fb("int64_t[]", np.ascontiguousarray(slots)),
+            fb("uint8_t[]", np.ascontiguousarray(flip, np.uint8)),
+        )
+        for s, u in zip(slots.tolist(), make_uids(self._rng, k), strict=True):
+            self.uids[s] = u
+            self.parents[s] = None
+        pos = np.searchsorted(self._keys, hkeys)
+        self._keys = np.insert(self._keys, pos, hkeys)
+        self._kslot = np.insert(self._kslot, pos, slots)
+        self.counters.created += k
+        self._created.append(slots)
+        return slots
+
+    def _tcp(self, c: Cols, a: int, rows: I64, slot: I64, is_orig: npt.NDArray[np.bool_]) -> int:
+        ffi, lib = tcpstate.ffi, tcpstate.lib
+        ia = a + rows
+        sl = np.ascontiguousarray(slot[rows], np.int32)
+        io = np.ascontiguousarray(is_orig[rows], np.uint8)
+        fl = np.ascontiguousarray(c.flags[ia], np.uint8)
+        sq = np.ascontiguousarray(c.seq[ia], np.uint32)
+        ak = np.ascontiguousarray(c.ack[ia], np.uint32)
+        ln = np.ascontiguousarray(c.plen[ia], np.int32)
+        fb = ffi.from_buffer
+        return int(
+            lib.tcp_process(
+                self.tcp,
+                rows.size,
+                fb("int32_t[]", sl),
+                fb("uint8_t[]", io),
+                fb("uint8_t[]", fl),
+                fb("uint32_t[]", sq),
+                fb("uint32_t[]", ak),
+                fb("int32_t[]", ln),
+                fb("int64_t[]", np.ascontiguousarray(c.ts[ia], np.int64)),
+                int(self.cfg.tcp_close_delay_s * NS),
+            )
+        )
+
+    def _count(
+        self, c: Cols, a: int, stop: int, inv: I64, slot_u: I64, is_orig: npt.NDArray[np.bool_]
+    ) -> None:
+        n = stop - a
+        if n <= 0:
+            return
+        u = slot_u.size
+        g = inv * 2 + (~is_orig).astype(np.int64)
+        cnt = c.count[a:stop]
+        w = cnt.astype(np.float64)
+        pk = np.bincount(g, weights=w, minlength=2 * u).reshape(u, 2).astype(np.int64)
+        ipl = c.ip_len[a:stop]
+        ipw = np.where(cnt, ipl, c.plen[a:stop]).astype(np.float64)
+        ib = np.bincount(g, weights=ipw, minlength=2 * u).reshape(u, 2).astype(np.int64)
+        pb = (
+            np.bincount(g, weights=c.plen[a:stop].astype(np.float64), minlength=2 * u)
+            .reshape(u, 2)
+            .astype(np.int64)
+        )
+        used = np.flatnonzero(np.bincount(inv, minlength=u) > 0)
+        su = slot_u[used]
+        self.pkts[su] += pk[used]
+        self.ipb[su] += ib[used]
+        self.pbytes[su] += pb[used]
+        ts = c.ts[a:stop]
+        mx = np.full(u, np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(mx, inv, ts)
+        self.last_ts[su] = np.maximum(self.last_ts[su], mx[used])
+        # first direction seen (UDP/ICMP history order)
+        firstrow = np.full(u, n, np.int64)
+        np.minimum.at(firstrow, inv, np.arange(n))
+        fd = self.first_dir[su]
+        newdir = np.where(is_orig[firstrow[used]], 0, 1).astype(np.int8)
+        self.first_dir[su] = np.where(fd < 0, newdir, fd)
+
+    # ---- ending flows ---------------------------------------------------------------------
+    def _sweep_due(self, ts0: int) -> bool:
+        if ts0 - self._last_sweep < NS:  # timeouts are >= 1 s: sweep at most once a second
+            return False
+        self._last_sweep = ts0
+        return True
+
+    def sweep(self, batch: PacketBatch) -> Iterator[Columns]:
+        """The idle sweep `add(batch)` would make first, made apart: the rows of the flows it
+        ends, made ROW_CHUNK flows at a time as they are taken. Take them all before `add`
+        (`Pipeline.feed` does): their slots are free for the batch's new flows at once, so a
+        mass expiry (a generation of flows idling out) neither grows the table nor holds
+        every ended flow's row at once."""
+        ts0 = first_ts(batch)
+        if ts0 is None or not self._sweep_due(ts0):
+            return iter(())
+        return self.expire_rows(self._last_sweep)
+
+    def expire_rows(self, now: int) -> Iterator[Columns]:
+        """`expire(now)`, its rows made ROW_CHUNK flows at a time as they are taken (take
+        them all before the next `add`)."""
+        done = self._expire(now, None)
+        self._free.extend(self._freed)
+        self._freed.clear()
+        return self._rows_of(done)
+
+    def _rows_of(self, done: list[I64]) -> Iterator[Columns]:
+        for slots in done:
+            for i in range(0, slots.size, ROW_CHUNK):
+                yield rows_for(self, slots[i : i + ROW_CHUNK])
+
+    def expire(self, now: int, ended: list[Columns]) -> None:
+        """End flows idle or active too long at `now` (ns); their rows go to `ended`."""
+        self._expire(now, ended)
+        self._free.extend(self._freed)
+        self._freed.clear()
+
+    def _expire(self, now: int, ended: list[Columns] | None) -> list[I64]:
+        """End what is due at `now`; rows to `ended`, or none made if None (the ended slots
+        are returned, for `_rows_of`)."""
+        live = self._kslot
+        if live.size == 0:
+            return []
+        idle = (
+            self.last_ts[live]
+            + self._timeout_ns(self.proto[live], self.orig_p[live], self.resp_p[live])
+            < now
+        )
+        active = self.first_ts[live] + int(self.cfg.active_timeout_s * NS) < now
+        done = []
+        if idle.any():
+            done.append(self._end(live[idle], ended, "idle"))
+        act = active & ~idle
+        if act.any():
+            done.append(self._end(live[act], ended, "active"))
+        return done
+
+    def _end(self, slots: I64, ended: list[Columns] | None, why: str) -> I64:
+        """End the live flows among `slots` (returned); their rows go to `ended` now, unless
+        it is None (then the caller makes them before any slot is reused)."""
+        slots = slots[self.live[slots]]
+        if slots.size == 0:
+            return slots
+        if ended is not None:
+            ended.append(rows_for(self, slots))
+        c = self.counters
+        if why == "idle":
+            c.ended_idle += slots.size
+        elif why == "active":
+            c.ended_active += slots.size
+        elif why == "reuse":
+            c.ended_reuse += slots.size
+        elif why == "evicted":
+            c.evicted += slots.size
+        else:
+            c.ended_flush += slots.size
+        self.live[slots] = False
+        keep = ~np.isin(self._kslot, slots)
+        self._keys = self._keys[keep]
+        self._kslot = self._kslot[keep]
+        self._freed.extend(slots.tolist())
+        return slots
+
+    def flush(self) -> list[Columns]:
+        """End every live flow (end of a replay, shutdown)."""
+        return list(self.end_all())
+
+    def end_all(self) -> Iterator[Columns]:
+        """`flush()`, its rows made ROW_CHUNK flows at a time as they are taken (take them
+        all before the next `add`)."""
+        if not self._kslot.size:
+            return iter(())
+        order = np.argsort(self.first_ts[self._kslot], kind="stable")
+        done = [self._end(self._kslot[order], None, "flush")]
+        self._free.extend(self._freed)
+        self._freed.clear()
+        return self._rows_of(done)
+
+
+__all__ = ["PROTO_NAMES", "Assignment", "FlowConfig", "FlowCounters", "FlowTable"]

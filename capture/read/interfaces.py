@@ -1,0 +1,75 @@
+"""pcapng interfaces for `capture.read.reader`: an Interface Description Block's link type, snap
+length and timestamp units (``if_tsresol``, ``if_tsoffset``), and raw timestamps of one
+interface converted to nanoseconds (numpy, a whole batch at once). A pcap file has one
+interface, described by its file header.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Interface:
+    """One pcapng interface (or the single pcap 'interface')."""
+
+    linktype: int
+    snaplen: int
+    ts_div: int = 1000  # raw ts units -> ns: ns = raw * ts_mul // ts_div (decimal resolutions)
+    ts_mul: int = 1
+    ts_pow2: int = -1  # if >= 0: binary resolution 2^-ts_pow2 s
+    ts_offset_s: int = 0
+
+
+def set_resolution(iface: Interface, code: int) -> None:
+    if code & 0x80:
+        iface.ts_pow2 = code & 0x7F
+        return
+    exp = code & 0x7F
+    iface.ts_pow2 = -1
+    if exp <= 9:
+        iface.ts_mul, iface.ts_div = 10 ** (9 - exp), 1
+    else:
+        iface.ts_mul, iface.ts_div = 1, 10 ** (exp - 9)
+
+
+def raw_to_ns(raw: np.ndarray, iface: Interface) -> np.ndarray:
+    """Convert raw pcapng timestamps (uint64) of one interface to int64 ns."""
+    r = raw.astype(np.uint64)
+    if iface.ts_pow2 >= 0:
+        k = np.uint64(iface.ts_pow2)
+        secs = r >> k
+        frac = r & ((np.uint64(1) << k) - np.uint64(1)) if iface.ts_pow2 < 64 else r
+        ns = secs.astype(np.int64) * 1_000_000_000 + (
+            (frac.astype(np.float64) * 1e9) / float(2**iface.ts_pow2)
+        ).astype(np.int64)
+    elif iface.ts_div > 1:
+        ns = (r // np.uint64(iface.ts_div)).astype(np.int64)
+    else:
+        ns = (r * np.uint64(iface.ts_mul)).astype(np.int64)
+    return ns + np.int64(iface.ts_offset_s * 1_000_000_000)
+
+
+def parse_idb(data: memoryview, pos: int, blen: int, e: str) -> tuple[Interface, bool]:
+    """The interface described by the complete IDB of `blen` bytes at `pos` in `data` (byte
+    order `e`, "<" or ">"); the flag is true when an option ran past the block (options from
+    there on are ignored)."""
+    lt, _, snap = struct.unpack_from(e + "HHI", data, pos + 8)
+    iface = Interface(linktype=lt, snaplen=snap)
+    set_resolution(iface, 6)
+    o, end = pos + 16, pos + blen - 4
+    while o + 4 <= end:
+        code, olen = struct.unpack_from(e + "HH", data, o)
+        if code == 0:
+            break
+        if o + 4 + olen > end:
+            return iface, True
+        if code == 9 and olen >= 1:
+            set_resolution(iface, data[o + 4])
+        elif code == 14 and olen >= 8:
+            iface.ts_offset_s = struct.unpack_from(e + "q", data, o + 4)[0]
+        o += 4 + ((olen + 3) & ~3)
+    return iface, False

@@ -1,0 +1,439 @@
+"""Streaming reader for pcap and pcapng capture files, in bounded chunks.
+
+`open_capture(path)` checks the file header (raising `CaptureError` naming the path and the
+problem) and returns a `CaptureReader`; `CaptureReader.batches(max_packets)` yields
+`RawBatch`es. The file is read in chunks of `chunk_bytes` (default 8 MiB, grown only to hold
+one record larger than that, up to a hard cap), so peak memory does not depend on file size.
+Record headers are walked by `capture.read.walk` (C via cffi, or pure Python).
+
+Formats: pcap with microsecond or nanosecond magic in either byte order (the link-type
+field is masked to its low 16 bits: FCS and reserved bits are ignored); pcapng with SHBs in
+either byte order, several sections and interfaces with their own link types, `if_tsresol`
+and `if_tsoffset`, Enhanced/Simple/obsolete Packet Blocks; other blocks are skipped.
+
+Only regular files are read: a FIFO, socket, device or directory is refused with a
+`CaptureError` naming the path, before anything could block on it (the file is opened with
+O_NONBLOCK and checked with fstat, so a FIFO swapped in after a check cannot hang the read).
+
+Problems after a valid file header never raise: they are counted in `summary`
+(``truncated_record`` when the file ends inside a record, including a record whose claimed
+length runs past the end of the file; ``oversize_record`` for a record or block larger than
+the limit (pcap: the larger of the snap length and 256 KiB, capped at 64 MiB; pcapng: 64 MiB),
+which is skipped by its length, without reading it into memory, and the records after it are
+read; ``bad_record`` for a corrupt length that ends the readable part of the file (a pcapng
+block whose length is not a multiple of 4, or whose trailing length does not match),
+``bad_timestamp``, ``bad_interface``, ...).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from capture import CaptureError
+from capture.batch import RawBatch
+from capture.read.interfaces import Interface, parse_idb, raw_to_ns
+from capture.read.regular import open_regular
+from capture.read.walk import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcap, walk_pcapng
+
+PCAP_MAGIC_US = 0xA1B2C3D4
+PCAP_MAGIC_NS = 0xA1B23C4D
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BOM = 0x1A2B3C4D
+
+DEFAULT_CHUNK = 8 << 20
+MAX_RECORD = 64 << 20  # larger records/blocks are treated as corruption
+Buf = npt.NDArray[np.uint8]
+MIN_CAPLIMIT = 262144  # libpcap's MAXIMUM_SNAPLEN: accept records up to this even if snaplen < it
+_LEFT_BUFFER = -1  # `_skip`: the skipped record ends beyond the current buffer
+_OVERSIZE = -2  # `_parse_idb`: an IDB above MAX_RECORD, skipped like any oversize block
+
+
+class CaptureReader:
+    """An open capture file; iterate `batches()` once. Use as a context manager."""
+
+    def __init__(self, path: Path, fh: io.BufferedReader, chunk_bytes: int = DEFAULT_CHUNK) -> None:
+        self.path = path
+        self._fh = fh
+        self._chunk = max(int(chunk_bytes), 4096)
+        self.summary: dict[str, int] = {}
+        self.packets = 0
+        self.format = ""
+        self.interfaces: list[Interface] = []
+        self._swapped = False
+        self._nsec = False
+        self._caplimit = MIN_CAPLIMIT
+        self._skipped_ifaces: set[int] = set()  # pcapng IDBs skipped as oversize
+        self._sniff()
+
+    # --- header --------------------------------------------------------------------------
+    def _fail(self, what: str) -> CaptureError:
+        self._fh.close()
+        return CaptureError(f"{self.path}: {what}")
+
+    def _sniff(self) -> None:
+        head = self._fh.read(24)
+        if len(head) == 0:
+            raise self._fail("empty file, not a pcap or pcapng capture")
+        if len(head) < 4:
+            raise self._fail(f"file too short ({len(head)} bytes) for a capture file header")
+        le = struct.unpack("<I", head[:4])[0]
+        if le == PCAPNG_SHB:
+            self.format = "pcapng"
+            self._fh.seek(0)
+            return
+        for magic, nsec in ((PCAP_MAGIC_US, False), (PCAP_MAGIC_NS, True)):
+            for order in ("<", ">"):
+                if struct.unpack(order + "I", head[:4])[0] == magic:
+                    if len(head) < 24:
+                        raise self._fail(f"truncated pcap file header ({len(head)} of 24 bytes)")
+                    _, vmaj, vmin, _, _, snap, net = struct.unpack(order + "IHHiIII", head)
+                    if vmaj != 2:
+                        raise self._fail(f"unsupported pcap version {vmaj}.{vmin}")
+                    self.format = "pcap-ns" if nsec else "pcap"
+                    self._nsec = nsec
+                    self._swapped = (order == "<") != (sys.byteorder == "little")
+                    linktype = net & 0xFFFF  # high bits: FCS length / reserved
+                    self.interfaces = [Interface(linktype=linktype, snaplen=snap)]
+                    self._caplimit = min(max(snap, MIN_CAPLIMIT), MAX_RECORD)
+                    return
+        raise self._fail(f"not a pcap or pcapng file (magic 0x{le:08x})")
+
+    # --- helpers -------------------------------------------------------------------------
+    def _count(self, key: str, n: int = 1) -> None:
+        if n:
+            self.summary[key] = self.summary.get(key, 0) + n
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fill(self, pending: bytes, need: int = 0) -> tuple[Buf, int, bool]:
+        """New chunk buffer: pending bytes followed by fresh file data. Returns (buf, len, eof).
+        The buffer is not zeroed first (8 MiB a chunk), only its unused tail is."""
+        size = max(self._chunk, need, len(pending) + 4096)
+        buf = np.empty(size, np.uint8)
+        buf[: len(pending)] = np.frombuffer(pending, np.uint8)
+        view = buf.data
+        got = len(pending)
+        eof = False
+        while got < size:
+            r = self._fh.readinto(view[got:])
+            if not r:
+                eof = True
+                break
+            got += r
+        buf[got:] = 0
+        return buf, got, eof
+
+    # --- batches -------------------------------------------------------------------------
+    def batches(self, max_packets: int = 65536) -> Iterator[RawBatch]:
+        """Yield RawBatches of at most max_packets packets until the end of the file."""
+        max_packets = max(1, int(max_packets))
+        try:
+            if self.format == "pcapng":
+                yield from self._pcapng_batches(max_packets)
+            else:
+                self._fh.seek(24)
+                yield from self._pcap_batches(max_packets)
+        finally:
+            self.close()
+
+    def _pcap_batches(self, max_packets: int) -> Iterator[RawBatch]:
+        lt = self.interfaces[0].linktype
+        pending = b""
+        need = 0
+        while True:
+            buf, length, eof = self._fill(pending, need)
+            need = 0
+            pos = 0
+            left = False
+            arr = np.frombuffer(buf, dtype=np.uint8)
+            while True:
+                w = walk_pcap(
+                    buf.data[pos:], length - pos, self._swapped, max_packets, self._caplimit
+                )
+                n = len(w.off)
+                if n:
+                    self.packets += n
+                    if self._nsec:
+                        ts = w.sec.astype(np.int64) * 1_000_000_000 + w.frac.astype(np.int64)
+                        self._count("bad_timestamp", int(np.count_nonzero(w.frac >= 10**9)))
+                    else:
+                        ts = w.sec.astype(np.int64) * 1_000_000_000 + (
+                            w.frac.astype(np.int64) * 1000
+                        )
+                        self._count("bad_timestamp", int(np.count_nonzero(w.frac >= 10**6)))
+                    yield RawBatch(
+                        buf=arr,
+                        ts_ns=ts,
+                        cap_len=w.caplen,
+                        wire_len=w.wirelen,
+                        frame_off=w.off + pos,
+                        linktype=np.full(n, lt, dtype=np.uint16),
+                        iface=np.zeros(n, dtype=np.uint16),
+                    )
+                pos += w.consumed
+                if w.status == STOP_BAD:  # caplen above the limit: skip the record
+                    cl = struct.unpack_from(">I" if self._big() else "<I", buf.data, pos + 8)[0]
+                    nxt = self._skip(buf, pos, length, eof, 16 + cl, None)
+                    if nxt is None:
+                        return
+                    if nxt == _LEFT_BUFFER:
+                        left = True
+                        break
+                    pos = nxt
+                    continue
+                if n < max_packets:
+                    break
+            if left:  # skipped past the buffer: the file is positioned after the record
+                pending = b""
+                continue
+            rest = length - pos
+            if eof:
+                if rest:
+                    self._count("truncated_record")
+                return
+            pending = bytes(buf[pos:length])
+            if rest >= 16:  # make room for a record larger than the chunk
+                cl = struct.unpack_from(">I" if self._big() else "<I", buf.data, pos + 8)[0]
+                need = 16 + cl + 4096
+
+    def _big(self) -> bool:
+        return (sys.byteorder == "big") != self._swapped
+
+    # --- pcapng --------------------------------------------------------------------------
+    def _parse_shb(self, buf: Buf, pos: int, length: int) -> int:
+        """Parse an SHB at pos; returns its length, or 0 if incomplete. Raises if invalid."""
+        if pos + 12 > length:
+            return 0
+        bom = struct.unpack_from("<I", buf.data, pos + 8)[0]
+        if bom == PCAPNG_BOM:
+            order = "<"
+        elif bom == 0x4D3C2B1A:
+            order = ">"
+        else:
+            raise CaptureError(f"{self.path}: pcapng section header with bad byte-order magic")
+        blen = struct.unpack_from(order + "I", buf.data, pos + 4)[0]
+        if blen < 28 or blen > MAX_RECORD or blen & 3:
+            raise CaptureError(f"{self.path}: pcapng section header with bad length {blen}")
+        if pos + blen > length:
+            return 0
+        major = struct.unpack_from(order + "H", buf.data, pos + 12)[0]
+        if major != 1:
+            raise CaptureError(f"{self.path}: unsupported pcapng version {major}")
+        self._swapped = (order == "<") != (sys.byteorder == "little")
+        self.interfaces = []
+        return int(blen)
+
+    def _parse_idb(self, buf: Buf, pos: int, length: int) -> int:
+        """Parse an IDB at pos; returns its length, 0 if incomplete, -1 if corrupt."""
+        e = ">" if self._big() else "<"
+        if pos + 8 > length:
+            return 0
+        blen = struct.unpack_from(e + "I", buf.data, pos + 4)[0]
+        if blen > MAX_RECORD and not blen & 3:
+            return _OVERSIZE
+        if blen < 20 or blen > MAX_RECORD or blen & 3:
+            return -1
+        if pos + blen > length:
+            return 0
+        iface, bad_option = parse_idb(buf.data, pos, int(blen), e)
+        if bad_option:
+            self._count("bad_option")
+        self.interfaces.append(iface)
+        return int(blen)
+
+    def _pcapng_batches(self, max_packets: int) -> Iterator[RawBatch]:
+        pending = b""
+        need = 0
+        first = True
+        last_ts = 0
+        while True:
+            buf, length, eof = self._fill(pending, need)
+            need = 0
+            pos = 0
+            left = False
+            arr = np.frombuffer(buf, dtype=np.uint8)
+            while True:
+                if first:
+                    blen = self._parse_shb(buf, pos, length)
+                    if blen == 0:
+                        if eof:
+                            raise CaptureError(f"{self.path}: truncated pcapng section header")
+                        break
+                    first = False
+                    pos += blen
+                    continue
+                w = walk_pcapng(
+                    buf.data[pos:], length - pos, self._swapped, max_packets, MAX_RECORD
+                )
+                n = len(w.off)
+                if n:
+                    batch = self._pcapng_batch(arr, w, pos, last_ts)
+                    if batch is not None:
+                        last_ts = int(batch.ts_ns[-1]) if len(batch) else last_ts
+                        yield batch
+                pos += w.consumed
+                big = 0
+                if w.status == STOP_BAD:
+                    big = self._oversize_block(buf, pos)
+                    if not big:
+                        self._count("bad_record")
+                        return
+                if w.status == STOP_BLOCK:
+                    if w.stop_type == PCAPNG_SHB:
+                        blen = self._parse_shb_safe(buf, pos, length)
+                    else:
+                        blen = self._parse_idb(buf, pos, length)
+                        if blen == _OVERSIZE:
+                            big = self._oversize_block(buf, pos)
+                            self._skipped_ifaces.add(len(self.interfaces))
+                            self.interfaces.append(Interface(linktype=0xFFFF, snaplen=0))
+                    if blen < 0 and not big:
+                        self._count("bad_record")
+                        return
+                    if blen == 0:
+                        break
+                    if not big:
+                        pos += blen
+                        continue
+                if big:  # a block above the limit: skip it by its length
+                    nxt = self._skip(buf, pos, length, eof, big, big)
+                    if nxt is None:
+                        return
+                    if nxt == _LEFT_BUFFER:
+                        left = True
+                        break
+                    pos = nxt
+                    continue
+                if n < max_packets:
+                    break
+            if left:  # skipped past the buffer: the file is positioned after the block
+                pending = b""
+                continue
+            rest = length - pos
+            if eof:
+                if rest:
+                    self._count("truncated_record")
+                return
+            pending = bytes(buf[pos:length])
+            if rest >= 12:  # make room for a block larger than the chunk
+                e = ">" if self._big() else "<"
+                if struct.unpack_from("<I", buf.data, pos)[0] == PCAPNG_SHB:
+                    e = "<" if struct.unpack_from("<I", buf.data, pos + 8)[0] == PCAPNG_BOM else ">"
+                blen = struct.unpack_from(e + "I", buf.data, pos + 4)[0]
+                need = min(blen, MAX_RECORD) + 4096
+
+    def _oversize_block(self, buf: Buf, pos: int) -> int:
+        """The length of the pcapng block at pos if it is well framed but above the limit
+        (skipped, not corrupt), else 0."""
+        e = ">" if self._big() else "<"
+        blen = int(struct.unpack_from(e + "I", buf.data, pos + 4)[0])
+        return blen if blen > MAX_RECORD and not blen & 3 else 0
+
+    def _skip(
+        self, buf: Buf, pos: int, length: int, eof: bool, size: int, trailer: int | None
+    ) -> int | None:
+        """Skip the oversize record of `size` bytes at buffer position `pos` by its length,
+        without reading it into memory. Returns the buffer position after it; `_LEFT_BUFFER`
+        when it ends beyond the buffer (the file is then positioned right after it); None when
+        the file ends inside it (counted as ``truncated_record``) or its trailing length (pcapng:
+        `trailer`) does not match (``bad_record``): the readable part of the file ends there."""
+        e = ">" if self._big() else "<"
+        if pos + size <= length:
+            tail = struct.unpack_from(e + "I", buf.data, pos + size - 4)[0]
+            if trailer is not None and tail != trailer:
+                self._count("bad_record")
+                return None
+            self._count("oversize_record")
+            return pos + size
+        end = self._fh.tell() + (pos + size - length)  # the file offset after the record
+        if eof or end > os.fstat(self._fh.fileno()).st_size:
+            self._count("truncated_record")
+            return None
+        if trailer is not None:
+            self._fh.seek(end - 4)
+            if struct.unpack(e + "I", self._fh.read(4))[0] != trailer:
+                self._count("bad_record")
+                return None
+        self._fh.seek(end)
+        self._count("oversize_record")
+        return _LEFT_BUFFER
+
+    def _parse_shb_safe(self, buf: Buf, pos: int, length: int) -> int:
+        try:
+            return self._parse_shb(buf, pos, length)
+        except CaptureError:
+            return -1
+
+    def _pcapng_batch(
+        self, arr: np.ndarray, w: PcapngWalk, pos: int, last_ts: int
+    ) -> RawBatch | None:
+        n = len(w.off)
+        nif = len(self.interfaces)
+        iface = w.iface
+        bad = iface >= nif
+        if self._skipped_ifaces:  # packets of an interface whose IDB was skipped
+            bad |= np.isin(iface, np.fromiter(self._skipped_ifaces, np.uint32))
+        if bad.any():
+            self._count("bad_interface", int(np.count_nonzero(bad)))
+            keep = ~bad
+            w = PcapngWalk(
+                w.off[keep],
+                w.caplen[keep],
+                w.wirelen[keep],
+                iface[keep],
+                w.ts[keep],
+                w.consumed,
+                w.status,
+                w.stop_type,
+            )
+            iface = w.iface
+            n = len(w.off)
+            if n == 0:
+                return None
+        ts = np.zeros(n, dtype=np.int64)
+        lt = np.zeros(n, dtype=np.uint16)
+        for i in np.unique(iface):
+            m = iface == i
+            itf = self.interfaces[int(i)]
+            ts[m] = raw_to_ns(w.ts[m], itf)
+            lt[m] = itf.linktype
+        spb = w.ts == np.uint64(0xFFFFFFFFFFFFFFFF)
+        if spb.any():  # SPBs carry no timestamp: use the previous packet's
+            idx = np.where(~spb, np.arange(n), -1)
+            np.maximum.accumulate(idx, out=idx)
+            ts = np.where(idx >= 0, ts[np.maximum(idx, 0)], last_ts)
+        self.packets += n
+        return RawBatch(
+            buf=arr,
+            ts_ns=ts,
+            cap_len=w.caplen,
+            wire_len=w.wirelen,
+            frame_off=w.off + pos,
+            linktype=lt,
+            iface=iface.astype(np.uint16),
+        )
+
+
+def open_capture(path: str | Path, chunk_bytes: int = DEFAULT_CHUNK) -> CaptureReader:
+    """Open a pcap/pcapng file; raises CaptureError(f"{path}: ...") if it is not readable or
+    not a regular file (FIFO, socket, device, directory)."""
+    p = Path(path)
+    return CaptureReader(p, open_regular(p), chunk_bytes)
