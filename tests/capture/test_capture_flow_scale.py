@@ -20,9 +20,9 @@ import pytest
 from appliance.policy.identity import IdentityMap
 from appliance.policy.identity_feed import OPEN_END, FeedRow
 from appliance.policy.snapshot import Snapshot
-from capture.flow import table as flows_mod
 from capture.batch import RawBatch
 from capture.decode import Decoder
+from capture.flow import table as flows_mod
 from capture.flow.keys import canonical_hash, canonical_hash_np, group_keys
 from capture.flow.rows import to_rows
 from capture.flow.table import FlowConfig, FlowTable
