@@ -14,6 +14,9 @@ $(BIN)/lbm: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# build the capture path's C helpers now, not later inside a hardened unit
 	$(BIN)/python -m capture.native.build
+	# byte-compile now: under a hardened unit (read-only tree) or PYTHONDONTWRITEBYTECODE every
+	# start would compile each module again (about 0.1 s of an `lbm` command's start-up)
+	$(BIN)/python -m compileall -q appliance addons capture store
 	@touch $(BIN)/lbm
 
 venv: $(BIN)/lbm
@@ -42,7 +45,8 @@ ASAN_TESTS ?= tests/capture/test_capture_asan.py tests/capture/test_capture_read
 	tests/capture/test_capture_reader_oversize.py tests/capture/test_capture_decode.py \
 	tests/capture/test_capture_dnsscan.py tests/capture/test_capture_appmeta.py \
 	tests/capture/test_capture_malformed.py tests/capture/test_capture_flows.py \
-	tests/capture/test_capture_vlan.py tests/capture/test_capture_zeek_agreement.py
+	tests/capture/test_capture_vlan.py tests/capture/test_capture_zeek_agreement.py \
+	tests/capture/test_capture_fastdecode.py
 CC_FOR_ASAN ?= gcc
 
 asan: venv
@@ -55,7 +59,17 @@ asan: venv
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1; \
 	set -x; $(BIN)/python -m capture.native.build && $(BIN)/pytest -q -p no:cacheprovider $(ASAN_TESTS)
 
+# The benchmarks. bench_capture compares with nfstream (the [bench] extra, pinned) and libpcap's
+# bare read (tcpdump, installed here as root; tshark comes with .ci/run's packages).
+BENCH_APT ?= tcpdump tshark
 bench: venv
+	@for t in $(BENCH_APT); do command -v $$t >/dev/null && continue; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -qq --no-install-recommends $$t || \
+	      { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$t; } || \
+	      { echo "make bench: could not install $$t with apt-get" >&2; exit 1; }; \
+	  else echo "make bench: $$t is missing: install it (apt-get install $$t) or run as root" >&2; exit 1; fi; \
+	done
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 

@@ -21,11 +21,10 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture import CaptureError
@@ -42,21 +41,30 @@ from capture.flow import (
     community_ids,
     concat_column,
     count,
+    empty_lists,
+    repeat_text,
 )
-from capture.read import Prefetch, open_capture
+from capture.read import CaptureReader, Prefetch, open_capture
 from capture.subjects import ArchiveGate, SubjectLimits, SubjectRecorder
-from capture.subjects.bypassed import BypassedWeb
 from capture.summary import Summary
 from store.archive import Archive
-from store.metadata import MetadataWriter
 from store.paths import DataPaths
 
+if TYPE_CHECKING:  # lazily: they load pyarrow (the writers are made at first use)
+    from capture.subjects.bypassed import BypassedWeb
+    from store.metadata import MetadataWriter
+
 ROW_BLOCK = 8192  # rows handed to a writer at once
-_TS = pa.timestamp("us", tz="UTC")
 
 
 class Pipeline:
     """One capture source (a file or an interface) into the metadata streams and archives."""
+
+    PUBLISH_ROWS = 65536  # rows a writer keeps before it writes Parquet (store default: 1M)
+    # Rows queued before append_batch waits for the journal: a replay can wait; live capture
+    # keeps the store's default, so that a storage stall of a few seconds does not stop it
+    QUEUE_ROWS = 65536
+    LIVE_QUEUE_ROWS = 1_000_000
 
     def __init__(
         self,
@@ -73,8 +81,11 @@ class Pipeline:
         bypassed: BypassedWeb | None = None,
         limits: SubjectLimits | None = None,
     ) -> None:
-        self.flow_w = MetadataWriter("flow", writer_name, paths=paths, gateway=gateway)
-        self.dns_w = MetadataWriter("dns", writer_name, paths=paths, gateway=gateway)
+        # Rows queued for the journal and waiting for Parquet are memory: both bounded, so a
+        # mass expiry of flows is written as it is made, not held
+        self._queue_rows = self.QUEUE_ROWS if interface is None else self.LIVE_QUEUE_ROWS
+        self._writer_args = (paths, gateway, writer_name)
+        self._writers: tuple[MetadataWriter, MetadataWriter] | None = None  # made at first use
         self.snapshot = snapshot
         self.internal = NetSet(internal_networks)
         limits = limits or SubjectLimits()
@@ -94,13 +105,20 @@ class Pipeline:
     def _reset_source(self) -> None:
         self.table = FlowTable(self._flow_config)
         self.appf = AppFeed()  # application metadata per flow slot
-        self._principal: list[str | None] = []  # per slot, at the flow's first packet
+        self._principal = np.zeros(0, object)  # per slot: principal at the flow's first packet
         if self.gate is not None:
             self.gate.reset()
+
+    def state_bytes_per_flow(self) -> int:
+        """Bytes of per-flow state per flow slot: the flow table, application metadata, the
+        archive gate and the principal (the figure the bench prints)."""
+        gate = self.gate.state_bytes_per_flow() if self.gate is not None else 0
+        return self.table.state_bytes_per_flow() + self.appf.state_bytes_per_flow() + gate + 8
 
     # ---- per batch -----------------------------------------------------------------------
     def feed(self, batch: PacketBatch) -> None:
         self.summary.packets += len(batch)
+        self._emit(self.table.sweep(batch))  # before add: their slots serve new flows at once
         assign, ended = self.table.add(batch)
         self._new_flows(assign.new_slots)
         self.appf.feed(batch, assign.pkt, assign.slot, assign.is_orig, self.table.uids)
@@ -112,9 +130,7 @@ class Pipeline:
 
     def tick(self, now_ns: int | None = None) -> None:
         """End idle flows without new packets (live capture calls this about once a second)."""
-        ended: list[Columns] = []
-        self.table.expire(now_ns if now_ns is not None else time.time_ns(), ended)
-        self._emit(ended)
+        self._emit(self.table.expire_rows(now_ns if now_ns is not None else time.time_ns()))
         if self.recorder is not None:
             self.recorder.sweep()
         self.flush_rows()
@@ -122,8 +138,9 @@ class Pipeline:
     def _grow(self) -> None:
         cap = self.table.capacity
         self.appf.grow(cap)
-        if len(self._principal) < cap:
-            self._principal.extend([None] * (cap - len(self._principal)))
+        if self._principal.size < cap:
+            more = np.full(cap - self._principal.size, None, object)
+            self._principal = np.concatenate([self._principal, more])
         if self.gate is not None:
             self.gate.grow(cap)
 
@@ -133,8 +150,7 @@ class Pipeline:
             return
         t = self.table
         self.appf.new_flows(new, t.orig_p[new], t.resp_p[new])
-        for sl in new.tolist():
-            self._principal[sl] = None
+        self._principal[new] = None
         lo, lr = self.internal.contains(t.orig_h[new]), self.internal.contains(t.resp_h[new])
         inside = np.flatnonzero(lo | lr)
         if self.gate is not None:
@@ -143,16 +159,25 @@ class Pipeline:
         if inside.size == 0 or isinstance(snap.identity, NoIdentity):
             return
         slots = new[inside]
+        spans = getattr(snap.identity, "resolve_packed_spans", None)
+        if spans is not None:  # the identity map: one dict lookup per flow, none if no leases
+            hits: dict[int, tuple[str | None, int, int]] = {}
+            if getattr(snap.identity, "has_ip_leases", True):
+                addrs = np.where(lo[inside][:, None], t.orig_h[slots], t.resp_h[slots])
+                packed = np.ascontiguousarray(addrs, np.uint8).view("V16").ravel().tolist()
+                hits = spans(packed, (t.first_ts[slots] // 1000).tolist())
+            if self.gate is not None:
+                self.gate.seed(snap, slots, hits)  # keeps the lease windows
+            for i, got in hits.items():
+                self._principal[slots[i]] = got[0]
+            return
         addrs = np.where(lo[inside][:, None], t.orig_h[slots], t.resp_h[slots])
         ips = addr_texts(addrs)
         if self.gate is not None:
             self.gate.set_ips(slots, ips)
         ats = (t.first_ts[slots] / 1e9).tolist()
         many = getattr(snap.identity, "resolve_ip_many", None)
-        span = getattr(snap.identity, "resolve_ip_span", None)
-        if self.gate is not None and span is not None:
-            found = self.gate.seed(snap, slots, ips, ats, span)  # keeps the lease windows
-        elif many is not None:
+        if many is not None:
             found = many(ips, ats)
         else:
             found = [
@@ -171,7 +196,7 @@ class Pipeline:
         return ""
 
     # ---- rows ----------------------------------------------------------------------------
-    def _emit(self, ended: list[Columns]) -> None:
+    def _emit(self, ended: Iterable[Columns]) -> None:
         for cols in ended:
             n = count(cols)
             if n:
@@ -185,11 +210,12 @@ class Pipeline:
         if self.gate is not None:
             self.gate.end_flows(uids, slots, self.appf)  # held packets, while names are known
         meta = self.appf.end_flows(uids, slots)
-        empty: list[str] = []  # shared: rows of non-subjects, never mutated
-        refs: list[list[str]] = [empty] * n
-        rids: list[list[str]] = [empty] * n
+        refs: Any = empty_lists(n)  # rows of non-subjects: no list per row
+        rids: Any = refs
         rec = self.recorder
         if rec is not None and rec.flows:
+            empty: list[str] = []  # shared: rows of non-subjects, never mutated
+            refs, rids = [empty] * n, [empty] * n
             for i, uid in enumerate(uids):
                 done = rec.end(uid)
                 if done is not None:
@@ -201,7 +227,7 @@ class Pipeline:
             {
                 "ts": np.asarray(cols["ts"], np.int64) // 1000,
                 "uid": uids,
-                "principal": [prin[s] for s in slots.tolist()],
+                "principal": prin[slots].tolist(),
                 "client_ip": cols["orig_h"],
                 "client_port": cols["orig_p"],
                 "server_ip": cols["resp_h"],
@@ -220,7 +246,7 @@ class Pipeline:
                 "resp_pkts": cols["resp_pkts"],
                 "resp_ip_bytes": cols["resp_ip_bytes"],
                 "ip_proto": cols["ip_proto"],
-                "interface": [self.interface] * n,
+                "interface": repeat_text(self.interface, n),
                 **meta,
                 "refs": refs,
                 "record_ids": rids,
@@ -245,7 +271,7 @@ class Pipeline:
         cols["client_port"], cols["server_port"] = op.tolist(), rp.tolist()
         cols["proto"] = [PROTO_NAMES.get(p, "udp") for p in t.proto[slots].tolist()]
         cols["community_id"] = community_ids(oh, rh, t.proto[slots], op, rp)
-        cols["principal"] = [self._principal[s] for s in slots.tolist()]
+        cols["principal"] = self._principal[slots].tolist()
         cols["interface"] = [self.interface] * n
         empty: list[str] = []
         cols["refs"], cols["record_ids"] = [empty] * n, [empty] * n
@@ -264,7 +290,10 @@ class Pipeline:
             if not buf:
                 continue
             merged = {k: concat_column([c[k] for c in buf]) for k in buf[0]}
-            merged["ts"] = pa.array(np.asarray(merged["ts"], np.int64), _TS)
+            import pyarrow as pa  # lazily: the first packet does not wait for it
+
+            ts = pa.timestamp("us", tz="UTC")
+            merged["ts"] = pa.array(np.asarray(merged["ts"], np.int64), ts)
             buf.clear()
             if self.bypassed is not None and writer is self.flow_w:
                 self.bypassed.add(merged)
@@ -272,7 +301,7 @@ class Pipeline:
 
     def end_source(self) -> None:
         """End of a capture file (or interface stop): every live flow becomes a row."""
-        self._emit(self.table.flush())
+        self._emit(self.table.end_all())
         self.flush_rows()
         self.appf.app.flows.clear()
         if self.recorder is not None:
@@ -285,53 +314,95 @@ class Pipeline:
             self.summary.flow_counters[k] = self.summary.flow_counters.get(k, 0) + v
         self._reset_source()
 
+    # ---- writers --------------------------------------------------------------------------
+    @property
+    def flow_w(self) -> MetadataWriter:
+        return self._open_writers()[0]
+
+    @property
+    def dns_w(self) -> MetadataWriter:
+        return self._open_writers()[1]
+
+    @property
+    def writers_open(self) -> bool:
+        """False until a writer exists: until then no row can have been appended."""
+        return self._writers is not None
+
+    def _open_writers(self) -> tuple[MetadataWriter, MetadataWriter]:
+        """The `flow` and `dns` writers, made at first use (the first rows, `close()`, or a
+        caller that asks): they load pyarrow, which the first packet does not need."""
+        if self._writers is None:
+            from store.metadata import MetadataWriter
+
+            paths, gateway, name = self._writer_args
+            flow, dns = (
+                MetadataWriter(
+                    stream,
+                    name,
+                    paths=paths,
+                    gateway=gateway,
+                    parquet_rows=self.PUBLISH_ROWS,
+                    queue_limit=self._queue_rows,
+                )
+                for stream in ("flow", "dns")
+            )
+            self._writers = (flow, dns)
+        return self._writers
+
     def close(self) -> None:
         """Flush rows to durable storage and close the writers."""
+        flow_w, dns_w = self._open_writers()
         try:
             self.flush_rows()
-            self.flow_w.flush()
-            self.dns_w.flush()
+            flow_w.flush()
+            dns_w.flush()
         finally:
-            self.flow_w.close()
-            self.dns_w.close()
+            flow_w.close()
+            dns_w.close()
             if self.bypassed is not None:
                 self.bypassed.close()
 
 
 def replay(
-    files: Iterable[str | Path],
+    files: Iterable[str | Path | CaptureReader],
     pipeline: Pipeline,
     *,
     max_packets: int = 65536,
     prefetch: int = 2,
+    timing: dict[str, float] | None = None,
 ) -> Summary:
     """Replay capture files through `pipeline` (each file its own flow table). A file whose
-    header is broken is recorded in `summary.files_failed` and the others still run.
+    header is broken is recorded in `summary.files_failed` and the others still run. A file
+    may be given as a `CaptureReader` already open (the CLI opens it to fingerprint it).
 
     Reading and decoding run on a background thread up to `prefetch` batches ahead of the
-    flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread."""
+    flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread. `timing`, if
+    given, gets "first_batch": the `time.monotonic()` when the first batch reached
+    `pipeline.feed` (unless already set)."""
     s = pipeline.summary
     for f in files:
-        name = str(f)
+        if isinstance(f, CaptureReader):
+            reader, name = f, str(f.path)
+        else:
+            name = str(f)
+            try:
+                reader = open_capture(name)
+            except CaptureError as exc:
+                s.files_failed[name] = str(exc)
+                continue
         pipeline.interface = Path(name).name
-        try:
-            reader = open_capture(name)
-        except CaptureError as exc:
-            s.files_failed[name] = str(exc)
-            continue
         dec = Decoder()
         try:
             with reader:
                 decoded = (dec.decode(raw) for raw in reader.batches(max_packets))
-                if prefetch <= 0:
-                    for batch in decoded:
+                ahead = Prefetch(decoded, prefetch) if prefetch > 0 else None
+                try:
+                    for batch in ahead if ahead is not None else decoded:
+                        if timing is not None and "first_batch" not in timing:
+                            timing["first_batch"] = time.monotonic()
                         pipeline.feed(batch)
-                else:
-                    ahead = Prefetch(decoded, prefetch)
-                    try:
-                        for batch in ahead:
-                            pipeline.feed(batch)
-                    finally:
+                finally:
+                    if ahead is not None:
                         ahead.close()
         except CaptureError as exc:
             s.files_failed[name] = str(exc)

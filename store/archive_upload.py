@@ -23,18 +23,16 @@ and is counted; run/archive-upload.json holds the counts (no reference or name) 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from store import ArchiveError, KeyError_, StoreError
 from store.audit import Action, AuditLog, current_actor
-from store.fsutil import atomic_write, fsync_dir
+from store.fsutil import atomic_write, fsync_dir, try_lock
 from store.keys import KeyStore
 from store.keystore_remote import check_store_roots, open_store_root
 from store.objectstore import StoreRoot, is_object_uri
@@ -127,19 +125,9 @@ class UploadResult:
         }
 
 
-@contextlib.contextmanager
-def _upload_lock(directory: Path) -> Iterator[bool]:
+def _upload_lock(directory: Path) -> contextlib.AbstractContextManager[bool]:
     """One uploader per archive at a time (non-blocking; the writers' lock is not taken)."""
-    fd = os.open(directory / ".upload.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    return try_lock(directory / ".upload.lock")
 
 
 def sealed_local(paths: DataPaths) -> list[tuple[str, int]]:

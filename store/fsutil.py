@@ -9,7 +9,9 @@ parents included. Everything under the data directory is private to the gateway'
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -81,3 +83,19 @@ def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
         os.chmod(directory, mode)
         fsync_dir(directory.parent)
     return path
+
+
+@contextlib.contextmanager
+def try_lock(path: Path) -> Iterator[bool]:
+    """Take an exclusive flock on `path` (made 0600 if absent) without waiting: yields True
+    while held, False if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

@@ -2,8 +2,9 @@
 
 Every subcommand takes `--json`. A refusal by one of the policy's rules prints one line
 `lbm: error: ...` and exits 1 (and is audited as `auth_refused`); a malformed value or a
-configuration problem exits 2. Expiry is computed, never typed. `snapshot_source(app)` builds
-the `SnapshotSource` daemons use, wired to this data directory and its config file.
+configuration problem exits 2. Expiry is computed, never typed. `snapshot_source(app)` (from
+`appliance.cli.policy_source`) builds the `SnapshotSource` daemons use, wired to this data
+directory and its config file.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from appliance.cli.auth_view import (
     with_retention_review,
     write_evidence,
 )
+from appliance.cli.policy_source import snapshot_source as snapshot_source  # the daemons'
 from appliance.cli.signed_files import read_file, read_signed, signed_options
 from appliance.cli.textsafe import safe
-from appliance.config import ConfigError, load_config
-from appliance.config.do_not_decrypt import do_not_decrypt_globs
+from appliance.config import ConfigError
 from appliance.evidence.retention import review_due_refs
 from appliance.policy import InvalidInput, PolicyError, RuleViolation
 from appliance.policy import application as application_form
@@ -36,31 +37,8 @@ from appliance.policy import officer_signatures as signatures
 from appliance.policy.model import Authorisation, Officer
 from appliance.policy.officer_signatures import Signed
 from appliance.policy.registry import Registry
-from appliance.policy.snapshot import SnapshotSource
 from store import StoreError
 from store.audit import Action
-
-
-def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
-    """The policy snapshot source for a daemon: registry changes and config edits reload it."""
-    config_path = app.config_path
-
-    def load_dnd() -> list[str]:
-        values = load_config(config_path, required=False).values
-        return do_not_decrypt_globs(
-            values["do_not_decrypt.hosts"], values["do_not_decrypt.categories"]
-        )
-
-    # polled by its own thread, so an outage is noticed (and shown) even while no traffic asks
-    return SnapshotSource(
-        app.paths,
-        config_path=config_path,
-        load_do_not_decrypt=load_dnd,
-        interval=interval,
-        audit=app.audit,  # fail closed: a policy_stale gap is audited and shown by `lbm status`
-        actor=app.actor,
-        state_file=app.paths.run / "policy.json",
-    ).start()
 
 
 # -- shared plumbing ---------------------------------------------------------------------------

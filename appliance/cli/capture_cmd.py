@@ -5,9 +5,12 @@ prints, per file and in total, packets, flows and bad packets by kind (`--json` 
 machine-readable summary: the totals, and `files` with each file's). A file that cannot be
 read (missing, a directory, a FIFO, socket or device: only regular files are read) or whose
 header is broken gets one clear error line naming it; so does a file already replayed into
-this data directory (`capture.read.replayed`: same SHA-256 and size), unless `--again`. The other
-files are still processed and the exit status is 1 at the end. Decisions use the capture's own
-timestamps.
+this data directory (`capture.read.replayed`: same SHA-256 and size, decided before the first row
+from the size and first and last MiB; the SHA-256 is computed meanwhile by a child process),
+unless `--again`. The other files are still processed and the exit status is 1 at the end.
+Decisions use the capture's own timestamps. `--json` adds `timing`: seconds from process start
+(`LBM_T0`, nanoseconds since the epoch, if set) to the first batch in the pipeline and to the
+end, and the final flush and Parquet publication (docs/capture-io.md).
 
 `lbm capture live --interface IF` is the capture daemon (writer `capture-IF`): it runs until
 SIGTERM or SIGINT, then flushes every flow and exits 0.
@@ -15,24 +18,23 @@ SIGTERM or SIGINT, then flushes every flow and exits 0.
 
 from __future__ import annotations
 
+import os
 import signal
-from pathlib import Path
+import time
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from appliance.cli.app import EXIT_FAIL, App, emit, fail, pass_app, run_guarded
-from appliance.cli.daemon_metrics import add_policy, add_writer, capture_counters
 from appliance.cli.textsafe import safe
-from appliance.counters import StatusWriter
 from capture import CaptureError
-from capture.flow import FlowConfig
-from capture.pipeline import Pipeline, replay
-from capture.read import ReplayLedger, fingerprint
-from capture.subjects.bypassed import BypassedWeb
-from capture.summary import Summary
-from store.archive import Archive
-from store.audit import Action
+
+if TYPE_CHECKING:
+    from capture.pipeline import Pipeline
+    from capture.subjects.bypassed import BypassedWeb
+
+# Imports are lazy (inside the functions that need them): `lbm capture replay` reaches its
+# first packet before pyarrow, the metrics and the live-capture modules are loaded.
 
 if TYPE_CHECKING:
     from capture.subjects import SubjectLimits
@@ -40,7 +42,11 @@ if TYPE_CHECKING:
 
 def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeline, Any]:
     """Pipeline wired to this data directory: policy snapshots, identity, archive, audit."""
-    from appliance.cli.auth_cmd import snapshot_source
+    from appliance.cli.policy_source import snapshot_source
+    from capture.flow.table import FlowConfig
+    from capture.pipeline import Pipeline
+    from store.archive import Archive
+    from store.audit import Action
 
     app.require_initialised()
     source = snapshot_source(app)
@@ -104,6 +110,8 @@ def _bypassed_web(
         or cfg["web.transparent_scope"] != "subjects"
     ):
         return None
+    from capture.subjects.bypassed import BypassedWeb
+
     return BypassedWeb(
         paths=app.paths,
         gateway=cfg.gateway_id,
@@ -180,53 +188,43 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
     summary is printed per file, then in total."""
 
     def run() -> dict[str, Any]:
+        from capture.read.replayed import ReplayLedger
+        from capture.summary import Summary
+
         pipe, (source, archive) = build_pipeline(app, "replay", None)
         ledger = ReplayLedger(app.paths.journal)
         per_file: list[dict[str, Any]] = []
         failed: dict[str, str] = {}
         archived = errors = 0  # the recorder's counts are cumulative over files
+        timing: dict[str, float] = {}
         try:
             for name in files:
                 entry: dict[str, Any] = {"file": name}
                 per_file.append(entry)
                 try:
-                    fp = fingerprint(Path(name))
+                    one = _replay_one(app, pipe, ledger, name, again, timing)
                 except CaptureError as exc:
                     failed[name] = str(exc)
-                    entry.update(status="failed", error=str(exc))
+                    status = "refused" if isinstance(exc, _Refused) else "failed"
+                    entry.update(status=status, error=str(exc))
                     continue
-                entry.update(sha256=fp.sha256, size=fp.size)
-                prior = ledger.start(fp, name, app.clock.now().isoformat(), again=again)
-                if prior is not None:
-                    msg = (
-                        f"{name}: already replayed into this data directory "
-                        f"({prior.get('at', '?')}, as {prior.get('file', '?')}; sha256 "
-                        f"{fp.sha256[:16]}..., {fp.size} bytes): replaying it again would "
-                        "duplicate its rows; use --again to replay it anyway"
-                    )
-                    failed[name] = msg
-                    entry.update(status="refused", error=msg)
-                    continue
-                pipe.summary = Summary()
-                one = replay([Path(name)], pipe).as_dict()
                 cum = one["archived_packets"], one["archive_errors"]
                 one["archived_packets"], one["archive_errors"] = cum[0] - archived, cum[1] - errors
                 archived, errors = cum
-                ledger.done(
-                    fp,
-                    name,
-                    app.clock.now().isoformat(),
-                    {k: one[k] for k in ("packets", "flows", "dns_rows")},
-                )
                 if one["files_failed"]:  # broken after the header check (pcapng sections)
                     failed.update(one["files_failed"])
-                    entry.update(status="failed", error=one["files_failed"][name], **one)
+                    error = next(iter(one["files_failed"].values()))  # keyed by the path read
+                    entry.update(status="failed", error=error, **one)
                     continue
                 entry.update(status="replayed", **one)
         finally:
-            pipe.close()
-            archive.close()
-            source.stop()
+            closing = time.monotonic()
+            try:
+                pipe.close()  # every row durable (journal fsynced) and published before exit
+            finally:
+                archive.close()
+                source.stop()
+            timing["close"] = time.monotonic() - closing
         total: dict[str, Any] = {}
         for e in per_file:
             if "packets" in e:
@@ -235,6 +233,7 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
         result = {**empty, **total, "files_failed": failed, "files": per_file}
         for e in per_file:
             e.pop("files_failed", None)
+        result["timing"] = _timing(timing)
         return result
 
     result = run_guarded(run)
@@ -244,6 +243,87 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
     emit(result, as_json, _replay_text(result))
     if result["files_failed"]:
         raise SystemExit(EXIT_FAIL)
+
+
+def _replay_one(
+    app: App, pipe: Pipeline, ledger: Any, name: str, again: bool, timing: dict[str, float]
+) -> dict[str, Any]:
+    """Replay one file after the ledger's check; its summary, with its sha256 and size.
+    Raises CaptureError (`_Refused` when the ledger refuses it)."""
+    from capture.pipeline import replay
+    from capture.read.reader import open_capture
+    from capture.read.replayed import FileHash
+    from capture.summary import Summary
+
+    reader = open_capture(name)  # header checked: CaptureError naming the file
+    keep = os.dup(reader.fileno())  # one open file for the pre-key, the hash and the replay
+    hasher: FileHash | None = None
+    try:
+        run, prior = ledger.begin(keep, name, app.clock.now().isoformat(), again=again)
+        if run is None:
+            reader.close()
+            raise _Refused(_refusal(name, prior or {}))
+        if run.sha256 is None:  # not known yet: hashed by a child process meanwhile
+            hasher = FileHash(keep)
+        pipe.summary = Summary()
+        try:
+            one = replay([reader], pipe, timing=timing).as_dict()
+        except BaseException:
+            if not pipe.writers_open:  # no writer was ever opened: not one row was written
+                ledger.abort(run, name, app.clock.now().isoformat())
+            raise
+        sha = run.sha256 or (hasher.result().sha256 if hasher is not None else "")
+        counts = {k: one[k] for k in ("packets", "flows", "dns_rows")}
+        ledger.done(run, name, app.clock.now().isoformat(), sha, counts)
+    finally:
+        if hasher is not None:
+            hasher.close()
+        os.close(keep)
+    return {"sha256": sha, "size": run.size, **one}
+
+
+class _Refused(CaptureError):
+    """The ledger refused the file: replayed into this data directory before."""
+
+
+def _refusal(name: str, prior: dict[str, Any]) -> str:
+    again = "replaying it again would duplicate its rows; use --again to replay it anyway"
+    size = prior.get("size", "?")
+    if prior.get("unfinished"):
+        return (
+            f"{name}: possibly already replayed into this data directory: a replay of a "
+            f"capture of the same size ({size} bytes) and the same first and last MiB "
+            f"({prior.get('at', '?')}, as {prior.get('file', '?')}) is still running or was "
+            f"cut off, so its SHA-256 was never recorded; {again}"
+        )
+    sha = str(prior.get("sha256") or "?")
+    return (
+        f"{name}: already replayed into this data directory ({prior.get('at', '?')}, as "
+        f"{prior.get('file', '?')}; sha256 {sha[:16]}..., {size} bytes): {again}"
+    )
+
+
+def process_age() -> float:
+    """Seconds since this process started: from `LBM_T0` (the caller's `date +%s%N` just
+    before starting lbm, for a precise figure) or else /proc/self/stat (10 ms ticks)."""
+    t0 = os.environ.get("LBM_T0", "")
+    if t0.isdigit():
+        return (time.time_ns() - int(t0)) / 1e9
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            start = int(fh.read().rsplit(b")", 1)[1].split()[19])  # field 22: starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def _timing(timing: dict[str, float]) -> dict[str, float]:
+    """Seconds: process start to the first batch in the pipeline, to now; the final flush."""
+    age, now = process_age(), time.monotonic()
+    out = {"total_s": round(age, 3), "close_s": round(timing.get("close", 0.0), 3)}
+    if "first_batch" in timing:
+        out["first_batch_s"] = round(age - (now - timing["first_batch"]), 3)
+    return out
 
 
 @capture.command("live")
@@ -258,6 +338,8 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
 @pass_app
 def live_cmd(app: App, interface: str, as_json: bool) -> None:
     """Capture from IF until SIGTERM/SIGINT (writer `capture-IF`)."""
+    from appliance.cli.daemon_metrics import add_policy, add_writer, capture_counters
+    from appliance.counters import StatusWriter
     from capture.live import run_live
 
     def run() -> dict[str, Any]:

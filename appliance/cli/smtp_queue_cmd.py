@@ -12,10 +12,7 @@ recipient count, size).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ import click
 from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
 from appliance.mail.spool import ID_RE, Envelope, Spool, SpoolError
 from store.audit import Action
+from store.fsutil import try_lock
 
 REQUEST_WAIT_SECONDS = 15.0
 
@@ -79,19 +77,9 @@ def _entries(spool: Spool) -> tuple[list[Envelope], list[str]]:
     return good, broken
 
 
-@contextlib.contextmanager
-def _relay_down(spool_dir: Path) -> Iterator[bool]:
+def _relay_down(spool_dir: Path) -> contextlib.AbstractContextManager[bool]:
     """Yields True while holding spool/lock (no relay runs), False if a relay holds it."""
-    fd = os.open(spool_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    return try_lock(spool_dir / "lock")
 
 
 def _ask_relay(spool: Spool, name: str) -> bool:

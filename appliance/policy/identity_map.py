@@ -15,11 +15,13 @@ Storage (the `identity_*` tables of registry.sqlite), the importer and its audit
 
 from __future__ import annotations
 
+import ipaddress
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -274,6 +276,46 @@ class IdentityMap:
             else:
                 windows = cache[ip] = self._windows(ip)
             out.append(windows.at(_instant(at)) if windows is not None else None)
+        return out
+
+    @property
+    def has_ip_leases(self) -> bool:
+        """Whether any IP lease is mapped (if not, every address resolves to nobody, always)."""
+        return bool(self._ips)
+
+    @cached_property
+    def _packed_ips(self) -> dict[bytes, _Windows]:
+        """The leases keyed by 16-byte address (IPv4 as IPv4-mapped IPv6, as the capture
+        path keeps addresses); built on first use, once per map."""
+        out: dict[bytes, _Windows] = {}
+        for ip, windows in self._ips.items():
+            try:
+                addr = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                continue
+            key = (b"\x00" * 10 + b"\xff\xff" if addr.version == 4 else b"") + addr.packed
+            if key not in out or normalise_ip(ip) == ip:  # the canonical text wins
+                out[key] = windows
+        return out
+
+    def resolve_packed_spans(
+        self, packed: Sequence[bytes], ats_us: Sequence[int]
+    ) -> dict[int, tuple[str | None, int, int]]:
+        """`resolve_ip_span` over 16-byte addresses (IPv4-mapped for IPv4) at instants in
+        microseconds since the epoch, for the capture path's new flows: one dict lookup per
+        address, no text. Returns {index: (principal, start, end)} only for the addresses that
+        have leases; every other address resolves to nobody over (-OPEN_END, OPEN_END)."""
+        if len(packed) != len(ats_us):
+            raise ValueError("resolve_packed_spans: packed and ats_us differ in length")
+        table = self._packed_ips if self._ips else {}
+        out: dict[int, tuple[str | None, int, int]] = {}
+        if not table:
+            return out
+        get = table.get
+        for i, key in enumerate(packed):
+            windows = get(key)
+            if windows is not None:
+                out[i] = windows.span(int(ats_us[i]))
         return out
 
     # -- description -----------------------------------------------------------------------

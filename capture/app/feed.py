@@ -70,6 +70,12 @@ class AppFeed:
             self._in_app = np.concatenate([self._in_app, np.zeros(cap - old, bool)])
             self._fast.extend([None] * (cap - old))
 
+    def state_bytes_per_flow(self) -> int:
+        """Bytes per flow slot kept here (the arrays and the fast-path list entry; a flow's
+        `FastMeta` and `AppMeta`'s parse state, bounded per flow, come on top)."""
+        arrays = (self._budget, self._dns, self._started, self._fast_kind, self._in_app)
+        return sum(a.itemsize for a in arrays) + 8
+
     def new_flows(
         self,
         new: npt.NDArray[np.int64],

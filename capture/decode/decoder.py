@@ -1,5 +1,11 @@
 """Batch decoder: RawBatch -> PacketBatch with numpy over whole batches, not per packet.
 
+The common case (Ethernet with up to two VLAN tags or raw IP; IPv4 not fragmented, IPv6
+without extension headers; TCP, UDP, ICMP, SCTP or another protocol that is not a tunnel;
+every header complete) is decoded first in one C pass (`capture.read.walk.decode_common`,
+which releases the GIL); the packets it leaves go through the numpy steps below, which give
+every packet the same columns (tests/capture/test_capture_fastdecode.py checks that).
+
 Steps, each one array expression over all packets it applies to:
 1. link layer (`capture.decode.linktypes`): offset of the IP header per frame;
 2. IPv4/IPv6 with fixed offsets per version; IPv6 extension headers (hop-by-hop, routing,
@@ -31,6 +37,7 @@ from capture.decode.frag import FragTable
 from capture.decode.linktypes import be16, be32, ethernet, link_layer
 from capture.decode.tunnels import detect
 from capture.read import open_capture
+from capture.read.walk import decode_common
 from capture.tunnelchain import save_middle
 
 I64 = npt.NDArray[np.int64]
@@ -58,6 +65,7 @@ class Decoder:
         self._tunnels: dict[str, int] = {}
         self.records: dict[str, int] = {}  # reader counters (read_batches merges them in)
         self.packets = 0
+        self.fast = True  # the C pass for the common case (False: numpy for every packet)
 
     @property
     def summary(self) -> dict[str, int]:
@@ -74,7 +82,8 @@ class Decoder:
         return out
 
     def decode(self, raw: RawBatch) -> PacketBatch:
-        """Decode one batch (never raises for packet content)."""
+        """Decode one batch (never raises for packet content). The common case goes through
+        one C pass (`fastpath.decode_common`), the other packets through the numpy steps."""
         out = PacketBatch.empty_for(raw)
         n = len(raw)
         if n == 0:
@@ -83,22 +92,31 @@ class Decoder:
         if buf.shape[0] < MIN_BUF:
             buf = np.concatenate([buf, np.zeros(MIN_BUF, dtype=np.uint8)])
             out.buf = buf
-        start = raw.frame_off.astype(np.int64)
-        end = start + raw.cap_len.astype(np.int64)
-        bad = (raw.cap_len < 0) | (start < 0) | (end > raw.buf.shape[0])
-        if bad.any():
-            start, end = np.where(bad, 0, start), np.where(bad, 0, end)
-        l3, hint, vlan, inner_vlan, st = link_layer(buf, raw.linktype, start, end)
-        out.vlan = vlan
-        out.inner_vlan = inner_vlan
-        out.status = st
-        out.status[bad] = ST_BAD_REC
-        l3[bad] = -1
-        rows = np.nonzero(l3 >= 0)[0]
-        self._ip(buf, out, rows, l3[rows], end[rows], hint[rows], 0)
+        slow = decode_common(buf, raw.buf.shape[0], raw, out) if self.fast else None
+        if slow is None:
+            self._numpy(buf, raw, out, slice(None))
+        elif slow.shape[0]:
+            self._numpy(buf, raw, out, slow)
         self.packets += n
         self._status += np.bincount(out.status, minlength=256)
         return out
+
+    def _numpy(self, buf: U8A, raw: RawBatch, out: PacketBatch, sel: Rows | slice) -> None:
+        """The numpy steps for the packets `sel` of `raw` (sorted indices, or all)."""
+        start = raw.frame_off[sel].astype(np.int64)
+        end = start + raw.cap_len[sel].astype(np.int64)
+        bad = (raw.cap_len[sel] < 0) | (start < 0) | (end > raw.buf.shape[0])
+        if bad.any():
+            start, end = np.where(bad, 0, start), np.where(bad, 0, end)
+        l3, hint, vlan, inner_vlan, st = link_layer(buf, raw.linktype[sel], start, end)
+        out.vlan[sel] = vlan
+        out.inner_vlan[sel] = inner_vlan
+        st[bad] = ST_BAD_REC
+        out.status[sel] = st
+        l3[bad] = -1
+        local = np.nonzero(l3 >= 0)[0]
+        rows = local if isinstance(sel, slice) else sel[local]
+        self._ip(buf, out, rows, l3[local], end[local], hint[local], 0)
 
     # --- network layer -------------------------------------------------------------------
     def _ip(

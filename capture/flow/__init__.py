@@ -19,7 +19,15 @@ ID), `rows` (ended flows -> columns), `tcpstate` (the C extension's loader), `ne
 
 from capture.flow.keys import PROTO_NAMES, community_ids
 from capture.flow.netset import NetSet
-from capture.flow.rows import Columns, addr_texts, concat_column, count, to_rows
+from capture.flow.rows import (
+    Columns,
+    addr_texts,
+    concat_column,
+    count,
+    empty_lists,
+    repeat_text,
+    to_rows,
+)
 from capture.flow.table import FlowConfig, FlowTable
 
 __all__ = [
@@ -32,5 +40,7 @@ __all__ = [
     "community_ids",
     "concat_column",
     "count",
+    "empty_lists",
+    "repeat_text",
     "to_rows",
 ]

@@ -66,6 +66,17 @@ def columns(b: PacketBatch) -> Cols:
     return Cols(**both)
 
 
+def first_ts(b: PacketBatch) -> int | None:
+    """`columns(b).ts[0]` without building the columns (None when there are no rows)."""
+    rows = ((b.status == 0) & (b.proto != 59)) | ((b.tunnel != 0) & (b.outer_proto != 0))
+    first = int(np.argmax(rows)) if rows.size else 0
+    m = b.middle
+    if m is not None and m.rows.size:
+        first = min(first if rows.size and rows[first] else len(rows), int(m.rows.min()))
+        return int(b.ts_ns[first])
+    return int(b.ts_ns[first]) if rows.size and rows[first] else None
+
+
 def _tunnel(
     b: PacketBatch,
     rows: I64,

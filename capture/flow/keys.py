@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import struct
 
 import numpy as np
@@ -166,7 +167,72 @@ def canonical_hash(
     dport: npt.NDArray[np.uint16],
     proto: npt.NDArray[np.uint8],
 ) -> npt.NDArray[np.uint64]:
-    """Direction-free 64-bit key of each packet's 5-tuple."""
+    """Direction-free 64-bit key of each packet's 5-tuple: `canonical_hash_np`'s, in one C
+    pass (`flow_keys` in `_cid.c`) that releases the GIL."""
+    n = proto.shape[0]
+    if src.shape != (n, 16) or dst.shape != (n, 16) or sport.shape != (n,) or dport.shape != (n,):
+        raise ValueError("canonical_hash: columns of different lengths")  # C reads n rows
+    out = np.empty(n, np.uint64)
+    if n == 0:
+        return out
+    fb = tcpstate.ffi.from_buffer
+    tcpstate.lib.flow_keys(
+        fb("uint8_t[]", np.ascontiguousarray(src, np.uint8)),
+        fb("uint8_t[]", np.ascontiguousarray(dst, np.uint8)),
+        fb("uint16_t[]", np.ascontiguousarray(sport, np.uint16)),
+        fb("uint16_t[]", np.ascontiguousarray(dport, np.uint16)),
+        fb("uint8_t[]", np.ascontiguousarray(proto, np.uint8)),
+        n,
+        fb("uint64_t[]", out),
+    )
+    return out
+
+
+_GROUP_SEED = int.from_bytes(os.urandom(8), "little")  # see group_keys in _cid.c
+
+
+def group_keys(
+    h: npt.NDArray[np.uint64],
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """`np.unique(h, return_index=True, return_inverse=True)` for mixed 64-bit keys: the
+    groups are found in one C pass over a hash table (releasing the GIL) and only the
+    distinct keys are sorted."""
+    n = h.shape[0]
+    if n == 0:
+        return h[:0].copy(), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    h = np.ascontiguousarray(h, np.uint64)
+    size = 1 << (2 * n).bit_length()  # a power of two > 2n: short probes
+    table = np.full(size, -1, np.int64)
+    first = np.empty(n, np.int64)
+    inv = np.empty(n, np.int64)
+    fb = tcpstate.ffi.from_buffer
+    k = int(
+        tcpstate.lib.group_keys(
+            fb("uint64_t[]", h),
+            n,
+            fb("int64_t[]", table),
+            size - 1,
+            _GROUP_SEED,
+            fb("int64_t[]", first),
+            fb("int64_t[]", inv),
+        )
+    )
+    first = first[:k]
+    keys = h[first]
+    order = np.argsort(keys)
+    rank = np.empty(k, np.int64)
+    rank[order] = np.arange(k)
+    return keys[order], first[order], rank[inv]
+
+
+def canonical_hash_np(
+    src: npt.NDArray[np.uint8],
+    dst: npt.NDArray[np.uint8],
+    sport: npt.NDArray[np.uint16],
+    dport: npt.NDArray[np.uint16],
+    proto: npt.NDArray[np.uint8],
+) -> npt.NDArray[np.uint64]:
+    """The key's definition in numpy (the C pass is tested against it)."""
     s = np.ascontiguousarray(src).view("<u8")
     d = np.ascontiguousarray(dst).view("<u8")
     sb = np.ascontiguousarray(src).view(">u8")

@@ -8,19 +8,20 @@ Field names follow conn.log (`id.orig_h` becomes `orig_h`); times are ns since t
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from capture.flow import tcpstate
 from capture.flow.keys import PROTO_NAMES, community_ids
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from capture.flow.table import FlowTable
 
 Columns = dict[str, Any]
@@ -53,7 +54,13 @@ def addr_texts(a: npt.NDArray[np.uint8]) -> list[str]:
     return out
 
 
-_OCTETS = pa.array([str(i) for i in range(256)])
+@functools.cache
+def _octets() -> pa.Array:
+    import pyarrow as pa  # lazily, like every pyarrow use here: the first packet needs none
+
+    return pa.array([str(i) for i in range(256)])
+
+
 _UDP_HIST = np.array(
     # index: flipped * 8 + responder first * 4 + orig sent * 2 + resp sent
     [
@@ -75,13 +82,16 @@ _UNKNOWN = np.array([p not in PROTO_NAMES for p in range(256)])
 def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
     """Text of (k, 16) addresses as an Arrow string array (same text as `addr_texts`): IPv4
     in Arrow compute, only IPv6 in Python."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     k = a.shape[0]
     a = np.ascontiguousarray(a, np.uint8)
     v4 = (a[:, :12] == np.frombuffer(_V4_PREFIX, np.uint8)).all(axis=1)
     if k == 0:
         return pa.array([], pa.string())
     quad = pc.binary_join_element_wise(
-        *[_OCTETS.take(pa.array(a[:, 12 + i])) for i in range(4)], "."
+        *[_octets().take(pa.array(a[:, 12 + i])) for i in range(4)], "."
     )
     if v4.all():
         return quad
@@ -92,8 +102,26 @@ def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
     return pc.if_else(pa.array(v4), quad, pa.array(texts, pa.string()))
 
 
+def empty_lists(n: int) -> Any:
+    """n empty `list<string>` values as an Arrow array, without a Python list per row."""
+    import pyarrow as pa  # (a local import: module start-up does not need pyarrow)
+
+    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()))
+
+
+def repeat_text(value: str | None, n: int) -> Any:
+    """`[value] * n` as an Arrow string array."""
+    import pyarrow as pa
+
+    if value is None:
+        return pa.nulls(n, pa.string())
+    return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
 def _vlan_array(v: npt.NDArray[np.int32]) -> pa.Array:
     """VLAN ids as uint16, null where the flow's first frame had no tag (-1)."""
+    import pyarrow as pa
+
     return pa.array(np.maximum(v, 0).astype(np.uint16), pa.uint16(), mask=v < 0)
 
 
@@ -176,7 +204,9 @@ def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
         "resp_pkts": pk[:, 1].copy(),
         "resp_ip_bytes": t.ipb[slots, 1],
         "community_id": community_ids(orig_h, resp_h, proto, op, rp),
-        "tunnel_parents": [sorted(p) if (p := parents[s]) else empty for s in sl],
+        "tunnel_parents": [sorted(p) if (p := parents[s]) else empty for s in sl]
+        if any(parents[s] for s in sl)
+        else empty_lists(k),
         "vlan": _vlan_array(t.vlan[slots]),
         "inner_vlan": _vlan_array(t.inner_vlan[slots]),
         "slot": slots.copy(),
@@ -185,6 +215,8 @@ def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
 
 def pylist(col: Any) -> list[Any]:
     """A column (list, numpy array or Arrow array) as a list of Python values."""
+    import pyarrow as pa
+
     if isinstance(col, np.ndarray | pa.Array | pa.ChunkedArray):
         return list(col.tolist() if isinstance(col, np.ndarray) else col.to_pylist())
     return list(col)
@@ -196,8 +228,12 @@ def concat_column(parts: list[Any]) -> Any:
         return parts[0]
     if isinstance(parts[0], np.ndarray):
         return np.concatenate(parts)
-    if isinstance(parts[0], pa.Array):
-        return pa.concat_arrays(parts)
+    import pyarrow as pa
+
+    arrow = next((p for p in parts if isinstance(p, pa.Array)), None)
+    if arrow is not None:  # lists among Arrow chunks (e.g. refs of a block with subjects)
+        t = arrow.type
+        return pa.concat_arrays([p if isinstance(p, pa.Array) else pa.array(p, t) for p in parts])
     return [v for p in parts for v in p]
 
 

@@ -1,11 +1,12 @@
 """Bidirectional flow table with Zeek conn.log semantics, fed by `PacketBatch`es.
 
-Packets of a batch are grouped by a 64-bit hash of their direction-free 5-tuple (numpy:
-canonical endpoint order, hash, `np.unique`); the live table is a sorted hash array searched
-with `np.searchsorted`. Every order-free quantity (packets, IP bytes, payload bytes, first and
-last time) is a per-group reduction. Per-connection TCP state (endpoint states, sequence
-space, history letters) follows the packets in order in a small C helper
-(`capture.flow.tcpstate`), which is Zeek's state machine minus events, timers and reassembly.
+Packets of a batch are grouped by a 64-bit hash of their direction-free 5-tuple (canonical
+endpoint order, hash, and grouping as `np.unique` would: C passes that release the GIL); the
+live table is a sorted hash array searched with `np.searchsorted`. Every order-free quantity
+(packets, IP bytes, payload bytes, first and last time) is a per-group reduction.
+Per-connection TCP state (endpoint states, sequence space, history letters) follows the
+packets in order in a small C helper (`capture.flow.tcpstate`), which is Zeek's state machine
+minus events, timers and reassembly.
 
 Zeek semantics kept: the originator is the first packet's sender, flipped as Zeek does when
 the first TCP packet is not a pure SYN (or a UDP packet comes from a likely server port to an
@@ -22,6 +23,8 @@ when the table is full (the least recently active flow is evicted and counted), 
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +33,11 @@ import numpy.typing as npt
 
 from capture.batch import PacketBatch
 from capture.flow import tcpstate
-from capture.flow.columns import Cols, columns, r_is_reuse, swap, swapped
+from capture.flow.columns import Cols, columns, first_ts, r_is_reuse, swap, swapped
 from capture.flow.keys import (
     PROTO_NAMES,
     canonical_hash,
+    group_keys,
     likely_server,
     make_uids,
 )
@@ -41,6 +45,7 @@ from capture.flow.rows import Columns, rows_for
 
 I64 = npt.NDArray[np.int64]
 NS = 1_000_000_000
+ROW_CHUNK = 8192  # ended flows turned into rows at once (sweeps and flushes)
 _DNS_PORT = np.zeros(65536, bool)
 _DNS_PORT[[53, 137, 5353, 5355]] = True
 
@@ -148,6 +153,19 @@ class FlowTable:
     def __len__(self) -> int:
         return int(self._keys.size)
 
+    def state_bytes_per_flow(self) -> int:
+        """Bytes of table state per flow slot: the per-slot arrays, the C TCP state, the uid
+        (its text and list entry), the tunnel-parents entry and the live index's entry.
+        Slots are `capacity`, which doubles: at most twice the live flows."""
+        cap = self._cap
+        arrays = sum(
+            a.nbytes // cap
+            for k, a in vars(self).items()
+            if not k.startswith("_") and isinstance(a, np.ndarray) and a.shape[:1] == (cap,)
+        )
+        uid = sys.getsizeof("C" * 17) + 8
+        return arrays + tcpstate.ffi.sizeof("tcpflow") + uid + 8 + 16
+
     @property
     def capacity(self) -> int:
         return self._cap
@@ -172,8 +190,7 @@ class FlowTable:
         h = canonical_hash(cols.src, cols.dst, cols.sport, cols.dport, cols.proto)
         start = 0
         n = cols.ts.size
-        if n and int(cols.ts[0]) - self._last_sweep >= NS:  # timeouts are >= 1 s: sweep
-            self._last_sweep = int(cols.ts[0])  # at most once a second of capture time
+        if n and self._sweep_due(int(cols.ts[0])):
             self._expire(self._last_sweep, ended)
         row_slots = np.zeros(n, np.int64)
         while start < n:
@@ -244,7 +261,7 @@ class FlowTable:
         """Process rows [a, b) up to the first row that must start a new flow; returns
         (stop, slot per row, is_orig per row) for rows [a, stop)."""
         hh = h[a:b]
-        uh, first, inv = np.unique(hh, return_index=True, return_inverse=True)
+        uh, first, inv = group_keys(hh)  # np.unique(hh, return_index=..., return_inverse=...)
         slot_u, found = self._lookup(uh)
         ts = c.ts[a:b]
         # inactivity gaps inside the batch (or since the flow's last packet) end a flow
@@ -420,33 +437,70 @@ class FlowTable:
         self.first_dir[su] = np.where(fd < 0, newdir, fd)
 
     # ---- ending flows ---------------------------------------------------------------------
+    def _sweep_due(self, ts0: int) -> bool:
+        if ts0 - self._last_sweep < NS:  # timeouts are >= 1 s: sweep at most once a second
+            return False
+        self._last_sweep = ts0
+        return True
+
+    def sweep(self, batch: PacketBatch) -> Iterator[Columns]:
+        """The idle sweep `add(batch)` would make first, made apart: the rows of the flows it
+        ends, made ROW_CHUNK flows at a time as they are taken. Take them all before `add`
+        (`Pipeline.feed` does): their slots are free for the batch's new flows at once, so a
+        mass expiry (a generation of flows idling out) neither grows the table nor holds
+        every ended flow's row at once."""
+        ts0 = first_ts(batch)
+        if ts0 is None or not self._sweep_due(ts0):
+            return iter(())
+        return self.expire_rows(self._last_sweep)
+
+    def expire_rows(self, now: int) -> Iterator[Columns]:
+        """`expire(now)`, its rows made ROW_CHUNK flows at a time as they are taken (take
+        them all before the next `add`)."""
+        done = self._expire(now, None)
+        self._free.extend(self._freed)
+        self._freed.clear()
+        return self._rows_of(done)
+
+    def _rows_of(self, done: list[I64]) -> Iterator[Columns]:
+        for slots in done:
+            for i in range(0, slots.size, ROW_CHUNK):
+                yield rows_for(self, slots[i : i + ROW_CHUNK])
+
     def expire(self, now: int, ended: list[Columns]) -> None:
         """End flows idle or active too long at `now` (ns); their rows go to `ended`."""
         self._expire(now, ended)
         self._free.extend(self._freed)
         self._freed.clear()
 
-    def _expire(self, now: int, ended: list[Columns]) -> None:
+    def _expire(self, now: int, ended: list[Columns] | None) -> list[I64]:
+        """End what is due at `now`; rows to `ended`, or none made if None (the ended slots
+        are returned, for `_rows_of`)."""
         live = self._kslot
         if live.size == 0:
-            return
+            return []
         idle = (
             self.last_ts[live]
             + self._timeout_ns(self.proto[live], self.orig_p[live], self.resp_p[live])
             < now
         )
         active = self.first_ts[live] + int(self.cfg.active_timeout_s * NS) < now
+        done = []
         if idle.any():
-            self._end(live[idle], ended, "idle")
+            done.append(self._end(live[idle], ended, "idle"))
         act = active & ~idle
         if act.any():
-            self._end(live[act], ended, "active")
+            done.append(self._end(live[act], ended, "active"))
+        return done
 
-    def _end(self, slots: I64, ended: list[Columns], why: str) -> None:
+    def _end(self, slots: I64, ended: list[Columns] | None, why: str) -> I64:
+        """End the live flows among `slots` (returned); their rows go to `ended` now, unless
+        it is None (then the caller makes them before any slot is reused)."""
         slots = slots[self.live[slots]]
         if slots.size == 0:
-            return
-        ended.append(rows_for(self, slots))
+            return slots
+        if ended is not None:
+            ended.append(rows_for(self, slots))
         c = self.counters
         if why == "idle":
             c.ended_idle += slots.size
@@ -463,14 +517,22 @@ class FlowTable:
         self._keys = self._keys[keep]
         self._kslot = self._kslot[keep]
         self._freed.extend(slots.tolist())
+        return slots
 
     def flush(self) -> list[Columns]:
         """End every live flow (end of a replay, shutdown)."""
-        ended: list[Columns] = []
-        if self._kslot.size:
-            order = np.argsort(self.first_ts[self._kslot], kind="stable")
-            self._end(self._kslot[order], ended, "flush")
-        return ended
+        return list(self.end_all())
+
+    def end_all(self) -> Iterator[Columns]:
+        """`flush()`, its rows made ROW_CHUNK flows at a time as they are taken (take them
+        all before the next `add`)."""
+        if not self._kslot.size:
+            return iter(())
+        order = np.argsort(self.first_ts[self._kslot], kind="stable")
+        done = [self._end(self._kslot[order], None, "flush")]
+        self._free.extend(self._freed)
+        self._freed.clear()
+        return self._rows_of(done)
 
 
 __all__ = ["PROTO_NAMES", "Assignment", "FlowConfig", "FlowCounters", "FlowTable"]

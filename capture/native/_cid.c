@@ -73,3 +73,59 @@ void community_ids(const uint8_t *rows, int64_t n, int32_t width, char *out) {
         out[r * 30 + 29] = '=';  /* 20 bytes: the last group has one byte of padding */
     }
 }
+
+/* The flow table's direction-free 64-bit key of each packet's 5-tuple (capture/flowkeys.py,
+   `canonical_hash`, which keeps the numpy definition this must equal): the endpoint that
+   compares lower (address bytes, then port) first, each half of an address read as a
+   little-endian 64-bit word, mixed with MurmurHash3's finaliser. Rows are 16-byte addresses. */
+static uint64_t key_mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xFF51AFD7ED558CCDULL;
+    x ^= x >> 33;
+    x *= 0xC4CEB9FE1A85EC53ULL;
+    return x ^ (x >> 33);
+}
+
+static uint64_t key_le64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+void flow_keys(const uint8_t *src, const uint8_t *dst, const uint16_t *sport,
+               const uint16_t *dport, const uint8_t *proto, int64_t n, uint64_t *out) {
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *s = src + 16 * i, *d = dst + 16 * i;
+        int c = memcmp(s, d, 16);
+        int swap = c > 0 || (c == 0 && sport[i] > dport[i]);
+        const uint8_t *lo = swap ? d : s, *hi = swap ? s : d;
+        uint64_t lp = swap ? dport[i] : sport[i], hp = swap ? sport[i] : dport[i];
+        uint64_t ports = (lp << 24) | (hp << 8) | proto[i];
+        uint64_t h = key_mix(key_le64(lo) ^ 0x9E3779B97F4A7C15ULL);
+        h = key_mix(h ^ key_le64(lo + 8));
+        h = key_mix(h ^ key_le64(hi));
+        h = key_mix(h ^ key_le64(hi + 8));
+        out[i] = key_mix(h ^ ports);
+    }
+}
+
+/* Group n keys by value, in order of first appearance: `table` has mask + 1 entries (a
+   power of two > n), all -1 on entry; `first[g]` gets the first row of group g and `inv[i]`
+   the group of row i. Returns the number of groups. The keys are public functions of packet
+   headers, so the table position mixes in a secret `seed` (random per process): nobody can
+   aim packets at one chain of the table to make a batch quadratic. */
+int64_t group_keys(const uint64_t *h, int64_t n, int64_t *table, uint64_t mask, uint64_t seed,
+                   int64_t *first, int64_t *inv) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t slot = key_mix(h[i] ^ seed) & mask;
+        int64_t g;
+        while ((g = table[slot]) >= 0 && h[first[g]] != h[i]) slot = (slot + 1) & mask;
+        if (g < 0) {
+            g = table[slot] = k++;
+            first[g] = i;
+        }
+        inv[i] = g;
+    }
+    return k;
+}

@@ -14,4 +14,29 @@ int64_t walk_pcapng(const uint8_t *buf, int64_t len, int swapped, int64_t max_pk
                     uint32_t *iface, uint64_t *ts, int64_t *consumed, int *status,
                     uint32_t *stop_type);
 
+/* The columns decode_common writes (capture.batch.PacketBatch; src/dst are n x 16). */
+struct lbm_cols {
+    uint8_t *status;
+    uint8_t *ip_version;
+    uint8_t *proto;
+    uint8_t *src;
+    uint8_t *dst;
+    uint16_t *sport;
+    uint16_t *dport;
+    int32_t *ip_len;
+    int32_t *payload_len;
+    uint8_t *tcp_flags;
+    uint32_t *tcp_seq;
+    uint32_t *tcp_ack;
+    int64_t *payload_off;
+    int32_t *payload_cap;
+    int32_t *vlan;
+    int32_t *inner_vlan;
+    int64_t *l3_off;
+};
+
+int64_t decode_common(const uint8_t *buf, int64_t buflen, int64_t n, const int64_t *frame_off,
+                      const int32_t *cap_len, const uint16_t *linktype,
+                      const struct lbm_cols *c, int64_t *slow);
+
 #endif

@@ -114,6 +114,9 @@ class CaptureReader:
     def close(self) -> None:
         self._fh.close()
 
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
     def __enter__(self) -> CaptureReader:
         return self
 

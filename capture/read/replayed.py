@@ -6,14 +6,29 @@ journals because it says which rows the metadata already holds. One JSON line pe
 mode 0600, appended under an exclusive `flock` (two replays of one file at the same time:
 the second is refused):
 
-    {"event": "started", "sha256": HEX, "size": N, "file": PATH, "at": ISO8601, "again": false}
-    {"event": "done", "sha256": HEX, "size": N, "file": PATH, "at": ISO8601,
+    {"event": "started", "run": ID, "size": N, "edges": HEX, "sha256": HEX or null,
+     "file": PATH, "at": ISO8601, "again": false}
+    {"event": "done", "run": ID, "size": N, "sha256": HEX, "file": PATH, "at": ISO8601,
      "packets": N, "flows": N, "dns_rows": N}
+    {"event": "aborted", "run": ID, "size": N, "file": PATH, "at": ISO8601}
 
 A file is identified by its content (SHA-256 and size), not its name: a renamed or copied
-capture is still the same capture. "started" is written before the first row, so a replay cut
-off by a crash (whose rows may be partly written) also counts as replayed; its record then has
-no "done" line. Counts only: nothing of the packets is kept here.
+capture is still the same capture. Hashing a large capture before replaying it would cost a
+pass over the file before the first packet, so the SHA-256 is computed while the replay
+runs, by a child process hashing the same open file (`FileHash`), and recorded in "done".
+The decision is made before the first row with a cheap pre-key, `edges`: the SHA-256 of the
+file's first and last MiB (of all of it, which is then its SHA-256, for files up to 2 MiB).
+A file whose size and edges match no earlier replay is new whatever its middle holds; only
+when they match one is the whole file hashed first (while the ledger is locked) and compared
+with that replay's SHA-256: equal is refused, different (the same edges, another middle) is
+replayed. An earlier replay with the same size and edges whose SHA-256 was never recorded (it
+is still running, or it was cut off by a crash: its rows may be partly written) refuses too:
+its content cannot be told apart, and `--again` overrides. "started" is written before the
+first row, so a replay cut off by a crash also counts as replayed. Entries written before
+`edges` existed (no "edges", "sha256" in "started") are matched by size and then SHA-256. A
+run that failed before any row could be written (its metadata writers were never opened, e.g.
+another replay held the journal) is marked "aborted" and does not count. Counts only: nothing
+of the packets is kept here.
 """
 
 from __future__ import annotations
@@ -23,6 +38,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +50,7 @@ from typing import Any
 from capture.read.reader import CaptureReader, open_regular
 
 LEDGER = "replayed.jsonl"
+EDGE = 1 << 20  # the pre-key hashes this much at each end of the file
 _READ = 1 << 20
 
 
@@ -42,19 +62,105 @@ class Fingerprint:
     size: int
 
 
+@dataclass(frozen=True)
+class Run:
+    """One replay recorded as started: `sha256` is known now only for files up to 2 MiB or
+    when an earlier replay had the same edges; else the replay's reader computes it."""
+
+    id: str
+    size: int
+    edges: str
+    sha256: str | None
+
+
+def _pread_all(fd: int, n: int, offset: int) -> bytes:
+    parts: list[bytes] = []
+    while n > 0:
+        got = os.pread(fd, min(n, _READ), offset)
+        if not got:
+            break
+        parts.append(got)
+        n -= len(got)
+        offset += len(got)
+    return b"".join(parts)
+
+
+def edges(fd: int) -> tuple[int, str]:
+    """(size, SHA-256 of the first and last MiB) of the open file `fd` (position unchanged).
+    Up to 2 MiB the two ranges are the whole file, so the hash is its SHA-256."""
+    size = os.fstat(fd).st_size
+    h = hashlib.sha256(_pread_all(fd, min(size, EDGE), 0))
+    tail = max(EDGE, size - EDGE)
+    if size > tail:
+        h.update(_pread_all(fd, size - tail, tail))
+    return size, h.hexdigest()
+
+
+def digest_fd(fd: int) -> Fingerprint:
+    """SHA-256 and size of the whole open file `fd` (position unchanged)."""
+    h = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _READ, offset):
+        h.update(chunk)
+        offset += len(chunk)
+    return Fingerprint(h.hexdigest(), offset)
+
+
+# The child of `FileHash`: SHA-256 and size of its inherited descriptor argv[1], by pread (the
+# descriptor's offset is the reader's, untouched). -I -S: no environment, no site-packages.
+_CHILD = (
+    "import hashlib, os, sys\n"
+    "fd, h, o = int(sys.argv[1]), hashlib.sha256(), 0\n"
+    "while c := os.pread(fd, 1 << 22, o):\n"
+    "    h.update(c)\n"
+    "    o += len(c)\n"
+    "print(h.hexdigest(), o)\n"
+)
+_RESULT = re.compile(rb"([0-9a-f]{64}) ([0-9]+)\s*")
+
+
+class FileHash:
+    """The SHA-256 of an open file, computed by a child process while the replay runs: about
+    0.6 s of CPU per GB that shares no GIL with the reader and the flow table, on whichever
+    core is free (on the reader's thread it made the reader barely faster than the flow
+    table). The child gets the same descriptor, so it hashes the file the replay reads.
+    `result()` waits for it (and hashes here if the child failed); `close()` stops it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._proc: subprocess.Popen[bytes] | None = None
+        with contextlib.suppress(OSError):  # no child (e.g. a process limit): result() hashes
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _CHILD, str(fd)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(fd,),
+            )
+
+    def result(self) -> Fingerprint:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            out, _ = proc.communicate()
+            m = _RESULT.fullmatch(out)
+            if proc.returncode == 0 and m:
+                return Fingerprint(m[1].decode(), int(m[2]))
+        return digest_fd(self._fd)
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.communicate()
+
+
 def fingerprint(path: Path) -> Fingerprint:
     """Check that `path` is a readable regular file with a pcap/pcapng header (raising
     `CaptureError` naming it otherwise) and return its fingerprint."""
     fh = open_regular(path)
-    h = hashlib.sha256()
-    size = 0
     with fh:
         CaptureReader(path, fh)  # the header check; it closes fh if the header is bad
-        fh.seek(0)
-        while chunk := fh.read(_READ):
-            h.update(chunk)
-            size += len(chunk)
-    return Fingerprint(h.hexdigest(), size)
+        return digest_fd(fh.fileno())
 
 
 class ReplayLedger:
@@ -80,40 +186,80 @@ class ReplayLedger:
                 if isinstance(entry, dict):
                     yield entry
 
-    def previous(self, fp: Fingerprint) -> dict[str, Any] | None:
-        """The first "started" entry of this file, if it was replayed before."""
-        if not self.path.exists():
-            return None
+    def begin(
+        self, fd: int, file: str, at: str, *, again: bool
+    ) -> tuple[Run | None, dict[str, Any] | None]:
+        """Decide whether the open capture `fd` (named `file`) may be replayed and, if so,
+        record it as started: returns (run, None). If it was replayed before (or may have
+        been: see the module docstring) and `again` is false, records nothing and returns
+        (None, the earlier "started" entry; with "unfinished": true when its SHA-256 was
+        never recorded). Check and record happen under one lock."""
+        size, edge = edges(fd)
+        sha = edge if size <= 2 * EDGE else None
         with self._locked() as fh:
-            return self._find(fh, fp)
-
-    def _find(self, fh: Any, fp: Fingerprint) -> dict[str, Any] | None:
-        for e in self._entries(fh):
-            if e.get("event") == "started" and (e.get("sha256"), e.get("size")) == (
-                fp.sha256,
-                fp.size,
-            ):
-                return e
-        return None
-
-    def start(self, fp: Fingerprint, file: str, at: str, *, again: bool) -> dict[str, Any] | None:
-        """Record that `file` is being replayed; returns None. If it was replayed before and
-        `again` is false, records nothing and returns the earlier entry (check and record
-        under one lock, so two concurrent replays of one file cannot both start)."""
-        with self._locked() as fh:
-            prior = self._find(fh, fp)
+            entries = list(self._entries(fh))
+            same = [
+                e
+                for e in entries
+                if e.get("event") == "started"
+                and e.get("size") == size
+                and e.get("edges", edge) == edge
+            ]
+            if same and sha is None:
+                sha = digest_fd(fd).sha256  # same size and edges: only the full hash can tell
+            prior = self._prior(entries, same, sha)
             if prior is not None and not again:
-                return prior
-            self._append(fh, {"event": "started", **self._id(fp, file, at), "again": again})
-        return None
-
-    def done(self, fp: Fingerprint, file: str, at: str, counts: dict[str, int]) -> None:
-        with self._locked() as fh:
-            self._append(fh, {"event": "done", **self._id(fp, file, at), **counts})
+                return None, prior
+            run = Run(secrets.token_hex(8), size, edge, sha)
+            self._append(
+                fh,
+                {
+                    "event": "started",
+                    "run": run.id,
+                    "size": size,
+                    "edges": edge,
+                    "sha256": sha,
+                    "file": file,
+                    "at": at,
+                    "again": again,
+                },
+            )
+        return run, None
 
     @staticmethod
-    def _id(fp: Fingerprint, file: str, at: str) -> dict[str, Any]:
-        return {"sha256": fp.sha256, "size": fp.size, "file": file, "at": at}
+    def _prior(
+        entries: list[dict[str, Any]], same: list[dict[str, Any]], sha: str | None
+    ) -> dict[str, Any] | None:
+        if not same:
+            return None
+        done = {
+            e.get("run"): e.get("sha256")
+            for e in entries
+            if e.get("event") == "done" and e.get("run") and e.get("sha256")
+        }
+        aborted = {e.get("run") for e in entries if e.get("event") == "aborted" and e.get("run")}
+        unknown: dict[str, Any] | None = None
+        for e in same:
+            if e.get("run") in aborted:
+                continue
+            theirs = e.get("sha256") or done.get(e.get("run"))
+            if theirs == sha:
+                return e
+            if theirs is None and unknown is None:
+                unknown = {**e, "unfinished": True}
+        return unknown
+
+    def done(self, run: Run, file: str, at: str, sha256: str, counts: dict[str, int]) -> None:
+        """Record the end of `run`, with the SHA-256 of what it read."""
+        entry = {"event": "done", "run": run.id, "size": run.size, "sha256": sha256}
+        with self._locked() as fh:
+            self._append(fh, {**entry, "file": file, "at": at, **counts})
+
+    def abort(self, run: Run, file: str, at: str) -> None:
+        """Record that `run` ended before any of its rows could be written: it does not count."""
+        entry = {"event": "aborted", "run": run.id, "size": run.size, "file": file, "at": at}
+        with self._locked() as fh:
+            self._append(fh, entry)
 
     @staticmethod
     def _append(fh: Any, entry: dict[str, Any]) -> None:

@@ -9,6 +9,11 @@ the pure-Python walkers below are used: same results, slower.
 
 Both implementations share one signature per format and return numpy arrays; see
 `walk_pcap` / `walk_pcapng`.
+
+`decode_common` decodes the common case of a batch (Ethernet or raw IP, IPv4 without
+fragmentation or IPv6 without extension headers, a transport that is not a tunnel, every
+header complete) in one C pass that releases the GIL, and returns the other packets' indices
+for `capture.decode`'s numpy path; without the C extension it returns None (all numpy).
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ import os
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from capture import CaptureError
 from capture.native import build
+
+if TYPE_CHECKING:
+    from capture.batch import PacketBatch, RawBatch
 
 STOP_OK = 0  # max packets reached or next record incomplete
 STOP_BAD = 1  # bad record/block length at `consumed`
@@ -148,6 +156,66 @@ def walk_pcapng(
             buf, length, swapped, max_pkts, blocklimit, off, caplen, wirelen, iface, ts
         )
     return PcapngWalk(off[:n], caplen[:n], wirelen[:n], iface[:n], ts[:n], c, st, stop_type)
+
+
+_COLS = {  # struct lbm_cols: PacketBatch column -> its dtype
+    "status": np.uint8,
+    "ip_version": np.uint8,
+    "proto": np.uint8,
+    "src": np.uint8,
+    "dst": np.uint8,
+    "sport": np.uint16,
+    "dport": np.uint16,
+    "ip_len": np.int32,
+    "payload_len": np.int32,
+    "tcp_flags": np.uint8,
+    "tcp_seq": np.uint32,
+    "tcp_ack": np.uint32,
+    "payload_off": np.int64,
+    "payload_cap": np.int32,
+    "vlan": np.int32,
+    "inner_vlan": np.int32,
+    "l3_off": np.int64,
+}
+
+
+def decode_common(
+    buf: npt.NDArray[np.uint8], buflen: int, raw: RawBatch, out: PacketBatch
+) -> npt.NDArray[np.int64] | None:
+    """Decode the common-case packets of `raw` into `out` (its columns as `empty_for` made
+    them, C-contiguous); returns the indices of the others (sorted), or None without C.
+    `buf` may be padded beyond `buflen`, the length records are checked against."""
+    if _MOD is None:
+        return None
+    ffi, lib = _MOD.ffi, _MOD.lib
+    n = len(raw)
+    off = np.ascontiguousarray(raw.frame_off, np.int64)
+    cap = np.ascontiguousarray(raw.cap_len, np.int32)
+    lt = np.ascontiguousarray(raw.linktype, np.uint16)
+    cols = ffi.new("struct lbm_cols *")
+    for name, dtype in _COLS.items():
+        col = getattr(out, name)
+        size = n * 16 if name in ("src", "dst") else n
+        if (
+            col.dtype != dtype
+            or col.size != size
+            or not col.flags.c_contiguous
+            or not col.flags.writeable
+        ):  # never with empty_for's columns: C must not write past one
+            raise ValueError(f"decode_common: column {name} is not a writable {dtype} array")
+        setattr(cols, name, ffi.cast(ffi.typeof(getattr(cols, name)), col.ctypes.data))
+    slow = np.empty(n, dtype=np.int64)
+    ns = lib.decode_common(
+        ffi.from_buffer("uint8_t[]", buf),
+        buflen,
+        n,
+        ffi.cast("int64_t *", off.ctypes.data),
+        ffi.cast("int32_t *", cap.ctypes.data),
+        ffi.cast("uint16_t *", lt.ctypes.data),
+        cols,
+        ffi.cast("int64_t *", slow.ctypes.data),
+    )
+    return slow[:ns]
 
 
 def _py_walk_pcap(

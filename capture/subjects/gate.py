@@ -62,6 +62,12 @@ def _ns_of_us(us: int) -> int:
     return min(max(us * 1000, NS_MIN), NS_MAX)
 
 
+def _ns_of_us_many(us: list[int]) -> npt.NDArray[np.int64]:
+    """`_ns_of_us` over a list (OPEN_END-sized values clamp before they could overflow)."""
+    a = np.asarray([min(max(u, -(2**53)), 2**53) for u in us], np.int64)
+    return np.clip(a * 1000, NS_MIN, NS_MAX)
+
+
 class ArchiveGate:
     """Per flow slot of one capture source: the cached decision and the hold.
 
@@ -97,7 +103,7 @@ class ArchiveGate:
         self._identity: object = None  # the identity map the lease windows below come from
         self._llo = np.zeros(0, np.int64)  # per slot: lease window [llo, lhi) of `_lp`
         self._lhi = np.zeros(0, np.int64)
-        self._lp: list[str | None] = []
+        self._lp = np.zeros(0, object)  # per slot: holder of the lease window (or None)
         self._lsub = np.zeros(0, bool)  # per slot: `_lp` has a packets authorisation
         self._subjects: frozenset[str] = frozenset()  # principals with one, in `_snap`
         self._gapped: set[str] = set()  # flows whose hold drops were reported
@@ -118,8 +124,15 @@ class ArchiveGate:
         self._ip.extend([None] * more)
         self._llo = np.concatenate([self._llo, np.full(more, NS_MAX, np.int64)])
         self._lhi = np.concatenate([self._lhi, np.full(more, NS_MIN, np.int64)])
-        self._lp.extend([None] * more)
+        self._lp = np.concatenate([self._lp, np.full(more, None, object)])
         self._lsub = np.concatenate([self._lsub, np.zeros(more, bool)])
+
+    def state_bytes_per_flow(self) -> int:
+        """Bytes per flow slot of the cached decisions and lease windows (list entries and
+        object pointers 8 bytes each; held packets are bounded by `capture.subjects.hold`)."""
+        arrays = (self._lo, self._hi, self._armed, self._settled, self._llo, self._lhi)
+        lists = 5 + 1  # _prin, _refs, _sn, _matters, _ip; _lp (objects)
+        return sum(a.itemsize for a in arrays) + self._lsub.itemsize + 8 * lists
 
     def new_flows(
         self,
@@ -149,31 +162,28 @@ class ArchiveGate:
         self,
         snap: Snapshot,
         slots: npt.NDArray[np.int64],
-        ips: list[str],
-        ats: list[float],
-        span: Callable[[str, float], tuple[str | None, int, int]],
-    ) -> list[str | None]:
-        """Who holds each new flow's internal address `ips` at its first packet (`ats`, POSIX
-        seconds), for the pipeline's rows; the lease windows are kept for the decisions that
-        follow, so the identity map is asked once per flow, not twice."""
+        hits: dict[int, tuple[str | None, int, int]],
+    ) -> None:
+        """The lease windows of new flows with an internal end (`slots`), from the lookup the
+        pipeline makes for the flow rows (`IdentityMap.resolve_packed_spans`: index into
+        `slots` -> holder at the flow's first packet and the window around it, microseconds),
+        so the identity map is asked once per flow, not twice. Flows without a hit are held
+        by nobody at any instant: settled in numpy, no Python per flow."""
         self._note_snapshot(snap)
-        last: dict[str, tuple[str | None, int, int]] = {}  # per address in this batch
-        out: list[str | None] = []
-        los: list[int] = []
-        his: list[int] = []
-        for s, ip, at in zip(slots.tolist(), ips, ats, strict=True):
-            got = last.get(ip)
-            if got is None or not got[1] <= round(at * 1e6) < got[2]:
-                got = last[ip] = span(ip, at)
-            self._ip[s] = ip
-            self._lp[s] = got[0]
-            self._lsub[s] = got[0] in self._subjects
-            out.append(got[0])
-            los.append(_ns_of_us(got[1]))
-            his.append(_ns_of_us(got[2]))
-        self._llo[slots] = los
-        self._lhi[slots] = his
-        return out
+        self._lp[slots] = None
+        self._llo[slots] = NS_MIN
+        self._lhi[slots] = NS_MAX
+        self._lsub[slots] = False
+        if not hits:
+            return
+        idx = np.fromiter(hits, np.int64, len(hits))
+        got = list(hits.values())
+        hs = slots[idx]
+        prin = [g[0] for g in got]
+        self._lp[hs] = np.array(prin, object)
+        self._lsub[hs] = np.fromiter((p in self._subjects for p in prin), bool, len(prin))
+        self._llo[hs] = _ns_of_us_many([g[1] for g in got])
+        self._lhi[hs] = _ns_of_us_many([g[2] for g in got])
 
     def _note_snapshot(self, snap: Snapshot) -> None:
         """A new policy snapshot: every flow decides again at its next packet."""

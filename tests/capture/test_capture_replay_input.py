@@ -6,6 +6,7 @@ the packets after it are replayed; the summary is printed per file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -104,7 +105,8 @@ def test_second_replay_of_the_same_capture_is_refused_unless_again(
     entries = [json.loads(x) for x in ledger.read_text().splitlines()]
     assert {e["event"] for e in entries} == {"started", "done"}
     assert entries[-1]["flows"] == 4 and entries[-2]["again"] is True
-    assert set(entries[0]) == {"event", "sha256", "size", "file", "at", "again"}
+    assert set(entries[0]) == {"event", "run", "sha256", "edges", "size", "file", "at", "again"}
+    assert entries[0]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
 
 
 def test_summary_is_printed_per_file_and_in_total(lbm: Lbm, tmp_path: Path) -> None:
