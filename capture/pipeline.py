@@ -263,8 +263,11 @@ class Pipeline:
             return
         n = len(rows)
         t = self.table
-        slots = np.asarray([r.pop("slot") for r in rows], np.int64)
-        cols: dict[str, Any] = {k: [r[k] for r in rows] for k in rows[0]}
+        # every row is made by `AppMeta._dns_row`: the same keys in the same order, so one
+        # transposition gives the columns
+        values = zip(*(r.values() for r in rows), strict=True)
+        cols: dict[str, Any] = dict(zip(rows[0], map(list, values), strict=True))
+        slots = np.asarray(cols.pop("slot"), np.int64)
         cols["ts"] = np.asarray(cols["ts"], np.int64) // 1000
         oh, rh, op, rp = t.orig_h[slots], t.resp_h[slots], t.orig_p[slots], t.resp_p[slots]
         cols["client_ip"], cols["server_ip"] = addr_texts(oh), addr_texts(rh)
@@ -350,12 +353,13 @@ class Pipeline:
         return self._writers
 
     def close(self) -> None:
-        """Flush rows to durable storage and close the writers."""
+        """Hand the pending rows to the writers and close them: closing publishes every
+        queued row as Parquet in one durable round (`MetadataWriter.close`; rows it cannot
+        publish go to the journal), so they are not first journaled (an Arrow IPC encode and
+        an fsync that the round makes redundant: 0.1-0.16 s of a 2M-packet replay)."""
         flow_w, dns_w = self._open_writers()
         try:
             self.flush_rows()
-            flow_w.flush()
-            dns_w.flush()
         finally:
             flow_w.close()
             dns_w.close()

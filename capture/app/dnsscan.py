@@ -93,7 +93,8 @@ def scan(
     qb = qname.tobytes()
     ql = qlen.tolist()
     tb = text.tobytes()
-    types, ttls, offs, lens = a_type.tolist(), a_ttl.tolist(), a_off.tolist(), a_len.tolist()
+    types, offs, lens = a_type.tolist(), a_off.tolist(), a_len.tolist()
+    ttls = a_ttl.astype(np.float64).tolist()  # floats once: a slice per message
     out: list[DnsView | None] = []
     for i, (st, ident, op, qfrom, qtype, qclass, nans, first) in enumerate(h):
         if st:
@@ -118,7 +119,7 @@ def scan(
                 qtype if qfrom else None,
                 qclass if qfrom == 1 else None,
                 answers,
-                [float(t) for t in ttls[first : first + nans]],
+                ttls[first : first + nans],
             )
         )
     return out

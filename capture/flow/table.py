@@ -313,7 +313,7 @@ class FlowTable:
                 stop = a + int(tcp_rows[r])
                 n = stop - a
                 inv, slot, is_orig = inv[:n], slot[:n], is_orig[:n]
-        self._count(c, a, stop, inv, slot_u, is_orig)
+        self._count(c, a, stop, inv, first, slot_u, is_orig)
         if stop < b and stop > a and int(slot_u[np.searchsorted(uh, h[stop])]) >= 0:
             s = int(slot_u[np.searchsorted(uh, h[stop])])
             self._end(np.asarray([s]), ended, "reuse" if r_is_reuse(c, stop) else "idle")
@@ -402,8 +402,17 @@ class FlowTable:
         )
 
     def _count(
-        self, c: Cols, a: int, stop: int, inv: I64, slot_u: I64, is_orig: npt.NDArray[np.bool_]
+        self,
+        c: Cols,
+        a: int,
+        stop: int,
+        inv: I64,
+        first: I64,
+        slot_u: I64,
+        is_orig: npt.NDArray[np.bool_],
     ) -> None:
+        """Add rows [a, stop) to their flows' counters (`inv`: each row's key; `first`: each
+        key's first row in [a, ...), so the keys with rows here are those with first < n)."""
         n = stop - a
         if n <= 0:
             return
@@ -420,7 +429,7 @@ class FlowTable:
             .reshape(u, 2)
             .astype(np.int64)
         )
-        used = np.flatnonzero(np.bincount(inv, minlength=u) > 0)
+        used = np.flatnonzero(first < n)
         su = slot_u[used]
         self.pkts[su] += pk[used]
         self.ipb[su] += ib[used]
@@ -430,10 +439,8 @@ class FlowTable:
         np.maximum.at(mx, inv, ts)
         self.last_ts[su] = np.maximum(self.last_ts[su], mx[used])
         # first direction seen (UDP/ICMP history order)
-        firstrow = np.full(u, n, np.int64)
-        np.minimum.at(firstrow, inv, np.arange(n))
         fd = self.first_dir[su]
-        newdir = np.where(is_orig[firstrow[used]], 0, 1).astype(np.int8)
+        newdir = np.where(is_orig[first[used]], 0, 1).astype(np.int8)
         self.first_dir[su] = np.where(fd < 0, newdir, fd)
 
     # ---- ending flows ---------------------------------------------------------------------
