@@ -33,6 +33,7 @@ from capture.batch import PacketBatch
 from capture.decode import Decoder
 from capture.flow import (
     PROTO_NAMES,
+    BatchKeys,
     Columns,
     FlowConfig,
     FlowTable,
@@ -42,6 +43,7 @@ from capture.flow import (
     concat_column,
     count,
     empty_lists,
+    keys_of,
     repeat_text,
 )
 from capture.read import CaptureReader, Prefetch, open_capture
@@ -116,10 +118,12 @@ class Pipeline:
         return self.table.state_bytes_per_flow() + self.appf.state_bytes_per_flow() + gate + 8
 
     # ---- per batch -----------------------------------------------------------------------
-    def feed(self, batch: PacketBatch) -> None:
+    def feed(self, batch: PacketBatch, keys: BatchKeys | None = None) -> None:
+        """Account a batch (`keys`: its `capture.flow.keys_of`, if made on another thread)."""
         self.summary.packets += len(batch)
-        self._emit(self.table.sweep(batch))  # before add: their slots serve new flows at once
-        assign, ended = self.table.add(batch)
+        # the sweep before add: the slots of the flows it ends serve new flows at once
+        self._emit(self.table.sweep(batch, keys))
+        assign, ended = self.table.add(batch, keys)
         self._new_flows(assign.new_slots)
         self.appf.feed(batch, assign.pkt, assign.slot, assign.is_orig, self.table.uids)
         self._emit_dns()
@@ -398,13 +402,15 @@ def replay(
         dec = Decoder()
         try:
             with reader:
-                decoded = (dec.decode(raw) for raw in reader.batches(max_packets))
+                # the flow keys too are made on the reader's thread (C passes and array code
+                # that need no flow state), beside the flow table's work on earlier batches
+                decoded = (_keyed(dec.decode(raw)) for raw in reader.batches(max_packets))
                 ahead = Prefetch(decoded, prefetch) if prefetch > 0 else None
                 try:
-                    for batch in ahead if ahead is not None else decoded:
+                    for batch, keys in ahead if ahead is not None else decoded:
                         if timing is not None and "first_batch" not in timing:
                             timing["first_batch"] = time.monotonic()
-                        pipeline.feed(batch)
+                        pipeline.feed(batch, keys)
                 finally:
                     if ahead is not None:
                         ahead.close()
@@ -415,3 +421,7 @@ def replay(
             s.add_bad(dec.summary)
             pipeline.end_source()
     return s
+
+
+def _keyed(batch: PacketBatch) -> tuple[PacketBatch, BatchKeys]:
+    return batch, keys_of(batch)
