@@ -58,7 +58,7 @@ def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeli
     from store.audit import Action
 
     app.require_initialised()
-    source = snapshot_source(app)
+    source = snapshot_source(app, daemon=interface is not None)  # replay: no run/policy.json
     archive = Archive(
         app.paths, app.gateway_key, app.clock, audit=app.audit, actor=app.actor,
         segment_max_bytes=app.config["archive.segment_max_bytes"],
