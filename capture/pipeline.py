@@ -17,6 +17,7 @@ payload is kept beyond `AppMeta`'s bounded parse buffers.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # lazily: they load pyarrow (the writers are made at first us
     from store.metadata import MetadataWriter
 
 ROW_BLOCK = 8192  # rows handed to a writer at once
+SWITCH_INTERVAL_S = 0.0005  # the GIL switch interval while a replay runs (see `replay`)
 
 
 class Pipeline:
@@ -388,6 +390,27 @@ def replay(
     given, gets "first_batch": the `time.monotonic()` when the first batch reached
     `pipeline.feed` (unless already set)."""
     s = pipeline.summary
+    # The flow table's C passes and numpy sorts release the GIL; taking it back waited up to
+    # the switch interval (5 ms) while the reader's thread ran Python. A 0.5 ms interval for
+    # the replay: the loop took 15-25% less time (docs/capture-flow-scale.md).
+    interval = sys.getswitchinterval()
+    if prefetch > 0:
+        sys.setswitchinterval(min(interval, SWITCH_INTERVAL_S))
+    try:
+        _replay(files, pipeline, s, max_packets, prefetch, timing)
+    finally:
+        sys.setswitchinterval(interval)
+    return s
+
+
+def _replay(
+    files: Iterable[str | Path | CaptureReader],
+    pipeline: Pipeline,
+    s: Summary,
+    max_packets: int,
+    prefetch: int,
+    timing: dict[str, float] | None,
+) -> None:
     for f in files:
         if isinstance(f, CaptureReader):
             reader, name = f, str(f.path)
@@ -420,7 +443,6 @@ def replay(
             s.add_bad({f"reader_{k}": v for k, v in reader.summary.items()})
             s.add_bad(dec.summary)
             pipeline.end_source()
-    return s
 
 
 def _keyed(batch: PacketBatch) -> tuple[PacketBatch, BatchKeys]:
