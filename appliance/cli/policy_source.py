@@ -12,8 +12,11 @@ from appliance.config.do_not_decrypt import do_not_decrypt_globs
 from appliance.policy.snapshot import SnapshotSource
 
 
-def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
-    """The policy snapshot source for a daemon: registry changes and config edits reload it."""
+def snapshot_source(app: App, *, interval: float = 0.25, daemon: bool = True) -> SnapshotSource:
+    """The policy snapshot source for a daemon: registry changes and config edits reload it.
+    Only a daemon (`daemon`) reports its state in run/policy.json for `lbm status`: a one-shot
+    command (`lbm capture replay`) must not overwrite a running daemon's state, and starts
+    without the file's write and fsync."""
     config_path = app.config_path
 
     def load_dnd() -> list[str]:
@@ -30,5 +33,5 @@ def snapshot_source(app: App, *, interval: float = 0.25) -> SnapshotSource:
         interval=interval,
         audit=app.audit,  # fail closed: a policy_stale gap is audited and shown by `lbm status`
         actor=app.actor,
-        state_file=app.paths.run / "policy.json",
+        state_file=app.paths.run / "policy.json" if daemon else None,
     ).start()

@@ -89,23 +89,26 @@ def scan(
         fb("uint8_t[]", text),
         text.size,
     )
-    h = hdr.reshape(n, _H).tolist()
+    hv = hdr.reshape(n, _H)
+    h = hv.tolist()
     qb = qname.tobytes()
     ql = qlen.tolist()
     tb = text.tobytes()
-    types, ttls, offs, lens = a_type.tolist(), a_ttl.tolist(), a_off.tolist(), a_len.tolist()
+    ok = hv[:, _DH_STATUS] == 0
+    used = int((hv[ok, _DH_FIRST] + hv[ok, _DH_NANS]).max()) if ok.any() else 0
+    ttls = a_ttl[:used].astype(np.float64).tolist()  # floats once: a slice per message
+    # every answer's text in one pass (a type name where the C scan gave no text)
+    texts = [
+        tb[o : o + ln].decode("ascii", "replace") if ln >= 0 else QTYPES.get(t, f"type{t}")
+        for t, o, ln in zip(
+            a_type[:used].tolist(), a_off[:used].tolist(), a_len[:used].tolist(), strict=True
+        )
+    ]
     out: list[DnsView | None] = []
     for i, (st, ident, op, qfrom, qtype, qclass, nans, first) in enumerate(h):
         if st:
             out.append(None)
             continue
-        answers: list[str] = []
-        for j in range(first, first + nans):
-            ln = lens[j]
-            if ln < 0:
-                answers.append(QTYPES.get(types[j], f"type{types[j]}"))
-            else:
-                answers.append(tb[offs[j] : offs[j] + ln].decode("ascii", "replace"))
         name = None
         if qfrom:
             s = i * QMAX
@@ -117,8 +120,8 @@ def scan(
                 name,
                 qtype if qfrom else None,
                 qclass if qfrom == 1 else None,
-                answers,
-                [float(t) for t in ttls[first : first + nans]],
+                texts[first : first + nans],
+                ttls[first : first + nans],
             )
         )
     return out

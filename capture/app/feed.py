@@ -23,6 +23,7 @@ from capture.app.heads import norm_host, tls_version_name
 from capture.app.meta import DNS_PORTS, AppMeta
 from capture.app.scan import KIND_CH, KIND_HTTP, KIND_SH, app_scan
 from capture.batch import PacketBatch
+from capture.flow.order import first_of_each, stable_argsort
 
 APP_BUDGET = 16  # payload packets per flow offered to AppMeta (DNS flows: more)
 APP_BUDGET_DNS = 64
@@ -110,7 +111,7 @@ class AppFeed:
             return
         # rank of each candidate among its flow's candidates in this batch
         sl = slot[idx]
-        order = np.argsort(sl, kind="stable")
+        order = stable_argsort(sl)
         ss = sl[order]
         start = np.r_[0, np.flatnonzero(ss[1:] != ss[:-1]) + 1]
         rank = np.empty(idx.size, np.int64)
@@ -255,7 +256,7 @@ class AppFeed:
         (`sl` ...) are in packet order, at most one flow budget each."""
         fast, fk, budget, buf = self._fast, self._fast_kind, self._budget, b.buf
         first = np.zeros(sl.size, bool)
-        first[np.unique(sl, return_index=True)[1]] = True
+        first[first_of_each(sl)] = True
         head = plain & first & orig & (fk[sl] == 0) & ((kind == KIND_CH) | (kind == KIND_HTTP))
         hi = np.flatnonzero(head)
         for j, s, k, ao, al, v in zip(
@@ -282,7 +283,7 @@ class AppFeed:
         srv = np.flatnonzero(plain & (fk[sl] == 1) & ~orig)
         if srv.size == 0:
             return
-        srv = srv[np.unique(sl[srv], return_index=True)[1]]
+        srv = srv[first_of_each(sl[srv])]
         srv = srv[budget[sl[srv]] > 0]
         sh = srv[kind[srv] == KIND_SH]
         for s, v in zip(sl[sh].tolist(), ver[sh].tolist(), strict=True):

@@ -7,7 +7,8 @@ each counted in `FlowCounters`); `rows.Columns` gives their `flow` columns (conn
 uid, Community ID v1, TCP state and history from the C state machine). `NetSet` says which
 endpoint is internal (`[capture] internal_networks`).
 
-Threads: one table per capture source, used from one thread.
+Threads: one table per capture source, used from one thread; `keys_of(batch)` (columns, flow
+keys and their grouping, no flow state) may be made on another, and given to `add`.
 Bounds: at most `FlowConfig.max_flows` live flows (`[capture] max_flows`, about 1 KiB each);
 beyond it the least recently active flow is ended early and counted. Per-packet work is
 array code, except the TCP state machine (one C call per batch, `tcpstate`).
@@ -17,6 +18,7 @@ middle connections), `keys` (5-tuple hash, Zeek's server-port heuristics, uids, 
 ID), `rows` (ended flows -> columns), `tcpstate` (the C extension's loader), `netset`.
 """
 
+from capture.flow.columns import BatchKeys, keys_of
 from capture.flow.keys import PROTO_NAMES, community_ids
 from capture.flow.netset import NetSet
 from capture.flow.rows import (
@@ -32,6 +34,7 @@ from capture.flow.table import FlowConfig, FlowTable
 
 __all__ = [
     "PROTO_NAMES",
+    "BatchKeys",
     "Columns",
     "FlowConfig",
     "FlowTable",
@@ -41,6 +44,7 @@ __all__ = [
     "concat_column",
     "count",
     "empty_lists",
+    "keys_of",
     "repeat_text",
     "to_rows",
 ]

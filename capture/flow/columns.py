@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from capture.batch import PacketBatch
-from capture.flow.keys import icmp_counterpart
+from capture.flow.keys import canonical_hash, group_keys, icmp_counterpart
 
 I64 = npt.NDArray[np.int64]
 
@@ -64,6 +64,29 @@ def columns(b: PacketBatch) -> Cols:
         k: np.concatenate([getattr(c, k) for c in parts])[order] for k in Cols.__dataclass_fields__
     }
     return Cols(**both)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchKeys:
+    """What the flow table derives from a batch before it needs its state: the columns, each
+    row's flow key and their grouping (`group_keys`). Made by `keys_of` on any thread: replay
+    makes it on the reader's thread, beside the flow table of the batch before."""
+
+    cols: Cols
+    h: npt.NDArray[np.uint64]
+    groups: tuple[npt.NDArray[np.uint64], I64, I64]
+
+    @property
+    def first_ts(self) -> int | None:
+        """`first_ts(batch)`."""
+        return int(self.cols.ts[0]) if self.cols.ts.size else None
+
+
+def keys_of(b: PacketBatch) -> BatchKeys:
+    """The batch's `BatchKeys` (pure: no flow state)."""
+    c = columns(b)
+    h = canonical_hash(c.src, c.dst, c.sport, c.dport, c.proto)
+    return BatchKeys(c, h, group_keys(h))
 
 
 def first_ts(b: PacketBatch) -> int | None:

@@ -33,10 +33,9 @@ import numpy.typing as npt
 
 from capture.batch import PacketBatch
 from capture.flow import tcpstate
-from capture.flow.columns import Cols, columns, first_ts, r_is_reuse, swap, swapped
+from capture.flow.columns import BatchKeys, Cols, first_ts, keys_of, r_is_reuse, swap, swapped
 from capture.flow.keys import (
     PROTO_NAMES,
-    canonical_hash,
     group_keys,
     likely_server,
     make_uids,
@@ -181,20 +180,24 @@ class FlowTable:
         return np.asarray(out, np.int64)
 
     # ---- ingest --------------------------------------------------------------------------
-    def add(self, batch: PacketBatch) -> tuple[Assignment, list[Columns]]:
-        """Account a batch. Returns the packet-to-flow assignment and the flows that ended."""
-        cols = columns(batch)
+    def add(
+        self, batch: PacketBatch, keys: BatchKeys | None = None
+    ) -> tuple[Assignment, list[Columns]]:
+        """Account a batch. Returns the packet-to-flow assignment and the flows that ended.
+        `keys`: the batch's `keys_of(batch)` if already made (on another thread)."""
+        k = keys if keys is not None else keys_of(batch)
+        cols, h = k.cols, k.h
         ended: list[Columns] = []
         parts: list[tuple[I64, I64, npt.NDArray[np.bool_]]] = []
         self._created = []
-        h = canonical_hash(cols.src, cols.dst, cols.sport, cols.dport, cols.proto)
         start = 0
         n = cols.ts.size
         if n and self._sweep_due(int(cols.ts[0])):
             self._expire(self._last_sweep, ended)
         row_slots = np.zeros(n, np.int64)
         while start < n:
-            stop, slots, is_orig = self._process(cols, h, start, n, ended)
+            groups = k.groups if start == 0 else None  # made for the whole batch
+            stop, slots, is_orig = self._process(cols, h, start, n, ended, groups)
             row_slots[start:stop] = slots
             sel = cols.pkt[start:stop] >= 0
             parts.append((cols.pkt[start:stop][sel], slots[sel], is_orig[sel]))
@@ -256,12 +259,20 @@ class FlowTable:
         return (t * NS).astype(np.int64)
 
     def _process(
-        self, c: Cols, h: npt.NDArray[np.uint64], a: int, b: int, ended: list[Columns]
+        self,
+        c: Cols,
+        h: npt.NDArray[np.uint64],
+        a: int,
+        b: int,
+        ended: list[Columns],
+        groups: tuple[npt.NDArray[np.uint64], I64, I64] | None = None,
     ) -> tuple[int, I64, npt.NDArray[np.bool_]]:
         """Process rows [a, b) up to the first row that must start a new flow; returns
-        (stop, slot per row, is_orig per row) for rows [a, stop)."""
+        (stop, slot per row, is_orig per row) for rows [a, stop). `groups`: `group_keys` of
+        h[a:b] if already made."""
         hh = h[a:b]
-        uh, first, inv = group_keys(hh)  # np.unique(hh, return_index=..., return_inverse=...)
+        # np.unique(hh, return_index=..., return_inverse=...)
+        uh, first, inv = groups if groups is not None else group_keys(hh)
         slot_u, found = self._lookup(uh)
         ts = c.ts[a:b]
         # inactivity gaps inside the batch (or since the flow's last packet) end a flow
@@ -294,7 +305,7 @@ class FlowTable:
             if stop == a:  # the first row itself follows an idle gap: end its flow first
                 s = int(slot_u[inv[0]])
                 self._end(np.asarray([s]), ended, "idle")
-                return self._process(c, h, a, b, ended)
+                return self._process(c, h, a, b, ended, groups)
         # new flows for keys first seen in [a, stop)
         new_u = np.flatnonzero(~found & (first < stop - a))
         if new_u.size:
@@ -313,14 +324,14 @@ class FlowTable:
                 stop = a + int(tcp_rows[r])
                 n = stop - a
                 inv, slot, is_orig = inv[:n], slot[:n], is_orig[:n]
-        self._count(c, a, stop, inv, slot_u, is_orig)
+        self._count(c, a, stop, inv, first, slot_u, is_orig)
         if stop < b and stop > a and int(slot_u[np.searchsorted(uh, h[stop])]) >= 0:
             s = int(slot_u[np.searchsorted(uh, h[stop])])
             self._end(np.asarray([s]), ended, "reuse" if r_is_reuse(c, stop) else "idle")
         elif stop == a:
             s = int(slot_u[np.searchsorted(uh, h[stop])])
             self._end(np.asarray([s]), ended, "reuse")
-            return self._process(c, h, a, b, ended)
+            return self._process(c, h, a, b, ended, groups)
         return stop, slot, is_orig
 
     def _create(
@@ -402,8 +413,17 @@ class FlowTable:
         )
 
     def _count(
-        self, c: Cols, a: int, stop: int, inv: I64, slot_u: I64, is_orig: npt.NDArray[np.bool_]
+        self,
+        c: Cols,
+        a: int,
+        stop: int,
+        inv: I64,
+        first: I64,
+        slot_u: I64,
+        is_orig: npt.NDArray[np.bool_],
     ) -> None:
+        """Add rows [a, stop) to their flows' counters (`inv`: each row's key; `first`: each
+        key's first row in [a, ...), so the keys with rows here are those with first < n)."""
         n = stop - a
         if n <= 0:
             return
@@ -420,7 +440,7 @@ class FlowTable:
             .reshape(u, 2)
             .astype(np.int64)
         )
-        used = np.flatnonzero(np.bincount(inv, minlength=u) > 0)
+        used = np.flatnonzero(first < n)
         su = slot_u[used]
         self.pkts[su] += pk[used]
         self.ipb[su] += ib[used]
@@ -430,10 +450,8 @@ class FlowTable:
         np.maximum.at(mx, inv, ts)
         self.last_ts[su] = np.maximum(self.last_ts[su], mx[used])
         # first direction seen (UDP/ICMP history order)
-        firstrow = np.full(u, n, np.int64)
-        np.minimum.at(firstrow, inv, np.arange(n))
         fd = self.first_dir[su]
-        newdir = np.where(is_orig[firstrow[used]], 0, 1).astype(np.int8)
+        newdir = np.where(is_orig[first[used]], 0, 1).astype(np.int8)
         self.first_dir[su] = np.where(fd < 0, newdir, fd)
 
     # ---- ending flows ---------------------------------------------------------------------
@@ -443,13 +461,13 @@ class FlowTable:
         self._last_sweep = ts0
         return True
 
-    def sweep(self, batch: PacketBatch) -> Iterator[Columns]:
+    def sweep(self, batch: PacketBatch, keys: BatchKeys | None = None) -> Iterator[Columns]:
         """The idle sweep `add(batch)` would make first, made apart: the rows of the flows it
         ends, made ROW_CHUNK flows at a time as they are taken. Take them all before `add`
         (`Pipeline.feed` does): their slots are free for the batch's new flows at once, so a
         mass expiry (a generation of flows idling out) neither grows the table nor holds
         every ended flow's row at once."""
-        ts0 = first_ts(batch)
+        ts0 = keys.first_ts if keys is not None else first_ts(batch)
         if ts0 is None or not self._sweep_due(ts0):
             return iter(())
         return self.expire_rows(self._last_sweep)

@@ -208,9 +208,9 @@ def test_identity_loaded_mid_capture_applies_from_then_on(tmp_path: Path) -> Non
     pipe.gate = ArchiveGate(rec, pipe._flow_ip)
     feed = pipe.feed
 
-    def counting(batch: Any) -> None:
+    def counting(batch: Any, keys: Any = None) -> None:
         fed[0] += 1
-        feed(batch)
+        feed(batch, keys)
 
     pipe.feed = counting  # type: ignore[method-assign]
     replay([pcap], pipe, max_packets=1, prefetch=0)
