@@ -21,7 +21,6 @@ outage is audited once (`capture_gap`, reason `policy_stale`) and its end once
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -313,6 +312,8 @@ class SnapshotSource:
 
     async def watch(self) -> None:
         """Poll from asyncio (database reads run in a worker thread) until cancelled."""
+        import asyncio  # here: a capture replay polls without it and starts sooner
+
         self._watching = True
         try:
             while True:
