@@ -62,6 +62,7 @@ asan: venv
 # The benchmarks. bench_capture compares with nfstream (the [bench] extra, pinned) and libpcap's
 # bare read (tcpdump, installed here as root; tshark comes with .ci/run's packages).
 BENCH_APT ?= tcpdump tshark
+BASELINE_VENV ?= .venv-baselines
 bench: venv
 	@for t in $(BENCH_APT); do command -v $$t >/dev/null && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -70,7 +71,11 @@ bench: venv
 	      { echo "make bench: could not install $$t with apt-get" >&2; exit 1; }; \
 	  else echo "make bench: $$t is missing: install it (apt-get install $$t) or run as root" >&2; exit 1; fi; \
 	done
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
+	# the baselines (nfstream, pinned in constraints.txt) live in a venv of their own: nfstream
+	# brings pandas, and pyarrow imports pandas whenever it is installed (0.15 s of every lbm
+	# command), which the appliance's own install never has
+	test -x $(BASELINE_VENV)/bin/python || $(PY) -m venv $(BASELINE_VENV)
+	$(BASELINE_VENV)/bin/pip install -q -c constraints.txt nfstream
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean-venv:

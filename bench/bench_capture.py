@@ -263,7 +263,7 @@ def main() -> None:
     )
     print(
         f"  tools: {cb.lbm_exe()}; tcpdump {shutil.which('tcpdump') or 'MISSING'}; "
-        f"tshark {shutil.which('tshark') or 'MISSING'}; nfstream {_version('nfstream')}"
+        f"tshark {shutil.which('tshark') or 'MISSING'}; nfstream {cb.baseline_version('nfstream')}"
     )
     if a.memory:
         if a.quick:
@@ -287,15 +287,6 @@ def main() -> None:
     if problems:
         print("\nproblems:\n  " + "\n  ".join(problems))
         raise SystemExit(1)
-
-
-def _version(dist: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(dist)
-    except Exception:
-        return "MISSING (make bench installs it)"
 
 
 if __name__ == "__main__":

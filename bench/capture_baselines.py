@@ -175,8 +175,25 @@ def import_seconds(args: list[str]) -> float | None:
     return total / 1e6 if p.returncode == 0 and total else None
 
 
+def baseline_python() -> str:
+    """The interpreter of the third-party baselines: `make bench` puts nfstream in a venv of its
+    own (`.venv-baselines`; `LBM_BENCH_BASELINE_PYTHON` overrides), so the appliance's venv stays
+    as deployed (nfstream brings pandas, which pyarrow imports whenever it is installed)."""
+    own = ROOT / ".venv-baselines" / "bin" / "python"
+    return os.environ.get("LBM_BENCH_BASELINE_PYTHON") or (
+        str(own) if own.exists() else sys.executable
+    )
+
+
+def baseline_version(dist: str) -> str:
+    code = f"from importlib.metadata import version; print(version({dist!r}))"
+    p = subprocess.run([baseline_python(), "-c", code], capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 else "MISSING (make bench installs it)"
+
+
 def child(kind: str, *args: str, packets: int = 0, name: str = "") -> Run:
-    cmd = [sys.executable, str(Path(__file__).resolve()), kind, *args]
+    python = baseline_python() if kind == "nfstream" else sys.executable
+    cmd = [python, str(Path(__file__).resolve()), kind, *args]
     return measure(name or kind, cmd, packets)
 
 
