@@ -64,10 +64,10 @@ SWITCH_INTERVAL_S = 0.0005  # the GIL switch interval while a replay runs (see `
 class Pipeline:
     """One capture source (a file or an interface) into the metadata streams and archives."""
 
-    PUBLISH_ROWS = 65536  # rows a writer keeps before it writes Parquet (store default: 1M)
+    PUBLISH_ROWS = 32768  # rows a writer keeps before it writes Parquet (store default: 1M)
     # Rows queued before append_batch waits for the journal: a replay can wait; live capture
     # keeps the store's default, so that a storage stall of a few seconds does not stop it
-    QUEUE_ROWS = 65536
+    QUEUE_ROWS = 32768
     LIVE_QUEUE_ROWS = 1_000_000
 
     def __init__(

@@ -42,11 +42,25 @@ if TYPE_CHECKING:
 
 
 def one_blas_thread() -> None:
-    """Before numpy is first imported: OpenBLAS (loaded by numpy, unused by the capture) then
-    starts no worker threads, which took 40-60 ms of wall time at start-up on a loaded
-    machine (and CPU every run). An explicit OPENBLAS_NUM_THREADS is kept."""
+    """Process settings for a capture, made before numpy and pyarrow load (explicit environment
+    values are kept):
+    - OpenBLAS (loaded by numpy, unused by the capture) starts no worker threads, which took
+      40-60 ms of wall time at start-up on a loaded machine (and CPU every run);
+    - Arrow allocates with the system allocator, and glibc keeps at most two malloc arenas: the
+      row blocks are allocated by one thread and freed by another, which mimalloc and per-thread
+      arenas kept as resident memory (8M packets with 200k flows open at once peaked at 650 MiB,
+      530-550 MiB with these; bench/bench_capture.py --memory)."""
     if "numpy" not in sys.modules:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if "pyarrow" not in sys.modules:
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX (glibc); elsewhere a no-op
+        except (OSError, AttributeError):
+            pass
 
 
 def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeline, Any]:
