@@ -24,6 +24,7 @@ from capture.app.meta import DNS_PORTS, AppMeta
 from capture.app.scan import KIND_CH, KIND_HTTP, KIND_SH, app_scan
 from capture.batch import PacketBatch
 from capture.flow.order import first_of_each, stable_argsort
+from capture.flow.uids import UidLookup
 
 APP_BUDGET = 16  # payload packets per flow offered to AppMeta (DNS flows: more)
 APP_BUDGET_DNS = 64
@@ -100,7 +101,7 @@ class AppFeed:
         pkt: npt.NDArray[np.int64],
         slot: npt.NDArray[np.int64],
         is_orig: npt.NDArray[np.bool_],
-        uids: list[str],
+        uids: UidLookup,
     ) -> None:
         """Offer the batch's packets (`pkt`, in flow `slot`, from the originator or not) to
         the fast path and `AppMeta`, each flow's first packets only; `dns` rows collect in
@@ -191,7 +192,7 @@ class AppFeed:
         p_idx: npt.NDArray[np.int64],
         cand: npt.NDArray[np.int64],
         views: list[DnsView | None],
-        uids: list[str],
+        uids: UidLookup,
     ) -> npt.NDArray[np.bool_] | None:
         """DNS flows (not NetBIOS) new to AppMeta whose candidates in this batch (`cand`, the
         UDP DNS ones, with their `views`) are exactly a query and its answer: one `dns` row

@@ -260,10 +260,11 @@ def canonical_hash_np(
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-def make_uids(rng: np.random.Generator, n: int) -> list[str]:
-    """n Zeek-like uids: 'C' followed by 16 base62 digits of random bits (vectorised)."""
+def make_uid_bytes(rng: np.random.Generator, n: int) -> npt.NDArray[np.bytes_]:
+    """n Zeek-like uids as an `S17` array: 'C' followed by 16 base62 digits of random bits
+    (vectorised)."""
     if n == 0:
-        return []
+        return np.zeros(0, "S17")
     r = rng.integers(0, 62**8, size=(n, 2), dtype=np.int64)
     digits = np.empty((n, 17), np.uint8)
     digits[:, 0] = ord("C")
@@ -273,7 +274,13 @@ def make_uids(rng: np.random.Generator, n: int) -> list[str]:
         for k in range(8):
             digits[:, 1 + half * 8 + k] = alphabet[v % 62]
             v //= 62
-    return digits.view("S17").ravel().astype("U17").tolist()
+    return digits.view("S17").ravel()
+
+
+def make_uids(rng: np.random.Generator, n: int) -> list[str]:
+    """n Zeek-like uids: 'C' followed by 16 base62 digits of random bits (vectorised)."""
+    out: list[str] = make_uid_bytes(rng, n).astype("U17").tolist()
+    return out
 
 
 def _packed(addr16: bytes) -> bytes:

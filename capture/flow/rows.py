@@ -186,7 +186,7 @@ def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
     empty: list[str] = []  # shared by rows without tunnels, never mutated
     return {
         "ts": first,
-        "uid": [t.uids[s] for s in sl],
+        "uid": t.uids.strs(slots),
         "orig_h": addr_array(orig_h),
         "orig_p": op,
         "resp_h": addr_array(resp_h),

@@ -23,7 +23,6 @@ when the table is full (the least recently active flow is evicted and counted), 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +37,10 @@ from capture.flow.keys import (
     PROTO_NAMES,
     group_keys,
     likely_server,
-    make_uids,
+    make_uid_bytes,
 )
 from capture.flow.rows import Columns, rows_for
+from capture.flow.uids import UidSlots
 
 I64 = npt.NDArray[np.int64]
 NS = 1_000_000_000
@@ -141,7 +141,9 @@ class FlowTable:
         self.first_dir = g(s.get("first_dir"), (cap,), np.int8)
         self.vlan = g(s.get("vlan"), (cap,), np.int32)  # the first packet's, as Zeek logs
         self.inner_vlan = g(s.get("inner_vlan"), (cap,), np.int32)
-        self.uids: list[str] = list(s.get("uids", [])) + [""] * (cap - old)
+        if "uids" not in s:
+            self.uids = UidSlots()
+        self.uids.grow(cap)
         self.parents: list[list[str] | None] = list(s.get("parents", [])) + [None] * (cap - old)
         tcp = tcpstate.ffi.new("tcpflow[]", cap)
         if old:
@@ -162,7 +164,7 @@ class FlowTable:
             for k, a in vars(self).items()
             if not k.startswith("_") and isinstance(a, np.ndarray) and a.shape[:1] == (cap,)
         )
-        uid = sys.getsizeof("C" * 17) + 8
+        uid = self.uids.nbytes_per_slot
         return arrays + tcpstate.ffi.sizeof("tcpflow") + uid + 8 + 16
 
     @property
@@ -230,10 +232,11 @@ class FlowTable:
         child, parent = row_slots[inner + 1], row_slots[inner]
         for cs, ps in zip(child.tolist(), parent.tolist(), strict=True):
             have = self.parents[cs]
+            pu = self.uids[ps]
             if have is None:
-                self.parents[cs] = [self.uids[ps]]
-            elif self.uids[ps] not in have and len(have) < 8:
-                have.append(self.uids[ps])
+                self.parents[cs] = [pu]
+            elif pu not in have and len(have) < 8:
+                have.append(pu)
 
     def _lookup(self, uh: npt.NDArray[np.uint64]) -> tuple[I64, npt.NDArray[np.bool_]]:
         pos = np.searchsorted(self._keys, uh)
@@ -377,8 +380,8 @@ class FlowTable:
             fb("int64_t[]", np.ascontiguousarray(slots)),
             fb("uint8_t[]", np.ascontiguousarray(flip, np.uint8)),
         )
-        for s, u in zip(slots.tolist(), make_uids(self._rng, k), strict=True):
-            self.uids[s] = u
+        self.uids.set(slots, make_uid_bytes(self._rng, k))
+        for s in slots.tolist():
             self.parents[s] = None
         pos = np.searchsorted(self._keys, hkeys)
         self._keys = np.insert(self._keys, pos, hkeys)

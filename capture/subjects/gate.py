@@ -39,6 +39,7 @@ from appliance.policy.model import Channel
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture.app import AppFeed
 from capture.batch import PacketBatch
+from capture.flow.uids import UidLookup
 from capture.subjects.hold import Added, Packet
 from capture.subjects.limits import SubjectLimits
 from capture.subjects.recorder import SubjectRecorder
@@ -216,7 +217,7 @@ class ArchiveGate:
         b: PacketBatch,
         pkt: npt.NDArray[np.int64],
         slot: npt.NDArray[np.int64],
-        uids: list[str],
+        uids: UidLookup,
         appf: AppFeed,
     ) -> None:
         """Decide the batch's packets (`pkt`, in flow `slot`) after `appf` has seen them."""

@@ -1,0 +1,56 @@
+"""Per-slot flow uids kept as fixed-width bytes (17 bytes a slot), not Python strings.
+
+A `str` uid costs about 66 bytes plus its list entry, and 200,000 open flows made 15 MiB of
+them; `UidSlots` keeps them in one numpy `S17` array that grows with the flow table.
+Indexing with a slot gives the `str`, as the list did.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+UID_LEN = 17  # 'C' and 16 base62 digits (`capture.flow.keys.make_uids`)
+
+
+class UidLookup(Protocol):
+    """What the stages after the flow table need: a slot's uid (a `UidSlots`, or a list)."""
+
+    def __getitem__(self, slot: int, /) -> str: ...
+
+
+class UidSlots:
+    """uid per flow slot: `uids[slot] -> str`, `uids.set(slots, raw)`, `uids.strs(slots)`."""
+
+    def __init__(self, cap: int = 0) -> None:
+        self._a = np.zeros(cap, f"S{UID_LEN}")
+
+    def grow(self, cap: int) -> None:
+        old = self._a.size
+        if cap > old:
+            new = np.zeros(cap, self._a.dtype)
+            new[:old] = self._a
+            self._a = new
+
+    def __len__(self) -> int:
+        return int(self._a.size)
+
+    def __getitem__(self, slot: int) -> str:
+        return bytes(self._a[slot]).decode("ascii")
+
+    def set(self, slots: npt.NDArray[np.int64], raw: npt.NDArray[np.bytes_]) -> None:
+        """Give `slots` the uids `raw` (an `S17` array, `make_uid_bytes`)."""
+        self._a[slots] = raw
+
+    def strs(self, slots: npt.NDArray[np.int64]) -> list[str]:
+        """The uids of `slots` as strings, in order."""
+        return [str(u) for u in self._a[slots].astype(f"U{UID_LEN}").tolist()]
+
+    @property
+    def nbytes_per_slot(self) -> int:
+        return int(self._a.itemsize)
+
+
+__all__ = ["UID_LEN", "UidLookup", "UidSlots"]
