@@ -38,7 +38,7 @@ _FIRST_BYTE[ord("A") : ord("Z") + 1] = True
 APP_COLUMNS = ("service", "server_name", "tls_version", "http_host", "http_method")
 
 
-@dataclass
+@dataclass(slots=True)
 class FastMeta:
     """What the C fast path read for a flow (single-packet TLS hellos, HTTP heads)."""
 

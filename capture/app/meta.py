@@ -48,14 +48,14 @@ OPCODES = {0: "query", 1: "iquery", 2: "status", 4: "notify", 5: "update"}
 QCLASSES = {1: "C_INTERNET", 3: "C_CHAOS", 4: "C_HESIOD", 254: "C_NONE", 255: "C_ANY"}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Dir:
     buf: bytearray = field(default_factory=bytearray)
     next_seq: int | None = None
     dead: bool = False  # gap or limit: no more parsing this direction
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowMeta:
     """Parser state of one flow."""
 
