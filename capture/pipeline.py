@@ -59,6 +59,21 @@ if TYPE_CHECKING:  # lazily: they load pyarrow (the writers are made at first us
 
 ROW_BLOCK = 8192  # rows handed to a writer at once
 SWITCH_INTERVAL_S = 0.0005  # the GIL switch interval while a replay runs (see `replay`)
+TRIM_INTERVAL_S = 1.0  # at most this often, free heap pages go back to the system (`_trim`)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None elsewhere."""
+    try:
+        import ctypes
+
+        fn: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
 
 
 class Pipeline:
@@ -100,6 +115,7 @@ class Pipeline:
             self.gate = ArchiveGate(self.recorder, self._flow_ip, limits)
         self.interface = interface
         self.summary = Summary()
+        self._trimmed = time.monotonic()
         self._flow_config = flow_config
         self.bypassed = bypassed  # web rows for flows past the proxy (transparent subjects scope)
         self._flow_buf: list[dict[str, Any]] = []
@@ -133,6 +149,17 @@ class Pipeline:
             g = self.gate
             g.feed(self.snapshot(), batch, assign.pkt, assign.slot, self.table.uids, self.appf)
         self._emit(ended)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Give free heap pages back to the system about once a second: flows end in waves
+        and the row blocks are freed on the writer's thread, and glibc keeps the freed pages
+        in the middle of its heaps (8M packets, 200k open flows: peak RSS 484 -> 465 MiB, 0.2
+        s more system time of 19 s; docs/capture-flow-scale.md)."""
+        now = time.monotonic()
+        if _MALLOC_TRIM is not None and now - self._trimmed >= TRIM_INTERVAL_S:
+            _MALLOC_TRIM(0)
+            self._trimmed = time.monotonic()
 
     def tick(self, now_ns: int | None = None) -> None:
         """End idle flows without new packets (live capture calls this about once a second)."""
