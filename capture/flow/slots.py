@@ -1,0 +1,189 @@
+"""Slot storage of `capture.flow.table.FlowTable`: per-slot arrays, their growth, slot
+allocation, the live index (`_lookup`), tunnel parents, and the resource limits and counters.
+
+A flow lives in a slot from its first packet until it ends; a slot is reused from the next
+batch on. Per-slot state is numpy arrays (and the C TCP state, `capture.flow.tcpstate`) indexed by
+slot; `capacity` slots exist, doubling as the table fills.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from capture.flow import tcpstate
+from capture.flow.columns import Cols
+from capture.flow.uids import UidSlots
+
+I64 = npt.NDArray[np.int64]
+NS = 1_000_000_000
+_DNS_PORT = np.zeros(65536, bool)
+_DNS_PORT[[53, 137, 5353, 5355]] = True
+
+
+@dataclass
+class FlowConfig:
+    """Resource limits and timeouts (Zeek defaults for the timeouts)."""
+
+    max_flows: int = 500_000
+    tcp_timeout_s: float = 300.0
+    udp_timeout_s: float = 60.0
+    other_timeout_s: float = 60.0
+    active_timeout_s: float = 3600.0
+    dns_timeout_s: float = 10.0  # Zeek's dns_session_timeout (UDP DNS ports)
+    tcp_close_delay_s: float = 5.0  # a closed connection's key is reused after this
+    seed: int | None = None  # uid generator seed (tests); None = random
+
+
+@dataclass
+class FlowCounters:
+    """How flows ended, never silently."""
+
+    created: int = 0
+    ended_idle: int = 0
+    ended_active: int = 0
+    ended_reuse: int = 0
+    ended_flush: int = 0
+    evicted: int = 0  # table full: least recently active flow ended early
+
+
+class FlowSlots:
+    """The storage half of the flow table (see `capture.flow.table.FlowTable`)."""
+
+    def __init__(self, config: FlowConfig | None = None) -> None:
+        self.cfg = config or FlowConfig()
+        self.counters = FlowCounters()
+        self._rng = np.random.default_rng(self.cfg.seed)
+        self._keys = np.zeros(0, np.uint64)  # sorted hashes of live flows
+        self._kslot = np.zeros(0, np.int64)
+        self._free: list[int] = []
+        self._freed: list[int] = []  # freed during add(): reusable from the next batch on
+        self._created: list[I64] = []
+        self._next_serial = 0
+        self._last_sweep = -(2**62)
+        self._min_timeout_ns = int(
+            min(
+                self.cfg.tcp_timeout_s,
+                self.cfg.udp_timeout_s,
+                self.cfg.other_timeout_s,
+                self.cfg.dns_timeout_s,
+            )
+            * NS
+        )
+        self._cap = 0
+        self._n = 0  # high-water slot count
+        self._grow(1024)
+
+    # ---- storage -------------------------------------------------------------------------
+    def _grow(self, cap: int) -> None:
+        old = self._cap
+
+        def g(a: Any, shape: tuple[int, ...], dt: Any) -> Any:
+            new = np.zeros(shape, dt)
+            if old:
+                new[:old] = a
+            return new
+
+        s = self.__dict__
+        self.first_ts = g(s.get("first_ts"), (cap,), np.int64)
+        self.last_ts = g(s.get("last_ts"), (cap,), np.int64)
+        self.proto = g(s.get("proto"), (cap,), np.uint8)
+        self.orig_h = g(s.get("orig_h"), (cap, 16), np.uint8)
+        self.resp_h = g(s.get("resp_h"), (cap, 16), np.uint8)
+        self.orig_p = g(s.get("orig_p"), (cap,), np.uint16)
+        self.resp_p = g(s.get("resp_p"), (cap,), np.uint16)
+        self.flipped = g(s.get("flipped"), (cap,), bool)
+        self.orig_lo = g(s.get("orig_lo"), (cap,), bool)
+        self.live = g(s.get("live"), (cap,), bool)
+        self.hkey = g(s.get("hkey"), (cap,), np.uint64)
+        self.serial = g(s.get("serial"), (cap,), np.int64)
+        self.pkts = g(s.get("pkts"), (cap, 2), np.int64)
+        self.ipb = g(s.get("ipb"), (cap, 2), np.int64)
+        self.pbytes = g(s.get("pbytes"), (cap, 2), np.int64)
+        self.first_dir = g(s.get("first_dir"), (cap,), np.int8)
+        self.vlan = g(s.get("vlan"), (cap,), np.int32)  # the first packet's, as Zeek logs
+        self.inner_vlan = g(s.get("inner_vlan"), (cap,), np.int32)
+        if "uids" not in s:
+            self.uids = UidSlots()
+        self.uids.grow(cap)
+        self.parents: list[list[str] | None] = list(s.get("parents", [])) + [None] * (cap - old)
+        tcp = tcpstate.ffi.new("tcpflow[]", cap)
+        if old:
+            tcpstate.ffi.memmove(tcp, s["tcp"], tcpstate.ffi.sizeof("tcpflow") * old)
+        self.tcp: Any = tcp
+        self._cap = cap
+
+    def __len__(self) -> int:
+        return int(self._keys.size)
+
+    def state_bytes_per_flow(self) -> int:
+        """Bytes of table state per flow slot: the per-slot arrays, the C TCP state, the uid
+        (its text and list entry), the tunnel-parents entry and the live index's entry.
+        Slots are `capacity`, which doubles: at most twice the live flows."""
+        cap = self._cap
+        arrays = sum(
+            a.nbytes // cap
+            for k, a in vars(self).items()
+            if not k.startswith("_") and isinstance(a, np.ndarray) and a.shape[:1] == (cap,)
+        )
+        uid = self.uids.nbytes_per_slot
+        return arrays + tcpstate.ffi.sizeof("tcpflow") + uid + 8 + 16
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    def _alloc(self, k: int) -> I64:
+        out = [self._free.pop() for _ in range(min(k, len(self._free)))]
+        need = k - len(out)
+        if need:
+            if self._n + need > self._cap:
+                self._grow(max(self._cap * 2, self._n + need))
+            out.extend(range(self._n, self._n + need))
+            self._n += need
+        return np.asarray(out, np.int64)
+
+    def _timeout_ns(
+        self, proto: npt.NDArray[np.uint8], p1: npt.NDArray[np.uint16], p2: npt.NDArray[np.uint16]
+    ) -> I64:
+        c = self.cfg
+        t = np.where(
+            proto == 6, c.tcp_timeout_s, np.where(proto == 17, c.udp_timeout_s, c.other_timeout_s)
+        )
+        # Zeek's DNS analyzer ends its UDP sessions after dns_session_timeout
+        dns = (proto == 17) & (_DNS_PORT[p1.astype(np.intp)] | _DNS_PORT[p2.astype(np.intp)])
+        t = np.where(dns, c.dns_timeout_s, t)
+        return (t * NS).astype(np.int64)
+
+    def _lookup(self, uh: npt.NDArray[np.uint64]) -> tuple[I64, npt.NDArray[np.bool_]]:
+        pos = np.searchsorted(self._keys, uh)
+        posc = np.minimum(pos, max(self._keys.size - 1, 0))
+        found = (
+            (self._keys.size > 0) & (self._keys[posc] == uh)
+            if self._keys.size
+            else (np.zeros(uh.size, bool))
+        )
+        slot = np.where(found, self._kslot[posc] if self._keys.size else 0, -1)
+        return slot.astype(np.int64), np.asarray(found)
+
+    def _tunnel_parents(self, c: Cols, row_slots: I64) -> None:
+        """Inner flows of tunnelled packets remember the tunnel connection (Zeek's
+        tunnel_parents, the innermost tunnel only): a row right after a tunnel row of its
+        packet (outer > middle > inner, see `flowcols.columns`)."""
+        inner = np.flatnonzero((c.pkt[:-1] < 0) & (c.bpkt[1:] == c.bpkt[:-1]))
+        if inner.size == 0:
+            return
+        child, parent = row_slots[inner + 1], row_slots[inner]
+        for cs, ps in zip(child.tolist(), parent.tolist(), strict=True):
+            have = self.parents[cs]
+            pu = self.uids[ps]
+            if have is None:
+                self.parents[cs] = [pu]
+            elif pu not in have and len(have) < 8:
+                have.append(pu)
+
+
+__all__ = ["NS", "FlowConfig", "FlowCounters", "FlowSlots"]
