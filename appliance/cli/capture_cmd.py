@@ -54,17 +54,13 @@ def one_blas_thread() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if "pyarrow" not in sys.modules:
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    # glibc's mmap threshold is fixed at 1 MiB: by default it rises to the largest block freed
-    # (the flow table's and the row blocks' arrays), and blocks under it then stay resident in
-    # the heap (8M packets, 200k open flows: 529 -> 489 MiB; docs/capture-flow-scale.md)
-    for var, param, value in (("MALLOC_ARENA_MAX", -8, 2), ("MALLOC_MMAP_THRESHOLD_", -3, 1 << 20)):
-        if var not in os.environ:
-            try:
-                import ctypes
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        try:
+            import ctypes
 
-                ctypes.CDLL("libc.so.6").mallopt(param, value)  # glibc; elsewhere a no-op
-            except (OSError, AttributeError):
-                pass
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX (glibc); elsewhere a no-op
+        except (OSError, AttributeError):
+            pass
 
 
 def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeline, Any]:
