@@ -172,7 +172,9 @@ def _png_rows(png: bytes) -> list[bytes]:
 
 def _check_page(page: Path, tmp_path: Path) -> None:
     html = page.read_text()
-    assert not re.search(r"(?i)https?:|//|<script|src=|href=|url\(|@import", html)
+    # the gateway's public key (base64) may contain "//" by chance: it is not a reference
+    refs = re.sub(r"ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+", "KEY", html)
+    assert not re.search(r"(?i)https?:|//|<script|src=|href=|url\(|@import", refs)
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
     assert "&lt;b&gt;case 1&lt;/b&gt;" in html and "<b>case 1" not in html
     assert html.count("<svg") >= 5
