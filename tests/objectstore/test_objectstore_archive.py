@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,21 +40,6 @@ def buckets(s3: S3Server) -> S3Server:
     s3.make_bucket(KEYS)
     s3.make_bucket(VERSIONED, versioning=True)
     return s3
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One `lbm init` per module; each test copies it."""
-    lbm = Lbm(tmp_path_factory.mktemp("tpl") / "data")
-    lbm("init", check=True)
-    return lbm.data_dir
-
-
-@pytest.fixture
-def gw(template: Path, tmp_path: Path) -> Lbm:
-    data = tmp_path / "data"
-    shutil.copytree(template, data, symlinks=True)
-    return Lbm(data)
 
 
 def configure(lbm: Lbm, endpoint: str, prefix: str, *, keys: str = KEYS) -> StoreSettings:

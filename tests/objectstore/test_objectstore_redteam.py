@@ -34,20 +34,6 @@ ARCH = "rt-arch"
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lbm = Lbm(tmp_path_factory.mktemp("tpl") / "data")
-    lbm("init", check=True)
-    return lbm.data_dir
-
-
-@pytest.fixture
-def gw(template: Path, tmp_path: Path) -> Lbm:
-    data = tmp_path / "data"
-    shutil.copytree(template, data, symlinks=True)
-    return Lbm(data)
-
-
-@pytest.fixture(scope="module")
 def arch(s3: S3Server) -> S3Server:
     s3.make_bucket(ARCH, object_lock=True)
     return s3

@@ -5,7 +5,6 @@ process (the config loader) plus one real `lbm config check`; no S3 server is ne
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,6 @@ from appliance.config import ConfigError
 
 ARCH = "rt-arch"
 URI_SECRET = "uriSECRETnever2show"
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lbm = Lbm(tmp_path_factory.mktemp("tpl") / "data")
-    lbm("init", check=True)
-    return lbm.data_dir
-
-
-@pytest.fixture
-def gw(template: Path, tmp_path: Path) -> Lbm:
-    data = tmp_path / "data"
-    shutil.copytree(template, data, symlinks=True)
-    return Lbm(data)
 
 
 # -- credentials ------------------------------------------------------------------------------
