@@ -3,7 +3,7 @@
 Side by side in one run, on a synthetic capture (default 2,000,000 packets, 50,000 flows, about
 1,500 open at once: bench/capture_gen.py) and on the corpus's bench captures looped to a similar
 size: ours through the CLI in a fresh data dir (process start to exit, Parquet written), ours in
-process (`capture.pipeline.replay`), nfstream without DPI on the whole capture, a dpkt loop,
+process (`capture.replay.replay`), nfstream without DPI on the whole capture, a dpkt loop,
 tshark's conversation fields on a slice, and libpcap's bare read (`tcpdump -r FILE -w /dev/null`).
 Each prints packets/s, wall, user+sys CPU and peak RSS; then the goals as ratios measured in the
 same run, "met" or "NOT met". Then start-up (a 1-packet capture, `lbm --help`, `python -c pass`).

@@ -7,7 +7,7 @@ single process, `ru_maxrss`) and the peak of the whole process tree's RSS sample
 
 - ours, as a user runs it: `lbm --data-dir D capture replay --json FILE` in a fresh data dir
   (`lbm --data-dir D init` first, not timed); the process ends with the Parquet written.
-- ours in process: `capture.pipeline.replay` into a fresh data dir, timed around the call.
+- ours in process: `capture.replay.replay` into a fresh data dir, timed around the call.
 - nfstream without DPI: `NFStreamer(source, statistical_analysis=False, n_dissections=0)`.
 - a dpkt per-packet loop computing bidirectional 5-tuple flows (packets each way).
 - tshark's conversation fields (`-T fields`, 5-tuple and length).
@@ -248,7 +248,8 @@ def canon(a: str, ap: int, b: str, bp: int, proto: str) -> str:
 # ---- the child side ----------------------------------------------------------------------
 def _inproc(pcap: str) -> dict[str, Any]:
     from appliance.policy.snapshot import Snapshot
-    from capture.pipeline import Pipeline, replay
+    from capture.pipeline import Pipeline
+    from capture.replay import replay
     from store.paths import DataPaths
 
     data = Path(tempfile.mkdtemp(prefix="lbm-bench-inproc-"))

@@ -10,7 +10,7 @@ subjects' packets to their authorisations' archives. One folder per stage:
                     flows past the proxy                   -> `web` rows ("bypassed")
     native/         the C helpers and their build (`python -m capture.native.build`)
 
-`pipeline.Pipeline.feed(batch)` runs flow -> app -> subjects for replay (`pipeline.replay`,
+`pipeline.Pipeline.feed(batch)` runs flow -> app -> subjects for replay (`replay.replay`,
 which reads and decodes on a `read.Prefetch` thread) and live capture (`live.run_live`, which
 reads a `read.PacketRing`); `summary.Summary` counts what a run did. `batch` (and
 `tunnelchain`, a nested tunnel's middle level) is the data every stage shares, so it sits

@@ -17,21 +17,17 @@ payload is kept beyond `AppMeta`'s bounded parse buffers.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from appliance.policy.snapshot import NoIdentity, Snapshot
-from capture import CaptureError
 from capture.app import AppFeed
 from capture.batch import PacketBatch
-from capture.decode import Decoder
 from capture.flow import (
     PROTO_NAMES,
     BatchKeys,
@@ -44,10 +40,8 @@ from capture.flow import (
     concat_column,
     count,
     empty_lists,
-    keys_of,
     repeat_text,
 )
-from capture.read import CaptureReader, Prefetch, open_capture
 from capture.subjects import ArchiveGate, SubjectLimits, SubjectRecorder
 from capture.summary import Summary
 from store.archive import Archive
@@ -58,7 +52,6 @@ if TYPE_CHECKING:  # lazily: they load pyarrow (the writers are made at first us
     from store.metadata import MetadataWriter
 
 ROW_BLOCK = 8192  # rows handed to a writer at once
-SWITCH_INTERVAL_S = 0.0005  # the GIL switch interval while a replay runs (see `replay`)
 TRIM_INTERVAL_S = 1.0  # at most this often, free heap pages go back to the system (`_trim`)
 
 
@@ -398,79 +391,3 @@ class Pipeline:
             dns_w.close()
             if self.bypassed is not None:
                 self.bypassed.close()
-
-
-def replay(
-    files: Iterable[str | Path | CaptureReader],
-    pipeline: Pipeline,
-    *,
-    max_packets: int = 65536,
-    prefetch: int = 2,
-    timing: dict[str, float] | None = None,
-) -> Summary:
-    """Replay capture files through `pipeline` (each file its own flow table). A file whose
-    header is broken is recorded in `summary.files_failed` and the others still run. A file
-    may be given as a `CaptureReader` already open (the CLI opens it to fingerprint it).
-
-    Reading and decoding run on a background thread up to `prefetch` batches ahead of the
-    flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread. `timing`, if
-    given, gets "first_batch": the `time.monotonic()` when the first batch reached
-    `pipeline.feed` (unless already set)."""
-    s = pipeline.summary
-    # The flow table's C passes and numpy sorts release the GIL; taking it back waited up to
-    # the switch interval (5 ms) while the reader's thread ran Python. A 0.5 ms interval for
-    # the replay: the loop took 15-25% less time (docs/capture-flow-scale.md).
-    interval = sys.getswitchinterval()
-    if prefetch > 0:
-        sys.setswitchinterval(min(interval, SWITCH_INTERVAL_S))
-    try:
-        _replay(files, pipeline, s, max_packets, prefetch, timing)
-    finally:
-        sys.setswitchinterval(interval)
-    return s
-
-
-def _replay(
-    files: Iterable[str | Path | CaptureReader],
-    pipeline: Pipeline,
-    s: Summary,
-    max_packets: int,
-    prefetch: int,
-    timing: dict[str, float] | None,
-) -> None:
-    for f in files:
-        if isinstance(f, CaptureReader):
-            reader, name = f, str(f.path)
-        else:
-            name = str(f)
-            try:
-                reader = open_capture(name)
-            except CaptureError as exc:
-                s.files_failed[name] = str(exc)
-                continue
-        pipeline.interface = Path(name).name
-        dec = Decoder()
-        try:
-            with reader:
-                # the flow keys too are made on the reader's thread (C passes and array code
-                # that need no flow state), beside the flow table's work on earlier batches
-                decoded = (_keyed(dec.decode(raw)) for raw in reader.batches(max_packets))
-                ahead = Prefetch(decoded, prefetch) if prefetch > 0 else None
-                try:
-                    for batch, keys in ahead if ahead is not None else decoded:
-                        if timing is not None and "first_batch" not in timing:
-                            timing["first_batch"] = time.monotonic()
-                        pipeline.feed(batch, keys)
-                finally:
-                    if ahead is not None:
-                        ahead.close()
-        except CaptureError as exc:
-            s.files_failed[name] = str(exc)
-        finally:
-            s.add_bad({f"reader_{k}": v for k, v in reader.summary.items()})
-            s.add_bad(dec.summary)
-            pipeline.end_source()
-
-
-def _keyed(batch: PacketBatch) -> tuple[PacketBatch, BatchKeys]:
-    return batch, keys_of(batch)

@@ -274,9 +274,9 @@ def _replay_one(
 ) -> dict[str, Any]:
     """Replay one file after the ledger's check; its summary, with its sha256 and size.
     Raises CaptureError (`_Refused` when the ledger refuses it)."""
-    from capture.pipeline import replay
     from capture.read.reader import open_capture
     from capture.read.replayed import FileHash
+    from capture.replay import replay
     from capture.summary import Summary
 
     reader = open_capture(name)  # header checked: CaptureError naming the file

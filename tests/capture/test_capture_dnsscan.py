@@ -162,7 +162,8 @@ def _replay_rows(pcap: Path, data: Path, max_packets: int) -> tuple[list[str], l
 
     from appliance.policy.snapshot import Snapshot
     from capture.flow.table import FlowConfig
-    from capture.pipeline import Pipeline, replay
+    from capture.pipeline import Pipeline
+    from capture.replay import replay
     from store.metadata import read_stream
     from store.paths import DataPaths
 

@@ -33,7 +33,8 @@ from appliance.policy.model import (
     Rank,
 )
 from appliance.policy.snapshot import Snapshot
-from capture.pipeline import Pipeline, replay
+from capture.pipeline import Pipeline
+from capture.replay import replay
 from capture.subjects.gate import ArchiveGate
 from capture.subjects.recorder import SubjectRecorder
 from store.paths import DataPaths

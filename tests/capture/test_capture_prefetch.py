@@ -12,8 +12,9 @@ from capture_zeeklogs import corpus
 
 from appliance.policy.snapshot import Snapshot
 from capture.flow.table import FlowConfig
-from capture.pipeline import Pipeline, replay
+from capture.pipeline import Pipeline
 from capture.read.prefetch import Prefetch
+from capture.replay import replay
 from store.metadata import read_stream
 from store.paths import DataPaths
 

@@ -14,7 +14,7 @@ from lbm_testing import INV_RECIPIENT, Lbm, corpus_root
 
 from appliance.cli.app import App
 from appliance.cli.capture_cmd import build_pipeline
-from capture.pipeline import replay
+from capture.replay import replay
 from store.metadata import read_stream
 from store.paths import DataPaths
 

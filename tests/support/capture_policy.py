@@ -16,7 +16,8 @@ from lbm_testing import Lbm, grant_argv
 
 from appliance.cli.app import App
 from appliance.cli.capture_cmd import build_pipeline
-from capture.pipeline import Pipeline, replay
+from capture.pipeline import Pipeline
+from capture.replay import replay
 from store import agefile as age
 from store.keys import KeyStore
 from store.paths import DataPaths

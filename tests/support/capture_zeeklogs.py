@@ -63,7 +63,8 @@ def our_flows(pcap: Path, **cfg: Any) -> list[dict[str, Any]]:
 def replay_tables(files: list[Path], root: Path) -> tuple[Any, Any]:
     """Run the real pipeline (no authorisations) into a fresh data dir; (flow, dns) tables."""
     from appliance.policy.snapshot import Snapshot
-    from capture.pipeline import Pipeline, replay
+    from capture.pipeline import Pipeline
+    from capture.replay import replay
     from store.metadata import read_stream
     from store.paths import DataPaths
 

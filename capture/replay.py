@@ -1,0 +1,97 @@
+"""Replaying capture files through a `Pipeline`: each file read and decoded (and its flow keys
+made) on a background thread a few batches ahead of the flow table (`capture.read.prefetch`),
+with a short GIL switch interval while it runs. `lbm capture replay` and the tests use it; live
+capture drives the pipeline itself (`capture.live`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from capture import CaptureError
+from capture.batch import PacketBatch
+from capture.decode import Decoder
+from capture.flow import BatchKeys, keys_of
+from capture.pipeline import Pipeline
+from capture.read import CaptureReader, Prefetch, open_capture
+from capture.summary import Summary
+
+SWITCH_INTERVAL_S = 0.0005  # the GIL switch interval while a replay runs (see `replay`)
+
+
+def replay(
+    files: Iterable[str | Path | CaptureReader],
+    pipeline: Pipeline,
+    *,
+    max_packets: int = 65536,
+    prefetch: int = 2,
+    timing: dict[str, float] | None = None,
+) -> Summary:
+    """Replay capture files through `pipeline` (each file its own flow table). A file whose
+    header is broken is recorded in `summary.files_failed` and the others still run. A file
+    may be given as a `CaptureReader` already open (the CLI opens it to fingerprint it).
+
+    Reading and decoding run on a background thread up to `prefetch` batches ahead of the
+    flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread. `timing`, if
+    given, gets "first_batch": the `time.monotonic()` when the first batch reached
+    `pipeline.feed` (unless already set)."""
+    s = pipeline.summary
+    # The flow table's C passes and numpy sorts release the GIL; taking it back waited up to
+    # the switch interval (5 ms) while the reader's thread ran Python. A 0.5 ms interval for
+    # the replay: the loop took 15-25% less time (docs/capture-flow-scale.md).
+    interval = sys.getswitchinterval()
+    if prefetch > 0:
+        sys.setswitchinterval(min(interval, SWITCH_INTERVAL_S))
+    try:
+        _replay(files, pipeline, s, max_packets, prefetch, timing)
+    finally:
+        sys.setswitchinterval(interval)
+    return s
+
+
+def _replay(
+    files: Iterable[str | Path | CaptureReader],
+    pipeline: Pipeline,
+    s: Summary,
+    max_packets: int,
+    prefetch: int,
+    timing: dict[str, float] | None,
+) -> None:
+    for f in files:
+        if isinstance(f, CaptureReader):
+            reader, name = f, str(f.path)
+        else:
+            name = str(f)
+            try:
+                reader = open_capture(name)
+            except CaptureError as exc:
+                s.files_failed[name] = str(exc)
+                continue
+        pipeline.interface = Path(name).name
+        dec = Decoder()
+        try:
+            with reader:
+                # the flow keys too are made on the reader's thread (C passes and array code
+                # that need no flow state), beside the flow table's work on earlier batches
+                decoded = (_keyed(dec.decode(raw)) for raw in reader.batches(max_packets))
+                ahead = Prefetch(decoded, prefetch) if prefetch > 0 else None
+                try:
+                    for batch, keys in ahead if ahead is not None else decoded:
+                        if timing is not None and "first_batch" not in timing:
+                            timing["first_batch"] = time.monotonic()
+                        pipeline.feed(batch, keys)
+                finally:
+                    if ahead is not None:
+                        ahead.close()
+        except CaptureError as exc:
+            s.files_failed[name] = str(exc)
+        finally:
+            s.add_bad({f"reader_{k}": v for k, v in reader.summary.items()})
+            s.add_bad(dec.summary)
+            pipeline.end_source()
+
+
+def _keyed(batch: PacketBatch) -> tuple[PacketBatch, BatchKeys]:
+    return batch, keys_of(batch)
