@@ -30,13 +30,18 @@ class NetSet:
             masks.append(np.frombuffer(mask, np.uint8))
         self._nets = np.array(nets, np.uint8).reshape(-1, 16)
         self._masks = np.array(masks, np.uint8).reshape(-1, 16)
+        # the same as two big-endian 64-bit halves: two compares a network, not sixteen
+        self._nets64 = self._nets.view(">u8").astype(np.uint64)
+        self._masks64 = self._masks.view(">u8").astype(np.uint64)
 
     def contains(self, addrs: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
         """(k, 16) uint8 addresses -> (k,) bool."""
-        a = np.asarray(addrs, np.uint8).reshape(-1, 16)
+        a = np.ascontiguousarray(addrs, np.uint8).reshape(-1, 16).view(">u8")
+        hi, lo = a[:, 0].astype(np.uint64), a[:, 1].astype(np.uint64)
         out = np.zeros(a.shape[0], bool)
-        for net, mask in zip(self._nets, self._masks, strict=True):
-            out |= np.all((a & mask) == net, axis=1)
+        for net, mask in zip(self._nets64.tolist(), self._masks64.tolist(), strict=True):
+            m0, m1 = np.uint64(mask[0]), np.uint64(mask[1])
+            out |= ((hi & m0) == np.uint64(net[0])) & ((lo & m1) == np.uint64(net[1]))
         return out
 
     def contains_text(self, ips: Sequence[str]) -> list[bool]:

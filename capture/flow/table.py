@@ -165,7 +165,7 @@ class FlowTable(FlowSlots):
                 stop = a + int(tcp_rows[r])
                 n = stop - a
                 inv, slot, is_orig = inv[:n], slot[:n], is_orig[:n]
-        self._count(c, a, stop, inv, first, slot_u, is_orig)
+        self._count(c, a, stop, slot, is_orig)
         if stop < b and stop > a and int(slot_u[np.searchsorted(uh, h[stop])]) >= 0:
             s = int(slot_u[np.searchsorted(uh, h[stop])])
             self._end(np.asarray([s]), ended, "reuse" if r_is_reuse(c, stop) else "idle")
@@ -229,71 +229,58 @@ class FlowTable(FlowSlots):
         return slots
 
     def _tcp(self, c: Cols, a: int, rows: I64, slot: I64, is_orig: npt.NDArray[np.bool_]) -> int:
-        ffi, lib = tcpstate.ffi, tcpstate.lib
-        ia = a + rows
-        sl = np.ascontiguousarray(slot[rows], np.int32)
-        io = np.ascontiguousarray(is_orig[rows], np.uint8)
-        fl = np.ascontiguousarray(c.flags[ia], np.uint8)
-        sq = np.ascontiguousarray(c.seq[ia], np.uint32)
-        ak = np.ascontiguousarray(c.ack[ia], np.uint32)
-        ln = np.ascontiguousarray(c.plen[ia], np.int32)
-        fb = ffi.from_buffer
-        return int(
-            lib.tcp_process(
+        """TCP state of rows `a + rows` in order (one C pass reading the columns in place);
+        the index into `rows` of a row that must start a new connection, or -1."""
+        fb = tcpstate.ffi.from_buffer
+        r = int(
+            tcpstate.lib.tcp_process_rows(
                 self.tcp,
+                self._cap,
                 rows.size,
-                fb("int32_t[]", sl),
-                fb("uint8_t[]", io),
-                fb("uint8_t[]", fl),
-                fb("uint32_t[]", sq),
-                fb("uint32_t[]", ak),
-                fb("int32_t[]", ln),
-                fb("int64_t[]", np.ascontiguousarray(c.ts[ia], np.int64)),
+                fb("int64_t[]", np.ascontiguousarray(rows, np.int64)),
+                slot.size,
+                a,
+                c.ts.size,
+                fb("int64_t[]", np.ascontiguousarray(slot, np.int64)),
+                fb("uint8_t[]", np.ascontiguousarray(is_orig).view(np.uint8)),
+                fb("uint8_t[]", np.ascontiguousarray(c.flags, np.uint8)),
+                fb("uint32_t[]", np.ascontiguousarray(c.seq, np.uint32)),
+                fb("uint32_t[]", np.ascontiguousarray(c.ack, np.uint32)),
+                fb("int64_t[]", np.ascontiguousarray(c.plen, np.int64)),
+                fb("int64_t[]", np.ascontiguousarray(c.ts, np.int64)),
                 int(self.cfg.tcp_close_delay_s * NS),
             )
         )
+        if r < -1:
+            raise IndexError("tcp_process_rows: a row or slot index is out of range")
+        return r
 
     def _count(
-        self,
-        c: Cols,
-        a: int,
-        stop: int,
-        inv: I64,
-        first: I64,
-        slot_u: I64,
-        is_orig: npt.NDArray[np.bool_],
+        self, c: Cols, a: int, stop: int, slot: I64, is_orig: npt.NDArray[np.bool_]
     ) -> None:
-        """Add rows [a, stop) to their flows' counters (`inv`: each row's key; `first`: each
-        key's first row in [a, ...), so the keys with rows here are those with first < n)."""
+        """Add rows [a, stop) to their flows' counters (packets, IP and payload bytes each
+        way, last time, first direction): one C pass (`flow_count` in `_flowacct.c`)."""
         n = stop - a
         if n <= 0:
             return
-        u = slot_u.size
-        g = inv * 2 + (~is_orig).astype(np.int64)
-        cnt = c.count[a:stop]
-        w = cnt.astype(np.float64)
-        pk = np.bincount(g, weights=w, minlength=2 * u).reshape(u, 2).astype(np.int64)
-        ipl = c.ip_len[a:stop]
-        ipw = np.where(cnt, ipl, c.plen[a:stop]).astype(np.float64)
-        ib = np.bincount(g, weights=ipw, minlength=2 * u).reshape(u, 2).astype(np.int64)
-        pb = (
-            np.bincount(g, weights=c.plen[a:stop].astype(np.float64), minlength=2 * u)
-            .reshape(u, 2)
-            .astype(np.int64)
+        fb = tcpstate.ffi.from_buffer
+        r = tcpstate.lib.flow_count(
+            n,
+            fb("int64_t[]", np.ascontiguousarray(slot[:n], np.int64)),
+            fb("uint8_t[]", np.ascontiguousarray(is_orig[:n]).view(np.uint8)),
+            fb("uint8_t[]", np.ascontiguousarray(c.count[a:stop]).view(np.uint8)),
+            fb("int64_t[]", np.ascontiguousarray(c.ip_len[a:stop], np.int64)),
+            fb("int64_t[]", np.ascontiguousarray(c.plen[a:stop], np.int64)),
+            fb("int64_t[]", np.ascontiguousarray(c.ts[a:stop], np.int64)),
+            self._cap,
+            fb("int64_t[]", self.pkts),
+            fb("int64_t[]", self.ipb),
+            fb("int64_t[]", self.pbytes),
+            fb("int64_t[]", self.last_ts),
+            fb("int8_t[]", self.first_dir),
         )
-        used = np.flatnonzero(first < n)
-        su = slot_u[used]
-        self.pkts[su] += pk[used]
-        self.ipb[su] += ib[used]
-        self.pbytes[su] += pb[used]
-        ts = c.ts[a:stop]
-        mx = np.full(u, np.iinfo(np.int64).min, np.int64)
-        np.maximum.at(mx, inv, ts)
-        self.last_ts[su] = np.maximum(self.last_ts[su], mx[used])
-        # first direction seen (UDP/ICMP history order)
-        fd = self.first_dir[su]
-        newdir = np.where(is_orig[first[used]], 0, 1).astype(np.int8)
-        self.first_dir[su] = np.where(fd < 0, newdir, fd)
+        if r < 0:
+            raise IndexError("flow_count: a slot index is out of range")
 
     # ---- ending flows ---------------------------------------------------------------------
     def _sweep_due(self, ts0: int) -> bool:

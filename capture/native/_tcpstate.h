@@ -1,4 +1,5 @@
-/* Declarations of the _tcpstate extension (capture/_tcpstate_impl.c, _dnsscan.c, _cid.c),
+/* Declarations of the _tcpstate extension (capture/_tcpstate_impl.c, _dnsscan.c, _cid.c,
+ * _flowacct.c),
  * shared by the C sources (which include this file, so the compiler checks the definitions
  * against it) and the cffi declarations: capture/build.py reads this file for its cdef (lines
  * starting with '#' are dropped there, except `#define NAME NUMBER`). The flow struct is
@@ -40,5 +41,15 @@ void flow_keys(const uint8_t *src, const uint8_t *dst, const uint16_t *sport,
                const uint16_t *dport, const uint8_t *proto, int64_t n, uint64_t *out);
 int64_t group_keys(const uint64_t *h, int64_t n, int64_t *table, uint64_t mask, uint64_t seed,
                    int64_t *first, int64_t *inv);
+int64_t flow_count(int64_t n, const int64_t *slot, const uint8_t *is_orig, const uint8_t *count,
+                   const int64_t *ip_len, const int64_t *plen, const int64_t *ts, int64_t nslots,
+                   int64_t *pkts, int64_t *ipb, int64_t *pbytes, int64_t *last_ts,
+                   int8_t *first_dir);
+int64_t tcp_process_rows(tcpflow *flows, int64_t nslots, int64_t n, const int64_t *rows,
+                         int64_t nrows, int64_t base, int64_t ncols, const int64_t *slot,
+                         const uint8_t *is_orig, const uint8_t *flags, const uint32_t *seq,
+                         const uint32_t *ack, const int64_t *plen, const int64_t *ts,
+                         int64_t close_delay_ns);
+int64_t addr_text(const uint8_t *addrs, int64_t n, int32_t *offsets, char *data, int64_t cap);
 
 #endif

@@ -134,7 +134,9 @@ class Extension:
 
 
 FASTWALK = Extension("fastwalk", "_fastwalk.h", ("_fastwalk.c",))
-TCPSTATE = Extension("tcpstate", "_tcpstate.h", ("_tcpstate_impl.c", "_dnsscan.c", "_cid.c"))
+TCPSTATE = Extension(
+    "tcpstate", "_tcpstate.h", ("_tcpstate_impl.c", "_dnsscan.c", "_cid.c", "_flowacct.c")
+)
 EXTENSIONS = (FASTWALK, TCPSTATE)
 
 

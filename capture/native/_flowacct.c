@@ -1,0 +1,96 @@
+/* Flow-table accounting and row text for capture/flow/table.py and capture/flow/rows.py:
+   one pass per batch over arrays the Python side owns (no Python object per packet or per
+   flow), called through cffi, which releases the GIL. Every index is checked against the
+   length it indexes: a bad index stops the pass with an error code, nothing is written
+   out of bounds. Built into the tcpstate extension (capture/native/build.py). */
+
+#include <stdint.h>
+#include <string.h>
+#include <stdio.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include "_tcpstate.h"
+
+/* Add rows [0, n) to their flows' counters: per row, slot[i] (< nslots) and direction
+   (is_orig[i]: 0 = originator, 1 = responder index into the (nslots, 2) arrays). Packets
+   count when count[i]; IP bytes are ip_len[i] for counted rows, else plen[i] (a later
+   fragment's payload); payload bytes plen[i]; last_ts[s] is the max of the rows' ts; a flow
+   without a first direction (first_dir[s] < 0) takes its first row's. Returns 0, or -1
+   (nothing more written) at a row whose slot is out of range. */
+int64_t flow_count(int64_t n, const int64_t *slot, const uint8_t *is_orig, const uint8_t *count,
+                   const int64_t *ip_len, const int64_t *plen, const int64_t *ts, int64_t nslots,
+                   int64_t *pkts, int64_t *ipb, int64_t *pbytes, int64_t *last_ts,
+                   int8_t *first_dir) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t s = slot[i];
+        if (s < 0 || s >= nslots) return -1;
+        int d = is_orig[i] ? 0 : 1;
+        int64_t j = s * 2 + d;
+        if (count[i]) {
+            pkts[j] += 1;
+            ipb[j] += ip_len[i];
+        } else {
+            ipb[j] += plen[i];
+        }
+        pbytes[j] += plen[i];
+        if (ts[i] > last_ts[s]) last_ts[s] = ts[i];
+        if (first_dir[s] < 0) first_dir[s] = (int8_t)d;
+    }
+    return 0;
+}
+
+/* tcp_process over selected rows without gathering them first: row i of the pass is
+   rows[i] (< nrows) of `slot` and `is_orig` and base + rows[i] (< ncols) of the packet
+   columns. Same return as tcp_process (index into `rows`, or -1 when all were processed);
+   -2 at a row, slot or column index out of range (nothing more processed). */
+int64_t tcp_process_rows(tcpflow *flows, int64_t nslots, int64_t n, const int64_t *rows,
+                         int64_t nrows, int64_t base, int64_t ncols, const int64_t *slot,
+                         const uint8_t *is_orig, const uint8_t *flags, const uint32_t *seq,
+                         const uint32_t *ack, const int64_t *plen, const int64_t *ts,
+                         int64_t close_delay_ns) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t r = rows[i];
+        if (r < 0 || r >= nrows || base < 0 || base + r >= ncols) return -2;
+        int64_t s = slot[r];
+        if (s < 0 || s >= nslots) return -2;
+        int64_t c = base + r;
+        int32_t s32 = (int32_t)s;
+        uint8_t o = is_orig[r] ? 1 : 0;
+        int32_t len = plen[c] < 0 ? 0 : (plen[c] > INT32_MAX ? INT32_MAX : (int32_t)plen[c]);
+        if (tcp_process(flows, 1, &s32, &o, &flags[c], &seq[c], &ack[c], &len, &ts[c],
+                        close_delay_ns) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Text of n 16-byte addresses as an Arrow string column: offsets[0..n] (int32) and data
+   (at most cap bytes). IPv4-mapped addresses print as a dotted quad, others as inet_ntop
+   does, except addresses whose first 12 bytes are zero, which print as Python's
+   ipaddress does ("::102:304", where glibc would print "::1.2.3.4"). Returns the bytes
+   written, or -1 if cap is too small. */
+int64_t addr_text(const uint8_t *addrs, int64_t n, int32_t *offsets, char *data, int64_t cap) {
+    static const uint8_t v4pre[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t zero12[12] = {0};
+    char tmp[48];
+    int64_t w = 0;
+    offsets[0] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *a = addrs + 16 * i;
+        int len;
+        if (memcmp(a, v4pre, 12) == 0) {
+            len = snprintf(tmp, sizeof tmp, "%u.%u.%u.%u", a[12], a[13], a[14], a[15]);
+        } else if (memcmp(a, zero12, 12) == 0 && (a[12] | a[13]) != 0) {
+            len = snprintf(tmp, sizeof tmp, "::%x:%x", (a[12] << 8) | a[13], (a[14] << 8) | a[15]);
+        } else {
+            if (inet_ntop(AF_INET6, a, tmp, sizeof tmp) == NULL) return -1;
+            len = (int)strlen(tmp);
+        }
+        if (len < 0 || len >= (int)sizeof tmp || w + len > cap || w + len > INT32_MAX) return -1;
+        memcpy(data + w, tmp, (size_t)len);
+        w += len;
+        offsets[i + 1] = (int32_t)w;
+    }
+    return w;
+}
