@@ -35,11 +35,13 @@ from capture.flow import (
     FlowConfig,
     FlowTable,
     NetSet,
+    addr_array,
     addr_texts,
-    community_ids,
+    community_id_array,
     concat_column,
     count,
     empty_lists,
+    pylist,
     repeat_text,
 )
 from capture.subjects import ArchiveGate, SubjectLimits, SubjectRecorder
@@ -232,7 +234,8 @@ class Pipeline:
     def _emit_flows(self, cols: Columns, n: int) -> None:
         t = self.table
         slots = np.asarray(cols["slot"], np.int64)
-        uids = cols["uid"]
+        uid_col = cols["uid"]  # Arrow (rows_for), or a list
+        uids: list[str] = pylist(uid_col)
         if self.gate is not None:
             self.gate.end_flows(uids, slots, self.appf)  # held packets, while names are known
         meta = self.appf.end_flows(uids, slots)
@@ -252,7 +255,7 @@ class Pipeline:
             self._flow_buf,
             {
                 "ts": np.asarray(cols["ts"], np.int64) // 1000,
-                "uid": uids,
+                "uid": uid_col,
                 "principal": prin[slots].tolist(),
                 "client_ip": cols["orig_h"],
                 "client_port": cols["orig_p"],
@@ -296,10 +299,10 @@ class Pipeline:
         slots = np.asarray(cols.pop("slot"), np.int64)
         cols["ts"] = np.asarray(cols["ts"], np.int64) // 1000
         oh, rh, op, rp = t.orig_h[slots], t.resp_h[slots], t.orig_p[slots], t.resp_p[slots]
-        cols["client_ip"], cols["server_ip"] = addr_texts(oh), addr_texts(rh)
-        cols["client_port"], cols["server_port"] = op.tolist(), rp.tolist()
+        cols["client_ip"], cols["server_ip"] = addr_array(oh), addr_array(rh)
+        cols["client_port"], cols["server_port"] = op, rp
         cols["proto"] = [PROTO_NAMES.get(p, "udp") for p in t.proto[slots].tolist()]
-        cols["community_id"] = community_ids(oh, rh, t.proto[slots], op, rp)
+        cols["community_id"] = community_id_array(oh, rh, t.proto[slots], op, rp)
         cols["principal"] = self._principal[slots].tolist()
         cols["interface"] = [self.interface] * n
         empty: list[str] = []

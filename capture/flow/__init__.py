@@ -4,14 +4,16 @@ In: decoded batches, in capture order, of one source.
 Out: `FlowTable.add(batch)` assigns every packet its flow slot (new flows, originator
 direction) and returns the flows that ended (idle, active timeout, key reuse, table full:
 each counted in `FlowCounters`); `rows.Columns` gives their `flow` columns (conn.log fields,
-uid, Community ID v1, TCP state and history from the C state machine). `NetSet` says which
+uid, Community ID v1, TCP state and history from the C state machine; text columns
+are Arrow arrays built from C-written buffers). `NetSet` says which
 endpoint is internal (`[capture] internal_networks`).
 
 Threads: one table per capture source, used from one thread; `keys_of(batch)` (columns, flow
 keys and their grouping, no flow state) may be made on another, and given to `add`.
 Bounds: at most `FlowConfig.max_flows` live flows (`[capture] max_flows`, about 1 KiB each);
 beyond it the least recently active flow is ended early and counted. Per-packet work is
-array code, except the TCP state machine (one C call per batch, `tcpstate`).
+array code or one C pass per batch (the TCP state machine and the counters,
+`tcpstate`).
 
 Modules: `table` (the flow table), `columns` (per-packet columns incl. tunnels' outer and
 middle connections), `keys` (5-tuple hash, Zeek's server-port heuristics, uids, Community
@@ -19,14 +21,16 @@ ID), `rows` (ended flows -> columns), `tcpstate` (the C extension's loader), `ne
 """
 
 from capture.flow.columns import BatchKeys, keys_of
-from capture.flow.keys import PROTO_NAMES, community_ids
+from capture.flow.keys import PROTO_NAMES, community_id_array, community_ids
 from capture.flow.netset import NetSet
 from capture.flow.rows import (
     Columns,
+    addr_array,
     addr_texts,
     concat_column,
     count,
     empty_lists,
+    pylist,
     repeat_text,
     to_rows,
 )
@@ -39,12 +43,15 @@ __all__ = [
     "FlowConfig",
     "FlowTable",
     "NetSet",
+    "addr_array",
     "addr_texts",
+    "community_id_array",
     "community_ids",
     "concat_column",
     "count",
     "empty_lists",
     "keys_of",
+    "pylist",
     "repeat_text",
     "to_rows",
 ]

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import os
 import struct
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -313,10 +314,45 @@ def community_ids(
     rp: npt.NDArray[np.uint16],
     seed: int = 0,
 ) -> list[str]:
-    """`community_id` of k flows given as columns: the hash inputs are built with numpy,
-    SHA-1 and base64 run in C for all of them (`_cid.c`)."""
+    """`community_id` of k flows given as columns (a list of str)."""
+    out: list[str] = community_id_bytes(orig_h, resp_h, proto, op, rp, seed).astype("U30").tolist()
+    return out
+
+
+def community_id_array(
+    orig_h: npt.NDArray[np.uint8],
+    resp_h: npt.NDArray[np.uint8],
+    proto: npt.NDArray[np.uint8],
+    op: npt.NDArray[np.uint16],
+    rp: npt.NDArray[np.uint16],
+    seed: int = 0,
+) -> Any:
+    """`community_ids` as an Arrow string array (no Python string per flow)."""
+    import pyarrow as pa  # lazily: the first packet needs none
+
+    raw = community_id_bytes(orig_h, resp_h, proto, op, rp, seed)
+    k = raw.size
+    offsets = np.arange(0, (k + 1) * CID_LEN, CID_LEN, dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.string(), k, [None, pa.py_buffer(offsets), pa.py_buffer(raw.view(np.uint8))]
+    )
+
+
+CID_LEN = 30  # "1:" and the base64 of a SHA-1 digest
+
+
+def community_id_bytes(
+    orig_h: npt.NDArray[np.uint8],
+    resp_h: npt.NDArray[np.uint8],
+    proto: npt.NDArray[np.uint8],
+    op: npt.NDArray[np.uint16],
+    rp: npt.NDArray[np.uint16],
+    seed: int = 0,
+) -> npt.NDArray[np.bytes_]:
+    """`community_id` of k flows given as columns, as an `S30` array: the hash inputs are
+    built with numpy, SHA-1 and base64 run in C for all of them (`_cid.c`)."""
     k = proto.shape[0]
-    out: list[str] = [""] * k
+    out = np.zeros(k, f"S{CID_LEN}")
     if k == 0:
         return out
     o = np.ascontiguousarray(orig_h, np.uint8)
@@ -334,7 +370,7 @@ def community_ids(
     d = np.where(swap[:, None], o, r)
     sp = np.where(swap, rp, op).astype(">u2")
     dp = np.where(swap, op, rp).astype(">u2")
-    v4 = np.all(o[:, :12] == np.frombuffer(b"\x00" * 10 + b"\xff\xff", np.uint8), axis=1)
+    v4 = (ob[:, 0] == 0) & ((ob[:, 1] >> np.uint64(32)) == np.uint64(0xFFFF))
     tail = np.zeros((k, 6), np.uint8)
     tail[:, 0] = proto
     tail[:, 2:4] = sp.view(np.uint8).reshape(k, 2)
@@ -348,15 +384,14 @@ def community_ids(
         rows = np.ascontiguousarray(
             np.concatenate([head[idx], a_s[idx], a_d[idx], tail[idx]], axis=1), np.uint8
         )
-        text = np.zeros(idx.size * 30, np.uint8)  # SHA-1 and base64 in C, all rows at once
+        text = np.zeros(idx.size * CID_LEN, np.uint8)  # SHA-1 and base64 in C, all at once
         fb = tcpstate.ffi.from_buffer
         tcpstate.lib.community_ids(
             fb("uint8_t[]", rows), idx.size, rows.shape[1], fb("char[]", text)
         )
-        for i, t in zip(idx.tolist(), text.view("S30").astype("U30").tolist(), strict=True):
-            out[i] = t
+        out[idx] = text.view(f"S{CID_LEN}")
     for i in np.flatnonzero(~ports).tolist():
         out[i] = community_id(
             o[i].tobytes(), r[i].tobytes(), int(proto[i]), int(op[i]), int(rp[i]), seed
-        )
+        ).encode("ascii")
     return out

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from capture.flow import tcpstate
-from capture.flow.keys import PROTO_NAMES, community_ids
+from capture.flow.keys import PROTO_NAMES, community_id_array
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -54,13 +54,6 @@ def addr_texts(a: npt.NDArray[np.uint8]) -> list[str]:
     return out
 
 
-@functools.cache
-def _octets() -> pa.Array:
-    import pyarrow as pa  # lazily, like every pyarrow use here: the first packet needs none
-
-    return pa.array([str(i) for i in range(256)])
-
-
 _UDP_HIST = np.array(
     # index: flipped * 8 + responder first * 4 + orig sent * 2 + resp sent
     [
@@ -74,32 +67,60 @@ _UDP_HIST = np.array(
     ],
     dtype=object,
 )
-_STATES = np.asarray(tcpstate.CONN_STATES, dtype=object)
-_PROTO_TEXT = np.array([PROTO_NAMES.get(p, "unknown_transport") for p in range(256)], dtype=object)
+_UDP_HIST_LEN = np.array([len(h) for h in _UDP_HIST], np.int32)
+_UDP_HIST_BYTES = np.zeros((16, HIST_MAX), np.uint8)
+for _i, _h in enumerate(_UDP_HIST):
+    _UDP_HIST_BYTES[_i, : len(_h)] = np.frombuffer(_h.encode(), np.uint8)
+_ST_S0, _ST_SF, _ST_SHR, _ST_OTH = (
+    tcpstate.CONN_STATES.index(x) for x in ("S0", "SF", "SHR", "OTH")
+)
+_PROTO_NAMES = [PROTO_NAMES.get(p, "unknown_transport") for p in range(256)]
+
+
+@functools.cache
+def _texts(which: str) -> pa.Array:
+    """Arrow arrays of the state and protocol names (taken by code, no object per row)."""
+    import pyarrow as pa
+
+    return pa.array(list(tcpstate.CONN_STATES) if which == "state" else _PROTO_NAMES, pa.string())
+
+
 _UNKNOWN = np.array([p not in PROTO_NAMES for p in range(256)])
 
 
-def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
-    """Text of (k, 16) addresses as an Arrow string array (same text as `addr_texts`): IPv4
-    in Arrow compute, only IPv6 in Python."""
+def arrow_text(offsets: npt.NDArray[np.int32], data: Any, n: int) -> pa.Array:
+    """An Arrow string array of n values from its int32 offsets (n + 1) and data buffer
+    (no Python object per value). The buffers are kept alive by the array."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def fixed_text(raw: npt.NDArray[Any]) -> pa.Array:
+    """An Arrow string array from a fixed-width bytes (`S<w>`) array whose values all have
+    exactly w ASCII bytes (uids, Community IDs)."""
+    raw = np.ascontiguousarray(raw)
+    n, w = raw.size, raw.dtype.itemsize
+    return arrow_text(np.arange(0, (n + 1) * w, w, dtype=np.int32), raw.view(np.uint8), n)
+
+
+def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
+    """Text of (k, 16) addresses as an Arrow string array (the same text as `addr_texts`),
+    written by one C pass (`addr_text` in `_flowacct.c`) into the array's buffers."""
+    a = np.ascontiguousarray(a, np.uint8).reshape(-1, 16)
     k = a.shape[0]
-    a = np.ascontiguousarray(a, np.uint8)
-    v4 = (a[:, :12] == np.frombuffer(_V4_PREFIX, np.uint8)).all(axis=1)
-    if k == 0:
-        return pa.array([], pa.string())
-    quad = pc.binary_join_element_wise(
-        *[_octets().take(pa.array(a[:, 12 + i])) for i in range(4)], "."
+    offsets = np.zeros(k + 1, np.int32)
+    cap = 40 * k  # the longest text of an address, ffff:...:ffff, is 39 bytes
+    data = np.zeros(max(cap, 1), np.uint8)
+    fb = tcpstate.ffi.from_buffer
+    w = int(
+        tcpstate.lib.addr_text(
+            fb("uint8_t[]", a), k, fb("int32_t[]", offsets), fb("char[]", data), cap
+        )
     )
-    if v4.all():
-        return quad
-    six = np.flatnonzero(~v4)
-    texts: list[str | None] = [None] * k
-    for i, t in zip(six.tolist(), addr_texts(a[six]), strict=True):
-        texts[i] = t
-    return pc.if_else(pa.array(v4), quad, pa.array(texts, pa.string()))
+    if w < 0:
+        raise ValueError("addr_text: an address did not fit its text buffer")
+    return arrow_text(offsets, data[:w], k)
 
 
 def empty_lists(n: int) -> Any:
@@ -127,14 +148,19 @@ def _vlan_array(v: npt.NDArray[np.int32]) -> pa.Array:
 
 def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
     """Columns for the flows in `slots` (their current state): numpy arrays for numbers,
-    Arrow arrays for addresses and histories, lists for the rest (`to_rows` gives dicts)."""
+    Arrow arrays for text (uid, addresses, protocol, state, history, Community ID), made
+    without a Python object per row (`to_rows` gives dicts)."""
+    import pyarrow as pa
+
     k = slots.size
     proto = t.proto[slots]
     pk = t.pkts[slots]
     pb = t.pbytes[slots]
     ob, rb = pb[:, 0].copy(), pb[:, 1].copy()
-    state = np.full(k, "OTH", dtype=object)
-    history = np.full(k, "", dtype=object)
+    state = np.full(k, _ST_OTH, np.int32)
+    # history letters: row i has hl[i] bytes at the start of its HIST_MAX-byte row of `hist`
+    hist = np.zeros((k, HIST_MAX), np.uint8)
+    hl = np.zeros(k, np.int32)
     missed = np.zeros(k, np.int64)
     tcp = np.flatnonzero(proto == 6)
     if tcp.size:
@@ -143,8 +169,8 @@ def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
         osz = np.zeros(tcp.size, np.int64)
         rsz = np.zeros(tcp.size, np.int64)
         st = np.zeros(tcp.size, np.int32)
-        hist = np.zeros(tcp.size * HIST_MAX, np.uint8)
-        hl = np.zeros(tcp.size, np.int32)
+        th = np.zeros(tcp.size * HIST_MAX, np.uint8)
+        thl = np.zeros(tcp.size, np.int32)
         fb = ffi.from_buffer
         lib.tcp_summary(
             t.tcp,
@@ -153,60 +179,63 @@ def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
             fb("int64_t[]", osz),
             fb("int64_t[]", rsz),
             fb("int32_t[]", st),
-            fb("char[]", hist),
-            fb("int32_t[]", hl),
+            fb("char[]", th),
+            fb("int32_t[]", thl),
         )
         # bytes the sequence space says were sent but no packet carried (capture loss)
         missed[tcp] = np.maximum(osz - pb[tcp, 0], 0) + np.maximum(rsz - pb[tcp, 1], 0)
         ob[tcp], rb[tcp] = osz, rsz
-        state[tcp] = _STATES[st]
-        # history letters: hl bytes each, the rest of the 32 zero (numpy strips them)
-        h = hist.reshape(tcp.size, HIST_MAX)
-        h[np.arange(HIST_MAX)[None, :] >= hl[:, None]] = 0
-        history[tcp] = h.view(f"S{HIST_MAX}").ravel().astype(f"U{HIST_MAX}").astype(object)
+        state[tcp] = st
+        hist[tcp] = th.reshape(tcp.size, HIST_MAX)
+        hl[tcp] = np.clip(thl, 0, HIST_MAX)
     udp = np.flatnonzero(proto == 17)
     if udp.size:
         o, r = pk[udp, 0] > 0, pk[udp, 1] > 0
-        state[udp] = np.where(o, np.where(r, "SF", "S0"), np.where(r, "SHR", "OTH"))
+        state[udp] = np.where(o, np.where(r, _ST_SF, _ST_S0), np.where(r, _ST_SHR, _ST_OTH))
         flip = t.flipped[slots[udp]]
         resp_first = t.first_dir[slots[udp]] == 1
         code = flip.astype(np.int64) * 8 + resp_first * 4 + o * 2 + r
-        history[udp] = _UDP_HIST[code]
+        hist[udp] = _UDP_HIST_BYTES[code]
+        hl[udp] = _UDP_HIST_LEN[code]
     other = np.flatnonzero((proto != 6) & (proto != 17) & t.flipped[slots])
-    history[other] = "^"
+    hist[other, 0] = ord("^")
+    hl[other] = 1
     unknown = _UNKNOWN[proto]  # Zeek keeps no sizes for unknown_transport: bytes 0
     if unknown.any():
         ob[unknown] = 0
         rb[unknown] = 0
+    hoff = np.zeros(k + 1, np.int32)
+    np.cumsum(hl, out=hoff[1:])
+    hdata = hist[np.arange(HIST_MAX)[None, :] < hl[:, None]]  # row-major: row after row
     orig_h, resp_h = t.orig_h[slots], t.resp_h[slots]
     op, rp = t.orig_p[slots], t.resp_p[slots]
     first, last = t.first_ts[slots], t.last_ts[slots]
-    sl = slots.tolist()
-    parents = t.parents
-    empty: list[str] = []  # shared by rows without tunnels, never mutated
+    tunnel_parents: Any = empty_lists(k)
+    if t.has_parents[slots].any():
+        parents = t.parents
+        empty: list[str] = []  # shared by rows without tunnels, never mutated
+        tunnel_parents = [sorted(p) if (p := parents[s]) else empty for s in slots.tolist()]
     return {
         "ts": first,
-        "uid": t.uids.strs(slots),
+        "uid": t.uids.arrow(slots),
         "orig_h": addr_array(orig_h),
         "orig_p": op,
         "resp_h": addr_array(resp_h),
         "resp_p": rp,
-        "proto": _PROTO_TEXT[proto],
+        "proto": _texts("proto").take(pa.array(proto)),
         "ip_proto": proto,
         "duration_ns": last - first,
         "orig_bytes": ob,
         "resp_bytes": rb,
-        "conn_state": state,
+        "conn_state": _texts("state").take(pa.array(state)),
         "missed_bytes": missed,
-        "history": history,
+        "history": arrow_text(hoff, hdata, k),
         "orig_pkts": pk[:, 0].copy(),
         "orig_ip_bytes": t.ipb[slots, 0],
         "resp_pkts": pk[:, 1].copy(),
         "resp_ip_bytes": t.ipb[slots, 1],
-        "community_id": community_ids(orig_h, resp_h, proto, op, rp),
-        "tunnel_parents": [sorted(p) if (p := parents[s]) else empty for s in sl]
-        if any(parents[s] for s in sl)
-        else empty_lists(k),
+        "community_id": community_id_array(orig_h, resp_h, proto, op, rp),
+        "tunnel_parents": tunnel_parents,
         "vlan": _vlan_array(t.vlan[slots]),
         "inner_vlan": _vlan_array(t.inner_vlan[slots]),
         "slot": slots.copy(),

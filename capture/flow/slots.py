@@ -109,6 +109,7 @@ class FlowSlots:
         if "uids" not in s:
             self.uids = UidSlots()
         self.uids.grow(cap)
+        self.has_parents = g(s.get("has_parents"), (cap,), bool)  # parents[slot] is set
         self.parents: list[list[str] | None] = list(s.get("parents", [])) + [None] * (cap - old)
         tcp = tcpstate.ffi.new("tcpflow[]", cap)
         if old:
@@ -177,6 +178,7 @@ class FlowSlots:
         if inner.size == 0:
             return
         child, parent = row_slots[inner + 1], row_slots[inner]
+        self.has_parents[child] = True
         for cs, ps in zip(child.tolist(), parent.tolist(), strict=True):
             have = self.parents[cs]
             pu = self.uids[ps]

@@ -219,8 +219,10 @@ class FlowTable(FlowSlots):
             fb("uint8_t[]", np.ascontiguousarray(flip, np.uint8)),
         )
         self.uids.set(slots, make_uid_bytes(self._rng, k))
-        for s in slots.tolist():
+        had = slots[self.has_parents[slots]]  # a slot's tunnel parents end with its flow
+        for s in had.tolist():
             self.parents[s] = None
+        self.has_parents[had] = False
         pos = np.searchsorted(self._keys, hkeys)
         self._keys = np.insert(self._keys, pos, hkeys)
         self._kslot = np.insert(self._kslot, pos, slots)
@@ -255,9 +257,7 @@ class FlowTable(FlowSlots):
             raise IndexError("tcp_process_rows: a row or slot index is out of range")
         return r
 
-    def _count(
-        self, c: Cols, a: int, stop: int, slot: I64, is_orig: npt.NDArray[np.bool_]
-    ) -> None:
+    def _count(self, c: Cols, a: int, stop: int, slot: I64, is_orig: npt.NDArray[np.bool_]) -> None:
         """Add rows [a, stop) to their flows' counters (packets, IP and payload bytes each
         way, last time, first direction): one C pass (`flow_count` in `_flowacct.c`)."""
         n = stop - a

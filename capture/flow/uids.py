@@ -7,7 +7,7 @@ Indexing with a slot gives the `str`, as the list did.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,17 @@ class UidSlots:
     def strs(self, slots: npt.NDArray[np.int64]) -> list[str]:
         """The uids of `slots` as strings, in order."""
         return [str(u) for u in self._a[slots].astype(f"U{UID_LEN}").tolist()]
+
+    def arrow(self, slots: npt.NDArray[np.int64]) -> Any:
+        """The uids of `slots` as an Arrow string array (no Python string per uid)."""
+        import pyarrow as pa  # lazily: the first packet needs none
+
+        raw = np.ascontiguousarray(self._a[slots])
+        n = raw.size
+        offsets = np.arange(0, (n + 1) * UID_LEN, UID_LEN, dtype=np.int32)
+        return pa.Array.from_buffers(
+            pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(raw.view(np.uint8))]
+        )
 
     @property
     def nbytes_per_slot(self) -> int:
