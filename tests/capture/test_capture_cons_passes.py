@@ -1,0 +1,273 @@
+"""The main thread's C passes and Arrow columns (issue 18, third round) give exactly what the
+code they replace gave, and refuse bad indices instead of writing out of bounds.
+
+- `flow_count` (packets, IP and payload bytes each way, last time, first direction) against
+  the per-row definition and the numpy bincount formula it replaced;
+- `tcp_process_rows` (rows read in place through an index) against `tcp_process` over
+  gathered copies: the same state, history and stop index, a port reuse included;
+- `addr_array` (C text into Arrow buffers) against `addr_texts` and Python's `ipaddress`;
+- `community_id_array` against `community_ids` (itself pinned to the `communityid` package);
+- `NetSet.contains` on 64-bit halves against the byte compare it replaced and `ipaddress`;
+- the flow columns are Arrow of the `flow` schema's own types (no conversion at the writer);
+- a slot reused after a tunnelled flow ended carries no tunnel parents into its next flow.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from capture.decode import Decoder
+from capture.flow import FlowConfig, FlowTable, NetSet, tcpstate, to_rows
+from capture.flow.keys import community_id_array, community_ids
+from capture.flow.rows import addr_array, addr_texts, rows_for
+from capture.read import open_capture
+from store.schemas import SCHEMAS
+
+REPO = Path(__file__).resolve().parents[2]
+FB = tcpstate.ffi.from_buffer
+LIB = tcpstate.lib
+
+
+# ---- flow_count ----------------------------------------------------------------------------
+def _counts_reference(
+    slot: np.ndarray, orig: np.ndarray, cnt: np.ndarray, ipl: np.ndarray, pl: np.ndarray,
+    ts: np.ndarray, nslots: int,
+) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """The numpy formula `FlowTable._count` used before (bincounts and maximum.at)."""
+    g = slot * 2 + (~orig).astype(np.int64)
+    m = 2 * nslots
+    pk = np.bincount(g, weights=cnt.astype(np.float64), minlength=m).astype(np.int64)
+    ipw = np.where(cnt, ipl, pl).astype(np.float64)
+    ib = np.bincount(g, weights=ipw, minlength=m).astype(np.int64)
+    pb = np.bincount(g, weights=pl.astype(np.float64), minlength=m).astype(np.int64)
+    last = np.full(nslots, np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(last, slot, ts)
+    fd = np.full(nslots, -1, np.int8)
+    for s, o in zip(slot.tolist()[::-1], orig.tolist()[::-1], strict=True):
+        fd[s] = 0 if o else 1  # the first row of each slot wins
+    return pk.reshape(nslots, 2), ib.reshape(nslots, 2), pb.reshape(nslots, 2), last, fd
+
+
+def _flow_count(
+    slot: np.ndarray, orig: np.ndarray, cnt: np.ndarray, ipl: np.ndarray, pl: np.ndarray,
+    ts: np.ndarray, nslots: int,
+) -> tuple[int, tuple[np.ndarray, ...]]:  # fmt: skip
+    pk, ib, pb = (np.zeros((nslots, 2), np.int64) for _ in range(3))
+    last = np.full(nslots, np.iinfo(np.int64).min, np.int64)
+    fd = np.full(nslots, -1, np.int8)
+    r = LIB.flow_count(
+        slot.size, FB("int64_t[]", slot), FB("uint8_t[]", orig.view(np.uint8)),
+        FB("uint8_t[]", cnt.view(np.uint8)), FB("int64_t[]", ipl), FB("int64_t[]", pl),
+        FB("int64_t[]", ts), nslots, FB("int64_t[]", pk), FB("int64_t[]", ib),
+        FB("int64_t[]", pb), FB("int64_t[]", last), FB("int8_t[]", fd),
+    )  # fmt: skip
+    return int(r), (pk, ib, pb, last, fd)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_flow_count_equals_the_numpy_formula_it_replaced(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, nslots = 5000, 300
+    slot = rng.integers(0, nslots, n).astype(np.int64)
+    orig = rng.random(n) < 0.6
+    cnt = rng.random(n) < 0.9  # later fragments do not count as packets
+    ipl = rng.integers(20, 1500, n).astype(np.int64)
+    pl = rng.integers(0, 1460, n).astype(np.int64)
+    ts = rng.integers(0, 10**12, n).astype(np.int64)  # out of order: last is the max
+    r, got = _flow_count(slot, orig, cnt, ipl, pl, ts, nslots)
+    assert r == 0
+    for g, w in zip(got, _counts_reference(slot, orig, cnt, ipl, pl, ts, nslots), strict=True):
+        assert np.array_equal(g, w)
+
+
+@pytest.mark.parametrize("bad", [-1, 300, 2**40])
+def test_flow_count_refuses_a_slot_out_of_range_without_writing(bad: int) -> None:
+    n, nslots = 10, 300
+    slot = np.full(n, 5, np.int64)
+    slot[3] = bad
+    ones = np.ones(n, bool)
+    vals = np.ones(n, np.int64)
+    r, (pk, *_rest) = _flow_count(slot, ones, ones, vals, vals, vals, nslots)
+    assert r == -1 and pk[5, 0] == 3  # rows before the bad one only; nothing past it
+
+
+# ---- tcp_process_rows --------------------------------------------------------------------
+def _tcp_packets(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    flags = rng.choice(np.array([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x01], np.uint8), n)
+    return {
+        "flags": flags,
+        "seq": rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32),
+        "ack": rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32),
+        "plen": rng.integers(0, 1400, n).astype(np.int64),
+        "ts": np.sort(rng.integers(0, 60 * 10**9, n)).astype(np.int64),
+    }
+
+
+def _state_bytes(flows: object, nslots: int) -> bytes:
+    return bytes(tcpstate.ffi.buffer(flows, tcpstate.ffi.sizeof("tcpflow") * nslots))
+
+
+def _fresh(nslots: int) -> object:
+    flows = tcpstate.ffi.new("tcpflow[]", nslots)
+    for s in range(nslots):
+        LIB.tcp_reset(tcpstate.ffi.addressof(flows[s]), s % 2)
+    return flows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tcp_process_rows_equals_tcp_process_over_gathered_rows(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ncols, nslots, base = 3000, 40, 17
+    cols = _tcp_packets(rng, ncols)
+    nrows = ncols - base
+    slot = rng.integers(0, nslots, nrows).astype(np.int64)
+    is_orig = rng.random(nrows) < 0.5
+    rows = np.sort(rng.choice(nrows, 1500, replace=False)).astype(np.int64)
+    delay = 5 * 10**9
+    a, b = _fresh(nslots), _fresh(nslots)
+    ia = base + rows
+    want = LIB.tcp_process(
+        a, rows.size, FB("int32_t[]", slot[rows].astype(np.int32)),
+        FB("uint8_t[]", is_orig[rows].astype(np.uint8)), FB("uint8_t[]", cols["flags"][ia].copy()),
+        FB("uint32_t[]", cols["seq"][ia].copy()), FB("uint32_t[]", cols["ack"][ia].copy()),
+        FB("int32_t[]", cols["plen"][ia].astype(np.int32)), FB("int64_t[]", cols["ts"][ia].copy()),
+        delay,
+    )  # fmt: skip
+    got = LIB.tcp_process_rows(
+        b, nslots, rows.size, FB("int64_t[]", rows), nrows, base, ncols,
+        FB("int64_t[]", slot), FB("uint8_t[]", is_orig.view(np.uint8)),
+        FB("uint8_t[]", cols["flags"]), FB("uint32_t[]", cols["seq"]),
+        FB("uint32_t[]", cols["ack"]), FB("int64_t[]", cols["plen"]),
+        FB("int64_t[]", cols["ts"]), delay,
+    )  # fmt: skip
+    assert got == want
+    assert _state_bytes(a, nslots) == _state_bytes(b, nslots)
+
+
+@pytest.mark.parametrize(
+    ("rows", "slot0", "base"),
+    [([0, 9], 0, 0), ([0, -1], 0, 0), ([0, 1], 99, 0), ([0, 1], -3, 0), ([0, 1], 0, 9)],
+)
+def test_tcp_process_rows_refuses_indices_out_of_range(rows: list[int], slot0: int,
+                                                       base: int) -> None:  # fmt: skip
+    cols = _tcp_packets(np.random.default_rng(0), 10)
+    slot = np.full(9, slot0, np.int64)
+    ri = np.asarray(rows, np.int64)
+    r = LIB.tcp_process_rows(
+        _fresh(4), 4, ri.size, FB("int64_t[]", ri), 9, base, 10, FB("int64_t[]", slot),
+        FB("uint8_t[]", np.ones(9, np.uint8)), FB("uint8_t[]", cols["flags"]),
+        FB("uint32_t[]", cols["seq"]), FB("uint32_t[]", cols["ack"]),
+        FB("int64_t[]", cols["plen"]), FB("int64_t[]", cols["ts"]), 5 * 10**9,
+    )  # fmt: skip
+    assert r == -2
+
+
+# ---- text columns ------------------------------------------------------------------------
+def _edge_addresses(rng: np.random.Generator) -> np.ndarray:
+    fixed = [
+        "1.2.3.4", "0.0.0.0", "255.255.255.255", "::", "::1", "::0.0.1.2", "::1.2.3.4",
+        "::ffff:0:1.2.3.4", "::ffff:0:0", "2001:db8::1", "2001:db8:0:0:1::1", "fe80::",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "1:0:0:2::", "0:0:0:0:0:1:0:0", "::a00:0",
+    ]  # fmt: skip
+    a = [np.frombuffer(ipaddress.ip_address(x).packed.rjust(16, b"\0"), np.uint8) for x in fixed]
+    out = np.array(a, np.uint8)
+    out[:3, 10:12] = 0xFF  # the IPv4 ones as IPv4-mapped
+    rnd = rng.integers(0, 256, (3000, 16), dtype=np.uint8)
+    rnd[::3, :10], rnd[::3, 10:12] = 0, 0xFF  # IPv4-mapped
+    rnd[1::3, 4:12] = 0  # zero runs of many lengths
+    rnd[2::9, :12] = 0  # first 12 bytes zero
+    rnd[5::9, 6:14] = 0
+    return np.concatenate([out, rnd])
+
+
+def test_addr_array_equals_addr_texts_and_ipaddress() -> None:
+    a = _edge_addresses(np.random.default_rng(1))
+    got = addr_array(a)
+    assert got.type == pa.string()
+    texts = got.to_pylist()
+    assert texts == addr_texts(a)
+    for t, raw in zip(texts, a, strict=True):  # what ipaddress reads back is the address
+        back = ipaddress.ip_address(t)
+        packed = back.packed if back.version == 6 else b"\0" * 10 + b"\xff\xff" + back.packed
+        assert packed == raw.tobytes()
+    assert addr_array(a[:0]).to_pylist() == []
+
+
+def test_community_id_array_equals_community_ids() -> None:
+    rng = np.random.default_rng(2)
+    k = 2000
+    o, r = _edge_addresses(rng)[:k], _edge_addresses(rng)[::-1][:k]
+    proto = rng.choice(np.array([6, 17, 1, 58, 132, 47, 50], np.uint8), k)
+    op = rng.integers(0, 65536, k).astype(np.uint16)
+    rp = rng.integers(0, 65536, k).astype(np.uint16)
+    op[proto == 1] %= 20  # ICMP types, one-way ones included
+    got = community_id_array(o, r, proto, op, rp)
+    assert got.type == pa.string() and got.to_pylist() == community_ids(o, r, proto, op, rp)
+
+
+@pytest.mark.parametrize(
+    "nets",
+    [
+        ["10.0.0.0/8", "192.168.1.0/24", "172.16.0.0/12"],
+        ["fc00::/7", "2001:db8::/33", "2001:db8:0:1::/64", "::1/128", "1.2.3.4/32"],
+        ["0.0.0.0/0"],
+        ["::/0"],
+        ["10.1.2.3/31", "::ffff:0:0/96", "fe80::/10"],
+    ],
+)
+def test_netset_contains_equals_the_per_address_check(nets: list[str]) -> None:
+    a = _edge_addresses(np.random.default_rng(3))
+    a[::5, :10], a[::5, 10:12], a[::5, 12] = 0, 0xFF, 10  # some in 10/8
+    ns = NetSet(nets)
+    want = np.zeros(a.shape[0], bool)  # the 16-column compare it replaced
+    for net, mask in zip(ns._nets, ns._masks, strict=True):
+        want |= np.all((a & mask) == net, axis=1)
+    got = ns.contains(a)
+    assert got.tolist() == want.tolist() and got.sum() > 0
+    if not any(n.startswith("::") for n in nets):  # (IPv6 nets holding IPv4-mapped ones)
+        assert got.tolist() == ns.contains_text(addr_texts(a))
+
+
+# ---- the flow columns --------------------------------------------------------------------
+def _table_after(name: str) -> tuple[FlowTable, list[dict[str, object]]]:
+    t = FlowTable(FlowConfig(seed=3))
+    dec = Decoder()
+    cols = []
+    with open_capture(REPO / "pcaps" / name) as reader:
+        for raw in reader.batches(64):
+            cols.extend(t.add(dec.decode(raw))[1])
+    return t, cols
+
+
+def test_flow_text_columns_are_arrow_of_the_schema_types() -> None:
+    t, _ = _table_after("nested-tunnels.pcap")
+    cols = rows_for(t, t._kslot)
+    schema = SCHEMAS["flow"]
+    names = {"uid": "uid", "orig_h": "client_ip", "resp_h": "server_ip", "proto": "proto",
+             "conn_state": "conn_state", "history": "history",
+             "community_id": "community_id"}  # fmt: skip
+    for col, field in names.items():
+        arr = cols[col]
+        assert isinstance(arr, pa.Array) and arr.type == schema.field(field).type, col
+        arr.validate(full=True)  # offsets and UTF-8 checked
+        assert arr.null_count == 0 and len(arr) == t._kslot.size
+
+
+def test_a_reused_slot_carries_no_tunnel_parents() -> None:
+    t, _ = _table_after("nested-tunnels.pcap")
+    tunnelled = [r for r in to_rows(t.flush()) if r["tunnel_parents"]]
+    assert tunnelled, "the capture has tunnelled flows"
+    had = set(np.flatnonzero(t.has_parents).tolist())
+    # the same table, a plain (untunnelled) capture: its new flows reuse the freed slots
+    dec = Decoder()
+    with open_capture(REPO / "pcaps" / "ipv6-ext-frag.pcap") as reader:
+        for raw in reader.batches(64):
+            t.add(dec.decode(raw))
+    rows = to_rows(t.flush())
+    reused = [r for r in rows if r["slot"] in had]
+    assert reused and all(r["tunnel_parents"] == [] for r in rows)
