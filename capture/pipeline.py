@@ -287,15 +287,20 @@ class Pipeline:
         )
 
     def _emit_dns(self) -> None:
+        # the pairs' columns first: they were made before AppMeta's rows of the same batch
+        for cols in self.appf.take_dns_columns():
+            self._dns_block(cols)
         rows = self.appf.app.take_dns_rows()
-        if not rows:
-            return
-        n = len(rows)
+        if rows:
+            # every row is made by `AppMeta._dns_row`: the same keys in the same order, so
+            # one transposition gives the columns
+            values = zip(*(r.values() for r in rows), strict=True)
+            self._dns_block(dict(zip(rows[0], map(list, values), strict=True)))
+
+    def _dns_block(self, cols: dict[str, Any]) -> None:
+        """`dns` rows (AppMeta's fields and `slot`) completed with the flow's fields."""
+        n = len(cols["uid"])
         t = self.table
-        # every row is made by `AppMeta._dns_row`: the same keys in the same order, so one
-        # transposition gives the columns
-        values = zip(*(r.values() for r in rows), strict=True)
-        cols: dict[str, Any] = dict(zip(rows[0], map(list, values), strict=True))
         slots = np.asarray(cols.pop("slot"), np.int64)
         cols["ts"] = np.asarray(cols["ts"], np.int64) // 1000
         oh, rh, op, rp = t.orig_h[slots], t.resp_h[slots], t.orig_p[slots], t.resp_p[slots]

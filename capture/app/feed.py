@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from capture.app.dnsscan import DnsView
-from capture.app.dnsscan import scan as scan_dns
+from capture.app.dnspairs import pair_columns, pairs_ok
+from capture.app.dnsscan import DnsScan, DnsView
+from capture.app.dnsscan import scan_raw as scan_dns
 from capture.app.heads import norm_host, tls_version_name
 from capture.app.meta import DNS_PORTS, AppMeta
 from capture.app.scan import KIND_CH, KIND_HTTP, KIND_SH, app_scan
@@ -60,6 +61,7 @@ class AppFeed:
         self._fast: list[FastMeta | None] = []  # per slot: heads read by the C fast path
         self._fast_kind = np.zeros(0, np.int8)  # per slot: 0 none, 1 TLS, 2 HTTP (`_fast`)
         self._in_app = np.zeros(0, bool)  # per slot: AppMeta has (had) the flow
+        self._dns_cols: list[dict[str, Any]] = []  # `dns` rows of query/answer pairs
 
     def grow(self, cap: int) -> None:
         """Make room for `cap` flow slots."""
@@ -147,10 +149,12 @@ class AppFeed:
         views: list[DnsView | None] = []
         if udp_dns.any():
             d = p_idx[rest[udp_dns]]
-            views = scan_dns(b.buf, b.payload_off[d], b.payload_cap[d])
-            left = self._dns_pairs(b, sl, p_idx, rest[udp_dns], views, uids)
-            if left is not None:  # query/answer pairs settled: the other candidates go on
-                views = [v for v, k in zip(views, left.tolist(), strict=True) if k]
+            sc = scan_dns(b.buf, b.payload_off[d], b.payload_cap[d])
+            left = self._dns_pairs(b, sl, p_idx, rest[udp_dns], sc, uids)
+            if left is None:
+                views = [sc.view(i) for i in range(d.size)]
+            else:  # query/answer pairs settled: the other candidates go on
+                views = [sc.view(i) for i in np.flatnonzero(left).tolist()]
                 stay = np.ones(rest.size, bool)
                 stay[np.flatnonzero(udp_dns)[~left]] = False
                 rest, udp_dns = rest[stay], udp_dns[stay]
@@ -166,7 +170,7 @@ class AppFeed:
             if budget[s] <= 0:
                 continue
             p = int(p_idx[j])
-            if fk[s] == 3 and not in_app[s]:  # its first query and answer went by `dns_pair`
+            if fk[s] == 3 and not in_app[s]:  # its first query and answer went by the pairs
                 app.adopt_dns(uids[s], s)
             in_app[s] = True
             if ud:
@@ -191,13 +195,13 @@ class AppFeed:
         sl: npt.NDArray[np.int64],
         p_idx: npt.NDArray[np.int64],
         cand: npt.NDArray[np.int64],
-        views: list[DnsView | None],
+        sc: DnsScan,
         uids: UidLookup,
     ) -> npt.NDArray[np.bool_] | None:
         """DNS flows (not NetBIOS) new to AppMeta whose candidates in this batch (`cand`, the
-        UDP DNS ones, with their `views`) are exactly a query and its answer: one `dns` row
-        each by `AppMeta.dns_pair`, no per-flow parser state. Returns which candidates are
-        still to be fed (None: all)."""
+        UDP DNS ones, scanned as `sc`) are exactly a query and its answer: their `dns` rows
+        are made as columns (`capture.app.dnspairs`, taken by `take_dns_columns`), no
+        per-flow parser state. Returns which candidates are still to be fed (None: all)."""
         s_c = sl[cand]
         ok = (self._dns[s_c] == 1) & ~self._in_app[s_c] & (self._fast_kind[s_c] == 0)
         if not ok.any():
@@ -211,32 +215,27 @@ class AppFeed:
         order = np.argsort(s_c, kind="stable")
         start = np.searchsorted(s_c[order], slots[pair])
         i1, i2 = order[start], order[start + 1]
-        keep = np.ones(cand.size, bool)
-        ts = b.ts_ns
-        settled = []
-        for a, c, s in zip(i1.tolist(), i2.tolist(), slots[pair].tolist(), strict=True):
-            q, r = views[a], views[c]
-            if (
-                q is None
-                or r is None
-                or q.op >> 15
-                or not r.op >> 15
-                or q.id != r.id
-                or q.qname != r.qname
-            ):
-                continue
-            pq, pr = int(p_idx[cand[a]]), int(p_idx[cand[c]])
-            self.app.dns_pair(uids[s], s, int(ts[pq]), q, int(ts[pr]), r)
-            keep[a] = keep[c] = False
-            settled.append(s)
-        if not settled:
+        good, names = pairs_ok(sc, i1, i2)
+        if not good.any():
             return None
-        done = np.asarray(settled, np.int64)
+        q, r, done = i1[good], i2[good], slots[pair][good]
+        ts = b.ts_ns
+        self._dns_cols.append(
+            pair_columns(sc, q, r, names, ts[p_idx[cand[q]]], ts[p_idx[cand[r]]], done, uids)
+        )
+        keep = np.ones(cand.size, bool)
+        keep[q] = keep[r] = False
         self._budget[done] -= 2
         self._fast_kind[done] = 3
-        for s in settled:
+        for s in done.tolist():
             self._fast[s] = FastMeta("dns")
         return keep
+
+    def take_dns_columns(self) -> list[dict[str, Any]]:
+        """The `dns` rows made as columns since the last call (each before `AppMeta`'s rows
+        of the same batch: take these first)."""
+        cols, self._dns_cols = self._dns_cols, []
+        return cols
 
     def _fast_heads(
         self,

@@ -280,17 +280,9 @@ class AppMeta:
         self._dns_answer(row, ts_ns, v)
         self.dns_rows.append(row)
 
-    def dns_pair(self, uid: str, slot: int, ts_q: int, q: DnsView, ts_r: int, r: DnsView) -> None:
-        """The row of a DNS-port flow (not NetBIOS) whose first two datagrams are a query and
-        its answer (same id and name), both read by the batch DNS scan: what `dns_datagram`
-        twice would give, without creating the flow's parser state (`adopt_dns` does, if more
-        of the flow follows)."""
-        row = self._dns_row(uid, slot, False, ts_q, q)
-        self._dns_answer(row, ts_r, r)
-        self.dns_rows.append(row)
-
     def adopt_dns(self, uid: str, slot: int) -> None:
-        """Parser state of a flow whose first query and answer went through `dns_pair`."""
+        """Parser state of a flow whose first query and answer went through the batch pairs
+        (`capture.app.dnspairs`)."""
         fm = self.flows[uid] = FlowMeta(uid, True, slot, False)
         fm.dns_messages = 2
         fm.service.add("dns")

@@ -1,0 +1,124 @@
+"""`dns` rows of flows whose first two datagrams are a query and its answer, as columns.
+
+Most DNS flows are one query and one answer. `AppFeed` finds those pairs in a batch with array
+code; their rows are made here straight from the batch DNS scan's arrays (`DnsScan`): one
+column at a time, no `DnsView`, no row dict, no parser state. They are exactly the rows
+`AppMeta.dns_datagram` would make from the two messages (a test compares both paths), in the
+order the pairs are found (by slot).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from capture.app.dnsparse import QTYPES
+from capture.app.dnsscan import (
+    _DH_FIRST,
+    _DH_ID,
+    _DH_NANS,
+    _DH_OP,
+    _DH_QCLASS,
+    _DH_QFROM,
+    _DH_QTYPE,
+    _DH_STATUS,
+    DnsScan,
+)
+from capture.app.meta import OPCODES, QCLASSES, RCODES
+from capture.flow.uids import UidLookup
+
+I64 = npt.NDArray[np.int64]
+
+
+def pairs_ok(sc: DnsScan, q: I64, r: I64) -> tuple[npt.NDArray[np.bool_], list[str | None]]:
+    """Which of the candidate pairs (messages q[i], r[i] of the scan) are a query and its
+    answer: both read, q a query and r a response, the same id and the same name. Returns
+    that mask and the names of the pairs that hold."""
+    h = sc.hdr
+    ok = (h[q, _DH_STATUS] == 0) & (h[r, _DH_STATUS] == 0)
+    ok &= ((h[q, _DH_OP] >> 15) & 1 == 0) & ((h[r, _DH_OP] >> 15) & 1 == 1)
+    ok &= h[q, _DH_ID] == h[r, _DH_ID]
+    names: list[str | None] = []
+    for j in np.flatnonzero(ok).tolist():
+        nq = sc.name(int(q[j]))
+        if nq != sc.name(int(r[j])):
+            ok[j] = False
+        else:
+            names.append(nq)
+    return ok, names
+
+
+def pair_columns(
+    sc: DnsScan,
+    q: I64,
+    r: I64,
+    names: list[str | None],
+    ts_q: I64,
+    ts_r: I64,
+    slots: I64,
+    uids: UidLookup,
+) -> dict[str, Any]:
+    """The `dns` columns of the pairs (q[i], r[i]) in flow `slots[i]`, seen at ts_q/ts_r (ns):
+    `AppMeta`'s row fields (and `slot`) as Arrow arrays of the stream's types."""
+    import pyarrow as pa  # lazily, like every pyarrow use on the capture path
+
+    h = sc.hdr
+    k = slots.size
+    opq, opr = h[q, _DH_OP], h[r, _DH_OP]
+    qfrom = h[q, _DH_QFROM]
+    qtype = h[q, _DH_QTYPE]
+    qclass = h[q, _DH_QCLASS]
+    opcode = (opq >> 11) & 15
+    rcode = opr & 15
+    nans = h[r, _DH_NANS].astype(np.int64)
+    first = h[r, _DH_FIRST].astype(np.int64)
+    # the answers of every response, one after another
+    offsets = np.zeros(k + 1, np.int32)
+    np.cumsum(nans, out=offsets[1:])
+    total = int(offsets[-1])
+    ans = np.repeat(first - offsets[:-1], nans) + np.arange(total)
+    texts = [
+        sc.text[o : o + ln].decode("ascii", "replace") if ln >= 0 else QTYPES.get(t, f"type{t}")
+        for t, o, ln in zip(
+            sc.a_type[ans].tolist(), sc.a_off[ans].tolist(), sc.a_len[ans].tolist(), strict=True
+        )
+    ]
+    pa_off = pa.array(offsets, pa.int32())
+    qcls = qclass.tolist()
+    qtyp = qtype.tolist()
+    qf = qfrom.tolist()
+    arrow = getattr(uids, "arrow", None)  # a `UidSlots`: no string per uid
+    uid = arrow(slots) if arrow is not None else [uids[s] for s in slots.tolist()]
+    return {
+        "ts": ts_q.astype(np.int64),
+        "uid": uid,
+        "slot": slots.astype(np.int64),
+        "trans_id": pa.array(h[q, _DH_ID].astype(np.uint16), pa.uint16()),
+        "rtt": pa.array((ts_r - ts_q) / 1e9, pa.float64(), mask=ts_r == ts_q),
+        "qname": pa.array(names, pa.string()),
+        "qclass": pa.array(qclass.astype(np.uint16), pa.uint16(), mask=qfrom != 1),
+        "qclass_name": pa.array(
+            [QCLASSES.get(c) if f == 1 else None for c, f in zip(qcls, qf, strict=True)],
+            pa.string(),
+        ),
+        "qtype": pa.array(qtype.astype(np.uint16), pa.uint16(), mask=qfrom == 0),
+        "qtype_name": pa.array(
+            [QTYPES.get(t) if f else None for t, f in zip(qtyp, qf, strict=True)], pa.string()
+        ),
+        "rd": pa.array((opq >> 8) & 1 == 1, pa.bool_()),
+        "z": pa.array(((opq >> 4) & 7).astype(np.uint8), pa.uint8()),
+        "opcode": pa.array(opcode.astype(np.uint8), pa.uint8()),
+        "opcode_name": pa.array([OPCODES.get(o) for o in opcode.tolist()], pa.string()),
+        "answers": pa.ListArray.from_arrays(pa_off, pa.array(texts, pa.string())),
+        "ttls": pa.ListArray.from_arrays(
+            pa_off, pa.array(sc.a_ttl[ans].astype(np.float64), pa.float64())
+        ),
+        "rcode": pa.array(rcode.astype(np.uint16), pa.uint16()),
+        "rcode_name": pa.array([RCODES.get(c, str(c)) for c in rcode.tolist()], pa.string()),
+        "aa": pa.array((opr >> 10) & 1 == 1, pa.bool_()),
+        "tc": pa.array((opr >> 9) & 1 == 1, pa.bool_()),
+        "ra": pa.array((opr >> 7) & 1 == 1, pa.bool_()),
+        "rejected": pa.array((rcode != 0) & (nans == 0), pa.bool_()),
+    }
