@@ -29,7 +29,6 @@ from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture.app import AppFeed
 from capture.batch import PacketBatch
 from capture.flow import (
-    PROTO_NAMES,
     BatchKeys,
     Columns,
     FlowConfig,
@@ -41,6 +40,7 @@ from capture.flow import (
     concat_column,
     count,
     empty_lists,
+    proto_names,
     pylist,
     repeat_text,
 )
@@ -250,13 +250,15 @@ class Pipeline:
                 if done is not None:
                     refs[i], rids[i] = done
         self.summary.flows += n
-        prin = self._principal
+        import pyarrow as pa  # (loaded by now: rows_for made the columns)
+
+        text = pa.string()
         self._buffer(
             self._flow_buf,
             {
                 "ts": np.asarray(cols["ts"], np.int64) // 1000,
                 "uid": uid_col,
-                "principal": prin[slots].tolist(),
+                "principal": pa.array(self._principal[slots], text),
                 "client_ip": cols["orig_h"],
                 "client_port": cols["orig_p"],
                 "server_ip": cols["resp_h"],
@@ -276,7 +278,7 @@ class Pipeline:
                 "resp_ip_bytes": cols["resp_ip_bytes"],
                 "ip_proto": cols["ip_proto"],
                 "interface": repeat_text(self.interface, n),
-                **meta,
+                **{k: pa.array(v, text) for k, v in meta.items()},
                 "refs": refs,
                 "record_ids": rids,
                 "community_id": cols["community_id"],
@@ -299,6 +301,8 @@ class Pipeline:
 
     def _dns_block(self, cols: dict[str, Any]) -> None:
         """`dns` rows (AppMeta's fields and `slot`) completed with the flow's fields."""
+        import pyarrow as pa  # lazily: the first packet does not wait for it
+
         n = len(cols["uid"])
         t = self.table
         slots = np.asarray(cols.pop("slot"), np.int64)
@@ -306,12 +310,11 @@ class Pipeline:
         oh, rh, op, rp = t.orig_h[slots], t.resp_h[slots], t.orig_p[slots], t.resp_p[slots]
         cols["client_ip"], cols["server_ip"] = addr_array(oh), addr_array(rh)
         cols["client_port"], cols["server_port"] = op, rp
-        cols["proto"] = [PROTO_NAMES.get(p, "udp") for p in t.proto[slots].tolist()]
+        cols["proto"] = proto_names(t.proto[slots], "udp")
         cols["community_id"] = community_id_array(oh, rh, t.proto[slots], op, rp)
-        cols["principal"] = self._principal[slots].tolist()
-        cols["interface"] = [self.interface] * n
-        empty: list[str] = []
-        cols["refs"], cols["record_ids"] = [empty] * n, [empty] * n
+        cols["principal"] = pa.array(self._principal[slots], pa.string())
+        cols["interface"] = repeat_text(self.interface, n)
+        cols["refs"] = cols["record_ids"] = empty_lists(n)
         self._buffer(self._dns_buf, cols)
         self.summary.dns_rows += n
 
@@ -372,17 +375,12 @@ class Pipeline:
             from store.metadata import MetadataWriter
 
             paths, gateway, name = self._writer_args
+            rows, queue = self.PUBLISH_ROWS, self._queue_rows
             flow, dns = (
-                MetadataWriter(
-                    stream,
-                    name,
-                    paths=paths,
-                    gateway=gateway,
-                    parquet_rows=self.PUBLISH_ROWS,
-                    queue_limit=self._queue_rows,
-                )
-                for stream in ("flow", "dns")
-            )
+                MetadataWriter(st, name, paths=paths, gateway=gateway, parquet_rows=rows,
+                               queue_limit=queue)
+                for st in ("flow", "dns")
+            )  # fmt: skip
             self._writers = (flow, dns)
         return self._writers
 

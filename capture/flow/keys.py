@@ -339,6 +339,8 @@ def community_id_array(
 
 
 CID_LEN = 30  # "1:" and the base64 of a SHA-1 digest
+_CID_PORTS = np.zeros(256, bool)  # protocols whose Community ID includes the ports
+_CID_PORTS[[6, 17, 132, 1, 58]] = True
 
 
 def community_id_bytes(
@@ -357,7 +359,7 @@ def community_id_bytes(
         return out
     o = np.ascontiguousarray(orig_h, np.uint8)
     r = np.ascontiguousarray(resp_h, np.uint8)
-    ports = np.isin(proto, (6, 17, 132, 1, 58))
+    ports = _CID_PORTS[proto]
     t = np.minimum(op, 255).astype(np.intp)
     icmp = (proto == 1) | (proto == 58)
     one_way = icmp & (np.where(proto == 58, _CP6[t], _CP4[t]) < 0)

@@ -74,15 +74,14 @@ for _i, _h in enumerate(_UDP_HIST):
 _ST_S0, _ST_SF, _ST_SHR, _ST_OTH = (
     tcpstate.CONN_STATES.index(x) for x in ("S0", "SF", "SHR", "OTH")
 )
-_PROTO_NAMES = [PROTO_NAMES.get(p, "unknown_transport") for p in range(256)]
 
 
 @functools.cache
-def _texts(which: str) -> pa.Array:
-    """Arrow arrays of the state and protocol names (taken by code, no object per row)."""
+def _state_texts() -> pa.Array:
+    """Arrow array of the connection state names (taken by code, no object per row)."""
     import pyarrow as pa
 
-    return pa.array(list(tcpstate.CONN_STATES) if which == "state" else _PROTO_NAMES, pa.string())
+    return pa.array(list(tcpstate.CONN_STATES), pa.string())
 
 
 _UNKNOWN = np.array([p not in PROTO_NAMES for p in range(256)])
@@ -123,6 +122,18 @@ def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
     return arrow_text(offsets, data[:w], k)
 
 
+def proto_names(proto: npt.NDArray[np.uint8], other: str = "unknown_transport") -> pa.Array:
+    """Zeek's protocol names of `proto` (`other` for protocols without one), as Arrow."""
+    return _proto_texts(other).take(np.asarray(proto, np.uint8))
+
+
+@functools.cache
+def _proto_texts(other: str) -> pa.Array:
+    import pyarrow as pa
+
+    return pa.array([PROTO_NAMES.get(p, other) for p in range(256)], pa.string())
+
+
 def empty_lists(n: int) -> Any:
     """n empty `list<string>` values as an Arrow array, without a Python list per row."""
     import pyarrow as pa  # (a local import: module start-up does not need pyarrow)
@@ -150,7 +161,6 @@ def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
     """Columns for the flows in `slots` (their current state): numpy arrays for numbers,
     Arrow arrays for text (uid, addresses, protocol, state, history, Community ID), made
     without a Python object per row (`to_rows` gives dicts)."""
-    import pyarrow as pa
 
     k = slots.size
     proto = t.proto[slots]
@@ -222,12 +232,12 @@ def rows_for(t: FlowTable, slots: npt.NDArray[np.int64]) -> Columns:
         "orig_p": op,
         "resp_h": addr_array(resp_h),
         "resp_p": rp,
-        "proto": _texts("proto").take(pa.array(proto)),
+        "proto": proto_names(proto),
         "ip_proto": proto,
         "duration_ns": last - first,
         "orig_bytes": ob,
         "resp_bytes": rb,
-        "conn_state": _texts("state").take(pa.array(state)),
+        "conn_state": _state_texts().take(state),
         "missed_bytes": missed,
         "history": arrow_text(hoff, hdata, k),
         "orig_pkts": pk[:, 0].copy(),

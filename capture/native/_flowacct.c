@@ -65,6 +65,23 @@ int64_t tcp_process_rows(tcpflow *flows, int64_t nslots, int64_t n, const int64_
     return -1;
 }
 
+/* Decimal digits of one octet at p; returns how many (1 to 3). */
+static int octet_text(char *p, unsigned v) {
+    if (v >= 100) {
+        p[0] = (char)('0' + v / 100);
+        p[1] = (char)('0' + v / 10 % 10);
+        p[2] = (char)('0' + v % 10);
+        return 3;
+    }
+    if (v >= 10) {
+        p[0] = (char)('0' + v / 10);
+        p[1] = (char)('0' + v % 10);
+        return 2;
+    }
+    p[0] = (char)('0' + v);
+    return 1;
+}
+
 /* Text of n 16-byte addresses as an Arrow string column: offsets[0..n] (int32) and data
    (at most cap bytes). IPv4-mapped addresses print as a dotted quad, others as inet_ntop
    does, except addresses whose first 12 bytes are zero, which print as Python's
@@ -80,7 +97,11 @@ int64_t addr_text(const uint8_t *addrs, int64_t n, int32_t *offsets, char *data,
         const uint8_t *a = addrs + 16 * i;
         int len;
         if (memcmp(a, v4pre, 12) == 0) {
-            len = snprintf(tmp, sizeof tmp, "%u.%u.%u.%u", a[12], a[13], a[14], a[15]);
+            len = 0;
+            for (int j = 12; j < 16; j++) {
+                if (j > 12) tmp[len++] = '.';
+                len += octet_text(tmp + len, a[j]);
+            }
         } else if (memcmp(a, zero12, 12) == 0 && (a[12] | a[13]) != 0) {
             len = snprintf(tmp, sizeof tmp, "::%x:%x", (a[12] << 8) | a[13], (a[14] << 8) | a[15]);
         } else {
