@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture.app import AppFeed
+from capture.app.dnspairs import row_columns as dns_row_columns
 from capture.batch import PacketBatch
 from capture.flow import (
     BatchKeys,
@@ -294,10 +295,7 @@ class Pipeline:
             self._dns_block(cols)
         rows = self.appf.app.take_dns_rows()
         if rows:
-            # every row is made by `AppMeta._dns_row`: the same keys in the same order, so
-            # one transposition gives the columns
-            values = zip(*(r.values() for r in rows), strict=True)
-            self._dns_block(dict(zip(rows[0], map(list, values), strict=True)))
+            self._dns_block(dns_row_columns(rows))
 
     def _dns_block(self, cols: dict[str, Any]) -> None:
         """`dns` rows (AppMeta's fields and `slot`) completed with the flow's fields."""

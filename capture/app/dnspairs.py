@@ -9,6 +9,7 @@ order the pairs are found (by slot).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -122,3 +123,32 @@ def pair_columns(
         "ra": pa.array((opr >> 7) & 1 == 1, pa.bool_()),
         "rejected": pa.array((rcode != 0) & (nans == 0), pa.bool_()),
     }
+
+
+@functools.cache
+def _row_schema() -> Any:
+    """The Arrow types of `AppMeta`'s `dns` row fields (those `pair_columns` makes)."""
+    import pyarrow as pa
+
+    u16, s, b, strs = pa.uint16(), pa.string(), pa.bool_(), pa.list_(pa.string())
+    return pa.schema(
+        [("ts", pa.int64()), ("uid", s), ("slot", pa.int64()), ("trans_id", u16),
+         ("rtt", pa.float64()), ("qname", s), ("qclass", u16), ("qclass_name", s),
+         ("qtype", u16), ("qtype_name", s), ("rd", b), ("z", pa.uint8()),
+         ("opcode", pa.uint8()), ("opcode_name", s), ("answers", strs),
+         ("ttls", pa.list_(pa.float64())), ("rcode", u16), ("rcode_name", s), ("aa", b),
+         ("tc", b), ("ra", b), ("rejected", b)]
+    )  # fmt: skip
+
+
+def row_columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`AppMeta`'s `dns` row dicts as the columns `pair_columns` makes: one conversion for
+    all of them (`ts` and `slot` as numpy)."""
+    batch = _row_schema()
+    import pyarrow as pa
+
+    rb = pa.RecordBatch.from_pylist(rows, schema=batch)
+    cols = dict(zip(rb.schema.names, rb.columns, strict=True))
+    cols["ts"] = cols["ts"].to_numpy()
+    cols["slot"] = cols["slot"].to_numpy()
+    return cols

@@ -76,14 +76,6 @@ _ST_S0, _ST_SF, _ST_SHR, _ST_OTH = (
 )
 
 
-@functools.cache
-def _state_texts() -> pa.Array:
-    """Arrow array of the connection state names (taken by code, no object per row)."""
-    import pyarrow as pa
-
-    return pa.array(list(tcpstate.CONN_STATES), pa.string())
-
-
 _UNKNOWN = np.array([p not in PROTO_NAMES for p in range(256)])
 
 
@@ -122,16 +114,41 @@ def addr_array(a: npt.NDArray[np.uint8]) -> pa.Array:
     return arrow_text(offsets, data[:w], k)
 
 
-def proto_names(proto: npt.NDArray[np.uint8], other: str = "unknown_transport") -> pa.Array:
-    """Zeek's protocol names of `proto` (`other` for protocols without one), as Arrow."""
-    return _proto_texts(other).take(np.asarray(proto, np.uint8))
+class TextTable:
+    """A small table of texts taken by code into an Arrow string array with numpy (no
+    Python object per row, no Arrow compute call)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        raw = [t.encode() for t in texts]
+        width = max(1, *(len(r) for r in raw))
+        self._len = np.array([len(r) for r in raw], np.int32)
+        self._bytes = np.zeros((len(raw), width), np.uint8)
+        for i, r in enumerate(raw):
+            self._bytes[i, : len(r)] = np.frombuffer(r, np.uint8)
+
+    def take(self, codes: npt.NDArray[Any]) -> pa.Array:
+        codes = np.asarray(codes, np.intp)
+        lens = self._len[codes]
+        offsets = np.zeros(codes.size + 1, np.int32)
+        np.cumsum(lens, out=offsets[1:])
+        rows = self._bytes[codes]
+        data = rows[np.arange(rows.shape[1])[None, :] < lens[:, None]]
+        return arrow_text(offsets, data, codes.size)
 
 
 @functools.cache
-def _proto_texts(other: str) -> pa.Array:
-    import pyarrow as pa
+def _state_texts() -> TextTable:
+    return TextTable(list(tcpstate.CONN_STATES))
 
-    return pa.array([PROTO_NAMES.get(p, other) for p in range(256)], pa.string())
+
+def proto_names(proto: npt.NDArray[np.uint8], other: str = "unknown_transport") -> pa.Array:
+    """Zeek's protocol names of `proto` (`other` for protocols without one), as Arrow."""
+    return _proto_texts(other).take(proto)
+
+
+@functools.cache
+def _proto_texts(other: str) -> TextTable:
+    return TextTable([PROTO_NAMES.get(p, other) for p in range(256)])
 
 
 def empty_lists(n: int) -> Any:
