@@ -27,7 +27,8 @@ import numpy.typing as npt
 
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture.app import AppFeed
-from capture.app.dnspairs import row_columns as dns_row_columns
+from capture.app.dnspairs import PairData
+from capture.app.dnsrows import DnsBlocks, FlowFields
 from capture.batch import PacketBatch
 from capture.flow import (
     BatchKeys,
@@ -35,13 +36,10 @@ from capture.flow import (
     FlowConfig,
     FlowTable,
     NetSet,
-    addr_array,
     addr_texts,
-    community_id_array,
     concat_column,
     count,
     empty_lists,
-    proto_names,
     pylist,
     repeat_text,
 )
@@ -115,7 +113,7 @@ class Pipeline:
         self._flow_config = flow_config
         self.bypassed = bypassed  # web rows for flows past the proxy (transparent subjects scope)
         self._flow_buf: list[dict[str, Any]] = []
-        self._dns_buf: list[dict[str, Any]] = []
+        self._dns = DnsBlocks()  # dns rows until they are sent
         self._reset_source()
 
     def _reset_source(self) -> None:
@@ -290,31 +288,25 @@ class Pipeline:
         )
 
     def _emit_dns(self) -> None:
-        # the pairs' columns first: they were made before AppMeta's rows of the same batch
-        for cols in self.appf.take_dns_columns():
-            self._dns_block(cols)
+        # the pairs first: they were settled before AppMeta's rows of the same batch
+        for pairs in self.appf.take_dns_pairs():
+            self._dns_add(pairs, pairs.slots)
         rows = self.appf.app.take_dns_rows()
         if rows:
-            self._dns_block(dns_row_columns(rows))
+            self._dns_add(rows, np.fromiter((r["slot"] for r in rows), np.int64, len(rows)))
 
-    def _dns_block(self, cols: dict[str, Any]) -> None:
-        """`dns` rows (AppMeta's fields and `slot`) completed with the flow's fields."""
-        import pyarrow as pa  # lazily: the first packet does not wait for it
-
-        n = len(cols["uid"])
+    def _dns_add(self, meta: PairData | list[dict[str, Any]], slots: npt.NDArray[np.int64]) -> None:
+        """`dns` rows (AppMeta's fields) with their flows' fields, read now (the slots are
+        reused later); they become Arrow columns when sent (`DnsBlocks`)."""
         t = self.table
-        slots = np.asarray(cols.pop("slot"), np.int64)
-        cols["ts"] = np.asarray(cols["ts"], np.int64) // 1000
-        oh, rh, op, rp = t.orig_h[slots], t.resp_h[slots], t.orig_p[slots], t.resp_p[slots]
-        cols["client_ip"], cols["server_ip"] = addr_array(oh), addr_array(rh)
-        cols["client_port"], cols["server_port"] = op, rp
-        cols["proto"] = proto_names(t.proto[slots], "udp")
-        cols["community_id"] = community_id_array(oh, rh, t.proto[slots], op, rp)
-        cols["principal"] = pa.array(self._principal[slots], pa.string())
-        cols["interface"] = repeat_text(self.interface, n)
-        cols["refs"] = cols["record_ids"] = empty_lists(n)
-        self._buffer(self._dns_buf, cols)
-        self.summary.dns_rows += n
+        flow = FlowFields(
+            t.orig_h[slots], t.resp_h[slots], t.orig_p[slots], t.resp_p[slots],
+            t.proto[slots], self._principal[slots],
+        )  # fmt: skip
+        self._dns.add(meta, flow)
+        self.summary.dns_rows += slots.size
+        if self._dns.rows >= ROW_BLOCK:
+            self.flush_rows()
 
     def _buffer(self, buf: list[dict[str, Any]], cols: dict[str, Any]) -> None:
         """Rows go to the writers in blocks of ROW_BLOCK (one schema check per block);
@@ -324,18 +316,21 @@ class Pipeline:
             self.flush_rows()
 
     def flush_rows(self) -> None:
-        for buf, writer in ((self._flow_buf, self.flow_w), (self._dns_buf, self.dns_w)):
-            if not buf:
-                continue
-            merged = {k: concat_column([c[k] for c in buf]) for k in buf[0]}
-            import pyarrow as pa  # lazily: the first packet does not wait for it
+        import pyarrow as pa  # lazily: the first packet does not wait for it
 
-            ts = pa.timestamp("us", tz="UTC")
+        ts = pa.timestamp("us", tz="UTC")
+        if self._flow_buf:
+            buf = self._flow_buf
+            merged = {k: concat_column([c[k] for c in buf]) for k in buf[0]}
             merged["ts"] = pa.array(np.asarray(merged["ts"], np.int64), ts)
             buf.clear()
-            if self.bypassed is not None and writer is self.flow_w:
+            if self.bypassed is not None:
                 self.bypassed.add(merged)
-            writer.append_batch(merged)
+            self.flow_w.append_batch(merged)
+        dns = self._dns.columns(self.interface)
+        if dns is not None:
+            dns["ts"] = pa.array(dns["ts"], ts)
+            self.dns_w.append_batch(dns)
 
     def end_source(self) -> None:
         """End of a capture file (or interface stop): every live flow becomes a row."""

@@ -1,8 +1,9 @@
 """`dns` rows of flows whose first two datagrams are a query and its answer, as columns.
 
 Most DNS flows are one query and one answer. `AppFeed` finds those pairs in a batch with array
-code; their rows are made here straight from the batch DNS scan's arrays (`DnsScan`): one
-column at a time, no `DnsView`, no row dict, no parser state. They are exactly the rows
+code; what their rows need is taken from the batch DNS scan's arrays (`DnsScan`) as arrays
+(`PairData`), and the rows are made one column at a time for many batches at once
+(`pair_columns`): no `DnsView`, no row dict, no parser state. They are exactly the rows
 `AppMeta.dns_datagram` would make from the two messages (a test compares both paths), in the
 order the pairs are found (by slot).
 """
@@ -10,6 +11,7 @@ order the pairs are found (by slot).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ from capture.app.dnsscan import (
     DnsScan,
 )
 from capture.app.meta import OPCODES, QCLASSES, RCODES
+from capture.flow.rows import fixed_text
 from capture.flow.uids import UidLookup
 
 I64 = npt.NDArray[np.int64]
@@ -51,7 +54,59 @@ def pairs_ok(sc: DnsScan, q: I64, r: I64) -> tuple[npt.NDArray[np.bool_], list[s
     return ok, names
 
 
-def pair_columns(
+@dataclass(slots=True)
+class PairData:
+    """What the rows of k query/answer pairs need, taken from a batch's `DnsScan` (which the
+    next batch replaces): the header fields of both messages, the names, the answers' texts
+    and TTLs, the times (ns), the flow slots and uids. `pair_columns` makes the columns,
+    once for many batches' pairs (`concat`)."""
+
+    hq: npt.NDArray[np.int32]  # (k, 8) header fields of the queries (`DnsScan.hdr` rows)
+    hr: npt.NDArray[np.int32]  # (k, 8) of the answers
+    names: list[str | None]
+    texts: list[str]  # every answer's text, answer after answer
+    ttls: npt.NDArray[np.float64]  # every answer's TTL
+    ts_q: I64
+    ts_r: I64
+    slots: I64
+    uids: Any  # `S17` array (a `UidSlots`'), or a list of str
+
+    @property
+    def size(self) -> int:
+        return int(self.slots.size)
+
+    @staticmethod
+    def concat(parts: list[PairData]) -> PairData:
+        if len(parts) == 1:
+            return parts[0]
+        uids: Any = [p.uids for p in parts]
+        if all(isinstance(u, np.ndarray) for u in uids):
+            uids = np.concatenate(uids)
+        else:
+            uids = [
+                x
+                for u in uids
+                for x in (u.astype("U17").tolist() if isinstance(u, np.ndarray) else u)
+            ]
+        return PairData(
+            np.concatenate([p.hq for p in parts]),
+            np.concatenate([p.hr for p in parts]),
+            [n for p in parts for n in p.names],
+            [t for p in parts for t in p.texts],
+            np.concatenate([p.ttls for p in parts]),
+            np.concatenate([p.ts_q for p in parts]),
+            np.concatenate([p.ts_r for p in parts]),
+            np.concatenate([p.slots for p in parts]),
+            uids,
+        )
+
+
+def _strs(raw: npt.NDArray[Any]) -> list[str]:
+    out: list[str] = raw.astype(f"U{raw.dtype.itemsize}").tolist()
+    return out
+
+
+def pair_data(
     sc: DnsScan,
     q: I64,
     r: I64,
@@ -60,62 +115,66 @@ def pair_columns(
     ts_r: I64,
     slots: I64,
     uids: UidLookup,
-) -> dict[str, Any]:
-    """The `dns` columns of the pairs (q[i], r[i]) in flow `slots[i]`, seen at ts_q/ts_r (ns):
-    `AppMeta`'s row fields (and `slot`) as Arrow arrays of the stream's types."""
-    import pyarrow as pa  # lazily, like every pyarrow use on the capture path
-
-    h = sc.hdr
-    k = slots.size
-    opq, opr = h[q, _DH_OP], h[r, _DH_OP]
-    qfrom = h[q, _DH_QFROM]
-    qtype = h[q, _DH_QTYPE]
-    qclass = h[q, _DH_QCLASS]
-    opcode = (opq >> 11) & 15
-    rcode = opr & 15
-    nans = h[r, _DH_NANS].astype(np.int64)
-    first = h[r, _DH_FIRST].astype(np.int64)
-    # the answers of every response, one after another
-    offsets = np.zeros(k + 1, np.int32)
-    np.cumsum(nans, out=offsets[1:])
-    total = int(offsets[-1])
-    ans = np.repeat(first - offsets[:-1], nans) + np.arange(total)
+) -> PairData:
+    """The `PairData` of the pairs (q[i], r[i]) of `sc` in flow `slots[i]`, seen at ts_q/ts_r."""
+    hr = sc.hdr[r]
+    nans = hr[:, _DH_NANS].astype(np.int64)
+    first = hr[:, _DH_FIRST].astype(np.int64)
+    ends = np.cumsum(nans)
+    ans = np.repeat(first - (ends - nans), nans) + np.arange(int(ends[-1]) if ends.size else 0)
     texts = [
         sc.text[o : o + ln].decode("ascii", "replace") if ln >= 0 else QTYPES.get(t, f"type{t}")
         for t, o, ln in zip(
             sc.a_type[ans].tolist(), sc.a_off[ans].tolist(), sc.a_len[ans].tolist(), strict=True
         )
     ]
+    raw = getattr(uids, "raw", None)  # a `UidSlots`: no string per uid
+    uid = raw(slots) if raw is not None else [uids[s] for s in slots.tolist()]
+    return PairData(
+        sc.hdr[q], hr, names, texts, sc.a_ttl[ans].astype(np.float64), ts_q.astype(np.int64),
+        ts_r.astype(np.int64), slots.astype(np.int64), uid,
+    )  # fmt: skip
+
+
+def pair_columns(pd: PairData) -> dict[str, Any]:
+    """The `dns` columns of the pairs: `AppMeta`'s row fields (and `slot`), Arrow arrays of
+    the stream's types (`ts` and `slot` numpy)."""
+    import pyarrow as pa  # lazily, like every pyarrow use on the capture path
+
+    hq, hr = pd.hq, pd.hr
+    opq, opr = hq[:, _DH_OP], hr[:, _DH_OP]
+    qfrom, qtype, qclass = hq[:, _DH_QFROM], hq[:, _DH_QTYPE], hq[:, _DH_QCLASS]
+    opcode = (opq >> 11) & 15
+    rcode = opr & 15
+    nans = hr[:, _DH_NANS]
+    offsets = np.zeros(pd.size + 1, np.int32)
+    np.cumsum(nans, out=offsets[1:])
     pa_off = pa.array(offsets, pa.int32())
-    qcls = qclass.tolist()
-    qtyp = qtype.tolist()
     qf = qfrom.tolist()
-    arrow = getattr(uids, "arrow", None)  # a `UidSlots`: no string per uid
-    uid = arrow(slots) if arrow is not None else [uids[s] for s in slots.tolist()]
+    uid = fixed_text(pd.uids) if isinstance(pd.uids, np.ndarray) else pa.array(pd.uids, pa.string())
     return {
-        "ts": ts_q.astype(np.int64),
+        "ts": pd.ts_q,
         "uid": uid,
-        "slot": slots.astype(np.int64),
-        "trans_id": pa.array(h[q, _DH_ID].astype(np.uint16), pa.uint16()),
-        "rtt": pa.array((ts_r - ts_q) / 1e9, pa.float64(), mask=ts_r == ts_q),
-        "qname": pa.array(names, pa.string()),
+        "slot": pd.slots,
+        "trans_id": pa.array(hq[:, _DH_ID].astype(np.uint16), pa.uint16()),
+        "rtt": pa.array((pd.ts_r - pd.ts_q) / 1e9, pa.float64(), mask=pd.ts_r == pd.ts_q),
+        "qname": pa.array(pd.names, pa.string()),
         "qclass": pa.array(qclass.astype(np.uint16), pa.uint16(), mask=qfrom != 1),
         "qclass_name": pa.array(
-            [QCLASSES.get(c) if f == 1 else None for c, f in zip(qcls, qf, strict=True)],
+            [QCLASSES.get(c) if f == 1 else None for c, f in zip(qclass.tolist(), qf, strict=True)],
             pa.string(),
         ),
         "qtype": pa.array(qtype.astype(np.uint16), pa.uint16(), mask=qfrom == 0),
         "qtype_name": pa.array(
-            [QTYPES.get(t) if f else None for t, f in zip(qtyp, qf, strict=True)], pa.string()
+            [QTYPES.get(t) if f else None for t, f in zip(qtype.tolist(), qf, strict=True)],
+            pa.string(),
         ),
         "rd": pa.array((opq >> 8) & 1 == 1, pa.bool_()),
         "z": pa.array(((opq >> 4) & 7).astype(np.uint8), pa.uint8()),
         "opcode": pa.array(opcode.astype(np.uint8), pa.uint8()),
         "opcode_name": pa.array([OPCODES.get(o) for o in opcode.tolist()], pa.string()),
-        "answers": pa.ListArray.from_arrays(pa_off, pa.array(texts, pa.string())),
-        "ttls": pa.ListArray.from_arrays(
-            pa_off, pa.array(sc.a_ttl[ans].astype(np.float64), pa.float64())
-        ),
+        "answers": pa.ListArray.from_arrays(pa_off, pa.array(pd.texts, pa.string())),
+        "ttls": pa.ListArray.from_arrays(pa_off, pa.array(pd.ttls, pa.float64())),
         "rcode": pa.array(rcode.astype(np.uint16), pa.uint16()),
         "rcode_name": pa.array([RCODES.get(c, str(c)) for c in rcode.tolist()], pa.string()),
         "aa": pa.array((opr >> 10) & 1 == 1, pa.bool_()),

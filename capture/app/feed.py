@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from capture.app.dnspairs import pair_columns, pairs_ok
+from capture.app.dnspairs import PairData, pair_data, pairs_ok
 from capture.app.dnsscan import DnsScan, DnsView
 from capture.app.dnsscan import scan_raw as scan_dns
 from capture.app.heads import norm_host, tls_version_name
@@ -61,7 +61,7 @@ class AppFeed:
         self._fast: list[FastMeta | None] = []  # per slot: heads read by the C fast path
         self._fast_kind = np.zeros(0, np.int8)  # per slot: 0 none, 1 TLS, 2 HTTP (`_fast`)
         self._in_app = np.zeros(0, bool)  # per slot: AppMeta has (had) the flow
-        self._dns_cols: list[dict[str, Any]] = []  # `dns` rows of query/answer pairs
+        self._dns_pairs_made: list[PairData] = []  # `dns` rows of query/answer pairs
 
     def grow(self, cap: int) -> None:
         """Make room for `cap` flow slots."""
@@ -200,7 +200,7 @@ class AppFeed:
     ) -> npt.NDArray[np.bool_] | None:
         """DNS flows (not NetBIOS) new to AppMeta whose candidates in this batch (`cand`, the
         UDP DNS ones, scanned as `sc`) are exactly a query and its answer: their `dns` rows
-        are made as columns (`capture.app.dnspairs`, taken by `take_dns_columns`), no
+        are made as columns (`capture.app.dnspairs`, taken by `take_dns_pairs`), no
         per-flow parser state. Returns which candidates are still to be fed (None: all)."""
         s_c = sl[cand]
         ok = (self._dns[s_c] == 1) & ~self._in_app[s_c] & (self._fast_kind[s_c] == 0)
@@ -220,8 +220,8 @@ class AppFeed:
             return None
         q, r, done = i1[good], i2[good], slots[pair][good]
         ts = b.ts_ns
-        self._dns_cols.append(
-            pair_columns(sc, q, r, names, ts[p_idx[cand[q]]], ts[p_idx[cand[r]]], done, uids)
+        self._dns_pairs_made.append(
+            pair_data(sc, q, r, names, ts[p_idx[cand[q]]], ts[p_idx[cand[r]]], done, uids)
         )
         keep = np.ones(cand.size, bool)
         keep[q] = keep[r] = False
@@ -231,11 +231,11 @@ class AppFeed:
             self._fast[s] = FastMeta("dns")
         return keep
 
-    def take_dns_columns(self) -> list[dict[str, Any]]:
-        """The `dns` rows made as columns since the last call (each before `AppMeta`'s rows
-        of the same batch: take these first)."""
-        cols, self._dns_cols = self._dns_cols, []
-        return cols
+    def take_dns_pairs(self) -> list[PairData]:
+        """The query/answer pairs settled since the last call (their rows come before
+        `AppMeta`'s rows of the same batch: take these first)."""
+        made, self._dns_pairs_made = self._dns_pairs_made, []
+        return made
 
     def _fast_heads(
         self,

@@ -48,6 +48,10 @@ class UidSlots:
         """The uids of `slots` as strings, in order."""
         return [str(u) for u in self._a[slots].astype(f"U{UID_LEN}").tolist()]
 
+    def raw(self, slots: npt.NDArray[np.int64]) -> npt.NDArray[np.bytes_]:
+        """The uids of `slots` as an `S17` array (a copy)."""
+        return self._a[slots]
+
     def arrow(self, slots: npt.NDArray[np.int64]) -> Any:
         """The uids of `slots` as an Arrow string array (no Python string per uid)."""
         import pyarrow as pa  # lazily: the first packet needs none

@@ -3,7 +3,8 @@
 `AppMeta`, kept below as the reference): a generated capture of pairs and near-pairs
 (another id, another name, two queries, an answer first, three messages, the same timestamp,
 errors without answers, answer-only mDNS, bytes outside ASCII in a name, many answers) and
-the corpus's DNS captures, replayed by `lbm capture replay` in this process both ways.
+the corpus's DNS captures, replayed by `lbm capture replay` in this process both ways; and
+pending `dns` blocks of both kinds keep their order when they become columns.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pytest
 from lbm_testing import Lbm
 
 from capture.app import AppFeed, feed
-from capture.app.dnspairs import pair_columns
-from capture.app.dnsscan import DnsScan
+from capture.app.dnspairs import PairData, pair_data
+from capture.app.dnsrows import DnsBlocks, FlowFields
+from capture.app.dnsscan import DnsScan, DnsView
 from capture.app.feed import FastMeta
 from capture.app.meta import AppMeta
 from store.metadata import read_stream
@@ -174,12 +176,12 @@ def both_ways(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> list[di
     made: list[int] = []
     with pytest.MonkeyPatch.context() as mp:
 
-        def counted(*args: Any) -> dict[str, Any]:
-            cols = pair_columns(*args)
-            made.append(len(cols["uid"]))
-            return cols
+        def counted(*args: Any) -> PairData:
+            pd = pair_data(*args)
+            made.append(pd.size)
+            return pd
 
-        mp.setattr(feed, "pair_columns", counted)
+        mp.setattr(feed, "pair_data", counted)
         out.append(_rows(lbm, files))
     assert sum(made) >= 200  # the pairs did go the columns' way
     lbm = Lbm(base / "data-reference")
@@ -206,3 +208,47 @@ def test_pairs_as_columns_give_the_same_flow_rows(both_ways: list[dict[str, Any]
     by_columns, by_appmeta = both_ways
     assert by_columns["flow"] == by_appmeta["flow"]
     assert sum(r["service"] == "dns" for r in by_columns["flow"]) >= 400
+
+
+def _fields(k: int, base: int) -> FlowFields:
+    h = np.zeros((k, 16), np.uint8)
+    h[:, 10:12] = 0xFF
+    h[:, 15] = np.arange(base, base + k)
+    return FlowFields(h, h[:, ::-1].copy(), np.full(k, 5353, np.uint16), np.full(k, 53, np.uint16),
+                      np.full(k, 17, np.uint8), np.full(k, None, object))  # fmt: skip
+
+
+def _pairs(k: int, base: int) -> PairData:
+    hq = np.zeros((k, 8), np.int32)
+    hq[:, 1] = np.arange(base, base + k)  # ids
+    hq[:, 3] = 1  # the name is the question's
+    hr = hq.copy()
+    hr[:, 2] = 0x8180
+    names = [f"q{base + i}" for i in range(k)]
+    uids = [f"P{base + i}" for i in range(k)]
+    ts = np.arange(k) * 7
+    return PairData(hq, hr, names, [], np.zeros(0), ts, ts + 1, np.arange(k), uids)
+
+
+def _dicts(k: int, base: int) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(k):
+        v = DnsView(base + i, 0, f"d{base + i}", 1, 1, [], [])
+        rows.append(AppMeta._dns_row(f"D{base + i}", i, False, 1000 * i, v))
+    return rows
+
+
+def test_pending_dns_blocks_keep_their_order_across_kinds() -> None:
+    blocks = DnsBlocks()
+    want = []
+    for j, (kind, k) in enumerate([("p", 3), ("d", 2), ("d", 1), ("p", 4), ("d", 3), ("p", 1)]):
+        meta = _pairs(k, 10 * j) if kind == "p" else _dicts(k, 10 * j)
+        want += [f"{kind.upper()}{10 * j + i}" for i in range(k)]
+        blocks.add(meta, _fields(k, 10 * j))
+    cols = blocks.columns("eth9")
+    assert cols is not None and blocks.rows == 0 and blocks.columns("eth9") is None
+    assert cols["uid"].to_pylist() == want
+    assert cols["qname"].to_pylist() == [u.lower().replace("p", "q") for u in want]
+    assert cols["trans_id"].to_pylist() == [int(u[1:]) for u in want]  # ids follow their rows
+    assert [ip.split(".")[-1] for ip in cols["client_ip"].to_pylist()] == [u[1:] for u in want]
+    assert set(cols["interface"].to_pylist()) == {"eth9"}
