@@ -185,7 +185,7 @@ def pair_columns(pd: PairData) -> dict[str, Any]:
 
 
 @functools.cache
-def _row_schema() -> Any:
+def row_schema() -> Any:
     """The Arrow types of `AppMeta`'s `dns` row fields (those `pair_columns` makes)."""
     import pyarrow as pa
 
@@ -203,7 +203,7 @@ def _row_schema() -> Any:
 def row_columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """`AppMeta`'s `dns` row dicts as the columns `pair_columns` makes: one conversion for
     all of them (`ts` and `slot` as numpy)."""
-    batch = _row_schema()
+    batch = row_schema()
     import pyarrow as pa
 
     rb = pa.RecordBatch.from_pylist(rows, schema=batch)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from capture.app.dnspairs import PairData, pair_columns, row_columns
+from capture.app.dnspairs import PairData, pair_columns, row_columns, row_schema
 from capture.flow.keys import community_id_array
 from capture.flow.rows import addr_array, empty_lists, proto_names, repeat_text
 
@@ -81,25 +81,25 @@ class DnsBlocks:
 def _interleave(
     both: list[dict[str, Any]], blocks: list[tuple[PairData | list[dict[str, Any]], FlowFields]]
 ) -> dict[str, Any]:
-    """The pairs' columns and the row dicts' columns merged back into the blocks' order."""
+    """The pairs' columns and the row dicts' columns merged back into the blocks' order: a
+    slice of either per block, joined once per column."""
     import pyarrow as pa
 
+    schema = row_schema()
+    p, d = (
+        pa.RecordBatch.from_arrays([pa.array(c[f.name], f.type) for f in schema], schema=schema)
+        for c in both
+    )
     p_at = d_at = 0
-    d0 = len(both[0]["slot"])
     parts = []
     for meta, _ in blocks:
         if isinstance(meta, PairData):
-            parts.append(np.arange(p_at, p_at + meta.size))
+            parts.append(p.slice(p_at, meta.size))
             p_at += meta.size
         else:
-            parts.append(np.arange(d0 + d_at, d0 + d_at + len(meta)))
+            parts.append(d.slice(d_at, len(meta)))
             d_at += len(meta)
-    order = np.concatenate(parts)
-    out: dict[str, Any] = {}
-    for k, a in both[0].items():
-        b = both[1][k]
-        if isinstance(a, np.ndarray):
-            out[k] = np.concatenate([a, np.asarray(b)])[order]
-        else:
-            out[k] = pa.concat_arrays([a, b]).take(pa.array(order))
+    joined = pa.Table.from_batches(parts, schema=schema).combine_chunks()
+    out = {f.name: joined.column(i).chunk(0) for i, f in enumerate(schema)}
+    out["ts"], out["slot"] = out["ts"].to_numpy(), out["slot"].to_numpy()
     return out
