@@ -40,9 +40,9 @@ from capture.flow import (
     concat_column,
     count,
     empty_lists,
-    pylist,
     repeat_text,
 )
+from capture.flow.uids import UidColumn
 from capture.subjects import ArchiveGate, SubjectLimits, SubjectRecorder
 from capture.summary import Summary
 from store.archive import Archive
@@ -234,10 +234,10 @@ class Pipeline:
         t = self.table
         slots = np.asarray(cols["slot"], np.int64)
         uid_col = cols["uid"]  # Arrow (rows_for), or a list
-        uids: list[str] = pylist(uid_col)
+        uids = UidColumn(uid_col)  # a list only if wanted (subjects' flows)
         if self.gate is not None:
             self.gate.end_flows(uids, slots, self.appf)  # held packets, while names are known
-        meta = self.appf.end_flows(uids, slots)
+        meta = self.appf.end_flows(t.uids, slots)
         refs: Any = empty_lists(n)  # rows of non-subjects: no list per row
         rids: Any = refs
         rec = self.recorder

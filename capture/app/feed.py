@@ -313,13 +313,15 @@ class AppFeed:
         f = self._fast[s]
         return f.server_name if f is not None else None
 
-    def end_flows(self, uids: list[str], slots: npt.NDArray[np.int64]) -> dict[str, list[Any]]:
-        """The flows in `slots` ended: their `APP_COLUMNS` (AppMeta's state is dropped)."""
-        n = len(uids)
+    def end_flows(self, uids: UidLookup, slots: npt.NDArray[np.int64]) -> dict[str, list[Any]]:
+        """The flows in `slots` ended: their `APP_COLUMNS` (AppMeta's state is dropped).
+        `uids`: each slot's uid (`uids[slot]`, the flow table's `UidSlots`)."""
+        n = slots.size
         meta: dict[str, list[Any]] = {k: [None] * n for k in APP_COLUMNS}
         in_app = self._in_app[slots]
-        for i in np.flatnonzero(in_app).tolist():  # flows AppMeta parsed
-            for k, v in self.app.end(uids[i]).items():
+        ia = np.flatnonzero(in_app)
+        for i, s in zip(ia.tolist(), slots[ia].tolist(), strict=True):  # flows AppMeta parsed
+            for k, v in self.app.end(uids[s]).items():
                 meta[k][i] = v
         fast = self._fast
         fi = np.flatnonzero(~in_app & (self._fast_kind[slots] > 0))  # C fast path flows

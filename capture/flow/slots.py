@@ -90,6 +90,7 @@ class FlowSlots:
         s = self.__dict__
         self.first_ts = g(s.get("first_ts"), (cap,), np.int64)
         self.last_ts = g(s.get("last_ts"), (cap,), np.int64)
+        self.timeout = g(s.get("timeout"), (cap,), np.int64)  # inactivity timeout, ns
         self.proto = g(s.get("proto"), (cap,), np.uint8)
         self.orig_h = g(s.get("orig_h"), (cap, 16), np.uint8)
         self.resp_h = g(s.get("resp_h"), (cap, 16), np.uint8)

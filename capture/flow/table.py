@@ -121,10 +121,10 @@ class FlowTable(FlowSlots):
         if span <= self._min_timeout_ns:
             # no gap can hide inside the batch: compare first packets with the table only
             fr = a + first
-            prev_u = np.where(found, self.last_ts[np.maximum(slot_u, 0)], -1)
-            gap_u = (prev_u >= 0) & (
-                c.ts[fr] - prev_u > self._timeout_ns(c.proto[fr], c.sport[fr], c.dport[fr])
-            )
+            su = np.maximum(slot_u, 0)
+            prev_u = np.where(found, self.last_ts[su], -1)
+            # (a found key's timeout is its flow's: the same protocol and ports)
+            gap_u = (prev_u >= 0) & (c.ts[fr] - prev_u > self.timeout[su])
             order = first
             gap = gap_u
         else:
@@ -199,6 +199,7 @@ class FlowTable(FlowSlots):
         self.flipped[slots] = flip
         from_lo = ~swapped(src, dst, sp, dp)
         self.orig_lo[slots] = from_lo != flip
+        self.timeout[slots] = self._timeout_ns(proto, sp, dp)
         self.first_ts[slots] = c.ts[rows]
         self.last_ts[slots] = c.ts[rows]
         self.vlan[slots] = c.vlan[rows]
@@ -325,11 +326,7 @@ class FlowTable(FlowSlots):
         live = self._kslot
         if live.size == 0:
             return []
-        idle = (
-            self.last_ts[live]
-            + self._timeout_ns(self.proto[live], self.orig_p[live], self.resp_p[live])
-            < now
-        )
+        idle = self.last_ts[live] + self.timeout[live] < now
         active = self.first_ts[live] + int(self.cfg.active_timeout_s * NS) < now
         done = []
         if idle.any():
@@ -359,7 +356,9 @@ class FlowTable(FlowSlots):
         else:
             c.ended_flush += slots.size
         self.live[slots] = False
-        keep = ~np.isin(self._kslot, slots)
+        gone = np.zeros(self._cap, bool)
+        gone[slots] = True
+        keep = ~gone[self._kslot]
         self._keys = self._keys[keep]
         self._kslot = self._kslot[keep]
         self._freed.extend(slots.tolist())

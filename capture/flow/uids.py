@@ -7,6 +7,7 @@ Indexing with a slot gives the `str`, as the list did.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,6 +20,30 @@ class UidLookup(Protocol):
     """What the stages after the flow table need: a slot's uid (a `UidSlots`, or a list)."""
 
     def __getitem__(self, slot: int, /) -> str: ...
+
+
+class UidColumn(Sequence[str]):
+    """A column of uids (an Arrow string array or a list) as a sequence of str, converted
+    at first use (most ended flows' uids are never needed one by one)."""
+
+    def __init__(self, col: Any) -> None:
+        self._col = col
+        self._list: list[str] | None = None
+
+    def _get(self) -> list[str]:
+        if self._list is None:
+            col = self._col
+            self._list = list(col.to_pylist() if hasattr(col, "to_pylist") else col)
+        return self._list
+
+    def __len__(self) -> int:
+        return len(self._col)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._get()[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
 
 
 class UidSlots:
@@ -68,4 +93,4 @@ class UidSlots:
         return int(self._a.itemsize)
 
 
-__all__ = ["UID_LEN", "UidLookup", "UidSlots"]
+__all__ = ["UID_LEN", "UidColumn", "UidLookup", "UidSlots"]

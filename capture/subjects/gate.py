@@ -28,7 +28,7 @@ STARTTLS) applies from the batch in which it is read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -331,7 +331,7 @@ class ArchiveGate:
             for ref in refs:
                 self.rec.gap(ref, HOLD_GAP_REASON)
 
-    def end_flows(self, uids: list[str], slots: npt.NDArray[np.int64], appf: AppFeed) -> None:
+    def end_flows(self, uids: Sequence[str], slots: npt.NDArray[np.int64], appf: AppFeed) -> None:
         """The flows ended (before `appf` forgets them): held packets are decided now."""
         if not self.hold.flows and not self._gapped:
             return
