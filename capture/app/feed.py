@@ -259,26 +259,27 @@ class AppFeed:
         first[first_of_each(sl)] = True
         head = plain & first & orig & (fk[sl] == 0) & ((kind == KIND_CH) | (kind == KIND_HTTP))
         hi = np.flatnonzero(head)
-        for j, s, k, ao, al, v in zip(
-            hi.tolist(),
-            sl[hi].tolist(),
-            kind[hi].tolist(),
-            a_off[hi].tolist(),
-            a_len[hi].tolist(),
-            ver[hi].tolist(),
+        mv = buf.data  # slices of a memoryview: no array object per head
+        ch = hi[kind[hi] == KIND_CH]
+        for s, ao, al in zip(sl[ch].tolist(), a_off[ch].tolist(), a_len[ch].tolist(), strict=True):
+            sni = mv[ao : ao + al].tobytes().decode("ascii", "replace").lower()
+            fast[s] = FastMeta("ssl", sni or None)
+        fk[sl[ch]] = 1
+        ht = hi[kind[hi] == KIND_HTTP]
+        for j, s, ao, al, v in zip(
+            ht.tolist(),
+            sl[ht].tolist(),
+            a_off[ht].tolist(),
+            a_len[ht].tolist(),
+            ver[ht].tolist(),
             strict=True,
         ):
-            if k == KIND_CH:
-                sni = buf[ao : ao + al].tobytes().decode("ascii", "replace").lower()
-                fast[s] = FastMeta("ssl", sni or None)
-                fk[s] = 1
-                continue
-            host = buf[ao : ao + al].tobytes() if al >= 0 else None
+            host = mv[ao : ao + al].tobytes() if al >= 0 else None
             po = int(b.payload_off[p_idx[j]])
-            method = buf[po : po + v].tobytes().decode("ascii")
+            method = mv[po : po + v].tobytes().decode("ascii")
             fast[s] = FastMeta("http", None, None, norm_host(host), method)
-            fk[s] = 2
-            budget[s] = 0
+        fk[sl[ht]] = 2
+        budget[sl[ht]] = 0
         # TLS flows settled by a ClientHello: the server's first payload ends them
         srv = np.flatnonzero(plain & (fk[sl] == 1) & ~orig)
         if srv.size == 0:
