@@ -139,14 +139,19 @@ class FlowSlots:
         return self._cap
 
     def _alloc(self, k: int) -> I64:
-        out = [self._free.pop() for _ in range(min(k, len(self._free)))]
-        need = k - len(out)
+        """k free slots: the most recently freed first (as popping them one by one), then
+        new ones."""
+        reuse = min(k, len(self._free))
+        cut = len(self._free) - reuse
+        out = np.asarray(self._free[cut:][::-1], np.int64)
+        del self._free[cut:]
+        need = k - reuse
         if need:
             if self._n + need > self._cap:
                 self._grow(max(self._cap * 2, self._n + need))
-            out.extend(range(self._n, self._n + need))
+            out = np.concatenate([out, np.arange(self._n, self._n + need, dtype=np.int64)])
             self._n += need
-        return np.asarray(out, np.int64)
+        return out
 
     def _timeout_ns(
         self, proto: npt.NDArray[np.uint8], p1: npt.NDArray[np.uint16], p2: npt.NDArray[np.uint16]

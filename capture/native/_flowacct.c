@@ -115,3 +115,24 @@ int64_t addr_text(const uint8_t *addrs, int64_t n, int32_t *offsets, char *data,
     }
     return w;
 }
+
+/* n Zeek-like uids: 'C' and 16 base62 digits, the first 8 from r[2i] and the next 8 from
+   r[2i+1] (each in [0, 62^8)), least significant digit first; out gets 17 bytes per uid.
+   Returns 0, or -1 at a value out of range (nothing more written). */
+int64_t uid_text(const int64_t *r, int64_t n, char *out) {
+    static const char b62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    const int64_t top = 218340105584896LL; /* 62^8 */
+    for (int64_t i = 0; i < n; i++) {
+        char *o = out + 17 * i;
+        o[0] = 'C';
+        for (int half = 0; half < 2; half++) {
+            int64_t v = r[2 * i + half];
+            if (v < 0 || v >= top) return -1;
+            for (int k = 0; k < 8; k++) {
+                o[1 + half * 8 + k] = b62[v % 62];
+                v /= 62;
+            }
+        }
+    }
+    return 0;
+}

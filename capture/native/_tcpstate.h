@@ -51,5 +51,6 @@ int64_t tcp_process_rows(tcpflow *flows, int64_t nslots, int64_t n, const int64_
                          const uint32_t *ack, const int64_t *plen, const int64_t *ts,
                          int64_t close_delay_ns);
 int64_t addr_text(const uint8_t *addrs, int64_t n, int32_t *offsets, char *data, int64_t cap);
+int64_t uid_text(const int64_t *r, int64_t n, char *out);
 
 #endif

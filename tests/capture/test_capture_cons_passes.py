@@ -9,7 +9,8 @@ code they replace gave, and refuse bad indices instead of writing out of bounds.
 - `community_id_array` against `community_ids` (itself pinned to the `communityid` package);
 - `NetSet.contains` on 64-bit halves against the byte compare it replaced and `ipaddress`;
 - the flow columns are Arrow of the `flow` schema's own types (no conversion at the writer);
-- a slot reused after a tunnelled flow ended carries no tunnel parents into its next flow.
+- a slot reused after a tunnelled flow ended carries no tunnel parents into its next flow;
+- uids written in C (`uid_text`) equal the numpy ones; slots are reused in the same order.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ import pytest
 
 from capture.decode import Decoder
 from capture.flow import FlowConfig, FlowTable, NetSet, tcpstate, to_rows
-from capture.flow.keys import community_id_array, community_ids
+from capture.flow.keys import (
+    community_id_array,
+    community_ids,
+    make_uid_bytes,
+    make_uid_bytes_np,
+)
 from capture.flow.rows import addr_array, addr_texts, rows_for
 from capture.read import open_capture
 from store.schemas import SCHEMAS
@@ -271,3 +277,29 @@ def test_a_reused_slot_carries_no_tunnel_parents() -> None:
     rows = to_rows(t.flush())
     reused = [r for r in rows if r["slot"] in had]
     assert reused and all(r["tunnel_parents"] == [] for r in rows)
+
+
+# ---- flow creation -----------------------------------------------------------------------
+@pytest.mark.parametrize("n", [0, 1, 5, 4096])
+def test_uid_text_equals_the_numpy_uids(n: int) -> None:
+    for seed in range(3):
+        got = make_uid_bytes(np.random.default_rng(seed), n)
+        want = make_uid_bytes_np(np.random.default_rng(seed), n)
+        assert got.dtype == want.dtype == np.dtype("S17") and got.tolist() == want.tolist()
+
+
+def test_uid_text_refuses_values_out_of_range() -> None:
+    out = np.zeros(2, "S17")
+    for bad in (-1, 62**8):
+        r = np.array([[1, 2], [3, bad]], np.int64)
+        assert LIB.uid_text(FB("int64_t[]", r), 2, FB("char[]", out.view(np.uint8))) == -1
+
+
+def test_alloc_reuses_the_most_recently_freed_slots_first() -> None:
+    t = FlowTable(FlowConfig(seed=1))
+    t._free = [5, 9, 2]
+    assert t._alloc(2).tolist() == [2, 9] and t._free == [5]
+    n = t._n
+    assert t._alloc(3).tolist() == [5, n, n + 1] and t._free == [] and t._n == n + 2
+    big = t._alloc(t.capacity)  # grows the table
+    assert big.tolist() == list(range(n + 2, n + 2 + big.size)) and t.capacity > big.size
