@@ -363,47 +363,30 @@ def community_id_bytes(
     rp: npt.NDArray[np.uint16],
     seed: int = 0,
 ) -> npt.NDArray[np.bytes_]:
-    """`community_id` of k flows given as columns, as an `S30` array: the hash inputs are
-    built with numpy, SHA-1 and base64 run in C for all of them (`_cid.c`)."""
+    """`community_id` of k flows given as columns, as an `S30` array: one C pass
+    (`cid_flows`: endpoint order, the hash input, SHA-1 and base64) for the protocols with
+    ports, `community_id` for the others."""
     k = proto.shape[0]
     out = np.zeros(k, f"S{CID_LEN}")
     if k == 0:
         return out
-    o = np.ascontiguousarray(orig_h, np.uint8)
-    r = np.ascontiguousarray(resp_h, np.uint8)
-    ports = _CID_PORTS[proto]
-    t = np.minimum(op, 255).astype(np.intp)
-    icmp = (proto == 1) | (proto == 58)
-    one_way = icmp & (np.where(proto == 58, _CP6[t], _CP4[t]) < 0)
-    ob, rb = o.view(">u8"), r.view(">u8")
-    swap = ~one_way & (
-        (ob[:, 0] > rb[:, 0])
-        | ((ob[:, 0] == rb[:, 0]) & ((ob[:, 1] > rb[:, 1]) | ((ob[:, 1] == rb[:, 1]) & (op > rp))))
+    o = np.ascontiguousarray(orig_h, np.uint8).reshape(k, 16)
+    r = np.ascontiguousarray(resp_h, np.uint8).reshape(k, 16)
+    proto = np.ascontiguousarray(proto, np.uint8)
+    fb = tcpstate.ffi.from_buffer
+    tcpstate.lib.cid_flows(
+        fb("uint8_t[]", o),
+        fb("uint8_t[]", r),
+        fb("uint8_t[]", proto),
+        fb("uint16_t[]", np.ascontiguousarray(op, np.uint16)),
+        fb("uint16_t[]", np.ascontiguousarray(rp, np.uint16)),
+        k,
+        fb("int32_t[]", _CP4),
+        fb("int32_t[]", _CP6),
+        seed & 0xFFFF,
+        fb("char[]", out.view(np.uint8)),
     )
-    s = np.where(swap[:, None], r, o)
-    d = np.where(swap[:, None], o, r)
-    sp = np.where(swap, rp, op).astype(">u2")
-    dp = np.where(swap, op, rp).astype(">u2")
-    v4 = (ob[:, 0] == 0) & ((ob[:, 1] >> np.uint64(32)) == np.uint64(0xFFFF))
-    tail = np.zeros((k, 6), np.uint8)
-    tail[:, 0] = proto
-    tail[:, 2:4] = sp.view(np.uint8).reshape(k, 2)
-    tail[:, 4:6] = dp.view(np.uint8).reshape(k, 2)
-    head = np.zeros((k, 2), np.uint8)
-    head[:] = np.frombuffer(struct.pack("!H", seed), np.uint8)
-    for mask, a_s, a_d in ((v4 & ports, s[:, 12:], d[:, 12:]), (~v4 & ports, s, d)):
-        idx = np.flatnonzero(mask)
-        if idx.size == 0:
-            continue
-        rows = np.ascontiguousarray(
-            np.concatenate([head[idx], a_s[idx], a_d[idx], tail[idx]], axis=1), np.uint8
-        )
-        text = np.zeros(idx.size * CID_LEN, np.uint8)  # SHA-1 and base64 in C, all at once
-        fb = tcpstate.ffi.from_buffer
-        tcpstate.lib.community_ids(
-            fb("uint8_t[]", rows), idx.size, rows.shape[1], fb("char[]", text)
-        )
-        out[idx] = text.view(f"S{CID_LEN}")
+    ports = _CID_PORTS[proto]  # the rest (no ports) in Python, as `community_id`
     for i in np.flatnonzero(~ports).tolist():
         out[i] = community_id(
             o[i].tobytes(), r[i].tobytes(), int(proto[i]), int(op[i]), int(rp[i]), seed

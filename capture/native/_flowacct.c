@@ -136,3 +136,44 @@ int64_t uid_text(const int64_t *r, int64_t n, char *out) {
     }
     return 0;
 }
+
+/* Community ID v1 of n flows whose protocol has ports (TCP, UDP, SCTP, ICMP, ICMPv6; other
+   rows are skipped, their 30 bytes of `out` left as they are): the endpoints in order
+   (address bytes, then port) unless an ICMP type is one-way (cp4/cp6: 256 counterpart types,
+   < 0 for one-way; the type is capped at 255), IPv4 as 4 bytes when the originator's address
+   is IPv4-mapped, then SHA-1 and base64 (`community_ids`). */
+void cid_flows(const uint8_t *oh, const uint8_t *rh, const uint8_t *proto, const uint16_t *op,
+               const uint16_t *rp, int64_t n, const int32_t *cp4, const int32_t *cp6,
+               int32_t seed, char *out) {
+    static const uint8_t v4pre[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    for (int64_t i = 0; i < n; i++) {
+        uint8_t p = proto[i];
+        if (p != 6 && p != 17 && p != 132 && p != 1 && p != 58) continue;
+        const uint8_t *o = oh + 16 * i, *r = rh + 16 * i;
+        int one_way = 0;
+        if (p == 1 || p == 58) {
+            int t = op[i] > 255 ? 255 : op[i];
+            one_way = (p == 58 ? cp6[t] : cp4[t]) < 0;
+        }
+        int c = memcmp(o, r, 16);
+        int swap = !one_way && (c > 0 || (c == 0 && op[i] > rp[i]));
+        const uint8_t *s = swap ? r : o, *d = swap ? o : r;
+        uint16_t sp = swap ? rp[i] : op[i], dp = swap ? op[i] : rp[i];
+        int len = memcmp(o, v4pre, 12) == 0 ? 4 : 16;
+        uint8_t buf[2 + 16 + 16 + 6];
+        int w = 0;
+        buf[w++] = (uint8_t)((seed >> 8) & 255);
+        buf[w++] = (uint8_t)(seed & 255);
+        memcpy(buf + w, s + 16 - len, (size_t)len);
+        w += len;
+        memcpy(buf + w, d + 16 - len, (size_t)len);
+        w += len;
+        buf[w++] = p;
+        buf[w++] = 0;
+        buf[w++] = (uint8_t)(sp >> 8);
+        buf[w++] = (uint8_t)(sp & 255);
+        buf[w++] = (uint8_t)(dp >> 8);
+        buf[w++] = (uint8_t)(dp & 255);
+        community_ids(buf, 1, w, out + 30 * i);
+    }
+}

@@ -6,7 +6,8 @@ code they replace gave, and refuse bad indices instead of writing out of bounds.
 - `tcp_process_rows` (rows read in place through an index) against `tcp_process` over
   gathered copies: the same state, history and stop index, a port reuse included;
 - `addr_array` (C text into Arrow buffers) against `addr_texts` and Python's `ipaddress`;
-- `community_id_array` against `community_ids` (itself pinned to the `communityid` package);
+- `community_id_array` (one C pass, `cid_flows`) against the per-flow `community_id` (itself
+  pinned to the `communityid` package);
 - `NetSet.contains` on 64-bit halves against the byte compare it replaced and `ipaddress`;
 - the flow columns are Arrow of the `flow` schema's own types (no conversion at the writer);
 - a slot reused after a tunnelled flow ended carries no tunnel parents into its next flow;
@@ -25,6 +26,7 @@ import pytest
 from capture.decode import Decoder
 from capture.flow import FlowConfig, FlowTable, NetSet, tcpstate, to_rows
 from capture.flow.keys import (
+    community_id,
     community_id_array,
     community_ids,
     make_uid_bytes,
@@ -204,16 +206,28 @@ def test_addr_array_equals_addr_texts_and_ipaddress() -> None:
     assert addr_array(a[:0]).to_pylist() == []
 
 
-def test_community_id_array_equals_community_ids() -> None:
-    rng = np.random.default_rng(2)
+@pytest.mark.parametrize("seed", [0, 1, 65535])
+def test_community_id_array_equals_the_per_flow_definition(seed: int) -> None:
+    rng = np.random.default_rng(2 + seed)
     k = 2000
     o, r = _edge_addresses(rng)[:k], _edge_addresses(rng)[::-1][:k]
+    # a flow's two addresses are of one family (IPv4-mapped or not), as in one IP header
+    v4 = (o[:, :12] == np.frombuffer(b"\0" * 10 + b"\xff\xff", np.uint8)).all(axis=1)
+    r[v4, :10], r[v4, 10:12] = 0, 0xFF
+    r[~v4 & (r[:, :12] == o[v4][0, :12]).all(axis=1), 0] = 0x20
+    o[::7] = r[::7]  # the same address both ways: the ports decide the order
     proto = rng.choice(np.array([6, 17, 1, 58, 132, 47, 50], np.uint8), k)
     op = rng.integers(0, 65536, k).astype(np.uint16)
     rp = rng.integers(0, 65536, k).astype(np.uint16)
     op[proto == 1] %= 20  # ICMP types, one-way ones included
-    got = community_id_array(o, r, proto, op, rp)
-    assert got.type == pa.string() and got.to_pylist() == community_ids(o, r, proto, op, rp)
+    op[::11] = 300  # ICMP types above 255 (capped), ports above too
+    got = community_id_array(o, r, proto, op, rp, seed)
+    want = [
+        community_id(o[i].tobytes(), r[i].tobytes(), int(proto[i]), int(op[i]), int(rp[i]), seed)
+        for i in range(k)
+    ]
+    assert got.type == pa.string() and got.to_pylist() == want
+    assert community_ids(o, r, proto, op, rp, seed) == want
 
 
 @pytest.mark.parametrize(
