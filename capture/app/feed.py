@@ -22,9 +22,9 @@ from capture.app.dnsscan import DnsScan, DnsView
 from capture.app.dnsscan import scan_raw as scan_dns
 from capture.app.heads import norm_host, tls_version_name
 from capture.app.meta import DNS_PORTS, AppMeta
-from capture.app.scan import KIND_CH, KIND_HTTP, KIND_SH, app_scan
+from capture.app.scan import KIND_CH, KIND_HTTP, KIND_SH, app_scan, candidates
 from capture.batch import PacketBatch
-from capture.flow.order import first_of_each, stable_argsort
+from capture.flow.order import first_of_each
 from capture.flow.uids import UidLookup
 
 APP_BUDGET = 16  # payload packets per flow offered to AppMeta (DNS flows: more)
@@ -61,6 +61,7 @@ class AppFeed:
         self._fast: list[FastMeta | None] = []  # per slot: heads read by the C fast path
         self._fast_kind = np.zeros(0, np.int8)  # per slot: 0 none, 1 TLS, 2 HTTP (`_fast`)
         self._in_app = np.zeros(0, bool)  # per slot: AppMeta has (had) the flow
+        self._scratch = np.zeros(0, np.int32)  # per slot: zero between calls (`candidates`)
         self._dns_pairs_made: list[PairData] = []  # `dns` rows of query/answer pairs
 
     def grow(self, cap: int) -> None:
@@ -72,6 +73,7 @@ class AppFeed:
             self._started = np.concatenate([self._started, np.zeros(cap - old, bool)])
             self._fast_kind = np.concatenate([self._fast_kind, np.zeros(cap - old, np.int8)])
             self._in_app = np.concatenate([self._in_app, np.zeros(cap - old, bool)])
+            self._scratch = np.zeros(cap, np.int32)
             self._fast.extend([None] * (cap - old))
 
     def state_bytes_per_flow(self) -> int:
@@ -108,17 +110,12 @@ class AppFeed:
         """Offer the batch's packets (`pkt`, in flow `slot`, from the originator or not) to
         the fast path and `AppMeta`, each flow's first packets only; `dns` rows collect in
         `self.app`."""
-        has = (b.payload_cap[pkt] > 0) & (self._budget[slot] > 0) & (b.frag[pkt] <= 1)
-        idx = np.flatnonzero(has)
+        # candidates (payload, not a later fragment, budget left) and the rank of each among
+        # its flow's candidates in this batch: one C pass
+        idx, rank = candidates(b, pkt, slot, self._budget, self._scratch)
         if idx.size == 0:
             return
-        # rank of each candidate among its flow's candidates in this batch
         sl = slot[idx]
-        order = stable_argsort(sl)
-        ss = sl[order]
-        start = np.r_[0, np.flatnonzero(ss[1:] != ss[:-1]) + 1]
-        rank = np.empty(idx.size, np.int64)
-        rank[order] = np.arange(idx.size) - np.repeat(start, np.diff(np.r_[start, idx.size]))
         # A flow whose first payload cannot start anything AppMeta reads (TLS handshake, a
         # text command or banner, DNS) is dropped at once, without a Python call.
         first = rank == 0

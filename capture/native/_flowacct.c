@@ -177,3 +177,29 @@ void cid_flows(const uint8_t *oh, const uint8_t *rh, const uint8_t *proto, const
         community_ids(buf, 1, w, out + 30 * i);
     }
 }
+
+/* The application feed's candidates among n assigned rows, in order: row i (packet pkt[i] <
+   npkt of the batch, flow slot[i] < nslots) is one if its packet has payload (cap > 0), is
+   not a later fragment (frag <= 1) and its flow has budget (> 0). idx gets the candidates'
+   row numbers and rank how many candidates of the same flow came before it in this batch.
+   count: per-slot scratch, all zero on entry and again on return. Returns the number of
+   candidates, or -1 at an index out of range (count is zero again). */
+int64_t app_candidates(int64_t n, const int64_t *pkt, const int64_t *slot, int64_t npkt,
+                       const int32_t *cap, const uint8_t *frag, const int32_t *budget,
+                       int64_t nslots, int32_t *count, int64_t *idx, int64_t *rank) {
+    int64_t k = 0, bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t p = pkt[i], s = slot[i];
+        if (p < 0 || p >= npkt || s < 0 || s >= nslots) {
+            bad = 1;
+            break;
+        }
+        if (cap[p] > 0 && frag[p] <= 1 && budget[s] > 0) {
+            idx[k] = i;
+            rank[k] = count[s]++;
+            k++;
+        }
+    }
+    for (int64_t j = 0; j < k; j++) count[slot[idx[j]]] = 0;
+    return bad ? -1 : k;
+}

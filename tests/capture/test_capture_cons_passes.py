@@ -11,18 +11,22 @@ code they replace gave, and refuse bad indices instead of writing out of bounds.
 - `NetSet.contains` on 64-bit halves against the byte compare it replaced and `ipaddress`;
 - the flow columns are Arrow of the `flow` schema's own types (no conversion at the writer);
 - a slot reused after a tunnelled flow ended carries no tunnel parents into its next flow;
-- uids written in C (`uid_text`) equal the numpy ones; slots are reused in the same order.
+- uids written in C (`uid_text`) equal the numpy ones; slots are reused in the same order;
+- the application feed's candidates and their ranks (`app_candidates`) equal the numpy
+  formula (a stable sort by slot).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from capture.app.scan import candidates
 from capture.decode import Decoder
 from capture.flow import FlowConfig, FlowTable, NetSet, tcpstate, to_rows
 from capture.flow.keys import (
@@ -317,3 +321,48 @@ def test_alloc_reuses_the_most_recently_freed_slots_first() -> None:
     assert t._alloc(3).tolist() == [5, n, n + 1] and t._free == [] and t._n == n + 2
     big = t._alloc(t.capacity)  # grows the table
     assert big.tolist() == list(range(n + 2, n + 2 + big.size)) and t.capacity > big.size
+
+
+# ---- the application feed's candidates ---------------------------------------------------
+def _candidates_reference(
+    cap: np.ndarray, frag: np.ndarray, pkt: np.ndarray, slot: np.ndarray, budget: np.ndarray
+) -> tuple[list[int], list[int]]:
+    """The numpy formula `AppFeed.feed` used before (a stable sort by slot)."""
+    has = (cap[pkt] > 0) & (budget[slot] > 0) & (frag[pkt] <= 1)
+    idx = np.flatnonzero(has)
+    if idx.size == 0:
+        return [], []
+    sl = slot[idx]
+    order = np.argsort(sl, kind="stable")
+    ss = sl[order]
+    start = np.r_[0, np.flatnonzero(ss[1:] != ss[:-1]) + 1]
+    rank = np.empty(idx.size, np.int64)
+    rank[order] = np.arange(idx.size) - np.repeat(start, np.diff(np.r_[start, idx.size]))
+    return idx.tolist(), rank.tolist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_candidates_equal_the_numpy_formula(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    npkt, nslots = 4000, 500
+    b = SimpleNamespace(
+        payload_cap=np.where(rng.random(npkt) < 0.6, rng.integers(1, 1400, npkt), 0).astype(
+            np.int32
+        ),
+        frag=rng.choice(np.array([0, 0, 0, 1, 2, 3], np.uint8), npkt),
+    )
+    pkt = np.sort(rng.choice(npkt, 3500, replace=False)).astype(np.int64)
+    pkt = np.concatenate([pkt, pkt[:300]])  # tunnelled packets: a row per connection
+    slot = rng.integers(0, nslots, pkt.size).astype(np.int64)
+    budget = np.where(rng.random(nslots) < 0.8, rng.integers(1, 16, nslots), 0).astype(np.int32)
+    scratch = np.zeros(nslots, np.int32)
+    idx, rank = candidates(b, pkt, slot, budget, scratch)  # type: ignore[arg-type]
+    assert (idx.tolist(), rank.tolist()) == _candidates_reference(
+        b.payload_cap, b.frag, pkt, slot, budget
+    )
+    assert not scratch.any()  # zero again for the next batch
+    bad = slot.copy()
+    bad[100] = nslots  # out of range: refused, scratch still zero
+    with pytest.raises(IndexError):
+        candidates(b, pkt, bad, budget, scratch)  # type: ignore[arg-type]
+    assert not scratch.any()
