@@ -176,6 +176,29 @@ class FlowSlots:
         slot = np.where(found, self._kslot[posc] if self._keys.size else 0, -1)
         return slot.astype(np.int64), np.asarray(found)
 
+    def _from_orig(self, c: Cols, a: int, stop: int, slot: I64) -> npt.NDArray[np.bool_]:
+        """Whether rows [a, stop) (in flows `slot`) come from their flow's originator: the
+        sender is the lower endpoint exactly when the originator is (one C pass)."""
+        n = stop - a
+        out = np.zeros(n, bool)
+        if n <= 0:
+            return out
+        fb = tcpstate.ffi.from_buffer
+        r = tcpstate.lib.from_orig(
+            n,
+            fb("uint8_t[]", np.ascontiguousarray(c.src[a:stop], np.uint8)),
+            fb("uint8_t[]", np.ascontiguousarray(c.dst[a:stop], np.uint8)),
+            fb("uint16_t[]", np.ascontiguousarray(c.sport[a:stop], np.uint16)),
+            fb("uint16_t[]", np.ascontiguousarray(c.dport[a:stop], np.uint16)),
+            fb("int64_t[]", np.ascontiguousarray(slot[:n], np.int64)),
+            self._cap,
+            fb("uint8_t[]", self.orig_lo.view(np.uint8)),
+            fb("uint8_t[]", out.view(np.uint8)),
+        )
+        if r < 0:
+            raise IndexError("from_orig: a slot index is out of range")
+        return out
+
     def _tunnel_parents(self, c: Cols, row_slots: I64) -> None:
         """Inner flows of tunnelled packets remember the tunnel connection (Zeek's
         tunnel_parents, the innermost tunnel only): a row right after a tunnel row of its

@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from capture.batch import PacketBatch
 from capture.flow import tcpstate
-from capture.flow.columns import BatchKeys, Cols, first_ts, keys_of, r_is_reuse, swap, swapped
+from capture.flow.columns import BatchKeys, Cols, first_ts, keys_of, r_is_reuse, swapped
 from capture.flow.keys import (
     PROTO_NAMES,
     group_keys,
@@ -154,9 +154,7 @@ class FlowTable(FlowSlots):
         n = stop - a
         inv = inv[:n]
         slot = slot_u[inv]
-        from_lo = ~swap(c, a, stop)
-        row_lo = self.orig_lo[slot]
-        is_orig = from_lo == row_lo
+        is_orig = self._from_orig(c, a, stop, slot)
         # TCP state in order (C); may stop early at a reused connection
         tcp_rows = np.flatnonzero((c.proto[a:stop] == 6) & c.count[a:stop])
         if tcp_rows.size:

@@ -203,3 +203,19 @@ int64_t app_candidates(int64_t n, const int64_t *pkt, const int64_t *slot, int64
     for (int64_t j = 0; j < k; j++) count[slot[idx[j]]] = 0;
     return bad ? -1 : k;
 }
+
+/* Whether each of n rows comes from its flow's originator: the sender is the lower endpoint
+   (address bytes, then port) exactly when the flow's originator is (orig_lo[slot[i]], slot <
+   nslots). Rows are 16-byte addresses. Returns 0, or -1 at a slot out of range. */
+int64_t from_orig(int64_t n, const uint8_t *src, const uint8_t *dst, const uint16_t *sport,
+                  const uint16_t *dport, const int64_t *slot, int64_t nslots,
+                  const uint8_t *orig_lo, uint8_t *out) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t s = slot[i];
+        if (s < 0 || s >= nslots) return -1;
+        int c = memcmp(src + 16 * i, dst + 16 * i, 16);
+        int swapped = c > 0 || (c == 0 && sport[i] > dport[i]);
+        out[i] = (uint8_t)((!swapped) == (orig_lo[s] != 0));
+    }
+    return 0;
+}

@@ -55,6 +55,9 @@ int64_t uid_text(const int64_t *r, int64_t n, char *out);
 int64_t app_candidates(int64_t n, const int64_t *pkt, const int64_t *slot, int64_t npkt,
                        const int32_t *cap, const uint8_t *frag, const int32_t *budget,
                        int64_t nslots, int32_t *count, int64_t *idx, int64_t *rank);
+int64_t from_orig(int64_t n, const uint8_t *src, const uint8_t *dst, const uint16_t *sport,
+                  const uint16_t *dport, const int64_t *slot, int64_t nslots,
+                  const uint8_t *orig_lo, uint8_t *out);
 void cid_flows(const uint8_t *oh, const uint8_t *rh, const uint8_t *proto, const uint16_t *op,
                const uint16_t *rp, int64_t n, const int32_t *cp4, const int32_t *cp6,
                int32_t seed, char *out);

@@ -13,7 +13,7 @@ code they replace gave, and refuse bad indices instead of writing out of bounds.
 - a slot reused after a tunnelled flow ended carries no tunnel parents into its next flow;
 - uids written in C (`uid_text`) equal the numpy ones; slots are reused in the same order;
 - the application feed's candidates and their ranks (`app_candidates`) equal the numpy
-  formula (a stable sort by slot).
+  formula (a stable sort by slot); each row's direction (`from_orig`) too.
 """
 
 from __future__ import annotations
@@ -366,3 +366,26 @@ def test_candidates_equal_the_numpy_formula(seed: int) -> None:
     with pytest.raises(IndexError):
         candidates(b, pkt, bad, budget, scratch)  # type: ignore[arg-type]
     assert not scratch.any()
+
+
+# ---- direction of each row -----------------------------------------------------------------
+def test_from_orig_equals_the_numpy_formula() -> None:
+    rng = np.random.default_rng(9)
+    n, nslots = 5000, 200
+    src, dst = _edge_addresses(rng)[:n], _edge_addresses(rng)[::-1][:n]
+    dst[::5] = src[::5]  # the same address both ways: the ports decide
+    sp = rng.integers(0, 65536, n).astype(np.uint16)
+    dp = rng.integers(0, 65536, n).astype(np.uint16)
+    dp[::15] = sp[::15]
+    slot = rng.integers(0, nslots, n).astype(np.int64)
+    t = FlowTable(FlowConfig(seed=1))
+    t.orig_lo[:nslots] = rng.random(nslots) < 0.5
+    c = SimpleNamespace(src=src, dst=dst, sport=sp, dport=dp)
+    got = t._from_orig(c, 0, n, slot)  # type: ignore[arg-type]
+    want = (~swapped(src, dst, sp, dp)) == t.orig_lo[slot]
+    assert got.tolist() == want.tolist()
+    part = t._from_orig(c, 1000, 3000, slot[1000:3000])  # type: ignore[arg-type]
+    assert part.tolist() == want[1000:3000].tolist()
+    slot[7] = t.capacity
+    with pytest.raises(IndexError):
+        t._from_orig(c, 0, n, slot)  # type: ignore[arg-type]
