@@ -29,6 +29,7 @@ import pytest
 from capture.app.scan import candidates
 from capture.decode import Decoder
 from capture.flow import FlowConfig, FlowTable, NetSet, tcpstate, to_rows
+from capture.flow.columns import swapped
 from capture.flow.keys import (
     community_id,
     community_id_array,
@@ -371,7 +372,7 @@ def test_candidates_equal_the_numpy_formula(seed: int) -> None:
 # ---- direction of each row -----------------------------------------------------------------
 def test_from_orig_equals_the_numpy_formula() -> None:
     rng = np.random.default_rng(9)
-    n, nslots = 5000, 200
+    n, nslots = 3000, 200
     src, dst = _edge_addresses(rng)[:n], _edge_addresses(rng)[::-1][:n]
     dst[::5] = src[::5]  # the same address both ways: the ports decide
     sp = rng.integers(0, 65536, n).astype(np.uint16)
@@ -384,8 +385,8 @@ def test_from_orig_equals_the_numpy_formula() -> None:
     got = t._from_orig(c, 0, n, slot)  # type: ignore[arg-type]
     want = (~swapped(src, dst, sp, dp)) == t.orig_lo[slot]
     assert got.tolist() == want.tolist()
-    part = t._from_orig(c, 1000, 3000, slot[1000:3000])  # type: ignore[arg-type]
-    assert part.tolist() == want[1000:3000].tolist()
+    part = t._from_orig(c, 1000, 2500, slot[1000:2500])  # type: ignore[arg-type]
+    assert part.tolist() == want[1000:2500].tolist()
     slot[7] = t.capacity
     with pytest.raises(IndexError):
         t._from_orig(c, 0, n, slot)  # type: ignore[arg-type]
