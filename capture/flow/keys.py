@@ -127,10 +127,10 @@ _UDP_SERVER = {
     5355,
     6081,
 }
-_LS_TCP = np.zeros(65536, bool)
-_LS_UDP = np.zeros(65536, bool)
-_LS_TCP[list(_TCP_SERVER)] = True
-_LS_UDP[list(_UDP_SERVER)] = True
+LS_TCP = np.zeros(65536, bool)  # likely server ports, by protocol
+LS_UDP = np.zeros(65536, bool)
+LS_TCP[list(_TCP_SERVER)] = True
+LS_UDP[list(_UDP_SERVER)] = True
 
 
 def icmp_counterpart(
@@ -150,7 +150,7 @@ def likely_server(
     proto: npt.NDArray[np.uint8], port: npt.NDArray[np.uint16]
 ) -> npt.NDArray[np.bool_]:
     p = port.astype(np.intp)
-    return np.asarray(np.where(proto == 6, _LS_TCP[p], np.where(proto == 17, _LS_UDP[p], False)))
+    return np.asarray(np.where(proto == 6, LS_TCP[p], np.where(proto == 17, LS_UDP[p], False)))
 
 
 def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:

@@ -20,8 +20,8 @@ from capture.flow.uids import UidSlots
 
 I64 = npt.NDArray[np.int64]
 NS = 1_000_000_000
-_DNS_PORT = np.zeros(65536, bool)
-_DNS_PORT[[53, 137, 5353, 5355]] = True
+DNS_PORT = np.zeros(65536, bool)  # Zeek's DNS analyzer's UDP ports (a shorter timeout)
+DNS_PORT[[53, 137, 5353, 5355]] = True
 
 
 @dataclass
@@ -73,6 +73,9 @@ class FlowSlots:
             )
             * NS
         )
+        c = self.cfg  # TCP, UDP, other and DNS timeouts in ns, as `_timeout_ns` makes them
+        secs = [c.tcp_timeout_s, c.udp_timeout_s, c.other_timeout_s, c.dns_timeout_s]
+        self._timeouts = (np.asarray(secs, np.float64) * NS).astype(np.int64)
         self._cap = 0
         self._n = 0  # high-water slot count
         self._grow(1024)
@@ -161,7 +164,7 @@ class FlowSlots:
             proto == 6, c.tcp_timeout_s, np.where(proto == 17, c.udp_timeout_s, c.other_timeout_s)
         )
         # Zeek's DNS analyzer ends its UDP sessions after dns_session_timeout
-        dns = (proto == 17) & (_DNS_PORT[p1.astype(np.intp)] | _DNS_PORT[p2.astype(np.intp)])
+        dns = (proto == 17) & (DNS_PORT[p1.astype(np.intp)] | DNS_PORT[p2.astype(np.intp)])
         t = np.where(dns, c.dns_timeout_s, t)
         return (t * NS).astype(np.int64)
 

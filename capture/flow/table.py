@@ -31,15 +31,16 @@ import numpy.typing as npt
 
 from capture.batch import PacketBatch
 from capture.flow import tcpstate
-from capture.flow.columns import BatchKeys, Cols, first_ts, keys_of, r_is_reuse, swapped
+from capture.flow.columns import BatchKeys, Cols, first_ts, keys_of, r_is_reuse
 from capture.flow.keys import (
+    LS_TCP,
+    LS_UDP,
     PROTO_NAMES,
     group_keys,
-    likely_server,
     make_uid_bytes,
 )
 from capture.flow.rows import Columns, rows_for
-from capture.flow.slots import NS, FlowConfig, FlowCounters, FlowSlots
+from capture.flow.slots import DNS_PORT, NS, FlowConfig, FlowCounters, FlowSlots
 
 I64 = npt.NDArray[np.int64]
 ROW_CHUNK = 8192  # ended flows turned into rows at once (sweeps and flushes)
@@ -178,45 +179,53 @@ class FlowTable(FlowSlots):
     ) -> I64:
         k = rows.size
         slots = self._alloc(k)
-        proto = c.proto[rows]
-        sp, dp = c.sport[rows], c.dport[rows]
-        fl = c.flags[rows]
-        tcp = proto == 6
-        udp = proto == 17
-        ls_s, ls_d = likely_server(proto, sp), likely_server(proto, dp)
-        partial = tcp & (((fl & 2) == 0) | ((fl & 16) != 0))
-        flip_tcp = partial & ls_s & np.where(ls_d, ((fl & 2) == 0) & (sp < dp), True)
-        flip_udp = udp & ls_s & ~ls_d
-        flip = flip_tcp | flip_udp
-        src, dst = c.src[rows], c.dst[rows]
-        self.orig_h[slots] = np.where(flip[:, None], dst, src)
-        self.resp_h[slots] = np.where(flip[:, None], src, dst)
-        self.orig_p[slots] = np.where(flip, dp, sp)
-        self.resp_p[slots] = np.where(flip, sp, dp)
-        self.proto[slots] = proto
-        self.flipped[slots] = flip
-        from_lo = ~swapped(src, dst, sp, dp)
-        self.orig_lo[slots] = from_lo != flip
-        self.timeout[slots] = self._timeout_ns(proto, sp, dp)
-        self.first_ts[slots] = c.ts[rows]
-        self.last_ts[slots] = c.ts[rows]
-        self.vlan[slots] = c.vlan[rows]
-        self.inner_vlan[slots] = c.inner_vlan[rows]
-        self.pkts[slots] = 0
-        self.ipb[slots] = 0
-        self.pbytes[slots] = 0
-        self.first_dir[slots] = -1
-        self.live[slots] = True
-        self.hkey[slots] = hkeys
-        self.serial[slots] = np.arange(self._next_serial, self._next_serial + k)
-        self._next_serial += k
         fb = tcpstate.ffi.from_buffer
-        tcpstate.lib.tcp_reset_many(
-            self.tcp,
+        u8 = np.uint8
+        r = tcpstate.lib.flow_create(
             k,
-            fb("int64_t[]", np.ascontiguousarray(slots)),
-            fb("uint8_t[]", np.ascontiguousarray(flip, np.uint8)),
+            fb("int64_t[]", np.ascontiguousarray(rows, np.int64)),
+            c.ts.size,
+            fb("int64_t[]", slots),
+            self._cap,
+            fb("uint64_t[]", np.ascontiguousarray(hkeys, np.uint64)),
+            fb("uint8_t[]", np.ascontiguousarray(c.proto, u8)),
+            fb("uint16_t[]", np.ascontiguousarray(c.sport, np.uint16)),
+            fb("uint16_t[]", np.ascontiguousarray(c.dport, np.uint16)),
+            fb("uint8_t[]", np.ascontiguousarray(c.flags, u8)),
+            fb("uint8_t[]", np.ascontiguousarray(c.src, u8)),
+            fb("uint8_t[]", np.ascontiguousarray(c.dst, u8)),
+            fb("int64_t[]", np.ascontiguousarray(c.ts, np.int64)),
+            fb("int32_t[]", np.ascontiguousarray(c.vlan, np.int32)),
+            fb("int32_t[]", np.ascontiguousarray(c.inner_vlan, np.int32)),
+            fb("uint8_t[]", LS_TCP.view(u8)),
+            fb("uint8_t[]", LS_UDP.view(u8)),
+            fb("uint8_t[]", DNS_PORT.view(u8)),
+            fb("int64_t[]", self._timeouts),
+            self._next_serial,
+            fb("uint8_t[]", self.orig_h),
+            fb("uint8_t[]", self.resp_h),
+            fb("uint16_t[]", self.orig_p),
+            fb("uint16_t[]", self.resp_p),
+            fb("uint8_t[]", self.proto),
+            fb("uint8_t[]", self.flipped.view(u8)),
+            fb("uint8_t[]", self.orig_lo.view(u8)),
+            fb("int64_t[]", self.timeout),
+            fb("int64_t[]", self.first_ts),
+            fb("int64_t[]", self.last_ts),
+            fb("int32_t[]", self.vlan),
+            fb("int32_t[]", self.inner_vlan),
+            fb("int64_t[]", self.pkts),
+            fb("int64_t[]", self.ipb),
+            fb("int64_t[]", self.pbytes),
+            fb("int8_t[]", self.first_dir),
+            fb("uint8_t[]", self.live.view(u8)),
+            fb("uint64_t[]", self.hkey),
+            fb("int64_t[]", self.serial),
+            self.tcp,
         )
+        if r < 0:
+            raise IndexError("flow_create: a row or slot index is out of range")
+        self._next_serial += k
         self.uids.set(slots, make_uid_bytes(self._rng, k))
         had = slots[self.has_parents[slots]]  # a slot's tunnel parents end with its flow
         for s in had.tolist():

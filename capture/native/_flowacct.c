@@ -219,3 +219,65 @@ int64_t from_orig(int64_t n, const uint8_t *src, const uint8_t *dst, const uint1
     }
     return 0;
 }
+
+/* New flows in slots[i] (< nslots) from their first rows rows[i] (< ncols) of the batch's
+   columns, as Zeek starts a connection: the originator is the first packet's sender, flipped
+   when the first TCP packet is not a pure SYN and comes from a likely server port (not to one,
+   or to a lower one without SYN) or a UDP packet comes from a likely server port to an
+   unlikely one (ls_tcp, ls_udp: 65536 flags each). The flow's inactivity timeout is tmo[0]
+   (TCP), tmo[1] (UDP), tmo[2] (others) or tmo[3] (UDP to or from a DNS port, dns_port).
+   Counters start at zero, first_dir at -1, serials at serial0, the TCP state reset. Returns
+   0, or -1 at an index out of range (nothing written for that flow or after it). */
+int64_t flow_create(int64_t k, const int64_t *rows, int64_t ncols, const int64_t *slots,
+                    int64_t nslots, const uint64_t *hkeys, const uint8_t *proto,
+                    const uint16_t *sport, const uint16_t *dport, const uint8_t *flags,
+                    const uint8_t *src, const uint8_t *dst, const int64_t *ts,
+                    const int32_t *vlan, const int32_t *inner_vlan, const uint8_t *ls_tcp,
+                    const uint8_t *ls_udp, const uint8_t *dns_port, const int64_t *tmo,
+                    int64_t serial0, uint8_t *orig_h, uint8_t *resp_h, uint16_t *orig_p,
+                    uint16_t *resp_p, uint8_t *s_proto, uint8_t *flipped, uint8_t *orig_lo,
+                    int64_t *timeout, int64_t *first_ts, int64_t *last_ts, int32_t *s_vlan,
+                    int32_t *s_inner_vlan, int64_t *pkts, int64_t *ipb, int64_t *pbytes,
+                    int8_t *first_dir, uint8_t *live, uint64_t *hkey, int64_t *serial,
+                    tcpflow *tcp) {
+    for (int64_t i = 0; i < k; i++) {
+        int64_t r = rows[i], s = slots[i];
+        if (r < 0 || r >= ncols || s < 0 || s >= nslots) return -1;
+        uint8_t p = proto[r], fl = flags[r];
+        uint16_t sp = sport[r], dp = dport[r];
+        int ls_s = p == 6 ? ls_tcp[sp] != 0 : (p == 17 ? ls_udp[sp] != 0 : 0);
+        int ls_d = p == 6 ? ls_tcp[dp] != 0 : (p == 17 ? ls_udp[dp] != 0 : 0);
+        int flip = 0;
+        if (p == 6) {
+            int partial = (fl & 2) == 0 || (fl & 16) != 0;
+            flip = partial && ls_s && (ls_d ? ((fl & 2) == 0 && sp < dp) : 1);
+        } else if (p == 17) {
+            flip = ls_s && !ls_d;
+        }
+        const uint8_t *a = src + 16 * r, *b = dst + 16 * r;
+        memcpy(orig_h + 16 * s, flip ? b : a, 16);
+        memcpy(resp_h + 16 * s, flip ? a : b, 16);
+        orig_p[s] = flip ? dp : sp;
+        resp_p[s] = flip ? sp : dp;
+        s_proto[s] = p;
+        flipped[s] = (uint8_t)flip;
+        int c = memcmp(a, b, 16);
+        int from_lo = !(c > 0 || (c == 0 && sp > dp));
+        orig_lo[s] = (uint8_t)(from_lo != flip);
+        int64_t t = p == 6 ? tmo[0] : (p == 17 ? tmo[1] : tmo[2]);
+        if (p == 17 && (dns_port[sp] || dns_port[dp])) t = tmo[3];
+        timeout[s] = t;
+        first_ts[s] = last_ts[s] = ts[r];
+        s_vlan[s] = vlan[r];
+        s_inner_vlan[s] = inner_vlan[r];
+        pkts[2 * s] = pkts[2 * s + 1] = 0;
+        ipb[2 * s] = ipb[2 * s + 1] = 0;
+        pbytes[2 * s] = pbytes[2 * s + 1] = 0;
+        first_dir[s] = -1;
+        live[s] = 1;
+        hkey[s] = hkeys[i];
+        serial[s] = serial0 + i;
+        tcp_reset(&tcp[s], flip);
+    }
+    return 0;
+}

@@ -58,6 +58,18 @@ int64_t app_candidates(int64_t n, const int64_t *pkt, const int64_t *slot, int64
 int64_t from_orig(int64_t n, const uint8_t *src, const uint8_t *dst, const uint16_t *sport,
                   const uint16_t *dport, const int64_t *slot, int64_t nslots,
                   const uint8_t *orig_lo, uint8_t *out);
+int64_t flow_create(int64_t k, const int64_t *rows, int64_t ncols, const int64_t *slots,
+                    int64_t nslots, const uint64_t *hkeys, const uint8_t *proto,
+                    const uint16_t *sport, const uint16_t *dport, const uint8_t *flags,
+                    const uint8_t *src, const uint8_t *dst, const int64_t *ts,
+                    const int32_t *vlan, const int32_t *inner_vlan, const uint8_t *ls_tcp,
+                    const uint8_t *ls_udp, const uint8_t *dns_port, const int64_t *tmo,
+                    int64_t serial0, uint8_t *orig_h, uint8_t *resp_h, uint16_t *orig_p,
+                    uint16_t *resp_p, uint8_t *s_proto, uint8_t *flipped, uint8_t *orig_lo,
+                    int64_t *timeout, int64_t *first_ts, int64_t *last_ts, int32_t *s_vlan,
+                    int32_t *s_inner_vlan, int64_t *pkts, int64_t *ipb, int64_t *pbytes,
+                    int8_t *first_dir, uint8_t *live, uint64_t *hkey, int64_t *serial,
+                    tcpflow *tcp);
 void cid_flows(const uint8_t *oh, const uint8_t *rh, const uint8_t *proto, const uint16_t *op,
                const uint16_t *rp, int64_t n, const int32_t *cp4, const int32_t *cp6,
                int32_t seed, char *out);
