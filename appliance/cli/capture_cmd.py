@@ -287,8 +287,9 @@ def _replay_one(
         if run is None:
             reader.close()
             raise _Refused(_refusal(name, prior or {}))
-        if run.sha256 is None:  # not known yet: hashed by a child process meanwhile
+        if run.sha256 is None:  # not known yet: hashed from what the reader reads
             hasher = FileHash(keep)
+            reader.tap = hasher.feed
         pipe.summary = Summary()
         try:
             one = replay([reader], pipe, timing=timing).as_dict()

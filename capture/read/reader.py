@@ -31,7 +31,7 @@ import io
 import os
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ PCAPNG_BOM = 0x1A2B3C4D
 DEFAULT_CHUNK = 8 << 20
 MAX_RECORD = 64 << 20  # larger records/blocks are treated as corruption
 Buf = npt.NDArray[np.uint8]
+POOL = 6  # chunk buffers kept for reuse: the chunk being walked, the batches queued ahead
 MIN_CAPLIMIT = 262144  # libpcap's MAXIMUM_SNAPLEN: accept records up to this even if snaplen < it
 _LEFT_BUFFER = -1  # `_skip`: the skipped record ends beyond the current buffer
 _OVERSIZE = -2  # `_parse_idb`: an IDB above MAX_RECORD, skipped like any oversize block
@@ -71,6 +72,11 @@ class CaptureReader:
         self._nsec = False
         self._caplimit = MIN_CAPLIMIT
         self._skipped_ifaces: set[int] = set()  # pcapng IDBs skipped as oversize
+        self._pool: list[Buf] = []  # chunk buffers, reused once nothing refers to them
+        # called with (file offset, view) for each region read from the file, before anything
+        # else sees it (the replay ledger's SHA-256: `capture.read.filehash`); the buffer is
+        # not changed or reused while the view, or anything else, refers to it
+        self.tap: Callable[[int, memoryview], None] | None = None
         self._sniff()
 
     # --- header --------------------------------------------------------------------------
@@ -123,14 +129,31 @@ class CaptureReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _fill(self, pending: bytes, need: int = 0) -> tuple[Buf, int, bool]:
-        """New chunk buffer: pending bytes followed by fresh file data. Returns (buf, len, eof).
-        The buffer is not zeroed first (8 MiB a chunk), only its unused tail is."""
-        size = max(self._chunk, need, len(pending) + 4096)
+    def _buffer(self, size: int) -> Buf:
+        """A chunk buffer of `size` bytes: one of the pool's that nothing refers to any more
+        (no batch, view or hasher holds it), else a new one (kept for reuse if the pool has
+        room and it has the chunk size). Reusing saves the kernel's page faults and page
+        clearing of a fresh 8 MiB a chunk."""
+        pool = self._pool
+        if size == self._chunk:
+            for i in range(len(pool)):
+                if sys.getrefcount(pool[i]) <= 2:  # the pool's reference and the argument
+                    return pool[i]
         buf = np.empty(size, np.uint8)
-        buf[: len(pending)] = np.frombuffer(pending, np.uint8)
+        if size == self._chunk and len(pool) < POOL:
+            pool.append(buf)
+        return buf
+
+    def _fill(self, pending: bytes, need: int = 0) -> tuple[Buf, int, bool]:
+        """A chunk buffer: pending bytes followed by fresh file data. Returns (buf, len, eof).
+        The buffer is not zeroed first (8 MiB a chunk), only its unused tail is. The fresh
+        data (never `pending`, read before) goes to `tap` with its file offset first."""
+        size = max(self._chunk, need, len(pending) + 4096)
+        buf = self._buffer(size)
+        start = got = len(pending)
+        buf[:start] = np.frombuffer(pending, np.uint8)
         view = buf.data
-        got = len(pending)
+        at = self._fh.tell() if self.tap is not None else 0
         eof = False
         while got < size:
             r = self._fh.readinto(view[got:])
@@ -138,6 +161,8 @@ class CaptureReader:
                 eof = True
                 break
             got += r
+        if self.tap is not None and got > start:
+            self.tap(at, view[start:got])
         buf[got:] = 0
         return buf, got, eof
 
@@ -163,7 +188,7 @@ class CaptureReader:
             need = 0
             pos = 0
             left = False
-            arr = np.frombuffer(buf, dtype=np.uint8)
+            arr = buf
             while True:
                 w = walk_pcap(
                     buf.data[pos:], length - pos, self._swapped, max_packets, self._caplimit
@@ -269,7 +294,7 @@ class CaptureReader:
             need = 0
             pos = 0
             left = False
-            arr = np.frombuffer(buf, dtype=np.uint8)
+            arr = buf
             while True:
                 if first:
                     blen = self._parse_shb(buf, pos, length)
