@@ -51,6 +51,45 @@ int64_t walk_pcap(const uint8_t *buf, int64_t len, int swapped, int64_t max_pkts
     return n;
 }
 
+/* walk_pcap from buf[start] and into out-arrays at their start, with what the reader needs
+ * made here rather than in numpy: absolute offsets, timestamps in ns (sec * 1e9 + frac * unit;
+ * unit 1000 for microsecond files, 1 for nanosecond ones) and the count of fractions >=
+ * frac_limit (bad timestamps, kept as they are). Resumable: walking buf[0:len] in steps of
+ * growing len (as it is read) finds exactly the records one walk of buf[0:len] finds. */
+int64_t walk_pcap_ts(const uint8_t *buf, int64_t start, int64_t len, int swapped,
+                     int64_t max_pkts, uint32_t caplimit, int64_t unit, uint32_t frac_limit,
+                     int64_t *off, int32_t *caplen, int32_t *wirelen, int64_t *ts,
+                     int64_t *bad_ts, int64_t *consumed, int *status) {
+    int64_t pos = start, n = 0, bad = 0;
+    *status = 0;
+    if (start < 0 || start > len) { /* nothing to walk (the caller never asks for this) */
+        *consumed = start;
+        return 0;
+    }
+    while (n < max_pkts && pos + 16 <= len) {
+        const uint8_t *h = buf + pos;
+        uint32_t cl = rd32(h + 8, swapped);
+        if (cl > caplimit) {
+            *status = 1;
+            break;
+        }
+        if (pos + 16 + (int64_t)cl > len)
+            break;
+        uint32_t frac = rd32(h + 4, swapped);
+        ts[n] = (int64_t)rd32(h, swapped) * 1000000000 + (int64_t)frac * unit;
+        bad += frac >= frac_limit;
+        caplen[n] = (int32_t)cl;
+        uint32_t wl = rd32(h + 12, swapped);
+        wirelen[n] = wl > 0x7fffffffu ? 0x7fffffff : (int32_t)wl;
+        off[n] = pos + 16;
+        pos += 16 + (int64_t)cl;
+        n++;
+    }
+    *bad_ts += bad;
+    *consumed = pos;
+    return n;
+}
+
 int64_t walk_pcapng(const uint8_t *buf, int64_t len, int swapped, int64_t max_pkts,
                     uint32_t blocklimit, int64_t *off, int32_t *caplen, int32_t *wirelen,
                     uint32_t *iface, uint64_t *ts, int64_t *consumed, int *status,

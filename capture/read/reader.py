@@ -40,8 +40,9 @@ import numpy.typing as npt
 from capture import CaptureError
 from capture.batch import RawBatch
 from capture.read.interfaces import Interface, parse_idb, raw_to_ns
+from capture.read.records import PcapRecords
 from capture.read.regular import open_regular
-from capture.read.walk import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcap, walk_pcapng
+from capture.read.walk import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcapng
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -51,6 +52,7 @@ PCAPNG_BOM = 0x1A2B3C4D
 DEFAULT_CHUNK = 8 << 20
 MAX_RECORD = 64 << 20  # larger records/blocks are treated as corruption
 Buf = npt.NDArray[np.uint8]
+PIECE = 512 << 10  # pcap: read this much at a time and walk it while it is in the cache
 POOL = 6  # chunk buffers kept for reuse: the chunk being walked, the batches queued ahead
 MIN_CAPLIMIT = 262144  # libpcap's MAXIMUM_SNAPLEN: accept records up to this even if snaplen < it
 _LEFT_BUFFER = -1  # `_skip`: the skipped record ends beyond the current buffer
@@ -144,10 +146,13 @@ class CaptureReader:
             pool.append(buf)
         return buf
 
-    def _fill(self, pending: bytes, need: int = 0) -> tuple[Buf, int, bool]:
+    def _fill(
+        self, pending: bytes, need: int = 0, recs: PcapRecords | None = None
+    ) -> tuple[Buf, int, bool]:
         """A chunk buffer: pending bytes followed by fresh file data. Returns (buf, len, eof).
         The buffer is not zeroed first (8 MiB a chunk), only its unused tail is. The fresh
-        data (never `pending`, read before) goes to `tap` with its file offset first."""
+        data (never `pending`, read before) goes to `tap` with its file offset first.
+        `recs` (pcap) is walked after each `PIECE` read, while the piece is in the cache."""
         size = max(self._chunk, need, len(pending) + 4096)
         buf = self._buffer(size)
         start = got = len(pending)
@@ -156,11 +161,16 @@ class CaptureReader:
         at = self._fh.tell() if self.tap is not None else 0
         eof = False
         while got < size:
-            r = self._fh.readinto(view[got:])
+            stop = size if recs is None or recs.done else min(size, got + PIECE)
+            r = self._fh.readinto(view[got:stop])
             if not r:
                 eof = True
                 break
             got += r
+            if recs is not None:
+                recs.walk(buf, got)
+        if recs is not None:
+            recs.walk(buf, got)  # pending bytes only (nothing read)
         if self.tap is not None and got > start:
             self.tap(at, view[start:got])
         buf[got:] = 0
@@ -184,37 +194,30 @@ class CaptureReader:
         pending = b""
         need = 0
         while True:
-            buf, length, eof = self._fill(pending, need)
+            recs: PcapRecords | None = self._records(max_packets, 0)
+            buf, length, eof = self._fill(pending, need, recs)
             need = 0
             pos = 0
             left = False
-            arr = buf
             while True:
-                w = walk_pcap(
-                    buf.data[pos:], length - pos, self._swapped, max_packets, self._caplimit
-                )
-                n = len(w.off)
+                if recs is None:  # the chunk's first batch was walked while it was read
+                    recs = self._records(max_packets, pos)
+                    recs.walk(buf, length)
+                n, pos, status = recs.n, recs.consumed, recs.status
                 if n:
                     self.packets += n
-                    if self._nsec:
-                        ts = w.sec.astype(np.int64) * 1_000_000_000 + w.frac.astype(np.int64)
-                        self._count("bad_timestamp", int(np.count_nonzero(w.frac >= 10**9)))
-                    else:
-                        ts = w.sec.astype(np.int64) * 1_000_000_000 + (
-                            w.frac.astype(np.int64) * 1000
-                        )
-                        self._count("bad_timestamp", int(np.count_nonzero(w.frac >= 10**6)))
+                    self._count("bad_timestamp", recs.bad_ts)
                     yield RawBatch(
-                        buf=arr,
-                        ts_ns=ts,
-                        cap_len=w.caplen,
-                        wire_len=w.wirelen,
-                        frame_off=w.off + pos,
+                        buf=buf,
+                        ts_ns=recs.ts[:n],
+                        cap_len=recs.caplen[:n],
+                        wire_len=recs.wirelen[:n],
+                        frame_off=recs.off[:n],
                         linktype=np.full(n, lt, dtype=np.uint16),
                         iface=np.zeros(n, dtype=np.uint16),
                     )
-                pos += w.consumed
-                if w.status == STOP_BAD:  # caplen above the limit: skip the record
+                recs = None
+                if status == STOP_BAD:  # caplen above the limit: skip the record
                     cl = struct.unpack_from(">I" if self._big() else "<I", buf.data, pos + 8)[0]
                     nxt = self._skip(buf, pos, length, eof, 16 + cl, None)
                     if nxt is None:
@@ -238,6 +241,9 @@ class CaptureReader:
             if rest >= 16:  # make room for a record larger than the chunk
                 cl = struct.unpack_from(">I" if self._big() else "<I", buf.data, pos + 8)[0]
                 need = 16 + cl + 4096
+
+    def _records(self, max_packets: int, start: int) -> PcapRecords:
+        return PcapRecords(max_packets, self._swapped, self._caplimit, self._nsec, start)
 
     def _big(self) -> bool:
         return (sys.byteorder == "big") != self._swapped
