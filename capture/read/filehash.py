@@ -57,7 +57,7 @@ class FileHash:
     docstring). `result()` finishes it; `close()` stops it without a result. Feed from one
     thread (the reader's)."""
 
-    def __init__(self, fd: int, depth: int = 4) -> None:
+    def __init__(self, fd: int, depth: int = 2) -> None:
         self._fd = fd
         self._h = hashlib.sha256()
         self._next = 0  # the file offset up to which the file is hashed
