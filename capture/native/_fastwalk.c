@@ -169,6 +169,8 @@ int64_t walk_pcapng(const uint8_t *buf, int64_t len, int swapped, int64_t max_pk
  * written to `slow`, for the numpy path. Returns the number of slow packets. Every read is
  * checked against the frame's captured end, which is checked against buflen. */
 
+#define PREFETCH_AHEAD 8
+
 static inline uint32_t be16(const uint8_t *p) { return ((uint32_t)p[0] << 8) | p[1]; }
 
 static inline uint32_t be32(const uint8_t *p) {
@@ -349,6 +351,15 @@ int64_t decode_common(const uint8_t *buf, int64_t buflen, int64_t n, const int64
                       const struct lbm_cols *c, int64_t *slow) {
     int64_t ns = 0;
     for (int64_t i = 0; i < n; i++) {
+        /* the frames' headers are rarely in the cache: ask for a later frame's now, so the
+         * misses overlap (a prefetch never faults; it is asked only inside the buffer) */
+        if (i + PREFETCH_AHEAD < n) {
+            int64_t ahead = frame_off[i + PREFETCH_AHEAD];
+            if (ahead >= 0 && ahead + 64 < buflen) {
+                __builtin_prefetch(buf + ahead);
+                __builtin_prefetch(buf + ahead + 64);
+            }
+        }
         int64_t start = frame_off[i];
         int64_t end = start + (int64_t)cap_len[i];
         if (cap_len[i] < 0 || start < 0 || end > buflen ||
