@@ -1,25 +1,29 @@
 """The SHA-256 of a capture file from the bytes the reader reads anyway, for the replay ledger
 (`capture.read.replayed`).
 
-`FileHash(fd)` hashes on a thread of its own: the reader hands it each region it has just read
-from the file (`feed(offset, view)`: the file offset and a memoryview of the reader's buffer,
-never bytes the reader copies again), and the thread hashes them in file order (hashlib
-releases the GIL on large updates). What the reader did not read is read here by `pread` on
-the same descriptor (whose offset, the reader's, is untouched): a region past the bytes hashed
-so far (the reader skipped an oversize record by seeking) gets the gap read first; a region
-overlapping them is hashed from where they end; `result()` reads whatever follows the last
-region to the end of the file (a replay stopped early, a broken tail, a pcapng error), so the
-digest is always the SHA-256 of the whole file, as `sha256sum` prints it. If anything does
-not add up (a read error, the file shrank under a gap), `result()` hashes the whole file
-again by `pread`, so a wrong digest is never recorded.
+The reader hands `FileHash(fd)` each region it has just read from the file (`feed(offset,
+view)`: the file offset and a memoryview of the reader's buffer, never bytes the reader
+copies again), in pieces of 512 KiB for pcap. What the reader did not read is read here by
+`pread` on the same descriptor (whose offset, the reader's, is untouched): a region past the
+bytes hashed so far (the reader skipped an oversize record by seeking) gets the gap read
+first; a region overlapping them is hashed from where they end; `result()` reads whatever
+follows the last region to the end of the file (a replay stopped early, a broken tail, a
+pcapng error), so the digest is always the SHA-256 of the whole file, as `sha256sum` prints
+it. If anything does not add up (a read error, the file shrank under a gap), `result()` hashes
+the whole file again by `pread`, so a wrong digest is never recorded.
 
-The reader must not reuse or change a buffer it handed over until the hasher is done with
-it: the view keeps a reference to the buffer (`capture.read.reader` reuses a buffer only when
-nothing refers to it), and the thread drops it as soon as it is hashed. At most `depth`
-regions wait: a reader ahead of the hash waits for it, so memory stays bounded.
-
-Replacing a child process that read the whole file a second time: about 0.2 s less CPU per
-GB (the kernel's second copy and the interpreter's start) and no process to start or stop.
+Where it hashes: by default at once, on the reader's thread, while the piece just read is in
+that core's cache (hashlib releases the GIL: the flow table runs meanwhile). `threaded=True`
+hashes on a thread of its own instead, at most `depth` regions behind (a reader further
+ahead waits), each region kept referenced until hashed so the reader does not reuse its
+buffer (`capture.read.reader` reuses a buffer only when nothing refers to it). Measured on
+the 2M-packet bench capture (847 MB, 2 cores, `lbm capture replay`, docs/capture-io.md): the
+thread costs about 0.15 s more CPU (the other core reads the pieces out of this one's cache)
+and 5-15 MiB more RSS, for the same wall time while the flow table's thread is the slowest;
+it would pay once the reader's thread (0.85 s with the hash, 0.4 s without) is. Both replace
+a child process that read the whole file a second time (0.15 s of kernel copy and the
+interpreter's start). OpenSSL's SHA-256 with the CPU's SHA extensions (hashlib's, 1.9 GB/s
+here; 0.5 GB/s without them) is the fastest SHA-256 available.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class FileHash:
     docstring). `result()` finishes it; `close()` stops it without a result. Feed from one
     thread (the reader's)."""
 
-    def __init__(self, fd: int, depth: int = 2) -> None:
+    def __init__(self, fd: int, depth: int = 2, *, threaded: bool = False) -> None:
         self._fd = fd
         self._h = hashlib.sha256()
         self._next = 0  # the file offset up to which the file is hashed
@@ -65,12 +69,18 @@ class FileHash:
         self._stopped = threading.Event()
         self._q: queue.Queue[tuple[int, memoryview] | None] = queue.Queue(maxsize=max(1, depth))
         self._thread = threading.Thread(target=self._run, name="capture-sha256", daemon=True)
-        self._thread.start()
+        self._threaded = threaded
+        if threaded:
+            self._thread.start()
 
     # --- the reader's side ---------------------------------------------------------------
     def feed(self, offset: int, data: memoryview) -> None:
         """Hash `data`, the file's bytes at `offset`, which the caller will not change until
         this object drops its reference (after hashing it). Waits while `depth` regions wait."""
+        if not self._threaded:
+            if not self._failed and not self._stopped.is_set():
+                self._hash(offset, data)
+            return
         item = (offset, data)
         while not self._stopped.is_set():
             try:
@@ -87,13 +97,15 @@ class FileHash:
                 return
             offset, data = item
             item = None
-            try:
-                if not self._failed:
-                    self._take(offset, data)
-            except Exception:  # an unreadable gap: result() hashes the whole file
-                self._failed = True
-            finally:
-                del data  # the reader may reuse the buffer once nothing refers to it
+            if not self._failed:
+                self._hash(offset, data)
+            del data  # the reader may reuse the buffer once nothing refers to it
+
+    def _hash(self, offset: int, data: memoryview) -> None:
+        try:
+            self._take(offset, data)
+        except Exception:  # an unreadable gap: result() hashes the whole file
+            self._failed = True
 
     def _take(self, offset: int, data: memoryview) -> None:
         end = offset + len(data)
@@ -121,6 +133,8 @@ class FileHash:
     # --- the end -------------------------------------------------------------------------
     def _finish(self) -> None:
         self._stopped.set()
+        if not self._threaded:
+            return
         while self._thread.is_alive():
             try:
                 self._q.put(_STOP, timeout=0.1)

@@ -158,7 +158,8 @@ class CaptureReader:
         start = got = len(pending)
         buf[:start] = np.frombuffer(pending, np.uint8)
         view = buf.data
-        at = self._fh.tell() if self.tap is not None else 0
+        tap = self.tap
+        base = self._fh.tell() - start if tap is not None else 0  # file offset of buf[0]
         eof = False
         while got < size:
             stop = size if recs is None or recs.done else min(size, got + PIECE)
@@ -166,13 +167,13 @@ class CaptureReader:
             if not r:
                 eof = True
                 break
+            if tap is not None:  # each piece while it is in the cache
+                tap(base + got, view[got : got + r])
             got += r
             if recs is not None:
                 recs.walk(buf, got)
         if recs is not None:
             recs.walk(buf, got)  # pending bytes only (nothing read)
-        if self.tap is not None and got > start:
-            self.tap(at, view[start:got])
         buf[got:] = 0
         return buf, got, eof
 
