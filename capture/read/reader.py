@@ -31,7 +31,7 @@ import io
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +39,11 @@ import numpy.typing as npt
 
 from capture import CaptureError
 from capture.batch import RawBatch
-from capture.read.interfaces import Interface, parse_idb, raw_to_ns
+from capture.read.chunks import Chunks, Tap
+from capture.read.interfaces import Interface, parse_idb, pcapng_batch
 from capture.read.records import PcapRecords
 from capture.read.regular import open_regular
-from capture.read.walk import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcapng
+from capture.read.walk import STOP_BAD, STOP_BLOCK, walk_pcapng
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -52,8 +53,6 @@ PCAPNG_BOM = 0x1A2B3C4D
 DEFAULT_CHUNK = 8 << 20
 MAX_RECORD = 64 << 20  # larger records/blocks are treated as corruption
 Buf = npt.NDArray[np.uint8]
-PIECE = 512 << 10  # pcap: read this much at a time and walk it while it is in the cache
-POOL = 6  # chunk buffers kept for reuse: the chunk being walked, the batches queued ahead
 MIN_CAPLIMIT = 262144  # libpcap's MAXIMUM_SNAPLEN: accept records up to this even if snaplen < it
 _LEFT_BUFFER = -1  # `_skip`: the skipped record ends beyond the current buffer
 _OVERSIZE = -2  # `_parse_idb`: an IDB above MAX_RECORD, skipped like any oversize block
@@ -74,11 +73,7 @@ class CaptureReader:
         self._nsec = False
         self._caplimit = MIN_CAPLIMIT
         self._skipped_ifaces: set[int] = set()  # pcapng IDBs skipped as oversize
-        self._pool: list[Buf] = []  # chunk buffers, reused once nothing refers to them
-        # called with (file offset, view) for each region read from the file, before anything
-        # else sees it (the replay ledger's SHA-256: `capture.read.filehash`); the buffer is
-        # not changed or reused while the view, or anything else, refers to it
-        self.tap: Callable[[int, memoryview], None] | None = None
+        self._chunks = Chunks(fh, self._chunk)
         self._sniff()
 
     # --- header --------------------------------------------------------------------------
@@ -125,57 +120,22 @@ class CaptureReader:
     def fileno(self) -> int:
         return self._fh.fileno()
 
+    @property
+    def tap(self) -> Tap | None:
+        """Called with (file offset, view) for each region read from the file, before anything
+        else sees it (the replay ledger's SHA-256: `capture.read.filehash`); the buffer is not
+        changed or reused while the view, or anything else, refers to it."""
+        return self._chunks.tap
+
+    @tap.setter
+    def tap(self, tap: Tap | None) -> None:
+        self._chunks.tap = tap
+
     def __enter__(self) -> CaptureReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _buffer(self, size: int) -> Buf:
-        """A chunk buffer of `size` bytes: one of the pool's that nothing refers to any more
-        (no batch, view or hasher holds it), else a new one (kept for reuse if the pool has
-        room and it has the chunk size). Reusing saves the kernel's page faults and page
-        clearing of a fresh 8 MiB a chunk."""
-        pool = self._pool
-        if size == self._chunk:
-            for i in range(len(pool)):
-                if sys.getrefcount(pool[i]) <= 2:  # the pool's reference and the argument
-                    return pool[i]
-        buf = np.empty(size, np.uint8)
-        if size == self._chunk and len(pool) < POOL:
-            pool.append(buf)
-        return buf
-
-    def _fill(
-        self, pending: bytes, need: int = 0, recs: PcapRecords | None = None
-    ) -> tuple[Buf, int, bool]:
-        """A chunk buffer: pending bytes followed by fresh file data. Returns (buf, len, eof).
-        The buffer is not zeroed first (8 MiB a chunk), only its unused tail is. The fresh
-        data (never `pending`, read before) goes to `tap` with its file offset first.
-        `recs` (pcap) is walked after each `PIECE` read, while the piece is in the cache."""
-        size = max(self._chunk, need, len(pending) + 4096)
-        buf = self._buffer(size)
-        start = got = len(pending)
-        buf[:start] = np.frombuffer(pending, np.uint8)
-        view = buf.data
-        tap = self.tap
-        base = self._fh.tell() - start if tap is not None else 0  # file offset of buf[0]
-        eof = False
-        while got < size:
-            stop = size if recs is None or recs.done else min(size, got + PIECE)
-            r = self._fh.readinto(view[got:stop])
-            if not r:
-                eof = True
-                break
-            if tap is not None:  # each piece while it is in the cache
-                tap(base + got, view[got : got + r])
-            got += r
-            if recs is not None:
-                recs.walk(buf, got)
-        if recs is not None:
-            recs.walk(buf, got)  # pending bytes only (nothing read)
-        buf[got:] = 0
-        return buf, got, eof
 
     # --- batches -------------------------------------------------------------------------
     def batches(self, max_packets: int = 65536) -> Iterator[RawBatch]:
@@ -196,7 +156,7 @@ class CaptureReader:
         need = 0
         while True:
             recs: PcapRecords | None = self._records(max_packets, 0)
-            buf, length, eof = self._fill(pending, need, recs)
+            buf, length, eof = self._chunks.fill(pending, need, recs)
             need = 0
             pos = 0
             left = False
@@ -297,7 +257,7 @@ class CaptureReader:
         first = True
         last_ts = 0
         while True:
-            buf, length, eof = self._fill(pending, need)
+            buf, length, eof = self._chunks.fill(pending, need)
             need = 0
             pos = 0
             left = False
@@ -317,7 +277,11 @@ class CaptureReader:
                 )
                 n = len(w.off)
                 if n:
-                    batch = self._pcapng_batch(arr, w, pos, last_ts)
+                    batch, bad = pcapng_batch(
+                        arr, w, pos, last_ts, self.interfaces, self._skipped_ifaces
+                    )
+                    self._count("bad_interface", bad)
+                    self.packets += len(batch) if batch is not None else 0
                     if batch is not None:
                         last_ts = int(batch.ts_ns[-1]) if len(batch) else last_ts
                         yield batch
@@ -413,55 +377,6 @@ class CaptureReader:
             return self._parse_shb(buf, pos, length)
         except CaptureError:
             return -1
-
-    def _pcapng_batch(
-        self, arr: np.ndarray, w: PcapngWalk, pos: int, last_ts: int
-    ) -> RawBatch | None:
-        n = len(w.off)
-        nif = len(self.interfaces)
-        iface = w.iface
-        bad = iface >= nif
-        if self._skipped_ifaces:  # packets of an interface whose IDB was skipped
-            bad |= np.isin(iface, np.fromiter(self._skipped_ifaces, np.uint32))
-        if bad.any():
-            self._count("bad_interface", int(np.count_nonzero(bad)))
-            keep = ~bad
-            w = PcapngWalk(
-                w.off[keep],
-                w.caplen[keep],
-                w.wirelen[keep],
-                iface[keep],
-                w.ts[keep],
-                w.consumed,
-                w.status,
-                w.stop_type,
-            )
-            iface = w.iface
-            n = len(w.off)
-            if n == 0:
-                return None
-        ts = np.zeros(n, dtype=np.int64)
-        lt = np.zeros(n, dtype=np.uint16)
-        for i in np.unique(iface):
-            m = iface == i
-            itf = self.interfaces[int(i)]
-            ts[m] = raw_to_ns(w.ts[m], itf)
-            lt[m] = itf.linktype
-        spb = w.ts == np.uint64(0xFFFFFFFFFFFFFFFF)
-        if spb.any():  # SPBs carry no timestamp: use the previous packet's
-            idx = np.where(~spb, np.arange(n), -1)
-            np.maximum.accumulate(idx, out=idx)
-            ts = np.where(idx >= 0, ts[np.maximum(idx, 0)], last_ts)
-        self.packets += n
-        return RawBatch(
-            buf=arr,
-            ts_ns=ts,
-            cap_len=w.caplen,
-            wire_len=w.wirelen,
-            frame_off=w.off + pos,
-            linktype=lt,
-            iface=iface.astype(np.uint16),
-        )
 
 
 def open_capture(path: str | Path, chunk_bytes: int = DEFAULT_CHUNK) -> CaptureReader:

@@ -157,7 +157,7 @@ def _held(path: Path, chunk: int) -> Iterator[tuple[int, memoryview]]:
     batches = list(r.batches(50))  # every batch kept too
     frames = [b.frame(i) for b in batches for i in range(len(b))]
     assert frames == FRAMES
-    assert len(r._pool) > 1  # buffers were pooled...
+    assert len(r._chunks.pool) > 1  # buffers were pooled...
     yield from regions
 
 
@@ -172,7 +172,7 @@ def test_a_buffer_is_never_reused_while_a_batch_or_region_refers_to_it(tmp_path:
     r = open_capture(p, chunk_bytes=8192)  # batches dropped at once: the buffers are reused
     for _ in r.batches(50):
         pass
-    assert len(r._pool) <= 2
+    assert len(r._chunks.pool) <= 2
 
 
 def test_the_done_line_has_the_whole_files_sha256(tmp_path: Path) -> None:
