@@ -50,7 +50,7 @@ def replay(
     # configuration) lives to the end, so it is frozen out of every collection; and a first
     # threshold of 100k container objects instead of 700 lets the replay's short-lived
     # tuples and rows die before a collection scans them (docs/capture-io.md).
-    threshold = gc.get_threshold()
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()
     gc.set_threshold(max(threshold[0], GC_GEN0), *threshold[1:])
     try:
@@ -58,7 +58,8 @@ def replay(
     finally:
         sys.setswitchinterval(interval)
         gc.set_threshold(*threshold)
-        gc.unfreeze()
+        if not frozen:  # another freeze (the caller's) is left as it was, with these in it
+            gc.unfreeze()
     return s
 
 
