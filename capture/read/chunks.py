@@ -10,7 +10,9 @@ to `tap` right after it is read, while it is in the core's cache.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import sys
 from collections.abc import Callable
 
@@ -33,6 +35,9 @@ class Chunks:
         self.chunk = chunk
         self.pool: list[Buf] = []  # chunk buffers, reused once nothing refers to them
         self.tap: Tap | None = None  # see `CaptureReader.tap`
+        # the file is read once from start to end: the kernel may read further ahead
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
     def buffer(self, size: int) -> Buf:
         """A chunk buffer of `size` bytes: one of the pool's that nothing refers to any more

@@ -39,6 +39,7 @@ class PcapRecords:
         self.bad_ts = 0
         self.consumed = start  # the buffer position after the last record walked
         self.status = 0
+        self._c: tuple[Any, ...] | None = None  # the C call's pointers, made at the first walk
 
     @property
     def done(self) -> bool:
@@ -55,14 +56,19 @@ class PcapRecords:
             self._walk_py(buf, length)
 
     def _walk_c(self, ffi: Any, lib: Any, buf: npt.NDArray[np.uint8], length: int) -> None:
+        if self._c is None:  # once per batch: a chunk is walked in many steps
+            cast = ffi.cast
+            self._c = (
+                cast("int64_t *", self.off.ctypes.data),
+                cast("int32_t *", self.caplen.ctypes.data),
+                cast("int32_t *", self.wirelen.ctypes.data),
+                cast("int64_t *", self.ts.ctypes.data),
+                ffi.new("int64_t[2]"),  # bad timestamps, consumed
+                ffi.new("int *"),
+            )
+        off, caplen, wirelen, ts, out, status = self._c
         n = self.n
-
-        def at(a: np.ndarray, t: str) -> Any:
-            return ffi.cast(t, a.ctypes.data + n * a.itemsize)
-
-        bad = ffi.new("int64_t *")
-        consumed = ffi.new("int64_t *")
-        status = ffi.new("int *")
+        out[0] = 0
         got = lib.walk_pcap_ts(
             ffi.from_buffer("uint8_t[]", buf),
             self.consumed,
@@ -72,17 +78,17 @@ class PcapRecords:
             self.caplimit,
             1 if self.nsec else 1000,
             10**9 if self.nsec else 10**6,
-            at(self.off, "int64_t *"),
-            at(self.caplen, "int32_t *"),
-            at(self.wirelen, "int32_t *"),
-            at(self.ts, "int64_t *"),
-            bad,
-            consumed,
+            off + n,
+            caplen + n,
+            wirelen + n,
+            ts + n,
+            out,
+            out + 1,
             status,
         )
         self.n += int(got)
-        self.bad_ts += int(bad[0])
-        self.consumed = int(consumed[0])
+        self.bad_ts += int(out[0])
+        self.consumed = int(out[1])
         self.status = int(status[0])
 
     def _walk_py(self, buf: npt.NDArray[np.uint8], length: int) -> None:
