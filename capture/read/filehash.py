@@ -15,8 +15,8 @@ the whole file again by `pread`, so a wrong digest is never recorded.
 Where it hashes: by default at once, on the reader's thread, while the piece just read is in
 that core's cache (hashlib releases the GIL: the flow table runs meanwhile). `threaded=True`
 hashes on a thread of its own instead, at most `depth` regions behind (a reader further
-ahead waits), each region kept referenced until hashed so the reader does not reuse its
-buffer (`capture.read.reader` reuses a buffer only when nothing refers to it). Measured on
+ahead waits; a region refers to the reader's buffer, which the reader never changes once
+handed on, until it is hashed, and no longer: memory stays bounded). Measured on
 the 2M-packet bench capture (847 MB, 2 cores, `lbm capture replay`, docs/capture-io.md): the
 thread costs about 0.15 s more CPU (the other core reads the pieces out of this one's cache)
 and 5-15 MiB more RSS, for the same wall time while the flow table's thread is the slowest;
@@ -99,7 +99,7 @@ class FileHash:
             item = None
             if not self._failed:
                 self._hash(offset, data)
-            del data  # the reader may reuse the buffer once nothing refers to it
+            del data  # the buffer is freed once nothing refers to it
 
     def _hash(self, offset: int, data: memoryview) -> None:
         try:
@@ -159,7 +159,7 @@ class FileHash:
     def close(self) -> None:
         """Stop the hashing thread (idempotent; `result()` stops it too)."""
         self._finish()
-        while True:  # drop any region still queued: the reader may reuse its buffer
+        while True:  # drop any region still queued (and its buffer)
             try:
                 self._q.get_nowait()
             except queue.Empty:

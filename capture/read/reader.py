@@ -124,7 +124,7 @@ class CaptureReader:
     def tap(self) -> Tap | None:
         """Called with (file offset, view) for each region read from the file, before anything
         else sees it (the replay ledger's SHA-256: `capture.read.filehash`); the buffer is not
-        changed or reused while the view, or anything else, refers to it."""
+        changed once handed on."""
         return self._chunks.tap
 
     @tap.setter
