@@ -20,7 +20,9 @@ handed on, until it is hashed, and no longer: memory stays bounded). Measured on
 the 2M-packet bench capture (847 MB, 2 cores, `lbm capture replay`, docs/capture-io.md): the
 thread costs about 0.15 s more CPU (the other core reads the pieces out of this one's cache)
 and 5-15 MiB more RSS, for the same wall time while the flow table's thread is the slowest;
-it would pay once the reader's thread (0.85 s with the hash, 0.4 s without) is. Both replace
+it would pay once the reader's thread (0.85 s with the hash, 0.4 s without) is. A backlog the
+flow table's thread hashed while it waited for a batch cost more still (polling and GIL
+hand-offs: 0.3 s more CPU, 0.1 s more wall; docs/capture-io.md). Both replace
 a child process that read the whole file a second time (0.15 s of kernel copy and the
 interpreter's start). OpenSSL's SHA-256 with the CPU's SHA extensions (hashlib's, 1.9 GB/s
 here; 0.5 GB/s without them) is the fastest SHA-256 available.
