@@ -19,7 +19,7 @@ import pytest
 from lbm_testing import Lbm
 
 from capture.read.filehash import FileHash, Fingerprint
-from capture.read.reader import open_capture
+from capture.read.reader import MAX_RECORD, open_capture
 from capture.subjects import pcapng
 
 T0 = 1_700_000_000
@@ -97,6 +97,30 @@ def test_a_skipped_oversize_record_is_hashed_by_pread(tmp_path: Path, threaded: 
     try:
         assert n == len(FRAMES) and r.summary == {"oversize_record": 1}
         assert sum(size for _, size in fed) < len(data) - (1 << 20) + 16384  # it seeked over it
+        assert h.result() == Fingerprint(_sha(data), len(data))
+    finally:
+        os.close(fd)
+
+
+def test_a_skipped_oversize_pcapng_block_is_hashed_by_pread(tmp_path: Path) -> None:
+    """pcapng: a custom block above the 64 MiB limit is skipped by seeking, after reading its
+    trailing length (a 4-byte read that moves the file position): the digest is still the
+    whole file's."""
+    size = MAX_RECORD + 4
+    big = struct.pack("<II", 0x0BAD, size) + b"\x5a" * (size - 12) + struct.pack("<I", size)
+    blocks = [pcapng.epb(0, (T0 + i) * 10**9, f, len(f)) for i, f in enumerate(FRAMES)]
+    data = pcapng.shb() + pcapng.idb(1) + b"".join(blocks[:50]) + big + b"".join(blocks[50:])
+    p = tmp_path / "skip.pcapng"
+    p.write_bytes(data)
+    r = open_capture(p, chunk_bytes=16384)
+    fd = os.dup(r.fileno())
+    fed: list[int] = []
+    h = FileHash(fd)
+    r.tap = lambda at, view: (fed.append(len(view)), h.feed(at, view))[1]
+    try:
+        assert sum(len(b) for b in r.batches()) == len(FRAMES)
+        assert r.summary == {"oversize_record": 1}
+        assert sum(fed) < len(data) - MAX_RECORD + 16384  # it seeked over the block
         assert h.result() == Fingerprint(_sha(data), len(data))
     finally:
         os.close(fd)
