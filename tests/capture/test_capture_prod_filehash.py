@@ -153,16 +153,19 @@ def test_a_replay_stopped_early_is_hashed_to_the_end(tmp_path: Path, threaded: b
 def test_regions_overlapping_out_of_order_or_after_a_gap(tmp_path: Path, threaded: bool) -> None:
     """An attacker-shaped feed: a region again, a region inside one hashed, one starting
     inside, one after a gap, one past the end of the file (the file shrank: the whole file is
-    hashed again by pread, never a digest of bytes that are not there)."""
+    hashed again by pread, never a digest of bytes that are not there). The descriptor's
+    offset, which the reader reads from, is never moved."""
     data = bytes(range(256)) * 400
     p = tmp_path / "x.bin"
     p.write_bytes(data)
     fd = os.open(p, os.O_RDONLY)
     try:
+        os.lseek(fd, 100, os.SEEK_SET)
         h = FileHash(fd, depth=1, threaded=threaded)
         for a, b in ((0, 1000), (0, 1000), (10, 500), (900, 5000), (20000, 30000), (100, 200)):
             h.feed(a, memoryview(data)[a:b])
         assert h.result() == Fingerprint(_sha(data), len(data))
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 100
         h = FileHash(fd, threaded=threaded)
         h.feed(len(data) + 10, memoryview(b"not in the file"))
         assert h.result() == Fingerprint(_sha(data), len(data))
