@@ -69,9 +69,7 @@ class GatewayKey:
     read by `store.sshkey`: then the `cryptography` objects are made at first use, and the
     fingerprint needs none."""
 
-    def __init__(
-        self, private: Ed25519PrivateKey, retired: dict[str, Ed25519PublicKey]
-    ) -> None:
+    def __init__(self, private: Ed25519PrivateKey, retired: dict[str, Ed25519PublicKey]) -> None:
         self._private: Ed25519PrivateKey | None = private
         self._retired: dict[str, Ed25519PublicKey] | None = retired
         self._seed = b""
@@ -109,8 +107,7 @@ class GatewayKey:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
             self._retired = {
-                fp: Ed25519PublicKey.from_public_bytes(raw)
-                for fp, raw in self._retired_raw.items()
+                fp: Ed25519PublicKey.from_public_bytes(raw) for fp, raw in self._retired_raw.items()
             }
         return self._retired
 

@@ -17,8 +17,8 @@ from datetime import datetime
 
 from appliance.policy import InvalidInput, RuleViolation, rules
 from appliance.policy.model import OfficerPeriod, Rank
-from store.sshsig_wire import SshsigError, blob_fingerprint, parse_key_line
 from store.clock import format_utc
+from store.sshsig_wire import SshsigError, blob_fingerprint, parse_key_line
 
 
 @dataclass(frozen=True)
