@@ -333,6 +333,8 @@ PLAIN_COLUMNS = frozenset(
 def dictionary_columns(sch: pa.Schema) -> list[str]:
     """The columns of `sch` that Parquet files store with a dictionary (`use_dictionary`)."""
     return [name for name in sch.names if name not in PLAIN_COLUMNS]
+
+
 _EMPTY_LIST_COLUMNS = ("refs", "record_ids")
 _CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 
