@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.cli.app import EXIT_FAIL, App, emit, fail, pass_app, run_guarded
+from appliance.cli.app import (
+    EXIT_FAIL,
+    App,
+    emit,
+    exit_without_teardown,
+    fail,
+    pass_app,
+    run_guarded,
+)
 from appliance.cli.textsafe import safe
 from capture import CaptureError
 
@@ -261,6 +269,7 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
         return result
 
     result = run_guarded(run)
+    exit_without_teardown()  # every writer, archive and ledger entry is closed and durable
     for name, error in result["files_failed"].items():
         line = error if name in error else f"{name}: {error}"
         click.echo(f"lbm: error: {safe(line)}", err=True)

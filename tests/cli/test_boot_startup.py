@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from appliance.cli.commands import COMMANDS, load, short_help
@@ -91,6 +92,16 @@ def test_a_replay_loads_only_what_it_uses(data_dir: Path, tmp_path: Path) -> Non
     assert sorted(data_dir.glob("metadata/stream=flow/**/*.parquet"))  # written and published
     loaded = sorted(m for m in modules if m in NOT_FOR_A_REPLAY or m.startswith("cryptography."))
     assert loaded == []
+    # as the program (`python -m`), a replay ends without the interpreter's teardown: its
+    # output is whole and what it wrote durable (ledger, rows) when the process is gone
+    again = Lbm(data_dir)("capture", "replay", "--again", "--json", str(pcap), check=True)
+    assert json.loads(again.stdout)["packets"] == 1
+    ledger = [json.loads(line) for line in (data_dir / "journal" / "replayed.jsonl").open()]
+    assert [e.get("sha256") is not None for e in ledger if e.get("event") == "done"] == [True] * 2
+    flows = duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet('{data_dir}/metadata/stream=flow/**/*.parquet')"
+    )
+    assert flows.fetchone() == (2,)
     # the same data directory still signs: an audited command after it loads what it needs
     code, out, modules = _lbm("--data-dir", str(data_dir), "audit", "verify")
     assert code == 0, out
