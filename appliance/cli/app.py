@@ -144,6 +144,17 @@ def teardown_skipped() -> bool:
     return _exit_without_teardown
 
 
+def is_program() -> bool:
+    """True when `lbm` runs as the program: the `lbm` script or `python -m appliance.cli.main`,
+    never a test calling `main()` or click's runner in its own process. Process-wide settings
+    (the exit without teardown, a replay's garbage collection) are only made then."""
+    top = sys.modules.get("__main__")
+    spec = getattr(top, "__spec__", None)
+    if spec is not None and spec.name == "appliance.cli.main":
+        return True
+    return os.path.basename(str(getattr(top, "__file__", ""))) == "lbm"
+
+
 def fail(message: str, code: int = EXIT_FAIL) -> NoReturn:
     click.echo(f"lbm: error: {message}", err=True)
     sys.exit(code)

@@ -33,6 +33,7 @@ from appliance.cli.app import (
     emit,
     exit_without_teardown,
     fail,
+    is_program,
     pass_app,
     run_guarded,
 )
@@ -77,8 +78,10 @@ def collect_less() -> None:
     with Python's default thresholds the cyclic collector ran about 200 times in a 2M-packet
     replay (40-60 ms of CPU, 20-30 of them during start-up's imports) and freed next to
     nothing. Collect the youngest generation every 100,000 net allocations instead of 700
-    (this process only: a replay is not a daemon; peak RSS is unchanged, docs/startup.md)."""
-    gc.set_threshold(100_000, 50, 100)
+    (this process only: a replay is not a daemon; peak RSS is unchanged, docs/startup.md).
+    Not when `lbm` runs inside another program (a test's process): it would keep the setting."""
+    if is_program():
+        gc.set_threshold(100_000, 50, 100)
 
 
 def build_pipeline(app: App, writer: str, interface: str | None) -> tuple[Pipeline, Any]:
@@ -235,7 +238,8 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
         from capture.summary import Summary
 
         pipe, (source, archive) = build_pipeline(app, "replay", None)
-        gc.freeze()  # start-up's objects (modules, classes) are never garbage: skip them
+        if is_program():
+            gc.freeze()  # start-up's objects (modules, classes) are never garbage: skip them
         ledger = ReplayLedger(app.paths.journal)
         per_file: list[dict[str, Any]] = []
         failed: dict[str, str] = {}

@@ -13,7 +13,7 @@ import threading
 
 import click
 
-from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, teardown_skipped
+from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, is_program, teardown_skipped
 from appliance.cli.commands import LazyGroup
 from appliance.config import ConfigError
 from store import StoreError
@@ -48,19 +48,9 @@ def main() -> None:
             click.echo(f"lbm: error: {exc}", err=True)
             sys.exit(EXIT_FAIL)
     except SystemExit as exc:
-        if teardown_skipped() and _is_program() and isinstance(exc.code, int | None):
+        if teardown_skipped() and is_program() and isinstance(exc.code, int | None):
             _end_now(exc.code or 0)
         raise
-
-
-def _is_program() -> bool:
-    """True when `main` runs as the program: the `lbm` script or `python -m appliance.cli.main`
-    (never a test calling `main()` in its own process)."""
-    top = sys.modules.get("__main__")
-    spec = getattr(top, "__spec__", None)
-    if spec is not None and spec.name == "appliance.cli.main":
-        return True
-    return os.path.basename(str(getattr(top, "__file__", ""))) == "lbm"
 
 
 def _end_now(code: int) -> None:
