@@ -17,8 +17,6 @@ $(BIN)/lbm: pyproject.toml constraints.txt
 	# byte-compile now: under a hardened unit (read-only tree) or PYTHONDONTWRITEBYTECODE every
 	# start would compile each module again (about 0.1 s of an `lbm` command's start-up)
 	$(BIN)/python -m compileall -q appliance addons capture store
-	# and compile the dataclass methods once, for the same reason (docs/startup.md: 25-30 ms)
-	$(BIN)/python -c 'from appliance.cli import codecache; codecache.build()'
 	@touch $(BIN)/lbm
 
 venv: $(BIN)/lbm

@@ -238,8 +238,6 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
         from capture.summary import Summary
 
         pipe, (source, archive) = build_pipeline(app, "replay", None)
-        if is_program():
-            gc.freeze()  # start-up's objects (modules, classes) are never garbage: skip them
         ledger = ReplayLedger(app.paths.journal)
         per_file: list[dict[str, Any]] = []
         failed: dict[str, str] = {}
