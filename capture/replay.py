@@ -5,6 +5,7 @@ capture drives the pipeline itself (`capture.live`)."""
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from capture.read import CaptureReader, Prefetch, open_capture
 from capture.summary import Summary
 
 SWITCH_INTERVAL_S = 0.0005  # the GIL switch interval while a replay runs (see `replay`)
+GC_GEN0 = 100_000  # the collector's first threshold while a replay runs (see `replay`)
 
 
 def replay(
@@ -44,10 +46,20 @@ def replay(
     interval = sys.getswitchinterval()
     if prefetch > 0:
         sys.setswitchinterval(min(interval, SWITCH_INTERVAL_S))
+    # The cyclic collector: what exists before the replay (modules, the policy snapshot, the
+    # configuration) lives to the end, so it is frozen out of every collection; and a first
+    # threshold of 100k container objects instead of 700 lets the replay's short-lived
+    # tuples and rows die before a collection scans them (docs/capture-io.md).
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    gc.freeze()
+    gc.set_threshold(max(threshold[0], GC_GEN0), *threshold[1:])
     try:
         _replay(files, pipeline, s, max_packets, prefetch, timing)
     finally:
         sys.setswitchinterval(interval)
+        gc.set_threshold(*threshold)
+        if not frozen:  # another freeze (the caller's) is left as it was, with these in it
+            gc.unfreeze()
     return s
 
 

@@ -24,17 +24,11 @@ import io
 import os
 import re
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO, Protocol
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from store.agefile_base import (
     CHUNK,
     MAX_HEADER,
-    RAW,
     TAG,
     VERSION_LINE,
     X25519_INFO,
@@ -57,16 +51,20 @@ from store.agefile_base import (
     parse_identity_file,
     parse_recipient,
     public_of,
+    raw_public,
     recipient_fingerprint,
     unb64,
 )
+
+if TYPE_CHECKING:  # `cryptography` loads at first use (start-up: docs/startup.md)
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 __all__ = [  # the base's names are part of this module's interface
     "ARMOR_BEGIN",
     "BATCH",
     "CHUNK",
     "MAX_HEADER",
-    "RAW",
     "TAG",
     "VERSION_LINE",
     "X25519_INFO",
@@ -108,11 +106,14 @@ _ARGUMENT = re.compile(rb"[\x21-\x7e]+")  # a stanza argument: one or more visib
 def build_header(file_key: bytes, recipients: Sequence[X25519PublicKey]) -> bytes:
     if not recipients:
         raise AgeError("no recipients")
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     out = [VERSION_LINE + b"\n"]
     for recipient in recipients:
         eph = X25519PrivateKey.generate()
-        share = eph.public_key().public_bytes(RAW, serialization.PublicFormat.Raw)
-        rcpt = recipient.public_bytes(RAW, serialization.PublicFormat.Raw)
+        share = raw_public(eph.public_key())
+        rcpt = raw_public(recipient)
         shared = eph.exchange(recipient)
         wrap_key = hkdf(shared, share + rcpt, X25519_INFO)
         body = ChaCha20Poly1305(wrap_key).encrypt(b"\x00" * 12, file_key, None)
@@ -141,6 +142,8 @@ class AgeWriter:
     """
 
     def __init__(self, out: Output, recipients: Sequence[str | X25519PublicKey]) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
         keys = [parse_recipient(r) if isinstance(r, str) else r for r in recipients]
         self._out = out
         self._many = getattr(out, "write_many", None)
@@ -310,8 +313,12 @@ def parse_header(fh: BinaryIO) -> tuple[list[tuple[bytes, bytes]], bytes, bytes]
 
 
 def _unwrap(stanzas: list[tuple[bytes, bytes]], identities: Sequence[X25519PrivateKey]) -> bytes:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     for identity in identities:
-        rcpt = identity.public_key().public_bytes(RAW, serialization.PublicFormat.Raw)
+        rcpt = raw_public(identity.public_key())
         for share, body in stanzas:
             try:
                 shared = identity.exchange(X25519PublicKey.from_public_bytes(share))
@@ -323,6 +330,12 @@ def _unwrap(stanzas: list[tuple[bytes, bytes]], identities: Sequence[X25519Priva
             except InvalidTag:
                 continue
     raise AgeNoMatchError("no identity matched any of the file's recipients")
+
+
+def _invalid_tag() -> type[Exception]:
+    from cryptography.exceptions import InvalidTag
+
+    return InvalidTag
 
 
 class AgeReader:
@@ -343,6 +356,8 @@ class AgeReader:
         *,
         allow_truncated: bool = False,
     ) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
         keys = [parse_identity(i) if isinstance(i, str) else i for i in identities]
         stanzas, text, mac = parse_header(fh)
         file_key = _unwrap(stanzas, keys)
@@ -370,7 +385,7 @@ class AgeReader:
         assert self._aead is not None
         try:
             return self._aead.decrypt(chunk_nonce(counter, last), data, None)
-        except InvalidTag:
+        except _invalid_tag():
             return None
 
     def chunks(self) -> Iterator[bytes]:

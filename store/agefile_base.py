@@ -8,10 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Sequence
-
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING
 
 from store import StoreError
 from store.bech32 import Bech32Error, bech32_decode, bech32_encode
@@ -21,7 +18,8 @@ X25519_INFO = b"age-encryption.org/v1/X25519"
 CHUNK = 64 * 1024
 TAG = 16
 MAX_HEADER = 64 * 1024
-RAW = serialization.Encoding.Raw
+if TYPE_CHECKING:  # `cryptography` loads at first use (start-up: docs/startup.md)
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 
 class AgeError(StoreError):
@@ -63,12 +61,21 @@ class AgeTruncatedError(AgePayloadError):
 
 
 # -- keys ------------------------------------------------------------------------------------
+def raw_public(key: X25519PublicKey) -> bytes:
+    """The 32 raw bytes of an X25519 public key."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
 def encode_recipient(key: X25519PublicKey) -> str:
-    return bech32_encode("age", key.public_bytes(RAW, serialization.PublicFormat.Raw))
+    return bech32_encode("age", raw_public(key))
 
 
 def encode_identity(key: X25519PrivateKey) -> str:
-    raw = key.private_bytes(RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     return bech32_encode("age-secret-key-", raw).upper()
 
 
@@ -79,6 +86,8 @@ def parse_recipient(text: str) -> X25519PublicKey:
         raise AgeError(f"not an age recipient (age1...): {exc}") from None
     if hrp != "age" or len(data) != 32 or not text.strip().startswith("age1"):
         raise AgeError("not an age X25519 recipient (age1...)")
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
     return X25519PublicKey.from_public_bytes(data)
 
 
@@ -90,6 +99,8 @@ def parse_identity(text: str) -> X25519PrivateKey:
         raise AgeError(f"not an age identity (AGE-SECRET-KEY-1...): {exc}") from None
     if hrp != "age-secret-key-" or len(data) != 32 or raw != raw.upper():
         raise AgeError("not an age X25519 identity (AGE-SECRET-KEY-1...)")
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     return X25519PrivateKey.from_private_bytes(data)
 
 
@@ -111,6 +122,8 @@ def parse_identity_file(text: str, where: str = "identity file") -> list[X25519P
 
 def generate() -> tuple[str, str]:
     """A fresh X25519 pair as (AGE-SECRET-KEY-1..., age1...)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     key = X25519PrivateKey.generate()
     return encode_identity(key), encode_recipient(key.public_key())
 
@@ -121,7 +134,7 @@ def public_of(identity_text: str) -> str:
 
 def recipient_fingerprint(recipient: str) -> str:
     """SHA-256 hex of the raw 32-byte X25519 public key."""
-    raw = parse_recipient(recipient).public_bytes(RAW, serialization.PublicFormat.Raw)
+    raw = raw_public(parse_recipient(recipient))
     return hashlib.sha256(raw).hexdigest()
 
 
@@ -133,6 +146,9 @@ def identity_file_text(identity: str, comments: Sequence[str] = ()) -> str:
 
 # -- primitives ------------------------------------------------------------------------------
 def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
 
 

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from store import StoreError
 from store.fsutil import atomic_write, create_private, ensure_dir, fsync_dir
-from store.schemas import conform, schema
+from store.schemas import conform, dictionary_columns, schema
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 NAME_RE = re.compile(r"^([a-z0-9][a-z0-9._-]*)__([a-z0-9][a-z0-9._-]*)__(\d{10,})\.parquet$")
@@ -128,7 +128,9 @@ def write_temp(final: Path, table: pa.Table) -> Path:
     ensure_dir(final.parent)
     tmp = temp_path(final)
     create_private(tmp)
-    pq.write_table(table, tmp, compression=COMPRESSION)
+    pq.write_table(
+        table, tmp, compression=COMPRESSION, use_dictionary=dictionary_columns(table.schema)
+    )
     _fsync_file(tmp)
     return tmp
 
@@ -349,7 +351,12 @@ def compact(
     rows = 0
     try:
         create_private(tmp)
-        with pq.ParquetWriter(tmp, out_schema, compression=COMPRESSION) as out:
+        with pq.ParquetWriter(
+            tmp,
+            out_schema,
+            compression=COMPRESSION,
+            use_dictionary=dictionary_columns(out_schema),
+        ) as out:
             for path in inputs:
                 pf = pq.ParquetFile(path)
                 for i in range(pf.num_row_groups):

@@ -20,14 +20,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from store import ArchiveError
 from store.fsutil import atomic_write, ensure_dir, fsync_dir
 from store.segment import SEGMENT_RE, canonical, io_message, is_live
 from store.signing import GatewayKey, verify
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 FORMAT = "lbm-segment-manifest/1"
 HEAD_FORMAT = "lbm-archive-head/1"

@@ -18,19 +18,27 @@ import base64
 import hashlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
-from store import KeyError_
+from store import KeyError_, sshkey
 from store.fsutil import atomic_write, ensure_dir, fsync_dir
 from store.paths import DataPaths
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+# `cryptography` is imported where a key is made, used or loaded the slow way: loading the
+# gateway key (`load`) reads the file with `store.sshkey`, so a command that signs nothing (a
+# capture replay without subjects) never imports it (12-15 ms of start-up, docs/startup.md).
+
 
 def public_openssh(key: Ed25519PublicKey, comment: str = "") -> str:
+    from cryptography.hazmat.primitives import serialization
+
     line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     text = line.decode()
     return f"{text} {comment}".strip()
@@ -42,6 +50,9 @@ def fingerprint(key: Ed25519PublicKey) -> str:
 
 
 def load_public(text: str, where: str = "public key") -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_ssh_public_key(text.strip().encode())
     except ValueError as exc:
@@ -51,12 +62,54 @@ def load_public(text: str, where: str = "public key") -> Ed25519PublicKey:
     return key
 
 
-@dataclass
 class GatewayKey:
-    """The gateway's current signing key plus every public key it has used."""
+    """The gateway's current signing key plus every public key it has used.
 
-    private: Ed25519PrivateKey
-    retired: dict[str, Ed25519PublicKey]
+    Made from `cryptography` objects, or (`from_raw`, what `load` does) from the key bytes
+    read by `store.sshkey`: then the `cryptography` objects are made at first use, and the
+    fingerprint needs none."""
+
+    def __init__(self, private: Ed25519PrivateKey, retired: dict[str, Ed25519PublicKey]) -> None:
+        self._private: Ed25519PrivateKey | None = private
+        self._retired: dict[str, Ed25519PublicKey] | None = retired
+        self._seed = b""
+        self._public_raw = b""
+        self._retired_raw: dict[str, bytes] = {}
+        self._where = ""
+
+    @classmethod
+    def from_raw(
+        cls, seed: bytes, public: bytes, retired: dict[str, bytes], where: str
+    ) -> GatewayKey:
+        """A key from its 32-byte seed and public key (`store.sshkey`); `retired` maps
+        fingerprints to raw public keys; `where` names the file in errors."""
+        key = cls.__new__(cls)
+        key._private, key._retired = None, None
+        key._seed, key._public_raw, key._retired_raw, key._where = seed, public, retired, where
+        return key
+
+    @property
+    def private(self) -> Ed25519PrivateKey:
+        if self._private is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+            private = Ed25519PrivateKey.from_private_bytes(self._seed)
+            raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            if raw != self._public_raw:  # a file whose two halves disagree: never sign with it
+                raise KeyError_(f"{self._where}: corrupt key (its public half does not match)")
+            self._private = private
+        return self._private
+
+    @property
+    def retired(self) -> dict[str, Ed25519PublicKey]:
+        if self._retired is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            self._retired = {
+                fp: Ed25519PublicKey.from_public_bytes(raw) for fp, raw in self._retired_raw.items()
+            }
+        return self._retired
 
     @property
     def public(self) -> Ed25519PublicKey:
@@ -64,6 +117,8 @@ class GatewayKey:
 
     @property
     def fingerprint(self) -> str:
+        if self._private is None:
+            return sshkey.fingerprint_raw(self._public_raw)
         return fingerprint(self.public)
 
     def sign(self, data: bytes) -> str:
@@ -76,6 +131,8 @@ class GatewayKey:
 
 
 def verify(keys: dict[str, Ed25519PublicKey], key_fp: str, data: bytes, sig_b64: str) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     key = keys.get(key_fp)
     if key is None:
         return False
@@ -87,6 +144,8 @@ def verify(keys: dict[str, Ed25519PublicKey], key_fp: str, data: bytes, sig_b64:
 
 
 def _write_pair(paths: DataPaths, private: Ed25519PrivateKey, comment: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     ensure_dir(paths.keys)
     pem = private.private_bytes(
         serialization.Encoding.PEM,
@@ -102,6 +161,8 @@ def create(paths: DataPaths, comment: str) -> GatewayKey:
     """Make the gateway signing key; refuses to overwrite one that exists."""
     if paths.signing_key.exists():
         raise KeyError_(f"{paths.signing_key}: a gateway signing key exists already")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     _write_pair(paths, private, comment)
     return GatewayKey(private, {})
@@ -116,19 +177,29 @@ def load_retired(paths: DataPaths) -> dict[str, Ed25519PublicKey]:
     return retired
 
 
+def _load_retired_raw(paths: DataPaths) -> dict[str, bytes] | None:
+    """`load_retired` as raw keys, read by `store.sshkey`; None if one needs `cryptography`."""
+    retired: dict[str, bytes] = {}
+    if paths.old_signing_keys.is_dir():
+        for file in sorted(paths.old_signing_keys.glob("*.pub")):
+            raw = sshkey.parse_public(file.read_text())
+            if raw is None:
+                return None
+            retired[sshkey.fingerprint_raw(raw)] = raw
+    return retired
+
+
 def load(paths: DataPaths) -> GatewayKey:
     path = paths.signing_key
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise KeyError_(f"{path}: no gateway signing key (run `lbm init`)") from None
-    try:
-        private = serialization.load_ssh_private_key(data, password=None)
-    except ValueError as exc:
-        raise KeyError_(f"{path}: not an OpenSSH private key ({exc})") from exc
-    if not isinstance(private, Ed25519PrivateKey):
-        raise KeyError_(f"{path}: not an Ed25519 key")
-    return GatewayKey(private, load_retired(paths))
+    pair = sshkey.parse_private(data)
+    retired = _load_retired_raw(paths) if pair is not None else None
+    if pair is not None and retired is not None:
+        return GatewayKey.from_raw(pair[0], pair[1], retired, str(path))
+    return GatewayKey(_load_private(path, data), load_retired(paths))
 
 
 def load_public_keys(paths: DataPaths) -> dict[str, Ed25519PublicKey]:
@@ -148,6 +219,8 @@ def rotate(paths: DataPaths, comment: str) -> tuple[str, str]:
     about. `AuditLog.rotate_key` (what `lbm keys rotate-signing` runs) is the audited rotation.
     Returns (old fingerprint, new fingerprint).
     """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     old = load(paths)
     ensure_dir(paths.old_signing_keys)
     old_fp = old.fingerprint
@@ -166,8 +239,12 @@ def _next_path(paths: DataPaths) -> Path:
     return paths.signing_key.with_name(paths.signing_key.name + ".next")
 
 
-def _load_private(path: Path) -> Ed25519PrivateKey:
-    data = path.read_bytes()
+def _load_private(path: Path, data: bytes | None = None) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if data is None:
+        data = path.read_bytes()
     try:
         private = serialization.load_ssh_private_key(data, password=None)
     except ValueError as exc:
@@ -179,6 +256,9 @@ def _load_private(path: Path) -> Ed25519PrivateKey:
 
 def stage_next(paths: DataPaths) -> Ed25519PrivateKey:
     """Make the next signing key and keep it (0600) beside the current one until installed."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(
         serialization.Encoding.PEM,

@@ -19,6 +19,7 @@ import stat
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,7 +32,6 @@ from store.signing import public_openssh
 from store.sshsig_allowed import AllowedSigner, match_list, parse_allowed_signers
 from store.sshsig_wire import (
     Blob,
-    PublicKey,
     Reader,
     SshsigError,
     armor,
@@ -45,6 +45,9 @@ from store.sshsig_wire import (
     show,
     signed_data,
 )
+
+if TYPE_CHECKING:
+    from store.sshsig_wire import PublicKey
 
 __all__ = [
     "AllowedSigner",

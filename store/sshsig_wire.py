@@ -14,13 +14,16 @@ import hashlib
 import re
 import struct
 from dataclasses import dataclass
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from typing import TYPE_CHECKING
 
 from store import StoreError
+
+if TYPE_CHECKING:  # `cryptography` loads when a key is decoded (start-up: docs/startup.md)
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+    PublicKey = Ed25519PublicKey | RSAPublicKey | EllipticCurvePublicKey
 
 MAGIC = b"SSHSIG"
 VERSION = 1
@@ -38,8 +41,6 @@ KEY_TYPES = (
 )
 RSA_MIN_BITS = 2048
 RSA_MAX_BITS = 16384  # OpenSSH's own limit
-
-PublicKey = Ed25519PublicKey | RSAPublicKey | EllipticCurvePublicKey
 
 _B64_LINE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _PRINTABLE = re.compile(r"[\x21-\x7e]{1,64}")
@@ -107,6 +108,11 @@ class Reader:
 
 def key_from_blob(blob: bytes, what: str) -> PublicKey:
     """The public key in an SSH key blob of a supported type, encoded canonically."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
     key_type = Reader(blob, what).text("key type")
     if key_type not in KEY_TYPES:
         raise SshsigError(f"{what}: key type {show(key_type)} is not supported")
@@ -127,6 +133,8 @@ def key_from_blob(blob: bytes, what: str) -> PublicKey:
 
 
 def key_blob(key: PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return base64.b64decode(line.split()[1])
 

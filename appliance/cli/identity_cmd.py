@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from appliance.cli.app import EXIT_USAGE, App, emit, fail, pass_app
+from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
 from appliance.policy.identity import (
     FeedError,
     Lease,
@@ -51,7 +51,10 @@ def identity() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @pass_app
 def import_cmd(app: App, file: Path, as_json: bool) -> None:
-    """Replace the identity map with FILE (CSV, JSON array or JSON lines)."""
+    """Replace the identity map with FILE (CSV, JSON array or JSON lines).
+
+    Bad rows are listed on stderr with their line and left out; the valid rows are loaded, and
+    the command then exits 1, so that a scheduled import of a partly broken feed is noticed."""
     with _registry(app) as conn:
         try:
             report = import_feed(conn, file, audit=app.audit, actor=app.actor)
@@ -65,6 +68,8 @@ def import_cmd(app: App, file: Path, as_json: bool) -> None:
         f"{len(report.conflicts)} conflicts (sha256 {report.sha256[:16]}...)"
     )
     emit(report.to_json(), as_json, text)
+    if report.bad:
+        raise SystemExit(EXIT_FAIL)
 
 
 def _lease_json(lease: Lease, now: datetime) -> dict[str, Any]:

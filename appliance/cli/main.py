@@ -6,12 +6,14 @@ Each concern registers its own click group in its own module; this file only com
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+import threading
 
 import click
 
-from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App
+from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, is_program, teardown_skipped
 from appliance.cli.commands import LazyGroup
 from appliance.config import ConfigError
 from store import StoreError
@@ -37,13 +39,33 @@ def main() -> None:
     # Daemons started by `lbm run` are `lbm ...` command lines, so they come through here too.
     os.umask(0o077)
     try:
-        cli.main(prog_name="lbm", standalone_mode=True)
-    except ConfigError as exc:
-        click.echo(f"lbm: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    except StoreError as exc:
-        click.echo(f"lbm: error: {exc}", err=True)
-        sys.exit(EXIT_FAIL)
+        try:
+            cli.main(prog_name="lbm", standalone_mode=True)
+        except ConfigError as exc:
+            click.echo(f"lbm: error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except StoreError as exc:
+            click.echo(f"lbm: error: {exc}", err=True)
+            sys.exit(EXIT_FAIL)
+    except SystemExit as exc:
+        if teardown_skipped() and is_program() and isinstance(exc.code, int | None):
+            _end_now(exc.code or 0)
+        raise
+
+
+def _end_now(code: int) -> None:
+    """`os._exit(code)` after what a normal exit does that matters here: output flushed and
+    `atexit` handlers run. Returns (normal exit follows) if another thread is alive or the
+    output cannot be flushed (a closed pipe: Python reports it as usual)."""
+    if threading.active_count() > 1:
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        return
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 if __name__ == "__main__":

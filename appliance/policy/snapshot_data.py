@@ -20,7 +20,7 @@ from typing import Any, Protocol, cast
 
 from appliance.policy import identity
 from appliance.policy.model import Authorisation, Channel
-from appliance.policy.registry import load_all
+from appliance.policy.registry_store import load_all
 
 
 class IdentityResolver(Protocol):

@@ -51,6 +51,45 @@ int64_t walk_pcap(const uint8_t *buf, int64_t len, int swapped, int64_t max_pkts
     return n;
 }
 
+/* walk_pcap from buf[start] and into out-arrays at their start, with what the reader needs
+ * made here rather than in numpy: absolute offsets, timestamps in ns (sec * 1e9 + frac * unit;
+ * unit 1000 for microsecond files, 1 for nanosecond ones) and the count of fractions >=
+ * frac_limit (bad timestamps, kept as they are). Resumable: walking buf[0:len] in steps of
+ * growing len (as it is read) finds exactly the records one walk of buf[0:len] finds. */
+int64_t walk_pcap_ts(const uint8_t *buf, int64_t start, int64_t len, int swapped,
+                     int64_t max_pkts, uint32_t caplimit, int64_t unit, uint32_t frac_limit,
+                     int64_t *off, int32_t *caplen, int32_t *wirelen, int64_t *ts,
+                     int64_t *bad_ts, int64_t *consumed, int *status) {
+    int64_t pos = start, n = 0, bad = 0;
+    *status = 0;
+    if (start < 0 || start > len) { /* nothing to walk (the caller never asks for this) */
+        *consumed = start;
+        return 0;
+    }
+    while (n < max_pkts && pos + 16 <= len) {
+        const uint8_t *h = buf + pos;
+        uint32_t cl = rd32(h + 8, swapped);
+        if (cl > caplimit) {
+            *status = 1;
+            break;
+        }
+        if (pos + 16 + (int64_t)cl > len)
+            break;
+        uint32_t frac = rd32(h + 4, swapped);
+        ts[n] = (int64_t)rd32(h, swapped) * 1000000000 + (int64_t)frac * unit;
+        bad += frac >= frac_limit;
+        caplen[n] = (int32_t)cl;
+        uint32_t wl = rd32(h + 12, swapped);
+        wirelen[n] = wl > 0x7fffffffu ? 0x7fffffff : (int32_t)wl;
+        off[n] = pos + 16;
+        pos += 16 + (int64_t)cl;
+        n++;
+    }
+    *bad_ts += bad;
+    *consumed = pos;
+    return n;
+}
+
 int64_t walk_pcapng(const uint8_t *buf, int64_t len, int swapped, int64_t max_pkts,
                     uint32_t blocklimit, int64_t *off, int32_t *caplen, int32_t *wirelen,
                     uint32_t *iface, uint64_t *ts, int64_t *consumed, int *status,
@@ -129,6 +168,8 @@ int64_t walk_pcapng(const uint8_t *buf, int64_t len, int swapped, int64_t max_pk
  * truncated or bad headers, a record outside the buffer) is left untouched and its index
  * written to `slow`, for the numpy path. Returns the number of slow packets. Every read is
  * checked against the frame's captured end, which is checked against buflen. */
+
+#define PREFETCH_AHEAD 8
 
 static inline uint32_t be16(const uint8_t *p) { return ((uint32_t)p[0] << 8) | p[1]; }
 
@@ -310,6 +351,15 @@ int64_t decode_common(const uint8_t *buf, int64_t buflen, int64_t n, const int64
                       const struct lbm_cols *c, int64_t *slow) {
     int64_t ns = 0;
     for (int64_t i = 0; i < n; i++) {
+        /* the frames' headers are rarely in the cache: ask for a later frame's now, so the
+         * misses overlap (a prefetch never faults; it is asked only inside the buffer) */
+        if (i + PREFETCH_AHEAD < n) {
+            int64_t ahead = frame_off[i + PREFETCH_AHEAD];
+            if (ahead >= 0 && ahead + 64 < buflen) {
+                __builtin_prefetch(buf + ahead);
+                __builtin_prefetch(buf + ahead + 64);
+            }
+        }
         int64_t start = frame_off[i];
         int64_t end = start + (int64_t)cap_len[i];
         if (cap_len[i] < 0 || start < 0 || end > buflen ||

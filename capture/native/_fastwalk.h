@@ -9,6 +9,10 @@
 int64_t walk_pcap(const uint8_t *buf, int64_t len, int swapped, int64_t max_pkts,
                   uint32_t caplimit, int64_t *off, int32_t *caplen, int32_t *wirelen,
                   uint32_t *sec, uint32_t *frac, int64_t *consumed, int *status);
+int64_t walk_pcap_ts(const uint8_t *buf, int64_t start, int64_t len, int swapped,
+                     int64_t max_pkts, uint32_t caplimit, int64_t unit, uint32_t frac_limit,
+                     int64_t *off, int32_t *caplen, int32_t *wirelen, int64_t *ts,
+                     int64_t *bad_ts, int64_t *consumed, int *status);
 int64_t walk_pcapng(const uint8_t *buf, int64_t len, int swapped, int64_t max_pkts,
                     uint32_t blocklimit, int64_t *off, int32_t *caplen, int32_t *wirelen,
                     uint32_t *iface, uint64_t *ts, int64_t *consumed, int *status,

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from capture.batch import RawBatch
+from capture.read.walk import PcapngWalk
+
 
 @dataclass
 class Interface:
@@ -73,3 +76,60 @@ def parse_idb(data: memoryview, pos: int, blen: int, e: str) -> tuple[Interface,
             iface.ts_offset_s = struct.unpack_from(e + "q", data, o + 4)[0]
         o += 4 + ((olen + 3) & ~3)
     return iface, False
+
+
+def pcapng_batch(
+    buf: np.ndarray,
+    w: PcapngWalk,
+    pos: int,
+    last_ts: int,
+    interfaces: list[Interface],
+    skipped: set[int],
+) -> tuple[RawBatch | None, int]:
+    """The batch of the packets `w` found at buffer position `pos` (timestamps in ns by their
+    interface's units; an SPB's is the packet's before, `last_ts` for the first), and the
+    number left out because their interface is unknown or its IDB was skipped (`skipped`)."""
+    n = len(w.off)
+    iface = w.iface
+    bad = iface >= len(interfaces)
+    if skipped:  # packets of an interface whose IDB was skipped
+        bad |= np.isin(iface, np.fromiter(skipped, np.uint32))
+    nbad = int(np.count_nonzero(bad))
+    if nbad:
+        keep = ~bad
+        w = PcapngWalk(
+            w.off[keep],
+            w.caplen[keep],
+            w.wirelen[keep],
+            iface[keep],
+            w.ts[keep],
+            w.consumed,
+            w.status,
+            w.stop_type,
+        )
+        iface = w.iface
+        n = len(w.off)
+        if n == 0:
+            return None, nbad
+    ts = np.zeros(n, dtype=np.int64)
+    lt = np.zeros(n, dtype=np.uint16)
+    for i in np.unique(iface):
+        m = iface == i
+        itf = interfaces[int(i)]
+        ts[m] = raw_to_ns(w.ts[m], itf)
+        lt[m] = itf.linktype
+    spb = w.ts == np.uint64(0xFFFFFFFFFFFFFFFF)
+    if spb.any():  # SPBs carry no timestamp: use the previous packet's
+        idx = np.where(~spb, np.arange(n), -1)
+        np.maximum.accumulate(idx, out=idx)
+        ts = np.where(idx >= 0, ts[np.maximum(idx, 0)], last_ts)
+    batch = RawBatch(
+        buf=buf,
+        ts_ns=ts,
+        cap_len=w.caplen,
+        wire_len=w.wirelen,
+        frame_off=w.off + pos,
+        linktype=lt,
+        iface=iface.astype(np.uint16),
+    )
+    return batch, nbad

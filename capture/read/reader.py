@@ -39,9 +39,11 @@ import numpy.typing as npt
 
 from capture import CaptureError
 from capture.batch import RawBatch
-from capture.read.interfaces import Interface, parse_idb, raw_to_ns
+from capture.read.chunks import Chunks, Tap
+from capture.read.interfaces import Interface, parse_idb, pcapng_batch
+from capture.read.records import PcapRecords
 from capture.read.regular import open_regular
-from capture.read.walk import STOP_BAD, STOP_BLOCK, PcapngWalk, walk_pcap, walk_pcapng
+from capture.read.walk import STOP_BAD, STOP_BLOCK, walk_pcapng
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -71,6 +73,7 @@ class CaptureReader:
         self._nsec = False
         self._caplimit = MIN_CAPLIMIT
         self._skipped_ifaces: set[int] = set()  # pcapng IDBs skipped as oversize
+        self._chunks = Chunks(fh, self._chunk)
         self._sniff()
 
     # --- header --------------------------------------------------------------------------
@@ -117,29 +120,22 @@ class CaptureReader:
     def fileno(self) -> int:
         return self._fh.fileno()
 
+    @property
+    def tap(self) -> Tap | None:
+        """Called with (file offset, view) for each region read from the file, before anything
+        else sees it (the replay ledger's SHA-256: `capture.read.filehash`); the buffer is not
+        changed once handed on."""
+        return self._chunks.tap
+
+    @tap.setter
+    def tap(self, tap: Tap | None) -> None:
+        self._chunks.tap = tap
+
     def __enter__(self) -> CaptureReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _fill(self, pending: bytes, need: int = 0) -> tuple[Buf, int, bool]:
-        """New chunk buffer: pending bytes followed by fresh file data. Returns (buf, len, eof).
-        The buffer is not zeroed first (8 MiB a chunk), only its unused tail is."""
-        size = max(self._chunk, need, len(pending) + 4096)
-        buf = np.empty(size, np.uint8)
-        buf[: len(pending)] = np.frombuffer(pending, np.uint8)
-        view = buf.data
-        got = len(pending)
-        eof = False
-        while got < size:
-            r = self._fh.readinto(view[got:])
-            if not r:
-                eof = True
-                break
-            got += r
-        buf[got:] = 0
-        return buf, got, eof
 
     # --- batches -------------------------------------------------------------------------
     def batches(self, max_packets: int = 65536) -> Iterator[RawBatch]:
@@ -159,37 +155,30 @@ class CaptureReader:
         pending = b""
         need = 0
         while True:
-            buf, length, eof = self._fill(pending, need)
+            recs: PcapRecords | None = self._records(max_packets, 0)
+            buf, length, eof = self._chunks.fill(pending, need, recs)
             need = 0
             pos = 0
             left = False
-            arr = np.frombuffer(buf, dtype=np.uint8)
             while True:
-                w = walk_pcap(
-                    buf.data[pos:], length - pos, self._swapped, max_packets, self._caplimit
-                )
-                n = len(w.off)
+                if recs is None:  # the chunk's first batch was walked while it was read
+                    recs = self._records(max_packets, pos)
+                    recs.walk(buf, length)
+                n, pos, status = recs.n, recs.consumed, recs.status
                 if n:
                     self.packets += n
-                    if self._nsec:
-                        ts = w.sec.astype(np.int64) * 1_000_000_000 + w.frac.astype(np.int64)
-                        self._count("bad_timestamp", int(np.count_nonzero(w.frac >= 10**9)))
-                    else:
-                        ts = w.sec.astype(np.int64) * 1_000_000_000 + (
-                            w.frac.astype(np.int64) * 1000
-                        )
-                        self._count("bad_timestamp", int(np.count_nonzero(w.frac >= 10**6)))
+                    self._count("bad_timestamp", recs.bad_ts)
                     yield RawBatch(
-                        buf=arr,
-                        ts_ns=ts,
-                        cap_len=w.caplen,
-                        wire_len=w.wirelen,
-                        frame_off=w.off + pos,
+                        buf=buf,
+                        ts_ns=recs.ts[:n],
+                        cap_len=recs.caplen[:n],
+                        wire_len=recs.wirelen[:n],
+                        frame_off=recs.off[:n],
                         linktype=np.full(n, lt, dtype=np.uint16),
                         iface=np.zeros(n, dtype=np.uint16),
                     )
-                pos += w.consumed
-                if w.status == STOP_BAD:  # caplen above the limit: skip the record
+                recs = None
+                if status == STOP_BAD:  # caplen above the limit: skip the record
                     cl = struct.unpack_from(">I" if self._big() else "<I", buf.data, pos + 8)[0]
                     nxt = self._skip(buf, pos, length, eof, 16 + cl, None)
                     if nxt is None:
@@ -213,6 +202,9 @@ class CaptureReader:
             if rest >= 16:  # make room for a record larger than the chunk
                 cl = struct.unpack_from(">I" if self._big() else "<I", buf.data, pos + 8)[0]
                 need = 16 + cl + 4096
+
+    def _records(self, max_packets: int, start: int) -> PcapRecords:
+        return PcapRecords(max_packets, self._swapped, self._caplimit, self._nsec, start)
 
     def _big(self) -> bool:
         return (sys.byteorder == "big") != self._swapped
@@ -265,11 +257,11 @@ class CaptureReader:
         first = True
         last_ts = 0
         while True:
-            buf, length, eof = self._fill(pending, need)
+            buf, length, eof = self._chunks.fill(pending, need)
             need = 0
             pos = 0
             left = False
-            arr = np.frombuffer(buf, dtype=np.uint8)
+            arr = buf
             while True:
                 if first:
                     blen = self._parse_shb(buf, pos, length)
@@ -285,7 +277,11 @@ class CaptureReader:
                 )
                 n = len(w.off)
                 if n:
-                    batch = self._pcapng_batch(arr, w, pos, last_ts)
+                    batch, bad = pcapng_batch(
+                        arr, w, pos, last_ts, self.interfaces, self._skipped_ifaces
+                    )
+                    self._count("bad_interface", bad)
+                    self.packets += len(batch) if batch is not None else 0
                     if batch is not None:
                         last_ts = int(batch.ts_ns[-1]) if len(batch) else last_ts
                         yield batch
@@ -381,55 +377,6 @@ class CaptureReader:
             return self._parse_shb(buf, pos, length)
         except CaptureError:
             return -1
-
-    def _pcapng_batch(
-        self, arr: np.ndarray, w: PcapngWalk, pos: int, last_ts: int
-    ) -> RawBatch | None:
-        n = len(w.off)
-        nif = len(self.interfaces)
-        iface = w.iface
-        bad = iface >= nif
-        if self._skipped_ifaces:  # packets of an interface whose IDB was skipped
-            bad |= np.isin(iface, np.fromiter(self._skipped_ifaces, np.uint32))
-        if bad.any():
-            self._count("bad_interface", int(np.count_nonzero(bad)))
-            keep = ~bad
-            w = PcapngWalk(
-                w.off[keep],
-                w.caplen[keep],
-                w.wirelen[keep],
-                iface[keep],
-                w.ts[keep],
-                w.consumed,
-                w.status,
-                w.stop_type,
-            )
-            iface = w.iface
-            n = len(w.off)
-            if n == 0:
-                return None
-        ts = np.zeros(n, dtype=np.int64)
-        lt = np.zeros(n, dtype=np.uint16)
-        for i in np.unique(iface):
-            m = iface == i
-            itf = self.interfaces[int(i)]
-            ts[m] = raw_to_ns(w.ts[m], itf)
-            lt[m] = itf.linktype
-        spb = w.ts == np.uint64(0xFFFFFFFFFFFFFFFF)
-        if spb.any():  # SPBs carry no timestamp: use the previous packet's
-            idx = np.where(~spb, np.arange(n), -1)
-            np.maximum.accumulate(idx, out=idx)
-            ts = np.where(idx >= 0, ts[np.maximum(idx, 0)], last_ts)
-        self.packets += n
-        return RawBatch(
-            buf=arr,
-            ts_ns=ts,
-            cap_len=w.caplen,
-            wire_len=w.wirelen,
-            frame_off=w.off + pos,
-            linktype=lt,
-            iface=iface.astype(np.uint16),
-        )
 
 
 def open_capture(path: str | Path, chunk_bytes: int = DEFAULT_CHUNK) -> CaptureReader:

@@ -15,7 +15,9 @@ the second is refused):
 A file is identified by its content (SHA-256 and size), not its name: a renamed or copied
 capture is still the same capture. Hashing a large capture before replaying it would cost a
 pass over the file before the first packet, so the SHA-256 is computed while the replay
-runs, by a child process hashing the same open file (`FileHash`), and recorded in "done".
+runs, from the bytes the replay's reader reads anyway (`capture.read.filehash.FileHash`, on
+a thread of its own; what the reader skips or never reaches is read there by pread), and
+recorded in "done": always the SHA-256 of the whole file, whatever the reader made of it.
 The decision is made before the first row with a cheap pre-key, `edges`: the SHA-256 of the
 file's first and last MiB (of all of it, which is then its SHA-256, for files up to 2 MiB).
 A file whose size and edges match no earlier replay is new whatever its middle holds; only
@@ -38,16 +40,16 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capture.read.filehash import FileHash, Fingerprint, digest_fd
 from capture.read.reader import CaptureReader, open_regular
+
+__all__ = ["FileHash", "Fingerprint", "ReplayLedger", "Run", "digest_fd", "edges", "fingerprint"]
 
 LEDGER = "replayed.jsonl"
 EDGE = 1 << 20  # the pre-key hashes this much at each end of the file
@@ -55,17 +57,9 @@ _READ = 1 << 20
 
 
 @dataclass(frozen=True)
-class Fingerprint:
-    """A capture file's identity: SHA-256 of its bytes and its size."""
-
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
 class Run:
     """One replay recorded as started: `sha256` is known now only for files up to 2 MiB or
-    when an earlier replay had the same edges; else the replay's reader computes it."""
+    when an earlier replay had the same edges; else it is computed from what the replay reads."""
 
     id: str
     size: int
@@ -94,64 +88,6 @@ def edges(fd: int) -> tuple[int, str]:
     if size > tail:
         h.update(_pread_all(fd, size - tail, tail))
     return size, h.hexdigest()
-
-
-def digest_fd(fd: int) -> Fingerprint:
-    """SHA-256 and size of the whole open file `fd` (position unchanged)."""
-    h = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, _READ, offset):
-        h.update(chunk)
-        offset += len(chunk)
-    return Fingerprint(h.hexdigest(), offset)
-
-
-# The child of `FileHash`: SHA-256 and size of its inherited descriptor argv[1], by pread (the
-# descriptor's offset is the reader's, untouched). -I -S: no environment, no site-packages.
-_CHILD = (
-    "import hashlib, os, sys\n"
-    "fd, h, o = int(sys.argv[1]), hashlib.sha256(), 0\n"
-    "while c := os.pread(fd, 1 << 22, o):\n"
-    "    h.update(c)\n"
-    "    o += len(c)\n"
-    "print(h.hexdigest(), o)\n"
-)
-_RESULT = re.compile(rb"([0-9a-f]{64}) ([0-9]+)\s*")
-
-
-class FileHash:
-    """The SHA-256 of an open file, computed by a child process while the replay runs: about
-    0.6 s of CPU per GB that shares no GIL with the reader and the flow table, on whichever
-    core is free (on the reader's thread it made the reader barely faster than the flow
-    table). The child gets the same descriptor, so it hashes the file the replay reads.
-    `result()` waits for it (and hashes here if the child failed); `close()` stops it."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._proc: subprocess.Popen[bytes] | None = None
-        with contextlib.suppress(OSError):  # no child (e.g. a process limit): result() hashes
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _CHILD, str(fd)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(fd,),
-            )
-
-    def result(self) -> Fingerprint:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            out, _ = proc.communicate()
-            m = _RESULT.fullmatch(out)
-            if proc.returncode == 0 and m:
-                return Fingerprint(m[1].decode(), int(m[2]))
-        return digest_fd(self._fd)
-
-    def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.kill()
-            proc.communicate()
 
 
 def fingerprint(path: Path) -> Fingerprint:

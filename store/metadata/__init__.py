@@ -42,8 +42,22 @@ publication rounds, threads), `gaps` (gap reporter thread), `replay` (start-up r
 `store.journal`; file layout and rounds `store.compact`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from store.metadata.front import GapReport
-from store.metadata.reader import read_stream
 from store.metadata.writer import AuditSink, MetadataWriter, QueueFull
 
+if TYPE_CHECKING:
+    from store.metadata.reader import read_stream
+
 __all__ = ["AuditSink", "GapReport", "MetadataWriter", "QueueFull", "read_stream"]
+
+
+def __getattr__(name: str) -> Any:
+    # `read_stream` loads pyarrow.dataset (15-20 ms): writers, such as a capture replay's
+    # after its first packet, never read (docs/startup.md)
+    if name == "read_stream":
+        from store.metadata.reader import read_stream
+
+        return read_stream
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,6 @@ loops), and `append_batch` (many rows at once). `flush`/`aflush` make every appe
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -236,6 +235,8 @@ class MetadataWriter:
 
     async def aflush(self) -> None:
         """`flush()` for asyncio code, run in a worker thread."""
+        import asyncio  # here: a capture replay never loads it (docs/startup.md)
+
         await asyncio.to_thread(self.flush)
 
     def publish(self) -> None:
@@ -271,6 +272,8 @@ class MetadataWriter:
 
     async def aclose(self) -> None:
         """`close()` for asyncio code, run in a worker thread."""
+        import asyncio
+
         await asyncio.to_thread(self.close)
 
     def __enter__(self) -> MetadataWriter:

@@ -1,9 +1,9 @@
 """The replay ledger decides before the first row with a pre-key (size, first and last MiB)
-and records the SHA-256 a child process computes while the replay runs: the same large
-capture is still refused the second time, a different one with the same first and last MiB
-is not, an earlier replay that never finished refuses what it cannot be told apart from, one
-that could write no row does not count, and entries written before the pre-key existed still
-count."""
+and records the SHA-256 computed from what the replay reads (`FileHash`, tested in
+test_capture_prod_filehash.py): the same large capture is still refused the second time, a
+different one with the same first and last MiB is not, an earlier replay that never
+finished refuses what it cannot be told apart from, one that could write no row does not
+count, and entries written before the pre-key existed still count."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import struct
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import dpkt
 import pytest
 from lbm_testing import Lbm
 
-from capture.read.replayed import FileHash, Fingerprint
 from store.metadata import read_stream
 from store.paths import DataPaths
 
@@ -134,28 +132,6 @@ def test_a_skipped_record_does_not_change_the_recorded_hash(lbm: Lbm, tmp_path: 
     summary = json.loads(res.stdout)
     assert res.returncode == 0 and summary["bad_packets"] == {"reader_oversize_record": 1}
     assert summary["files"][0]["sha256"] == _sha(big) == _ledger(lbm)[-1]["sha256"]
-
-
-def test_the_hash_is_made_by_a_child_on_the_same_descriptor(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The child hashes the open file by pread (the descriptor's offset, which the reader
-    uses, is untouched); a child that fails is replaced by hashing in this process, and
-    `close()` stops a child still running."""
-    path = _capture(tmp_path / "f.pcap", flows=4, packets=300)
-    with path.open("rb") as fh:
-        fh.seek(100)
-        h = FileHash(fh.fileno())
-        assert h._proc is not None  # a child process, not this one's GIL
-        assert h.result() == Fingerprint(_sha(path), path.stat().st_size)
-        assert os.lseek(fh.fileno(), 0, os.SEEK_CUR) == 100
-        monkeypatch.setattr(sys, "executable", "/bin/false")  # the child exits 1, says nothing
-        assert FileHash(fh.fileno()).result().sha256 == _sha(path)
-        monkeypatch.setattr(sys, "executable", "/bin/sleep")  # "sleep -I ...": runs on
-        h = FileHash(fh.fileno())
-        proc = h._proc
-        h.close()
-        assert proc is not None and proc.returncode is not None
 
 
 def test_json_says_when_the_first_batch_reached_the_pipeline(lbm: Lbm, tmp_path: Path) -> None:

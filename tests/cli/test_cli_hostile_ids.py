@@ -52,7 +52,8 @@ def test_identity_feed_principal(lbm: Lbm, tmp_path: Path, tail: str) -> None:
         {"principal": "p2", "kind": "username", "value": "alice"},
     ]
     feed.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = lbm("identity", "import", str(feed), "--json", check=True)
+    result = lbm("identity", "import", str(feed), "--json")
+    assert result.returncode == 1, result.stderr  # the bad row left out, and said so
     data = json.loads(result.stdout)
     assert data["loaded"] == 1 and data["bad"] == 1, data
     assert lbm("identity", "resolve", "--username", "mallory").stdout.strip() == "nobody"
