@@ -298,21 +298,24 @@ def _replay_one(
     """Replay one file after the ledger's check; its summary, with its sha256 and size.
     Raises CaptureError (`_Refused` when the ledger refuses it)."""
     from capture.read.reader import open_capture
+    from capture.read.childhash import ChildHash
     from capture.read.replayed import FileHash
     from capture.replay import replay
     from capture.summary import Summary
 
     reader = open_capture(name)  # header checked: CaptureError naming the file
     keep = os.dup(reader.fileno())  # one open file for the pre-key, the hash and the replay
-    hasher: FileHash | None = None
+    hasher: ChildHash | FileHash | None = None
     try:
         run, prior = ledger.begin(keep, name, app.clock.now().isoformat(), again=again)
         if run is None:
             reader.close()
             raise _Refused(_refusal(name, prior or {}))
-        if run.sha256 is None:  # not known yet: hashed from what the reader reads
-            hasher = FileHash(keep)
-            reader.tap = hasher.feed
+        if run.sha256 is None:  # not known yet: a child process hashes it meanwhile
+            hasher = ChildHash.spawn(keep)
+            if hasher is None:  # no child could start: hashed from what the reader reads
+                hasher = tap = FileHash(keep)
+                reader.tap = tap.feed
         pipe.summary = Summary()
         try:
             one = replay([reader], pipe, timing=timing).as_dict()

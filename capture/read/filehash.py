@@ -1,5 +1,7 @@
 """The SHA-256 of a capture file from the bytes the reader reads anyway, for the replay ledger
-(`capture.read.replayed`).
+(`capture.read.replayed`), when no child process can hash it (`capture.read.childhash`, the
+replay's default since the flow table's work moved to C: the child runs on the free core and
+shares no GIL; docs/capture-io.md).
 
 The reader hands `FileHash(fd)` each region it has just read from the file (`feed(offset,
 view)`: the file offset and a memoryview of the reader's buffer, never bytes the reader

@@ -15,9 +15,11 @@ the second is refused):
 A file is identified by its content (SHA-256 and size), not its name: a renamed or copied
 capture is still the same capture. Hashing a large capture before replaying it would cost a
 pass over the file before the first packet, so the SHA-256 is computed while the replay
-runs, from the bytes the replay's reader reads anyway (`capture.read.filehash.FileHash`, on
-a thread of its own; what the reader skips or never reaches is read there by pread), and
-recorded in "done": always the SHA-256 of the whole file, whatever the reader made of it.
+runs, by a child process hashing the same open file (`capture.read.childhash.ChildHash`),
+or when no child can start from the bytes the replay's reader reads
+(`capture.read.filehash.FileHash`; what the reader skips or never reaches is read there by
+pread), and recorded in "done": always the SHA-256 of the whole file, whatever the reader
+made of it.
 The decision is made before the first row with a cheap pre-key, `edges`: the SHA-256 of the
 file's first and last MiB (of all of it, which is then its SHA-256, for files up to 2 MiB).
 A file whose size and edges match no earlier replay is new whatever its middle holds; only

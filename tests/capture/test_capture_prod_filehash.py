@@ -197,11 +197,25 @@ def test_a_buffer_is_never_changed_while_a_batch_or_region_refers_to_it(tmp_path
         assert bytes(view) == data[at : at + len(view)]
 
 
-def test_the_done_line_has_the_whole_files_sha256(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "child",
+    [
+        "runs",  # the child process hashes it (capture.read.childhash)
+        "cannot start",  # no child (here: no such interpreter): the reader's tap hashes it
+        "fails",  # the child exits 1 without a digest: hashed again by pread
+    ],
+)
+def test_the_done_line_has_the_whole_files_sha256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, child: str
+) -> None:
     """Through the CLI: a pcapng of more than 2 MiB (so the hash is made while it is read),
-    whose reading stops at a corrupt block, records its whole SHA-256 in "done"."""
+    whose reading stops at a corrupt block, records its whole SHA-256 in "done", however the
+    hashing child fares."""
     lbm = Lbm(tmp_path / "data")
     lbm("init", check=True)
+    if child != "runs":  # (sys.executable of this process: the replay runs in it)
+        exe = str(tmp_path / "no-such-python") if child == "cannot start" else "/bin/false"
+        monkeypatch.setattr("capture.read.childhash.sys.executable", exe)
     big = [_frame(i, 1400) for i in range(2000)]
     data = _pcapng(big) + struct.pack("<II", 6, 13) + b"\0" * 4000
     p = tmp_path / "c.pcapng"

@@ -1,0 +1,71 @@
+"""The ledger's SHA-256 of a capture file computed by a child process while the replay runs.
+
+The child inherits the replay's descriptor and hashes the whole file by `pread` (the
+descriptor's offset is the reader's, untouched), so it hashes the file the replay reads. It
+shares no GIL with the reader and the flow table: with the flow table's work in C passes, the
+reader's thread became the slowest, and hashing there (`FileHash`'s tap) or on a thread of
+this process kept the replay 0.2-0.3 s longer on 2 cores than this child, which costs about
+the same CPU (it copies the file out of the page cache a second time, 0.15 s per 850 MB,
+where the tap hashes the reader's own buffers) but runs beside the replay on the other core
+(docs/capture-io.md). When no child can start (a process limit), `spawn` returns None and the
+caller uses `FileHash`; a child that fails makes `result()` hash the file here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import sys
+
+from capture.read.filehash import Fingerprint, digest_fd
+
+# SHA-256 and size of the inherited descriptor argv[1]. -I -S: no environment, no site-packages.
+_CHILD = (
+    "import hashlib, os, sys\n"
+    "fd, h, o = int(sys.argv[1]), hashlib.sha256(), 0\n"
+    "while c := os.pread(fd, 1 << 22, o):\n"
+    "    h.update(c)\n"
+    "    o += len(c)\n"
+    "print(h.hexdigest(), o)\n"
+)
+_RESULT = re.compile(rb"([0-9a-f]{64}) ([0-9]+)\s*")
+
+
+class ChildHash:
+    """A running child hashing the open file `fd`; `result()` waits for it, `close()` stops it."""
+
+    def __init__(self, fd: int, proc: subprocess.Popen[bytes]) -> None:
+        self._fd = fd
+        self._proc: subprocess.Popen[bytes] | None = proc
+
+    @classmethod
+    def spawn(cls, fd: int) -> ChildHash | None:
+        """Start the child, or None when it cannot start."""
+        with contextlib.suppress(OSError):
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _CHILD, str(fd)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(fd,),
+            )
+            return cls(fd, proc)
+        return None
+
+    def result(self) -> Fingerprint:
+        """The whole file's fingerprint (hashed here if the child failed). Call once."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            out, _ = proc.communicate()
+            m = _RESULT.fullmatch(out)
+            if proc.returncode == 0 and m:
+                return Fingerprint(m[1].decode(), int(m[2]))
+        return digest_fd(self._fd)
+
+    def close(self) -> None:
+        """Stop the child if it still runs (idempotent; `result()` waits for it instead)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.communicate()
