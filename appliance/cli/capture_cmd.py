@@ -297,8 +297,8 @@ def _replay_one(
 ) -> dict[str, Any]:
     """Replay one file after the ledger's check; its summary, with its sha256 and size.
     Raises CaptureError (`_Refused` when the ledger refuses it)."""
-    from capture.read.reader import open_capture
     from capture.read.childhash import ChildHash
+    from capture.read.reader import open_capture
     from capture.read.replayed import FileHash
     from capture.replay import replay
     from capture.summary import Summary
