@@ -11,9 +11,6 @@ already read by the batch DNS scan, `capture.app.dnsscan`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
@@ -39,15 +36,40 @@ _FIRST_BYTE[ord("A") : ord("Z") + 1] = True
 APP_COLUMNS = ("service", "server_name", "tls_version", "http_host", "http_method")
 
 
-@dataclass(slots=True)
-class FastMeta:
-    """What the C fast path read for a flow (single-packet TLS hellos, HTTP heads)."""
+# service of a flow settled by the fast path, by its `_fast_kind` (0: not settled)
+FAST_SERVICE = np.array([None, "ssl", "http", "dns"], object)
+_LOWER = np.arange(256, dtype=np.uint8)
+_LOWER[ord("A") : ord("Z") + 1] += 32
 
-    service: str
-    server_name: str | None = None
-    tls_version: str | None = None
-    http_host: str | None = None
-    http_method: str | None = None
+
+def head_texts(
+    buf: npt.NDArray[np.uint8], off: npt.NDArray[np.int64], ln: npt.NDArray[np.int64]
+) -> npt.NDArray[np.object_]:
+    """`buf[off:off+ln]` of each head as `bytes.decode("ascii", "replace").lower()`, None
+    where empty: one gather for the batch's heads when every byte is printable-range ASCII
+    (1-127), else one by one."""
+    n = off.size
+    out = np.full(n, None, object)
+    ln = np.maximum(ln, 0)
+    total = int(ln.sum()) if n else 0
+    if total == 0:
+        return out
+    starts = np.zeros(n, np.int64)
+    np.cumsum(ln[:-1], out=starts[1:])
+    row = np.repeat(np.arange(n), ln)
+    col = np.arange(total, dtype=np.int64) - starts[row]
+    got = buf[off[row] + col]
+    if int(got.min()) == 0 or int(got.max()) > 127:
+        for i, (o, k) in enumerate(zip(off.tolist(), ln.tolist(), strict=True)):
+            out[i] = buf[o : o + k].tobytes().decode("ascii", "replace").lower() or None
+        return out
+    w = int(ln.max())
+    mat = np.zeros((n, w), np.uint8)
+    mat[row, col] = _LOWER[got]
+    text = mat.view(f"S{w}").ravel().astype(f"U{w}").astype(object)
+    has = ln > 0
+    out[has] = text[has]
+    return out
 
 
 class AppFeed:
@@ -58,8 +80,12 @@ class AppFeed:
         self._budget = np.zeros(0, np.int32)  # per slot: payload packets AppMeta may still see
         self._dns = np.zeros(0, np.int8)  # per slot: 1 a DNS port, 2 NetBIOS name service
         self._started = np.zeros(0, bool)  # per slot: AppMeta has seen a packet
-        self._fast: list[FastMeta | None] = []  # per slot: heads read by the C fast path
-        self._fast_kind = np.zeros(0, np.int8)  # per slot: 0 none, 1 TLS, 2 HTTP (`_fast`)
+        # per slot, what the C fast path read (`_fast_kind`: 0 none, 1 TLS, 2 HTTP, 3 DNS
+        # pair): the TLS server name or HTTP host, the HTTP method, the ServerHello's version
+        self._fast_kind = np.zeros(0, np.int8)
+        self._fast_name = np.zeros(0, object)
+        self._fast_method = np.zeros(0, object)
+        self._fast_ver = np.zeros(0, np.int32)  # -1: none
         self._in_app = np.zeros(0, bool)  # per slot: AppMeta has (had) the flow
         self._scratch = np.zeros(0, np.int32)  # per slot: zero between calls (`candidates`)
         self._dns_pairs_made: list[PairData] = []  # `dns` rows of query/answer pairs
@@ -74,13 +100,17 @@ class AppFeed:
             self._fast_kind = np.concatenate([self._fast_kind, np.zeros(cap - old, np.int8)])
             self._in_app = np.concatenate([self._in_app, np.zeros(cap - old, bool)])
             self._scratch = np.zeros(cap, np.int32)
-            self._fast.extend([None] * (cap - old))
+            more = np.full(cap - old, None, object)
+            self._fast_name = np.concatenate([self._fast_name, more])
+            self._fast_method = np.concatenate([self._fast_method, more])
+            self._fast_ver = np.concatenate([self._fast_ver, np.full(cap - old, -1, np.int32)])
 
     def state_bytes_per_flow(self) -> int:
-        """Bytes per flow slot kept here (the arrays and the fast-path list entry; a flow's
-        `FastMeta` and `AppMeta`'s parse state, bounded per flow, come on top)."""
-        arrays = (self._budget, self._dns, self._started, self._fast_kind, self._in_app)
-        return sum(a.itemsize for a in arrays) + 8
+        """Bytes per flow slot kept here (the arrays; the fast path's texts and `AppMeta`'s
+        parse state, bounded per flow, come on top)."""
+        arrays = (self._budget, self._dns, self._started, self._fast_kind, self._in_app,
+                  self._fast_name, self._fast_method, self._fast_ver)  # fmt: skip
+        return sum(a.itemsize for a in arrays)
 
     def new_flows(
         self,
@@ -96,8 +126,9 @@ class AppFeed:
         self._fast_kind[new] = 0
         self._in_app[new] = False
         self._budget[new] = np.where(dns, APP_BUDGET_DNS, APP_BUDGET)
-        for sl in new.tolist():
-            self._fast[sl] = None
+        self._fast_name[new] = None
+        self._fast_method[new] = None
+        self._fast_ver[new] = -1
 
     def feed(
         self,
@@ -126,6 +157,8 @@ class AppFeed:
             self._budget[fs[dull]] = 0
         keep = (rank < self._budget[sl]) & (self._budget[sl] > 0)
         idx = idx[keep]
+        # a flow's kept candidates are its ranks 0 .. budget-1: rank 0 is its first here
+        first_here = rank[keep] == 0
         if idx.size == 0:
             return
         sl = slot[idx]
@@ -136,7 +169,7 @@ class AppFeed:
         plain = (dnsf == 0) & ~self._in_app[sl]  # no DNS port, AppMeta has not seen it
         # heads that fit one packet (TLS hellos, HTTP request heads) are read in C
         kind, a_off, a_len, ver = app_scan(b.buf, b.payload_off[p_idx], b.payload_cap[p_idx])
-        self._fast_heads(b, sl, p_idx, orig, plain, kind, a_off, a_len, ver)
+        self._fast_heads(b, sl, p_idx, orig, first_here, plain, kind, a_off, a_len, ver)
         # the rest goes to AppMeta in packet order: flows it already has, DNS, and flows
         # whose first payload is not a one-packet head
         rest = np.flatnonzero(~(plain & (self._fast_kind[sl] > 0)))
@@ -224,8 +257,6 @@ class AppFeed:
         keep[q] = keep[r] = False
         self._budget[done] -= 2
         self._fast_kind[done] = 3
-        for s in done.tolist():
-            self._fast[s] = FastMeta("dns")
         return keep
 
     def take_dns_pairs(self) -> list[PairData]:
@@ -240,6 +271,7 @@ class AppFeed:
         sl: npt.NDArray[np.int64],
         p_idx: npt.NDArray[np.int64],
         orig: npt.NDArray[np.bool_],
+        first: npt.NDArray[np.bool_],
         plain: npt.NDArray[np.bool_],
         kind: npt.NDArray[np.int32],
         a_off: npt.NDArray[np.int64],
@@ -250,33 +282,31 @@ class AppFeed:
         ClientHello or HTTP request head are settled here, without AppMeta: the head gives
         the server name or HTTP host and method; for TLS, the server's first payload then
         gives the version (if it is a ServerHello) and ends the flow's budget. Candidates
-        (`sl` ...) are in packet order, at most one flow budget each."""
-        fast, fk, budget, buf = self._fast, self._fast_kind, self._budget, b.buf
-        first = np.zeros(sl.size, bool)
-        first[first_of_each(sl)] = True
+        (`sl` ...) are in packet order, at most one flow budget each; `first`: the first
+        candidate of its flow in the batch."""
+        fk, budget, buf = self._fast_kind, self._budget, b.buf
         head = plain & first & orig & (fk[sl] == 0) & ((kind == KIND_CH) | (kind == KIND_HTTP))
         hi = np.flatnonzero(head)
-        mv = buf.data  # slices of a memoryview: no array object per head
         ch = hi[kind[hi] == KIND_CH]
-        for s, ao, al in zip(sl[ch].tolist(), a_off[ch].tolist(), a_len[ch].tolist(), strict=True):
-            sni = mv[ao : ao + al].tobytes().decode("ascii", "replace").lower()
-            fast[s] = FastMeta("ssl", sni or None)
-        fk[sl[ch]] = 1
+        if ch.size:  # slots are distinct: one head per flow
+            self._fast_name[sl[ch]] = head_texts(buf, a_off[ch], a_len[ch].astype(np.int64))
+            fk[sl[ch]] = 1
         ht = hi[kind[hi] == KIND_HTTP]
-        for j, s, ao, al, v in zip(
-            ht.tolist(),
-            sl[ht].tolist(),
-            a_off[ht].tolist(),
-            a_len[ht].tolist(),
-            ver[ht].tolist(),
-            strict=True,
-        ):
-            host = mv[ao : ao + al].tobytes() if al >= 0 else None
-            po = int(b.payload_off[p_idx[j]])
-            method = mv[po : po + v].tobytes().decode("ascii")
-            fast[s] = FastMeta("http", None, None, norm_host(host), method)
-        fk[sl[ht]] = 2
-        budget[sl[ht]] = 0
+        if ht.size:
+            mv = buf.data  # slices of a memoryview: no array object per head
+            hosts, methods = [], []
+            for j, ao, al, v in zip(
+                p_idx[ht].tolist(), a_off[ht].tolist(), a_len[ht].tolist(), ver[ht].tolist(),
+                strict=True,
+            ):  # fmt: skip
+                hosts.append(norm_host(mv[ao : ao + al].tobytes()) if al >= 0 else None)
+                po = int(b.payload_off[j])
+                methods.append(mv[po : po + v].tobytes().decode("ascii"))
+            s_ht = sl[ht]
+            self._fast_name[s_ht] = hosts
+            self._fast_method[s_ht] = methods
+            fk[s_ht] = 2
+            budget[s_ht] = 0
         # TLS flows settled by a ClientHello: the server's first payload ends them
         srv = np.flatnonzero(plain & (fk[sl] == 1) & ~orig)
         if srv.size == 0:
@@ -284,10 +314,7 @@ class AppFeed:
         srv = srv[first_of_each(sl[srv])]
         srv = srv[budget[sl[srv]] > 0]
         sh = srv[kind[srv] == KIND_SH]
-        for s, v in zip(sl[sh].tolist(), ver[sh].tolist(), strict=True):
-            f = fast[s]
-            if f is not None:
-                f.tls_version = tls_version_name(v)
+        self._fast_ver[sl[sh]] = ver[sh]
         budget[sl[srv]] = 0
 
     def name_settled(self, s: int, uid: str) -> bool:
@@ -308,27 +335,32 @@ class AppFeed:
         if self._in_app[s]:
             fm = self.app.flows.get(uid)
             return fm.server_name if fm is not None else None
-        f = self._fast[s]
-        return f.server_name if f is not None else None
+        return self._fast_name[s] if self._fast_kind[s] == 1 else None
 
-    def end_flows(self, uids: UidLookup, slots: npt.NDArray[np.int64]) -> dict[str, list[Any]]:
-        """The flows in `slots` ended: their `APP_COLUMNS` (AppMeta's state is dropped).
-        `uids`: each slot's uid (`uids[slot]`, the flow table's `UidSlots`)."""
+    def end_flows(
+        self, uids: UidLookup, slots: npt.NDArray[np.int64]
+    ) -> dict[str, npt.NDArray[np.object_]]:
+        """The flows in `slots` ended: their `APP_COLUMNS` (object arrays of str or None;
+        AppMeta's state is dropped). `uids`: each slot's uid (`uids[slot]`, the flow
+        table's `UidSlots`)."""
         n = slots.size
-        meta: dict[str, list[Any]] = {k: [None] * n for k in APP_COLUMNS}
+        meta = {k: np.full(n, None, object) for k in APP_COLUMNS}
         in_app = self._in_app[slots]
         ia = np.flatnonzero(in_app)
         for i, s in zip(ia.tolist(), slots[ia].tolist(), strict=True):  # flows AppMeta parsed
             for k, v in self.app.end(uids[s]).items():
                 meta[k][i] = v
-        fast = self._fast
-        fi = np.flatnonzero(~in_app & (self._fast_kind[slots] > 0))  # C fast path flows
-        for i, s in zip(fi.tolist(), slots[fi].tolist(), strict=True):
-            f = fast[s]
-            if f is not None:
-                meta["service"][i] = f.service
-                meta["server_name"][i] = f.server_name
-                meta["tls_version"][i] = f.tls_version
-                meta["http_host"][i] = f.http_host
-                meta["http_method"][i] = f.http_method
+        fk = self._fast_kind[slots]
+        fi = np.flatnonzero(~in_app & (fk > 0))  # C fast path flows
+        if fi.size:
+            fs, kf = slots[fi], fk[fi]
+            meta["service"][fi] = FAST_SERVICE[kf]
+            name = self._fast_name[fs]
+            tls, http = kf == 1, kf == 2
+            meta["server_name"][fi[tls]] = name[tls]
+            meta["http_host"][fi[http]] = name[http]
+            meta["http_method"][fi[http]] = self._fast_method[fs[http]]
+            v = self._fast_ver[fs]
+            hv = np.flatnonzero(tls & (v >= 0))
+            meta["tls_version"][fi[hv]] = [tls_version_name(x) for x in v[hv].tolist()]
         return meta

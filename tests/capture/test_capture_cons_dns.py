@@ -21,7 +21,6 @@ from capture.app import AppFeed, feed
 from capture.app.dnspairs import PairData, pair_data
 from capture.app.dnsrows import DnsBlocks, FlowFields
 from capture.app.dnsscan import DnsScan, DnsView
-from capture.app.feed import FastMeta
 from capture.app.meta import AppMeta
 from store.metadata import read_stream
 from store.paths import DataPaths
@@ -147,9 +146,7 @@ def _dns_pairs_reference(
         return None
     done = np.asarray(settled, np.int64)
     self._budget[done] -= 2
-    self._fast_kind[done] = 3
-    for s in settled:
-        self._fast[s] = FastMeta("dns")
+    self._fast_kind[done] = 3  # service "dns" (`feed.FAST_SERVICE`)
     return keep
 
 
