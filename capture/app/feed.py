@@ -362,5 +362,8 @@ class AppFeed:
             meta["http_method"][fi[http]] = self._fast_method[fs[http]]
             v = self._fast_ver[fs]
             hv = np.flatnonzero(tls & (v >= 0))
-            meta["tls_version"][fi[hv]] = [tls_version_name(x) for x in v[hv].tolist()]
+            if hv.size:  # a few distinct versions: each named once
+                u, inv = np.unique(v[hv], return_inverse=True)
+                names = np.array([tls_version_name(x) for x in u.tolist()], object)
+                meta["tls_version"][fi[hv]] = names[inv]
         return meta

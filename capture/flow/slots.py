@@ -20,6 +20,7 @@ from capture.flow.uids import UidSlots
 
 I64 = npt.NDArray[np.int64]
 NS = 1_000_000_000
+INITIAL_SLOTS = 65536
 DNS_PORT = np.zeros(65536, bool)  # Zeek's DNS analyzer's UDP ports (a shorter timeout)
 DNS_PORT[[53, 137, 5353, 5355]] = True
 
@@ -78,7 +79,11 @@ class FlowSlots:
         self._timeouts = (np.asarray(secs, np.float64) * NS).astype(np.int64)
         self._cap = 0
         self._n = 0  # high-water slot count
-        self._grow(1024)
+        # room for the flows of a busy minute at once: numpy's and cffi's zeroed memory is
+        # mapped lazily, so a slot costs resident memory only once used, and the doublings
+        # from 1024 (each a copy of every per-slot array: ~19 ms of the main thread over a
+        # 52k-flow replay) are not made
+        self._grow(min(INITIAL_SLOTS, max(1024, self.cfg.max_flows)))
 
     # ---- storage -------------------------------------------------------------------------
     def _grow(self, cap: int) -> None:

@@ -160,7 +160,7 @@ def test_a_generation_idling_out_frees_its_slots_for_the_next(
     old_rows, old_table, _ = run(sweep_first=False)
     assert rows == old_rows and len(rows) == 6000
     assert sizes == [1000, 1000, 1000]  # the first generation, a chunk at a time
-    assert table.capacity == 3000 and old_table.capacity == 6000  # one generation, not two
+    assert table._n == 3000 and old_table._n == 6000  # slots used: one generation, not two
     assert table.counters.ended_idle == 3000 and table.counters.created == 6000
     assert {r["uid"] for r in rows[:3000]}.isdisjoint(r["uid"] for r in rows[3000:])
 
