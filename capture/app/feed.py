@@ -38,38 +38,6 @@ APP_COLUMNS = ("service", "server_name", "tls_version", "http_host", "http_metho
 
 # service of a flow settled by the fast path, by its `_fast_kind` (0: not settled)
 FAST_SERVICE = np.array([None, "ssl", "http", "dns"], object)
-_LOWER = np.arange(256, dtype=np.uint8)
-_LOWER[ord("A") : ord("Z") + 1] += 32
-
-
-def head_texts(
-    buf: npt.NDArray[np.uint8], off: npt.NDArray[np.int64], ln: npt.NDArray[np.int64]
-) -> npt.NDArray[np.object_]:
-    """`buf[off:off+ln]` of each head as `bytes.decode("ascii", "replace").lower()`, None
-    where empty: one gather for the batch's heads when every byte is printable-range ASCII
-    (1-127), else one by one."""
-    n = off.size
-    out = np.full(n, None, object)
-    ln = np.maximum(ln, 0)
-    total = int(ln.sum()) if n else 0
-    if total == 0:
-        return out
-    starts = np.zeros(n, np.int64)
-    np.cumsum(ln[:-1], out=starts[1:])
-    row = np.repeat(np.arange(n), ln)
-    col = np.arange(total, dtype=np.int64) - starts[row]
-    got = buf[off[row] + col]
-    if int(got.min()) == 0 or int(got.max()) > 127:
-        for i, (o, k) in enumerate(zip(off.tolist(), ln.tolist(), strict=True)):
-            out[i] = buf[o : o + k].tobytes().decode("ascii", "replace").lower() or None
-        return out
-    w = int(ln.max())
-    mat = np.zeros((n, w), np.uint8)
-    mat[row, col] = _LOWER[got]
-    text = mat.view(f"S{w}").ravel().astype(f"U{w}").astype(object)
-    has = ln > 0
-    out[has] = text[has]
-    return out
 
 
 class AppFeed:
@@ -287,21 +255,25 @@ class AppFeed:
         fk, budget, buf = self._fast_kind, self._budget, b.buf
         head = plain & first & orig & (fk[sl] == 0) & ((kind == KIND_CH) | (kind == KIND_HTTP))
         hi = np.flatnonzero(head)
+        mv = buf.data  # slices of a memoryview: no array object per head (a loop of
+        # slices is faster than a gather and a conversion for the hundreds of a batch)
         ch = hi[kind[hi] == KIND_CH]
         if ch.size:  # slots are distinct: one head per flow
-            self._fast_name[sl[ch]] = head_texts(buf, a_off[ch], a_len[ch].astype(np.int64))
+            self._fast_name[sl[ch]] = [
+                mv[ao : ao + al].tobytes().decode("ascii", "replace").lower() or None
+                for ao, al in zip(a_off[ch].tolist(), a_len[ch].tolist(), strict=True)
+            ]
             fk[sl[ch]] = 1
         ht = hi[kind[hi] == KIND_HTTP]
-        if ht.size:
-            mv = buf.data  # slices of a memoryview: no array object per head
-            hosts, methods = [], []
-            for j, ao, al, v in zip(
-                p_idx[ht].tolist(), a_off[ht].tolist(), a_len[ht].tolist(), ver[ht].tolist(),
-                strict=True,
-            ):  # fmt: skip
-                hosts.append(norm_host(mv[ao : ao + al].tobytes()) if al >= 0 else None)
-                po = int(b.payload_off[j])
-                methods.append(mv[po : po + v].tobytes().decode("ascii"))
+        if ht.size:  # the Host value (a_len -1: none) and the method (ver: its length)
+            hosts = [
+                norm_host(mv[ao : ao + al].tobytes()) if al >= 0 else None
+                for ao, al in zip(a_off[ht].tolist(), a_len[ht].tolist(), strict=True)
+            ]
+            methods = [
+                mv[po : po + v].tobytes().decode("ascii")
+                for po, v in zip(b.payload_off[p_idx[ht]].tolist(), ver[ht].tolist(), strict=True)
+            ]
             s_ht = sl[ht]
             self._fast_name[s_ht] = hosts
             self._fast_method[s_ht] = methods
