@@ -27,6 +27,7 @@ from capture.app.dnsscan import (
     _DH_QFROM,
     _DH_QTYPE,
     _DH_STATUS,
+    QMAX,
     DnsScan,
 )
 from capture.app.meta import OPCODES, QCLASSES, RCODES
@@ -45,12 +46,28 @@ def pairs_ok(sc: DnsScan, q: I64, r: I64) -> tuple[npt.NDArray[np.bool_], list[s
     ok &= ((h[q, _DH_OP] >> 15) & 1 == 0) & ((h[r, _DH_OP] >> 15) & 1 == 1)
     ok &= h[q, _DH_ID] == h[r, _DH_ID]
     names: list[str | None] = []
-    for j in np.flatnonzero(ok).tolist():
-        nq = sc.name(int(q[j]))
-        if nq != sc.name(int(r[j])):
-            ok[j] = False
+    j = np.flatnonzero(ok)
+    if j.size == 0:
+        return ok, names
+    # `DnsScan.name` of both messages compared, without a numpy scalar per name: the bytes
+    # first (equal bytes, equal texts; different ASCII bytes, different texts), the texts
+    # only where a byte is outside ASCII
+    has, ln, buf = (h[:, _DH_QFROM] != 0).tolist(), sc.qlen.tolist(), sc.qname
+    for i, a, c in zip(j.tolist(), q[j].tolist(), r[j].tolist(), strict=True):
+        if has[a] != has[c]:
+            ok[i] = False
+        elif not has[a]:
+            names.append(None)
         else:
-            names.append(nq)
+            ba = buf[a * QMAX : a * QMAX + ln[a]]
+            bb = buf[c * QMAX : c * QMAX + ln[c]]
+            na = ba.decode("ascii", "replace")
+            if ba == bb or (
+                not (ba.isascii() and bb.isascii()) and na == bb.decode("ascii", "replace")
+            ):
+                names.append(na)
+            else:
+                ok[i] = False
     return ok, names
 
 
