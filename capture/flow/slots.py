@@ -184,6 +184,22 @@ class FlowSlots:
         slot = np.where(found, self._kslot[posc] if self._keys.size else 0, -1)
         return slot.astype(np.int64), np.asarray(found)
 
+    def _index_insert(self, hkeys: npt.NDArray[np.uint64], slots: I64) -> None:
+        """Put new flows' keys (absent from the live index) into it, keeping it sorted: both
+        arrays in one merge (`np.insert` twice made the positions twice)."""
+        if hkeys.size > 1 and not bool((hkeys[1:] > hkeys[:-1]).all()):
+            order = np.argsort(hkeys, kind="stable")
+            hkeys, slots = hkeys[order], slots[order]
+        n, k = self._keys.size, hkeys.size
+        at = np.searchsorted(self._keys, hkeys) + np.arange(k)
+        old = np.ones(n + k, bool)
+        old[at] = False
+        keys = np.empty(n + k, np.uint64)
+        kslot = np.empty(n + k, np.int64)
+        keys[at], kslot[at] = hkeys, slots
+        keys[old], kslot[old] = self._keys, self._kslot
+        self._keys, self._kslot = keys, kslot
+
     def _from_orig(self, c: Cols, a: int, stop: int, slot: I64) -> npt.NDArray[np.bool_]:
         """Whether rows [a, stop) (in flows `slot`) come from their flow's originator: the
         sender is the lower endpoint exactly when the originator is (one C pass)."""

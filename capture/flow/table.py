@@ -236,22 +236,6 @@ class FlowTable(FlowSlots):
         self._created.append(slots)
         return slots
 
-    def _index_insert(self, hkeys: npt.NDArray[np.uint64], slots: I64) -> None:
-        """Put new flows' keys (absent from the live index) into it, keeping it sorted: both
-        arrays in one merge (`np.insert` twice made the positions twice)."""
-        if hkeys.size > 1 and not bool((hkeys[1:] > hkeys[:-1]).all()):
-            order = np.argsort(hkeys, kind="stable")
-            hkeys, slots = hkeys[order], slots[order]
-        n, k = self._keys.size, hkeys.size
-        at = np.searchsorted(self._keys, hkeys) + np.arange(k)
-        old = np.ones(n + k, bool)
-        old[at] = False
-        keys = np.empty(n + k, np.uint64)
-        kslot = np.empty(n + k, np.int64)
-        keys[at], kslot[at] = hkeys, slots
-        keys[old], kslot[old] = self._keys, self._kslot
-        self._keys, self._kslot = keys, kslot
-
     def _tcp(self, c: Cols, a: int, rows: I64, slot: I64, is_orig: npt.NDArray[np.bool_]) -> int:
         """TCP state of rows `a + rows` in order (one C pass reading the columns in place);
         the index into `rows` of a row that must start a new connection, or -1."""
