@@ -38,8 +38,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store import StoreError
+from store.convert import conform
 from store.fsutil import atomic_write, create_private, ensure_dir, fsync_dir
-from store.schemas import conform, dictionary_columns, schema
+from store.schemas import dictionary_columns, schema
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 NAME_RE = re.compile(r"^([a-z0-9][a-z0-9._-]*)__([a-z0-9][a-z0-9._-]*)__(\d{10,})\.parquet$")

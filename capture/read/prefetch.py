@@ -42,7 +42,8 @@ class Prefetch(Generic[T]):
     def _run(self) -> None:
         try:
             for item in self._source:
-                if not self._put(item):
+                # stopped while putting (close() drains the queue): not one more item
+                if not self._put(item) or self._stop.is_set():
                     return
             self._put(_END)
         except BaseException as exc:  # handed to the consumer, raised there

@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 
 from store.clock import format_utc
-from store.schemas import Converter, allowed_columns, schema
+from store.convert import Converter
+from store.schemas import allowed_columns, schema
 
 log = logging.getLogger("lbm.store.metadata")
 

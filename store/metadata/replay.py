@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from store import compact as cp
+from store.convert import conform
 from store.journal import Journal, decode_batches
-from store.schemas import conform
 
 log = logging.getLogger("lbm.store.metadata")
 

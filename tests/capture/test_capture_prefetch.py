@@ -4,6 +4,7 @@ thread, errors reach the caller, and a consumer that stops early stops the produ
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +76,27 @@ def test_consumer_stopping_early_stops_and_closes_the_producer() -> None:
     ahead.close()
     assert closed.is_set()
     assert not ahead._thread.is_alive()
+
+
+def test_the_producer_stays_bounded_and_makes_nothing_more_once_closed() -> None:
+    """Nobody consumes: the producer makes `depth` items (queued) and one more (held, waiting
+    to be queued), then waits; `close()`, which drains the queue, ends it without letting it
+    make one more item (a batch read and decoded for nothing)."""
+    made: list[int] = []
+
+    def source() -> Iterator[int]:
+        while True:
+            made.append(1)
+            yield len(made)
+
+    ahead = Prefetch(source(), depth=2)
+    deadline = time.monotonic() + 5
+    while len(made) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)  # a producer ignoring its bound would be far along now
+    assert len(made) == 3
+    started = time.monotonic()
+    ahead.close()
+    assert time.monotonic() - started < 1 and not ahead._thread.is_alive()
+    assert len(made) == 3

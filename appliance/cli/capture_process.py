@@ -1,0 +1,67 @@
+"""Process settings and timing of the capture commands (`lbm capture replay | live`): made
+before numpy and pyarrow load, and the `--json` timing figures."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+
+from appliance.cli.app import is_program
+
+
+def one_blas_thread() -> None:
+    """Process settings for a capture, made before numpy and pyarrow load (explicit environment
+    values are kept):
+    - OpenBLAS (loaded by numpy, unused by the capture) starts no worker threads, which took
+      40-60 ms of wall time at start-up on a loaded machine (and CPU every run);
+    - Arrow allocates with the system allocator, and glibc keeps at most two malloc arenas: the
+      row blocks are allocated by one thread and freed by another, which mimalloc and per-thread
+      arenas kept as resident memory (8M packets with 200k flows open at once peaked at 650 MiB,
+      530-550 MiB with these; bench/bench_capture.py --memory)."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if "pyarrow" not in sys.modules:
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX (glibc); elsewhere a no-op
+        except (OSError, AttributeError):
+            pass
+
+
+def collect_less() -> None:
+    """A replay allocates millions of short-lived objects and keeps few in reference cycles:
+    with Python's default thresholds the cyclic collector ran about 200 times in a 2M-packet
+    replay (40-60 ms of CPU, 20-30 of them during start-up's imports) and freed next to
+    nothing. Collect the youngest generation every 100,000 net allocations instead of 700
+    (this process only: a replay is not a daemon; peak RSS is unchanged, docs/startup.md).
+    Not when `lbm` runs inside another program (a test's process): it would keep the setting."""
+    if is_program():
+        gc.set_threshold(100_000, 50, 100)
+
+
+def process_age() -> float:
+    """Seconds since this process started: from `LBM_T0` (the caller's `date +%s%N` just
+    before starting lbm, for a precise figure) or else /proc/self/stat (10 ms ticks)."""
+    t0 = os.environ.get("LBM_T0", "")
+    if t0.isdigit():
+        return (time.time_ns() - int(t0)) / 1e9
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            start = int(fh.read().rsplit(b")", 1)[1].split()[19])  # field 22: starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def timing_summary(timing: dict[str, float]) -> dict[str, float]:
+    """Seconds: process start to the first batch in the pipeline, to now; the final flush."""
+    age, now = process_age(), time.monotonic()
+    out = {"total_s": round(age, 3), "close_s": round(timing.get("close", 0.0), 3)}
+    if "first_batch" in timing:
+        out["first_batch_s"] = round(age - (now - timing["first_batch"]), 3)
+    return out
