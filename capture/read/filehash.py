@@ -14,32 +14,19 @@ pcapng error), so the digest is always the SHA-256 of the whole file, as `sha256
 it. If anything does not add up (a read error, the file shrank under a gap), `result()` hashes
 the whole file again by `pread`, so a wrong digest is never recorded.
 
-Where it hashes: by default at once, on the reader's thread, while the piece just read is in
-that core's cache (hashlib releases the GIL: the flow table runs meanwhile). `threaded=True`
-hashes on a thread of its own instead, at most `depth` regions behind (a reader further
-ahead waits; a region refers to the reader's buffer, which the reader never changes once
-handed on, until it is hashed, and no longer: memory stays bounded). Measured on
-the 2M-packet bench capture (847 MB, 2 cores, `lbm capture replay`, docs/capture-io.md): the
-thread costs about 0.15 s more CPU (the other core reads the pieces out of this one's cache)
-and 5-15 MiB more RSS, for the same wall time while the flow table's thread is the slowest;
-it would pay once the reader's thread (0.85 s with the hash, 0.4 s without) is. A backlog the
-flow table's thread hashed while it waited for a batch cost more still (polling and GIL
-hand-offs: 0.3 s more CPU, 0.1 s more wall; docs/capture-io.md). Both replace
-a child process that read the whole file a second time (0.15 s of kernel copy and the
-interpreter's start). OpenSSL's SHA-256 with the CPU's SHA extensions (hashlib's, 1.9 GB/s
-here; 0.5 GB/s without them) is the fastest SHA-256 available.
+It hashes at once, on the reader's thread, while the piece just read is in that core's cache
+(hashlib releases the GIL). A hashing thread of its own was measured and dropped (more CPU,
+no less wall time: docs/capture-io.md). OpenSSL's SHA-256 with the CPU's SHA extensions
+(hashlib's, 1.9 GB/s here; 0.5 GB/s without them) is the fastest SHA-256 available.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import queue
-import threading
 from dataclasses import dataclass
 
 _READ = 1 << 20
-_STOP = None
 
 
 @dataclass(frozen=True)
@@ -62,48 +49,19 @@ def digest_fd(fd: int) -> Fingerprint:
 
 class FileHash:
     """The SHA-256 of the open file `fd`, from the regions a reader `feed`s it (see the module
-    docstring). `result()` finishes it; `close()` stops it without a result. Feed from one
-    thread (the reader's)."""
+    docstring). `result()` finishes it; `close()` stops it without a result."""
 
-    def __init__(self, fd: int, depth: int = 2, *, threaded: bool = False) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd = fd
         self._h = hashlib.sha256()
         self._next = 0  # the file offset up to which the file is hashed
         self._failed = False  # something did not add up: result() hashes the whole file
-        self._stopped = threading.Event()
-        self._q: queue.Queue[tuple[int, memoryview] | None] = queue.Queue(maxsize=max(1, depth))
-        self._thread = threading.Thread(target=self._run, name="capture-sha256", daemon=True)
-        self._threaded = threaded
-        if threaded:
-            self._thread.start()
+        self._stopped = False
 
-    # --- the reader's side ---------------------------------------------------------------
     def feed(self, offset: int, data: memoryview) -> None:
-        """Hash `data`, the file's bytes at `offset`, which the caller will not change until
-        this object drops its reference (after hashing it). Waits while `depth` regions wait."""
-        if not self._threaded:
-            if not self._failed and not self._stopped.is_set():
-                self._hash(offset, data)
-            return
-        item = (offset, data)
-        while not self._stopped.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    # --- the hashing thread --------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is _STOP:
-                return
-            offset, data = item
-            item = None
-            if not self._failed:
-                self._hash(offset, data)
-            del data  # the buffer is freed once nothing refers to it
+        """Hash `data`, the file's bytes at `offset` (the reader's thread, at once)."""
+        if not self._failed and not self._stopped:
+            self._hash(offset, data)
 
     def _hash(self, offset: int, data: memoryview) -> None:
         try:
@@ -134,23 +92,10 @@ class FileHash:
             self._h.update(chunk)
             self._next += len(chunk)
 
-    # --- the end -------------------------------------------------------------------------
-    def _finish(self) -> None:
-        self._stopped.set()
-        if not self._threaded:
-            return
-        while self._thread.is_alive():
-            try:
-                self._q.put(_STOP, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
-
     def result(self) -> Fingerprint:
         """The whole file's fingerprint: the regions fed, and by pread what they left out.
         Call once, after the last `feed`."""
-        self._finish()
+        self._stopped = True
         if not self._failed:
             try:
                 self._read_to(None)
@@ -161,10 +106,5 @@ class FileHash:
         return Fingerprint(self._h.hexdigest(), self._next)
 
     def close(self) -> None:
-        """Stop the hashing thread (idempotent; `result()` stops it too)."""
-        self._finish()
-        while True:  # drop any region still queued (and its buffer)
-            try:
-                self._q.get_nowait()
-            except queue.Empty:
-                return
+        """Stop hashing what is fed (idempotent; `result()` stops it too)."""
+        self._stopped = True

@@ -52,15 +52,13 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _replay(
-    path: Path, *, chunk: int = 16384, stop_after: int | None = None, threaded: bool = False
-) -> Fingerprint:
+def _replay(path: Path, *, chunk: int = 16384, stop_after: int | None = None) -> Fingerprint:
     """Read `path` as a replay does (the hash fed by the reader), on a duplicate descriptor
     (the reader closes its own); returns the fingerprint."""
     r = open_capture(path, chunk_bytes=chunk)
     fd = os.dup(r.fileno())
     try:
-        h = FileHash(fd, threaded=threaded)
+        h = FileHash(fd)
         r.tap = h.feed
         with r:
             for k, _ in enumerate(r.batches(64)):
@@ -71,17 +69,15 @@ def _replay(
         os.close(fd)
 
 
-@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "thread"])
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
-def test_the_digest_is_the_files_sha256(tmp_path: Path, fmt: str, threaded: bool) -> None:
+def test_the_digest_is_the_files_sha256(tmp_path: Path, fmt: str) -> None:
     data = _pcap(FRAMES) if fmt == "pcap" else _pcapng(FRAMES)
     p = tmp_path / f"f.{fmt}"
     p.write_bytes(data)
-    assert _replay(p, threaded=threaded) == Fingerprint(_sha(data), len(data))
+    assert _replay(p) == Fingerprint(_sha(data), len(data))
 
 
-@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "thread"])
-def test_a_skipped_oversize_record_is_hashed_by_pread(tmp_path: Path, threaded: bool) -> None:
+def test_a_skipped_oversize_record_is_hashed_by_pread(tmp_path: Path) -> None:
     """The reader seeks over a 1 MiB record (above its 256 KiB limit) without reading it: the
     gap is read by the hasher, so the digest is still the whole file's."""
     data = _pcap([*FRAMES[:50], b"\x5a" * (1 << 20), *FRAMES[50:]])
@@ -90,7 +86,7 @@ def test_a_skipped_oversize_record_is_hashed_by_pread(tmp_path: Path, threaded: 
     r = open_capture(p, chunk_bytes=16384)
     fed: list[tuple[int, int]] = []
     fd = os.dup(r.fileno())
-    h = FileHash(fd, threaded=threaded)
+    h = FileHash(fd)
     r.tap = lambda at, view: (fed.append((at, len(view))), h.feed(at, view))[1]
     with r:
         n = sum(len(b) for b in r.batches())
@@ -140,17 +136,15 @@ def test_a_truncated_file_and_a_corrupt_block_are_hashed_to_the_end(tmp_path: Pa
     assert _replay(q, chunk=4096) == Fingerprint(_sha(bad), len(bad))  # read stops at 20
 
 
-@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "thread"])
-def test_a_replay_stopped_early_is_hashed_to_the_end(tmp_path: Path, threaded: bool) -> None:
+def test_a_replay_stopped_early_is_hashed_to_the_end(tmp_path: Path) -> None:
     data = _pcap(FRAMES)
     p = tmp_path / "early.pcap"
     p.write_bytes(data)
-    got = _replay(p, stop_after=1, threaded=threaded)
+    got = _replay(p, stop_after=1)
     assert got == Fingerprint(_sha(data), len(data))
 
 
-@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "thread"])
-def test_regions_overlapping_out_of_order_or_after_a_gap(tmp_path: Path, threaded: bool) -> None:
+def test_regions_overlapping_out_of_order_or_after_a_gap(tmp_path: Path) -> None:
     """An attacker-shaped feed: a region again, a region inside one hashed, one starting
     inside, one after a gap, one past the end of the file (the file shrank: the whole file is
     hashed again by pread, never a digest of bytes that are not there). The descriptor's
@@ -161,17 +155,18 @@ def test_regions_overlapping_out_of_order_or_after_a_gap(tmp_path: Path, threade
     fd = os.open(p, os.O_RDONLY)
     try:
         os.lseek(fd, 100, os.SEEK_SET)
-        h = FileHash(fd, depth=1, threaded=threaded)
+        h = FileHash(fd)
         for a, b in ((0, 1000), (0, 1000), (10, 500), (900, 5000), (20000, 30000), (100, 200)):
             h.feed(a, memoryview(data)[a:b])
         assert h.result() == Fingerprint(_sha(data), len(data))
         assert os.lseek(fd, 0, os.SEEK_CUR) == 100
-        h = FileHash(fd, threaded=threaded)
+        h = FileHash(fd)
         h.feed(len(data) + 10, memoryview(b"not in the file"))
         assert h.result() == Fingerprint(_sha(data), len(data))
-        h = FileHash(fd, threaded=threaded)
-        h.close()  # stopped without a result: the thread ends
-        assert not h._thread.is_alive()
+        h = FileHash(fd)
+        h.close()  # stopped without a result: what is fed afterwards is not hashed
+        h.feed(0, memoryview(data)[:1000])
+        assert h._next == 0
     finally:
         os.close(fd)
 
