@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from lbm_testing import Lbm
-from s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, s3_store_config, set_store
+from s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, s3_archive_config, set_store
 
 from store import agefile as age
 from store import signing
@@ -25,7 +25,7 @@ from store.archive import Archive
 from store.audit import AuditLog
 from store.clock import Clock
 from store.keys import KeyStore
-from store.objectstore import S3Settings, StoreSettings
+from store.objectstore import StoreSettings
 from store.paths import DataPaths
 
 REF = "AUTH-RT-1"
@@ -40,15 +40,8 @@ def arch(s3: S3Server) -> S3Server:
 
 
 def configure(lbm: Lbm, endpoint: str, keys_bucket: str, prefix: str) -> StoreSettings:
-    archive_root, keystore_root = f"s3://{ARCH}/{prefix}", f"s3://{keys_bucket}/{prefix}"
-    s3_store_config(lbm.data_dir, endpoint, archive_root=archive_root, keystore_root=keystore_root)
-    return StoreSettings(
-        metadata_root=str(lbm.data_dir / "metadata"),
-        archive_root=archive_root,
-        keystore_root=keystore_root,
-        s3=S3Settings(
-            endpoint=endpoint, region=REGION, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY
-        ),
+    return s3_archive_config(
+        lbm.data_dir, endpoint, f"s3://{ARCH}/{prefix}", f"s3://{keys_bucket}/{prefix}"
     )
 
 

@@ -27,6 +27,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from store.objectstore import S3Settings, StoreSettings
+
 ACCESS_KEY = "testing-access-key"  # moto accepts any credentials; these are test-only values
 SECRET_KEY = "testing-secret-key-not-real"
 REGION = "us-east-1"
@@ -241,4 +243,25 @@ def s3_store_config(data_dir: Path, server_endpoint: str, **roots: str) -> None:
         access_key_id=ACCESS_KEY,
         secret_access_key=SECRET_KEY,
         **roots,
+    )
+
+
+def s3_archive_config(
+    data_dir: Path, server_endpoint: str, archive_root: str, keystore_root: str
+) -> StoreSettings:
+    """Point DATA's archive and keystore roots at the test server (`s3_store_config`) and
+    return the same roots as the `StoreSettings` an `Archive` or `KeyStore` is given."""
+    s3_store_config(
+        data_dir, server_endpoint, archive_root=archive_root, keystore_root=keystore_root
+    )
+    return StoreSettings(
+        metadata_root=str(data_dir / "metadata"),
+        archive_root=archive_root,
+        keystore_root=keystore_root,
+        s3=S3Settings(
+            endpoint=server_endpoint,
+            region=REGION,
+            access_key_id=ACCESS_KEY,
+            secret_access_key=SECRET_KEY,
+        ),
     )
