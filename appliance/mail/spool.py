@@ -36,15 +36,15 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from appliance.mail import spool_recovery
 from appliance.mail.envelope import ID_RE, Envelope, SpoolError, new_id
-from store.audit import Action
+from appliance.mail.spool_recovery import LoadReport
 
 __all__ = ["ID_RE", "Envelope", "LoadReport", "Spool", "SpoolError", "new_id"]
 from store.fsutil import ensure_dir, fsync_dir
@@ -64,14 +64,6 @@ class _Pending:
     envelope: Envelope
     message: bytes
     future: asyncio.Future[None]
-
-
-@dataclass
-class LoadReport:
-    entries: list[Envelope]
-    quarantined: list[tuple[str, str]]  # (id or file name, reason)
-    uncommitted: int  # leftovers of accepts that never committed (removed)
-    possible_duplicates: int  # entries found mid-delivery (upstream may already have them)
 
 
 class Spool:
@@ -355,65 +347,14 @@ class Spool:
                 out.append(name[:-5])
         return sorted(out)
 
-    # -- start-up ------------------------------------------------------------------------
+    # -- start-up (appliance/mail/spool_recovery.py) ---------------------------------------
     def check(self, spool_id: str) -> Envelope:
         """Read and verify one committed entry; raises SpoolError with the reason."""
-        env = self.read_envelope(spool_id)
-        if env.id != spool_id:
-            raise SpoolError("envelope id does not match its file name")
-        try:
-            data = self.msg_path(spool_id).read_bytes()
-        except FileNotFoundError:
-            raise SpoolError("message file missing") from None
-        except OSError as exc:
-            raise SpoolError(f"message unreadable ({exc.strerror})") from None
-        if len(data) != env.msg_len:
-            raise SpoolError(f"message is {len(data)} bytes, envelope says {env.msg_len}")
-        if hashlib.sha256(data).hexdigest() != env.msg_sha256:
-            raise SpoolError("message does not match its SHA-256")
-        return env
+        return spool_recovery.check(self, spool_id)
 
     def load(self) -> LoadReport:
-        """Every complete entry, oldest first; broken committed entries quarantined (audited,
-        reported on stderr by id and reason only); uncommitted leftovers removed."""
-        entries: list[Envelope] = []
-        quarantined: list[tuple[str, str]] = []
-        committed = set(self.ids())
-        uncommitted = 0
-        for path in sorted(self.directory.iterdir()):
-            name = path.name
-            if not path.is_file() or name == "lock":
-                continue
-            if name.startswith(".") and name.endswith(".tmp"):
-                path.unlink(missing_ok=True)  # an envelope write that never committed
-                continue
-            if name.endswith(".msg") and name[:-4] in committed:
-                continue
-            if name.endswith(".json") and name[:-5] in committed:
-                continue
-            if name.endswith(".dlv") and ID_RE.fullmatch(name[:-4]):
-                if name[:-4] not in committed:
-                    path.unlink(missing_ok=True)
-                continue
-            if name.endswith(".msg") and ID_RE.fullmatch(name[:-4]):
-                path.unlink(missing_ok=True)  # never answered 250: see the module docstring
-                uncommitted += 1
-                continue
-            quarantined.append((name, "not a spool file"))
-            self._quarantine_file(path)
-        for spool_id in sorted(committed):
-            try:
-                env = self.check(spool_id)
-                env.delivering = self.dlv_path(spool_id).exists()
-                entries.append(env)
-            except SpoolError as exc:
-                quarantined.append((spool_id, str(exc)))
-                self.quarantine(spool_id, str(exc))
-        if uncommitted:
-            fsync_dir(self.directory)
-        # a marker on an entry with nothing pending is a finished delivery (no duplicate)
-        duplicates = sum(1 for env in entries if env.delivering and env.pending)
-        self._loaded = LoadReport(entries, quarantined, uncommitted, duplicates)
+        """Every complete entry, oldest first (`spool_recovery.load`)."""
+        self._loaded = spool_recovery.load(self)
         return self._loaded
 
     def take_loaded(self) -> LoadReport | None:
@@ -421,25 +362,9 @@ class Spool:
         report, self._loaded = self._loaded, None
         return report
 
-    def _quarantine_file(self, path: Path) -> None:
-        ensure_dir(self.quarantine_dir)
-        target = self.quarantine_dir / path.name
-        if target.exists():
-            target = self.quarantine_dir / f"{path.name}.{new_id()}"
-        os.replace(path, target)
-
     def quarantine(self, spool_id: str, reason: str) -> None:
-        """Move an entry aside (never delivered), audit `spool_quarantine`, say so on stderr."""
-        self.clear_delivering(spool_id)
-        for path in (self.env_path(spool_id), self.msg_path(spool_id)):
-            if path.exists():
-                self._quarantine_file(path)
-        fsync_dir(self.directory)
-        if self.quarantine_dir.exists():
-            fsync_dir(self.quarantine_dir)
-        print(f"lbm smtp: spool entry {spool_id} quarantined: {reason}", file=sys.stderr)
-        if self.audit is not None:
-            self.audit.append(Action.SPOOL_QUARANTINE, self.actor, spool_id=spool_id, reason=reason)
+        """Move an entry aside, never delivered (`spool_recovery.quarantine`)."""
+        spool_recovery.quarantine(self, spool_id, reason)
 
     async def close(self) -> None:
         if self._committer is not None:
