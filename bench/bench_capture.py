@@ -222,12 +222,15 @@ def memory(a: argparse.Namespace) -> None:
     state_bytes()
     steps = [n for n in (packets // 4, packets // 2) if n > 0] + [packets]
     rss: list[float] = []
+    still: list[int] = []  # flows still open when the file ends (the flow table's live set)
     last: cb.Run | None = None
     for n in steps:
         pcap = cg.prefix(full, n)
         r, _ = cb.ours_cli(pcap)
         r.name = f"ours, first {n:,} packets"
-        line(r)
+        flushed = r.out.get("flow_counters", {}).get("ended_flush") if not r.error else None
+        still.append(flushed if isinstance(flushed, int) else 0)
+        line(r, note=f"  open at the end {still[-1]:,}" if still[-1] else "")
         rss.append(r.rss_mib if not r.error else float("nan"))
         last = r
     nf = cb.child("nfstream", str(full), name=f"nfstream (no DPI), {packets:,}")
@@ -236,6 +239,17 @@ def memory(a: argparse.Namespace) -> None:
         "  peak RSS as the file grows: "
         + ", ".join(f"{n / 1e6:g}M {m:.0f} MiB" for n, m in zip(steps, rss, strict=True))
     )
+    if all(still) and len(still) > 1:
+        # Zeek's timeouts keep a UDP flow 60 s after its last packet and a closed TCP
+        # connection 5 s: in a capture shorter than that, the table's live set grows with the
+        # file although no more flows are in flight at once
+        pairs = zip(rss[1:], still[1:], strict=True)
+        per = [(m - rss[0]) * 2**20 / (f - still[0]) for m, f in pairs if f > still[0]]
+        text = ", ".join(f"{n / 1e6:g}M {f:,}" for n, f in zip(steps, still, strict=True))
+        if per:
+            added = ", ".join(f"{b:,.0f} B" for b in per)
+            text += f"; peak RSS added per flow added since {steps[0] / 1e6:g}M: {added}"
+        print(f"  flows open in the table at the end: {text}")
     ok = last is not None and not last.error
     goal(
         f"ours peak RSS <= {MIB} MiB at {packets / 1e6:g}M",

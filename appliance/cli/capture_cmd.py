@@ -34,7 +34,12 @@ from appliance.cli.app import (
     pass_app,
     run_guarded,
 )
-from appliance.cli.capture_process import collect_less, one_blas_thread, timing_summary
+from appliance.cli.capture_process import (
+    EarlyHash,
+    collect_less,
+    one_blas_thread,
+    timing_summary,
+)
 from appliance.cli.textsafe import safe
 from capture import CaptureError
 
@@ -197,6 +202,7 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
     summary is printed per file, then in total."""
     one_blas_thread()
     collect_less()
+    early = EarlyHash(files[0])  # before the pipeline's imports: see EarlyHash
 
     def run() -> dict[str, Any]:
         from capture.read.replayed import ReplayLedger
@@ -213,7 +219,8 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
                 entry: dict[str, Any] = {"file": name}
                 per_file.append(entry)
                 try:
-                    one = _replay_one(app, pipe, ledger, name, again, timing)
+                    first = early if name == early.name else None
+                    one = _replay_one(app, pipe, ledger, name, again, timing, first)
                 except CaptureError as exc:
                     failed[name] = str(exc)
                     status = "refused" if isinstance(exc, _Refused) else "failed"
@@ -247,7 +254,10 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
         result["timing"] = timing_summary(timing)
         return result
 
-    result = run_guarded(run)
+    try:
+        result = run_guarded(run)
+    finally:
+        early.close()  # the child stopped, whatever happened
     exit_without_teardown()  # every writer, archive and ledger entry is closed and durable
     for name, error in result["files_failed"].items():
         line = error if name in error else f"{name}: {error}"
@@ -258,10 +268,17 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
 
 
 def _replay_one(
-    app: App, pipe: Pipeline, ledger: Any, name: str, again: bool, timing: dict[str, float]
+    app: App,
+    pipe: Pipeline,
+    ledger: Any,
+    name: str,
+    again: bool,
+    timing: dict[str, float],
+    early: EarlyHash | None = None,
 ) -> dict[str, Any]:
     """Replay one file after the ledger's check; its summary, with its sha256 and size.
-    Raises CaptureError (`_Refused` when the ledger refuses it)."""
+    `early`: this file's hashing child, if started already. Raises CaptureError (`_Refused`
+    when the ledger refuses it)."""
     from capture.read.childhash import ChildHash
     from capture.read.reader import open_capture
     from capture.read.replayed import FileHash
@@ -273,11 +290,14 @@ def _replay_one(
     hasher: ChildHash | FileHash | None = None
     try:
         run, prior = ledger.begin(keep, name, app.clock.now().isoformat(), again=again)
+        started = early.take(keep) if early is not None and run and run.sha256 is None else None
+        if early is not None and started is None:
+            early.close()  # not needed (refused, or hashed by the ledger), or another file
         if run is None:
             reader.close()
             raise _Refused(_refusal(name, prior or {}))
         if run.sha256 is None:  # not known yet: a child process hashes it meanwhile
-            hasher = ChildHash.spawn(keep)
+            hasher = started or ChildHash.spawn(keep)
             if hasher is None:  # no child could start: hashed from what the reader reads
                 hasher = tap = FileHash(keep)
                 reader.tap = tap.feed

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import gc
 import os
+import stat
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from appliance.cli.app import is_program
+
+if TYPE_CHECKING:
+    from capture.read.childhash import ChildHash
 
 
 def one_blas_thread() -> None:
@@ -65,3 +70,52 @@ def timing_summary(timing: dict[str, float]) -> dict[str, float]:
     if "first_batch" in timing:
         out["first_batch_s"] = round(age - (now - timing["first_batch"]), 3)
     return out
+
+
+class EarlyHash:
+    """The first file's ledger SHA-256, started in a child process as `lbm capture replay`
+    starts: the pipeline's imports (numpy, the policy, the writers; 0.15-0.3 s) run on one
+    core, and the child (`capture.read.childhash`) hashes meanwhile on the other, instead of
+    competing with the reader and the flow table for both cores later. `take(fd)` hands the
+    child over if `fd` is the same file (device and inode), else stops it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._fd = -1
+        self._child: ChildHash | None = None
+        try:
+            self._fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            st = os.fstat(self._fd)
+        except OSError:  # the replay reports it, by name, as it opens the file
+            self.close()
+            return
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device is refused by the reader
+            self.close()
+            return
+        from capture.read.childhash import ChildHash
+
+        self._child = ChildHash.spawn(self._fd)
+
+    def take(self, fd: int) -> ChildHash | None:
+        """The running child if it hashes the file open as `fd`, else None (it is stopped)."""
+        child, self._child = self._child, None
+        if child is None:
+            return None
+        try:
+            a, b = os.fstat(self._fd), os.fstat(fd)
+            same = (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        except OSError:
+            same = False
+        if not same:
+            child.close()
+        return child if same else None
+
+    def close(self) -> None:
+        """Stop the child if nobody took it, and close the file (idempotent; after the taker
+        is done with the child, whose fallback reads this descriptor)."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

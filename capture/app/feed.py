@@ -22,6 +22,7 @@ from capture.app.meta import DNS_PORTS, AppMeta
 from capture.app.scan import KIND_CH, KIND_HTTP, KIND_SH, app_scan, candidates
 from capture.batch import PacketBatch
 from capture.flow.order import first_of_each
+from capture.flow.slots import grown
 from capture.flow.uids import UidLookup
 
 APP_BUDGET = 16  # payload packets per flow offered to AppMeta (DNS flows: more)
@@ -62,11 +63,12 @@ class AppFeed:
         """Make room for `cap` flow slots."""
         old = self._budget.size
         if old < cap:
-            self._budget = np.concatenate([self._budget, np.zeros(cap - old, np.int32)])
-            self._dns = np.concatenate([self._dns, np.zeros(cap - old, np.int8)])
-            self._started = np.concatenate([self._started, np.zeros(cap - old, bool)])
-            self._fast_kind = np.concatenate([self._fast_kind, np.zeros(cap - old, np.int8)])
-            self._in_app = np.concatenate([self._in_app, np.zeros(cap - old, bool)])
+            # zeroed memory: slots past the ones in use cost nothing resident (`grown`)
+            self._budget = grown(self._budget, (cap,))
+            self._dns = grown(self._dns, (cap,))
+            self._started = grown(self._started, (cap,))
+            self._fast_kind = grown(self._fast_kind, (cap,))
+            self._in_app = grown(self._in_app, (cap,))
             self._scratch = np.zeros(cap, np.int32)
             more = np.full(cap - old, None, object)
             self._fast_name = np.concatenate([self._fast_name, more])

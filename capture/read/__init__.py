@@ -19,10 +19,38 @@ Modules: `reader` (pcap/pcapng streaming), `walk` (record-header walking in C, e
 (which files a data directory has replayed, so a second replay is refused).
 """
 
-from capture.read.prefetch import Prefetch
-from capture.read.reader import CaptureReader, open_capture
-from capture.read.replayed import ReplayLedger, fingerprint
-from capture.read.ring import PacketRing, ring_disabled
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from capture.read.prefetch import Prefetch
+    from capture.read.reader import CaptureReader, open_capture
+    from capture.read.replayed import ReplayLedger, fingerprint
+    from capture.read.ring import PacketRing, ring_disabled
+
+# Loaded at first use (PEP 562): the reader needs numpy, and `lbm capture replay` starts the
+# ledger's hashing child (`childhash`) before numpy loads, while the other core is idle.
+_WHERE = {
+    "CaptureReader": "reader",
+    "PacketRing": "ring",
+    "Prefetch": "prefetch",
+    "ReplayLedger": "replayed",
+    "fingerprint": "replayed",
+    "open_capture": "reader",
+    "ring_disabled": "ring",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'capture.read' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"capture.read.{mod}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CaptureReader",

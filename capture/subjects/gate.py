@@ -39,6 +39,7 @@ from appliance.policy.model import Channel
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture.app import AppFeed
 from capture.batch import PacketBatch
+from capture.flow.slots import grown
 from capture.flow.uids import UidLookup
 from capture.subjects.hold import Added, Packet
 from capture.subjects.limits import SubjectLimits
@@ -116,8 +117,8 @@ class ArchiveGate:
         more = cap - old
         self._lo = np.concatenate([self._lo, np.full(more, NS_MAX, np.int64)])
         self._hi = np.concatenate([self._hi, np.full(more, NS_MIN, np.int64)])
-        self._armed = np.concatenate([self._armed, np.zeros(more, bool)])
-        self._settled = np.concatenate([self._settled, np.zeros(more, bool)])
+        self._armed = grown(self._armed, (cap,))
+        self._settled = grown(self._settled, (cap,))
         self._prin.extend([None] * more)
         self._refs.extend([()] * more)
         self._sn.extend([None] * more)
@@ -126,7 +127,7 @@ class ArchiveGate:
         self._llo = np.concatenate([self._llo, np.full(more, NS_MAX, np.int64)])
         self._lhi = np.concatenate([self._lhi, np.full(more, NS_MIN, np.int64)])
         self._lp = np.concatenate([self._lp, np.full(more, None, object)])
-        self._lsub = np.concatenate([self._lsub, np.zeros(more, bool)])
+        self._lsub = grown(self._lsub, (cap,))
 
     def state_bytes_per_flow(self) -> int:
         """Bytes per flow slot of the cached decisions and lease windows (list entries and
