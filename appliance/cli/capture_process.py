@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from appliance.cli.app import is_program
+from capture.read.filehash import EDGE
 
 if TYPE_CHECKING:
     from capture.read.childhash import ChildHash
@@ -89,7 +90,8 @@ class EarlyHash:
         except OSError:  # the replay reports it, by name, as it opens the file
             self.close()
             return
-        if not stat.S_ISREG(st.st_mode):  # a FIFO or device is refused by the reader
+        # a FIFO or device is refused by the reader; a small file is hashed by the ledger
+        if not stat.S_ISREG(st.st_mode) or st.st_size <= 2 * EDGE:
             self.close()
             return
         from capture.read.childhash import ChildHash

@@ -27,6 +27,9 @@ import os
 from dataclasses import dataclass
 
 _READ = 1 << 20
+# the ledger's pre-key (`capture.read.replayed`) hashes this much at each end of the file; a
+# file of at most twice this is hashed whole by it
+EDGE = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -48,13 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from capture.read.filehash import FileHash, Fingerprint, digest_fd
+from capture.read.filehash import EDGE, FileHash, Fingerprint, digest_fd
 from capture.read.reader import CaptureReader, open_regular
 
 __all__ = ["FileHash", "Fingerprint", "ReplayLedger", "Run", "digest_fd", "edges", "fingerprint"]
 
 LEDGER = "replayed.jsonl"
-EDGE = 1 << 20  # the pre-key hashes this much at each end of the file
 _READ = 1 << 20
 
 

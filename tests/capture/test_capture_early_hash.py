@@ -139,10 +139,17 @@ def test_a_child_of_another_file_is_not_used(tmp_path: Path) -> None:
         os.close(fd)
 
 
-@pytest.mark.parametrize("kind", ["missing", "fifo", "directory"])
-def test_no_child_for_what_the_reader_refuses(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["missing", "fifo", "directory", "small"])
+def test_no_child_for_what_the_reader_refuses_or_the_ledger_hashes(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing to hash (the reader refuses it), or a file of at most 2 MiB: the ledger's
+    check hashes it whole at once, so no child is started for it."""
+    spawns = _Spawns(monkeypatch)
     p = tmp_path / "x.pcap"
-    if kind == "fifo":
+    if kind == "small":
+        p.write_bytes(_pcap(1400, 1))  # 1,400 records of 1,416 bytes: just under 2 MiB
+    elif kind == "fifo":
         os.mkfifo(p)  # opened without blocking, and not hashed
     elif kind == "directory":
         p.mkdir()
@@ -150,3 +157,4 @@ def test_no_child_for_what_the_reader_refuses(tmp_path: Path, kind: str) -> None
     assert early.take(0) is None
     early.close()
     early.close()  # idempotent
+    assert spawns.files == []
