@@ -11,6 +11,8 @@ already read by the batch DNS scan, `capture.app.dnsscan`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -58,6 +60,11 @@ class AppFeed:
         self._in_app = np.zeros(0, bool)  # per slot: AppMeta has (had) the flow
         self._scratch = np.zeros(0, np.int32)  # per slot: zero between calls (`candidates`)
         self._dns_pairs_made: list[PairData] = []  # `dns` rows of query/answer pairs
+        # the texts the fast path made, by their bytes: one string object for every flow to
+        # the same server name, HTTP host or method (`_texts`)
+        self._sni: dict[bytes, str | None] = {}
+        self._hosts: dict[bytes, str | None] = {}
+        self._methods: dict[bytes, str | None] = {}
 
     def grow(self, cap: int) -> None:
         """Make room for `cap` flow slots."""
@@ -261,21 +268,31 @@ class AppFeed:
         # slices is faster than a gather and a conversion for the hundreds of a batch)
         ch = hi[kind[hi] == KIND_CH]
         if ch.size:  # slots are distinct: one head per flow
-            self._fast_name[sl[ch]] = [
-                mv[ao : ao + al].tobytes().decode("ascii", "replace").lower() or None
-                for ao, al in zip(a_off[ch].tolist(), a_len[ch].tolist(), strict=True)
-            ]
+            self._fast_name[sl[ch]] = _texts(
+                self._sni,
+                [
+                    mv[ao : ao + al].tobytes()
+                    for ao, al in zip(a_off[ch].tolist(), a_len[ch].tolist(), strict=True)
+                ],
+                _sni_text,
+            )
             fk[sl[ch]] = 1
         ht = hi[kind[hi] == KIND_HTTP]
         if ht.size:  # the Host value (a_len -1: none) and the method (ver: its length)
-            hosts = [
-                norm_host(mv[ao : ao + al].tobytes()) if al >= 0 else None
-                for ao, al in zip(a_off[ht].tolist(), a_len[ht].tolist(), strict=True)
-            ]
-            methods = [
-                mv[po : po + v].tobytes().decode("ascii")
-                for po, v in zip(b.payload_off[p_idx[ht]].tolist(), ver[ht].tolist(), strict=True)
-            ]
+            hosts = _texts(
+                self._hosts,
+                [
+                    mv[ao : ao + al].tobytes() if al >= 0 else None
+                    for ao, al in zip(a_off[ht].tolist(), a_len[ht].tolist(), strict=True)
+                ],
+                norm_host,
+            )
+            pos = b.payload_off[p_idx[ht]].tolist()
+            methods = _texts(
+                self._methods,
+                [mv[po : po + v].tobytes() for po, v in zip(pos, ver[ht].tolist(), strict=True)],
+                _method_text,
+            )
             s_ht = sl[ht]
             self._fast_name[s_ht] = hosts
             self._fast_method[s_ht] = methods
@@ -341,3 +358,37 @@ class AppFeed:
                 names = np.array([tls_version_name(x) for x in u.tolist()], object)
                 meta["tls_version"][fi[hv]] = names[inv]
         return meta
+
+
+TEXTS_MAX = 16384  # distinct texts kept per kind; past it the cache starts again (`_texts`)
+
+
+def _texts(
+    cache: dict[bytes, str | None],
+    raws: list[bytes | None],
+    make: Callable[[bytes | None], str | None],
+) -> list[str | None]:
+    """`make(raw)` for each of `raws`, the same string object for the same bytes: a server
+    name repeats across thousands of flows, and each flow slot keeps its text until the flow
+    ends (200k flows open at once: ~10 MiB less). At most TEXTS_MAX texts are kept, so
+    traffic with a new name per flow costs no more than before."""
+    if len(cache) > TEXTS_MAX:
+        cache.clear()
+    out: list[str | None] = []
+    for raw in raws:
+        if raw is None:
+            out.append(make(None))
+            continue
+        try:
+            out.append(cache[raw])
+        except KeyError:
+            out.append(cache.setdefault(raw, make(raw)))
+    return out
+
+
+def _sni_text(raw: bytes | None) -> str | None:
+    return raw.decode("ascii", "replace").lower() or None if raw is not None else None
+
+
+def _method_text(raw: bytes | None) -> str | None:
+    return raw.decode("ascii") if raw is not None else None
