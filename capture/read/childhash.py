@@ -1,7 +1,8 @@
 """The ledger's SHA-256 of a capture file computed by a child process while the replay runs.
 
-The child inherits the replay's descriptor and hashes the whole file by `pread` (the
-descriptor's offset is the reader's, untouched), so it hashes the file the replay reads. It
+The child inherits the replay's descriptor and hashes the whole file through read-only
+mappings and `pread` (the descriptor's offset is the reader's, untouched), so it hashes the
+file the replay reads. It
 shares no GIL with the reader and the flow table: with the flow table's work in C passes, the
 reader's thread became the slowest, and hashing there (`FileHash`'s tap) or on a thread of
 this process kept the replay 0.2-0.3 s longer on 2 cores than this child, which costs about
@@ -21,9 +22,21 @@ import sys
 from capture.read.filehash import Fingerprint, digest_fd
 
 # SHA-256 and size of the inherited descriptor argv[1]. -I -S: no environment, no site-packages.
+# The file is read through 16 MiB mappings (no copy out of the page cache: 0.08-0.1 s less CPU
+# per 850 MB than `pread`, and 16 MiB resident at most), its tail (and whatever it grew by)
+# by `pread`. A file truncated under a mapping kills the child (SIGBUS): `result()` then
+# hashes the file here.
 _CHILD = (
-    "import hashlib, os, sys\n"
-    "fd, h, o = int(sys.argv[1]), hashlib.sha256(), 0\n"
+    "import hashlib, mmap, os, sys\n"
+    "fd, h, o, w = int(sys.argv[1]), hashlib.sha256(), 0, 1 << 24\n"
+    "size = os.fstat(fd).st_size\n"
+    "while o + w <= size:\n"
+    "    with mmap.mmap(fd, w, prot=mmap.PROT_READ, offset=o) as m:\n"
+    "        m.madvise(mmap.MADV_SEQUENTIAL)\n"
+    "        with memoryview(m) as v:\n"
+    "            for i in range(0, w, 1 << 22):\n"
+    "                h.update(v[i : i + (1 << 22)])\n"
+    "    o += w\n"
     "while c := os.pread(fd, 1 << 22, o):\n"
     "    h.update(c)\n"
     "    o += len(c)\n"

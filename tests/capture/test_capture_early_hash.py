@@ -9,13 +9,15 @@ import hashlib
 import json
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from lbm_testing import Lbm
 
 from appliance.cli.capture_process import EarlyHash
-from capture.read.childhash import ChildHash
+from capture.read.childhash import _CHILD, ChildHash
 
 T0 = 1_700_000_000
 
@@ -25,9 +27,7 @@ def _pcap(n: int, tag: int) -> bytes:
     ledger needs the whole file's hash); `tag` makes files of the same size differ."""
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
     for i in range(n):
-        ip = struct.pack(
-            ">BBHHHBBH4s4s", 0x45, 0, 1386, 0, 0, 64, 17, 0, b"\n\0\0\1", b"\n\0\0\2"
-        )
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 1386, 0, 0, 64, 17, 0, b"\n\0\0\1", b"\n\0\0\2")
         udp = struct.pack(">HHHH", 1024 + i % 500, 9999, 1366, 0)
         body = struct.pack(">II", tag, i) * 171
         f = (b"\2" * 6 + b"\4" * 6 + b"\x08\x00" + ip + udp + body)[:1400]
@@ -158,3 +158,22 @@ def test_no_child_for_what_the_reader_refuses_or_the_ledger_hashes(
     early.close()
     early.close()  # idempotent
     assert spawns.files == []
+
+
+@pytest.mark.parametrize("size", [0, 1, (16 << 20) - 1, 16 << 20, (16 << 20) + 1, 40 << 20])
+def test_the_childs_digest_is_the_files_sha256_whatever_its_size(tmp_path: Path, size: int) -> None:
+    """The child hashes 16 MiB mappings and the tail by pread: sizes around a mapping's edge."""
+    p = tmp_path / "f.bin"
+    block = hashlib.sha256(b"x").digest() * 2048  # 64 KiB of varying bytes
+    p.write_bytes((block * (size // len(block) + 1))[:size])
+    fd = os.open(p, os.O_RDONLY)
+    try:  # the child itself (not `result()`, which would hash here if the child failed)
+        run = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _CHILD, str(fd)],
+            pass_fds=(fd,),
+            capture_output=True,
+            check=True,
+        )
+    finally:
+        os.close(fd)
+    assert run.stdout.split() == [hashlib.sha256(p.read_bytes()).hexdigest().encode(), b"%d" % size]
