@@ -2,14 +2,14 @@
 
 The child inherits the replay's descriptor and hashes the whole file through read-only
 mappings and `pread` (the descriptor's offset is the reader's, untouched), so it hashes the
-file the replay reads. It
-shares no GIL with the reader and the flow table: with the flow table's work in C passes, the
-reader's thread became the slowest, and hashing there (`FileHash`'s tap) or on a thread of
-this process kept the replay 0.2-0.3 s longer on 2 cores than this child, which costs about
-the same CPU (it copies the file out of the page cache a second time, 0.15 s per 850 MB,
-where the tap hashes the reader's own buffers) but runs beside the replay on the other core
-(docs/capture-io.md). When no child can start (a process limit), `spawn` returns None and the
-caller uses `FileHash`; a child that fails makes `result()` hash the file here.
+file the replay reads. It shares no GIL with the reader and the flow table: with the flow
+table's work in C passes, the reader's thread became the slowest, and hashing there
+(`FileHash`'s tap) or on a thread of this process kept the replay 0.2-0.3 s longer on 2 cores
+than this child, which costs about the same CPU but runs beside the replay on the other core
+(docs/capture-io.md). `lbm capture replay` starts the first file's child before the
+pipeline's imports (`appliance.cli.capture_process.EarlyHash`). When no child can start (a
+process limit), `spawn` returns None and the caller uses `FileHash`; a child that fails makes
+`result()` hash the file here.
 """
 
 from __future__ import annotations
