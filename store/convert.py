@@ -6,15 +6,26 @@ table or batch brought to the current schema). The schemas themselves are `store
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from store import SchemaError
 from store.schemas import REQUIRED_COLUMNS, check_columns, schema
 
 _EMPTY_LIST_COLUMNS = ("refs", "record_ids")
+
+
+def compute() -> ModuleType:
+    """`pyarrow.compute`, imported at first use: its import (about 0.08 s, its functions made
+    from the C++ registry) is left out of a writer's start-up, which mostly never needs it
+    (rows arrive in their schema's types; docs/startup.md)."""
+    import pyarrow.compute
+
+    return pyarrow.compute
+
+
 _CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 
 
@@ -101,7 +112,7 @@ class Converter:
                 arr = col if isinstance(col, pa.Array | pa.ChunkedArray) else pa.array(col)
                 if isinstance(arr, pa.ChunkedArray):
                     arr = arr.combine_chunks()
-                arrays.append(arr if arr.type == field.type else pc.cast(arr, field.type))
+                arrays.append(arr if arr.type == field.type else compute().cast(arr, field.type))
             except _CONVERT_ERRORS:
                 raise SchemaError(
                     f"column {field.name!r} of metadata stream {self.stream!r} "
@@ -113,7 +124,7 @@ class Converter:
                     f"{self.stream!r} (batch has nulls)"
                 )
         gateways = arrays[self.schema.names.index("gateway")]
-        if gateways.null_count < n and set(pc.unique(gateways.drop_null()).to_pylist()) != {
+        if gateways.null_count < n and set(compute().unique(gateways.drop_null()).to_pylist()) != {
             self.gateway
         }:
             raise SchemaError(f"column 'gateway' is set by the writer ({self.gateway!r})")
@@ -126,7 +137,7 @@ class Converter:
         for name in _EMPTY_LIST_COLUMNS:
             i = names.index(name)
             if cols[i].null_count:
-                cols[i] = pc.fill_null(cols[i], pa.scalar([], self.schema.field(name).type))
+                cols[i] = compute().fill_null(cols[i], pa.scalar([], self.schema.field(name).type))
         return pa.RecordBatch.from_arrays(cols, schema=self.schema)
 
 
@@ -141,9 +152,9 @@ def conform(stream: str, data: pa.Table | pa.RecordBatch) -> pa.Table:
     for field in sch:
         if field.name in table.column_names:
             col = table.column(field.name)
-            cols.append(col if col.type == field.type else pc.cast(col, field.type))
+            cols.append(col if col.type == field.type else compute().cast(col, field.type))
         else:
             cols.append(pa.nulls(table.num_rows, field.type))
         if field.name in _EMPTY_LIST_COLUMNS and cols[-1].null_count:
-            cols[-1] = pc.fill_null(cols[-1], pa.scalar([], field.type))
+            cols[-1] = compute().fill_null(cols[-1], pa.scalar([], field.type))
     return pa.Table.from_arrays(cols, schema=sch)

@@ -10,11 +10,20 @@ than this child, which costs about the same CPU but runs beside the replay on th
 pipeline's imports (`appliance.cli.capture_process.EarlyHash`). When no child can start (a
 process limit), `spawn` returns None and the caller uses `FileHash`; a child that fails makes
 `result()` hash the file here.
+
+The child runs at idle priority (`SCHED_IDLE`; nice 19 where that policy is missing): on 2
+cores the replay's main thread and reader's thread are the critical path, and a child at the
+same priority took CPU from them while both were runnable (three busy threads on two cores).
+At idle priority it hashes on what the replay leaves free, and `result()` (the replay's
+rows are done: nothing else to wait for) puts it back to normal priority when the process may
+(root or CAP_SYS_NICE), so on a machine saturated by other work it is not left starving. The
+2M-packet replay: median 2.16 s against 2.37 s at normal priority (docs/capture-io.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import subprocess
 import sys
@@ -28,6 +37,10 @@ from capture.read.filehash import Fingerprint, digest_fd
 # hashes the file here.
 _CHILD = (
     "import hashlib, mmap, os, sys\n"
+    "try:\n"
+    "    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+    "except (AttributeError, OSError):\n"
+    "    os.nice(19)\n"
     "fd, h, o, w = int(sys.argv[1]), hashlib.sha256(), 0, 1 << 24\n"
     "size = os.fstat(fd).st_size\n"
     "while o + w <= size:\n"
@@ -70,6 +83,7 @@ class ChildHash:
         """The whole file's fingerprint (hashed here if the child failed). Call once."""
         proc, self._proc = self._proc, None
         if proc is not None:
+            hurry(proc.pid)
             out, _ = proc.communicate()
             m = _RESULT.fullmatch(out)
             if proc.returncode == 0 and m:
@@ -82,3 +96,11 @@ class ChildHash:
         if proc is not None:
             proc.kill()
             proc.communicate()
+
+
+def hurry(pid: int) -> None:
+    """Put the child `pid` back to normal priority (it is waited for now); a process without
+    the privilege to raise a priority (not root, no CAP_SYS_NICE) leaves it idle."""
+    with contextlib.suppress(AttributeError, OSError):  # PermissionError, or already gone
+        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+        os.setpriority(os.PRIO_PROCESS, pid, 0)

@@ -11,13 +11,14 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from lbm_testing import Lbm
 
 from appliance.cli.capture_process import EarlyHash
-from capture.read.childhash import _CHILD, ChildHash
+from capture.read.childhash import _CHILD, ChildHash, hurry
 
 T0 = 1_700_000_000
 
@@ -177,3 +178,29 @@ def test_the_childs_digest_is_the_files_sha256_whatever_its_size(tmp_path: Path,
     finally:
         os.close(fd)
     assert run.stdout.split() == [hashlib.sha256(p.read_bytes()).hexdigest().encode(), b"%d" % size]
+
+
+def test_the_child_hashes_at_idle_priority_until_it_is_waited_for(tmp_path: Path) -> None:
+    """The child takes only the CPU the replay leaves free (SCHED_IDLE), and `result()` puts it
+    back to normal priority when it waits for it (this process is root: it may)."""
+    p = tmp_path / "sparse.bin"
+    with open(p, "wb") as fh:  # 2 GiB of holes: seconds of hashing, no disk used
+        fh.truncate(2 << 30)
+    fd = os.open(p, os.O_RDONLY)
+    child = ChildHash.spawn(fd)
+    assert child is not None
+    pid = child._proc.pid  # type: ignore[union-attr]
+    try:
+        for _ in range(200):  # the child sets its policy as its first step
+            if os.sched_getscheduler(pid) == os.SCHED_IDLE:
+                break
+            os.sched_yield()
+            time.sleep(0.005)
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        if os.geteuid() == 0:
+            hurry(pid)
+            assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+            assert os.getpriority(os.PRIO_PROCESS, pid) == 0
+    finally:
+        child.close()
+        os.close(fd)

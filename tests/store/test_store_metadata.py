@@ -471,3 +471,23 @@ def test_background_compaction_and_closed_writer(paths: DataPaths) -> None:
     with pytest.raises(StoreError, match="is closed"):
         w.append({"ts": T0, "uid": "too-late"})
     assert sorted(read_stream(paths, "web").column("uid").to_pylist()) == ["b0", "b1", "b2"]
+
+
+def test_split_by_hour_at_the_edges_of_an_hour() -> None:
+    """Rows go to the hour their `ts` falls in, to the microsecond, in hour order; a table
+    within one hour is returned as it is (no copy)."""
+    base = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    times = [
+        base + timedelta(minutes=30),
+        base - timedelta(microseconds=1),
+        base,
+        base + timedelta(hours=14),
+        base + timedelta(hours=1) - timedelta(microseconds=1),
+    ]
+    table = pa.table({"ts": pa.array(times, pa.timestamp("us", tz="UTC")), "i": range(5)})
+    got = [(h, t.column("i").to_pylist()) for h, t in cp.split_by_hour(table)]
+    h10 = int(base.timestamp()) // 3600
+    assert got == [(h10 - 1, [1]), (h10, [0, 2, 4]), (h10 + 14, [3])]
+    one = table.slice(0, 1)
+    assert cp.split_by_hour(one) == [(h10, one)] and cp.split_by_hour(one)[0][1] is one
+    assert cp.split_by_hour(table.slice(0, 0)) == []
