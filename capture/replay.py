@@ -27,7 +27,7 @@ def replay(
     files: Iterable[str | Path | CaptureReader],
     pipeline: Pipeline,
     *,
-    max_packets: int = 65536,
+    max_packets: int = 131072,
     prefetch: int = 2,
     timing: dict[str, float] | None = None,
 ) -> Summary:

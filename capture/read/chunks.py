@@ -24,11 +24,13 @@ PIECE = 512 << 10  # pcap: read this much at a time and walk it while it is in t
 
 
 class Chunks:
-    """Chunk buffers of `chunk` bytes (more for one larger record) filled from `fh`."""
+    """Chunk buffers of `chunk` bytes (more for one larger record) filled from `fh`; the
+    first one of `first` bytes (default `chunk`)."""
 
-    def __init__(self, fh: io.BufferedReader, chunk: int) -> None:
+    def __init__(self, fh: io.BufferedReader, chunk: int, first: int = 0) -> None:
         self._fh = fh
         self.chunk = chunk
+        self._next = first or chunk  # the size of the next chunk
         self.tap: Tap | None = None  # see `CaptureReader.tap`
         # the file is read once from start to end: the kernel may read further ahead
         with contextlib.suppress(OSError, AttributeError):
@@ -38,17 +40,18 @@ class Chunks:
         """A new chunk buffer of `size` bytes: each batch keeps its own to the end. Reusing
         buffers once nothing referred to them (a pool, tested by reference count) made more
         page faults than this (38k against 30k on the 2M-packet bench capture): glibc hands
-        back the 8 MiB just freed, already mapped."""
+        back the chunk just freed, already mapped."""
         return np.empty(size, np.uint8)
 
     def fill(
         self, pending: bytes, need: int = 0, recs: PcapRecords | None = None
     ) -> tuple[Buf, int, bool]:
         """A chunk buffer: pending bytes followed by fresh file data. Returns (buf, len, eof).
-        The buffer is not zeroed first (8 MiB a chunk), only its unused tail is. The fresh
+        The buffer is not zeroed first (16 MiB a chunk), only its unused tail is. The fresh
         data (never `pending`, read before) goes to `tap` with its file offset first.
         `recs` (pcap) is walked after each `PIECE` read, while the piece is in the cache."""
-        size = max(self.chunk, need, len(pending) + 4096)
+        size = max(self._next, need, len(pending) + 4096)
+        self._next = self.chunk
         buf = self.buffer(size)
         start = got = len(pending)
         buf[:start] = np.frombuffer(pending, np.uint8)

@@ -2,8 +2,11 @@
 
 `open_capture(path)` checks the file header (raising `CaptureError` naming the path and the
 problem) and returns a `CaptureReader`; `CaptureReader.batches(max_packets)` yields
-`RawBatch`es. The file is read in chunks of `chunk_bytes` (default 8 MiB, grown only to hold
+`RawBatch`es. The file is read in chunks of `chunk_bytes` (default 16 MiB, grown only to hold
 one record larger than that, up to a hard cap), so peak memory does not depend on file size.
+The first chunk is at most `FIRST_CHUNK` (1 MiB), so the first batch comes early; the larger
+chunks after it cost the flow table less per packet (its cost per batch, apart from the
+packets, is about a hundred numpy calls and a dozen C passes: docs/capture-flow-scale.md).
 Record headers are walked by `capture.read.walk` (C via cffi, or pure Python).
 
 Formats: pcap with microsecond or nanosecond magic in either byte order (the link-type
@@ -50,7 +53,8 @@ PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
 
-DEFAULT_CHUNK = 8 << 20
+DEFAULT_CHUNK = 16 << 20
+FIRST_CHUNK = 1 << 20  # the first chunk of a file: its first batch early (module docstring)
 MAX_RECORD = 64 << 20  # larger records/blocks are treated as corruption
 Buf = npt.NDArray[np.uint8]
 MIN_CAPLIMIT = 262144  # libpcap's MAXIMUM_SNAPLEN: accept records up to this even if snaplen < it
@@ -73,7 +77,7 @@ class CaptureReader:
         self._nsec = False
         self._caplimit = MIN_CAPLIMIT
         self._skipped_ifaces: set[int] = set()  # pcapng IDBs skipped as oversize
-        self._chunks = Chunks(fh, self._chunk)
+        self._chunks = Chunks(fh, self._chunk, min(self._chunk, FIRST_CHUNK))
         self._sniff()
 
     # --- header --------------------------------------------------------------------------
