@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from capture import CaptureError
 from capture.read import walk as fastpath
-from capture.read.reader import open_capture
+from capture.read.reader import DEFAULT_CHUNK, FIRST_CHUNK, open_capture
 
 REPO = Path(__file__).resolve().parents[2]
 MIXED = REPO / "pcaps" / "mixed-linktypes.pcapng"
@@ -180,6 +180,26 @@ def test_streams_in_bounded_chunks(tmp_path: Path) -> None:
     assert peak < 8 * chunk, peak
 
 
+def test_the_first_chunk_is_small_and_the_rest_default_sized(tmp_path: Path) -> None:
+    """By default the first chunk is `FIRST_CHUNK` (the first batch comes early) and the
+    others `DEFAULT_CHUNK`; every record is read once, in order, whatever the chunk."""
+    p = tmp_path / "f.pcap"
+    n = 40_000  # about 40 MB: a first chunk and two full ones after it
+    write_pcap(p, [_frame(i, 1000) for i in range(n)])
+    sizes, seen = [], 0
+    for b in open_capture(p).batches(max_packets=1 << 20):
+        sizes.append(b.buf.nbytes)
+        assert [struct.unpack(">I", b.frame(i)[:4])[0] for i in (0, len(b) - 1)] == [
+            seen,
+            seen + len(b) - 1,
+        ]
+        seen += len(b)
+    assert seen == n
+    assert sizes[0] == FIRST_CHUNK and sizes[1:-1] == [DEFAULT_CHUNK] * (len(sizes) - 2)
+    # an explicit chunk smaller than FIRST_CHUNK is used from the start
+    assert {b.buf.nbytes for b in open_capture(p, chunk_bytes=65536).batches()} == {65536}
+
+
 def test_record_larger_than_chunk(tmp_path: Path) -> None:
     p = tmp_path / "jumbo.pcap"
     frames = [_frame(0, 60), _frame(1, 300_000), _frame(2, 60)]
@@ -211,7 +231,7 @@ def test_pure_python_fallback_reads_the_same(tmp_path: Path) -> None:
     code = (
         "import sys, numpy as np\n"
         "from capture.read.walk import IMPLEMENTATION\n"
-        "from capture.read.reader import open_capture\n"
+        "from capture.read.reader import DEFAULT_CHUNK, FIRST_CHUNK, open_capture\n"
         "assert IMPLEMENTATION == 'python', IMPLEMENTATION\n"
         "bs = list(open_capture(sys.argv[1]).batches(max_packets=2))\n"
         "print(repr((np.concatenate([b.ts_ns for b in bs]).tolist(),"
