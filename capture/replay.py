@@ -1,5 +1,5 @@
 """Replaying capture files through a `Pipeline`: each file read and decoded (and its flow keys
-made) on a background thread a few batches ahead of the flow table (`capture.read.prefetch`),
+made) on a background thread a batch ahead of the flow table (`capture.read.prefetch`),
 with a short GIL switch interval while it runs. `lbm capture replay` and the tests use it; live
 capture drives the pipeline itself (`capture.live`)."""
 
@@ -28,7 +28,7 @@ def replay(
     pipeline: Pipeline,
     *,
     max_packets: int = 131072,
-    prefetch: int = 2,
+    prefetch: int = 1,
     timing: dict[str, float] | None = None,
 ) -> Summary:
     """Replay capture files through `pipeline` (each file its own flow table). A file whose
@@ -36,7 +36,9 @@ def replay(
     may be given as a `CaptureReader` already open (the CLI opens it to fingerprint it).
 
     Reading and decoding run on a background thread up to `prefetch` batches ahead of the
-    flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread. `timing`, if
+    flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread. One is
+    enough (the reader's thread is the faster one): with 16 MiB chunks, 2 held 20-30 MiB more
+    and were no faster (docs/capture-io.md). `timing`, if
     given, gets "first_batch": the `time.monotonic()` when the first batch reached
     `pipeline.feed` (unless already set)."""
     s = pipeline.summary
