@@ -56,6 +56,7 @@ _CHILD = (
     "print(h.hexdigest(), o)\n"
 )
 _RESULT = re.compile(rb"([0-9a-f]{64}) ([0-9]+)\s*")
+IDLE_GRACE_S = 2.0  # how long `result()` waits for a child it could not put back to normal
 
 
 class ChildHash:
@@ -83,8 +84,12 @@ class ChildHash:
         """The whole file's fingerprint (hashed here if the child failed). Call once."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            hurry(proc.pid)
-            out, _ = proc.communicate()
+            try:
+                out, _ = proc.communicate(timeout=None if hurry(proc.pid) else IDLE_GRACE_S)
+            except subprocess.TimeoutExpired:  # still idle, and starved: hashed here instead
+                proc.kill()
+                proc.communicate()
+                return digest_fd(self._fd)
             m = _RESULT.fullmatch(out)
             if proc.returncode == 0 and m:
                 return Fingerprint(m[1].decode(), int(m[2]))
@@ -98,9 +103,14 @@ class ChildHash:
             proc.communicate()
 
 
-def hurry(pid: int) -> None:
-    """Put the child `pid` back to normal priority (it is waited for now); a process without
-    the privilege to raise a priority (not root, no CAP_SYS_NICE) leaves it idle."""
-    with contextlib.suppress(AttributeError, OSError):  # PermissionError, or already gone
+def hurry(pid: int) -> bool:
+    """Put the child `pid` back to normal priority (it is waited for now); False when this
+    process may not raise a priority (not root, no CAP_SYS_NICE): the child stays idle."""
+    try:
         os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
         os.setpriority(os.PRIO_PROCESS, pid, 0)
+    except ProcessLookupError:  # already gone (reaped only by `communicate`): nothing to do
+        return True
+    except (AttributeError, OSError):  # PermissionError; no such policy here (nice 19)
+        return False
+    return True

@@ -18,6 +18,7 @@ import pytest
 from lbm_testing import Lbm
 
 from appliance.cli.capture_process import EarlyHash
+from capture.read import childhash
 from capture.read.childhash import _CHILD, ChildHash, hurry
 
 T0 = 1_700_000_000
@@ -204,3 +205,31 @@ def test_the_child_hashes_at_idle_priority_until_it_is_waited_for(tmp_path: Path
     finally:
         child.close()
         os.close(fd)
+
+
+def test_a_child_left_idle_is_not_waited_for_past_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that may not put the child back to normal priority (`hurry` False: not root)
+    waits for it at most IDLE_GRACE_S; then the child is stopped and the file hashed here,
+    with the same digest."""
+    p = tmp_path / "sparse.bin"
+    with open(p, "wb") as fh:
+        fh.truncate(256 << 20)
+    monkeypatch.setattr(childhash, "hurry", lambda pid: False)
+    monkeypatch.setattr(childhash, "IDLE_GRACE_S", 0.01)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        child = ChildHash.spawn(fd)
+        assert child is not None
+        proc = child._proc
+        assert proc is not None
+        got = child.result()
+        assert proc.returncode == -9  # stopped, not waited for to the end
+    finally:
+        os.close(fd)
+    want = hashlib.sha256()
+    zeros = bytes(1 << 20)
+    for _ in range(256):
+        want.update(zeros)
+    assert (got.sha256, got.size) == (want.hexdigest(), 256 << 20)
