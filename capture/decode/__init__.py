@@ -14,8 +14,9 @@ their first fragment's ports keeps at most `max_fragments` datagrams (oldest evi
 counted); tunnels are decapsulated `decoder.MAX_DEPTH` (2) levels deep, as Zeek does.
 Payload is never joined or copied beyond the batch.
 
-Modules: `decoder` (the steps in order), `linktypes` (Ethernet, VLAN/QinQ, MPLS, PPPoE,
-SLL, ...), `vntag`, `tunnels` (VXLAN, Geneve, GRE/ERSPAN, Teredo, IP-in-IP), `frag`.
+Modules: `decoder` (the steps in order), `ip` (IPv4 and IPv6 headers), `linktypes` (Ethernet,
+VLAN/QinQ, MPLS, PPPoE, SLL, ...), `vntag`, `tunnels` (VXLAN, Geneve, GRE/ERSPAN, Teredo,
+IP-in-IP), `frag`.
 """
 
 from capture.decode.decoder import Decoder, decode, read_batches

@@ -8,9 +8,9 @@ every packet the same columns (tests/capture/test_capture_fastdecode.py checks t
 
 Steps, each one array expression over all packets it applies to:
 1. link layer (`capture.decode.linktypes`): offset of the IP header per frame;
-2. IPv4/IPv6 with fixed offsets per version; IPv6 extension headers (hop-by-hop, routing,
-   fragment, destination options, AH, mobility, HIP, shim6) are walked a step at a time
-   over only the packets that still have one;
+2. IPv4/IPv6 with fixed offsets per version (`capture.decode.ip`); IPv6 extension headers
+   (hop-by-hop, routing, fragment, destination options, AH, mobility, HIP, shim6) are walked
+   a step at a time over only the packets that still have one;
 3. transport (TCP, UDP, ICMP/ICMPv6 type/code as ports, SCTP; others with ports 0);
 4. fragments (`capture.decode.frag`): later fragments get the ports of their first fragment;
 5. tunnels (`capture.decode.tunnels`): Teredo, VXLAN, Geneve, GRE/ERSPAN, IP-in-IP are
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 
 from capture.batch import FRAG, STATUS, STATUS_NAME, TUNNEL_NAME, PacketBatch, RawBatch
 from capture.decode.frag import FragTable
+from capture.decode.ip import ipv4, ipv6
 from capture.decode.linktypes import be16, be32, ethernet, link_layer
 from capture.decode.tunnels import detect
 from capture.read import open_capture
@@ -45,15 +45,12 @@ U8A = npt.NDArray[np.uint8]
 Rows = npt.NDArray[np.intp]
 
 ST_TRUNC = STATUS["truncated"]
-ST_BAD_IP = STATUS["bad_ip_header"]
 ST_BAD_VER = STATUS["bad_ip_version"]
 ST_BAD_L4 = STATUS["bad_transport_header"]
 ST_BAD_REC = STATUS["bad_record"]
 
-IPV6_EXT = np.array([0, 43, 44, 51, 60, 135, 139, 140], dtype=np.int64)
 MIN_BUF = 256  # tiny buffers are padded so that guarded gathers at offset 0 stay in range
 MAX_DEPTH = 2  # tunnel levels decapsulated: Zeek's Tunnel::max_depth default
-_A16 = np.arange(16, dtype=np.int64)
 
 
 class Decoder:
@@ -147,7 +144,7 @@ class Decoder:
         isfrag = np.zeros(m, dtype=bool)
         src = np.zeros((m, 16), dtype=np.uint8)
         dst = np.zeros((m, 16), dtype=np.uint8)
-        for version, fn in ((4, _ipv4), (6, _ipv6)):
+        for version, fn in ((4, ipv4), (6, ipv6)):
             idx = np.nonzero((st == 0) & (ver == version))[0]
             if idx.shape[0] == 0:
                 continue
@@ -238,114 +235,6 @@ def _save_outer(out: PacketBatch, tr: Rows) -> None:
     out.outer_sport[tr] = out.sport[tr]
     out.outer_dport[tr] = out.dport[tr]
     out.outer_ip_len[tr] = out.ip_len[tr]
-
-
-def _addr(buf: U8A, o: I64, v4: bool) -> U8A:
-    """(k, 16) addresses at offsets `o` (IPv4 as IPv4-mapped IPv6). Column-wise gathers and
-    a 16-byte window view: about twice as fast as one (k, 16) fancy index."""
-    if v4:
-        a = np.zeros((o.shape[0], 16), dtype=np.uint8)
-        a[:, 10] = 0xFF
-        a[:, 11] = 0xFF
-        for k in range(4):
-            a[:, 12 + k] = buf[o + k]
-        return a
-    if buf.shape[0] < 16:
-        return buf[o[:, None] + _A16]
-    return np.asarray(sliding_window_view(buf, 16)[o])
-
-
-def _ipv4(buf: U8A, l3: I64, end: I64) -> tuple[npt.NDArray[np.generic], ...]:
-    k = l3.shape[0]
-    st = np.zeros(k, dtype=np.uint8)
-    ok = l3 + 20 <= end
-    st[~ok] = ST_TRUNC
-    o = np.where(ok, l3, 0)
-    ihl = (buf[o] & 15).astype(np.int64) * 4
-    tot = be16(buf, o + 2)
-    bad = ok & (ihl < 20)
-    st[bad] = ST_BAD_IP
-    ok &= ~bad
-    short = ok & (l3 + ihl > end)
-    st[short] = ST_TRUNC
-    ok &= ~short
-    tot = np.where(tot == 0, end - l3, tot)  # 0: segmentation offload, use captured length
-    bad = ok & (tot < ihl)
-    st[bad] = ST_BAD_IP
-    ok &= ~bad
-    fl = be16(buf, o + 6)
-    mf = (fl & 0x2000) != 0
-    foff = (fl & 0x1FFF) * 8
-    return (
-        st,
-        buf[o + 9].astype(np.int64),
-        l3 + ihl,
-        np.where(ok, tot, 0),
-        mf,
-        foff,
-        be16(buf, o + 4),
-        ok & (mf | (foff > 0)),
-        _addr(buf, o + 12, True),
-        _addr(buf, o + 16, True),
-    )
-
-
-def _ipv6(buf: U8A, l3: I64, end: I64) -> tuple[npt.NDArray[np.generic], ...]:
-    k = l3.shape[0]
-    st = np.zeros(k, dtype=np.uint8)
-    ok = l3 + 40 <= end
-    st[~ok] = ST_TRUNC
-    o = np.where(ok, l3, 0)
-    plen = be16(buf, o + 4)
-    nh = buf[o + 6].astype(np.int64)
-    ip_len = np.where(plen == 0, end - l3, 40 + plen)  # 0: jumbogram, use captured length
-    l4 = l3 + 40
-    mf = np.zeros(k, dtype=bool)
-    foff = np.zeros(k, dtype=np.int64)
-    fid = np.zeros(k, dtype=np.int64)
-    isfrag = np.zeros(k, dtype=bool)
-    cur = ok & np.isin(nh, IPV6_EXT)
-    for _ in range(16):
-        idx = np.nonzero(cur)[0]
-        if idx.shape[0] == 0:
-            break
-        oo = l4[idx]
-        short = oo + 8 > np.minimum(end[idx], l3[idx] + ip_len[idx])
-        st[idx[short]] = ST_TRUNC
-        ok[idx[short]] = False
-        cur[idx[short]] = False
-        idx, oo = idx[~short], oo[~short]
-        typ = nh[idx]
-        hl = buf[oo + 1].astype(np.int64)
-        length = np.where(typ == 44, 8, np.where(typ == 51, (hl + 2) * 4, (hl + 1) * 8))
-        is44 = typ == 44
-        if is44.any():
-            fi, fo = idx[is44], oo[is44]
-            w = be16(buf, fo + 2)
-            foff[fi] = w & 0xFFF8
-            mf[fi] = (w & 1) != 0
-            fid[fi] = be32(buf, fo + 4)
-            isfrag[fi] = True
-        nh[idx] = buf[oo]
-        l4[idx] = oo + length
-        # after a non-first fragment's header the data is not a header: stop walking
-        cur[idx] = np.isin(nh[idx], IPV6_EXT) & ~(is44 & (foff[idx] > 0))
-    bad = ok & (cur | (l4 > l3 + ip_len))
-    st[bad] = ST_BAD_IP
-    ok &= ~bad
-    isfrag &= ok & (mf | (foff > 0))
-    return (
-        st,
-        nh,
-        l4,
-        np.where(ok, ip_len, 0),
-        mf,
-        foff,
-        fid,
-        isfrag,
-        _addr(buf, o + 8, False),
-        _addr(buf, o + 24, False),
-    )
 
 
 def _transport(
