@@ -43,16 +43,13 @@ Without a C compiler, `load` raises `CaptureError` saying so.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
 import os
 import re
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -115,7 +112,9 @@ class Extension:
         return "\n".join((_HERE / s).read_text() for s in self.sources)
 
     def module_name(self) -> str:
-        import cffi  # the loader needs cffi's backend anyway
+        # the version of cffi's C backend, which the built module loads anyway: the same as
+        # `cffi.__version__` without importing cffi's Python side (a replay's start-up)
+        import _cffi_backend  # type: ignore[import-not-found,unused-ignore]
 
         h = hashlib.sha256()
         for part in (
@@ -123,7 +122,7 @@ class Extension:
             self.source(),
             " ".join(cflags()),
             " ".join(ldflags()),
-            cffi.__version__,
+            _cffi_backend.__version__,
         ):
             h.update(part.encode())
             h.update(b"\0")
@@ -196,6 +195,8 @@ def find(ext: Extension) -> Path | None:
 
 
 def compiler_hint() -> str:
+    import shutil
+
     cc = os.environ.get("CC") or "cc"
     found = shutil.which(cc.split()[0]) if cc.strip() else None
     if found is None:
@@ -212,6 +213,9 @@ def compiler_hint() -> str:
 def build(ext: Extension, dest: Path) -> Path:
     """Compile `ext` into directory `dest` (temporary name, then rename); returns the path.
     Raises whatever the compiler or file system raises."""
+    import shutil
+    import tempfile
+
     import cffi  # build time only
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -280,6 +284,8 @@ def _install(ext: Extension, dest: Path | None) -> tuple[ModuleType, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Build every extension (install time, CI); prints where each one is."""
+    import argparse
+
     ap = argparse.ArgumentParser(prog="python -m capture.native.build", description=__doc__)
     ap.add_argument("--dest", type=Path, help="build into this directory only")
     a = ap.parse_args(argv)

@@ -32,7 +32,6 @@ Messages name the store's URI (bucket and prefix, as configured) and counts, nev
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -155,6 +154,8 @@ class Uploader:
         rel = path.relative_to(self.outbox).as_posix()
         size = path.stat().st_size
         key = self.remote.path(rel)
+        import shutil  # here: a writer without an object store (every replay) never needs it
+
         with path.open("rb") as src, self.remote.fs.open_output_stream(key) as out:
             shutil.copyfileobj(src, out, 8 * MIB)
         # the close above returned: the store holds the whole object
