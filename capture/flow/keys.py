@@ -16,12 +16,15 @@ import base64
 import hashlib
 import os
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from capture.flow import tcpstate
+
+if TYPE_CHECKING:
+    from capture.flow.uids import UidBits
 
 # Zeek names; every other IP protocol (SCTP too: Zeek has no analyzer) is "unknown_transport"
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
@@ -261,7 +264,7 @@ def canonical_hash_np(
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-def make_uid_bytes(rng: np.random.Generator, n: int) -> npt.NDArray[np.bytes_]:
+def make_uid_bytes(rng: np.random.Generator | UidBits, n: int) -> npt.NDArray[np.bytes_]:
     """n Zeek-like uids as an `S17` array: 'C' followed by 16 base62 digits of random bits
     (the digits written in C, `uid_text`; `make_uid_bytes_np` is their definition)."""
     if n == 0:
@@ -274,7 +277,7 @@ def make_uid_bytes(rng: np.random.Generator, n: int) -> npt.NDArray[np.bytes_]:
     return out
 
 
-def make_uid_bytes_np(rng: np.random.Generator, n: int) -> npt.NDArray[np.bytes_]:
+def make_uid_bytes_np(rng: np.random.Generator | UidBits, n: int) -> npt.NDArray[np.bytes_]:
     """`make_uid_bytes` in numpy (the C pass is tested against it)."""
     if n == 0:
         return np.zeros(0, "S17")
@@ -290,7 +293,7 @@ def make_uid_bytes_np(rng: np.random.Generator, n: int) -> npt.NDArray[np.bytes_
     return digits.view("S17").ravel()
 
 
-def make_uids(rng: np.random.Generator, n: int) -> list[str]:
+def make_uids(rng: np.random.Generator | UidBits, n: int) -> list[str]:
     """n Zeek-like uids: 'C' followed by 16 base62 digits of random bits (vectorised)."""
     out: list[str] = make_uid_bytes(rng, n).astype("U17").tolist()
     return out

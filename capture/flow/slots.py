@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from capture.flow import tcpstate
 from capture.flow.columns import Cols
-from capture.flow.uids import UidSlots
+from capture.flow.uids import UidBits, UidSlots
 
 I64 = npt.NDArray[np.int64]
 NS = 1_000_000_000
@@ -69,7 +69,7 @@ class FlowSlots:
     def __init__(self, config: FlowConfig | None = None) -> None:
         self.cfg = config or FlowConfig()
         self.counters = FlowCounters()
-        self._rng = np.random.default_rng(self.cfg.seed)
+        self._rng = UidBits(self.cfg.seed)  # the uids' random bits
         self._keys = np.zeros(0, np.uint64)  # sorted hashes of live flows
         self._kslot = np.zeros(0, np.int64)
         self._free: list[int] = []
