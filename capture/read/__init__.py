@@ -9,7 +9,7 @@ kernel's drops in `PacketRing.drops()`. A file that cannot be read raises `Captu
 naming the path and what is wrong, never content.
 
 Threads: everything runs on the caller's thread, except `Prefetch`, which runs a producer
-(read + decode) on one background thread a few batches ahead.
+(read + decode) on one background thread, a batch ahead in a replay.
 Bounds: a file is read in chunks (`reader.DEFAULT_CHUNK`, 16 MiB, the first one 1 MiB, grown
 only for one larger record up to `reader.MAX_RECORD`, 64 MiB, beyond which a record is
 corruption); `Prefetch` holds at most `depth` batches; a ring block is copied out and handed

@@ -16,8 +16,10 @@ cores the replay's main thread and reader's thread are the critical path, and a 
 same priority took CPU from them while both were runnable (three busy threads on two cores).
 At idle priority it hashes on what the replay leaves free, and `result()` (the replay's
 rows are done: nothing else to wait for) puts it back to normal priority when the process may
-(root or CAP_SYS_NICE), so on a machine saturated by other work it is not left starving. The
-2M-packet replay: median 2.16 s against 2.37 s at normal priority (docs/capture-io.md).
+(root or CAP_SYS_NICE). A process that may not waits for it at most `IDLE_GRACE_S`, then
+stops it and hashes the file itself, at normal priority: on a machine saturated by other work
+an idle child gets almost no CPU, and the replay's end would wait for it. The 2M-packet
+replay: median 2.16 s against 2.37 s at normal priority (docs/capture-io.md).
 """
 
 from __future__ import annotations
