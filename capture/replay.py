@@ -38,9 +38,8 @@ def replay(
     Reading and decoding run on a background thread up to `prefetch` batches ahead of the
     flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread. One is
     enough (the reader's thread is the faster one): with 16 MiB chunks, 2 held 20-30 MiB more
-    and were no faster (docs/capture-io.md). `timing`, if
-    given, gets "first_batch": the `time.monotonic()` when the first batch reached
-    `pipeline.feed` (unless already set)."""
+    and were no faster (docs/capture-io.md). `timing`, if given, gets "first_batch": the
+    `time.monotonic()` when the first batch reached `pipeline.feed` (unless already set)."""
     s = pipeline.summary
     # The flow table's C passes and numpy sorts release the GIL; taking it back waited up to
     # the switch interval (5 ms) while the reader's thread ran Python. A 0.5 ms interval for

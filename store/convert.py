@@ -17,6 +17,9 @@ from store.schemas import REQUIRED_COLUMNS, check_columns, schema
 _EMPTY_LIST_COLUMNS = ("refs", "record_ids")
 
 
+_CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
+
+
 def compute() -> ModuleType:
     """`pyarrow.compute`, imported at first use: its import (about 0.08 s, its functions made
     from the C++ registry) is left out of a writer's start-up, which mostly never needs it
@@ -24,9 +27,6 @@ def compute() -> ModuleType:
     import pyarrow.compute
 
     return pyarrow.compute
-
-
-_CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 
 
 class Converter:
