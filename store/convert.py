@@ -15,8 +15,6 @@ from store import SchemaError
 from store.schemas import REQUIRED_COLUMNS, check_columns, schema
 
 _EMPTY_LIST_COLUMNS = ("refs", "record_ids")
-
-
 _CONVERT_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 
 
