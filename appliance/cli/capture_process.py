@@ -4,14 +4,17 @@ before numpy and pyarrow load, and the `--json` timing figures."""
 from __future__ import annotations
 
 import gc
+import io
 import os
-import stat
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance.cli.app import is_program
+from capture import CaptureError
 from capture.read.filehash import EDGE
+from capture.read.regular import open_regular
 
 if TYPE_CHECKING:
     from capture.read.childhash import ChildHash
@@ -82,21 +85,21 @@ class EarlyHash:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._fd = -1
+        self._fh: io.BufferedReader | None = None
         self._child: ChildHash | None = None
-        try:
-            self._fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-            st = os.fstat(self._fd)
-        except OSError:  # the replay reports it, by name, as it opens the file
+        self._file = (0, 0)  # (device, inode) of the file the child hashes
+        try:  # a FIFO or device is refused here as by the reader (no numpy needed)
+            self._fh = open_regular(Path(name))
+        except CaptureError:  # the replay reports it, by name, as it opens the file
+            return
+        st = os.fstat(self._fh.fileno())
+        if st.st_size <= 2 * EDGE:  # hashed whole by the ledger
             self.close()
             return
-        # a FIFO or device is refused by the reader; a small file is hashed by the ledger
-        if not stat.S_ISREG(st.st_mode) or st.st_size <= 2 * EDGE:
-            self.close()
-            return
+        self._file = (st.st_dev, st.st_ino)
         from capture.read.childhash import ChildHash
 
-        self._child = ChildHash.spawn(self._fd)
+        self._child = ChildHash.spawn(self._fh.fileno())
 
     def take(self, fd: int) -> ChildHash | None:
         """The running child if it hashes the file open as `fd`, else None (it is stopped)."""
@@ -104,8 +107,8 @@ class EarlyHash:
         if child is None:
             return None
         try:
-            a, b = os.fstat(self._fd), os.fstat(fd)
-            same = (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+            st = os.fstat(fd)
+            same = (st.st_dev, st.st_ino) == self._file
         except OSError:
             same = False
         if not same:
@@ -118,6 +121,6 @@ class EarlyHash:
         child, self._child = self._child, None
         if child is not None:
             child.close()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()
