@@ -366,18 +366,18 @@ TEXTS_MAX = 16384  # distinct texts kept per kind; past it the cache starts agai
 def _texts(
     cache: dict[bytes, str | None],
     raws: list[bytes | None],
-    make: Callable[[bytes | None], str | None],
+    make: Callable[[bytes], str | None],
 ) -> list[str | None]:
-    """`make(raw)` for each of `raws`, the same string object for the same bytes: a server
-    name repeats across thousands of flows, and each flow slot keeps its text until the flow
-    ends (200k flows open at once: ~10 MiB less). At most TEXTS_MAX texts are kept, so
-    traffic with a new name per flow costs no more than before."""
+    """`make(raw)` for each of `raws` (None stays None), the same string object for the same
+    bytes: a server name repeats across thousands of flows, and each flow slot keeps its text
+    until the flow ends (200k flows open at once: ~10 MiB less). At most TEXTS_MAX texts are
+    kept, so traffic with a new name per flow costs no more than before."""
     if len(cache) > TEXTS_MAX:
         cache.clear()
     out: list[str | None] = []
     for raw in raws:
         if raw is None:
-            out.append(make(None))
+            out.append(None)
             continue
         try:
             out.append(cache[raw])
@@ -386,9 +386,9 @@ def _texts(
     return out
 
 
-def _sni_text(raw: bytes | None) -> str | None:
-    return raw.decode("ascii", "replace").lower() or None if raw is not None else None
+def _sni_text(raw: bytes) -> str | None:
+    return raw.decode("ascii", "replace").lower() or None
 
 
-def _method_text(raw: bytes | None) -> str | None:
-    return raw.decode("ascii") if raw is not None else None
+def _method_text(raw: bytes) -> str | None:
+    return raw.decode("ascii")
