@@ -9,7 +9,8 @@ carries, and counts (`archived`, `hold_dropped`, `errors`); an archive failure o
 is reported to `on_archive_error`, which the caller audits as a capture gap.
 
 Decisions: every packet is decided at its own timestamp with the identity lease and the
-authorisations that hold then (`gate`, cached per flow while they stay the same); a
+authorisations that hold then (`gate`, cached per flow while they stay the same; `instants`
+converts between the packets' nanoseconds and the policy's microseconds and datetimes); a
 subject's flow is held back (`hold`) until its TLS server name is known, so a do-not-decrypt
 server never reaches the archive on a guess.
 

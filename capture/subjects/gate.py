@@ -9,9 +9,8 @@ The answer does not depend on how packets are cut into batches (live capture fee
   its packets in memory (`capture.subjects.hold`) until the flow shows its name or that it has none
   (`AppFeed.name_settled`: the client's first TLS handshake message reassembled and read, even
   when spread over several segments; a first payload that is not TLS; the parse budget spent),
-  until `capture.subjects.hold`'s bound per flow (then it is decided without a name), or until the
-  flow
-  ends. Each held packet is then decided at its own instant with that name: archived or
+  until `capture.subjects.hold`'s bound per flow (then it is decided without a name), or until
+  the flow ends. Each held packet is then decided at its own instant with that name: archived or
   dropped. Packets lost to the total memory bound are counted and reported as a capture gap.
 - Identity and authorisation at the packet's instant, cheaply. Each flow caches its decision
   with the range of instants it holds for: the identity lease window around the instant
@@ -29,7 +28,7 @@ STARTTLS) applies from the batch in which it is read.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
@@ -42,32 +41,11 @@ from capture.batch import PacketBatch
 from capture.flow.slots import grown
 from capture.flow.uids import UidLookup
 from capture.subjects.hold import Added, Packet
+from capture.subjects.instants import NS_MAX, NS_MIN, at_of_ns, ns_of, ns_of_us, ns_of_us_many
 from capture.subjects.limits import SubjectLimits
 from capture.subjects.recorder import SubjectRecorder
 
-NS_MIN, NS_MAX = -(2**62), 2**62  # "no bound" in nanoseconds
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 HOLD_GAP_REASON = "packets of a subject's flow dropped while held (hold memory full)"
-
-
-def _ns(at: datetime) -> int:
-    return (at - _EPOCH) // _US * 1000
-
-
-def _at(ts_ns: int) -> datetime:
-    """The packet's instant, to the microsecond (as leases and authorisations are)."""
-    return _EPOCH + timedelta(microseconds=ts_ns // 1000)
-
-
-def _ns_of_us(us: int) -> int:
-    return min(max(us * 1000, NS_MIN), NS_MAX)
-
-
-def _ns_of_us_many(us: list[int]) -> npt.NDArray[np.int64]:
-    """`_ns_of_us` over a list (OPEN_END-sized values clamp before they could overflow)."""
-    a = np.asarray([min(max(u, -(2**53)), 2**53) for u in us], np.int64)
-    return np.clip(a * 1000, NS_MIN, NS_MAX)
 
 
 class ArchiveGate:
@@ -184,8 +162,8 @@ class ArchiveGate:
         prin = [g[0] for g in got]
         self._lp[hs] = np.array(prin, object)
         self._lsub[hs] = np.fromiter((p in self._subjects for p in prin), bool, len(prin))
-        self._llo[hs] = _ns_of_us_many([g[1] for g in got])
-        self._lhi[hs] = _ns_of_us_many([g[2] for g in got])
+        self._llo[hs] = ns_of_us_many([g[1] for g in got])
+        self._lhi[hs] = ns_of_us_many([g[2] for g in got])
 
     def _note_snapshot(self, snap: Snapshot) -> None:
         """A new policy snapshot: every flow decides again at its next packet."""
@@ -312,7 +290,7 @@ class ArchiveGate:
             principal = self._prin[s]
             assert principal is not None
             t, linktype, frame, wire_len = packet
-            self.rec.packet(uid, principal, refs, _at(t), linktype, t, frame, wire_len)
+            self.rec.packet(uid, principal, refs, at_of_ns(t), linktype, t, frame, wire_len)
             self._armed[s] = True
         else:
             self.rec.not_covered(uid)  # what was gathered before this instant is written
@@ -358,7 +336,7 @@ class ArchiveGate:
         self.decisions += 1
         principal: str | None = None
         lo, hi = NS_MIN, NS_MAX
-        at = _at(t)
+        at = at_of_ns(t)
         ip = self._ip[s]
         if ip is None and not isinstance(snap.identity, NoIdentity):
             ip = self._ip[s] = self.ip_of(s)
@@ -368,7 +346,7 @@ class ArchiveGate:
                 principal, lo, hi = self._lp[s], int(self._llo[s]), int(self._lhi[s])
             elif span is not None:
                 principal, lo_us, hi_us = span(ip, at)
-                lo, hi = _ns_of_us(lo_us), _ns_of_us(hi_us)
+                lo, hi = ns_of_us(lo_us), ns_of_us(hi_us)
                 self._lp[s], self._llo[s], self._lhi[s] = principal, lo, hi
                 self._lsub[s] = principal in self._subjects
             else:  # a resolver without windows: this microsecond only
@@ -391,7 +369,7 @@ class ArchiveGate:
                     edges = (a.start, None, a.cancelled_at)
                 for edge in edges:
                     if edge is not None:
-                        e = _ns(edge)
+                        e = ns_of(edge)
                         if e <= t:
                             lo = max(lo, e)
                         else:
