@@ -163,7 +163,7 @@ class Pipeline:
         self.flush_rows()
 
     def _grow(self) -> None:
-        cap = self.table.capacity
+        cap = self.table.span
         self.appf.grow(cap)
         if self._principal.size < cap:
             more = np.full(cap - self._principal.size, None, object)

@@ -23,8 +23,8 @@ from capture.app.heads import norm_host, tls_version_name
 from capture.app.meta import DNS_PORTS, AppMeta
 from capture.app.scan import KIND_CH, KIND_HTTP, KIND_SH, app_scan, candidates
 from capture.batch import PacketBatch
+from capture.flow.lazy import grown
 from capture.flow.order import first_of_each
-from capture.flow.slots import grown
 from capture.flow.uids import UidLookup
 
 APP_BUDGET = 16  # payload packets per flow offered to AppMeta (DNS flows: more)

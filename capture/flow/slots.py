@@ -3,7 +3,11 @@ allocation, the live index (`_lookup`), tunnel parents, and the resource limits 
 
 A flow lives in a slot from its first packet until it ends; a slot is reused from the next
 batch on. Per-slot state is numpy arrays (and the C TCP state, `capture.flow.tcpstate`) indexed by
-slot; `capacity` slots exist, doubling as the table fills.
+slot. Their storage is reserved once for `reserve_slots(max_flows)` slots on mappings that are
+resident only where written (`capture.flow.lazy`), so the table never copies it as it fills;
+it grows (copying) only past the reserve. The per-slot lists and object arrays, here and in the
+pipeline's companions (`AppFeed`, the archive gate), cover `span` slots, which doubles (by half
+from GROW_HALF_FROM slots on) as the slots in use grow.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from capture.flow import tcpstate
+from capture.flow import lazy, tcpstate
 from capture.flow.columns import Cols
+from capture.flow.lazy import grown
 from capture.flow.uids import UidBits, UidSlots
 
 I64 = npt.NDArray[np.int64]
 NS = 1_000_000_000
-INITIAL_SLOTS = 65536
-GROW_HALF_FROM = 1 << 18  # from this many slots on, the table grows by half, not double
+INITIAL_SLOTS = 65536  # the first `span`
+GROW_HALF_FROM = 1 << 18  # from this many slots on, `span` grows by half, not double
+RESERVE_MAX = 1 << 21  # slots reserved at most (about 1 GiB of address space, not memory)
 DNS_PORT = np.zeros(65536, bool)  # Zeek's DNS analyzer's UDP ports (a shorter timeout)
 DNS_PORT[[53, 137, 5353, 5355]] = True
 
@@ -40,15 +46,11 @@ class FlowConfig:
     seed: int | None = None  # uid generator seed (tests); None = random
 
 
-def grown(a: Any, shape: tuple[int, ...], dtype: Any = None) -> Any:
-    """A per-slot array made longer (`shape`; `a` may be None): zeroed memory (calloc), `a`
-    copied into its start. Unlike `np.concatenate` or `np.full`, the slots past `a` cost no
-    resident memory until they are written, so a doubled table holds only the slots in use."""
-    dt = dtype if dtype is not None else a.dtype
-    new = np.zeros(shape, dt)
-    if a is not None and len(a):
-        new[: len(a)] = a
-    return new
+def reserve_slots(max_flows: int) -> int:
+    """Slots whose storage a table reserves at the start: `max_flows` and a quarter more (the
+    slots of flows ended in a batch are reused from the next batch on, so a full table can
+    hold more slots than live flows for a batch), at least 1024, at most RESERVE_MAX."""
+    return max(1024, min(max_flows + max_flows // 4, RESERVE_MAX))
 
 
 @dataclass
@@ -89,13 +91,14 @@ class FlowSlots:
         c = self.cfg  # TCP, UDP, other and DNS timeouts in ns, as `_timeout_ns` makes them
         secs = [c.tcp_timeout_s, c.udp_timeout_s, c.other_timeout_s, c.dns_timeout_s]
         self._timeouts = (np.asarray(secs, np.float64) * NS).astype(np.int64)
-        self._cap = 0
+        self._cap = 0  # slots with storage (the reserve; grows only past it)
+        self._span = 0  # slots covered by the per-slot lists and the pipeline's companions
         self._n = 0  # high-water slot count
-        # room for the flows of a busy minute at once: numpy's and cffi's zeroed memory is
-        # mapped lazily, so a slot costs resident memory only once used, and the doublings
-        # from 1024 (each a copy of every per-slot array: ~19 ms of the main thread over a
-        # 52k-flow replay) are not made
-        self._grow(min(INITIAL_SLOTS, max(1024, self.cfg.max_flows)))
+        # storage for max_flows at once, resident only where written: no copy of every
+        # per-slot array (and of the C TCP state) as the table fills; at 200k flows open the
+        # copy at 262,144 slots held both at once, 47 MiB above the peak
+        self._grow(reserve_slots(self.cfg.max_flows))
+        self._widen(min(INITIAL_SLOTS, self._cap))
 
     # ---- storage -------------------------------------------------------------------------
     def _grow(self, cap: int) -> None:
@@ -126,12 +129,21 @@ class FlowSlots:
             self.uids = UidSlots()
         self.uids.grow(cap)
         self.has_parents = g(s.get("has_parents"), (cap,), bool)  # parents[slot] is set
-        self.parents: list[list[str] | None] = list(s.get("parents", [])) + [None] * (cap - old)
-        tcp = tcpstate.ffi.new("tcpflow[]", cap)  # calloc: resident only once written
+        size = tcpstate.ffi.sizeof("tcpflow")
+        tcp = tcpstate.ffi.from_buffer("tcpflow[]", lazy.buffer(size * cap))
         if old:
-            tcpstate.ffi.memmove(tcp, s["tcp"], tcpstate.ffi.sizeof("tcpflow") * old)
-        self.tcp: Any = tcp
+            tcpstate.ffi.memmove(tcp, s["tcp"], size * old)
+        self.tcp: Any = tcp  # keeps its mapping alive
         self._cap = cap
+
+    def _widen(self, span: int) -> None:
+        """The per-slot lists cover `span` slots (and the storage, if past the reserve)."""
+        if span > self._cap:
+            self._grow(span)
+        if "parents" not in self.__dict__:
+            self.parents: list[list[str] | None] = []
+        self.parents.extend([None] * (span - len(self.parents)))
+        self._span = span
 
     def __len__(self) -> int:
         return int(self._keys.size)
@@ -139,7 +151,7 @@ class FlowSlots:
     def state_bytes_per_flow(self) -> int:
         """Bytes of table state per flow slot: the per-slot arrays, the C TCP state, the uid
         (its text and list entry), the tunnel-parents entry and the live index's entry.
-        Slots are `capacity`: it doubles, by half from GROW_HALF_FROM slots on."""
+        A slot's storage is resident once a flow has used it (`capture.flow.lazy`)."""
         cap = self._cap
         arrays = sum(
             a.nbytes // cap
@@ -151,7 +163,14 @@ class FlowSlots:
 
     @property
     def capacity(self) -> int:
+        """Slots with storage: every slot index handed out is below it."""
         return self._cap
+
+    @property
+    def span(self) -> int:
+        """Slots the per-slot lists (and the pipeline's companions) must cover: every slot
+        index handed out is below it."""
+        return self._span
 
     def _alloc(self, k: int) -> I64:
         """k free slots: the most recently freed first (as popping them one by one), then
@@ -162,12 +181,12 @@ class FlowSlots:
         del self._free[cut:]
         need = k - reuse
         if need:
-            if self._n + need > self._cap:
+            if self._n + need > self._span:
                 # by half from GROW_HALF_FROM on: the list and object entries of every slot
                 # (tunnel parents, names, principals) are written as the table grows; 8M
                 # packets with 200k flows open at once peaked 15 MiB lower
-                more = self._cap if self._cap < GROW_HALF_FROM else self._cap // 2
-                self._grow(max(self._cap + more, self._n + need))
+                more = self._span if self._span < GROW_HALF_FROM else self._span // 2
+                self._widen(max(self._span + more, self._n + need))
             out = np.concatenate([out, np.arange(self._n, self._n + need, dtype=np.int64)])
             self._n += need
         return out

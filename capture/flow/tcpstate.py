@@ -17,6 +17,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from capture.native import build
 
 # Zeek conn_state names in the order tcp_conn_state() returns them.
@@ -45,3 +47,14 @@ def load() -> ModuleType:
 _mod: Any = load()
 ffi: Any = _mod.ffi
 lib: Any = _mod.lib
+
+
+def closed(tcp: Any, cap: int, slots: Any) -> Any:
+    """Whether each of `slots` (in the `tcpflow[cap]` array `tcp`) is closed for good (its
+    `closed` byte, read through a strided numpy view: no copy of the array)."""
+    size = ffi.sizeof("tcpflow")
+    raw = np.frombuffer(ffi.buffer(tcp, size * cap), np.uint8)
+    col = np.lib.stride_tricks.as_strided(
+        raw[ffi.offsetof("tcpflow", "closed") :], shape=(cap,), strides=(size,)
+    )
+    return col[np.asarray(slots, np.intp)] != 0

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from capture.flow.lazy import grown
+
 UID_LEN = 17  # 'C' and 16 base62 digits (`capture.flow.keys.make_uids`)
 
 
@@ -77,9 +79,7 @@ class UidSlots:
     def grow(self, cap: int) -> None:
         old = self._a.size
         if cap > old:
-            new = np.zeros(cap, self._a.dtype)
-            new[:old] = self._a
-            self._a = new
+            self._a = grown(self._a, (cap,))  # resident only where written
 
     def __len__(self) -> int:
         return int(self._a.size)

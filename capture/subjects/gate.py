@@ -38,7 +38,7 @@ from appliance.policy.model import Channel
 from appliance.policy.snapshot import NoIdentity, Snapshot
 from capture.app import AppFeed
 from capture.batch import PacketBatch
-from capture.flow.slots import grown
+from capture.flow.lazy import grown
 from capture.flow.uids import UidLookup
 from capture.subjects.hold import Added, Packet
 from capture.subjects.instants import NS_MAX, NS_MIN, at_of_ns, ns_of, ns_of_us, ns_of_us_many

@@ -391,7 +391,7 @@ def test_from_orig_equals_the_numpy_formula() -> None:
     assert got.tolist() == want.tolist()
     part = t._from_orig(c, 1000, 2500, slot[1000:2500])  # type: ignore[arg-type]
     assert part.tolist() == want[1000:2500].tolist()
-    slot[7] = t.capacity
+    slot[7] = t.capacity  # past the storage
     with pytest.raises(IndexError):
         t._from_orig(c, 0, n, slot)  # type: ignore[arg-type]
 

@@ -74,8 +74,10 @@ def handshake_and_close(sport: int, t0: float) -> list[tuple[float, bytes]]:
 
 
 def run(
-    pkts: list[tuple[float, bytes]], batch: int = 65536, **cfg: Any
+    pkts: list[tuple[float, bytes]], batch: int = 65536, flush: bool = True, **cfg: Any
 ) -> tuple[list[dict[str, Any]], FlowTable]:
+    """The rows of `pkts` fed `batch` packets at a time, then flushed (unless not
+    `flush`: then only the rows of the flows that ended while feeding)."""
     table = FlowTable(FlowConfig(seed=1, **cfg))
     dec = Decoder()
     chunks = []
@@ -83,7 +85,7 @@ def run(
         chunk = pkts[i : i + batch]
         raw = RawBatch.from_frames([f for _, f in chunk], [int(t * S) for t, _ in chunk])
         chunks += table.add(dec.decode(raw))[1]
-    return to_rows(chunks + table.flush()), table
+    return to_rows(chunks + (table.flush() if flush else [])), table
 
 
 def test_complete_tcp_connection_is_sf_with_sequence_space_bytes() -> None:
@@ -152,6 +154,33 @@ def test_idle_timeout_splits_a_flow_and_is_counted() -> None:
     rows, table = run(pkts)
     assert [r["orig_pkts"] for r in rows] == [2, 1]
     assert table.counters.ended_idle == 1 and table.counters.ended_flush == 1
+
+
+def test_a_closed_connection_is_ended_by_the_sweep_after_the_close_delay() -> None:
+    """Zeek deletes a connection tcp_close_delay (5 s) after it closed for good, so its row
+    comes then and its slot is free: not after the 5-minute TCP inactivity timeout."""
+    closed = handshake_and_close(40000, 10.0)  # both FINs: closed at 10.7 s
+    half = [  # one FIN only: still open, waits for the inactivity timeout
+        (10.0, tcp(C, 41000, B, 80, SYN, 100)),
+        (10.1, tcp(B, 80, C, 41000, SYN | ACK, 500, 101)),
+        (10.2, tcp(C, 41000, B, 80, FIN | ACK, 101, 501)),
+    ]
+    reset = [(10.0, tcp(C, 42000, B, 443, SYN, 9)), (10.1, tcp(B, 443, C, 42000, RST | ACK, 0, 10))]
+    first = sorted(closed + half + reset, key=lambda p: p[0])
+    later = [(t, udp(A, 5000, B, 9999, b"x")) for t in (14.0, 15.0, 17.0)]
+    # one packet a batch, so that the sweep (at most once a second of capture time) runs
+    rows, table = run(first + later[:2], batch=1, flush=False)
+    assert rows == [] and len(table) == 4  # 15 s: within 5 s of the close and the reset
+    rows, table = run(first + later, batch=1, flush=False)
+    assert sorted((r["conn_state"], r["orig_p"]) for r in rows) == [("REJ", 42000), ("SF", 40000)]
+    assert table.counters.ended_idle == 2 and len(table) == 2  # the half-closed one and UDP
+    whole, _ = run(first + later)  # the same rows whatever ends them
+
+    def fields(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r.items() if k not in ("uid", "slot")}
+
+    by_port = {r["orig_p"]: fields(r) for r in whole}
+    assert [fields(r) for r in rows] == [by_port[r["orig_p"]] for r in rows]
 
 
 def test_tcp_port_reuse_after_close_starts_a_new_flow() -> None:
