@@ -11,13 +11,15 @@ endpoint is internal (`[capture] internal_networks`).
 Threads: one table per capture source, used from one thread; `keys_of(batch)` (columns, flow
 keys and their grouping, no flow state) may be made on another, and given to `add`.
 Bounds: at most `FlowConfig.max_flows` live flows (`[capture] max_flows`, about 1 KiB each);
-beyond it the least recently active flow is ended early and counted. Per-packet work is
+beyond it the least recently active flow is ended early and counted. Their storage is reserved
+at the start and resident only for the slots flows have used (`lazy`). Per-packet work is
 array code or one C pass per batch (the TCP state machine and the counters,
 `tcpstate`).
 
 Modules: `table` (the flow table), `columns` (per-packet columns incl. tunnels' outer and
 middle connections), `keys` (5-tuple hash, Zeek's server-port heuristics, uids, Community
-ID), `rows` (ended flows -> columns), `tcpstate` (the C extension's loader), `netset`.
+ID), `rows` (ended flows -> columns), `tcpstate` (the C extension's loader), `slots` (per-slot
+storage, slot allocation), `lazy` (storage resident only where written), `netset`.
 """
 
 from capture.flow.columns import BatchKeys, keys_of

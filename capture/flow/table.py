@@ -15,7 +15,8 @@ one-way types); TCP bytes are sequence-space sizes (`TCP_Endpoint::Size`); `conn
 and `history` as in base/protocols/conn. Differences are listed in
 tests/capture/test_capture_zeek_agreement.py.
 
-Flows end on inactivity (TCP 5 min, UDP and others 1 min, as Zeek's defaults), on an active
+Flows end on inactivity (TCP 5 min, UDP and others 1 min, as Zeek's defaults; a TCP connection
+closed for good 5 s after its last packet, as Zeek's `tcp_close_delay`), on an active
 timeout (a long flow is cut into rows), on TCP port reuse (a new SYN on a closed connection),
 when the table is full (the least recently active flow is evicted and counted), and at
 `flush()`.

@@ -11,15 +11,16 @@ pipeline's imports (`appliance.cli.capture_process.EarlyHash`). When no child ca
 process limit), `spawn` returns None and the caller uses `FileHash`; a child that fails makes
 `result()` hash the file here.
 
-The child runs at idle priority (`SCHED_IDLE`; nice 19 where that policy is missing): on 2
-cores the replay's main thread and reader's thread are the critical path, and a child at the
-same priority took CPU from them while both were runnable (three busy threads on two cores).
-At idle priority it hashes on what the replay leaves free, and `result()` (the replay's
-rows are done: nothing else to wait for) puts it back to normal priority when the process may
-(root or CAP_SYS_NICE). A process that may not waits for it at most `IDLE_GRACE_S`, then
-stops it and hashes the file itself, at normal priority: on a machine saturated by other work
-an idle child gets almost no CPU, and the replay's end would wait for it. The 2M-packet
-replay: median 2.16 s against 2.37 s at normal priority (docs/capture-io.md).
+The child runs at nice 19: on 2 cores the replay's main thread and reader's thread are the
+critical path, and a child at the same priority took CPU from them while both were runnable
+(three busy threads on two cores). At nice 19 it hashes mostly on what the replay leaves free,
+and `result()` (the replay's rows are done: nothing else to wait for) puts it back to normal
+priority when the process may (root or CAP_SYS_NICE). A process that may not waits for it at
+most `IDLE_GRACE_S`, then stops it and hashes the file itself, at normal priority: on a machine
+saturated by other work a niced child gets little CPU, and the replay's end would wait for it.
+`SCHED_IDLE` was used before and starved the child on one of two machines measured: the
+2M-packet replay took 1.33 s against 1.12 s at nice 19 and 1.10 s at nice 0 there, and 2.16
+s against 2.23 s at nice 19 and 2.37 s at nice 0 on the other (docs/capture-io.md).
 """
 
 from __future__ import annotations
@@ -39,10 +40,7 @@ from capture.read.filehash import Fingerprint, digest_fd
 # hashes the file here.
 _CHILD = (
     "import hashlib, mmap, os, sys\n"
-    "try:\n"
-    "    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
-    "except (AttributeError, OSError):\n"
-    "    os.nice(19)\n"
+    "os.nice(19)\n"
     "fd, h, o, w = int(sys.argv[1]), hashlib.sha256(), 0, 1 << 24\n"
     "size = os.fstat(fd).st_size\n"
     "while o + w <= size:\n"
@@ -107,12 +105,11 @@ class ChildHash:
 
 def hurry(pid: int) -> bool:
     """Put the child `pid` back to normal priority (it is waited for now); False when this
-    process may not raise a priority (not root, no CAP_SYS_NICE): the child stays idle."""
+    process may not raise a priority (not root, no CAP_SYS_NICE): the child stays at nice 19."""
     try:
-        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
         os.setpriority(os.PRIO_PROCESS, pid, 0)
     except ProcessLookupError:  # already gone (reaped only by `communicate`): nothing to do
         return True
-    except (AttributeError, OSError):  # PermissionError; no such policy here (nice 19)
+    except OSError:  # PermissionError
         return False
     return True
