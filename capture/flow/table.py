@@ -44,7 +44,6 @@ from capture.flow.rows import Columns, rows_for
 from capture.flow.slots import DNS_PORT, NS, FlowConfig, FlowCounters, FlowSlots
 
 I64 = npt.NDArray[np.int64]
-TCP_FIN, TCP_RST = 0x01, 0x04
 ROW_CHUNK = 8192  # ended flows turned into rows at once (sweeps and flushes)
 
 
@@ -267,17 +266,11 @@ class FlowTable(FlowSlots):
         return r
 
     def _close_timeouts(self, c: Cols, a: int, rows: I64, slot: I64) -> None:
-        """Connections closed for good by rows `a + rows` (a FIN or RST made both ends
-        closed, or one reset) time out `tcp_close_delay_s` after their last packet, as Zeek
-        deletes them (`ConnDeleteTimer`): the sweep ends them then, not after the 5-minute
-        inactivity timeout, so closed connections neither wait minutes for their row nor
-        hold a slot (200k flows open at once: 137k closed ones were kept at the end of 8M
-        packets)."""
-        fr = rows[(c.flags[a + rows] & (TCP_FIN | TCP_RST)) != 0]
-        if fr.size == 0:
-            return
-        s = slot[fr]
-        s = s[tcpstate.closed(self.tcp, self._cap, s)]
+        """Connections closed for good by rows `a + rows` (a FIN or RST) time out
+        `tcp_close_delay_s` after their last packet, as Zeek deletes them (`ConnDeleteTimer`),
+        not after the 5-minute inactivity timeout (docs/capture-flow-scale.md, "Memory")."""
+        s = slot[rows[(c.flags[a + rows] & 0x05) != 0]]  # FIN or RST
+        s = s[tcpstate.closed(self.tcp, self._cap, s)] if s.size else s
         if s.size:
             self.timeout[s] = np.minimum(self.timeout[s], int(self.cfg.tcp_close_delay_s * NS))
 
