@@ -1,9 +1,14 @@
 """A capture file read in chunk buffers, for `capture.read.reader`.
 
-Each chunk is one new buffer: the bytes left over from the chunk before (a record cut by its
-end) followed by fresh file data; a buffer is never changed once handed on (batches, views
-and hash regions refer to it). pcap chunks are read in `PIECE`s, each walked (`PcapRecords`)
-and handed to `tap` right after it is read, while it is in the core's cache.
+Each chunk is a buffer of its own: the bytes left over from the chunk before (a record cut by
+its end) followed by fresh file data. A buffer is never changed while anything refers to it
+(batches, views and hash regions all hold a reference): the `chunk`-sized ones are kept in a
+small pool and read into again only when their reference count says nothing else holds them.
+A new 16 MiB buffer for every chunk was fresh memory each time (glibc maps a block that large
+and unmaps it when freed), and the kernel cleared its pages as the file was read into it: about
+0.2 s of the reader thread's CPU on the 2M-packet bench capture. pcap chunks are read in
+`PIECE`s, each walked (`PcapRecords`) and handed to `tap` right after it is read, while it is
+in the core's cache.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +27,18 @@ from capture.read.records import PcapRecords
 Buf = npt.NDArray[np.uint8]
 Tap = Callable[[int, memoryview], None]
 PIECE = 512 << 10  # pcap: read this much at a time and walk it while it is in the cache
+POOL = 4  # chunk buffers kept for reuse (a batch in the flow table, one queued, one read)
+
+
+def _refs(pool: list[Buf]) -> list[int]:
+    """The reference count of each buffer of `pool`, as `sys.getrefcount` sees it here."""
+    return [sys.getrefcount(b) for b in pool]
+
+
+# the count of a buffer only its pool refers to, measured by the same code as the lookups (so
+# an interpreter that counts a loop's references differently cannot make a used buffer look
+# free)
+FREE_REFS = _refs([np.empty(1, np.uint8)])[0]
 
 
 class Chunks:
@@ -31,17 +49,28 @@ class Chunks:
         self._fh = fh
         self.chunk = chunk
         self._next = first or chunk  # the size of the next chunk
+        self._pool: list[Buf] = []  # chunk buffers, reused once nothing refers to them
+        self.reused = 0  # chunks read into a pooled buffer
         self.tap: Tap | None = None  # see `CaptureReader.tap`
         # the file is read once from start to end: the kernel may read further ahead
         with contextlib.suppress(OSError, AttributeError):
             os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
     def buffer(self, size: int) -> Buf:
-        """A new chunk buffer of `size` bytes: each batch keeps its own to the end. Reusing
-        buffers once nothing referred to them (a pool, tested by reference count) made more
-        page faults than this (38k against 30k on the 2M-packet bench capture): glibc hands
-        back the chunk just freed, already mapped."""
-        return np.empty(size, np.uint8)
+        """A chunk buffer of `size` bytes that nothing else refers to: one of the pool's
+        `chunk`-sized buffers whose batches, views and hash regions are all gone (every one of
+        them holds a reference to it), else a new one."""
+        if size != self.chunk:
+            return np.empty(size, np.uint8)
+        for i, refs in enumerate(_refs(self._pool)):
+            if refs == FREE_REFS:
+                self.reused += 1
+                return self._pool[i]
+        b = np.empty(size, np.uint8)
+        self._pool.append(b)
+        if len(self._pool) > POOL:  # the oldest is still in use (a batch kept): let it go
+            del self._pool[0]
+        return b
 
     def fill(
         self, pending: bytes, need: int = 0, recs: PcapRecords | None = None

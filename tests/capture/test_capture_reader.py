@@ -200,6 +200,25 @@ def test_the_first_chunk_is_small_and_the_rest_default_sized(tmp_path: Path) -> 
     assert {b.buf.nbytes for b in open_capture(p, chunk_bytes=65536).batches()} == {65536}
 
 
+def test_chunk_buffers_are_reused_only_once_nothing_refers_to_them(tmp_path: Path) -> None:
+    """A chunk buffer is read into again only when every batch and view of it is gone (no page
+    of fresh memory to clear per chunk): batches the caller keeps keep their bytes while the
+    file is read on, and the others' buffers are reused."""
+    p = tmp_path / "f.pcap"
+    n = 6_000  # 1,016-byte records: about 64 a 64 KiB chunk, 94 chunks
+    write_pcap(p, [_frame(i, 1000) for i in range(n)])
+    r = open_capture(p, chunk_bytes=65536)
+    kept, seen = [], 0
+    for i, b in enumerate(r.batches()):
+        if i % 3 == 0:
+            kept.append((seen, b))
+        seen += len(b)
+    assert seen == n and r._chunks.reused > 30
+    for first, b in kept:
+        got = [struct.unpack(">I", b.frame(j)[:4])[0] for j in range(len(b))]
+        assert got == list(range(first, first + len(b)))
+
+
 def test_record_larger_than_chunk(tmp_path: Path) -> None:
     p = tmp_path / "jumbo.pcap"
     frames = [_frame(0, 60), _frame(1, 300_000), _frame(2, 60)]
