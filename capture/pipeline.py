@@ -114,6 +114,7 @@ class Pipeline:
         self.bypassed = bypassed  # web rows for flows past the proxy (transparent subjects scope)
         self._flow_buf: list[dict[str, Any]] = []
         self._dns = DnsBlocks()  # dns rows until they are sent
+        self._closed = False
         self._reset_source()
 
     def _reset_source(self) -> None:
@@ -381,7 +382,11 @@ class Pipeline:
         """Hand the pending rows to the writers and close them: closing publishes every
         queued row as Parquet in one durable round (`MetadataWriter.close`; rows it cannot
         publish go to the journal), so they are not first journaled (an Arrow IPC encode and
-        an fsync that the round makes redundant: 0.1-0.16 s of a 2M-packet replay)."""
+        an fsync that the round makes redundant: 0.1-0.16 s of a 2M-packet replay).
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         flow_w, dns_w = self._open_writers()
         try:
             self.flush_rows()

@@ -215,12 +215,13 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
         archived = errors = 0  # the recorder's counts are cumulative over files
         timing: dict[str, float] = {}
         try:
-            for name in files:
+            for i, name in enumerate(files):
                 entry: dict[str, Any] = {"file": name}
                 per_file.append(entry)
                 try:
                     first = early if name == early.name else None
-                    one = _replay_one(app, pipe, ledger, name, again, timing, first)
+                    last = pipe if i == len(files) - 1 else None
+                    one = _replay_one(app, pipe, ledger, name, again, timing, first, last)
                 except CaptureError as exc:
                     failed[name] = str(exc)
                     status = "refused" if isinstance(exc, _Refused) else "failed"
@@ -242,7 +243,7 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
             finally:
                 archive.close()
                 source.stop()
-            timing["close"] = time.monotonic() - closing
+            timing["close"] = timing.get("close", 0.0) + time.monotonic() - closing
         total: dict[str, Any] = {}
         for e in per_file:
             if "packets" in e:
@@ -275,10 +276,12 @@ def _replay_one(
     again: bool,
     timing: dict[str, float],
     early: EarlyHash | None = None,
+    last: Pipeline | None = None,
 ) -> dict[str, Any]:
     """Replay one file after the ledger's check; its summary, with its sha256 and size.
-    `early`: this file's hashing child, if started already. Raises CaptureError (`_Refused`
-    when the ledger refuses it)."""
+    `early`: this file's hashing child, if started already. `last`: the pipeline, when this is
+    the last file: it is closed (its rows durable and published) before the ledger entry, while
+    the hashing child finishes. Raises CaptureError (`_Refused` when the ledger refuses it)."""
     from capture.read.childhash import ChildHash
     from capture.read.reader import open_capture
     from capture.read.replayed import FileHash
@@ -308,6 +311,10 @@ def _replay_one(
             if not pipe.writers_open:  # no writer was ever opened: not one row was written
                 ledger.abort(run, name, app.clock.now().isoformat())
             raise
+        if last is not None:  # rows durable before the ledger says done, beside the child
+            closing = time.monotonic()
+            last.close()
+            timing["close"] = time.monotonic() - closing
         sha = run.sha256 or (hasher.result().sha256 if hasher is not None else "")
         counts = {k: one[k] for k in ("packets", "flows", "dns_rows")}
         ledger.done(run, name, app.clock.now().isoformat(), sha, counts)

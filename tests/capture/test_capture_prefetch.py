@@ -100,3 +100,24 @@ def test_the_producer_stays_bounded_and_makes_nothing_more_once_closed() -> None
     ahead.close()
     assert time.monotonic() - started < 1 and not ahead._thread.is_alive()
     assert len(made) == 3
+
+
+def test_closing_the_pipeline_twice_writes_each_row_once(tmp_path: Path) -> None:
+    """`lbm capture replay` closes the pipeline after its last file, before the ledger entry
+    (the rows durable while the hashing child finishes), and again as it ends."""
+    files = [corpus() / "pcaps" / "dev" / "zeek__wikipedia.pcap"]
+    once = _flows(tmp_path / "once", files, prefetch=0)
+    snap = Snapshot.build()
+    pipe = Pipeline(
+        paths=DataPaths(tmp_path / "twice"),
+        gateway="gw1",
+        writer_name="replay",
+        snapshot=lambda: snap,
+        internal_networks=["10.0.0.0/8"],
+        flow_config=FlowConfig(seed=3),
+    )
+    replay(files, pipe, max_packets=97, prefetch=0)
+    pipe.close()
+    pipe.close()
+    rows = read_stream(DataPaths(tmp_path / "twice"), "flow").drop(["gateway"]).to_pylist()
+    assert once and sorted(tuple(sorted(r.items(), key=lambda kv: kv[0])) for r in rows) == once
