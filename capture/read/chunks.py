@@ -5,8 +5,8 @@ its end) followed by fresh file data. A buffer is never changed while anything r
 (batches, views and hash regions all hold a reference): the `chunk`-sized ones are kept in a
 small pool and read into again only when their reference count says nothing else holds them.
 A new 16 MiB buffer for every chunk was fresh memory each time (glibc maps a block that large
-and unmaps it when freed), and the kernel cleared its pages as the file was read into it: about
-0.2 s of the reader thread's CPU on the 2M-packet bench capture. pcap chunks are read in
+and unmaps it when freed), and the kernel cleared its pages as the file was read into it: 0.1
+s more system time on the 2M-packet bench capture (docs/capture-io.md). pcap chunks are read in
 `PIECE`s, each walked (`PcapRecords`) and handed to `tap` right after it is read, while it is
 in the core's cache.
 """
