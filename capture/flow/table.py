@@ -44,6 +44,7 @@ from capture.flow.rows import Columns, rows_for
 from capture.flow.slots import DNS_PORT, NS, FlowConfig, FlowCounters, FlowSlots
 
 I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
 ROW_CHUNK = 8192  # ended flows turned into rows at once (sweeps and flushes)
 
 
@@ -158,13 +159,14 @@ class FlowTable(FlowSlots):
         slot = slot_u[inv]
         is_orig = self._from_orig(c, a, stop, slot)
         # TCP state in order (C); may stop early at a reused connection
-        tcp_rows = np.flatnonzero((c.proto[a:stop] == 6) & c.count[a:stop])
+        tcp = (c.proto[a:stop] == 6) & c.count[a:stop]
+        tcp_rows = np.flatnonzero(tcp)
         if tcp_rows.size:
             r = self._tcp(c, a, tcp_rows, slot, is_orig)
-            self._close_timeouts(c, a, tcp_rows[:r] if r >= 0 else tcp_rows, slot)
+            n = stop - a if r < 0 else int(tcp_rows[r])  # rows the state machine took
+            self._close_timeouts(c, a, n, tcp, slot)
             if r >= 0:
-                stop = a + int(tcp_rows[r])
-                n = stop - a
+                stop = a + n
                 inv, slot, is_orig = inv[:n], slot[:n], is_orig[:n]
         self._count(c, a, stop, slot, is_orig)
         if stop < b and stop > a and int(slot_u[np.searchsorted(uh, h[stop])]) >= 0:
@@ -265,11 +267,10 @@ class FlowTable(FlowSlots):
             raise IndexError("tcp_process_rows: a row or slot index is out of range")
         return r
 
-    def _close_timeouts(self, c: Cols, a: int, rows: I64, slot: I64) -> None:
-        """Connections closed for good by rows `a + rows` (a FIN or RST) time out
-        `tcp_close_delay_s` after their last packet, as Zeek deletes them (`ConnDeleteTimer`),
-        not after the 5-minute inactivity timeout (docs/capture-flow-scale.md, "Memory")."""
-        s = slot[rows[(c.flags[a + rows] & 0x05) != 0]]  # FIN or RST
+    def _close_timeouts(self, c: Cols, a: int, n: int, tcp: Mask, slot: I64) -> None:
+        """Connections closed for good by a FIN or RST among TCP rows (`tcp`) [a, a + n) time out
+        `tcp_close_delay_s` after their last packet, as Zeek's `ConnDeleteTimer`."""
+        s = slot[np.flatnonzero(tcp[:n] & ((c.flags[a : a + n] & 0x05) != 0))]  # FIN or RST
         s = s[tcpstate.closed(self.tcp, self._cap, s)] if s.size else s
         if s.size:
             self.timeout[s] = np.minimum(self.timeout[s], int(self.cfg.tcp_close_delay_s * NS))
