@@ -28,6 +28,12 @@ NS = 1_000_000_000
 INITIAL_SLOTS = 65536  # the first `span`
 GROW_HALF_FROM = 1 << 18  # from this many slots on, `span` grows by half, not double
 RESERVE_MAX = 1 << 21  # slots reserved at most (about 1 GiB of address space, not memory)
+# the attributes `FlowSlots._grow` makes, per slot
+STORAGE = (
+    "first_ts", "last_ts", "timeout", "proto", "orig_h", "resp_h", "orig_p", "resp_p",
+    "flipped", "orig_lo", "live", "hkey", "serial", "pkts", "ipb", "pbytes", "first_dir",
+    "vlan", "inner_vlan", "uids", "has_parents", "tcp",
+)  # fmt: skip
 DNS_PORT = np.zeros(65536, bool)  # Zeek's DNS analyzer's UDP ports (a shorter timeout)
 DNS_PORT[[53, 137, 5353, 5355]] = True
 
@@ -94,11 +100,21 @@ class FlowSlots:
         self._cap = 0  # slots with storage (the reserve; grows only past it)
         self._span = 0  # slots covered by the per-slot lists and the pipeline's companions
         self._n = 0  # high-water slot count
-        # storage for max_flows at once, resident only where written: no copy of every
-        # per-slot array (and of the C TCP state) as the table fills; at 200k flows open the
-        # copy at 262,144 slots held both at once, 47 MiB above the peak
-        self._grow(reserve_slots(self.cfg.max_flows))
+        self._reserve(reserve_slots(self.cfg.max_flows))
         self._widen(min(INITIAL_SLOTS, self._cap))
+
+    def _reserve(self, slots: int) -> None:
+        """Storage for `slots` at once, resident only where written: no copy of every per-slot
+        array (and of the C TCP state) as the table fills (at 200k flows open, the copy at
+        262,144 slots held both at once, 47 MiB above the peak). Where that much address
+        space is refused (strict overcommit, a low RLIMIT_AS), INITIAL_SLOTS, grown as the
+        table fills."""
+        try:
+            self._grow(slots)
+        except (OSError, MemoryError):
+            for name in STORAGE:  # what `_grow` made before it failed
+                self.__dict__.pop(name, None)
+            self._grow(min(INITIAL_SLOTS, slots))
 
     # ---- storage -------------------------------------------------------------------------
     def _grow(self, cap: int) -> None:

@@ -84,3 +84,26 @@ def test_lazy_arrays_are_zeroed_writable_and_grow_keeping_their_start() -> None:
     b = lazy.grown(a, (5000, 2))
     assert b.dtype == np.int32 and b[:3].tolist() == [[9, 9]] * 3 and not b[3:].any()
     assert lazy.grown(None, (4,), np.uint8).tolist() == [0, 0, 0, 0]
+
+
+def test_a_refused_reserve_falls_back_to_growing_as_the_table_fills() -> None:
+    """Where the address space for the reserve is refused (here a low RLIMIT_AS; strict
+    overcommit does the same), the table starts at INITIAL_SLOTS and grows as before."""
+    code = textwrap.dedent(
+        """
+        import resource
+        from capture.flow.slots import INITIAL_SLOTS
+        from capture.flow.table import FlowConfig, FlowTable
+
+        FlowTable(FlowConfig(max_flows=1000))  # everything imported and warmed up
+        size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (size + (300 << 20), resource.RLIM_INFINITY))
+        t = FlowTable(FlowConfig(seed=1, max_flows=2_000_000))  # about 740 MB reserved
+        fell_back = t.capacity == INITIAL_SLOTS
+        t.first_ts[:10] = 7
+        got = t._alloc(100_000)
+        print(fell_back, t.capacity >= 100_000, int(t.first_ts[:10].sum()), got.size)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "70", "100000"]
