@@ -19,7 +19,7 @@ priority when the process may (root or CAP_SYS_NICE). A process that may not wai
 most `IDLE_GRACE_S`, then stops it and hashes the file itself, at normal priority: on a machine
 saturated by other work a niced child gets little CPU, and the replay's end would wait for it.
 `SCHED_IDLE` was used before and starved the child on one of two machines measured: the
-2M-packet replay took 1.33 s against 1.12 s at nice 19 and 1.10 s at nice 0 there, and 2.16
+2M-packet replay took 1.34 s against 1.12 s at nice 19 and 1.10 s at nice 0 there, and 2.16
 s against 2.23 s at nice 19 and 2.37 s at nice 0 on the other (docs/capture-io.md).
 """
 
