@@ -5,8 +5,10 @@ Side by side in one run, on a synthetic capture (default 2,000,000 packets, 50,0
 size: ours through the CLI in a fresh data dir (process start to exit, Parquet written), ours in
 process (`capture.replay.replay`), nfstream without DPI on the whole capture, a dpkt loop,
 tshark's conversation fields on a slice, and libpcap's bare read (`tcpdump -r FILE -w /dev/null`).
-Each prints packets/s, wall, user+sys CPU and peak RSS; then the goals as ratios measured in the
-same run, "met" or "NOT met". Then start-up (a 1-packet capture, `lbm --help`, `python -c pass`).
+Each prints packets/s, wall, user+sys CPU and peak RSS (ours also its CPU by part, sampled from
+/proc every 20 ms: the main thread, the busiest other thread, which is the reader's, and child
+processes, which are the ledger's hashing child); then the goals as ratios measured in the same
+run, "met" or "NOT met". Then start-up (a 1-packet capture, `lbm --help`, `python -c pass`).
 
 `--memory`: 8M packets with 200,000 flows open at once; peak RSS of ours at 2M, 4M and 8M
 packets of that capture (flat as the file grows?) and nfstream's at 8M.
@@ -84,6 +86,8 @@ def section(title: str, pcap: Path, mix: dict[str, Any], a: argparse.Namespace) 
     ours = repeat(a.repeat, cli)
     nflows = ours.out.get("flows")
     line(ours, note=f"  flows {nflows:,}" if isinstance(nflows, int) else "")
+    if ours.parts_line():  # the reader is the busiest other thread; the ledger's hash a child
+        print(f"  {'':<34} CPU by part: {ours.parts_line()}")
     inproc = repeat(
         a.repeat, lambda: cb.child("inproc", str(pcap), name="ours in process (pipeline.replay)")
     )

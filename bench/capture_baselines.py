@@ -47,6 +47,19 @@ class Run:
     tree_mib: float = 0.0  # sampled: the whole process tree at once
     out: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    cpu_parts: dict[str, float] = field(default_factory=dict)  # sampled: threads, children
+
+    def parts_line(self) -> str:
+        """The main thread's, the busiest other thread's and the child processes' CPU."""
+        p = self.cpu_parts
+        if not p:
+            return ""
+        others = sorted((v for k, v in p.items() if k.startswith("thread ")), reverse=True)
+        kids = sum(v for k, v in p.items() if k.startswith("child "))
+        text = f"main thread {p.get('main thread', 0.0):.2f} s"
+        if others:
+            text += f", busiest other thread {others[0]:.2f} s (all others {sum(others):.2f} s)"
+        return text + f", child processes {kids:.2f} s"
 
     @property
     def cpu(self) -> float:
@@ -59,6 +72,31 @@ class Run:
     def pps(self, seconds: float | None = None) -> float:
         s = self.wall if seconds is None else seconds
         return self.packets / s if s > 0 else 0.0
+
+
+def _cpu_parts(pid: int, parts: dict[str, float]) -> None:
+    """CPU seconds so far of the process `pid`'s threads (`thread TID`, the main one `main
+    thread`) and of its child processes (`child PID`), from /proc, into `parts` (the last
+    sample before exit stands: up to one sampling interval short)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                kids = [int(c) for c in fh.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+        key = "main thread" if int(tid) == pid else f"thread {tid}"
+        parts[key] = (int(f[11]) + int(f[12])) / hz  # utime + stime
+        for k in kids:
+            sub: dict[str, float] = {}
+            _cpu_parts(k, sub)
+            parts[f"child {k}"] = sum(sub.values())
 
 
 def _tree_rss(pid: int) -> int:
@@ -93,6 +131,7 @@ def measure(name: str, cmd: list[str], packets: int = 0, cwd: Path | None = None
         st = json.loads(stats.read_text())
         run.wall, run.user, run.sys = st["wall"], st["user"], st["sys"]
         run.maxrss_mib, run.tree_mib = st["maxrss_kib"] / 1024, st["tree_bytes"] / 2**20
+        run.cpu_parts = st.get("cpu_parts", {})
         text = out.read_text(errors="replace")
     try:
         run.out = dict(json.loads(text))
@@ -109,11 +148,13 @@ def launch(stats: str, cmd: list[str]) -> None:
     t0 = time.perf_counter()
     pid = os.posix_spawnp(cmd[0], cmd, os.environ)
     peak = [0]
+    parts: dict[str, float] = {}
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.02):
             peak[0] = max(peak[0], _tree_rss(pid))
+            _cpu_parts(pid, parts)
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
@@ -124,7 +165,7 @@ def launch(stats: str, cmd: list[str]) -> None:
     code = os.waitstatus_to_exitcode(status)
     if code == 0:
         st = {"wall": wall, "user": ru.ru_utime, "sys": ru.ru_stime}
-        st.update(maxrss_kib=ru.ru_maxrss, tree_bytes=peak[0])
+        st.update(maxrss_kib=ru.ru_maxrss, tree_bytes=peak[0], cpu_parts=parts)
         Path(stats).write_text(json.dumps(st))
     sys.exit(code if code >= 0 else 128 - code)
 
