@@ -40,6 +40,7 @@ from capture.flow.keys import (
     group_keys,
     make_uid_bytes,
 )
+from capture.flow.order import stable_argsort
 from capture.flow.rows import Columns, rows_for
 from capture.flow.slots import DNS_PORT, NS, FlowConfig, FlowCounters, FlowSlots
 
@@ -121,28 +122,24 @@ class FlowTable(FlowSlots):
         ts = c.ts[a:b]
         # inactivity gaps inside the batch (or since the flow's last packet) end a flow
         span = int(ts.max()) - int(ts.min()) if ts.size else 0
+        fr, su = a + first, np.maximum(slot_u, 0)
+        prev_u = np.where(found, self.last_ts[su], -1)  # each flow's last packet before
         if span <= self._min_timeout_ns:
             # no gap can hide inside the batch: compare first packets with the table only
-            fr = a + first
-            su = np.maximum(slot_u, 0)
-            prev_u = np.where(found, self.last_ts[su], -1)
             # (a found key's timeout is its flow's: the same protocol and ports)
-            gap_u = (prev_u >= 0) & (c.ts[fr] - prev_u > self.timeout[su])
+            gap = (prev_u >= 0) & (c.ts[fr] - prev_u > self.timeout[su])
             order = first
-            gap = gap_u
-        else:
-            order = np.argsort(inv, kind="stable")
-            inv_s = inv[order]
+        else:  # each row against the one before it in its flow (radix sort: numpy's order)
+            pr, sp, dp = c.proto[fr], c.sport[fr], c.dport[fr]  # a new flow's from its first row
+            tmo = np.where(found, self.timeout[su], self._timeout_ns(pr, sp, dp))
+            order = stable_argsort(inv)
+            inv_s, ts_s = inv[order], ts[order]
             prev = np.empty(order.size, np.int64)
-            prev[1:] = ts[order][:-1]
+            prev[1:] = ts_s[:-1]
             newgrp = np.ones(order.size, bool)
             newgrp[1:] = inv_s[1:] != inv_s[:-1]
-            prev_first = np.where(found[inv_s], self.last_ts[np.maximum(slot_u[inv_s], 0)], -1)
-            prev = np.where(newgrp, prev_first, prev)
-            sel = a + order
-            gap = (prev >= 0) & (
-                ts[order] - prev > self._timeout_ns(c.proto[sel], c.sport[sel], c.dport[sel])
-            )
+            prev[newgrp] = prev_u  # the groups, in order of `inv`
+            gap = (prev >= 0) & (ts_s - prev > tmo[inv_s])
         stop = b
         if gap.any():
             stop = a + int(order[gap].min())

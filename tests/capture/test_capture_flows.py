@@ -308,3 +308,36 @@ def test_vectorised_community_ids_equal_the_per_flow_function() -> None:
         np.array([f[4] for f in flows], np.uint16),
     )
     assert got == [community_id(addr_bytes(f[0]), addr_bytes(f[1]), *f[2:]) for f in flows]
+
+
+def test_gaps_near_every_timeout_give_the_same_flows_whatever_the_batches() -> None:
+    """Packets whose gaps fall just under and just over each timeout (DNS 10 s, UDP 60 s, a
+    closed connection's 5 s): the same rows in one batch (each row against the one before it
+    in its flow), in batches of 7 and one packet at a time (first packets against the table)."""
+    import random
+
+    rng = random.Random(5)
+    pkts: list[tuple[float, bytes]] = []
+    for i in range(24):
+        t = 100.0 + i
+        for _ in range(4):
+            kind = i % 3
+            if kind == 0:  # DNS: 10 s
+                pkts.append((t, udp(A, 3000 + i, B, 53, b"q")))
+                t += rng.choice([9.5, 10.5, 2.0])
+            elif kind == 1:  # other UDP: 60 s
+                pkts.append((t, udp(A, 4000 + i, B, 9999, b"u")))
+                t += rng.choice([59.0, 61.0, 5.0])
+            else:  # a closed connection, then a packet under or over the close delay
+                pkts += handshake_and_close(5000 + i, t)
+                t += 0.7 + rng.choice([4.0, 6.0])
+                pkts.append((t, tcp(A, 5000 + i, B, 80, ACK, 112, 532)))
+                t += 1.0
+    pkts.sort(key=lambda p: p[0])
+
+    def key(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted(tuple(v for k, v in r.items() if k not in ("uid", "slot")) for r in rows)
+
+    whole, _ = run(pkts)
+    assert len(whole) > 40  # the gaps over a timeout split flows
+    assert key(whole) == key(run(pkts, batch=7)[0]) == key(run(pkts, batch=1)[0])
