@@ -220,7 +220,7 @@ def replay_cmd(app: App, files: tuple[str, ...], as_json: bool, again: bool) -> 
                 per_file.append(entry)
                 try:
                     first = early if name == early.name else None
-                    last = pipe if i == len(files) - 1 else None
+                    last = i == len(files) - 1
                     one = _replay_one(app, pipe, ledger, name, again, timing, first, last)
                 except CaptureError as exc:
                     failed[name] = str(exc)
@@ -276,12 +276,12 @@ def _replay_one(
     again: bool,
     timing: dict[str, float],
     early: EarlyHash | None = None,
-    last: Pipeline | None = None,
+    last: bool = False,
 ) -> dict[str, Any]:
     """Replay one file after the ledger's check; its summary, with its sha256 and size.
-    `early`: this file's hashing child, if started already. `last`: the pipeline, when this is
-    the last file: it is closed (its rows durable and published) before the ledger entry, while
-    the hashing child finishes. Raises CaptureError (`_Refused` when the ledger refuses it)."""
+    `early`: this file's hashing child, if started already. `last`: this is the last file: the
+    pipeline is closed (its rows durable and published) before the ledger entry, while the
+    hashing child finishes. Raises CaptureError (`_Refused` when the ledger refuses it)."""
     from capture.read.childhash import ChildHash
     from capture.read.reader import open_capture
     from capture.read.replayed import FileHash
@@ -311,9 +311,9 @@ def _replay_one(
             if not pipe.writers_open:  # no writer was ever opened: not one row was written
                 ledger.abort(run, name, app.clock.now().isoformat())
             raise
-        if last is not None:  # rows durable before the ledger says done, beside the child
+        if last:  # rows durable before the ledger says done, beside the child
             closing = time.monotonic()
-            last.close()
+            pipe.close()
             timing["close"] = time.monotonic() - closing
         sha = run.sha256 or (hasher.result().sha256 if hasher is not None else "")
         counts = {k: one[k] for k in ("packets", "flows", "dns_rows")}

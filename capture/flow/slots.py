@@ -28,12 +28,6 @@ NS = 1_000_000_000
 INITIAL_SLOTS = 65536  # the first `span`
 GROW_HALF_FROM = 1 << 18  # from this many slots on, `span` grows by half, not double
 RESERVE_MAX = 1 << 21  # slots reserved at most (about 1 GiB of address space, not memory)
-# the attributes `FlowSlots._grow` makes, per slot
-STORAGE = (
-    "first_ts", "last_ts", "timeout", "proto", "orig_h", "resp_h", "orig_p", "resp_p",
-    "flipped", "orig_lo", "live", "hkey", "serial", "pkts", "ipb", "pbytes", "first_dir",
-    "vlan", "inner_vlan", "uids", "has_parents", "tcp",
-)  # fmt: skip
 DNS_PORT = np.zeros(65536, bool)  # Zeek's DNS analyzer's UDP ports (a shorter timeout)
 DNS_PORT[[53, 137, 5353, 5355]] = True
 
@@ -109,11 +103,12 @@ class FlowSlots:
         262,144 slots held both at once, 47 MiB above the peak). Where that much address
         space is refused (strict overcommit, a low RLIMIT_AS), INITIAL_SLOTS, grown as the
         table fills."""
+        before = set(self.__dict__)
         try:
             self._grow(slots)
         except (OSError, MemoryError):
-            for name in STORAGE:  # what `_grow` made before it failed
-                self.__dict__.pop(name, None)
+            for name in set(self.__dict__) - before:  # what `_grow` made before it failed
+                del self.__dict__[name]
             self._grow(min(INITIAL_SLOTS, slots))
 
     # ---- storage -------------------------------------------------------------------------
