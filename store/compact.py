@@ -7,9 +7,10 @@ Nothing half-written is ever visible: files are written under hidden names (`.NA
 hive readers of pyarrow and DuckDB skip names starting with `.` or `_`, and the `.tmp` suffix
 does not match `*.parquet` globs), fsynced, then renamed.
 
-A *round* publishes several files at once (one per stream and hour) from the journal:
-temp files are written and fsynced, then a commit record `journal/WRITER.commit` lists them, then
-they are renamed into place; the caller then empties the journal and removes the record.
+A *round* publishes several files at once (one per stream and hour, a large hour cut into
+slices written at once: `store.roundfiles`) from the journal: temp files are written and
+fsynced, then a commit record `journal/WRITER.commit` lists them, then they are renamed into
+place; the caller then empties the journal and removes the record.
 `recover_round` rolls a crashed round forward, so rows are never both in the journal and in a
 published file without the commit record saying so (no duplicates, no loss).
 
@@ -39,13 +40,13 @@ import pyarrow.parquet as pq
 
 from store import StoreError
 from store.convert import conform
-from store.fsutil import atomic_write, create_private, ensure_dir, fsync_dir
+from store.fsutil import atomic_write, create_private, fsync_dir
+from store.roundfiles import COMPRESSION, fsync_file, slices, temp_path, write_temps
 from store.schemas import dictionary_columns, schema
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 NAME_RE = re.compile(r"^([a-z0-9][a-z0-9._-]*)__([a-z0-9][a-z0-9._-]*)__(\d{10,})\.parquet$")
 HOUR_US = 3_600_000_000
-COMPRESSION = "zstd"
 
 
 class RoundIncomplete(StoreError):
@@ -111,29 +112,10 @@ def split_by_hour(table: pa.Table) -> list[tuple[int, pa.Table]]:
     return [(int(h), table.filter(pa.array(hours == h))) for h in np.unique(hours).tolist()]
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def temp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp")
-
-
-def write_temp(final: Path, table: pa.Table) -> Path:
-    """Write `table` (its schema metadata included) to the hidden temp name of `final`, fsynced,
-    mode 0600."""
-    ensure_dir(final.parent)
-    tmp = temp_path(final)
-    create_private(tmp)
-    pq.write_table(
-        table, tmp, compression=COMPRESSION, use_dictionary=dictionary_columns(table.schema)
-    )
-    _fsync_file(tmp)
-    return tmp
+def round_parts(table: pa.Table) -> list[tuple[int, pa.Table]]:
+    """`split_by_hour`, an hour of many rows cut into `slices` (its rows in order): a round
+    writes them as files at once (`write_round`)."""
+    return [(hour, piece) for hour, part in split_by_hour(table) for piece in slices(part)]
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -149,12 +131,8 @@ def write_round(
 ) -> None:
     """Publish `files` (final path, table) as one round committed against journal frames
     `generation`/1..`upto`. The caller empties the journal and then calls `finish_round`."""
-    temps: list[Path] = []
     try:
-        for final, table in files:
-            temps.append(write_temp(final, table))
-        for tmp in temps:
-            fsync_dir(tmp.parent)
+        write_temps(files)  # at once, on several threads (`store.roundfiles`)
         record = {
             "generation": generation.hex(),
             "upto": upto,
@@ -167,8 +145,8 @@ def write_round(
                 f"a metadata round is committed but not published; "
                 f"{commit.name} will be rolled forward on restart"
             ) from None
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
+        for final, _ in files:  # every temp file, also one whose write failed
+            temp_path(final).unlink(missing_ok=True)
         raise
     try:
         _publish_round(metadata_root, record)
@@ -364,7 +342,7 @@ def compact(
                     group = conform(stream, pf.read_row_group(i))
                     out.write_table(group.replace_schema_metadata(meta))
                     rows += group.num_rows
-        _fsync_file(tmp)
+        fsync_file(tmp)
         record = {
             "merged": _rel(metadata_root, final),
             "inputs": [_rel(metadata_root, p) for p in inputs],

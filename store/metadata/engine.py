@@ -226,7 +226,7 @@ class _Engine:
                 {b"lbm.gateway": self.gateway.encode(), b"lbm.writer": self.writer.encode()}
             )
             table = pa.Table.from_batches(batches, schema=sch).replace_schema_metadata(meta)
-            for hour, part in cp.split_by_hour(table):
+            for hour, part in cp.round_parts(table):
                 self.seq += 1
                 name = cp.FileName(self.gateway, self.writer, self.seq).name
                 files.append((cp.hour_dir(self.root, stream, hour) / name, part))

@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from store import SchemaError, StoreError
+from store import SchemaError, StoreError, roundfiles
 from store import compact as cp
 from store.clock import Clock
 from store.fsutil import atomic_write
@@ -353,7 +353,7 @@ def test_interrupted_compaction_is_finished_on_start_without_duplicates(paths: D
     final = hour / cp.FileName("gw1", "proxy", 99).name
     # Crash state: merged file written hidden and recorded, one input already hidden.
     merged = pa.concat_tables([pq.read_table(p) for p in inputs])
-    cp.write_temp(final, merged)
+    roundfiles.write_temp(final, merged)
     atomic_write(
         paths.journal / "proxy.compact",
         json.dumps(
@@ -397,7 +397,7 @@ def test_interrupted_round_is_rolled_forward_not_replayed_twice(paths: DataPaths
         cp.hour_dir(paths.metadata, "web", int(T0.timestamp()) // 3600)
         / cp.FileName("gw1", "proxy", 7).name
     )
-    cp.write_temp(final, pa.Table.from_batches([batch]))
+    roundfiles.write_temp(final, pa.Table.from_batches([batch]))
     atomic_write(
         paths.journal / "proxy.commit",
         json.dumps(
