@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from capture import CaptureError
@@ -30,6 +30,7 @@ def replay(
     max_packets: int = 131072,
     prefetch: int = 1,
     timing: dict[str, float] | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> Summary:
     """Replay capture files through `pipeline` (each file its own flow table). A file whose
     header is broken is recorded in `summary.files_failed` and the others still run. A file
@@ -39,7 +40,9 @@ def replay(
     flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread. One is
     enough (the reader's thread is the faster one): with 16 MiB chunks, 2 held 20-30 MiB more
     and were no faster (docs/capture-io.md). `timing`, if given, gets "first_batch": the
-    `time.monotonic()` when the first batch reached `pipeline.feed` (unless already set)."""
+    `time.monotonic()` when the first batch reached `pipeline.feed` (unless already set).
+    `progress`, if given, is called after each batch (`lbm capture replay` paces its hashing
+    child by it: `capture.read.childhash.ChildHash.pace`)."""
     s = pipeline.summary
     # The flow table's C passes and numpy sorts release the GIL; taking it back waited up to
     # the switch interval (5 ms) while the reader's thread ran Python. A 0.5 ms interval for
@@ -55,7 +58,7 @@ def replay(
     gc.freeze()
     gc.set_threshold(max(threshold[0], GC_GEN0), *threshold[1:])
     try:
-        _replay(files, pipeline, s, max_packets, prefetch, timing)
+        _replay(files, pipeline, s, max_packets, prefetch, timing, progress)
     finally:
         sys.setswitchinterval(interval)
         gc.set_threshold(*threshold)
@@ -71,6 +74,7 @@ def _replay(
     max_packets: int,
     prefetch: int,
     timing: dict[str, float] | None,
+    progress: Callable[[], None] | None,
 ) -> None:
     for f in files:
         if isinstance(f, CaptureReader):
@@ -95,6 +99,8 @@ def _replay(
                         if timing is not None and "first_batch" not in timing:
                             timing["first_batch"] = time.monotonic()
                         pipeline.feed(batch, keys)
+                        if progress is not None:
+                            progress()
                 finally:
                     if ahead is not None:
                         ahead.close()

@@ -4,8 +4,8 @@ A round's files are written at once, on up to `WRITE_THREADS` threads: pyarrow e
 compresses a Parquet file without the GIL, and each file is fsynced on its own thread. A large
 hour of one stream is cut into several files for that (`slices`): the final round of a 2M-packet
 replay (52,040 flow rows) took 0.065-0.072 s on one thread and 0.046-0.049 s as two files on two
-cores, `lbm capture replay`'s median wall 0.845 s against 0.868 s (16 alternating runs each,
-docs/capture-io.md). Compaction merges the files later, as it merges a round's files anyway.
+cores (docs/capture-io.md: the replay's end-to-end time moved less than its noise). Compaction
+merges the files later, as it merges a round's files anyway.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from appliance.cli.capture_process import (
     EarlyHash,
     collect_less,
     one_blas_thread,
+    pacer,
     timing_summary,
 )
 from appliance.cli.textsafe import safe
@@ -306,7 +307,7 @@ def _replay_one(
                 reader.tap = tap.feed
         pipe.summary = Summary()
         try:
-            one = replay([reader], pipe, timing=timing).as_dict()
+            one = replay([reader], pipe, timing=timing, progress=pacer(hasher, keep)).as_dict()
         except BaseException:
             if not pipe.writers_open:  # no writer was ever opened: not one row was written
                 ledger.abort(run, name, app.clock.now().isoformat())
@@ -315,7 +316,9 @@ def _replay_one(
             closing = time.monotonic()
             pipe.close()
             timing["close"] = time.monotonic() - closing
+        waiting = time.monotonic()
         sha = run.sha256 or (hasher.result().sha256 if hasher is not None else "")
+        timing["hash_wait"] = timing.get("hash_wait", 0.0) + time.monotonic() - waiting
         counts = {k: one[k] for k in ("packets", "flows", "dns_rows")}
         ledger.done(run, name, app.clock.now().isoformat(), sha, counts)
     finally:

@@ -8,6 +8,7 @@ import io
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from capture.read.regular import open_regular
 
 if TYPE_CHECKING:
     from capture.read.childhash import ChildHash
+    from capture.read.filehash import FileHash
 
 
 def one_blas_thread() -> None:
@@ -68,9 +70,11 @@ def process_age() -> float:
 
 
 def timing_summary(timing: dict[str, float]) -> dict[str, float]:
-    """Seconds: process start to the first batch in the pipeline, to now; the final flush."""
+    """Seconds: process start to the first batch in the pipeline, to now; the final flush;
+    the wait for the files' SHA-256 after their rows (the hashing child the last to end)."""
     age, now = process_age(), time.monotonic()
     out = {"total_s": round(age, 3), "close_s": round(timing.get("close", 0.0), 3)}
+    out["hash_wait_s"] = round(timing.get("hash_wait", 0.0), 3)
     if "first_batch" in timing:
         out["first_batch_s"] = round(age - (now - timing["first_batch"]), 3)
     return out
@@ -124,3 +128,13 @@ class EarlyHash:
         fh, self._fh = self._fh, None
         if fh is not None:
             fh.close()
+
+
+def pacer(hasher: ChildHash | FileHash | None, fd: int) -> Callable[[], None] | None:
+    """What the replay calls after each batch: the hashing child's priority by how far it is
+    behind the reader (`ChildHash.pace`; `fd` shares the reader's file offset). None for a
+    `FileHash`, which hashes on the reader's thread."""
+    pace = getattr(hasher, "pace", None)
+    if pace is None:
+        return None
+    return lambda: pace(os.lseek(fd, 0, os.SEEK_CUR))

@@ -21,6 +21,12 @@ saturated by other work a niced child gets little CPU, and the replay's end woul
 `SCHED_IDLE` was used before and starved the child on one of two machines measured: the
 2M-packet replay took 1.34 s against 1.12 s at nice 19 and 1.10 s at nice 0 there, and 2.16
 s against 2.23 s at nice 19 and 2.37 s at nice 0 on the other (docs/capture-io.md).
+
+At nice 19 the child also starves when the replay leaves no core free, and the replay's end then
+waited up to 0.28 s for the digest with one core idle. `pace(done)`, called by the replay after
+each batch with the reader's file offset, puts the child at normal priority while it is more
+than `PACE_LAG` bytes behind the reader (read from `/proc/PID/io`) and back to nice 19 once it
+is not; without the right to raise a priority, or without `/proc`, it does nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 from capture.read.filehash import Fingerprint, digest_fd
 
@@ -51,6 +58,8 @@ _CHILD = (
 )
 _RESULT = re.compile(rb"([0-9a-f]{64}) ([0-9]+)\s*")
 IDLE_GRACE_S = 2.0  # how long `result()` waits for a child it could not put back to normal
+PACE_LAG = 96 << 20  # `pace`: the child is put at normal priority while this far behind
+PACE_EVERY_S = 0.005  # `pace` looks at most this often
 
 
 class ChildHash:
@@ -59,6 +68,9 @@ class ChildHash:
     def __init__(self, fd: int, proc: subprocess.Popen[bytes]) -> None:
         self._fd = fd
         self._proc: subprocess.Popen[bytes] | None = proc
+        self._io: int | None = None  # /proc/PID/io, opened at the first `pace`
+        self._nice = 19  # the child's priority as set here
+        self._paced = 0.0  # `time.monotonic()` of the last look
 
     @classmethod
     def spawn(cls, fd: int) -> ChildHash | None:
@@ -74,8 +86,35 @@ class ChildHash:
             return cls(fd, proc)
         return None
 
+    def pace(self, done: int) -> None:
+        """The replay has read `done` bytes of the file: the child runs at normal priority while
+        it has hashed more than `PACE_LAG` bytes fewer, at nice 19 else (see the module)."""
+        now = time.monotonic()
+        proc = self._proc
+        if proc is None or now - self._paced < PACE_EVERY_S or self._nice < 0:
+            return
+        self._paced = now
+        try:
+            if self._io is None:
+                self._io = os.open(f"/proc/{proc.pid}/io", os.O_RDONLY | os.O_CLOEXEC)
+            # the first line, "rchar: N": bytes the child has read (and hashed)
+            hashed = int(os.pread(self._io, 64, 0).split(b"\n", 1)[0].split()[1])
+            want = 0 if done - hashed > PACE_LAG else 19
+            if want != self._nice:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, want)
+                self._nice = want
+        except (OSError, ValueError, IndexError):  # no /proc, no right to raise it, it ended
+            self._nice = -1  # pacing off: the child stays as it is
+            self._close_io()
+
+    def _close_io(self) -> None:
+        io, self._io = self._io, None
+        if io is not None:
+            os.close(io)
+
     def result(self) -> Fingerprint:
         """The whole file's fingerprint (hashed here if the child failed). Call once."""
+        self._close_io()
         proc, self._proc = self._proc, None
         if proc is not None:
             try:
@@ -91,6 +130,7 @@ class ChildHash:
 
     def close(self) -> None:
         """Stop the child if it still runs (idempotent; `result()` waits for it instead)."""
+        self._close_io()
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.kill()
