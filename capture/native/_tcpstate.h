@@ -37,6 +37,7 @@ int64_t dns_scan(const uint8_t *buf, int64_t n, const int64_t *off, const int32_
                  int32_t *ans_type, uint32_t *ans_ttl, int32_t *ans_off, int32_t *ans_len,
                  uint8_t *text, int64_t text_cap);
 void community_ids(const uint8_t *rows, int64_t n, int32_t width, char *out);
+int cid_sha_ext(int use);
 void flow_keys(const uint8_t *src, const uint8_t *dst, const uint16_t *sport,
                const uint16_t *dport, const uint8_t *proto, int64_t n, uint64_t *out);
 int64_t group_keys(const uint64_t *h, int64_t n, int64_t *table, uint64_t mask, uint64_t seed,

@@ -215,8 +215,39 @@ def test_addr_array_equals_addr_texts_and_ipaddress() -> None:
     assert addr_array(a[:0]).to_pylist() == []
 
 
+@pytest.fixture(params=["portable", "sha-extensions"])
+def sha1_path(request: pytest.FixtureRequest) -> Any:
+    """The C SHA-1 of the Community IDs: the portable code, or the CPU's SHA extensions (the
+    portable code again on a CPU without them); the choice made at import is put back."""
+    before = tcpstate.lib.cid_sha_ext(-1)
+    got = tcpstate.lib.cid_sha_ext(0 if request.param == "portable" else 1)
+    yield got
+    tcpstate.lib.cid_sha_ext(before)
+
+
+def test_the_c_sha1_of_every_input_width_is_hashlibs(sha1_path: int) -> None:
+    """`community_ids` on inputs of 0 to 119 bytes (one and two SHA-1 blocks, every place the
+    padding and length can fall) against hashlib, on the path `sha1_path` chose."""
+    import base64
+    import hashlib
+
+    ffi, lib = tcpstate.ffi, tcpstate.lib
+    rng = np.random.default_rng(11)
+    for width in range(120):
+        rows = rng.integers(0, 256, (9, width), dtype=np.uint8)
+        out = np.zeros(9 * 30, np.uint8)
+        lib.community_ids(
+            ffi.from_buffer("uint8_t[]", rows), 9, width, ffi.from_buffer("char[]", out)
+        )
+        got = [out[30 * i : 30 * i + 30].tobytes().decode() for i in range(9)]
+        want = [
+            "1:" + base64.b64encode(hashlib.sha1(row.tobytes()).digest()).decode() for row in rows
+        ]
+        assert got == want, width
+
+
 @pytest.mark.parametrize("seed", [0, 1, 65535])
-def test_community_id_array_equals_the_per_flow_definition(seed: int) -> None:
+def test_community_id_array_equals_the_per_flow_definition(seed: int, sha1_path: int) -> None:
     rng = np.random.default_rng(2 + seed)
     k = 2000
     o, r = _edge_addresses(rng)[:k], _edge_addresses(rng)[::-1][:k]
