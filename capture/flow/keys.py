@@ -170,9 +170,11 @@ def canonical_hash(
     sport: npt.NDArray[np.uint16],
     dport: npt.NDArray[np.uint16],
     proto: npt.NDArray[np.uint8],
+    seed: int | None = None,
 ) -> npt.NDArray[np.uint64]:
     """Direction-free 64-bit key of each packet's 5-tuple: `canonical_hash_np`'s, in one C
-    pass (`flow_keys` in `_cid.c`) that releases the GIL."""
+    pass (`flow_keys` in `_cid.c`) that releases the GIL. `seed`: this process's secret
+    `KEY_SEED` unless given (tests)."""
     n = proto.shape[0]
     if src.shape != (n, 16) or dst.shape != (n, 16) or sport.shape != (n,) or dport.shape != (n,):
         raise ValueError("canonical_hash: columns of different lengths")  # C reads n rows
@@ -187,12 +189,16 @@ def canonical_hash(
         fb("uint16_t[]", np.ascontiguousarray(dport, np.uint16)),
         fb("uint8_t[]", np.ascontiguousarray(proto, np.uint8)),
         n,
+        KEY_SEED if seed is None else seed,
         fb("uint64_t[]", out),
     )
     return out
 
 
 _GROUP_SEED = int.from_bytes(os.urandom(8), "little")  # see group_keys in _cid.c
+# the flow keys' secret start (see flow_keys in _cid.c): two tuples of one key are one flow, so
+# the keys must not be computable by whoever picks the tuples
+KEY_SEED = int.from_bytes(os.urandom(8), "little")
 
 
 def group_keys(
@@ -235,6 +241,7 @@ def canonical_hash_np(
     sport: npt.NDArray[np.uint16],
     dport: npt.NDArray[np.uint16],
     proto: npt.NDArray[np.uint8],
+    seed: int | None = None,
 ) -> npt.NDArray[np.uint64]:
     """The key's definition in numpy (the C pass is tested against it)."""
     s = np.ascontiguousarray(src).view("<u8")
@@ -253,7 +260,7 @@ def canonical_hash_np(
     hp = np.where(swap, sport, dport).astype(np.uint64)
     ports = (lp << np.uint64(24)) | (hp << np.uint64(8)) | proto.astype(np.uint64)
     with np.errstate(over="ignore"):
-        h = _mix(lo0 ^ np.uint64(0x9E3779B97F4A7C15))
+        h = _mix(lo0 ^ np.uint64(0x9E3779B97F4A7C15 ^ (KEY_SEED if seed is None else seed)))
         h = _mix(h ^ lo1)
         h = _mix(h ^ hi0)
         h = _mix(h ^ hi1)

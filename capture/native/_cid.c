@@ -140,7 +140,11 @@ void community_ids(const uint8_t *rows, int64_t n, int32_t width, char *out) {
 /* The flow table's direction-free 64-bit key of each packet's 5-tuple (capture/flowkeys.py,
    `canonical_hash`, which keeps the numpy definition this must equal): the endpoint that
    compares lower (address bytes, then port) first, each half of an address read as a
-   little-endian 64-bit word, mixed with MurmurHash3's finaliser. Rows are 16-byte addresses. */
+   little-endian 64-bit word, mixed with MurmurHash3's finaliser, starting from a secret `seed`
+   (random per process): the table takes two tuples of one key for one flow, and without the
+   seed anyone could search offline for two tuples of their own with one key (about 2^32
+   tries with the free bits of an IPv6 /64) and have a connection counted inside another.
+   Rows are 16-byte addresses. */
 static uint64_t key_mix(uint64_t x) {
     x ^= x >> 33;
     x *= 0xFF51AFD7ED558CCDULL;
@@ -156,7 +160,8 @@ static uint64_t key_le64(const uint8_t *p) {
 }
 
 void flow_keys(const uint8_t *src, const uint8_t *dst, const uint16_t *sport,
-               const uint16_t *dport, const uint8_t *proto, int64_t n, uint64_t *out) {
+               const uint16_t *dport, const uint8_t *proto, int64_t n, uint64_t seed,
+               uint64_t *out) {
     for (int64_t i = 0; i < n; i++) {
         const uint8_t *s = src + 16 * i, *d = dst + 16 * i;
         int c = memcmp(s, d, 16);
@@ -164,7 +169,7 @@ void flow_keys(const uint8_t *src, const uint8_t *dst, const uint16_t *sport,
         const uint8_t *lo = swap ? d : s, *hi = swap ? s : d;
         uint64_t lp = swap ? dport[i] : sport[i], hp = swap ? sport[i] : dport[i];
         uint64_t ports = (lp << 24) | (hp << 8) | proto[i];
-        uint64_t h = key_mix(key_le64(lo) ^ 0x9E3779B97F4A7C15ULL);
+        uint64_t h = key_mix(key_le64(lo) ^ 0x9E3779B97F4A7C15ULL ^ seed);
         h = key_mix(h ^ key_le64(lo + 8));
         h = key_mix(h ^ key_le64(hi));
         h = key_mix(h ^ key_le64(hi + 8));

@@ -39,7 +39,8 @@ int64_t dns_scan(const uint8_t *buf, int64_t n, const int64_t *off, const int32_
 void community_ids(const uint8_t *rows, int64_t n, int32_t width, char *out);
 int cid_sha_ext(int use);
 void flow_keys(const uint8_t *src, const uint8_t *dst, const uint16_t *sport,
-               const uint16_t *dport, const uint8_t *proto, int64_t n, uint64_t *out);
+               const uint16_t *dport, const uint8_t *proto, int64_t n, uint64_t seed,
+               uint64_t *out);
 int64_t group_keys(const uint64_t *h, int64_t n, int64_t *table, uint64_t mask, uint64_t seed,
                    int64_t *first, int64_t *inv);
 int64_t flow_count(int64_t n, const int64_t *slot, const uint8_t *is_orig, const uint8_t *count,

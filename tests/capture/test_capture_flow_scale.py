@@ -9,8 +9,11 @@ the pipeline with its real metadata writers (rows read back from Parquet).
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +25,16 @@ from appliance.policy.identity_feed import OPEN_END, FeedRow
 from appliance.policy.snapshot import Snapshot
 from capture.batch import RawBatch
 from capture.decode import Decoder
+from capture.flow import keys as keys_mod
 from capture.flow import table as flows_mod
-from capture.flow.keys import canonical_hash, canonical_hash_np, group_keys
+from capture.flow.keys import KEY_SEED, canonical_hash, canonical_hash_np, group_keys
 from capture.flow.rows import to_rows
 from capture.flow.table import FlowConfig, FlowTable
 from capture.pipeline import Pipeline
 from store.metadata import read_stream
 from store.paths import DataPaths
+
+REPO = Path(__file__).resolve().parents[2]
 
 S = 1_000_000_000
 V4 = b"\x00" * 10 + b"\xff\xff"
@@ -192,6 +198,77 @@ def test_c_flow_keys_equal_the_numpy_definition_and_ignore_direction() -> None:
     assert len(np.unique(h)) > n * 0.99  # distinct tuples, distinct keys
     with pytest.raises(ValueError, match="different lengths"):
         canonical_hash(src[:-1], dst, sp, dp, pr)  # C would read past the shorter column
+
+
+_M64 = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:  # MurmurHash3's finaliser, as in flow_keys
+    x ^= x >> 33
+    x = x * 0xFF51AFD7ED558CCD & _M64
+    x ^= x >> 33
+    x = x * 0xC4CEB9FE1A85EC53 & _M64
+    return x ^ (x >> 33)
+
+
+def _unmix(y: int) -> int:  # its inverse: x ^= x >> 33 undoes itself, the products invert
+    y ^= y >> 33
+    y = y * pow(0xC4CEB9FE1A85EC53, -1, 1 << 64) & _M64
+    y ^= y >> 33
+    y = y * pow(0xFF51AFD7ED558CCD, -1, 1 << 64) & _M64
+    return y ^ (y >> 33)
+
+
+def _le(b: bytes) -> int:
+    return int.from_bytes(b, "little")
+
+
+def test_flow_keys_are_seeded_so_nobody_can_make_two_connections_share_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a secret seed the key can be inverted: from any connection of theirs, a host
+    with an IPv6 /64 computes the interface identifier that gives a second connection (another
+    port) the same key, and the table would count the second inside the first. Under this
+    process's seed the two keys differ, and another process has another seed."""
+    lo = bytes.fromhex("20010db8000000010000000000000001")  # lower address, both tuples
+    hi0 = bytes.fromhex("20010db8000000ff")  # the /64 of the higher address
+    hi1 = bytes.fromhex("0000000000000002")
+
+    def ports(lp: int, hp: int) -> int:
+        return (lp << 24) | (hp << 8) | 17  # UDP
+
+    def h3(seed: int) -> int:  # the key before the last address word and the ports
+        return _mix(_mix(_mix(_le(lo[:8]) ^ 0x9E3779B97F4A7C15 ^ seed) ^ _le(lo[8:])) ^ _le(hi0))
+
+    key = _mix(_mix(h3(0) ^ _le(hi1)) ^ ports(40000, 443))
+    forged = _unmix(_unmix(key) ^ ports(40001, 443)) ^ h3(0)  # the second tuple's last word
+    src = np.frombuffer(lo * 2, np.uint8).reshape(2, 16)
+    dst = np.frombuffer(hi0 + hi1 + hi0 + forged.to_bytes(8, "little"), np.uint8).reshape(2, 16)
+    sp, dp = np.array([40000, 40001], np.uint16), np.array([443, 443], np.uint16)
+    pr = np.array([17, 17], np.uint8)
+    unseeded = canonical_hash(src, dst, sp, dp, pr, seed=0)
+    assert unseeded[0] == unseeded[1] == key  # the attack works on an unseeded key
+    assert (unseeded == canonical_hash_np(src, dst, sp, dp, pr, seed=0)).all()
+    seeded = canonical_hash(src, dst, sp, dp, pr)
+    assert seeded[0] != seeded[1]
+    assert (seeded == canonical_hash_np(src, dst, sp, dp, pr)).all()
+    other = subprocess.run(
+        [sys.executable, "-c", "from capture.flow.keys import KEY_SEED; print(KEY_SEED)"],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert int(other.stdout) != KEY_SEED  # a secret of each process
+    # through the flow table: unseeded, the second connection would be hidden in the first
+    text = [socket.inet_ntop(socket.AF_INET6, bytes(a)) for a in (src[0], dst[0], dst[1])]
+    frames = [udp_frame(text[0], 40000, text[1], 443), udp_frame(text[0], 40001, text[2], 443)]
+    batch = Decoder().decode(RawBatch.from_frames(frames, [1000 * S, 1001 * S]))
+
+    def servers(seed: int) -> list[str]:
+        monkeypatch.setattr(keys_mod, "KEY_SEED", seed)
+        table = FlowTable(FlowConfig(seed=7))
+        return sorted(r["resp_h"] for r in to_rows(table.add(batch)[1] + table.flush()))
+
+    assert servers(0) == [text[1]]
+    assert servers(KEY_SEED) == sorted(text[1:])
 
 
 @pytest.mark.parametrize("shift", [0, 20, 40])
