@@ -1,7 +1,7 @@
 """Flow keys, Zeek's port heuristics, uids and Community ID v1, vectorised where it pays.
 
-- `canonical_hash`: a 64-bit hash of a direction-free 5-tuple (endpoints in a fixed order), so
-  both directions of a connection land in one group.
+- `canonical_hash`: a secretly seeded 64-bit hash of a direction-free 5-tuple (both directions
+  of a connection land in one group; nobody outside can make two connections share one).
 - `icmp_counterpart`: Zeek's (and Community ID's) ICMP "ports": type and the type of the
   matching reply/request, or the code for one-way types.
 - `likely_server`: Zeek's `likely_server_ports` heuristic (ports its analyzers register).
@@ -32,18 +32,9 @@ PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 # ICMPv4 / ICMPv6 request <-> reply pairs (Zeek ICMP4_counterpart / ICMP6_counterpart).
 _ICMP4_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}
 _ICMP6_PAIRS = {
-    128: 129,
-    129: 128,
-    133: 134,
-    134: 133,
-    135: 136,
-    136: 135,
-    130: 131,
-    131: 130,
-    139: 140,
-    140: 139,
-    144: 145,
-    145: 144,
+    a: b
+    for p in ((128, 129), (133, 134), (135, 136), (130, 131), (139, 140), (144, 145))
+    for a, b in (p, p[::-1])
 }
 _CP4 = np.full(256, -1, np.int32)
 _CP6 = np.full(256, -1, np.int32)
@@ -173,8 +164,7 @@ def canonical_hash(
     seed: int | None = None,
 ) -> npt.NDArray[np.uint64]:
     """Direction-free 64-bit key of each packet's 5-tuple: `canonical_hash_np`'s, in one C
-    pass (`flow_keys` in `_cid.c`) that releases the GIL. `seed`: this process's secret
-    `KEY_SEED` unless given (tests)."""
+    pass (`flow_keys` in `_cid.c`) that releases the GIL; `seed` default: `KEY_SEED`."""
     n = proto.shape[0]
     if src.shape != (n, 16) or dst.shape != (n, 16) or sport.shape != (n,) or dport.shape != (n,):
         raise ValueError("canonical_hash: columns of different lengths")  # C reads n rows
@@ -196,9 +186,7 @@ def canonical_hash(
 
 
 _GROUP_SEED = int.from_bytes(os.urandom(8), "little")  # see group_keys in _cid.c
-# the flow keys' secret start (see flow_keys in _cid.c): two tuples of one key are one flow, so
-# the keys must not be computable by whoever picks the tuples
-KEY_SEED = int.from_bytes(os.urandom(8), "little")
+KEY_SEED = int.from_bytes(os.urandom(8), "little")  # the keys' secret start: see flow_keys
 
 
 def group_keys(
