@@ -81,7 +81,9 @@ class Decoder:
     def decode(self, raw: RawBatch) -> PacketBatch:
         """Decode one batch (never raises for packet content). The common case goes through
         one C pass (`fastpath.decode_common`), the other packets through the numpy steps."""
-        out = PacketBatch.empty_for(raw)
+        # the columns the C pass writes for every packet it decodes are not zeroed first: the
+        # packets it leaves to numpy get their defaults here (`reset_rows`) before numpy runs
+        out = PacketBatch.empty_for(raw, filled=not self.fast)
         n = len(raw)
         if n == 0:
             return out
@@ -91,8 +93,11 @@ class Decoder:
             out.buf = buf
         slow = decode_common(buf, raw.buf.shape[0], raw, out) if self.fast else None
         if slow is None:
+            if self.fast:  # no C pass (not built here): numpy for every packet
+                out.reset_rows(slice(None))
             self._numpy(buf, raw, out, slice(None))
         elif slow.shape[0]:
+            out.reset_rows(slow)
             self._numpy(buf, raw, out, slow)
         self.packets += n
         self._status += np.bincount(out.status, minlength=256)

@@ -16,6 +16,7 @@ import pytest
 from lbm_testing import REPO, corpus_root
 
 from capture import CaptureError
+from capture import batch as batch_mod
 from capture.batch import PacketBatch, RawBatch
 from capture.decode import Decoder
 from capture.read import walk as fastpath
@@ -24,6 +25,20 @@ from capture.read.reader import open_capture
 pytestmark = pytest.mark.skipif(fastpath.IMPLEMENTATION != "c", reason="no C extension")
 
 CAPTURES = sorted([*(corpus_root() / "pcaps").rglob("*.pcap*"), *(REPO / "pcaps").glob("*.pcap*")])
+
+
+@pytest.fixture(autouse=True)
+def poisoned_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The columns the C-pass decoder does not zero first (`PacketBatch.empty_for(filled=
+    False)`) start as 0xA5 bytes here, not as whatever `np.empty` returns (often zeros), so a
+    value the C pass or `reset_rows` failed to write differs from the numpy path's."""
+
+    def poison(shape: int | tuple[int, int], dtype: object, _: int) -> np.ndarray:
+        a = np.empty(shape, dtype)  # type: ignore[call-overload]
+        a.reshape(-1).view(np.uint8)[:] = 0xA5
+        return a
+
+    monkeypatch.setattr(batch_mod, "_unset", poison)
 
 
 def _same(a: PacketBatch, b: PacketBatch, where: str) -> None:
