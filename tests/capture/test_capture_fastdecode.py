@@ -33,7 +33,7 @@ def poisoned_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     False)`) start as 0xA5 bytes here, not as whatever `np.empty` returns (often zeros), so a
     value the C pass or `reset_rows` failed to write differs from the numpy path's."""
 
-    def poison(shape: int | tuple[int, int], dtype: object, _: int) -> np.ndarray:
+    def poison(shape: int | tuple[int, int], dtype: object) -> np.ndarray:
         a = np.empty(shape, dtype)  # type: ignore[call-overload]
         a.reshape(-1).view(np.uint8)[:] = 0xA5
         return a
