@@ -39,7 +39,9 @@ def replay(
     Reading and decoding run on a background thread up to `prefetch` batches ahead of the
     flow table (`capture.read.prefetch`); 0 keeps everything on the calling thread. One is
     enough (the reader's thread is the faster one): with 16 MiB chunks, 2 held 20-30 MiB more
-    and were no faster (docs/capture-io.md). `timing`, if given, gets "first_batch": the
+    and were no faster (docs/capture-io.md). The reader then reads into two chunk buffers in
+    turn, waiting for the flow table to take the queued batch when both are held, rather
+    than touching a third (`CaptureReader.wait_taken`). `timing`, if given, gets "first_batch": the
     `time.monotonic()` when the first batch reached `pipeline.feed` (unless already set).
     `progress`, if given, is called after each batch (`lbm capture replay` paces its hashing
     child by it: `capture.read.childhash.ChildHash.pace`)."""
@@ -94,6 +96,8 @@ def _replay(
                 # that need no flow state), beside the flow table's work on earlier batches
                 decoded = (_keyed(dec.decode(raw)) for raw in reader.batches(max_packets))
                 ahead = Prefetch(decoded, prefetch) if prefetch > 0 else None
+                if ahead is not None:  # two chunk buffers in turn (`capture.read.chunks`)
+                    reader.wait_taken = ahead.wait_taken
                 try:
                     for batch, keys in ahead if ahead is not None else decoded:
                         if timing is not None and "first_batch" not in timing:

@@ -6,9 +6,13 @@ its end) followed by fresh file data. A buffer is never changed while anything r
 small pool and read into again only when their reference count says nothing else holds them.
 A new 16 MiB buffer for every chunk was fresh memory each time (glibc maps a block that large
 and unmaps it when freed), and the kernel cleared its pages as the file was read into it: 0.1
-s more system time on the 2M-packet bench capture (docs/capture-io.md). pcap chunks are read in
-`PIECE`s, each walked (`PcapRecords`) and handed to `tap` right after it is read, while it is
-in the core's cache.
+s more system time on the 2M-packet bench capture (docs/capture-io.md). With a consumer on
+another thread (`capture.read.prefetch`) two buffers take turns (`BUFFERS`): when both are held
+(a batch in the flow table, the next one queued), the reader waits for the consumer to take the
+queued batch, which lets go of the one before, instead of touching a third 16 MiB (`wait_taken`;
+memory touched for the first time was the dearest part of the reader on a virtual machine).
+pcap chunks are read in `PIECE`s, each walked (`PcapRecords`) and handed to `tap` right after
+it is read, while it is in the core's cache.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from capture.read.records import PcapRecords
 Buf = npt.NDArray[np.uint8]
 Tap = Callable[[int, memoryview], None]
 PIECE = 512 << 10  # pcap: read this much at a time and walk it while it is in the cache
-POOL = 4  # chunk buffers kept for reuse (a batch in the flow table, one queued, one read)
+BUFFERS = 2  # chunk buffers in turn when `wait_taken` is set (one in the flow table, one queued)
+POOL = 4  # chunk buffers kept for reuse at most (more when a consumer keeps batches)
 
 
 def _refs(pool: list[Buf]) -> list[int]:
@@ -52,6 +57,7 @@ class Chunks:
         self._pool: list[Buf] = []  # chunk buffers, reused once nothing refers to them
         self.reused = 0  # chunks read into a pooled buffer
         self.tap: Tap | None = None  # see `CaptureReader.tap`
+        self.wait_taken: Callable[[], bool] | None = None  # see `CaptureReader.wait_taken`
         # the file is read once from start to end: the kernel may read further ahead
         with contextlib.suppress(OSError, AttributeError):
             os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -59,13 +65,19 @@ class Chunks:
     def buffer(self, size: int) -> Buf:
         """A chunk buffer of `size` bytes that nothing else refers to: one of the pool's
         `chunk`-sized buffers whose batches, views and hash regions are all gone (every one of
-        them holds a reference to it), else a new one."""
+        them holds a reference to it), else a new one. With `wait_taken` set and `BUFFERS` in
+        the pool, none of them free, it first waits for the consumer to take a queued batch
+        (as long as one is queued), then looks again."""
         if size != self.chunk:
             return np.empty(size, np.uint8)
-        for i, refs in enumerate(_refs(self._pool)):
-            if refs == FREE_REFS:
-                self.reused += 1
-                return self._pool[i]
+        while True:
+            for i, refs in enumerate(_refs(self._pool)):
+                if refs == FREE_REFS:
+                    self.reused += 1
+                    return self._pool[i]
+            wait = self.wait_taken
+            if len(self._pool) < BUFFERS or wait is None or not wait():
+                break
         b = np.empty(size, np.uint8)
         self._pool.append(b)
         if len(self._pool) > POOL:  # the oldest is still in use (a batch kept): let it go

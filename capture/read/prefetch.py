@@ -54,6 +54,21 @@ class Prefetch(Generic[T]):
                 with contextlib.suppress(Exception):  # the consumer has stopped already
                     close()
 
+    def wait_taken(self) -> bool:
+        """For the producer, while it makes an item: wait until the consumer takes a queued
+        item (it has then let go of the one before). False at once when nothing is queued
+        (taking nothing, the consumer lets go of nothing), and once stopped."""
+        q = self._q
+        with q.not_full:  # notified by every `get`
+            queued = len(q.queue)
+            if queued == 0:
+                return False
+            while len(q.queue) >= queued:
+                if self._stop.is_set():
+                    return False
+                q.not_full.wait(0.1)
+        return True
+
     def __iter__(self) -> Iterator[T]:
         try:
             while True:

@@ -34,7 +34,7 @@ import io
 import os
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +134,17 @@ class CaptureReader:
     @tap.setter
     def tap(self, tap: Tap | None) -> None:
         self._chunks.tap = tap
+
+    @property
+    def wait_taken(self) -> Callable[[], bool] | None:
+        """Called on the reader's thread when its two chunk buffers are both held: waits for
+        the consumer on another thread to take a queued batch (False: nothing queued, so
+        nothing to wait for); `Prefetch.wait_taken`. Unset, a third buffer is taken at once."""
+        return self._chunks.wait_taken
+
+    @wait_taken.setter
+    def wait_taken(self, wait: Callable[[], bool] | None) -> None:
+        self._chunks.wait_taken = wait
 
     def __enter__(self) -> CaptureReader:
         return self

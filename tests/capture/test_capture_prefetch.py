@@ -102,6 +102,33 @@ def test_the_producer_stays_bounded_and_makes_nothing_more_once_closed() -> None
     assert len(made) == 3
 
 
+def test_wait_taken_waits_for_a_queued_item_to_be_taken_and_not_when_none_is() -> None:
+    """The reader, with both chunk buffers held, asks `wait_taken` while it makes the next
+    batch: it returns True once the consumer has taken the queued batch (so let go of the one
+    before), and False at once when nothing is queued (nothing to wait for)."""
+    box: list[Prefetch[int]] = []
+    calls: list[tuple[bool, float]] = []
+
+    def source() -> Iterator[int]:
+        yield 1  # queued; nobody takes it for 0.3 s
+        while not box:
+            time.sleep(0.001)
+        t = time.monotonic()
+        calls.append((box[0].wait_taken(), time.monotonic() - t))
+        yield 2
+        time.sleep(0.3)  # the consumer takes 2 meanwhile: nothing queued
+        t = time.monotonic()
+        calls.append((box[0].wait_taken(), time.monotonic() - t))
+        yield 3
+
+    box.append(Prefetch(source(), depth=1))
+    time.sleep(0.3)
+    assert list(box[0]) == [1, 2, 3]
+    (waited, w1), (nothing, w2) = calls
+    assert waited is True and w1 >= 0.2
+    assert nothing is False and w2 < 0.1
+
+
 def test_closing_the_pipeline_twice_writes_each_row_once(tmp_path: Path) -> None:
     """`lbm capture replay` closes the pipeline after its last file, before the ledger entry
     (the rows durable while the hashing child finishes), and again as it ends."""

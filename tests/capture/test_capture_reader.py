@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from capture import CaptureError
 from capture.read import walk as fastpath
+from capture.read.prefetch import Prefetch
 from capture.read.reader import DEFAULT_CHUNK, FIRST_CHUNK, open_capture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -217,6 +219,59 @@ def test_chunk_buffers_are_reused_only_once_nothing_refers_to_them(tmp_path: Pat
     for first, b in kept:
         got = [struct.unpack(">I", b.frame(j)[:4])[0] for j in range(len(b))]
         assert got == list(range(first, first + len(b)))
+
+
+def _first_records(p: Path, keep: bool) -> tuple[int, set[int], list[tuple[int, object]]]:
+    """`p` read on a thread ahead of the caller as a replay reads it (`Prefetch`, with the
+    reader's `wait_taken` set as `capture.replay` sets it), 64 KiB chunks; each record checked
+    in order. Returns (records, chunk buffers seen, kept (first record, batch) when `keep`)."""
+    r = open_capture(p, chunk_bytes=65536)
+    ahead = Prefetch(r.batches(), 1)
+    r.wait_taken = ahead.wait_taken
+    buffers: set[int] = set()
+    kept: list[tuple[int, object]] = []
+    seen = 0
+    for b in ahead:
+        assert [struct.unpack(">I", b.frame(i)[:4])[0] for i in (0, len(b) - 1)] == [
+            seen,
+            seen + len(b) - 1,
+        ]
+        if b.buf.nbytes == 65536:
+            buffers.add(b.buf.ctypes.data)
+        if keep:
+            kept.append((seen, b))
+        seen += len(b)
+        time.sleep(0.001)  # the caller's work on it, the GIL let go (as the C passes do)
+    return seen, buffers, kept
+
+
+def test_a_reader_ahead_of_its_consumer_reads_into_two_buffers_in_turn(tmp_path: Path) -> None:
+    """A reader on its own thread, a batch ahead of the flow table: when both its chunk
+    buffers are held (the batch being worked on, the next one queued) it waits for the queued
+    one to be taken, which lets go of the one before, and reads into that buffer, rather than
+    touching a third (16 MiB at the default chunk; memory touched for the first time was the
+    dearest part of the reader on the bench machine, docs/capture-io.md)."""
+    p = tmp_path / "f.pcap"
+    n = 6_000  # 1,016-byte records: about 94 chunks of 64 KiB
+    write_pcap(p, [_frame(i, 1000) for i in range(n)])
+    seen, buffers, _ = _first_records(p, keep=False)
+    assert seen == n and len(buffers) == 2
+
+
+def test_batches_a_consumer_keeps_are_never_read_into_and_never_waited_for(
+    tmp_path: Path,
+) -> None:
+    """A consumer that keeps every batch: the reader waits for a queued batch to be taken,
+    finds its buffers still held, and with nothing queued takes another buffer instead of
+    waiting on; every kept batch keeps its bytes."""
+    p = tmp_path / "f.pcap"
+    n = 1_500  # about 24 chunks
+    write_pcap(p, [_frame(i, 1000) for i in range(n)])
+    seen, buffers, kept = _first_records(p, keep=True)
+    assert seen == n and len(buffers) == len(kept)  # a buffer of its own for each kept batch
+    for first, b in kept:
+        got = [struct.unpack(">I", b.frame(j)[:4])[0] for j in range(len(b))]  # type: ignore[attr-defined]
+        assert got == list(range(first, first + len(b)))  # type: ignore[arg-type]
 
 
 def test_record_larger_than_chunk(tmp_path: Path) -> None:
