@@ -57,7 +57,8 @@ class Chunks:
         self._pool: list[Buf] = []  # chunk buffers, reused once nothing refers to them
         self.reused = 0  # chunks read into a pooled buffer
         self.tap: Tap | None = None  # see `CaptureReader.tap`
-        self.wait_taken: Callable[[], bool] | None = None  # see `CaptureReader.wait_taken`
+        # both buffers held: wait for a queued batch to be taken (`buffer`); False: none queued
+        self.wait_taken: Callable[[], bool] | None = None
         # the file is read once from start to end: the kernel may read further ahead
         with contextlib.suppress(OSError, AttributeError):
             os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)

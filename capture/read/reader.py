@@ -137,9 +137,8 @@ class CaptureReader:
 
     @property
     def wait_taken(self) -> Callable[[], bool] | None:
-        """Called on the reader's thread when its two chunk buffers are both held: waits for
-        the consumer on another thread to take a queued batch (False: nothing queued, so
-        nothing to wait for); `Prefetch.wait_taken`. Unset, a third buffer is taken at once."""
+        """With both chunk buffers held, wait for a consumer to take a queued batch (False:
+        none queued; `Prefetch.wait_taken`). Unset, a third buffer is taken at once."""
         return self._chunks.wait_taken
 
     @wait_taken.setter
