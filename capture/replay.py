@@ -41,8 +41,9 @@ def replay(
     enough (the reader's thread is the faster one): with 16 MiB chunks, 2 held 20-30 MiB more
     and were no faster (docs/capture-io.md). The reader then reads into two chunk buffers in
     turn, waiting for the flow table to take the queued batch when both are held, rather
-    than touching a third (`CaptureReader.wait_taken`). `timing`, if given, gets "first_batch": the
-    `time.monotonic()` when the first batch reached `pipeline.feed` (unless already set).
+    than touching a third (`CaptureReader.wait_taken`). `timing`, if given, gets
+    "first_batch": the `time.monotonic()` when the first batch reached `pipeline.feed`
+    (unless already set).
     `progress`, if given, is called after each batch (`lbm capture replay` paces its hashing
     child by it: `capture.read.childhash.ChildHash.pace`)."""
     s = pipeline.summary

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capture import CaptureError
+from capture.batch import RawBatch
 from capture.read import walk as fastpath
 from capture.read.prefetch import Prefetch
 from capture.read.reader import DEFAULT_CHUNK, FIRST_CHUNK, open_capture
@@ -221,7 +222,7 @@ def test_chunk_buffers_are_reused_only_once_nothing_refers_to_them(tmp_path: Pat
         assert got == list(range(first, first + len(b)))
 
 
-def _first_records(p: Path, keep: bool) -> tuple[int, set[int], list[tuple[int, object]]]:
+def _first_records(p: Path, keep: bool) -> tuple[int, set[int], list[tuple[int, RawBatch]]]:
     """`p` read on a thread ahead of the caller as a replay reads it (`Prefetch`, with the
     reader's `wait_taken` set as `capture.replay` sets it), 64 KiB chunks; each record checked
     in order. Returns (records, chunk buffers seen, kept (first record, batch) when `keep`)."""
@@ -229,7 +230,7 @@ def _first_records(p: Path, keep: bool) -> tuple[int, set[int], list[tuple[int, 
     ahead = Prefetch(r.batches(), 1)
     r.wait_taken = ahead.wait_taken
     buffers: set[int] = set()
-    kept: list[tuple[int, object]] = []
+    kept: list[tuple[int, RawBatch]] = []
     seen = 0
     for b in ahead:
         assert [struct.unpack(">I", b.frame(i)[:4])[0] for i in (0, len(b) - 1)] == [
@@ -270,8 +271,8 @@ def test_batches_a_consumer_keeps_are_never_read_into_and_never_waited_for(
     seen, buffers, kept = _first_records(p, keep=True)
     assert seen == n and len(buffers) == len(kept)  # a buffer of its own for each kept batch
     for first, b in kept:
-        got = [struct.unpack(">I", b.frame(j)[:4])[0] for j in range(len(b))]  # type: ignore[attr-defined]
-        assert got == list(range(first, first + len(b)))  # type: ignore[arg-type]
+        got = [struct.unpack(">I", b.frame(j)[:4])[0] for j in range(len(b))]
+        assert got == list(range(first, first + len(b)))
 
 
 def test_record_larger_than_chunk(tmp_path: Path) -> None:
