@@ -28,7 +28,8 @@ from appliance.policy.identity import (
 from appliance.policy.identity_feed import FeedRow, parse_bytes, to_us
 from store import AuditError, signing
 from store import sqlite as store_sqlite
-from store.audit import AuditLog, verify_log
+from store.audit import AuditLog
+from store.audit_verify import verify_log
 from store.clock import Clock
 from store.paths import DataPaths
 

@@ -30,7 +30,8 @@ from appliance.policy.snapshot import Snapshot
 from store import AuditError, signing
 from store import investigators as inv_table
 from store import sqlite as store_sqlite
-from store.audit import Action, AuditLog, verify_log
+from store.audit import Action, AuditLog
+from store.audit_verify import verify_log
 from store.clock import Clock
 from store.paths import DataPaths
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from store import signing
-from store.audit import Action, AuditLog, verify_log
+from store.audit import Action, AuditLog
+from store.audit_verify import verify_log
 from store.clock import Clock
 from store.paths import DataPaths
 
