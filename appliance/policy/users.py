@@ -23,21 +23,19 @@ file's mtime, size or inode changes and keeps the last good file on a bad reload
 
 Verification (`UsersFile.verify`) costs one bcrypt check (about 250 ms at cost 12) whether or not
 the user exists, so timing does not reveal user names. Plain-HTTP proxy requests carry the
-credentials on every request, so a verified pair is remembered for `CACHE_TTL` seconds under an
+credentials on every request, so a verified pair is remembered for a minute under an
 HMAC-SHA-256 of user, NUL and password (keyed with a per-process random key, so the cache holds
 nothing an attacker could brute-force offline); the cache belongs to one loaded file, so a reload
-clears it. Passwords are never logged, stored in plaintext or put in an exception message.
+clears it (`appliance.policy.password_check`). Passwords are never logged, stored in
+plaintext or put in an exception message.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import hmac
 import os
 import re
-import secrets
 import stat
 import threading
 import time
@@ -48,6 +46,7 @@ from pathlib import Path
 import bcrypt
 
 from appliance.policy import PolicyError
+from appliance.policy.password_check import VerifiedCache, cache_key, dummy_hash, rounds_of
 from store.fsutil import atomic_write
 from store.safefile import UnsafeFileError, read_regular
 
@@ -57,12 +56,8 @@ FLAG_SMTP = "smtp"
 KNOWN_FLAGS = frozenset({FLAG_SMTP})
 DEFAULT_ROUNDS = 12
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores bytes past 72
-CACHE_TTL = 60.0  # seconds a verified (user, password) pair is trusted without bcrypt
-CACHE_MAX = 4096  # entries; the oldest go first
 MAX_FILE_BYTES = 64 * 1024 * 1024
 RELOAD_INTERVAL = 0.5  # seconds between stat checks of the users file
-
-_CACHE_KEY = secrets.token_bytes(32)
 
 
 class UsersFileError(PolicyError):
@@ -117,70 +112,14 @@ def hash_password(password: str | bytes, rounds: int = DEFAULT_ROUNDS) -> str:
     return bcrypt.hashpw(raw, bcrypt.gensalt(rounds)).decode("ascii")
 
 
-_dummy_hashes: dict[int, bytes] = {}
-_dummy_lock = threading.Lock()
-
-
-def _dummy_hash(rounds: int) -> bytes:
-    """A hash of a random password at `rounds`, for checks against unknown users."""
-    with _dummy_lock:
-        found = _dummy_hashes.get(rounds)
-        if found is None:
-            found = bcrypt.hashpw(secrets.token_bytes(16).hex().encode(), bcrypt.gensalt(rounds))
-            _dummy_hashes[rounds] = found
-        return found
-
-
-def _rounds_of(password_hash: str) -> int:
-    return int(password_hash[4:6])
-
-
-def _cache_key(username: str, password: bytes) -> bytes:
-    return hmac.new(_CACHE_KEY, username.encode() + b"\0" + password, hashlib.sha256).digest()
-
-
-class _VerifiedCache:
-    """Verified credentials for a short time, bounded; keys are keyed hashes, never passwords."""
-
-    def __init__(self, ttl: float = CACHE_TTL, max_entries: int = CACHE_MAX) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: dict[bytes, float] = {}
-        self._lock = threading.Lock()
-
-    def hit(self, key: bytes) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            expires = self._entries.get(key)
-            if expires is None:
-                return False
-            if expires <= now:
-                del self._entries[key]
-                return False
-            return True
-
-    def add(self, key: bytes) -> None:
-        with self._lock:
-            if len(self._entries) >= self.max_entries:
-                now = time.monotonic()
-                self._entries = {k: v for k, v in self._entries.items() if v > now}
-                while len(self._entries) >= self.max_entries:
-                    del self._entries[next(iter(self._entries))]
-            self._entries[key] = time.monotonic() + self.ttl
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
 class UsersFile:
     """A parsed users file (immutable); `verify` checks a password, with a short cache."""
 
     def __init__(self, entries: Mapping[str, UserEntry], path: Path | None = None) -> None:
         self.path = path
         self._entries: dict[str, UserEntry] = dict(entries)
-        self._cache = _VerifiedCache()
-        rounds = [_rounds_of(e.password_hash) for e in self._entries.values()]
+        self._cache = VerifiedCache()
+        rounds = [rounds_of(e.password_hash) for e in self._entries.values()]
         self._dummy_rounds = max(rounds) if rounds else DEFAULT_ROUNDS
 
     # -- reading -----------------------------------------------------------------------------
@@ -249,20 +188,20 @@ class UsersFile:
     def verified_recently(self, username: str, password: str | bytes) -> bool:
         """True if this pair passed `verify` within the cache TTL: no bcrypt, so an event loop
         may call it before handing a miss to `verify` in a worker thread."""
-        return self._cache.hit(_cache_key(username, _password_bytes(password)))
+        return self._cache.hit(cache_key(username, _password_bytes(password)))
 
     def verify(self, username: str, password: str | bytes) -> bool:
         """True if `password` is `username`'s. Blocks for one bcrypt check (unless cached):
         call it from a worker thread in an event loop. An unknown user, an over-long password
         or a malformed name costs the same check, so timing reveals nothing."""
         raw = _password_bytes(password)
-        key = _cache_key(username, raw)
+        key = cache_key(username, raw)
         if self._cache.hit(key):
             return True
         entry = self._entries.get(username)
         usable = entry is not None and 0 < len(raw) <= MAX_PASSWORD_BYTES and b"\0" not in raw
         if entry is None or not usable:
-            bcrypt.checkpw(raw[:MAX_PASSWORD_BYTES] or b"-", _dummy_hash(self._dummy_rounds))
+            bcrypt.checkpw(raw[:MAX_PASSWORD_BYTES] or b"-", dummy_hash(self._dummy_rounds))
             return False
         try:
             ok = bcrypt.checkpw(raw, entry.password_hash.encode("ascii"))
