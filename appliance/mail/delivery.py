@@ -1,7 +1,7 @@
 """The delivery worker: relays spooled mail to the next hop, retries, bounces, cleans the spool.
 
 Asyncio only (no smtplib in the loop): `delivery_concurrency` attempts run in parallel over
-`smtp_client.UpstreamPool` (sessions reused) or the local `Maildrop` (embedded default).
+`upstream_pool.UpstreamPool` (sessions reused) or the local `Maildrop` (embedded default).
 
 Per attempt, per recipient: 2xx delivered, 4xx (and any connection, TLS or protocol failure)
 deferred and retried with exponential backoff (`retry_initial_seconds` doubling up to

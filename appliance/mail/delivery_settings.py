@@ -2,7 +2,7 @@
 
 `DeliverySettings.from_config` reads the `[smtp]` delivery options once (an option that cannot
 work raises `DeliveryConfigError`, one line naming it); `main_transport()` is the upstream
-(`UpstreamPool` over `SmtpConnection`, STARTTLS verified) or the local `Maildrop`;
+(`upstream_pool.UpstreamPool` over `SmtpConnection`, STARTTLS verified) or the local `Maildrop`;
 `classify` turns one transaction's replies into delivered / deferred / bounced recipients.
 """
 
@@ -19,9 +19,9 @@ from appliance.mail.smtp_client import (
     DataResult,
     Reply,
     SmtpConnection,
-    UpstreamPool,
     tls_context,
 )
+from appliance.mail.upstream_pool import UpstreamPool
 
 
 class ConfigLike(Protocol):
