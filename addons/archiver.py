@@ -4,8 +4,9 @@ For a flow whose `FlowState.refs` (set by `Decision` at `requestheaders`) is non
 
 - the request head is one record at `requestheaders`, the response head one at
   `responseheaders` (formats in addons/archive_records.py);
-- bodies stream: `request.stream` / `response.stream` are set to a `_BodyStream`, a callable
-  that passes every chunk on unchanged and coalesces chunks into body records of about
+- bodies stream: `request.stream` / `response.stream` are set to a `BodyStream`
+  (addons/archive_body.py), a callable that passes every chunk on unchanged and coalesces
+  chunks into body records of about
   `record_bytes` (1 MiB): a record is written once that much has gathered, when a chunk
   arrives `record_seconds` (2 s) after the first unwritten one or a timer on the loop finds
   it that old (`flush_idle`, every second), and at the body's end. No body
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 from mitmproxy import connection, http
 
 from addons import archive_records as rec
+from addons.archive_body import BodyStream
 from addons.archive_worker import ArchiveWorker
 from addons.state import FlowState, conn_state, flow_state
 from store import ArchiveError, StoreError
@@ -109,8 +111,8 @@ class _FlowArchive:
         # ConnState.refs later was cancelled or expired (Decision.on_snapshot narrows it)
         self.conn_refs = frozenset(self.conn.refs)
         self.failed: set[str] = set()  # refs that failed in this flow: no more records to them
-        self.request_body: _BodyStream | None = None
-        self.response_body: _BodyStream | None = None
+        self.request_body: BodyStream | None = None
+        self.response_body: BodyStream | None = None
         self.request_done = False
         self.response_done = False
 
@@ -129,54 +131,6 @@ class _FlowArchive:
                 self.owner.write_record(self, ref, kind, parts)
 
         self.owner.worker.submit(job, sum(len(p) for p in parts))
-
-
-class _BodyStream:
-    """The `stream` callable of one message body: relays each chunk unchanged and writes
-    coalesced body records (see the module docstring)."""
-
-    def __init__(
-        self,
-        fa: _FlowArchive,
-        kind: str,
-        limit: int,
-        max_age: float,
-        monotonic: Callable[[], float],
-    ) -> None:
-        self.fa = fa
-        self.kind = kind
-        self.limit = limit
-        self.max_age = max_age
-        self.monotonic = monotonic
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.since = 0.0
-        self.seen = 0  # body bytes that went through, in total
-        self.done = False
-
-    def __call__(self, data: bytes) -> bytes:
-        if data and not self.done:
-            if not self.parts:
-                self.since = self.monotonic()
-            self.parts.append(data)
-            self.size += len(data)
-            self.seen += len(data)
-            if self.size >= self.limit or self.monotonic() - self.since >= self.max_age:
-                self.flush()
-        return data
-
-    def flush(self) -> None:
-        if self.parts:
-            parts, self.parts, self.size = self.parts, [], 0
-            self.fa.record(self.kind, parts)
-
-    def finish(self) -> None:
-        self.flush()
-        self.done = True
-
-    def flush_if_old(self, now: float) -> None:
-        if self.parts and not self.done and now - self.since >= self.max_age:
-            self.flush()
 
 
 class Archiver:
@@ -257,8 +211,8 @@ class Archiver:
             self.counts.audit_failures += 1
             log.error("web archive gap could not be audited (%s)", reason)
 
-    def _stream(self, fa: _FlowArchive, kind: str) -> _BodyStream:
-        return _BodyStream(fa, kind, self.record_bytes, self.record_seconds, self.monotonic)
+    def _stream(self, fa: _FlowArchive, kind: str) -> BodyStream:
+        return BodyStream(fa, kind, self.record_bytes, self.record_seconds, self.monotonic)
 
     def _maybe_end(self, flow: http.HTTPFlow, fa: _FlowArchive) -> None:
         """Forget the flow once both messages are over (a WebSocket flow at its end)."""
