@@ -9,14 +9,15 @@ directory and its config file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from appliance.cli.app import EXIT_FAIL, EXIT_USAGE, App, emit, fail, pass_app
+from appliance.cli.app import EXIT_USAGE, App, emit, fail, pass_app
+from appliance.cli.auth_common import json_option, officer_option, open_registry, signed
+from appliance.cli.auth_grant import application_options, do_grant
 from appliance.cli.auth_view import (
     ENDED,
     auth_dict,
@@ -27,56 +28,12 @@ from appliance.cli.auth_view import (
     write_evidence,
 )
 from appliance.cli.policy_source import snapshot_source as snapshot_source  # the daemons'
-from appliance.cli.signed_files import read_file, read_signed, signed_options
+from appliance.cli.signed_files import signed_options
 from appliance.cli.textsafe import safe
-from appliance.config import ConfigError
 from appliance.evidence.retention import review_due_refs
-from appliance.policy import InvalidInput, PolicyError, RuleViolation
-from appliance.policy import application as application_form
-from appliance.policy import officer_signatures as signatures
-from appliance.policy.model import Authorisation, Officer
-from appliance.policy.officer_signatures import Signed
+from appliance.policy.model import Authorisation
 from appliance.policy.registry import Registry
-from store import StoreError
 from store.audit import Action
-
-
-# -- shared plumbing ---------------------------------------------------------------------------
-@contextmanager
-def open_registry(app: App) -> Iterator[Registry]:
-    """Open the registry; turn policy and store errors into one-line messages and exit codes."""
-    app.require_initialised()
-    reg = Registry.open(
-        app.paths,
-        clock=app.clock,
-        actor=app.actor,
-        audit=app.audit,
-        custodians=app.config["keys.custodians"],
-        renewal_window_days=app.config["policy.renewal_window_days"],
-        require_signature=app.config["policy.require_officer_signature"],
-    )
-    try:
-        yield reg
-    except InvalidInput as exc:
-        fail(str(exc), EXIT_USAGE)
-    except (PolicyError, StoreError) as exc:  # RuleViolation included
-        fail(str(exc), EXIT_FAIL)
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-    finally:
-        reg.close()
-
-
-officer_option = click.option(
-    "--officer",
-    "officer",
-    metavar="PRINCIPAL",
-    required=True,
-    help="the acting officer's principal (name, role and rank come from the officer register)",
-)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 
 @click.group("auth")
@@ -84,140 +41,20 @@ def auth() -> None:
     """Authorisations: who is recorded in full, on which channels, until when."""
 
 
-# -- grant and urgent --------------------------------------------------------------------------
-def _application_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    opts = [
-        click.option(
-            "--from-file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="read the application's fields from a TOML file (options override)",
-        ),
-        click.option(
-            "--signature",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="the authorising officer's SSHSIG over the --from-file application "
-            "(ssh-keygen -Y sign -n lbm-ca1)",
-        ),
-        click.option("--ref", help="unique reference, e.g. CA1-2026-0042"),
-        click.option("--subject", metavar="PRINCIPAL", help="principal to be monitored"),
-        click.option("--case-type", help="criminal, officer_misconduct or staff_discipline"),
-        click.option("--purpose", multiple=True, help="lawful purpose (repeat or comma list)"),
-        click.option("--channel", multiple=True, help="web, email, packets (repeat or commas)"),
-        click.option(
-            "--officer",
-            metavar="PRINCIPAL",
-            help="authorising officer's principal (role and rank come from the officer register)",
-        ),
-        click.option("--necessity", metavar="TEXT"),
-        click.option("--proportionality", metavar="TEXT"),
-        click.option("--collateral", metavar="TEXT", help="collateral intrusion statement"),
-        click.option("--ripa-considered", metavar="yes|no"),
-        click.option("--ripa-note", metavar="TEXT"),
-        click.option("--start", metavar="ISO8601", help="start (default now; never in the past)"),
-        click.option(
-            "--investigator",
-            multiple=True,
-            metavar="NAME",
-            help="registered investigator (repeat or comma list)",
-        ),
-        click.option(
-            "--open-do-not-decrypt",
-            is_flag=True,
-            default=None,
-            help="also open servers on the do-not-decrypt list",
-        ),
-        click.option("--retention-days", type=int, metavar="N"),
-        json_option,
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-REGISTER_FIELDS = ("officer_name", "officer_role", "officer_rank")
-"""Fields the officer register supplies; an application may not state them."""
-
-
-def _read_application_file(path: Path, data: bytes) -> dict[str, Any]:
-    raw = signatures.load_toml(data, str(path))
-    for key in raw:
-        if str(key).replace("-", "_") in REGISTER_FIELDS:
-            raise InvalidInput(
-                f"{path}: {key}: comes from the officer register (lbm officer show), "
-                "not the application"
-            )
-    return application_form.normalise_fields(raw, f"{path}: ")
-
-
-def _signed(statement: Path | None, signature: Path | None, what: str) -> Signed | None:
-    return read_signed(statement, signature, what, "the officer")
-
-
-def _do_grant(app: App, urgent: bool, options: dict[str, Any]) -> None:
-    as_json = options.pop("as_json")
-    from_file = options.pop("from_file")
-    signature = options.pop("signature")
-    request = "urgent" if urgent else "grant"
-    with open_registry(app) as reg:
-        signed = _signed(from_file, signature, "--from-file")
-        fields: dict[str, Any] = {}
-        if from_file is not None:
-            raw = signed.signed_bytes if signed else read_file(from_file, "application file")
-            fields = _read_application_file(from_file, raw)
-        for key, value in options.items():
-            if value not in (None, ()):
-                if signed is not None:
-                    name = "--" + key.replace("_", "-")
-                    raise InvalidInput(
-                        f"{name}: with --signature every field comes from the signed file"
-                    )
-                fields[key] = list(value) if isinstance(value, tuple) else value
-        now = app.clock.now()
-
-        def resolve(principal: str) -> Officer:
-            return reg.officer_at(principal, now).officer
-
-        try:
-            try:
-                application = application_form.build_application(
-                    fields, urgent=urgent, now=now, resolve_officer=resolve
-                )
-            except RuleViolation as exc:
-                if "role" not in str(exc) and "rank" not in str(exc):
-                    raise
-                officer = resolve(str(fields["officer"]))
-                raise RuleViolation(
-                    f"the officer register has {officer.principal} as {officer.role} "
-                    f"({officer.rank.value}): {exc}"
-                ) from None
-        except RuleViolation as exc:
-            ref = fields.get("ref")
-            reg.audit_refusal(request, ref if isinstance(ref, str) else None, str(exc))
-            raise
-        auth = reg.grant(application, signed)
-        data = auth_dict(auth, reg, app.clock.now(), detail=True)
-    kind = "urgent authorisation" if urgent else "authorisation"
-    emit(
-        data,
-        as_json,
-        f"granted {kind} {auth.ref} for {auth.subject}: {data['start']} until {data['expiry']}",
-    )
-
-
 @auth.command("grant")
-@_application_options
+@application_options
 @pass_app
 def grant(app: App, **options: Any) -> None:
     """Grant a standard authorisation (3 calendar months from its start)."""
-    _do_grant(app, False, options)
+    do_grant(app, False, options)
 
 
 @auth.command("urgent")
-@_application_options
+@application_options
 @pass_app
 def urgent(app: App, **options: Any) -> None:
     """Grant an urgent authorisation (inspector or above; lapses after 72 h unless ratified)."""
-    _do_grant(app, True, options)
+    do_grant(app, True, options)
 
 
 statement_options = signed_options(
@@ -254,7 +91,7 @@ def ratify(
     case type, other than the one who granted it)."""
     data = _change(
         app,
-        lambda reg: reg.ratify(ref, officer, note, _signed(statement, signature, "--statement")),
+        lambda reg: reg.ratify(ref, officer, note, signed(statement, signature, "--statement")),
     )
     emit(data, as_json, f"ratified {ref}: now expires {data['expiry']}")
 
@@ -282,7 +119,7 @@ def renew(
     data = _change(
         app,
         lambda reg: reg.renew(
-            ref, officer, results or "", _signed(statement, signature, "--statement")
+            ref, officer, results or "", signed(statement, signature, "--statement")
         ),
     )
     emit(data, as_json, f"renewed {ref}: now expires {data['expiry']}")
@@ -310,7 +147,7 @@ def review(
     data = _change(
         app,
         lambda reg: reg.review(
-            ref, officer, note or "", _signed(statement, signature, "--statement")
+            ref, officer, note or "", signed(statement, signature, "--statement")
         ),
     )
     emit(data, as_json, f"reviewed {ref}: next review due {data['next_review']}")

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from appliance.cli.app import App, emit, pass_app
-from appliance.cli.auth_cmd import open_registry
+from appliance.cli.auth_common import open_registry
 from appliance.cli.signed_files import read_signed, register_signers, signed_options
 from appliance.cli.textsafe import safe
 from appliance.policy import InvalidInput, RuleViolation, values
