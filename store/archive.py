@@ -32,7 +32,8 @@ from typing import Any
 from store import ArchiveError, KeyError_, StoreError
 from store import agefile as age
 from store import manifest as chain
-from store.audit import Action, AuditLog, current_actor
+from store.actor import current_actor
+from store.audit import Action, AuditLog
 from store.clock import Clock, format_utc
 from store.fsutil import ensure_dir
 from store.keys import KeyStore, check_ref

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from store import ArchiveError, KeyError_, StoreError
-from store.audit import Action, AuditLog, current_actor
+from store.actor import current_actor
+from store.audit import Action, AuditLog
 from store.fsutil import atomic_write, fsync_dir, try_lock
 from store.keys import KeyStore
 from store.keystore_remote import check_store_roots, open_store_root

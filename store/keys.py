@@ -30,7 +30,8 @@ from typing import Any
 
 from store import KeyError_, StoreError
 from store import agefile as age
-from store.audit import Action, AuditLog, current_actor
+from store.actor import current_actor
+from store.audit import Action, AuditLog
 from store.bech32 import Bech32Error, parse_age_recipient
 from store.fsutil import atomic_write, ensure_dir, fsync_dir
 from store.keystore_remote import KeyMirror, check_store_roots, open_key_mirror

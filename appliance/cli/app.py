@@ -19,7 +19,8 @@ import click
 from appliance.config import Config, ConfigError, load_config
 from appliance.config.schema_storage import store_settings
 from store import StoreError, safefile, signing
-from store.audit import AuditLog, current_actor
+from store.actor import current_actor
+from store.audit import AuditLog
 from store.clock import FAKE_NOW_ENV, Clock, parse_utc
 from store.paths import DataPaths
 

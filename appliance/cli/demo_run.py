@@ -38,7 +38,7 @@ from appliance.cli.demo_steps import (
     where_table,
 )
 from appliance.cli.demo_traffic import DemoCA, MailSink, WebServer, fetch, send_mail
-from store.audit import current_actor
+from store.actor import current_actor
 
 READY_TIMEOUT = 40.0
 

@@ -19,7 +19,7 @@ from appliance.cli.archive_bundle_cmd import report
 from appliance.evidence.bundle_common import EvidenceError, now_utc
 from appliance.evidence.opening import OpenRequest, open_bundle
 from store import StoreError, sshsig
-from store.audit import current_actor
+from store.actor import current_actor
 
 
 @click.group("evidence")

@@ -1,7 +1,7 @@
 """Who may act on an authorisation's evidence: the login user's investigator mapping.
 
 A person-level search, `lbm archive bundle`, `lbm archive export` and collateral steps need the
-acting login user (`store.audit.current_actor`, never an environment variable) to be mapped to
+acting login user (`store.actor.current_actor`, never an environment variable) to be mapped to
 an active investigator (`lbm keys investigator add NAME KEY --principal P --login USER`) who is
 either assigned to REF (`lbm auth assign`) or a custodian (an investigator whose age recipient
 is listed in `[keys] custodians`). The subject of REF can never act on it, whatever the mapping

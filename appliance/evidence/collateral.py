@@ -93,7 +93,7 @@ class Context:
     key: GatewayKey
     clock: Clock
     audit_log: AuditLog
-    actor: str  # the login user (store.audit.current_actor)
+    actor: str  # the login user (store.actor.current_actor)
     custodians: Sequence[str]
 
     def connect(self) -> sqlite3.Connection:

@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from store import SchemaError, StoreError
 from store import compact as cp
-from store.audit import Action, current_actor
+from store.actor import current_actor
+from store.audit import Action
 from store.clock import Clock
 from store.metadata.engine import _Engine
 from store.metadata.front import (

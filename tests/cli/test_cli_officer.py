@@ -134,7 +134,7 @@ def test_a_login_user_mapped_to_the_subject_cannot_cancel(reg: Lbm) -> None:
     """`lbm keys investigator add ... --login USER` says which principal a login user is. The
     subject, registered as an investigator of another case under their own login, runs
     `lbm auth cancel` without `--officer`: refused, since the login user is the subject."""
-    from store.audit import current_actor
+    from store.actor import current_actor
 
     me = current_actor()
     add(reg, "p110", "--from", "2026-01-01T00:00:00Z")
