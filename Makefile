@@ -47,7 +47,8 @@ ASAN_TESTS ?= tests/capture/test_capture_asan.py tests/capture/test_capture_read
 	tests/capture/test_capture_malformed.py tests/capture/test_capture_flows.py \
 	tests/capture/test_capture_vlan.py tests/capture/test_capture_zeek_agreement.py \
 	tests/capture/test_capture_fastdecode.py tests/capture/test_capture_prod_records.py \
-	tests/capture/test_capture_cons_passes.py tests/capture/test_capture_cons_dns.py
+	tests/capture/test_capture_cons_passes.py tests/capture/test_capture_cons_dns.py \
+	tests/capture/test_capture_mapped.py
 CC_FOR_ASAN ?= gcc
 
 asan: venv

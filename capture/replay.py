@@ -115,6 +115,10 @@ def _replay(
             s.add_bad({f"reader_{k}": v for k, v in reader.summary.items()})
             s.add_bad(dec.summary)
             pipeline.end_source()
+        try:  # a mapped chunk's pages read after its walk, up to the archive's last packets
+            reader.check()
+        except CaptureError as exc:
+            s.files_failed.setdefault(name, str(exc))
 
 
 def _keyed(batch: PacketBatch) -> tuple[PacketBatch, BatchKeys]:

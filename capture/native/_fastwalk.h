@@ -43,4 +43,10 @@ int64_t decode_common(const uint8_t *buf, int64_t buflen, int64_t n, const int64
                       const int32_t *cap_len, const uint16_t *linktype,
                       const struct lbm_cols *c, int64_t *slow);
 
+/* capture/_mapguard.c: read-only file mappings guarded against the file shrinking. */
+int lbm_map_guard(void);
+void *lbm_map(int fd, int64_t offset, int64_t length, int64_t tag);
+int lbm_unmap(void *addr, int64_t length);
+int lbm_map_shrunk(int64_t tag);
+
 #endif

@@ -132,7 +132,7 @@ class Extension:
         return self.module_name() + SUFFIX
 
 
-FASTWALK = Extension("fastwalk", "_fastwalk.h", ("_fastwalk.c",))
+FASTWALK = Extension("fastwalk", "_fastwalk.h", ("_fastwalk.c", "_mapguard.c"))
 TCPSTATE = Extension(
     "tcpstate", "_tcpstate.h", ("_tcpstate_impl.c", "_dnsscan.c", "_cid.c", "_flowacct.c")
 )

@@ -13,6 +13,11 @@ queued batch, which lets go of the one before, instead of touching a third 16 Mi
 memory touched for the first time was the dearest part of the reader on a virtual machine).
 pcap chunks are read in `PIECE`s, each walked (`PcapRecords`) and handed to `tap` right after
 it is read, while it is in the core's cache.
+
+Given a `Mapper` (`capture.read.mapped`), a chunk is not read at all but mapped: the file range
+from the first byte of the cut record on, read-only, with no copy out of the page cache and no
+buffer of this process (the pool is then unused). A file that shrank under a mapping fails
+with a `CaptureError` (`check`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from capture import CaptureError
+from capture.read.mapped import Mapper
 from capture.read.records import PcapRecords
 
 Buf = npt.NDArray[np.uint8]
@@ -50,8 +57,14 @@ class Chunks:
     """Chunk buffers of `chunk` bytes (more for one larger record) filled from `fh`; the
     first one of `first` bytes (default `chunk`)."""
 
-    def __init__(self, fh: io.BufferedReader, chunk: int, first: int = 0) -> None:
+    def __init__(
+        self, fh: io.BufferedReader, chunk: int, first: int = 0, mapper: Mapper | None = None,
+        name: str = "",
+    ) -> None:  # fmt: skip
         self._fh = fh
+        self.mapper = mapper  # map the chunks instead of reading them (module docstring)
+        self._guard = mapper  # kept for `check` if mapping stops
+        self._name = name  # the file, for errors
         self.chunk = chunk
         self._next = first or chunk  # the size of the next chunk
         self._pool: list[Buf] = []  # chunk buffers, reused once nothing refers to them
@@ -94,6 +107,10 @@ class Chunks:
         `recs` (pcap) is walked after each `PIECE` read, while the piece is in the cache."""
         size = max(self._next, need, len(pending) + 4096)
         self._next = self.chunk
+        if self.mapper is not None:
+            mapped = self._map(pending, size, recs)
+            if mapped is not None:
+                return mapped
         buf = self.buffer(size)
         start = got = len(pending)
         buf[:start] = np.frombuffer(pending, np.uint8)
@@ -116,3 +133,44 @@ class Chunks:
             recs.walk(buf, got)  # pending bytes only (nothing read)
         buf[got:] = 0
         return buf, got, eof
+
+    def _map(
+        self, pending: bytes, size: int, recs: PcapRecords | None
+    ) -> tuple[Buf, int, bool] | None:
+        """`fill` by a mapping of the file from the pending bytes' offset: (buf, len, eof);
+        None when the file cannot be mapped (it is read from now on)."""
+        assert self.mapper is not None
+        fd = self._fh.fileno()
+        start = self._fh.tell() - len(pending)
+        avail = min(size, os.fstat(fd).st_size - start)
+        if avail < len(pending):  # the file is shorter than what was read of it already
+            raise self._shrank()
+        buf = self.mapper.map(start, avail) if avail else np.zeros(0, np.uint8)
+        if buf is None:
+            self.mapper = None
+            return None
+        self._fh.seek(start + avail)
+        if self.tap is not None:
+            self.tap(start + len(pending), buf.data[len(pending) :])
+        if recs is not None:  # (the reader checks `check` after each walk)
+            recs.walk(buf, avail)
+        return buf, avail, avail < size
+
+    def check(self) -> None:
+        """Raise `CaptureError` if the file shrank under one of this file's mappings (their
+        pages past its end then read as zeros: `capture.read.mapped`)."""
+        if self._guard is not None and self._guard.shrunk:
+            raise self._shrank()
+
+    def _shrank(self) -> CaptureError:
+        try:  # the file may be closed by now (the replay's last check)
+            size = f" to {os.fstat(self._fh.fileno()).st_size} bytes"
+        except (OSError, ValueError):
+            try:
+                size = f" to {os.stat(self._name).st_size} bytes"
+            except OSError:
+                size = ""
+        return CaptureError(
+            f"{self._name}: the file shrank{size} while it was being read "
+            "(truncated or rewritten by another process); its replay is incomplete"
+        )

@@ -7,12 +7,17 @@ interface, described by its file header.
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
+from capture import CaptureError
 from capture.batch import RawBatch
 from capture.read.walk import PcapngWalk
+
+PCAPNG_BOM = 0x1A2B3C4D
+MAX_BLOCK = 64 << 20  # larger blocks are treated as corruption (`reader.MAX_RECORD`)
 
 
 @dataclass
@@ -54,6 +59,30 @@ def raw_to_ns(raw: np.ndarray, iface: Interface) -> np.ndarray:
     else:
         ns = (r * np.uint64(iface.ts_mul)).astype(np.int64)
     return ns + np.int64(iface.ts_offset_s * 1_000_000_000)
+
+
+def parse_shb(data: memoryview, pos: int, length: int, path: str) -> tuple[int, bool]:
+    """The pcapng Section Header Block at `pos` of data[:length]: (its length, True if its byte
+    order is not this machine's); (0, False) if it is incomplete. Raises CaptureError naming
+    `path` if it is invalid."""
+    if pos + 12 > length:
+        return 0, False
+    bom = struct.unpack_from("<I", data, pos + 8)[0]
+    if bom == PCAPNG_BOM:
+        order = "<"
+    elif bom == 0x4D3C2B1A:
+        order = ">"
+    else:
+        raise CaptureError(f"{path}: pcapng section header with bad byte-order magic")
+    blen = struct.unpack_from(order + "I", data, pos + 4)[0]
+    if blen < 28 or blen > MAX_BLOCK or blen & 3:
+        raise CaptureError(f"{path}: pcapng section header with bad length {blen}")
+    if pos + blen > length:
+        return 0, False
+    major = struct.unpack_from(order + "H", data, pos + 12)[0]
+    if major != 1:
+        raise CaptureError(f"{path}: unsupported pcapng version {major}")
+    return int(blen), (order == "<") != (sys.byteorder == "little")
 
 
 def parse_idb(data: memoryview, pos: int, blen: int, e: str) -> tuple[Interface, bool]:

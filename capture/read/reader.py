@@ -2,30 +2,26 @@
 
 `open_capture(path)` checks the file header (raising `CaptureError` naming the path and the
 problem) and returns a `CaptureReader`; `CaptureReader.batches(max_packets)` yields
-`RawBatch`es. The file is read in chunks of `chunk_bytes` (default 16 MiB, grown only to hold
-one record larger than that, up to a hard cap), so peak memory does not depend on file size.
-The first chunk is at most `FIRST_CHUNK` (1 MiB), so the first batch comes early; the larger
-chunks after it cost the flow table less per packet (its cost per batch, apart from the
-packets, is about a hundred numpy calls and a dozen C passes: docs/capture-flow-scale.md).
+`RawBatch`es. The file is taken in chunks of `chunk_bytes` (default 16 MiB, grown only to hold
+one record larger than that, up to a hard cap), mapped from the page cache where that can be
+guarded against the file shrinking (`capture.read.mapped`), else read: peak memory does not
+depend on file size. The first chunk is at most `FIRST_CHUNK` (1 MiB), so the first batch comes
+early; larger chunks after it cost the flow table less per packet (docs/capture-flow-scale.md).
 Record headers are walked by `capture.read.walk` (C via cffi, or pure Python).
 
-Formats: pcap with microsecond or nanosecond magic in either byte order (the link-type
-field is masked to its low 16 bits: FCS and reserved bits are ignored); pcapng with SHBs in
-either byte order, several sections and interfaces with their own link types, `if_tsresol`
-and `if_tsoffset`, Enhanced/Simple/obsolete Packet Blocks; other blocks are skipped.
-
-Only regular files are read: a FIFO, socket, device or directory is refused with a
-`CaptureError` naming the path, before anything could block on it (the file is opened with
-O_NONBLOCK and checked with fstat, so a FIFO swapped in after a check cannot hang the read).
+Formats: pcap with microsecond or nanosecond magic in either byte order (the link-type field
+is masked to its low 16 bits); pcapng with SHBs in either byte order, several sections and
+interfaces with their own link types, `if_tsresol` and `if_tsoffset`, Enhanced/Simple/obsolete
+Packet Blocks; other blocks are skipped. Only regular files are read: a FIFO, socket, device or
+directory is refused with a `CaptureError` naming the path (`capture.read.regular`).
 
 Problems after a valid file header never raise: they are counted in `summary`
 (``truncated_record`` when the file ends inside a record, including a record whose claimed
 length runs past the end of the file; ``oversize_record`` for a record or block larger than
 the limit (pcap: the larger of the snap length and 256 KiB, capped at 64 MiB; pcapng: 64 MiB),
-which is skipped by its length, without reading it into memory, and the records after it are
-read; ``bad_record`` for a corrupt length that ends the readable part of the file (a pcapng
-block whose length is not a multiple of 4, or whose trailing length does not match),
-``bad_timestamp``, ``bad_interface``, ...).
+skipped by its length without reading it into memory; ``bad_record`` for a corrupt length that
+ends the readable part of the file, ``bad_timestamp``, ``bad_interface``, ...). The exception:
+a file that shrinks under a mapped chunk raises `CaptureError` (`check`).
 """
 
 from __future__ import annotations
@@ -43,7 +39,15 @@ import numpy.typing as npt
 from capture import CaptureError
 from capture.batch import RawBatch
 from capture.read.chunks import Chunks, Tap
-from capture.read.interfaces import Interface, parse_idb, pcapng_batch
+from capture.read.interfaces import (
+    MAX_BLOCK,
+    PCAPNG_BOM,
+    Interface,
+    parse_idb,
+    parse_shb,
+    pcapng_batch,
+)
+from capture.read.mapped import Mapper
 from capture.read.records import PcapRecords
 from capture.read.regular import open_regular
 from capture.read.walk import STOP_BAD, STOP_BLOCK, walk_pcapng
@@ -51,11 +55,10 @@ from capture.read.walk import STOP_BAD, STOP_BLOCK, walk_pcapng
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
-PCAPNG_BOM = 0x1A2B3C4D
 
 DEFAULT_CHUNK = 16 << 20
 FIRST_CHUNK = 1 << 20  # the first chunk of a file: its first batch early (module docstring)
-MAX_RECORD = 64 << 20  # larger records/blocks are treated as corruption
+MAX_RECORD = MAX_BLOCK  # larger records/blocks are treated as corruption
 Buf = npt.NDArray[np.uint8]
 MIN_CAPLIMIT = 262144  # libpcap's MAXIMUM_SNAPLEN: accept records up to this even if snaplen < it
 _LEFT_BUFFER = -1  # `_skip`: the skipped record ends beyond the current buffer
@@ -65,7 +68,10 @@ _OVERSIZE = -2  # `_parse_idb`: an IDB above MAX_RECORD, skipped like any oversi
 class CaptureReader:
     """An open capture file; iterate `batches()` once. Use as a context manager."""
 
-    def __init__(self, path: Path, fh: io.BufferedReader, chunk_bytes: int = DEFAULT_CHUNK) -> None:
+    def __init__(
+        self, path: Path, fh: io.BufferedReader, chunk_bytes: int = DEFAULT_CHUNK,
+        mapped: bool = True,
+    ) -> None:  # fmt: skip
         self.path = path
         self._fh = fh
         self._chunk = max(int(chunk_bytes), 4096)
@@ -77,7 +83,8 @@ class CaptureReader:
         self._nsec = False
         self._caplimit = MIN_CAPLIMIT
         self._skipped_ifaces: set[int] = set()  # pcapng IDBs skipped as oversize
-        self._chunks = Chunks(fh, self._chunk, min(self._chunk, FIRST_CHUNK))
+        mapper = Mapper.open(fh.fileno()) if mapped else None  # capture.read.mapped
+        self._chunks = Chunks(fh, self._chunk, min(self._chunk, FIRST_CHUNK), mapper, str(path))
         self._sniff()
 
     # --- header --------------------------------------------------------------------------
@@ -124,11 +131,14 @@ class CaptureReader:
     def fileno(self) -> int:
         return self._fh.fileno()
 
+    def check(self) -> None:
+        """Raise `CaptureError` if the file shrank under a mapped chunk (read as zeros)."""
+        self._chunks.check()
+
     @property
     def tap(self) -> Tap | None:
-        """Called with (file offset, view) for each region read from the file, before anything
-        else sees it (the replay ledger's SHA-256: `capture.read.filehash`); the buffer is not
-        changed once handed on."""
+        """Called with (file offset, view) for each region read, before anything else sees it
+        (the ledger's SHA-256: `capture.read.filehash`); the buffer is not changed after."""
         return self._chunks.tap
 
     @tap.setter
@@ -179,6 +189,7 @@ class CaptureReader:
                     recs = self._records(max_packets, pos)
                     recs.walk(buf, length)
                 n, pos, status = recs.n, recs.consumed, recs.status
+                self._chunks.check()  # a walk into pages of a shrunk file read zeros
                 if n:
                     self.packets += n
                     self._count("bad_timestamp", recs.bad_ts)
@@ -226,26 +237,11 @@ class CaptureReader:
     # --- pcapng --------------------------------------------------------------------------
     def _parse_shb(self, buf: Buf, pos: int, length: int) -> int:
         """Parse an SHB at pos; returns its length, or 0 if incomplete. Raises if invalid."""
-        if pos + 12 > length:
-            return 0
-        bom = struct.unpack_from("<I", buf.data, pos + 8)[0]
-        if bom == PCAPNG_BOM:
-            order = "<"
-        elif bom == 0x4D3C2B1A:
-            order = ">"
-        else:
-            raise CaptureError(f"{self.path}: pcapng section header with bad byte-order magic")
-        blen = struct.unpack_from(order + "I", buf.data, pos + 4)[0]
-        if blen < 28 or blen > MAX_RECORD or blen & 3:
-            raise CaptureError(f"{self.path}: pcapng section header with bad length {blen}")
-        if pos + blen > length:
-            return 0
-        major = struct.unpack_from(order + "H", buf.data, pos + 12)[0]
-        if major != 1:
-            raise CaptureError(f"{self.path}: unsupported pcapng version {major}")
-        self._swapped = (order == "<") != (sys.byteorder == "little")
-        self.interfaces = []
-        return int(blen)
+        blen, swapped = parse_shb(buf.data, pos, length, str(self.path))
+        if blen:
+            self._swapped = swapped
+            self.interfaces = []
+        return blen
 
     def _parse_idb(self, buf: Buf, pos: int, length: int) -> int:
         """Parse an IDB at pos; returns its length, 0 if incomplete, -1 if corrupt."""
@@ -290,6 +286,7 @@ class CaptureReader:
                     buf.data[pos:], length - pos, self._swapped, max_packets, MAX_RECORD
                 )
                 n = len(w.off)
+                self._chunks.check()
                 if n:
                     batch, bad = pcapng_batch(
                         arr, w, pos, last_ts, self.interfaces, self._skipped_ifaces
@@ -393,8 +390,11 @@ class CaptureReader:
             return -1
 
 
-def open_capture(path: str | Path, chunk_bytes: int = DEFAULT_CHUNK) -> CaptureReader:
+def open_capture(
+    path: str | Path, chunk_bytes: int = DEFAULT_CHUNK, mapped: bool = True
+) -> CaptureReader:
     """Open a pcap/pcapng file; raises CaptureError(f"{path}: ...") if it is not readable or
-    not a regular file (FIFO, socket, device, directory)."""
+    not a regular file (FIFO, socket, device, directory). `mapped`: chunks mapped rather than
+    read where that can be guarded (`capture.read.mapped`)."""
     p = Path(path)
-    return CaptureReader(p, open_regular(p), chunk_bytes)
+    return CaptureReader(p, open_regular(p), chunk_bytes, mapped)

@@ -23,6 +23,7 @@ from capture.read.reader import MAX_RECORD, open_capture
 from capture.subjects import pcapng
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("reader_mode")  # each test twice: chunks mapped and read
 T0 = 1_700_000_000
 BIG = 70 << 20  # above MAX_RECORD (64 MiB)
 
