@@ -33,7 +33,7 @@
 #define SHRUNK_TAGS 64  /* the tags whose mappings faulted, the latest ones */
 
 struct guarded {
-    _Atomic uintptr_t start; /* 0: a free slot */
+    _Atomic uintptr_t start; /* 0: a free slot; 1: being claimed or freed */
     _Atomic uintptr_t end;
     _Atomic int64_t tag;
 };
@@ -43,6 +43,7 @@ static _Atomic int64_t shrunk[SHRUNK_TAGS];
 static _Atomic unsigned shrunk_next;
 static _Atomic int chained;
 static struct sigaction prev;
+static uintptr_t page_mask; /* set before the handler is installed: sysconf is not for handlers */
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_sigbus(int sig, siginfo_t *si, void *ctx) {
@@ -50,9 +51,9 @@ static void on_sigbus(int sig, siginfo_t *si, void *ctx) {
     if (si->si_code > 0) { /* raised by the kernel for an access, not sent by a process */
         for (int i = 0; i < MAP_SLOTS; i++) {
             uintptr_t start = atomic_load(&slots[i].start), end = atomic_load(&slots[i].end);
-            if (start == 0 || a < start || a >= end)
+            if (start <= 1 || a < start || a >= end) /* 0: free; 1: being claimed */
                 continue;
-            uintptr_t page = a & ~((uintptr_t)sysconf(_SC_PAGESIZE) - 1);
+            uintptr_t page = a & page_mask;
             void *r = mmap((void *)page, end - page, PROT_READ,
                            MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (r == MAP_FAILED)
@@ -88,6 +89,7 @@ int lbm_map_guard(void) {
     if (sigaction(SIGBUS, NULL, &cur) == 0 && is_ours(&cur)) {
         ok = 0;
     } else {
+        page_mask = ~((uintptr_t)sysconf(_SC_PAGESIZE) - 1);
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = on_sigbus;
         sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
@@ -137,6 +139,8 @@ void *lbm_map(int fd, int64_t offset, int64_t length, int64_t tag) {
 int lbm_unmap(void *addr, int64_t length) {
     for (int i = 0; i < MAP_SLOTS; i++) {
         if (atomic_load(&slots[i].start) == (uintptr_t)addr) {
+            atomic_store(&slots[i].start, (uintptr_t)1); /* not looked up from here on */
+            atomic_store(&slots[i].end, (uintptr_t)0);
             atomic_store(&slots[i].start, (uintptr_t)0);
             break;
         }

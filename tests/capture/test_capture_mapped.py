@@ -64,6 +64,21 @@ def test_mapped_chunks_are_read_only_and_hold_the_records_reading_gives(tmp_path
         b.buf[0] = 1
 
 
+def test_a_reader_out_of_guarded_mappings_reads_the_rest_of_the_file(tmp_path: Path) -> None:
+    """The guard records 256 mappings at once: a consumer that keeps more batches (each holding
+    its chunk's mapping) makes the reader read the rest of the file instead; every record
+    still comes once, in order, and the kept batches keep their bytes."""
+    p = tmp_path / "f.pcap"
+    n = 20_000  # about 310 chunks of 64 KiB
+    _write(p, n)
+    r = open_capture(p, chunk_bytes=65536)
+    kept = list(r.batches())
+    assert r._chunks.mapper is None  # mapping stopped on the way
+    assert not kept[0].buf.flags.writeable and kept[-1].buf.flags.writeable  # mapped, then read
+    got = [b.frame(i) for b in kept for i in range(len(b))]
+    assert got == [_frame(i) for i in range(n)]
+
+
 def _child(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("LBM_CAPTURE_NO_MMAP", None)
