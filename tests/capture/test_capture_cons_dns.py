@@ -15,12 +15,14 @@ from typing import Any
 import dpkt
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from lbm_testing import Lbm
 
 from capture.app import AppFeed, feed
-from capture.app.dnspairs import PairData, pair_data
+from capture.app.dnspairs import PairData, pair_data, pairs_ok
 from capture.app.dnsrows import DnsBlocks, FlowFields
-from capture.app.dnsscan import DnsScan, DnsView
+from capture.app.dnsscan import _DH_ID, _DH_OP, _DH_QFROM, _DH_STATUS, QMAX, DnsScan, DnsView
 from capture.app.meta import AppMeta
 from store.metadata import read_stream
 from store.paths import DataPaths
@@ -249,3 +251,64 @@ def test_pending_dns_blocks_keep_their_order_across_kinds() -> None:
     assert cols["trans_id"].to_pylist() == [int(u[1:]) for u in want]  # ids follow their rows
     assert [ip.split(".")[-1] for ip in cols["client_ip"].to_pylist()] == [u[1:] for u in want]
     assert set(cols["interface"].to_pylist()) == {"eth9"}
+
+
+_NAMES = [b"", b"a.example", b"A.example", b"a.exampl", b"\xffx", b"\xfex", b"\xc3\xa9"]
+
+
+@settings(max_examples=300, deadline=None)
+@example([(b"\xffx", True, b"\xfex", True, 0, True, 0)])  # alike as texts, not as bytes
+@example([(b"a.example", True, b"a.exampl", True, 0, True, 0)])  # a name's prefix
+@example([(b"", False, b"", False, 0, True, 0), (b"a.example", True, b"", False, 0, True, 0)])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_NAMES),  # the query's name
+            st.booleans(),  # ... if it has one
+            st.sampled_from(_NAMES),  # the answer's
+            st.booleans(),
+            st.integers(0, 2),  # 2: the ids differ
+            st.booleans(),  # the answer is a response
+            st.sampled_from([0, 0, 0, 1]),  # the answer's scan status
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_pairs_ok_holds_exactly_the_pairs_that_match_by_name(pairs: list[tuple[Any, ...]]) -> None:
+    """`pairs_ok` (array code) against its definition, message by message through
+    `DnsScan.name`: both read, a query and a response, the same id and the same name text
+    (bytes outside ASCII decode alike: b"\\xff" and b"\\xfe" both as U+FFFD), or neither
+    naming one; names of the pairs that hold, in order. Leftover bytes past a name's length
+    (a scan's scratch) are not part of it."""
+    n = 2 * len(pairs)
+    hdr = np.zeros((n, 8), np.int32)
+    qname = bytearray(n * QMAX)
+    qlen = np.zeros(n, np.int32)
+    for i, (na, ha, nb, hb, ids, resp_ok, status) in enumerate(pairs):
+        for k, (name, has) in enumerate(((na, ha), (nb, hb))):
+            m = 2 * i + k
+            hdr[m, _DH_QFROM] = int(has)
+            hdr[m, _DH_ID] = 7 if k == 0 else 7 + (ids == 2)
+            hdr[m, _DH_OP] = (1 << 15) if (k == 1 and resp_ok) else 0
+            hdr[m, _DH_STATUS] = status if k == 1 else 0
+            qname[m * QMAX : m * QMAX + len(name)] = name
+            qname[m * QMAX + len(name) : m * QMAX + len(name) + 3] = b"zy"[k : k + 1] * 3  # past it
+            qlen[m] = len(name)
+    sc = DnsScan(hdr, bytes(qname), qlen, *(np.zeros(0, t) for t in (np.int32, np.uint32)),
+                 np.zeros(0, np.int32), np.zeros(0, np.int32), b"")  # fmt: skip
+    q, r = np.arange(0, n, 2), np.arange(1, n, 2)
+    ok, names = pairs_ok(sc, q, r)
+    want_ok, want_names = [], []
+    for a, c in zip(q.tolist(), r.tolist(), strict=True):
+        hold = (
+            hdr[a, _DH_STATUS] == 0 == hdr[c, _DH_STATUS]
+            and not hdr[a, _DH_OP] >> 15 & 1
+            and hdr[c, _DH_OP] >> 15 & 1
+            and hdr[a, _DH_ID] == hdr[c, _DH_ID]
+            and sc.name(a) == sc.name(c)
+        )
+        want_ok.append(bool(hold))
+        if hold:
+            want_names.append(sc.name(a))
+    assert ok.tolist() == want_ok and names == want_names
