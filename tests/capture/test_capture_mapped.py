@@ -179,3 +179,24 @@ def test_a_sigbus_outside_the_guarded_mappings_still_ends_the_process(tmp_path: 
     assert run.stdout.splitlines() == ["touching"]
     assert run.returncode == -signal.SIGBUS, (run.returncode, run.stderr)
     assert "Fatal Python error: Bus error" in run.stderr
+
+
+SENT = """
+import os, signal, sys
+from capture.read.reader import open_capture
+r = open_capture(sys.argv[1], chunk_bytes=65536)
+keep = next(r.batches())  # the guard is installed and holds a mapping
+print("sending", flush=True)
+os.kill(os.getpid(), signal.SIGBUS)  # sent, not raised by an access (si_code SI_USER)
+print("survived", flush=True)
+"""
+
+
+def test_a_sigbus_sent_by_a_process_is_not_swallowed(tmp_path: Path) -> None:
+    """A SIGBUS sent with kill while the guard holds mappings is not mended away: the process
+    dies of it, as it would without the guard."""
+    p = tmp_path / "f.pcap"
+    _write(p, 3000)
+    run = _child(SENT, str(p))
+    assert run.stdout.splitlines() == ["sending"]
+    assert run.returncode == -signal.SIGBUS, (run.returncode, run.stderr)
